@@ -1,0 +1,47 @@
+"""mailsift: a mail content-filtering gateway, heir of SAGATOR.
+
+``from mailsift import *`` in a config file gives every scanner, action and
+service by its SAGATOR name.  This list is the config surface; it is guarded by
+``tests/unit/test_exported_names.py``.
+"""
+
+from mailsift.delivery import local_maildir, smtp_relay
+from mailsift.result import Result
+from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
+from mailsift.scanners.base import Scanner
+from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
+from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
+from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
+from mailsift.services.smtpd import smtpd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Result",
+    "Scanner",
+    "add_header",
+    "alternatives",
+    "attach_name",
+    "cache",
+    "const",
+    "deliver",
+    "drop",
+    "local_maildir",
+    "match_all",
+    "match_any",
+    "max_file_size",
+    "mime_ext",
+    "modify_subject",
+    "nothing",
+    "parsemail",
+    "quarantine",
+    "recover",
+    "regexp_scan",
+    "reject",
+    "rename",
+    "sender_regexp",
+    "smtp_relay",
+    "smtpd",
+    "string_scan",
+    "time_limit",
+]

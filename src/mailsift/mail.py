@@ -1,0 +1,412 @@
+"""The message being filtered: envelope, raw bytes, and lazy parsed views.
+
+The raw bytes are the truth and are kept exactly as received; a message over
+``spool_threshold`` (default 1 MB) lives in a temporary file instead of memory.
+Parsed views are computed on first use and cached:
+
+* :attr:`Mail.headers` — the top-level header block, raw and decoded;
+* :attr:`Mail.tree` — the MIME tree (:class:`MimeNode`), attached messages
+  (``message/rfc822``) parsed recursively;
+* :attr:`Mail.parts` — the decoded leaf parts (:class:`Part`), each with every
+  candidate filename, its declared type, size and path in the tree, plus
+  uuencoded blocks found inside text parts.
+
+Parsing uses the standard library's lenient parser (``compat32`` policy, which
+never raises on malformed input but records defects).  While walking the tree,
+each leaf's encoded payload is released as soon as it is decoded, so a parse
+holds about two copies of the message at most: the raw bytes (or none, when
+spooled) and the decoded parts.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.parser
+import email.utils
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import Message
+from functools import cached_property
+from typing import BinaryIO
+
+DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True)
+class Envelope:
+    """The SMTP envelope and where the message came from."""
+
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    client_address: str = ""
+    client_name: str = ""
+    helo: str = ""
+    queue_id: str = ""
+    protocol: str = "SMTP"
+    mail_options: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words; undecodable input is returned unchanged."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, binascii.Error):
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """One header field: its name, raw value (unfolded bytes kept) and decoded value."""
+
+    name: str
+    raw: str
+    value: str
+
+
+class Headers:
+    """The header fields of a message or part, in order, case-insensitive lookup."""
+
+    def __init__(self, fields: list[Header]) -> None:
+        self.fields = fields
+
+    @classmethod
+    def from_message(cls, message: Message) -> Headers:
+        fields = []
+        for name, raw in message.raw_items():
+            raw_text = str(raw)
+            unfolded = re.sub(r"\r?\n[ \t]", " ", raw_text).strip()
+            fields.append(Header(name, raw_text, decode_words(unfolded)))
+        return cls(fields)
+
+    def get(self, name: str, default: str = "") -> str:
+        lowered = name.lower()
+        for header in self.fields:
+            if header.name.lower() == lowered:
+                return header.value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        lowered = name.lower()
+        return [h.value for h in self.fields if h.name.lower() == lowered]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(h.name.lower() == name.lower() for h in self.fields)
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+@dataclass(slots=True)
+class Part:
+    """A decoded leaf of the MIME tree (or a uuencoded block inside one)."""
+
+    path: str
+    content_type: str
+    filenames: tuple[str, ...]
+    data: bytes
+    charset: str = ""
+    transfer_encoding: str = ""
+    origin: str = "mime"
+    defects: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def filename(self) -> str:
+        return self.filenames[0] if self.filenames else ""
+
+
+@dataclass(slots=True)
+class MimeNode:
+    """A node of the MIME tree: its declared type, path, headers and children."""
+
+    content_type: str
+    path: str
+    headers: Headers
+    children: list[MimeNode] = field(default_factory=list)
+    defects: tuple[str, ...] = ()
+
+    def walk(self) -> Iterator[tuple[int, MimeNode]]:
+        """Depth-first, with the depth of each node (root = 0)."""
+        stack: list[tuple[int, MimeNode]] = [(0, self)]
+        while stack:
+            depth, node = stack.pop()
+            yield depth, node
+            stack.extend((depth + 1, child) for child in reversed(node.children))
+
+    def render(self) -> str:
+        """The tree as lines of ``-``-prefixed types (flanker's expected-tree format)."""
+        return "\n".join("-" * depth + node.content_type for depth, node in self.walk())
+
+
+def _param_values(message: Message, param: str, header: str) -> list[str]:
+    """Every value of ``param`` in ``header``: plain, RFC 2231 and encoded words."""
+    values: list[str] = []
+    try:
+        params = message.get_params(header=header, unquote=False) or []
+    except (ValueError, IndexError, UnicodeError):
+        return values
+    for key, raw in params[1:]:
+        if key.strip().lower() != param:
+            continue
+        if isinstance(raw, tuple):
+            try:
+                text = email.utils.collapse_rfc2231_value(raw, errors="replace")
+            except (LookupError, UnicodeError):
+                text = str(raw[2])
+        else:
+            text = email.utils.unquote(raw.strip())
+        for candidate in (text, decode_words(text)):
+            candidate = candidate.strip()
+            if candidate and candidate not in values:
+                values.append(candidate)
+    return values
+
+
+def candidate_filenames(message: Message) -> tuple[str, ...]:
+    """All filenames a mail client could show for this part, distinct, in order."""
+    names: list[str] = []
+    for value in _param_values(message, "filename", "content-disposition") + _param_values(
+        message, "name", "content-type"
+    ):
+        if value not in names:
+            names.append(value)
+    return tuple(names)
+
+
+_UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +(.+?)\r?$", re.MULTILINE)
+
+
+def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
+    """Find ``begin 644 name`` … ``end`` blocks in a text and decode them leniently."""
+    found: list[tuple[str, bytes]] = []
+    for match in _UU_BEGIN.finditer(data):
+        name = match.group(2).decode("utf-8", "replace").strip()
+        out = bytearray()
+        rest = data[match.end() :].split(b"\n")
+        for line in rest[1:]:
+            line = line.rstrip(b"\r")
+            if line.strip() in (b"end", b"`") or (line.strip() == b"" and out):
+                if line.strip() == b"end":
+                    break
+                continue
+            try:
+                out += binascii.a2b_uu(line)
+            except binascii.Error:
+                # Broken padding, as some encoders write: decode what the length byte promises.
+                nbytes = ((line[0] - 32) & 63) if line else 0
+                try:
+                    out += binascii.a2b_uu(line[: ((nbytes + 2) // 3) * 4 + 1])
+                except binascii.Error:
+                    break
+        found.append((name, bytes(out)))
+    return found
+
+
+def _decode_leaf(message: Message) -> tuple[bytes, tuple[str, ...]]:
+    defects: list[str] = []
+    try:
+        payload = message.get_payload(decode=True)
+    except (ValueError, TypeError, LookupError, binascii.Error) as error:
+        payload, defects = b"", [f"undecodable: {error}"]
+    if not isinstance(payload, bytes):
+        payload = b""
+    defects.extend(type(d).__name__ for d in message.defects)
+    return payload, tuple(defects)
+
+
+def declared_type(message: Message) -> str:
+    """The declared content type, lower case.
+
+    RFC 2045 §5.2 says to read an invalid Content-Type (``BINARY;name=x``) as
+    ``text/plain``, which is what the standard library does.  A filter must not
+    treat a named blob as harmless text, so an invalid type that is present is
+    read as ``application/octet-stream`` instead (as flanker does: see the
+    torture test's ``Alices_PDP-10``).
+    """
+    raw = message.get("content-type")
+    if raw is not None and "/" not in str(raw).split(";", 1)[0]:
+        return "application/octet-stream"
+    return message.get_content_type()
+
+
+class _TreeBuilder:
+    """Walks a parsed ``Message`` once, building the :class:`MimeNode` tree and parts."""
+
+    def __init__(self) -> None:
+        self.parts: list[Part] = []
+
+    def build(self, message: Message, path: str) -> MimeNode:
+        content_type = declared_type(message)
+        node = MimeNode(
+            content_type,
+            path,
+            Headers.from_message(message),
+            defects=tuple(type(d).__name__ for d in message.defects),
+        )
+        payload = message.get_payload()
+        if message.is_multipart() and isinstance(payload, list):
+            for index, child in enumerate(payload, start=1):
+                if content_type == "message/rfc822":
+                    child_path = path or "1"  # the attached message's body shares its number (IMAP)
+                else:
+                    child_path = f"{path}.{index}" if path else str(index)
+                if isinstance(child, Message):
+                    node.children.append(self.build(child, child_path))
+            return node
+        data, defects = _decode_leaf(message)
+        # Release the encoded payload now that it is decoded: keeps the parse at ~2 copies.
+        message.set_payload("")
+        leaf_path = path or "1"
+        part = Part(
+            leaf_path,
+            content_type,
+            candidate_filenames(message),
+            data,
+            charset=message.get_content_charset() or "",
+            transfer_encoding=str(message.get("content-transfer-encoding", "")).strip().lower(),
+            defects=defects,
+        )
+        self.parts.append(part)
+        if content_type.startswith("text/") and b"begin " in data:
+            for index, (name, decoded) in enumerate(extract_uuencoded(data), start=1):
+                self.parts.append(
+                    Part(f"{leaf_path}.uu{index}", "application/octet-stream", (name,), decoded, origin="uuencode")
+                )
+        return node
+
+
+# --------------------------------------------------------------------------- mail
+
+
+class Mail:
+    """A message with its envelope; raw bytes kept exactly, views parsed lazily."""
+
+    def __init__(
+        self,
+        envelope: Envelope | None = None,
+        data: bytes | None = None,
+        *,
+        path: str | None = None,
+        spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.envelope = envelope or Envelope()
+        self._data: bytes | None = None
+        self._path: str | None = None
+        self._owns_path = False
+        if path is not None:
+            self._path = path
+            self.size = os.path.getsize(path)
+        else:
+            data = data or b""
+            self.size = len(data)
+            if self.size > spool_threshold:
+                self._spool(data, spool_dir)
+            else:
+                self._data = data
+
+    def _spool(self, data: bytes, spool_dir: str | None) -> None:
+        fd, name = tempfile.mkstemp(prefix="mailsift-", suffix=".eml", dir=spool_dir)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        self._path, self._owns_path = name, True
+
+    @property
+    def spooled(self) -> bool:
+        """True when the raw bytes live in a file rather than in memory."""
+        return self._data is None
+
+    @property
+    def raw(self) -> bytes:
+        """The message exactly as received (read from the spool file if spooled)."""
+        if self._data is not None:
+            return self._data
+        assert self._path is not None
+        with open(self._path, "rb") as handle:
+            return handle.read()
+
+    def open(self) -> BinaryIO:
+        """A binary stream of the raw message, without loading a spooled one."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        assert self._path is not None
+        return open(self._path, "rb")
+
+    def close(self) -> None:
+        """Remove the spool file, if this mail made one."""
+        if self._owns_path and self._path:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._owns_path = False
+
+    def __enter__(self) -> Mail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lazy views
+
+    def _parse(self) -> Message:
+        parser = email.parser.BytesFeedParser()
+        with self.open() as stream:
+            while chunk := stream.read(_CHUNK):
+                parser.feed(chunk)
+        return parser.close()
+
+    @cached_property
+    def _structure(self) -> tuple[MimeNode, list[Part]]:
+        builder = _TreeBuilder()
+        root = builder.build(self._parse(), "")
+        return root, builder.parts
+
+    @cached_property
+    def headers(self) -> Headers:
+        """The top-level header fields (only the header block is parsed)."""
+        block = bytearray()
+        with self.open() as stream:
+            for line in stream:
+                if line in (b"\r\n", b"\n"):
+                    break
+                block += line
+                if len(block) > 4 * 1024 * 1024:
+                    break
+        return Headers.from_message(email.parser.BytesHeaderParser().parsebytes(bytes(block)))
+
+    @property
+    def tree(self) -> MimeNode:
+        return self._structure[0]
+
+    @property
+    def parts(self) -> list[Part]:
+        return self._structure[1]
+
+    @property
+    def subject(self) -> str:
+        return self.headers.get("subject")
+
+    @property
+    def message_id(self) -> str:
+        return self.headers.get("message-id")

@@ -1,0 +1,249 @@
+"""The scanner protocol, the operator expressions, and the shared evaluation loop.
+
+A scanner is a small object with ``async scan(target) -> Result``.  The
+``target`` is the whole message (:class:`MailTarget`) or, under ``parsemail``,
+one decoded part (:class:`PartTarget`); both expose ``data``, ``names`` and
+``content_type`` so that a content scanner works at either level.
+
+Scanners combine with Python's operators exactly as SAGATOR's README §4 says;
+the arithmetic lives in :func:`mailsift.result.combine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mailsift.errors import ConfigError, MailsiftError, ScannerError
+from mailsift.mail import Mail, Part
+from mailsift.result import CLEAN, Result, combine
+
+# --------------------------------------------------------------------------- targets
+
+
+class MailTarget:
+    """The whole message as a scan target."""
+
+    part: Part | None = None
+
+    def __init__(self, mail: Mail) -> None:
+        self.mail = mail
+
+    @property
+    def data(self) -> bytes:
+        return self.mail.raw
+
+    @property
+    def size(self) -> int:
+        return self.mail.size
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def content_type(self) -> str:
+        return "message/rfc822"
+
+    @property
+    def path(self) -> str:
+        return ""
+
+
+class PartTarget(MailTarget):
+    """One decoded part of a message as a scan target."""
+
+    def __init__(self, mail: Mail, part: Part) -> None:
+        super().__init__(mail)
+        self.part = part
+
+    @property
+    def data(self) -> bytes:
+        assert self.part is not None
+        return self.part.data
+
+    @property
+    def size(self) -> int:
+        assert self.part is not None
+        return self.part.size
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        assert self.part is not None
+        return self.part.filenames
+
+    @property
+    def content_type(self) -> str:
+        assert self.part is not None
+        return self.part.content_type
+
+    @property
+    def path(self) -> str:
+        assert self.part is not None
+        return self.part.path
+
+
+Target = MailTarget
+
+
+# --------------------------------------------------------------------------- scanner
+
+
+class Scanner:
+    """Base of every scanner and interscanner.
+
+    Subclasses set ``name`` (the config-file name, e.g. ``regexp_scan``),
+    implement :meth:`scan`, and list their wrapped scanners in ``children``.
+    """
+
+    name = "scanner"
+    children: Sequence[Scanner] = ()
+
+    async def scan(self, target: Target) -> Result:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for ``check-config``'s tree: the name and its own arguments."""
+        return self.name
+
+    def tree(self, indent: int = 0) -> list[str]:
+        lines = ["  " * indent + self.describe()]
+        for child in self.children:
+            lines.extend(child.tree(indent + 1))
+        return lines
+
+    # SAGATOR's operator algebra (README §4).
+    def _op(self, op: str, other: object) -> Any:
+        if not isinstance(other, Scanner):
+            return NotImplemented
+        return Operation(op, self, other)
+
+    def __add__(self, other: object) -> Any:
+        return self._op("+", other)
+
+    def __sub__(self, other: object) -> Any:
+        return self._op("-", other)
+
+    def __mul__(self, other: object) -> Any:
+        return self._op("*", other)
+
+    def __truediv__(self, other: object) -> Any:
+        return self._op("/", other)
+
+    def __or__(self, other: object) -> Any:
+        return self._op("|", other)
+
+    def __and__(self, other: object) -> Any:
+        return self._op("&", other)
+
+    def __lt__(self, other: object) -> Any:
+        return self._op("<", other)
+
+    def __gt__(self, other: object) -> Any:
+        return self._op(">", other)
+
+    def __le__(self, other: object) -> Any:
+        return self._op("<=", other)
+
+    def __ge__(self, other: object) -> Any:
+        return self._op(">=", other)
+
+    def __eq__(self, other: object) -> Any:
+        return self._op("==", other)
+
+    def __ne__(self, other: object) -> Any:
+        return self._op("!=", other)
+
+    __hash__ = object.__hash__
+
+
+async def evaluate(scanner: Scanner, target: Target) -> Result:
+    """Run one scanner; any unexpected exception becomes a :class:`ScannerError`.
+
+    This is the one place where a scanner's bug is turned into a tempfail
+    instead of a crash: the mail is retried, never lost.
+    """
+    try:
+        return await scanner.scan(target)
+    except ScannerError:
+        raise
+    except MailsiftError as error:
+        raise ScannerError(f"{scanner.name}: {error.message}") from error
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        raise ScannerError(f"{scanner.name}: {type(error).__name__}: {error}") from error
+
+
+async def first_detection(scanners: Sequence[Scanner], target: Target) -> tuple[Result, list[Result]]:
+    """Evaluate in order and stop at the first detection (SAGATOR §3.2).
+
+    Returns the deciding result (the detection, else the highest clean level)
+    and the trail of every result evaluated.
+    """
+    trail: list[Result] = []
+    best = CLEAN
+    for scanner in scanners:
+        result = await evaluate(scanner, target)
+        trail.append(result)
+        if result.detected:
+            return result, trail
+        if result.level > best.level or not trail[:-1]:
+            best = result
+    return best, trail
+
+
+class Operation(Scanner):
+    """``left OP right`` for one of SAGATOR's operators."""
+
+    name = "operation"
+
+    def __init__(self, op: str, left: Scanner, right: Scanner) -> None:
+        self.op, self.left, self.right = op, left, right
+        self.children = (left, right)
+
+    def describe(self) -> str:
+        return f"({self.op})"
+
+    async def _outcome(self, scanner: Scanner, target: Target) -> Result | ScannerError:
+        try:
+            return await evaluate(scanner, target)
+        except ScannerError as error:
+            return error
+
+    async def scan(self, target: Target) -> Result:
+        left = await self._outcome(self.left, target)
+        if self.op == "|" and isinstance(left, Result):
+            return left  # the right side is only a fallback
+        right = await self._outcome(self.right, target)
+        return combine(self.op, left, right)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def as_scanners(items: Iterable[Any], what: str) -> tuple[Scanner, ...]:
+    """Flatten ``scanner, [scanner, ...]`` arguments, as SAGATOR accepts both."""
+    flat: list[Scanner] = []
+    for item in items:
+        if isinstance(item, Scanner):
+            flat.append(item)
+        elif isinstance(item, list | tuple):
+            flat.extend(as_scanners(item, what))
+        else:
+            raise ConfigError(f"{what}: expected a scanner, got {item!r}")
+    return tuple(flat)
+
+
+class Interscanner(Scanner):
+    """A scanner wrapping a list of scanners evaluated like ``SCANNERS``."""
+
+    def __init__(self, *scanners: Any) -> None:
+        self.children = as_scanners(scanners, self.name)
+        if not self.children:
+            raise ConfigError(f"{self.name}() needs at least one scanner")
+
+    async def inner(self, target: Target) -> Result:
+        result, _ = await first_detection(self.children, target)
+        return result

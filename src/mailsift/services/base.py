@@ -1,0 +1,135 @@
+"""What every front end shares: the listening socket, settings, and the mail path.
+
+A service object is built by the config file (``smtpd(SCANNERS, host, port)``)
+and is a plain description until a worker starts it.  ``mail_path`` is the one
+Mail → Pipeline → Decision → Disposition path that every front end calls, so
+none of them duplicates scanning or delivery logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mailsift.delivery import Delivery, resolve
+from mailsift.disposition import Disposer, Outcome
+from mailsift.errors import ConfigError
+from mailsift.mail import Mail
+from mailsift.pipeline import Pipeline
+from mailsift.quarantine_store import QuarantineStore
+from mailsift.result import Decision
+from mailsift.scanners.base import Scanner, as_scanners
+
+log = logging.getLogger("mailsift.mail")
+
+LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global settings from the config file, checked once and passed in."""
+
+    state_dir: str
+    smtp_server: Any = None
+    spool_threshold: int = 1024 * 1024
+    hostname: str = socket.getfqdn()
+
+    @property
+    def quarantine_dir(self) -> str:
+        return f"{self.state_dir}/quarantine"
+
+    @property
+    def spool_dir(self) -> str:
+        return f"{self.state_dir}/spool"
+
+
+def check_address(host: Any, port: Any, what: str) -> tuple[str, int]:
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{what}: host must be an address string, got {host!r}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        raise ConfigError(f"{what}: port must be an integer 0-65535, got {port!r}")
+    return host, port
+
+
+class Service:
+    """Base of the front ends listed in ``SRV``."""
+
+    kind = "service"
+
+    def __init__(self, scanners: Sequence[Any], host: str, port: int) -> None:
+        self.scanners: tuple[Scanner, ...] = as_scanners([scanners], self.kind)
+        self.host, self.port = check_address(host, port, self.kind)
+
+    def describe(self) -> str:
+        return f"{self.kind}({self.host}:{self.port})"
+
+    def check(self, settings: Settings) -> None:
+        """Validate what needs the global settings; raise ConfigError."""
+
+    async def start(self, sock: socket.socket, settings: Settings) -> Any:
+        """Serve on ``sock`` in the running event loop; returns an object with ``drain()``."""
+        raise NotImplementedError
+
+    def bind(self) -> socket.socket:
+        """Create the listening socket (done once, in the supervisor, before forking)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as error:
+            sock.close()
+            raise ConfigError(
+                f"{self.describe()}: cannot listen on {self.host}:{self.port}: {error.strerror}"
+            ) from None
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+
+class MailPath:
+    """The shared path of one message: evaluate, carry out, log one line."""
+
+    def __init__(self, scanners: Sequence[Scanner], settings: Settings, next_hop: Any = None) -> None:
+        self.pipeline = Pipeline(scanners)
+        self.settings = settings
+        target = next_hop or settings.smtp_server
+        if target is None:
+            raise ConfigError(
+                "no next hop: set SMTP_SERVER = ('127.0.0.1', 10025), or next_hop=... on the service, "
+                "or deliver locally with next_hop=local_maildir('mail')"
+            )
+        self.delivery: Delivery = resolve(target, settings.state_dir)
+        self.disposer = Disposer(QuarantineStore(settings.quarantine_dir), self.delivery)
+
+    async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
+        started = time.monotonic()
+        decision = await self.pipeline.evaluate(mail)
+        outcome = await self.disposer.carry_out(mail, decision)
+        elapsed = time.monotonic() - started
+        env = mail.envelope
+        result = decision.result
+        log.info(
+            "%s action=%s reply=%d level=%.2f name=%s scanner=%s from=<%s> to=%s size=%d client=%s[%s] time=%.3fs%s",
+            env.queue_id or "-",
+            decision.disposition.value,
+            outcome.reply.code,
+            result.level,
+            result.name or "-",
+            result.scanner or "-",
+            env.sender,
+            ",".join(f"<{r}>" for r in env.recipients),
+            mail.size,
+            env.client_name or "-",
+            env.client_address or "-",
+            elapsed,
+            f" note={outcome.note}" if outcome.note else "",
+        )
+        return decision, outcome
+
+    async def close(self) -> None:
+        await self.delivery.close()

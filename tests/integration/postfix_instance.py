@@ -1,0 +1,423 @@
+"""A private, throw-away Postfix instance for end-to-end tests.
+
+The instance lives entirely under a caller-supplied work directory::
+
+    WORKDIR/etc/       config_directory (main.cf, master.cf, virtual_mailbox.regexp)
+    WORKDIR/spool/     queue_directory (subdirectories created by ``postfix start``)
+    WORKDIR/data/      data_directory (owned by mail_owner)
+    WORKDIR/maillog    Postfix log (maillog_file + postlogd, Postfix >= 3.4)
+
+It only listens on 127.0.0.1, never reads or writes /etc/postfix/main.cf, and is
+not registered with postmulti, so several instances (different workdirs/ports)
+can run side by side.
+
+Mail flow (classic after-queue content filter, SAGATOR / amavis style)::
+
+    client --SMTP--> 127.0.0.1:inbound_port  smtpd  (-o content_filter=<content_filter>)
+                     -> qmgr -> "scan" transport (smtp client) -> the filter under test
+    filter --SMTP--> 127.0.0.1:reinject_port smtpd  (-o content_filter= , no checks)
+                     -> qmgr -> virtual(8) -> maildir_root/<recipient>/new/
+
+The inbound smtpd only accepts recipients in ``domain`` (no relaying).  Every
+``x@domain`` recipient gets the Maildir ``maildir_root/x@domain/``.  Anything that
+would leave the host (other domains) is bounced by the ``error`` transport.
+
+Must be run as root (Postfix's master requires it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+POSTFIX = "/usr/sbin/postfix"
+POSTCONF = "/usr/sbin/postconf"
+POSTQUEUE = "/usr/sbin/postqueue"
+
+#: Queue subdirectories that hold messages (used by :meth:`PostfixInstance.queue_is_empty`).
+_MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+class PostfixError(RuntimeError):
+    """Postfix failed to start/stop or a wait timed out; the message includes the log tail."""
+
+
+def free_port() -> int:
+    """Return a currently unused TCP port on 127.0.0.1 (racy, but fine for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postfix_version() -> tuple[int, ...]:
+    """Return the installed Postfix version, e.g. ``(3, 7, 11)``."""
+    out = subprocess.run(
+        [POSTCONF, "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+    return tuple(int(part) for part in out.split(".") if part.isdigit())
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class PostfixInstance:
+    """A private Postfix instance (see module docstring for layout and mail flow).
+
+    Args:
+        workdir: directory that will hold config, queue, data and log (created if missing).
+        inbound_port: 127.0.0.1 port of the "internet-facing" smtpd.
+        reinject_port: 127.0.0.1 port of the smtpd the filter re-injects into (no filter, no checks).
+        content_filter: Postfix ``content_filter`` value for the inbound smtpd, e.g.
+            ``PostfixInstance.scan_filter(10024)`` == ``"scan:[127.0.0.1]:10024"``
+            (the dedicated ``scan`` smtp transport is always defined), or ``None``
+            to deliver inbound mail directly.
+        maildir_root: ``virtual_mailbox_base``; recipient ``x@domain`` is delivered to
+            ``maildir_root/x@domain/new/``.  If it is owned by root it is chowned to
+            ``nobody:nogroup`` (virtual(8) refuses uid 0), and its ancestors get ``o+x``
+            where needed so that user can reach it (pytest's tmp dirs are 0700).
+        domain: the only domain the instance accepts and delivers.
+        extra_main_cf: main.cf settings applied last (override the defaults).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        inbound_port: int,
+        reinject_port: int,
+        content_filter: str | None,
+        maildir_root: Path,
+        domain: str = "example.test",
+        extra_main_cf: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).absolute()
+        self.inbound_port = inbound_port
+        self.reinject_port = reinject_port
+        self.content_filter = content_filter
+        self.maildir_root = Path(maildir_root).absolute()
+        self.domain = domain
+        self.extra_main_cf = dict(extra_main_cf or {})
+        self.config_dir = self.workdir / "etc"
+        self.queue_dir = self.workdir / "spool"
+        self.data_dir = self.workdir / "data"
+        self.maillog = self.workdir / "maillog"
+        self.myhostname = f"postfix-test.{domain}"
+        self._master_pid: int | None = None
+
+    @staticmethod
+    def scan_filter(port: int, host: str = "127.0.0.1") -> str:
+        """Return the ``content_filter`` value that routes mail through the ``scan`` transport."""
+        return f"scan:[{host}]:{port}"
+
+    # ------------------------------------------------------------------ config
+
+    def main_cf(self) -> dict[str, str]:
+        """The main.cf settings this instance uses (``extra_main_cf`` applied)."""
+        uid, gid = self._delivery_ids()
+        version = postfix_version()
+        if version < (3, 4):
+            raise PostfixError(f"Postfix >= 3.4 needed for maillog_file, found {version}")
+        cf = {
+            "compatibility_level": "3.6" if version >= (3, 6) else "2",
+            "multi_instance_name": f"postfix-{self.inbound_port}",
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "default_privs": "nobody",
+            "maillog_file": str(self.maillog),
+            "myhostname": self.myhostname,
+            "mydomain": self.domain,
+            "myorigin": "$myhostname",
+            "mydestination": "",
+            "mynetworks": "127.0.0.0/8",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "relayhost": "",
+            "relay_domains": "",
+            # Nothing may leave the box or touch DNS.
+            "default_transport": "error:5.7.1 outbound mail disabled in test instance",
+            "local_transport": "error:5.1.1 local delivery disabled in test instance",
+            "local_recipient_maps": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "smtp_dns_support_level": "disabled",
+            "smtp_host_lookup": "native",
+            "lmtp_host_lookup": "native",
+            "smtpd_peername_lookup": "no",
+            "address_verify_map": "",
+            "append_dot_mydomain": "no",
+            "biff": "no",
+            # Inbound: accept only our domain (no relaying even from 127.0.0.0/8).
+            "smtpd_relay_restrictions": "reject_unauth_destination",
+            "smtpd_recipient_restrictions": "",
+            "smtpd_error_sleep_time": "0",
+            "smtpd_client_connection_rate_limit": "0",
+            "in_flow_delay": "0",
+            # Final delivery: virtual(8) into Maildirs.
+            "virtual_mailbox_domains": self.domain,
+            "virtual_mailbox_base": str(self.maildir_root),
+            "virtual_mailbox_maps": f"regexp:{self.config_dir / 'virtual_mailbox.regexp'}",
+            "virtual_uid_maps": f"static:{uid}",
+            "virtual_gid_maps": f"static:{gid}",
+            "virtual_minimum_uid": "1",
+            "virtual_mailbox_limit": "0",
+            # Retry deferred mail quickly.
+            "queue_run_delay": "1s",
+            "minimal_backoff_time": "1s",
+            "maximal_backoff_time": "2s",
+        }
+        cf.update(self.extra_main_cf)
+        return cf
+
+    def master_cf(self) -> str:
+        """The master.cf text (no chroot; inbound, reinject, scan and the internal services)."""
+        inbound_filter = self.content_filter or ""
+        return f"""\
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+127.0.0.1:{self.inbound_port} inet n - n - - smtpd
+  -o syslog_name=$multi_instance_name/inbound
+  -o content_filter={inbound_filter}
+127.0.0.1:{self.reinject_port} inet n - n - - smtpd
+  -o syslog_name=$multi_instance_name/reinject
+  -o content_filter=
+  -o local_recipient_maps=
+  -o relay_recipient_maps=
+  -o smtpd_restriction_classes=
+  -o smtpd_delay_reject=no
+  -o smtpd_client_restrictions=permit_mynetworks,reject
+  -o smtpd_helo_restrictions=
+  -o smtpd_sender_restrictions=
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_recipient_restrictions=permit_mynetworks,reject
+  -o smtpd_data_restrictions=reject_unauth_pipelining
+  -o smtpd_end_of_data_restrictions=
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_error_sleep_time=0
+  -o smtpd_soft_error_limit=1001
+  -o smtpd_hard_error_limit=1000
+  -o smtpd_client_connection_count_limit=0
+  -o smtpd_client_connection_rate_limit=0
+  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+scan      unix  -       -       n       -       10      smtp
+  -o syslog_name=$multi_instance_name/scan
+  -o smtp_data_done_timeout=1200
+  -o smtp_send_xforward_command=yes
+  -o smtp_dns_support_level=disabled
+  -o max_use=20
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+    def _delivery_ids(self) -> tuple[int, int]:
+        """uid/gid virtual(8) delivers as: maildir_root's owner, or nobody:nogroup if that is root."""
+        if self.maildir_root.exists():
+            st = self.maildir_root.stat()
+            if st.st_uid != 0:
+                return st.st_uid, st.st_gid
+        nobody = pwd.getpwnam("nobody")
+        return nobody.pw_uid, nobody.pw_gid
+
+    def _prepare_maildir_root(self) -> None:
+        uid, gid = self._delivery_ids()
+        self.maildir_root.mkdir(parents=True, exist_ok=True)
+        os.chown(self.maildir_root, uid, gid)
+        os.chmod(self.maildir_root, 0o755)
+        # virtual(8) switches to uid/gid *before* creating the maildir, so that user must be
+        # able to traverse every ancestor. Grant o+x (search, not read) where it is missing.
+        for parent in self.maildir_root.parents:
+            st = parent.stat()
+            if st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR):
+                continue
+            if st.st_gid == gid and st.st_mode & stat.S_IXGRP:
+                continue
+            if st.st_uid != os.geteuid():
+                raise PostfixError(f"uid {uid} cannot traverse {parent} (not ours, not changing it)")
+            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+    def _write_config(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config_dir, 0o755)
+        # Postfix creates the queue subdirectories itself (postfix-script check-fatal ->
+        # post-install create-missing), with mail_owner/setgid_group ownership.
+        self.queue_dir.mkdir(mode=0o755, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(self.data_dir, "postfix", "postfix")
+        regexp = self.config_dir / "virtual_mailbox.regexp"
+        # ANY user@domain -> "user@domain/" (trailing slash = Maildir); '/' is never allowed.
+        regexp.write_text(f"/^([^/]+@{self.domain.replace('.', '[.]')})$/ ${{1}}/\n")
+        lines = [f"{key} = {value}" for key, value in self.main_cf().items()]
+        (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
+        (self.config_dir / "master.cf").write_text(self.master_cf())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [POSTFIX, "-c", str(self.config_dir), *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        """Write the config and start the instance; wait until ``inbound_port`` accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._prepare_maildir_root()
+        self._write_config()
+        proc = self._postfix("start", timeout=timeout)
+        if proc.returncode != 0:
+            self.stop()
+            raise PostfixError(f"postfix start failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}" + self._tail())
+        self._master_pid = self._read_master_pid()
+        deadline = time.monotonic() + timeout
+        while not (_port_open(self.inbound_port) and _port_open(self.reinject_port)):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise PostfixError(f"ports {self.inbound_port}/{self.reinject_port} not accepting" + self._tail())
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Stop the instance (``postfix stop``), then SIGKILL any leftover process of THIS instance.
+
+        Leftovers are found by their working directory (every Postfix daemon of this instance,
+        including the master, runs with cwd == queue_directory), so other instances are never touched.
+        """
+        pid = self._read_master_pid() or self._master_pid
+        if pid is not None and self._alive(pid):
+            self._postfix("stop", timeout=timeout)
+            deadline = time.monotonic() + timeout
+            while self._alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        for leftover in self.pids():
+            try:
+                os.kill(leftover, 9)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._master_pid = None
+
+    def pids(self) -> list[int]:
+        """PIDs of the live processes belonging to this instance (cwd == queue_directory)."""
+        found = []
+        queue_dir = os.path.realpath(self.queue_dir)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "cwd") == queue_dir and self._alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    def _read_master_pid(self) -> int | None:
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        """True if ``pid`` exists and is not a zombie."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return False
+        return fields[0] != "Z"
+
+    def __enter__(self) -> PostfixInstance:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ inspection
+
+    def log_text(self) -> str:
+        """The instance's whole maillog ('' if nothing was logged yet)."""
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _tail(self, lines: int = 40) -> str:
+        return "\n--- maillog tail ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
+
+    def maildir_new(self, recipient: str) -> Path:
+        """``maildir_root/<recipient>/new`` (Postfix lower-cases the recipient for delivery)."""
+        return self.maildir_root / recipient.lower() / "new"
+
+    def wait_delivered(self, recipient: str, count: int = 1, timeout: float = 30) -> list[Path]:
+        """Poll until ``recipient``'s Maildir ``new/`` holds >= ``count`` messages; return them sorted."""
+        new = self.maildir_new(recipient)
+        deadline = time.monotonic() + timeout
+        while True:
+            files = sorted(new.iterdir()) if new.is_dir() else []
+            if len(files) >= count:
+                return files
+            if time.monotonic() > deadline:
+                raise PostfixError(f"{len(files)}/{count} messages delivered to {new} after {timeout}s" + self._tail())
+            time.sleep(0.1)
+
+    def queue_is_empty(self) -> bool:
+        """True if no message file exists in maildrop/incoming/active/deferred/hold (works when stopped)."""
+        for name in _MESSAGE_QUEUES:
+            for _root, _dirs, files in os.walk(self.queue_dir / name):
+                if files:
+                    return False
+        return True
+
+    def wait_queue_empty(self, timeout: float = 30) -> None:
+        """Poll :meth:`queue_is_empty` until true; raise :class:`PostfixError` on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.queue_is_empty():
+            if time.monotonic() > deadline:
+                raise PostfixError(f"queue not empty after {timeout}s: {self.queue()}" + self._tail())
+            time.sleep(0.1)
+
+    def queue(self) -> list[dict[str, object]]:
+        """Queue contents as parsed ``postqueue -j`` records (instance must be running)."""
+        out = subprocess.run(
+            [POSTQUEUE, "-c", str(self.config_dir), "-j"], capture_output=True, text=True, timeout=30
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def flush(self) -> None:
+        """Ask the queue manager to retry all deferred mail now (``postqueue -f``)."""
+        subprocess.run([POSTQUEUE, "-c", str(self.config_dir), "-f"], capture_output=True, timeout=30, check=True)
