@@ -66,6 +66,8 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 
 BAD_SYNTAX = Reply(501, "5.5.4", "Syntax error in parameters")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 XFORWARD_BAD = Reply(501, "5.5.4", "Syntax: XFORWARD attribute=value ...")
 XFORWARD_DENIED = Reply(550, "5.7.0", "XFORWARD not allowed from this client")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")

@@ -14,7 +14,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from postfix_instance import PostfixInstance, free_port  # noqa: E402
+from postfix_instance import PostfixInstance, free_port
 
 
 class Relay:
@@ -40,8 +40,19 @@ class Relay:
 
 
 def swaks(port: int, to: str, subject: str) -> str:
-    cmd = ["swaks", "--server", f"127.0.0.1:{port}", "--to", to, "--from", "alice@example.test",
-           "--header", f"Subject: {subject}", "--timeout", "20"]
+    cmd = [
+        "swaks",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--to",
+        to,
+        "--from",
+        "alice@example.test",
+        "--header",
+        f"Subject: {subject}",
+        "--timeout",
+        "20",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"swaks failed:\n{proc.stdout}{proc.stderr}")
@@ -53,11 +64,17 @@ def run_case(reject: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="pf-work-")) / "pf"
     mail = Path(tempfile.mkdtemp(prefix="pf-mail-")) / "maildirs"
     inbound, reinject, filter_port = free_port(), free_port(), free_port()
-    controller = Controller(Relay(reinject, reject), hostname="127.0.0.1", port=filter_port,
-                            server_hostname="smoke-filter.test")
+    controller = Controller(
+        Relay(reinject, reject), hostname="127.0.0.1", port=filter_port, server_hostname="smoke-filter.test"
+    )
     controller.start()
-    pf = PostfixInstance(work, inbound_port=inbound, reinject_port=reinject,
-                         content_filter=PostfixInstance.scan_filter(filter_port), maildir_root=mail)
+    pf = PostfixInstance(
+        work,
+        inbound_port=inbound,
+        reinject_port=reinject,
+        content_filter=PostfixInstance.scan_filter(filter_port),
+        maildir_root=mail,
+    )
     t0 = time.monotonic()
     try:
         pf.start()

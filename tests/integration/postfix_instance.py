@@ -27,13 +27,19 @@ Must be run as root (Postfix's master requires it).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import os
+import pty
 import pwd
-import shutil
+import select
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +47,7 @@ from types import TracebackType
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
+PR_SET_CHILD_SUBREAPER = 36
 
 #: Queue subdirectories that hold messages (used by :meth:`PostfixInstance.queue_is_empty`).
 _MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
@@ -57,12 +64,131 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@functools.cache
 def postfix_version() -> tuple[int, ...]:
     """Return the installed Postfix version, e.g. ``(3, 7, 11)``."""
     out = subprocess.run(
         [POSTCONF, "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
     return tuple(int(part) for part in out.split(".") if part.isdigit())
+
+
+def _grant_traverse(path: Path, uid: int, gid: int) -> None:
+    """Make every ancestor of ``path`` searchable by ``uid``/``gid``, adding ``o+x`` where missing.
+
+    Postfix opens some files by absolute path after dropping privileges (master.lock in
+    data_directory as mail_owner, maildirs as the virtual uid), and pytest's / mkdtemp's
+    directories are 0700 root.  Only search (x) is granted, never read.
+    """
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR):
+            continue
+        if st.st_gid == gid and st.st_mode & stat.S_IXGRP:
+            continue
+        if st.st_uid != os.geteuid():
+            raise PostfixError(f"uid {uid} cannot traverse {parent} (not ours, not changing it)")
+        os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _run_with_tty(argv: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``argv`` with stdout/stderr on a pseudo-tty; return (exit status or None on timeout, output).
+
+    Postfix commands copy their log messages to stderr only when it is a terminal; otherwise they
+    go to syslog (often absent in containers) or maillog_file (unusable until postlogd runs), so
+    early fatals such as a rejected main.cf setting would be invisible.
+    """
+    master_fd, slave_fd = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave_fd, stderr=slave_fd)
+    finally:
+        os.close(slave_fd)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        # Read while it runs (a full tty buffer would block it); a daemonized master may keep the
+        # tty open forever, so stop reading once the command exited and the tty is quiet.
+        while time.monotonic() < deadline:
+            if select.select([master_fd], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(master_fd, 65536)
+                except OSError:  # EIO: every writer closed the tty
+                    chunk = b""
+                if chunk:
+                    chunks.append(chunk)
+                    continue
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                break
+            if proc.poll() is not None:
+                break
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        os.close(master_fd)
+    status = proc.poll()
+    if status is None:
+        proc.kill()
+        proc.wait()
+    return status, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _reaper_main(timeout: float, config_dir: str) -> int:
+    """Per-instance supervisor, run as ``python postfix_instance.py --reaper TIMEOUT CONFIG_DIR``.
+
+    Becomes a child subreaper, runs ``postfix start`` and prints one JSON line
+    ``{"status": ..., "output": ...}``.  The Postfix master daemonizes and, when stopped, exits
+    before its children, so those would become orphans of PID 1 -- which in some containers never
+    reaps them (zombies).  As subreaper this process adopts and reaps them instead.  It exits when
+    the parent writes ``done`` to stdin; if stdin closes without it (parent died), it first runs
+    ``postfix stop`` so the instance does not outlive the test run.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    status, output = _run_with_tty([POSTFIX, "-c", config_dir, "start"], timeout)
+    sys.stdout.write(json.dumps({"status": status, "output": output}) + "\n")
+    sys.stdout.flush()
+    command = b""
+    while b"\n" not in command:
+        if select.select([0], [], [], 0.5)[0]:
+            data = os.read(0, 64)
+            if not data:
+                break
+            command += data
+        _reap_children()
+    if not command.startswith(b"done"):
+        _run_with_tty([POSTFIX, "-c", config_dir, "stop"], timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.05)
+        except ChildProcessError:
+            break
+    return 0
 
 
 def _port_open(port: int) -> bool:
@@ -115,7 +241,7 @@ class PostfixInstance:
         self.data_dir = self.workdir / "data"
         self.maillog = self.workdir / "maillog"
         self.myhostname = f"postfix-test.{domain}"
-        self._master_pid: int | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def scan_filter(port: int, host: str = "127.0.0.1") -> str:
@@ -139,6 +265,7 @@ class PostfixInstance:
             "setgid_group": "postdrop",
             "default_privs": "nobody",
             "maillog_file": str(self.maillog),
+            "maillog_file_prefixes": str(self.workdir),  # default "/var, /dev/stdout" -> fatal
             "myhostname": self.myhostname,
             "mydomain": self.domain,
             "myorigin": "$myhostname",
@@ -256,17 +383,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         self.maildir_root.mkdir(parents=True, exist_ok=True)
         os.chown(self.maildir_root, uid, gid)
         os.chmod(self.maildir_root, 0o755)
-        # virtual(8) switches to uid/gid *before* creating the maildir, so that user must be
-        # able to traverse every ancestor. Grant o+x (search, not read) where it is missing.
-        for parent in self.maildir_root.parents:
-            st = parent.stat()
-            if st.st_mode & stat.S_IXOTH or (st.st_uid == uid and st.st_mode & stat.S_IXUSR):
-                continue
-            if st.st_gid == gid and st.st_mode & stat.S_IXGRP:
-                continue
-            if st.st_uid != os.geteuid():
-                raise PostfixError(f"uid {uid} cannot traverse {parent} (not ours, not changing it)")
-            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+        # virtual(8) switches to uid/gid *before* creating the maildir.
+        _grant_traverse(self.maildir_root, uid, gid)
 
     def _write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
@@ -275,31 +393,43 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         # post-install create-missing), with mail_owner/setgid_group ownership.
         self.queue_dir.mkdir(mode=0o755, exist_ok=True)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
-        shutil.chown(self.data_dir, "postfix", "postfix")
+        owner = pwd.getpwnam("postfix")
+        os.chown(self.data_dir, owner.pw_uid, owner.pw_gid)
+        # master(8) opens data_directory/master.lock *after* switching to mail_owner.
+        _grant_traverse(self.data_dir, owner.pw_uid, owner.pw_gid)
         regexp = self.config_dir / "virtual_mailbox.regexp"
         # ANY user@domain -> "user@domain/" (trailing slash = Maildir); '/' is never allowed.
-        regexp.write_text(f"/^([^/]+@{self.domain.replace('.', '[.]')})$/ ${{1}}/\n")
+        # '%' is the pattern delimiter because the pattern itself contains '/'.
+        regexp.write_text(f"%^([^/]+@{self.domain.replace('.', '[.]')})$% ${{1}}/\n")
         lines = [f"{key} = {value}" for key, value in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(self.master_cf())
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [POSTFIX, "-c", str(self.config_dir), *args], capture_output=True, text=True, timeout=timeout
-        )
-
     def start(self, timeout: float = 30) -> None:
-        """Write the config and start the instance; wait until ``inbound_port`` accepts connections."""
+        """Write the config and start the instance; wait until both SMTP ports accept connections.
+
+        ``postfix start`` runs inside a small per-instance reaper process (see :func:`_reaper_main`)
+        so the daemons orphaned when the master exits are reaped even where PID 1 does not reap.
+        """
+        if self._reaper is not None:
+            raise PostfixError("instance already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare_maildir_root()
         self._write_config()
-        proc = self._postfix("start", timeout=timeout)
-        if proc.returncode != 0:
+        self._reaper = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--reaper", str(timeout), str(self.config_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self._reaper.stdout is not None
+        ready = select.select([self._reaper.stdout], [], [], timeout + 10)[0]
+        line = self._reaper.stdout.readline() if ready else b""
+        report = json.loads(line) if line.strip() else {"status": None, "output": "no report from reaper"}
+        if report["status"] != 0:
             self.stop()
-            raise PostfixError(f"postfix start failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}" + self._tail())
-        self._master_pid = self._read_master_pid()
+            raise PostfixError(f"postfix start failed ({report['status']}):\n{report['output']}" + self._tail())
         deadline = time.monotonic() + timeout
         while not (_port_open(self.inbound_port) and _port_open(self.reinject_port)):
             if time.monotonic() > deadline:
@@ -310,53 +440,50 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     def stop(self, timeout: float = 15) -> None:
         """Stop the instance (``postfix stop``), then SIGKILL any leftover process of THIS instance.
 
-        Leftovers are found by their working directory (every Postfix daemon of this instance,
-        including the master, runs with cwd == queue_directory), so other instances are never touched.
+        Leftovers are found by working directory (every daemon of this instance, master included,
+        runs with cwd == queue_directory), so other Postfix instances are never touched.
+        Safe to call more than once or after a failed start.
         """
-        pid = self._read_master_pid() or self._master_pid
-        if pid is not None and self._alive(pid):
-            self._postfix("stop", timeout=timeout)
+        master = _read_pid(self.queue_dir / "pid" / "master.pid")
+        if master is not None and master in self.pids():
+            _run_with_tty([POSTFIX, "-c", str(self.config_dir), "stop"], timeout)
             deadline = time.monotonic() + timeout
-            while self._alive(pid) and time.monotonic() < deadline:
+            while master in self.pids() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        for leftover in self.pids():
-            try:
-                os.kill(leftover, 9)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5
-        while self.pids() and time.monotonic() < deadline:
+        while (leftovers := self.pids()) and time.monotonic() < deadline:
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
-        self._master_pid = None
+        if self._reaper is not None:
+            reaper, self._reaper = self._reaper, None
+            try:
+                assert reaper.stdin is not None
+                reaper.stdin.write(b"done\n")
+                reaper.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                reaper.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait(timeout=5)
+            if reaper.stdout is not None:
+                reaper.stdout.close()
 
     def pids(self) -> list[int]:
-        """PIDs of the live processes belonging to this instance (cwd == queue_directory)."""
-        found = []
+        """PIDs of the live (non-zombie) processes of this instance: those with cwd == queue_directory."""
         queue_dir = os.path.realpath(self.queue_dir)
+        found = []
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(entry / "cwd") == queue_dir and self._alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+            if entry.name.isdigit():
+                try:
+                    if os.readlink(entry / "cwd") == queue_dir and _alive(int(entry.name)):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
         return found
-
-    def _read_master_pid(self) -> int | None:
-        try:
-            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    @staticmethod
-    def _alive(pid: int) -> bool:
-        """True if ``pid`` exists and is not a zombie."""
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return False
-        return fields[0] != "Z"
 
     def __enter__(self) -> PostfixInstance:
         self.start()
@@ -421,3 +548,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     def flush(self) -> None:
         """Ask the queue manager to retry all deferred mail now (``postqueue -f``)."""
         subprocess.run([POSTQUEUE, "-c", str(self.config_dir), "-f"], capture_output=True, timeout=30, check=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--reaper"]:
+    sys.exit(_reaper_main(float(sys.argv[2]), sys.argv[3]))

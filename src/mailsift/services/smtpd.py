@@ -167,6 +167,8 @@ class Handler:
         if self.server.draining:
             asyncio.get_running_loop().call_soon(_close, server)
             return str(replies.SHUTTING_DOWN)
+        if not _plausible_address(address, allow_empty=True):
+            return str(replies.BAD_SENDER)
         server.busy = True
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -175,6 +177,8 @@ class Handler:
     async def handle_RCPT(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
     ) -> str:
+        if not _plausible_address(address, allow_empty=False):
+            return str(replies.BAD_RECIPIENT)
         if len(envelope.rcpt_tos) >= 1000:
             return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
@@ -194,6 +198,19 @@ class Handler:
             server.busy = False
             if self.server.draining:
                 asyncio.get_running_loop().call_later(0.05, _close, server)
+
+
+def _plausible_address(address: str, *, allow_empty: bool) -> bool:
+    """Refuse what cannot be relayed safely: brackets, spaces, controls, overlong."""
+    if not address:
+        return allow_empty
+    if (
+        len(address) > 512
+        or any(ch in address for ch in '<>"\\')
+        or any(not ch.isprintable() or ch.isspace() for ch in address)
+    ):
+        return False
+    return True
 
 
 def _close(session: FilterSMTP) -> None:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Install what mailsift needs on Debian 12, idempotently: Debian packages that
+# are missing, then a virtualenv in .venv with mailsift installed (editable).
+#
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, pytest, ruff, mypy)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else say "need root for: $*"; exit 1
+  fi
+}
+
+missing_packages() {
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$pkg"
+  done
+}
+
+apt_install() {
+  local missing
+  missing=$(missing_packages "$@")
+  [ -z "$missing" ] && return 0
+  say "installing Debian packages: $missing"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix: no configuration dialog and no system instance started; tests run private instances.
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  as_root apt-get update -q >/dev/null
+  # shellcheck disable=SC2086
+  as_root apt-get install -y -q --no-install-recommends $missing >/dev/null
+}
+
+PYTHON=${PYTHON:-python3}
+packages=(ca-certificates)
+# Debian's python3-venv only when the python3 on PATH cannot make a venv itself.
+if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; }; then
+  packages+=(python3 python3-venv)
+fi
+[ $want_test = 1 ] && packages+=(postfix swaks)
+if command -v dpkg-query >/dev/null; then
+  apt_install "${packages[@]}"
+else
+  say "not a Debian system: install Python >= 3.11$([ $want_test = 1 ] && echo ', Postfix and swaks') yourself"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11), sys.version' || {
+  say ".venv has Python < 3.11; remove .venv and run again with PYTHON=python3.11"; exit 1; }
+
+extra=""
+[ $want_test = 1 ] && extra="[test]"
+stamp=.venv/.mailsift-installed$extra
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing mailsift$extra into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+  touch "$stamp"
+fi
+say "ready: $(.venv/bin/mailsift --version)"

@@ -1,0 +1,44 @@
+"""Fixtures for protocol tests: a recording next hop and an in-thread smtpd."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailsift.services.base import Settings
+from mailsift.services.smtpd import smtpd
+from mailsift.testing import RecordingServer, ServiceThread
+
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+@pytest.fixture
+def downstream() -> Iterator[RecordingServer]:
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_filter(tmp_path: Path, downstream: RecordingServer) -> Iterator[Callable[..., ServiceThread]]:
+    started: list[ServiceThread] = []
+
+    def make(scanners: list[Any], **options: Any) -> ServiceThread:
+        options.setdefault("next_hop", ("127.0.0.1", downstream.port))
+        service = smtpd(scanners, "127.0.0.1", 0, **options)
+        thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state")))
+        started.append(thread.start())
+        return thread
+
+    yield make
+    for thread in started:
+        thread.stop()
+
+
+def message(subject: str = "test", body: str = "hello\r\n", headers: str = "") -> bytes:
+    return (
+        f"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '.')}@example.test>\r\n{headers}\r\n{body}"
+    ).encode()
