@@ -218,10 +218,10 @@ SAMPLER_PID=$!
 sleep 0.5 # a few idle samples first
 
 # ----------------------------------------------------------------- measure
+WARM_START=$EPOCHREALTIME
 say "warm-up (not reported): 500 messages through each path"
 run_source "$SINK_PORT" "$SESSIONS" 500
 run_source "$MS_PORT" "$SESSIONS" 500
-IDLE_END=$EPOCHREALTIME
 
 D_RATE=() M_RATE=() D_LAT=() M_LAT=() D_CPU=() M_CPU=()
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -257,7 +257,7 @@ fi
 
 # ----------------------------------------------------------------- report
 read -r SAMPLES PEAK_RSS PEAK_PSS PEAK_N < <(awk '{n++; if ($3>r) r=$3; if ($4>p) p=$4; if ($2>k) k=$2} END{print n+0, r+0, p+0, k+0}' "$WORK/mem.log")
-read -r IDLE_RSS IDLE_PSS < <(awk -v e="$IDLE_END" '$1 < e && !seen {seen=1} END{}; NR<=2 {r=$3; p=$4} END{print r+0, p+0}' "$WORK/mem.log")
+read -r IDLE_RSS IDLE_PSS < <(awk -v e="$WARM_START" '$1 < e {if ($3>r) r=$3; if ($4>p) p=$4} END{print r+0, p+0}' "$WORK/mem.log")
 mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
 
 D_MED=$(median "${D_RATE[@]}"); M_MED=$(median "${M_RATE[@]}")

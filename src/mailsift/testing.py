@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift.services.base import Service, Settings
 
@@ -209,7 +210,6 @@ class ServiceThread:
 def smtp_session_lines(host: str, port: int, payload: bytes, timeout: float = 10) -> list[str]:
     """Send raw bytes to an SMTP server and return every reply line until it closes
     or falls silent (for pipelining and smuggling tests)."""
-    replies: list[str] = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
         buffer = b""
         sock.sendall(payload)
@@ -224,8 +224,7 @@ def smtp_session_lines(host: str, port: int, payload: bytes, timeout: float = 10
             buffer += chunk
             if b"\r\n221 " in b"\r\n" + buffer:
                 break
-        replies = buffer.decode("utf-8", "replace").splitlines()
-    return replies
+    return buffer.decode("utf-8", "replace").splitlines()
 
 
 def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:

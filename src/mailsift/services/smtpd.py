@@ -204,13 +204,8 @@ def _plausible_address(address: str, *, allow_empty: bool) -> bool:
     """Refuse what cannot be relayed safely: brackets, spaces, controls, overlong."""
     if not address:
         return allow_empty
-    if (
-        len(address) > 512
-        or any(ch in address for ch in '<>"\\')
-        or any(not ch.isprintable() or ch.isspace() for ch in address)
-    ):
-        return False
-    return True
+    too_long = len(address) > 512
+    return not (too_long or any(ch in '<>"\\' or not ch.isprintable() or ch.isspace() for ch in address))
 
 
 def _close(session: FilterSMTP) -> None:
