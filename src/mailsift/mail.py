@@ -12,27 +12,34 @@ Parsed views are computed on first use and cached:
   uuencoded blocks found inside text parts.
 
 Parsing uses the standard library's lenient parser (``compat32`` policy, which
-never raises on malformed input but records defects).  While walking the tree,
-each leaf's encoded payload is released as soon as it is decoded, so a parse
-holds about two copies of the message at most: the raw bytes (or none, when
-spooled) and the decoded parts.
+never raises on malformed input but records defects).  That parser keeps a body
+as a list of line strings and then joins them, about 2.6 copies of a big
+attachment before it is even decoded; so long runs of base64 lines are held out
+of it (:class:`_Blobs`) and read back from the raw message when their part is
+decoded.  Each leaf's encoded payload is released as soon as it is decoded, so
+a parse holds about two copies of the message at most: the raw bytes (or none,
+when spooled) and the decoded parts.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
+import email.errors
 import email.parser
 import email.utils
 import io
 import os
+import quopri
 import re
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.message import Message
 from functools import cached_property
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
 _CHUNK = 64 * 1024
@@ -168,7 +175,8 @@ def _param_values(message: Message, param: str, header: str) -> list[str]:
     for key, raw in params[1:]:
         if key.strip().lower() != param:
             continue
-        if isinstance(raw, tuple):
+        if isinstance(raw, tuple):  # RFC 2231: (charset, language, value), the value still quoted
+            raw = (raw[0], raw[1], email.utils.unquote(raw[2]))
             try:
                 text = email.utils.collapse_rfc2231_value(raw, errors="replace")
             except (LookupError, UnicodeError):
@@ -222,16 +230,152 @@ def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
     return found
 
 
-def _decode_leaf(message: Message) -> tuple[bytes, tuple[str, ...]]:
+_BLOB_LINE = re.compile(rb"[A-Za-z0-9+/=]+\r?\n")
+_BLOB_MIN = 64 * 1024
+"""Runs of base64 lines at least this long (bytes) are held out of the parser."""
+
+
+class _Blobs:
+    """Long runs of base64 lines, held out of the standard library's parser.
+
+    A line made only of base64 characters cannot be a header, a boundary or the
+    empty line ending a header block: to the parser it is opaque body text.  So
+    replacing a run of such lines with one placeholder line (a NUL-delimited
+    token, with a per-parse nonce, that no such line and no sender can produce)
+    leaves the parse exactly as it was, while the parser never holds the run.
+    :meth:`expand` puts the run back, read from the raw message, when its part
+    is decoded.
+    """
+
+    def __init__(self, mail: Mail) -> None:
+        self.mail = mail
+        nonce = secrets.token_hex(8)
+        self.prefix = f"\x00mailsift-blob-{nonce}-"
+        self.token = re.compile(re.escape(self.prefix) + r"(\d+)\x00")
+        self.spans: list[tuple[int, int]] = []  # raw offsets of each run, without its last line ending
+
+    def feed(self, parser: email.parser.BytesFeedParser) -> None:
+        """Feed the raw message to ``parser``, long base64 runs replaced by placeholders."""
+        out = bytearray()
+        offset = run_start = 0
+        pending: bytearray | None = None  # the current run while it is short
+        in_run = False
+        last = b""
+
+        def end_run() -> None:
+            nonlocal in_run, pending
+            if pending is not None:
+                out.extend(pending)
+            else:
+                ending = b"\r\n" if last.endswith(b"\r\n") else b"\n"
+                out.extend(f"{self.prefix}{len(self.spans)}\x00".encode("ascii") + ending)
+                self.spans.append((run_start, offset - len(ending)))
+            in_run, pending = False, None
+
+        with self.mail.open() as stream:
+            for line in stream:
+                if _BLOB_LINE.fullmatch(line):
+                    if not in_run:
+                        in_run, run_start, pending = True, offset, bytearray()
+                    if pending is not None:
+                        pending += line
+                        if len(pending) >= _BLOB_MIN:
+                            pending = None
+                    last = line
+                else:
+                    if in_run:
+                        end_run()
+                    out += line
+                offset += len(line)
+                if len(out) >= _CHUNK:
+                    parser.feed(bytes(out))
+                    out.clear()
+            if in_run:
+                end_run()
+        parser.feed(bytes(out))
+
+    def _read(self, start: int, end: int) -> Iterator[bytes]:
+        with self.mail.open() as stream:
+            stream.seek(start)
+            while start < end and (chunk := stream.read(min(_CHUNK, end - start))):
+                start += len(chunk)
+                yield chunk
+
+    def expand(self, payload: str, *, strip_newlines: bool) -> bytes:
+        """The payload's raw bytes, runs put back; without CR/LF if ``strip_newlines``."""
+
+        def clean(chunk: bytes) -> bytes:
+            return chunk.translate(None, b"\r\n") if strip_newlines else chunk
+
+        if self.prefix not in payload:
+            return clean(payload.encode("ascii", "surrogateescape"))
+        chunks: list[bytes] = []
+        position = 0
+        for match in self.token.finditer(payload):
+            chunks.append(clean(payload[position : match.start()].encode("ascii", "surrogateescape")))
+            chunks.extend(clean(chunk) for chunk in self._read(*self.spans[int(match.group(1))]))
+            position = match.end()
+        chunks.append(clean(payload[position:].encode("ascii", "surrogateescape")))
+        return b"".join(chunks)
+
+
+def _decode_base64(encoded: bytes) -> tuple[bytes, list[email.errors.MessageDefect]]:
+    """Lenient base64, as the standard library decodes a part (``email._encoded_words.decode_b``)."""
+    pad_error = len(encoded) % 4
+    try:
+        padding = b"==="[: 4 - pad_error] if pad_error else b""
+        defects: list[email.errors.MessageDefect] = [email.errors.InvalidBase64PaddingDefect()] if pad_error else []
+        return base64.b64decode(encoded + padding, validate=True), defects
+    except binascii.Error:
+        pass
+    try:
+        return base64.b64decode(encoded, validate=False), [email.errors.InvalidBase64CharactersDefect()]
+    except binascii.Error:
+        pass
+    try:
+        return base64.b64decode(encoded + b"==", validate=False), [
+            email.errors.InvalidBase64CharactersDefect(),
+            email.errors.InvalidBase64PaddingDefect(),
+        ]
+    except binascii.Error:
+        return encoded, [email.errors.InvalidBase64LengthDefect()]
+
+
+def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...]]:
+    """Decode a leaf's payload as ``get_payload(decode=True)`` does, and release it.
+
+    The encoded payload is taken out of the message first, so that at any time
+    about two copies of the part exist (encoded and decoded, or the encoded one
+    being assembled), never the four of ``get_payload(decode=True)``.
+    """
+    payload: Any = getattr(message, "_payload", None)  # the raw text; get_payload() may re-decode it
+    message.set_payload("")
+    if not isinstance(payload, str):
+        return b"", tuple(type(d).__name__ for d in message.defects)
+    encoding = str(message.get("content-transfer-encoding", "")).lower()
     defects: list[str] = []
     try:
-        payload = message.get_payload(decode=True)
+        if encoding == "base64":
+            encoded = blobs.expand(payload, strip_newlines=True)
+            del payload
+            data, found = _decode_base64(encoded)
+            for defect in found:
+                message.policy.handle_defect(message, defect)
+        elif encoding == "quoted-printable":
+            encoded = blobs.expand(payload, strip_newlines=False)
+            del payload
+            data = quopri.decodestring(encoded)
+        elif encoding in ("x-uuencode", "uuencode", "uue", "x-uue"):  # rare: let the standard library do it
+            message.set_payload(blobs.expand(payload, strip_newlines=False).decode("ascii", "surrogateescape"))
+            decoded = message.get_payload(decode=True)
+            message.set_payload("")
+            data = decoded if isinstance(decoded, bytes) else b""
+        else:
+            data = blobs.expand(payload, strip_newlines=False)
     except (ValueError, TypeError, LookupError, binascii.Error) as error:
-        payload, defects = b"", [f"undecodable: {error}"]
-    if not isinstance(payload, bytes):
-        payload = b""
+        data, defects = b"", [f"undecodable: {error}"]
     defects.extend(type(d).__name__ for d in message.defects)
-    return payload, tuple(defects)
+    return data, tuple(defects)
 
 
 def declared_type(message: Message) -> str:
@@ -252,8 +396,9 @@ def declared_type(message: Message) -> str:
 class _TreeBuilder:
     """Walks a parsed ``Message`` once, building the :class:`MimeNode` tree and parts."""
 
-    def __init__(self) -> None:
+    def __init__(self, blobs: _Blobs) -> None:
         self.parts: list[Part] = []
+        self.blobs = blobs
 
     def build(self, message: Message, path: str) -> MimeNode:
         content_type = declared_type(message)
@@ -273,9 +418,7 @@ class _TreeBuilder:
                 if isinstance(child, Message):
                     node.children.append(self.build(child, child_path))
             return node
-        data, defects = _decode_leaf(message)
-        # Release the encoded payload now that it is decoded: keeps the parse at ~2 copies.
-        message.set_payload("")
+        data, defects = _decode_leaf(message, self.blobs)  # releases the encoded payload
         leaf_path = path or "1"
         part = Part(
             leaf_path,
@@ -369,17 +512,13 @@ class Mail:
 
     # -- lazy views
 
-    def _parse(self) -> Message:
-        parser = email.parser.BytesFeedParser()
-        with self.open() as stream:
-            while chunk := stream.read(_CHUNK):
-                parser.feed(chunk)
-        return parser.close()
-
     @cached_property
     def _structure(self) -> tuple[MimeNode, list[Part]]:
-        builder = _TreeBuilder()
-        root = builder.build(self._parse(), "")
+        blobs = _Blobs(self)
+        parser = email.parser.BytesFeedParser()
+        blobs.feed(parser)
+        builder = _TreeBuilder(blobs)
+        root = builder.build(parser.close(), "")
         return root, builder.parts
 
     @cached_property

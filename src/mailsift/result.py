@@ -199,7 +199,8 @@ class Decision:
         result evaluated.  The disposition comes from the actions of the
         deciding result, outermost wrapper last (so ``reject(quarantine(x))``
         rejects and keeps a copy); a detection with no explicit disposition is
-        rejected, as in SAGATOR.
+        rejected, as in SAGATOR.  A result under 1.0 is clean and delivered, even
+        if an operator lowered a level that an action had already seen detected.
         """
         trail = tuple(results)
         if trail and trail[-1].detected:
@@ -218,7 +219,7 @@ class Decision:
                 elif isinstance(action, QuarantineCopy) and action.category not in categories:
                     categories.append(action.category)
         chosen: SetDisposition | None = None
-        for action in final.actions:
+        for action in final.actions if final.detected else ():  # an operator may lower a detection to clean
             if isinstance(action, SetDisposition):
                 chosen = action
         if chosen is not None:

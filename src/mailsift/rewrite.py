@@ -16,11 +16,16 @@ from mailsift.result import AddHeader
 _SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
 
 
-def _encode(value: str) -> bytes:
-    """ASCII as is; anything else as an RFC 2047 encoded word."""
+def _encode(value: str, newline: bytes) -> bytes:
+    """ASCII as is; anything else as RFC 2047 encoded words, folded with ``newline``.
+
+    Line breaks in the value (a scanner's name expanded by ``%V``) become spaces:
+    a value can never start a header of its own.
+    """
+    value = re.sub(r"[\r\n]+", " ", value)
     if value.isascii():
         return value.encode("ascii")
-    return Header(value, "utf-8").encode().encode("ascii")
+    return Header(value, "utf-8").encode(linesep=newline.decode("ascii")).encode("ascii")
 
 
 def _header_end(raw: bytes) -> int:
@@ -37,8 +42,11 @@ def apply_edits(raw: bytes, headers: Sequence[AddHeader] = (), subject_prefix: s
     if subject_prefix:
         end = _header_end(raw)
         match = _SUBJECT.search(raw, 0, end)
-        prefix = _encode(subject_prefix)
+        prefix = _encode(subject_prefix, newline)
         if match:
+            if _encoded(prefix) and not raw.startswith(b"=?", match.end()):
+                # Space after an encoded word is kept by readers: let it be the prefix's own.
+                prefix = _encode(subject_prefix.rstrip(), newline) + b" "
             raw = (
                 raw[: match.end()]
                 + prefix
@@ -47,7 +55,7 @@ def apply_edits(raw: bytes, headers: Sequence[AddHeader] = (), subject_prefix: s
             )
         else:
             raw = b"Subject: " + prefix.rstrip() + newline + raw
-    added = b"".join(h.name.encode("ascii") + b": " + _encode(h.value) + newline for h in headers)
+    added = b"".join(h.name.encode("ascii") + b": " + _encode(h.value, newline) + newline for h in headers)
     return added + raw
 
 

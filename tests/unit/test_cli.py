@@ -1,0 +1,204 @@
+"""The ``mailsift`` command: ``scan`` (offline verdicts, exit 0/1/2) and ``check-config``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailsift.cli import main
+
+CLEAN = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n"
+
+
+def eicar_message(eicar: bytes) -> bytes:
+    return b"From: a@example.net\r\nSubject: test\r\n\r\n" + eicar + b"\r\n"
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> CliRunner:
+    # The bundled config reads its state directory from the environment: keep it in tmp.
+    return CliRunner(env={"MAILSIFT_STATE_DIR": str(tmp_path / "state")}, catch_exceptions=False)
+
+
+@pytest.fixture
+def messages(tmp_path: Path, eicar: bytes) -> Path:
+    folder = tmp_path / "messages"
+    folder.mkdir()
+    (folder / "1-clean.eml").write_bytes(CLEAN)
+    (folder / "2-eicar.eml").write_bytes(eicar_message(eicar))
+    (folder / ".hidden.eml").write_bytes(eicar_message(eicar))  # dot files are skipped
+    return folder
+
+
+def records(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+# --------------------------------------------------------------------------- scan
+
+
+def test_scan_a_clean_file(runner: CliRunner, messages: Path) -> None:
+    path = str(messages / "1-clean.eml")
+    result = runner.invoke(main, ["scan", "--json", path])
+    assert result.exit_code == 0, result.output
+    [record] = records(result)
+    assert record["file"] == path
+    assert record["action"] == "deliver"
+    assert record["level"] == 0.0
+    assert record["name"] == ""
+    assert "scanner" in record
+    assert record["reply"].startswith("250 ")
+
+
+def test_scan_an_eicar_file(runner: CliRunner, messages: Path) -> None:
+    path = str(messages / "2-eicar.eml")
+    result = runner.invoke(main, ["scan", "--json", path])
+    assert result.exit_code == 1
+    [record] = records(result)
+    assert (record["file"], record["action"], record["level"]) == (path, "quarantine", 1.0)
+    assert (record["name"], record["scanner"]) == ("EICAR-Test", "regexp_scan")
+    assert record["quarantine"] == ["virus"]
+
+
+def test_scan_a_directory(runner: CliRunner, messages: Path) -> None:
+    result = runner.invoke(main, ["scan", "--json", str(messages)])
+    assert result.exit_code == 1
+    found = records(result)
+    assert [Path(r["file"]).name for r in found] == ["1-clean.eml", "2-eicar.eml"]
+    assert [r["action"] for r in found] == ["deliver", "quarantine"]
+
+
+def test_scan_stdin(runner: CliRunner, eicar: bytes) -> None:
+    result = runner.invoke(main, ["scan", "--json", "-"], input=eicar_message(eicar))
+    assert result.exit_code == 1
+    [record] = records(result)
+    assert (record["file"], record["name"]) == ("-", "EICAR-Test")
+
+    clean = runner.invoke(main, ["scan", "--json", "-"], input=CLEAN)
+    assert clean.exit_code == 0
+    assert records(clean)[0]["action"] == "deliver"
+
+
+def test_scan_an_unreadable_file(runner: CliRunner, messages: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.eml")
+    result = runner.invoke(main, ["scan", "--json", missing, str(messages / "1-clean.eml")])
+    assert result.exit_code == 2
+    first, second = records(result)
+    assert (first["file"], first["action"]) == (missing, "error")
+    assert first["error"]
+    assert second["action"] == "deliver"  # one bad file does not stop the others
+
+
+@pytest.mark.parametrize("missing_first", [True, False], ids=["error-then-detection", "detection-then-error"])
+def test_an_error_wins_over_a_detection_in_the_exit_status(
+    runner: CliRunner, messages: Path, tmp_path: Path, missing_first: bool
+) -> None:
+    paths = [str(messages / "2-eicar.eml"), str(tmp_path / "missing.eml")]
+    if missing_first:
+        paths.reverse()
+    result = runner.invoke(main, ["scan", *paths])
+    assert result.exit_code == 2
+
+
+def test_scan_plain_output(runner: CliRunner, messages: Path) -> None:
+    result = runner.invoke(main, ["scan", str(messages)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{messages / '1-clean.eml'}: deliver level=0.0"
+    assert lines[1] == f"{messages / '2-eicar.eml'}: quarantine level=1.0 EICAR-Test (regexp_scan)"
+
+
+def write_config(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "test-config.py"
+    path.write_text(f"from mailsift import *\nSTATE_DIR = {str(tmp_path)!r}\n{body}", encoding="utf-8")
+    return str(path)
+
+
+def test_a_failing_scanner_exits_2(runner: CliRunner, messages: Path, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "class broken(Scanner):\n"
+        "    name = 'broken'\n"
+        "    async def scan(self, target):\n"
+        "        raise RuntimeError('always')\n"
+        "SCANNERS = [broken()]\n",
+    )
+    result = runner.invoke(main, ["scan", "--json", "-c", config, str(messages / "1-clean.eml")])
+    assert result.exit_code == 2
+    [record] = records(result)
+    assert record["action"] == "tempfail"
+    assert record["reply"].startswith("451 ")
+    assert "always" in record["detail"]
+
+
+def test_scan_uses_the_given_envelope(runner: CliRunner, messages: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, "SCANNERS = [sender_regexp([('Blocked', r'@spam\\.example$')])]\n")
+    path = str(messages / "1-clean.eml")
+    blocked = runner.invoke(main, ["scan", "--json", "-c", config, "--sender", "x@spam.example", path])
+    assert (blocked.exit_code, records(blocked)[0]["action"]) == (1, "reject")
+    allowed = runner.invoke(main, ["scan", "--json", "-c", config, "--sender", "x@ok.example", path])
+    assert (allowed.exit_code, records(allowed)[0]["action"]) == (0, "deliver")
+
+
+def test_scan_reports_header_edits(runner: CliRunner, messages: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, "SCANNERS = [add_header('X-Checked', '%S', const(0.2, 'tag'))]\n")
+    result = runner.invoke(main, ["scan", "--json", "-c", config, str(messages / "1-clean.eml")])
+    assert result.exit_code == 0
+    assert records(result)[0]["headers"] == ["X-Checked: const"]
+
+
+def test_scan_needs_a_path(runner: CliRunner) -> None:
+    assert runner.invoke(main, ["scan"]).exit_code == 2
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def test_check_config_prints_the_tree(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["check-config"])
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "SCANNERS:\n  quarantine('virus')\n    parsemail\n      regexp_scan([EICAR-Test])\n" in out
+    assert "reject(message='Executable attachments are not accepted (%V)')" in out
+    assert "SRV:\n  smtpd(127.0.0.1:10024)\n" in out
+    assert f"state directory: {tmp_path / 'state'}" in out
+    assert out.rstrip().endswith("config OK")
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_config_on_a_broken_config(runner: CliRunner, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "\n\nSCANNERS = [regexp_scan([('x', '(')])]\n")  # line 5
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 2
+    assert f"{path}:5: " in result.stderr
+    assert "config OK" not in result.stdout
+
+
+def test_scan_with_a_broken_config(runner: CliRunner, tmp_path: Path, messages: Path) -> None:
+    path = write_config(tmp_path, "SCANNERS = [nothing(]\n")
+    result = runner.invoke(main, ["scan", "-c", path, str(messages)])
+    assert result.exit_code == 2
+    assert f"{path}:3: syntax error" in result.stderr
+
+
+def test_the_installed_command(tmp_path: Path, eicar: bytes) -> None:
+    # The console script end to end: a real process, stdin, exit status.
+    command = Path(sys.executable).with_name("mailsift")
+    if not command.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    done = subprocess.run(
+        [str(command), "scan", "--json", "-"],
+        input=eicar_message(eicar),
+        capture_output=True,
+        env={"MAILSIFT_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["name"] == "EICAR-Test"

@@ -1,0 +1,71 @@
+"""The config surface: what ``from mailsift import *`` gives a config file.
+
+The exact set is asserted, so adding or removing a public name is a deliberate
+act that shows up in this file (httpx's ``test_exported_members.py`` habit).
+"""
+
+from __future__ import annotations
+
+import mailsift
+from mailsift.scanners.base import Scanner
+
+EXPORTED = {
+    "Result",
+    "Scanner",
+    "add_header",
+    "alternatives",
+    "attach_name",
+    "cache",
+    "const",
+    "deliver",
+    "drop",
+    "local_maildir",
+    "match_all",
+    "match_any",
+    "max_file_size",
+    "mime_ext",
+    "modify_subject",
+    "nothing",
+    "parsemail",
+    "quarantine",
+    "recover",
+    "regexp_scan",
+    "reject",
+    "rename",
+    "sender_regexp",
+    "smtp_relay",
+    "smtpd",
+    "string_scan",
+    "time_limit",
+}
+
+SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "smtpd"}
+
+
+def test_all_is_exactly_the_config_surface() -> None:
+    assert set(mailsift.__all__) == EXPORTED
+    assert len(mailsift.__all__) == len(EXPORTED)  # no duplicates
+    assert mailsift.__all__ == sorted(mailsift.__all__)
+
+
+def test_star_import_gives_every_name() -> None:
+    namespace: dict[str, object] = {}
+    exec("from mailsift import *", namespace)
+    namespace.pop("__builtins__")
+    assert set(namespace) == EXPORTED
+    for name in EXPORTED:
+        assert namespace[name] is getattr(mailsift, name)
+
+
+def test_every_scanner_name_is_a_documented_scanner_class() -> None:
+    for name in SCANNERS:
+        value = getattr(mailsift, name)
+        assert isinstance(value, type), name
+        assert issubclass(value, Scanner), name
+        assert value.name == name, f"{name}.name is {value.name!r}: the config name and the reported name differ"
+        assert value.__doc__, f"{name} has no docstring"
+
+
+def test_every_exported_name_is_documented() -> None:
+    for name in EXPORTED:
+        assert getattr(mailsift, name).__doc__, name
