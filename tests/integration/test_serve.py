@@ -105,7 +105,7 @@ def send(port: int, body: str) -> tuple[int, bytes]:
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.sendmail("a@example.test", ["b@example.test"], data)
-    except smtplib.SMTPDataError as error:
+    except smtplib.SMTPResponseException as error:
         return error.smtp_code, error.smtp_error
     return 250, b""
 

@@ -35,6 +35,9 @@ from mailsift.services.base import MailPath, Service, Settings
 
 log = logging.getLogger("mailsift.smtpd")
 
+IDLE_GRACE = 1.0
+"""While draining, seconds of silence after which a session not in a transaction is closed."""
+
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PROTO", "HELO", "IDENT", "SOURCE")
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 
@@ -114,8 +117,13 @@ class FilterSMTP(SMTP):
         self.server = server
         self.xforward: dict[str, str] = {}
         self.busy = False
+        self.last_active = 0.0
+
+    def touch(self) -> None:
+        self.last_active = asyncio.get_running_loop().time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.touch()
         self.server.sessions.add(self)
         super().connection_made(transport)
 
@@ -155,6 +163,7 @@ class Handler:
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        server.touch()
         extra = ["250-PIPELINING"]
         peer = session.peer[0] if isinstance(session.peer, tuple) else ""
         if self.server.xforward_allowed(peer):
@@ -164,9 +173,10 @@ class Handler:
     async def handle_MAIL(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
     ) -> str:
-        if self.server.draining:
-            asyncio.get_running_loop().call_soon(_close, server)
-            return str(replies.SHUTTING_DOWN)
+        # While draining, a session that already started still gets its transaction
+        # done (a 421 here would make Postfix defer the mail for minutes); it is
+        # closed after DATA.
+        server.touch()
         if not _plausible_address(address, allow_empty=True):
             return str(replies.BAD_SENDER)
         server.busy = True
@@ -177,6 +187,7 @@ class Handler:
     async def handle_RCPT(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
     ) -> str:
+        server.touch()
         if not _plausible_address(address, allow_empty=False):
             return str(replies.BAD_RECIPIENT)
         if len(envelope.rcpt_tos) >= 1000:
@@ -196,6 +207,7 @@ class Handler:
             return await self.server.process(server, session, envelope)
         finally:
             server.busy = False
+            server.touch()
             if self.server.draining:
                 asyncio.get_running_loop().call_later(0.05, _close, server)
 
@@ -278,18 +290,24 @@ class SMTPServer:
         return str(outcome.reply)
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting, let open transactions finish (up to ``timeout``), close the rest."""
+        """Stop accepting, let open transactions finish (up to ``timeout``), close the rest.
+
+        Sessions idle for over :data:`IDLE_GRACE` seconds get a 421 and are closed;
+        a session that is active (just connected, or inside a transaction) gets
+        to finish one transaction and is closed after its DATA reply.
+        """
         self.draining = True
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions):
-            if not session.busy:
-                if isinstance(session.transport, asyncio.Transport):
-                    session.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
-                _close(session)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(s.busy for s in self.sessions) and loop.time() < deadline:
+        while self.sessions and loop.time() < deadline:
+            now = loop.time()
+            for session in list(self.sessions):
+                if not session.busy and now - session.last_active > IDLE_GRACE:
+                    if isinstance(session.transport, asyncio.Transport):
+                        session.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+                    _close(session)
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             _close(session)
