@@ -11,9 +11,18 @@
 #   MAILSIFT_BENCH_PORT=10024  MAILSIFT_BENCH_SINK=10025  MAILSIFT_BENCH_STATE=$BENCH_WORK/state
 #   BENCH_WORK=/tmp/mailsift-bench   BENCH_OUT=bench/results-latest.md
 #   BENCH_SIZE=10240 BENCH_SESSIONS=10 BENCH_DIRECT_MSGS=20000 BENCH_MAILSIFT_MSGS=6000
-#   BENCH_LATENCY_MSGS=500 BENCH_ROUNDS=3 BENCH_WORKERS=(cores) BENCH_RUN_TIMEOUT=120
+#   BENCH_LATENCY_MSGS=500 BENCH_ROUNDS=5 BENCH_WORKERS=(cores) BENCH_RUN_TIMEOUT=120
+#   BENCH_LOG_LEVEL=warning  BENCH_SOURCE_OPTS=  (extra smtp-source options, e.g. -d)
 #   MAILSIFT=.venv/bin/mailsift  BENCH_CONFIG=bench/config.py
 set -euo pipefail
+
+# the command as given, with the tunables the caller set (for the report)
+CMDLINE=""
+for v in MAILSIFT_BENCH_PORT MAILSIFT_BENCH_SINK BENCH_SIZE BENCH_SESSIONS BENCH_DIRECT_MSGS \
+  BENCH_MAILSIFT_MSGS BENCH_LATENCY_MSGS BENCH_ROUNDS BENCH_WORKERS BENCH_SOURCE_OPTS BENCH_LOG_LEVEL MAILSIFT; do
+  if [ -n "${!v:-}" ]; then CMDLINE+="$v='${!v}' "; fi
+done
+CMDLINE+="bench/run.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
@@ -30,7 +39,8 @@ SESSIONS=${BENCH_SESSIONS:-10}
 DIRECT_MSGS=${BENCH_DIRECT_MSGS:-20000}
 MS_MSGS=${BENCH_MAILSIFT_MSGS:-6000}
 LAT_MSGS=${BENCH_LATENCY_MSGS:-500}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
+LOG_LEVEL=${BENCH_LOG_LEVEL:-warning} # info logs one line per message
 WORKERS=${BENCH_WORKERS:-}            # empty: mailsift's default, one worker per core
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-120} # seconds, per smtp-source run
 SAMPLE_EVERY=0.2                      # seconds between memory samples
@@ -38,13 +48,15 @@ SAMPLE_EVERY=0.2                      # seconds between memory samples
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 SOURCE_ARGS=(-l "$SIZE" -f bench@example.test -t sink@example.test)
+# shellcheck disable=SC2206 # word splitting intended: extra smtp-source options, e.g. BENCH_SOURCE_OPTS=-d (reuse connections)
+SOURCE_ARGS+=(${BENCH_SOURCE_OPTS:-})
 
 say() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 now() { date +%s.%N; }
 
 # ----------------------------------------------------------------- processes
-SINK_PID="" MS_PID="" SAMPLER_PID="" MS_TREE=""
+SINK_PID="" MS_PID="" SAMPLER_PID="" SOURCE_PID="" MS_TREE=""
 
 # alive PID: the process exists and is not a zombie (no fork: /proc read by builtins)
 alive() {
@@ -60,7 +72,8 @@ children() {
   local f c
   if [ -e "/proc/$1/task/$1/children" ]; then
     for f in /proc/"$1"/task/*/children; do
-      { read -r -a c < "$f"; } 2>/dev/null || continue
+      c=()
+      { read -r -a c < "$f"; } 2>/dev/null || true # no trailing newline: read "fails" but fills c
       [ ${#c[@]} -gt 0 ] && printf '%s\n' "${c[@]}"
     done
     return 0
@@ -98,6 +111,7 @@ stop() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$SOURCE_PID" ]; then stop "$SOURCE_PID" 5; fi # timeout(1) passes TERM on to smtp-source
   if [ -n "$SAMPLER_PID" ]; then stop "$SAMPLER_PID" 2; fi
   if [ -n "$MS_PID" ]; then
     MS_TREE=$(tree "$MS_PID" 2>/dev/null || echo "$MS_TREE")
@@ -140,6 +154,18 @@ sample_mem() {
   done
 }
 
+# tree_ticks PID: CPU time (user + system, clock ticks) used so far by PID and its descendants
+tree_ticks() {
+  local p line f t=0
+  for p in $(tree "$1"); do
+    { read -r line < "/proc/$p/stat"; } 2>/dev/null || continue
+    read -r -a f <<< "${line##*) }" # f[11], f[12] = utime, stime (fields 14, 15)
+    t=$((t + f[11] + f[12]))
+  done
+  echo $t
+}
+HZ=$(getconf CLK_TCK)
+
 # cpu_snap: "busy idle" jiffies of all CPUs
 cpu_snap() { awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
 # sink_count: messages smtp-sink has received so far (its -c counter)
@@ -154,10 +180,17 @@ sink_count() {
 run_source() {
   local port=$1 sess=$2 msgs=$3 before after t0 t1 c0 c1 rc=0 i
   before=$(sink_count)
+  local k0=0 k1=0
+  if [ "$port" = "$MS_PORT" ]; then k0=$(tree_ticks "$MS_PID"); fi
   c0=$(cpu_snap); t0=$(now)
+  # in the background, so that a signal to this script is handled at once (wait is interruptible)
   timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" -s "$sess" -m "$msgs" "${SOURCE_ARGS[@]}" "127.0.0.1:$port" \
-    2> "$WORK/source.err" || rc=$?
+    2> "$WORK/source.err" &
+  SOURCE_PID=$!
+  wait "$SOURCE_PID" || rc=$?
+  SOURCE_PID=""
   t1=$(now); c1=$(cpu_snap)
+  if [ "$port" = "$MS_PORT" ]; then k1=$(tree_ticks "$MS_PID"); fi
   if [ $rc != 0 ] || [ -s "$WORK/source.err" ]; then
     cat "$WORK/source.err" >&2
     die "smtp-source -s $sess -m $msgs to port $port failed (rc=$rc$([ $rc = 124 ] && echo ", timed out after ${RUN_TIMEOUT}s"))"
@@ -170,6 +203,7 @@ run_source() {
   [ $((after - before)) -eq "$msgs" ] || die "smtp-sink counted $((after - before)) new messages, expected $msgs"
   SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.4f", b - a}')
   CPU=$(echo "$c0 $c1" | awk '{b=$3-$1; i=$4-$2; printf "%.0f", (b+i) ? 100*b/(b+i) : 0}')
+  MS_CPU_MS=$(awk -v k=$((k1 - k0)) -v hz="$HZ" -v m="$msgs" 'BEGIN{printf "%.3f", 1000*k/hz/m}') # mailsift CPU ms per message
 }
 
 # median / min / max of the arguments
@@ -189,8 +223,12 @@ mkdir -p "$WORK" "$MAILSIFT_BENCH_STATE"
 "$MAILSIFT" check-config -c "$CONFIG" > "$WORK/check-config.out" 2>&1 \
   || { cat "$WORK/check-config.out" >&2; die "mailsift check-config -c $CONFIG failed"; }
 
+# how busy the machine is before we start (other work skews every figure)
+c0=$(cpu_snap); sleep 1; BUSY_BEFORE=$(echo "$c0 $(cpu_snap)" | awk '{b=$3-$1; i=$4-$2; printf "%.0f", (b+i) ? 100*b/(b+i) : 0}')
+if [ "$BUSY_BEFORE" -gt 20 ]; then say "WARNING: the CPUs were ${BUSY_BEFORE}% busy before the bench; figures will be low and noisy"; fi
+
 SINK_USER=()
-[ "$(id -u)" = 0 ] && SINK_USER=(-u nobody) # smtp-sink refuses to run as root without -u
+if [ "$(id -u)" = 0 ]; then SINK_USER=(-u nobody); fi # smtp-sink refuses to run as root without -u
 
 # ----------------------------------------------------------------- start
 say "starting smtp-sink on 127.0.0.1:$SINK_PORT"
@@ -198,8 +236,8 @@ say "starting smtp-sink on 127.0.0.1:$SINK_PORT"
 SINK_PID=$!
 wait_port "$SINK_PORT" 10 "$SINK_PID" || { cat "$WORK/sink.err" >&2; die "smtp-sink did not start"; }
 
-MS_CMD=("$MAILSIFT" serve -c "$CONFIG" --log-level warning --drain-seconds 5)
-[ -n "$WORKERS" ] && MS_CMD+=(-w "$WORKERS")
+MS_CMD=("$MAILSIFT" serve -c "$CONFIG" --log-level "$LOG_LEVEL" --drain-seconds 5)
+if [ -n "$WORKERS" ]; then MS_CMD+=(-w "$WORKERS"); fi
 say "starting ${MS_CMD[*]}"
 "${MS_CMD[@]}" > "$WORK/mailsift.log" 2>&1 &
 MS_PID=$!
@@ -223,20 +261,20 @@ say "warm-up (not reported): 500 messages through each path"
 run_source "$SINK_PORT" "$SESSIONS" 500
 run_source "$MS_PORT" "$SESSIONS" 500
 
-D_RATE=() M_RATE=() D_LAT=() M_LAT=() D_CPU=() M_CPU=()
+D_RATE=() M_RATE=() D_LAT=() M_LAT=() D_CPU=() M_CPU=() M_CPUMSG=() M_CPUMSG1=()
 for ((r = 1; r <= ROUNDS; r++)); do
   run_source "$SINK_PORT" "$SESSIONS" "$DIRECT_MSGS"
   D_RATE+=("$(awk -v m="$DIRECT_MSGS" -v s="$SECS" 'BEGIN{printf "%.1f", m/s}')"); D_CPU+=("$CPU")
   say "round $r/$ROUNDS direct   -s $SESSIONS -m $DIRECT_MSGS: ${SECS}s = ${D_RATE[-1]} msgs/s (CPU ${CPU}%)"
   run_source "$MS_PORT" "$SESSIONS" "$MS_MSGS"
-  M_RATE+=("$(awk -v m="$MS_MSGS" -v s="$SECS" 'BEGIN{printf "%.1f", m/s}')"); M_CPU+=("$CPU")
-  say "round $r/$ROUNDS mailsift -s $SESSIONS -m $MS_MSGS: ${SECS}s = ${M_RATE[-1]} msgs/s (CPU ${CPU}%)"
+  M_RATE+=("$(awk -v m="$MS_MSGS" -v s="$SECS" 'BEGIN{printf "%.1f", m/s}')"); M_CPU+=("$CPU"); M_CPUMSG+=("$MS_CPU_MS")
+  say "round $r/$ROUNDS mailsift -s $SESSIONS -m $MS_MSGS: ${SECS}s = ${M_RATE[-1]} msgs/s (CPU ${CPU}%, mailsift ${MS_CPU_MS} ms CPU/msg)"
   run_source "$SINK_PORT" 1 "$LAT_MSGS"
   D_LAT+=("$(awk -v m="$LAT_MSGS" -v s="$SECS" 'BEGIN{printf "%.4f", 1000*s/m}')")
   say "round $r/$ROUNDS direct   -s 1 -m $LAT_MSGS: ${D_LAT[-1]} ms/msg"
   run_source "$MS_PORT" 1 "$LAT_MSGS"
-  M_LAT+=("$(awk -v m="$LAT_MSGS" -v s="$SECS" 'BEGIN{printf "%.4f", 1000*s/m}')")
-  say "round $r/$ROUNDS mailsift -s 1 -m $LAT_MSGS: ${M_LAT[-1]} ms/msg"
+  M_LAT+=("$(awk -v m="$LAT_MSGS" -v s="$SECS" 'BEGIN{printf "%.4f", 1000*s/m}')"); M_CPUMSG1+=("$MS_CPU_MS")
+  say "round $r/$ROUNDS mailsift -s 1 -m $LAT_MSGS: ${M_LAT[-1]} ms/msg (mailsift ${MS_CPU_MS} ms CPU/msg)"
 done
 
 stop "$SAMPLER_PID" 2; SAMPLER_PID=""
@@ -271,17 +309,16 @@ ADDED_OK=$(awk -v x="$ADDED" 'BEGIN{print (x <= 5) ? "yes" : "**no**"}')
 T_TOTAL=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN{printf "%.0f", b - a}')
 
 PY="$(dirname "$MAILSIFT")/python"
-[ -x "$PY" ] || PY=python3
+[ -x "$PY" ] || PY=$ROOT/.venv/bin/python
 PY_VERSION=$("$PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo "?")
 VERSIONS=$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mailsift", "aiosmtpd", "aiosmtplib")))' 2>/dev/null || echo "?")
 GIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] && GIT="$GIT (+ uncommitted changes)"
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then GIT="$GIT (+ uncommitted changes)"; fi
 POSTFIX=$(dpkg-query -W -f '${Version}' postfix 2>/dev/null || echo "?")
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 MEM_TOTAL=$(awk '/^MemTotal/{printf "%.1f GB", $2/1048576}' /proc/meminfo)
-CMDLINE="bench/run.sh$(for v in MAILSIFT_BENCH_PORT MAILSIFT_BENCH_SINK BENCH_SIZE BENCH_SESSIONS BENCH_DIRECT_MSGS \
-  BENCH_MAILSIFT_MSGS BENCH_LATENCY_MSGS BENCH_ROUNDS BENCH_WORKERS; do [ -n "${!v:-}" ] && printf ' %s=%s' "$v" "${!v}"; done)"
 
+if [ -n "$WORKERS" ]; then W_OPT=" -w $WORKERS" W_NOTE="-w $WORKERS"; else W_OPT="" W_NOTE="default = one per core"; fi
 report() {
   cat <<EOF
 ## mailsift benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')
@@ -300,17 +337,19 @@ Measured side by side in one run of \`$CMDLINE\` on loopback, interleaved over $
 | added latency, 1 session (mailsift − direct per message) | ${ADDED} ms | ≤ 5 ms | $ADDED_OK |
 | peak RSS, all mailsift processes (sum) | $(mb "$PEAK_RSS") MB | — | |
 | peak PSS, all mailsift processes (sum) | $(mb "$PEAK_PSS") MB | — | |
+| mailsift CPU time per message, ${SESSIONS} sessions / 1 session | $(fmt "$(median "${M_CPUMSG[@]}")" %.2f) / $(fmt "$(median "${M_CPUMSG1[@]}")" %.2f) ms | — | |
 | idle after start: RSS / PSS (sum) | $(mb "$IDLE_RSS") / $(mb "$IDLE_PSS") MB | — | |
 
-- workload: ${SIZE}-byte messages from \`smtp-source -s $SESSIONS -l $SIZE\` (one message per connection);
+- workload: ${SIZE}-byte messages from \`smtp-source -s $SESSIONS -l $SIZE${BENCH_SOURCE_OPTS:+ $BENCH_SOURCE_OPTS}\` ($([[ " ${BENCH_SOURCE_OPTS:-} " == *" -d "* ]] && echo "connections reused" || echo "one message per connection"));
   per round: direct \`-m $DIRECT_MSGS\`, mailsift \`-m $MS_MSGS\`, then \`-s 1 -m $LAT_MSGS\` through each;
   a 500-message warm-up through each path first (not counted). Every message was counted at smtp-sink.
-- sink: \`smtp-sink ${SINK_USER[*]} -c 127.0.0.1:$SINK_PORT 1024\`; mailsift: \`mailsift serve -c bench/config.py --log-level warning\`$([ -n "$WORKERS" ] && echo " -w $WORKERS")
+- sink: \`smtp-sink ${SINK_USER[*]} -c 127.0.0.1:$SINK_PORT 1024\`; mailsift: \`mailsift serve -c bench/config.py --log-level $LOG_LEVEL$W_OPT\`
   on 127.0.0.1:$MS_PORT (pipeline: \`parsemail(attach_name)\` + \`parsemail(regexp_scan)\`, reinjection to the sink).
 - memory: supervisor + every descendant (parent-PID walk), \`VmRSS\` and \`smaps_rollup\` \`Pss\` summed,
   sampled every ${SAMPLE_EVERY} s ($SAMPLES samples, at most $PEAK_N processes); PSS counts pages shared after fork once.
 - machine: $(nproc) CPUs ($CPU_MODEL), $MEM_TOTAL RAM, Linux $(uname -r); Python $PY_VERSION; $VERSIONS;
-  mailsift workers: $n_workers ($([ -n "$WORKERS" ] && echo "-w $WORKERS" || echo "default = one per core")); postfix $POSTFIX; git $GIT.
+  mailsift workers: $n_workers ($W_NOTE); postfix $POSTFIX; git $GIT.
+- CPUs busy in the second before the bench: ${BUSY_BEFORE}% (other work on the machine skews every figure).
 - mailsift errors logged: $MS_ERRORS; drained and stopped on SIGTERM in ${STOP_SECS} s. Whole bench: ${T_TOTAL} s.
 EOF
 }

@@ -1,4 +1,9 @@
-"""Throw-away smoke test for postfix_instance.py (run as root with the project venv's python)."""
+"""Throw-away smoke test for postfix_instance.py (run as root with the project venv's python).
+
+Runs two private Postfix instances *at the same time*, each behind a tiny aiosmtpd "filter":
+  A: the filter adds ``X-Smoke-Filter: yes`` and re-injects -> delivered to bob's Maildir.
+  B: the filter answers ``550 5.7.1 rejected`` -> Postfix bounces to the sender (alice), bob gets nothing.
+"""
 
 from __future__ import annotations
 
@@ -39,35 +44,22 @@ class Relay:
         return "250 2.0.0 Ok: forwarded"
 
 
-def swaks(port: int, to: str, subject: str) -> str:
-    cmd = [
-        "swaks",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--to",
-        to,
-        "--from",
-        "alice@example.test",
-        "--header",
-        f"Subject: {subject}",
-        "--timeout",
-        "20",
-    ]
+def swaks(port: int, to: str, subject: str, *, expect_ok: bool = True) -> str:
+    cmd = ["swaks", "--server", f"127.0.0.1:{port}", "--to", to, "--from", "alice@example.test"]
+    cmd += ["--header", f"Subject: {subject}", "--timeout", "20"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"swaks failed:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+    if (proc.returncode == 0) != expect_ok:
+        raise RuntimeError(f"swaks rc={proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("<~", "<*", "<-  250 2.0.0")))
 
 
-def run_case(reject: bool) -> None:
-    # Two separate 0700 base dirs, like pytest's tmp_path, to prove Postfix copes with them.
+def make(reject: bool) -> tuple[PostfixInstance, Controller]:
+    # Separate 0700 base dirs, like pytest's tmp_path, to prove Postfix copes with them.
     work = Path(tempfile.mkdtemp(prefix="pf-work-")) / "pf"
     mail = Path(tempfile.mkdtemp(prefix="pf-mail-")) / "maildirs"
     inbound, reinject, filter_port = free_port(), free_port(), free_port()
-    controller = Controller(
-        Relay(reinject, reject), hostname="127.0.0.1", port=filter_port, server_hostname="smoke-filter.test"
-    )
-    controller.start()
+    relay = Relay(reinject, reject)
+    controller = Controller(relay, hostname="127.0.0.1", port=filter_port, server_hostname="smoke-filter.test")
     pf = PostfixInstance(
         work,
         inbound_port=inbound,
@@ -75,40 +67,62 @@ def run_case(reject: bool) -> None:
         content_filter=PostfixInstance.scan_filter(filter_port),
         maildir_root=mail,
     )
-    t0 = time.monotonic()
+    return pf, controller
+
+
+def show_log(name: str, pf: PostfixInstance) -> None:
+    print(f"--- {name}: maillog (relevant lines) ---")
+    keys = ("status=", "warning", "fatal", "error", "panic", "reject:", "starting", "stopping", "daemon started")
+    for line in pf.log_text().splitlines():
+        if any(k in line for k in keys):
+            print(line)
+
+
+def main() -> None:
+    a, ctl_a = make(reject=False)
+    b, ctl_b = make(reject=True)
     try:
-        pf.start()
-        print(f"== case reject={reject}: started in {time.monotonic() - t0:.2f}s, pids={pf.pids()}")
-        out = swaks(inbound, "bob@example.test", f"smoke reject={reject}")
-        print("\n".join(line for line in out.splitlines() if line.startswith("<~ 250") or "queued" in line))
-        if not reject:
-            [path] = pf.wait_delivered("bob@example.test", timeout=30)
-            msg = email.message_from_bytes(path.read_bytes())
-            assert msg["X-Smoke-Filter"] == "yes", msg.as_string()
-            print(f"delivered {path} ({path.stat().st_uid=}) X-Smoke-Filter={msg['X-Smoke-Filter']}")
-        else:
-            # The 550 from the filter makes Postfix bounce to the sender (also local here).
-            [bounce] = pf.wait_delivered("alice@example.test", timeout=30)
-            text = bounce.read_text(errors="replace")
-            assert "550 5.7.1 rejected" in text, text
-            print(f"bounce delivered to {bounce}")
-            assert not pf.maildir_new("bob@example.test").exists()
-        pf.wait_queue_empty(timeout=30)
-        print("queue empty:", pf.queue_is_empty())
-        print("--- maillog (relevant lines) ---")
-        for line in pf.log_text().splitlines():
-            if any(k in line for k in ("status=", "warning", "fatal", "error", "panic", "starting", "stopping")):
-                print(line)
+        for name, pf, ctl in (("A", a, ctl_a), ("B", b, ctl_b)):
+            ctl.start()
+            t0 = time.monotonic()
+            pf.start()
+            print(f"== {name} started in {time.monotonic() - t0:.2f}s, inbound={pf.inbound_port} pids={pf.pids()}")
+
+        print("== A: send to Bob@Example.TEST (mixed case) via filter that forwards")
+        print(swaks(a.inbound_port, "Bob@Example.TEST", "smoke A"))
+        print("== B: send to bob@example.test via filter that rejects")
+        print(swaks(b.inbound_port, "bob@example.test", "smoke B"))
+        print("== A: unknown mailbox and foreign domain are refused at RCPT")
+        print(swaks(a.inbound_port, "nosuchuser@example.test", "unknown", expect_ok=False))
+        print(swaks(a.inbound_port, "someone@elsewhere.test", "relay", expect_ok=False))
+
+        [path] = a.wait_delivered("bob@example.test", timeout=30)
+        msg = email.message_from_bytes(path.read_bytes())
+        assert msg["X-Smoke-Filter"] == "yes", msg.as_string()
+        print(f"A delivered {path} (uid={path.stat().st_uid}) X-Smoke-Filter={msg['X-Smoke-Filter']}")
+
+        [bounce] = b.wait_delivered("alice@example.test", timeout=30)
+        text = bounce.read_text(errors="replace")
+        assert "550 5.7.1 rejected" in text, text
+        assert not b.maildir_new("bob@example.test").exists()
+        print(f"B bounce delivered to {bounce}; bob has no mail")
+
+        for name, pf in (("A", a), ("B", b)):
+            pf.wait_queue_empty(timeout=30)
+            print(f"{name} queue empty: {pf.queue_is_empty()}")
+            pf.flush()
+        show_log("A", a)
+        show_log("B", b)
     finally:
-        pf.stop()
-        controller.stop()
-    assert not pf.pids(), pf.pids()
-    print(f"stopped; leftover pids: {pf.pids()}")
-    print("--- tail after stop ---")
-    print("\n".join(pf.log_text().splitlines()[-3:]))
+        for pf, ctl in ((a, ctl_a), (b, ctl_b)):
+            pf.stop()
+            ctl.stop()
+    for name, pf in (("A", a), ("B", b)):
+        assert not pf.pids(), pf.pids()
+        print(f"{name} stopped; leftover pids: {pf.pids()}; last log line:")
+        print("  " + pf.log_text().splitlines()[-1])
+    print("SMOKE OK")
 
 
 if __name__ == "__main__":
-    run_case(reject=False)
-    run_case(reject=True)
-    print("SMOKE OK")
+    main()

@@ -2,7 +2,7 @@
 
 The instance lives entirely under a caller-supplied work directory::
 
-    WORKDIR/etc/       config_directory (main.cf, master.cf, virtual_mailbox.regexp)
+    WORKDIR/etc/       config_directory (main.cf, master.cf, mailboxes)
     WORKDIR/spool/     queue_directory (subdirectories created by ``postfix start``)
     WORKDIR/data/      data_directory (owned by mail_owner)
     WORKDIR/maillog    Postfix log (maillog_file + postlogd, Postfix >= 3.4)
@@ -18,11 +18,18 @@ Mail flow (classic after-queue content filter, SAGATOR / amavis style)::
     filter --SMTP--> 127.0.0.1:reinject_port smtpd  (-o content_filter= , no checks)
                      -> qmgr -> virtual(8) -> maildir_root/<recipient>/new/
 
-The inbound smtpd only accepts recipients in ``domain`` (no relaying).  Every
-``x@domain`` recipient gets the Maildir ``maildir_root/x@domain/``.  Anything that
-would leave the host (other domains) is bounced by the ``error`` transport.
+The inbound smtpd only accepts the listed ``mailboxes`` of ``domain`` (others: 550 5.1.1
+User unknown; other domains: 554 Relay access denied).  Mailbox ``x@domain`` is the Maildir
+``maildir_root/x@domain/``.  Mail that reaches the queue for any other domain is bounced by
+the ``error`` transport, and nothing uses DNS.  Bounces go to the (local) sender.
 
-Must be run as root (Postfix's master requires it).
+Must be run as root (Postfix's master requires it).  Typical pytest use::
+
+    with PostfixInstance(tmp_path / "pf", inbound_port=free_port(), reinject_port=free_port(),
+                         content_filter=PostfixInstance.scan_filter(filter_port),
+                         maildir_root=tmp_path / "mail") as pf:
+        ...  # SMTP to pf.inbound_port
+        [msg] = pf.wait_delivered("bob@example.test")
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -48,6 +56,9 @@ POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
 PR_SET_CHILD_SUBREAPER = 36
+
+#: Local parts (or full addresses) that get a Maildir unless ``mailboxes=`` says otherwise.
+DEFAULT_MAILBOXES = ("alice", "bob", "carol", "dave", "eve", "postmaster", "abuse", "admin", "quarantine")
 
 #: Queue subdirectories that hold messages (used by :meth:`PostfixInstance.queue_is_empty`).
 _MESSAGE_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
@@ -158,13 +169,13 @@ def _reap_children() -> None:
 
 
 def _reaper_main(timeout: float, config_dir: str) -> int:
-    """Per-instance supervisor, run as ``python postfix_instance.py --reaper TIMEOUT CONFIG_DIR``.
+    """Per-instance helper process, run as ``python postfix_instance.py --reaper TIMEOUT CONFIG_DIR``.
 
-    Becomes a child subreaper, runs ``postfix start`` and prints one JSON line
-    ``{"status": ..., "output": ...}``.  The Postfix master daemonizes and, when stopped, exits
-    before its children, so those would become orphans of PID 1 -- which in some containers never
-    reaps them (zombies).  As subreaper this process adopts and reaps them instead.  It exits when
-    the parent writes ``done`` to stdin; if stdin closes without it (parent died), it first runs
+    Becomes a child subreaper and runs ``postfix start``; prints one JSON line
+    ``{"status": ..., "output": ...}``.  The master daemonizes and, when stopped, exits before its
+    children, so those become orphans of PID 1 -- which in some containers never reaps them
+    (zombies).  As subreaper this process adopts and reaps them instead.  It exits when the parent
+    writes ``done`` to stdin; if stdin closes without it (the test process died), it first runs
     ``postfix stop`` so the instance does not outlive the test run.
     """
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -215,6 +226,8 @@ class PostfixInstance:
             ``nobody:nogroup`` (virtual(8) refuses uid 0), and its ancestors get ``o+x``
             where needed so that user can reach it (pytest's tmp dirs are 0700).
         domain: the only domain the instance accepts and delivers.
+        mailboxes: local parts or addresses in ``domain`` that exist (texthash map); Postfix cannot
+            give *every* address its own Maildir (virtual(8) forbids regexp ``$1`` and socketmap).
         extra_main_cf: main.cf settings applied last (override the defaults).
     """
 
@@ -227,6 +240,7 @@ class PostfixInstance:
         content_filter: str | None,
         maildir_root: Path,
         domain: str = "example.test",
+        mailboxes: Iterable[str] = DEFAULT_MAILBOXES,
         extra_main_cf: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir).absolute()
@@ -234,7 +248,8 @@ class PostfixInstance:
         self.reinject_port = reinject_port
         self.content_filter = content_filter
         self.maildir_root = Path(maildir_root).absolute()
-        self.domain = domain
+        self.domain = domain.lower()
+        self.mailboxes = sorted({m.lower() if "@" in m else f"{m.lower()}@{self.domain}" for m in mailboxes})
         self.extra_main_cf = dict(extra_main_cf or {})
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "spool"
@@ -268,7 +283,7 @@ class PostfixInstance:
             "maillog_file_prefixes": str(self.workdir),  # default "/var, /dev/stdout" -> fatal
             "myhostname": self.myhostname,
             "mydomain": self.domain,
-            "myorigin": "$myhostname",
+            "myorigin": "$mydomain",  # so bare "postmaster" (bounce notices) is a local mailbox
             "mydestination": "",
             "mynetworks": "127.0.0.0/8",
             "inet_interfaces": "127.0.0.1",
@@ -284,7 +299,6 @@ class PostfixInstance:
             "smtp_dns_support_level": "disabled",
             "smtp_host_lookup": "native",
             "lmtp_host_lookup": "native",
-            "smtpd_peername_lookup": "no",
             "address_verify_map": "",
             "append_dot_mydomain": "no",
             "biff": "no",
@@ -297,7 +311,7 @@ class PostfixInstance:
             # Final delivery: virtual(8) into Maildirs.
             "virtual_mailbox_domains": self.domain,
             "virtual_mailbox_base": str(self.maildir_root),
-            "virtual_mailbox_maps": f"regexp:{self.config_dir / 'virtual_mailbox.regexp'}",
+            "virtual_mailbox_maps": f"texthash:{self.config_dir / 'mailboxes'}",
             "virtual_uid_maps": f"static:{uid}",
             "virtual_gid_maps": f"static:{gid}",
             "virtual_minimum_uid": "1",
@@ -393,17 +407,22 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         # post-install create-missing), with mail_owner/setgid_group ownership.
         self.queue_dir.mkdir(mode=0o755, exist_ok=True)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        # virtual(8) refuses $1 substitution (regexp/pcre) and network maps (socketmap/tcp) for
+        # virtual_mailbox_maps, so "any address -> own Maildir" is impossible: list the mailboxes.
+        mailbox_map = "".join(f"{address} {address}/\n" for address in self.mailboxes)
+        (self.config_dir / "mailboxes").write_text(mailbox_map)
         owner = pwd.getpwnam("postfix")
         os.chown(self.data_dir, owner.pw_uid, owner.pw_gid)
         # master(8) opens data_directory/master.lock *after* switching to mail_owner.
         _grant_traverse(self.data_dir, owner.pw_uid, owner.pw_gid)
-        regexp = self.config_dir / "virtual_mailbox.regexp"
-        # ANY user@domain -> "user@domain/" (trailing slash = Maildir); '/' is never allowed.
-        # '%' is the pattern delimiter because the pattern itself contains '/'.
-        regexp.write_text(f"%^([^/]+@{self.domain.replace('.', '[.]')})$% ${{1}}/\n")
         lines = [f"{key} = {value}" for key, value in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(self.master_cf())
+        # Postfix re-reads a file modified within the current second (300 ms sleeps, ~2 s in
+        # total for main.cf alone) until it looks settled; backdate them so start is instant.
+        past = time.time() - 60
+        for name in ("main.cf", "master.cf", "mailboxes"):
+            os.utime(self.config_dir / name, (past, past))
 
     # ------------------------------------------------------------------ lifecycle
 
