@@ -3,10 +3,12 @@
 Runs two private Postfix instances *at the same time*, each behind a tiny aiosmtpd "filter":
   A: the filter adds ``X-Smoke-Filter: yes`` and re-injects -> delivered to bob's Maildir.
   B: the filter answers ``550 5.7.1 rejected`` -> Postfix bounces to the sender (alice), bob gets nothing.
+Then C (on A): the filter is down -> Postfix defers; once it is back, the 1 s backoff/flush delivers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email
 import subprocess
 import sys
@@ -53,13 +55,17 @@ def swaks(port: int, to: str, subject: str, *, expect_ok: bool = True) -> str:
     return "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("<~", "<*", "<-  250 2.0.0")))
 
 
+def relay_controller(reinject_port: int, filter_port: int, reject: bool = False) -> Controller:
+    relay = Relay(reinject_port, reject)
+    return Controller(relay, hostname="127.0.0.1", port=filter_port, server_hostname="smoke-filter.test")
+
+
 def make(reject: bool) -> tuple[PostfixInstance, Controller]:
     # Separate 0700 base dirs, like pytest's tmp_path, to prove Postfix copes with them.
     work = Path(tempfile.mkdtemp(prefix="pf-work-")) / "pf"
     mail = Path(tempfile.mkdtemp(prefix="pf-mail-")) / "maildirs"
     inbound, reinject, filter_port = free_port(), free_port(), free_port()
-    relay = Relay(reinject, reject)
-    controller = Controller(relay, hostname="127.0.0.1", port=filter_port, server_hostname="smoke-filter.test")
+    controller = relay_controller(reinject, filter_port, reject)
     pf = PostfixInstance(
         work,
         inbound_port=inbound,
@@ -110,13 +116,29 @@ def main() -> None:
         for name, pf in (("A", a), ("B", b)):
             pf.wait_queue_empty(timeout=30)
             print(f"{name} queue empty: {pf.queue_is_empty()}")
-            pf.flush()
+
+        print("== C: filter of A down -> deferred, then back up -> delivered")
+        ctl_a.stop()
+        print(swaks(a.inbound_port, "carol@example.test", "smoke C"))
+        deadline = time.monotonic() + 30
+        while not (queue := a.queue()) or not queue[0]["recipients"][0].get("delay_reason"):  # type: ignore[index]
+            assert time.monotonic() < deadline, a.log_text()[-2000:]
+            time.sleep(0.2)
+        print("A queue:", queue[0]["queue_name"], queue[0]["recipients"])
+        ctl_a = relay_controller(a.reinject_port, ctl_a.port)  # a stopped Controller cannot restart
+        ctl_a.start()
+        a.flush()
+        t0 = time.monotonic()
+        [path] = a.wait_delivered("carol@example.test", timeout=30)
+        print(f"C delivered {time.monotonic() - t0:.2f}s after restart: {path.name}")
+        a.wait_queue_empty(timeout=30)
         show_log("A", a)
         show_log("B", b)
     finally:
         for pf, ctl in ((a, ctl_a), (b, ctl_b)):
             pf.stop()
-            ctl.stop()
+            with contextlib.suppress(Exception):
+                ctl.stop()
     for name, pf in (("A", a), ("B", b)):
         assert not pf.pids(), pf.pids()
         print(f"{name} stopped; leftover pids: {pf.pids()}; last log line:")

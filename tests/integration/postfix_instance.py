@@ -173,8 +173,8 @@ def _reaper_main(timeout: float, config_dir: str) -> int:
 
     Becomes a child subreaper and runs ``postfix start``; prints one JSON line
     ``{"status": ..., "output": ...}``.  The master daemonizes and, when stopped, exits before its
-    children, so those become orphans of PID 1 -- which in some containers never reaps them
-    (zombies).  As subreaper this process adopts and reaps them instead.  It exits when the parent
+    children, so those become orphans of PID 1 -- which in containers without a real init reaps
+    them late or never (zombies in ``ps``).  As subreaper this process adopts and reaps them.  It exits when the parent
     writes ``done`` to stdin; if stdin closes without it (the test process died), it first runs
     ``postfix stop`` so the instance does not outlive the test run.
     """
