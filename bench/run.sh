@@ -13,6 +13,7 @@
 #   BENCH_SIZE=10240 BENCH_SESSIONS=10 BENCH_DIRECT_MSGS=20000 BENCH_MAILSIFT_MSGS=6000
 #   BENCH_LATENCY_MSGS=500 BENCH_ROUNDS=5 BENCH_WORKERS=(cores) BENCH_RUN_TIMEOUT=120
 #   BENCH_LOG_LEVEL=warning  BENCH_SOURCE_OPTS=  (extra smtp-source options, e.g. -d)
+#   BENCH_QUIET_WAIT=30 (seconds to wait for the CPUs to be quiet before starting)
 #   MAILSIFT=.venv/bin/mailsift  BENCH_CONFIG=bench/config.py
 set -euo pipefail
 
@@ -105,7 +106,8 @@ stop() {
   for p in "$pid" "$@"; do
     if alive "$p"; then say "pid $p did not stop in ${secs}s: KILL"; kill -KILL "$p" 2>/dev/null || true; fi
   done
-  wait "$pid" 2>/dev/null || true
+  STOP_RC=0
+  wait "$pid" 2>/dev/null || STOP_RC=$?
 }
 
 cleanup() {
@@ -223,9 +225,15 @@ mkdir -p "$WORK" "$MAILSIFT_BENCH_STATE"
 "$MAILSIFT" check-config -c "$CONFIG" > "$WORK/check-config.out" 2>&1 \
   || { cat "$WORK/check-config.out" >&2; die "mailsift check-config -c $CONFIG failed"; }
 
-# how busy the machine is before we start (other work skews every figure)
-c0=$(cpu_snap); sleep 1; BUSY_BEFORE=$(echo "$c0 $(cpu_snap)" | awk '{b=$3-$1; i=$4-$2; printf "%.0f", (b+i) ? 100*b/(b+i) : 0}')
-if [ "$BUSY_BEFORE" -gt 20 ]; then say "WARNING: the CPUs were ${BUSY_BEFORE}% busy before the bench; figures will be low and noisy"; fi
+# other work skews every figure: wait (up to BENCH_QUIET_WAIT s) for a second in which the CPUs are at most 15% busy
+for ((i = 0; i < ${BENCH_QUIET_WAIT:-30}; i++)); do
+  c0=$(cpu_snap); sleep 1
+  BUSY_BEFORE=$(echo "$c0 $(cpu_snap)" | awk '{b=$3-$1; i=$4-$2; printf "%.0f", (b+i) ? 100*b/(b+i) : 0}')
+  if [ "$BUSY_BEFORE" -le 15 ]; then break; fi
+  if [ "$i" = 0 ]; then say "the CPUs are ${BUSY_BEFORE}% busy with other work; waiting up to ${BENCH_QUIET_WAIT:-30} s for quiet"; fi
+done
+if [ "$BUSY_BEFORE" -gt 15 ]; then say "WARNING: the CPUs were ${BUSY_BEFORE}% busy before the bench; figures will be low and noisy"; fi
+SNAP_BEGIN=$(cpu_snap) # with `times` at the end: how much CPU went to processes that are not ours
 
 SINK_USER=()
 if [ "$(id -u)" = 0 ]; then SINK_USER=(-u nobody); fi # smtp-sink refuses to run as root without -u
@@ -250,6 +258,7 @@ for ((i = 0; i < 50; i++)); do
   sleep 0.1
 done
 say "mailsift supervisor $MS_PID, $n_workers worker(s): ${MS_TREE#"$MS_PID" }"
+if [ "$n_workers" -lt "$expected_workers" ]; then say "WARNING: expected $expected_workers workers"; fi
 
 sample_mem "$MS_PID" > "$WORK/mem.log" &
 SAMPLER_PID=$!
@@ -283,9 +292,16 @@ say "stopping mailsift (SIGTERM, drain)"
 T_STOP=$(now)
 # shellcheck disable=SC2086
 stop "$MS_PID" 15 ${MS_TREE#"$MS_PID"}
-MS_PID=""
+MS_PID="" MS_EXIT=$STOP_RC
 STOP_SECS=$(awk -v a="$T_STOP" -v b="$(now)" 'BEGIN{printf "%.1f", b - a}')
 stop "$SINK_PID" 5; SINK_PID=""
+# CPU of the machine during the bench not spent by this script and its children
+# (smtp-source, smtp-sink, mailsift and its workers, all reaped by now): other work.
+times > "$WORK/times.out" # in this shell: a pipe or $(...) would run it in a subshell, children 0
+OURS=$(tail -n 1 "$WORK/times.out" | awk '{for (i = 1; i <= 2; i++) {split($i, p, "m"); sub("s", "", p[2]); t += p[1]*60 + p[2]}} END{print t}')
+SNAP_END=$(cpu_snap)
+FOREIGN=$(echo "$SNAP_BEGIN $SNAP_END" | awk -v ours="$OURS" -v hz="$HZ" \
+  '{b=($3-$1)/hz; t=($3-$1+$4-$2)/hz; f=b-ours; if (f<0) f=0; printf "%.0f", t ? 100*f/t : 0}')
 if grep -qE ' (ERROR|CRITICAL) |Traceback' "$WORK/mailsift.log"; then
   say "mailsift logged errors:"; grep -E ' (ERROR|CRITICAL) |Traceback' "$WORK/mailsift.log" | head -n 5 >&2
   MS_ERRORS="yes (see $WORK/mailsift.log)"
@@ -313,11 +329,18 @@ PY="$(dirname "$MAILSIFT")/python"
 PY_VERSION=$("$PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo "?")
 VERSIONS=$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mailsift", "aiosmtpd", "aiosmtplib")))' 2>/dev/null || echo "?")
 GIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then GIT="$GIT (+ uncommitted changes)"; fi
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- src pyproject.toml 2>/dev/null)" ]; then
+  GIT="$GIT (+ uncommitted changes in src/)"
+fi
 POSTFIX=$(dpkg-query -W -f '${Version}' postfix 2>/dev/null || echo "?")
 CPU_MODEL=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 MEM_TOTAL=$(awk '/^MemTotal/{printf "%.1f GB", $2/1048576}' /proc/meminfo)
 
+OTHER_WARNING=""
+if [ "$FOREIGN" -gt 10 ] || [ "$BUSY_BEFORE" -gt 15 ]; then
+  OTHER_WARNING=" **WARNING: other work competed for the CPUs; these figures are low and not comparable: run again on a quiet machine.**"
+  say "WARNING: other work competed for the CPUs (${FOREIGN}% of CPU time); figures not comparable"
+fi
 if [ -n "$WORKERS" ]; then W_OPT=" -w $WORKERS" W_NOTE="-w $WORKERS"; else W_OPT="" W_NOTE="default = one per core"; fi
 report() {
   cat <<EOF
@@ -349,8 +372,9 @@ Measured side by side in one run of \`$CMDLINE\` on loopback, interleaved over $
   sampled every ${SAMPLE_EVERY} s ($SAMPLES samples, at most $PEAK_N processes); PSS counts pages shared after fork once.
 - machine: $(nproc) CPUs ($CPU_MODEL), $MEM_TOTAL RAM, Linux $(uname -r); Python $PY_VERSION; $VERSIONS;
   mailsift workers: $n_workers ($W_NOTE); postfix $POSTFIX; git $GIT.
-- CPUs busy in the second before the bench: ${BUSY_BEFORE}% (other work on the machine skews every figure).
-- mailsift errors logged: $MS_ERRORS; drained and stopped on SIGTERM in ${STOP_SECS} s. Whole bench: ${T_TOTAL} s.
+- other work on the machine (it skews every figure): CPUs ${BUSY_BEFORE}% busy in the second before the bench;
+  during it, about ${FOREIGN}% of all CPU time went to processes this bench did not start (kernel threads and softirq included).$OTHER_WARNING
+- mailsift errors logged: $MS_ERRORS; on SIGTERM it drained and exited with status $MS_EXIT in ${STOP_SECS} s. Whole bench: ${T_TOTAL} s.
 EOF
 }
 report | tee "$OUT"
