@@ -327,7 +327,7 @@ T_TOTAL=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN{printf "%.0f", b - a}')
 PY="$(dirname "$MAILSIFT")/python"
 [ -x "$PY" ] || PY=$ROOT/.venv/bin/python
 PY_VERSION=$("$PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo "?")
-VERSIONS=$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mailsift", "aiosmtpd", "aiosmtplib")))' 2>/dev/null || echo "?")
+VERSIONS=$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mailsift", "aiosmtpd", "uvloop")))' 2>/dev/null || echo "?")
 GIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
 if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- src pyproject.toml 2>/dev/null)" ]; then
   GIT="$GIT (+ uncommitted changes in src/)"

@@ -3,12 +3,13 @@
 Both take the :class:`~mailsift.mail.Mail` and the final message bytes and
 either return (the next hop accepted / the files are fsynced) or raise a
 :class:`~mailsift.errors.DeliveryError` / :class:`~mailsift.errors.StorageError`;
-the front end answers the MTA only after that.  Errors of ``aiosmtplib`` and
-the socket layer are converted here, and nowhere else.
+the front end answers the MTA only after that.  Next-hop answers and socket
+errors are converted here (and in :mod:`mailsift.smtpclient`), nowhere else.
 
 SMTP connections to the next hop are kept in a small per-worker pool and
-reused with RSET, as Postfix's own ``smtp`` client caches connections: it
-halves the per-message cost of reinjection.
+reused, as Postfix's own ``smtp`` client caches connections: it halves the
+per-message cost of reinjection.  RSET is sent only after an aborted
+transaction.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-import aiosmtplib
-
 from mailsift import maildir
 from mailsift.errors import ConfigError, DeliveryDeferred, DeliveryError, DeliveryRejected
 from mailsift.mail import Mail
 from mailsift.replies import NEXT_HOP_REJECTED
+from mailsift.smtpclient import Answer, ConnectionLost, SMTPConnection
 
 _XFORWARD_VALUE = re.compile(r"[^\x21-\x7e]|[+=]")
 
@@ -50,13 +50,19 @@ class Delivery:
 
 @dataclass
 class _Pooled:
-    client: aiosmtplib.SMTP
+    connection: SMTPConnection
     since: float
+    clean: bool  # the last transaction ended (DATA answered): no RSET needed before the next
 
 
 @dataclass
 class SMTPDelivery(Delivery):
-    """Reinjection to ``host:port`` over SMTP (SAGATOR's ``SMTP_SERVER``)."""
+    """Reinjection to ``host:port`` over SMTP (SAGATOR's ``SMTP_SERVER``).
+
+    The envelope is pipelined when the next hop offers PIPELINING
+    (:mod:`mailsift.smtpclient`); SIZE is declared when offered, XFORWARD
+    passes the original client on, BODY=8BITMIME and SMTPUTF8 are kept.
+    """
 
     host: str
     port: int
@@ -70,43 +76,45 @@ class SMTPDelivery(Delivery):
     def describe(self) -> str:
         return f"smtp:[{self.host}]:{self.port}"
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, timeout=self.timeout, local_hostname=self.helo, start_tls=False
-        )
-        try:
-            await client.connect()
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError) as error:
-            client.close()
-            raise DeliveryError(f"next hop {self.describe()} unavailable: {error}") from error
-        return client
+    async def _take(self, *, fresh: bool = False) -> tuple[SMTPConnection, bool]:
+        """A connection ready for MAIL, and whether it is a pooled one reused unchecked.
 
-    async def _take(self) -> aiosmtplib.SMTP:
+        A connection whose last transaction ended cleanly is reused without an
+        RSET round trip; if the next hop closed it meanwhile, the transaction
+        fails before any content was sent and :meth:`deliver` retries once on
+        a new connection.
+        """
         now = time.monotonic()
-        while self._pool:
+        while self._pool and not fresh:
             pooled = self._pool.pop()
-            if now - pooled.since > self.idle_seconds or not pooled.client.is_connected:
-                pooled.client.close()
+            if now - pooled.since > self.idle_seconds or not pooled.connection.usable:
+                pooled.connection.close()
                 continue
+            if pooled.clean:
+                return pooled.connection, True
             try:
-                await pooled.client.rset()
-                return pooled.client
-            except (aiosmtplib.SMTPException, OSError):
-                pooled.client.close()
-        return await self._connect()
+                answer = await pooled.connection.command(b"RSET")
+            except ConnectionLost:
+                pooled.connection.close()
+                continue
+            if answer.code == 250:
+                return pooled.connection, False
+            pooled.connection.close()
+        connection = await SMTPConnection.open(self.host, self.port, helo=self.helo, timeout=self.timeout)
+        return connection, False
 
-    def _give_back(self, client: aiosmtplib.SMTP) -> None:
-        if len(self._pool) < self.pool_size and client.is_connected:
-            self._pool.append(_Pooled(client, time.monotonic()))
+    def _give_back(self, connection: SMTPConnection, *, clean: bool) -> None:
+        if len(self._pool) < self.pool_size and connection.usable:
+            self._pool.append(_Pooled(connection, time.monotonic(), clean))
         else:
-            client.close()
+            connection.close()
 
-    async def _xforward(self, client: aiosmtplib.SMTP, mail: Mail) -> None:
+    def _xforward_command(self, connection: SMTPConnection, mail: Mail) -> bytes | None:
+        """The XFORWARD command passing the original client on, if the next hop offers it."""
+        if not (self.xforward and connection.supports("xforward")):
+            return None
         env = mail.envelope
-        if not (self.xforward and client.supports_extension("xforward")):
-            return
-        offered = client.esmtp_extensions.get("xforward", "").upper().split()
+        offered = connection.extensions["xforward"].upper().split()
         attributes = {
             "NAME": env.client_name or "[UNAVAILABLE]",
             "ADDR": env.client_address or "[UNAVAILABLE]",
@@ -115,74 +123,93 @@ class SMTPDelivery(Delivery):
             "IDENT": env.queue_id or "[UNAVAILABLE]",
         }
         args = [f"{key}={xtext(value)}" for key, value in attributes.items() if key in offered]
-        if args:
-            response = await client.execute_command(b"XFORWARD", *(a.encode("ascii") for a in args))
-            if response.code != 250:
-                raise DeliveryDeferred(f"next hop refused XFORWARD: {response.code} {response.message}")
+        return ("XFORWARD " + " ".join(args)).encode("ascii") if args else None
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
-        env = mail.envelope
-        client = await self._take()
+        connection, unchecked = await self._take()
         try:
-            await self._xforward(client, mail)
-            options = []
-            utf8 = not (env.sender.isascii() and all(r.isascii() for r in env.recipients))
-            if utf8:
-                if not client.supports_extension("smtputf8"):
-                    raise DeliveryRejected(
-                        "next hop does not support SMTPUTF8",
-                        reply=NEXT_HOP_REJECTED.with_text("Next hop does not support SMTPUTF8"),
-                    )
-                options.append("SMTPUTF8")
-            if client.supports_extension("8bitmime") and "BODY=8BITMIME" in (o.upper() for o in env.mail_options):
-                options.append("BODY=8BITMIME")
-            encoding = "utf-8" if utf8 else "ascii"
-            await client.mail(env.sender, options=options, encoding=encoding)
-            refused: list[aiosmtplib.SMTPRecipientRefused] = []
-            for recipient in env.recipients:
-                try:
-                    await client.rcpt(recipient, encoding=encoding)
-                except aiosmtplib.SMTPRecipientRefused as error:
-                    refused.append(error)
-            if refused:
-                await client.rset()
-            else:
-                response = await client.data(message)
-        except aiosmtplib.SMTPResponseException as error:
-            self._give_back_after_error(client)
-            raise self._convert(error) from error
-        except (aiosmtplib.SMTPException, OSError) as error:
-            client.close()
-            raise DeliveryError(f"next hop {self.describe()} failed: {error}") from error
-        except BaseException:
-            client.close()
-            raise
-        self._give_back(client)
-        if refused:
-            self._raise_refused(refused, len(env.recipients))
-        return f"{self.describe()} said: {response.code} {response.message}"
+            return await self._transaction(connection, mail, message)
+        except _NothingSent:
+            if not unchecked:
+                raise
+        connection, _ = await self._take(fresh=True)  # the pooled connection had died: once more
+        return await self._transaction(connection, mail, message)
 
-    def _give_back_after_error(self, client: aiosmtplib.SMTP) -> None:
-        # After a refused command the session is still usable; RSET happens on next take.
-        self._give_back(client)
+    async def _transaction(self, connection: SMTPConnection, mail: Mail, message: bytes) -> str:
+        env = mail.envelope
+        utf8 = not (env.sender.isascii() and all(r.isascii() for r in env.recipients))
+        if utf8 and not connection.supports("smtputf8"):
+            self._give_back(connection, clean=True)
+            raise DeliveryRejected(
+                "next hop does not support SMTPUTF8",
+                reply=NEXT_HOP_REJECTED.with_text("Next hop does not support SMTPUTF8"),
+            )
+        encoding = "utf-8" if utf8 else "ascii"
+        options = ""
+        if utf8:
+            options += " SMTPUTF8"
+        if connection.supports("8bitmime") and "BODY=8BITMIME" in (o.upper() for o in env.mail_options):
+            options += " BODY=8BITMIME"
+        if connection.supports("size"):
+            options += f" SIZE={len(message)}"
+        commands = [f"MAIL FROM:<{env.sender}>{options}".encode(encoding, "surrogateescape")]
+        commands += [f"RCPT TO:<{r}>".encode(encoding, "surrogateescape") for r in env.recipients]
+        commands.append(b"DATA")
+        xforward = self._xforward_command(connection, mail)
+        if xforward is not None:
+            commands.insert(0, xforward)
+        try:
+            answers = await connection.commands(commands)
+        except ConnectionLost as error:
+            connection.close()
+            raise _NothingSent(str(error)) from error  # no content went out: nothing can be delivered
+        if xforward is not None:
+            xforward_answer, *answers = answers
+        mail_answer, *rcpt_answers, data_answer = answers
+        try:
+            if xforward is not None and xforward_answer.code != 250:
+                raise DeliveryDeferred(f"next hop refused XFORWARD: {xforward_answer}")
+            if mail_answer.code != 250:
+                raise self._convert(mail_answer)
+            self._check_recipients(env.recipients, rcpt_answers)
+            if data_answer.code != 354:
+                raise self._convert(data_answer)
+        except DeliveryError:
+            if data_answer.code == 354:
+                connection.close()  # DATA was accepted: closing now is the only way to abort
+            else:
+                self._give_back(connection, clean=False)
+            raise
+        try:
+            final = await connection.data(message)
+        except BaseException:
+            connection.close()
+            raise
+        self._give_back(connection, clean=True)
+        if final.code != 250:
+            raise self._convert(final)
+        return f"{self.describe()} said: {final}"
 
     @staticmethod
-    def _convert(error: aiosmtplib.SMTPResponseException) -> DeliveryError:
-        text = f"next hop said: {error.code} {error.message}"
-        if 500 <= error.code < 600:
-            return DeliveryRejected(text, reply=NEXT_HOP_REJECTED.with_text(f"Next hop refused: {error.message}"))
+    def _convert(answer: Answer) -> DeliveryError:
+        text = f"next hop said: {answer}"
+        if 500 <= answer.code < 600:
+            return DeliveryRejected(text, reply=NEXT_HOP_REJECTED.with_text(f"Next hop refused: {answer.text}"))
         return DeliveryDeferred(text)
 
     @staticmethod
-    def _raise_refused(refused: list[aiosmtplib.SMTPRecipientRefused], total: int) -> None:
-        texts = "; ".join(f"<{e.recipient}> {e.code} {e.message}" for e in refused)
+    def _check_recipients(recipients: list[str], answers: list[Answer]) -> None:
+        refused = [(r, a) for r, a in zip(recipients, answers, strict=True) if a.code not in (250, 251)]
+        if not refused:
+            return
+        texts = "; ".join(f"<{r}> {a}" for r, a in refused)
         # After-queue SMTP can answer only once for all recipients: a partial or
         # temporary refusal defers the whole message (the MTA retries; nothing is
         # lost, nothing delivered twice).  Per-recipient answers need LMTP.
-        if len(refused) == total and all(500 <= e.code < 600 for e in refused):
+        if len(refused) == len(recipients) and all(500 <= a.code < 600 for _, a in refused):
             raise DeliveryRejected(
                 f"next hop refused all recipients: {texts}",
-                reply=NEXT_HOP_REJECTED.with_text(f"Next hop refused: {refused[0].message}"),
+                reply=NEXT_HOP_REJECTED.with_text(f"Next hop refused: {refused[0][1].text}"),
             )
         raise DeliveryDeferred(f"next hop refused recipients: {texts}")
 
@@ -190,9 +217,13 @@ class SMTPDelivery(Delivery):
         pool, self._pool = self._pool, []
         for pooled in pool:
             try:
-                await asyncio.wait_for(pooled.client.quit(), 2)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                pooled.client.close()
+                await asyncio.wait_for(pooled.connection.quit(), 2)
+            except (DeliveryError, TimeoutError):
+                pooled.connection.close()
+
+
+class _NothingSent(ConnectionLost):
+    """The connection was lost before the message content was sent."""
 
 
 _SAFE = re.compile(r"[^a-z0-9@._+=-]")

@@ -12,7 +12,7 @@
     │   └── DeliveryRejected        ... it answered 5xx (permanent) -> 554
     └── StorageError                a quarantine/maildir write failed -> 451
 
-Errors of the libraries underneath (socket errors, ``aiosmtplib`` errors,
+Errors of the layers underneath (socket errors, next-hop answers,
 ``OSError`` from the file system) are converted where they enter: in
 ``delivery.py``, ``maildir.py`` and the scanners that talk to daemons.  Every
 error knows the reply the MTA gets, so front ends never guess.

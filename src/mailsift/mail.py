@@ -249,9 +249,7 @@ class _Blobs:
 
     def __init__(self, mail: Mail) -> None:
         self.mail = mail
-        nonce = secrets.token_hex(8)
-        self.prefix = f"\x00mailsift-blob-{nonce}-"
-        self.token = re.compile(re.escape(self.prefix) + r"(\d+)\x00")
+        self.prefix = ""  # set when a run is held out (messages of 64 KB and more)
         self.spans: list[tuple[int, int]] = []  # raw offsets of each run, without its last line ending
 
     def feed(self, parser: email.parser.BytesFeedParser) -> None:
@@ -272,6 +270,12 @@ class _Blobs:
                 self.spans.append((run_start, offset - len(ending)))
             in_run, pending = False, None
 
+        if self.mail.size < _BLOB_MIN:  # no run can be long enough: feed as is
+            with self.mail.open() as stream:
+                while chunk := stream.read(_CHUNK):
+                    parser.feed(chunk)
+            return
+        self.prefix = f"\x00mailsift-blob-{secrets.token_hex(8)}-"
         with self.mail.open() as stream:
             for line in stream:
                 if _BLOB_LINE.fullmatch(line):
@@ -307,11 +311,12 @@ class _Blobs:
         def clean(chunk: bytes) -> bytes:
             return chunk.translate(None, b"\r\n") if strip_newlines else chunk
 
-        if self.prefix not in payload:
+        if not self.prefix or self.prefix not in payload:
             return clean(payload.encode("ascii", "surrogateescape"))
         chunks: list[bytes] = []
         position = 0
-        for match in self.token.finditer(payload):
+        token = re.compile(re.escape(self.prefix) + r"(\d+)\x00")  # rare: only messages with long runs
+        for match in token.finditer(payload):
             chunks.append(clean(payload[position : match.start()].encode("ascii", "surrogateescape")))
             chunks.extend(clean(chunk) for chunk in self._read(*self.spans[int(match.group(1))]))
             position = match.end()

@@ -54,8 +54,18 @@ async def _worker_main(config: Config, sockets: dict[tuple[str, int], socket.soc
 
 
 def run_worker(config: Config, sockets: dict[tuple[str, int], socket.socket], drain_seconds: float) -> None:
-    """The body of a worker process (also usable in-process for tests)."""
-    asyncio.run(_worker_main(config, sockets, drain_seconds))
+    """The body of a worker process (also usable in-process for tests), on uvloop when installed."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_worker_main(config, sockets, drain_seconds))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory, or None (asyncio's own loop) when uvloop is missing."""
+    try:
+        import uvloop  # optional: asyncio's own loop works too
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class Supervisor:

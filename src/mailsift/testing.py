@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift.services.base import Service, Settings
+from mailsift.supervisor import event_loop_factory
 
 
 @dataclass
@@ -40,8 +41,8 @@ class Received:
 class _LoopThread:
     """An event loop in a daemon thread, for servers used from synchronous tests."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -60,7 +61,25 @@ class _RecordingSMTP(SMTP):
         self.owner = owner
         self.xforward: dict[str, str] = {}
 
+    def _hang_up(self, verb: str) -> bool:
+        if self.owner.hang_up_at == verb:
+            self.owner.hang_up_at = None
+            assert self.transport is not None
+            self.transport.close()
+            return True
+        return False
+
+    async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802 - SMTP verb
+        if not self._hang_up("MAIL"):
+            await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - SMTP verb
+        if not self._hang_up("DATA"):
+            await super().smtp_DATA(arg)
+
     async def smtp_XFORWARD(self, arg: str | None) -> None:  # noqa: N802 - SMTP verb
+        if self._hang_up("XFORWARD"):
+            return
         for item in (arg or "").split():
             key, _, value = item.partition("=")
             self.xforward[key.upper()] = value
@@ -69,15 +88,20 @@ class _RecordingSMTP(SMTP):
 
 class RecordingServer:
     """A next hop that records messages. Set ``mail_reply``/``rcpt_reply``/``data_reply``
-    to an SMTP reply line (``"451 4.3.0 busy"``) to inject faults, ``hang`` to stall DATA."""
+    to an SMTP reply line (``"451 4.3.0 busy"``) to inject faults, ``hang`` to stall DATA,
+    ``hang_up_at`` to a verb (``"MAIL"``, ``"XFORWARD"``, ``"DATA"``) to close the connection
+    without a reply the next time it comes (as a next hop closing an idle connection), or to
+    ``"CONTENT"`` to close it after the content arrived, without the final answer."""
 
-    def __init__(self, *, xforward: bool = True) -> None:
+    def __init__(self, *, xforward: bool = True, pipelining: bool = True) -> None:
         self.messages: list[Received] = []
         self.mail_reply: str | None = None
         self.rcpt_reply: str | None = None
         self.data_reply: str | None = None
         self.hang = False
+        self.hang_up_at: str | None = None
         self.advertise_xforward = xforward
+        self.advertise_pipelining = pipelining
         self.connections = 0
         self._runner = _LoopThread()
         self._server: asyncio.base_events.Server | None = None
@@ -114,9 +138,10 @@ class RecordingServer:
         self, server: SMTP, session: Session, envelope: SMTPEnvelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        extra = ["250-PIPELINING"] if self.advertise_pipelining else []
         if self.advertise_xforward:
-            return [*responses[:-1], "250-XFORWARD NAME ADDR PROTO HELO IDENT", responses[-1]]
-        return responses
+            extra.append("250-XFORWARD NAME ADDR PROTO HELO IDENT")
+        return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
@@ -136,6 +161,11 @@ class RecordingServer:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:  # noqa: N802
+        if self.hang_up_at == "CONTENT":  # the content arrived, the answer never leaves
+            self.hang_up_at = None
+            assert isinstance(server.transport, asyncio.Transport)
+            server.transport.abort()
+            return "250 never sent"
         if self.hang:
             await asyncio.sleep(3600)
         if self.data_reply:
@@ -182,7 +212,7 @@ class ServiceThread:
         self.service.check(self.settings)
         sock = self.service.bind()
         self.port = sock.getsockname()[1]
-        self._runner = _LoopThread()
+        self._runner = _LoopThread(event_loop_factory())  # the workers' loop (uvloop)
         self._running = self._runner.call(self.service.start(sock, self.settings))
         return self
 

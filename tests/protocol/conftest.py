@@ -15,9 +15,10 @@ from mailsift.testing import RecordingServer, ServiceThread
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
-@pytest.fixture
-def downstream() -> Iterator[RecordingServer]:
-    with RecordingServer() as server:
+@pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
+def downstream(request: pytest.FixtureRequest) -> Iterator[RecordingServer]:
+    """The next hop, with and without PIPELINING (mailsift's client uses it when offered)."""
+    with RecordingServer(pipelining=request.param) as server:
         yield server
 
 

@@ -311,3 +311,64 @@ def test_drain_lets_the_transaction_in_progress_finish(make_filter: Make, downst
         flt.drain(timeout=0.5)  # the transaction is open: it is waited for, then closed
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", flt.port), timeout=2).recv(1)
+
+
+def test_two_pipelined_messages_in_one_write(make_filter: Make, downstream: RecordingServer) -> None:
+    """DATA is read in chunks: what follows the end of one message stays for the next command."""
+    flt = make_filter([EICAR_SCAN])
+    first, second = message("one", "..dot\r\nx.\r\n"), message("two")
+    payload = b"EHLO x\r\n"
+    for data in (first, second):
+        payload += envelope_lines("alice@example.test", ["bob@example.test"]) + b"DATA\r\n" + data + b".\r\n"
+    lines = smtp_session_lines("127.0.0.1", flt.port, payload + b"QUIT\r\n")
+    finals = [line[:3] for line in lines if line[3:4] == " "]
+    assert finals == ["220", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"], lines
+    assert [m.data for m in downstream.messages] == [first.replace(b"\r\n..dot", b"\r\n.dot"), second]
+
+
+def test_large_message_with_dot_lines_is_relayed_exactly(make_filter: Make, downstream: RecordingServer) -> None:
+    flt = make_filter([EICAR_SCAN])
+    body = "".join(f".line {i} {'x' * (i % 900)}\r\n" for i in range(2000))  # ~1 MB, every line dot-stuffed
+    data = message("large", body)
+    send(flt.port, data)  # smtplib stuffs the dots; mailsift must unstuff exactly once
+    assert [m.data for m in downstream.messages] == [data]
+
+
+def test_overlong_line_is_refused_and_session_goes_on(make_filter: Make, downstream: RecordingServer) -> None:
+    flt = make_filter([EICAR_SCAN])
+    payload = b"EHLO x\r\n" + envelope_lines("a@example.test", ["b@example.test"])
+    payload += b"DATA\r\n" + message("long", "y" * 20000 + "\r\n") + b".\r\n"
+    payload += envelope_lines("a@example.test", ["b@example.test"]) + b"DATA\r\n" + message("fine") + b".\r\nQUIT\r\n"
+    finals = [line[:3] for line in smtp_session_lines("127.0.0.1", flt.port, payload) if line[3:4] == " "]
+    assert finals == ["220", "250", "250", "250", "354", "500", "250", "250", "354", "250", "221"]
+    assert [m.data for m in downstream.messages] == [message("fine")]
+
+
+@pytest.mark.parametrize("verb", ["XFORWARD", "MAIL", "DATA"])
+def test_pooled_connection_closed_by_next_hop_is_replaced(
+    make_filter: Make, downstream: RecordingServer, verb: str
+) -> None:
+    """A reused next-hop connection that dies before the content was sent is retried on a new one."""
+    downstream.advertise_xforward = verb == "XFORWARD"
+    flt = make_filter([EICAR_SCAN])
+    send(flt.port, message("first"))
+    downstream.hang_up_at = verb
+    send(flt.port, message("second"))
+    assert [m.data for m in downstream.messages] == [message("first"), message("second")]
+    assert downstream.connections == 2
+    assert downstream.hang_up_at is None  # the hang-up did happen
+
+
+def test_next_hop_dying_after_the_content_is_a_tempfail_not_a_retry(
+    make_filter: Make, downstream: RecordingServer
+) -> None:
+    """Once the content went out, a lost connection is 451: a retry could deliver twice."""
+    flt = make_filter([EICAR_SCAN])
+    send(flt.port, message("first"))
+    downstream.hang_up_at = "CONTENT"
+    with pytest.raises(smtplib.SMTPDataError) as error:
+        send(flt.port, message("second"))
+    assert error.value.smtp_code == 451
+    assert [m.data for m in downstream.messages] == [message("first")]
+    send(flt.port, message("third"))
+    assert [m.data for m in downstream.messages] == [message("first"), message("third")]
