@@ -3,7 +3,8 @@
 # are missing, then a virtualenv in .venv with mailsift installed (editable).
 #
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, pytest, ruff, mypy)
+#   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, ClamAV test files,
+#                             rspamd, bogofilter, pytest, ruff, mypy)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,12 +41,15 @@ apt_install() {
 }
 
 PYTHON=${PYTHON:-python3}
-packages=(ca-certificates)
+# libarchive13 and libmagic1: the C libraries under libarchive-c and python-magic;
+# clamav-daemon and spamd: the engines the default config starts (scripts/run.sh).
+packages=(ca-certificates libarchive13 libmagic1 clamav-daemon clamav spamassassin spamd spamc)
 # Debian's python3-venv only when the python3 on PATH cannot make a venv itself.
 if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; }; then
   packages+=(python3 python3-venv)
 fi
-[ $want_test = 1 ] && packages+=(postfix swaks)
+# tests: Postfix and swaks (end to end), ClamAV's test files, rspamd and bogofilter
+[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

@@ -84,6 +84,52 @@ class PartTarget(MailTarget):
         return self.part.path
 
 
+class DataTarget(MailTarget):
+    """Bytes found inside the message as a scan target: an archive member, a
+    decoded view, a TNEF attachment...  It stays "inside" its parent's part (so
+    ``parsemail`` under ``decompress`` does not split the mail again), and
+    ``depth`` counts the containers it came out of.
+    """
+
+    def __init__(
+        self,
+        parent: MailTarget,
+        data: bytes,
+        *,
+        names: tuple[str, ...] = (),
+        content_type: str = "application/octet-stream",
+        path: str,
+    ) -> None:
+        super().__init__(parent.mail)
+        self.part = parent.part
+        self.parent = parent
+        self._data = data
+        self._names = names
+        self._content_type = content_type
+        self._path = path
+        self.depth: int = getattr(parent, "depth", 0) + 1
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def content_type(self) -> str:
+        return self._content_type
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+
 Target = MailTarget
 
 
