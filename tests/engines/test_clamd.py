@@ -1,8 +1,111 @@
-"""The real clamd: the private test instance itself (more tests follow with the scanner)."""
+"""``clamd(...)`` against the real clamd (private instance, private signature DB).
+
+Every file of clamav-testfiles attached to a mail, EICAR in archives built here
+(zip, zip in zip, tar.gz, 7z) and in an attached message, through the
+mailsift pipeline; both addresses (unix socket, TCP as SAGATOR's
+``['127.0.0.1', port]``); session reuse counted by clamd's own request numbers;
+clamd restarted, stopped, and refusing an oversized stream.
+"""
 
 from __future__ import annotations
 
-from tests.engines.clamd_instance import ClamdInstance
+import asyncio
+import email.message
+import io
+import tarfile
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libarchive
+import pytest
+
+from mailsift.errors import ScannerError, ScannerUnavailable
+from mailsift.mail import Envelope, Mail
+from mailsift.pipeline import Pipeline
+from mailsift.result import Disposition
+from mailsift.scanners.base import MailTarget
+from mailsift.scanners.clamav import OVERSIZE_NAME, clamd
+from mailsift.scanners.parsemail import parsemail
+from tests.engines.clamd_instance import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
+
+pytestmark = pytest.mark.engines
+
+TESTFILE_NAMES = sorted(path.name for path in TESTFILES.glob("*")) if TESTFILES.is_dir() else []
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def message(*attachments: tuple[str, bytes, str], body: str = "see the attachment") -> bytes:
+    """A mail with the given ``(filename, data, mime type)`` attachments."""
+    msg = email.message.EmailMessage()
+    msg["From"] = "alice@example.net"
+    msg["To"] = "bob@example.org"
+    msg["Subject"] = "attachment"
+    msg.set_content(body)
+    for filename, data, mime_type in attachments:
+        maintype, subtype = mime_type.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return bytes(msg)
+
+
+def make_mail(data: bytes) -> Mail:
+    return Mail(Envelope(sender="alice@example.net", recipients=["bob@example.org"]), data)
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_gz_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def seven_zip_of(tmp_path: Path, members: dict[str, bytes]) -> bytes:
+    path = tmp_path / "archive.7z"
+    with libarchive.file_writer(str(path), "7zip") as archive:
+        for name, data in members.items():
+            archive.add_file_from_memory(name, len(data), data)
+    return path.read_bytes()
+
+
+@pytest.fixture
+async def scanner(clamd_instance: ClamdInstance) -> AsyncIterator[clamd]:
+    """A clamd scanner on the session instance's unix socket, its sessions closed afterwards."""
+    scanner = clamd(str(clamd_instance.socket_path))
+    yield scanner
+    await scanner.aclose()
+
+
+@pytest.fixture
+def private_clamd(tmp_path: Path) -> Iterator[Callable[..., ClamdInstance]]:
+    """A clamd of the test's own (to restart, stop or limit it), stopped afterwards."""
+    started: list[ClamdInstance] = []
+
+    def start(**options: Any) -> ClamdInstance:
+        instance = ClamdInstance(tmp_path / f"clamd{len(started)}", **options)
+        started.append(instance)
+        instance.start()
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+# --------------------------------------------------------------------------- the instance
 
 
 def test_instance_answers_on_both_sockets(clamd_instance: ClamdInstance) -> None:
@@ -10,3 +113,192 @@ def test_instance_answers_on_both_sockets(clamd_instance: ClamdInstance) -> None
     assert clamd_instance.command("PING") == "PONG"
     assert clamd_instance.command("PING", tcp=True) == "PONG"
     assert clamd_instance.command("VERSION").startswith("ClamAV ")
+
+
+# --------------------------------------------------------------------------- detections through the pipeline
+
+
+def test_every_testfile_is_listed() -> None:
+    assert len(TESTFILE_NAMES) >= 40, "clamav-testfiles is missing (scripts/setup.sh --test installs it)"
+
+
+@pytest.mark.parametrize("filename", TESTFILE_NAMES)
+async def test_clamav_testfile_attached_is_rejected(scanner: clamd, filename: str) -> None:
+    data = (TESTFILES / filename).read_bytes()
+    mail = make_mail(message((filename, data, "application/octet-stream")))
+    decision = await Pipeline([scanner]).evaluate(mail)
+    assert decision.disposition is Disposition.REJECT, decision
+    assert decision.result.scanner == "clamd"
+    assert decision.result.name.startswith("ClamAV-Test-File")
+    assert decision.result.name.endswith(".UNOFFICIAL")  # kept as clamd says it
+    assert decision.reply.code == 550
+
+
+@pytest.mark.parametrize("filename", TESTFILE_NAMES)
+async def test_clamav_testfile_found_per_part(scanner: clamd, filename: str) -> None:
+    data = (TESTFILES / filename).read_bytes()
+    mail = make_mail(message((filename, data, "application/octet-stream")))
+    result = await parsemail(scanner).scan(MailTarget(mail))
+    assert result.detected
+    assert result.name.startswith("ClamAV-Test-File")
+    assert filename in result.detail  # parsemail names the part
+
+
+def eicar_containers(tmp_path: Path) -> dict[str, tuple[str, bytes, str]]:
+    inner_zip = zip_of({"eicar.com": EICAR})
+    return {
+        "zip": ("eicar.zip", inner_zip, "application/zip"),
+        "zip-in-zip": ("outer.zip", zip_of({"inner.zip": inner_zip, "readme.txt": b"hello"}), "application/zip"),
+        "tar.gz": ("eicar.tar.gz", tar_gz_of({"dir/eicar.com": EICAR}), "application/gzip"),
+        "7z": ("eicar.7z", seven_zip_of(tmp_path, {"eicar.com": EICAR}), "application/x-7z-compressed"),
+        "message/rfc822": ("fwd.eml", message(("eicar.com", EICAR, "application/octet-stream")), "message/rfc822"),
+    }
+
+
+@pytest.mark.parametrize("container", ["zip", "zip-in-zip", "tar.gz", "7z", "message/rfc822"])
+@pytest.mark.parametrize("per_part", [False, True], ids=["whole", "parsemail"])
+async def test_eicar_in_container_is_rejected(scanner: clamd, tmp_path: Path, container: str, per_part: bool) -> None:
+    filename, data, mime_type = eicar_containers(tmp_path)[container]
+    if mime_type == "message/rfc822":
+        outer = email.message.EmailMessage()
+        outer["Subject"] = "fwd"
+        outer.set_content("forwarded")
+        inner = email.message_from_bytes(data, _class=email.message.EmailMessage)
+        outer.add_attachment(inner, filename=filename)
+        raw = bytes(outer)
+        assert b"Content-Type: message/rfc822" in raw
+    else:
+        raw = message((filename, data, mime_type))
+    assert EICAR not in raw  # encoded: only a scanner that decodes can find it
+    decision = await Pipeline([parsemail(scanner) if per_part else scanner]).evaluate(make_mail(raw))
+    assert decision.disposition is Disposition.REJECT, decision
+    assert decision.result.name in EICAR_NAMES
+
+
+async def test_clean_mail_and_clean_archives_are_delivered(scanner: clamd, tmp_path: Path) -> None:
+    clean = {"notes.txt": b"nothing to see", "data.bin": bytes(range(256)) * 10}
+    raw = message(
+        ("clean.zip", zip_of(clean), "application/zip"),
+        ("clean.tar.gz", tar_gz_of(clean), "application/gzip"),
+        ("clean.7z", seven_zip_of(tmp_path, clean), "application/x-7z-compressed"),
+    )
+    for scanners in ([scanner], [parsemail(scanner)]):
+        decision = await Pipeline(scanners).evaluate(make_mail(raw))
+        assert decision.disposition is Disposition.DELIVER, decision
+        assert decision.result.level == 0.0
+
+
+async def test_tcp_address_in_sagator_form(clamd_instance: ClamdInstance) -> None:
+    scanner = clamd(["127.0.0.1", clamd_instance.port])
+    try:
+        found = await scanner.scan(MailTarget(make_mail(message(("e.com", EICAR, "application/octet-stream")))))
+        clean = await scanner.scan(MailTarget(make_mail(message())))
+    finally:
+        await scanner.aclose()
+    assert (found.level, found.name in EICAR_NAMES, found.scanner) == (1.0, True, "clamd")
+    assert "127.0.0.1" in found.detail
+    assert not clean.detected
+
+
+async def test_multi_chunk_stream_is_sent_whole(scanner: clamd) -> None:
+    """3 MiB: more than one INSTREAM chunk; EICAR in the last bytes is still found."""
+    padding = b"x" * (3 * 1024 * 1024)
+    assert await scanner.instream(padding) == "stream: OK"
+    found = await scanner.instream(padding + b"\n" + EICAR)
+    assert found.endswith(" FOUND")
+
+
+async def test_command_version(scanner: clamd) -> None:
+    assert (await scanner.command("VERSION")).startswith("ClamAV ")
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+async def test_many_scans_share_one_session(scanner: clamd) -> None:
+    """clamd numbers the requests of a session: answer 50 on one connection proves the reuse."""
+    for number in range(50):
+        data = EICAR if number % 10 == 0 else f"clean message {number}".encode()
+        result = await scanner.scan(MailTarget(make_mail(data)))
+        assert result.detected == (number % 10 == 0)
+    assert scanner.connections_opened == 1
+    [session] = scanner._idle
+    assert session.requests == 50  # checked against clamd's "50: stream: ..." answer
+
+
+async def test_concurrent_scans_use_a_bounded_pool(clamd_instance: ClamdInstance) -> None:
+    scanner = clamd(str(clamd_instance.socket_path), pool_size=2)
+    try:
+        targets = [MailTarget(make_mail(f"message {n}".encode())) for n in range(8)]
+        for _ in range(3):
+            results = await asyncio.gather(*(scanner.scan(t) for t in targets))
+            assert not any(r.detected for r in results)
+        assert len(scanner._idle) == 2
+        assert scanner.connections_opened <= 8 + 2 * 6  # at most 8 at once; the pool keeps 2
+    finally:
+        await scanner.aclose()
+    assert scanner._idle == []
+
+
+async def test_clamd_restarted_between_scans(private_clamd: Callable[..., ClamdInstance]) -> None:
+    instance = private_clamd()
+    scanner = clamd(str(instance.socket_path))
+    try:
+        assert (await scanner.scan(MailTarget(make_mail(EICAR)))).detected
+        old_pid = instance.pid
+        instance.restart()
+        assert instance.pid != old_pid
+        result = await scanner.scan(MailTarget(make_mail(EICAR)))  # the pooled session is dead
+        assert result.detected
+        assert scanner.connections_opened == 2
+        assert not (await scanner.scan(MailTarget(make_mail(b"clean")))).detected
+        assert scanner.connections_opened == 2
+    finally:
+        await scanner.aclose()
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+async def test_clamd_down_is_unavailable(private_clamd: Callable[..., ClamdInstance], tcp: bool) -> None:
+    instance = private_clamd()
+    scanner = clamd(["127.0.0.1", instance.port] if tcp else str(instance.socket_path))
+    try:
+        assert not (await scanner.scan(MailTarget(make_mail(b"clean")))).detected
+        instance.stop()
+        with pytest.raises(ScannerUnavailable, match="not reachable"):
+            await scanner.scan(MailTarget(make_mail(b"clean")))
+        decision = await Pipeline([scanner]).evaluate(make_mail(b"clean"))
+        assert decision.disposition is Disposition.TEMPFAIL
+        assert decision.reply.code == 451
+    finally:
+        await scanner.aclose()
+
+
+# --------------------------------------------------------------------------- size limits
+
+
+async def test_clamd_own_size_limit_follows_the_oversize_policy(private_clamd: Callable[..., ClamdInstance]) -> None:
+    """clamd limited to 1M, the scanner told 4M: clamd's own refusal is handled like ours."""
+    instance = private_clamd(stream_max_length="1M")
+    big = b"y" * (1024 * 1024 + 1)
+    detect = clamd(str(instance.socket_path), stream_max_length=4 * 1024 * 1024)
+    tempfail = clamd(str(instance.socket_path), stream_max_length=4 * 1024 * 1024, oversize="tempfail")
+    try:
+        result = await detect.scan(MailTarget(make_mail(big)))
+        assert (result.level, result.name) == (1.0, OVERSIZE_NAME)
+        assert "StreamMaxLength" in result.detail
+        assert await detect.instream(b"z" * (1024 * 1024)) == "stream: OK"  # exactly the limit, new session
+        with pytest.raises(ScannerError, match="not scanned"):
+            await tempfail.scan(MailTarget(make_mail(big)))
+    finally:
+        await detect.aclose()
+        await tempfail.aclose()
+
+
+async def test_matching_limit_is_checked_before_sending(scanner: clamd, clamd_instance: ClamdInstance) -> None:
+    limited = clamd(str(clamd_instance.socket_path), stream_max_length=1000, oversize="pass")
+    result = await limited.scan(MailTarget(make_mail(b"a" * 1001)))
+    assert (result.level, result.name) == (0.0, "")
+    assert result.detail.startswith("not scanned: 1001 bytes exceed")
+    assert limited.connections_opened == 0
+    assert not (await limited.scan(MailTarget(make_mail(b"a" * 1000)))).detected
+    await limited.aclose()
