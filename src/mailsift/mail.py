@@ -151,6 +151,12 @@ class MimeNode:
     headers: Headers
     children: list[MimeNode] = field(default_factory=list)
     defects: tuple[str, ...] = ()
+    boundaries: tuple[str, ...] = ()
+    """Every ``boundary`` parameter of the (first) Content-Type, in order (normally one)."""
+    disposition_names: tuple[str, ...] = ()
+    """The ``filename`` values of Content-Disposition (plain, RFC 2231, encoded words decoded)."""
+    type_names: tuple[str, ...] = ()
+    """The ``name`` values of Content-Type, decoded likewise."""
 
     def walk(self) -> Iterator[tuple[int, MimeNode]]:
         """Depth-first, with the depth of each node (root = 0)."""
@@ -227,6 +233,43 @@ def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
                 except binascii.Error:
                     break
         found.append((name, bytes(out)))
+    return found
+
+
+_YBEGIN = re.compile(rb"^=ybegin (.*?)\r?$", re.MULTILINE)
+_YEND = re.compile(rb"^=yend\b.*$", re.MULTILINE)
+_YPART = re.compile(rb"^=ypart\b.*\r?\n", re.MULTILINE)
+_YNAME = re.compile(rb"\bname=(.*)$")
+_YENC_SHIFT = bytes((byte - 42) % 256 for byte in range(256))
+_YENC_ESCAPE = re.compile(rb"\x13(.)", re.DOTALL)  # "=" after the shift by 42
+
+
+def _yenc_unescape(match: re.Match[bytes]) -> bytes:
+    return bytes(((match.group(1)[0] - 64) % 256,))
+
+
+def yenc_decode(body: bytes) -> bytes:
+    """Decode yEnc data lines (no ``=y`` control lines): shift by 42, ``=`` escapes by 64 more.
+
+    Done with ``translate`` and one regular expression over the whole body, so
+    a big payload is never walked byte by byte in Python.
+    """
+    shifted = body.translate(None, b"\r\n").translate(_YENC_SHIFT)
+    return _YENC_ESCAPE.sub(_yenc_unescape, shifted)
+
+
+def extract_yencoded(data: bytes) -> list[tuple[str, bytes]]:
+    """Find ``=ybegin`` … ``=yend`` blocks (single or multi-part) in a text and decode them."""
+    found: list[tuple[str, bytes]] = []
+    for match in _YBEGIN.finditer(data):
+        name_match = _YNAME.search(match.group(1))
+        name = name_match.group(1).decode("utf-8", "replace").strip() if name_match else ""
+        start = data.find(b"\n", match.end())
+        if start < 0:
+            continue
+        end_match = _YEND.search(data, start)
+        body = data[start + 1 : end_match.start() if end_match else len(data)]
+        found.append((name, yenc_decode(_YPART.sub(b"", body))))
     return found
 
 
@@ -346,19 +389,110 @@ def _decode_base64(encoded: bytes) -> tuple[bytes, list[email.errors.MessageDefe
         return encoded, [email.errors.InvalidBase64LengthDefect()]
 
 
-def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...]]:
+KNOWN_ENCODINGS = frozenset(
+    {"", "7bit", "8bit", "binary", "base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
+)
+"""Content-Transfer-Encoding values a decoder knows; anything else is read as identity."""
+
+_UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_COMMENT = re.compile(r"\([^()]*\)")
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]*")
+_BASE64_WORD = re.compile(rb"[A-Za-z0-9+/]{40}")
+_QP_ESCAPE = re.compile(rb"=[0-9A-F]{2}")
+_INNER_PADDING = re.compile(rb"=[A-Za-z0-9+/]")
+
+
+def normalize_encoding(value: str) -> str:
+    """A Content-Transfer-Encoding as a lenient reader sees it: comments, quotes, blanks gone."""
+    return re.sub(r"[\s\"']", "", _COMMENT.sub("", value)).lower()
+
+
+def decode_base64_chunks(encoded: bytes) -> bytes:
+    """Base64 made of several padded pieces (``...==abcd...``), decoded piece by piece.
+
+    The standard library stops at the first padding; some mail clients go on.
+    """
+    clean = re.sub(rb"[^A-Za-z0-9+/=]", b"", encoded)
+    out = []
+    for piece in re.findall(rb"[A-Za-z0-9+/]+=*", clean):
+        core = piece.rstrip(b"=")
+        core = core[: len(core) - (len(core) % 4 == 1)]  # one dangling character decodes to nothing
+        if core:
+            out.append(base64.b64decode(core + b"=" * (-len(core) % 4)))
+    return b"".join(out)
+
+
+def transfer_decode(encoding: str, encoded: bytes) -> bytes:
+    """Decode ``encoded`` by one transfer encoding, leniently; identity when unknown."""
+    if encoding == "base64":
+        return _decode_base64(encoded.translate(None, b"\r\n"))[0]
+    if encoding == "quoted-printable":
+        return quopri.decodestring(encoded)
+    if encoding in _UU_ENCODINGS:
+        blocks = extract_uuencoded(encoded)
+        return blocks[0][1] if blocks else b""
+    return encoded
+
+
+def _alternate_encodings(
+    ctes: list[str], used: str, encoded: bytes, data: bytes, defects: list[str]
+) -> list[tuple[str, bytes]]:
+    """The other plausible decodings of a leaf, when any is plausible (rare in real mail).
+
+    Plausible: another declared Content-Transfer-Encoding (doubled header, or a
+    comment or blank a lenient reader removes), base64 text under a non-base64
+    encoding, quoted-printable escapes under another encoding, base64 that the
+    strict decoder stopped or stumbled on (the undecoded payload, and the
+    piece-by-piece decoding).
+    """
+    labels: list[str] = []
+    for cte in ctes:
+        if cte != used and cte not in labels:
+            labels.append(cte)
+    if used != "base64" and _BASE64_WORD.search(encoded) and _BASE64_TEXT.fullmatch(encoded):
+        labels.append("base64")
+    if used != "quoted-printable" and len(_QP_ESCAPE.findall(encoded, 0, 64 * 1024)) >= 8:
+        labels.append("quoted-printable")
+    if used == "base64":
+        if defects:
+            labels.append("identity")
+        if _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
+            labels.append("base64-chunks")
+    found: list[tuple[str, bytes]] = []
+    for label in dict.fromkeys(labels):
+        try:
+            if label == "base64-chunks":
+                decoded = decode_base64_chunks(encoded)
+            else:
+                decoded = transfer_decode(label, encoded)
+        except (ValueError, binascii.Error):
+            continue
+        if decoded and decoded != data:
+            found.append((label, decoded))
+    return found
+
+
+def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes]]]:
     """Decode a leaf's payload as ``get_payload(decode=True)`` does, and release it.
 
     The encoded payload is taken out of the message first, so that at any time
     about two copies of the part exist (encoded and decoded, or the encoded one
     being assembled), never the four of ``get_payload(decode=True)``.
+
+    Also returns the leaf's other plausible decodings (``(label, data)``), for
+    the lenient views; for an ordinary leaf there are none and nothing more is kept.
     """
     payload: Any = getattr(message, "_payload", None)  # the raw text; get_payload() may re-decode it
     message.set_payload("")
     if not isinstance(payload, str):
-        return b"", tuple(type(d).__name__ for d in message.defects)
-    encoding = str(message.get("content-transfer-encoding", "")).lower()
+        return b"", tuple(type(d).__name__ for d in message.defects), []
+    raw_encoding = str(message.get("content-transfer-encoding", ""))
+    encoding = raw_encoding.lower()
+    ctes = [normalize_encoding(str(v)) for v in message.get_all("content-transfer-encoding", [])]
     defects: list[str] = []
+    alternates: list[tuple[str, bytes]] = []
+    used = encoding.strip()
+    suspicious = len(ctes) > 1 or (bool(ctes) and ctes[0] != used)
     try:
         if encoding == "base64":
             encoded = blobs.expand(payload, strip_newlines=True)
@@ -366,21 +500,46 @@ def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...
             data, found = _decode_base64(encoded)
             for defect in found:
                 message.policy.handle_defect(message, defect)
+            if suspicious or found or _INNER_PADDING.search(encoded):
+                alternates = _alternate_encodings(ctes, "base64", encoded, data, [type(d).__name__ for d in found])
         elif encoding == "quoted-printable":
             encoded = blobs.expand(payload, strip_newlines=False)
             del payload
             data = quopri.decodestring(encoded)
-        elif encoding in ("x-uuencode", "uuencode", "uue", "x-uue"):  # rare: let the standard library do it
+            if suspicious:
+                alternates = _alternate_encodings(ctes, used, encoded, data, [])
+        elif encoding in _UU_ENCODINGS:  # rare: let the standard library do it
             message.set_payload(blobs.expand(payload, strip_newlines=False).decode("ascii", "surrogateescape"))
             decoded = message.get_payload(decode=True)
             message.set_payload("")
             data = decoded if isinstance(decoded, bytes) else b""
         else:
             data = blobs.expand(payload, strip_newlines=False)
+            del payload
+            if used not in KNOWN_ENCODINGS:
+                defects.append(f"UnknownTransferEncoding: {raw_encoding.strip()[:60]!r}")
+            # identity: data is the encoded text; other decodings only when one is plausible
+            alternates = _alternate_encodings(ctes, used, data, data, [])
     except (ValueError, TypeError, LookupError, binascii.Error) as error:
         data, defects = b"", [f"undecodable: {error}"]
     defects.extend(type(d).__name__ for d in message.defects)
-    return data, tuple(defects)
+    return data, tuple(defects), alternates
+
+
+def _boundaries(message: Message) -> tuple[str, ...]:
+    """Every ``boundary`` parameter of the Content-Type (more than one is a red flag)."""
+    if message.get("content-type") is None:
+        return ()
+    try:
+        params = message.get_params(header="content-type") or []
+    except (ValueError, IndexError, UnicodeError):
+        return ()
+    found = []
+    for key, value in params[1:]:
+        if key.strip().lower() == "boundary":
+            text = email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
+            found.append(text.rstrip())
+    return tuple(found)
 
 
 def declared_type(message: Message) -> str:
@@ -403,6 +562,7 @@ class _TreeBuilder:
 
     def __init__(self, blobs: _Blobs) -> None:
         self.parts: list[Part] = []
+        self.alternates: list[Part] = []
         self.blobs = blobs
 
     def build(self, message: Message, path: str) -> MimeNode:
@@ -412,6 +572,9 @@ class _TreeBuilder:
             path,
             Headers.from_message(message),
             defects=tuple(type(d).__name__ for d in message.defects),
+            boundaries=_boundaries(message),
+            disposition_names=tuple(_param_values(message, "filename", "content-disposition")),
+            type_names=tuple(_param_values(message, "name", "content-type")),
         )
         payload = message.get_payload()
         if message.is_multipart() and isinstance(payload, list):
@@ -423,7 +586,7 @@ class _TreeBuilder:
                 if isinstance(child, Message):
                     node.children.append(self.build(child, child_path))
             return node
-        data, defects = _decode_leaf(message, self.blobs)  # releases the encoded payload
+        data, defects, alternates = _decode_leaf(message, self.blobs)  # releases the encoded payload
         leaf_path = path or "1"
         part = Part(
             leaf_path,
@@ -435,10 +598,28 @@ class _TreeBuilder:
             defects=defects,
         )
         self.parts.append(part)
+        for label, decoded in alternates:
+            self.alternates.append(
+                Part(
+                    f"{leaf_path}~{label}",
+                    content_type,
+                    part.filenames,
+                    decoded,
+                    charset=part.charset,
+                    transfer_encoding=label,
+                    origin=f"decoded:{label}",
+                )
+            )
         if content_type.startswith("text/") and b"begin " in data:
             for index, (name, decoded) in enumerate(extract_uuencoded(data), start=1):
                 self.parts.append(
                     Part(f"{leaf_path}.uu{index}", "application/octet-stream", (name,), decoded, origin="uuencode")
+                )
+        if content_type.startswith("text/") and b"=ybegin " in data:
+            for index, (name, decoded) in enumerate(extract_yencoded(data), start=1):
+                names = (name,) if name else ()
+                self.parts.append(
+                    Part(f"{leaf_path}.yenc{index}", "application/octet-stream", names, decoded, origin="yenc")
                 )
         return node
 
@@ -518,13 +699,13 @@ class Mail:
     # -- lazy views
 
     @cached_property
-    def _structure(self) -> tuple[MimeNode, list[Part]]:
+    def _structure(self) -> tuple[MimeNode, list[Part], list[Part]]:
         blobs = _Blobs(self)
         parser = email.parser.BytesFeedParser()
         blobs.feed(parser)
         builder = _TreeBuilder(blobs)
         root = builder.build(parser.close(), "")
-        return root, builder.parts
+        return root, builder.parts, builder.alternates
 
     @cached_property
     def headers(self) -> Headers:
@@ -546,6 +727,22 @@ class Mail:
     @property
     def parts(self) -> list[Part]:
         return self._structure[1]
+
+    @property
+    def alternates(self) -> list[Part]:
+        """Other plausible transfer decodings of leaves (doubled or odd encodings); usually empty."""
+        return self._structure[2]
+
+    @cached_property
+    def views(self) -> list[Part]:
+        """The lenient views: every other reasonable reading of the message (see :mod:`mailsift.views`).
+
+        Parts a mail client could see that the strict :attr:`parts` do not hold,
+        deduplicated against them; empty for ordinary mail.  Computed on first use.
+        """
+        from mailsift.views import compute_views  # views builds on this module
+
+        return compute_views(self)
 
     @property
     def subject(self) -> str:

@@ -1,8 +1,9 @@
 """Scanners over the MIME structure: ``parsemail``, ``attach_name``, ``mime_ext``.
 
 ``parsemail(s, ...)`` runs its scanners on every decoded leaf part (attached
-messages included, uuencoded blocks included) and returns the first detection,
-naming the part.  ``attach_name`` and ``mime_ext`` look at *every* candidate
+messages included, uuencoded and yEnc blocks included), then on the lenient
+views of the message (:mod:`mailsift.views`), and returns the first
+detection, naming the part or view.  ``attach_name`` and ``mime_ext`` look at *every* candidate
 filename of a part (Content-Disposition ``filename``, RFC 2231 ``filename*``,
 Content-Type ``name``, decoded encoded words): a mail client may show any of
 them, so any of them can trigger.
@@ -10,35 +11,83 @@ them, so any of them can trigger.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from mailsift.errors import ConfigError
+from mailsift.mail import Mail, Part
 from mailsift.result import CLEAN, Result
-from mailsift.scanners.base import Interscanner, PartTarget, Scanner, Target, evaluate
+from mailsift.scanners.base import Interscanner, MailTarget, PartTarget, Scanner, Target, evaluate
 from mailsift.scanners.basic import _pairs, compile_text
 
 
 class parsemail(Interscanner):
-    """Run the wrapped scanners on each decoded part; first detection wins."""
+    """Run the wrapped scanners on each decoded part and view; first detection wins.
+
+    ``parsemail(s, ...)`` scans the union of the readings of the message: the
+    strict parts (:attr:`Mail.parts <mailsift.mail.Mail.parts>`), then, with
+    ``views=True`` (the default), every lenient view that differs from them
+    (:attr:`Mail.views <mailsift.mail.Mail.views>`: other transfer decodings,
+    base64/uuencode/yEnc anywhere in the raw message, boundaries found rather
+    than declared; see :mod:`mailsift.views`), and with ``raw=True`` the raw
+    message itself last.  ``views=False`` is the strict reading alone.
+    """
 
     name = "parsemail"
+
+    def __init__(self, *scanners: Any, views: bool = True, raw: bool = False) -> None:
+        super().__init__(*scanners)
+        if not isinstance(views, bool) or not isinstance(raw, bool):
+            raise ConfigError(f"parsemail: views and raw must be True or False, got {views!r}, {raw!r}")
+        self.views, self.raw = views, raw
+
+    def describe(self) -> str:
+        options = [
+            f"{key}={value}"
+            for key, value, default in (("views", self.views, True), ("raw", self.raw, False))
+            if value != default
+        ]
+        return f"parsemail({', '.join(options)})" if options else "parsemail"
+
+    async def _views(self, mail: Mail) -> list[Part]:
+        if not self.views:
+            return []
+        if "views" in mail.__dict__:  # already computed (cached_property)
+            return mail.views
+        return await asyncio.to_thread(lambda: mail.views)  # a regular-expression pass and decodings
 
     async def scan(self, target: Target) -> Result:
         if target.part is not None:
             return await self.inner(target)  # already a part: nothing more to split
         best = CLEAN
-        for part in target.mail.parts:
+        targets: list[Target] = [PartTarget(target.mail, part) for part in target.mail.parts]
+        targets.extend(PartTarget(target.mail, part) for part in await self._views(target.mail))
+        if self.raw:
+            targets.append(MailTarget(target.mail))
+        for each in targets:
             for scanner in self.children:
-                result = await evaluate(scanner, PartTarget(target.mail, part))
+                result = await evaluate(scanner, each)
                 if result.detected:
-                    where = f"part {part.path}" + (f" ({part.filename})" if part.filename else "")
-                    detail = f"{result.detail}; {where}" if result.detail else where
-                    return Result(result.level, result.name, result.scanner, detail, result.actions)
+                    return Result(
+                        result.level, result.name, result.scanner, _where(result.detail, each), result.actions
+                    )
                 if result.level > best.level:
                     best = result
         return best
+
+
+def _where(detail: str, target: Target) -> str:
+    """The result's detail, plus which part or view it was found in."""
+    part = target.part
+    if part is None:
+        where = "raw message"
+    else:
+        where = f"part {part.path}" + (f" ({part.filename})" if part.filename else "")
+        if part.origin not in ("mime", "uuencode", "yenc"):
+            where += f" [view {part.origin}]"
+    return f"{detail}; {where}" if detail else where
 
 
 def _filenames(target: Target) -> Iterable[tuple[str, str]]:
