@@ -1,0 +1,109 @@
+"""``spamassassind`` against a real, private spamd (local tests only, Bayes off).
+
+The corpus test runs the real ``spamc`` and mailsift against the same spamd for
+every message of SpamAssassin's own test mail and checks that mailsift's level
+is spamd's ``score/required`` as ``spamc -c`` prints it, and that the rule
+names match ``spamc -y`` (SYMBOLS) in both of mailsift's modes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailsift.mail import Mail
+from mailsift.scanners.actions import add_header
+from mailsift.scanners.base import MailTarget
+from mailsift.scanners.spam import SpamResult, spamassassind
+from tests.engines.spamd_instance import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
+
+pytestmark = pytest.mark.engines
+__all__ = ["spamd_instance"]  # the session fixture, imported for pytest
+
+CORPUS = Path("/work/shared/corpora/spamassassin-t-data")
+MESSAGES = sorted(p for p in CORPUS.rglob("*") if p.is_file()) if CORPUS.is_dir() else []
+GTUBE = CORPUS / "spam" / "gtube.eml"
+
+
+async def check(scanner: spamassassind, data: bytes) -> SpamResult:
+    result = await scanner.scan(MailTarget(Mail(data=data)))
+    assert isinstance(result, SpamResult)
+    return result
+
+
+def spamc_check(spamd: SpamdInstance, data: bytes, *args: str) -> tuple[float, float, bool]:
+    """``spamc -c``: (score, required, spam) as the real client prints and exits."""
+    done = spamd.spamc(data, "-c", *args)
+    score, _, required = done.stdout.decode().strip().partition("/")
+    assert required, f"spamc -c printed {done.stdout!r} (stderr {done.stderr!r})"
+    assert done.returncode in (0, 1), done
+    return float(score), float(required), done.returncode == 1
+
+
+async def test_gtube_is_spam_with_its_rule_and_report(spamd_instance: SpamdInstance) -> None:
+    result = await check(spamassassind(spamd_instance.address), GTUBE.read_bytes())
+    assert result.detected
+    assert result.level >= 1.0
+    assert result.name == "Spam"
+    assert result.scanner == "spamassassind"
+    assert "GTUBE" in result.symbols
+    assert "GTUBE" in result.detail.partition("tests=")[2].split(",")
+    assert "GTUBE" in result.report
+    assert f"({result.score:.1f} points, {result.required:.1f} required)" in result.report
+    assert result.level == pytest.approx(result.score / result.required)
+
+
+async def test_gtube_over_the_unix_socket(spamd_instance: SpamdInstance) -> None:
+    result = await check(spamassassind(spamd_instance.socket_path, report=False), GTUBE.read_bytes())
+    assert result.detected
+    assert "GTUBE" in result.symbols
+    assert result.report == ""
+
+
+@pytest.mark.skipif(not MESSAGES, reason=f"{CORPUS} is missing")
+@pytest.mark.parametrize("path", MESSAGES, ids=lambda p: str(p.relative_to(CORPUS)))
+async def test_level_is_spamc_score_over_required(spamd_instance: SpamdInstance, path: Path) -> None:
+    data = path.read_bytes()
+    score, required, spam = spamc_check(spamd_instance, data)
+    with_report = await check(spamassassind(spamd_instance.address), data)
+    symbols_only = await check(spamassassind(spamd_instance.address, report=False), data)
+    for result in (with_report, symbols_only):
+        assert (result.score, result.required) == (score, required)
+        assert result.level == pytest.approx(score / required, rel=1e-9)
+        assert result.detected is spam
+        assert result.name == ("Spam" if spam else "")
+    spamc_symbols = spamd_instance.spamc(data, "-y").stdout.decode().strip()
+    expected = {name for name in spamc_symbols.split(",") if name}
+    assert set(symbols_only.symbols) == expected
+    assert set(with_report.symbols) == expected  # read from the report's table
+
+
+async def test_user_preferences_change_the_threshold(spamd_instance: SpamdInstance) -> None:
+    data = (CORPUS / "spam" / "005").read_bytes()
+    default = await check(spamassassind(spamd_instance.address), data)
+    strict = await check(spamassassind(spamd_instance.address, STRICT_USER), data)
+    assert default.required == 5.0
+    assert strict.required == STRICT_REQUIRED
+    assert strict.score == default.score
+    assert strict.level == pytest.approx(default.score / STRICT_REQUIRED)
+    assert (strict.score, strict.required, strict.detected) == spamc_check(spamd_instance, data, "-u", STRICT_USER)
+
+
+async def test_over_max_size_is_not_checked(spamd_instance: SpamdInstance) -> None:
+    data = GTUBE.read_bytes()
+    result = await check(spamassassind(spamd_instance.address, max_size=len(data) - 1), data)
+    assert result.level == 0.0
+    assert not result.detected
+    assert result.detail.startswith("not checked: over max_size")
+    at_limit = await check(spamassassind(spamd_instance.address, max_size=len(data)), data)
+    assert at_limit.detected
+
+
+async def test_add_header_sees_the_spam_level(spamd_instance: SpamdInstance) -> None:
+    scanner = add_header("X-Spam-Level", "%V %L", spamassassind(spamd_instance.address))
+    result = await scanner.scan(MailTarget(Mail(data=GTUBE.read_bytes())))
+    assert isinstance(result, SpamResult)  # the action keeps the spam result and its report
+    assert "GTUBE" in result.report
+    (header,) = result.actions
+    assert header.value == f"Spam {result.level:.2f}"
