@@ -12,6 +12,7 @@ from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
+from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.smtpd import smtpd
 
 __version__ = "0.1.0"
@@ -23,6 +24,9 @@ __all__ = [
     "alternatives",
     "attach_name",
     "cache",
+    "chroot_execvp",
+    "chroot_execvpe",
+    "clamd_daemon",
     "const",
     "deliver",
     "drop",
@@ -42,6 +46,7 @@ __all__ = [
     "sender_regexp",
     "smtp_relay",
     "smtpd",
+    "spamd_daemon",
     "string_scan",
     "time_limit",
 ]

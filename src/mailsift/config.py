@@ -22,6 +22,7 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.scanners.base import Scanner
 from mailsift.services.base import Service, Settings
+from mailsift.services.daemon import Daemon
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 
@@ -34,6 +35,7 @@ class Config:
     settings: Settings
     scanners: tuple[Scanner, ...]
     services: tuple[Service, ...]
+    daemons: tuple[Daemon, ...] = ()
 
 
 def _config_line(error: BaseException, path: str) -> int | None:
@@ -76,9 +78,11 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
     scanners = namespace.get("SCANNERS", [])
     if not isinstance(scanners, list | tuple) or not all(isinstance(s, Scanner) for s in scanners):
         raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}")
-    services = namespace.get("SRV", [])
-    if not isinstance(services, list | tuple) or not all(isinstance(s, Service) for s in services):
-        raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {services!r}")
+    entries = namespace.get("SRV", [])
+    if not isinstance(entries, list | tuple) or not all(isinstance(s, Service | Daemon) for s in entries):
+        raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}")
+    services = [s for s in entries if isinstance(s, Service)]
+    daemons = [s for s in entries if isinstance(s, Daemon)]
     state_dir = namespace.get("STATE_DIR", os.environ.get("MAILSIFT_STATE_DIR", "var"))
     if not isinstance(state_dir, str) or not state_dir:
         raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}")
@@ -99,4 +103,9 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
         if (service.host, service.port) in seen:
             raise fail(f"two services listen on {service.host}:{service.port}")
         seen.add((service.host, service.port))
-    return Config(path, settings, tuple(scanners), tuple(services))
+    for daemon in daemons:
+        try:
+            daemon.check()
+        except ConfigError as error:
+            raise fail(error.message) from None
+    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons))

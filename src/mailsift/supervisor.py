@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,13 +31,19 @@ from typing import Any
 from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.errors import ConfigError
+from mailsift.services.daemon import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
 
 
 def prepare_state(config: Config) -> None:
-    """Create the state directories the services write into."""
-    for path in (config.settings.state_dir, config.settings.spool_dir, config.settings.quarantine_dir):
+    """Create the state directories the services write into.
+
+    The state directory itself is 0751: daemons running as their own user
+    (clamd as ``clamav``) can reach their subdirectory without listing the rest.
+    """
+    os.makedirs(config.settings.state_dir, mode=0o751, exist_ok=True)
+    for path in (config.settings.spool_dir, config.settings.quarantine_dir):
         os.makedirs(path, mode=0o750, exist_ok=True)
 
 
@@ -79,6 +86,7 @@ class Supervisor:
         self.children: dict[int, Config] = {}
         self._pending: list[Callable[[], None]] = []
         self._stopping = False
+        self.daemons = DaemonKeeper()
 
     def _bind(self, config: Config) -> None:
         wanted = {(s.host, s.port): s for s in config.services}
@@ -121,6 +129,7 @@ class Supervisor:
         except ConfigError as error:
             log.error("reload failed, keeping the running config: %s", error)
             return
+        self.daemons.apply(new)
         old = list(self.children)
         self.config = new
         for _ in range(self.workers):
@@ -150,6 +159,8 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.daemons.exited(pid, os.waitstatus_to_exitcode(status), restart=not self._stopping):
+                continue
             config = self.children.pop(pid, None)
             if config is None:
                 continue
@@ -162,6 +173,7 @@ class Supervisor:
     def run(self) -> int:
         prepare_state(self.config)
         self._bind(self.config)
+        self.daemons.apply(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         for _ in range(self.workers):
@@ -183,8 +195,151 @@ class Supervisor:
                 for pid in list(self.children):
                     self._kill(pid, signal.SIGKILL)
             self._reap()
+            self.daemons.tend()
             time.sleep(0.1)
+        self.daemons.stop_all()
         for sock in self.sockets.values():
             sock.close()
         log.info("mailsift stopped")
         return 0
+
+
+class DaemonKeeper:
+    """Starts, watches, restarts and stops the config's daemons (clamd, spamd, ...).
+
+    Runs in the supervisor.  A daemon that exits is restarted after a pause
+    that doubles each time (1 s to 60 s) and is reset once it has been up
+    for a minute; readiness is polled so the log says when it answers.
+    """
+
+    RESTART_MIN, RESTART_MAX, STABLE_AFTER, STOP_GRACE = 1.0, 60.0, 60.0, 10.0
+
+    def __init__(self) -> None:
+        self.state_dir = ""
+        self.running: dict[int, Daemon] = {}  # pid -> daemon
+        self.started: dict[int, float] = {}
+        self.waiting_ready: dict[int, float] = {}  # pid -> start time, until it answers
+        self.restarts: list[tuple[float, Daemon]] = []
+        self.pause: dict[tuple[Any, ...], float] = {}
+        self.logs: dict[int, str] = {}
+
+    def apply(self, config: Config) -> None:
+        """Make the running daemons those of ``config``: keep the same, stop the gone, start the new."""
+        self.state_dir = config.settings.state_dir
+        wanted = {d.identity(): d for d in config.daemons}
+        for pid, daemon in list(self.running.items()):
+            if daemon.identity() not in wanted:
+                self._stop(pid)
+        self.restarts = [(when, d) for when, d in self.restarts if d.identity() in wanted]
+        have = {d.identity() for d in self.running.values()} | {d.identity() for _, d in self.restarts}
+        for key, daemon in wanted.items():
+            if key not in have:
+                self._start(daemon)
+
+    def _start(self, daemon: Daemon) -> None:
+        log_path = daemon.log_path(self.state_dir)
+        try:
+            daemon.prepare(self.state_dir)
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            with open(log_path, "ab") as output:
+                process = subprocess.Popen(
+                    daemon.argv(),
+                    env=daemon.environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except (ConfigError, OSError) as error:
+            log.error("%s: cannot start: %s", daemon.describe(), error)
+            self._schedule(daemon)
+            return
+        now = time.monotonic()
+        self.running[process.pid] = daemon
+        self.started[process.pid] = now
+        self.waiting_ready[process.pid] = now
+        self.logs[process.pid] = log_path
+        log.info("%s started (pid %d), its output in %s", daemon.describe(), process.pid, log_path)
+
+    def _schedule(self, daemon: Daemon) -> None:
+        pause = self.pause.get(daemon.identity(), self.RESTART_MIN)
+        self.pause[daemon.identity()] = min(pause * 2, self.RESTART_MAX)
+        self.restarts.append((time.monotonic() + pause, daemon))
+        log.info("%s: starting again in %.0f s", daemon.describe(), pause)
+
+    def exited(self, pid: int, code: int, *, restart: bool) -> bool:
+        """Handle a reaped PID if it was a daemon's; returns whether it was."""
+        daemon = self.running.pop(pid, None)
+        if daemon is None:
+            return False
+        up = time.monotonic() - self.started.pop(pid, 0.0)
+        self.waiting_ready.pop(pid, None)
+        log_path = self.logs.pop(pid, "")
+        if not restart:
+            log.info("%s (pid %d) stopped", daemon.describe(), pid)
+            return True
+        log.error(
+            "%s (pid %d) exited with status %d after %.0f s; the end of %s:%s",
+            daemon.describe(),
+            pid,
+            code,
+            up,
+            log_path,
+            "".join(f"\n    {line}" for line in _tail(log_path)),
+        )
+        if up > self.STABLE_AFTER:
+            self.pause.pop(daemon.identity(), None)
+        self._schedule(daemon)
+        return True
+
+    def tend(self) -> None:
+        """Start the due restarts, and log the daemons that have begun to answer."""
+        now = time.monotonic()
+        due = [d for when, d in self.restarts if when <= now]
+        self.restarts = [(when, d) for when, d in self.restarts if when > now]
+        for daemon in due:
+            self._start(daemon)
+        for pid, since in list(self.waiting_ready.items()):
+            if int((now - since) * 10) % 5:  # look twice a second
+                continue
+            answering = self.running.get(pid)
+            if answering is not None and answering.ready():
+                log.info("%s answers (%.1f s after start)", answering.describe(), now - since)
+                del self.waiting_ready[pid]
+
+    def _stop(self, pid: int) -> None:
+        daemon = self.running.get(pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + self.STOP_GRACE
+        while time.monotonic() < deadline:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", daemon and daemon.describe(), pid, 10)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        self.exited(pid, 0, restart=False)
+
+    def stop_all(self) -> None:
+        self.restarts.clear()
+        for pid in list(self.running):
+            self._stop(pid)
+
+
+def _tail(path: str, lines: int = 5) -> list[str]:
+    """The last lines of a log file (for an error message); [] if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - 4096))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

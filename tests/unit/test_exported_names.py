@@ -16,6 +16,9 @@ EXPORTED = {
     "alternatives",
     "attach_name",
     "cache",
+    "chroot_execvp",
+    "chroot_execvpe",
+    "clamd_daemon",
     "const",
     "deliver",
     "drop",
@@ -35,11 +38,13 @@ EXPORTED = {
     "sender_regexp",
     "smtp_relay",
     "smtpd",
+    "spamd_daemon",
     "string_scan",
     "time_limit",
 }
 
-SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "smtpd"}
+SERVICES = {"smtpd", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
+SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay"} - SERVICES
 
 
 def test_all_is_exactly_the_config_surface() -> None:
