@@ -302,3 +302,12 @@ async def test_matching_limit_is_checked_before_sending(scanner: clamd, clamd_in
     assert limited.connections_opened == 0
     assert not (await limited.scan(MailTarget(make_mail(b"a" * 1000)))).detected
     await limited.aclose()
+
+
+def test_pooled_session_outlives_its_event_loop(clamd_instance: ClamdInstance) -> None:
+    """Sessions are plain sockets: a scanner built at config load serves one loop after another."""
+    scanner = clamd(str(clamd_instance.socket_path))
+    for _ in range(3):
+        assert asyncio.run(scanner.scan(MailTarget(make_mail(EICAR)))).detected
+    assert scanner.connections_opened == 1
+    asyncio.run(scanner.aclose())

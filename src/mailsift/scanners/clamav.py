@@ -78,6 +78,7 @@ Address = str | tuple[str, int]
 _CHUNK = 1024 * 1024  # INSTREAM chunk size; any size up to StreamMaxLength is accepted
 _MAX_REPLY = 64 * 1024  # a clamd answer is one line; more is a broken peer
 _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
+_BACKLOG_RETRY = 0.05  # seconds between connects while clamd's listen queue is full
 _LATE_REPLY_WAIT = 2.0  # seconds to collect clamd's answer after it stopped reading our stream
 
 
@@ -271,7 +272,10 @@ class clamd(Scanner):
             sock.setblocking(False)
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    await loop.sock_connect(sock, address)
+                    if family == socket.AF_UNIX:
+                        await _connect_unix(sock, address)
+                    else:
+                        await loop.sock_connect(sock, address)
             except TimeoutError:
                 sock.close()
                 raise ScannerTimeout(
@@ -319,6 +323,21 @@ class clamd(Scanner):
                 self._give_back(session)
             else:
                 session.close()
+
+
+async def _connect_unix(sock: socket.socket, path: str) -> None:
+    """Connect a non-blocking unix socket.
+
+    Linux answers EAGAIN when the listener's backlog is full (clamd busy, its
+    ``MaxConnectionQueueLength`` reached); that is no connection in progress, as
+    ``loop.sock_connect`` would assume, so try again until the caller's timeout.
+    """
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(_BACKLOG_RETRY)
 
 
 async def _send_instream(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
