@@ -1,0 +1,278 @@
+"""``spamassassind``'s SPAMC client against a fake spamd, for what a real spamd
+will not do on demand: be down, hang, answer garbage or cut its answer short.
+
+The fake speaks the protocol's framing (request head, Content-length body) and
+answers whatever bytes a test scripts; it records every request.  The real
+spamd tests are in ``tests/engines/test_spamd.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
+from mailsift.mail import Mail
+from mailsift.scanners.base import MailTarget, evaluate
+from mailsift.scanners.spam import SpamResult, report_symbols, spamassassind
+
+MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+REPORT = """\
+Spam detection software, running on the system "vm",
+has identified this incoming email as possible spam.
+
+Content preview:  Dear friend, meet us on
+   12 Feb 2024 HELLO at noon [...]
+
+Content analysis details:   (12.3 points, 5.0 required)
+
+ pts rule name              description
+---- ---------------------- --------------------------------------------------
+ 2.5 FAKE_RULE_ONE          One rule
+                            continued description
+-0.1 T_FAKE_NEGATIVE        A negative rule
+ 9.9 FAKE_LONGER_THAN_THE_COLUMN Rule with a long name
+"""
+
+
+def answer(spam: str = "True ; 12.3 / 5.0", body: str = REPORT, code: str = "0 EX_OK") -> bytes:
+    data = body.encode()
+    return f"SPAMD/1.1 {code}\r\nContent-length: {len(data)}\r\nSpam: {spam}\r\n\r\n".encode() + data
+
+
+@dataclass
+class FakeSpamd:
+    """Answers ``reply`` to every request (or hangs when ``hang``) and records the requests."""
+
+    reply: bytes = field(default_factory=answer)
+    hang: bool = False
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = await reader.readexactly(length)
+            self.requests.append((head, body))
+            if self.hang:
+                await asyncio.sleep(3600)
+            writer.write(self.reply)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeSpamd, tuple[str, int]]]:
+    spamd = FakeSpamd()
+    server = await asyncio.start_server(spamd.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield spamd, ("127.0.0.1", port)
+        server.close()
+
+
+async def scan(scanner: spamassassind, data: bytes = MESSAGE) -> SpamResult:
+    result = await scanner.scan(MailTarget(Mail(data=data)))
+    assert isinstance(result, SpamResult)
+    return result
+
+
+# --------------------------------------------------------------------------- the good path
+
+
+async def test_request_is_spamc_1_5_with_length_user_and_the_message(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    await scan(spamassassind(address, "alice"))
+    ((head, body),) = spamd.requests
+    assert head == f"REPORT SPAMC/1.5\r\nContent-length: {len(MESSAGE)}\r\nUser: alice\r\n\r\n".encode()
+    assert body == MESSAGE
+
+
+async def test_symbols_verb_without_user(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.reply = answer(body="RULE_A,RULE_B")
+    result = await scan(spamassassind(address, report=False))
+    ((head, _),) = spamd.requests
+    assert head.startswith(b"SYMBOLS SPAMC/1.5\r\n")
+    assert b"User:" not in head
+    assert result.symbols == ("RULE_A", "RULE_B")
+    assert result.report == ""
+
+
+async def test_level_is_score_over_required(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    _, address = fake
+    result = await scan(spamassassind(address))
+    assert result.level == pytest.approx(12.3 / 5.0)
+    assert round(result.level, 2) == 2.46
+    assert (result.score, result.required) == (12.3, 5.0)
+    assert result.detected
+    assert result.name == "Spam"
+    assert result.symbols == ("FAKE_RULE_ONE", "T_FAKE_NEGATIVE", "FAKE_LONGER_THAN_THE_COLUMN")
+    assert result.detail == "score=12.3 required=5 tests=FAKE_RULE_ONE,T_FAKE_NEGATIVE,FAKE_LONGER_THAN_THE_COLUMN"
+    assert result.report == REPORT
+
+
+@pytest.mark.parametrize(
+    ("header", "level", "name"),
+    [
+        ("False ; 2.5 / 5.0", 0.5, ""),
+        ("False ; -1.5 / 5.0", -0.3, ""),
+        ("True ; 5.0 / 5.0", 1.0, "Junk"),
+        ("True ; 3.0 / 0.0", 1.0, "Junk"),  # a zero threshold: spamd's own verdict
+        ("False ; 3.0 / 0.0", 0.0, ""),
+    ],
+)
+async def test_levels_and_names(fake: tuple[FakeSpamd, tuple[str, int]], header: str, level: float, name: str) -> None:
+    spamd, address = fake
+    spamd.reply = answer(spam=header, body="")
+    result = await scan(spamassassind(address, virname="Junk"))
+    assert result.level == pytest.approx(level)
+    assert result.name == name
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    spamd = FakeSpamd()
+    path = str(tmp_path / "spamd.sock")
+    server = await asyncio.start_unix_server(spamd.handle, path)
+    async with server:
+        result = await scan(spamassassind(path))
+        server.close()
+    assert result.detected
+    assert len(spamd.requests) == 1
+
+
+async def test_over_max_size_is_not_sent(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    result = await scan(spamassassind(address, max_size=len(MESSAGE) - 1))
+    assert (result.level, result.name) == (0.0, "")
+    assert result.detail.startswith("not checked: over max_size")
+    assert spamd.connections == 0
+    assert (await scan(spamassassind(address, max_size=len(MESSAGE)))).detected
+
+
+def test_default_max_size_is_spamcs() -> None:
+    assert spamassassind().max_size == 512_000
+
+
+def test_report_symbols_ignores_the_content_preview_and_a_missing_table() -> None:
+    assert report_symbols(REPORT) == ("FAKE_RULE_ONE", "T_FAKE_NEGATIVE", "FAKE_LONGER_THAN_THE_COLUMN")
+    assert report_symbols(REPORT.replace("\n", "\r\n")) == report_symbols(REPORT)
+    assert report_symbols("Content preview: 12 Feb 2024\n") == ()
+    assert report_symbols("") == ()
+
+
+# --------------------------------------------------------------------------- failures -> tempfail
+
+
+async def test_spamd_down_is_unavailable() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(ScannerUnavailable, match="cannot connect"):
+        await scan(spamassassind(("127.0.0.1", port)))
+
+
+async def test_missing_unix_socket_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(ScannerUnavailable):
+        await scan(spamassassind(str(tmp_path / "nothing.sock")))
+
+
+async def test_hanging_spamd_times_out(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.hang = True
+    with pytest.raises(ScannerTimeout, match="no answer"):
+        await scan(spamassassind(address, timeout=0.2))
+    assert len(spamd.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (b"", "without an answer"),
+        (b"HTTP/1.1 200 OK\r\n\r\n", "malformed answer"),
+        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n", "without a valid Spam header"),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; 1 / 5\r\n\r\n", "without a valid Spam header"),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1e9 / 5.0\r\n\r\n", "without a valid Spam header"),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam True\r\n\r\n", "malformed header line"),
+        (b"SPAMD/1.0 76 Bad header line: (Content-Length mismatch)\r\n", "answered 76 Bad header line"),
+        (b"SPAMD/1.1 74 EX_IOERR\r\n\r\n", "answered 74 EX_IOERR"),
+        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 100\r\nSpam: True ; 1.0 / 5.0\r\n\r\nshort", "cut short"),
+        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: -3\r\nSpam: True ; 1.0 / 5.0\r\n\r\n", "bad Content-length"),
+        (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 99999999999\r\nSpam: True ; 1.0 / 5.0\r\n\r\n", "bad Content-length"),
+        (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1.0 / 5.0\r\n", "cut short"),
+        (b"SPAMD/1.1 0 EX_OK\r\nX: " + b"y" * 100_000, "over 65536 bytes"),
+    ],
+)
+async def test_malformed_answers_are_scanner_errors(
+    fake: tuple[FakeSpamd, tuple[str, int]], reply: bytes, match: str
+) -> None:
+    spamd, address = fake
+    spamd.reply = reply
+    with pytest.raises(ScannerError, match=match):
+        await scan(spamassassind(address))
+
+
+async def test_answer_without_content_length_is_read_to_the_end(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.reply = b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 1.0 / 5.0\r\n\r\nRULE_X"
+    result = await scan(spamassassind(address, report=False))
+    assert result.symbols == ("RULE_X",)
+    assert result.level == pytest.approx(0.2)
+
+
+async def test_errors_become_tempfail_through_evaluate() -> None:
+    with pytest.raises(ScannerUnavailable) as caught:
+        await evaluate(spamassassind(("127.0.0.1", 1)), MailTarget(Mail(data=MESSAGE)))
+    assert caught.value.reply.code // 100 == 4
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"address": ("127.0.0.1", 0)},
+        {"address": ("127.0.0.1", 70000)},
+        {"address": ("127.0.0.1", "783")},
+        {"address": ("", 783)},
+        {"address": ["127.0.0.1"]},
+        {"address": ""},
+        {"address": 783},
+        {"user": "two words"},
+        {"user": "evil\r\nUser: root"},
+        {"user": ""},
+        {"max_size": 0},
+        {"max_size": 1.5},
+        {"max_size": True},
+        {"timeout": 0},
+        {"timeout": float("nan")},
+        {"report": "yes"},
+        {"virname": ""},
+    ],
+)
+def test_bad_arguments_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        spamassassind(**kwargs)  # type: ignore[arg-type]
+
+
+def test_sagator_address_forms_and_describe() -> None:
+    assert spamassassind(["127.0.0.1", 783]).address == ("127.0.0.1", 783)
+    assert spamassassind("/run/spamd.sock").address == "/run/spamd.sock"
+    assert spamassassind(["localhost", 783], "bob").describe() == (
+        "spamassassind(localhost:783, user='bob', max_size=512000, REPORT)"
+    )
