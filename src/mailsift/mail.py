@@ -132,6 +132,8 @@ class Part:
     transfer_encoding: str = ""
     origin: str = "mime"
     defects: tuple[str, ...] = ()
+    encoded_size: int = 0
+    """Size of the payload before transfer decoding (base64 only, without line ends; else 0)."""
 
     @property
     def size(self) -> int:
@@ -472,7 +474,7 @@ def _alternate_encodings(
     return found
 
 
-def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes]]]:
+def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes]], int]:
     """Decode a leaf's payload as ``get_payload(decode=True)`` does, and release it.
 
     The encoded payload is taken out of the message first, so that at any time
@@ -485,19 +487,21 @@ def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...
     payload: Any = getattr(message, "_payload", None)  # the raw text; get_payload() may re-decode it
     message.set_payload("")
     if not isinstance(payload, str):
-        return b"", tuple(type(d).__name__ for d in message.defects), []
+        return b"", tuple(type(d).__name__ for d in message.defects), [], 0
     raw_encoding = str(message.get("content-transfer-encoding", ""))
     encoding = raw_encoding.lower()
     ctes = [normalize_encoding(str(v)) for v in message.get_all("content-transfer-encoding", [])]
     defects: list[str] = []
     alternates: list[tuple[str, bytes]] = []
     used = encoding.strip()
+    encoded_size = 0
     suspicious = len(ctes) > 1 or (bool(ctes) and ctes[0] != used)
     try:
         if encoding == "base64":
             encoded = blobs.expand(payload, strip_newlines=True)
             del payload
             data, found = _decode_base64(encoded)
+            encoded_size = len(encoded)
             for defect in found:
                 message.policy.handle_defect(message, defect)
             if suspicious or found or _INNER_PADDING.search(encoded):
@@ -523,7 +527,7 @@ def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...
     except (ValueError, TypeError, LookupError, binascii.Error) as error:
         data, defects = b"", [f"undecodable: {error}"]
     defects.extend(type(d).__name__ for d in message.defects)
-    return data, tuple(defects), alternates
+    return data, tuple(defects), alternates, encoded_size
 
 
 def _boundaries(message: Message) -> tuple[str, ...]:
@@ -586,7 +590,7 @@ class _TreeBuilder:
                 if isinstance(child, Message):
                     node.children.append(self.build(child, child_path))
             return node
-        data, defects, alternates = _decode_leaf(message, self.blobs)  # releases the encoded payload
+        data, defects, alternates, encoded_size = _decode_leaf(message, self.blobs)  # releases the encoded payload
         leaf_path = path or "1"
         part = Part(
             leaf_path,
@@ -596,6 +600,7 @@ class _TreeBuilder:
             charset=message.get_content_charset() or "",
             transfer_encoding=str(message.get("content-transfer-encoding", "")).strip().lower(),
             defects=defects,
+            encoded_size=encoded_size,
         )
         self.parts.append(part)
         for label, decoded in alternates:
