@@ -10,8 +10,10 @@ from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
+from mailsift.scanners.clamav import clamd
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
+from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.smtpd import smtpd
 
@@ -26,6 +28,7 @@ __all__ = [
     "cache",
     "chroot_execvp",
     "chroot_execvpe",
+    "clamd",
     "clamd_daemon",
     "const",
     "deliver",
@@ -43,9 +46,11 @@ __all__ = [
     "regexp_scan",
     "reject",
     "rename",
+    "rspamd",
     "sender_regexp",
     "smtp_relay",
     "smtpd",
+    "spamassassind",
     "spamd_daemon",
     "string_scan",
     "time_limit",

@@ -68,15 +68,14 @@ class Daemon:
         return (self.kind, tuple(self.argv()), tuple(sorted(self.env.items())))
 
     def argv(self) -> list[str]:
-        program = shutil.which(self.command) or self.command
-        return [program, *self.args]
+        return [find_program(self.command), *self.args]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
     def check(self) -> None:
         """At config load: is the program there?  Raises ConfigError."""
-        if shutil.which(self.command) is None:
+        if not shutil.which(find_program(self.command)):
             raise ConfigError(f"{self.describe()}: program {self.command!r} not found")
 
     def prepare(self, state_dir: str) -> None:
@@ -90,6 +89,14 @@ class Daemon:
     def ready(self) -> bool:
         """Whether the program answers yet (called until it does)."""
         return True
+
+
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def find_program(command: str) -> str:
+    """``command``'s path: on PATH, or in the sbin directories daemons live in (often not on PATH)."""
+    return shutil.which(command) or shutil.which(command, path=SBIN) or command
 
 
 def _flatten(args: Sequence[Any]) -> list[str]:
@@ -377,7 +384,7 @@ class spamd_daemon(Daemon):
             settings.append("skip_rbl_checks 1")
         settings += [line for line in self.site_config.splitlines() if line.strip()]
         args = [
-            shutil.which(self.command) or self.command,
+            find_program(self.command),
             f"--listen={self.host}:{self.port}",
             f"--allowed-ips={self.host}",
             f"--max-children={self.max_children}",
