@@ -202,3 +202,25 @@ def test_the_installed_command(tmp_path: Path, eicar: bytes) -> None:
     )
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["name"] == "EICAR-Test"
+
+
+# --------------------------------------------------------------------------- scan-mailbox (see test_scan_mailbox)
+
+
+def test_scan_and_scan_mailbox_give_the_same_verdict(runner: CliRunner, tmp_path: Path, eicar: bytes) -> None:
+    config = write_config(
+        tmp_path, "SCANNERS = [quarantine('virus', parsemail(regexp_scan([('EICAR-Test', r'EICAR-STANDARD')])))]\n"
+    )
+    data = eicar_message(eicar)
+    (tmp_path / "one.eml").write_bytes(data)
+    (tmp_path / "box.mbox").write_bytes(b"From a@example.net Mon Jan  1 10:00:00 2024\n" + data)
+    single = runner.invoke(main, ["scan", "--json", "-c", config, str(tmp_path / "one.eml")])
+    boxed = runner.invoke(main, ["scan-mailbox", "--json", "-c", config, str(tmp_path / "box.mbox")])
+    assert single.exit_code == boxed.exit_code == 1
+    [from_file] = records(single)
+    [from_box] = records(boxed)
+    assert from_box.pop("mailbox") == str(tmp_path / "box.mbox")
+    assert from_box.pop("message") == "#1"
+    assert from_file.pop("file") == str(tmp_path / "one.eml")
+    assert from_box == from_file
+    assert from_box["name"] == "EICAR-Test"

@@ -198,6 +198,20 @@ async def test_a_document_handed_over_from_an_archive(make_mail: Callable[..., M
     assert result.detail.startswith("VBA modules: ThisDocument, UserFormTEST1, UserFormTest2, NewMacros; AutoExec:")
 
 
+async def test_under_the_real_decompress(run: Callable[..., Any], make_mail: Callable[..., Mail]) -> None:
+    archive_module = pytest.importorskip("mailsift.scanners.archive")  # written beside this module
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(DATA / "oleform-PR314.docm", "letters/letter.docm")
+        archive.write(CLAMAV_TESTFILES / "clam.ole.doc", "letters/clean.doc")
+    mail = document_mail(make_mail, buffer.getvalue(), "letters.zip")
+    assert not (await run(parsemail(office_macros()), mail)).detected
+    result = await run(parsemail(archive_module.decompress(office_macros())), mail)
+    assert (result.level, result.name, result.scanner) == (1.0, "Office.Macro", "office_macros")
+    assert result.detail.startswith("VBA modules: ThisDocument, UserFormTEST1, UserFormTest2, NewMacros;")
+    assert "letters/letter.docm" in result.detail
+
+
 async def test_olevba_finds_an_ole_document_inside_any_zip(make_mail: Callable[..., Mail]) -> None:
     # olevba opens every OLE member of a zip: a .ppt in a plain .zip is found even
     # without decompress().
