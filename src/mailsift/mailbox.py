@@ -37,6 +37,7 @@ from typing import BinaryIO
 from mailsift.errors import MailsiftError
 
 CLEAN_SUFFIX = ".clean"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class MailboxError(MailsiftError):
@@ -127,6 +128,8 @@ class Mbox(Mailbox):
         number = 0
         previous_blank = True
         for line in handle:
+            if number == 0 and not lines and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM) :]  # some tools write one; dropped from the copy too
             if previous_blank and line.startswith(b"From "):
                 if lines:
                     number += 1

@@ -158,6 +158,15 @@ def test_a_crlf_mbox(tmp_path: Path) -> None:
     assert [m.data for m in Mbox(str(path))] == [b"Subject: a\r\n\r\nA\r\n", b"Subject: b\r\n\r\nB\r\n"]
 
 
+def test_a_leading_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
+    # As in MimeKit's test data (unmunged.mbox.txt).
+    path = tmp_path / "bom.mbox"
+    path.write_bytes(b"\xef\xbb\xbf" + from_line(1) + message("with a BOM"))
+    [found] = Mbox(str(path))
+    assert found.raw == from_line(1) + message("with a BOM")
+    assert email.message_from_bytes(found.data)["subject"] == "with a BOM"
+
+
 def test_an_empty_mbox_has_no_messages(tmp_path: Path) -> None:
     path = tmp_path / "empty"
     path.write_bytes(b"")
