@@ -66,8 +66,6 @@ _BOUNDARY_LINE = re.compile(
 _MESSAGE_START = re.compile(rb"\A(?:[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)+\r?\n", re.DOTALL)
 """A header block at the start of some bytes: a message or a MIME entity."""
 
-_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
-
 
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
@@ -161,7 +159,7 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
     del raw
 
     for part in mail.parts:
-        if part.origin != "mime" or part.transfer_encoding not in _IDENTITY or depth >= MAX_DEPTH:
+        if part.origin != "mime" or depth >= MAX_DEPTH:
             continue
         for index, entity in enumerate(lenient_split(part.data), start=1):
             if collector.full:
@@ -174,14 +172,20 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
 
 
 def _nested(view: Part, collector: _Collector, depth: int, prefix: str) -> None:
-    """If a view is itself a message (e.g. base64 ``message/rfc822``), add its parts and views."""
-    if depth >= MAX_DEPTH or collector.full or not _looks_like_message(view.data):
+    """If a view is itself a message (e.g. base64 ``message/rfc822``) or a multipart body
+    (a base64-encoded multipart), add its parts and views."""
+    if depth >= MAX_DEPTH or collector.full:
         return
-    child = Mail(data=view.data)
-    where = f"{prefix}{view.path}>"
-    for child_part in child.parts:
-        collector.add(_renamed(child_part, where, origin="nested"))
-    _collect(child, collector, depth + 1, where)
+    if _looks_like_message(view.data):
+        entities = [view.data]
+    else:
+        entities = lenient_split(view.data)
+    for index, entity in enumerate(entities, start=1):
+        child = Mail(data=entity)
+        where = f"{prefix}{view.path}>{index}."
+        for child_part in child.parts:
+            collector.add(_renamed(child_part, where, origin="nested"))
+        _collect(child, collector, depth + 1, where)
 
 
 def _renamed(part: Part, prefix: str, origin: str | None = None) -> Part:
