@@ -78,7 +78,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except (OSError, IndexError):
@@ -188,10 +188,10 @@ class SpamdInstance:
                 self.process.kill()
                 self.process.wait(5)
         deadline = time.monotonic() + 10
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.1)
         for kid in kids:
-            if _alive(kid):
+            if alive(kid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(kid, signal.SIGKILL)
         self.process = None
