@@ -8,10 +8,13 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 from mailsift.delivery import local_maildir, smtp_relay
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
+from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
 from mailsift.scanners.clamav import clamd
+from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
+from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
@@ -31,8 +34,11 @@ __all__ = [
     "clamd",
     "clamd_daemon",
     "const",
+    "decompress",
     "deliver",
     "drop",
+    "file_magic",
+    "file_type",
     "local_maildir",
     "match_all",
     "match_any",
@@ -40,6 +46,7 @@ __all__ = [
     "mime_ext",
     "modify_subject",
     "nothing",
+    "office_macros",
     "parsemail",
     "quarantine",
     "recover",

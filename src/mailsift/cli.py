@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,19 @@ from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
+NO_DAEMONS_HELP = (
+    "Do not start the config's daemons (clamd_daemon, spamd_daemon) when they are not running; "
+    "the scanners using them then fail (exit status 2)."
+)
+
+
+def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager[None]:
+    """The config's daemons, started for this command if they are not running (see ``running_daemons``)."""
+    if skip or not config.daemons:
+        return contextlib.nullcontext()
+    from mailsift.supervisor import running_daemons
+
+    return running_daemons(config, say=lambda text: click.echo(f"mailsift: {text}", err=True))
 
 
 def _load(path: str | None) -> Config:
@@ -97,6 +111,8 @@ def check_config(config_path: str | None) -> None:
         click.echo(f"  {service.describe()}")
         for line in Pipeline(service.scanners).tree():
             click.echo(f"    {line}")
+    for daemon in config.daemons:
+        click.echo(f"  {daemon.describe()}")
     click.echo("config OK")
 
 
@@ -117,9 +133,15 @@ def _message_files(paths: tuple[str, ...]) -> Iterator[str]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
 @click.option("--sender", default="", help="Envelope sender to assume.")
 @click.option("--recipient", "recipients", multiple=True, help="Envelope recipient to assume (repeatable).")
+@click.option("--no-daemons", is_flag=True, help=NO_DAEMONS_HELP)
 @click.argument("paths", nargs=-1, required=True)
 def scan(
-    config_path: str | None, as_json: bool, sender: str, recipients: tuple[str, ...], paths: tuple[str, ...]
+    config_path: str | None,
+    as_json: bool,
+    sender: str,
+    recipients: tuple[str, ...],
+    no_daemons: bool,
+    paths: tuple[str, ...],
 ) -> None:
     """Run SCANNERS offline on message files (a file, a directory, or - for stdin).
 
@@ -127,11 +149,14 @@ def scan(
     level, name, scanner). Nothing is delivered or quarantined. Exit status: 0
     if every message would be delivered clean, 1 if anything was detected, 2 on
     an error (unreadable file, scanner failure, broken config).
+
+    The daemons of SRV (clamd_daemon, spamd_daemon) are started for the run
+    when they are not running already (unless --no-daemons).
     """
     config = _load(config_path)
     pipeline = Pipeline(config.scanners)
     status = 0
-    with asyncio.Runner() as runner:
+    with _daemons(config, skip=no_daemons), asyncio.Runner() as runner:
         for path in _message_files(paths):
             envelope = Envelope(sender=sender, recipients=list(recipients), protocol="FILE")
             try:
@@ -243,9 +268,16 @@ class _Tally:
 )
 @click.option("--force", is_flag=True, help="With --clean, replace an existing .clean output.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message (the summary goes to stderr).")
+@click.option("--no-daemons", is_flag=True, help=NO_DAEMONS_HELP)
 @click.argument("mailboxes", nargs=-1, required=True, type=click.Path())
 def scan_mailbox(
-    config_path: str | None, av_only: bool, clean: bool, force: bool, as_json: bool, mailboxes: tuple[str, ...]
+    config_path: str | None,
+    av_only: bool,
+    clean: bool,
+    force: bool,
+    as_json: bool,
+    no_daemons: bool,
+    mailboxes: tuple[str, ...],
 ) -> None:
     """Scan mbox files and Maildirs with SCANNERS (SAGATOR's sgscan).
 
@@ -268,7 +300,9 @@ def scan_mailbox(
             click.echo(f"mailsift: {', '.join(existing)} exists (use --force to replace it)", err=True)
             sys.exit(2)
     job = _MailboxScan(Pipeline(scanners), config.settings.spool_threshold, clean=clean, force=force, as_json=as_json)
-    sys.exit(job.run(mailboxes))
+    with _daemons(config, skip=no_daemons):
+        code = job.run(mailboxes)
+    sys.exit(code)
 
 
 class _MailboxScan:

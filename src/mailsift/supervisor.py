@@ -18,6 +18,7 @@ A worker that dies unexpectedly is replaced (at most once per second).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mailsift import config as config_module
@@ -343,3 +344,61 @@ def _tail(path: str, lines: int = 5) -> list[str]:
     except OSError:
         return []
     return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+@contextlib.contextmanager
+def running_daemons(config: Config, timeout: float = 120.0, say: Callable[[str], None] = log.info) -> Iterator[None]:
+    """For offline commands (``scan``): start the config's daemons that are not
+    answering already (a running ``serve`` has them up), wait until they answer
+    (up to ``timeout`` seconds), and stop the ones started here afterwards.
+    A daemon that fails to start is reported with the end of its output; its
+    scanners then tempfail, which the command reports.
+    """
+    prepare_state(config)
+    started: list[tuple[Daemon, subprocess.Popen[bytes]]] = []
+    try:
+        for daemon in config.daemons:
+            if daemon.ready():
+                continue
+            log_path = daemon.log_path(config.settings.state_dir)
+            try:
+                daemon.prepare(config.settings.state_dir)
+                os.makedirs(os.path.dirname(log_path), exist_ok=True)
+                with open(log_path, "ab") as output:
+                    process = subprocess.Popen(
+                        daemon.argv(),
+                        env=daemon.environment(),
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+            except (ConfigError, OSError) as error:
+                say(f"{daemon.describe()}: cannot start: {error}")
+                continue
+            say(f"{daemon.describe()}: starting it for this run (pid {process.pid})")
+            started.append((daemon, process))
+        deadline = time.monotonic() + timeout
+        waiting = list(started)
+        while waiting and time.monotonic() < deadline:
+            for daemon, process in list(waiting):
+                if process.poll() is not None:
+                    tail = "".join(f"\n    {line}" for line in _tail(daemon.log_path(config.settings.state_dir)))
+                    say(f"{daemon.describe()} exited with status {process.returncode}:{tail}")
+                    waiting.remove((daemon, process))
+                elif daemon.ready():
+                    waiting.remove((daemon, process))
+            time.sleep(0.1)
+        for daemon, _ in waiting:
+            say(f"{daemon.describe()}: not answering after {timeout:.0f} s")
+        yield
+    finally:
+        for _, process in started:
+            if process.poll() is None:
+                process.terminate()
+        for _, process in started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

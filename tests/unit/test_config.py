@@ -53,8 +53,10 @@ def test_the_bundled_default_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("MAILSIFT_STATE_DIR", str(tmp_path))
     loaded = config.load(config.DEFAULT_CONFIG)
     assert loaded.settings.state_dir == str(tmp_path)
-    assert len(loaded.scanners) == 2
+    assert len(loaded.scanners) == 4
     assert [s.describe() for s in loaded.services] == ["smtpd(127.0.0.1:10024)"]
+    clamd_socket = f"{tmp_path}/clamd/clamd.sock"
+    assert [d.describe() for d in loaded.daemons] == [f"clamd_daemon({clamd_socket})", "spamd_daemon(127.0.0.1:10783)"]
 
 
 def test_a_relative_state_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
