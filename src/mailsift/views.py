@@ -135,10 +135,26 @@ def _looks_like_message(data: bytes) -> bool:
 
 
 def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None:
-    """Add ``mail``'s views (and, nested, its parts) to ``collector``."""
+    """Add ``mail``'s views (and, nested, its parts) to ``collector``.
+
+    Order matters only for names: the split entities (which carry their
+    headers' filenames) come before the nameless raw runs that hold the same bytes.
+    """
     for part in mail.alternates:
         if collector.add(_renamed(part, prefix)):
             _nested(part, collector, depth, prefix)
+
+    for part in mail.parts:
+        if part.origin != "mime" or depth >= MAX_DEPTH:
+            continue
+        for index, entity in enumerate(lenient_split(part.data), start=1):
+            if collector.full:
+                break
+            child = Mail(data=entity)
+            where = f"{prefix}{part.path}~split{index}."
+            for child_part in child.parts:
+                collector.add(_renamed(child_part, where, origin="lenient:split"))
+            _collect(child, collector, depth + 1, where)
 
     raw = mail.raw
     for offset, decoded in base64_runs(raw):
@@ -157,18 +173,6 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
                 Part(f"{prefix}raw.yenc{index}", "application/octet-stream", names, decoded, origin="raw:yenc")
             )
     del raw
-
-    for part in mail.parts:
-        if part.origin != "mime" or depth >= MAX_DEPTH:
-            continue
-        for index, entity in enumerate(lenient_split(part.data), start=1):
-            if collector.full:
-                return
-            child = Mail(data=entity)
-            where = f"{prefix}{part.path}~split{index}."
-            for child_part in child.parts:
-                collector.add(_renamed(child_part, where, origin="lenient:split"))
-            _collect(child, collector, depth + 1, where)
 
 
 def _nested(view: Part, collector: _Collector, depth: int, prefix: str) -> None:
