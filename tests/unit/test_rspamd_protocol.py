@@ -1,0 +1,265 @@
+"""``rspamd``'s HTTP client against a fake rspamd, for the faults a real one
+will not produce on demand: down, hanging, HTTP errors, broken or huge JSON.
+
+The fake is a tiny HTTP/1.1 server on loopback (so the real httpx stack is
+used, connection reuse included); it records each request's headers and body
+and answers scripted bytes.  The real rspamd tests are in
+``tests/engines/test_rspamd.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
+from mailsift.mail import Envelope, Mail
+from mailsift.scanners.base import MailTarget
+from mailsift.scanners.spam import SpamResult, rspamd
+
+MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+ANSWER: dict[str, Any] = {
+    "is_skipped": False,
+    "score": 12.0,
+    "required_score": 15.0,
+    "action": "add header",
+    "symbols": {
+        "SMALL": {"name": "SMALL", "score": 0.5},
+        "BIG": {"name": "BIG", "score": 10.0},
+        "NEGATIVE": {"name": "NEGATIVE", "score": -1.5},
+        "ZERO": {"name": "ZERO", "score": 0.0},
+    },
+}
+
+
+def http(body: bytes, status: str = "200 OK", content_type: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+@dataclass
+class FakeRspamd:
+    reply: bytes = field(default_factory=lambda: http(json.dumps(ANSWER).encode()))
+    hang: bool = False
+    close: bool = False  # hang up after the reply (a truncated answer then ends there)
+    requests: list[tuple[str, list[tuple[str, str]], bytes]] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:  # keep-alive: several requests per connection
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("utf-8").split("\r\n")
+                headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length)
+                self.requests.append((lines[0], headers, body))
+                if self.hang:
+                    await asyncio.sleep(3600)
+                writer.write(self.reply)
+                await writer.drain()
+                if self.close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeRspamd, str]]:
+    server_state = FakeRspamd()
+    server = await asyncio.start_server(server_state.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield server_state, f"http://127.0.0.1:{port}"
+        server.close()
+
+
+@pytest.fixture
+async def scanner(fake: tuple[FakeRspamd, str]) -> AsyncIterator[rspamd]:
+    scanner = rspamd(fake[1], timeout=5)
+    yield scanner
+    await scanner.aclose()
+
+
+async def scan(scanner: rspamd, envelope: Envelope | None = None, data: bytes = MESSAGE) -> SpamResult:
+    result = await scanner.scan(MailTarget(Mail(envelope, data)))
+    assert isinstance(result, SpamResult)
+    return result
+
+
+# --------------------------------------------------------------------------- the good path
+
+
+async def test_posts_the_message_with_the_envelope(fake: tuple[FakeRspamd, str], scanner: rspamd) -> None:
+    server, _ = fake
+    envelope = Envelope(
+        sender="álvaro@exämple.test",
+        recipients=["one@example.test", "two@example.test"],
+        client_address="192.0.2.7",
+        client_name="mx.example.test",
+        helo="helo.example.test",
+        queue_id="4ABC123",
+    )
+    await scan(scanner, envelope)
+    ((request_line, headers, body),) = server.requests
+    assert request_line == "POST /checkv2 HTTP/1.1"
+    assert body == MESSAGE
+    sent = [(k, v) for k, v in headers if k in ("From", "Rcpt", "IP", "Helo", "Hostname", "Queue-Id")]
+    assert sent == [
+        ("From", "álvaro@exämple.test"),  # UTF-8 on the wire (SMTPUTF8 senders)
+        ("Rcpt", "one@example.test"),
+        ("Rcpt", "two@example.test"),
+        ("IP", "192.0.2.7"),
+        ("Helo", "helo.example.test"),
+        ("Hostname", "mx.example.test"),
+        ("Queue-Id", "4ABC123"),
+    ]
+
+
+async def test_no_envelope_no_headers_and_extra_headers(fake: tuple[FakeRspamd, str]) -> None:
+    server, url = fake
+    scanner = rspamd(url, headers={"Settings-ID": "outbound"})
+    await scan(scanner, Envelope(client_name="unknown"))
+    await scanner.aclose()
+    ((_, headers, _),) = server.requests
+    names = {k for k, _ in headers}
+    assert not names & {"From", "Rcpt", "IP", "Helo", "Hostname", "Queue-Id"}
+    assert ("Settings-ID", "outbound") in headers
+
+
+async def test_result_from_the_answer(scanner: rspamd) -> None:
+    result = await scan(scanner)
+    assert result.level == pytest.approx(12.0 / 15.0)
+    assert not result.detected
+    assert (result.name, result.action) == ("add header", "add header")
+    assert (result.score, result.required) == (12.0, 15.0)
+    assert result.symbols == ("BIG", "NEGATIVE", "SMALL", "ZERO")  # by weight
+    assert result.detail == "action=add header score=12 required=15 symbols=BIG(10),NEGATIVE(-1.5),SMALL(0.5),ZERO(0)"
+
+
+@pytest.mark.parametrize(
+    ("score", "required", "action", "level", "name"),
+    [
+        (20.0, 15.0, "reject", 20.0 / 15.0, "reject"),
+        (3.0, 15.0, "reject", 1.0, "reject"),  # forced reject under the threshold is still a detection
+        (0.5, 15.0, "no action", 0.5 / 15.0, ""),
+        (-2.0, 15.0, "no action", -2.0 / 15.0, ""),
+        (16.0, 15.0, "soft reject", 16.0 / 15.0, "soft reject"),
+        (5.0, 0.0, "no action", 0.0, ""),
+        (5.0, 0.0, "reject", 1.0, "reject"),
+    ],
+)
+async def test_levels_and_names(
+    fake: tuple[FakeRspamd, str], scanner: rspamd, score: float, required: float, action: str, level: float, name: str
+) -> None:
+    server, _ = fake
+    server.reply = http(json.dumps({"score": score, "required_score": required, "action": action}).encode())
+    result = await scan(scanner)
+    assert result.level == pytest.approx(level)
+    assert result.name == name
+    assert result.symbols == ()
+
+
+async def test_connection_is_reused(fake: tuple[FakeRspamd, str], scanner: rspamd) -> None:
+    server, _ = fake
+    for _ in range(3):
+        await scan(scanner)
+    assert len(server.requests) == 3
+    assert server.connections == 1
+
+
+async def test_over_max_size_is_not_sent(fake: tuple[FakeRspamd, str]) -> None:
+    server, url = fake
+    scanner = rspamd(url, max_size=len(MESSAGE) - 1)
+    result = await scan(scanner)
+    assert (result.level, result.name) == (0.0, "")
+    assert result.detail.startswith("not checked: over max_size")
+    assert server.connections == 0
+
+
+def test_url_forms() -> None:
+    assert rspamd("http://127.0.0.1:11333").url == "http://127.0.0.1:11333/checkv2"
+    assert rspamd("http://127.0.0.1:11333/").url == "http://127.0.0.1:11333/checkv2"
+    assert rspamd("http://rspamd.internal:11333/checkv2").url == "http://rspamd.internal:11333/checkv2"
+    assert rspamd().describe() == f"rspamd(http://127.0.0.1:11333/checkv2, max_size={20 * 1024 * 1024})"
+
+
+# --------------------------------------------------------------------------- failures -> tempfail
+
+
+async def test_rspamd_down_is_unavailable() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    scanner = rspamd(f"http://127.0.0.1:{port}")
+    with pytest.raises(ScannerUnavailable, match="cannot connect"):
+        await scan(scanner)
+    await scanner.aclose()
+
+
+async def test_hanging_rspamd_times_out(fake: tuple[FakeRspamd, str]) -> None:
+    server, url = fake
+    server.hang = True
+    scanner = rspamd(url, timeout=0.2)
+    with pytest.raises(ScannerTimeout, match="no answer"):
+        await scan(scanner)
+    await scanner.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (http(b'{"error": "bad message"}', "400 Bad Request"), "HTTP 400: bad message"),
+        (http(b"oops", "500 Internal Server Error", "text/plain"), "HTTP 500: b'oops'"),
+        (http(b"not json"), "not JSON"),
+        (http(b"[1, 2]"), "not a JSON object"),
+        (http(b'{"score": 1.0, "action": "no action"}'), "without score"),
+        (http(b'{"score": "1", "required_score": 15, "action": "no action"}'), "without score"),
+        (http(b'{"score": true, "required_score": 15, "action": "no action"}'), "without score"),
+        (http(b'{"score": 1, "required_score": 15, "action": 3}'), "without score"),
+        (http(b'{"score": 1, "required_score": 15, "action": "reject", "symbols": []}'), "not an object"),
+        (http(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+        (http(b" " * (5 * 1024 * 1024)), "answer over"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", "RemoteProtocolError"),
+        (b"garbage\r\n\r\n", "RemoteProtocolError"),
+    ],
+)
+async def test_bad_answers_are_scanner_errors(
+    fake: tuple[FakeRspamd, str], scanner: rspamd, reply: bytes, match: str
+) -> None:
+    server, _ = fake
+    server.reply, server.close = reply, True
+    with pytest.raises(ScannerError, match=match):
+        await scan(scanner)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"url": "ftp://127.0.0.1/"},
+        {"url": "127.0.0.1:11333"},
+        {"url": "http://"},
+        {"url": 11333},
+        {"max_size": 0},
+        {"timeout": -1},
+        {"headers": {"Bad Name": "x"}},
+        {"headers": {"Settings-ID": "a\r\nb"}},
+        {"headers": ["Settings-ID", "x"]},
+    ],
+)
+def test_bad_arguments_are_config_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        rspamd(**kwargs)
