@@ -8,6 +8,7 @@ adopt existing files without any side data::
     X-Mailsift-Quarantine-Id: 20261121T101500-3f9c2a1b
     X-Mailsift-Category: virus
     X-Mailsift-Verdict: level=1.00; name=EICAR-Test; scanner=regexp_scan
+    X-Mailsift-Detail: part 2 (eicar.com)
     X-Mailsift-Client: mx.example.net [192.0.2.1]
     Return-Path: <sender@example.net>
     X-Envelope-To: <rcpt@example.org>
@@ -59,6 +60,7 @@ class QuarantineStore:
             f"X-Mailsift-Category: {category}",
             f"X-Mailsift-Verdict: level={result.level:.2f}; name={_clean(result.name)}; "
             f"scanner={_clean(result.scanner)}",
+            *([f"X-Mailsift-Detail: {_clean(result.detail)[:900]}"] if result.detail else []),
             f"X-Mailsift-Client: {_clean(env.client_name or 'unknown')} [{_clean(env.client_address or 'unknown')}]",
             f"Return-Path: <{_clean(env.sender)}>",
             *(f"X-Envelope-To: <{_clean(r)}>" for r in env.recipients),
