@@ -373,3 +373,55 @@ def test_parsing_a_big_message_keeps_about_two_copies(tmp_path: Path, spool: boo
     assert parts[1].data == payload
     assert parts[1].filenames == ("big.bin",)
     mail.close()
+
+
+# --------------------------------------------------------------------------- facts kept for bad_mime and the views
+
+
+def test_nodes_keep_boundaries_and_both_kinds_of_filename() -> None:
+    raw = (
+        b'From: a@example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="A"; boundary="B"\n\n'
+        b'--A\nContent-Type: application/pdf; name="one.pdf"\n'
+        b'Content-Disposition: attachment; filename="two.exe"\n\nx\n--A--\n'
+    )
+    mail = Mail(data=raw)
+    assert mail.tree.boundaries == ("A", "B")
+    [leaf] = mail.tree.children
+    assert (leaf.disposition_names, leaf.type_names) == (("two.exe",), ("one.pdf",))
+    assert mail.parts[0].filenames == ("two.exe", "one.pdf")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("base64", "base64"),
+        ("  BASE64 ", "base64"),
+        ('"base64"', "base64"),
+        ("base64 (zip)", "base64"),
+        ("7 bit", "7bit"),
+    ],
+)
+def test_normalize_encoding(value: str, expected: str) -> None:
+    assert mailsift.mail.normalize_encoding(value) == expected
+
+
+def test_strict_parts_are_unchanged_and_alternates_hold_the_other_decoding() -> None:
+    encoded = base64.b64encode(b"payload bytes" * 5).decode()
+    raw = (
+        "From: a@example.net\nMIME-Version: 1.0\nContent-Type: application/octet-stream\n"
+        f"Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n\n{encoded}\n"
+    ).encode()
+    mail = Mail(data=raw)
+    assert mail.parts[0].data == f"{encoded}\n".encode()  # as the standard library reads it: the first header
+    assert [(a.origin, a.data) for a in mail.alternates] == [("decoded:base64", b"payload bytes" * 5)]
+
+
+def test_unknown_transfer_encoding_is_a_defect_of_the_part() -> None:
+    mail = Mail(data=b"From: a@example.net\nContent-Type: text/plain\nContent-Transfer-Encoding: x-secret\n\nbody\n")
+    assert mail.parts[0].data == b"body\n"
+    assert any(d.startswith("UnknownTransferEncoding") for d in mail.parts[0].defects)
+
+
+def test_base64_encoded_size_is_recorded() -> None:
+    mail = Mail(data=b"From: a@example.net\nContent-Transfer-Encoding: base64\n\naGVsbG8g\nd29ybGQ=\n")
+    assert (mail.parts[0].data, mail.parts[0].encoded_size) == (b"hello world", 16)
