@@ -26,7 +26,7 @@ from mailsift.pipeline import Pipeline
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
 from mailsift.result import Disposition
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.clamav import OVERSIZE_NAME, clamd
+from mailsift.scanners.clamav import OVERSIZE_NAME, _Session, clamd
 
 
 class FakeClamd:
@@ -198,13 +198,28 @@ async def test_dropped_connection_is_retried_once_then_tempfails(fake: FakeClamd
     assert len(fake.streams) == 3
 
 
-async def test_session_closed_while_idle_is_replaced(fake: FakeClamd, scanner: clamd) -> None:
+async def test_session_closed_while_idle_is_replaced(
+    fake: FakeClamd, scanner: clamd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[bool] = []
+    original = _Session.closed_by_peer
+
+    def spy(session: _Session) -> bool:
+        checks.append(original(session))
+        return checks[-1]
+
+    monkeypatch.setattr(_Session, "closed_by_peer", spy)
     fake.behaviour = "close_idle"
     for _ in range(5):
         assert not (await scanner.scan(target(b"x"))).detected
         await asyncio.sleep(0.05)  # let the close reach us, as an idle timeout would
     assert fake.connections == 5
-    assert len(fake.streams) == 5  # detected before use: nothing sent twice
+    assert checks == [True] * 4  # each closed session seen before use: nothing sent into it
+    fake.behaviour = "ok"
+    await scanner.scan(target(b"x"))
+    await scanner.scan(target(b"x"))
+    assert checks[-1] is False  # an open session passes the check and is reused
+    assert fake.connections == 6
 
 
 async def test_session_closed_at_the_next_request_is_retried(fake: FakeClamd, scanner: clamd) -> None:

@@ -96,11 +96,13 @@ class _Session:
 
     def closed_by_peer(self) -> bool:
         """Whether clamd closed (or wrote unasked to) this idle session."""
+        poller = select.poll()  # not select(): file descriptors above 1024 are normal in a busy worker
+        poller.register(self.sock, select.POLLIN)
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            events = poller.poll(0)
+        except OSError:
             return True
-        return bool(readable)  # an idle session has nothing to read but EOF or junk
+        return bool(events)  # an idle session has nothing to read but EOF (or junk, also unusable)
 
     def close(self, *, polite: bool = False) -> None:
         if polite:
