@@ -9,6 +9,7 @@ from mailsift.delivery import local_maildir, smtp_relay
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
+from mailsift.scanners.badmime import bad_mime
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
 from mailsift.scanners.clamav import clamd
@@ -28,6 +29,7 @@ __all__ = [
     "add_header",
     "alternatives",
     "attach_name",
+    "bad_mime",
     "cache",
     "chroot_execvp",
     "chroot_execvpe",

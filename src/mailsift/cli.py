@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -176,7 +177,9 @@ def scan(
 
 def _verdict(runner: asyncio.Runner, pipeline: Pipeline, mail: Mail) -> tuple[dict[str, object], int]:
     """Evaluate one message: its report record and its exit status (0 clean, 1 found, 2 error)."""
+    started = time.monotonic()
     decision = runner.run(pipeline.evaluate(mail))
+    elapsed = time.monotonic() - started
     result = decision.result
     record: dict[str, object] = {
         "action": decision.disposition.value,
@@ -188,6 +191,7 @@ def _verdict(runner: asyncio.Runner, pipeline: Pipeline, mail: Mail) -> tuple[di
         "headers": [f"{h.name}: {h.value}" for h in decision.headers],
         "subject_prefix": decision.subject_prefix,
         "reply": decision.reply.line(),
+        "time": round(elapsed, 4),
     }
     if decision.disposition is Disposition.TEMPFAIL:
         return record, 2

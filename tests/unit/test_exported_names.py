@@ -15,6 +15,7 @@ EXPORTED = {
     "add_header",
     "alternatives",
     "attach_name",
+    "bad_mime",
     "cache",
     "chroot_execvp",
     "chroot_execvpe",
