@@ -13,6 +13,7 @@ from mailsift.scanners.badmime import bad_mime
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
 from mailsift.scanners.clamav import clamd
+from mailsift.scanners.command import bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.office import office_macros
@@ -30,11 +31,15 @@ __all__ = [
     "alternatives",
     "attach_name",
     "bad_mime",
+    "bogofilter",
     "cache",
     "chroot_execvp",
     "chroot_execvpe",
     "clamd",
     "clamd_daemon",
+    "clamscan",
+    "cmd",
+    "cmd_clamav",
     "const",
     "decompress",
     "deliver",

@@ -172,6 +172,7 @@ def scan(
             record, verdict = _verdict(runner, pipeline, mail)
             _report(as_json, path, record)
             status = _worse(status, verdict)
+        runner.run(pipeline.aclose())
     sys.exit(status)
 
 
@@ -333,6 +334,7 @@ class _MailboxScan:
         with self.runner, bar:
             for mailbox in mailboxes:
                 status = _worse(status, self._mailbox(mailbox, bar.update))
+            self.runner.run(self.pipeline.aclose())
         click.echo(self.tally.line(), err=self.as_json)
         return status
 

@@ -41,6 +41,16 @@ class Pipeline:
             return Decision.tempfail(error, trail)
         return Decision.from_results(trail)
 
+    async def aclose(self) -> None:
+        """Release what the scanners hold (pooled clamd sessions, HTTP clients).
+
+        A scanner shared by several entries (``cache(spamassassind(...))`` used
+        twice) is closed once.
+        """
+        seen: set[int] = set()
+        for scanner in self.scanners:
+            await scanner.aclose(seen)
+
     def tree(self) -> list[str]:
         """The scanner tree, one line per scanner, indented by nesting."""
         return [line for scanner in self.scanners for line in scanner.tree()]

@@ -232,5 +232,7 @@ def test_scan_and_scan_mailbox_give_the_same_verdict(runner: CliRunner, tmp_path
     assert from_box.pop("mailbox") == str(tmp_path / "box.mbox")
     assert from_box.pop("message") == "#1"
     assert from_file.pop("file") == str(tmp_path / "one.eml")
+    assert from_box.pop("time") >= 0  # each its own
+    assert from_file.pop("time") >= 0
     assert from_box == from_file
     assert from_box["name"] == "EICAR-Test"

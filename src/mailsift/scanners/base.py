@@ -149,6 +149,24 @@ class Scanner:
     async def scan(self, target: Target) -> Result:
         raise NotImplementedError
 
+    async def aclose(self, seen: set[int] | None = None) -> None:
+        """Release what this scanner and those it wraps hold (pooled connections).
+
+        Called when a worker stops or reloads, and after ``mailsift scan``.
+        Scanners with resources override :meth:`close_resources`; ``seen``
+        keeps a scanner shared by several expressions from being closed twice.
+        """
+        seen = set() if seen is None else seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        for child in self.children:
+            await child.aclose(seen)
+        await self.close_resources()
+
+    async def close_resources(self) -> None:
+        """This scanner's own resources (none by default)."""
+
     def describe(self) -> str:
         """One line for ``check-config``'s tree: the name and its own arguments."""
         return self.name

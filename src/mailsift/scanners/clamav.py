@@ -202,7 +202,7 @@ class clamd(Scanner):
         except (_Gone, OSError) as error:
             raise ScannerError(f"clamd {self.where}: {command} failed: {error}") from None
 
-    async def aclose(self) -> None:
+    async def close_resources(self) -> None:
         """Close the pooled sessions (``zEND``); the scanner stays usable."""
         idle, self._idle = self._idle, []
         for session in idle:

@@ -384,7 +384,7 @@ class rspamd(Scanner):
             self._loop = loop
         return self._client
 
-    async def aclose(self) -> None:
+    async def close_resources(self) -> None:
         """Close the pooled connections (at worker shutdown, and in tests)."""
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()

@@ -132,4 +132,5 @@ class MailPath:
         return decision, outcome
 
     async def close(self) -> None:
+        await self.pipeline.aclose()
         await self.delivery.close()
