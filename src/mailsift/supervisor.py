@@ -205,6 +205,22 @@ class Supervisor:
         return 0
 
 
+def spawn(daemon: Daemon, state_dir: str) -> subprocess.Popen[bytes]:
+    """Prepare and start ``daemon`` in its own session, its output appended to its log."""
+    log_path = daemon.log_path(state_dir)
+    daemon.prepare(state_dir)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as output:
+        return subprocess.Popen(
+            daemon.argv(),
+            env=daemon.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class DaemonKeeper:
     """Starts, watches, restarts and stops the config's daemons (clamd, spamd, ...).
 
@@ -240,17 +256,7 @@ class DaemonKeeper:
     def _start(self, daemon: Daemon) -> None:
         log_path = daemon.log_path(self.state_dir)
         try:
-            daemon.prepare(self.state_dir)
-            os.makedirs(os.path.dirname(log_path), exist_ok=True)
-            with open(log_path, "ab") as output:
-                process = subprocess.Popen(
-                    daemon.argv(),
-                    env=daemon.environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            process = spawn(daemon, self.state_dir)
         except (ConfigError, OSError) as error:
             log.error("%s: cannot start: %s", daemon.describe(), error)
             self._schedule(daemon)
@@ -360,19 +366,8 @@ def running_daemons(config: Config, timeout: float = 120.0, say: Callable[[str],
         for daemon in config.daemons:
             if daemon.ready():
                 continue
-            log_path = daemon.log_path(config.settings.state_dir)
             try:
-                daemon.prepare(config.settings.state_dir)
-                os.makedirs(os.path.dirname(log_path), exist_ok=True)
-                with open(log_path, "ab") as output:
-                    process = subprocess.Popen(
-                        daemon.argv(),
-                        env=daemon.environment(),
-                        stdin=subprocess.DEVNULL,
-                        stdout=output,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+                process = spawn(daemon, config.settings.state_dir)
             except (ConfigError, OSError) as error:
                 say(f"{daemon.describe()}: cannot start: {error}")
                 continue
