@@ -48,8 +48,8 @@ packages=(ca-certificates libarchive13 libmagic1 clamav-daemon clamav spamassass
 if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; }; then
   packages+=(python3 python3-venv)
 fi
-# tests: Postfix and swaks (end to end), ClamAV's test files, rspamd and bogofilter
-[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter)
+# tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest
+[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
