@@ -13,6 +13,7 @@ from mailsift.scanners.badmime import bad_mime
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
 from mailsift.scanners.clamav import clamd
+from mailsift.scanners.client import client_network, trusted_clients
 from mailsift.scanners.command import bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
@@ -38,6 +39,7 @@ __all__ = [
     "clamd",
     "clamd_daemon",
     "clamscan",
+    "client_network",
     "cmd",
     "cmd_clamav",
     "const",
@@ -68,4 +70,5 @@ __all__ = [
     "spamd_daemon",
     "string_scan",
     "time_limit",
+    "trusted_clients",
 ]

@@ -23,6 +23,7 @@ EXPORTED = {
     "clamd",
     "clamd_daemon",
     "clamscan",
+    "client_network",
     "cmd",
     "cmd_clamav",
     "const",
@@ -53,6 +54,7 @@ EXPORTED = {
     "spamd_daemon",
     "string_scan",
     "time_limit",
+    "trusted_clients",
 }
 
 SERVICES = {"smtpd", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
