@@ -16,12 +16,18 @@ from mailsift.result import AddHeader
 _SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
 
 
-def _encode(value: str, newline: bytes) -> bytes:
+def _encode(value: str, newline: bytes, *, fold: bool = False) -> bytes:
     """ASCII as is; anything else as RFC 2047 encoded words, folded with ``newline``.
 
-    Line breaks in the value (a scanner's name expanded by ``%V``) become spaces:
-    a value can never start a header of its own.
+    A value can never start a header of its own: line breaks in it (a
+    scanner's name expanded by ``%V``) become spaces, or with ``fold`` (a
+    multi-line report, ``%R``) folded continuation lines, each starting with a
+    tab, blank lines dropped.
     """
+    lines = [line.strip() for line in re.split(r"\r\n|\r|\n", value)]
+    lines = [line for line in lines if line] or [""]
+    if fold and len(lines) > 1 and value.isascii():
+        return (newline + b"\t").join(line.encode("ascii") for line in lines)
     value = re.sub(r"[\r\n]+", " ", value)
     if value.isascii():
         return value.encode("ascii")
@@ -55,7 +61,7 @@ def apply_edits(raw: bytes, headers: Sequence[AddHeader] = (), subject_prefix: s
             )
         else:
             raw = b"Subject: " + prefix.rstrip() + newline + raw
-    added = b"".join(h.name.encode("ascii") + b": " + _encode(h.value, newline) + newline for h in headers)
+    added = b"".join(h.name.encode("ascii") + b": " + _encode(h.value, newline, fold=True) + newline for h in headers)
     return added + raw
 
 

@@ -260,3 +260,13 @@ async def test_actions_under_parsemail_survive(make_mail: MakeMail) -> None:
 
 def test_expand_leaves_unknown_placeholders() -> None:
     assert expand("%X %V %%V", Result(1.0, "N", "s")) == "%X N %V"
+
+
+def test_expand_detail_and_report() -> None:
+    from mailsift.scanners.spam import SpamResult
+
+    plain = Result(1.0, "EICAR-Test", "regexp_scan", "part 2 (eicar.com)")
+    assert expand("%D | %R", plain) == "part 2 (eicar.com) | part 2 (eicar.com)"  # no report: the detail
+    spam = SpamResult(2.46, "Spam", "spamassassind", "score=12.3 required=5", report="line one\nline two")
+    assert expand("%R", spam) == "line one\nline two"
+    assert expand("%D", spam) == "score=12.3 required=5"

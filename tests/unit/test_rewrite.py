@@ -100,7 +100,21 @@ def test_line_breaks_in_a_value_cannot_add_a_header() -> None:
     names = [line.split(b":", 1)[0] for line in head.split(b"\r\n")]
     assert b"Bcc" not in names
     assert b"X-Injected" not in names
-    assert b"X-Virus: Evil Bcc: victim@example.org" in head
+    assert b"X-Virus: Evil\r\n\tBcc: victim@example.org" in head  # folded: a continuation line
+    parsed = email.message_from_bytes(edited, policy=email.policy.default)
+    assert " ".join(parsed["X-Virus"].split()) == "Evil Bcc: victim@example.org"
+    assert parsed["Bcc"] is None
+
+
+def test_a_multi_line_report_is_folded() -> None:
+    report = "Content analysis details:   (12.3 points, 5.0 required)\n\n pts rule name\n 1.0 GTUBE  test\n"
+    edited = apply_edits(CRLF_MESSAGE, [AddHeader("X-Spam-Report", report)])
+    head = split(edited)[0]
+    assert head.startswith(
+        b"X-Spam-Report: Content analysis details:   (12.3 points, 5.0 required)\r\n"
+        b"\tpts rule name\r\n\t1.0 GTUBE  test\r\n"
+    )
+    assert email.message_from_bytes(edited, policy=email.policy.default)["From"] == "a@example.net"
 
 
 async def test_a_decision_applied_end_to_end(make_mail: Callable[..., Mail]) -> None:

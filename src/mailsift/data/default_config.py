@@ -40,8 +40,8 @@ SCANNERS = [
     reject(parsemail(mime_ext(EXECUTABLES, "Policy.Executable")), message="Executable attachments are not accepted (%V)"),
     # Spam at twice SpamAssassin's threshold (level 2.0, e.g. 10/5): kept in quarantine/spam.
     quarantine("spam", SPAM * const(0.5)),
-    # Spam at its threshold: delivered, tagged.
-    deliver(modify_subject("[SPAM] ", add_header("X-Spam-Flag", "YES", add_header("X-Spam-Level", "%L", SPAM)))),
+    # Spam at its threshold: delivered, tagged (%L level, %D score and rule names).
+    deliver(modify_subject("[SPAM] ", add_header("X-Spam-Flag", "YES", add_header("X-Spam-Status", "%L %D", SPAM)))),
 ]
 
 SRV = [

@@ -40,9 +40,13 @@ def expand(template: str, result: Result) -> str:
     """Fill SAGATOR's placeholders: ``%V`` name, ``%S`` scanner, ``%L`` level.
 
     ``%(VIRNAME)s``, ``%(SCANNER)s`` and ``%(LEVEL)s`` work too; ``%%`` is a
-    percent sign.
+    percent sign.  mailsift adds ``%D``, the result's detail (rule names and
+    score of a spam engine, the part of a virus), and ``%R``, a spam engine's
+    full report (SpamAssassin's, several lines: the header is folded), or the
+    detail when there is none.
     """
-    values = {"V": result.name, "S": result.scanner, "L": f"{result.level:.2f}"}
+    report = getattr(result, "report", "") or result.detail
+    values = {"V": result.name, "S": result.scanner, "L": f"{result.level:.2f}", "D": result.detail, "R": report}
     long_names = {"VIRNAME": "V", "SCANNER": "S", "LEVEL": "L"}
 
     def substitute(match: re.Match[str]) -> str:
@@ -51,7 +55,7 @@ def expand(template: str, result: Result) -> str:
             return "%"
         return values.get(token, match.group(0))
 
-    return re.sub(r"%%|%([VSL])|%\((VIRNAME|SCANNER|LEVEL)\)s", substitute, template)
+    return re.sub(r"%%|%([VSLDR])|%\((VIRNAME|SCANNER|LEVEL)\)s", substitute, template)
 
 
 class _Action(Interscanner):
@@ -168,7 +172,7 @@ class quarantine(_Action):
 
 
 class add_header(_Action):
-    """Add ``Name: value`` on delivery; ``value`` may use %V, %S, %L."""
+    """Add ``Name: value`` on delivery; ``value`` may use %V, %S, %L, %D and %R (see :func:`expand`)."""
 
     name = "add_header"
     applies_to_clean_names = True
