@@ -37,7 +37,9 @@ SCANNERS = [
     # Viruses (clamd unpacks MIME and archives itself): kept in quarantine/virus.
     quarantine("virus", clamd(CLAMD, stream_max_length=MAX_SIZE)),
     # Executable attachments are refused with a clear reason.
-    reject(parsemail(mime_ext(EXECUTABLES, "Policy.Executable")), message="Executable attachments are not accepted (%V)"),
+    reject(
+        parsemail(mime_ext(EXECUTABLES, "Policy.Executable")), message="Executable attachments are not accepted (%V)"
+    ),
     # Spam at twice SpamAssassin's threshold (level 2.0, e.g. 10/5): kept in quarantine/spam.
     quarantine("spam", SPAM * const(0.5)),
     # Spam at its threshold: delivered, tagged (%L level, %D score and rule names).
