@@ -1,6 +1,6 @@
-"""Delivery backends: SMTP reinjection to a next hop, and local Maildir delivery.
+"""Delivery backends: SMTP or LMTP reinjection to a next hop, and local Maildir delivery.
 
-Both take the :class:`~mailsift.mail.Mail` and the final message bytes and
+All take the :class:`~mailsift.mail.Mail` and the final message bytes and
 either return (the next hop accepted / the files are fsynced) or raise a
 :class:`~mailsift.errors.DeliveryError` / :class:`~mailsift.errors.StorageError`;
 the front end answers the MTA only after that.  Next-hop answers and socket
@@ -10,6 +10,12 @@ SMTP connections to the next hop are kept in a small per-worker pool and
 reused, as Postfix's own ``smtp`` client caches connections: it halves the
 per-message cost of reinjection.  RSET is sent only after an aborted
 transaction.
+
+:meth:`Delivery.deliver_each` is the per-recipient form that ``lmtpd`` uses:
+it returns, for every envelope recipient, a note (delivered) or the error that
+recipient alone gets.  SMTP reinjection can refuse recipients one by one at
+RCPT; an LMTP next hop (``lmtp_relay``) also answers per recipient after the
+content; Maildir delivery writes (and fails) per recipient.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from mailsift import maildir
-from mailsift.errors import ConfigError, DeliveryDeferred, DeliveryError, DeliveryRejected
+from mailsift.errors import ConfigError, DeliveryDeferred, DeliveryError, DeliveryRejected, MailsiftError
 from mailsift.mail import Mail
 from mailsift.replies import NEXT_HOP_REJECTED
 from mailsift.smtpclient import Answer, ConnectionLost, SMTPConnection
@@ -34,12 +40,45 @@ def xtext(value: str) -> str:
     return _XFORWARD_VALUE.sub(lambda m: "".join(f"+{b:02X}" for b in m.group(0).encode("utf-8")), value)
 
 
+PerRecipient = dict[str, str | MailsiftError]
+"""Per envelope recipient: a note for the log (delivered or stored) or the error it gets."""
+
+
+def collapse(results: PerRecipient) -> str:
+    """One outcome for all recipients, for front ends that answer once: a note, or raise.
+
+    A partial success can only come from an LMTP next hop answering after the
+    content; the whole message is then deferred: the MTA retries, a recipient
+    already delivered may get a second copy, none is lost.
+    """
+    errors = [error for error in results.values() if isinstance(error, MailsiftError)]
+    if not errors:
+        return next((note for note in results.values() if isinstance(note, str)), "")
+    texts = "; ".join(f"<{r}> {e.message}" for r, e in results.items() if isinstance(e, MailsiftError))
+    if len(errors) == len(results) and all(isinstance(error, DeliveryRejected) for error in errors):
+        raise DeliveryRejected(f"next hop refused every recipient: {texts}", reply=errors[0].reply)
+    raise DeliveryDeferred(f"next hop did not take every recipient: {texts}")
+
+
 class Delivery:
     """A place mail goes after it was accepted."""
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
         """Deliver ``message`` for ``mail.envelope``; returns a short note for the log."""
         raise NotImplementedError
+
+    async def deliver_each(self, mail: Mail, message: bytes) -> PerRecipient:
+        """Deliver ``message``, with an outcome per recipient of ``mail.envelope``.
+
+        This default has one outcome for all: :meth:`deliver`'s note or error.
+        Other errors (bugs) propagate and the front end answers 451 to all.
+        """
+        recipients = mail.envelope.recipients
+        try:
+            note = await self.deliver(mail, message)
+        except MailsiftError as error:
+            return dict.fromkeys(recipients, error)
+        return dict.fromkeys(recipients, note)
 
     async def close(self) -> None:
         """Release connections (called on shutdown)."""
@@ -57,11 +96,14 @@ class _Pooled:
 
 @dataclass
 class SMTPDelivery(Delivery):
-    """Reinjection to ``host:port`` over SMTP (SAGATOR's ``SMTP_SERVER``).
+    """Reinjection to ``host:port`` over SMTP (SAGATOR's ``SMTP_SERVER``), or LMTP with ``lmtp``.
 
     The envelope is pipelined when the next hop offers PIPELINING
     (:mod:`mailsift.smtpclient`); SIZE is declared when offered, XFORWARD
     passes the original client on, BODY=8BITMIME and SMTPUTF8 are kept.
+    Over LMTP the next hop answers per recipient after the content:
+    :meth:`deliver_each` passes those answers on; :meth:`deliver` (one
+    answer) collapses them (:func:`collapse`).
     """
 
     host: str
@@ -71,10 +113,11 @@ class SMTPDelivery(Delivery):
     xforward: bool = True
     pool_size: int = 16
     idle_seconds: float = 30.0
+    lmtp: bool = False
     _pool: list[_Pooled] = field(default_factory=list, repr=False)
 
     def describe(self) -> str:
-        return f"smtp:[{self.host}]:{self.port}"
+        return f"{'lmtp' if self.lmtp else 'smtp'}:[{self.host}]:{self.port}"
 
     async def _take(self, *, fresh: bool = False) -> tuple[SMTPConnection, bool]:
         """A connection ready for MAIL, and whether it is a pooled one reused unchecked.
@@ -100,7 +143,9 @@ class SMTPDelivery(Delivery):
             if answer.code == 250:
                 return pooled.connection, False
             pooled.connection.close()
-        connection = await SMTPConnection.open(self.host, self.port, helo=self.helo, timeout=self.timeout)
+        connection = await SMTPConnection.open(
+            self.host, self.port, helo=self.helo, timeout=self.timeout, lmtp=self.lmtp
+        )
         return connection, False
 
     def _give_back(self, connection: SMTPConnection, *, clean: bool) -> None:
@@ -126,16 +171,24 @@ class SMTPDelivery(Delivery):
         return ("XFORWARD " + " ".join(args)).encode("ascii") if args else None
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
+        return collapse(await self._deliver(mail, message, each=False))
+
+    async def deliver_each(self, mail: Mail, message: bytes) -> PerRecipient:
+        """One transaction; a recipient refused at RCPT (or, over LMTP, after DATA) fails alone."""
+        return await self._deliver(mail, message, each=True)
+
+    async def _deliver(self, mail: Mail, message: bytes, *, each: bool) -> PerRecipient:
         connection, unchecked = await self._take()
         try:
-            return await self._transaction(connection, mail, message)
+            return await self._transaction(connection, mail, message, each=each)
         except _NothingSent:
             if not unchecked:
                 raise
         connection, _ = await self._take(fresh=True)  # the pooled connection had died: once more
-        return await self._transaction(connection, mail, message)
+        return await self._transaction(connection, mail, message, each=each)
 
-    async def _transaction(self, connection: SMTPConnection, mail: Mail, message: bytes) -> str:
+    def _envelope_commands(self, connection: SMTPConnection, mail: Mail, message: bytes) -> list[bytes]:
+        """MAIL, RCPT... and DATA, to be pipelined; raises if the next hop cannot take the addresses."""
         env = mail.envelope
         utf8 = not (env.sender.isascii() and all(r.isascii() for r in env.recipients))
         if utf8 and not connection.supports("smtputf8"):
@@ -155,6 +208,15 @@ class SMTPDelivery(Delivery):
         commands = [f"MAIL FROM:<{env.sender}>{options}".encode(encoding, "surrogateescape")]
         commands += [f"RCPT TO:<{r}>".encode(encoding, "surrogateescape") for r in env.recipients]
         commands.append(b"DATA")
+        return commands
+
+    async def _transaction(self, connection: SMTPConnection, mail: Mail, message: bytes, *, each: bool) -> PerRecipient:
+        """One transaction.  With ``each``, refusals are per recipient; without, any refusal raises.
+
+        The result maps every envelope recipient to a note (accepted) or its error.
+        """
+        recipients = mail.envelope.recipients
+        commands = self._envelope_commands(connection, mail, message)
         xforward = self._xforward_command(connection, mail)
         if xforward is not None:
             commands.insert(0, xforward)
@@ -166,20 +228,30 @@ class SMTPDelivery(Delivery):
         if xforward is not None:
             xforward_answer, *answers = answers
         mail_answer, *rcpt_answers, data_answer = answers
+        results: PerRecipient = {}
         try:
             if xforward is not None and xforward_answer.code != 250:
                 raise DeliveryDeferred(f"next hop refused XFORWARD: {xforward_answer}")
             if mail_answer.code != 250:
                 raise self._convert(mail_answer)
-            self._check_recipients(env.recipients, rcpt_answers)
-            if data_answer.code != 354:
+            if each:
+                for recipient, answer in zip(recipients, rcpt_answers, strict=True):
+                    if answer.code not in (250, 251):
+                        results[recipient] = self._convert(answer, recipient)
+            else:
+                self._check_recipients(recipients, rcpt_answers)
+            accepted = [r for r in recipients if r not in results]
+            if accepted and data_answer.code != 354:
                 raise self._convert(data_answer)
         except DeliveryError:
-            if data_answer.code == 354:
-                connection.close()  # DATA was accepted: closing now is the only way to abort
-            else:
-                self._give_back(connection, clean=False)
+            self._abort(connection, data_answer)
             raise
+        if not accepted:  # every recipient refused at RCPT: no content to send
+            self._abort(connection, data_answer)
+            return results
+        if connection.lmtp:
+            results.update(await self._lmtp_content(connection, accepted, message))
+            return results
         try:
             final = await connection.data(message)
         except BaseException:
@@ -188,11 +260,43 @@ class SMTPDelivery(Delivery):
         self._give_back(connection, clean=True)
         if final.code != 250:
             raise self._convert(final)
-        return f"{self.describe()} said: {final}"
+        note = f"{self.describe()} said: {final}"
+        results.update((recipient, note) for recipient in accepted)
+        return results
+
+    def _abort(self, connection: SMTPConnection, data_answer: Answer) -> None:
+        """End a transaction before its content: RSET later, or close if DATA was accepted."""
+        if data_answer.code == 354:
+            connection.close()  # DATA was accepted: closing now is the only way to abort
+        else:
+            self._give_back(connection, clean=False)
+
+    async def _lmtp_content(self, connection: SMTPConnection, accepted: list[str], message: bytes) -> PerRecipient:
+        """LMTP: the content, then one answer per accepted recipient (RFC 2033 §4.2)."""
+        try:
+            answers, lost = await connection.data_each(message, len(accepted))
+        except BaseException:
+            connection.close()
+            raise
+        if lost is None:
+            self._give_back(connection, clean=True)
+        else:
+            connection.close()
+        results: PerRecipient = {}
+        for index, recipient in enumerate(accepted):
+            if index >= len(answers):
+                assert lost is not None
+                results[recipient] = ConnectionLost(f"no answer for <{recipient}>: {lost.message}")
+            elif answers[index].code == 250:
+                results[recipient] = f"{self.describe()} said: {answers[index]}"
+            else:
+                results[recipient] = self._convert(answers[index], recipient)
+        return results
 
     @staticmethod
-    def _convert(answer: Answer) -> DeliveryError:
-        text = f"next hop said: {answer}"
+    def _convert(answer: Answer, recipient: str = "") -> DeliveryError:
+        about = f" for <{recipient}>" if recipient else ""
+        text = f"next hop said{about}: {answer}"
         if 500 <= answer.code < 600:
             return DeliveryRejected(text, reply=NEXT_HOP_REJECTED.with_text(f"Next hop refused: {answer.text}"))
         return DeliveryDeferred(text)
@@ -205,7 +309,7 @@ class SMTPDelivery(Delivery):
         texts = "; ".join(f"<{r}> {a}" for r, a in refused)
         # After-queue SMTP can answer only once for all recipients: a partial or
         # temporary refusal defers the whole message (the MTA retries; nothing is
-        # lost, nothing delivered twice).  Per-recipient answers need LMTP.
+        # lost, nothing delivered twice).  Per-recipient answers: deliver_each (lmtpd).
         if len(refused) == len(recipients) and all(500 <= a.code < 600 for _, a in refused):
             raise DeliveryRejected(
                 f"next hop refused all recipients: {texts}",
@@ -249,15 +353,27 @@ class MaildirDelivery(Delivery):
         paths = await asyncio.to_thread(self._write, mail, message)
         return f"delivered to {len(paths)} maildir(s)"
 
+    async def deliver_each(self, mail: Mail, message: bytes) -> PerRecipient:
+        """Each recipient's Maildir written and fsynced on its own; a failed write fails that one."""
+        return await asyncio.to_thread(self._write_each, mail, message)
+
     def _write(self, mail: Mail, message: bytes) -> list[str]:
-        env = mail.envelope
-        return_path = f"Return-Path: <{env.sender}>\n".encode("utf-8", "surrogateescape")
-        paths = []
-        for recipient in env.recipients:
-            delivered_to = f"Delivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
-            folder = os.path.join(self.root, mailbox_name(recipient))
-            paths.append(maildir.store(folder, [return_path, delivered_to, message]))
-        return paths
+        return [self._store(mail, recipient, message) for recipient in mail.envelope.recipients]
+
+    def _write_each(self, mail: Mail, message: bytes) -> PerRecipient:
+        results: PerRecipient = {}
+        for recipient in mail.envelope.recipients:
+            try:
+                results[recipient] = f"delivered to maildir {self._store(mail, recipient, message)}"
+            except MailsiftError as error:
+                results[recipient] = error
+        return results
+
+    def _store(self, mail: Mail, recipient: str, message: bytes) -> str:
+        return_path = f"Return-Path: <{mail.envelope.sender}>\n".encode("utf-8", "surrogateescape")
+        delivered_to = f"Delivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
+        folder = os.path.join(self.root, mailbox_name(recipient))
+        return maildir.store(folder, [return_path, delivered_to, message])
 
 
 def resolve(target: object, state_dir: str) -> Delivery:
@@ -281,6 +397,12 @@ def smtp_relay(host: str, port: int, *, timeout: float = 60.0, xforward: bool = 
     """Config helper: reinject over SMTP to ``host:port``."""
     resolve((host, port), "")
     return SMTPDelivery(host, port, timeout=timeout, xforward=xforward)
+
+
+def lmtp_relay(host: str, port: int, *, timeout: float = 60.0, xforward: bool = True) -> SMTPDelivery:
+    """Config helper: reinject over LMTP to ``host:port`` (answers per recipient after the content)."""
+    resolve((host, port), "")
+    return SMTPDelivery(host, port, timeout=timeout, xforward=xforward, lmtp=True)
 
 
 def local_maildir(root: str = "mail") -> MaildirDelivery:

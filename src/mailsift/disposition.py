@@ -4,6 +4,11 @@ Order: quarantine copies (written and fsynced) → delivery downstream (the next
 hop said 2xx, or the Maildir files are fsynced) → only then the positive reply.
 Any failure on the way returns that error's reply (451, or 554 when the next
 hop refused permanently): the MTA keeps the message and nothing is lost.
+
+:meth:`Disposer.carry_out_each` is the same order with an outcome per
+recipient (``lmtpd``): the quarantine copy is shared, delivery is per
+recipient (:meth:`~mailsift.delivery.Delivery.deliver_each`), and a recipient
+gets its positive reply only if its own copy was accepted or stored.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from mailsift.delivery import Delivery
-from mailsift.errors import MailsiftError
+from mailsift.errors import DeliveryError, MailsiftError
 from mailsift.mail import Mail
 from mailsift.quarantine_store import QuarantineStore
 from mailsift.replies import Reply
@@ -39,17 +44,48 @@ class Disposer:
         self.delivery = delivery
 
     async def carry_out(self, mail: Mail, decision: Decision) -> Outcome:
+        """Carry ``decision`` out for all recipients at once; one outcome."""
         if decision.disposition is Disposition.TEMPFAIL:
             return Outcome(decision.reply, decision.error.message if decision.error else "tempfail")
         stored: list[str] = []
         try:
-            for category in decision.quarantine:
-                stored.append(await self.quarantine.put(mail, category, decision.result))
+            await self._store(mail, decision, stored)
             note = ""
             if decision.disposition is Disposition.DELIVER:
                 message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
                 note = await self.delivery.deliver(mail, message)
         except MailsiftError as error:
-            log.warning("queue_id=%s: %s", mail.envelope.queue_id or "-", error.message)
-            return Outcome(error.reply, error.message, tuple(stored))
+            return self._failed(mail, error, stored)
         return Outcome(decision.reply, note, tuple(stored))
+
+    async def carry_out_each(self, mail: Mail, decision: Decision) -> dict[str, Outcome]:
+        """Carry ``decision`` out with one outcome per recipient of ``mail.envelope``."""
+        recipients = mail.envelope.recipients
+        if decision.disposition is not Disposition.DELIVER:
+            return dict.fromkeys(recipients, await self.carry_out(mail, decision))
+        stored: list[str] = []
+        try:
+            await self._store(mail, decision, stored)
+            message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
+            results = await self.delivery.deliver_each(mail, message)
+        except MailsiftError as error:
+            return dict.fromkeys(recipients, self._failed(mail, error, stored))
+        outcomes: dict[str, Outcome] = {}
+        for recipient in recipients:
+            result = results.get(recipient)
+            if isinstance(result, str):
+                outcomes[recipient] = Outcome(decision.reply, result, tuple(stored))
+            else:  # an error, or a recipient the delivery forgot: never a 250 without a copy
+                failure = result or DeliveryError(f"no delivery outcome for <{recipient}>")
+                outcomes[recipient] = self._failed(mail, failure, stored)
+        return outcomes
+
+    async def _store(self, mail: Mail, decision: Decision, stored: list[str]) -> None:
+        """The quarantine copies, written and fsynced (appended to ``stored`` as they are)."""
+        for category in decision.quarantine:
+            stored.append(await self.quarantine.put(mail, category, decision.result))
+
+    @staticmethod
+    def _failed(mail: Mail, error: MailsiftError, stored: list[str]) -> Outcome:
+        log.warning("queue_id=%s: %s", mail.envelope.queue_id or "-", error.message)
+        return Outcome(error.reply, error.message, tuple(stored))

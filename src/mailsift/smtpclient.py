@@ -1,4 +1,4 @@
-"""A small SMTP client for reinjection, with PIPELINING (RFC 2920).
+"""A small SMTP and LMTP client for reinjection, with PIPELINING (RFC 2920).
 
 Why not a library: mailsift used aiosmtplib here first.  It sends one command
 and waits for its reply, so each reinjected message took five round trips
@@ -9,6 +9,11 @@ write, the content in a second, two round trips in all.  It speaks only what
 reinjection needs (EHLO/HELO, XFORWARD, MAIL, RCPT, DATA, RSET, QUIT, the
 SIZE, PIPELINING, 8BITMIME and SMTPUTF8 extensions); no TLS or AUTH, which a
 content filter's loopback next hop does not use.
+
+LMTP (RFC 2033) is the same dialogue with ``LHLO`` instead of ``EHLO`` and,
+after the content, one answer per accepted recipient instead of one for all
+(:meth:`SMTPConnection.data_each`): that is what lets a next hop refuse or
+defer one recipient of a message without touching the others.
 
 Content is sent CRLF-normalised and dot-stuffed (:func:`wire_data`), so a bare
 ``\\n.\\n`` inside a message can never end it early at the next hop.
@@ -133,32 +138,36 @@ class _Protocol(asyncio.Protocol):
 class SMTPConnection:
     """One SMTP session to a next hop; open it with :meth:`open`."""
 
-    def __init__(self, protocol: _Protocol, timeout: float, name: str) -> None:
+    def __init__(self, protocol: _Protocol, timeout: float, name: str, *, lmtp: bool = False) -> None:
         self._protocol = protocol
         self.timeout = timeout
         self.name = name
+        self.lmtp = lmtp
         self.extensions: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, host: str, port: int, *, helo: str, timeout: float) -> SMTPConnection:
-        """Connect, read the greeting and say EHLO (HELO if EHLO is refused).
+    async def open(cls, host: str, port: int, *, helo: str, timeout: float, lmtp: bool = False) -> SMTPConnection:
+        """Connect, read the greeting and say EHLO (HELO if EHLO is refused), or LHLO with ``lmtp``.
 
         A next hop that answers but refuses the session raises ``ConnectionLost``
-        too: for the MTA in front, both mean "try again later".
+        too: for the MTA in front, both mean "try again later".  LMTP has no
+        HELO to fall back to.
         """
-        name = f"[{host}]:{port}"
+        name = f"lmtp:[{host}]:{port}" if lmtp else f"[{host}]:{port}"
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(_Protocol, host, port)
         except (OSError, TimeoutError) as error:
             raise ConnectionLost(f"cannot connect to {name}: {error or 'timed out'}") from None
-        connection = cls(protocol, timeout, name)
+        connection = cls(protocol, timeout, name, lmtp=lmtp)
         try:
             greeting = await connection.read_answer()
             if greeting.code != 220:
                 raise ConnectionLost(f"{name} greeted with {greeting}")
-            answer = await connection.command(b"EHLO " + helo.encode("ascii"))
+            answer = await connection.command((b"LHLO " if lmtp else b"EHLO ") + helo.encode("ascii"))
+            if lmtp and answer.code != 250:
+                raise ConnectionLost(f"{name} refused LHLO: {answer}")
             if answer.code == 250:
                 for line in answer.lines[1:]:
                     keyword, _, params = line.partition(" ")
@@ -222,6 +231,23 @@ class SMTPConnection:
         """After a 354: send the content (normalised and stuffed) and read the final answer."""
         await self._write(wire_data(message))
         return await self.read_answer()
+
+    async def data_each(self, message: bytes, count: int) -> tuple[list[Answer], ConnectionLost | None]:
+        """LMTP, after a 354: send the content and read ``count`` answers, one per accepted RCPT.
+
+        Returns the answers in RCPT order and, if the connection failed before
+        all of them arrived, that error: the recipients without an answer are
+        in an unknown state (the caller defers them; a retry may duplicate, it
+        never loses).
+        """
+        answers: list[Answer] = []
+        try:
+            await self._write(wire_data(message))
+            for _ in range(count):
+                answers.append(await self.read_answer())
+        except ConnectionLost as error:
+            return answers, error
+        return answers, None
 
     async def quit(self) -> None:
         try:

@@ -8,6 +8,7 @@ none of them duplicates scanning or delivery logic.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import time
@@ -92,7 +93,13 @@ class Service:
 
 
 class MailPath:
-    """The shared path of one message: evaluate, carry out, log one line."""
+    """The shared path of one message: evaluate, carry out, log one line.
+
+    :meth:`process` answers once for all recipients (smtpd, milter...);
+    :meth:`process_each` has an outcome per recipient (lmtpd).  Paths made by
+    :meth:`with_scanners` share this one's next hop and quarantine (one
+    connection pool), with their own scanners: per-recipient policies.
+    """
 
     def __init__(self, scanners: Sequence[Scanner], settings: Settings, next_hop: Any = None) -> None:
         self.pipeline = Pipeline(scanners)
@@ -106,31 +113,64 @@ class MailPath:
         self.delivery: Delivery = resolve(target, settings.state_dir)
         self.disposer = Disposer(QuarantineStore(settings.quarantine_dir), self.delivery)
 
+    def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
+        """A path with other scanners and this one's delivery and quarantine."""
+        path = copy.copy(self)
+        path.pipeline = Pipeline(scanners)
+        return path
+
     async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
         started = time.monotonic()
         decision = await self.pipeline.evaluate(mail)
         outcome = await self.disposer.carry_out(mail, decision)
-        elapsed = time.monotonic() - started
-        env = mail.envelope
-        result = decision.result
-        log.info(
-            "%s action=%s reply=%d level=%.2f name=%s scanner=%s from=<%s> to=%s size=%d client=%s[%s] time=%.3fs%s",
-            env.queue_id or "-",
-            decision.disposition.value,
-            outcome.reply.code,
-            result.level,
-            result.name or "-",
-            result.scanner or "-",
-            env.sender,
-            ",".join(f"<{r}>" for r in env.recipients),
-            mail.size,
-            env.client_name or "-",
-            env.client_address or "-",
-            elapsed,
-            f" note={outcome.note}" if outcome.note else "",
-        )
+        _log_line(mail, decision, str(outcome.reply.code), outcome.note, time.monotonic() - started)
         return decision, outcome
 
-    async def close(self) -> None:
-        await self.pipeline.aclose()
+    async def process_each(self, mail: Mail) -> tuple[Decision, dict[str, Outcome]]:
+        """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
+        started = time.monotonic()
+        decision = await self.pipeline.evaluate(mail)
+        outcomes = await self.disposer.carry_out_each(mail, decision)
+        codes = {outcome.reply.code for outcome in outcomes.values()}
+        if len(codes) == 1:
+            reply = str(codes.pop())
+        else:
+            reply = ",".join(f"<{r}>:{outcome.reply.code}" for r, outcome in outcomes.items())
+        notes = "; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note))
+        _log_line(mail, decision, reply, notes, time.monotonic() - started)
+        return decision, outcomes
+
+    async def close(self, seen: set[int] | None = None) -> None:
+        """Release the scanners' resources and the next hop's connections.
+
+        ``seen`` is shared by paths whose scanners overlap, so that a scanner is
+        closed once; closing a shared delivery twice is harmless.
+        """
+        if seen is None:
+            await self.pipeline.aclose()
+        else:
+            for scanner in self.pipeline.scanners:
+                await scanner.aclose(seen)
         await self.delivery.close()
+
+
+def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float) -> None:
+    """The one log line per message (per recipient group with lmtpd)."""
+    env = mail.envelope
+    result = decision.result
+    log.info(
+        "%s action=%s reply=%s level=%.2f name=%s scanner=%s from=<%s> to=%s size=%d client=%s[%s] time=%.3fs%s",
+        env.queue_id or "-",
+        decision.disposition.value,
+        reply,
+        result.level,
+        result.name or "-",
+        result.scanner or "-",
+        env.sender,
+        ",".join(f"<{r}>" for r in env.recipients),
+        mail.size,
+        env.client_name or "-",
+        env.client_address or "-",
+        elapsed,
+        f" note={note}" if note else "",
+    )
