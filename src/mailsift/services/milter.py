@@ -1,0 +1,519 @@
+"""``milter``: the before-queue front end for Sendmail and Postfix (``smtpd_milters``).
+
+The MTA keeps the message and the SMTP client waits: mailsift collects the
+transaction (connection, HELO, envelope, macros such as the queue id ``{i}``,
+headers, body — bounded by ``max_size``), runs the shared mail path at end of
+message, and answers with the decision:
+
+=====================  ==================================================
+decision               milter answer
+=====================  ==================================================
+deliver                the header/subject/body edits, then ACCEPT
+reject                 SMFIR_REPLYCODE with mailsift's reply (``550 ...``)
+tempfail, any failure  SMFIR_REPLYCODE ``451 ...``: the client retries
+drop                   DISCARD
+quarantine             DISCARD (the copy is fsynced in mailsift's store
+                       first); with ``quarantine_hold=True``,
+                       SMFIR_QUARANTINE + ACCEPT: the MTA holds it too
+=====================  ==================================================
+
+Edits are not hand-made: the mail path's "delivery" here is :class:`KeptByMTA`,
+which records the final message the disposition step built (the same
+``apply_edits`` as every front end), and :func:`edits` turns the difference from
+what the MTA sent into milter actions — added fields (SMFIR_ADDHEADER), changed
+fields such as the Subject (SMFIR_CHGHEADER), and a changed body
+(SMFIR_REPLBODY).  Added fields are appended to the header block (the MTA
+decides where; Postfix puts them last).
+
+The wire protocol is in :mod:`mailsift.services.milter_protocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+from mailsift import replies
+from mailsift.delivery import Delivery
+from mailsift.errors import ConfigError
+from mailsift.mail import Envelope, Mail
+from mailsift.replies import Reply
+from mailsift.result import Decision, Disposition
+from mailsift.services import milter_protocol as mp
+from mailsift.services.base import LISTEN_BACKLOG, MailPath, Service, Settings
+
+log = logging.getLogger("mailsift.milter")
+
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+MAX_RECIPIENTS = 1000
+MAX_MACROS = 256
+_CONNECTION_STAGES = (mp.SMFIC_CONNECT, mp.SMFIC_HELO)
+"""Macros of these stages last for the connection; the others for one message."""
+IDLE_GRACE = 1.0
+"""While draining, seconds of silence after which a connection between messages is closed."""
+
+WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE
+WANTED_PROTOCOL = (
+    # steps we do not need
+    mp.SMFIP_NOUNKNOWN
+    | mp.SMFIP_NODATA
+    # steps we never answer before end of message: one round trip per message, not per header
+    | mp.SMFIP_NR_CONN
+    | mp.SMFIP_NR_HELO
+    | mp.SMFIP_NR_MAIL
+    | mp.SMFIP_NR_RCPT
+    | mp.SMFIP_NR_HDR
+    | mp.SMFIP_NR_EOH
+    | mp.SMFIP_NR_BODY
+    | mp.SMFIP_NR_DATA
+    | mp.SMFIP_NR_UNKN
+)
+
+
+def parse_connection(connection: Any) -> tuple[str, str, int]:
+    """libmilter's socket syntax: ``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``unix:/path`` (``local:``).
+
+    Returns ``("inet", host, port)`` or ``("unix", path, 0)``.  ``inet:PORT``
+    alone listens on every address, as libmilter does.
+    """
+    if not isinstance(connection, str) or ":" not in connection:
+        raise ConfigError(
+            f"milter: connection must look like 'inet:3333@127.0.0.1' or 'unix:/path', got {connection!r}"
+        )
+    kind, _, rest = connection.partition(":")
+    kind = kind.lower()
+    if kind in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise ConfigError(f"milter: unix socket path must be absolute, got {rest!r}")
+        return "unix", rest, 0
+    if kind in ("inet", "inet6"):
+        port_text, _, host = rest.partition("@")
+        host = host.strip("[]") or ("::" if kind == "inet6" else "0.0.0.0")  # libmilter's meaning
+        if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+            raise ConfigError(f"milter: bad port in {connection!r} (expected inet:PORT@HOST)")
+        return "inet", host, int(port_text)
+    raise ConfigError(f"milter: unknown socket type {kind!r} in {connection!r} (inet, inet6, unix)")
+
+
+class milter(Service):
+    """Milter front end: ``milter(SCANNERS, 'mailsift', 'inet:3333@127.0.0.1')``.
+
+    ``name`` is the milter's name in logs; ``connection`` is libmilter's socket
+    syntax (``inet:PORT@HOST``, ``unix:/path``); ``umask`` sets a unix socket's
+    permissions (default 0o117: read/write for owner and group — put the MTA's
+    user in mailsift's group).  Options: ``max_size`` (bytes of headers and body;
+    larger mail is refused with 552, default 50 MB), ``timeout`` (seconds of MTA
+    silence before the connection is closed, default 300), ``max_connections``
+    per worker (default 500), ``quarantine_hold`` (also ask the MTA to hold
+    quarantined mail — Postfix's hold queue — instead of discarding it).
+    """
+
+    kind = "milter"
+
+    def __init__(
+        self,
+        scanners: Sequence[Any],
+        name: str = "mailsift",
+        connection: str = "inet:3333@127.0.0.1",
+        umask: int = 0o117,
+        *,
+        max_size: int = 50 * 1024 * 1024,
+        timeout: float = 300.0,
+        max_connections: int = 500,
+        quarantine_hold: bool = False,
+    ) -> None:
+        family, where, port = parse_connection(connection)
+        super().__init__(scanners, f"unix:{where}" if family == "unix" else where, port)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"milter: name must be a non-empty string, got {name!r}")
+        if not isinstance(umask, int) or not 0 <= umask <= 0o777:
+            raise ConfigError(f"milter: umask must be an integer like 0o117, got {umask!r}")
+        if not isinstance(max_size, int) or max_size < 1024:
+            raise ConfigError(f"milter: max_size must be an integer of at least 1024 bytes, got {max_size!r}")
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError(f"milter: timeout must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError(f"milter: max_connections must be a positive integer, got {max_connections!r}")
+        self.name, self.connection, self.family, self.path = name, connection, family, where
+        self.umask, self.max_size, self.timeout = umask, max_size, float(timeout)
+        self.max_connections, self.quarantine_hold = max_connections, bool(quarantine_hold)
+
+    def describe(self) -> str:
+        return f"milter({self.name}, {self.connection})"
+
+    def check(self, settings: Settings) -> None:
+        """Validate what needs the global settings (the mail path: no next hop is needed)."""
+        MailPath(self.scanners, settings, KeptByMTA())
+
+    def bind(self) -> socket.socket:
+        """TCP as every service, or a unix socket (a stale socket file is replaced)."""
+        if self.family == "inet":
+            return super().bind()
+        path = self.path
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise ConfigError(f"{self.describe()}: {path} exists and is not a socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)  # nobody listens: a leftover of an earlier run
+                else:
+                    raise ConfigError(f"{self.describe()}: {path} is in use by another process")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o777 & ~self.umask)  # before listen(): nobody can connect earlier
+        except OSError as error:
+            sock.close()
+            raise ConfigError(f"{self.describe()}: cannot listen on {path}: {error.strerror}") from None
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self, sock: socket.socket, settings: Settings) -> MilterServer:
+        server = MilterServer(self, settings)
+        await server.start(sock)
+        return server
+
+
+class KeptByMTA(Delivery):
+    """The milter's "next hop": the MTA keeps the message; this records the final bytes for :func:`edits`."""
+
+    def __init__(self) -> None:
+        self.final: dict[int, bytes] = {}
+
+    def describe(self) -> str:
+        return "milter"
+
+    async def deliver(self, mail: Mail, message: bytes) -> str:
+        self.final[id(mail)] = message
+        return "kept by the MTA"
+
+    def take(self, mail: Mail) -> bytes | None:
+        return self.final.pop(id(mail), None)
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def split_message(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The header fields ``(name, value)`` (value unfolded to ``\\n`` + whitespace) and the body."""
+    end = raw.find(b"\r\n\r\n")
+    lf_end = raw.find(b"\n\n")
+    if end == -1 or (lf_end != -1 and lf_end < end):
+        head, body = (raw[:lf_end], raw[lf_end + 2 :]) if lf_end != -1 else (raw, b"")
+    else:
+        head, body = raw[:end], raw[end + 4 :]
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\n" + line)
+        elif b":" in line:
+            name, _, value = line.partition(b":")
+            fields.append((name.strip(), value[1:] if value.startswith(b" ") else value))
+    return fields, body
+
+
+def edits(original: bytes, final: bytes, allowed: int) -> tuple[list[bytes], list[str]]:
+    """Milter packets that turn ``original`` into ``final``, and the edits ``allowed`` forbids.
+
+    Fields are compared name by name, occurrence by occurrence (the milter
+    addresses a field by name and index): a changed one is SMFIR_CHGHEADER, an
+    extra one SMFIR_ADDHEADER, a missing one a CHGHEADER to the empty value
+    (highest index first, so the indexes stay valid).  A changed body is
+    SMFIR_REPLBODY.
+    """
+    old_fields, old_body = split_message(original)
+    new_fields, new_body = split_message(final)
+    packets: list[bytes] = []
+    refused: list[str] = []
+
+    def grouped(fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[tuple[bytes, bytes]]]:
+        groups: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for name, value in fields:
+            groups.setdefault(name.lower(), []).append((name, value))
+        return groups
+
+    old, new = grouped(old_fields), grouped(new_fields)
+    for key in dict.fromkeys([*new, *old]):
+        before, after = old.get(key, []), new.get(key, [])
+        for index, (name, value) in enumerate(after):
+            if index >= len(before):
+                if _allow(allowed, mp.SMFIF_ADDHDRS, f"add {name!r}", refused):
+                    packets.append(mp.add_header(name, value))
+            elif before[index][1] != value and _allow(allowed, mp.SMFIF_CHGHDRS, f"change {name!r}", refused):
+                packets.append(mp.change_header(name, index + 1, value))
+        for index in range(len(before) - 1, len(after) - 1, -1):
+            name = before[index][0]
+            if _allow(allowed, mp.SMFIF_CHGHDRS, f"remove {name!r}", refused):
+                packets.append(mp.change_header(name, index + 1, b""))
+    if new_body != old_body and _allow(allowed, mp.SMFIF_CHGBODY, "replace the body", refused):
+        packets.extend(mp.replace_body(new_body))
+    return packets, refused
+
+
+def _allow(allowed: int, flag: int, what: str, refused: list[str]) -> bool:
+    if allowed & flag:
+        return True
+    refused.append(what)
+    return False
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class MilterServer:
+    """One worker's running ``milter``: the listening server and its connections."""
+
+    def __init__(self, service: milter, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.delivery = KeptByMTA()
+        self.path = MailPath(service.scanners, settings, self.delivery)
+        self.sessions: set[MilterSession] = set()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+        self._counter = 0
+        self._id_prefix = f"{socket.gethostname()[:8]}-m{os.getpid() & 0xFFFF:04x}"
+
+    async def start(self, sock: socket.socket) -> None:
+        if sock.family == socket.AF_UNIX:
+            self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=mp.MAX_PACKET)
+        else:
+            self._server = await asyncio.start_server(self._connected, sock=sock, limit=mp.MAX_PACKET)
+
+    def queue_id(self) -> str:
+        """A queue id for the log when the MTA sent none (Postfix sends ``{i}``)."""
+        self._counter += 1
+        return f"{self._id_prefix}-{self._counter}"
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.draining or len(self.sessions) >= self.service.max_connections:
+            writer.close()  # the MTA applies its milter_default_action (tempfail, we advise)
+            return
+        session = MilterSession(self, reader, writer)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; close idle connections; let messages in progress end (up to ``timeout``)."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions and loop.time() < deadline:
+            for session in list(self.sessions):
+                if not session.busy and loop.time() - session.last_active > IDLE_GRACE:
+                    session.close()
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.close()
+        await self.path.close()
+
+
+class MilterSession:
+    """One MTA connection: the state of its SMTP session and current message."""
+
+    def __init__(self, server: MilterServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.service = server.service
+        self.reader, self.writer = reader, writer
+        self.options = mp.NOT_NEGOTIATED
+        self.last_active = asyncio.get_running_loop().time()
+        self._reset_connection()
+
+    def _reset_connection(self) -> None:
+        self.macros: dict[bytes, dict[str, str]] = {}
+        """Macros by the command they came with (``SMFIC_MACRO``'s first byte)."""
+        self.connect = mp.ConnectInfo("", "U", 0, "")
+        self.helo = ""
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        """Forget the message and its macros (end of message, ABORT, new connection)."""
+        for stage in list(self.macros):
+            if stage not in _CONNECTION_STAGES:
+                del self.macros[stage]
+        self._new_message()
+
+    def _new_message(self) -> None:
+        """Forget the message's data, keeping macros (those of MAIL arrive just before it)."""
+        self.busy = False
+        self.sender = ""
+        self.mail_options: list[str] = []
+        self.recipients: list[str] = []
+        self.too_many_recipients = False
+        self.head: list[bytes] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_big = False
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    command, data = await asyncio.wait_for(mp.read_packet(self.reader), self.service.timeout)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the MTA closed the connection
+                except TimeoutError:
+                    log.info("%s: MTA silent for %.0f s, closing", self.service.name, self.service.timeout)
+                    return
+                self.last_active = loop.time()
+                answer = await self.handle(command, data)
+                if answer is None:
+                    return
+                if answer:
+                    self.writer.write(b"".join(answer))
+                    await self.writer.drain()
+                self.last_active = loop.time()
+                if self.server.draining and not self.busy:
+                    return
+        except mp.ProtocolError as error:
+            log.warning("%s: protocol error from the MTA, closing: %s", self.service.name, error)
+        except ConnectionError:
+            pass
+        finally:
+            self.writer.close()
+
+    def _continue(self, command: bytes) -> list[bytes]:
+        return [mp.packet(mp.SMFIR_CONTINUE)] if self.options.replies_to(command) else []
+
+    async def handle(self, command: bytes, data: bytes) -> list[bytes] | None:
+        """The packets answering one command; None to close the connection."""
+        if command == mp.SMFIC_OPTNEG:
+            self.options = mp.negotiate(mp.parse_optneg(data), WANTED_ACTIONS, WANTED_PROTOCOL)
+            return [mp.optneg_reply(self.options)]
+        if command == mp.SMFIC_MACRO:
+            stage, macros = mp.parse_macros(data)
+            self.macros[stage] = dict(list(macros.items())[:MAX_MACROS])
+            return []
+        if command == mp.SMFIC_CONNECT:
+            self.connect = mp.parse_connect(data)
+            self._reset_message()
+        elif command == mp.SMFIC_HELO:
+            self.helo = mp.text(mp.strings(data)[0]) if data else ""
+        elif command == mp.SMFIC_MAIL:
+            self._new_message()
+            self.busy = True
+            self.sender, self.mail_options = mp.parse_address(data)
+        elif command == mp.SMFIC_RCPT:
+            recipient, _ = mp.parse_address(data)
+            if len(self.recipients) < MAX_RECIPIENTS:
+                self.recipients.append(recipient)
+            else:
+                self.too_many_recipients = True
+        elif command == mp.SMFIC_HEADER:
+            name, value = mp.parse_header(data)
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            self._keep(self.head, name + b": " + value + b"\r\n")
+        elif command == mp.SMFIC_BODY:
+            self._keep(self.body, data)
+        elif command == mp.SMFIC_BODYEOB:
+            self._keep(self.body, data)
+            try:
+                return await self.end_of_message()
+            finally:
+                self._reset_message()
+        elif command == mp.SMFIC_ABORT:
+            self._reset_message()
+            return []
+        elif command == mp.SMFIC_QUIT:
+            return None
+        elif command == mp.SMFIC_QUIT_NC:  # the connection is reused for a new SMTP session
+            self._reset_connection()
+            return []
+        elif command not in (mp.SMFIC_EOH, mp.SMFIC_DATA, mp.SMFIC_UNKNOWN):
+            raise mp.ProtocolError(f"unknown command {command!r}")
+        return self._continue(command)
+
+    def macro(self, name: str) -> str:
+        """A macro's latest value (``i`` for ``{i}``), '' when the MTA did not send it."""
+        for values in reversed(self.macros.values()):
+            if name in values:
+                return values[name]
+        return ""
+
+    def _keep(self, parts: list[bytes], data: bytes) -> None:
+        """Store ``data`` unless the message is over ``max_size`` (then keep counting, store nothing)."""
+        self.size += len(data)
+        if self.size > self.service.max_size:
+            if not self.too_big:
+                self.head.clear()
+                self.body.clear()
+            self.too_big = True
+        elif data:
+            parts.append(data)
+
+    def envelope(self) -> Envelope:
+        name = self.macro("client_name") or self.connect.hostname
+        if name.startswith("["):  # Sendmail's placeholder for a client without a name
+            name = ""
+        return Envelope(
+            sender=self.sender,
+            recipients=list(self.recipients),
+            client_address=self.macro("client_addr") or self.connect.address,
+            client_name=name,
+            helo=self.helo,
+            queue_id=self.macro("i") or self.server.queue_id(),
+            protocol="ESMTP",
+            mail_options=list(self.mail_options),
+        )
+
+    async def end_of_message(self) -> list[bytes]:
+        """Run the mail path and turn the decision into the milter's final answer."""
+        env = self.envelope()
+        if self.too_big:
+            log.info("%s: message over max_size (%d bytes): refused", env.queue_id, self.service.max_size)
+            return [_reply(replies.TOO_BIG)]
+        if self.too_many_recipients:
+            return [_reply(TOO_MANY_RECIPIENTS)]
+        raw = b"".join(self.head) + b"\r\n" + b"".join(self.body)
+        settings = self.server.settings
+        mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
+        try:
+            decision, outcome = await self.server.path.process(mail)
+        except Exception:
+            log.exception("queue_id=%s: unexpected error; answering 451", env.queue_id)
+            return [_reply(replies.TEMPFAIL)]
+        finally:
+            final = self.server.delivery.take(mail)
+            mail.close()
+        if not outcome.reply.is_positive:
+            return [_reply(outcome.reply)]
+        return self.final_answer(env, raw, decision, final)
+
+    def final_answer(self, env: Envelope, raw: bytes, decision: Decision, final: bytes | None) -> list[bytes]:
+        disposition = decision.disposition
+        if disposition is Disposition.DELIVER:
+            packets, refused = edits(raw, final, self.options.actions) if final is not None else ([], [])
+            if refused:
+                log.warning("%s: the MTA did not allow these edits: %s", env.queue_id, ", ".join(refused))
+            return [*packets, mp.packet(mp.SMFIR_ACCEPT)]
+        if disposition is Disposition.QUARANTINE and self.service.quarantine_hold:
+            if self.options.actions & mp.SMFIF_QUARANTINE:
+                result = decision.result
+                reason = f"mailsift: {result.name or 'quarantined'} ({result.scanner or '-'})"
+                return [mp.quarantine(reason), mp.packet(mp.SMFIR_ACCEPT)]
+            log.warning("%s: the MTA does not allow SMFIR_QUARANTINE: discarding instead", env.queue_id)
+        return [mp.packet(mp.SMFIR_DISCARD)]  # drop, or quarantined in mailsift's own store
+
+
+def _reply(reply: Reply) -> bytes:
+    return mp.reply_code(reply.code, reply.status, reply.text)
