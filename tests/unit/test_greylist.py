@@ -195,10 +195,11 @@ async def test_network_is_whitelisted_after_n_passes(database: Database, clock: 
         "three@sender.example",
         "two@sender.example",
     ]
-    [(network, first_seen, last_seen, passes)] = rows(database, "auto_whitelist")
+    [(network, _, last_seen, passes)] = rows(database, "auto_whitelist")
     assert (network, passes, last_seen) == ("192.0.2.0/24", 4, clock.now)
     # another network is not whitelisted
-    assert (await scanner.scan(PolicyTarget(request(sender="new@other.example", client="198.51.100.1"), database))).detected
+    elsewhere = request(sender="new@other.example", client="198.51.100.1")
+    assert (await scanner.scan(PolicyTarget(elsewhere, database))).detected
 
 
 async def test_auto_whitelist_off_never_whitelists(database: Database, clock: Clock) -> None:
