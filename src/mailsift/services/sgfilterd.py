@@ -1,0 +1,470 @@
+"""``sgfilterd``: SAGATOR's filter daemon for ``mailsift sgfilter`` and ``mailsift qmail-queue``.
+
+The protocol is SAGATOR's (sagator-services.txt, sgfilterd), kept byte for
+byte so its clients work.  Input, lines ended by LF (a CR before it is
+ignored)::
+
+    MAIL FROM: sender@example.org        (once; "<...>" and an empty sender allowed)
+    RCPT TO: rcpt@example.net            (one or more)
+    DATA 1234                            (the message length in bytes)
+    <exactly 1234 bytes of message>
+
+Output, then the daemon closes the connection::
+
+    XXX L.LL VIRNAME
+    <the message to deliver, with the config's edits (add_header, modify_subject)>
+
+``XXX`` is one of :data:`CLEAN` 250, :data:`FORCED` 251 (detected, but the
+config delivers it), :data:`TEMPFAIL` 451, :data:`REJECT` 550, :data:`DROP`
+551 (dropped or kept in quarantine only).  The message follows 250 and 251
+only.  Bad input gets one error line in the same format (500, 501, 503, 552,
+421) and the connection is closed: it never reaches the scanners.
+
+There is no library for this protocol, so it is written here on
+:class:`asyncio.Protocol` (not streams) to see the receive buffer: data past
+the declared length is an error, not silently ignored.
+
+It is a thin front end: it builds a :class:`~mailsift.mail.Mail` and runs the
+shared :class:`~mailsift.services.base.MailPath`, whose next hop is
+:class:`KeepMessage`, a delivery that records the final message instead of
+sending it (the MTA or the client keeps the mail); quarantine copies, the log
+line and the decision are the shared ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from mailsift.delivery import Delivery
+from mailsift.errors import ConfigError
+from mailsift.mail import Envelope, Mail
+from mailsift.result import Decision, Disposition
+from mailsift.services.base import MailPath, Service, Settings
+
+log = logging.getLogger("mailsift.sgfilterd")
+
+# --------------------------------------------------------------------------- statuses (data)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One answer line: ``XXX L.LL VIRNAME``."""
+
+    code: int
+    text: str = ""
+
+    def line(self, level: float = 0.0, name: str | None = None) -> bytes:
+        name = _one_line(self.text if name is None else name)
+        return f"{self.code} {level:.2f}{' ' + name if name else ''}\n".encode("utf-8", "replace")
+
+    def named(self, name: str) -> Status:
+        return Status(self.code, name)
+
+
+CLEAN = Status(250)
+FORCED = Status(251)
+TEMPFAIL = Status(451, "Temporary failure in content filter")
+REJECT = Status(550)
+DROP = Status(551)
+
+# Errors of the protocol itself (not in SAGATOR's list, which names verdicts only):
+UNKNOWN_COMMAND = Status(500, "Unknown command (expected MAIL FROM:, RCPT TO:, DATA length)")
+LINE_TOO_LONG = Status(500, "Line too long")
+BAD_SENDER = Status(501, "Syntax: MAIL FROM: sender")
+BAD_RECIPIENT = Status(501, "Syntax: RCPT TO: recipient")
+BAD_LENGTH = Status(501, "Syntax: DATA length (a decimal number of bytes)")
+SHORT_DATA = Status(501, "Data shorter than the DATA length")
+LONG_DATA = Status(501, "Data longer than the DATA length")
+NO_SENDER = Status(503, "MAIL FROM: first")
+NO_RECIPIENT = Status(503, "RCPT TO: needed before DATA")
+TOO_MANY_RECIPIENTS = Status(503, "Too many recipients")
+TOO_BIG = Status(552, "Message size exceeds fixed maximum message size")
+TIMEOUT = Status(421, "Timeout")
+SHUTTING_DOWN = Status(421, "Service shutting down")
+TOO_MANY_CONNECTIONS = Status(421, "Too many connections")
+
+STATUS_OF_DISPOSITION = {
+    Disposition.REJECT: REJECT,
+    Disposition.DROP: DROP,
+    Disposition.QUARANTINE: DROP,  # not delivered to the recipients: the client must not deliver it
+    Disposition.TEMPFAIL: TEMPFAIL,
+}
+
+MAX_LINE = 2048
+MAX_RECIPIENTS = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_ADDRESS = re.compile(r"<?([^<>\s]*)>?")
+
+
+def _one_line(text: str) -> str:
+    return _CONTROL.sub(" ", text).strip()
+
+
+class _Refused(Exception):
+    """Bad input: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.text)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- the next hop
+
+
+class KeepMessage(Delivery):
+    """A next hop that keeps the final message for the client instead of sending it."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, bytes] = {}
+
+    async def deliver(self, mail: Mail, message: bytes) -> str:
+        self.kept[id(mail)] = message
+        return "returned to the sgfilter client"
+
+    def take(self, mail: Mail) -> bytes | None:
+        return self.kept.pop(id(mail), None)
+
+    def describe(self) -> str:
+        return "sgfilter client"
+
+
+def status_for(decision: Decision, reply_code: int, delivered: bool) -> Status:
+    """SAGATOR's status for what the shared path did.
+
+    250 clean and delivered; 251 detected but delivered (``deliver(...)``);
+    550 rejected; 551 dropped or quarantined; 451 for a tempfail decision or any
+    failure while carrying it out (e.g. the quarantine could not be written).
+    """
+    if 400 <= reply_code < 500:
+        return TEMPFAIL
+    if decision.disposition is Disposition.DELIVER:
+        if not delivered:
+            return TEMPFAIL
+        return FORCED if decision.result.detected else CLEAN
+    return STATUS_OF_DISPOSITION[decision.disposition]
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class sgfilterd(Service):
+    """SAGATOR's filter daemon: ``sgfilterd(SCANNERS, '127.0.0.1', 27)``.
+
+    Clients: ``mailsift sgfilter`` (procmail/maildrop filter) and ``mailsift
+    qmail-queue`` (qmail's QMAILQUEUE).  Options: ``max_size`` (bytes, default
+    50 MB: a larger DATA length is answered 552), ``timeout`` (seconds without
+    input before 421, default 60), ``max_connections`` per worker (default 500).
+    ``prefork`` is accepted for SAGATOR configs; workers are set by ``serve``.
+    """
+
+    kind = "sgfilterd"
+
+    def __init__(
+        self,
+        scanners: Sequence[Any],
+        host: str = "127.0.0.1",
+        port: int = 27,
+        prefork: int | None = None,
+        *,
+        max_size: int = 50 * 1024 * 1024,
+        timeout: float = 60.0,
+        max_connections: int = 500,
+    ) -> None:
+        super().__init__(scanners, host, port)
+        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1024:
+            raise ConfigError(f"sgfilterd: max_size must be an integer of at least 1024 bytes, got {max_size!r}")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"sgfilterd: timeout must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
+            raise ConfigError(f"sgfilterd: max_connections must be a positive integer, got {max_connections!r}")
+        self.prefork = prefork
+        self.max_size, self.timeout, self.max_connections = max_size, float(timeout), max_connections
+
+    def check(self, settings: Settings) -> None:
+        """Nothing needs the global settings: the next hop is the client."""
+        MailPath(self.scanners, settings, KeepMessage())
+
+    async def start(self, sock: socket.socket, settings: Settings) -> SgfilterServer:
+        server = SgfilterServer(self, settings)
+        await server.start(sock)
+        return server
+
+
+@dataclass
+class Request:
+    """A parsed request: envelope and message."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """Receive buffer of one client connection; the session coroutine reads from it."""
+
+    def __init__(self, server: SgfilterServer) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.eof = False
+        self.limit = MAX_LINE * 4
+        self.discarding = False
+        self.transport: asyncio.Transport | None = None
+        self._paused = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.server.connections.add(self)
+        if len(self.server.connections) > self.server.service.max_connections or self.server.draining:
+            refusal = SHUTTING_DOWN if self.server.draining else TOO_MANY_CONNECTIONS
+            self.transport.write(refusal.line())
+            self.transport.close()
+            return
+        self.task = asyncio.get_running_loop().create_task(self.server.session(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            self._wake()
+            return
+        self.buffer += data
+        if len(self.buffer) > self.limit and not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True  # keep the connection open: the answer is still to be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.server.connections.discard(self)
+        self._wake()
+
+    # -- for the session
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def more(self, timeout: float) -> None:
+        """Wait for more input (or EOF); :class:`_Refused` with 421 after ``timeout`` idle seconds."""
+        if self.eof:
+            return
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._wakeup = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._wakeup, timeout)
+        except TimeoutError:
+            raise _Refused(TIMEOUT) from None
+        finally:
+            self._wakeup = None
+
+    async def line(self, timeout: float) -> str | None:
+        """The next input line without its line end, or None at EOF."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                raw = bytes(self.buffer[:end])
+                del self.buffer[: end + 1]
+                if len(raw) > MAX_LINE:
+                    raise _Refused(LINE_TOO_LONG)
+                return raw.removesuffix(b"\r").decode("utf-8", "surrogateescape")
+            if len(self.buffer) > MAX_LINE:
+                raise _Refused(LINE_TOO_LONG)
+            if self.eof:
+                return None
+            await self.more(timeout)
+
+    async def exactly(self, length: int, timeout: float) -> bytes:
+        """``length`` bytes; 501 if the client ends its data early or sends more."""
+        self.limit = length + MAX_LINE
+        while len(self.buffer) < length:
+            if self.eof:
+                raise _Refused(SHORT_DATA.named(f"{SHORT_DATA.text}: got {len(self.buffer)} of {length} bytes"))
+            await self.more(timeout)
+        if len(self.buffer) > length:
+            raise _Refused(LONG_DATA.named(f"{LONG_DATA.text}: got over {length} bytes"))
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    def answer(self, *pieces: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pieces)
+
+    async def close_after_error(self, timeout: float) -> None:
+        """Half-close, then read and drop what the client still sends (bounded by ``timeout``).
+
+        Closing at once would make the kernel reset the connection while the
+        client is still sending, and a reset can destroy the answer before the
+        client reads it.
+        """
+        self.discarding = True
+        self.buffer.clear()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.eof and loop.time() < deadline:
+            try:
+                await self.more(max(deadline - loop.time(), 0.01))
+            except _Refused:
+                break
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SgfilterServer:
+    """One worker's running ``sgfilterd``."""
+
+    def __init__(self, service: sgfilterd, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.keeper = KeepMessage()
+        self.path = MailPath(service.scanners, settings, self.keeper)
+        self.connections: set[_Connection] = set()
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+        self._counter = 0
+        self._id_prefix = f"{socket.gethostname()[:8]}-sg{id(self) & 0xFFFF:04x}"
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+
+    async def session(self, connection: _Connection) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
+        try:
+            await self._session(connection)
+        except Exception:  # a bug must not leave the client hanging
+            log.exception("sgfilterd: unexpected error in a session")
+            connection.answer(TEMPFAIL.line())
+            connection.close()
+        finally:
+            self.sessions.discard(task)
+
+    async def _session(self, connection: _Connection) -> None:
+        timeout = self.service.timeout
+        try:
+            request = await self.read_request(connection)
+        except _Refused as refused:
+            log.info("sgfilterd: refused: %d %s", refused.status.code, refused.status.text)
+            connection.answer(refused.status.line())
+            await connection.close_after_error(timeout)
+            return
+        status, level, name, message = await self.filter(request)
+        if connection.buffer:  # more bytes than announced arrived while scanning
+            connection.answer(LONG_DATA.line())
+            await connection.close_after_error(timeout)
+            return
+        connection.answer(status.line(level, name), message or b"")
+        connection.close()  # flushes what is written, then closes (EOF ends the answer)
+
+    async def read_request(self, connection: _Connection) -> Request:
+        """Parse ``MAIL FROM``/``RCPT TO``/``DATA length`` and read the message."""
+        timeout = self.service.timeout
+        sender: str | None = None
+        recipients: list[str] = []
+        while True:
+            line = await connection.line(timeout)
+            if line is None:
+                raise _Refused(SHORT_DATA.named("Connection ended before DATA"))
+            verb, _, argument = line.partition(":")
+            verb = verb.strip().upper()
+            if verb == "MAIL FROM":
+                if sender is not None:
+                    raise _Refused(Status(503, "MAIL FROM: given twice"))
+                sender = _address(argument, BAD_SENDER, allow_empty=True)
+            elif verb == "RCPT TO":
+                if sender is None:
+                    raise _Refused(NO_SENDER)
+                if len(recipients) >= MAX_RECIPIENTS:
+                    raise _Refused(TOO_MANY_RECIPIENTS)
+                recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
+            elif line[:5].upper() in ("DATA ", "DATA"):
+                if sender is None:
+                    raise _Refused(NO_SENDER)
+                if not recipients:
+                    raise _Refused(NO_RECIPIENT)
+                length = _length(line[4:])
+                if length > self.service.max_size:
+                    raise _Refused(TOO_BIG.named(f"{TOO_BIG.text} ({self.service.max_size} bytes)"))
+                data = await connection.exactly(length, timeout)
+                return Request(sender, recipients, data)
+            else:
+                raise _Refused(UNKNOWN_COMMAND)
+
+    async def filter(self, request: Request) -> tuple[Status, float, str, bytes | None]:
+        """Run the shared path: the status, level, name and (250/251) the message to deliver."""
+        self._counter += 1
+        env = Envelope(
+            sender=request.sender,
+            recipients=request.recipients,
+            queue_id=f"{self._id_prefix}-{self._counter}",
+            protocol="SGFILTER",
+        )
+        mail = Mail(env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
+        try:
+            decision, outcome = await self.path.process(mail)
+            kept = self.keeper.take(mail)
+        except Exception:
+            self.keeper.take(mail)
+            log.exception("queue_id=%s: unexpected error; answering 451", env.queue_id)
+            return TEMPFAIL, 0.0, TEMPFAIL.text, None
+        finally:
+            mail.close()
+        status = status_for(decision, outcome.reply.code, kept is not None)
+        name = decision.result.name
+        if status is TEMPFAIL:
+            name = name or TEMPFAIL.text
+        return status, decision.result.level, name, kept if status in (CLEAN, FORCED) else None
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; let sessions finish (up to ``timeout``); then close the rest."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        if self.sessions:
+            await asyncio.wait(set(self.sessions), timeout=timeout)
+        for connection in list(self.connections):
+            connection.close()
+        await self.path.close()
+
+
+def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
+    match = _ADDRESS.fullmatch(argument.strip())
+    if match is None or (not match.group(1) and not allow_empty) or len(match.group(1)) > 512:
+        raise _Refused(error)
+    address = match.group(1)
+    if any(not ch.isprintable() or ch in '"\\' for ch in address):
+        raise _Refused(error)
+    return address
+
+
+def _length(text: str) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 15:
+        raise _Refused(BAD_LENGTH)
+    return int(text)

@@ -1,0 +1,312 @@
+"""sgfilterd on real sockets: SAGATOR's protocol, each status, the returned message, bad input."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailsift import add_header, const, deliver, drop, modify_subject, quarantine, regexp_scan, reject, sender_regexp
+from mailsift.errors import ScannerError
+from mailsift.result import Result
+from mailsift.scanners.base import Scanner, Target
+from mailsift.services.base import Settings
+from mailsift.services.sgfilterd import sgfilterd
+from mailsift.sgfilter_client import Answer, ask
+from mailsift.testing import ServiceThread
+
+from .conftest import EICAR, message
+
+EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
+CLEAN = message("clean") + b"second line\r\n.a dot line\r\n"
+INFECTED = message("infected", body=EICAR + "\r\n")
+
+
+class Recording(Scanner):
+    """Clean verdict; records the envelope and bytes it was given."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, list[str], bytes]] = []
+
+    async def scan(self, target: Target) -> Result:
+        env = target.mail.envelope
+        self.seen.append((env.sender, list(env.recipients), target.data))
+        return Result(0.0, "", self.name)
+
+
+class Broken(Scanner):
+    name = "broken"
+
+    async def scan(self, target: Target) -> Result:
+        raise ScannerError("broken: daemon down")
+
+
+Make = Callable[..., ServiceThread]
+ENV = b"MAIL FROM: a@example.test\nRCPT TO: b@x\n"
+BAD_LENGTH = "501 0.00 Syntax: DATA length (a decimal number of bytes)"
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Make]:
+    started: list[ServiceThread] = []
+
+    def make(scanners: list[Any], **options: Any) -> ServiceThread:
+        thread = ServiceThread(sgfilterd(scanners, "127.0.0.1", 0, **options), Settings(state_dir=str(tmp_path)))
+        started.append(thread.start())
+        return thread
+
+    yield make
+    for thread in started:
+        thread.stop()
+
+
+def request(
+    message: bytes, sender: str = "alice@example.test", rcpts: tuple[str, ...] = ("bob@example.test",)
+) -> bytes:
+    lines = [f"MAIL FROM: {sender}", *(f"RCPT TO: {r}" for r in rcpts), f"DATA {len(message)}"]
+    return ("\n".join(lines) + "\n").encode() + message
+
+
+def exchange(port: int, payload: bytes, *, half_close: bool = True, timeout: float = 20) -> bytes:
+    """Send ``payload`` (then EOF, unless ``half_close`` is False); everything until the daemon closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def status_line(answer: bytes) -> str:
+    return answer.split(b"\n", 1)[0].decode()
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_250_clean_returns_the_message_byte_for_byte(make_daemon: Make) -> None:
+    recording = Recording()
+    daemon = make_daemon([recording, EICAR_SCAN])
+    answer = exchange(daemon.port, request(CLEAN, "<alice@example.test>", ("<bob@example.test>", "carol@example.test")))
+    assert answer == b"250 0.00\n" + CLEAN
+    assert recording.seen == [("alice@example.test", ["bob@example.test", "carol@example.test"], CLEAN)]
+
+
+def test_crlf_lines_and_empty_sender_are_accepted(make_daemon: Make) -> None:
+    recording = Recording()
+    daemon = make_daemon([recording])
+    payload = f"MAIL FROM: <>\r\nrcpt to:bob@example.test\r\nDATA {len(CLEAN)}\r\n".encode() + CLEAN
+    assert exchange(daemon.port, payload) == b"250 0.00\n" + CLEAN
+    assert recording.seen == [("", ["bob@example.test"], CLEAN)]
+
+
+def test_250_with_the_configs_edits(make_daemon: Make) -> None:
+    daemon = make_daemon([add_header("X-Scanned", "mailsift", const(0.0, "scanned")), EICAR_SCAN])
+    answer = exchange(daemon.port, request(CLEAN))
+    assert answer == b"250 0.00 scanned\nX-Scanned: mailsift\r\n" + CLEAN  # a clean name is still a name
+
+
+def test_251_detected_but_delivered_with_the_edits(make_daemon: Make) -> None:
+    daemon = make_daemon([deliver(modify_subject("[VIRUS] ", EICAR_SCAN))])
+    answer = exchange(daemon.port, request(INFECTED))
+    assert status_line(answer) == "251 1.00 EICAR-Test"
+    assert answer.split(b"\n", 1)[1] == INFECTED.replace(b"Subject: infected", b"Subject: [VIRUS] infected")
+
+
+def test_550_reject_returns_no_message(make_daemon: Make) -> None:
+    daemon = make_daemon([reject(EICAR_SCAN)])
+    assert exchange(daemon.port, request(INFECTED)) == b"550 1.00 EICAR-Test\n"
+    assert exchange(daemon.port, request(CLEAN)) == b"250 0.00\n" + CLEAN
+
+
+def test_550_uses_the_envelope_sender(make_daemon: Make) -> None:
+    daemon = make_daemon([reject(sender_regexp([("Blocked.Sender", r"^evil@")]))])
+    assert exchange(daemon.port, request(CLEAN, "evil@example.test")) == b"550 1.00 Blocked.Sender\n"
+    assert exchange(daemon.port, request(CLEAN, "good@example.test")).startswith(b"250 0.00\n")
+
+
+def test_551_drop(make_daemon: Make) -> None:
+    daemon = make_daemon([drop(EICAR_SCAN)])
+    assert exchange(daemon.port, request(INFECTED)) == b"551 1.00 EICAR-Test\n"
+
+
+def test_551_quarantine_keeps_a_copy(make_daemon: Make, tmp_path: Path) -> None:
+    daemon = make_daemon([quarantine("virus", EICAR_SCAN)])
+    assert exchange(daemon.port, request(INFECTED)) == b"551 1.00 EICAR-Test\n"
+    stored = [p for p in (tmp_path / "quarantine").rglob("*") if p.is_file() and p.read_bytes().endswith(INFECTED)]
+    assert len(stored) == 1
+
+
+def test_451_when_a_scanner_fails(make_daemon: Make) -> None:
+    daemon = make_daemon([Broken(), EICAR_SCAN])
+    assert exchange(daemon.port, request(CLEAN)) == b"451 0.00 ScannerError\n"
+
+
+def test_451_when_the_quarantine_cannot_be_written(make_daemon: Make, tmp_path: Path) -> None:
+    daemon = make_daemon([deliver(quarantine("virus", EICAR_SCAN))])
+    quarantine_dir = tmp_path / "quarantine"
+    for child in quarantine_dir.iterdir():
+        child.rmdir() if child.is_dir() else child.unlink()
+    quarantine_dir.rmdir()
+    quarantine_dir.write_text("not a directory")  # the copy cannot be stored: never deliver without it
+    assert status_line(exchange(daemon.port, request(INFECTED))).startswith("451 ")
+
+
+def test_client_reads_each_status(make_daemon: Make) -> None:
+    cases = {250: [EICAR_SCAN], 251: [deliver(EICAR_SCAN)], 550: [reject(EICAR_SCAN)], 551: [drop(EICAR_SCAN)]}
+    for status, scanners in cases.items():
+        daemon = make_daemon(scanners)
+        body = CLEAN if status == 250 else INFECTED
+        answer = ask("127.0.0.1", daemon.port, "alice@example.test", ["bob@example.test"], body, timeout=20)
+        expected_message = body if status in (250, 251) else b""
+        level, name = (0.0, "") if status == 250 else (1.0, "EICAR-Test")
+        assert answer == Answer(status, level, name, expected_message)
+    daemon = make_daemon([Broken()])
+    assert ask("127.0.0.1", daemon.port, "", ["bob@example.test"], CLEAN, timeout=20).status == 451
+
+
+def test_a_big_message_round_trips(make_daemon: Make) -> None:
+    daemon = make_daemon([add_header("X-Scanned", "yes", const(0.0, "scanned")), EICAR_SCAN])
+    big = message("big", body="x" * 998 + "\r\n") * 1  # headers
+    big += b"".join(b"%07d" % i + b"y" * 90 + b"\r\n" for i in range(30_000))  # ~3 MB, over the spool threshold
+    answer = ask("127.0.0.1", daemon.port, "a@example.test", ["b@example.test"], big, timeout=60)
+    assert (answer.status, answer.message) == (250, b"X-Scanned: yes\r\n" + big)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"HELO there\n", "500 0.00 Unknown command (expected MAIL FROM:, RCPT TO:, DATA length)"),
+        (b"RCPT TO: bob@example.test\n", "503 0.00 MAIL FROM: first"),
+        (b"DATA 5\nhello", "503 0.00 MAIL FROM: first"),
+        (b"MAIL FROM: a@example.test\nDATA 5\nhello", "503 0.00 RCPT TO: needed before DATA"),
+        (b"MAIL FROM: a@example.test\nMAIL FROM: b@example.test\n", "503 0.00 MAIL FROM: given twice"),
+        (b"MAIL FROM: a@example.test\nRCPT TO:\n", "501 0.00 Syntax: RCPT TO: recipient"),
+        (b"MAIL FROM: a b@example.test\n", "501 0.00 Syntax: MAIL FROM: sender"),
+        (
+            ENV + b"DATA\n",
+            BAD_LENGTH,
+        ),
+        (
+            ENV + b"DATA abc\n",
+            BAD_LENGTH,
+        ),
+        (
+            ENV + b"DATA -5\n",
+            BAD_LENGTH,
+        ),
+        (
+            ENV + b"DATA 1e3\n",
+            BAD_LENGTH,
+        ),
+        (
+            ENV + b"DATA 10\nshort",
+            "501 0.00 Data shorter than the DATA length: got 5 of 10 bytes",
+        ),
+        (
+            ENV + b"DATA 3\nlonger",
+            "501 0.00 Data longer than the DATA length: got over 3 bytes",
+        ),
+        (b"MAIL FROM: a@example.test\nRCPT TO: b@x\n", "501 0.00 Connection ended before DATA"),
+        (b"", "501 0.00 Connection ended before DATA"),
+        (b"MAIL FROM: " + b"a" * 5000 + b"\n", "500 0.00 Line too long"),
+        (b"MAIL FROM: " + b"a" * 5000, "500 0.00 Line too long"),
+    ],
+    ids=[
+        "unknown-command",
+        "rcpt-first",
+        "data-first",
+        "no-rcpt",
+        "mail-twice",
+        "empty-rcpt",
+        "bad-sender",
+        "no-length",
+        "letters",
+        "negative",
+        "float",
+        "short-data",
+        "long-data",
+        "eof-before-data",
+        "empty",
+        "long-line",
+        "long-line-without-end",
+    ],
+)
+def test_bad_input_gets_one_error_line(make_daemon: Make, payload: bytes, expected: str) -> None:
+    recording = Recording()
+    daemon = make_daemon([recording])
+    answer = exchange(daemon.port, payload)
+    assert answer == expected.encode() + b"\n"
+    assert recording.seen == []
+
+
+def test_huge_length_is_refused_before_any_data(make_daemon: Make) -> None:
+    daemon = make_daemon([Recording()], max_size=100_000)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=20) as sock:
+        sock.sendall(b"MAIL FROM: a@example.test\nRCPT TO: b@example.test\nDATA 99999999999999\n")
+        # no data sent, connection left open: the answer comes anyway
+        answer = sock.makefile("rb").readline()
+    assert answer == b"552 0.00 Message size exceeds fixed maximum message size (100000 bytes)\n"
+
+
+def test_client_stops_sending_a_message_over_the_daemons_limit(make_daemon: Make) -> None:
+    recording = Recording()
+    daemon = make_daemon([recording], max_size=100_000)
+    huge = b"Subject: big\r\n\r\n" + b"z" * 20_000_000
+    answer = ask("127.0.0.1", daemon.port, "a@example.test", ["b@example.test"], huge, timeout=30)
+    assert (answer.status, answer.message) == (552, b"")
+    assert recording.seen == []
+
+
+def test_a_silent_client_times_out(make_daemon: Make) -> None:
+    daemon = make_daemon([Recording()], timeout=0.5)
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=20) as sock:
+        sock.sendall(b"MAIL FROM: a@example.test\nRCPT TO: b@example.test\nDATA 100\nonly this")
+        answer = sock.makefile("rb").read()  # the daemon answers and closes; we never send EOF
+    assert answer == b"421 0.00 Timeout\n"
+
+
+def test_too_many_recipients(make_daemon: Make) -> None:
+    daemon = make_daemon([Recording()])
+    payload = b"MAIL FROM: a@example.test\n" + b"RCPT TO: b@example.test\n" * 1001
+    assert exchange(daemon.port, payload) == b"503 0.00 Too many recipients\n"
+
+
+def test_daemon_serves_on_after_bad_clients(make_daemon: Make) -> None:
+    daemon = make_daemon([EICAR_SCAN])
+    for payload in (b"garbage\n", b"MAIL FROM: a@x\nRCPT TO: b@x\nDATA 50\nshort", b"\xff\xfe\x00\n"):
+        exchange(daemon.port, payload)
+    started = time.monotonic()
+    while time.monotonic() - started < 20:  # a deadline, not a timing assertion
+        if exchange(daemon.port, request(CLEAN)) == b"250 0.00\n" + CLEAN:
+            break
+    else:
+        pytest.fail("the daemon stopped answering")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_surface_defaults_and_checks() -> None:
+    from mailsift.errors import ConfigError
+
+    service = sgfilterd([EICAR_SCAN])
+    assert (service.host, service.port, service.max_size, service.timeout) == ("127.0.0.1", 27, 50 * 1024 * 1024, 60.0)
+    assert service.describe() == "sgfilterd(127.0.0.1:27)"
+    assert sgfilterd([EICAR_SCAN], "127.0.0.1", 2727, 4).prefork == 4
+    for bad in ({"max_size": 10}, {"timeout": 0}, {"max_connections": 0}, {"max_size": "big"}):
+        with pytest.raises(ConfigError):
+            sgfilterd([EICAR_SCAN], **bad)
+    with pytest.raises(ConfigError):
+        sgfilterd([EICAR_SCAN], "127.0.0.1", 70000)
