@@ -174,8 +174,9 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
     """Read one request: ``name=value`` lines up to an empty line; None at a clean EOF.
 
     Lines without ``=`` are ignored (as postgrey does; Postfix never sends
-    them).  A line over :data:`LINE_LIMIT`, more than :data:`MAX_ATTRIBUTES`
-    attributes, or EOF inside a request raise :class:`PolicyProtocolError`.
+    them).  A line over :data:`LINE_LIMIT` or more than :data:`MAX_ATTRIBUTES`
+    attributes raise :class:`PolicyProtocolError`; EOF inside a request raises
+    :class:`asyncio.IncompleteReadError`.
     """
     request: dict[str, str] = {}
     lines = 0
@@ -184,12 +185,10 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
             raw = await reader.readline()
         except (ValueError, asyncio.LimitOverrunError):
             raise PolicyProtocolError(f"line longer than {LINE_LIMIT} bytes") from None
-        if not raw:
-            if lines:
-                raise PolicyProtocolError("connection closed inside a request")
-            return None
         if not raw.endswith(b"\n"):
-            raise PolicyProtocolError("connection closed inside a request")
+            if raw or lines:  # the client went away inside a request: nobody to answer
+                raise asyncio.IncompleteReadError(raw, None)
+            return None
         line = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
         if not line:
             return request
