@@ -186,3 +186,63 @@ async def test_large_content_is_sent_whole_with_flow_control(scripted: Callable)
     assert (answer.code, answer.text) == (250, "queued")
     assert bytes(received) == message + b".\r\n"
     connection.close()
+
+
+async def lhlo_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"220 next.test LMTP\r\n")
+    assert await reader.readline() == b"LHLO me.test\r\n"
+    writer.write(b"250-next.test\r\n250-ENHANCEDSTATUSCODES\r\n250 PIPELINING\r\n")
+
+
+async def read_content(reader: asyncio.StreamReader) -> bytes:
+    content = b""
+    while not content.endswith(b"\r\n.\r\n"):
+        content += await reader.readline()
+    return content
+
+
+async def test_lmtp_says_lhlo_and_reads_one_answer_per_recipient(scripted: Callable) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await lhlo_ok(reader, writer)
+        assert await reader.readline() == b"DATA\r\n"
+        writer.write(b"354 go\r\n")
+        assert await read_content(reader) == b"hi\r\n.\r\n"
+        writer.write(b"250 2.0.0 b ok\r\n452 4.2.2 c over quota\r\n550-5.1.1 d\r\n550 5.1.1 unknown\r\n")
+        await reader.read()
+
+    connection = await SMTPConnection.open("127.0.0.1", await scripted(script), helo="me.test", timeout=5, lmtp=True)
+    assert connection.lmtp
+    assert connection.supports("enhancedstatuscodes")
+    assert (await connection.command(b"DATA")).code == 354
+    answers, lost = await connection.data_each(b"hi\n", 3)
+    assert lost is None
+    assert [str(a) for a in answers] == ["250 2.0.0 b ok", "452 4.2.2 c over quota", "550 5.1.1 d 5.1.1 unknown"]
+    connection.close()
+
+
+async def test_lmtp_next_hop_dying_between_answers_reports_those_it_gave(scripted: Callable) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await lhlo_ok(reader, writer)
+        await reader.readline()
+        writer.write(b"354 go\r\n")
+        await read_content(reader)
+        writer.write(b"250 2.0.0 first ok\r\n")  # then hangs up before the second answer
+
+    connection = await SMTPConnection.open("127.0.0.1", await scripted(script), helo="me.test", timeout=5, lmtp=True)
+    await connection.command(b"DATA")
+    answers, lost = await connection.data_each(b"hi\r\n", 2)
+    assert [a.code for a in answers] == [250]
+    assert lost is not None
+    assert "closed the connection" in lost.message
+    connection.close()
+
+
+async def test_lmtp_refused_lhlo_is_a_connection_failure_without_helo(scripted: Callable) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 smtp-only.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"500 5.5.1 what is LHLO\r\n")
+        await reader.read()  # no HELO comes
+
+    with pytest.raises(ConnectionLost, match="refused LHLO"):
+        await SMTPConnection.open("127.0.0.1", await scripted(script), helo="me.test", timeout=5, lmtp=True)
