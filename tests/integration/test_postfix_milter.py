@@ -37,6 +37,7 @@ STATE_DIR = {state!r}
 SCANNERS = [
     add_header("X-Mailsift-Checked", "%S", const(0.1, "checked")),
     regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]),
+    reject(regexp_scan([("Percent", r"PERCENT-ME")]), message="100% refused: %V"),
     deliver(modify_subject("[SPAM] ", regexp_scan([("SPAM", r"cheap pills")]))),
     quarantine("policy", regexp_scan([("Policy-Hold", r"HOLD-ME-PLEASE")])),
 ]
@@ -164,6 +165,13 @@ def test_eicar_is_rejected_at_smtp_time_with_mailsifts_text(gateway: Gateway) ->
     postfix.wait_queue_empty(timeout=30)
     assert not postfix.maildir_new("carol@example.test").exists()
     no_milter_warnings(postfix)
+
+
+@needs_postfix
+def test_reject_text_with_a_percent_sign_reaches_the_client_unchanged(gateway: Gateway) -> None:
+    # libmilter's replies are formats: mailsift sends "%%", Postfix gives the client "%"
+    sent = swaks(gateway.postfix.inbound_port, "carol@example.test", "PERCENT-ME", "milter percent")
+    assert "<** 550 5.7.1 100% refused: Percent" in sent.stdout, sent.stdout
 
 
 @needs_postfix

@@ -177,6 +177,10 @@ class milter(Service):
         sock.setblocking(False)
         return sock
 
+    def recorder(self) -> KeptByMTA:
+        """The mail path's "next hop", which records the final message (a subclass may rewrite it)."""
+        return KeptByMTA()
+
     async def start(self, sock: socket.socket, settings: Settings) -> MilterServer:
         server = MilterServer(self, settings)
         await server.start(sock)
@@ -277,7 +281,7 @@ class MilterServer:
     def __init__(self, service: milter, settings: Settings) -> None:
         self.service = service
         self.settings = settings
-        self.delivery = KeptByMTA()
+        self.delivery = service.recorder()
         self.path = MailPath(service.scanners, settings, self.delivery)
         self.sessions: set[MilterSession] = set()
         self.draining = False
@@ -398,7 +402,11 @@ class MilterSession:
     async def handle(self, command: bytes, data: bytes) -> list[bytes] | None:
         """The packets answering one command; None to close the connection."""
         if command == mp.SMFIC_OPTNEG:
-            self.options = mp.negotiate(mp.parse_optneg(data), WANTED_ACTIONS, WANTED_PROTOCOL)
+            offer = mp.parse_optneg(data)
+            self.options = mp.negotiate(offer, WANTED_ACTIONS, WANTED_PROTOCOL)
+            log.debug(
+                "%s: MTA offers version %d actions %#x protocol %#x; agreed %s", self.service.name, *offer, self.options
+            )
             return [mp.optneg_reply(self.options)]
         if command == mp.SMFIC_MACRO:
             stage, macros = mp.parse_macros(data)
