@@ -450,6 +450,8 @@ class SgfilterServer:
             await asyncio.wait(set(self.sessions), timeout=timeout)
         for connection in list(self.connections):
             connection.close()
+        for task in list(self.sessions):  # still scanning after the timeout: the client gets no answer and retries
+            task.cancel()
         await self.path.close()
 
 
