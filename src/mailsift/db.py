@@ -335,7 +335,11 @@ def greylist_request(
         and_(grey.passed == 0, grey.first_seen < now - rules.retry_window),
         and_(grey.passed > 0, grey.last_seen < now - rules.max_age),
     )
-    ready = grey.first_seen <= now - rules.delay
+    # Clocks of concurrent workers differ by a little, and their requests reach the
+    # database in another order than they read the clock: time never goes back
+    # for a row (``latest``), and a triplet that passed stays passed.
+    latest = case((grey.last_seen > now, grey.last_seen), else_=now)
+    ready = or_(grey.passed > 0, grey.first_seen + rules.delay <= latest)
     statement = (
         _insert(connection, greylist_table)
         .values(
@@ -345,7 +349,7 @@ def greylist_request(
             index_elements=[grey.network, grey.sender, grey.recipient],
             set_={
                 "first_seen": case((restart, now), else_=grey.first_seen),
-                "last_seen": now,
+                "last_seen": latest,
                 "deferred": case((restart, 1), (ready, grey.deferred), else_=grey.deferred + 1),
                 "passed": case((restart, 0), (ready, grey.passed + 1), else_=grey.passed),
             },
@@ -353,8 +357,7 @@ def greylist_request(
         .returning(grey.first_seen, grey.deferred, grey.passed)
     )
     first_seen, deferred, passes = connection.execute(statement).one()
-    # ``passed`` only grows when the delay is over, and a passed triplet stays ready.
-    passed = passes > 0
+    passed = passes > 0  # ``passed`` grows only once the delay is over, and then on every request
     network_passes = 0
     if passed and rules.auto_whitelist > 0:
         stale = awl.last_seen < now - rules.max_age

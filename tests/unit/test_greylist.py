@@ -411,3 +411,14 @@ def test_concurrent_threads_and_processes_lose_no_increment(tmp_path: Path) -> N
 def test_run_executes_in_a_thread(database: Database) -> None:
     state = asyncio.run(database.run(greylist_request, "n", "s", "r", START, RULES))
     assert (state.passed, state.deferred) == (False, 1)
+
+
+async def test_a_worker_with_a_late_clock_counts_after_the_row_not_before(database: Database, clock: Clock) -> None:
+    """Requests reach the database in another order than their workers read the clock."""
+    scanner = greylist(min=0, clock=clock)
+    assert (await scanner.scan(PolicyTarget(request(), database))).detected
+    clock.now -= 0.004  # another worker read the clock a little earlier, and got the lock later
+    assert not (await scanner.scan(PolicyTarget(request(), database))).detected
+    assert not (await greylist(min=300, clock=clock).scan(PolicyTarget(request(), database))).detected  # passed stays
+    [row] = rows(database, "greylist")
+    assert row[3:] == (START, START, 1, 2)
