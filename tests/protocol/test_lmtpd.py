@@ -39,6 +39,21 @@ class Counting(Scanner):
         return Result()
 
 
+class Closable(Scanner):
+    """Counts how often its resources are released."""
+
+    name = "closable"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def scan(self, target: Target) -> Result:
+        return Result()
+
+    async def close_resources(self) -> None:
+        self.closed += 1
+
+
 class Failing(Scanner):
     name = "failing"
 
@@ -320,6 +335,20 @@ def test_client_hanging_up_inside_data_delivers_nothing(
         sock.recv(65536)
     assert codes(lmtp(flt.port, ["b@example.test"], message("after"))) == [250]  # still serving
     assert [m.data for m in next_hop.messages] == [message("after")]
+
+
+def test_drain_closes_every_scanner_set_once(start: Callable[..., ServiceThread], next_hop: PickyServer) -> None:
+    shared, own = Closable(), Closable()
+    service = lmtpd(
+        {r"^a@": [own, shared], r"^b@": [shared], "default": [shared]},
+        "127.0.0.1",
+        0,
+        next_hop=("127.0.0.1", next_hop.port),
+    )
+    flt = start(service)
+    assert codes(lmtp(flt.port, ["a@example.test", "b@example.test", "c@example.test"], message("x"))) == [250] * 3
+    flt.stop()
+    assert (shared.closed, own.closed) == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,7 @@ class MailPath:
             )
         self.delivery: Delivery = resolve(target, settings.state_dir)
         self.disposer = Disposer(QuarantineStore(settings.quarantine_dir), self.delivery)
+        self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
     def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
         """A path with other scanners and this one's delivery and quarantine."""
@@ -140,17 +141,15 @@ class MailPath:
         _log_line(mail, decision, reply, notes, time.monotonic() - started)
         return decision, outcomes
 
-    async def close(self, seen: set[int] | None = None) -> None:
+    async def close(self) -> None:
         """Release the scanners' resources and the next hop's connections.
 
-        ``seen`` is shared by paths whose scanners overlap, so that a scanner is
-        closed once; closing a shared delivery twice is harmless.
+        Paths made by :meth:`with_scanners` share the record of closed scanners,
+        so a scanner used in several of them is closed once; closing the shared
+        delivery again is harmless (its pool is empty).
         """
-        if seen is None:
-            await self.pipeline.aclose()
-        else:
-            for scanner in self.pipeline.scanners:
-                await scanner.aclose(seen)
+        for scanner in self.pipeline.scanners:
+            await scanner.aclose(self._closed)
         await self.delivery.close()
 
 

@@ -251,6 +251,5 @@ class LMTPServer(SMTPServer):
 
     async def drain(self, timeout: float) -> None:
         await super().drain(timeout)  # closes the default path and the shared next hop
-        seen: set[int] = set()
         for path in self.paths[1:]:
-            await path.close(seen)
+            await path.close()  # each scanner once: the paths share the record of closed ones
