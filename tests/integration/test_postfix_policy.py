@@ -13,7 +13,6 @@ are retries with a deadline, never timed assertions.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import smtplib
 import socket
@@ -57,9 +56,7 @@ class PolicyServe:
         self.state = tmp_path / "state"
         self.log = tmp_path / "serve.log"
         config = tmp_path / "policy.conf.py"
-        config.write_text(
-            CONFIG.format(state=str(self.state), min=delay, awl=auto_whitelist, url=URL, port=self.port)
-        )
+        config.write_text(CONFIG.format(state=str(self.state), min=delay, awl=auto_whitelist, url=URL, port=self.port))
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mailsift.cli", "serve", "-c", str(config), "-w", str(workers)],
@@ -99,7 +96,9 @@ def greylisting(tmp_path: Path) -> Iterator[tuple[PolicyServe, PostfixInstance]]
         pytest.skip("a private Postfix master must run as root")
     served = PolicyServe(tmp_path, delay=2, auto_whitelist=2, workers=2)
     try:
-        restrictions = f"check_policy_service inet:127.0.0.1:{served.port}, permit_mynetworks, reject_unauth_destination"
+        restrictions = (
+            f"check_policy_service inet:127.0.0.1:{served.port}, permit_mynetworks, reject_unauth_destination"
+        )
         with PostfixInstance(
             tmp_path / "postfix",
             inbound_port=free_port(),
