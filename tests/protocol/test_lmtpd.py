@@ -364,3 +364,8 @@ def test_drain_closes_every_scanner_set_once(start: Callable[..., ServiceThread]
 def test_bad_policies_are_config_errors(scanners: Any, options: dict[str, Any], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         lmtpd(scanners, "127.0.0.1", 10024, **options)
+
+
+def test_describe_lists_each_pattern_and_its_scanners() -> None:
+    service = lmtpd({r"^carol@": [HELLO], r"^x@": [], "default": []}, "127.0.0.1", 10024)
+    assert service.describe() == "lmtpd(127.0.0.1:10024; ^carol@: regexp_scan([Hello-Word]); ^x@: no scanners)"

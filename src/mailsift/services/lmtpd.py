@@ -116,6 +116,14 @@ class lmtpd(smtpd):
         default, self.policies = recipient_policies(scanners, per_recipient, self.kind)
         super().__init__(default, host, port, prefork, **options)
 
+    def describe(self) -> str:
+        """``lmtpd(host:port)``, then each pattern and its top-level scanners (the default's tree follows)."""
+        policies = "".join(
+            f"; {policy.pattern.pattern}: {', '.join(s.describe() for s in policy.scanners) or 'no scanners'}"
+            for policy in self.policies
+        )
+        return f"{self.kind}({self.host}:{self.port}{policies})"
+
     def scanner_sets(self) -> tuple[list[tuple[Scanner, ...]], list[tuple[re.Pattern[str], int]]]:
         """The distinct scanner sets (the default first) and each pattern's index into them."""
         sets: list[tuple[Scanner, ...]] = [self.scanners]
