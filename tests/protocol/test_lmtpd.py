@@ -4,6 +4,8 @@ policies and delivery, faults of one recipient, bad input."""
 from __future__ import annotations
 
 import smtplib
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,32 @@ def test_lmtp_next_hop_answers_per_recipient_after_the_content(
     assert (got.recipients, got.data) == (["bob@example.test"], data)
 
 
+def dying_lmtp_next_hop(listener: socket.socket) -> None:
+    """Takes one LMTP transaction for two recipients, answers for the first, then hangs up."""
+    connection, _ = listener.accept()
+    with connection, connection.makefile("rb") as lines:
+        connection.sendall(b"220 dying.test LMTP\r\n")
+        assert lines.readline().startswith(b"LHLO ")
+        connection.sendall(b"250-dying.test\r\n250 PIPELINING\r\n")
+        envelope = [lines.readline() for _ in range(4)]  # MAIL, RCPT, RCPT, DATA
+        assert envelope[-1] == b"DATA\r\n", envelope
+        connection.sendall(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        while lines.readline() != b".\r\n":
+            pass
+        connection.sendall(b"250 2.0.0 first delivered\r\n")
+
+
+def test_lmtp_next_hop_dying_between_answers_defers_the_unanswered(start: Callable[..., ServiceThread]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)
+        next_hop = threading.Thread(target=dying_lmtp_next_hop, args=(listener,), daemon=True)
+        next_hop.start()
+        front = start(lmtpd([], "127.0.0.1", 0, next_hop=lmtp_relay("127.0.0.1", listener.getsockname()[1])))
+        replies = lmtp(front.port, ["bob@example.test", "carol@example.test"], message("dying"))
+        next_hop.join(30)
+    assert codes(replies) == [250, 451], replies
+
+
 def test_smtpd_over_an_lmtp_next_hop_answers_once(start: Callable[..., ServiceThread], next_hop: PickyServer) -> None:
     downstream = start(
         lmtpd({r"^carol@": [HELLO], "default": []}, "127.0.0.1", 0, next_hop=("127.0.0.1", next_hop.port)),
@@ -330,7 +358,7 @@ def test_client_hanging_up_inside_data_delivers_nothing(
 ) -> None:
     flt = start(lmtpd([], "127.0.0.1", 0, next_hop=("127.0.0.1", next_hop.port)))
     payload = b"LHLO c\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nSubject: cut\r\n\r\npartial"
-    with smtplib.socket.create_connection(("127.0.0.1", flt.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", flt.port), timeout=10) as sock:
         sock.sendall(payload)
         sock.recv(65536)
     assert codes(lmtp(flt.port, ["b@example.test"], message("after"))) == [250]  # still serving
