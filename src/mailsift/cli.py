@@ -496,36 +496,36 @@ def sgfilter(
 
     from mailsift import sgfilter_client as sg
 
-    spool = sg.read_input(sys.stdin.buffer, max_size)
-    too_big = sg.size_of(spool) > max_size
-    answer: sg.Answer | None = None
-    if too_big:
-        _say("sgfilter", f"message over {max_size} bytes: not scanned")
-        output: bytes | None = None
-    else:
-        message = spool.read()
-        from_line, content = sg.split_from_line(message)
-        sender = sender or sg.from_line_sender(from_line)
-        rcpts = list(recipients) or [getpass.getuser()]
-        try:
-            answer = sg.ask(host, port, sender, rcpts, content, timeout)
-        except sg.NoVerdict as error:
-            _say("sgfilter", f"no verdict: {error}")
-        if answer is not None and (verbose or not answer.delivers):
-            _say("sgfilter", f"from=<{sender}> to={','.join(f'<{r}>' for r in rcpts)} answer={answer.describe()}")
-        output = from_line + answer.message if answer is not None and answer.delivers else message
-    code = sg.sgfilter_exit(answer, too_big=too_big, safe=safe)
-    try:
-        if output is None:
-            spool.seek(0)
-            while chunk := spool.read(256 * 1024):
-                sys.stdout.buffer.write(chunk)
+    with sg.read_input(sys.stdin.buffer, max_size) as spool:
+        too_big = sg.size_of(spool) > max_size
+        answer: sg.Answer | None = None
+        if too_big:
+            _say("sgfilter", f"message over {max_size} bytes: not scanned")
+            output: bytes | None = None
         else:
-            sys.stdout.buffer.write(output)
-        sys.stdout.buffer.flush()
-    except OSError as error:
-        _say("sgfilter", f"cannot write the message: {error.strerror or error}")
-        code = sg.SG_TEMPFAIL
+            message = spool.read()
+            from_line, content = sg.split_from_line(message)
+            sender = sender or sg.from_line_sender(from_line)
+            rcpts = list(recipients) or [getpass.getuser()]
+            try:
+                answer = sg.ask(host, port, sender, rcpts, content, timeout)
+            except sg.NoVerdict as error:
+                _say("sgfilter", f"no verdict: {error}")
+            if answer is not None and (verbose or not answer.delivers):
+                _say("sgfilter", f"from=<{sender}> to={','.join(f'<{r}>' for r in rcpts)} answer={answer.describe()}")
+            output = from_line + answer.message if answer is not None and answer.delivers else message
+        code = sg.sgfilter_exit(answer, too_big=too_big, safe=safe)
+        try:
+            if output is None:
+                spool.seek(0)
+                while chunk := spool.read(256 * 1024):
+                    sys.stdout.buffer.write(chunk)
+            else:
+                sys.stdout.buffer.write(output)
+            sys.stdout.buffer.flush()
+        except OSError as error:
+            _say("sgfilter", f"cannot write the message: {error.strerror or error}")
+            code = sg.SG_TEMPFAIL
     sys.exit(code)
 
 
@@ -591,7 +591,7 @@ def qmail_queue(host: str, port: int, timeout: float, max_size: int, safe: bool,
         if answer.delivers:
             log(f"{who} answer={answer.describe()}: queued")
             sg.exec_qmail_queue(real_queue, answer.message, envelope.raw)
-        if safe and code in (sg.QQ_TEMPORARILY_REJECTED, sg.QQ_COMMUNICATION_FAILED):
+        if safe and (code in (sg.QQ_TEMPORARILY_REJECTED, sg.QQ_COMMUNICATION_FAILED) or answer.status == sg.TOO_BIG):
             log(f"{who} answer={answer.describe()}: queued unscanned (--safe)")
             sg.exec_qmail_queue(real_queue, message, envelope.raw)
         verb = "dropped" if answer.status == sg.DROP else "not queued"

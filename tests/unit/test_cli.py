@@ -236,3 +236,27 @@ def test_scan_and_scan_mailbox_give_the_same_verdict(runner: CliRunner, tmp_path
     assert from_file.pop("time") >= 0
     assert from_box == from_file
     assert from_box["name"] == "EICAR-Test"
+
+
+# --------------------------------------------------------------------------- sgfilterd clients
+
+
+def test_help_lists_the_sgfilterd_clients() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "sgfilter " in result.output
+    assert "qmail-queue " in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        ("sgfilter", ["0 ", "1 ", "3 ", "2 ", "65 ", "75 "]),
+        ("qmail-queue", ["0 ", "11 ", "31 ", "53 ", "54 ", "71 ", "72 ", "73 ", "74 ", "81 ", "91 "]),
+    ],
+)
+def test_client_help_documents_every_exit_code(command: str, codes: list[str]) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0
+    documented = [line.split()[0] + " " for line in result.output.splitlines() if line[:6].strip().isdigit()]
+    assert documented == codes

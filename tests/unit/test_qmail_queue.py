@@ -355,3 +355,12 @@ class _one_shot_server:  # used as a context manager, reads like a function
     def __exit__(self, *exc: object) -> None:
         self.thread.join(30)
         self.sock.close()
+
+
+def test_safe_on_the_daemons_size_limit(
+    make_daemon: Callable[..., ServiceThread], qmail_queue: Callable[..., Run]
+) -> None:
+    daemon = make_daemon([EICAR_SCAN], max_size=2048)
+    big = CLEAN + b"x" * 5000 + b"\r\n"
+    run = qmail_queue(daemon.port, big, ENVELOPE, "--safe")
+    assert (run.code, run.received) == (0, [(big, ENVELOPE)])
