@@ -6,8 +6,13 @@ Time is the scanner's ``clock``, set by each test: no test waits or measures.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
-import sqlite3
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,9 +47,56 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    database = db.sqlite()
+PG_BIN = "/usr/local/bin" if os.path.exists("/usr/local/bin/initdb") else "/usr/lib/postgresql/15/bin"
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A private PostgreSQL on a Unix socket in a temporary directory; yields its base URL."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed")
+    if not os.path.exists(f"{PG_BIN}/initdb") or os.geteuid() != 0:
+        pytest.skip("PostgreSQL's initdb (run as the postgres user) is needed")
+    owner = pwd.getpwnam("postgres")
+    where = tempfile.mkdtemp(prefix="mailsift-pg-")
+    os.chown(where, owner.pw_uid, owner.pw_gid)
+    port = str(55000 + os.getpid() % 1000)
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(
+            ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)], check=True, capture_output=True, timeout=60
+        )
+
+    options = f"\"-c listen_addresses='' -c unix_socket_directories={where} -c fsync=off -p {port}\""
+    try:
+        as_postgres(f"{PG_BIN}/initdb", "-D", f"{where}/data", "-A", "trust", "-U", "postgres", "--no-sync")
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{where}/data", "-w", "-l", f"{where}/log", "-o", options, "start")
+        yield f"postgresql+psycopg://postgres@/%s?host={where}&port={port}"
+    finally:
+        if os.path.exists(f"{where}/data/postmaster.pid"):
+            as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{where}/data", "-w", "-m", "fast", "stop")
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def fresh_postgres_database(base_url: str) -> str:
+    name = f"greylist_{next(_numbers)}"
+    admin = db.database(base_url % "postgres")
+    admin.configure("/")
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return base_url % name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        database = db.sqlite()
+    else:
+        database = db.database(fresh_postgres_database(request.getfixturevalue("postgres")))
     database.configure(str(tmp_path))
     yield database
     database.dispose()
@@ -68,10 +120,8 @@ def request(sender: str = "alice@sender.example", recipient: str = "bob@example.
 
 
 def rows(database: Database, table: str) -> list[tuple[Any, ...]]:
-    path = database.url.database
-    assert path is not None
-    with sqlite3.connect(path) as connection:
-        return connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    with database.engine.connect() as connection:
+        return [tuple(row) for row in connection.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2")]
 
 
 def defer_text(result: Any) -> str:
@@ -159,7 +209,8 @@ async def test_request_without_recipient_is_not_greylisted(database: Database, c
     result = await greylist(clock=clock).scan(target)
     assert not result.detected
     assert "not greylisted" in result.detail
-    assert not Path(str(database.url.database)).exists()  # the database was not even opened
+    with database.engine.connect() as connection:  # the scanner did not even create the tables
+        assert not database.engine.dialect.has_table(connection, "greylist")
 
 
 async def test_greylist_outside_the_policy_service_is_an_error() -> None:
@@ -352,6 +403,19 @@ def test_postgresql_url_needs_its_driver(tmp_path: Path) -> None:
         database.configure(str(tmp_path))
 
 
+async def test_postgresql_down_is_a_scanner_unavailable_error(clock: Clock) -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed")
+    with tempfile.TemporaryDirectory() as nowhere:  # no server listens on this socket directory
+        database = db.database(f"postgresql+psycopg://postgres@/x?host={nowhere}&port=5432", busy_timeout=2)
+        database.configure("/")
+        with pytest.raises(DatabaseError, match="connection"):
+            await greylist(clock=clock).scan(PolicyTarget(request(), database))
+        database.dispose()
+
+
 async def test_database_down_is_a_scanner_unavailable_error(tmp_path: Path, clock: Clock) -> None:
     database = db.sqlite(str(tmp_path / "missing-directory" / "x.db"))
     database.configure(str(tmp_path))
@@ -378,9 +442,9 @@ async def test_purge_removes_only_stale_rows(database: Database, clock: Clock) -
 RULES = GreylistRules(delay=0, retry_window=3600, max_age=86400, auto_whitelist=10**9)
 
 
-def _hammer(path: str, triplets: int, rounds: int) -> int:
+def _hammer(url: str, triplets: int, rounds: int) -> int:
     """Count ``rounds`` requests on each of ``triplets`` triplets; return how many were deferred."""
-    database = db.sqlite(path, busy_timeout=30)
+    database = db.database(url, busy_timeout=30)
     database.configure("/")
     deferred = 0
     for _ in range(rounds):
@@ -391,20 +455,18 @@ def _hammer(path: str, triplets: int, rounds: int) -> int:
     return deferred
 
 
-def test_concurrent_threads_and_processes_lose_no_increment(tmp_path: Path) -> None:
-    path = str(tmp_path / "race.db")
+def test_concurrent_threads_and_processes_lose_no_increment(database: Database) -> None:
+    url = database.url.render_as_string(hide_password=False)
     triplets, rounds, threads, processes = 5, 20, 4, 3
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool, ThreadPoolExecutor(threads) as executor:
-        remote = [pool.apply_async(_hammer, (path, triplets, rounds)) for _ in range(processes)]
-        local = [executor.submit(_hammer, path, triplets, rounds) for _ in range(threads)]
+        remote = [pool.apply_async(_hammer, (url, triplets, rounds)) for _ in range(processes)]
+        local = [executor.submit(_hammer, url, triplets, rounds) for _ in range(threads)]
         deferred = sum(r.get(120) for r in remote) + sum(f.result(120) for f in local)
     workers = threads + processes
     assert deferred == triplets  # exactly one first sighting per triplet, whoever got there first
-    with sqlite3.connect(path) as connection:
-        counts = connection.execute("SELECT deferred, passed FROM greylist").fetchall()
-        [(network_passes,)] = connection.execute("SELECT passed FROM auto_whitelist").fetchall()
-    assert counts == [(1, workers * rounds - 1)] * triplets
+    assert [row[5:] for row in rows(database, "greylist")] == [(1, workers * rounds - 1)] * triplets
+    [(_, _, _, network_passes)] = rows(database, "auto_whitelist")
     assert network_passes == triplets * (workers * rounds - 1)
 
 
