@@ -5,7 +5,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 ``tests/unit/test_exported_names.py``.
 """
 
-from mailsift.delivery import local_maildir, smtp_relay
+from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
@@ -21,6 +21,8 @@ from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.lmtpd import lmtpd
+from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
 
 __version__ = "0.1.0"
@@ -48,6 +50,8 @@ __all__ = [
     "drop",
     "file_magic",
     "file_type",
+    "lmtp_relay",
+    "lmtpd",
     "local_maildir",
     "match_all",
     "match_any",
@@ -64,6 +68,7 @@ __all__ = [
     "rename",
     "rspamd",
     "sender_regexp",
+    "sgfilterd",
     "smtp_relay",
     "smtpd",
     "spamassassind",

@@ -32,6 +32,8 @@ EXPORTED = {
     "drop",
     "file_magic",
     "file_type",
+    "lmtp_relay",
+    "lmtpd",
     "local_maildir",
     "match_all",
     "match_any",
@@ -48,6 +50,7 @@ EXPORTED = {
     "rename",
     "rspamd",
     "sender_regexp",
+    "sgfilterd",
     "smtp_relay",
     "smtpd",
     "spamassassind",
@@ -57,8 +60,8 @@ EXPORTED = {
     "trusted_clients",
 }
 
-SERVICES = {"smtpd", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
-SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay"} - SERVICES
+SERVICES = {"smtpd", "lmtpd", "sgfilterd", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
+SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay"} - SERVICES
 
 
 def test_all_is_exactly_the_config_surface() -> None:
