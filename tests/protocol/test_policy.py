@@ -341,6 +341,7 @@ def test_drain_closes_idle_connections(serve, client_of) -> None:
         ({"reject": "DEFER"}, "reject verb"),
         ({"on_error": "MAYBE later"}, "on_error"),
         ({"on_error": "DUNNO\nREJECT"}, "on_error"),
+        ({"on_error": "OK"}, "on_error"),  # before reject_unauth_destination: an open relay
         ({"timeout": 0}, "timeout"),
         ({"max_connections": 0}, "max_connections"),
     ],

@@ -56,7 +56,7 @@ MAX_ATTRIBUTES = 256
 TEXT_LIMIT = 512
 """Longest text in an answer."""
 
-_ACTION = re.compile(r"^(DUNNO|OK|DEFER_IF_PERMIT|DEFER_IF_REJECT|DEFER|REJECT|HOLD|DISCARD|[45]\d\d)( [^\r\n]*)?$")
+_ACTION = re.compile(r"^(DUNNO|DEFER_IF_PERMIT|DEFER_IF_REJECT|DEFER|REJECT|HOLD|DISCARD|[45]\d\d)( [^\r\n]*)?$")
 _DEFER_VERB = re.compile(r"^(DEFER_IF_PERMIT|DEFER|4\d\d( 4\.\d{1,3}\.\d{1,3})?)$")
 _REJECT_VERB = re.compile(r"^(REJECT|5\d\d( 5\.\d{1,3}\.\d{1,3})?)$")
 
