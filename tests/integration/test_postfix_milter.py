@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,10 +59,16 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway() -> Iterator[Gateway]:
     if os.geteuid() != 0:
         pytest.skip("a private Postfix master must run as root")
-    tmp = tmp_path_factory.mktemp("milter-e2e")
+    # Not under pytest's basetemp: any concurrent pytest run chmods /tmp/pytest-of-root back to 0700,
+    # which Postfix's unprivileged daemons then cannot traverse.
+    with tempfile.TemporaryDirectory(prefix="mailsift-milter-e2e-") as name:
+        yield from _gateway(Path(name))
+
+
+def _gateway(tmp: Path) -> Iterator[Gateway]:
     milter_port, inbound, reinject = free_port(), free_port(), free_port()
     config = tmp / "mailsift.conf.py"
     config.write_text(CONFIG.format(state=str(tmp / "state"), port=milter_port))

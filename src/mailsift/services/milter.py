@@ -387,8 +387,8 @@ class MilterSession:
                     self.writer.write(b"".join(answer))
                     await self.writer.drain()
                 self.last_active = loop.time()
-                if self.server.draining and not self.busy:
-                    return
+                if self.server.draining and command == mp.SMFIC_BODYEOB:
+                    return  # the message in flight got its answer; idle connections are closed by drain()
         except mp.ProtocolError as error:
             log.warning("%s: protocol error from the MTA, closing: %s", self.service.name, error)
         except ConnectionError:
