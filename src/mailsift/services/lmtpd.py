@@ -37,10 +37,10 @@ from aiosmtpd.smtp import Session, syntax
 
 from mailsift import replies
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
+from mailsift.mail import Mail
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.services.base import Settings
-from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, _Prototype, _Refuse, read_data, smtpd
+from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, read_data, smtpd
 
 log = logging.getLogger("mailsift.lmtpd")
 
@@ -192,6 +192,8 @@ class LMTPServer(SMTPServer):
     """One worker's running ``lmtpd``: smtpd's server with a mail path per scanner set."""
 
     service: lmtpd
+    session_class = LMTPSession
+    ident = "mailsift LMTP"
 
     def __init__(self, service: lmtpd, settings: Settings) -> None:
         super().__init__(service, settings)
@@ -206,36 +208,9 @@ class LMTPServer(SMTPServer):
                 return index
         return 0
 
-    def _protocol(self) -> asyncio.Protocol:
-        # SMTPServer._protocol with the LMTP session class
-        if len(self.sessions) >= self.service.max_connections or self.draining:
-            return _Refuse()
-        session = LMTPSession(
-            self,
-            data_size_limit=self.service.max_size,
-            enable_SMTPUTF8=True,
-            hostname=self.service.hostname or self.settings.hostname,
-            ident="mailsift LMTP",
-            timeout=self.service.timeout,
-        )
-        if self.prototype is None:
-            self.prototype = _Prototype(session)
-        return session
-
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         """Scan once per scanner set, deliver per group; the reply lines, one per RCPT, joined."""
-        xf = session_protocol.xforward
-        peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
-        env = Envelope(
-            sender=envelope.mail_from or "",
-            recipients=list(dict.fromkeys(envelope.rcpt_tos)),  # a repeated RCPT is delivered once
-            client_address=xf.get("ADDR", peer[0]),
-            client_name=xf.get("NAME", ""),
-            helo=xf.get("HELO", session.host_name or ""),
-            queue_id=xf.get("IDENT", "") or self._queue_id(),
-            protocol=xf.get("PROTO", "LMTP"),
-            mail_options=list(envelope.mail_options),
-        )
+        env = self.envelope_of(session_protocol, session, envelope, protocol="LMTP")
         groups: dict[int, list[str]] = {}
         for recipient in env.recipients:
             groups.setdefault(self.path_index(recipient), []).append(recipient)

@@ -404,15 +404,18 @@ class SMTPServer:
             return False
         return any(address in network for network in self.service.xforward_hosts)
 
+    session_class: type[FilterSMTP] = FilterSMTP
+    ident = "mailsift"
+
     def _protocol(self) -> asyncio.Protocol:
         if len(self.sessions) >= self.service.max_connections or self.draining:
             return _Refuse()
-        session = FilterSMTP(
+        session = self.session_class(
             self,
             data_size_limit=self.service.max_size,
             enable_SMTPUTF8=True,
             hostname=self.service.hostname or self.settings.hostname,
-            ident="mailsift",
+            ident=self.ident,
             timeout=self.service.timeout,
         )
         if self.prototype is None:
@@ -427,19 +430,25 @@ class SMTPServer:
         self._counter += 1
         return f"{self._id_prefix}-{self._counter}"
 
-    async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
+    def envelope_of(
+        self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope, *, protocol: str = ""
+    ) -> Envelope:
+        """The transaction's envelope, with the original client from XFORWARD when given."""
         xf = session_protocol.xforward
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
-        env = Envelope(
+        return Envelope(
             sender=envelope.mail_from or "",
-            recipients=list(envelope.rcpt_tos),
+            recipients=list(dict.fromkeys(envelope.rcpt_tos)),  # a repeated RCPT is delivered once
             client_address=xf.get("ADDR", peer[0]),
             client_name=xf.get("NAME", ""),
             helo=xf.get("HELO", session.host_name or ""),
             queue_id=xf.get("IDENT", "") or self._queue_id(),
-            protocol=xf.get("PROTO", "ESMTP" if session.extended_smtp else "SMTP"),
+            protocol=xf.get("PROTO", protocol or ("ESMTP" if session.extended_smtp else "SMTP")),
             mail_options=list(envelope.mail_options),
         )
+
+    async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        env = self.envelope_of(session_protocol, session, envelope)
         content = envelope.original_content or b""
         mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
         try:
