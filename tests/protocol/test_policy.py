@@ -16,8 +16,9 @@ import pytest
 
 from mailsift import db
 from mailsift.scanners.actions import deliver, drop, quarantine, reject
-from mailsift.scanners.basic import sender_regexp
-from mailsift.scanners.policy import client_network, greylist, recipient_regexp
+from mailsift.scanners.basic import const, sender_regexp
+from mailsift.scanners.client import client_network
+from mailsift.scanners.policy import greylist, recipient_regexp
 from mailsift.services.base import Settings
 from mailsift.services.policy import DEFAULT_ON_ERROR, LINE_LIMIT, MALFORMED, MAX_ATTRIBUTES, smtpd_policy
 from mailsift.testing import ServiceThread
@@ -152,7 +153,7 @@ def test_defer_verb_can_be_an_explicit_code(serve, client_of) -> None:
 def test_allow_list_answers_dunno_before_greylisting(serve, client_of) -> None:
     thread = serve(
         [
-            deliver(client_network([("Trusted", "192.0.2.0/24")])),
+            deliver(client_network("192.0.2.0/24", const(1.0, "Trusted"))),
             deliver(sender_regexp([("Partner", r"@partner\.example$")])),
             greylist(min=300),
         ]
@@ -166,7 +167,7 @@ def test_allow_list_answers_dunno_before_greylisting(serve, client_of) -> None:
 
 def test_deny_lists_reject_with_their_texts_and_verbs(serve, client_of) -> None:
     scanners = [
-        reject(client_network([("Blocked.Net", "203.0.113.0/24")]), message="Access denied: %V"),
+        reject(client_network("203.0.113.0/24", const(1.0, "Blocked.Net")), message="Access denied: %V"),
         sender_regexp([("Spammer", r"@spam\.example$")]),
         greylist(min=300),
     ]

@@ -6,8 +6,8 @@ request's attributes, and the service's database.  So envelope scanners such
 as ``sender_regexp`` and the operator algebra work unchanged, and the actions
 map onto policy answers (see :mod:`mailsift.services.policy`)::
 
-    deliver(client_network([('Trusted', '10.0.0.0/8')]))    # allow list: DUNNO, never greylisted
-    reject(sender_regexp([('Spammer', r'@spam\\.example$')])) # deny list: REJECT
+    deliver(client_network('10.0.0.0/8', const(1.0, 'Trusted')))  # allow list: DUNNO, never greylisted
+    reject(sender_regexp([('Spammer', r'@spam\\.example$')]))      # deny list: REJECT
     greylist(min=300, auto_whitelist=5, url='https://mail.example.com/greylisting.html')
 
 ``greylist`` keys its state by (client network, sender, recipient): the
@@ -92,52 +92,6 @@ def sender_key(sender: str) -> str:
 
 
 # --------------------------------------------------------------------------- scanners
-
-
-class client_network(Scanner):
-    """Detect by the client's address: ``client_network([('Blocked', '192.0.2.0/24', '2001:db8::/32')])``.
-
-    Each rule is a name and one or more networks; the first rule with a
-    network holding the client address gives the name.  Wrap it in
-    ``deliver(...)`` for an allow list or ``reject(...)`` for a deny list.
-    """
-
-    name = "client_network"
-
-    def __init__(self, rules: Sequence[Any]) -> None:
-        if isinstance(rules, dict):
-            rules = list(rules.items())
-        if not isinstance(rules, list | tuple) or not rules:
-            raise ConfigError(f"client_network: expected a non-empty list of (name, network, ...), got {rules!r}")
-        self.rules: list[tuple[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]]] = []
-        for rule in rules:
-            if not isinstance(rule, list | tuple) or len(rule) < 2 or not isinstance(rule[0], str):
-                raise ConfigError(f"client_network: each rule must be (name, network, ...), got {rule!r}")
-            networks = []
-            for item in rule[1:]:
-                for network in [item] if isinstance(item, str) else item:
-                    try:
-                        networks.append(ipaddress.ip_network(network, strict=False))
-                    except (ValueError, TypeError) as error:
-                        raise ConfigError(f"client_network: bad network {network!r}: {error}") from None
-            self.rules.append((rule[0], networks))
-
-    def describe(self) -> str:
-        return f"client_network([{', '.join(name for name, _ in self.rules)}])"
-
-    async def scan(self, target: Target) -> Result:
-        address = target.mail.envelope.client_address
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return Result(0.0, "", self.name, f"client address {address!r} is not an IP address")
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        for name, networks in self.rules:
-            for network in networks:
-                if ip.version == network.version and ip in network:
-                    return Result(1.0, name, self.name, f"client {ip} in {network}")
-        return Result(0.0, "", self.name)
 
 
 class recipient_regexp(Scanner):
