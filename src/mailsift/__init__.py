@@ -22,6 +22,7 @@ from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.lmtpd import lmtpd
+from mailsift.services.milter import milter
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
 
@@ -56,6 +57,7 @@ __all__ = [
     "match_all",
     "match_any",
     "max_file_size",
+    "milter",
     "mime_ext",
     "modify_subject",
     "nothing",

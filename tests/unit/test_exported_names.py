@@ -38,6 +38,7 @@ EXPORTED = {
     "match_all",
     "match_any",
     "max_file_size",
+    "milter",
     "mime_ext",
     "modify_subject",
     "nothing",
@@ -60,7 +61,7 @@ EXPORTED = {
     "trusted_clients",
 }
 
-SERVICES = {"smtpd", "lmtpd", "sgfilterd", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
+SERVICES = {"smtpd", "lmtpd", "sgfilterd", "milter", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay"} - SERVICES
 
 
