@@ -35,9 +35,15 @@ apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   # Postfix: no configuration dialog and no system instance started; tests run private instances.
   echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  # PostgreSQL: the tests run private servers; no system cluster is created or started.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    as_root mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
   as_root apt-get update -q >/dev/null
   # shellcheck disable=SC2086
-  as_root apt-get install -y -q --no-install-recommends $missing >/dev/null
+  as_root apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef \
+    -o Dpkg::Options::=--force-confold $missing >/dev/null
 }
 
 PYTHON=${PYTHON:-python3}
@@ -48,8 +54,9 @@ packages=(ca-certificates libarchive13 libmagic1 clamav-daemon clamav spamassass
 if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; }; then
   packages+=(python3 python3-venv)
 fi
-# tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest
-[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest)
+# tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest,
+# PostgreSQL (the policy tests run a private server; no system cluster is created)
+[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

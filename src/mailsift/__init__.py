@@ -5,6 +5,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 ``tests/unit/test_exported_names.py``.
 """
 
+from mailsift import db
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
@@ -19,10 +20,12 @@ from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
+from mailsift.scanners.policy import greylist, recipient_regexp
 from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
+from mailsift.services.policy import smtpd_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
 
@@ -46,11 +49,13 @@ __all__ = [
     "cmd",
     "cmd_clamav",
     "const",
+    "db",
     "decompress",
     "deliver",
     "drop",
     "file_magic",
     "file_type",
+    "greylist",
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
@@ -64,6 +69,7 @@ __all__ = [
     "office_macros",
     "parsemail",
     "quarantine",
+    "recipient_regexp",
     "recover",
     "regexp_scan",
     "reject",
@@ -73,6 +79,7 @@ __all__ = [
     "sgfilterd",
     "smtp_relay",
     "smtpd",
+    "smtpd_policy",
     "spamassassind",
     "spamd_daemon",
     "string_scan",

@@ -58,17 +58,13 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from mailsift.errors import ConfigError, ScannerUnavailable
+from mailsift.errors import ConfigError, DatabaseError
 
 T = TypeVar("T")
 
 DEFAULT_FILENAME = "mailsift.db"
 SUPPORTED = ("sqlite", "postgresql")
 """Dialects with ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` (atomic upserts)."""
-
-
-class DatabaseError(ScannerUnavailable):
-    """The database could not be reached or refused a statement."""
 
 
 # --------------------------------------------------------------------------- schema

@@ -7,6 +7,7 @@
     ├── ScannerError                a scanner could not give a verdict -> 451
     │   ├── ScannerTimeout          ... because it ran out of time
     │   └── ScannerUnavailable      ... because its daemon is down / unreachable
+    │       └── DatabaseError       ... the database (policy state)
     ├── DeliveryError               the next hop could not take the message -> 451
     │   ├── DeliveryDeferred        ... it answered 4xx
     │   └── DeliveryRejected        ... it answered 5xx (permanent) -> 554
@@ -65,6 +66,10 @@ class ScannerTimeout(ScannerError):
 
 class ScannerUnavailable(ScannerError):
     """A scanner's daemon could not be reached."""
+
+
+class DatabaseError(ScannerUnavailable):
+    """The database (greylisting state) could not be reached or refused a statement."""
 
 
 class DeliveryError(MailsiftError):

@@ -27,11 +27,13 @@ EXPORTED = {
     "cmd",
     "cmd_clamav",
     "const",
+    "db",
     "decompress",
     "deliver",
     "drop",
     "file_magic",
     "file_type",
+    "greylist",
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
@@ -45,6 +47,7 @@ EXPORTED = {
     "office_macros",
     "parsemail",
     "quarantine",
+    "recipient_regexp",
     "recover",
     "regexp_scan",
     "reject",
@@ -54,6 +57,7 @@ EXPORTED = {
     "sgfilterd",
     "smtp_relay",
     "smtpd",
+    "smtpd_policy",
     "spamassassind",
     "spamd_daemon",
     "string_scan",
@@ -61,8 +65,18 @@ EXPORTED = {
     "trusted_clients",
 }
 
-SERVICES = {"smtpd", "lmtpd", "sgfilterd", "milter", "chroot_execvp", "chroot_execvpe", "clamd_daemon", "spamd_daemon"}
-SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay"} - SERVICES
+SERVICES = {
+    "smtpd",
+    "lmtpd",
+    "sgfilterd",
+    "milter",
+    "smtpd_policy",
+    "chroot_execvp",
+    "chroot_execvpe",
+    "clamd_daemon",
+    "spamd_daemon",
+}
+SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES
 
 
 def test_all_is_exactly_the_config_surface() -> None:
