@@ -201,17 +201,19 @@ class Database:
         )
 
     def setup(self) -> None:
-        """Create the tables that are missing (safe when several workers race to do it)."""
+        """Bring the schema up to date (Alembic, :mod:`mailsift.migrations`), once per process.
+
+        The upgrade runs in one transaction under a lock (SQLite's BEGIN
+        IMMEDIATE, PostgreSQL's advisory lock): workers and gateways starting
+        together take turns, and the later ones find nothing left to do.
+        """
         engine = self.engine
         if self._ready:
             return
-        try:
-            with engine.begin() as connection:
-                metadata.create_all(connection, checkfirst=True)
-        except SQLAlchemyError:
-            # PostgreSQL: another worker created them between the check and the CREATE.
-            with engine.begin() as connection:
-                metadata.create_all(connection, checkfirst=True)
+        from mailsift import migrations
+
+        with engine.begin() as connection:
+            migrations.upgrade(connection)
         self._ready = True
 
     def call(self, function: Callable[..., T], *args: Any) -> T:
