@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.errors import ConfigError
+from mailsift.hooks import Hook
 from mailsift.scanners.base import Scanner
 from mailsift.services.base import Service, Settings
 from mailsift.services.daemon import Daemon
@@ -89,11 +90,20 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
     threshold = namespace.get("SPOOL_THRESHOLD", 1024 * 1024)
     if not isinstance(threshold, int) or threshold < 0:
         raise fail(f"SPOOL_THRESHOLD must be a number of bytes, got {threshold!r}")
+    hooks = namespace.get("HOOKS", [])
+    if not isinstance(hooks, list | tuple) or not all(isinstance(h, Hook) for h in hooks):
+        raise fail(f"HOOKS must be a list like [notify(...), archive(...)], got {hooks!r}")
     settings = Settings(
         state_dir=os.path.abspath(state_dir),
         smtp_server=namespace.get("SMTP_SERVER"),
         spool_threshold=threshold,
+        hooks=tuple(hooks),
     )
+    for hook in hooks:
+        try:
+            hook.check(settings)
+        except ConfigError as error:
+            raise fail(f"HOOKS: {hook.describe()}: {error.message}") from None
     seen: set[tuple[str, int]] = set()
     for service in services:
         try:

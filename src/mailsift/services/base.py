@@ -19,6 +19,7 @@ from typing import Any
 from mailsift.delivery import Delivery, resolve
 from mailsift.disposition import Disposer, Outcome
 from mailsift.errors import ConfigError
+from mailsift.hooks import run_hooks
 from mailsift.mail import Mail
 from mailsift.pipeline import Pipeline
 from mailsift.quarantine_store import QuarantineStore
@@ -38,6 +39,8 @@ class Settings:
     smtp_server: Any = None
     spool_threshold: int = 1024 * 1024
     hostname: str = socket.getfqdn()
+    hooks: tuple[Any, ...] = ()
+    """``HOOKS``: :class:`mailsift.hooks.Hook` objects run after each disposition."""
 
     @property
     def quarantine_dir(self) -> str:
@@ -124,6 +127,7 @@ class MailPath:
         started = time.monotonic()
         decision = await self.pipeline.evaluate(mail)
         outcome = await self.disposer.carry_out(mail, decision)
+        await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
         _log_line(mail, decision, str(outcome.reply.code), outcome.note, time.monotonic() - started)
         return decision, outcome
 
@@ -132,6 +136,8 @@ class MailPath:
         started = time.monotonic()
         decision = await self.pipeline.evaluate(mail)
         outcomes = await self.disposer.carry_out_each(mail, decision)
+        if outcomes:
+            await run_hooks(self.settings.hooks, mail, decision, next(iter(outcomes.values())), self.settings)
         codes = {outcome.reply.code for outcome in outcomes.values()}
         if len(codes) == 1:
             reply = str(codes.pop())
@@ -150,6 +156,10 @@ class MailPath:
         """
         for scanner in self.pipeline.scanners:
             await scanner.aclose(self._closed)
+        for hook in self.settings.hooks:
+            if id(hook) not in self._closed:
+                self._closed.add(id(hook))
+                await hook.close()
         await self.delivery.close()
 
 
