@@ -6,6 +6,8 @@ A config file is Python, as SAGATOR's ``config.py``::
     SCANNERS = [parsemail(attach_name([('Policy.Exe', r'\\.exe$')])), ...]
     SMTP_SERVER = ('127.0.0.1', 10025)
     STATE_DIR = '/var/lib/mailsift'
+    DATABASE = db.sqlite()           # STATE_DIR/mailsift.db; or db.database('postgresql+psycopg://...')
+    HOOKS = [...]                    # run after every disposition (notifications, archive, ...)
     SRV = [smtpd(SCANNERS, '127.0.0.1', 10024)]
 
 Any problem — a syntax error, a wrong argument, a missing name — becomes a
@@ -19,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from mailsift import db
 from mailsift.errors import ConfigError
 from mailsift.hooks import Hook
 from mailsift.scanners.base import Scanner
@@ -93,11 +96,21 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
     hooks = namespace.get("HOOKS", [])
     if not isinstance(hooks, list | tuple) or not all(isinstance(h, Hook) for h in hooks):
         raise fail(f"HOOKS must be a list like [notify(...), archive(...)], got {hooks!r}")
+    database = namespace.get("DATABASE")
+    if database is None:
+        database = db.sqlite()
+    if not isinstance(database, db.Database):
+        raise fail(f"DATABASE must be db.sqlite(...) or db.database('postgresql+psycopg://...'), got {database!r}")
+    try:
+        database.configure(os.path.abspath(state_dir))
+    except ConfigError as error:
+        raise fail(f"DATABASE: {error.message}") from None
     settings = Settings(
         state_dir=os.path.abspath(state_dir),
         smtp_server=namespace.get("SMTP_SERVER"),
         spool_threshold=threshold,
         hooks=tuple(hooks),
+        database=database,
     )
     for hook in hooks:
         try:

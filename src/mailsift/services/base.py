@@ -41,6 +41,9 @@ class Settings:
     hostname: str = socket.getfqdn()
     hooks: tuple[Any, ...] = ()
     """``HOOKS``: :class:`mailsift.hooks.Hook` objects run after each disposition."""
+    database: Any = None
+    """``DATABASE``: the :class:`mailsift.db.Database` for the quarantine index, logs,
+    policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
 
     @property
     def quarantine_dir(self) -> str:
