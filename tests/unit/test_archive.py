@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mailsift import config, maildir, quarantine, regexp_scan, reject
+from mailsift import config, quarantine, regexp_scan, reject
 from mailsift.archive import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.errors import ConfigError
 from mailsift.mail import Envelope, Mail
@@ -154,8 +154,8 @@ async def test_archive_copies_are_fsynced_in_tmp_then_renamed_into_new(
         real_rename(source, target)
 
     path = make_path(tmp_path, next_hop, [POLICY], archive())
-    monkeypatch.setattr(maildir.os, "fsync", fsync)
-    monkeypatch.setattr(maildir.os, "rename", rename)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
     await path.process(mail("a@example.com", "b@example.com"))
     await path.close()
     root = str(tmp_path / "state" / "archive")
