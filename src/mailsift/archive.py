@@ -32,8 +32,9 @@ actions (reject, drop, quarantine copies), so the following ``SCANNERS`` entries
 still run: a DLP hit never exempts a message from the virus scan.  Put the DLP
 scanners alone inside ``monitor`` (``monitor(r'^Policy\\.', clamd(dlp_socket))``),
 not the virus scanners, since inside it the first detection ends the scan, and
-keep ``monitor`` at the top level of an entry or under action wrappers (operators
-``+ | &`` build plain results and lose the mark).  ``header='X-Mailsift-Monitor'``
+keep ``monitor`` at the top level of an entry or under action wrappers, outside
+``parsemail``/``decompress`` (``monitor(r'^Policy\\.', parsemail(...))``):
+operators ``+ | &`` and the part walkers build plain results and lose the mark.  ``header='X-Mailsift-Monitor'``
 adds that header with the finding's name to the delivered copy; it is off by
 default because DLP is about outgoing mail, and a header naming the policy that
 fired tells the outside recipient what the monitor watches.

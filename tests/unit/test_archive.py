@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mailsift import config, quarantine, regexp_scan, reject
+from mailsift import add_header, config, parsemail, quarantine, regexp_scan, reject
 from mailsift.archive import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.errors import ConfigError
 from mailsift.mail import Envelope, Mail
@@ -312,3 +313,24 @@ def test_bad_arguments_are_config_errors(make: Any, message: str) -> None:
 def test_the_archive_may_not_share_the_quarantine_or_spool(tmp_path: Path, folder: str) -> None:
     with pytest.raises(ConfigError, match="overlaps"):
         archive(folder=folder).check(Settings(state_dir=str(tmp_path)))
+
+
+async def test_monitor_over_parsemail_and_under_an_action_wrapper(tmp_path: Path, next_hop: RecordingServer) -> None:
+    attachment = (
+        b"From: a@x.test\r\nSubject: report\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n"
+        b'--b\r\nContent-Type: text/csv; name="cards.csv"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+        + base64.encodebytes(b"name,card\r\nbob,4111-1111-1111-1111\r\n").replace(b"\n", b"\r\n")
+        + b"--b--\r\n"
+    )
+    assert b"4111" not in attachment  # only the decoded part shows it
+    scanners = [add_header("X-Checked", "%V", monitor(r"^Policy\.", parsemail(POLICY)))]
+    path = make_path(tmp_path, next_hop, scanners, archive(r"^nobody@"))
+    decision, outcome = await path.process(mail("a@x.test", "b@y.test", body=attachment))
+    await path.close()
+    assert outcome.reply.code == 250
+    assert next_hop.messages[0].data.startswith(b"X-Checked: DLP:Policy.CardNumber\r\n")
+    assert [f.monitored for f in monitored_findings(decision)] == ["Policy.CardNumber"]
+    assert "part 2 (cards.csv)" in decision.trail[0].detail
+    assert len(archived(tmp_path)) == 1
