@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from mailsift import maildir
 from mailsift.errors import ConfigError, StorageError
 from mailsift.hooks import Hook
-from mailsift.result import AddHeader, QuarantineCopy, Result, SetDisposition
+from mailsift.result import Action, AddHeader, QuarantineCopy, Result, SetDisposition
 from mailsift.scanners.base import Interscanner, Target
 from mailsift.scanners.basic import compile_text
 
@@ -101,7 +101,7 @@ class MonitoredResult(Result):
     monitored_level: float = 0.0
 
 
-def _not_blocking(action: Any) -> bool:
+def _not_blocking(action: Action) -> bool:
     return not isinstance(action, SetDisposition | QuarantineCopy)
 
 
@@ -145,7 +145,7 @@ class monitor(Interscanner):
         )
         actions = tuple(a for a in result.actions if _not_blocking(a))
         if self.header:
-            actions += (AddHeader(self.header, result.name),)
+            actions += (AddHeader(self.header, _clean(result.name)),)  # one line: no header injection
         note = "DLP monitor: let through"
         return MonitoredResult(
             0.0,
