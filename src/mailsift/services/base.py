@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailsift import logline
 from mailsift.delivery import Delivery, resolve
 from mailsift.disposition import Disposer, Outcome
 from mailsift.errors import ConfigError
@@ -128,6 +129,7 @@ class MailPath:
 
     async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
         started = time.monotonic()
+        logline.begin(mail, started)  # the log hooks' "time taken"
         decision = await self.pipeline.evaluate(mail)
         outcome = await self.disposer.carry_out(mail, decision)
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
@@ -137,6 +139,7 @@ class MailPath:
     async def process_each(self, mail: Mail) -> tuple[Decision, dict[str, Outcome]]:
         """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
         started = time.monotonic()
+        logline.begin(mail, started)
         decision = await self.pipeline.evaluate(mail)
         outcomes = await self.disposer.carry_out_each(mail, decision)
         if outcomes:
@@ -167,7 +170,12 @@ class MailPath:
 
 
 def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float) -> None:
-    """The one log line per message (per recipient group with lmtpd)."""
+    """The one log line per message (per recipient group with lmtpd), on Python's logging.
+
+    The qmail-scanner-format line, to syslog, a file or JSON lines, and the SQL
+    record come from the hooks of :mod:`mailsift.logline` (``log_syslog``,
+    ``log_file``, ``log_sql``).
+    """
     env = mail.envelope
     result = decision.result
     log.info(
