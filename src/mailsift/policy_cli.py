@@ -109,7 +109,7 @@ def policy_import(config_path: str | None, replace: bool, file: Any) -> None:
         _fail(f"{file.name}: {error.message}", 2)
     except UnicodeDecodeError as error:
         _fail(f"{file.name}: not UTF-8 text ({error.reason})", 2)
-    count = _run(config_path, import_simcontrol, entries, time.time(), replace=replace)
+    count = _run(config_path, import_simcontrol, entries, time.time(), replace)
     click.echo(f"imported {count} {'policy' if count == 1 else 'policies'} from {file.name}")
 
 

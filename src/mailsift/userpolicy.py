@@ -138,7 +138,7 @@ def resolve_database(database: Database | None) -> Database:
 # --------------------------------------------------------------------------- simcontrol settings
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SPLIT = re.compile(r"[,\s\"']+")
+_SPLIT = re.compile(r"[,\"'\r\n]+")
 _YES_NO = {"yes": True, "no": False}
 _KEY = re.compile(r"^[^\s:,@]*@?[^\s:,@]*$")
 _TEXT_VALUE = re.compile(r"^[^\s,=\"']{1,1024}$")
@@ -161,10 +161,10 @@ def parse_settings(text: str) -> dict[str, str]:
     """
     settings: dict[str, str] = {}
     for item in _SPLIT.split(text.strip()):
-        if not item:
-            continue
         name, equals, value = item.partition("=")
-        name = name.lower()
+        name, value = name.strip().lower(), value.strip()
+        if not name and not equals:
+            continue  # blanks between commas
         if not equals or not _NAME.match(name) or not value:
             raise ConfigError(f"bad setting {item!r}: expected name=value, e.g. clam=yes")
         settings[name] = _check_value(name, value)
@@ -391,7 +391,7 @@ def list_policies(connection: Connection, keys: Sequence[str] = ()) -> list[tupl
     return [(row.key, row.settings) for row in connection.execute(query)]
 
 
-def import_simcontrol(connection: Connection, entries: Sequence[PolicyLine], now: float, *, replace: bool) -> int:
+def import_simcontrol(connection: Connection, entries: Sequence[PolicyLine], now: float, replace: bool = False) -> int:
     """Store parsed simcontrol lines (in one transaction); ``replace`` drops the others first."""
     if replace:
         connection.execute(delete(user_policy_table))
