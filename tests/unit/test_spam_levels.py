@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsift import config
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.mail import Envelope, Mail
 from mailsift.result import Decision, Disposition, ModifySubject, QuarantineCopy, Result, SetDisposition
@@ -334,3 +335,19 @@ def test_spam_forward_arguments_and_check(tmp_path: Path) -> None:
         spam_forward("a@example.test").check(Settings(state_dir=str(tmp_path)))
     spam_forward("a@example.test", next_hop=("127.0.0.1", 10025)).check(Settings(state_dir=str(tmp_path)))
     assert spam_forward("a@example.test", True).describe() == "spam_forward(a@example.test, verbose)"
+
+
+def test_in_a_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.py"
+    head = (
+        "from mailsift import *\nfrom mailsift.scanners.spamlevels import spam_levels, spam_forward\n"
+        f"STATE_DIR = {str(tmp_path)!r}\n"
+        "SCANNERS = [spam_levels(spamassassind(['127.0.0.1', 783]), quarantine=2.1, delete=4.2, reject=True)]\n"
+        "HOOKS = [spam_forward('antispam@example.test', verbose=True)]\n"
+    )
+    path.write_text(head)
+    with pytest.raises(ConfigError, match="spam_forward needs a next hop"):
+        config.load(str(path))
+    path.write_text(head + "SMTP_SERVER = ('127.0.0.1', 10025)\n")
+    loaded = config.load(str(path))
+    assert [h.describe() for h in loaded.settings.hooks] == ["spam_forward(antispam@example.test, verbose)"]
