@@ -6,6 +6,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 """
 
 from mailsift import db
+from mailsift.archiving import archive, monitor
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
@@ -36,6 +37,7 @@ __all__ = [
     "Scanner",
     "add_header",
     "alternatives",
+    "archive",
     "attach_name",
     "bad_mime",
     "bogofilter",
@@ -65,6 +67,7 @@ __all__ = [
     "milter",
     "mime_ext",
     "modify_subject",
+    "monitor",
     "nothing",
     "office_macros",
     "parsemail",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mailsift import regexp_scan, reject
-from mailsift.archive import archive, monitor
+from mailsift.archiving import archive, monitor
 from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
 from mailsift.testing import RecordingServer, ServiceThread
@@ -143,6 +143,6 @@ def test_an_archive_failure_keeps_the_250(
     assert code == 250
     assert len(next_hop.messages) == 1
     assert any(
-        r.name == "mailsift.archive" and r.levelno == logging.ERROR and "NOT written" in r.getMessage()
+        r.name == "mailsift.archiving" and r.levelno == logging.ERROR and "NOT written" in r.getMessage()
         for r in caplog.records
     )

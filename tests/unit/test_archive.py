@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mailsift import add_header, config, parsemail, quarantine, regexp_scan, reject
-from mailsift.archive import MonitoredResult, archive, monitor, monitored_findings
+from mailsift.archiving import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.errors import ConfigError
 from mailsift.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
@@ -200,7 +200,7 @@ async def test_an_unwritable_archive_never_changes_the_reply(
     await path.close()
     assert outcome.reply.code == 250
     assert len(next_hop.messages) == 1  # delivered
-    errors = [r for r in caplog.records if r.name == "mailsift.archive" and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "mailsift.archiving" and r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "QFAIL archive copy NOT written" in errors[0].getMessage()
 
@@ -231,7 +231,7 @@ async def test_monitor_lets_a_matching_finding_through_logs_and_archives_it(
     assert "action=deliver reply=250" in lines[0]
     assert "name=DLP:Policy.CardNumber" in lines[0]
     assert any(
-        r.name == "mailsift.archive" and "QDLP archived DLP:Policy.CardNumber" in r.getMessage() for r in caplog.records
+        r.name == "mailsift.archiving" and "QDLP archived DLP:Policy.CardNumber" in r.getMessage() for r in caplog.records
     )
 
 
@@ -281,7 +281,7 @@ async def test_monitor_drops_the_inner_blocking_actions_only() -> None:
 def test_archive_and_monitor_in_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.py"
     path.write_text(
-        "from mailsift import *\nfrom mailsift.archive import archive, monitor\n"
+        "from mailsift import *\nfrom mailsift.archiving import archive, monitor\n"
         f"STATE_DIR = {str(tmp_path)!r}\n"
         "SCANNERS = [monitor(r'^Policy\\.', regexp_scan([('Policy.X', 'secret')]))]\n"
         "HOOKS = [archive(r'@example\\.com$', folder='archive/sales')]\n"

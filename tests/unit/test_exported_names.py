@@ -14,6 +14,7 @@ EXPORTED = {
     "Scanner",
     "add_header",
     "alternatives",
+    "archive",
     "attach_name",
     "bad_mime",
     "bogofilter",
@@ -43,6 +44,7 @@ EXPORTED = {
     "milter",
     "mime_ext",
     "modify_subject",
+    "monitor",
     "nothing",
     "office_macros",
     "parsemail",
@@ -76,7 +78,8 @@ SERVICES = {
     "clamd_daemon",
     "spamd_daemon",
 }
-SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES
+HOOKS = {"archive"}
+SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
 
 
 def test_all_is_exactly_the_config_surface() -> None:

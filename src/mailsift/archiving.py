@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from mailsift.result import Decision
     from mailsift.services.base import Settings
 
-log = logging.getLogger("mailsift.archive")
+log = logging.getLogger("mailsift.archiving")
 dlp_log = logging.getLogger("mailsift.dlp")
 
 BEGIN = "*** Qmail-Scanner Envelope Details Begin ***"
