@@ -1,6 +1,7 @@
 """Carries a :class:`~mailsift.result.Decision` out, in a safe order, then says what to answer.
 
-Order: quarantine copies (written and fsynced) → delivery downstream (the next
+Order: quarantine copies (written and fsynced, then indexed in the database:
+:meth:`~mailsift.quarantine_store.QuarantineStore.put`) → delivery downstream (the next
 hop said 2xx, or the Maildir files are fsynced) → only then the positive reply.
 Any failure on the way returns that error's reply (451, or 554 when the next
 hop refused permanently): the MTA keeps the message and nothing is lost.
