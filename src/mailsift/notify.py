@@ -406,12 +406,12 @@ class notify(Hook):
         message["Message-ID"] = email.utils.make_msgid("notify", domain=hostname)
         message["Auto-Submitted"] = "auto-replied"  # RFC 3834: nobody answers it
         message[NOTIFICATION_HEADER] = f"{notice.party}; queue_id={_clean(mail.envelope.queue_id, 60) or '-'}"
-        message["Content-Language"] = notice.language
         original = _MESSAGE_ID.search(mail.message_id or "")
         if notice.party == "sender" and original:
             message["In-Reply-To"] = original.group(0)
             message["References"] = original.group(0)
-        message.set_content(notice.body)
+        message.set_content(notice.body)  # clears Content-* headers: set ours after it
+        message["Content-Language"] = notice.language
         return message.as_bytes()
 
     async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
