@@ -23,6 +23,7 @@ from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.policy import greylist, recipient_regexp
 from mailsift.scanners.spam import rspamd, spamassassind
+from mailsift.scanners.spamlevels import spam_forward, spam_levels
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
@@ -83,6 +84,8 @@ __all__ = [
     "smtp_relay",
     "smtpd",
     "smtpd_policy",
+    "spam_forward",
+    "spam_levels",
     "spamassassind",
     "spamd_daemon",
     "string_scan",

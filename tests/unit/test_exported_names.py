@@ -60,6 +60,8 @@ EXPORTED = {
     "smtp_relay",
     "smtpd",
     "smtpd_policy",
+    "spam_forward",
+    "spam_levels",
     "spamassassind",
     "spamd_daemon",
     "string_scan",
@@ -78,7 +80,7 @@ SERVICES = {
     "clamd_daemon",
     "spamd_daemon",
 }
-HOOKS = {"archive"}
+HOOKS = {"archive", "spam_forward"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
 
 
