@@ -552,10 +552,11 @@ class log_sql(_LogHook):
     """Record each message in the ``maillog`` table (SAGATOR's ``log_sql``).
 
     ``db`` is the database (``DATABASE`` when not given).  Rows are written in
-    a worker thread in the background, so a slow or failing database never
-    delays or changes the reply; at most ``max_pending`` messages wait to be
-    written (more are dropped, with a warning), and :meth:`close` waits for
-    those pending (up to ``close_timeout`` seconds).
+    the background by one writer at a time, in order, in a worker thread (the
+    messages waiting by then go in one transaction), so a slow or failing
+    database never delays or changes the reply.  At most ``max_pending``
+    messages wait to be written (more are dropped, with a warning), and
+    :meth:`close` waits for them (up to ``close_timeout`` seconds).
     """
 
     name = "log_sql"
@@ -575,9 +576,11 @@ class log_sql(_LogHook):
             raise ConfigError(f"log_sql: max_pending must be a positive integer, got {max_pending!r}")
         self.db, self.max_pending, self.close_timeout = db, max_pending, close_timeout
         self._database: Database | None = db
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: list[list[dict[str, Any]]] = []
+        self._writing = 0
+        self._writer: asyncio.Task[None] | None = None
         self.dropped = 0
-        """Messages not logged because ``max_pending`` writes were waiting."""
+        """Messages not logged because ``max_pending`` were waiting."""
 
     def describe(self) -> str:
         return f"log_sql({self._database.describe() if self._database else 'DATABASE'})"
@@ -594,29 +597,33 @@ class log_sql(_LogHook):
         database = self._database or settings.database
         if database is None:
             raise ConfigError("log_sql: no database")
-        if len(self._pending) >= self.max_pending:
+        pending = len(self._queue) + self._writing
+        if pending >= self.max_pending:
             self.dropped += 1
-            pending, queue_id = len(self._pending), mail.envelope.queue_id or "-"
-            log.warning("log_sql: %d writes pending, queue_id=%s not logged", pending, queue_id)
+            log.warning("log_sql: %d writes pending, queue_id=%s not logged", pending, mail.envelope.queue_id or "-")
             return
-        rows = sql_rows(self.record(mail, decision, outcome))
-        task = asyncio.get_running_loop().create_task(self._write(database, rows))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append(sql_rows(self.record(mail, decision, outcome)))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_all(database))
 
-    @staticmethod
-    async def _write(database: Database, rows: list[dict[str, Any]]) -> None:
-        try:
-            await database.run(insert_rows, rows)
-        except MailsiftError as error:
-            log.warning("log_sql: queue_id=%s not logged: %s", rows[0]["queue_id"] or "-", error.message)
-        except Exception:
-            log.exception("log_sql: queue_id=%s not logged", rows[0]["queue_id"] or "-")
+    async def _write_all(self, database: Database) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            self._writing = len(batch)
+            queue_ids = ",".join(rows[0]["queue_id"] or "-" for rows in batch)
+            try:
+                await database.run(insert_rows, [row for rows in batch for row in rows])
+            except MailsiftError as error:
+                log.warning("log_sql: queue_id=%s not logged: %s", queue_ids, error.message)
+            except Exception:
+                log.exception("log_sql: queue_id=%s not logged", queue_ids)
+            finally:
+                self._writing = 0
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until the pending rows are written (or failed)."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer}, timeout=timeout)
 
     async def close(self) -> None:
         await self.flush(self.close_timeout)
