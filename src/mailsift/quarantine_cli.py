@@ -119,6 +119,7 @@ def _load(path: str | None) -> Config:
     if config.settings.database is None:  # config.load always sets one; a bare Settings may not
         click.echo("mailsift: the config has no DATABASE for the quarantine index", err=True)
         sys.exit(2)
+    click.get_current_context().call_on_close(config.settings.database.dispose)  # pooled connections
     return config
 
 

@@ -131,9 +131,18 @@ def _insert(connection: Connection, table: Table) -> Any:
     return postgresql_dialect.insert(table)
 
 
+def storable(value: str) -> str:
+    """Text any database takes: raw 8-bit bytes (surrogate escapes) read as UTF-8, bad ones
+    replaced, and no NUL (PostgreSQL refuses it) — a header must never make indexing fail."""
+    return (
+        value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\0", "\N{REPLACEMENT CHARACTER}")
+    )
+
+
 def add_entry(connection: Connection, entry: QuarantineEntry) -> bool:
     """Index ``entry`` unless its id is already there; True if this call added it."""
-    values = entry.as_dict()
+    values = {key: storable(value) if isinstance(value, str) else value for key, value in entry.as_dict().items()}
+    recipients = [storable(r) for r in entry.recipients]
     del values["recipients"]
     added = connection.execute(
         _insert(connection, quarantine_table)
@@ -143,10 +152,10 @@ def add_entry(connection: Connection, entry: QuarantineEntry) -> bool:
     ).first()
     if added is None:
         return False
-    if entry.recipients:
+    if recipients:
         connection.execute(
             quarantine_recipient_table.insert(),
-            [{"quarantine_id": entry.id, "position": i, "recipient": r} for i, r in enumerate(entry.recipients)],
+            [{"quarantine_id": values["id"], "position": i, "recipient": r} for i, r in enumerate(recipients)],
         )
     return True
 

@@ -246,3 +246,16 @@ async def test_locate_follows_a_file_moved_to_cur(database: Database, tmp_path: 
     assert locate(str(root), entry) == str(moved)
     moved.unlink()
     assert locate(str(root), entry) is None
+
+
+async def test_odd_bytes_and_nul_never_fail_indexing(database: Database, tmp_path: Path) -> None:
+    """Raw 8-bit headers and NUL (which PostgreSQL refuses) are stored readably, never an error."""
+    root = str(tmp_path / "q")
+    data = b"From: a@x.test\r\nSubject: Gr\xc3\xbc\xc3\x9fe \xff\x00end\r\n\r\nbody\r\n"
+    item = Mail(Envelope(sender="odd\udcff@x.test", recipients=["r\x00@y.test"]), data)
+    path = await QuarantineStore(root, database).put(item, "virus", VIRUS)
+    [entry] = database.call(find_entries, QuarantineFilter(), NOW)
+    assert entry.subject == "Grüße \ufffd\ufffdend"
+    assert entry.sender == "odd\ufffd@x.test"
+    assert entry.recipients == ("r\ufffd@y.test",)
+    assert read_original(path) == data

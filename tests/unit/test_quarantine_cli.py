@@ -1,0 +1,274 @@
+"""``mailsift quarantine``: list, show, release, delete, expire, reindex, on SQLite and PostgreSQL.
+
+The round trip (quarantine → list → release → the next hop has it → the
+release is recorded) runs on both databases.  Messages are quarantined by
+:meth:`QuarantineStore.put`, the step the gateway's Disposer takes; the next
+hop is a real SMTP server on loopback (:class:`mailsift.testing.RecordingServer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailsift import config as config_module
+from mailsift.config import Config
+from mailsift.mail import Envelope, Mail
+from mailsift.quarantine_cli import quarantine_group
+from mailsift.quarantine_index import RELEASED, QuarantineFilter, find_entries, get_entry
+from mailsift.quarantine_store import QuarantineStore, file_id, read_original, stored_files
+from mailsift.result import Result as ScanResult
+from mailsift.testing import RecordingServer, free_port
+from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+
+DAY = 86400.0
+
+CONFIG = """\
+from mailsift import *
+STATE_DIR = {state!r}
+SMTP_SERVER = ("127.0.0.1", {next_hop})
+DATABASE = {database}
+"""
+
+
+class Gateway:
+    """A config file, its loaded settings, and a way to quarantine as the gateway does."""
+
+    def __init__(self, tmp_path: Path, next_hop: int, database: str) -> None:
+        self.path = tmp_path / "mailsift.conf.py"
+        self.path.write_text(CONFIG.format(state=str(tmp_path / "state"), next_hop=next_hop, database=database))
+        self.config: Config = config_module.load(str(self.path))
+        self.settings = self.config.settings
+        self.root = self.settings.quarantine_dir
+
+    def quarantine(
+        self,
+        data: bytes,
+        *,
+        sender: str = "alice@sender.example",
+        recipients: tuple[str, ...] = ("bob@example.test",),
+        category: str = "virus",
+        age: float = 0.0,
+        index: bool = True,
+    ) -> str:
+        store = QuarantineStore(self.root, self.settings.database if index else None, clock=lambda: time.time() - age)
+        mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
+        path = asyncio.run(store.put(mail, category, ScanResult(1.0, "Test.Virus", "regexp_scan")))
+        return file_id(path)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        command, *rest = args
+        return CliRunner().invoke(quarantine_group, [command, "-c", str(self.path), *rest], env=env)
+
+    def entry(self, entry_id: str):  # type: ignore[no-untyped-def]
+        return self.settings.database.call(get_entry, entry_id)
+
+
+def message(subject: str = "Invoice", body: str = "VIRUS-SIGNATURE", extra: str = "") -> bytes:
+    return f"{extra}From: alice@sender.example\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\n{body}\r\n".encode()
+
+
+@pytest.fixture
+def next_hop() -> Iterator[RecordingServer]:
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway(request: pytest.FixtureRequest, tmp_path: Path, next_hop: RecordingServer) -> Iterator[Gateway]:
+    if request.param == "sqlite":
+        database = "db.sqlite()"
+    else:
+        database = f"db.database({fresh_database(request.getfixturevalue('postgres'), 'qcli')!r})"
+    instance = Gateway(tmp_path, next_hop.port, database)
+    yield instance
+    instance.settings.database.dispose()
+
+
+def test_round_trip_quarantine_list_release(gateway: Gateway, next_hop: RecordingServer) -> None:
+    data = message(extra="X-Mailsift-Checked: upstream\r\n")
+    entry_id = gateway.quarantine(data, recipients=("bob@example.test", "carol@example.test"))
+    listed = gateway.cli("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    assert row["id"] == entry_id
+    assert row["state"] == "held"
+    assert row["recipients"] == ["bob@example.test", "carol@example.test"]
+
+    released = gateway.cli("release", entry_id, "--by", "admin-ann")
+    assert released.exit_code == 0, released.output
+    assert f"{entry_id}: released by admin-ann" in released.stdout
+    [received] = next_hop.messages
+    assert received.sender == "alice@sender.example"
+    assert received.recipients == ["bob@example.test", "carol@example.test"]
+    assert received.data.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")  # the original, as received
+    assert b"X-Mailsift-Quarantine-Id" not in received.data
+    assert b"X-Envelope-To" not in received.data
+    entry = gateway.entry(entry_id)
+    assert (entry.state, entry.released_by, json.loads(entry.released_to)) == (
+        RELEASED,
+        "admin-ann",
+        ["bob@example.test", "carol@example.test"],
+    )
+    assert entry.released_at is not None
+    assert abs(entry.released_at - time.time()) < 3600  # a real time, recorded now (not a timing check)
+    assert json.loads(gateway.cli("list", "--json", "--state", "released").stdout)[0]["released_by"] == "admin-ann"
+
+    again = gateway.cli("release", entry_id)
+    assert again.exit_code == 1
+    assert "released already" in again.stderr
+    assert len(next_hop.messages) == 1
+    forced = gateway.cli("release", entry_id, "--force", "--to", "postmaster@example.test", "--by", "bo")
+    assert forced.exit_code == 0, forced.output
+    assert next_hop.messages[1].recipients == ["postmaster@example.test"]
+    assert gateway.entry(entry_id).released_by == "bo"
+
+
+def test_release_by_defaults_to_the_invoking_user(gateway: Gateway, next_hop: RecordingServer) -> None:
+    first, second = gateway.quarantine(message()), gateway.quarantine(message())
+    assert gateway.cli("release", first, env={"SUDO_USER": "", "LOGNAME": "operator7", "USER": "x"}).exit_code == 0
+    assert gateway.entry(first).released_by == "operator7"
+    assert gateway.cli("release", second, env={"SUDO_USER": "realadmin"}).exit_code == 0
+    assert gateway.entry(second).released_by == "realadmin"
+
+
+def test_release_to_another_next_hop(gateway: Gateway, next_hop: RecordingServer) -> None:
+    entry_id = gateway.quarantine(message("Grüße", "Körper"))
+    with RecordingServer() as other:
+        result = gateway.cli("release", entry_id, "--next-hop", f"127.0.0.1:{other.port}", "--by", "a")
+        assert result.exit_code == 0, result.output
+        assert len(other.messages) == 1
+        assert "8BITMIME" in " ".join(other.messages[0].mail_options).upper()
+    assert next_hop.messages == []
+
+
+def test_release_failing_downstream_records_nothing(gateway: Gateway, next_hop: RecordingServer) -> None:
+    entry_id = gateway.quarantine(message())
+    next_hop.data_reply = "554 5.7.1 no thanks"
+    result = gateway.cli("release", entry_id, "--by", "a")
+    assert result.exit_code == 1
+    assert "not released" in result.stderr
+    assert gateway.entry(entry_id).state == "held"
+    down = gateway.cli("release", entry_id, "--next-hop", f"127.0.0.1:{free_port()}", "--by", "a")
+    assert down.exit_code == 1
+    assert gateway.entry(entry_id).state == "held"
+    missing = gateway.cli("release", "20240101T000000-00000000", "--by", "a")
+    assert missing.exit_code == 1
+    assert "no quarantined message" in missing.stderr
+    assert gateway.cli("release", entry_id, "--next-hop", "nonsense").exit_code == 2
+
+
+def test_list_filters_and_table(gateway: Gateway) -> None:
+    old = gateway.quarantine(message("old one"), sender="boss@corp.example", age=40 * DAY)
+    spam = gateway.quarantine(message("spammy"), category="spam", recipients=("eve@other.test",), age=3 * DAY)
+    new = gateway.quarantine(message("brand new"), category="policy")
+
+    def ids(*args: str) -> list[str]:
+        result = gateway.cli("list", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [row["id"] for row in json.loads(result.stdout)]
+
+    assert ids() == [new, spam, old]
+    assert ids("--recipient", "EVE@other.test") == [spam]
+    assert ids("--recipient", "@example.test") == [new, old]
+    assert ids("--sender", "@corp.example") == [old]
+    assert ids("--category", "spam") == [spam]
+    assert ids("--older-than", "30d") == [old]
+    assert ids("--newer-than", "1w") == [new, spam]
+    assert ids("--older-than", "1d", "--newer-than", "168h") == [spam]
+    assert ids("--limit", "1") == [new]
+    table = gateway.cli("list")
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "TIME", "(UTC)"]
+    assert [line.split()[0] for line in lines[1:]] == [new, spam, old]
+    assert "Test.Virus (regexp_scan 1.00)" in lines[1]
+    assert lines[2].endswith("spammy")
+    bad = gateway.cli("list", "--older-than", "7 parsecs")
+    assert bad.exit_code == 2
+    assert "is not an age" in bad.output
+
+
+def test_show_headers_verdict_and_raw(gateway: Gateway) -> None:
+    data = message("=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "secret body")
+    entry_id = gateway.quarantine(data)
+    shown = gateway.cli("show", entry_id)
+    assert shown.exit_code == 0, shown.output
+    assert f"Id:         {entry_id}" in shown.stdout
+    assert "Verdict:    level=1.00 name=Test.Virus scanner=regexp_scan" in shown.stdout
+    assert "Subject:    Grüße" in shown.stdout
+    assert "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=" in shown.stdout  # the header block as stored
+    assert "secret body" not in shown.stdout
+    raw = gateway.cli("show", entry_id, "--raw")
+    assert raw.exit_code == 0
+    assert raw.stdout_bytes == data
+    assert gateway.cli("show", "nope").exit_code == 1
+
+
+def test_delete(gateway: Gateway) -> None:
+    keep, drop = gateway.quarantine(message()), gateway.quarantine(message())
+    result = gateway.cli("delete", drop)
+    assert result.exit_code == 0, result.output
+    assert gateway.entry(drop) is None
+    assert [file_id(f) for f in stored_files(gateway.root)] == [keep]
+    assert gateway.cli("delete", drop).exit_code == 1
+
+
+def test_expire_adopts_orphans_and_deletes_old_mail(gateway: Gateway) -> None:
+    old = gateway.quarantine(message("old"), age=40 * DAY)
+    young = gateway.quarantine(message("young"), age=20 * DAY)
+    orphan_old = gateway.quarantine(message("orphan old"), age=45 * DAY, index=False)
+    orphan_young = gateway.quarantine(message("orphan young"), age=DAY, index=False)
+    leftover = Path(gateway.root, "virus", "tmp", "123.M1P2Q3.host")
+    leftover.write_bytes(b"half a message")
+    fresh_leftover = leftover.with_name("124.M1P2Q3.host")
+    fresh_leftover.write_bytes(b"being written")
+    two_days_ago = time.time() - 2 * DAY
+    os.utime(leftover, (two_days_ago, two_days_ago))
+
+    result = gateway.cli("expire", "--older-than", "30d")
+    assert result.exit_code == 0, result.output
+    assert "expired 2 message(s)" in result.stdout
+    remaining = {e.id for e in gateway.settings.database.call(find_entries, QuarantineFilter(), time.time())}
+    assert remaining == {young, orphan_young}
+    assert {file_id(f) for f in stored_files(gateway.root)} == {young, orphan_young}
+    assert old not in remaining
+    assert orphan_old not in remaining
+    assert not leftover.exists()
+    assert fresh_leftover.exists()
+
+
+def test_reindex_adopts_orphans_reports_damage_and_missing_files(gateway: Gateway) -> None:
+    data = message("orphaned", extra="Return-Path: <forged@x.test>\r\n")
+    orphan = gateway.quarantine(data, recipients=("a@x.test", "b@x.test"), index=False)
+    indexed = gateway.quarantine(message())
+    lost = gateway.quarantine(message())
+    [lost_file] = [f for f in stored_files(gateway.root) if file_id(f) == lost]
+    os.unlink(os.path.join(gateway.root, lost_file))
+    foreign = Path(gateway.root, "virus", "new", "1.M1P1Q1_20240101T000000-0badf00d.host")
+    foreign.write_bytes(b"Subject: not ours\r\n\r\nhi\r\n")
+
+    result = gateway.cli("reindex")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"adopted {orphan}", "reindexed: 1 adopted, 1 unreadable, 1 missing"]
+    assert "not a quarantine file: virus/new/1.M1P1Q1_20240101T000000-0badf00d.host" in result.stderr
+    assert f"{lost}: indexed, but its file is missing" in result.stderr
+    entry = gateway.entry(orphan)
+    assert (entry.sender, entry.recipients, entry.subject, entry.size) == (
+        "alice@sender.example",
+        ("a@x.test", "b@x.test"),
+        "orphaned",
+        len(data),
+    )
+    [path] = [os.path.join(gateway.root, f) for f in stored_files(gateway.root) if file_id(f) == orphan]
+    assert read_original(path) == data
+    assert gateway.entry(indexed) is not None
+    again = gateway.cli("reindex")
+    assert again.stdout.splitlines()[-1] == "reindexed: 0 adopted, 1 unreadable, 1 missing"
