@@ -8,6 +8,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 from mailsift import db
 from mailsift.archiving import archive, monitor
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
+from mailsift.logline import log_file, log_sql, log_syslog
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
@@ -30,6 +31,7 @@ from mailsift.services.milter import milter
 from mailsift.services.policy import smtpd_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
+from mailsift.stamp import stamp
 
 __version__ = "0.1.0"
 
@@ -62,6 +64,9 @@ __all__ = [
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
+    "log_file",
+    "log_sql",
+    "log_syslog",
     "match_all",
     "match_any",
     "max_file_size",
@@ -88,6 +93,7 @@ __all__ = [
     "spam_levels",
     "spamassassind",
     "spamd_daemon",
+    "stamp",
     "string_scan",
     "time_limit",
     "trusted_clients",

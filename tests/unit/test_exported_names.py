@@ -38,6 +38,9 @@ EXPORTED = {
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
+    "log_file",
+    "log_sql",
+    "log_syslog",
     "match_all",
     "match_any",
     "max_file_size",
@@ -64,6 +67,7 @@ EXPORTED = {
     "spam_levels",
     "spamassassind",
     "spamd_daemon",
+    "stamp",
     "string_scan",
     "time_limit",
     "trusted_clients",
@@ -80,7 +84,7 @@ SERVICES = {
     "clamd_daemon",
     "spamd_daemon",
 }
-HOOKS = {"archive", "spam_forward"}
+HOOKS = {"archive", "spam_forward", "log_syslog", "log_file", "log_sql"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
 
 
