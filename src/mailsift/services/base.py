@@ -143,7 +143,11 @@ class MailPath:
         decision = await self.pipeline.evaluate(mail)
         outcomes = await self.disposer.carry_out_each(mail, decision)
         if outcomes:
-            await run_hooks(self.settings.hooks, mail, decision, next(iter(outcomes.values())), self.settings)
+            # Hooks see one outcome for the group: a positive one if any recipient got its
+            # copy (archive, notifications concern mail that went through), else the first.
+            positive = [o for o in outcomes.values() if o.reply.code < 400]
+            shown = positive[0] if positive else next(iter(outcomes.values()))
+            await run_hooks(self.settings.hooks, mail, decision, shown, self.settings)
         codes = {outcome.reply.code for outcome in outcomes.values()}
         if len(codes) == 1:
             reply = str(codes.pop())
