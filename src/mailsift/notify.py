@@ -115,7 +115,7 @@ _MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
 def suppression(mail: Mail, decision: Decision, silent_viruses: Iterable[str] = SILENT_VIRUSES) -> str:
     """Why no one may be notified about ``mail`` (empty string: notifying is allowed)."""
     sender = mail.envelope.sender.strip()
-    if not sender:
+    if sender in ("", "<>"):  # aiosmtpd hands the null sender on as "<>"
         return "null sender"
     local = sender.rpartition("@")[0] or sender
     if _AUTOMATIC_SENDER.fullmatch(local):
@@ -379,7 +379,7 @@ class notify(Hook):
         values = template_values(mail, decision, outcome, category, hostname)
         notices: list[Notice] = []
         env = mail.envelope
-        if "sender" in wanted:
+        if "sender" in wanted and env.sender.strip() not in ("", "<>"):  # never, whatever the rules say
             notices.append(self._render("sender", values, env.sender, [env.sender]))
         if "recipient" in wanted:
             for recipient in env.recipients[:MAX_RECIPIENT_NOTICES]:

@@ -79,6 +79,7 @@ EVERYONE = {"sender": True, "recipients": True, "admin": "postmaster@example.org
     ("sender", "expected"),
     [
         ("", "null sender"),
+        ("<>", "null sender"),
         ("MAILER-DAEMON@mx.example.net", "automatic sender"),
         ("MAILER-DAEMON", "automatic sender"),
         ("postmaster@example.net", "automatic sender"),
