@@ -25,6 +25,14 @@ from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.policy import greylist, recipient_regexp
 from mailsift.scanners.spam import rspamd, spamassassind
 from mailsift.scanners.spamlevels import spam_forward, spam_levels
+from mailsift.scanners.userpolicy import (
+    blacklisted,
+    listed,
+    policy_attach,
+    policy_enabled,
+    policy_spam_hits,
+    whitelisted,
+)
 from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
@@ -43,6 +51,7 @@ __all__ = [
     "archive",
     "attach_name",
     "bad_mime",
+    "blacklisted",
     "bogofilter",
     "cache",
     "chroot_execvp",
@@ -61,6 +70,7 @@ __all__ = [
     "file_magic",
     "file_type",
     "greylist",
+    "listed",
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
@@ -77,6 +87,9 @@ __all__ = [
     "nothing",
     "office_macros",
     "parsemail",
+    "policy_attach",
+    "policy_enabled",
+    "policy_spam_hits",
     "quarantine",
     "recipient_regexp",
     "recover",
@@ -97,4 +110,5 @@ __all__ = [
     "string_scan",
     "time_limit",
     "trusted_clients",
+    "whitelisted",
 ]

@@ -21,6 +21,7 @@ from mailsift.errors import ConfigError
 from mailsift.mail import Envelope, Mail
 from mailsift.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.pipeline import Pipeline
+from mailsift.policy_cli import lists, policy
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
 
@@ -604,6 +605,9 @@ def qmail_queue(host: str, port: int, timeout: float, max_size: int, safe: bool,
         log(f"internal error: {error!r} (exit {sg.QQ_INTERNAL_BUG})")
         sys.exit(sg.QQ_INTERNAL_BUG)
 
+
+main.add_command(policy)
+main.add_command(lists)
 
 if __name__ == "__main__":
     main()

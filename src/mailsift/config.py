@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from mailsift import db
+from mailsift import db, userpolicy
 from mailsift.errors import ConfigError
 from mailsift.hooks import Hook
 from mailsift.scanners.base import Scanner
@@ -105,6 +105,7 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
         database.configure(os.path.abspath(state_dir))
     except ConfigError as error:
         raise fail(f"DATABASE: {error.message}") from None
+    userpolicy.use_database(database)  # policy and list scanners given no db= use DATABASE
     settings = Settings(
         state_dir=os.path.abspath(state_dir),
         smtp_server=namespace.get("SMTP_SERVER"),

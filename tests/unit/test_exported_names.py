@@ -17,6 +17,7 @@ EXPORTED = {
     "archive",
     "attach_name",
     "bad_mime",
+    "blacklisted",
     "bogofilter",
     "cache",
     "chroot_execvp",
@@ -35,6 +36,7 @@ EXPORTED = {
     "file_magic",
     "file_type",
     "greylist",
+    "listed",
     "lmtp_relay",
     "lmtpd",
     "local_maildir",
@@ -51,6 +53,9 @@ EXPORTED = {
     "nothing",
     "office_macros",
     "parsemail",
+    "policy_attach",
+    "policy_enabled",
+    "policy_spam_hits",
     "quarantine",
     "recipient_regexp",
     "recover",
@@ -71,6 +76,7 @@ EXPORTED = {
     "string_scan",
     "time_limit",
     "trusted_clients",
+    "whitelisted",
 }
 
 SERVICES = {
