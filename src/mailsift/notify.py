@@ -46,6 +46,7 @@ catalogs in ``locale/`` (English, Slovak, Czech, German, Spanish).  The first
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import email.utils
 import gettext
@@ -415,20 +416,32 @@ class notify(Hook):
         return message.as_bytes()
 
     async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        """Send the notices due, one after the other, all within ``timeout`` seconds.
+
+        The MTA is still waiting for its answer, so a hanging next hop may not
+        hold the message longer than that: what is left is logged, not sent.
+        """
         queue_id = mail.envelope.queue_id or "-"
-        for notice in self.notices(mail, decision, outcome, settings.hostname):
-            data = self.message(notice, mail, settings.hostname)
-            envelope = Envelope(sender="", recipients=list(notice.to), queue_id=f"{queue_id}.notify")
-            try:
-                note = await self.delivery(settings).deliver(Mail(envelope, data), data)
-            except MailsiftError as error:
-                to = ",".join(notice.to)
-                log.warning(
-                    "queue_id=%s: %s notification to <%s> failed: %s", queue_id, notice.party, to, error.message
-                )
-            else:
-                to = ",".join(notice.to)
-                log.info("queue_id=%s: %s notified <%s> (%s): %s", queue_id, notice.party, to, notice.language, note)
+        pending = self.notices(mail, decision, outcome, settings.hostname)
+        try:
+            async with asyncio.timeout(self.timeout):
+                while pending:
+                    await self._send(pending[0], mail, settings, queue_id)
+                    pending.pop(0)
+        except TimeoutError:
+            unsent = len(pending)
+            log.warning("queue_id=%s: notifying took over %gs: %d notice(s) not sent", queue_id, self.timeout, unsent)
+
+    async def _send(self, notice: Notice, mail: Mail, settings: Settings, queue_id: str) -> None:
+        data = self.message(notice, mail, settings.hostname)
+        envelope = Envelope(sender="", recipients=list(notice.to), queue_id=f"{queue_id}.notify")
+        to = ",".join(notice.to)
+        try:
+            note = await self.delivery(settings).deliver(Mail(envelope, data), data)
+        except MailsiftError as error:
+            log.warning("queue_id=%s: %s notification to <%s> failed: %s", queue_id, notice.party, to, error.message)
+        else:
+            log.info("queue_id=%s: %s notified <%s> (%s): %s", queue_id, notice.party, to, notice.language, note)
 
     async def close(self) -> None:
         if self._delivery is not None:

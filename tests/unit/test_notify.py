@@ -7,6 +7,7 @@ import email.policy
 import gettext
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -437,3 +438,17 @@ async def test_a_failed_notification_is_logged_and_changes_nothing(
     settings = Settings(state_dir=str(tmp_path))
     await down.after(make_mail(), decided(), Outcome(decided().reply), settings)  # nothing listens: logged
     await down.close()
+
+
+async def test_a_hanging_next_hop_holds_the_message_at_most_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never greets
+        port = silent.getsockname()[1]
+        hook = notify("all", admin="postmaster@example.org", next_hop=("127.0.0.1", port), timeout=0.5)
+        with caplog.at_level(logging.INFO, logger="mailsift"):
+            await hook.after(make_mail(), decided(), Outcome(decided().reply), Settings(state_dir=str(tmp_path)))
+        await hook.close()
+    assert [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()] == [
+        "queue_id=Q1: notifying took over 0.5s: 3 notice(s) not sent"
+    ]
