@@ -449,6 +449,8 @@ async def test_a_hanging_next_hop_holds_the_message_at_most_timeout(
         with caplog.at_level(logging.INFO, logger="mailsift"):
             await hook.after(make_mail(), decided(), Outcome(decided().reply), Settings(state_dir=str(tmp_path)))
         await hook.close()
-    assert [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()] == [
-        "queue_id=Q1: notifying took over 0.5s: 3 notice(s) not sent"
-    ]
+    lines = [r.getMessage() for r in caplog.records]
+    (unsent,) = [int(m[1]) for line in lines if (m := re.search(r"took over 0.5s: (\d) notice\(s\) not sent", line))]
+    failed = [line for line in lines if "notification to <" in line and "failed" in line]
+    assert unsent >= 1
+    assert unsent + len(failed) == 3  # the SMTP timeout (the same 0.5s) may end the first one just before
