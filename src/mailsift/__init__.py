@@ -9,6 +9,7 @@ from mailsift import db
 from mailsift.archiving import archive, monitor
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
 from mailsift.logline import log_file, log_sql, log_syslog
+from mailsift.notifications import notify
 from mailsift.result import Result
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
@@ -85,6 +86,7 @@ __all__ = [
     "modify_subject",
     "monitor",
     "nothing",
+    "notify",
     "office_macros",
     "parsemail",
     "policy_attach",

@@ -22,6 +22,7 @@ from mailsift.mail import Envelope, Mail
 from mailsift.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.pipeline import Pipeline
 from mailsift.policy_cli import lists, policy
+from mailsift.quarantine_cli import quarantine_group
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
 
@@ -608,6 +609,7 @@ def qmail_queue(host: str, port: int, timeout: float, max_size: int, safe: bool,
 
 main.add_command(policy)
 main.add_command(lists)
+main.add_command(quarantine_group)
 
 if __name__ == "__main__":
     main()

@@ -18,18 +18,12 @@ import pytest
 
 from mailsift import regexp_scan, reject
 from mailsift.mail import Envelope, Mail
-from mailsift.notify import notify
+from mailsift.notifications import notify
 from mailsift.services.base import MailPath, Settings
 from mailsift.services.smtpd import smtpd
 from mailsift.testing import Received, RecordingServer, ServiceThread, free_port
 
 BADWORD = regexp_scan([("Bad-Word", "BADWORD")])
-
-SMTPD_REFUSES_NULL_SENDER = pytest.mark.xfail(
-    reason="services/smtpd.py answers MAIL FROM:<> with 501 (_plausible_address gets aiosmtpd's '<>'): "
-    "bounces and notifications cannot pass the filter yet",
-    strict=True,
-)
 
 
 @pytest.fixture
@@ -90,7 +84,6 @@ def test_notification_is_delivered_with_a_null_sender(state_dir: str, hop: Recor
     assert hop.messages[0].xforward.get("IDENT", "").endswith(".notify")  # the notice's own queue id
 
 
-@SMTPD_REFUSES_NULL_SENDER
 def test_notification_passes_through_the_filter_like_any_mail(state_dir: str, hop: RecordingServer) -> None:
     port = free_port()  # notices are sent back into the filter, as through an MTA that filters everything
     hook = notify(next_hop=("127.0.0.1", port))
@@ -103,7 +96,6 @@ def test_notification_passes_through_the_filter_like_any_mail(state_dir: str, ho
     assert parsed(notice)["Auto-Submitted"] == "auto-replied"
 
 
-@SMTPD_REFUSES_NULL_SENDER
 def test_a_notification_about_a_notification_is_never_sent_through_smtpd(
     state_dir: str, hop: RecordingServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -372,3 +372,12 @@ def test_next_hop_dying_after_the_content_is_a_tempfail_not_a_retry(
     assert [m.data for m in downstream.messages] == [message("first")]
     send(flt.port, message("third"))
     assert [m.data for m in downstream.messages] == [message("first"), message("third")]
+
+
+def test_null_sender_is_accepted_and_relayed_as_null(make_filter: Make, downstream: RecordingServer) -> None:
+    """Bounces and notifications come with MAIL FROM:<>; the next hop gets MAIL FROM:<> too."""
+    flt = make_filter([EICAR_SCAN])
+    payload = b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n" + message("bounce") + b".\r\nQUIT\r\n"
+    finals = [line[:3] for line in smtp_session_lines("127.0.0.1", flt.port, payload) if line[3:4] == " "]
+    assert finals == ["220", "250", "250", "250", "354", "250", "221"]
+    assert [m.sender for m in downstream.messages] == ["<>"]  # how aiosmtpd records MAIL FROM:<>

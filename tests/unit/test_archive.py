@@ -231,7 +231,8 @@ async def test_monitor_lets_a_matching_finding_through_logs_and_archives_it(
     assert "action=deliver reply=250" in lines[0]
     assert "name=DLP:Policy.CardNumber" in lines[0]
     assert any(
-        r.name == "mailsift.archiving" and "QDLP archived DLP:Policy.CardNumber" in r.getMessage() for r in caplog.records
+        r.name == "mailsift.archiving" and "QDLP archived DLP:Policy.CardNumber" in r.getMessage()
+        for r in caplog.records
     )
 
 

@@ -51,6 +51,7 @@ EXPORTED = {
     "modify_subject",
     "monitor",
     "nothing",
+    "notify",
     "office_macros",
     "parsemail",
     "policy_attach",
@@ -90,7 +91,7 @@ SERVICES = {
     "clamd_daemon",
     "spamd_daemon",
 }
-HOOKS = {"archive", "spam_forward", "log_syslog", "log_file", "log_sql"}
+HOOKS = {"archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
 
 

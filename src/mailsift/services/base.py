@@ -118,7 +118,7 @@ class MailPath:
                 "or deliver locally with next_hop=local_maildir('mail')"
             )
         self.delivery: Delivery = resolve(target, settings.state_dir)
-        self.disposer = Disposer(QuarantineStore(settings.quarantine_dir), self.delivery)
+        self.disposer = Disposer(QuarantineStore(settings.quarantine_dir, settings.database), self.delivery)
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
     def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:

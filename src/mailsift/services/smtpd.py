@@ -282,8 +282,12 @@ class Handler:
 
 
 def _plausible_address(address: str, *, allow_empty: bool) -> bool:
-    """Refuse what cannot be relayed safely: brackets, spaces, controls, overlong."""
-    if not address:
+    """Refuse what cannot be relayed safely: brackets, spaces, controls, overlong.
+
+    The null sender (``MAIL FROM:<>``, bounces and notifications) reaches the
+    hook as ``"<>"`` from aiosmtpd: it is plausible for MAIL only.
+    """
+    if not address or address == "<>":
         return allow_empty
     too_long = len(address) > 512
     return not (too_long or any(ch in '<>"\\' or not ch.isprintable() or ch.isspace() for ch in address))
@@ -437,7 +441,7 @@ class SMTPServer:
         xf = session_protocol.xforward
         peer = session.peer if isinstance(session.peer, tuple) else ("", 0)
         return Envelope(
-            sender=envelope.mail_from or "",
+            sender="" if envelope.mail_from in (None, "<>") else envelope.mail_from,  # aiosmtpd's null sender
             recipients=list(dict.fromkeys(envelope.rcpt_tos)),  # a repeated RCPT is delivered once
             client_address=xf.get("ADDR", peer[0]),
             client_name=xf.get("NAME", ""),

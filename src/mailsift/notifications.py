@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from mailsift.disposition import Outcome
     from mailsift.services.base import Settings
 
-log = logging.getLogger("mailsift.notify")
+log = logging.getLogger("mailsift.notifications")
 
 LANGUAGES = ("en", "sk", "cs", "de", "es")
 """The languages the shipped templates are translated to (English is the source)."""
