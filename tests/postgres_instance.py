@@ -1,9 +1,9 @@
 """A private PostgreSQL for tests: its own cluster on a Unix socket in a temporary directory.
 
 Debian's PostgreSQL 15 (``/usr/lib/postgresql/15/bin``) is run as the
-``postgres`` user with ``initdb``/``pg_ctl``; it listens on no TCP port, only
-on a socket in a directory made for it under /tmp (outside pytest's basetemp,
-which another run may make unreachable for other users).  Each test gets a
+``postgres`` user with ``initdb``/``pg_ctl``; it listens on a free loopback
+port (and a socket in a directory made for it under /tmp, outside pytest's
+basetemp, which another run may make unreachable for other users).  Each test gets a
 fresh database of its own (:func:`fresh_database`).
 
 Use the fixture by importing it into a test module (or a conftest)::
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from mailsift import db
+from mailsift.testing import free_port
 
 PG_BIN = "/usr/local/bin" if os.path.exists("/usr/local/bin/initdb") else "/usr/lib/postgresql/15/bin"
 _numbers = itertools.count()
@@ -63,13 +64,13 @@ class PostgresInstance:
         self.where = tempfile.mkdtemp(prefix="mailsift-pg-", dir="/tmp")
         os.chown(self.where, owner.pw_uid, owner.pw_gid)
         os.chmod(self.where, 0o755)
-        # The socket lives in our own directory, so the port only names the socket file.
-        port = "5432"
-        options = f"\"-c listen_addresses='' -c unix_socket_directories={self.where} -c fsync=off -p {port}\""
+        # A loopback TCP port, as a gateway would reach its database (and the socket in our directory).
+        port = str(free_port())
+        options = f'"-c listen_addresses=127.0.0.1 -c unix_socket_directories={self.where} -c fsync=off -p {port}"'
         data = f"{self.where}/data"
         self._as_postgres(f"{PG_BIN}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
         self._as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-l", f"{self.where}/log", "-o", options, "start")
-        self.base_url = f"postgresql+psycopg://postgres@/%s?host={self.where}&port={port}"
+        self.base_url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/%s"
         return self
 
     def stop(self) -> None:
