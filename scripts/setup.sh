@@ -55,8 +55,9 @@ if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 
   packages+=(python3 python3-venv)
 fi
 # tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest,
-# PostgreSQL (the policy tests run a private server; no system cluster is created)
-[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql)
+# PostgreSQL (the policy tests run a private server; no system cluster is created),
+# chromium (the web quarantine's browser tests, through Playwright)
+[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
