@@ -1,0 +1,130 @@
+"""``create_app``: the web quarantine's Starlette application.
+
+Middleware, outermost first: security headers on every answer (a strict
+Content-Security-Policy: no inline script, no remote loads, no framing;
+``nosniff``; no referrer, so signed links never leak; ``no-store``), the
+signed session cookie, then the user of the session.  Pages come from
+:mod:`mailsift.web.auth`, :mod:`mailsift.web.quarantine_views` and the
+``extra_routes`` of other modules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mailsift.services.base import Settings
+from mailsift.web import auth, quarantine_views
+from mailsift.web.templating import render, templates
+from mailsift.web.webconfig import WebConfig
+
+__all__ = ["SESSION_COOKIE", "create_app", "render", "templates"]
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+SESSION_COOKIE = "mailsift_session"
+
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` (and ``Cache-Control: no-store`` outside /static) to every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
+                if not static and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def home(request: Request) -> Response:
+    auth.require_user(request)
+    return RedirectResponse("/q/", status_code=303)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "Internal error."
+    return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    secret: str | bytes,
+    config: WebConfig | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    quarantine: bool = True,
+) -> Starlette:
+    """The web quarantine for ``settings`` (its DATABASE, quarantine and SMTP_SERVER).
+
+    ``secret`` signs the session cookies and message links; ``extra_routes``
+    are other modules' pages; ``quarantine=False`` leaves the quarantine
+    pages out (for other modules' tests).
+    """
+    config = config or WebConfig()
+    if settings.database is None:
+        raise ValueError("create_app: settings.database is required")
+    secret_text = secret.decode() if isinstance(secret, bytes) else secret
+    routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *auth.routes()]
+    if quarantine:
+        routes.extend(quarantine_views.routes())
+    routes.extend(extra_routes)
+    routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret_text,
+            session_cookie=SESSION_COOKIE,
+            max_age=int(config.idle_seconds),
+            same_site="lax",
+            https_only=config.secure_cookies,
+        ),
+        Middleware(auth.UserMiddleware, database=settings.database, config=config),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={auth.LoginRequired: auth.login_required_handler, HTTPException: http_error},
+    )
+    app.state.settings = settings
+    app.state.database = settings.database
+    app.state.web_config = config
+    app.state.secret = secret_text
+    return app

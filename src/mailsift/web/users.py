@@ -1,0 +1,320 @@
+"""Web quarantine users in the database: accounts, their addresses, login throttling.
+
+SAGATOR's ``webaccess`` table, with argon2 instead of CRYPT_MD5:
+
+* ``web_user`` — one row per login: the argon2 hash, the admin flag, the
+  preferences (language, rows per page) and a ``session_version`` that a
+  password change or deletion bumps, so every signed session cookie issued
+  before stops working (cookies cannot be recalled otherwise);
+* ``web_user_address`` — the addresses a user owns (one or more); the
+  quarantine pages show a user the messages addressed to these only;
+* ``web_login_throttle`` — failed logins counted per client address and per
+  login name, in the database so that every worker and every gateway sharing
+  it count together (a limit per worker process would be multiplied by the
+  number of workers).
+
+Every function takes a SQLAlchemy ``Connection`` (run through
+:meth:`mailsift.db.Database.call` or ``run``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import Column, Float, Index, Integer, Table, Text, case, delete, select, update
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Row
+
+from mailsift.db import metadata
+from mailsift.errors import ConfigError
+
+LANGUAGES = ("en", "cs", "de", "es", "sk")
+"""Languages a user may choose (those of mailsift's catalogs)."""
+ROWS_CHOICES = (10, 25, 50, 100, 200)
+DEFAULT_ROWS = 50
+MAX_LOGIN = 256
+MAX_ADDRESS = 320
+
+web_user_table = Table(
+    "web_user",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("login", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("is_admin", Integer, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("session_version", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+)
+"""One row per web login; ``login`` is stored lower-case."""
+
+web_user_address_table = Table(
+    "web_user_address",
+    metadata,
+    Column("user_id", Integer, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Index("ix_web_user_address_address", "address"),
+)
+"""The addresses (lower-case) each user owns."""
+
+web_login_throttle_table = Table(
+    "web_login_throttle",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_start", Float, nullable=False),
+)
+"""Failed logins per ``ip:<address>`` and ``login:<name>`` within the current window."""
+
+
+@dataclass(frozen=True)
+class User:
+    """A logged-in (or listed) web user, with everything the pages need."""
+
+    id: int
+    login: str
+    is_admin: bool
+    addresses: tuple[str, ...]
+    language: str = "en"
+    rows: int = DEFAULT_ROWS
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    """A user row with its secret parts (never handed to templates)."""
+
+    user: User
+    password_hash: str
+    session_version: int
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+@functools.cache
+def hasher() -> PasswordHasher:
+    """argon2id with argon2-cffi's default (RFC 9106 low-memory) parameters."""
+    return PasswordHasher()
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash to verify against when the login is unknown: same work, same time, same answer."""
+    return hasher().hash("mailsift-no-such-user")
+
+
+def hash_password(password: str) -> str:
+    if not password:
+        raise ConfigError("the password must not be empty")
+    return hasher().hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches; with ``None`` (unknown user) a dummy verify, then False."""
+    try:
+        ok = hasher().verify(password_hash or dummy_hash(), password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    return ok and password_hash is not None
+
+
+# --------------------------------------------------------------------------- names
+
+
+def normalize_login(login: str) -> str:
+    login = login.strip().lower()
+    if not login or len(login) > MAX_LOGIN or any(c.isspace() or ord(c) < 32 for c in login):
+        raise ConfigError(f"bad login {login!r}: a non-empty name without spaces")
+    return login
+
+
+def normalize_address(address: str) -> str:
+    address = address.strip().strip("<>").lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or len(address) > MAX_ADDRESS or any(c.isspace() for c in address):
+        raise ConfigError(f"bad address {address!r}: user@domain")
+    return address
+
+
+def convert_login(login: str, userconv: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    """SAGATOR's ``userconv``: the first rule whose regex matches the login name rewrites it."""
+    for pattern, replacement in userconv:
+        if pattern.search(login):
+            return pattern.sub(replacement, login, count=1)
+    return login
+
+
+def compile_userconv(rules: Sequence[tuple[str, str]]) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Check ``[(regex, replacement), ...]`` at config time; ConfigError if bad."""
+    compiled = []
+    for rule in rules:
+        if not isinstance(rule, tuple | list) or len(rule) != 2 or not all(isinstance(x, str) for x in rule):
+            raise ConfigError(f"userconv: each rule must be (regex, replacement), got {rule!r}")
+        try:
+            pattern = re.compile(rule[0])
+            pattern.sub(rule[1], "")  # a bad group reference in the replacement fails here
+        except (re.error, IndexError) as error:
+            raise ConfigError(f"userconv: bad rule {rule!r}: {error}") from None
+        compiled.append((pattern, rule[1]))
+    return tuple(compiled)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _addresses(connection: Connection, user_id: int) -> tuple[str, ...]:
+    a = web_user_address_table.c
+    return tuple(connection.execute(select(a.address).where(a.user_id == user_id).order_by(a.address)).scalars())
+
+
+def _stored(connection: Connection, row: Row[Any]) -> StoredUser:
+    addresses = _addresses(connection, row.id)
+    if "@" in row.login and row.login not in addresses:  # a login that is an address owns that address
+        addresses = (*addresses, row.login)
+    user = User(row.id, row.login, bool(row.is_admin), addresses, row.language, row.rows)
+    return StoredUser(user, row.password_hash, row.session_version)
+
+
+def find_user(connection: Connection, login: str) -> StoredUser | None:
+    """The user with ``login`` (already converted by userconv), or None."""
+    row = connection.execute(select(web_user_table).where(web_user_table.c.login == login.strip().lower())).first()
+    return None if row is None else _stored(connection, row)
+
+
+def load_user(connection: Connection, user_id: int) -> StoredUser | None:
+    row = connection.execute(select(web_user_table).where(web_user_table.c.id == user_id)).first()
+    return None if row is None else _stored(connection, row)
+
+
+def add_user(
+    connection: Connection,
+    login: str,
+    password_hash: str,
+    *,
+    is_admin: bool = False,
+    addresses: Sequence[str] = (),
+    now: float,
+) -> int:
+    """Create a user; ConfigError if the login exists. Returns the id."""
+    login = normalize_login(login)
+    if find_user(connection, login) is not None:
+        raise ConfigError(f"user {login!r} exists already")
+    user_id = connection.execute(
+        web_user_table.insert()
+        .values(
+            login=login,
+            password_hash=password_hash,
+            is_admin=int(is_admin),
+            language="en",
+            rows=DEFAULT_ROWS,
+            session_version=1,
+            created=now,
+        )
+        .returning(web_user_table.c.id)
+    ).scalar_one()
+    set_addresses(connection, user_id, addresses)
+    return int(user_id)
+
+
+def set_addresses(connection: Connection, user_id: int, addresses: Sequence[str]) -> None:
+    """Replace the user's addresses."""
+    clean = sorted({normalize_address(a) for a in addresses})
+    connection.execute(delete(web_user_address_table).where(web_user_address_table.c.user_id == user_id))
+    if clean:
+        connection.execute(web_user_address_table.insert(), [{"user_id": user_id, "address": a} for a in clean])
+
+
+def update_user(
+    connection: Connection,
+    login: str,
+    *,
+    password_hash: str | None = None,
+    is_admin: bool | None = None,
+    addresses: Sequence[str] | None = None,
+) -> bool:
+    """Change a user; a new password also ends every session of the user. False if no such user."""
+    stored = find_user(connection, normalize_login(login))
+    if stored is None:
+        return False
+    u = web_user_table.c
+    values: dict[str, object] = {}
+    if password_hash is not None:
+        values.update(password_hash=password_hash, session_version=u.session_version + 1)
+    if is_admin is not None:
+        values.update(is_admin=int(is_admin), session_version=u.session_version + 1)
+    if values:
+        connection.execute(update(web_user_table).where(u.id == stored.user.id).values(**values))
+    if addresses is not None:
+        set_addresses(connection, stored.user.id, addresses)
+    return True
+
+
+def delete_user(connection: Connection, login: str) -> bool:
+    stored = find_user(connection, normalize_login(login))
+    if stored is None:
+        return False
+    connection.execute(delete(web_user_address_table).where(web_user_address_table.c.user_id == stored.user.id))
+    connection.execute(delete(web_user_table).where(web_user_table.c.id == stored.user.id))
+    return True
+
+
+def list_users(connection: Connection) -> list[User]:
+    rows = connection.execute(select(web_user_table).order_by(web_user_table.c.login)).all()
+    return [_stored(connection, row).user for row in rows]
+
+
+def set_preferences(connection: Connection, user_id: int, language: str, rows: int) -> None:
+    if language not in LANGUAGES or rows not in ROWS_CHOICES:
+        raise ConfigError(f"bad preferences: language {language!r}, rows {rows!r}")
+    connection.execute(
+        update(web_user_table).where(web_user_table.c.id == user_id).values(language=language, rows=rows)
+    )
+
+
+# --------------------------------------------------------------------------- login throttling
+
+
+def _insert(connection: Connection) -> sqlite_dialect.Insert | postgresql_dialect.Insert:
+    if connection.dialect.name == "sqlite":
+        return sqlite_dialect.insert(web_login_throttle_table)
+    return postgresql_dialect.insert(web_login_throttle_table)
+
+
+def throttled(connection: Connection, keys: Sequence[tuple[str, int]], now: float, window: float) -> bool:
+    """Whether any ``(key, limit)`` has ``limit`` failures or more within the current window."""
+    t = web_login_throttle_table.c
+    for key, limit in keys:
+        row = connection.execute(select(t.failures, t.window_start).where(t.key == key)).first()
+        if row is not None and row.window_start > now - window and row.failures >= limit:
+            return True
+    return False
+
+
+def count_failure(connection: Connection, keys: Sequence[str], now: float, window: float) -> None:
+    """Count one failed login on every key (atomically; an old window starts over)."""
+    t = web_login_throttle_table.c
+    stale = t.window_start <= now - window
+    for key in keys:
+        connection.execute(
+            _insert(connection)
+            .values(key=key, failures=1, window_start=now)
+            .on_conflict_do_update(
+                index_elements=[t.key],
+                set_={
+                    "failures": case((stale, 1), else_=t.failures + 1),
+                    "window_start": case((stale, now), else_=t.window_start),
+                },
+            )
+        )
+
+
+def clear_failures(connection: Connection, keys: Sequence[str]) -> None:
+    connection.execute(delete(web_login_throttle_table).where(web_login_throttle_table.c.key.in_(list(keys))))
