@@ -56,8 +56,8 @@ def format_table(title: str, rows: list[Total]) -> list[str]:
     for row in rows:
         mean = row.scan_seconds / row.messages * 1000 if row.messages else 0.0
         name = "/".join(part or "-" for part in row.key)
-        seconds = f"{row.scan_seconds:.2f}"
-        lines.append((name, str(row.messages), str(row.recipients), human_bytes(row.bytes), seconds, f"{mean:.1f}"))
+        spent = f"{row.scan_seconds:.2f}"
+        lines.append((name, str(row.messages), str(row.recipients), human_bytes(row.bytes), spent, f"{mean:.1f}"))
     messages = sum(row.messages for row in rows)
     seconds = sum(row.scan_seconds for row in rows)
     lines.append(
