@@ -249,8 +249,8 @@ class Story:
 
     @property
     def verdict(self) -> str:
-        """Which scanner decided and why, e.g. ``regexp_scan: Bad-Word (level 1.00)``; ``clean`` if none."""
-        if not self.name and not self.scanner and self.level < 1.0:
+        """Which scanner decided and why, e.g. ``regexp_scan: Bad-Word (level 1.00)``; ``clean`` if none detected."""
+        if self.level < 1.0:
             return "clean"
         return f"{self.scanner or '-'}: {self.name or '-'} (level {self.level:.2f})"
 
