@@ -1,0 +1,209 @@
+"""The digest's one-click links: ``/link/release/<token>`` and ``/link/whitelist/<token>``.
+
+No login: the signed token (:mod:`mailsift.links`) is the authority, for one
+action on one message for one recipient, until it expires.  ``GET`` only shows
+what the link would do, with a button; the button ``POST``s (with the
+session's CSRF token, :func:`mailsift.web.auth.check_csrf`), so a mail
+scanner or a browser prefetching the link never releases anything.  After the
+action the answer redirects to the ``GET`` page (post/redirect/get), which
+from then on says the action was done: a second click, a reload or a second
+``POST`` never sends the message again.
+
+Release reuses :func:`mailsift.quarantine_cli.release` (to that recipient
+only, recorded as ``digest link <recipient>``); whitelisting uses
+:func:`mailsift.userpolicy.add_listed` on that recipient's own list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from mailsift import links
+from mailsift.db import Database
+from mailsift.errors import ConfigError, MailsiftError
+from mailsift.quarantine_cli import QuarantineProblem, release
+from mailsift.quarantine_index import QuarantineEntry, get_entry
+from mailsift.services.base import Settings
+from mailsift.userpolicy import add_listed, list_entries, normalize_value
+from mailsift.web.auth import check_csrf
+from mailsift.web.templating import render
+
+log = logging.getLogger("mailsift.web.links")
+
+MAX_FORM = 4096
+"""The confirmation form is one hidden field; anything larger is refused unread."""
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def _signer(request: Request) -> links.LinkSigner:
+    signer = getattr(request.app.state, "link_signer", None)
+    if signer is None:
+        signer = links.LinkSigner(request.app.state.secret)
+        request.app.state.link_signer = signer
+    return signer
+
+
+def _page(request: Request, status: int, **context: Any) -> Response:
+    return render(request, "links_page.html", {"status": status, **context}, status_code=status)
+
+
+async def _small_form(request: Request) -> FormData | None:
+    """The urlencoded form if it is small; None otherwise (Starlette's parser reads any size)."""
+    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+        return None
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > MAX_FORM:
+        return None
+    return await request.form(max_files=0, max_fields=8)
+
+
+def _recipient_of(entry: QuarantineEntry, recipient: str) -> bool:
+    return recipient.lower() in {r.lower() for r in entry.recipients}
+
+
+def _released_to(entry: QuarantineEntry, recipient: str) -> bool:
+    """Whether the index records a release to ``recipient`` (by a link, the CLI or webq)."""
+    if not entry.released_to:
+        return False
+    try:
+        targets = json.loads(entry.released_to)
+    except ValueError:
+        return False
+    return isinstance(targets, list) and recipient.lower() in {str(t).lower() for t in targets}
+
+
+def _summary(entry: QuarantineEntry | None) -> dict[str, Any]:
+    if entry is None:
+        return {}
+    return {"sender": entry.sender or "<>", "subject": entry.subject, "created": entry.created, "reason": entry.name}
+
+
+async def release_view(request: Request) -> Response:
+    """Confirm (GET) and carry out (POST) the release of one message to one recipient."""
+    try:
+        claim = _signer(request).verify(request.path_params["token"], links.RELEASE)
+    except links.LinkError as error:
+        return _page(request, 410 if error.reason == "expired" else 400, outcome=error.reason, action="release")
+    database = _database(request)
+    try:
+        entry = await database.run(get_entry, claim.entry_id)
+        state = await database.run(links.action_state, claim.entry_id, claim.recipient, links.RELEASE)
+    except MailsiftError as error:
+        log.warning("release link: %s", error.message)
+        return _page(request, 503, outcome="unavailable", action="release")
+    if entry is None or not _recipient_of(entry, claim.recipient):
+        return _page(request, 410, outcome="gone", action="release")
+    context = {"action": "release", "recipient": claim.recipient, **_summary(entry)}
+    if (state is not None and state.state == links.DONE) or _released_to(entry, claim.recipient):
+        done = request.method == "GET" and request.query_params.get("done") == "1"
+        when = state.done_at if state is not None and state.done_at else entry.released_at
+        return _page(request, 200, outcome="done" if done else "already", when=when, **context)
+    if request.method == "GET":
+        return _page(request, 200, outcome="confirm", **context)
+    check_csrf(request, await _small_form(request))
+    return await _release(request, entry, claim, context)
+
+
+async def _release(
+    request: Request, entry: QuarantineEntry, claim: links.LinkClaim, context: dict[str, Any]
+) -> Response:
+    database, now = _database(request), time.time()
+    try:
+        blocking = await database.run(links.claim, entry.id, claim.recipient, links.RELEASE, now)
+    except MailsiftError as error:
+        log.warning("release link %s: %s", entry.id, error.message)
+        return _page(request, 503, outcome="unavailable", **context)
+    if blocking is not None:
+        if blocking.state == links.DONE:
+            return RedirectResponse(request.url.path, status_code=303)
+        return _page(request, 409, outcome="busy", **context)
+    try:
+        await release(_settings(request), entry, recipients=[claim.recipient], by=f"digest link {claim.recipient}")
+    except (QuarantineProblem, MailsiftError, ConfigError) as error:
+        text = error.message if isinstance(error, MailsiftError | ConfigError) else str(error)
+        log.warning("release link %s to <%s> failed: %s", entry.id, claim.recipient, text)
+        await _quietly(database.run(links.unclaim, entry.id, claim.recipient, links.RELEASE))
+        return _page(request, 503, outcome="failed", **context)
+    await _quietly(database.run(links.finish, entry.id, claim.recipient, links.RELEASE, time.time()))
+    log.info("release link: %s released to <%s>", entry.id, claim.recipient)
+    return RedirectResponse(f"{request.url.path}?done=1", status_code=303)
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    """Bookkeeping after the mail was handled: a database failure is logged, not shown."""
+    try:
+        await step
+    except MailsiftError as error:
+        log.warning("release link bookkeeping: %s", error.message)
+
+
+async def whitelist_view(request: Request) -> Response:
+    """Confirm (GET) and add (POST) the sender to the recipient's own whitelist."""
+    try:
+        claim = _signer(request).verify(request.path_params["token"], links.WHITELIST)
+        sender = normalize_value("sender", claim.sender)
+    except links.LinkError as error:
+        return _page(request, 410 if error.reason == "expired" else 400, outcome=error.reason, action="whitelist")
+    except ConfigError:
+        return _page(request, 400, outcome="invalid", action="whitelist")
+    database = _database(request)
+    context = {"action": "whitelist", "recipient": claim.recipient, "sender": sender}
+    try:
+        listed = await database.run(_whitelisted, claim.recipient, sender)
+    except MailsiftError as error:
+        log.warning("whitelist link: %s", error.message)
+        return _page(request, 503, outcome="unavailable", **context)
+    if listed:
+        done = request.method == "GET" and request.query_params.get("done") == "1"
+        return _page(request, 200, outcome="done" if done else "already", **context)
+    if request.method == "GET":
+        return _page(request, 200, outcome="confirm", **context)
+    check_csrf(request, await _small_form(request))
+    try:
+        await database.run(_add_white, claim.recipient, sender)
+    except (MailsiftError, ConfigError) as error:
+        log.warning("whitelist link for <%s>: %s", claim.recipient, error.message)
+        return _page(request, 503, outcome="failed", **context)
+    log.info("whitelist link: <%s> whitelisted sender %s", claim.recipient, sender)
+    return RedirectResponse(f"{request.url.path}?done=1", status_code=303)
+
+
+def _whitelisted(connection: Any, owner: str, sender: str) -> bool:
+    return any(
+        e.list == "white" and e.field == "sender" and e.value == sender
+        for e in list_entries(connection, owner=owner, now=time.time())
+    )
+
+
+def _add_white(connection: Any, owner: str, sender: str) -> None:
+    add_listed(connection, "white", "sender", sender, owner=owner, comment="digest link", now=time.time())
+
+
+def routes() -> list[BaseRoute]:
+    """The link pages, for ``create_app(extra_routes=...)``."""
+    views: dict[str, Callable[[Request], Awaitable[Response]]] = {
+        links.RELEASE: release_view,
+        links.WHITELIST: whitelist_view,
+    }
+    return [
+        Route(f"{links.LINK_PREFIX}/{action}/{{token:str}}", view, methods=["GET", "POST"])
+        for action, view in views.items()
+    ]
