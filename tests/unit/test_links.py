@@ -1,0 +1,386 @@
+"""Signed one-click links: signing and verifying (tampered, expired, wrong secret, wrong action),
+the shared secret file, the idempotence claims (SQLite and PostgreSQL), and the link pages
+(confirm on GET, CSRF on POST, released once, replay answered "already released")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from itsdangerous import TimestampSigner
+from starlette.applications import Starlette
+
+from mailsift import config as config_module
+from mailsift import links
+from mailsift.config import Config
+from mailsift.mail import Envelope, Mail
+from mailsift.quarantine_index import RELEASED, get_entry
+from mailsift.quarantine_store import QuarantineStore, file_id
+from mailsift.result import Result as ScanResult
+from mailsift.testing import RecordingServer, free_port
+from mailsift.userpolicy import list_entries
+from mailsift.web.app import create_app
+from mailsift.web.links_views import routes
+from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+
+KEY = b"k" * 40
+NOW = 1_700_000_000.0
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def test_a_signed_link_verifies_to_its_claim() -> None:
+    signer = links.LinkSigner(KEY)
+    token = signer.sign(links.WHITELIST, "q1", "bob@example.test", sender="eve@spam.example", lifetime=3600, now=NOW)
+    claim = signer.verify(token, links.WHITELIST, now=NOW + 10)
+    assert claim == links.LinkClaim(links.WHITELIST, "q1", "bob@example.test", "eve@spam.example", NOW + 3600)
+    assert re.fullmatch(r"[A-Za-z0-9_.\-]+", token)  # safe in a URL path as it is
+
+
+def _flip(text: str, index: int) -> str:
+    return text[:index] + ("A" if text[index] != "A" else "B") + text[index + 1 :]
+
+
+def test_a_tampered_link_is_invalid() -> None:
+    signer = links.LinkSigner(KEY)
+    token = signer.sign(links.RELEASE, "q1", "bob@example.test", now=time.time())
+    payload, timestamp, signature = token.rsplit(".", 2)
+    for tampered in (_flip(token, 3), _flip(token, len(token) - 3), f"{payload}.{timestamp}.", token + "x"):
+        with pytest.raises(links.LinkError) as caught:
+            signer.verify(tampered, links.RELEASE)
+        assert caught.value.reason == "invalid"
+    # A payload rewritten for another recipient, with the old signature, is refused too.
+    forged = base64.urlsafe_b64encode(
+        b'{"a":"release","q":"q1","r":"mallory@example.test","s":"","e":9999999999}'
+    ).rstrip(b"=")
+    with pytest.raises(links.LinkError):
+        signer.verify(f"{forged.decode()}.{timestamp}.{signature}", links.RELEASE)
+    assert signer.verify(token, links.RELEASE).recipient == "bob@example.test"
+
+
+def test_an_expired_link_is_refused() -> None:
+    signer = links.LinkSigner(KEY)
+    token = signer.sign(links.RELEASE, "q1", "bob@example.test", lifetime=3600, now=time.time())
+    assert signer.verify(token, links.RELEASE, now=time.time() + 3500).entry_id == "q1"
+    with pytest.raises(links.LinkError) as caught:
+        signer.verify(token, links.RELEASE, now=time.time() + 3601)
+    assert caught.value.reason == "expired"
+
+
+def test_no_link_outlives_the_hard_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = links.LinkSigner(KEY)
+    signed_at = int(time.time()) - links.MAX_LIFETIME - 60
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: signed_at)
+    token = signer.sign(links.RELEASE, "q1", "bob@example.test", lifetime=10 * 365 * 86400)
+    monkeypatch.undo()
+    with pytest.raises(links.LinkError) as caught:
+        signer.verify(token, links.RELEASE, now=float(signed_at))  # its own expiry is not reached...
+    assert caught.value.reason == "expired"  # ...but it was signed longer ago than the cap
+
+
+def test_a_link_signed_with_another_secret_is_invalid() -> None:
+    token = links.LinkSigner(b"another secret, at least 32 chars").sign(links.RELEASE, "q1", "bob@example.test")
+    with pytest.raises(links.LinkError) as caught:
+        links.LinkSigner(KEY).verify(token, links.RELEASE)
+    assert caught.value.reason == "invalid"
+
+
+def test_a_link_is_only_good_for_its_own_action() -> None:
+    signer = links.LinkSigner(KEY)
+    release = signer.sign(links.RELEASE, "q1", "bob@example.test")
+    whitelist = signer.sign(links.WHITELIST, "q1", "bob@example.test", sender="eve@spam.example")
+    for token, wrong in ((release, links.WHITELIST), (whitelist, links.RELEASE), (release, "delete")):
+        with pytest.raises(links.LinkError) as caught:
+            signer.verify(token, wrong)
+        assert caught.value.reason == "invalid"
+    assert signer.verify(release, links.RELEASE).action == links.RELEASE
+
+
+def test_link_url_joins_the_base() -> None:
+    assert links.link_url("https://mail.example.com/webq/", "release", "T.o.k") == (
+        "https://mail.example.com/webq/link/release/T.o.k"
+    )
+
+
+# --------------------------------------------------------------------------- the secret file
+
+
+def test_the_secret_is_made_once_private_and_shared(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    found: list[bytes] = []
+    threads = [threading.Thread(target=lambda: found.append(links.secret(str(state)))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(found)) == 1
+    assert len(found[0]) >= 32
+    path = state / links.SECRET_FILENAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert links.secret(str(state)) == found[0]
+    assert [p.name for p in state.iterdir()] == [links.SECRET_FILENAME]  # no temporary files left
+    own = tmp_path / "own.secret"
+    own.write_text("x" * 40 + "\n")
+    assert links.secret(str(state), str(own)) == b"x" * 40
+    own.write_text("short")
+    with pytest.raises(ValueError, match="too short"):
+        links.secret(str(state), str(own))
+
+
+# --------------------------------------------------------------------------- claims
+
+
+class Gateway:
+    """A config with STATE_DIR, DATABASE and SMTP_SERVER, and a way to quarantine as the gateway does."""
+
+    def __init__(self, tmp_path: Path, next_hop: int, database: str = "db.sqlite()") -> None:
+        path = tmp_path / "mailsift.conf.py"
+        path.write_text(
+            "from mailsift import *\n"
+            f"STATE_DIR = {str(tmp_path / 'state')!r}\n"
+            f"SMTP_SERVER = ('127.0.0.1', {next_hop})\n"
+            f"DATABASE = {database}\n"
+        )
+        self.path = path
+        (tmp_path / "state").mkdir(exist_ok=True)
+        self.config: Config = config_module.load(str(path))
+        self.settings = self.config.settings
+
+    def quarantine(
+        self, data: bytes, *, sender: str = "eve@spam.example", recipients: tuple[str, ...] = ("bob@example.test",)
+    ) -> str:
+        store = QuarantineStore(self.settings.quarantine_dir, self.settings.database)
+        mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
+        return file_id(asyncio.run(store.put(mail, "spam", ScanResult(7.5, "SPAM", "spamassassind"))))
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A fresh directory under /tmp (pytest's own may be made unreachable by another run)."""
+    path = Path(tempfile.mkdtemp(prefix="mailsift-links-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def next_hop() -> Iterator[RecordingServer]:
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway(request: pytest.FixtureRequest, tmp_path: Path, next_hop: RecordingServer) -> Iterator[Gateway]:
+    database = "db.sqlite()"
+    if request.param == "postgresql":
+        database = f"db.database({fresh_database(request.getfixturevalue('postgres'), 'links')!r})"
+    instance = Gateway(tmp_path, next_hop.port, database)
+    yield instance
+    instance.settings.database.dispose()
+
+
+def test_a_release_is_claimed_once(gateway: Gateway) -> None:
+    database = gateway.settings.database
+    claim = (links.claim, "q1", "Bob@Example.test", links.RELEASE)
+    assert database.call(*claim, NOW) is None  # taken
+    blocking = database.call(*claim, NOW + 1)
+    assert blocking is not None
+    assert blocking.state == links.SENDING
+    database.call(links.finish, "q1", "bob@example.test", links.RELEASE, NOW + 2)
+    done = database.call(*claim, NOW + 3)
+    assert done is not None
+    assert (done.state, done.done_at) == (links.DONE, NOW + 2)
+    assert database.call(links.claim, "q1", "carol@example.test", links.RELEASE, NOW) is None  # another recipient
+
+
+def test_a_failed_or_abandoned_release_can_be_tried_again(gateway: Gateway) -> None:
+    database = gateway.settings.database
+    assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, NOW) is None
+    database.call(links.unclaim, "q1", "bob@example.test", links.RELEASE)  # the next hop refused
+    assert database.call(links.action_state, "q1", "bob@example.test", links.RELEASE) is None
+    assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, NOW) is None
+    # A worker died while sending: the claim is taken over once it is stale, not before.
+    assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, NOW + links.STALE_CLAIM - 1)
+    assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, NOW + links.STALE_CLAIM + 1) is None
+
+
+# --------------------------------------------------------------------------- the pages
+
+
+@contextmanager
+def serving(app: Starlette) -> Iterator[str]:
+    """``app`` served by uvicorn on a loopback port in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped"
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def link_app(gateway: Gateway, key: bytes) -> Starlette:
+    """The web application with the link pages (no quarantine pages: they are another module's)."""
+    return create_app(gateway.settings, secret=key, quarantine=False, extra_routes=routes())
+
+
+Web = tuple[Gateway, httpx.Client, links.LinkSigner]
+
+
+@pytest.fixture
+def web(tmp_path: Path, next_hop: RecordingServer) -> Iterator[Web]:
+    gateway = Gateway(tmp_path, next_hop.port)
+    key = links.secret(gateway.settings.state_dir)
+    with serving(link_app(gateway, key)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield gateway, client, links.LinkSigner(key)
+    gateway.settings.database.dispose()
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+MESSAGE = b"From: eve@spam.example\r\nTo: bob@example.test\r\nSubject: Cheap <b>pills</b>\r\n\r\nBuy now.\r\n"
+
+
+def test_release_link_confirms_then_releases_once(web: Web, next_hop: RecordingServer) -> None:
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE, recipients=("bob@example.test", "carol@example.test"))
+    path = f"/link/release/{signer.sign(links.RELEASE, entry_id, 'bob@example.test')}"
+    page = client.get(path)
+    assert page.status_code == 200
+    assert 'data-outcome="confirm"' in page.text
+    assert "Cheap &lt;b&gt;pills&lt;/b&gt;" in page.text  # escaped
+    assert next_hop.messages == []  # following the link sends nothing
+    refused = client.post(path, data={"csrf_token": "forged"})
+    assert refused.status_code == 403
+    assert next_hop.messages == []
+    done = client.post(path, data={"csrf_token": _csrf(page.text)}, follow_redirects=False)
+    assert done.status_code == 303
+    assert done.headers["location"] == f"{path}?done=1"
+    [received] = next_hop.messages
+    assert received.recipients == ["bob@example.test"]  # only the link's recipient
+    assert received.sender == "eve@spam.example"
+    assert received.data.replace(b"\r\n", b"\n") == MESSAGE.replace(b"\r\n", b"\n")
+    assert 'data-outcome="done"' in client.get(f"{path}?done=1").text
+    again = client.get(path)
+    assert 'data-outcome="already"' in again.text
+    assert "already released" in again.text
+    replay = client.post(path, data={"csrf_token": _csrf(page.text)}, follow_redirects=True)
+    assert 'data-outcome="already"' in replay.text
+    assert len(next_hop.messages) == 1
+    entry = gateway.settings.database.call(get_entry, entry_id)
+    assert entry.state == RELEASED
+    assert entry.released_by == "digest link bob@example.test"
+
+
+def test_release_link_of_another_recipient_or_a_deleted_message_does_nothing(
+    web: Web, next_hop: RecordingServer
+) -> None:
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE)
+    stranger = client.get(f"/link/release/{signer.sign(links.RELEASE, entry_id, 'mallory@example.test')}")
+    assert stranger.status_code == 410
+    assert 'data-outcome="gone"' in stranger.text
+    missing = client.get(f"/link/release/{signer.sign(links.RELEASE, 'nonexistent', 'bob@example.test')}")
+    assert missing.status_code == 410
+    assert next_hop.messages == []
+
+
+def test_bad_links_get_a_clear_page(web: Web) -> None:
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE)
+    token = signer.sign(links.RELEASE, entry_id, "bob@example.test", lifetime=60, now=time.time() - 120)
+    expired = client.get(f"/link/release/{token}")
+    assert expired.status_code == 410
+    assert "This link has expired." in expired.text
+    tampered = client.get(f"/link/release/{_flip(token, 5)}")
+    assert tampered.status_code == 400
+    assert "This link is not valid." in tampered.text
+    good = signer.sign(links.RELEASE, entry_id, "bob@example.test")
+    wrong_action = client.get(f"/link/whitelist/{good}")
+    assert wrong_action.status_code == 400
+    other = links.LinkSigner(b"y" * 40).sign(links.RELEASE, entry_id, "bob@example.test")
+    assert client.get(f"/link/release/{other}").status_code == 400
+    assert client.post(f"/link/release/{_flip(good, 5)}", data={}).status_code == 400
+
+
+def test_whitelist_link_adds_the_sender_for_that_recipient_once(
+    web: Web,
+) -> None:
+    gateway, client, signer = web
+    database = gateway.settings.database
+    path = f"/link/whitelist/{signer.sign(links.WHITELIST, '', 'bob@example.test', sender='eve@spam.example')}"
+    page = client.get(path)
+    assert 'data-outcome="confirm"' in page.text
+    assert database.call(list_entries) == []  # GET changes nothing
+    assert client.post(path, data={}).status_code == 403
+    done = client.post(path, data={"csrf_token": _csrf(page.text)}, follow_redirects=True)
+    assert 'data-outcome="done"' in done.text
+    [entry] = database.call(list_entries)
+    assert (entry.owner, entry.list, entry.field, entry.value) == (
+        "bob@example.test",
+        "white",
+        "sender",
+        "eve@spam.example",
+    )
+    assert 'data-outcome="already"' in client.get(path).text
+    replay = client.post(path, data={"csrf_token": _csrf(page.text)}, follow_redirects=True)
+    assert 'data-outcome="already"' in replay.text
+    assert len(database.call(list_entries)) == 1
+
+
+def test_an_oversized_form_is_refused_unread(web: Web) -> None:
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE)
+    path = f"/link/release/{signer.sign(links.RELEASE, entry_id, 'bob@example.test')}"
+    token = _csrf(client.get(path).text)
+    answer = client.post(path, data={"csrf_token": token, "pad": "x" * 10_000})
+    assert answer.status_code == 403
+    assert os.path.exists(gateway.settings.quarantine_dir)
+
+
+def test_two_clicks_at_once_release_once(web: Web, next_hop: RecordingServer) -> None:
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE)
+    path = f"/link/release/{signer.sign(links.RELEASE, entry_id, 'bob@example.test')}"
+    token = _csrf(client.get(path).text)
+    answers: list[int] = []
+    start = threading.Barrier(4)
+
+    def click() -> None:
+        start.wait()
+        answers.append(client.post(path, data={"csrf_token": token}, follow_redirects=False).status_code)
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 4
+    assert answers.count(303) >= 1
+    assert set(answers) <= {303, 409}  # done (or done already), or "being released just now"
+    assert len(next_hop.messages) == 1
+    assert 'data-outcome="already"' in client.get(path).text
