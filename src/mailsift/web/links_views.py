@@ -6,8 +6,8 @@ what the link would do, with a button; the button ``POST``s (with the
 session's CSRF token, :func:`mailsift.web.auth.check_csrf`), so a mail
 scanner or a browser prefetching the link never releases anything.  After the
 action the answer redirects to the ``GET`` page (post/redirect/get), which
-from then on says the action was done: a second click, a reload or a second
-``POST`` never sends the message again.
+says "done" once (a mark in the session) and from then on "already done": a
+second click, a reload or a second ``POST`` never sends the message again.
 
 Release reuses :func:`mailsift.quarantine_cli.release` (to that recipient
 only, recorded as ``digest link <recipient>``); whitelisting uses
@@ -41,6 +41,18 @@ log = logging.getLogger("mailsift.web.links")
 
 MAX_FORM = 4096
 """The confirmation form is one hidden field; anything larger is refused unread."""
+DONE_KEY = "mailsift.link_done"
+"""Session key naming the link just used: the page after the redirect says "done", a reload "already"."""
+
+
+def _just_done(request: Request) -> bool:
+    """Whether this GET follows this browser's own POST on this link (shown once)."""
+    return request.method == "GET" and request.session.pop(DONE_KEY, None) == request.url.path
+
+
+def _done(request: Request) -> Response:
+    request.session[DONE_KEY] = request.url.path
+    return RedirectResponse(request.url.path, status_code=303)
 
 
 def _settings(request: Request) -> Settings:
@@ -113,9 +125,8 @@ async def release_view(request: Request) -> Response:
         return _page(request, 410, outcome="gone", action="release")
     context = {"action": "release", "recipient": claim.recipient, **_summary(entry)}
     if (state is not None and state.state == links.DONE) or _released_to(entry, claim.recipient):
-        done = request.method == "GET" and request.query_params.get("done") == "1"
         when = state.done_at if state is not None and state.done_at else entry.released_at
-        return _page(request, 200, outcome="done" if done else "already", when=when, **context)
+        return _page(request, 200, outcome="done" if _just_done(request) else "already", when=when, **context)
     if request.method == "GET":
         return _page(request, 200, outcome="confirm", **context)
     check_csrf(request, await _small_form(request))
@@ -144,7 +155,7 @@ async def _release(
         return _page(request, 503, outcome="failed", **context)
     await _quietly(database.run(links.finish, entry.id, claim.recipient, links.RELEASE, time.time()))
     log.info("release link: %s released to <%s>", entry.id, claim.recipient)
-    return RedirectResponse(f"{request.url.path}?done=1", status_code=303)
+    return _done(request)
 
 
 async def _quietly(step: Awaitable[None]) -> None:
@@ -172,8 +183,7 @@ async def whitelist_view(request: Request) -> Response:
         log.warning("whitelist link: %s", error.message)
         return _page(request, 503, outcome="unavailable", **context)
     if listed:
-        done = request.method == "GET" and request.query_params.get("done") == "1"
-        return _page(request, 200, outcome="done" if done else "already", **context)
+        return _page(request, 200, outcome="done" if _just_done(request) else "already", **context)
     if request.method == "GET":
         return _page(request, 200, outcome="confirm", **context)
     check_csrf(request, await _small_form(request))
@@ -183,7 +193,7 @@ async def whitelist_view(request: Request) -> Response:
         log.warning("whitelist link for <%s>: %s", claim.recipient, error.message)
         return _page(request, 503, outcome="failed", **context)
     log.info("whitelist link: <%s> whitelisted sender %s", claim.recipient, sender)
-    return RedirectResponse(f"{request.url.path}?done=1", status_code=303)
+    return _done(request)
 
 
 def _whitelisted(connection: Any, owner: str, sender: str) -> bool:
