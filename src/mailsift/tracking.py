@@ -264,18 +264,18 @@ class Story:
                 f"{self.size} bytes, {len(self.recipients) + self.more_recipients} recipient(s)",
             ),
         ]
-        decided = {
-            DELIVERED: "delivered to the next hop",
-            REJECTED: "rejected",
-            QUARANTINED: "quarantined, not delivered",
-            RELEASED_FATE: "quarantined, not delivered",
-            DROPPED: "dropped (accepted, not delivered)",
-            TEMPFAILED: "temporarily refused: the MTA keeps it and retries",
-            REFUSED: "refused by the next hop",
+        verb, tail = {
+            DELIVERED: ("delivered to the next hop", ""),
+            REJECTED: ("rejected", ""),
+            QUARANTINED: ("quarantined", ", not delivered"),
+            RELEASED_FATE: ("quarantined", ", not delivered"),
+            DROPPED: ("dropped", " (accepted, not delivered)"),
+            TEMPFAILED: ("temporarily refused", ": the MTA keeps it and retries"),
+            REFUSED: ("refused by the next hop", ""),
         }[self.fate]
         verdict = "" if self.verdict == "clean" else f" by {self.verdict}"
         note = f"; {self.note}" if self.note else ""
-        events.append(Event(self.time, f"{decided}{verdict}; reply {self.reply} ({self.status}){note}"))
+        events.append(Event(self.time, f"{verb}{verdict}{tail}; reply {self.reply} ({self.status}){note}"))
         for copy in self.quarantine:
             if copy.state == GONE:
                 events.append(Event(self.time, f"quarantine copy {copy.id}: no longer stored (deleted or expired)"))
