@@ -432,3 +432,37 @@ def test_query_refuses_what_it_cannot_run() -> None:
         TrackQuery(since=float("nan"))
     assert TrackQuery(sender="  ", recipient=" bob@x ").sender is None
     assert TrackQuery(recipient=" bob@x ").recipient == "bob@x"
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "reply", "fate"),
+    [
+        ("Dropped_X", "drop", "250", tracking.DROPPED),
+        ("Tempfail_X", "tempfail", "451", tracking.TEMPFAILED),
+        ("Tempfail", "deliver", "451", tracking.TEMPFAILED),  # the next hop was down
+        ("Refused", "deliver", "554", tracking.REFUSED),
+        ("Delivered_X", "deliver", "250", DELIVERED),  # deliver(...) forced despite a detection
+    ],
+)
+def test_every_other_fate(database: Database, status: str, action: str, reply: str, fate: str) -> None:
+    log(database, replace(RECORD, status=status, action=action, reply=reply, level=1.0, name="X", scanner="s"))
+    (story,) = database.call(find_stories, TrackQuery()).stories
+    assert story.fate == fate
+    assert story.verdict == "s: X (level 1.00)"
+
+
+def test_cli_output_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    state = tempfile.mkdtemp(prefix="mailsift-tracking-", dir="/tmp")
+    path = tmp_path / "mailsift.conf.py"
+    path.write_text(f"from mailsift import *\nSTATE_DIR = {state!r}\nDATABASE = db.sqlite()\n")
+    config = config_module.load(str(path))
+    try:
+        log(config.settings.database, replace(RECORD, subject="\x1b]0;pwned\x07\x1b[2J hi\r\nthere"))
+        result = CliRunner().invoke(track, ["-c", str(path), "--events"])
+    finally:
+        config.settings.database.dispose()
+        shutil.rmtree(state, ignore_errors=True)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout
+    assert "\x07" not in result.stdout
+    assert "?]0;pwned??[2J hi there" in result.stdout
