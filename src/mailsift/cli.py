@@ -25,6 +25,7 @@ from mailsift.policy_cli import lists, policy
 from mailsift.quarantine_cli import quarantine_group
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
+from mailsift.tracking_cli import track
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
 NO_DAEMONS_HELP = (
@@ -610,6 +611,7 @@ def qmail_queue(host: str, port: int, timeout: float, max_size: int, safe: bool,
 main.add_command(policy)
 main.add_command(lists)
 main.add_command(quarantine_group)
+main.add_command(track)
 
 if __name__ == "__main__":
     main()

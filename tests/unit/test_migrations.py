@@ -8,7 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-import mailsift  # noqa: F401 - imports every module that declares tables on db.metadata
+import mailsift  # the modules of the mail path, which declare tables on db.metadata
+import mailsift.tracking  # noqa: F401 - and those outside it (admin tools, the web quarantine)
 from mailsift import migrations
 from mailsift.db import metadata
 
