@@ -381,7 +381,11 @@ def test_two_clicks_at_once_release_once(web: Web, next_hop: RecordingServer) ->
         thread.join(60)
     assert len(answers) == 4
     assert answers.count(303) >= 1
-    assert set(answers) <= {303, 409}  # done (or done already), or "being released just now"
+    # 303: released (or found released while claiming); 409: "being released just now";
+    # 200: the "already released" page for a click that came after the release.
+    assert set(answers) <= {200, 303, 409}
     assert len(next_hop.messages) == 1
-    assert 'data-outcome="done"' in client.get(path).text  # the page after the one successful POST
-    assert 'data-outcome="already"' in client.get(path).text  # and from then on
+    # The clicks share one cookie jar: whichever answer set it last decides whether the next
+    # page says "done" once; from then on it says "already".
+    assert re.search(r'data-outcome="(done|already)"', client.get(path).text)
+    assert 'data-outcome="already"' in client.get(path).text
