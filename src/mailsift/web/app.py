@@ -2,7 +2,7 @@
 
 Middleware, outermost first: security headers on every answer (a strict
 Content-Security-Policy: no inline script, no remote loads, no framing;
-``nosniff``; no referrer, so signed links never leak; ``no-store``), the
+``nosniff``; referrers to this site only, so signed links never leak; ``no-store``), the
 signed session cookie, then the user of the session.  Pages come from
 :mod:`mailsift.web.auth`, :mod:`mailsift.web.quarantine_views` and the
 ``extra_routes`` of other modules.
@@ -41,7 +41,7 @@ SECURITY_HEADERS = [
     ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]

@@ -145,8 +145,8 @@ def _same_origin(request: Request) -> bool:
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
+    if origin is None or origin == "null":  # no Origin, or hidden by a referrer policy: the token decides
+        return True
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 

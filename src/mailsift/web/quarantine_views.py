@@ -1,9 +1,327 @@
-"""The quarantine pages (in progress)."""
+"""The quarantine pages: list, message, raw and attachment download, actions, preferences.
+
+Every page asks :func:`~mailsift.web.auth.require_user` first, and finds
+messages only through :mod:`mailsift.web.quarantine_queries`, whose queries
+carry the ownership condition: a message that is not the user's answers 404,
+exactly as a missing one.  Every POST checks the CSRF token before anything
+else.  Actions reuse the CLI's operations (:func:`mailsift.quarantine_cli.release`,
+:func:`~mailsift.quarantine_cli.delete`), so the web and the CLI release and
+record alike.
+
+* release: an ordinary user releases to their own addresses among the
+  message's recipients; an admin to all of its recipients;
+* delete: an ordinary user may delete a message only when every recipient is
+  theirs (it would vanish for the others too); an admin always;
+* recheck: runs ``webq(scanner=...)`` over the original and shows the verdict;
+* white/black list: the sender, for the user's own addresses among the
+  recipients (SAGATOR's per-user lists, :func:`mailsift.userpolicy.add_listed`).
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import calendar
+import functools
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from mailsift import userpolicy
+from mailsift.errors import ConfigError, MailsiftError
+from mailsift.mail import Envelope, Mail
+from mailsift.pipeline import Pipeline
+from mailsift.quarantine_cli import QuarantineProblem, delete, release
+from mailsift.quarantine_index import HELD, STATES, QuarantineEntry
+from mailsift.quarantine_store import DamagedFile, locate, read_original
+from mailsift.services.base import Settings
+from mailsift.web import mailview, users
+from mailsift.web.auth import check_csrf, require_user
+from mailsift.web.quarantine_queries import SORTS, ListQuery, categories, find_page, get_visible, own_recipients
+from mailsift.web.templating import render
+from mailsift.web.users import User
+from mailsift.web.webconfig import WebConfig
+
+log = logging.getLogger("mailsift.webq")
+MAX_PAGE = 100_000
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _config(request: Request) -> WebConfig:
+    config: WebConfig = request.app.state.web_config
+    return config
+
+
+def _flash(request: Request, text: str, kind: str = "notice") -> None:
+    request.session["flash"] = [kind, text[:500]]
+
+
+def _take_flash(request: Request) -> tuple[str, str] | None:
+    flash = request.session.pop("flash", None)
+    return (str(flash[0]), str(flash[1])) if isinstance(flash, list) and len(flash) == 2 else None
+
+
+def _date(value: str, *, end: bool = False) -> float | None:
+    """``YYYY-MM-DD`` (UTC) → Unix seconds (the day's start, or the next day's with ``end``)."""
+    try:
+        day = time.strptime(value.strip(), "%Y-%m-%d")
+    except ValueError:
+        return None
+    return float(calendar.timegm(day) + (86400 if end else 0))
+
+
+def _int(value: str | None, default: int, low: int, high: int) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        return default
+    return min(max(number, low), high)
+
+
+async def _entry(request: Request, user: User) -> QuarantineEntry:
+    entry_id = str(request.path_params["entry_id"])[:100]
+    entry: QuarantineEntry | None = await _settings(request).database.run(get_visible, user, entry_id)
+    if entry is None:
+        raise HTTPException(404, "No such message.")
+    return entry
+
+
+async def _original(request: Request, entry: QuarantineEntry) -> bytes:
+    path = locate(_settings(request).quarantine_dir, entry)
+    if path is None:
+        raise HTTPException(410, "The message file is missing from the quarantine.")
+    try:
+        return await asyncio.to_thread(read_original, path)
+    except (DamagedFile, OSError):
+        raise HTTPException(500, "The message file cannot be read.") from None
+
+
+# --------------------------------------------------------------------------- pages
+
+
+async def list_page(request: Request) -> Response:
+    user = require_user(request)
+    params = request.query_params
+    sort = params.get("sort", "date")
+    query = ListQuery(
+        text=params.get("q", "")[:200].strip(),
+        category=params.get("category", "")[:64],
+        sender=params.get("sender", "")[:200].strip(),
+        subject=params.get("subject", "")[:200].strip(),
+        since=_date(params.get("since", "")),
+        until=_date(params.get("until", ""), end=True),
+        state=params.get("state", "") if params.get("state", "") in STATES else "",
+        sort=sort if sort in SORTS else "date",
+        descending=params.get("order", "desc") != "asc",
+        page=_int(params.get("page"), 1, 1, MAX_PAGE),
+        rows=user.rows,
+    )
+    database = _settings(request).database
+    entries, total = await database.run(find_page, user, query)
+    known_categories = await database.run(categories, user)
+    pages = max(1, -(-total // query.rows))
+    kept = {k: v for k, v in params.items() if k != "page" and v}
+
+    def page_link(page: int) -> str:
+        return "?" + urlencode({**kept, "page": page})
+
+    def sort_link(column: str) -> str:
+        order = "asc" if query.sort == column and query.descending else "desc"
+        return "?" + urlencode(
+            {**{k: v for k, v in kept.items() if k not in ("sort", "order")}, "sort": column, "order": order}
+        )
+
+    context = {
+        "entries": [(e, e.recipients if user.is_admin else own_recipients(user, e)) for e in entries],
+        "total": total,
+        "query": query,
+        "params": params,
+        "pages": pages,
+        "page_link": page_link,
+        "sort_link": sort_link,
+        "categories": known_categories,
+        "states": STATES,
+        "flash": _take_flash(request),
+    }
+    return render(request, "q_list.html", context)
+
+
+async def message_page(request: Request) -> Response:
+    user = require_user(request)
+    entry = await _entry(request, user)
+    raw = await _original(request, entry)
+    shown = await asyncio.to_thread(mailview.view, raw)
+    released_to = json.loads(entry.released_to) if entry.released_to else []
+    context = {
+        "entry": entry,
+        "recipients": entry.recipients if user.is_admin else own_recipients(user, entry),
+        "released_to": released_to,
+        "view": shown,
+        "can_delete": user.is_admin or len(own_recipients(user, entry)) == len(entry.recipients),
+        "can_recheck": bool(_config(request).scanners),
+        "flash": _take_flash(request),
+        "quoted_id": quote(entry.id, safe=""),
+    }
+    return render(request, "q_message.html", context)
+
+
+async def raw_download(request: Request) -> Response:
+    user = require_user(request)
+    entry = await _entry(request, user)
+    raw = await _original(request, entry)
+    return _download(raw, f"{entry.id}.eml")
+
+
+async def part_download(request: Request) -> Response:
+    user = require_user(request)
+    entry = await _entry(request, user)
+    raw = await _original(request, entry)
+    found = await asyncio.to_thread(mailview.part_bytes, raw, _int(request.path_params["index"], -1, -1, 10**6))
+    if found is None:
+        raise HTTPException(404, "No such part.")
+    return _download(found[1], found[0])
+
+
+def _download(content: bytes, filename: str) -> Response:
+    """Always a download, never shown inline: octet-stream, attachment, nosniff (by the middleware)."""
+    ascii_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename)[:100] or "download.bin"
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename[:200], safe='')}"
+    return Response(content, media_type="application/octet-stream", headers={"Content-Disposition": disposition})
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _back(entry: QuarantineEntry) -> RedirectResponse:
+    return RedirectResponse(f"/q/{quote(entry.id, safe='')}", status_code=303)
+
+
+async def release_action(request: Request) -> Response:
+    check_csrf(request, await request.form())
+    user = require_user(request)
+    entry = await _entry(request, user)
+    targets = list(entry.recipients) if user.is_admin else own_recipients(user, entry)
+    done = set(json.loads(entry.released_to)) if entry.released_to else set()
+    if entry.state != HELD and set(targets) <= done:
+        _flash(request, "This message was released already.", "error")
+        return _back(entry)
+    try:
+        await release(_settings(request), entry, recipients=targets, by=f"web:{user.login}")
+    except (QuarantineProblem, MailsiftError) as error:
+        log.warning("webq: %s could not release %s: %s", user.login, entry.id, error)
+        _flash(request, "The message could not be released now; try again later.", "error")
+        return _back(entry)
+    _flash(request, "Released to " + ", ".join(targets) + ".")
+    return _back(entry)
+
+
+async def delete_action(request: Request) -> Response:
+    check_csrf(request, await request.form())
+    user = require_user(request)
+    entry = await _entry(request, user)
+    if not user.is_admin and len(own_recipients(user, entry)) != len(entry.recipients):
+        raise HTTPException(403, "This message has other recipients too; ask an administrator to delete it.")
+    try:
+        await asyncio.to_thread(delete, _settings(request), entry)
+    except (MailsiftError, OSError) as error:
+        log.warning("webq: %s could not delete %s: %s", user.login, entry.id, error)
+        _flash(request, "The message could not be deleted now; try again later.", "error")
+        return _back(entry)
+    log.info("webq: %s deleted %s", user.login, entry.id)
+    _flash(request, f"Message {entry.id} deleted.")
+    return RedirectResponse("/q/", status_code=303)
+
+
+async def recheck_action(request: Request) -> Response:
+    check_csrf(request, await request.form())
+    user = require_user(request)
+    entry = await _entry(request, user)
+    scanners = _config(request).scanners
+    if not scanners:
+        raise HTTPException(404, "No scanner is configured for rechecking.")
+    raw = await _original(request, entry)
+    envelope = Envelope(sender=entry.sender, recipients=list(entry.recipients), queue_id=entry.id)
+    mail = Mail(envelope, raw, spool_threshold=len(raw) + 1)
+    pipeline = Pipeline(scanners)
+    try:
+        decision = await pipeline.evaluate(mail)
+    except Exception as error:  # noqa: BLE001 - any scanner failure is shown, never a 500
+        log.warning("webq: recheck of %s failed: %s", entry.id, error)
+        _flash(request, "The recheck failed; the scanner is not available now.", "error")
+        return _back(entry)
+    finally:
+        mail.close()
+    result = decision.result
+    verdict = f"{result.name or 'clean'} (level {result.level:.2f}, {result.scanner or '-'})"
+    _flash(request, f"Recheck: {verdict}.", "error" if result.level >= 1.0 else "notice")
+    return _back(entry)
+
+
+async def list_sender_action(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form)
+    user = require_user(request)
+    entry = await _entry(request, user)
+    which = str(form.get("list") or "")
+    if which not in ("white", "black") or not entry.sender:
+        raise HTTPException(400, "Choose the white or the black list; a message without sender cannot be listed.")
+    owners = own_recipients(user, entry) or (list(entry.recipients) if user.is_admin else [])
+    if not owners:
+        raise HTTPException(403, "None of the recipients is yours.")
+    now = time.time()
+
+    def add_all(connection: Any) -> None:
+        for owner in owners:
+            userpolicy.add_listed(
+                connection, which, "sender", entry.sender, owner=owner, comment=f"webq {user.login}", now=now
+            )
+
+    try:
+        await _settings(request).database.run(add_all)
+    except (ConfigError, MailsiftError) as error:
+        _flash(request, f"Not listed: {error}", "error")
+        return _back(entry)
+    _flash(request, f"{entry.sender} {which}listed for " + ", ".join(owners) + ".")
+    return _back(entry)
+
+
+async def preferences_page(request: Request) -> Response:
+    user = require_user(request)
+    if request.method == "POST":
+        form = await request.form()
+        check_csrf(request, form)
+        language = str(form.get("language") or "")
+        rows = _int(str(form.get("rows") or ""), 0, 0, 10**6)
+        if language not in users.LANGUAGES or rows not in users.ROWS_CHOICES:
+            raise HTTPException(400, "Choose a language and a number of rows from the lists.")
+        await _settings(request).database.run(
+            functools.partial(users.set_preferences, user_id=user.id, language=language, rows=rows)
+        )
+        _flash(request, "Preferences saved.")
+        return RedirectResponse("/prefs", status_code=303)
+    context = {"languages": users.LANGUAGES, "rows_choices": users.ROWS_CHOICES, "flash": _take_flash(request)}
+    return render(request, "q_prefs.html", context)
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/q/", list_page, methods=["GET"]),
+        Route("/q/{entry_id}", message_page, methods=["GET"]),
+        Route("/q/{entry_id}/raw", raw_download, methods=["GET"]),
+        Route("/q/{entry_id}/part/{index}", part_download, methods=["GET"]),
+        Route("/q/{entry_id}/release", release_action, methods=["POST"]),
+        Route("/q/{entry_id}/delete", delete_action, methods=["POST"]),
+        Route("/q/{entry_id}/recheck", recheck_action, methods=["POST"]),
+        Route("/q/{entry_id}/list", list_sender_action, methods=["POST"]),
+        Route("/prefs", preferences_page, methods=["GET", "POST"]),
+    ]
