@@ -8,6 +8,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 from mailsift import db
 from mailsift.archiving import archive, monitor
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
+from mailsift.digest import reporter
 from mailsift.logline import log_file, log_sql, log_syslog
 from mailsift.notifications import notify
 from mailsift.result import Result
@@ -98,6 +99,7 @@ __all__ = [
     "regexp_scan",
     "reject",
     "rename",
+    "reporter",
     "rspamd",
     "sender_regexp",
     "sgfilterd",

@@ -23,6 +23,7 @@ from mailsift.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path
 from mailsift.pipeline import Pipeline
 from mailsift.policy_cli import lists, policy
 from mailsift.quarantine_cli import quarantine_group
+from mailsift.report_cli import report_command
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
 from mailsift.tracking_cli import track
@@ -612,6 +613,7 @@ main.add_command(policy)
 main.add_command(lists)
 main.add_command(quarantine_group)
 main.add_command(track)
+main.add_command(report_command)
 
 if __name__ == "__main__":
     main()

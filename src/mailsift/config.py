@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift import db, userpolicy
+from mailsift.digest import reporter
 from mailsift.errors import ConfigError
 from mailsift.hooks import Hook
 from mailsift.scanners.base import Scanner
@@ -40,6 +41,8 @@ class Config:
     scanners: tuple[Scanner, ...]
     services: tuple[Service, ...]
     daemons: tuple[Daemon, ...] = ()
+    reporter: Any = None
+    """SAGATOR's virtual ``reporter(...)`` service in SRV: the digest's settings (``mailsift report``)."""
 
 
 def _config_line(error: BaseException, path: str) -> int | None:
@@ -83,10 +86,13 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
     if not isinstance(scanners, list | tuple) or not all(isinstance(s, Scanner) for s in scanners):
         raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}")
     entries = namespace.get("SRV", [])
-    if not isinstance(entries, list | tuple) or not all(isinstance(s, Service | Daemon) for s in entries):
+    if not isinstance(entries, list | tuple) or not all(isinstance(s, Service | Daemon | reporter) for s in entries):
         raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}")
     services = [s for s in entries if isinstance(s, Service)]
     daemons = [s for s in entries if isinstance(s, Daemon)]
+    reporters = [s for s in entries if isinstance(s, reporter)]
+    if len(reporters) > 1:
+        raise fail("SRV lists reporter(...) more than once")
     state_dir = namespace.get("STATE_DIR", os.environ.get("MAILSIFT_STATE_DIR", "var"))
     if not isinstance(state_dir, str) or not state_dir:
         raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}")
@@ -132,4 +138,4 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
             daemon.check()
         except ConfigError as error:
             raise fail(error.message) from None
-    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons))
+    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons), reporters[0] if reporters else None)

@@ -63,6 +63,7 @@ EXPORTED = {
     "regexp_scan",
     "reject",
     "rename",
+    "reporter",
     "rspamd",
     "sender_regexp",
     "sgfilterd",
@@ -90,6 +91,7 @@ SERVICES = {
     "chroot_execvpe",
     "clamd_daemon",
     "spamd_daemon",
+    "reporter",
 }
 HOOKS = {"archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
