@@ -309,3 +309,46 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
     bad = runner.invoke(stats_command, ["-c", str(config), "--since", "soon"])
     assert bad.exit_code == 2
     assert "bad duration" in bad.output
+
+
+# --------------------------------------------------------------------------- the SVG and who sees what
+
+
+def test_svg_escapes_hostile_names_and_draws_one_bar_per_value() -> None:
+    import xml.etree.ElementTree as ET
+
+    from mailsift.stats import Series
+    from mailsift.web.stats_views import render_svg
+
+    hostile = '<script>alert(1)</script>"&'
+    data = Series(1_700_000_000, 300, 12, {hostile: [0.0] * 11 + [3.0], "b.example": [1.0] + [0.0] * 11})
+    svg = render_svg(data, title=f"for {hostile}", metric="messages", group="domain", range_name="hour")
+    root = ET.fromstring(svg)  # well-formed XML
+    names = {element.tag.rsplit("}", 1)[-1] for element in root.iter()}
+    assert "script" not in names
+    assert "<script>" not in svg
+    bars = [e for e in root.iter() if e.get("class") == "bar"]
+    assert sorted((e.get("data-series"), e.get("data-value")) for e in bars) == [
+        (hostile, "3.0"),
+        ("b.example", "1.0"),
+    ]
+    assert len([e for e in root.iter() if e.get("class") == "bucket"]) == 12
+    assert float(bars[0].get("height", "0")) > 0
+
+
+def test_scope_admin_domain_admin_and_others() -> None:
+    from starlette.exceptions import HTTPException
+
+    from mailsift.web.stats_views import scope_for
+    from mailsift.web.users import User
+
+    admin = User(1, "root", True, ())
+    assert scope_for(admin, "") is None
+    assert scope_for(admin, "Any.Example") == ["any.example"]
+    dora = User(2, "dora", False, ("dora@c.example", "@c.example", "@d.example"))
+    assert scope_for(dora, "") == ["c.example", "d.example"]
+    assert scope_for(dora, "d.example") == ["d.example"]
+    for user, domain in ((dora, "b.example"), (User(3, "olga", False, ("olga@b.example",)), "")):
+        with pytest.raises(HTTPException) as refused:
+            scope_for(user, domain)
+        assert refused.value.status_code == 403

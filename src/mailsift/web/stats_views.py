@@ -155,7 +155,7 @@ def format_value(value: float, metric: str) -> str:
             value /= 1024
     if metric == "scan_seconds":
         return f"{value:.3g} s"
-    return f"{value:.0f}" if value == int(value) else f"{value:.2f}"
+    return f"{value:.0f}" if value == int(value) else f"{value:.3g}"
 
 
 def _limit_groups(values: dict[str, list[float]]) -> dict[str, list[float]]:
