@@ -1,0 +1,169 @@
+"""webq quarantine pages and queries (ASGI, SQLite): ownership in the queries, filters, paging,
+safe mail display, actions and their limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from mailsift import db, userpolicy
+from mailsift.quarantine_index import get_entry
+from mailsift.scanners.basic import regexp_scan
+from mailsift.services.base import Settings
+from mailsift.testing import RecordingServer
+from mailsift.web import mailview, users
+from mailsift.web.app import create_app
+from mailsift.web.quarantine_queries import ListQuery, find_page, get_visible
+from mailsift.web.users import User
+from mailsift.web.webconfig import WebConfig
+from tests.browser.conftest import WebqServer, message_bytes
+
+ALICE = User(1, "alice", False, ("alice@example.org",))
+ADMIN = User(2, "admin", True, ())
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[WebqServer]:
+    state = tempfile.mkdtemp(dir="/tmp", prefix="mailsift-webqunit-")
+    database = db.sqlite()
+    database.configure(state)
+    recorder = RecordingServer().start()
+    settings = Settings(state_dir=state, database=database, smtp_server=("127.0.0.1", recorder.port))
+    server = WebqServer("http://webq.test", recorder, settings, state)
+    for login, address in (("alice", "alice@example.org"), ("admin", None)):
+        add = functools.partial(
+            users.add_user,
+            login=login,
+            password_hash=users.hash_password("pw"),
+            is_admin=address is None,
+            addresses=[address] if address else [],
+            now=time.time(),
+        )
+        database.call(add)
+
+    def seed(name: str, recipients: list[str], subject: str, body: str = "hello") -> None:
+        server.seed(name, "s@x.test", recipients, message_bytes("s@x.test", recipients[0], subject, body))
+
+    await asyncio.to_thread(seed, "mine", ["Alice@Example.org"], "Mine EICAR-STANDARD", "EICAR-STANDARD")
+    await asyncio.to_thread(seed, "theirs", ["bob@example.org"], "Theirs")
+    await asyncio.to_thread(seed, "both", ["alice@example.org", "bob@example.org"], "Both")
+    for n in range(12):
+        await asyncio.to_thread(seed, f"bulk{n}", ["alice@example.org"], f"Bulk {n:02d}")
+    yield server
+    recorder.stop()
+    database.dispose()
+
+
+async def _client(server: WebqServer, login: str) -> httpx.AsyncClient:
+    config = WebConfig(scanners=(regexp_scan([("EICAR-Test", r"EICAR-STANDARD")]),))
+    app = create_app(server.settings, secret="k" * 40, config=config)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=server.url)
+    page = await client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token
+    response = await client.post("/login", data={"login": login, "password": "pw", "csrf_token": token.group(1)})
+    assert response.status_code == 303
+    return client
+
+
+async def _token(client: httpx.AsyncClient) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', (await client.get("/prefs")).text)
+    assert found
+    return found.group(1)
+
+
+async def test_queries_carry_ownership(server: WebqServer) -> None:
+    m, database = server.messages, server.settings.database
+    entries, total = database.call(find_page, ALICE, ListQuery(rows=100))
+    assert {e.id for e in entries} == set(m.values()) - {m["theirs"]}
+    assert total == len(m) - 1
+    assert database.call(get_visible, ALICE, m["theirs"]) is None
+    assert database.call(get_visible, ALICE, m["mine"]) is not None  # recipient case does not matter
+    assert database.call(get_visible, ADMIN, m["theirs"]) is not None
+    nobody = User(3, "nobody", False, ())
+    assert database.call(find_page, nobody, ListQuery()) == ([], 0)
+
+
+async def test_filters_sort_and_paging(server: WebqServer) -> None:
+    database = server.settings.database
+    page1, total = database.call(find_page, ALICE, ListQuery(subject="bulk", sort="subject", descending=False, rows=5))
+    assert total == 12
+    assert [e.subject for e in page1] == [f"Bulk {n:02d}" for n in range(5)]
+    page3, _ = database.call(
+        find_page, ALICE, ListQuery(subject="bulk", sort="subject", descending=False, rows=5, page=3)
+    )
+    assert [e.subject for e in page3] == ["Bulk 10", "Bulk 11"]
+    found, total = database.call(find_page, ALICE, ListQuery(text="theirs"))
+    assert (found, total) == ([], 0)
+    _future, total = database.call(find_page, ADMIN, ListQuery(since=time.time() + 86400))
+    assert total == 0
+
+
+async def test_pages_answer_404_for_others_messages(server: WebqServer) -> None:
+    client = await _client(server, "alice")
+    theirs = server.messages["theirs"]
+    token = await _token(client)
+    async with contextlib.aclosing(client):
+        for path in ("", "/raw", "/part/0"):
+            assert (await client.get(f"/q/{theirs}{path}")).status_code == 404
+        for action in ("release", "delete", "recheck", "list"):
+            response = await client.post(f"/q/{theirs}/{action}", data={"csrf_token": token, "list": "white"})
+            assert response.status_code == 404
+        assert "Theirs</a>" not in (await client.get("/q/?q=Theirs")).text
+    assert server.entry(theirs) is not None
+
+
+async def test_user_cannot_delete_a_message_others_received_too(server: WebqServer) -> None:
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        assert (
+            await client.post(f"/q/{server.messages['both']}/delete", data={"csrf_token": token})
+        ).status_code == 403
+        assert (
+            await client.post(f"/q/{server.messages['mine']}/delete", data={"csrf_token": token})
+        ).status_code == 303
+    assert server.entry(server.messages["both"]) is not None
+    assert server.entry(server.messages["mine"]) is None
+
+
+async def test_whitelist_recheck_and_release(server: WebqServer) -> None:
+    client = await _client(server, "alice")
+    mine = server.messages["mine"]
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        await client.post(f"/q/{mine}/list", data={"csrf_token": token, "list": "white"})
+        entries = server.settings.database.call(functools.partial(userpolicy.list_entries, owner="alice@example.org"))
+        assert [(e.list, e.field, e.value) for e in entries] == [("white", "sender", "s@x.test")]
+        response = await client.post(f"/q/{mine}/recheck", data={"csrf_token": token}, follow_redirects=True)
+        assert "Recheck: EICAR-Test (level 1.00" in response.text
+        response = await client.post(f"/q/{mine}/release", data={"csrf_token": token}, follow_redirects=True)
+        assert "Released to Alice@Example.org" in response.text
+    assert [m.recipients for m in server.recorder.messages] == [["Alice@Example.org"]]
+    entry = server.settings.database.call(get_entry, mine)
+    assert entry is not None
+    assert entry.state == "released"
+
+
+def test_html_is_shown_as_text_only() -> None:
+    raw = message_bytes(
+        "a@x.test", "b@x.test", "s", "", html="<style>p{}</style><p>Hi &amp; <script>evil()</script>bye<img src=x>"
+    )
+    shown = mailview.view(raw)
+    assert shown.text == "Hi & bye"
+    assert shown.text_source.startswith("text/html")
+
+
+def test_broken_mime_does_not_fail() -> None:
+    raw = b"Subject: =?bogus?Q?x?=\r\nContent-Type: multipart/mixed; boundary=\r\n\r\n--\r\nx\r\n"
+    shown = mailview.view(raw)
+    assert isinstance(shown.text, str)
+    assert mailview.part_bytes(raw, 99) is None
