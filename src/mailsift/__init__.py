@@ -7,6 +7,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 
 from mailsift import db
 from mailsift.archiving import archive, monitor
+from mailsift.counters import stats
 from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
 from mailsift.digest import reporter
 from mailsift.logline import log_file, log_sql, log_syslog
@@ -41,6 +42,7 @@ from mailsift.services.milter import milter
 from mailsift.services.policy import smtpd_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
+from mailsift.services.webq import webq
 from mailsift.stamp import stamp
 
 __version__ = "0.1.0"
@@ -111,8 +113,10 @@ __all__ = [
     "spamassassind",
     "spamd_daemon",
     "stamp",
+    "stats",
     "string_scan",
     "time_limit",
     "trusted_clients",
+    "webq",
     "whitelisted",
 ]

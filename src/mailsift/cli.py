@@ -26,7 +26,9 @@ from mailsift.quarantine_cli import quarantine_group
 from mailsift.report_cli import report_command
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
+from mailsift.stats_cli import stats_command
 from mailsift.tracking_cli import track
+from mailsift.users_cli import user_group
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
 NO_DAEMONS_HELP = (
@@ -614,6 +616,8 @@ main.add_command(lists)
 main.add_command(quarantine_group)
 main.add_command(track)
 main.add_command(report_command)
+main.add_command(stats_command)
+main.add_command(user_group)
 
 if __name__ == "__main__":
     main()

@@ -197,8 +197,14 @@ def webq_server() -> Iterator[WebqServer]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium through Playwright's sync API, one per test module.
+
+    While it runs, the thread has Playwright's event loop: no other Playwright
+    instance and no ``asyncio.run`` may start in it.  Module scope keeps that
+    to the module's browser tests (put them after the module's other tests).
+    """
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
     with playwright_sync.sync_playwright() as p:

@@ -10,7 +10,6 @@ are saved as screenshots in ``/tmp/mailsift-screens/``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,14 +25,10 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+@pytest.fixture
+def chromium(browser: Any) -> Any:
+    """The session's one browser (tests/browser/conftest.py): Playwright's sync API allows one instance per thread."""
+    return browser
 
 
 def open_as(browser: Any, site: Site, login: str, password: str, path: str) -> tuple[Any, list[str], list[str]]:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -184,13 +185,11 @@ def test_hostile_subject_is_shown_as_text(site: Site) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
-def test_admin_searches_and_reads_a_story_in_a_browser(site: Site) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_admin_searches_and_reads_a_story_in_a_browser(site: Site, browser: Any) -> None:
     os.makedirs(SCREENS, exist_ok=True)
     remote: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    # the session's one browser (tests/browser/conftest.py): Playwright allows one instance per thread
+    if browser is not None:
         try:
             # The session comes from the real login form (CSRF token and all), posted by httpx:
             # chromium posts forms with "Origin: null" under the app's "Referrer-Policy: no-referrer",
@@ -229,5 +228,5 @@ def test_admin_searches_and_reads_a_story_in_a_browser(site: Site) -> None:
             assert HOSTILE_SUBJECT in page.inner_text("table.tracking")
             page.screenshot(path=f"{SCREENS}/track_hostile.png", full_page=True)
         finally:
-            browser.close()
+            context.close()
     assert remote == []  # nothing loaded from anywhere but the server

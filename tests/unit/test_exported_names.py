@@ -75,9 +75,11 @@ EXPORTED = {
     "spamassassind",
     "spamd_daemon",
     "stamp",
+    "stats",
     "string_scan",
     "time_limit",
     "trusted_clients",
+    "webq",
     "whitelisted",
 }
 
@@ -92,8 +94,9 @@ SERVICES = {
     "clamd_daemon",
     "spamd_daemon",
     "reporter",
+    "webq",
 }
-HOOKS = {"archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}
+HOOKS = {"stats", "archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}
 SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
 
 

@@ -13,15 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import const, db, quarantine, reject
-from mailsift.db import Database
-from mailsift.disposition import Outcome
-from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.replies import OK, Reply
-from mailsift.result import Decision, Result
-from mailsift.services.base import Settings
-from mailsift.stats import (
+from mailsift.counters import (
     GREYLIST_VERDICTS,
     RANGES,
     RESOLUTION,
@@ -38,6 +30,14 @@ from mailsift.stats import (
     upsert_counters,
     verdict_of,
 )
+from mailsift.db import Database
+from mailsift.disposition import Outcome
+from mailsift.errors import ConfigError
+from mailsift.mail import Envelope, Mail
+from mailsift.pipeline import Pipeline
+from mailsift.replies import OK, Reply
+from mailsift.result import Decision, Result
+from mailsift.services.base import Settings
 from mailsift.stats_cli import stats_command
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
@@ -68,7 +68,7 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
 def read_all(database: Database) -> dict[tuple[int, str, str, str], tuple[int, int, int, float]]:
     from sqlalchemy import select
 
-    from mailsift.stats import stats_table
+    from mailsift.counters import stats_table
 
     def read(connection: Any) -> Any:
         return {
@@ -317,7 +317,7 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
 def test_svg_escapes_hostile_names_and_draws_one_bar_per_value() -> None:
     import xml.etree.ElementTree as ET
 
-    from mailsift.stats import Series
+    from mailsift.counters import Series
     from mailsift.web.stats_views import render_svg
 
     hostile = '<script>alert(1)</script>"&'

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsift import counters
 from mailsift.db import Database, sqlite
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.pipeline import Pipeline
@@ -286,6 +287,10 @@ class PolicyServer:
             time.monotonic() - started,
             f" detail={result.detail}" if result.detail else "",
         )
+        if decision is not None:  # greylisting outcomes for the statistics (never waits)
+            counters.count_policy_answer(
+                self.database, decision, request.get("recipient", ""), time.monotonic() - started
+            )
         return action
 
     async def _evaluate(self, target: PolicyTarget) -> Decision:
@@ -312,4 +317,5 @@ class PolicyServer:
         for connection in list(self.connections):
             connection.writer.close()
         await self.pipeline.aclose()
+        await counters.close_policy_counters()
         await asyncio.to_thread(self.database.dispose)

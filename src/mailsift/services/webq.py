@@ -57,8 +57,12 @@ class webq(Service):
         idle_minutes: float = 60.0,
         trusted_proxies: Sequence[str] = ("127.0.0.1",),
         log: str | None = None,
+        metrics_clients: Sequence[str] = ("127.0.0.0/8", "::1/128"),
+        metrics_token: str | None = None,
     ) -> None:
         self.host, self.port = check_address(host, port, self.kind)
+        # /metrics: from these clients, with this bearer token, or for an admin session
+        self.metrics: dict[str, Any] = {"metrics_clients": tuple(metrics_clients), "metrics_token": metrics_token}
         self.scanners = as_scanners([scanner], self.kind) if scanner is not None else ()
         if secret_file is not None and (not isinstance(secret_file, str) or not secret_file):
             raise ConfigError(f"webq: secret_file must be a file path, got {secret_file!r}")
@@ -83,7 +87,11 @@ class webq(Service):
 
     async def start(self, sock: socket.socket, settings: Settings) -> WebServer:
         secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file)
-        app = create_app(settings, secret=secret, config=self.config)
+        # the other web pages: digest links, statistics and /metrics, message tracking
+        from mailsift.web import links_views, stats_views, tracking_views
+
+        extra = [*links_views.routes(), *stats_views.routes(**self.metrics), *tracking_views.routes()]
+        app = create_app(settings, secret=secret, config=self.config, extra_routes=extra)
         server = WebServer(app, self.config)
         await server.start(sock)
         return server

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, false, func, select, true
+from sqlalchemy import ColumnElement, exists, false, func, or_, select, true
 from sqlalchemy.engine import Connection
 
 from mailsift.quarantine_index import (
@@ -58,13 +58,22 @@ class ListQuery:
 
 
 def visible_to(user: User) -> ColumnElement[bool]:
-    """The SQL condition "``user`` may see this quarantine row"."""
+    """The SQL condition "``user`` may see this quarantine row".
+
+    A user's address ``@example.com`` makes them the domain's admin: every
+    recipient in exactly that domain is theirs (not subdomains).
+    """
     if user.is_admin:
         return true()
     if not user.addresses:
         return false()
     r = quarantine_recipient_table.c
-    return exists().where(r.quarantine_id == _q.id, func.lower(r.recipient).in_(list(user.addresses)))
+    recipient = func.lower(r.recipient)
+    exact = [a for a in user.addresses if not a.startswith("@")]
+    domains = [a for a in user.addresses if a.startswith("@") and len(a) > 1]
+    mine: list[ColumnElement[bool]] = [recipient.in_(exact)] if exact else []
+    mine += [recipient.endswith(domain, autoescape=True) for domain in domains]
+    return exists().where(r.quarantine_id == _q.id, or_(*mine))
 
 
 def _contains(column: Any, text: str) -> ColumnElement[bool]:
@@ -125,5 +134,10 @@ def categories(connection: Connection, user: User) -> list[str]:
 
 def own_recipients(user: User, entry: QuarantineEntry) -> list[str]:
     """The entry's recipients that are the user's own addresses (in the entry's order)."""
-    mine = set(user.addresses)
-    return [r for r in entry.recipients if r.lower() in mine]
+    return [r for r in entry.recipients if owns(user, r)]
+
+
+def owns(user: User, address: str) -> bool:
+    """Whether ``address`` is one of the user's (itself, or in one of their ``@domain`` entries)."""
+    address = address.lower()
+    return any(address == a or (a.startswith("@") and len(a) > 1 and address.endswith(a)) for a in user.addresses)

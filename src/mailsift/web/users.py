@@ -137,10 +137,13 @@ def normalize_login(login: str) -> str:
 
 
 def normalize_address(address: str) -> str:
+    """``user@domain``, or ``@domain`` for a domain's admin (all of that domain's mail and statistics)."""
     address = address.strip().strip("<>").lower()
     local, at, domain = address.rpartition("@")
+    if address.startswith("@"):
+        local = "*"  # a domain entry: no local part
     if not at or not local or not domain or len(address) > MAX_ADDRESS or any(c.isspace() for c in address):
-        raise ConfigError(f"bad address {address!r}: user@domain")
+        raise ConfigError(f"bad address {address!r}: user@domain, or @domain for a domain admin")
     return address
 
 

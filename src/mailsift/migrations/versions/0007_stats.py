@@ -1,4 +1,4 @@
-"""Statistics counters (mailsift.stats): sums per five-minute interval, domain, verdict and scanner.
+"""Statistics counters (mailsift.counters): sums per five-minute interval, domain, verdict and scanner.
 
 Revision ID: 0007
 Revises: 0001

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from mailsift.result import Decision
     from mailsift.services.base import Settings
 
-log = logging.getLogger("mailsift.stats")
+log = logging.getLogger("mailsift.counters")
 
 RESOLUTION = 300
 """Seconds per stored interval (SAGATOR's graphs were fed every five minutes)."""
