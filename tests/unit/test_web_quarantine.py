@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from mailsift import db, userpolicy
+from mailsift.errors import ConfigError
 from mailsift.quarantine_index import get_entry
 from mailsift.scanners.basic import regexp_scan
 from mailsift.services.base import Settings
@@ -167,3 +168,32 @@ def test_broken_mime_does_not_fail() -> None:
     shown = mailview.view(raw)
     assert isinstance(shown.text, str)
     assert mailview.part_bytes(raw, 99) is None
+
+
+async def test_a_domain_admin_sees_exactly_its_domain(server: WebqServer) -> None:
+    """``@example.org`` owns every recipient in that domain, not in others or in subdomains."""
+    m, database = server.messages, server.settings.database
+    await asyncio.to_thread(
+        server.seed,
+        "sub",
+        "s@x.test",
+        ["carl@sub.example.org"],
+        message_bytes("s@x.test", "carl@sub.example.org", "Sub", "x"),
+    )
+    await asyncio.to_thread(
+        server.seed,
+        "lookalike",
+        "s@x.test",
+        ["eve@badexample.org"],
+        message_bytes("s@x.test", "eve@badexample.org", "Lookalike", "x"),
+    )
+    domain_admin = User(4, "postmaster", False, ("@example.org",))
+    entries, _ = database.call(find_page, domain_admin, ListQuery(rows=100))
+    seen = {e.id for e in entries}
+    assert {m["mine"], m["theirs"], m["both"]} <= seen  # alice@ and bob@example.org
+    assert m["sub"] not in seen
+    assert m["lookalike"] not in seen
+    assert database.call(get_visible, domain_admin, m["sub"]) is None
+    with pytest.raises(ConfigError, match="bad address"):
+        users.normalize_address("@")
+    assert users.normalize_address("@Example.ORG") == "@example.org"
