@@ -28,6 +28,7 @@ import binascii
 import email.errors
 import email.parser
 import email.utils
+import hashlib
 import io
 import os
 import quopri
@@ -409,12 +410,19 @@ def normalize_encoding(value: str) -> str:
     return re.sub(r"[\s\"']", "", _COMMENT.sub("", value)).lower()
 
 
+_NOT_BASE64 = bytes(b for b in range(256) if not (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/=")))
+
+
 def decode_base64_chunks(encoded: bytes) -> bytes:
     """Base64 made of several padded pieces (``...==abcd...``), decoded piece by piece.
 
     The standard library stops at the first padding; some mail clients go on.
     """
-    clean = re.sub(rb"[^A-Za-z0-9+/=]", b"", encoded)
+    clean = encoded.translate(None, _NOT_BASE64)
+    core = clean.rstrip(b"=")
+    if b"=" not in core:  # one piece (the usual case): one decode, no piece-by-piece loop
+        core = core[: len(core) - (len(core) % 4 == 1)]
+        return base64.b64decode(core + b"=" * (-len(core) % 4)) if core else b""
     out = []
     for piece in re.findall(rb"[A-Za-z0-9+/]+=*", clean):
         core = piece.rstrip(b"=")
@@ -438,7 +446,7 @@ def transfer_decode(encoding: str, encoded: bytes) -> bytes:
 
 def _alternate_encodings(
     ctes: list[str], used: str, encoded: bytes, data: bytes, defects: list[str]
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes, bytes]]:
     """The other plausible decodings of a leaf, when any is plausible (rare in real mail).
 
     Plausible: another declared Content-Transfer-Encoding (doubled header, or a
@@ -460,7 +468,7 @@ def _alternate_encodings(
             labels.append("identity")
         if _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
             labels.append("base64-chunks")
-    found: list[tuple[str, bytes]] = []
+    found: list[tuple[str, bytes, bytes]] = []
     for label in dict.fromkeys(labels):
         try:
             if label == "base64-chunks":
@@ -470,11 +478,22 @@ def _alternate_encodings(
         except (ValueError, binascii.Error):
             continue
         if decoded and decoded != data:
-            found.append((label, decoded))
+            # the views' raw base64 runs decode piece by piece: the same bytes as these two
+            # decodings unless padding sits inside the text, so only then skip them there
+            same = label == "base64-chunks" or (
+                label == "base64" and not _INNER_PADDING.search(encoded.translate(None, b"\r\n \t"))
+            )
+            source = base64_source_key(encoded) if same else b""
+            found.append((label, decoded, source))
     return found
 
 
-def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes]], int]:
+def base64_source_key(text: bytes) -> bytes:
+    """A key for base64 text, blanks and line ends ignored: the views do not decode it twice."""
+    return hashlib.blake2b(text.translate(None, b" \t\r\n"), digest_size=16).digest()
+
+
+def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes, bytes]], int]:
     """Decode a leaf's payload as ``get_payload(decode=True)`` does, and release it.
 
     The encoded payload is taken out of the message first, so that at any time
@@ -492,7 +511,7 @@ def _decode_leaf(message: Message, blobs: _Blobs) -> tuple[bytes, tuple[str, ...
     encoding = raw_encoding.lower()
     ctes = [normalize_encoding(str(v)) for v in message.get_all("content-transfer-encoding", [])]
     defects: list[str] = []
-    alternates: list[tuple[str, bytes]] = []
+    alternates: list[tuple[str, bytes, bytes]] = []
     used = encoding.strip()
     encoded_size = 0
     suspicious = len(ctes) > 1 or (bool(ctes) and ctes[0] != used)
@@ -567,6 +586,7 @@ class _TreeBuilder:
     def __init__(self, blobs: _Blobs) -> None:
         self.parts: list[Part] = []
         self.alternates: list[Part] = []
+        self.base64_sources: set[bytes] = set()  # keys of base64 texts decoded as alternates
         self.blobs = blobs
 
     def build(self, message: Message, path: str) -> MimeNode:
@@ -603,7 +623,9 @@ class _TreeBuilder:
             encoded_size=encoded_size,
         )
         self.parts.append(part)
-        for label, decoded in alternates:
+        for label, decoded, source in alternates:
+            if source:
+                self.base64_sources.add(source)
             self.alternates.append(
                 Part(
                     f"{leaf_path}~{label}",
@@ -704,13 +726,13 @@ class Mail:
     # -- lazy views
 
     @cached_property
-    def _structure(self) -> tuple[MimeNode, list[Part], list[Part]]:
+    def _structure(self) -> tuple[MimeNode, list[Part], list[Part], set[bytes]]:
         blobs = _Blobs(self)
         parser = email.parser.BytesFeedParser()
         blobs.feed(parser)
         builder = _TreeBuilder(blobs)
         root = builder.build(parser.close(), "")
-        return root, builder.parts, builder.alternates
+        return root, builder.parts, builder.alternates, builder.base64_sources
 
     @cached_property
     def headers(self) -> Headers:
@@ -737,6 +759,11 @@ class Mail:
     def alternates(self) -> list[Part]:
         """Other plausible transfer decodings of leaves (doubled or odd encodings); usually empty."""
         return self._structure[2]
+
+    @property
+    def base64_sources(self) -> set[bytes]:
+        """Keys (:func:`base64_source_key`) of the base64 texts the alternates decoded already."""
+        return self._structure[3]
 
     @cached_property
     def views(self) -> list[Part]:

@@ -38,7 +38,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from mailsift.mail import Mail, Part, decode_base64_chunks, extract_uuencoded, extract_yencoded
+from mailsift.mail import Mail, Part, base64_source_key, decode_base64_chunks, extract_uuencoded, extract_yencoded
 
 MAX_DEPTH = 3
 """How deep decoded views that are messages themselves are parsed again."""
@@ -102,11 +102,12 @@ def _body_start(raw: bytes) -> int:
     return min(ends) if ends else len(raw)
 
 
-def base64_runs(raw: bytes) -> Iterator[tuple[int, bytes]]:
-    """``(offset, decoded)`` for each run of base64 lines in the body of ``raw``, decoded leniently."""
+def base64_runs(raw: bytes, skip: set[bytes] | frozenset[bytes] = frozenset()) -> Iterator[tuple[int, bytes]]:
+    """``(offset, decoded)`` for each run of base64 lines in the body of ``raw``, decoded leniently;
+    runs whose text is in ``skip`` (:func:`mailsift.mail.base64_source_key`) are not decoded again."""
     for match in _RUN.finditer(raw, _body_start(raw)):
         text = match.group().translate(None, b" \t\r\n")
-        if len(text) < _RUN_MIN:
+        if len(text) < _RUN_MIN or (skip and base64_source_key(text) in skip):
             continue
         try:
             yield match.start(), decode_base64_chunks(text)
@@ -122,6 +123,8 @@ def lenient_split(data: bytes) -> list[bytes]:
     its lines, without the boundary lines.  Empty when there is none.
     """
     entities: list[bytes] = []
+    if not data.startswith(b"--") and b"\n--" not in data:
+        return entities  # no line starts with "--": the regular expression need not walk the data
     for boundary in dict.fromkeys(m.group(1) for m in _BOUNDARY_LINE.finditer(data)):
         delimiter = re.compile(rb"^--" + re.escape(boundary) + rb"(?:--)?[ \t]*\r?\n?", re.MULTILINE)
         pieces = delimiter.split(data)
@@ -157,7 +160,7 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
             _collect(child, collector, depth + 1, where)
 
     raw = mail.raw
-    for offset, decoded in base64_runs(raw):
+    for offset, decoded in base64_runs(raw, mail.base64_sources):
         view = Part(f"{prefix}raw@{offset}", "application/octet-stream", (), decoded, origin="raw:base64")
         if collector.add(view):
             _nested(view, collector, depth, prefix)

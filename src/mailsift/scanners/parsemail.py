@@ -22,6 +22,10 @@ from mailsift.result import CLEAN, Result
 from mailsift.scanners.base import Interscanner, MailTarget, PartTarget, Scanner, Target, evaluate
 from mailsift.scanners.basic import _pairs, compile_text
 
+_INLINE_VIEWS = 64 * 1024
+"""Views of smaller messages are computed in the event loop (well under a millisecond);
+bigger ones in a thread, so one big message does not hold up the worker's other connections."""
+
 
 class parsemail(Interscanner):
     """Run the wrapped scanners on each decoded part and view; first detection wins.
@@ -54,7 +58,7 @@ class parsemail(Interscanner):
     async def _views(self, mail: Mail) -> list[Part]:
         if not self.views:
             return []
-        if "views" in mail.__dict__:  # already computed (cached_property)
+        if "views" in mail.__dict__ or mail.size < _INLINE_VIEWS:  # computed already, or quick to compute
             return mail.views
         return await asyncio.to_thread(lambda: mail.views)  # a regular-expression pass and decodings
 
