@@ -6,12 +6,7 @@ Time is the scanner's ``clock``, set by each test: no test waits or measures.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing
-import os
-import pwd
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +24,7 @@ from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import const, sender_regexp
 from mailsift.scanners.client import client_network
 from mailsift.scanners.policy import PolicyTarget, greylist, network_key, recipient_regexp, sender_key
+from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 START = 1_700_000_000.0
 
@@ -41,48 +37,9 @@ class Clock:
         return self.now
 
 
-PG_BIN = "/usr/local/bin" if os.path.exists("/usr/local/bin/initdb") else "/usr/lib/postgresql/15/bin"
-_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A private PostgreSQL on a Unix socket in a temporary directory; yields its base URL."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed")
-    if not os.path.exists(f"{PG_BIN}/initdb") or os.geteuid() != 0:
-        pytest.skip("PostgreSQL's initdb (run as the postgres user) is needed")
-    owner = pwd.getpwnam("postgres")
-    where = tempfile.mkdtemp(prefix="mailsift-pg-")
-    os.chown(where, owner.pw_uid, owner.pw_gid)
-    port = str(55000 + os.getpid() % 1000)
-
-    def as_postgres(*command: str) -> None:
-        subprocess.run(
-            ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(command)], check=True, capture_output=True, timeout=60
-        )
-
-    options = f"\"-c listen_addresses='' -c unix_socket_directories={where} -c fsync=off -p {port}\""
-    try:
-        as_postgres(f"{PG_BIN}/initdb", "-D", f"{where}/data", "-A", "trust", "-U", "postgres", "--no-sync")
-        as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{where}/data", "-w", "-l", f"{where}/log", "-o", options, "start")
-        yield f"postgresql+psycopg://postgres@/%s?host={where}&port={port}"
-    finally:
-        if os.path.exists(f"{where}/data/postmaster.pid"):
-            as_postgres(f"{PG_BIN}/pg_ctl", "-D", f"{where}/data", "-w", "-m", "fast", "stop")
-        shutil.rmtree(where, ignore_errors=True)
-
-
 def fresh_postgres_database(base_url: str) -> str:
-    name = f"greylist_{next(_numbers)}"
-    admin = db.database(base_url % "postgres")
-    admin.configure("/")
-    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return base_url % name
+    """A new empty database in the private PostgreSQL (tests/postgres_instance.py)."""
+    return fresh_database(base_url, "greylist")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -367,6 +367,7 @@ def test_config_options_are_checked() -> None:
 
 
 def test_the_migration_builds_the_maillog_table(tmp_path: Path) -> None:
+    import mailsift.tracking  # noqa: F401 - its indexes on maillog (migration 0008) belong to the table too
     from mailsift import migrations
 
     engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
