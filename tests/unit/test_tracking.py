@@ -5,7 +5,7 @@ The gateway is the config file a site would write (``SCANNERS``, ``SRV``,
 and run by :class:`mailsift.testing.ServiceThread` on a loopback port, with a
 :class:`~mailsift.testing.RecordingServer` as next hop.  Four messages get four
 fates (delivered, rejected by a named scanner, quarantined, quarantined then
-released by a named admin through :func:`mailsift.quarantine_cli.release`);
+released by a named admin through :func:`mailsift.quarantine_admin.release`);
 searches by sender, recipient, Message-ID, queue id and time must tell each
 story right, on SQLite and on PostgreSQL, through the queries and through
 ``mailsift track``.  Paging, bounds and odd input are tested on rows written by
@@ -33,7 +33,7 @@ from mailsift import tracking
 from mailsift.config import Config
 from mailsift.db import Database
 from mailsift.logline import MessageRecord, insert_rows, sql_rows
-from mailsift.quarantine_cli import release
+from mailsift.quarantine_admin import release
 from mailsift.quarantine_index import QuarantineFilter, find_entries, remove_entry
 from mailsift.testing import RecordingServer, ServiceThread
 from mailsift.tracking import (

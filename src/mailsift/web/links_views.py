@@ -9,7 +9,7 @@ action the answer redirects to the ``GET`` page (post/redirect/get), which
 says "done" once (a mark in the session) and from then on "already done": a
 second click, a reload or a second ``POST`` never sends the message again.
 
-Release reuses :func:`mailsift.quarantine_cli.release` (to that recipient
+Release reuses :func:`mailsift.quarantine_admin.release` (to that recipient
 only, recorded as ``digest link <recipient>``); whitelisting uses
 :func:`mailsift.userpolicy.add_listed` on that recipient's own list.
 """
@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift import links
 from mailsift.db import Database
 from mailsift.errors import ConfigError, MailsiftError
-from mailsift.quarantine_cli import QuarantineProblem, release
+from mailsift.quarantine_admin import QuarantineProblem, release
 from mailsift.quarantine_index import QuarantineEntry, get_entry
 from mailsift.services.base import Settings
 from mailsift.userpolicy import add_listed, list_entries, normalize_value

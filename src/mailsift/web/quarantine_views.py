@@ -4,8 +4,8 @@ Every page asks :func:`~mailsift.web.auth.require_user` first, and finds
 messages only through :mod:`mailsift.web.quarantine_queries`, whose queries
 carry the ownership condition: a message that is not the user's answers 404,
 exactly as a missing one.  Every POST checks the CSRF token before anything
-else.  Actions reuse the CLI's operations (:func:`mailsift.quarantine_cli.release`,
-:func:`~mailsift.quarantine_cli.delete`), so the web and the CLI release and
+else.  Actions reuse the quarantine's operations (:func:`mailsift.quarantine_admin.release`,
+:func:`~mailsift.quarantine_admin.delete`), so the web and the CLI release and
 record alike.
 
 * release: an ordinary user releases to their own addresses among the
@@ -37,7 +37,7 @@ from mailsift import userpolicy
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.mail import Envelope, Mail
 from mailsift.pipeline import Pipeline
-from mailsift.quarantine_cli import QuarantineProblem, delete, release
+from mailsift.quarantine_admin import QuarantineProblem, delete, release
 from mailsift.quarantine_index import HELD, STATES, QuarantineEntry
 from mailsift.quarantine_store import DamagedFile, locate, read_original
 from mailsift.services.base import Settings
