@@ -56,11 +56,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
 from mailsift.logline import maillog_table
 from mailsift.quarantine_index import HELD, QuarantineFilter, find_entries
-from mailsift.userpolicy import normalize_value, parse_duration
+from mailsift.userpolicy import normalize_value
 
 log = logging.getLogger("mailsift.digest")
 

@@ -21,6 +21,7 @@ import click
 
 from mailsift import config as config_module
 from mailsift.db import Database
+from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.userpolicy import (
     FIELDS,
@@ -32,7 +33,6 @@ from mailsift.userpolicy import (
     list_policies,
     lookup_policy,
     lookup_verdict,
-    parse_duration,
     parse_simcontrol,
     purge_listed,
     remove_listed,

@@ -21,7 +21,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import click
 
 from mailsift import config as config_module
 from mailsift.config import Config
+from mailsift.durations import seconds
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.quarantine_admin import QuarantineProblem, delete, expire, reindex, release
 from mailsift.quarantine_index import (
@@ -54,9 +54,6 @@ CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config.
 DEFAULT_EXPIRY = "14d"
 """qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
-
 
 class Duration(click.ParamType[float, Any]):
     """An age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``, as seconds."""
@@ -66,10 +63,10 @@ class Duration(click.ParamType[float, Any]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, int | float):
             return float(value)
-        found = _DURATION.match(str(value))
-        if not found:
+        found = seconds(str(value), bare=False)
+        if found is None:
             self.fail(f"{value!r} is not an age like 30d, 12h, 90m, 2w or 45s", param, ctx)
-        return float(found.group(1)) * _UNITS[found.group(2).lower()]
+        return found
 
 
 def parse_next_hop(value: str) -> tuple[str, int]:

@@ -20,8 +20,8 @@ import click
 from mailsift import config as config_module
 from mailsift.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
 from mailsift.db import Database
+from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError
-from mailsift.userpolicy import parse_duration
 
 CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: the bundled config."
 

@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Index, and_, func, select
 from sqlalchemy.engine import Connection, Row
 
+from mailsift.durations import seconds
 from mailsift.logline import maillog_table
 from mailsift.quarantine_index import RELEASED, QuarantineEntry, QuarantineFilter, find_entries
 
@@ -132,10 +133,6 @@ class TrackQuery:
         return replace(self, offset=max(0, self.offset - self.limit))
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_time(text: str, now: float | None = None) -> float:
     """A point in time as Unix seconds: an age (``2h``, ``7d``, ``30m``, ``2w``: that long
     before ``now``), an ISO 8601 date or date and time (``2024-05-01``, ``2024-05-01T10:00``,
@@ -146,10 +143,9 @@ def parse_time(text: str, now: float | None = None) -> float:
     text = text.strip()
     if not text or len(text) > 64:
         raise TrackQueryError(f"{text[:64]!r} is not a time like 2h, 7d, 2024-05-01 or 2024-05-01T10:00")
-    found = _DURATION.match(text)
-    if found:
-        now = time.time() if now is None else now
-        return now - float(found.group(1)) * _UNITS[found.group(2).lower()]
+    age = seconds(text, bare=False)
+    if age is not None:
+        return (time.time() if now is None else now) - age
     if re.fullmatch(r"\d{9,11}(?:\.\d+)?", text):
         return float(text)
     try:

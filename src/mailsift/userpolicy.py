@@ -588,20 +588,5 @@ def lookup_verdict(connection: Connection, sender: str, recipients: Sequence[str
     return resolve_verdict(entries, sender, recipients, client)
 
 
-# --------------------------------------------------------------------------- durations
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``30m``, ``12h``, ``7d``, ``2w`` → seconds."""
-    match = _DURATION.match(text.strip().lower())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"bad duration {text!r}: e.g. 3600, 30m, 12h, 7d, 2w")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 Clock = Callable[[], float]
 DEFAULT_CLOCK: Clock = time.time
