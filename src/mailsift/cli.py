@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 import click
 
 from mailsift import __version__
-from mailsift import config as config_module
+from mailsift.commands import load_config
+from mailsift.commands.policy import lists, policy
+from mailsift.commands.quarantine import quarantine_group
+from mailsift.commands.report import report_command
+from mailsift.commands.stats import stats_command
+from mailsift.commands.tracking import track
+from mailsift.commands.users import user_group
 from mailsift.config import Config
 from mailsift.errors import ConfigError
 from mailsift.mail import Envelope, Mail
 from mailsift.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.pipeline import Pipeline
-from mailsift.policy_cli import lists, policy
-from mailsift.quarantine_cli import quarantine_group
-from mailsift.report_cli import report_command
 from mailsift.result import Disposition
 from mailsift.scanners.base import Scanner
-from mailsift.stats_cli import stats_command
-from mailsift.tracking_cli import track
-from mailsift.users_cli import user_group
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
 NO_DAEMONS_HELP = (
@@ -44,14 +44,6 @@ def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager
     from mailsift.supervisor import running_daemons
 
     return running_daemons(config, say=lambda text: click.echo(f"mailsift: {text}", err=True))
-
-
-def _load(path: str | None) -> Config:
-    try:
-        return config_module.load(path or config_module.DEFAULT_CONFIG)
-    except ConfigError as error:
-        click.echo(f"mailsift: config error: {error}", err=True)
-        sys.exit(2)
 
 
 def _setup_logging(level: str) -> None:
@@ -91,7 +83,7 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
     from mailsift.supervisor import Supervisor
 
     _setup_logging(log_level)
-    config = _load(config_path)
+    config = load_config(config_path)
     if not config.services:
         click.echo(f"mailsift: {config.path}: SRV lists no services; nothing to serve", err=True)
         sys.exit(2)
@@ -107,7 +99,7 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def check_config(config_path: str | None) -> None:
     """Load the config, print its scanner tree and services; exit 2 if it is broken."""
-    config = _load(config_path)
+    config = load_config(config_path)
     click.echo(f"config: {config.path}")
     click.echo(f"state directory: {config.settings.state_dir}")
     click.echo("SCANNERS:")
@@ -160,7 +152,7 @@ def scan(
     The daemons of SRV (clamd_daemon, spamd_daemon) are started for the run
     when they are not running already (unless --no-daemons).
     """
-    config = _load(config_path)
+    config = load_config(config_path)
     pipeline = Pipeline(config.scanners)
     status = 0
     with _daemons(config, skip=no_daemons), asyncio.Runner() as runner:
@@ -298,7 +290,7 @@ def scan_mailbox(
     2 on an error (unreadable mailbox, scanner failure, existing .clean output
     without --force).
     """
-    config = _load(config_path)
+    config = load_config(config_path)
     scanners = config.scanners
     if av_only:
         scanners = tuple(s for s in config.scanners if is_antivirus(s))

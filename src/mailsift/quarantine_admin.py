@@ -1,7 +1,7 @@
 """The quarantine's operations: release, delete, expire, reindex.
 
 Shared by every place that acts on the quarantine: ``mailsift quarantine``
-(:mod:`mailsift.quarantine_cli`), the web quarantine and the digest's
+(:mod:`mailsift.commands.quarantine`), the web quarantine and the digest's
 one-click links.  The files are :mod:`mailsift.quarantine_store`'s, the rows
 :mod:`mailsift.quarantine_index`'s; the index lives in ``DATABASE``, so any
 gateway sharing the database and the store can act on what another one

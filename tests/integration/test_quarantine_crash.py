@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import config as config_module
-from mailsift.quarantine_cli import quarantine_group
+from mailsift.commands.quarantine import quarantine_group
 from mailsift.quarantine_index import QuarantineFilter, find_entries
 from mailsift.quarantine_store import CRASH_POINT_VARIABLE, CRASH_POINTS, read_original, stored_files
 from mailsift.testing import RecordingServer, free_port

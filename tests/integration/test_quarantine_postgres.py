@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift.quarantine_cli import quarantine_group
+from mailsift.commands.quarantine import quarantine_group
 from mailsift.testing import RecordingServer, free_port
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from mailsift import db
 from mailsift.db import Database
-from mailsift.policy_cli import lists, policy
+from mailsift.commands.policy import lists, policy
 from mailsift.scanners.actions import reject
 from mailsift.scanners.spam import spamassassind
 from mailsift.scanners.userpolicy import listed, policy_attach, policy_enabled, policy_spam_hits

@@ -21,7 +21,7 @@ from mailsift.digest import DigestEntry, LinkMaker, Report, build_reports, colle
 from mailsift.errors import ConfigError
 from mailsift.logline import insert_rows
 from mailsift.quarantine_index import mark_released
-from mailsift.report_cli import report_command
+from mailsift.commands.report import report_command
 from mailsift.testing import RecordingServer, free_port
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 from tests.unit.test_links import Gateway

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import config as config_module
-from mailsift.policy_cli import lists, policy
+from mailsift.commands.policy import lists, policy
 from mailsift.userpolicy import list_entries, list_policies, lookup_policy
 
 

@@ -38,7 +38,7 @@ from mailsift.pipeline import Pipeline
 from mailsift.replies import OK, Reply
 from mailsift.result import Decision, Result
 from mailsift.services.base import Settings
-from mailsift.stats_cli import stats_command
+from mailsift.commands.stats import stats_command
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 NOW = 1_700_000_100.0  # inside a five-minute interval, not at its start

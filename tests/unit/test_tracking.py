@@ -49,7 +49,7 @@ from mailsift.tracking import (
     get_story,
     parse_time,
 )
-from mailsift.tracking_cli import track
+from mailsift.commands.tracking import track
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 CONFIG = """\

@@ -28,9 +28,8 @@ from typing import Any, NoReturn
 
 import click
 
-from mailsift import config as config_module
+from mailsift.commands import Duration, config_option, load_config
 from mailsift.config import Config
-from mailsift.durations import seconds
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.quarantine_admin import QuarantineProblem, delete, expire, reindex, release
 from mailsift.quarantine_index import (
@@ -50,23 +49,8 @@ from mailsift.quarantine_store import (
 
 log = logging.getLogger("mailsift.quarantine")
 
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
 DEFAULT_EXPIRY = "14d"
 """qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
-
-
-class Duration(click.ParamType[float, Any]):
-    """An age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``, as seconds."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        found = seconds(str(value), bare=False)
-        if found is None:
-            self.fail(f"{value!r} is not an age like 30d, 12h, 90m, 2w or 45s", param, ctx)
-        return found
 
 
 def parse_next_hop(value: str) -> tuple[str, int]:
@@ -81,19 +65,6 @@ def parse_next_hop(value: str) -> tuple[str, int]:
 def invoking_user() -> str:
     """Who runs the command: the user behind sudo, else the login name."""
     return os.environ.get("SUDO_USER") or getpass.getuser()
-
-
-def _load(path: str | None) -> Config:
-    try:
-        config = config_module.load(path or config_module.DEFAULT_CONFIG)
-    except ConfigError as error:
-        click.echo(f"mailsift: config error: {error}", err=True)
-        sys.exit(2)
-    if config.settings.database is None:  # config.load always sets one; a bare Settings may not
-        click.echo("mailsift: the config has no DATABASE for the quarantine index", err=True)
-        sys.exit(2)
-    click.get_current_context().call_on_close(config.settings.database.dispose)  # pooled connections
-    return config
 
 
 def _database_failed(error: MailsiftError) -> NoReturn:
@@ -132,9 +103,6 @@ def _entries(config: Config, ids: Sequence[str]) -> tuple[list[QuarantineEntry],
     return [by_id[i] for i in dict.fromkeys(ids) if i in by_id], [i for i in ids if i not in by_id]
 
 
-config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-
-
 @click.group("quarantine")
 def quarantine_group() -> None:
     """List, show, release, delete and expire quarantined mail (any gateway sharing DATABASE).
@@ -166,7 +134,7 @@ def list_command(
     as_json: bool,
 ) -> None:
     """List quarantined messages, newest first."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     selection = QuarantineFilter(recipient, sender, category, state, older_than, newer_than, limit or None)
     try:
         entries = config.settings.database.call(find_entries, selection, time.time())
@@ -204,7 +172,7 @@ def list_command(
 @click.option("--raw", is_flag=True, help="Print the original message as received (without mailsift's head).")
 def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
     """Show one message: its verdict, envelope and headers (or --raw, the whole message)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     try:
         entry = config.settings.database.call(get_entry, entry_id)
     except MailsiftError as error:
@@ -269,7 +237,7 @@ def release_command(
 ) -> None:
     """Send quarantined messages on to their recipients (SAGATOR's sqback) and record who did."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     hop = parse_next_hop(next_hop) if next_hop else None
     who = by or invoking_user()
     entries, missing = _entries(config, entry_ids)
@@ -308,7 +276,7 @@ def release_command(
 @click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
 def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
     """Delete quarantined messages (row and file)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     entries, missing = _entries(config, entry_ids)
     for entry_id in missing:
         click.echo(f"mailsift: no quarantined message {entry_id}", err=True)
@@ -336,7 +304,7 @@ def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
 @click.option("--category", help="Only this quarantine folder.")
 def expire_command(config_path: str | None, older_than: float, category: str | None) -> None:
     """Delete old quarantined mail (after adopting unindexed files, see reindex)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     try:
         count = expire(config.settings, older_than, category=category)
     except MailsiftError as error:
@@ -348,7 +316,7 @@ def expire_command(config_path: str | None, older_than: float, category: str | N
 @config_option
 def reindex_command(config_path: str | None) -> None:
     """Index stored files that have no row (left by a crash between the file and its row)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the quarantine index")
     try:
         found = reindex(config.settings)
     except MailsiftError as error:

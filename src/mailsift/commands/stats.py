@@ -11,13 +11,11 @@ Exit codes: 0 done, 2 bad input or a broken config, 3 the database failed.
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import NoReturn
 
 import click
 
-from mailsift import config as config_module
+from mailsift.commands import config_option_with, fail, load_config
 from mailsift.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
 from mailsift.db import Database
 from mailsift.durations import parse_duration
@@ -26,18 +24,10 @@ from mailsift.errors import ConfigError, DatabaseError
 CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: the bundled config."
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"mailsift: {message}", err=True)
-    sys.exit(code)
-
-
 def _database(config_path: str | None) -> Database:
-    try:
-        database = config_module.load(config_path or config_module.DEFAULT_CONFIG).settings.database
-    except ConfigError as error:
-        _fail(f"config error: {error}", 2)
+    database = load_config(config_path).settings.database
     if not isinstance(database, Database):
-        _fail("the config has no DATABASE", 2)
+        fail("the config has no DATABASE", 2)
     return database
 
 
@@ -82,7 +72,7 @@ def format_table(title: str, rows: list[Total]) -> list[str]:
 
 
 @click.command("stats")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option_with(CONFIG_HELP)
 @click.option("--since", default="24h", show_default=True, help="How far back: 3600, 30m, 12h, 7d, 2w.")
 @click.option(
     "--by",
@@ -99,7 +89,7 @@ def stats_command(config_path: str | None, since: str, group: str, domains: tupl
     try:
         seconds = parse_duration(since)
     except ConfigError as error:
-        _fail(error.message, 2)
+        fail(error.message, 2)
     verdicts = GREYLIST_VERDICTS if greylist else MAIL_VERDICTS
     database = _database(config_path)
     wanted = [domain.strip().lower() for domain in domains] or None
@@ -110,7 +100,7 @@ def stats_command(config_path: str | None, since: str, group: str, domains: tupl
             )
         )
     except DatabaseError as error:
-        _fail(str(error), 3)
+        fail(str(error), 3)
     finally:
         database.dispose()
     scope = f" for {', '.join(wanted)}" if wanted else ""

@@ -20,9 +20,8 @@ from typing import Any
 
 import click
 
-from mailsift import config as config_module
-from mailsift.config import Config
-from mailsift.errors import ConfigError, MailsiftError
+from mailsift.commands import config_option, load_config
+from mailsift.errors import MailsiftError
 from mailsift.tracking import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -35,7 +34,6 @@ from mailsift.tracking import (
     parse_time,
 )
 
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
 TIME_HELP = "an age (2h, 7d, 2w), a date or a UTC date and time (2024-05-01, 2024-05-01T10:00)"
 
 
@@ -61,19 +59,6 @@ class TimeParam(click.ParamType[float, Any]):
             return parse_time(str(value))
         except TrackQueryError as error:
             self.fail(str(error), param, ctx)
-
-
-def _load(path: str | None) -> Config:
-    try:
-        config = config_module.load(path or config_module.DEFAULT_CONFIG)
-    except ConfigError as error:
-        click.echo(f"mailsift: config error: {error}", err=True)
-        sys.exit(2)
-    if config.settings.database is None:
-        click.echo("mailsift: the config has no DATABASE (where log_sql writes the message log)", err=True)
-        sys.exit(2)
-    click.get_current_context().call_on_close(config.settings.database.dispose)
-    return config
 
 
 def _print_table(page: StoryPage, events: bool) -> None:
@@ -106,7 +91,7 @@ def _print_table(page: StoryPage, events: bool) -> None:
 
 
 @click.command("track")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option("--sender", help="Envelope sender (exact, any case), @example.com for a domain, <> for bounces.")
 @click.option("--recipient", help="Envelope recipient (exact, any case), or @example.com for a domain.")
 @click.option("--message-id", help="The Message-ID header, with or without <>.")
@@ -144,7 +129,7 @@ def track(
         query = TrackQuery(sender, recipient, message_id, queue_id, since, until, limit, offset)
     except TrackQueryError as error:
         raise click.UsageError(str(error)) from None
-    config = _load(config_path)
+    config = load_config(config_path, database_for="where log_sql writes the message log")
     try:
         page = config.settings.database.call(find_stories, query)
     except MailsiftError as error:

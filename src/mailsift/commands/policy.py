@@ -12,14 +12,13 @@ database failed.
 from __future__ import annotations
 
 import datetime
-import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
-from mailsift import config as config_module
+from mailsift.commands import config_option_with, fail, load_config
 from mailsift.db import Database
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError
@@ -43,26 +42,13 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIG_HELP = "Config file whose DATABASE holds the policies and lists. Default: the bundled config."
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"mailsift: {message}", err=True)
-    sys.exit(code)
-
-
-def config_option(function: F) -> F:
-    """The ``-c/--config`` option every command here takes."""
-    option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
-    return option(function)
+config_option = config_option_with(CONFIG_HELP)
 
 
 def _database(config_path: str | None) -> Database:
-    try:
-        database = config_module.load(config_path or config_module.DEFAULT_CONFIG).settings.database
-    except ConfigError as error:
-        _fail(f"config error: {error}", 2)
+    database = load_config(config_path).settings.database
     if not isinstance(database, Database):
-        _fail("the config has no DATABASE", 2)
+        fail("the config has no DATABASE", 2)
     return database
 
 
@@ -72,9 +58,9 @@ def _run(config_path: str | None, function: Callable[..., T], *args: Any, **opti
     try:
         return database.call(lambda connection: function(connection, *args, **options))
     except ConfigError as error:
-        _fail(error.message, 2)
+        fail(error.message, 2)
     except DatabaseError as error:
-        _fail(str(error), 3)
+        fail(str(error), 3)
     finally:
         database.dispose()
 
@@ -106,9 +92,9 @@ def policy_import(config_path: str | None, replace: bool, file: Any) -> None:
     try:
         entries = parse_simcontrol(file)
     except ConfigError as error:
-        _fail(f"{file.name}: {error.message}", 2)
+        fail(f"{file.name}: {error.message}", 2)
     except UnicodeDecodeError as error:
-        _fail(f"{file.name}: not UTF-8 text ({error.reason})", 2)
+        fail(f"{file.name}: not UTF-8 text ({error.reason})", 2)
     count = _run(config_path, import_simcontrol, entries, time.time(), replace)
     click.echo(f"imported {count} {'policy' if count == 1 else 'policies'} from {file.name}")
 
@@ -134,7 +120,7 @@ def policy_show(config_path: str | None, keys: tuple[str, ...]) -> None:
     if keys and len(rows) < len(set(keys)):
         found = {key for key, _ in rows}
         missing = [k for k in keys if k.strip().lower() not in found]
-        _fail(f"no policy for {', '.join(_show_key(k) for k in missing)}", 1)
+        fail(f"no policy for {', '.join(_show_key(k) for k in missing)}", 1)
 
 
 @policy.command("delete")
@@ -143,7 +129,7 @@ def policy_show(config_path: str | None, keys: tuple[str, ...]) -> None:
 def policy_delete(config_path: str | None, key: str) -> None:
     """Delete KEY's policy ('' is the default)."""
     if not _run(config_path, delete_policy, key):
-        _fail(f"no policy for {_show_key(key)}", 1)
+        fail(f"no policy for {_show_key(key)}", 1)
     click.echo(f"deleted {_show_key(key.strip().lower())}")
 
 
@@ -195,7 +181,7 @@ def lists_add(
     try:
         until = None if expires is None else now + parse_duration(expires)
     except ConfigError as error:
-        _fail(error.message, 2)
+        fail(error.message, 2)
     entry = _run(config_path, add_listed, list_name, field, value, owner=owner, expires=until, comment=comment, now=now)
     scope = f"for {entry.owner}" if entry.owner else "global"
     click.echo(f"{entry.list}listed {entry.field} {entry.value} ({scope}, expires {_when(entry.expires)})")
@@ -210,7 +196,7 @@ def lists_add(
 def lists_delete(config_path: str | None, owner: str, list_name: str, field: str, value: str) -> None:
     """Remove an entry."""
     if not _run(config_path, remove_listed, list_name, field, value, owner=owner):
-        _fail(f"no such entry: {list_name} {field} {value}" + (f" of {owner}" if owner else " (global)"), 1)
+        fail(f"no such entry: {list_name} {field} {value}" + (f" of {owner}" if owner else " (global)"), 1)
     click.echo(f"deleted {list_name} {field} {value}")
 
 

@@ -21,24 +21,11 @@ import time
 
 import click
 
-from mailsift import config as config_module
-from mailsift.config import Config
+from mailsift.commands import config_option, load_config
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.web import users
 
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
-config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 stdin_option = click.option("--password-stdin", is_flag=True, help="Read the password as one line from stdin.")
-
-
-def _load(path: str | None) -> Config:
-    try:
-        config = config_module.load(path or config_module.DEFAULT_CONFIG)
-    except ConfigError as error:
-        click.echo(f"mailsift: config error: {error}", err=True)
-        sys.exit(2)
-    click.get_current_context().call_on_close(config.settings.database.dispose)
-    return config
 
 
 def _password(from_stdin: bool) -> str:
@@ -72,7 +59,7 @@ def add_command(
     config_path: str | None, login: str, addresses: tuple[str, ...], admin: bool, password_stdin: bool
 ) -> None:
     """Create a user LOGIN with a password and addresses."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the web users")
     try:
         login = users.normalize_login(login)
         clean = [users.normalize_address(a) for a in addresses]
@@ -97,7 +84,7 @@ def add_command(
 @click.option("--address", "addresses", multiple=True, help="Replace the user's addresses (repeatable).")
 def passwd_command(config_path: str | None, login: str, password_stdin: bool, addresses: tuple[str, ...]) -> None:
     """Set LOGIN's password (ending the user's open sessions)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the web users")
     password_hash = users.hash_password(_password(password_stdin))
     change = functools.partial(
         users.update_user, login=login, password_hash=password_hash, addresses=list(addresses) if addresses else None
@@ -117,7 +104,7 @@ def passwd_command(config_path: str | None, login: str, password_stdin: bool, ad
 @click.argument("login")
 def delete_command(config_path: str | None, login: str) -> None:
     """Delete the user LOGIN (their sessions end)."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the web users")
     try:
         found = config.settings.database.call(functools.partial(users.delete_user, login=login))
     except MailsiftError as error:
@@ -133,7 +120,7 @@ def delete_command(config_path: str | None, login: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
 def list_command(config_path: str | None, as_json: bool) -> None:
     """List the users, their role and addresses."""
-    config = _load(config_path)
+    config = load_config(config_path, database_for="the web users")
     try:
         found = config.settings.database.call(users.list_users)
     except MailsiftError as error:

@@ -15,24 +15,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from mailsift import config as config_module
 from mailsift import links
+from mailsift.commands import Duration, config_option, fail, load_config
 from mailsift.config import Config
 from mailsift.delivery import resolve
 from mailsift.digest import LinkMaker, Outcome, build_reports, collect, render, reporter, send
-from mailsift.errors import ConfigError, MailsiftError
-from mailsift.quarantine_cli import Duration
-
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
-
-
-def _fail(message: str, status: int = 2) -> NoReturn:
-    click.echo(f"mailsift: {message}", err=True)
-    sys.exit(status)
+from mailsift.errors import MailsiftError
 
 
 def find_reporter(config: Config) -> reporter:
@@ -68,7 +60,7 @@ def base_url(config: Config, settings_url: str | None, option: str | None) -> st
 
 
 @click.command("report")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@config_option
 @click.option(
     "--since", type=Duration(), default="24h", show_default=True, help="Report mail of this last period (24h, 7d)."
 )
@@ -76,33 +68,30 @@ def base_url(config: Config, settings_url: str | None, option: str | None) -> st
 @click.option("--dry-run", is_flag=True, help="Print the reports instead of sending them.")
 def report_command(config_path: str | None, since: float, url: str | None, dry_run: bool) -> None:
     """Send each user a summary of their quarantined and rejected mail, with one-click links."""
-    try:
-        config = config_module.load(config_path or config_module.DEFAULT_CONFIG)
-    except ConfigError as error:
-        _fail(f"config error: {error}")
+    config = load_config(config_path)
     if url is not None and not url.startswith(("http://", "https://")):
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
     settings = config.settings
     if settings.database is None:
-        _fail("the config has no DATABASE")
+        fail("the config has no DATABASE")
     click.get_current_context().call_on_close(settings.database.dispose)
     digest = find_reporter(config)
     base = base_url(config, digest.webq, url)
     if base is None:
-        _fail("no base URL for the links: give --url https://host/webq, reporter(webq=...) or a webq() service")
+        fail("no base URL for the links: give --url https://host/webq, reporter(webq=...) or a webq() service")
     if settings.smtp_server is None and not dry_run:
-        _fail("no SMTP_SERVER to send the reports through")
+        fail("no SMTP_SERVER to send the reports through")
     try:
         secret_file = getattr(_webq(config), "secret_file", None)
         key = links.secret(settings.state_dir, secret_file)
     except (OSError, ValueError) as error:
-        _fail(f"cannot read or create the web secret: {error}")
+        fail(f"cannot read or create the web secret: {error}")
     now = time.time()
     start = now - since
     try:
         entries = settings.database.call(collect, start, now)
     except MailsiftError as error:
-        _fail(error.message, 1)
+        fail(error.message, 1)
     maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now)
     reports = build_reports(entries, digest)
     messages = [(r.to, render(r, digest, since=start, links=maker, hostname=settings.hostname)) for r in reports]
