@@ -23,7 +23,6 @@ line-length refusals found while reading, go out once per recipient.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -33,14 +32,14 @@ from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
-from aiosmtpd.smtp import Session, syntax
+from aiosmtpd.smtp import Session
 
 from mailsift import replies
 from mailsift.errors import ConfigError
 from mailsift.mail import Mail
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.services.base import Settings
-from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, read_data, smtpd
+from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, smtpd
 
 log = logging.getLogger("mailsift.lmtpd")
 
@@ -146,36 +145,11 @@ class lmtpd(smtpd):
 class LMTPSession(LMTP, FilterSMTP):
     """FilterSMTP with aiosmtpd's LMTP greeting (LHLO) and one DATA reply per recipient."""
 
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - SMTP verb
-        # FilterSMTP.smtp_DATA's steps, except that every reply after the content
-        # (a refusal found while reading, or the verdicts) is one line per RCPT.
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
+    def refusal(self, problem: str) -> str:
+        # after the content, LMTP answers once per accepted RCPT (RFC 2033 §4.2), refusals too;
+        # the verdicts are joined the same way by LMTPServer.process
         assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content, problem = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
-        except asyncio.CancelledError:
-            log.info("connection lost during DATA")
-            self._writer.close()
-            raise
-        except asyncio.IncompleteReadError:  # the client hung up inside DATA: nothing was accepted
-            self._writer.close()
-            return
-        if problem:
-            status = "\r\n".join([problem] * len(self.envelope.rcpt_tos))
-        else:
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")  # LMTPServer.process: the lines, joined
-        self.envelope = self._create_envelope()
-        await self.push(status)  # every recipient's reply in one write
+        return "\r\n".join([problem] * len(self.envelope.rcpt_tos))
 
 
 class LMTPHandler(Handler):

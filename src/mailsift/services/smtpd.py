@@ -192,13 +192,16 @@ class FilterSMTP(SMTP):
             self._writer.close()
             return
         if problem:
-            await self.push(problem)
-            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
-            return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+            status = self.refusal(problem)
+        else:
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
         await self.push(status)
+
+    def refusal(self, problem: str) -> str:
+        """The reply to content refused while it was read (too big, a line too long)."""
+        return problem
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:  # noqa: N802 - SMTP verb
         peer = self.session.peer[0] if self.session and isinstance(self.session.peer, tuple) else ""
