@@ -180,6 +180,8 @@ def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: fl
     record come from the hooks of :mod:`mailsift.logline` (``log_syslog``,
     ``log_file``, ``log_sql``).
     """
+    if not log.isEnabledFor(logging.INFO):
+        return  # the arguments below cost more than the line, at --log-level warning
     env = mail.envelope
     result = decision.result
     log.info(
