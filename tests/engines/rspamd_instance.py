@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.engines.spamd_instance import alive, descendants, free_port
+from tests.engines.spamd_instance import free_port, stop_tree
 
 RSPAMD = "/usr/bin/rspamd"
 RSPAMC = "/usr/bin/rspamc"
@@ -151,23 +150,8 @@ class RspamdInstance:
         return answer
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        kids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        deadline = time.monotonic() + 10
-        while any(alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for kid in kids:
-            if alive(kid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(kid, signal.SIGKILL)
+        if self.process is not None:
+            stop_tree(self.process)
         self.process = None
 
 

@@ -86,6 +86,25 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon and every process it forked: SIGTERM, then SIGKILL what is left after 10 s."""
+    kids = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    deadline = time.monotonic() + 10
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for kid in kids:
+        if alive(kid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
+
+
 class SpamdInstance:
     """spamd on ``127.0.0.1:port`` and on the unix socket ``socket_path``."""
 
@@ -177,23 +196,8 @@ class SpamdInstance:
         )
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        kids = descendants(self.process.pid)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        deadline = time.monotonic() + 10
-        while any(alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for kid in kids:
-            if alive(kid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(kid, signal.SIGKILL)
+        if self.process is not None:
+            stop_tree(self.process)
         self.process = None
 
 
