@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,15 @@ def postgres() -> Iterator[str]:
         yield instance.base_url
     finally:
         instance.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[db.Database]:
+    """The same test on SQLite and on a fresh database of the private PostgreSQL."""
+    if request.param == "sqlite":
+        database = db.sqlite()
+    else:
+        database = db.database(fresh_database(request.getfixturevalue("postgres")))
+    database.configure(str(tmp_path))
+    yield database
+    database.dispose()

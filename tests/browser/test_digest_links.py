@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import links
-from mailsift.quarantine_index import RELEASED, get_entry
 from mailsift.commands.report import report_command
+from mailsift.quarantine_index import RELEASED, get_entry
 from mailsift.testing import RecordingServer
 from mailsift.userpolicy import list_entries
 from tests.browser.conftest import screenshot

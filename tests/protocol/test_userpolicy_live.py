@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import db
-from mailsift.db import Database
 from mailsift.commands.policy import lists, policy
+from mailsift.db import Database
 from mailsift.scanners.actions import reject
 from mailsift.scanners.spam import spamassassind
 from mailsift.scanners.userpolicy import listed, policy_attach, policy_enabled, policy_spam_hits

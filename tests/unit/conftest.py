@@ -16,6 +16,7 @@ from mailsift.errors import ScannerError
 from mailsift.mail import Envelope, Mail
 from mailsift.result import Result
 from mailsift.scanners.base import MailTarget, Scanner, Target
+from tests.postgres_instance import database, postgres  # noqa: F401 - shared fixtures: SQLite and PostgreSQL
 
 # Built from pieces so that this file is not itself flagged by a virus scanner.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS" + b"-TEST-FILE!$H+H*"

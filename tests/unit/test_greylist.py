@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import const, sender_regexp
 from mailsift.scanners.client import client_network
 from mailsift.scanners.policy import PolicyTarget, greylist, network_key, recipient_regexp, sender_key
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 START = 1_700_000_000.0
 
@@ -35,22 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def fresh_postgres_database(base_url: str) -> str:
-    """A new empty database in the private PostgreSQL (tests/postgres_instance.py)."""
-    return fresh_database(base_url, "greylist")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = db.sqlite()
-    else:
-        database = db.database(fresh_postgres_database(request.getfixturevalue("postgres")))
-    database.configure(str(tmp_path))
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

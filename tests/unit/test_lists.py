@@ -28,7 +28,6 @@ from mailsift.userpolicy import (
     purge_listed,
     remove_listed,
 )
-from tests.unit.test_greylist import fresh_postgres_database, postgres  # noqa: F401 - fixture
 
 NOW = 1_700_000_000.0
 
@@ -39,17 +38,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = db.sqlite()
-    else:
-        database = db.database(fresh_postgres_database(request.getfixturevalue("postgres")))
-    database.configure(str(tmp_path))
-    yield database
-    database.dispose()
 
 
 def add(database: Database, list_name: str, field: str, value: str, **options: Any) -> None:

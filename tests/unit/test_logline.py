@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from mailsift.replies import OK, Reply
 from mailsift.result import Decision
 from mailsift.scanners.spam import SpamResult
 from mailsift.services.base import MailPath, Settings
-from tests.unit.test_greylist import fresh_postgres_database, postgres  # noqa: F401 - the fixture
 
 NOW = 1_700_000_000.0
 
@@ -266,17 +264,6 @@ async def test_log_file_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 
 
 # --------------------------------------------------------------------------- SQL
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = db.sqlite()
-    else:
-        database = db.database(fresh_postgres_database(request.getfixturevalue("postgres")))
-    database.configure(str(tmp_path))
-    yield database
-    database.dispose()
 
 
 def maillog_rows(database: Database) -> list[dict[str, Any]]:

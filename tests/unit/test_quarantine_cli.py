@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailsift import config as config_module
+from mailsift.commands.quarantine import quarantine_group
 from mailsift.config import Config
 from mailsift.mail import Envelope, Mail
-from mailsift.commands.quarantine import quarantine_group
 from mailsift.quarantine_index import RELEASED, QuarantineFilter, find_entries, get_entry
 from mailsift.quarantine_store import QuarantineStore, file_id, read_original, stored_files
 from mailsift.result import Result as ScanResult

@@ -8,7 +8,6 @@ calls) or the whole :class:`Disposer`; the index rows, the files and what
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,6 @@ from mailsift.quarantine_store import (
 from mailsift.result import Result
 from mailsift.scanners.actions import quarantine
 from mailsift.scanners.basic import regexp_scan
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 DAY = 86400.0
 NOW = 1_700_000_000.25
@@ -55,17 +53,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = db.sqlite()
-    else:
-        database = db.database(fresh_database(request.getfixturevalue("postgres"), "quarantine"))
-    database.configure(str(tmp_path))
-    yield database
-    database.dispose()
 
 
 def message(subject: str = "Hello", body: str = "body", extra: str = "") -> bytes:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import const, db, quarantine, reject
+from mailsift.commands.stats import stats_command
 from mailsift.counters import (
     GREYLIST_VERDICTS,
     RANGES,
@@ -38,7 +39,6 @@ from mailsift.pipeline import Pipeline
 from mailsift.replies import OK, Reply
 from mailsift.result import Decision, Result
 from mailsift.services.base import Settings
-from mailsift.commands.stats import stats_command
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 NOW = 1_700_000_100.0  # inside a five-minute interval, not at its start

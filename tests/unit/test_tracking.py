@@ -30,6 +30,7 @@ from sqlalchemy import text
 
 from mailsift import config as config_module
 from mailsift import tracking
+from mailsift.commands.tracking import track
 from mailsift.config import Config
 from mailsift.db import Database
 from mailsift.logline import MessageRecord, insert_rows, sql_rows
@@ -49,7 +50,6 @@ from mailsift.tracking import (
     get_story,
     parse_time,
 )
-from mailsift.commands.tracking import track
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 CONFIG = """\

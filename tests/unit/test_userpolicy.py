@@ -37,24 +37,12 @@ from mailsift.userpolicy import (
     use_database,
     user_policy_table,
 )
-from tests.unit.test_greylist import fresh_postgres_database, postgres  # noqa: F401 - fixture
 
 README_EXAMPLE = """\
 postmaster@example.com:clam=yes,spam=no,attach=.txt:.com
 example.com:clam=no,spam=yes,attach=.mp3
 :clam=yes,spam=yes,trophie=yes,spam_hits=20.1
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = db.sqlite()
-    else:
-        database = db.database(fresh_postgres_database(request.getfixturevalue("postgres")))
-    database.configure(str(tmp_path))
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import db
-from mailsift.services.base import Settings
 from mailsift.commands.users import user_group
+from mailsift.services.base import Settings
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.auth import safe_next
