@@ -1,4 +1,4 @@
-"""The ``mailsift`` command: serve, check-config, scan, scan-mailbox; the other groups are in :mod:`mailsift.commands`."""
+"""The ``mailsift`` command: serve, check-config, scan, scan-mailbox; the rest is in ``commands/``."""
 
 from __future__ import annotations
 
