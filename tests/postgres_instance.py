@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import db
+from mailsift.storage import db
 from mailsift.testing import free_port
 
 PG_BIN = "/usr/local/bin" if os.path.exists("/usr/local/bin/initdb") else "/usr/lib/postgresql/15/bin"

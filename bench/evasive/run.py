@@ -35,13 +35,13 @@ sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "src")]
 from generate import build  # noqa: E402
 
 from mailsift.errors import ScannerError  # noqa: E402
-from mailsift.mail import Mail  # noqa: E402
-from mailsift.result import Result  # noqa: E402
+from mailsift.message.mail import Mail  # noqa: E402
+from mailsift.message.result import Result  # noqa: E402
 from mailsift.scanners.archive import decompress  # noqa: E402
 from mailsift.scanners.badmime import bad_mime  # noqa: E402
 from mailsift.scanners.base import MailTarget, Scanner  # noqa: E402
 from mailsift.scanners.basic import regexp_scan  # noqa: E402
-from mailsift.scanners.clamav import clamd  # noqa: E402
+from mailsift.scanners.engines.clamav import clamd  # noqa: E402
 from mailsift.scanners.parsemail import parsemail  # noqa: E402
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]

@@ -5,29 +5,29 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 ``tests/unit/test_exported_names.py``.
 """
 
-from mailsift import db
-from mailsift.archiving import archive, monitor
-from mailsift.counters import stats
-from mailsift.delivery import lmtp_relay, local_maildir, smtp_relay
-from mailsift.digest import reporter
-from mailsift.logline import log_file, log_sql, log_syslog
-from mailsift.notifications import notify
-from mailsift.result import Result
+from mailsift.delivery.next_hop import lmtp_relay, local_maildir, smtp_relay
+from mailsift.message.result import Result
+from mailsift.reporting.archive import archive, monitor
+from mailsift.reporting.counters import stats
+from mailsift.reporting.digest import reporter
+from mailsift.reporting.logline import log_file, log_sql, log_syslog
+from mailsift.reporting.notifications import notify
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.badmime import bad_mime
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_regexp, string_scan
-from mailsift.scanners.clamav import clamd
 from mailsift.scanners.client import client_network, trusted_clients
-from mailsift.scanners.command import bogofilter, clamscan, cmd, cmd_clamav
+from mailsift.scanners.engines.clamav import clamd
+from mailsift.scanners.engines.command import bogofilter, clamscan, cmd, cmd_clamav
+from mailsift.scanners.engines.spam import rspamd, spamassassind
+from mailsift.scanners.engines.spamlevels import spam_forward, spam_levels
 from mailsift.scanners.filetype import file_magic, file_type
+from mailsift.scanners.greylist import greylist, recipient_regexp
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
-from mailsift.scanners.policy import greylist, recipient_regexp
-from mailsift.scanners.spam import rspamd, spamassassind
-from mailsift.scanners.spamlevels import spam_forward, spam_levels
+from mailsift.scanners.stamp import stamp
 from mailsift.scanners.userpolicy import (
     blacklisted,
     listed,
@@ -36,14 +36,14 @@ from mailsift.scanners.userpolicy import (
     policy_spam_hits,
     whitelisted,
 )
-from mailsift.services.daemon import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
-from mailsift.services.policy import smtpd_policy
+from mailsift.services.postfix_policy import smtpd_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
-from mailsift.services.webq import webq
-from mailsift.stamp import stamp
+from mailsift.storage import db
+from mailsift.web.service import webq
 
 __version__ = "0.1.0"
 

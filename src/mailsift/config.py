@@ -21,13 +21,14 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from mailsift import db, userpolicy
-from mailsift.digest import reporter
+from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError
-from mailsift.hooks import Hook
+from mailsift.reporting.digest import reporter
 from mailsift.scanners.base import Scanner
 from mailsift.services.base import Service, Settings
-from mailsift.services.daemon import Daemon
+from mailsift.services.daemons import Daemon
+from mailsift.storage import db
+from mailsift.storage import policies as userpolicy
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 

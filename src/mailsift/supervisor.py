@@ -33,7 +33,7 @@ from typing import Any
 from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.errors import ConfigError
-from mailsift.services.daemon import Daemon
+from mailsift.services.daemons import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
 

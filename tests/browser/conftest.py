@@ -31,11 +31,11 @@ import httpx
 import pytest
 
 from mailsift import config as config_module
-from mailsift.mail import Envelope, Mail
-from mailsift.quarantine_index import QuarantineEntry, get_entry
-from mailsift.quarantine_store import QuarantineStore, file_id
-from mailsift.result import Result
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result
 from mailsift.services.base import Settings
+from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
+from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port
 from mailsift.web import users
 
@@ -48,7 +48,7 @@ ADDRESSES = {"alice": ["alice@example.org"], "bob": ["bob@example.org"], "admin"
 
 CONFIG = """\
 from mailsift import *
-from mailsift.services.webq import webq
+from mailsift.web.service import webq
 STATE_DIR = {state!r}
 SMTP_SERVER = ('127.0.0.1', {hop})
 DATABASE = db.sqlite()
@@ -179,7 +179,7 @@ def webq_server() -> Iterator[WebqServer]:
     )
     log = open(os.path.join(state, "serve.log"), "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailsift.cli", "serve", "-c", config_path, "-w", "1"], stdout=log, stderr=log
+        [sys.executable, "-m", "mailsift", "serve", "-c", config_path, "-w", "1"], stdout=log, stderr=log
     )
     try:
         _wait_until_up(server.url, process, time.monotonic() + 60)

@@ -18,11 +18,11 @@ from typing import TypeVar
 import pytest
 from click.testing import CliRunner
 
-from mailsift import links
-from mailsift.commands.report import report_command
-from mailsift.quarantine_index import RELEASED, get_entry
+from mailsift.cli.report import report_command
+from mailsift.reporting import links
+from mailsift.storage.policies import list_entries
+from mailsift.storage.quarantine.index import RELEASED, get_entry
 from mailsift.testing import RecordingServer
-from mailsift.userpolicy import list_entries
 from tests.browser.conftest import screenshot
 from tests.unit.test_digest import text_of
 from tests.unit.test_links import Gateway, link_app, serving

@@ -3,7 +3,7 @@
 Mail goes through a real smtpd (:class:`mailsift.testing.ServiceThread`)
 with ``log_sql()`` in ``HOOKS`` and a quarantine: one message delivered, one
 rejected by a named scanner, one quarantined and then released by a named
-admin (:func:`mailsift.quarantine_admin.release`), and one with a hostile
+admin (:func:`mailsift.storage.quarantine.admin.release`), and one with a hostile
 Subject.  The web app (``create_app`` with the tracking routes) is served by
 uvicorn on a loopback port; HTTP checks use httpx, the admin's search runs in
 Debian's chromium through Playwright and leaves screenshots in
@@ -35,8 +35,8 @@ from sqlalchemy import text
 
 from mailsift import config as config_module
 from mailsift.config import Config
-from mailsift.quarantine_admin import release
-from mailsift.quarantine_index import QuarantineFilter, find_entries
+from mailsift.storage.quarantine.admin import release
+from mailsift.storage.quarantine.index import QuarantineFilter, find_entries
 from mailsift.testing import RecordingServer, ServiceThread, free_port
 from mailsift.web import tracking_views, users
 from mailsift.web.app import create_app

@@ -28,11 +28,11 @@ from typing import NamedTuple
 
 import pytest
 
-import mailsift.mail
+import mailsift.mime.tree
 from mailsift import config
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition
+from mailsift.core.pipeline import Pipeline
+from mailsift.message.mail import Mail
+from mailsift.message.result import Disposition
 
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 
@@ -143,7 +143,7 @@ def test_decoding_matches_the_standard_library(entry: Entry, monkeypatch: pytest
             payload = node.get_payload(decode=True)
             expected.append(payload if isinstance(payload, bytes) else b"")
     default = Mail(data=data)
-    monkeypatch.setattr(mailsift.mail, "_BLOB_MIN", 1)
+    monkeypatch.setattr(mailsift.mime.tree, "_BLOB_MIN", 1)
     forced = Mail(data=data)
     assert [p.data for p in forced.parts if p.origin == "mime"] == expected, entry.provenance
     assert [p.data for p in default.parts] == [p.data for p in forced.parts], entry.provenance
@@ -177,7 +177,7 @@ def test_the_scan_command_goes_through_every_corpus_message(tmp_path: Path) -> N
     file, no error or tempfail, the same verdicts.  Each record carries the time the
     message took (figures in the closing notes; not asserted: timing is not a test)."""
     done = subprocess.run(
-        [sys.executable, "-m", "mailsift.cli", "scan", "--json", "-c", CONTENT_CONFIG, str(CORPORA)],
+        [sys.executable, "-m", "mailsift", "scan", "--json", "-c", CONTENT_CONFIG, str(CORPORA)],
         capture_output=True,
         env={**os.environ, "MAILSIFT_STATE_DIR": str(tmp_path)},
         timeout=600,

@@ -21,12 +21,12 @@ from typing import Any
 import libarchive
 import pytest
 
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ScannerError, ScannerUnavailable
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.clamav import OVERSIZE_NAME, clamd
+from mailsift.scanners.engines.clamav import OVERSIZE_NAME, clamd
 from mailsift.scanners.parsemail import parsemail
 from tests.engines.clamd_instance import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ScannerError, ScannerTimeout
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.command import FILE, bogofilter, clamscan, cmd, cmd_clamav
+from mailsift.scanners.engines.command import FILE, bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.parsemail import parsemail
 from tests.engines.clamd_instance import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
 from tests.engines.test_clamd import TESTFILE_NAMES, message, zip_of

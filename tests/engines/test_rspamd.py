@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.spam import SpamResult, rspamd
+from mailsift.scanners.engines.spam import SpamResult, rspamd
 from tests.engines.rspamd_instance import RspamdInstance, rspamd_instance
 
 pytestmark = pytest.mark.engines

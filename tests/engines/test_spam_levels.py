@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.mail import Envelope, Mail
-from mailsift.result import Disposition
-from mailsift.scanners.spam import spamassassind
-from mailsift.scanners.spamlevels import Band, SpamLevelResult, spam_forward, spam_levels
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
+from mailsift.scanners.engines.spam import spamassassind
+from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_forward, spam_levels
 from mailsift.services.base import MailPath, Settings
 from mailsift.testing import Received, RecordingServer
 from tests.engines.spamd_instance import SpamdInstance, spamd_instance

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.mail import Mail
+from mailsift.message.mail import Mail
 from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.spam import SpamResult, spamassassind
+from mailsift.scanners.engines.spam import SpamResult, spamassassind
 from tests.engines.spamd_instance import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines

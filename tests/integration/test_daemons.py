@@ -15,7 +15,7 @@ import pytest
 
 from mailsift.testing import free_port
 
-MAILSIFT = [sys.executable, "-m", "mailsift.cli"]
+MAILSIFT = [sys.executable, "-m", "mailsift"]
 
 # A stand-in daemon: writes "<pid> <arg>" to a file named after its argument, then waits.
 PROGRAM = """\

@@ -45,7 +45,7 @@ class Gateway:
         self.log = tmp_path / "serve.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailsift.cli", "serve", "-c", str(self.config), "-w", "2"],
+                [sys.executable, "-m", "mailsift", "serve", "-c", str(self.config), "-w", "2"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={"MAILSIFT_STATE_DIR": str(self.state), "PATH": "/usr/bin:/bin"},

@@ -20,8 +20,8 @@ import pytest
 
 from mailsift import const, deliver, drop, modify_subject, quarantine, regexp_scan, reject
 from mailsift.errors import ScannerUnavailable
-from mailsift.mail import Mail
-from mailsift.result import Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
 from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.milter import KeptByMTA, milter

@@ -49,7 +49,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[PostfixInstance, Path]]:
     log = tmp_path / "mailsift.log"
     with log.open("wb") as out:
         mailsift = subprocess.Popen(
-            [sys.executable, "-m", "mailsift.cli", "serve", "-c", str(config), "-w", "2"], stdout=out, stderr=out
+            [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", "2"], stdout=out, stderr=out
         )
     try:
         deadline = time.monotonic() + 20

@@ -75,7 +75,7 @@ def _gateway(tmp: Path) -> Iterator[Gateway]:
     log = tmp / "mailsift.log"
     with log.open("wb") as out:
         mailsift = subprocess.Popen(
-            [sys.executable, "-m", "mailsift.cli", "serve", "-c", str(config), "-w", "2"], stdout=out, stderr=out
+            [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", "2"], stdout=out, stderr=out
         )
     try:
         deadline = time.monotonic() + 20

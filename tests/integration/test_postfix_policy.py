@@ -34,9 +34,9 @@ from .postfix_instance import PostfixInstance
 URL = "https://mail.example.test/greylisting/%r.html"
 
 CONFIG = """\
-from mailsift import db
-from mailsift.scanners.policy import greylist
-from mailsift.services.policy import smtpd_policy
+from mailsift.storage import db
+from mailsift.scanners.greylist import greylist
+from mailsift.services.postfix_policy import smtpd_policy
 STATE_DIR = {state!r}
 POLICY_SCANNERS = [greylist(min={min}, auto_whitelist={awl}, url={url!r})]
 SRV = [smtpd_policy(POLICY_SCANNERS, db.sqlite(), "127.0.0.1", {port})]
@@ -59,7 +59,7 @@ class PolicyServe:
         config.write_text(CONFIG.format(state=str(self.state), min=delay, awl=auto_whitelist, url=URL, port=self.port))
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailsift.cli", "serve", "-c", str(config), "-w", str(workers)],
+                [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", str(workers)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

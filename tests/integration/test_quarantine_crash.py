@@ -1,7 +1,7 @@
 """A real ``mailsift serve`` SIGKILLed inside a quarantining transaction never accepts-then-loses.
 
 The worker kills itself (SIGKILL: no cleanup, no finally) at a point named by
-the test-only ``MAILSIFT_TEST_CRASH_POINT`` (see :mod:`mailsift.quarantine_store`),
+the test-only ``MAILSIFT_TEST_CRASH_POINT`` (see :mod:`mailsift.storage.quarantine.store`),
 once: the marker file it creates lets the MTA's retry go through.  For every
 point the test checks what a sending MTA relies on:
 
@@ -28,12 +28,12 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import config as config_module
-from mailsift.commands.quarantine import quarantine_group
-from mailsift.quarantine_index import QuarantineFilter, find_entries
-from mailsift.quarantine_store import CRASH_POINT_VARIABLE, CRASH_POINTS, read_original, stored_files
+from mailsift.cli.quarantine import quarantine_group
+from mailsift.storage.quarantine.index import QuarantineFilter, find_entries
+from mailsift.storage.quarantine.store import CRASH_POINT_VARIABLE, CRASH_POINTS, read_original, stored_files
 from mailsift.testing import RecordingServer, free_port
 
-MAILSIFT = [sys.executable, "-m", "mailsift.cli"]
+MAILSIFT = [sys.executable, "-m", "mailsift"]
 
 CONFIG = """\
 from mailsift import *

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift.commands.quarantine import quarantine_group
+from mailsift.cli.quarantine import quarantine_group
 from mailsift.testing import RecordingServer, free_port
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
-MAILSIFT = [sys.executable, "-m", "mailsift.cli"]
+MAILSIFT = [sys.executable, "-m", "mailsift"]
 
 CONFIG = """\
 from mailsift import *

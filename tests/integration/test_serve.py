@@ -15,12 +15,12 @@ import pytest
 
 from mailsift.testing import RecordingServer, free_port
 
-MAILSIFT = [sys.executable, "-m", "mailsift.cli"]
+MAILSIFT = [sys.executable, "-m", "mailsift"]
 
 CONFIG = """\
 import asyncio
 from mailsift import *
-from mailsift.result import Result
+from mailsift.message.result import Result
 
 class slow(Scanner):
     name = "slow"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mailsift import regexp_scan, reject
-from mailsift.archiving import archive, monitor
+from mailsift.reporting.archive import archive, monitor
 from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
 from mailsift.testing import RecordingServer, ServiceThread

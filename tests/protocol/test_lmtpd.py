@@ -15,9 +15,9 @@ from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift import local_maildir, quarantine, regexp_scan, smtpd
-from mailsift.delivery import lmtp_relay
+from mailsift.delivery.next_hop import lmtp_relay
 from mailsift.errors import ConfigError, ScannerError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.base import Settings
 from mailsift.services.lmtpd import lmtpd

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from mailsift import regexp_scan, reject
-from mailsift.mail import Envelope, Mail
-from mailsift.notifications import notify
+from mailsift.message.mail import Envelope, Mail
+from mailsift.reporting.notifications import notify
 from mailsift.services.base import MailPath, Settings
 from mailsift.services.smtpd import smtpd
 from mailsift.testing import Received, RecordingServer, ServiceThread, free_port

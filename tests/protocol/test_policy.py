@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from mailsift import db
 from mailsift.scanners.actions import deliver, drop, quarantine, reject
 from mailsift.scanners.basic import const, sender_regexp
 from mailsift.scanners.client import client_network
-from mailsift.scanners.policy import greylist, recipient_regexp
+from mailsift.scanners.greylist import greylist, recipient_regexp
 from mailsift.services.base import Settings
-from mailsift.services.policy import DEFAULT_ON_ERROR, LINE_LIMIT, MALFORMED, MAX_ATTRIBUTES, smtpd_policy
+from mailsift.services.postfix_policy import DEFAULT_ON_ERROR, LINE_LIMIT, MALFORMED, MAX_ATTRIBUTES, smtpd_policy
+from mailsift.storage import db
 from mailsift.testing import ServiceThread
 
 URL = "https://mail.example.test/greylisting.html"

@@ -12,11 +12,11 @@ import pytest
 
 from mailsift import add_header, const, deliver, drop, modify_subject, quarantine, regexp_scan, reject, sender_regexp
 from mailsift.errors import ScannerError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.base import Settings
+from mailsift.services.sgfilter_client import Answer, ask
 from mailsift.services.sgfilterd import sgfilterd
-from mailsift.sgfilter_client import Answer, ask
 from mailsift.testing import ServiceThread
 
 from .conftest import EICAR, message

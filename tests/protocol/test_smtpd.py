@@ -19,7 +19,7 @@ from mailsift import (
     reject,
 )
 from mailsift.errors import ScannerError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, free_port, smtp_session_lines
 

@@ -36,7 +36,7 @@ from sqlalchemy import text
 
 from mailsift import config as config_module
 from mailsift.config import Config
-from mailsift.counters import totals
+from mailsift.reporting.counters import totals
 from mailsift.testing import RecordingServer, ServiceThread, free_port
 from mailsift.web import stats_views, users
 from mailsift.web.app import create_app
@@ -49,7 +49,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 CONFIG = """\
 from mailsift import *
-from mailsift.counters import stats
+from mailsift.reporting.counters import stats
 STATE_DIR = {state!r}
 SMTP_SERVER = ("127.0.0.1", {next_hop})
 DATABASE = db.sqlite()

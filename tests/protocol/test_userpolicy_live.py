@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailsift import db
-from mailsift.commands.policy import lists, policy
-from mailsift.db import Database
+from mailsift.cli.policy import lists, policy
 from mailsift.scanners.actions import reject
-from mailsift.scanners.spam import spamassassind
+from mailsift.scanners.engines.spam import spamassassind
 from mailsift.scanners.userpolicy import listed, policy_attach, policy_enabled, policy_spam_hits
 from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.storage import db
+from mailsift.storage.db import Database
+from mailsift.storage.policies import add_listed, set_policy
 from mailsift.testing import RecordingServer, ServiceThread
-from mailsift.userpolicy import add_listed, set_policy
 from tests.engines.spamd_instance import SpamdInstance, spamd_instance  # noqa: F401 - fixture
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from mailsift.errors import ScannerError
-from mailsift.mail import Envelope, Mail
-from mailsift.result import Result
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result
 from mailsift.scanners.base import MailTarget, Scanner, Target
 from tests.postgres_instance import database, postgres  # noqa: F401 - shared fixtures: SQLite and PostgreSQL
 

@@ -1,7 +1,7 @@
 """Actions: reject, drop, deliver, quarantine, add_header, modify_subject, rename.
 
 Actions only record what to do; each test evaluates a ``Pipeline`` and checks
-the :class:`~mailsift.result.Decision` (disposition, result, reply,
+the :class:`~mailsift.message.result.Decision` (disposition, result, reply,
 quarantine, headers, subject_prefix).
 """
 
@@ -25,11 +25,11 @@ from mailsift import (
     rename,
     string_scan,
 )
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
+from mailsift.message.mail import Mail
+from mailsift.message.result import AddHeader, Decision, Disposition, Result
 from mailsift.replies import OK, OK_DROPPED, OK_QUARANTINED, REJECTED
-from mailsift.result import AddHeader, Decision, Disposition, Result
 from mailsift.scanners.actions import expand
 
 MakeMail = Callable[..., Mail]
@@ -263,7 +263,7 @@ def test_expand_leaves_unknown_placeholders() -> None:
 
 
 def test_expand_detail_and_report() -> None:
-    from mailsift.scanners.spam import SpamResult
+    from mailsift.scanners.engines.spam import SpamResult
 
     plain = Result(1.0, "EICAR-Test", "regexp_scan", "part 2 (eicar.com)")
     assert expand("%D | %R", plain) == "part 2 (eicar.com) | part 2 (eicar.com)"  # no report: the detail

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from mailsift import add_header, config, parsemail, quarantine, regexp_scan, reject
-from mailsift.archiving import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
+from mailsift.reporting.archive import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.scanners.base import MailTarget
 from mailsift.services.base import MailPath, Settings
 from mailsift.testing import RecordingServer
@@ -282,7 +282,7 @@ async def test_monitor_drops_the_inner_blocking_actions_only() -> None:
 def test_archive_and_monitor_in_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.py"
     path.write_text(
-        "from mailsift import *\nfrom mailsift.archiving import archive, monitor\n"
+        "from mailsift import *\nfrom mailsift.reporting.archive import archive, monitor\n"
         f"STATE_DIR = {str(tmp_path)!r}\n"
         "SCANNERS = [monitor(r'^Policy\\.', regexp_scan([('Policy.X', 'secret')]))]\n"
         "HOOKS = [archive(r'@example\\.com$', folder='archive/sales')]\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
+from mailsift.message.mail import Mail
 from mailsift.scanners.badmime import CHECKS, bad_mime
 from mailsift.scanners.base import MailTarget, PartTarget
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
-from mailsift.result import Disposition
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.clamav import OVERSIZE_NAME, _Session, clamd
+from mailsift.scanners.engines.clamav import OVERSIZE_NAME, _Session, clamd
 
 
 class FakeClamd:

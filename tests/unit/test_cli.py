@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift.cli import main
+from mailsift.cli.main import main
 
 OFFLINE = str(Path(__file__).with_name("data") / "offline_config.py")  # no daemons to start
 CLEAN = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n"

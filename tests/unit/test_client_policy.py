@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from mailsift import const, deliver, drop, quarantine, reject
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
 from mailsift.scanners.client import client_network, trusted_clients
 
 SECONDARY_MX = "192.0.2.25"

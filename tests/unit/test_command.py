@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
-from mailsift.mail import Envelope, Mail, Part
-from mailsift.pipeline import Pipeline
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
+from mailsift.mime.tree import Part
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
-from mailsift.result import Disposition
 from mailsift.scanners.base import MailTarget, PartTarget
-from mailsift.scanners.command import FILE, bogofilter, clamscan, cmd
+from mailsift.scanners.engines.command import FILE, bogofilter, clamscan, cmd
 
 # A toy "scanner": exit 1 and "stdin: <word> FOUND" when the data contains VIRUS-<word>.
 TOY = [

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from mailsift import add_header, const, modify_subject, nothing, quarantine
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError, ScannerUnavailable
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
+from mailsift.message.mail import Mail
+from mailsift.message.result import CLEAN, AddHeader, Decision, Disposition, Result
 from mailsift.replies import OK, SCANNER_FAILED
-from mailsift.result import CLEAN, AddHeader, Decision, Disposition, Result
 
 MakeMail = Callable[..., Mail]
 

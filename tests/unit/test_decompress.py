@@ -28,8 +28,8 @@ import libarchive
 import pytest
 
 from mailsift.errors import ConfigError, ScannerError
-from mailsift.mail import Mail
-from mailsift.result import Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget, Scanner, Target
 from mailsift.scanners.basic import regexp_scan, string_scan
@@ -409,8 +409,8 @@ def test_bomb_memory_of_the_whole_process_is_bounded(tmp_path: Path) -> None:
     program = textwrap.dedent(
         """
         import asyncio, resource, sys
-        from mailsift.mail import Mail
-        from mailsift.result import Result
+        from mailsift.message.mail import Mail
+        from mailsift.message.result import Result
         from mailsift.scanners.archive import decompress
         from mailsift.scanners.base import DataTarget, MailTarget, Scanner
 

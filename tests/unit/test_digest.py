@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mailsift import links
-from mailsift.commands.report import report_command
-from mailsift.digest import DigestEntry, LinkMaker, Report, build_reports, collect, expand, render, reporter
+from mailsift.cli.report import report_command
 from mailsift.errors import ConfigError
-from mailsift.logline import insert_rows
-from mailsift.quarantine_index import mark_released
+from mailsift.reporting import links
+from mailsift.reporting.digest import DigestEntry, LinkMaker, Report, build_reports, collect, expand, render, reporter
+from mailsift.reporting.logline import insert_rows
+from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 from tests.unit.test_links import Gateway

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
-from mailsift.result import Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget, Scanner
 from mailsift.scanners.filetype import EXECUTABLE, SCRIPT, Disguise, file_magic, file_type

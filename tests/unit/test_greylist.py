@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from mailsift import db
-from mailsift.db import Database, DatabaseError, GreylistRules, greylist_request
 from mailsift.errors import ConfigError, ScannerError, ScannerUnavailable
-from mailsift.mail import Envelope, Mail
-from mailsift.result import AddHeader, Disposition, SetDisposition
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import AddHeader, Disposition, SetDisposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import const, sender_regexp
 from mailsift.scanners.client import client_network
-from mailsift.scanners.policy import PolicyTarget, greylist, network_key, recipient_regexp, sender_key
+from mailsift.scanners.greylist import PolicyTarget, greylist, network_key, recipient_regexp, sender_key
+from mailsift.storage import db
+from mailsift.storage.db import Database, DatabaseError, GreylistRules, greylist_request
 
 START = 1_700_000_000.0
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from mailsift import config, drop, regexp_scan
+from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError
-from mailsift.hooks import Hook
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import MailPath, Settings
 
 
@@ -53,7 +53,7 @@ async def test_hooks_see_every_decision_and_errors_do_not_change_the_reply(tmp_p
 def test_hooks_in_the_config(tmp_path: Path) -> None:
     path = tmp_path / "c.py"
     path.write_text(
-        "from mailsift import *\nfrom mailsift.hooks import Hook\n"
+        "from mailsift import *\nfrom mailsift.core.hooks import Hook\n"
         f"STATE_DIR = {str(tmp_path)!r}\nSCANNERS = [const(0.0)]\nHOOKS = [Hook()]\n"
     )
     assert len(config.load(str(path)).settings.hooks) == 1

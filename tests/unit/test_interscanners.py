@@ -21,11 +21,11 @@ from mailsift import (
     string_scan,
     time_limit,
 )
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
+from mailsift.message.mail import Mail
+from mailsift.message.result import Disposition, Result
 from mailsift.replies import SCANNER_TIMEOUT
-from mailsift.result import Disposition, Result
 from mailsift.scanners.base import MailTarget, Scanner, Target
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]

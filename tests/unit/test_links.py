@@ -24,14 +24,14 @@ from itsdangerous import TimestampSigner
 from starlette.applications import Starlette
 
 from mailsift import config as config_module
-from mailsift import links
 from mailsift.config import Config
-from mailsift.mail import Envelope, Mail
-from mailsift.quarantine_index import RELEASED, get_entry
-from mailsift.quarantine_store import QuarantineStore, file_id
-from mailsift.result import Result as ScanResult
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result as ScanResult
+from mailsift.reporting import links
+from mailsift.storage.policies import list_entries
+from mailsift.storage.quarantine.index import RELEASED, get_entry
+from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port
-from mailsift.userpolicy import list_entries
 from mailsift.web.app import create_app
 from mailsift.web.links_views import routes
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture

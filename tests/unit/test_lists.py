@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from mailsift import db
-from mailsift.db import Database
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition, Result
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition, Result
 from mailsift.scanners.actions import reject
 from mailsift.scanners.base import Scanner, Target
 from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
-from mailsift.userpolicy import (
+from mailsift.storage import db
+from mailsift.storage.db import Database
+from mailsift.storage.policies import (
     Verdict,
     add_listed,
     list_entries,

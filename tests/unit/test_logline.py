@@ -13,12 +13,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine, select
 
-from mailsift import const, db, drop, quarantine, regexp_scan
-from mailsift import logline as logline_module
-from mailsift.db import Database
-from mailsift.disposition import Outcome
+from mailsift import const, drop, quarantine, regexp_scan
+from mailsift.core.disposition import Outcome
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError
-from mailsift.logline import (
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Decision
+from mailsift.replies import OK, Reply
+from mailsift.reporting import logline as logline_module
+from mailsift.reporting.logline import (
     SYSLOG_LIMIT,
     build_record,
     json_line,
@@ -29,12 +32,10 @@ from mailsift.logline import (
     parse_networks,
     qmail_scanner_lines,
 )
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.replies import OK, Reply
-from mailsift.result import Decision
-from mailsift.scanners.spam import SpamResult
+from mailsift.scanners.engines.spam import SpamResult
 from mailsift.services.base import MailPath, Settings
+from mailsift.storage import db
+from mailsift.storage.db import Database
 
 NOW = 1_700_000_000.0
 
@@ -354,8 +355,8 @@ def test_config_options_are_checked() -> None:
 
 
 def test_the_migration_builds_the_maillog_table(tmp_path: Path) -> None:
-    import mailsift.tracking  # noqa: F401 - its indexes on maillog (migration 0008) belong to the table too
-    from mailsift import migrations
+    import mailsift.reporting.tracking  # noqa: F401 - its indexes on maillog (migration 0008) belong to the table too
+    from mailsift.storage import migrations
 
     engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
     with engine.begin() as connection:

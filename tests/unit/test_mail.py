@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import mailsift.mail
-from mailsift.mail import Envelope, Mail, declared_type, extract_uuencoded
+import mailsift.mime.codecs
+import mailsift.mime.tree
+from mailsift.message.mail import Envelope, Mail
+from mailsift.mime.codecs import extract_uuencoded
+from mailsift.mime.tree import declared_type
 
 MakeMail = Callable[..., Mail]
 
@@ -309,9 +312,9 @@ def _tricky_message() -> bytes:
     )
 
 
-@pytest.mark.parametrize("blob_min", [1, 200, mailsift.mail._BLOB_MIN], ids=["every-line", "small", "default"])
+@pytest.mark.parametrize("blob_min", [1, 200, mailsift.mime.tree._BLOB_MIN], ids=["every-line", "small", "default"])
 def test_parts_equal_the_standard_librarys_decoding(monkeypatch: pytest.MonkeyPatch, blob_min: int) -> None:
-    monkeypatch.setattr(mailsift.mail, "_BLOB_MIN", blob_min)
+    monkeypatch.setattr(mailsift.mime.tree, "_BLOB_MIN", blob_min)
     raw = _tricky_message()
     mail = Mail(data=raw)
     assert [p.data for p in mail.parts if p.origin == "mime"] == _stdlib_leaves(raw)
@@ -329,7 +332,7 @@ def test_parts_equal_the_standard_librarys_decoding(monkeypatch: pytest.MonkeyPa
 
 
 def test_spooled_parts_equal_in_memory_parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(mailsift.mail, "_BLOB_MIN", 100)
+    monkeypatch.setattr(mailsift.mime.tree, "_BLOB_MIN", 100)
     raw = _tricky_message()
     with Mail(data=raw, spool_threshold=1000, spool_dir=str(tmp_path)) as spooled:
         assert spooled.spooled
@@ -402,7 +405,7 @@ def test_nodes_keep_boundaries_and_both_kinds_of_filename() -> None:
     ],
 )
 def test_normalize_encoding(value: str, expected: str) -> None:
-    assert mailsift.mail.normalize_encoding(value) == expected
+    assert mailsift.mime.codecs.normalize_encoding(value) == expected
 
 
 def test_strict_parts_are_unchanged_and_alternates_hold_the_other_decoding() -> None:

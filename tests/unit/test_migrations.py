@@ -9,9 +9,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 import mailsift  # the modules of the mail path, which declare tables on db.metadata
-import mailsift.tracking  # noqa: F401 - and those outside it (admin tools, the web quarantine)
-from mailsift import migrations
-from mailsift.db import metadata
+import mailsift.reporting.tracking  # noqa: F401 - and those outside it (admin tools, the web quarantine)
+from mailsift.storage import migrations
+from mailsift.storage.db import metadata
 
 
 def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:

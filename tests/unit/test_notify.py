@@ -17,10 +17,12 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
 from mailsift import config, regexp_scan, reject
-from mailsift.disposition import Outcome
+from mailsift.core.disposition import Outcome
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.notifications import (
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Decision, Disposition, QuarantineCopy, Result, SetDisposition
+from mailsift.replies import OK_QUARANTINED, STORAGE_FAILED
+from mailsift.reporting.notifications import (
     LANGUAGES,
     LOCALE_DIR,
     SILENT_VIRUSES,
@@ -31,9 +33,7 @@ from mailsift.notifications import (
     notify,
     suppression,
 )
-from mailsift.replies import OK_QUARANTINED, STORAGE_FAILED
-from mailsift.result import Decision, Disposition, QuarantineCopy, Result, SetDisposition
-from mailsift.scanners.spam import SpamResult
+from mailsift.scanners.engines.spam import SpamResult
 from mailsift.services.base import MailPath, Settings
 from mailsift.testing import RecordingServer, free_port
 
@@ -268,13 +268,15 @@ def test_check_needs_a_next_hop_and_valid_templates(tmp_path: Path) -> None:
 def test_notify_in_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.py"
     path.write_text(
-        "from mailsift import *\nfrom mailsift.notifications import notify\n"
+        "from mailsift import *\nfrom mailsift.reporting.notifications import notify\n"
         f"STATE_DIR = {str(tmp_path)!r}\nSMTP_SERVER = ('127.0.0.1', 10025)\n"
         "HOOKS = [notify('psender,admin', admin='postmaster@example.org', languages={'sk': 'sk'})]\n"
     )
     (hook,) = config.load(str(path)).settings.hooks
     assert hook.describe() == "notify(sender=policy, admin=policy/virus; language=en)"
-    path.write_text(f"from mailsift.notifications import notify\nSTATE_DIR = {str(tmp_path)!r}\nHOOKS = [notify()]\n")
+    path.write_text(
+        f"from mailsift.reporting.notifications import notify\nSTATE_DIR = {str(tmp_path)!r}\nHOOKS = [notify()]\n"
+    )
     with pytest.raises(ConfigError, match="no next hop for notifications"):
         config.load(str(path))
 

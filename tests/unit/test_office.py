@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition, Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Disposition, Result
 from mailsift.scanners import office
 from mailsift.scanners.actions import quarantine
 from mailsift.scanners.base import DataTarget, MailTarget, PartTarget

@@ -1,7 +1,7 @@
 """SAGATOR's operator tables (reference/sagator-readme.txt §4), cell by cell.
 
 Each table cell is one parametrized case, checked twice: on the pure function
-:func:`mailsift.result.combine` and on Python operators between scanner
+:func:`mailsift.message.result.combine` and on Python operators between scanner
 objects, evaluated with ``await scanner.scan(MailTarget(mail))``.
 
 Table 1 (``+ - * / | &``), S1/S2 = status of the left/right scanner::
@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 from mailsift import Result, const
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ScannerError
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import OPERATORS, AddHeader, Disposition, combine
+from mailsift.message.mail import Mail
+from mailsift.message.result import OPERATORS, AddHeader, Disposition, combine
 from mailsift.scanners.base import MailTarget, Operation, Scanner
 
 PYTHON_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {

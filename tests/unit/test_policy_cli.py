@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import config as config_module
-from mailsift.commands.policy import lists, policy
-from mailsift.userpolicy import list_entries, list_policies, lookup_policy
+from mailsift.cli.policy import lists, policy
+from mailsift.storage.policies import list_entries, list_policies, lookup_policy
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 
 from mailsift import add_header, const, deliver, drop, quarantine, regexp_scan, reject
 from mailsift.errors import ScannerError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.base import Settings
 from mailsift.services.sgfilterd import sgfilterd
@@ -106,7 +106,7 @@ def qmail_queue(tmp_path: Path, standin: Path) -> Callable[..., Run]:
         writer = threading.Thread(target=_write_and_close, args=(envelope_write, envelope))
         writer.start()
         environment = {**os.environ, "STANDIN_DIR": str(tmp_path / "queued"), **env}
-        command = [*prefix, sys.executable, "-m", "mailsift.cli", "qmail-queue", "--port", str(port), "--qmail-queue"]
+        command = [*prefix, sys.executable, "-m", "mailsift", "qmail-queue", "--port", str(port), "--qmail-queue"]
         try:
             done = subprocess.run(
                 [*command, str(standin), "--timeout", "20", *args],

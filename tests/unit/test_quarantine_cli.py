@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailsift import config as config_module
-from mailsift.commands.quarantine import quarantine_group
+from mailsift.cli.quarantine import quarantine_group
 from mailsift.config import Config
-from mailsift.mail import Envelope, Mail
-from mailsift.quarantine_index import RELEASED, QuarantineFilter, find_entries, get_entry
-from mailsift.quarantine_store import QuarantineStore, file_id, read_original, stored_files
-from mailsift.result import Result as ScanResult
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result as ScanResult
+from mailsift.storage.quarantine.index import RELEASED, QuarantineFilter, find_entries, get_entry
+from mailsift.storage.quarantine.store import QuarantineStore, file_id, read_original, stored_files
 from mailsift.testing import RecordingServer, free_port
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 

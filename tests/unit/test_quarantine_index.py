@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import db
-from mailsift.db import Database
-from mailsift.delivery import MaildirDelivery
-from mailsift.disposition import Disposer
+from mailsift.core.disposition import Disposer
+from mailsift.core.pipeline import Pipeline
+from mailsift.delivery.next_hop import MaildirDelivery
 from mailsift.errors import DatabaseError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.quarantine_index import (
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result
+from mailsift.scanners.actions import quarantine
+from mailsift.scanners.basic import regexp_scan
+from mailsift.storage import db
+from mailsift.storage.db import Database
+from mailsift.storage.quarantine.index import (
     HELD,
     RELEASED,
     QuarantineFilter,
@@ -30,7 +33,7 @@ from mailsift.quarantine_index import (
     mark_released,
     remove_entry,
 )
-from mailsift.quarantine_store import (
+from mailsift.storage.quarantine.store import (
     DamagedFile,
     QuarantineStore,
     file_id,
@@ -39,9 +42,6 @@ from mailsift.quarantine_store import (
     read_original,
     stored_files,
 )
-from mailsift.result import Result
-from mailsift.scanners.actions import quarantine
-from mailsift.scanners.basic import regexp_scan
 
 DAY = 86400.0
 NOW = 1_700_000_000.25

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import pytest
 
 from mailsift import add_header, const, modify_subject
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import AddHeader
-from mailsift.rewrite import apply_edits
+from mailsift.core.pipeline import Pipeline
+from mailsift.message.mail import Mail
+from mailsift.message.result import AddHeader
+from mailsift.message.rewrite import apply_edits
 
 CRLF_MESSAGE = (
     b"From: a@example.net\r\nSubject: hello there\r\nDKIM-Signature: v=1; bh=xyz\r\n\r\n"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.spam import SpamResult, rspamd
+from mailsift.scanners.engines.spam import SpamResult, rspamd
 
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -1,4 +1,4 @@
-"""``mailsift scan-mailbox`` (SAGATOR's sgscan) and ``mailsift.mailbox``: mbox and Maildir,
+"""``mailsift scan-mailbox`` (SAGATOR's sgscan) and ``mailsift.cli.mailbox``: mbox and Maildir,
 ``--clean`` beside the originals (which stay byte-identical), ``--av-only``, exit status,
 summary, progress bar on a terminal only."""
 
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift.cli import is_antivirus, main
-from mailsift.mailbox import MailboxError, Maildir, Mbox, open_mailbox
+from mailsift.cli.mailbox import MailboxError, Maildir, Mbox, open_mailbox
+from mailsift.cli.main import is_antivirus, main
 from mailsift.scanners.actions import quarantine
 from mailsift.scanners.basic import regexp_scan
-from mailsift.scanners.clamav import clamd
+from mailsift.scanners.engines.clamav import clamd
 from mailsift.scanners.parsemail import parsemail
 
 
@@ -413,7 +413,7 @@ def run_with_terminal(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     controller, terminal = pty.openpty()
     env = {**os.environ, "MAILSIFT_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "100"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailsift.cli", *args], stdout=subprocess.PIPE, stderr=terminal, env=env
+        [sys.executable, "-m", "mailsift", *args], stdout=subprocess.PIPE, stderr=terminal, env=env
     )
     os.close(terminal)
     seen = b""

@@ -22,8 +22,8 @@ from mailsift import (
     string_scan,
 )
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
-from mailsift.result import Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner
 
 MakeMail = Callable[..., Mail]

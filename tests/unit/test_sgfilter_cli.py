@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift import const, deliver, drop, modify_subject, regexp_scan, reject, sender_regexp
-from mailsift.cli import main
+from mailsift.cli.main import main
 from mailsift.errors import ScannerError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.base import Settings
+from mailsift.services.sgfilter_client import SG_DELIVER, SG_DROP, SG_REJECT, SG_TEMPFAIL, SG_TOO_BIG, SG_USAGE
 from mailsift.services.sgfilterd import sgfilterd
-from mailsift.sgfilter_client import SG_DELIVER, SG_DROP, SG_REJECT, SG_TEMPFAIL, SG_TOO_BIG, SG_USAGE
 from mailsift.testing import ServiceThread, free_port
 
 from .conftest import EICAR
@@ -164,7 +164,7 @@ def test_as_a_process_in_a_pipe(make_daemon: Callable[..., int]) -> None:
     """As procmail runs it: a separate process, stdin and stdout pipes."""
     port = make_daemon([EICAR_SCAN])
     done = subprocess.run(
-        [sys.executable, "-m", "mailsift.cli", "sgfilter", "--port", str(port), "--timeout", "20"],
+        [sys.executable, "-m", "mailsift", "sgfilter", "--port", str(port), "--timeout", "20"],
         input=FROM_LINE + CLEAN,
         capture_output=True,
         timeout=60,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from mailsift.delivery.smtpclient import ConnectionLost, SMTPConnection, wire_data
 from mailsift.services.smtpd import read_data
-from mailsift.smtpclient import ConnectionLost, SMTPConnection, wire_data
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | object"]
 

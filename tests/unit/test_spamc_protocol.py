@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
-from mailsift.mail import Mail
+from mailsift.message.mail import Mail
 from mailsift.scanners.base import MailTarget, evaluate
-from mailsift.scanners.spam import SpamResult, report_symbols, spamassassind
+from mailsift.scanners.engines.spam import SpamResult, report_symbols, spamassassind
 
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 

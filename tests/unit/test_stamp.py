@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from mailsift import const, drop, parsemail, regexp_scan, spamassassind
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition, Result
-from mailsift.rewrite import apply_edits
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition, Result
+from mailsift.message.rewrite import apply_edits
 from mailsift.scanners.base import Scanner, Target
-from mailsift.stamp import mailsift_version, stamp
+from mailsift.scanners.stamp import mailsift_version, stamp
 
 
 class Versioned(Scanner):

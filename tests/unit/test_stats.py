@@ -12,9 +12,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from mailsift import const, db, quarantine, reject
-from mailsift.commands.stats import stats_command
-from mailsift.counters import (
+from mailsift import const, quarantine, reject
+from mailsift.cli.stats import stats_command
+from mailsift.core.disposition import Outcome
+from mailsift.core.pipeline import Pipeline
+from mailsift.errors import ConfigError
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Decision, Result
+from mailsift.replies import OK, Reply
+from mailsift.reporting.counters import (
     GREYLIST_VERDICTS,
     RANGES,
     RESOLUTION,
@@ -31,14 +37,9 @@ from mailsift.counters import (
     upsert_counters,
     verdict_of,
 )
-from mailsift.db import Database
-from mailsift.disposition import Outcome
-from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.replies import OK, Reply
-from mailsift.result import Decision, Result
 from mailsift.services.base import Settings
+from mailsift.storage import db
+from mailsift.storage.db import Database
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 NOW = 1_700_000_100.0  # inside a five-minute interval, not at its start
@@ -68,7 +69,7 @@ def database(request: pytest.FixtureRequest) -> Iterator[Database]:
 def read_all(database: Database) -> dict[tuple[int, str, str, str], tuple[int, int, int, float]]:
     from sqlalchemy import select
 
-    from mailsift.counters import stats_table
+    from mailsift.reporting.counters import stats_table
 
     def read(connection: Any) -> Any:
         return {
@@ -246,7 +247,7 @@ def test_hook_options_are_checked() -> None:
 
 
 async def test_greylist_outcomes_from_the_real_scanner(database: Database) -> None:
-    from mailsift.scanners.policy import PolicyTarget, greylist
+    from mailsift.scanners.greylist import PolicyTarget, greylist
 
     scanner = greylist(min=3600)
     request = {
@@ -317,7 +318,7 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
 def test_svg_escapes_hostile_names_and_draws_one_bar_per_value() -> None:
     import xml.etree.ElementTree as ET
 
-    from mailsift.counters import Series
+    from mailsift.reporting.counters import Series
     from mailsift.web.stats_views import render_svg
 
     hostile = '<script>alert(1)</script>"&'

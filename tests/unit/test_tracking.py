@@ -5,11 +5,11 @@ The gateway is the config file a site would write (``SCANNERS``, ``SRV``,
 and run by :class:`mailsift.testing.ServiceThread` on a loopback port, with a
 :class:`~mailsift.testing.RecordingServer` as next hop.  Four messages get four
 fates (delivered, rejected by a named scanner, quarantined, quarantined then
-released by a named admin through :func:`mailsift.quarantine_admin.release`);
+released by a named admin through :func:`mailsift.storage.quarantine.admin.release`);
 searches by sender, recipient, Message-ID, queue id and time must tell each
 story right, on SQLite and on PostgreSQL, through the queries and through
 ``mailsift track``.  Paging, bounds and odd input are tested on rows written by
-the log's own :func:`~mailsift.logline.sql_rows`.
+the log's own :func:`~mailsift.reporting.logline.sql_rows`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,11 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from mailsift import config as config_module
-from mailsift import tracking
-from mailsift.commands.tracking import track
+from mailsift.cli.tracking import track
 from mailsift.config import Config
-from mailsift.db import Database
-from mailsift.logline import MessageRecord, insert_rows, sql_rows
-from mailsift.quarantine_admin import release
-from mailsift.quarantine_index import QuarantineFilter, find_entries, remove_entry
-from mailsift.testing import RecordingServer, ServiceThread
-from mailsift.tracking import (
+from mailsift.reporting import tracking
+from mailsift.reporting.logline import MessageRecord, insert_rows, sql_rows
+from mailsift.reporting.tracking import (
     DELIVERED,
     GONE,
     QUARANTINED,
@@ -50,6 +46,10 @@ from mailsift.tracking import (
     get_story,
     parse_time,
 )
+from mailsift.storage.db import Database
+from mailsift.storage.quarantine.admin import release
+from mailsift.storage.quarantine.index import QuarantineFilter, find_entries, remove_entry
+from mailsift.testing import RecordingServer, ServiceThread
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
 
 CONFIG = """\

@@ -15,17 +15,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from mailsift import db, migrations
-from mailsift.db import Database, metadata
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, DatabaseError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.result import Disposition, Result
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition, Result
 from mailsift.scanners.actions import reject
 from mailsift.scanners.base import MailTarget, Scanner, Target
-from mailsift.scanners.spam import SpamResult
+from mailsift.scanners.engines.spam import SpamResult
 from mailsift.scanners.userpolicy import message_policy, policy_attach, policy_enabled, policy_spam_hits
-from mailsift.userpolicy import (
+from mailsift.storage import db, migrations
+from mailsift.storage.db import Database, metadata
+from mailsift.storage.policies import (
     address_keys,
     delete_policy,
     import_simcontrol,

@@ -1,4 +1,4 @@
-"""Lenient views (mailsift.views), yEnc, and parsemail scanning the union of the readings."""
+"""Lenient views (mailsift.mime.views), yEnc, and parsemail scanning the union of the readings."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import zipfile
 
 import pytest
 
-import mailsift.views
-from mailsift.mail import Mail, decode_base64_chunks, extract_yencoded, yenc_decode
+import mailsift.mime.views
+from mailsift.message.mail import Mail
+from mailsift.mime.codecs import decode_base64_chunks, extract_yencoded, yenc_decode
+from mailsift.mime.views import base64_runs, lenient_split
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan, string_scan
 from mailsift.scanners.parsemail import parsemail
-from mailsift.views import base64_runs, lenient_split
 from tests.unit.conftest import EICAR
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]
@@ -210,7 +211,7 @@ def test_lenient_split_needs_content_headers_after_the_boundary() -> None:
 
 
 def test_views_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mailsift.views, "MAX_VIEWS", 2)
+    monkeypatch.setattr(mailsift.mime.views, "MAX_VIEWS", 2)
     preamble = "".join(b64(EICAR + bytes([i])) + "\n" for i in range(5))
     raw = (HEAD + 'Content-Type: multipart/mixed; boundary="XX"\n\n' + preamble + "--XX\n" + TEXT + "--XX--\n").encode()
     assert len(Mail(data=raw).views) == 2
@@ -221,7 +222,7 @@ def test_views_of_deeply_nested_encodings_stop_at_max_depth() -> None:
         'Content-Type: multipart/mixed; boundary="XX"\n',
         [TEXT, attachment("Content-Transfer-Encoding: base64\n", b64(EICAR))],
     )
-    for _ in range(mailsift.views.MAX_DEPTH + 3):  # message in base64 in message in base64 ...
+    for _ in range(mailsift.mime.views.MAX_DEPTH + 3):  # message in base64 in message in base64 ...
         data = (HEAD + "Content-Type: text/plain\nContent-Transfer-Encoding: 7bit\n\n").encode() + base64.encodebytes(
             data
         )

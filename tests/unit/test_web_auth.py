@@ -12,9 +12,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from mailsift import db
-from mailsift.commands.users import user_group
+from mailsift.cli.users import user_group
 from mailsift.services.base import Settings
+from mailsift.storage import db
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.auth import safe_next

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from mailsift import db, userpolicy
 from mailsift.errors import ConfigError
-from mailsift.quarantine_index import get_entry
 from mailsift.scanners.basic import regexp_scan
 from mailsift.services.base import Settings
+from mailsift.storage import db
+from mailsift.storage import policies as userpolicy
+from mailsift.storage.quarantine.index import get_entry
 from mailsift.testing import RecordingServer
 from mailsift.web import mailview, users
 from mailsift.web.app import create_app

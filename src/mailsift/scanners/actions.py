@@ -2,7 +2,7 @@
 
 ``reject``, ``drop``, ``deliver``, ``quarantine``, ``add_header``,
 ``modify_subject`` and ``rename`` wrap scanners like any interscanner and
-attach :mod:`mailsift.result` action records to the result.  Nothing is sent or
+attach :mod:`mailsift.message.result` action records to the result.  Nothing is sent or
 written here (ARCHITECTURE: evaluation is pure).
 
 As in SAGATOR, the first argument may be a pattern (a regular expression
@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.result import (
+from mailsift.message.result import (
     Action,
     AddHeader,
     Disposition,

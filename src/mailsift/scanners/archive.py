@@ -73,7 +73,7 @@ import libarchive.read
 import tnefparse
 
 from mailsift.errors import ConfigError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import DataTarget, Interscanner, Target
 
 MiB = 1024 * 1024

@@ -53,8 +53,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail, MimeNode, Part, decode_words
-from mailsift.result import Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
+from mailsift.mime.codecs import decode_words
+from mailsift.mime.tree import MimeNode, Part
 from mailsift.scanners.base import Scanner, Target
 
 CHECKS: dict[str, str] = {

@@ -6,7 +6,7 @@ one decoded part (:class:`PartTarget`); both expose ``data``, ``names`` and
 ``content_type`` so that a content scanner works at either level.
 
 Scanners combine with Python's operators exactly as SAGATOR's README §4 says;
-the arithmetic lives in :func:`mailsift.result.combine`.
+the arithmetic lives in :func:`mailsift.message.result.combine`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError, MailsiftError, ScannerError
-from mailsift.mail import Mail, Part
-from mailsift.result import CLEAN, Result, combine
+from mailsift.message.mail import Mail
+from mailsift.message.result import CLEAN, Result, combine
+from mailsift.mime.tree import Part
 
 # --------------------------------------------------------------------------- targets
 

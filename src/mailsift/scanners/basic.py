@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 
 _THREAD_THRESHOLD = 512 * 1024

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.result import Disposition, QuarantineCopy, Result, SetDisposition
+from mailsift.message.result import Disposition, QuarantineCopy, Result, SetDisposition
 from mailsift.scanners.actions import CATEGORY
 from mailsift.scanners.base import Interscanner, Target
 

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import magic
 
 from mailsift.errors import ConfigError
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import MailTarget, PartTarget, Scanner, Target
 from mailsift.scanners.basic import _pairs, compile_text
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
-from mailsift.result import Result
+from mailsift.message.result import Result
 from mailsift.scanners.base import Interscanner, Scanner, Target, evaluate
 
 

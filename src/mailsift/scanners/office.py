@@ -43,7 +43,7 @@ from types import ModuleType
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.result import CLEAN, Result
+from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import DataTarget, PartTarget, Scanner, Target
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"

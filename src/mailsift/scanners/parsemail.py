@@ -2,7 +2,7 @@
 
 ``parsemail(s, ...)`` runs its scanners on every decoded leaf part (attached
 messages included, uuencoded and yEnc blocks included), then on the lenient
-views of the message (:mod:`mailsift.views`), and returns the first
+views of the message (:mod:`mailsift.mime.views`), and returns the first
 detection, naming the part or view.  ``attach_name`` and ``mime_ext`` look at *every* candidate
 filename of a part (Content-Disposition ``filename``, RFC 2231 ``filename*``,
 Content-Type ``name``, decoded encoded words): a mail client may show any of
@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail, Part
-from mailsift.result import CLEAN, Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import CLEAN, Result
+from mailsift.mime.tree import Part
 from mailsift.scanners.base import Interscanner, MailTarget, PartTarget, Scanner, Target, evaluate
 from mailsift.scanners.basic import _pairs, compile_text
 
@@ -31,11 +32,11 @@ class parsemail(Interscanner):
     """Run the wrapped scanners on each decoded part and view; first detection wins.
 
     ``parsemail(s, ...)`` scans the union of the readings of the message: the
-    strict parts (:attr:`Mail.parts <mailsift.mail.Mail.parts>`), then, with
+    strict parts (:attr:`Mail.parts <mailsift.message.mail.Mail.parts>`), then, with
     ``views=True`` (the default), every lenient view that differs from them
-    (:attr:`Mail.views <mailsift.mail.Mail.views>`: other transfer decodings,
+    (:attr:`Mail.views <mailsift.message.mail.Mail.views>`: other transfer decodings,
     base64/uuencode/yEnc anywhere in the raw message, boundaries found rather
-    than declared; see :mod:`mailsift.views`), and with ``raw=True`` the raw
+    than declared; see :mod:`mailsift.mime.views`), and with ``raw=True`` the raw
     message itself last.  ``views=False`` is the strict reading alone.
     """
 

@@ -1,6 +1,6 @@
 """Scanners that honour per-domain/per-user policies and the white/black lists.
 
-Policies (simscan's ``simcontrol``, see :mod:`mailsift.userpolicy`)::
+Policies (simscan's ``simcontrol``, see :mod:`mailsift.storage.policies`)::
 
     SCANNERS = [
         listed(),                                              # white -> deliver, black -> reject
@@ -25,11 +25,11 @@ Policies (simscan's ``simcontrol``, see :mod:`mailsift.userpolicy`)::
   detection with a ``deliver`` action: evaluation stops there (SAGATOR's
   first-detection rule) and the message is delivered unscanned.
 
-Each scanner takes ``db=`` (a :class:`~mailsift.db.Database`: pass the
+Each scanner takes ``db=`` (a :class:`~mailsift.storage.db.Database`: pass the
 config's ``DATABASE``), or leaves it to the config's ``DATABASE``
-(:func:`mailsift.userpolicy.use_database`).  Lookups are made once per
+(:func:`mailsift.storage.policies.use_database`).  Lookups are made once per
 message (shared by all policy scanners of the message, cached on the
-:class:`~mailsift.mail.Mail` object) and never across messages: a change
+:class:`~mailsift.message.mail.Mail` object) and never across messages: a change
 made with ``mailsift policy`` or ``mailsift lists`` applies to the next
 message.  A database failure raises :class:`~mailsift.errors.DatabaseError`:
 the message is tempfailed, never passed with the wrong policy.
@@ -43,13 +43,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from mailsift.db import Database
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
-from mailsift.result import Disposition, Result, SetDisposition
+from mailsift.message.mail import Mail
+from mailsift.message.result import Disposition, Result, SetDisposition
 from mailsift.scanners.actions import expand
 from mailsift.scanners.base import Interscanner, Scanner, Target
-from mailsift.userpolicy import (
+from mailsift.storage.db import Database
+from mailsift.storage.policies import (
     DEFAULT_CLOCK,
     Clock,
     Policy,
@@ -178,7 +178,7 @@ class policy_attach(Scanner):
 class policy_spam_hits(Interscanner):
     """Judge a spam engine by the policy's ``spam_hits``: ``policy_spam_hits(spamassassind(...))``.
 
-    The wrapped result must carry a ``score`` (a :class:`~mailsift.scanners.spam.SpamResult`:
+    The wrapped result must carry a ``score`` (a :class:`~mailsift.scanners.engines.spam.SpamResult`:
     put action wrappers outside, e.g. ``reject(policy_spam_hits(spamd))``).
     A detection is named ``virname`` when the engine gave no name.
     """

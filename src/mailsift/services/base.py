@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailsift import logline
-from mailsift.delivery import Delivery, resolve
-from mailsift.disposition import Disposer, Outcome
+from mailsift.core.disposition import Disposer, Outcome
+from mailsift.core.hooks import run_hooks
+from mailsift.core.pipeline import Pipeline
+from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError
-from mailsift.hooks import run_hooks
-from mailsift.mail import Mail
-from mailsift.pipeline import Pipeline
-from mailsift.quarantine_store import QuarantineStore
-from mailsift.result import Decision
+from mailsift.message.mail import Mail
+from mailsift.message.result import Decision
+from mailsift.reporting import logline
 from mailsift.scanners.base import Scanner, as_scanners
+from mailsift.storage.quarantine.store import QuarantineStore
 
 log = logging.getLogger("mailsift.mail")
 
@@ -41,9 +41,9 @@ class Settings:
     spool_threshold: int = 1024 * 1024
     hostname: str = socket.getfqdn()
     hooks: tuple[Any, ...] = ()
-    """``HOOKS``: :class:`mailsift.hooks.Hook` objects run after each disposition."""
+    """``HOOKS``: :class:`mailsift.core.hooks.Hook` objects run after each disposition."""
     database: Any = None
-    """``DATABASE``: the :class:`mailsift.db.Database` for the quarantine index, logs,
+    """``DATABASE``: the :class:`mailsift.storage.db.Database` for the quarantine index, logs,
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
 
     @property
@@ -177,7 +177,7 @@ def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: fl
     """The one log line per message (per recipient group with lmtpd), on Python's logging.
 
     The qmail-scanner-format line, to syslog, a file or JSON lines, and the SQL
-    record come from the hooks of :mod:`mailsift.logline` (``log_syslog``,
+    record come from the hooks of :mod:`mailsift.reporting.logline` (``log_syslog``,
     ``log_file``, ``log_sql``).
     """
     if not log.isEnabledFor(logging.INFO):

@@ -36,7 +36,7 @@ from aiosmtpd.smtp import Session
 
 from mailsift import replies
 from mailsift.errors import ConfigError
-from mailsift.mail import Mail
+from mailsift.message.mail import Mail
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.services.base import Settings
 from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, smtpd

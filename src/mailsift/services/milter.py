@@ -40,11 +40,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift import replies
-from mailsift.delivery import Delivery
+from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
-from mailsift.result import Decision, Disposition
 from mailsift.services import milter_protocol as mp
 from mailsift.services.base import LISTEN_BACKLOG, MailPath, Service, Settings
 

@@ -24,7 +24,7 @@ There is no library for this protocol, so it is written here on
 :class:`asyncio.Protocol` (not streams) to see the receive buffer: data past
 the declared length is an error, not silently ignored.
 
-It is a thin front end: it builds a :class:`~mailsift.mail.Mail` and runs the
+It is a thin front end: it builds a :class:`~mailsift.message.mail.Mail` and runs the
 shared :class:`~mailsift.services.base.MailPath`, whose next hop is
 :class:`KeepMessage`, a delivery that records the final message instead of
 sending it (the MTA or the client keeps the mail); quarantine copies, the log
@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from mailsift.delivery import Delivery
+from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
-from mailsift.result import Decision, Disposition
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import MailPath, Service, Settings
 
 log = logging.getLogger("mailsift.sgfilterd")

@@ -12,7 +12,7 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 * a connection limit (421 beyond it) and an idle timeout;
 * SMTP smuggling: DATA ends only at ``<CRLF>.<CRLF>`` (:func:`read_data`), and
   the next hop gets CRLF-normalised, dot-stuffed data
-  (:func:`mailsift.smtpclient.wire_data`), so a bare ``\\n.\\n`` can never
+  (:func:`mailsift.delivery.smtpclient.wire_data`), so a bare ``\\n.\\n`` can never
   end a message early.
 """
 
@@ -31,7 +31,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift import replies
 from mailsift.errors import ConfigError
-from mailsift.mail import Envelope, Mail
+from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import MailPath, Service, Settings
 
 log = logging.getLogger("mailsift.smtpd")

@@ -32,8 +32,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailsift.db import Database
 from mailsift.errors import MailsiftError
+from mailsift.storage.db import Database
 from mailsift.web import users
 from mailsift.web.templating import render
 from mailsift.web.users import User

@@ -1,6 +1,6 @@
 """The digest's one-click links: ``/link/release/<token>`` and ``/link/whitelist/<token>``.
 
-No login: the signed token (:mod:`mailsift.links`) is the authority, for one
+No login: the signed token (:mod:`mailsift.reporting.links`) is the authority, for one
 action on one message for one recipient, until it expires.  ``GET`` only shows
 what the link would do, with a button; the button ``POST``s (with the
 session's CSRF token, :func:`mailsift.web.auth.check_csrf`), so a mail
@@ -9,9 +9,9 @@ action the answer redirects to the ``GET`` page (post/redirect/get), which
 says "done" once (a mark in the session) and from then on "already done": a
 second click, a reload or a second ``POST`` never sends the message again.
 
-Release reuses :func:`mailsift.quarantine_admin.release` (to that recipient
+Release reuses :func:`mailsift.storage.quarantine.admin.release` (to that recipient
 only, recorded as ``digest link <recipient>``); whitelisting uses
-:func:`mailsift.userpolicy.add_listed` on that recipient's own list.
+:func:`mailsift.storage.policies.add_listed` on that recipient's own list.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mailsift import links
-from mailsift.db import Database
 from mailsift.errors import ConfigError, MailsiftError
-from mailsift.quarantine_admin import QuarantineProblem, release
-from mailsift.quarantine_index import QuarantineEntry, get_entry
+from mailsift.reporting import links
 from mailsift.services.base import Settings
-from mailsift.userpolicy import add_listed, list_entries, normalize_value
+from mailsift.storage.db import Database
+from mailsift.storage.policies import add_listed, list_entries, normalize_value
+from mailsift.storage.quarantine.admin import QuarantineProblem, release
+from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.web.auth import check_csrf
 from mailsift.web.templating import render
 

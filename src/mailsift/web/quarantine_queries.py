@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, false, func, or_, select, true
 from sqlalchemy.engine import Connection
 
-from mailsift.quarantine_index import (
+from mailsift.storage.quarantine.index import (
     QuarantineEntry,
     QuarantineFilter,
     find_entries,

@@ -4,8 +4,8 @@ Every page asks :func:`~mailsift.web.auth.require_user` first, and finds
 messages only through :mod:`mailsift.web.quarantine_queries`, whose queries
 carry the ownership condition: a message that is not the user's answers 404,
 exactly as a missing one.  Every POST checks the CSRF token before anything
-else.  Actions reuse the quarantine's operations (:func:`mailsift.quarantine_admin.release`,
-:func:`~mailsift.quarantine_admin.delete`), so the web and the CLI release and
+else.  Actions reuse the quarantine's operations (:func:`mailsift.storage.quarantine.admin.release`,
+:func:`~mailsift.storage.quarantine.admin.delete`), so the web and the CLI release and
 record alike.
 
 * release: an ordinary user releases to their own addresses among the
@@ -14,7 +14,7 @@ record alike.
   theirs (it would vanish for the others too); an admin always;
 * recheck: runs ``webq(scanner=...)`` over the original and shows the verdict;
 * white/black list: the sender, for the user's own addresses among the
-  recipients (SAGATOR's per-user lists, :func:`mailsift.userpolicy.add_listed`).
+  recipients (SAGATOR's per-user lists, :func:`mailsift.storage.policies.add_listed`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mailsift import userpolicy
+from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError
-from mailsift.mail import Envelope, Mail
-from mailsift.pipeline import Pipeline
-from mailsift.quarantine_admin import QuarantineProblem, delete, release
-from mailsift.quarantine_index import HELD, STATES, QuarantineEntry
-from mailsift.quarantine_store import DamagedFile, locate, read_original
+from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import Settings
+from mailsift.storage import policies as userpolicy
+from mailsift.storage.quarantine.admin import QuarantineProblem, delete, release
+from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry
+from mailsift.storage.quarantine.store import DamagedFile, locate, read_original
 from mailsift.web import mailview, users
 from mailsift.web.auth import check_csrf, require_user
 from mailsift.web.quarantine_queries import SORTS, ListQuery, categories, find_page, get_visible, own_recipients

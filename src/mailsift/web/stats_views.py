@@ -50,9 +50,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mailsift.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
-from mailsift.db import Database
 from mailsift.errors import MailsiftError
+from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
+from mailsift.storage.db import Database
 from mailsift.web.auth import current_user, require_user
 from mailsift.web.templating import render
 from mailsift.web.users import User

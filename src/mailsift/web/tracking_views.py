@@ -17,9 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from mailsift.db import Database
 from mailsift.errors import MailsiftError
-from mailsift.tracking import (
+from mailsift.reporting.tracking import (
     MAX_LIMIT,
     MAX_TEXT,
     StoryPage,
@@ -31,6 +30,7 @@ from mailsift.tracking import (
     get_story,
     parse_time,
 )
+from mailsift.storage.db import Database
 from mailsift.web.auth import require_admin
 from mailsift.web.templating import render
 

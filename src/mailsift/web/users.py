@@ -14,7 +14,7 @@ SAGATOR's ``webaccess`` table, with argon2 instead of CRYPT_MD5:
   number of workers).
 
 Every function takes a SQLAlchemy ``Connection`` (run through
-:meth:`mailsift.db.Database.call` or ``run``).
+:meth:`mailsift.storage.db.Database.call` or ``run``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Row
 
-from mailsift.db import metadata
 from mailsift.errors import ConfigError
+from mailsift.storage.db import metadata
 
 LANGUAGES = ("en", "cs", "de", "es", "sk")
 """Languages a user may choose (those of mailsift's catalogs)."""

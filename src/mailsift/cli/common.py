@@ -1,0 +1,71 @@
+"""The ``mailsift`` subcommands beyond serving and scanning (registered in :mod:`mailsift.cli.main`).
+
+One module per command group: ``quarantine``, ``policy`` and ``lists``,
+``report``, ``stats``, ``track``, ``user``.  What they share is here: the
+``-c CONFIG`` option and loading the config once, with a clear message and
+exit status 2 when it is broken.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from mailsift import config as config_module
+from mailsift.config import Config
+from mailsift.durations import seconds
+from mailsift.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
+
+
+def config_option_with(help_text: str) -> Callable[[F], F]:
+    """The ``-c/--config`` option (as ``config_path``) with its own help text."""
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=help_text)
+
+
+def config_option(function: F) -> F:
+    """The ``-c/--config`` option, as ``config_path``."""
+    return config_option_with(CONFIG_HELP)(function)
+
+
+class Duration(click.ParamType[float, Any]):
+    """An age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``, as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        found = seconds(str(value), bare=False)
+        if found is None:
+            self.fail(f"{value!r} is not an age like 30d, 12h, 90m, 2w or 45s", param, ctx)
+        return found
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """``mailsift: message`` on stderr, then exit with ``code``."""
+    click.echo(f"mailsift: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(path: str | None, *, database_for: str = "") -> Config:
+    """Load the config (the bundled one without ``-c``); exit 2 with ``file:line`` when it is broken.
+
+    With ``database_for`` (what the command keeps there) the config must have a
+    DATABASE, whose pooled connections are closed when the command ends.
+    """
+    try:
+        config = config_module.load(path or config_module.DEFAULT_CONFIG)
+    except ConfigError as error:
+        fail(f"config error: {error}")
+    if database_for:
+        if config.settings.database is None:  # config.load always sets one; a bare Settings may not
+            fail(f"the config has no DATABASE ({database_for})")
+        click.get_current_context().call_on_close(config.settings.database.dispose)
+    return config

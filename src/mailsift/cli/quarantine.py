@@ -1,0 +1,332 @@
+"""``mailsift quarantine list|show|release|delete|expire|reindex``: the quarantine, by hand.
+
+SAGATOR's ``sqback`` (send a badly quarantined mail on) and its tmpwatch
+cron line, qmail-scanner's ``-z`` cleanup, with the index in the database
+(``DATABASE``) so that any gateway sharing the database and the store
+(``STATE_DIR/quarantine``, e.g. a shared mount) can list and release what
+another one quarantined.
+
+The operations themselves (release to ``--next-hop``, by default
+``SMTP_SERVER``; reindex; delete; expire) are :mod:`mailsift.storage.quarantine.admin`'s,
+shared with the web quarantine and the digest links.
+
+Exit status: 0 done, 1 a message could not be found, released or deleted,
+2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+from mailsift.cli.common import Duration, config_option, load_config
+from mailsift.config import Config
+from mailsift.errors import ConfigError, MailsiftError
+from mailsift.storage.quarantine.admin import QuarantineProblem, delete, expire, reindex, release
+from mailsift.storage.quarantine.index import (
+    HELD,
+    STATES,
+    QuarantineEntry,
+    QuarantineFilter,
+    find_entries,
+    get_entry,
+)
+from mailsift.storage.quarantine.store import (
+    CATEGORIES,
+    DamagedFile,
+    locate,
+    read_original,
+)
+
+log = logging.getLogger("mailsift.quarantine")
+
+DEFAULT_EXPIRY = "14d"
+"""qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
+
+
+def parse_next_hop(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6 address]:port`` → ``(host, port)``."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not host:port", param_hint="--next-hop")
+    return host, int(port)
+
+
+def invoking_user() -> str:
+    """Who runs the command: the user behind sudo, else the login name."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _database_failed(error: MailsiftError) -> NoReturn:
+    click.echo(f"mailsift: {error.message}", err=True)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _json_entry(entry: QuarantineEntry) -> dict[str, Any]:
+    data = entry.as_dict()
+    data["released_to"] = json.loads(entry.released_to) if entry.released_to else None
+    data["time"] = _when(entry.created) + "Z"
+    return data
+
+
+def _entries(config: Config, ids: Sequence[str]) -> tuple[list[QuarantineEntry], list[str]]:
+    """The rows for ``ids`` and the ids not found."""
+    try:
+        found = config.settings.database.call(find_entries, QuarantineFilter(ids=list(ids)), time.time())
+    except MailsiftError as error:
+        _database_failed(error)
+    by_id = {entry.id: entry for entry in found}
+    return [by_id[i] for i in dict.fromkeys(ids) if i in by_id], [i for i in ids if i not in by_id]
+
+
+@click.group("quarantine")
+def quarantine_group() -> None:
+    """List, show, release, delete and expire quarantined mail (any gateway sharing DATABASE).
+
+    Quarantined mail lives in STATE_DIR/quarantine/<category>/ (maildir), one
+    file per message, indexed in the config's DATABASE.
+    """
+
+
+@quarantine_group.command("list")
+@config_option
+@click.option("--recipient", help="An envelope recipient (exact, any case), or a domain as @example.com.")
+@click.option("--sender", help="The envelope sender (exact, any case), or a domain as @example.com.")
+@click.option("--category", help=f"A quarantine folder: {', '.join(CATEGORIES)}, or another configured one.")
+@click.option("--state", type=click.Choice(STATES), help="Only held or only released messages.")
+@click.option("--older-than", type=Duration(), help="Quarantined longer ago than this (7d, 12h, 30m, 2w).")
+@click.option("--newer-than", type=Duration(), help="Quarantined within this time (7d, 12h, 30m, 2w).")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many, newest first (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects instead of a table.")
+def list_command(
+    config_path: str | None,
+    recipient: str | None,
+    sender: str | None,
+    category: str | None,
+    state: str | None,
+    older_than: float | None,
+    newer_than: float | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List quarantined messages, newest first."""
+    config = load_config(config_path, database_for="the quarantine index")
+    selection = QuarantineFilter(recipient, sender, category, state, older_than, newer_than, limit or None)
+    try:
+        entries = config.settings.database.call(find_entries, selection, time.time())
+    except MailsiftError as error:
+        _database_failed(error)
+    if as_json:
+        click.echo(json.dumps([_json_entry(e) for e in entries], ensure_ascii=False, indent=1))
+        return
+    rows = [("ID", "TIME (UTC)", "CATEGORY", "VERDICT", "FROM", "TO", "SIZE", "STATE", "SUBJECT")]
+    for e in entries:
+        verdict = f"{e.name or '-'} ({e.scanner or '-'} {e.level:.2f})"
+        recipients = ",".join(e.recipients)
+        rows.append(
+            (
+                e.id,
+                _when(e.created),
+                e.category,
+                _cut(verdict, 40),
+                _cut(e.sender or "<>", 30),
+                _cut(recipients, 40),
+                str(e.size),
+                e.state,
+                _cut(e.subject, 50),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    click.echo(f"{len(entries)} message(s)", err=True)
+
+
+@quarantine_group.command("show")
+@config_option
+@click.argument("entry_id", metavar="ID")
+@click.option("--raw", is_flag=True, help="Print the original message as received (without mailsift's head).")
+def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
+    """Show one message: its verdict, envelope and headers (or --raw, the whole message)."""
+    config = load_config(config_path, database_for="the quarantine index")
+    try:
+        entry = config.settings.database.call(get_entry, entry_id)
+    except MailsiftError as error:
+        _database_failed(error)
+    if entry is None:
+        click.echo(f"mailsift: no quarantined message {entry_id}", err=True)
+        sys.exit(1)
+    path = locate(config.settings.quarantine_dir, entry)
+    message = b""
+    if path is not None:
+        try:
+            message = read_original(path)
+        except (DamagedFile, OSError) as error:
+            click.echo(f"mailsift: {entry.id}: cannot read {path}: {error}", err=True)
+            sys.exit(1)
+    if raw:
+        if path is None:
+            click.echo(f"mailsift: {entry.id}: the file {entry.path} is missing", err=True)
+            sys.exit(1)
+        sys.stdout.buffer.write(message)
+        sys.stdout.flush()
+        return
+    released = "-"
+    if entry.released_at is not None:
+        to = ",".join(f"<{r}>" for r in json.loads(entry.released_to or "[]"))
+        released = f"{_when(entry.released_at)} UTC by {entry.released_by} to {to}"
+    for label, value in (
+        ("Id", entry.id),
+        ("Time", f"{_when(entry.created)} UTC"),
+        ("Category", entry.category),
+        ("Verdict", f"level={entry.level:.2f} name={entry.name or '-'} scanner={entry.scanner or '-'}"),
+        ("Client", entry.client),
+        ("Queue-Id", entry.queue_id or "-"),
+        ("Sender", f"<{entry.sender}>"),
+        ("Recipients", ", ".join(f"<{r}>" for r in entry.recipients)),
+        ("Size", str(entry.size)),
+        ("Subject", entry.subject),
+        ("State", entry.state),
+        ("Released", released),
+        ("File", path or f"{entry.path} (missing)"),
+    ):
+        click.echo(f"{label + ':':<12}{value}")
+    click.echo("")
+    header_block = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    click.echo(header_block.decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
+@quarantine_group.command("release")
+@config_option
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--to", "recipients", multiple=True, help="Send to this address instead (repeatable).")
+@click.option("--next-hop", help="host:port to reinject to. Default: the config's SMTP_SERVER.")
+@click.option("--by", default=None, help="Who releases (recorded and logged). Default: the login name.")
+@click.option("--force", is_flag=True, help="Release again a message already released.")
+def release_command(
+    config_path: str | None,
+    entry_ids: tuple[str, ...],
+    recipients: tuple[str, ...],
+    next_hop: str | None,
+    by: str | None,
+    force: bool,
+) -> None:
+    """Send quarantined messages on to their recipients (SAGATOR's sqback) and record who did."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    config = load_config(config_path, database_for="the quarantine index")
+    hop = parse_next_hop(next_hop) if next_hop else None
+    who = by or invoking_user()
+    entries, missing = _entries(config, entry_ids)
+    status = 0
+    for entry_id in missing:
+        click.echo(f"mailsift: no quarantined message {entry_id}", err=True)
+        status = 1
+    for entry in entries:
+        if entry.state != HELD and not force:
+            click.echo(
+                f"mailsift: {entry.id} was released already ({_when(entry.released_at)} UTC by "
+                f"{entry.released_by}); --force sends it again",
+                err=True,
+            )
+            status = 1
+            continue
+        try:
+            note = asyncio.run(release(config.settings, entry, recipients=recipients, next_hop=hop, by=who))
+        except QuarantineProblem as error:
+            click.echo(f"mailsift: {error}", err=True)
+            status = 1
+            continue
+        except ConfigError as error:
+            click.echo(f"mailsift: {error.message}", err=True)
+            sys.exit(2)
+        except MailsiftError as error:
+            click.echo(f"mailsift: {entry.id}: not released: {error.message}", err=True)
+            status = 1
+            continue
+        click.echo(f"{entry.id}: released by {who}: {note}")
+    sys.exit(status)
+
+
+@quarantine_group.command("delete")
+@config_option
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
+    """Delete quarantined messages (row and file)."""
+    config = load_config(config_path, database_for="the quarantine index")
+    entries, missing = _entries(config, entry_ids)
+    for entry_id in missing:
+        click.echo(f"mailsift: no quarantined message {entry_id}", err=True)
+    for entry in entries:
+        try:
+            delete(config.settings, entry)
+        except MailsiftError as error:
+            _database_failed(error)
+        except OSError as error:
+            click.echo(f"mailsift: {entry.id}: row deleted, file not: {error}", err=True)
+            sys.exit(1)
+        click.echo(f"{entry.id}: deleted")
+    sys.exit(1 if missing else 0)
+
+
+@quarantine_group.command("expire")
+@config_option
+@click.option(
+    "--older-than",
+    type=Duration(),
+    default=DEFAULT_EXPIRY,
+    show_default=True,
+    help="Delete messages quarantined longer ago than this (qmail-scanner -z: 14 days).",
+)
+@click.option("--category", help="Only this quarantine folder.")
+def expire_command(config_path: str | None, older_than: float, category: str | None) -> None:
+    """Delete old quarantined mail (after adopting unindexed files, see reindex)."""
+    config = load_config(config_path, database_for="the quarantine index")
+    try:
+        count = expire(config.settings, older_than, category=category)
+    except MailsiftError as error:
+        _database_failed(error)
+    click.echo(f"expired {count} message(s)")
+
+
+@quarantine_group.command("reindex")
+@config_option
+def reindex_command(config_path: str | None) -> None:
+    """Index stored files that have no row (left by a crash between the file and its row)."""
+    config = load_config(config_path, database_for="the quarantine index")
+    try:
+        found = reindex(config.settings)
+    except MailsiftError as error:
+        _database_failed(error)
+    for entry_id in found.adopted:
+        click.echo(f"adopted {entry_id}")
+    for problem in found.damaged:
+        click.echo(f"mailsift: not a quarantine file: {problem}", err=True)
+    for entry_id in found.dangling:
+        click.echo(f"mailsift: {entry_id}: indexed, but its file is missing", err=True)
+    click.echo(
+        f"reindexed: {len(found.adopted)} adopted, {len(found.damaged)} unreadable, {len(found.dangling)} missing"
+    )

@@ -1,0 +1,116 @@
+"""``mailsift report --since 24h``: send each user the digest of their quarantined and rejected mail.
+
+Meant for a daily cron line or systemd timer (SAGATOR's ``reporter.py``).
+The report's templates, filters and groups come from the config's
+``reporter(...)`` (:mod:`mailsift.reporting.digest`; defaults without one); the links'
+base URL from ``--url``, else ``reporter(webq=...)``, else the config's
+``webq(host, port)`` service.  ``--dry-run`` prints the reports instead of
+sending them.
+
+Exit status: 0 done, 1 a report could not be sent, 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import click
+
+from mailsift.cli.common import Duration, config_option, fail, load_config
+from mailsift.config import Config
+from mailsift.delivery.next_hop import resolve
+from mailsift.errors import MailsiftError
+from mailsift.reporting import links
+from mailsift.reporting.digest import LinkMaker, Outcome, build_reports, collect, render, reporter, send
+
+
+def find_reporter(config: Config) -> reporter:
+    """The config's ``reporter(...)`` (in ``SRV``), or the defaults."""
+    found = getattr(config, "reporter", None)
+    if isinstance(found, reporter):
+        return found
+    for service in (*config.services, *config.daemons):
+        if isinstance(service, reporter):
+            return service
+    return reporter()
+
+
+def _webq(config: Config) -> Any:
+    return next((s for s in config.services if getattr(s, "kind", "") == "webq"), None)
+
+
+def base_url(config: Config, settings_url: str | None, option: str | None) -> str | None:
+    """``--url``, else ``reporter(webq=...)``, else ``http://<webq host>:<port>``."""
+    if option:
+        return option.rstrip("/")
+    if settings_url:
+        return settings_url.rstrip("/")
+    service = _webq(config)
+    if service is None:
+        return None
+    host = str(service.host)
+    if host in ("0.0.0.0", "::", ""):
+        host = config.settings.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{service.port}"
+
+
+@click.command("report")
+@config_option
+@click.option(
+    "--since", type=Duration(), default="24h", show_default=True, help="Report mail of this last period (24h, 7d)."
+)
+@click.option("--url", help="Base URL of the web quarantine for the links, like https://mail.example.com/webq.")
+@click.option("--dry-run", is_flag=True, help="Print the reports instead of sending them.")
+def report_command(config_path: str | None, since: float, url: str | None, dry_run: bool) -> None:
+    """Send each user a summary of their quarantined and rejected mail, with one-click links."""
+    config = load_config(config_path)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
+    settings = config.settings
+    if settings.database is None:
+        fail("the config has no DATABASE")
+    click.get_current_context().call_on_close(settings.database.dispose)
+    digest = find_reporter(config)
+    base = base_url(config, digest.webq, url)
+    if base is None:
+        fail("no base URL for the links: give --url https://host/webq, reporter(webq=...) or a webq() service")
+    if settings.smtp_server is None and not dry_run:
+        fail("no SMTP_SERVER to send the reports through")
+    try:
+        secret_file = getattr(_webq(config), "secret_file", None)
+        key = links.secret(settings.state_dir, secret_file)
+    except (OSError, ValueError) as error:
+        fail(f"cannot read or create the web secret: {error}")
+    now = time.time()
+    start = now - since
+    try:
+        entries = settings.database.call(collect, start, now)
+    except MailsiftError as error:
+        fail(error.message, 1)
+    maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now)
+    reports = build_reports(entries, digest)
+    messages = [(r.to, render(r, digest, since=start, links=maker, hostname=settings.hostname)) for r in reports]
+    if dry_run:
+        for address, data in messages:
+            click.echo(f"==== report to <{address}>")
+            click.echo(data.decode("ascii", "replace").replace("\r\n", "\n"))
+        click.echo(f"report: {len(messages)} report(s) not sent (--dry-run)", err=True)
+        return
+    outcome = asyncio.run(_send(messages, settings.smtp_server, settings.state_dir))
+    for address, problem in outcome.failed:
+        click.echo(f"mailsift: report to <{address}> not sent: {problem}", err=True)
+    click.echo(f"report: {len(outcome.sent)} report(s) sent, {len(outcome.failed)} failed", err=True)
+    sys.exit(1 if outcome.failed else 0)
+
+
+async def _send(messages: list[tuple[str, bytes]], target: Any, state_dir: str) -> Outcome:
+    delivery = resolve(target, state_dir)
+    try:
+        return await send(messages, delivery)
+    finally:
+        await delivery.close()

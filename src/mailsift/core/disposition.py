@@ -1,0 +1,92 @@
+"""Carries a :class:`~mailsift.message.result.Decision` out, in a safe order, then says what to answer.
+
+Order: quarantine copies (written and fsynced, then indexed in the database:
+:meth:`~mailsift.storage.quarantine.store.QuarantineStore.put`) → delivery downstream (the next
+hop said 2xx, or the Maildir files are fsynced) → only then the positive reply.
+Any failure on the way returns that error's reply (451, or 554 when the next
+hop refused permanently): the MTA keeps the message and nothing is lost.
+
+:meth:`Disposer.carry_out_each` is the same order with an outcome per
+recipient (``lmtpd``): the quarantine copy is shared, delivery is per
+recipient (:meth:`~mailsift.delivery.next_hop.Delivery.deliver_each`), and a recipient
+gets its positive reply only if its own copy was accepted or stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mailsift.delivery.next_hop import Delivery
+from mailsift.errors import DeliveryError, MailsiftError
+from mailsift.message.mail import Mail
+from mailsift.message.result import Decision, Disposition
+from mailsift.message.rewrite import apply_edits
+from mailsift.replies import Reply
+from mailsift.storage.quarantine.store import QuarantineStore
+
+log = logging.getLogger("mailsift.disposition")
+
+
+@dataclass
+class Outcome:
+    """What was done: the reply for the MTA and a note for the log."""
+
+    reply: Reply
+    note: str = ""
+    quarantined: tuple[str, ...] = ()
+
+
+class Disposer:
+    """Carries decisions out for one service: its quarantine store and next hop."""
+
+    def __init__(self, quarantine: QuarantineStore, delivery: Delivery) -> None:
+        self.quarantine = quarantine
+        self.delivery = delivery
+
+    async def carry_out(self, mail: Mail, decision: Decision) -> Outcome:
+        """Carry ``decision`` out for all recipients at once; one outcome."""
+        if decision.disposition is Disposition.TEMPFAIL:
+            return Outcome(decision.reply, decision.error.message if decision.error else "tempfail")
+        stored: list[str] = []
+        try:
+            await self._store(mail, decision, stored)
+            note = ""
+            if decision.disposition is Disposition.DELIVER:
+                message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
+                note = await self.delivery.deliver(mail, message)
+        except MailsiftError as error:
+            return self._failed(mail, error, stored)
+        return Outcome(decision.reply, note, tuple(stored))
+
+    async def carry_out_each(self, mail: Mail, decision: Decision) -> dict[str, Outcome]:
+        """Carry ``decision`` out with one outcome per recipient of ``mail.envelope``."""
+        recipients = mail.envelope.recipients
+        if decision.disposition is not Disposition.DELIVER:
+            return dict.fromkeys(recipients, await self.carry_out(mail, decision))
+        stored: list[str] = []
+        try:
+            await self._store(mail, decision, stored)
+            message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
+            results = await self.delivery.deliver_each(mail, message)
+        except MailsiftError as error:
+            return dict.fromkeys(recipients, self._failed(mail, error, stored))
+        outcomes: dict[str, Outcome] = {}
+        for recipient in recipients:
+            result = results.get(recipient)
+            if isinstance(result, str):
+                outcomes[recipient] = Outcome(decision.reply, result, tuple(stored))
+            else:  # an error, or a recipient the delivery forgot: never a 250 without a copy
+                failure = result or DeliveryError(f"no delivery outcome for <{recipient}>")
+                outcomes[recipient] = self._failed(mail, failure, stored)
+        return outcomes
+
+    async def _store(self, mail: Mail, decision: Decision, stored: list[str]) -> None:
+        """The quarantine copies, written and fsynced (appended to ``stored`` as they are)."""
+        for category in decision.quarantine:
+            stored.append(await self.quarantine.put(mail, category, decision.result))
+
+    @staticmethod
+    def _failed(mail: Mail, error: MailsiftError, stored: list[str]) -> Outcome:
+        log.warning("queue_id=%s: %s", mail.envelope.queue_id or "-", error.message)
+        return Outcome(error.reply, error.message, tuple(stored))

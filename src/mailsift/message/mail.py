@@ -1,0 +1,187 @@
+"""The message being filtered: envelope, raw bytes, and lazy parsed views.
+
+The raw bytes are the truth and are kept exactly as received; a message over
+``spool_threshold`` (default 1 MB) lives in a temporary file instead of memory.
+Parsed views are computed on first use and cached:
+
+* :attr:`Mail.headers` — the top-level header block, raw and decoded;
+* :attr:`Mail.tree` — the MIME tree (:class:`MimeNode`), attached messages
+  (``message/rfc822``) parsed recursively;
+* :attr:`Mail.parts` — the decoded leaf parts (:class:`Part`), each with every
+  candidate filename, its declared type, size and path in the tree, plus
+  uuencoded blocks found inside text parts.
+
+Parsing uses the standard library's lenient parser (``compat32`` policy, which
+never raises on malformed input but records defects).  That parser keeps a body
+as a list of line strings and then joins them, about 2.6 copies of a big
+attachment before it is even decoded; so long runs of base64 lines are held out
+of it (:class:`Blobs`) and read back from the raw message when their part is
+decoded.  Each leaf's encoded payload is released as soon as it is decoded, so
+a parse holds about two copies of the message at most: the raw bytes (or none,
+when spooled) and the decoded parts.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.parser
+import email.utils
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import BinaryIO
+
+from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder
+
+DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True)
+class Envelope:
+    """The SMTP envelope and where the message came from."""
+
+    sender: str = ""
+    recipients: list[str] = field(default_factory=list)
+    client_address: str = ""
+    client_name: str = ""
+    helo: str = ""
+    queue_id: str = ""
+    protocol: str = "SMTP"
+    mail_options: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- mail
+
+
+class Mail:
+    """A message with its envelope; raw bytes kept exactly, views parsed lazily."""
+
+    def __init__(
+        self,
+        envelope: Envelope | None = None,
+        data: bytes | None = None,
+        *,
+        path: str | None = None,
+        spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
+        spool_dir: str | None = None,
+    ) -> None:
+        self.envelope = envelope or Envelope()
+        self._data: bytes | None = None
+        self._path: str | None = None
+        self._owns_path = False
+        if path is not None:
+            self._path = path
+            self.size = os.path.getsize(path)
+        else:
+            data = data or b""
+            self.size = len(data)
+            if self.size > spool_threshold:
+                self._spool(data, spool_dir)
+            else:
+                self._data = data
+
+    def _spool(self, data: bytes, spool_dir: str | None) -> None:
+        fd, name = tempfile.mkstemp(prefix="mailsift-", suffix=".eml", dir=spool_dir)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        self._path, self._owns_path = name, True
+
+    @property
+    def spooled(self) -> bool:
+        """True when the raw bytes live in a file rather than in memory."""
+        return self._data is None
+
+    @property
+    def raw(self) -> bytes:
+        """The message exactly as received (read from the spool file if spooled)."""
+        if self._data is not None:
+            return self._data
+        assert self._path is not None
+        with open(self._path, "rb") as handle:
+            return handle.read()
+
+    def open(self) -> BinaryIO:
+        """A binary stream of the raw message, without loading a spooled one."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        assert self._path is not None
+        return open(self._path, "rb")
+
+    def close(self) -> None:
+        """Remove the spool file, if this mail made one."""
+        if self._owns_path and self._path:
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            self._owns_path = False
+
+    def __enter__(self) -> Mail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lazy views
+
+    @cached_property
+    def _structure(self) -> tuple[MimeNode, list[Part], list[Part], set[bytes]]:
+        blobs = Blobs(self)
+        parser = email.parser.BytesFeedParser()
+        blobs.feed(parser)
+        builder = TreeBuilder(blobs)
+        root = builder.build(parser.close(), "")
+        return root, builder.parts, builder.alternates, builder.base64_sources
+
+    @cached_property
+    def headers(self) -> Headers:
+        """The top-level header fields (only the header block is parsed)."""
+        block = bytearray()
+        with self.open() as stream:
+            for line in stream:
+                if line in (b"\r\n", b"\n"):
+                    break
+                block += line
+                if len(block) > 4 * 1024 * 1024:
+                    break
+        return Headers.from_message(email.parser.BytesHeaderParser().parsebytes(bytes(block)))
+
+    @property
+    def tree(self) -> MimeNode:
+        return self._structure[0]
+
+    @property
+    def parts(self) -> list[Part]:
+        return self._structure[1]
+
+    @property
+    def alternates(self) -> list[Part]:
+        """Other plausible transfer decodings of leaves (doubled or odd encodings); usually empty."""
+        return self._structure[2]
+
+    @property
+    def base64_sources(self) -> set[bytes]:
+        """Keys (:func:`base64_source_key`) of the base64 texts the alternates decoded already."""
+        return self._structure[3]
+
+    @cached_property
+    def views(self) -> list[Part]:
+        """The lenient views: every other reasonable reading of the message (see :mod:`mailsift.mime.views`).
+
+        Parts a mail client could see that the strict :attr:`parts` do not hold,
+        deduplicated against them; empty for ordinary mail.  Computed on first use.
+        """
+        from mailsift.mime.views import compute_views  # views builds on this module
+
+        return compute_views(self)
+
+    @property
+    def subject(self) -> str:
+        return self.headers.get("subject")
+
+    @property
+    def message_id(self) -> str:
+        return self.headers.get("message-id")

@@ -1,0 +1,215 @@
+"""Content decoders: encoded words, transfer encodings (base64, quoted-printable, uuencode,
+yEnc) read as strictly as the standard library and as leniently as mail clients."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.errors
+import email.parser
+import email.utils
+import hashlib
+import quopri
+import re
+from email.header import decode_header, make_header
+
+# --------------------------------------------------------------------------- headers
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words; undecodable input is returned unchanged."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, binascii.Error):
+        return value
+
+
+_UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +(.+?)\r?$", re.MULTILINE)
+
+
+def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
+    """Find ``begin 644 name`` … ``end`` blocks in a text and decode them leniently."""
+    found: list[tuple[str, bytes]] = []
+    for match in _UU_BEGIN.finditer(data):
+        name = match.group(2).decode("utf-8", "replace").strip()
+        out = bytearray()
+        rest = data[match.end() :].split(b"\n")
+        for line in rest[1:]:
+            line = line.rstrip(b"\r")
+            if line.strip() in (b"end", b"`") or (line.strip() == b"" and out):
+                if line.strip() == b"end":
+                    break
+                continue
+            try:
+                out += binascii.a2b_uu(line)
+            except binascii.Error:
+                # Broken padding, as some encoders write: decode what the length byte promises.
+                nbytes = ((line[0] - 32) & 63) if line else 0
+                try:
+                    out += binascii.a2b_uu(line[: ((nbytes + 2) // 3) * 4 + 1])
+                except binascii.Error:
+                    break
+        found.append((name, bytes(out)))
+    return found
+
+
+_YBEGIN = re.compile(rb"^=ybegin (.*?)\r?$", re.MULTILINE)
+_YEND = re.compile(rb"^=yend\b.*$", re.MULTILINE)
+_YPART = re.compile(rb"^=ypart\b.*\r?\n", re.MULTILINE)
+_YNAME = re.compile(rb"\bname=(.*)$")
+_YENC_SHIFT = bytes((byte - 42) % 256 for byte in range(256))
+_YENC_ESCAPE = re.compile(rb"\x13(.)", re.DOTALL)  # "=" after the shift by 42
+
+
+def _yenc_unescape(match: re.Match[bytes]) -> bytes:
+    return bytes(((match.group(1)[0] - 64) % 256,))
+
+
+def yenc_decode(body: bytes) -> bytes:
+    """Decode yEnc data lines (no ``=y`` control lines): shift by 42, ``=`` escapes by 64 more.
+
+    Done with ``translate`` and one regular expression over the whole body, so
+    a big payload is never walked byte by byte in Python.
+    """
+    shifted = body.translate(None, b"\r\n").translate(_YENC_SHIFT)
+    return _YENC_ESCAPE.sub(_yenc_unescape, shifted)
+
+
+def extract_yencoded(data: bytes) -> list[tuple[str, bytes]]:
+    """Find ``=ybegin`` … ``=yend`` blocks (single or multi-part) in a text and decode them."""
+    found: list[tuple[str, bytes]] = []
+    for match in _YBEGIN.finditer(data):
+        name_match = _YNAME.search(match.group(1))
+        name = name_match.group(1).decode("utf-8", "replace").strip() if name_match else ""
+        start = data.find(b"\n", match.end())
+        if start < 0:
+            continue
+        end_match = _YEND.search(data, start)
+        body = data[start + 1 : end_match.start() if end_match else len(data)]
+        found.append((name, yenc_decode(_YPART.sub(b"", body))))
+    return found
+
+
+def _decode_base64(encoded: bytes) -> tuple[bytes, list[email.errors.MessageDefect]]:
+    """Lenient base64, as the standard library decodes a part (``email._encoded_words.decode_b``)."""
+    pad_error = len(encoded) % 4
+    try:
+        padding = b"==="[: 4 - pad_error] if pad_error else b""
+        defects: list[email.errors.MessageDefect] = [email.errors.InvalidBase64PaddingDefect()] if pad_error else []
+        return base64.b64decode(encoded + padding, validate=True), defects
+    except binascii.Error:
+        pass
+    try:
+        return base64.b64decode(encoded, validate=False), [email.errors.InvalidBase64CharactersDefect()]
+    except binascii.Error:
+        pass
+    try:
+        return base64.b64decode(encoded + b"==", validate=False), [
+            email.errors.InvalidBase64CharactersDefect(),
+            email.errors.InvalidBase64PaddingDefect(),
+        ]
+    except binascii.Error:
+        return encoded, [email.errors.InvalidBase64LengthDefect()]
+
+
+KNOWN_ENCODINGS = frozenset(
+    {"", "7bit", "8bit", "binary", "base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
+)
+"""Content-Transfer-Encoding values a decoder knows; anything else is read as identity."""
+
+_UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_COMMENT = re.compile(r"\([^()]*\)")
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]*")
+_BASE64_WORD = re.compile(rb"[A-Za-z0-9+/]{40}")
+_QP_ESCAPE = re.compile(rb"=[0-9A-F]{2}")
+_INNER_PADDING = re.compile(rb"=[A-Za-z0-9+/]")
+
+
+def normalize_encoding(value: str) -> str:
+    """A Content-Transfer-Encoding as a lenient reader sees it: comments, quotes, blanks gone."""
+    return re.sub(r"[\s\"']", "", _COMMENT.sub("", value)).lower()
+
+
+_NOT_BASE64 = bytes(b for b in range(256) if not (chr(b).isascii() and (chr(b).isalnum() or chr(b) in "+/=")))
+
+
+def decode_base64_chunks(encoded: bytes) -> bytes:
+    """Base64 made of several padded pieces (``...==abcd...``), decoded piece by piece.
+
+    The standard library stops at the first padding; some mail clients go on.
+    """
+    clean = encoded.translate(None, _NOT_BASE64)
+    core = clean.rstrip(b"=")
+    if b"=" not in core:  # one piece (the usual case): one decode, no piece-by-piece loop
+        core = core[: len(core) - (len(core) % 4 == 1)]
+        return base64.b64decode(core + b"=" * (-len(core) % 4)) if core else b""
+    out = []
+    for piece in re.findall(rb"[A-Za-z0-9+/]+=*", clean):
+        core = piece.rstrip(b"=")
+        core = core[: len(core) - (len(core) % 4 == 1)]  # one dangling character decodes to nothing
+        if core:
+            out.append(base64.b64decode(core + b"=" * (-len(core) % 4)))
+    return b"".join(out)
+
+
+def transfer_decode(encoding: str, encoded: bytes) -> bytes:
+    """Decode ``encoded`` by one transfer encoding, leniently; identity when unknown."""
+    if encoding == "base64":
+        return _decode_base64(encoded.translate(None, b"\r\n"))[0]
+    if encoding == "quoted-printable":
+        return quopri.decodestring(encoded)
+    if encoding in _UU_ENCODINGS:
+        blocks = extract_uuencoded(encoded)
+        return blocks[0][1] if blocks else b""
+    return encoded
+
+
+def _alternate_encodings(
+    ctes: list[str], used: str, encoded: bytes, data: bytes, defects: list[str]
+) -> list[tuple[str, bytes, bytes]]:
+    """The other plausible decodings of a leaf, when any is plausible (rare in real mail).
+
+    Plausible: another declared Content-Transfer-Encoding (doubled header, or a
+    comment or blank a lenient reader removes), base64 text under a non-base64
+    encoding, quoted-printable escapes under another encoding, base64 that the
+    strict decoder stopped or stumbled on (the undecoded payload, and the
+    piece-by-piece decoding).
+    """
+    labels: list[str] = []
+    for cte in ctes:
+        if cte != used and cte not in labels:
+            labels.append(cte)
+    if used != "base64" and _BASE64_WORD.search(encoded) and _BASE64_TEXT.fullmatch(encoded):
+        labels.append("base64")
+    if used != "quoted-printable" and len(_QP_ESCAPE.findall(encoded, 0, 64 * 1024)) >= 8:
+        labels.append("quoted-printable")
+    if used == "base64":
+        if defects:
+            labels.append("identity")
+        if _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
+            labels.append("base64-chunks")
+    found: list[tuple[str, bytes, bytes]] = []
+    for label in dict.fromkeys(labels):
+        try:
+            if label == "base64-chunks":
+                decoded = decode_base64_chunks(encoded)
+            else:
+                decoded = transfer_decode(label, encoded)
+        except (ValueError, binascii.Error):
+            continue
+        if decoded and decoded != data:
+            # the views' raw base64 runs decode piece by piece: the same bytes as these two
+            # decodings unless padding sits inside the text, so only then skip them there
+            same = label == "base64-chunks" or (
+                label == "base64" and not _INNER_PADDING.search(encoded.translate(None, b"\r\n \t"))
+            )
+            source = base64_source_key(encoded) if same else b""
+            found.append((label, decoded, source))
+    return found
+
+
+def base64_source_key(text: bytes) -> bytes:
+    """A key for base64 text, blanks and line ends ignored: the views do not decode it twice."""
+    return hashlib.blake2b(text.translate(None, b" \t\r\n"), digest_size=16).digest()

@@ -1,0 +1,427 @@
+"""The daily digest: tell each user what was quarantined or rejected for them (SAGATOR's ``reporter``).
+
+``mailsift report --since 24h`` (from cron or a systemd timer) collects, for
+the time window, the messages held in quarantine (the quarantine index) and
+those rejected or dropped (the ``maillog`` table of ``log_sql``), and sends
+each recipient one summary.  The config describes it as SAGATOR did, with a
+``reporter(...)`` in ``SRV``::
+
+    SRV = [..., reporter(include='@example.com$', exclude='^root@',
+                         groups=[['@example.com$', 'admin@example.com'], ['.', 'root@localhost']])]
+
+* ``begin``, ``body``, ``end``: SAGATOR's templates (``$NAME`` variables,
+  Python's :class:`string.Template`).  ``begin`` starts with RFC 2822 header
+  lines (at least ``Subject:``), a blank line, then the report's first text;
+  ``body`` is repeated for each message; ``end`` closes the report.  A line
+  whose every variable is empty is left out (so a rejected message shows no
+  ``Release:`` line).  The shipped defaults are ``templates/digest/*.txt``.
+* ``include``/``exclude``: regular expressions (searched, any case) on the
+  recipient address: only included, not excluded recipients are reported;
+  ``include_fx``/``exclude_fx``: the same as functions ``address -> bool``.
+* ``groups``: ``[regex, target]`` pairs; the first whose regex matches a
+  recipient sends that recipient's entries to ``target`` instead (an admin
+  per domain); an empty target drops them; no match: the recipient itself.
+* ``webq``: the base URL of the links (``--url`` overrides it).
+
+Each quarantined entry has a **release** and a **whitelist sender** link
+(:mod:`mailsift.reporting.links`): signed, expiring after ``link_lifetime``, for that
+recipient.  Rejected mail has only the whitelist link (nothing is kept to
+release).  A report goes out through ``SMTP_SERVER`` like the notifications:
+null envelope sender, ``Auto-Submitted: auto-generated``.
+
+Template variables: in ``body`` ``DATETIME`` (UTC), ``STATUS``
+(quarantined/rejected/dropped), ``VIRNAME``, ``SCANNER_NAME``, ``LEVEL``,
+``SENDER``, ``SENTBY_IP``, ``RECIPIENT``, ``SUBJECT``, ``ID``, ``CATEGORY``,
+``RELEASE_URL``, ``WHITELIST_URL``; everywhere ``TO`` (who gets the report),
+``COUNT``, ``QUARANTINED``, ``REJECTED``, ``SINCE``, ``EXPIRES``, ``HOSTNAME``,
+``WEBQ``, ``MORE``.  Values from the mail are cleaned of control characters
+and bounded, so no header or line can be injected.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import logging
+import re
+import string
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from mailsift.durations import parse_duration
+from mailsift.errors import ConfigError, MailsiftError
+from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
+from mailsift.reporting.logline import maillog_table
+from mailsift.storage.policies import normalize_value
+from mailsift.storage.quarantine.index import HELD, QuarantineFilter, find_entries
+
+log = logging.getLogger("mailsift.digest")
+
+TEMPLATE_DIR = Path(__file__).parent / "templates" / "digest"
+DEFAULT_MAX_ENTRIES = 500
+"""Entries listed in one report at most (the rest are counted in ``$MORE``)."""
+MAX_COLLECTED = 200_000
+"""Rows read from each table for one run at most (bounded memory)."""
+REPORT_HEADER = "X-Mailsift-Notification"
+"""Marks mailsift's own mail: the notifications never answer it (:mod:`mailsift.reporting.notifications`)."""
+_OWN_HEADERS = frozenset(
+    {"to", "date", "message-id", "auto-submitted", "mime-version", "content-type", "content-transfer-encoding"}
+)
+_HEADER_LINE = re.compile(r"^[!-9;-~]+:")
+_ADDRESS = re.compile(r"^[^\s@<>\"]{1,200}@[^\s@<>\"]{1,200}$")
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _clean(value: object, limit: int = 200) -> str:
+    """A value from the mail made safe for a header or a line: no controls, bounded."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _regex(value: str | None, what: str) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    try:
+        return re.compile(value, re.IGNORECASE)
+    except (re.error, TypeError) as error:
+        raise ConfigError(f"reporter: {what}: not a regular expression: {value!r} ({error})") from None
+
+
+def _template(value: str | None, name: str) -> string.Template:
+    text = value if value is not None else (TEMPLATE_DIR / f"{name}.txt").read_text(encoding="utf-8")
+    if not isinstance(text, str):
+        raise ConfigError(f"reporter: {name} must be a text template, got {text!r}")
+    template = string.Template(text)
+    if not template.is_valid():
+        raise ConfigError(f"reporter: {name}: a '$' that is not a variable (write $$ for a dollar sign)")
+    return template
+
+
+class reporter:
+    """The digest's configuration (SAGATOR's virtual ``reporter()`` service); see the module docstring."""
+
+    kind = "reporter"
+
+    def __init__(
+        self,
+        begin: str | None = None,
+        body: str | None = None,
+        end: str | None = None,
+        include: str | None = None,
+        exclude: str | None = None,
+        include_fx: Callable[[str], bool] | None = None,
+        exclude_fx: Callable[[str], bool] | None = None,
+        groups: Sequence[Sequence[str]] = (),
+        webq: str | None = None,
+        *,
+        link_lifetime: str | float = DEFAULT_LIFETIME,
+        from_address: str | None = None,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        self.begin, self.body, self.end = _template(begin, "begin"), _template(body, "body"), _template(end, "end")
+        if not _HEADER_LINE.match(self.begin.template):
+            raise ConfigError("reporter: begin must start with header lines like 'Subject: ...', then a blank line")
+        self.include, self.exclude = _regex(include, "include"), _regex(exclude, "exclude")
+        for fx, what in ((include_fx, "include_fx"), (exclude_fx, "exclude_fx")):
+            if fx is not None and not callable(fx):
+                raise ConfigError(f"reporter: {what} must be a function address -> bool, got {fx!r}")
+        self.include_fx, self.exclude_fx = include_fx, exclude_fx
+        self.groups: list[tuple[re.Pattern[str], str]] = []
+        for group in groups:
+            if isinstance(group, str) or len(group) != 2 or not all(isinstance(part, str) for part in group):
+                raise ConfigError(f"reporter: groups are [regex, target] pairs, got {group!r}")
+            pattern = _regex(group[0], "groups")
+            assert pattern is not None  # a string was given
+            self.groups.append((pattern, group[1].strip()))
+        if webq is not None and (not isinstance(webq, str) or not re.match(r"^https?://[^\s/]+", webq)):
+            raise ConfigError(f"reporter: webq must be the base URL like 'https://mail.example.com/webq', got {webq!r}")
+        self.webq = webq
+        try:
+            lifetime = parse_duration(link_lifetime) if isinstance(link_lifetime, str) else float(link_lifetime)
+        except (ConfigError, ValueError, TypeError):
+            raise ConfigError(f"reporter: link_lifetime must be like '7d', got {link_lifetime!r}") from None
+        if not 0 < lifetime <= 90 * 86400:
+            raise ConfigError(f"reporter: link_lifetime must be between 1s and 90d, got {link_lifetime!r}")
+        self.link_lifetime = lifetime
+        self.from_address = from_address
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigError(f"reporter: max_entries must be a positive integer, got {max_entries!r}")
+        self.max_entries = max_entries
+
+    def describe(self) -> str:
+        return f"reporter(webq={self.webq!r})"
+
+    def target(self, recipient: str) -> str:
+        """Who gets ``recipient``'s entries: the recipient, its group's target, or ``''`` (nobody)."""
+        if self.include is not None and not self.include.search(recipient):
+            return ""
+        if self.exclude is not None and self.exclude.search(recipient):
+            return ""
+        if self.include_fx is not None and not self.include_fx(recipient):
+            return ""
+        if self.exclude_fx is not None and self.exclude_fx(recipient):
+            return ""
+        for pattern, target in self.groups:
+            if pattern.search(recipient):
+                return target
+        return recipient
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    """One message for one recipient: quarantined (with an id to release) or rejected/dropped."""
+
+    status: str
+    time: float
+    sender: str
+    recipient: str
+    subject: str
+    name: str
+    scanner: str
+    level: float
+    client: str
+    entry_id: str = ""
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one address is told: its entries (oldest first) and how many more were left out."""
+
+    to: str
+    entries: tuple[DigestEntry, ...]
+    omitted: int = 0
+
+
+def _client_ip(client: str) -> str:
+    found = re.search(r"\[([^\]]*)\]\s*$", client)
+    return found.group(1) if found else client
+
+
+def collect(connection: Connection, since: float, now: float) -> list[DigestEntry]:
+    """Held quarantine entries (one per recipient) and rejected or dropped mail logged since ``since``."""
+    entries: list[DigestEntry] = []
+    held = find_entries(connection, QuarantineFilter(state=HELD, newer_than=now - since, limit=MAX_COLLECTED), now)
+    for entry in held:
+        for recipient in dict.fromkeys(entry.recipients):
+            entries.append(
+                DigestEntry(
+                    "quarantined",
+                    entry.created,
+                    entry.sender,
+                    recipient,
+                    entry.subject,
+                    entry.name,
+                    entry.scanner,
+                    entry.level,
+                    _client_ip(entry.client),
+                    entry.id,
+                    entry.category,
+                )
+            )
+    m = maillog_table.c
+    rows = connection.execute(
+        select(m.time, m.action, m.sender, m.recipient, m.subject, m.name, m.scanner, m.level, m.client_address)
+        .where(m.time >= since, m.action.in_(("reject", "drop")), m.recipient != "")
+        .order_by(m.time)
+        .limit(MAX_COLLECTED)
+    )
+    for row in rows:
+        status = "rejected" if row.action == "reject" else "dropped"
+        entries.append(
+            DigestEntry(
+                status,
+                row.time,
+                row.sender,
+                row.recipient,
+                row.subject,
+                row.name,
+                row.scanner,
+                row.level,
+                row.client_address,
+            )
+        )
+    return entries
+
+
+def build_reports(entries: Iterable[DigestEntry], config: reporter) -> list[Report]:
+    """Entries grouped by who is told (include, exclude, groups), oldest first, at most ``max_entries`` each."""
+    by_target: dict[str, list[DigestEntry]] = {}
+    for entry in entries:
+        target = config.target(entry.recipient)
+        if not target:
+            continue
+        if not _ADDRESS.match(target):
+            log.warning("report: not sent to %r (not an address)", _clean(target, 80))
+            continue
+        by_target.setdefault(target.lower(), []).append(entry)
+    reports = []
+    for target in sorted(by_target):
+        found = sorted(by_target[target], key=lambda e: (e.time, e.recipient, e.entry_id))
+        shown = tuple(found[: config.max_entries])
+        reports.append(Report(target, shown, len(found) - len(shown)))
+    return reports
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def expand(template: string.Template, values: dict[str, str]) -> str:
+    """``template`` with ``values``, leaving out each line whose every variable is empty."""
+    lines = []
+    for line in template.template.splitlines(keepends=True):
+        names = [m.group("named") or m.group("braced") for m in template.pattern.finditer(line)]
+        names = [name for name in names if name]
+        if names and all(not values.get(name, "") for name in names):
+            continue
+        lines.append(string.Template(line).safe_substitute(values))
+    return "".join(lines)
+
+
+@dataclass(frozen=True)
+class LinkMaker:
+    """Signs the links of one run."""
+
+    signer: LinkSigner
+    base_url: str
+    lifetime: float
+    now: float
+
+    def release(self, entry: DigestEntry) -> str:
+        if not entry.entry_id:
+            return ""
+        token = self.signer.sign(RELEASE, entry.entry_id, entry.recipient, lifetime=self.lifetime, now=self.now)
+        return link_url(self.base_url, RELEASE, token)
+
+    def whitelist(self, entry: DigestEntry) -> str:
+        try:
+            sender = normalize_value("sender", entry.sender)
+        except ConfigError:  # the null sender, or nothing a list could hold
+            return ""
+        if "@" not in sender:
+            return ""
+        token = self.signer.sign(
+            WHITELIST, entry.entry_id, entry.recipient, sender=sender, lifetime=self.lifetime, now=self.now
+        )
+        return link_url(self.base_url, WHITELIST, token)
+
+
+def report_values(report: Report, *, since: float, links: LinkMaker, hostname: str) -> dict[str, str]:
+    """The variables of ``begin`` and ``end``."""
+    quarantined = sum(1 for e in report.entries if e.status == "quarantined")
+    more = f"... and {report.omitted} more message(s) not listed here." if report.omitted else ""
+    return {
+        "TO": _clean(report.to),
+        "COUNT": str(len(report.entries) + report.omitted),
+        "QUARANTINED": str(quarantined),
+        "REJECTED": str(len(report.entries) - quarantined),
+        "SINCE": _when(since),
+        "EXPIRES": _when(links.now + links.lifetime),
+        "HOSTNAME": _clean(hostname),
+        "WEBQ": links.base_url,
+        "MORE": more,
+    }
+
+
+def entry_values(entry: DigestEntry, links: LinkMaker) -> dict[str, str]:
+    """The variables of ``body`` for one entry."""
+    return {
+        "DATETIME": _when(entry.time),
+        "STATUS": entry.status,
+        "VIRNAME": _clean(entry.name or "-", 100),
+        "SCANNER_NAME": _clean(entry.scanner or "-", 100),
+        "LEVEL": f"{entry.level:.2f}",
+        "SENDER": _clean(entry.sender or "<>"),
+        "SENTBY_IP": _clean(entry.client or "-", 100),
+        "RECIPIENT": _clean(entry.recipient),
+        "SUBJECT": _clean(entry.subject or "-"),
+        "ID": _clean(entry.entry_id, 100),
+        "CATEGORY": _clean(entry.category, 60),
+        "RELEASE_URL": links.release(entry),
+        "WHITELIST_URL": links.whitelist(entry),
+    }
+
+
+def render(report: Report, config: reporter, *, since: float, links: LinkMaker, hostname: str) -> bytes:
+    """The report as a message (CRLF line ends, 7-bit transfer encodings)."""
+    common = report_values(report, since=since, links=links, hostname=hostname)
+    head, _, first = expand(config.begin, common).replace("\r\n", "\n").partition("\n\n")
+    parts = [first]
+    for entry in report.entries:
+        parts.append(expand(config.body, {**common, **entry_values(entry, links)}))
+    parts.append(expand(config.end, common))
+    message = EmailMessage(policy=email.policy.SMTP)
+    for name, value in HeaderParser(policy=email.policy.default).parsestr(head + "\n\n").items():
+        if name.lower() not in _OWN_HEADERS and name.lower() not in {n.lower() for n in message}:
+            message[name] = _clean(str(value), 900)
+    if "from" not in {n.lower() for n in message}:
+        message["From"] = config.from_address or f"postmaster@{hostname}"
+    message["To"] = report.to
+    message["Date"] = email.utils.formatdate(localtime=True)
+    message["Message-ID"] = email.utils.make_msgid("report", domain=hostname)
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: nobody answers it
+    message[REPORT_HEADER] = "digest"
+    text = "".join(parts).rstrip("\n") + "\n"
+    # 7bit keeps long link lines whole for any reader; quoted-printable when the text needs it.
+    plain = text.isascii() and max(len(line) for line in text.splitlines()) < 990
+    message.set_content(text, cte="7bit" if plain else "quoted-printable")
+    return message.as_bytes()
+
+
+# --------------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did: reports sent (or printed), and the addresses that failed."""
+
+    sent: list[str]
+    failed: list[tuple[str, str]]
+
+
+async def send(messages: Sequence[tuple[str, bytes]], delivery: Any) -> Outcome:
+    """Send each ``(address, message)`` with a null envelope sender through ``delivery``."""
+    from mailsift.message.mail import Envelope, Mail
+
+    sent: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for address, data in messages:
+        envelope = Envelope(sender="", recipients=[address], queue_id="report")
+        try:
+            note = await delivery.deliver(Mail(envelope, data, spool_threshold=len(data) + 1), data)
+        except MailsiftError as error:
+            log.warning("report to <%s> failed: %s", address, error.message)
+            failed.append((address, error.message))
+        else:
+            log.info("report sent to <%s>: %s", address, note)
+            sent.append(address)
+    return Outcome(sent, failed)
+
+
+__all__ = [
+    "DigestEntry",
+    "LinkMaker",
+    "Outcome",
+    "Report",
+    "build_reports",
+    "collect",
+    "entry_values",
+    "expand",
+    "render",
+    "reporter",
+    "send",
+]

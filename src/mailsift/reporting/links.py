@@ -1,0 +1,261 @@
+"""Signed, expiring one-click links: release a quarantined message, whitelist a sender.
+
+The daily digest (:mod:`mailsift.reporting.digest`) gives each entry a **release** and
+a **whitelist sender** link that work without logging in.  A link carries its
+own authority: an itsdangerous ``URLSafeTimedSerializer`` token, signed with
+the web secret (the file :func:`secret` reads, shared with ``webq``), holding
+
+* the action (also part of the signing salt, so a release token is not a
+  valid whitelist token and the reverse),
+* the quarantine id (empty for a rejected message: those have no release link),
+* the recipient the action is for (release to that address only; whitelist
+  for that address only),
+* the sender to whitelist, and the expiry time (``link_lifetime``; a hard cap
+  of :data:`MAX_LIFETIME` is also checked on the token's own timestamp).
+
+Following a link changes nothing: ``GET`` shows a confirmation page whose
+button ``POST``s (mail scanners that prefetch links never release mail).  The
+actions are idempotent: a release is claimed in the ``link_action`` table
+(one row per quarantine id, recipient and action) before the message is sent,
+so a second click, a reload or two clicks at once send it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import Column, Float, Table, Text, delete, select, update
+from sqlalchemy.engine import Connection
+
+from mailsift.storage.db import _insert, metadata
+
+RELEASE = "release"
+WHITELIST = "whitelist"
+ACTIONS = (RELEASE, WHITELIST)
+
+SECRET_FILENAME = "webq.secret"  # noqa: S105 - a file name, not a secret
+"""The web secret under ``STATE_DIR`` (``webq(secret_file=...)`` names another one)."""
+DEFAULT_LIFETIME = 7 * 86400.0
+MAX_LIFETIME = 90 * 86400
+"""No link is honoured longer than this after it was signed, whatever its expiry says."""
+STALE_CLAIM = 600.0
+"""A release claimed this long ago and never finished (a crashed worker) may be taken over."""
+LINK_PREFIX = "/link"
+
+SENDING = "sending"
+DONE = "done"
+
+link_action_table = Table(
+    "link_action",
+    metadata,
+    Column("quarantine_id", Text, primary_key=True),
+    Column("recipient", Text, primary_key=True),
+    Column("action", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("claimed", Float, nullable=False),
+    Column("done_at", Float, nullable=True),
+)
+"""One row per action taken through a link: ``sending`` while the release runs, then ``done``."""
+
+
+class LinkError(Exception):
+    """A link that cannot be used; ``reason`` is ``invalid`` or ``expired``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LinkClaim:
+    """What a verified link allows: ``action`` on ``entry_id`` for ``recipient``."""
+
+    action: str
+    entry_id: str
+    recipient: str
+    sender: str
+    expires: float
+
+
+# --------------------------------------------------------------------------- the secret
+
+
+def secret(state_dir: str, secret_file: str | None = None) -> bytes:
+    """The web secret: read from ``secret_file`` (default ``STATE_DIR/webq.secret``), made once if missing.
+
+    Created with mode 0600, written and fsynced under a temporary name and
+    linked into place, so that processes starting together agree on one
+    secret (the loser of the race reads the winner's).
+    """
+    path = secret_file or os.path.join(state_dir, SECRET_FILENAME)
+    with contextlib.suppress(FileNotFoundError):
+        return _read_secret(path)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secrets.token_urlsafe(48).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    return _read_secret(path)
+
+
+def _read_secret(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        value = handle.read().strip()
+    if len(value) < 32:
+        raise ValueError(f"{path}: the secret is too short (at least 32 characters)")
+    return value
+
+
+# --------------------------------------------------------------------------- signing
+
+
+class LinkSigner:
+    """Signs and verifies link tokens with one secret."""
+
+    def __init__(self, key: bytes | str) -> None:
+        self._serializers = {action: URLSafeTimedSerializer(key, salt=f"mailsift.link.{action}") for action in ACTIONS}
+
+    def sign(
+        self,
+        action: str,
+        entry_id: str,
+        recipient: str,
+        *,
+        sender: str = "",
+        lifetime: float = DEFAULT_LIFETIME,
+        now: float | None = None,
+    ) -> str:
+        """A token allowing ``action`` on ``entry_id`` for ``recipient`` until ``now + lifetime``."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown link action {action!r}")
+        expires = (time.time() if now is None else now) + min(float(lifetime), MAX_LIFETIME)
+        payload = {"a": action, "q": entry_id, "r": recipient, "s": sender, "e": int(expires)}
+        token: str = self._serializers[action].dumps(payload)
+        return token
+
+    def verify(self, token: str, action: str, *, now: float | None = None) -> LinkClaim:
+        """The claim of a valid, unexpired ``action`` token; :class:`LinkError` otherwise."""
+        serializer = self._serializers.get(action)
+        if serializer is None or len(token) > 2000:
+            raise LinkError("invalid", "This link is not valid.")
+        try:
+            payload: Any = serializer.loads(token, max_age=MAX_LIFETIME)
+        except SignatureExpired:
+            raise LinkError("expired", "This link has expired.") from None
+        except BadData:
+            raise LinkError("invalid", "This link is not valid.") from None
+        fields = ("a", "q", "r", "s")
+        if (
+            not isinstance(payload, dict)
+            or not all(isinstance(payload.get(name), str) for name in fields)
+            or not isinstance(payload.get("e"), int)
+            or payload["a"] != action
+            or not payload["r"]
+        ):
+            raise LinkError("invalid", "This link is not valid.")
+        if payload["e"] <= (time.time() if now is None else now):
+            raise LinkError("expired", "This link has expired.")
+        return LinkClaim(payload["a"], payload["q"], payload["r"], payload["s"], float(payload["e"]))
+
+
+def link_url(base_url: str, action: str, token: str) -> str:
+    """The address of a link under the web quarantine's base URL."""
+    return f"{base_url.rstrip('/')}{LINK_PREFIX}/{action}/{token}"
+
+
+# --------------------------------------------------------------------------- idempotence
+
+
+@dataclass(frozen=True)
+class ActionState:
+    """A row of ``link_action``: ``sending`` or ``done``, since when."""
+
+    state: str
+    claimed: float
+    done_at: float | None
+
+
+def _key(entry_id: str, recipient: str, action: str) -> Any:
+    c = link_action_table.c
+    return (c.quarantine_id == entry_id) & (c.recipient == recipient.lower()) & (c.action == action)
+
+
+def action_state(connection: Connection, entry_id: str, recipient: str, action: str) -> ActionState | None:
+    """The recorded state of an action, or None if it was never taken."""
+    c = link_action_table.c
+    row = connection.execute(select(c.state, c.claimed, c.done_at).where(_key(entry_id, recipient, action))).first()
+    return None if row is None else ActionState(row.state, row.claimed, row.done_at)
+
+
+def claim(connection: Connection, entry_id: str, recipient: str, action: str, now: float) -> ActionState | None:
+    """Take the action for this caller; None if taken, else the state that stands in the way.
+
+    One atomic insert decides between concurrent clicks; a claim left
+    ``sending`` for :data:`STALE_CLAIM` seconds (a crash) is taken over.
+    """
+    inserted = connection.execute(
+        _insert(connection, link_action_table)
+        .values(quarantine_id=entry_id, recipient=recipient.lower(), action=action, state=SENDING, claimed=now)
+        .on_conflict_do_nothing()
+        .returning(link_action_table.c.state)
+    ).first()
+    if inserted is not None:
+        return None
+    current = action_state(connection, entry_id, recipient, action)
+    if current is None:  # removed in between: a failed attempt; try again later
+        return ActionState(SENDING, now, None)
+    if current.state == SENDING and current.claimed < now - STALE_CLAIM:
+        taken = connection.execute(
+            update(link_action_table)
+            .where(_key(entry_id, recipient, action), link_action_table.c.claimed == current.claimed)
+            .values(claimed=now)
+        ).rowcount
+        if taken:
+            return None
+    return current
+
+
+def finish(connection: Connection, entry_id: str, recipient: str, action: str, now: float) -> None:
+    """Record that a claimed action was carried out."""
+    connection.execute(
+        update(link_action_table).where(_key(entry_id, recipient, action)).values(state=DONE, done_at=now)
+    )
+
+
+def unclaim(connection: Connection, entry_id: str, recipient: str, action: str) -> None:
+    """Give a claim back after a failure (the next click tries again)."""
+    connection.execute(
+        delete(link_action_table).where(_key(entry_id, recipient, action), link_action_table.c.state == SENDING)
+    )
+
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_LIFETIME",
+    "MAX_LIFETIME",
+    "RELEASE",
+    "WHITELIST",
+    "ActionState",
+    "LinkClaim",
+    "LinkError",
+    "LinkSigner",
+    "action_state",
+    "claim",
+    "finish",
+    "link_url",
+    "secret",
+    "unclaim",
+]

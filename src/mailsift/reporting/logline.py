@@ -1,0 +1,629 @@
+"""The per-message log record in qmail-scanner's format: syslog, a file, JSON lines, an SQL table.
+
+One :class:`MessageRecord` per message (per recipient group with lmtpd) is
+built from what the mail path knows after the disposition: status, whether
+the client is a relay client and its address, time taken, raw size, envelope
+sender and recipients, Subject, Message-ID, attachment names with their
+sizes.  The writers are :class:`~mailsift.core.hooks.Hook` objects, listed in
+``HOOKS`` with SAGATOR's names::
+
+    HOOKS = [log_syslog(facility='mail'), log_file('/var/log/mailsift/mail.log', json=True), log_sql()]
+
+The text line is qmail-scanner's ``--log-details`` line (reference
+"Reports via syslog"), one per recipient::
+
+    Clear:RC:1(192.0.2.1):Q:4XyZ: 0.030769 11569 root@x.y jdoe@y.z More_Power! <id@x.y> a.pdf:1046
+
+* status: ``Clear``, or what was done and why (``Quarantined_Eicar-Test``,
+  ``Rejected_Policy``, ``Dropped_...``, ``Delivered_...`` for a forced
+  delivery, ``Tempfail...``, ``Refused`` when the next hop refused);
+* ``RC:1`` for a relay client (its address in ``relay_clients``), ``RC:0``
+  otherwise, the client address in brackets (``127.0.0.1`` when there is none);
+* ``SA:1(score/required)`` when a spam engine ran (``SA:0`` when not spam);
+* ``Q:<queue id>`` when the MTA gave one (mailsift's addition, to find the
+  message in the MTA's log);
+* time taken (seconds), raw size, envelope sender (``<>`` if null), one
+  recipient, Subject (``-`` if none), Message-ID (``-`` if none), then each
+  attachment as ``name:size`` (decoded size).
+
+Fields are decoded (RFC 2047 back to text), spaces and control characters in a
+field become ``_``; a syslog line is cut at 1024 characters, as qmail-scanner
+did.  The JSON line and the SQL rows carry the same fields, unmangled.
+
+The SQL log (``maillog``, SAGATOR's ``log_sql``) has one row per recipient.
+Its writes run in a worker thread in the background: a slow or broken database
+never delays or fails a reply; pending writes are bounded and awaited on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import logging.handlers
+import os
+import re
+import socket
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Boolean, Column, Float, Index, Integer, Table, Text, insert
+from sqlalchemy.engine import Connection
+
+from mailsift.core.hooks import Hook
+from mailsift.errors import ConfigError, MailsiftError
+from mailsift.message.result import Disposition
+from mailsift.storage.db import Database, metadata
+
+if TYPE_CHECKING:
+    from mailsift.core.disposition import Outcome
+    from mailsift.message.mail import Mail
+    from mailsift.message.result import Decision, Result
+    from mailsift.services.base import Settings
+
+log = logging.getLogger("mailsift.logline")
+
+SYSLOG_LIMIT = 1024
+"""qmail-scanner's limit on a syslog line (characters)."""
+MAX_FIELD = 1000
+"""Longest free-text field kept (a Subject can be megabytes long)."""
+MAX_ATTACHMENTS = 200
+"""Attachments listed at most; more are counted in one ``...:N`` entry."""
+DEFAULT_RELAY_CLIENTS = ("127.0.0.0/8", "::1/128")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --------------------------------------------------------------------------- timing
+
+_started: weakref.WeakKeyDictionary[Mail, float] = weakref.WeakKeyDictionary()
+
+
+def begin(mail: Mail, when: float | None = None) -> None:
+    """Note when the mail path took ``mail`` (``time.monotonic()``), for "time taken"."""
+    _started[mail] = time.monotonic() if when is None else when
+
+
+def elapsed(mail: Mail) -> float:
+    """Seconds since :func:`begin` for ``mail`` (0.0 if it was never noted)."""
+    started = _started.get(mail)
+    return 0.0 if started is None else max(0.0, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """Everything one log line says about one message; text fields cleaned, not mangled."""
+
+    time: float
+    """Wall-clock Unix time of the log record."""
+    queue_id: str
+    status: str
+    action: str
+    reply: str
+    level: float
+    name: str
+    scanner: str
+    relay_client: bool
+    client_address: str
+    client_name: str
+    helo: str
+    elapsed: float
+    size: int
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str
+    message_id: str
+    attachments: tuple[Attachment, ...] = ()
+    spam: tuple[bool, float, float] | None = None
+    """(spam?, score, required) of the spam engine that ran, if one did."""
+    quarantine: tuple[str, ...] = ()
+    note: str = ""
+    more_attachments: int = field(default=0)
+    """Attachments beyond :data:`MAX_ATTACHMENTS`, not listed."""
+
+
+def clean(value: str, limit: int = MAX_FIELD) -> str:
+    """Text safe for any log sink: valid UTF-8, no NUL, at most ``limit`` characters.
+
+    Raw 8-bit header bytes come from the parser as surrogate escapes; they are
+    read as UTF-8 (replacement characters where that fails).
+    """
+    value = value[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates not from bytes
+    return value.replace("\0", "\ufffd")
+
+
+def parse_networks(networks: Sequence[str] | str, what: str) -> tuple[Network, ...]:
+    if isinstance(networks, str):
+        networks = [networks]
+    parsed: list[Network] = []
+    for network in networks:
+        try:
+            parsed.append(ipaddress.ip_network(network, strict=False))
+        except (ValueError, TypeError):
+            raise ConfigError(f"{what}: relay_clients: not a network: {network!r}") from None
+    return tuple(parsed)
+
+
+def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("IPv6:"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def status_of(decision: Decision, outcome: Outcome) -> str:
+    """``Clear``, or what was done and why (qmail-scanner's "description of quarantine event")."""
+    result = decision.result
+    code = outcome.reply.code
+    if decision.disposition is Disposition.TEMPFAIL or 400 <= code < 500:
+        return "Tempfail_" + result.name if result.name else "Tempfail"
+    if result.detected:
+        verb = {
+            Disposition.DELIVER: "Delivered",
+            Disposition.REJECT: "Rejected",
+            Disposition.DROP: "Dropped",
+            Disposition.QUARANTINE: "Quarantined",
+        }[decision.disposition]
+        return f"{verb}_{result.name}" if result.name else verb
+    if code >= 500:
+        return "Refused"  # clean, but the next hop refused it permanently
+    return "Clear"
+
+
+def _spam(decision: Decision) -> tuple[bool, float, float] | None:
+    from mailsift.scanners.engines.spam import SpamResult  # scanners import much; only needed here
+
+    results: tuple[Result, ...] = (decision.result, *decision.trail)
+    for result in results:
+        if isinstance(result, SpamResult):
+            return (result.detected, result.score, result.required)
+    return None
+
+
+def _attachments(mail: Mail) -> tuple[tuple[Attachment, ...], int]:
+    try:
+        parts = mail.parts
+    except Exception:  # the parser is lenient; should it fail anyway, the log line still goes out
+        log.exception("queue_id=%s: cannot list attachments", mail.envelope.queue_id or "-")
+        return (), 0
+    named = [part for part in parts if part.filename]
+    listed = tuple(Attachment(clean(part.filename), part.size) for part in named[:MAX_ATTACHMENTS])
+    return listed, max(0, len(named) - MAX_ATTACHMENTS)
+
+
+def build_record(
+    mail: Mail,
+    decision: Decision,
+    outcome: Outcome,
+    *,
+    relay_clients: tuple[Network, ...] = (),
+    now: float | None = None,
+    took: float | None = None,
+) -> MessageRecord:
+    """The record for ``mail`` once ``decision`` was carried out with ``outcome``."""
+    env = mail.envelope
+    result = decision.result
+    attachments, more = _attachments(mail)
+    return MessageRecord(
+        time=time.time() if now is None else now,
+        queue_id=clean(env.queue_id),
+        status=clean(status_of(decision, outcome)),
+        action=decision.disposition.value,
+        reply=str(outcome.reply.code),
+        level=result.level,
+        name=clean(result.name),
+        scanner=clean(result.scanner),
+        relay_client=_in_networks(env.client_address, relay_clients),
+        client_address=clean(env.client_address),
+        client_name=clean(env.client_name),
+        helo=clean(env.helo),
+        elapsed=elapsed(mail) if took is None else took,
+        size=mail.size,
+        sender=clean(env.sender),
+        recipients=tuple(clean(r) for r in env.recipients),
+        subject=clean(mail.subject),
+        message_id=clean(mail.message_id),
+        attachments=attachments,
+        spam=_spam(decision),
+        quarantine=tuple(clean(q) for q in outcome.quarantined),
+        note=clean(outcome.note),
+        more_attachments=more,
+    )
+
+
+# --------------------------------------------------------------------------- formats
+
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def _field(value: str, empty: str = "-") -> str:
+    """One space-delimited field: spaces and control characters become ``_``."""
+    return _UNSAFE.sub("_", value) if value else empty
+
+
+def qmail_scanner_lines(record: MessageRecord, limit: int | None = None) -> list[str]:
+    """qmail-scanner's ``--log-details`` lines, one per recipient (cut at ``limit`` characters)."""
+    address = record.client_address or "127.0.0.1"
+    status = f"{_field(record.status).replace(':', '_')}:RC:{int(record.relay_client)}({_field(address)}):"
+    if record.spam is not None:
+        spam, score, required = record.spam
+        status += f"SA:{int(spam)}({score:.1f}/{required:.1f}):"
+    if record.queue_id:
+        status += f"Q:{_field(record.queue_id)}:"
+    attachments = [f"{_field(a.name)}:{a.size}" for a in record.attachments]
+    if record.more_attachments:
+        attachments.append(f"...:{record.more_attachments}")
+    message_id = record.message_id
+    if message_id and not message_id.startswith("<"):
+        message_id = f"<{message_id}>"
+    lines = []
+    for recipient in record.recipients or ("",):
+        fields = [
+            status,
+            f"{record.elapsed:.6f}",
+            str(record.size),
+            _field(record.sender, "<>"),
+            _field(recipient),
+            _field(record.subject),
+            _field(message_id),
+            *attachments,
+        ]
+        line = " ".join(fields)
+        lines.append(line[:limit] if limit else line)
+    return lines
+
+
+def as_dict(record: MessageRecord) -> dict[str, Any]:
+    """The record as JSON-ready data (times as ISO 8601 in UTC)."""
+    data = asdict(record)
+    data["time"] = datetime.datetime.fromtimestamp(record.time, datetime.UTC).isoformat()
+    data["recipients"] = list(record.recipients)
+    data["attachments"] = [{"name": a.name, "size": a.size} for a in record.attachments]
+    data["quarantine"] = list(record.quarantine)
+    spam = data.pop("spam")
+    data["spam"] = None if spam is None else {"spam": spam[0], "score": spam[1], "required": spam[2]}
+    return data
+
+
+def json_line(record: MessageRecord) -> str:
+    """One JSON object on one line (``json.dumps`` escapes any line break inside)."""
+    return json.dumps(as_dict(record), ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class _LogHook(Hook):
+    """Shared: which clients are relay clients (qmail-scanner's RELAYCLIENT)."""
+
+    def __init__(self, relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS) -> None:
+        self.relay_clients = parse_networks(relay_clients, self.name)
+
+    def record(self, mail: Mail, decision: Decision, outcome: Outcome) -> MessageRecord:
+        return build_record(mail, decision, outcome, relay_clients=self.relay_clients)
+
+
+class log_syslog(_LogHook):
+    """Send qmail-scanner's line for each recipient to syslog (``/dev/log`` by default).
+
+    ``facility`` is a syslog facility name (``mail``, ``local0``...), ``address``
+    a unix datagram socket path or ``(host, port)`` for UDP; ``ident`` is the
+    program name shown.  A line that cannot be sent within ``timeout`` seconds
+    is dropped with a warning: the log never holds up mail.
+    """
+
+    name = "log_syslog"
+
+    def __init__(
+        self,
+        facility: str = "mail",
+        *,
+        address: str | tuple[str, int] | list[Any] = "/dev/log",
+        ident: str = "mailsift",
+        timeout: float = 1.0,
+        relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(relay_clients)
+        facilities = logging.handlers.SysLogHandler.facility_names
+        if facility not in facilities:
+            raise ConfigError(f"log_syslog: unknown facility {facility!r}; one of {', '.join(sorted(facilities))}")
+        if isinstance(address, list | tuple):
+            if len(address) != 2 or not isinstance(address[0], str) or not isinstance(address[1], int):
+                raise ConfigError(f"log_syslog: address must be a socket path or (host, port), got {address!r}")
+            self.address: str | tuple[str, int] = (address[0], address[1])
+        elif isinstance(address, str) and address:
+            self.address = address
+        else:
+            raise ConfigError(f"log_syslog: address must be a socket path or (host, port), got {address!r}")
+        if not isinstance(ident, str) or not re.fullmatch(r"[!-~]{1,48}", ident):
+            raise ConfigError(f"log_syslog: ident must be a short word, got {ident!r}")
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError(f"log_syslog: timeout must be a positive number of seconds, got {timeout!r}")
+        self.facility, self.ident, self.timeout, self.clock = facility, ident, float(timeout), clock
+        handler = logging.handlers.SysLogHandler
+        self.priority = (facilities[facility] << 3) | handler.priority_names["info"]
+        self._sock: socket.socket | None = None
+
+    def describe(self) -> str:
+        return f"log_syslog({self.facility!r}, address={self.address!r})"
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            if isinstance(self.address, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            else:
+                family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.address)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        return self._sock
+
+    def datagram(self, line: str) -> bytes:
+        """``<PRI>Mmm dd hh:mm:ss ident[pid]: line`` as glibc's syslog(3) sends it (RFC 3164)."""
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(self.clock()))
+        stamp = stamp[:4] + stamp[4:6].replace("0", " ", 1) + stamp[6:]  # "Aug  4", as syslog writes days
+        return f"<{self.priority}>{stamp} {self.ident}[{os.getpid()}]: {line}".encode()
+
+    async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        # Written by hand rather than with logging's SysLogHandler: its send blocks the
+        # event loop when the syslog daemon is slow, and it reports errors on stderr only.
+        loop = asyncio.get_running_loop()
+        for line in qmail_scanner_lines(self.record(mail, decision, outcome), SYSLOG_LIMIT):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await loop.sock_sendall(self._socket(), self.datagram(line))
+            except (OSError, TimeoutError) as error:
+                self._reset()
+                log.warning("log_syslog %s: line dropped: %s", self.address, error or "timeout")
+                return
+
+    def _reset(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def close(self) -> None:
+        self._reset()
+
+
+class _RaisingFileHandler(logging.handlers.WatchedFileHandler):
+    """logging's file handler (reopens the file after logrotate moved it), raising its errors.
+
+    The hook's caller logs them; logging's default would print to stderr only.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        raise  # called by emit() inside its except block: the error emit() caught
+
+
+class log_file(_LogHook):
+    """Append qmail-scanner's lines (``json=True``: one JSON object per message) to ``path``.
+
+    A relative ``path`` is taken under ``STATE_DIR``.  The file is reopened
+    when log rotation moved it away.  Text lines start with the ISO 8601 time.
+    """
+
+    name = "log_file"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        json: bool = False,
+        relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS,
+    ) -> None:
+        super().__init__(relay_clients)
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ConfigError(f"log_file: path must be a file name, got {path!r}")
+        if not isinstance(json, bool):
+            raise ConfigError(f"log_file: json must be True or False, got {json!r}")
+        self.path, self.json = path, json
+        self.resolved = path
+        """The file written: ``path`` under ``STATE_DIR`` when relative (set by :meth:`check`)."""
+        self._handler: _RaisingFileHandler | None = None
+
+    def describe(self) -> str:
+        return f"log_file({self.path!r}{', json=True' if self.json else ''})"
+
+    def check(self, settings: Settings) -> None:
+        self.resolved = os.path.join(settings.state_dir, self.path)  # an absolute path stays as it is
+        directory = os.path.dirname(self.resolved) or "."
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise ConfigError(f"log_file: directory {directory} does not exist or is not writable")
+
+    def lines(self, record: MessageRecord) -> list[str]:
+        if self.json:
+            return [json_line(record)]
+        when = datetime.datetime.fromtimestamp(record.time).astimezone().isoformat(timespec="seconds")
+        return [f"{when} {line}" for line in qmail_scanner_lines(record)]
+
+    async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        if self._handler is None:
+            self._handler = _RaisingFileHandler(self.resolved, encoding="utf-8")
+        for line in self.lines(self.record(mail, decision, outcome)):
+            self._handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
+
+    async def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()
+            self._handler = None
+
+
+# --------------------------------------------------------------------------- SQL
+
+maillog_table = Table(
+    "maillog",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("queue_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("reply", Text, nullable=False),
+    Column("level", Float, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scanner", Text, nullable=False),
+    Column("relay_client", Boolean, nullable=False),
+    Column("client_address", Text, nullable=False),
+    Column("client_name", Text, nullable=False),
+    Column("helo", Text, nullable=False),
+    Column("elapsed", Float, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("attachments", Text, nullable=False),
+    Column("spam_score", Float, nullable=True),
+    Column("spam_required", Float, nullable=True),
+    Column("quarantine", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Index("ix_maillog_time", "time"),
+    Index("ix_maillog_recipient", "recipient"),
+    Index("ix_maillog_sender", "sender"),
+)
+"""SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
+``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated."""
+
+
+def sql_rows(record: MessageRecord) -> list[dict[str, Any]]:
+    """The ``maillog`` rows for ``record``: one per recipient."""
+    attachments = [{"name": a.name, "size": a.size} for a in record.attachments]
+    if record.more_attachments:
+        attachments.append({"name": "...", "size": record.more_attachments})
+    common = {
+        "time": record.time,
+        "queue_id": record.queue_id,
+        "status": record.status,
+        "action": record.action,
+        "reply": record.reply,
+        "level": record.level,
+        "name": record.name,
+        "scanner": record.scanner,
+        "relay_client": record.relay_client,
+        "client_address": record.client_address,
+        "client_name": record.client_name,
+        "helo": record.helo,
+        "elapsed": record.elapsed,
+        "size": record.size,
+        "sender": record.sender,
+        "subject": record.subject,
+        "message_id": record.message_id,
+        "attachments": json.dumps(attachments, ensure_ascii=False),
+        "spam_score": None if record.spam is None else record.spam[1],
+        "spam_required": None if record.spam is None else record.spam[2],
+        "quarantine": ",".join(record.quarantine),
+        "note": record.note,
+    }
+    return [{**common, "recipient": recipient} for recipient in record.recipients or ("",)]
+
+
+def insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    connection.execute(insert(maillog_table), rows)
+
+
+class log_sql(_LogHook):
+    """Record each message in the ``maillog`` table (SAGATOR's ``log_sql``).
+
+    ``db`` is the database (``DATABASE`` when not given).  Rows are written in
+    the background by one writer at a time, in order, in a worker thread (the
+    messages waiting by then go in one transaction), so a slow or failing
+    database never delays or changes the reply.  At most ``max_pending``
+    messages wait to be written (more are dropped, with a warning), and
+    :meth:`close` waits for them (up to ``close_timeout`` seconds).
+    """
+
+    name = "log_sql"
+
+    def __init__(
+        self,
+        db: Database | None = None,
+        *,
+        max_pending: int = 1000,
+        close_timeout: float = 10.0,
+        relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS,
+    ) -> None:
+        super().__init__(relay_clients)
+        if db is not None and not isinstance(db, Database):
+            raise ConfigError(f"log_sql: db must be db.sqlite(...) or db.database(...), got {db!r}")
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigError(f"log_sql: max_pending must be a positive integer, got {max_pending!r}")
+        self.db, self.max_pending, self.close_timeout = db, max_pending, close_timeout
+        self._database: Database | None = db
+        self._queue: list[list[dict[str, Any]]] = []
+        self._writing = 0
+        self._writer: asyncio.Task[None] | None = None
+        self.dropped = 0
+        """Messages not logged because ``max_pending`` were waiting."""
+
+    def describe(self) -> str:
+        return f"log_sql({self._database.describe() if self._database else 'DATABASE'})"
+
+    def check(self, settings: Settings) -> None:
+        if self.db is not None:
+            self.db.configure(settings.state_dir)
+        elif settings.database is None:
+            raise ConfigError("log_sql: no database: set DATABASE or give log_sql(db.sqlite(...))")
+        else:
+            self._database = settings.database
+
+    async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        database = self._database or settings.database
+        if database is None:
+            raise ConfigError("log_sql: no database")
+        pending = len(self._queue) + self._writing
+        if pending >= self.max_pending:
+            self.dropped += 1
+            log.warning("log_sql: %d writes pending, queue_id=%s not logged", pending, mail.envelope.queue_id or "-")
+            return
+        self._queue.append(sql_rows(self.record(mail, decision, outcome)))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_all(database))
+
+    async def _write_all(self, database: Database) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            self._writing = len(batch)
+            queue_ids = ",".join(rows[0]["queue_id"] or "-" for rows in batch)
+            try:
+                await database.run(insert_rows, [row for rows in batch for row in rows])
+            except MailsiftError as error:
+                log.warning("log_sql: queue_id=%s not logged: %s", queue_ids, error.message)
+            except Exception:
+                log.exception("log_sql: queue_id=%s not logged", queue_ids)
+            finally:
+                self._writing = 0
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the pending rows are written (or failed)."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer}, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.flush(self.close_timeout)

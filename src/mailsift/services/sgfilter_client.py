@@ -1,0 +1,396 @@
+"""The client side of ``sgfilterd``, shared by ``mailsift sgfilter`` and ``mailsift qmail-queue``.
+
+Both commands read a message, ask the daemon (:func:`ask`) and turn its
+answer into what their caller understands: an exit code and a message on
+stdout for procmail/maildrop (:func:`sgfilter_exit`), or qmail-queue's exit
+codes and an ``exec`` of the real qmail-queue for qmail-smtpd
+(:func:`qmail_queue_exit`).  Neither needs the config file: they only talk to
+the daemon, with a deadline on the whole exchange.
+
+The protocol (see :mod:`mailsift.services.sgfilterd`) has no length on the
+answer: the daemon closes the connection after the message.  A daemon that
+dies while sending also closes it, so the answer is checked: mailsift's edits
+only add to the header block (:func:`mailsift.message.rewrite.apply_edits`), so a
+message to deliver must be at least as long as the original and end with its
+body; anything else is a broken answer, never delivered.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import selectors
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 27  # SAGATOR's sgfilterd/sgfilter default
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_MAX_SIZE = 50 * 1024 * 1024  # sgfilterd's default max_size
+MAX_ADDRESS = 512  # sgfilterd refuses longer addresses
+
+CLEAN, FORCED, TEMPFAIL, REJECT, DROP, TOO_BIG = 250, 251, 451, 550, 551, 552
+DELIVER = (CLEAN, FORCED)
+
+_ANSWER = re.compile(rb"([0-9]{3}) (-?[0-9]+\.[0-9]+)(?: ([^\n]*))?")
+_BODY = re.compile(rb"\r?\n\r?\n")
+
+
+class NoVerdict(Exception):
+    """The daemon gave no verdict."""
+
+
+class DaemonUnreachable(NoVerdict):
+    """The connection to the daemon could not be made."""
+
+
+class DaemonTimeout(NoVerdict):
+    """The daemon did not answer in time."""
+
+
+class DaemonLost(NoVerdict):
+    """The connection broke, or the answer was garbled or cut short."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The daemon's answer: ``status level name`` and, for 250/251, the message to deliver."""
+
+    status: int
+    level: float
+    name: str
+    message: bytes = b""
+
+    @property
+    def delivers(self) -> bool:
+        return self.status in DELIVER
+
+    def describe(self) -> str:
+        return f"{self.status} {self.level:.2f}{' ' + self.name if self.name else ''}"
+
+
+def request(sender: str, recipients: Sequence[str], message: bytes) -> bytes:
+    """The request bytes: envelope lines, ``DATA length`` and the message."""
+    lines = [f"MAIL FROM: <{sender}>"] + [f"RCPT TO: <{r}>" for r in recipients] + [f"DATA {len(message)}"]
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") + message
+
+
+def parse_answer(raw: bytes, original: bytes) -> Answer:
+    """Parse the daemon's answer; :class:`DaemonLost` if it is garbled or cut short."""
+    line, newline, rest = raw.partition(b"\n")
+    match = _ANSWER.fullmatch(line.removesuffix(b"\r"))
+    if not newline or match is None:
+        raise DaemonLost(f"garbled answer from the daemon: {line[:200]!r}")
+    status, level = int(match.group(1)), float(match.group(2))
+    name = (match.group(3) or b"").decode("utf-8", "replace").strip()
+    if status not in DELIVER:
+        return Answer(status, level, name)
+    body = _BODY.search(original)
+    if len(rest) < len(original) or (body is not None and not rest.endswith(original[body.end() :])):
+        raise DaemonLost(f"answer cut short: {len(rest)} bytes of message for {len(original)} sent")
+    return Answer(status, level, name, rest)
+
+
+def ask(
+    host: str, port: int, sender: str, recipients: Sequence[str], message: bytes, timeout: float = DEFAULT_TIMEOUT
+) -> Answer:
+    """Send one message to ``sgfilterd`` and return its answer (all within ``timeout`` seconds).
+
+    The request is sent while watching for an early answer: the daemon answers
+    bad input (say a message over its size limit) at once, and then the rest
+    is not sent.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as error:
+        raise DaemonTimeout(f"connecting to sgfilterd at {host}:{port}: timed out") from error
+    except OSError as error:
+        raise DaemonUnreachable(f"cannot connect to sgfilterd at {host}:{port}: {error.strerror or error}") from error
+    with sock, selectors.DefaultSelector() as selector:
+        sock.setblocking(False)
+        outgoing = memoryview(request(sender, recipients, message))
+        received = bytearray()
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        sending = True
+        limit = 2 * len(message) + 1024 * 1024
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DaemonTimeout(f"sgfilterd at {host}:{port} did not answer within {timeout:g}s")
+            for _, events in selector.select(remaining):
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(256 * 1024)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as error:
+                        if b"\n" in received and not received.startswith(b"25"):
+                            return parse_answer(bytes(received), message)  # an error line came before the reset
+                        raise DaemonLost(f"connection to sgfilterd lost: {error.strerror or error}") from error
+                    if not chunk:
+                        return parse_answer(bytes(received), message)
+                    received += chunk
+                    if len(received) > limit:
+                        raise DaemonLost("answer from sgfilterd is too long")
+                    if sending and b"\n" in received:  # answered before the request ended: stop sending
+                        sending = False
+                        _stop_sending(sock, selector)
+                if sending and events & selectors.EVENT_WRITE:
+                    try:
+                        sent = sock.send(outgoing[: 256 * 1024])
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as error:
+                        if error.errno not in (errno.EPIPE, errno.ECONNRESET):
+                            raise DaemonLost(f"sending to sgfilterd: {error.strerror or error}") from error
+                        sent = len(outgoing)  # the daemon closed: read what it said
+                    outgoing = outgoing[sent:]
+                    if not outgoing:
+                        sending = False
+                        _stop_sending(sock, selector)
+
+
+def _stop_sending(sock: socket.socket, selector: selectors.BaseSelector) -> None:
+    selector.modify(sock, selectors.EVENT_READ)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # already reset: the read side reports it
+
+
+# --------------------------------------------------------------------------- input
+
+
+def read_input(stream: IO[bytes], spool_limit: int) -> IO[bytes]:
+    """All of ``stream`` in a temporary file (in memory up to ``spool_limit`` bytes), rewound."""
+    spool = tempfile.SpooledTemporaryFile(max_size=spool_limit)  # noqa: SIM115 - returned to the caller
+    while chunk := stream.read(256 * 1024):
+        spool.write(chunk)
+    spool.seek(0)
+    return spool
+
+
+def size_of(spool: IO[bytes]) -> int:
+    spool.seek(0, os.SEEK_END)
+    size = spool.tell()
+    spool.seek(0)
+    return size
+
+
+# --------------------------------------------------------------------------- sgfilter
+
+SG_DELIVER = 0
+"""Deliver: the message on stdout (250 clean, 251 delivered though detected)."""
+SG_REJECT = 1
+"""The daemon rejects the message (550); stdout has the original."""
+SG_USAGE = 2
+"""Bad command line (click's usage error)."""
+SG_DROP = 3
+"""The daemon drops the message (551, dropped or quarantined); stdout has the original."""
+SG_TOO_BIG = 65
+"""EX_DATAERR: the message is over the size limit, not scanned; stdout has the original."""
+SG_TEMPFAIL = 75
+"""EX_TEMPFAIL: no verdict (daemon down, timeout, 451, broken answer); stdout has the original."""
+
+
+def sgfilter_exit(answer: Answer | None, *, too_big: bool, safe: bool) -> int:
+    """The exit code of ``mailsift sgfilter`` for an answer (None: no verdict).
+
+    ``safe``: when there is no verdict, exit 0 (the original passes unchanged).
+    """
+    if answer is not None and answer.delivers:
+        return SG_DELIVER
+    if answer is not None and answer.status == REJECT:
+        return SG_REJECT
+    if answer is not None and answer.status == DROP:
+        return SG_DROP
+    if safe:
+        return SG_DELIVER
+    if too_big or (answer is not None and answer.status == TOO_BIG):
+        return SG_TOO_BIG
+    return SG_TEMPFAIL
+
+
+def split_from_line(message: bytes) -> tuple[bytes, bytes]:
+    """Split off an mbox ``From `` line (procmail passes one); it must stay first."""
+    if message.startswith(b"From "):
+        end = message.find(b"\n")
+        if end >= 0:
+            return message[: end + 1], message[end + 1 :]
+    return b"", message
+
+
+def from_line_sender(from_line: bytes) -> str:
+    parts = from_line[5:].split()
+    sender = parts[0].decode("utf-8", "surrogateescape") if parts else ""
+    return "" if sender == "MAILER-DAEMON" else sender
+
+
+# --------------------------------------------------------------------------- qmail-queue
+
+QQ_OK = 0
+QQ_ADDRESS_TOO_LONG = 11
+QQ_REJECTED = 31
+QQ_WRITE_ERROR = 53
+QQ_READ_ERROR = 54
+QQ_TEMPORARILY_REJECTED = 71
+QQ_TIMEOUT = 72
+QQ_CONNECTION_REFUSED = 73
+QQ_COMMUNICATION_FAILED = 74
+QQ_INTERNAL_BUG = 81
+QQ_ENVELOPE_FORMAT = 91
+
+MAX_ENVELOPE = 4 * 1024 * 1024
+
+
+class QueueError(Exception):
+    """A failure that ends ``mailsift qmail-queue`` with qmail-queue's exit ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class QmailEnvelope:
+    """qmail-queue's envelope (``Fsender\\0Trcpt\\0...\\0``), and its exact bytes."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    raw: bytes
+
+
+def read_envelope(fd: int) -> QmailEnvelope:
+    """Read and parse the envelope from ``fd`` (qmail-queue's fd 1).
+
+    EOF before the final 0 byte -> 54 (as qmail-queue); a wrong letter or no
+    recipient -> 91; an address over 512 bytes -> 11.  Nothing after the
+    final 0 byte is read.
+    """
+    data = bytearray()
+    while not _envelope_complete(data):
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError as error:
+            raise QueueError(QQ_READ_ERROR, f"cannot read the envelope: {error.strerror}") from error
+        if not chunk:
+            _parse_envelope(bytes(data))  # a format error shows first; else it is incomplete
+            raise QueueError(QQ_READ_ERROR, "envelope ended before its final 0 byte")
+        data += chunk
+        if len(data) > MAX_ENVELOPE:
+            raise QueueError(QQ_ENVELOPE_FORMAT, "envelope too long")
+    return _parse_envelope(bytes(data))
+
+
+def _envelope_complete(data: bytearray) -> bool:
+    try:
+        _parse_envelope(bytes(data))
+    except _Incomplete:
+        return False
+    return True
+
+
+class _Incomplete(QueueError):
+    def __init__(self) -> None:
+        super().__init__(QQ_READ_ERROR, "envelope ended before its final 0 byte")
+
+
+def _parse_envelope(data: bytes) -> QmailEnvelope:
+    if not data:
+        raise _Incomplete
+    if not data.startswith(b"F"):
+        raise QueueError(QQ_ENVELOPE_FORMAT, "envelope does not start with F")
+    end = data.find(b"\0")
+    if end < 0:
+        raise _Incomplete
+    sender = data[1:end]
+    recipients: list[bytes] = []
+    position = end + 1
+    while True:
+        if position >= len(data):
+            raise _Incomplete
+        letter = data[position : position + 1]
+        if letter == b"\0":
+            break
+        if letter != b"T":
+            raise QueueError(QQ_ENVELOPE_FORMAT, f"envelope: {letter!r} where T or the final 0 byte should be")
+        end = data.find(b"\0", position)
+        if end < 0:
+            raise _Incomplete
+        recipients.append(data[position + 1 : end])
+        position = end + 1
+    if not recipients:
+        raise QueueError(QQ_ENVELOPE_FORMAT, "envelope has no recipient")
+    if any(len(a) > MAX_ADDRESS for a in (sender, *recipients)):
+        raise QueueError(QQ_ADDRESS_TOO_LONG, f"envelope address over {MAX_ADDRESS} bytes")
+    return QmailEnvelope(_decode(sender), tuple(_decode(r) for r in recipients), data[: position + 1])
+
+
+def _decode(address: bytes) -> str:
+    return address.decode("utf-8", "surrogateescape")
+
+
+def qmail_queue_exit(answer: Answer | None, error: NoVerdict | None = None) -> int:
+    """qmail-queue's exit code for an answer that does not deliver, or for no verdict.
+
+    qmail-queue(8) documents 71-74 for programs offering its interface that
+    talk to a mail server; qmail-smtpd answers each with its own 451 text, so
+    the sender retries and the log says why.  81 ("internal bug") is left for
+    mailsift's own failures.  550 and a message over the size limit (552) are
+    permanent: 31 ("mail server permanently refuses"), which qmail-smtpd
+    answers with 554.  551 (dropped) is 0, as if queued: the mail was dropped
+    on purpose.
+    """
+    if isinstance(error, DaemonTimeout):
+        return QQ_TIMEOUT
+    if isinstance(error, DaemonUnreachable):
+        return QQ_CONNECTION_REFUSED
+    if error is not None or answer is None:
+        return QQ_COMMUNICATION_FAILED
+    if answer.status == DROP:
+        return QQ_OK
+    if answer.status in (REJECT, TOO_BIG):
+        return QQ_REJECTED
+    if answer.status in (TEMPFAIL, 421):
+        return QQ_TEMPORARILY_REJECTED
+    return QQ_COMMUNICATION_FAILED  # 500/501/503: the daemon did not understand the request
+
+
+def exec_qmail_queue(path: str, message: IO[bytes] | bytes, envelope: bytes) -> None:
+    """Replace this process by the real qmail-queue: ``message`` on fd 0, ``envelope`` on fd 1.
+
+    Both go through unlinked temporary files (as simscan does), so their size
+    is not limited by a pipe buffer.  Returns only by raising :class:`QueueError`
+    (53 if the files cannot be written, 81 if ``path`` cannot be executed).
+    """
+    try:
+        message_fd = _file_with(message)
+        envelope_fd = _file_with(envelope)
+    except OSError as error:
+        raise QueueError(QQ_WRITE_ERROR, f"cannot write a temporary file: {error.strerror}") from error
+    os.dup2(message_fd, 0)
+    os.dup2(envelope_fd, 1)
+    try:
+        os.execv(path, [path])  # noqa: S606 - replacing ourselves by qmail-queue is the interface
+    except OSError as error:
+        raise QueueError(QQ_INTERNAL_BUG, f"cannot execute {path}: {error.strerror}") from error
+
+
+def _file_with(content: IO[bytes] | bytes) -> int:
+    fd, name = tempfile.mkstemp(prefix="mailsift-qq-")
+    os.unlink(name)
+    with os.fdopen(os.dup(fd), "wb") as handle:
+        if isinstance(content, bytes):
+            handle.write(content)
+        else:
+            content.seek(0)
+            while chunk := content.read(256 * 1024):
+                handle.write(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

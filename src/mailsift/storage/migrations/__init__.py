@@ -1,0 +1,39 @@
+"""mailsift's database schema, as Alembic migrations.
+
+Every database mailsift uses (SQLite in the state directory, or PostgreSQL)
+is brought to the newest schema by :func:`upgrade` before first use, under a
+lock (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory lock), so workers
+and gateways starting together never race.
+
+Each feature owns its tables and its revision files in ``versions/``: a new
+feature's first revision has ``down_revision = "0001"`` (the base), so
+features may add revisions side by side; :func:`upgrade` goes to every head.
+Table definitions live beside the code that uses them, on
+:data:`mailsift.storage.db.metadata`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+
+BASE = "0001"
+"""The first revision (greylisting's tables); a feature's first revision builds on it."""
+
+
+def config(connection: Connection | None = None) -> Config:
+    """An Alembic config for this package, bound to ``connection`` when given."""
+    cfg = Config()
+    cfg.set_main_option("script_location", os.path.dirname(os.path.abspath(__file__)))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(connection: Connection) -> None:
+    """Apply every missing revision (to all heads) inside ``connection``'s transaction."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7366518)")  # one upgrader at a time
+    command.upgrade(config(connection), "heads")

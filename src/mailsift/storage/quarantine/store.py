@@ -1,0 +1,347 @@
+"""The quarantine store: Maildir folders per category under ``STATE_DIR/quarantine``.
+
+Each quarantined message is one file in ``<state>/quarantine/<category>/new/``,
+written and fsynced, then indexed in the database
+(:mod:`mailsift.storage.quarantine.index`), and only then is the MTA answered.  The
+file is the original message preceded by mailsift's own envelope headers, so
+that the index can always be rebuilt from the files alone (``mailsift
+quarantine reindex``)::
+
+    X-Mailsift-Quarantine-Id: 20261121T101500-3f9c2a1b
+    X-Mailsift-Category: virus
+    X-Mailsift-Time: 1763720100.123456
+    X-Mailsift-Size: 2741
+    X-Mailsift-Verdict: level=1.00; name=EICAR-Test; scanner=regexp_scan
+    X-Mailsift-Detail: part 2 (eicar.com)
+    X-Mailsift-Client: mx.example.net [192.0.2.1]
+    X-Mailsift-Queue-Id: 4Xk2Lq0bQzz9sWX
+    Return-Path: <sender@example.net>
+    X-Envelope-To: <rcpt@example.org>
+
+``X-Mailsift-Size`` is the size of the original message, which is exactly the
+last that many bytes of the file: a release sends those bytes, whatever
+headers the original itself carries (it may have its own ``Return-Path``).
+The Maildir file name carries the id too (``<time>.<...>_<id>.<host>``).
+
+Crash safety, in order: the file is written to ``tmp/``, fsynced and renamed
+into ``new/`` (:func:`mailsift.delivery.maildir.store`); then the index row is
+committed; then :meth:`QuarantineStore.put` returns and the MTA may get its
+250.  A crash before the rename leaves a ``tmp/`` file no one answered for;
+a crash between rename and commit leaves an orphan file that ``reindex``
+adopts; after the commit the entry is complete.  ``MAILSIFT_TEST_CRASH_POINT``
+(see :func:`crash_point`) kills the process at each of these points, for the
+crash test only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import errno
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from mailsift.delivery import maildir
+from mailsift.errors import StorageError
+from mailsift.message.mail import Mail
+from mailsift.message.result import Result
+from mailsift.mime.tree import Headers
+from mailsift.storage.db import Database
+from mailsift.storage.quarantine.index import QuarantineEntry, add_entry
+
+CATEGORIES = ("virus", "policy", "spam")
+ID_PATTERN = re.compile(r"_(\d{8}T\d{6}-[0-9a-f]{8})\.")
+"""The quarantine id inside a Maildir file name."""
+MAX_HEAD = 64 * 1024 * 1024
+"""Refuse to read a mailsift head larger than this (a damaged or foreign file)."""
+SUBJECT_BLOCK = 256 * 1024
+"""How much of an orphan's original header block is read for its Subject."""
+
+# ---------------------------------------------------------------- test-only crash points
+#
+# FOR THE CRASH TEST ONLY (tests/integration/test_quarantine_crash.py).  The
+# variable is read once, when this module is imported (at `mailsift serve`'s
+# start); unset, as in any real deployment, crash_point() does nothing.  Its
+# value is ``<point>`` or ``<point>:<marker file>``: the process SIGKILLs
+# itself when it reaches <point>; with a marker file, only the first time
+# (the file is created exclusively), so the MTA's retry can go through.
+CRASH_POINT_VARIABLE = "MAILSIFT_TEST_CRASH_POINT"
+CRASH_POINTS = (
+    "quarantine-written",  # content written to tmp/, not flushed, fsynced or renamed
+    "quarantine-stored",  # file fsynced and renamed into new/, no index row yet
+    "quarantine-uncommitted",  # index row inserted, its transaction not committed
+    "quarantine-indexed",  # index row committed, the MTA not yet answered
+)
+_CRASH_POINT, _, _CRASH_MARKER = os.environ.get(CRASH_POINT_VARIABLE, "").partition(":")
+
+
+def crash_point(point: str) -> None:
+    """Test-only: SIGKILL this process here if ``MAILSIFT_TEST_CRASH_POINT`` names ``point``."""
+    if not _CRASH_POINT or point != _CRASH_POINT:
+        return
+    if _CRASH_MARKER:
+        try:
+            os.close(os.open(_CRASH_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return  # crashed here once already
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _CrashAtEnd:
+    """Test-only: a source stream that reaches the ``quarantine-written`` crash point at its end."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.stream.read(size)
+        if not block:
+            crash_point("quarantine-written")
+        return block
+
+
+# ---------------------------------------------------------------- ids and the file format
+
+
+def new_id(now: float | None = None) -> str:
+    """A sortable, unique quarantine id: ``YYYYMMDDTHHMMSS-<8 hex>`` (UTC)."""
+    moment = time.gmtime(time.time() if now is None else now)
+    return time.strftime("%Y%m%dT%H%M%S", moment) + "-" + secrets.token_hex(4)
+
+
+def _clean(value: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in value)
+
+
+def _head(entry: QuarantineEntry, detail: str) -> bytes:
+    """mailsift's envelope headers for ``entry`` (CRLF lines, UTF-8)."""
+    lines = [
+        f"X-Mailsift-Quarantine-Id: {entry.id}",
+        f"X-Mailsift-Category: {entry.category}",
+        f"X-Mailsift-Time: {entry.created:.6f}",
+        f"X-Mailsift-Size: {entry.size}",
+        f"X-Mailsift-Verdict: level={entry.level:.2f}; name={_clean(entry.name)}; scanner={_clean(entry.scanner)}",
+        *([f"X-Mailsift-Detail: {_clean(detail)[:900]}"] if detail else []),
+        f"X-Mailsift-Client: {entry.client}",
+        *([f"X-Mailsift-Queue-Id: {_clean(entry.queue_id)}"] if entry.queue_id else []),
+        f"Return-Path: <{_clean(entry.sender)}>",
+        *(f"X-Envelope-To: <{_clean(r)}>" for r in entry.recipients),
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+class DamagedFile(StorageError):
+    """A file in the quarantine store without a readable mailsift head."""
+
+
+def _read_head(handle: BinaryIO, file_size: int) -> tuple[list[tuple[str, str]], int]:
+    """The head's fields and its length in bytes (file size minus ``X-Mailsift-Size``)."""
+    fields: list[tuple[str, str]] = []
+    size: int | None = None
+    for _ in range(8):  # X-Mailsift-Size is among the first lines
+        first = handle.readline(64 * 1024).decode("utf-8", "surrogateescape")
+        name, _, value = first.rstrip("\r\n").partition(": ")
+        if name.lower() == "x-mailsift-size" and value.isdigit():
+            size = int(value)
+            break
+    if size is None or not 0 <= file_size - size <= MAX_HEAD:
+        raise DamagedFile("no mailsift quarantine head (X-Mailsift-Size)")
+    handle.seek(0)
+    head = handle.read(file_size - size).decode("utf-8", "surrogateescape")
+    for line in head.split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep:
+            fields.append((name.lower(), value))
+    return fields, file_size - size
+
+
+def _address(value: str) -> str:
+    """``<address>`` → ``address`` (the last ``>`` closes it)."""
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        return value[1:-1]
+    return value
+
+
+def read_entry(root: str, relative: str) -> QuarantineEntry:
+    """Rebuild an index entry from a stored file's head (``reindex``); DamagedFile if it has none."""
+    path = os.path.join(root, relative)
+    with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        fields, head_length = _read_head(handle, file_size)
+        handle.seek(head_length)
+        block = handle.read(SUBJECT_BLOCK)
+    values: dict[str, str] = {}
+    recipients: list[str] = []
+    for name, value in fields:
+        if name == "x-envelope-to":
+            recipients.append(_address(value))
+        else:
+            values.setdefault(name, value)
+    entry_id = values.get("x-mailsift-quarantine-id", "")
+    if not entry_id:
+        raise DamagedFile("no X-Mailsift-Quarantine-Id")
+    verdict = dict(
+        part.strip().partition("=")[::2] for part in values.get("x-mailsift-verdict", "").split(";") if "=" in part
+    )
+    try:
+        created = float(values.get("x-mailsift-time", ""))
+    except ValueError:
+        created = os.path.getmtime(path)
+    try:
+        level = float(verdict.get("level", "0"))
+    except ValueError:
+        level = 0.0
+    header_block = block.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    headers = Headers.from_message(email.parser.BytesHeaderParser().parsebytes(header_block))
+    return QuarantineEntry(
+        id=entry_id,
+        created=created,
+        category=values.get("x-mailsift-category", relative.split(os.sep, 1)[0]),
+        sender=_address(values.get("return-path", "")),
+        recipients=tuple(recipients),
+        subject=headers.get("Subject"),
+        size=file_size - head_length,
+        scanner=verdict.get("scanner", ""),
+        level=level,
+        name=verdict.get("name", ""),
+        client=values.get("x-mailsift-client", ""),
+        path=relative,
+        queue_id=values.get("x-mailsift-queue-id", ""),
+    )
+
+
+def read_original(path: str) -> bytes:
+    """The original message stored in ``path``: the file without mailsift's head."""
+    with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        _fields, head_length = _read_head(handle, file_size)
+        handle.seek(head_length)
+        return handle.read()
+
+
+def stored_files(root: str) -> Iterator[str]:
+    """Every message file of the store (``<category>/{new,cur}/<name>``), relative to ``root``."""
+    try:
+        categories = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for category in categories:
+        for sub in ("new", "cur"):
+            folder = os.path.join(root, category, sub)
+            try:
+                names = sorted(os.listdir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if ID_PATTERN.search(name):
+                    yield os.path.join(category, sub, name)
+
+
+def file_id(relative: str) -> str:
+    """The quarantine id in a stored file's name ('' if none)."""
+    found = ID_PATTERN.search(os.path.basename(relative))
+    return found.group(1) if found else ""
+
+
+def locate(root: str, entry: QuarantineEntry) -> str | None:
+    """The file of ``entry``: its indexed path, or found again by id (a mail reader moved it to cur/)."""
+    path = os.path.join(root, entry.path)
+    if os.path.exists(path):
+        return path
+    for relative in stored_files(root):
+        if file_id(relative) == entry.id:
+            return os.path.join(root, relative)
+    return None
+
+
+def unlink_durably(path: str) -> None:
+    """Remove a stored file and fsync its folder (a missing file is already gone)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    try:
+        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        if error.errno == errno.ENOENT:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- writing
+
+
+class QuarantineStore:
+    """Writes quarantined messages durably under ``root`` and indexes them in ``database``.
+
+    Without a database (tests building bare settings) the files are written
+    alone; ``mailsift quarantine reindex`` can index them later.
+    """
+
+    def __init__(self, root: str, database: Database | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.root = root
+        self.database = database
+        self.clock = clock
+
+    def folder(self, category: str) -> str:
+        return os.path.join(self.root, category)
+
+    async def put(self, mail: Mail, category: str, result: Result) -> str:
+        """Store ``mail`` in ``category``, fsynced, then index it; returns the file path.
+
+        Raises :class:`~mailsift.errors.StorageError` (file) or
+        :class:`~mailsift.errors.DatabaseError` (index): both answer 451.  A
+        file whose row failed stays, to be adopted by ``reindex``; the MTA's
+        retry stores a second copy (a duplicate, never a loss).
+        """
+        entry, path = await asyncio.to_thread(self._write, mail, category, result)
+        crash_point("quarantine-stored")
+        if self.database is not None:
+            await self.database.run(_index, entry)
+        crash_point("quarantine-indexed")
+        return path
+
+    def _entry(self, mail: Mail, category: str, result: Result) -> QuarantineEntry:
+        env = mail.envelope
+        now = self.clock()
+        try:
+            subject = mail.headers.get("Subject")
+        except (OSError, ValueError, LookupError):  # the index must not fail on a header: '' then
+            subject = ""
+        return QuarantineEntry(
+            id=new_id(now),
+            created=now,
+            category=category,
+            sender=env.sender,
+            recipients=tuple(env.recipients),
+            subject=subject,
+            size=mail.size,
+            scanner=result.scanner,
+            level=result.level,
+            name=result.name,
+            client=f"{_clean(env.client_name or 'unknown')} [{_clean(env.client_address or 'unknown')}]",
+            path="",
+            queue_id=env.queue_id,
+        )
+
+    def _write(self, mail: Mail, category: str, result: Result) -> tuple[QuarantineEntry, str]:
+        entry = self._entry(mail, category, result)
+        with mail.open() as stream:
+            source: Any = _CrashAtEnd(stream) if _CRASH_POINT else stream
+            path = maildir.store(self.folder(category), [_head(entry, result.detail)], tag=entry.id, source=source)
+        return entry.with_path(os.path.relpath(path, self.root)), path
+
+
+def _index(connection: Any, entry: QuarantineEntry) -> None:
+    add_entry(connection, entry)
+    crash_point("quarantine-uncommitted")

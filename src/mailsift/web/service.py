@@ -1,0 +1,137 @@
+"""``webq``: the web quarantine service (SAGATOR's ``webq_jinja``), served by uvicorn.
+
+``webq('127.0.0.1', 8008, userconv=[(r'^([^@]+)$', r'\\1@example.com')])`` in
+``SRV`` runs the Starlette application of :mod:`mailsift.web` in every
+worker's event loop, on the socket the supervisor bound (as every service).
+Users log in with accounts from ``mailsift user add``; see
+:mod:`mailsift.web.auth` for sessions, CSRF and login throttling.
+
+Options: ``userconv`` (login rewriting: ``[(regex, replacement), ...]``, the
+first matching rule wins), ``secret_file`` (the signing secret; default
+``STATE_DIR/webq.secret``, made 0600 at first start and shared with the
+digest's signed links), ``scanner`` (a scanner or list for the "recheck"
+button), ``secure_cookies`` (set when users come over https),
+``session_hours`` (a session's longest life), ``idle_minutes`` (a session
+unused this long ends), ``trusted_proxies`` (addresses whose
+X-Forwarded-For names the client: the reverse proxy, for login throttling
+per client).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
+to mailsift's log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from mailsift.errors import ConfigError
+from mailsift.reporting import links
+from mailsift.scanners.base import as_scanners
+from mailsift.services.base import Service, Settings, check_address
+from mailsift.web.app import create_app
+from mailsift.web.users import compile_userconv
+from mailsift.web.webconfig import WebConfig
+
+log = logging.getLogger("mailsift.webq")
+
+
+class webq(Service):
+    """The web quarantine: ``webq(host='127.0.0.1', port=8008, *, userconv=..., scanner=...)``."""
+
+    kind = "webq"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8008,
+        *,
+        userconv: Sequence[tuple[str, str]] = (),
+        secret_file: str | None = None,
+        scanner: Any = None,
+        secure_cookies: bool = False,
+        session_hours: float = 8.0,
+        idle_minutes: float = 60.0,
+        trusted_proxies: Sequence[str] = ("127.0.0.1",),
+        log: str | None = None,
+        metrics_clients: Sequence[str] = ("127.0.0.0/8", "::1/128"),
+        metrics_token: str | None = None,
+    ) -> None:
+        self.host, self.port = check_address(host, port, self.kind)
+        # /metrics: from these clients, with this bearer token, or for an admin session
+        self.metrics: dict[str, Any] = {"metrics_clients": tuple(metrics_clients), "metrics_token": metrics_token}
+        self.scanners = as_scanners([scanner], self.kind) if scanner is not None else ()
+        if secret_file is not None and (not isinstance(secret_file, str) or not secret_file):
+            raise ConfigError(f"webq: secret_file must be a file path, got {secret_file!r}")
+        for name, value in (("session_hours", session_hours), ("idle_minutes", idle_minutes)):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"webq: {name} must be a positive number, got {value!r}")
+        if not isinstance(trusted_proxies, list | tuple) or not all(isinstance(p, str) for p in trusted_proxies):
+            raise ConfigError(f"webq: trusted_proxies must be a list of addresses, got {trusted_proxies!r}")
+        self.secret_file = secret_file
+        self.config = WebConfig(
+            userconv=compile_userconv(userconv),
+            secure_cookies=bool(secure_cookies),
+            scanners=self.scanners,
+            session_seconds=float(session_hours) * 3600,
+            idle_seconds=float(idle_minutes) * 60,
+            trusted_proxies=tuple(trusted_proxies),
+        )
+
+    def check(self, settings: Settings) -> None:
+        if settings.database is None:
+            raise ConfigError("webq needs DATABASE (users and the quarantine index live there)")
+
+    async def start(self, sock: socket.socket, settings: Settings) -> WebServer:
+        secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file)
+        # the other web pages: digest links, statistics and /metrics, message tracking
+        from mailsift.web import links_views, stats_views, tracking_views
+
+        extra = [*links_views.routes(), *stats_views.routes(**self.metrics), *tracking_views.routes()]
+        app = create_app(settings, secret=secret, config=self.config, extra_routes=extra)
+        server = WebServer(app, self.config)
+        await server.start(sock)
+        return server
+
+
+class WebServer:
+    """One worker's running webq: uvicorn's server on the inherited socket.
+
+    uvicorn's ``serve()`` installs its own signal handlers, which would take
+    SIGTERM from the worker; its parts (``startup``, ``main_loop``,
+    ``shutdown``) are used instead, and the worker's drain stops it.
+    """
+
+    def __init__(self, app: Any, config: WebConfig) -> None:
+        self.config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=True,
+            forwarded_allow_ips=list(config.trusted_proxies),
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+            limit_concurrency=500,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+        self.server = uvicorn.Server(self.config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        self.config.load()
+        self.server.lifespan = self.config.lifespan_class(self.config)
+        await self.server.startup(sockets=[sock])
+        self._task = asyncio.create_task(self.server.main_loop())
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let requests in progress finish (up to ``timeout``), stop."""
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self.config.timeout_graceful_shutdown = max(1, int(timeout))
+        await self.server.shutdown()
