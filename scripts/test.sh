@@ -8,6 +8,8 @@ scripts/setup.sh --test
 echo "== ruff"
 .venv/bin/ruff check src tests bench
 .venv/bin/ruff format --check src tests bench
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+.venv/bin/lint-imports --no-cache
 echo "== mypy (strict, src/)"
 .venv/bin/mypy
 echo "== pytest"

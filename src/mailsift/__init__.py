@@ -12,6 +12,7 @@ from mailsift.reporting.counters import stats
 from mailsift.reporting.digest import reporter
 from mailsift.reporting.logline import log_file, log_sql, log_syslog
 from mailsift.reporting.notifications import notify
+from mailsift.reporting.spam_forward import spam_forward
 from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.badmime import bad_mime
@@ -21,7 +22,7 @@ from mailsift.scanners.client import client_network, trusted_clients
 from mailsift.scanners.engines.clamav import clamd
 from mailsift.scanners.engines.command import bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.engines.spam import rspamd, spamassassind
-from mailsift.scanners.engines.spamlevels import spam_forward, spam_levels
+from mailsift.scanners.engines.spamlevels import spam_levels
 from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.greylist import greylist, recipient_regexp
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
@@ -43,9 +44,8 @@ from mailsift.services.postfix_policy import smtpd_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
 from mailsift.storage import db
+from mailsift.version import __version__ as __version__
 from mailsift.web.service import webq
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Result",

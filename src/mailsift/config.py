@@ -25,8 +25,9 @@ from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError
 from mailsift.reporting.digest import reporter
 from mailsift.scanners.base import Scanner
-from mailsift.services.base import Service, Settings
+from mailsift.services.base import Service
 from mailsift.services.daemons import Daemon
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage import policies as userpolicy
 

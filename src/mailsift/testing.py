@@ -23,7 +23,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from mailsift.services.base import Service, Settings
+from mailsift.services.base import Service
+from mailsift.settings import Settings
 from mailsift.supervisor import event_loop_factory
 
 

@@ -33,7 +33,7 @@ import pytest
 from mailsift import config as config_module
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port

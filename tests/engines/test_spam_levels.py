@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.core.mailpath import MailPath
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
+from mailsift.reporting.spam_forward import spam_forward
 from mailsift.scanners.engines.spam import spamassassind
-from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_forward, spam_levels
-from mailsift.services.base import MailPath, Settings
+from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
+from mailsift.settings import Settings
 from mailsift.testing import Received, RecordingServer
 from tests.engines.spamd_instance import SpamdInstance, spamd_instance
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

@@ -16,8 +16,8 @@ import pytest
 
 from mailsift import regexp_scan, reject
 from mailsift.reporting.archive import archive, monitor
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 
 pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is installed by scripts/setup.sh")

@@ -19,8 +19,8 @@ from mailsift.delivery.next_hop import lmtp_relay
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
-from mailsift.services.base import Settings
 from mailsift.services.lmtpd import lmtpd
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread, free_port, smtp_session_lines
 
 from .conftest import message

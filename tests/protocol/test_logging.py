@@ -17,8 +17,8 @@ import pytest
 from mailsift import clamd, regexp_scan
 from mailsift.reporting.logline import log_syslog
 from mailsift.scanners.stamp import mailsift_version, stamp
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 from tests.engines.clamd_instance import CLAMD, ClamdInstance
 from tests.protocol.conftest import message

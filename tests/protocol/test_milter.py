@@ -26,8 +26,8 @@ from mailsift.errors import ConfigError
 from mailsift.scanners.actions import add_header, deliver
 from mailsift.scanners.base import Scanner
 from mailsift.services import milter_protocol as mp
-from mailsift.services.base import Settings
 from mailsift.services.milter import edits, milter, parse_connection, split_message
+from mailsift.settings import Settings
 from mailsift.testing import ServiceThread
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\r\n"

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import pytest
 
 from mailsift import regexp_scan, reject
+from mailsift.core.mailpath import MailPath
 from mailsift.message.mail import Envelope, Mail
 from mailsift.reporting.notifications import notify
-from mailsift.services.base import MailPath, Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.settings import Settings
 from mailsift.testing import Received, RecordingServer, ServiceThread, free_port
 
 BADWORD = regexp_scan([("Bad-Word", "BADWORD")])

@@ -18,8 +18,8 @@ from mailsift.scanners.actions import deliver, drop, quarantine, reject
 from mailsift.scanners.basic import const, sender_regexp
 from mailsift.scanners.client import client_network
 from mailsift.scanners.greylist import greylist, recipient_regexp
-from mailsift.services.base import Settings
 from mailsift.services.postfix_policy import DEFAULT_ON_ERROR, LINE_LIMIT, MALFORMED, MAX_ATTRIBUTES, smtpd_policy
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.testing import ServiceThread
 

@@ -14,9 +14,9 @@ from mailsift import add_header, const, deliver, drop, modify_subject, quarantin
 from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
-from mailsift.services.base import Settings
 from mailsift.services.sgfilter_client import Answer, ask
 from mailsift.services.sgfilterd import sgfilterd
+from mailsift.settings import Settings
 from mailsift.testing import ServiceThread
 
 from .conftest import EICAR, message

@@ -21,8 +21,8 @@ from mailsift.cli.policy import lists, policy
 from mailsift.scanners.actions import reject
 from mailsift.scanners.engines.spam import spamassassind
 from mailsift.scanners.userpolicy import listed, policy_attach, policy_enabled, policy_spam_hits
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import smtpd
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database
 from mailsift.storage.policies import add_listed, set_policy

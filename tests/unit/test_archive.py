@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from mailsift import add_header, config, parsemail, quarantine, regexp_scan, reject
+from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.reporting.archive import MonitoredResult, archive, monitor, monitored_findings
 from mailsift.scanners.base import MailTarget
-from mailsift.services.base import MailPath, Settings
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer
 
 BODY = b"From: a@example.net\r\nTo: b@example.com\r\nSubject: hello\r\n\r\nsome text\r\n"

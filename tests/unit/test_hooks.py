@@ -9,9 +9,10 @@ import pytest
 
 from mailsift import config, drop, regexp_scan
 from mailsift.core.hooks import Hook
+from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import MailPath, Settings
+from mailsift.settings import Settings
 
 
 class Recorder(Hook):

@@ -15,6 +15,7 @@ from sqlalchemy import MetaData, create_engine, select
 
 from mailsift import const, drop, quarantine, regexp_scan
 from mailsift.core.disposition import Outcome
+from mailsift.core.mailpath import MailPath
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.mail import Envelope, Mail
@@ -33,7 +34,7 @@ from mailsift.reporting.logline import (
     qmail_scanner_lines,
 )
 from mailsift.scanners.engines.spam import SpamResult
-from mailsift.services.base import MailPath, Settings
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database
 

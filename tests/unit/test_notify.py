@@ -18,6 +18,7 @@ from babel.messages.pofile import read_po
 
 from mailsift import config, regexp_scan, reject
 from mailsift.core.disposition import Outcome
+from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition, QuarantineCopy, Result, SetDisposition
@@ -34,7 +35,7 @@ from mailsift.reporting.notifications import (
     suppression,
 )
 from mailsift.scanners.engines.spam import SpamResult
-from mailsift.services.base import MailPath, Settings
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, free_port
 
 HOST = "gw.example.test"

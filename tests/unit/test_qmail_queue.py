@@ -24,8 +24,8 @@ from mailsift import add_header, const, deliver, drop, quarantine, regexp_scan, 
 from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
-from mailsift.services.base import Settings
 from mailsift.services.sgfilterd import sgfilterd
+from mailsift.settings import Settings
 from mailsift.testing import ServiceThread, free_port
 
 from .conftest import EICAR

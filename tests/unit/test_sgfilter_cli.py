@@ -17,9 +17,9 @@ from mailsift.cli.main import main
 from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
-from mailsift.services.base import Settings
 from mailsift.services.sgfilter_client import SG_DELIVER, SG_DROP, SG_REJECT, SG_TEMPFAIL, SG_TOO_BIG, SG_USAGE
 from mailsift.services.sgfilterd import sgfilterd
+from mailsift.settings import Settings
 from mailsift.testing import ServiceThread, free_port
 
 from .conftest import EICAR

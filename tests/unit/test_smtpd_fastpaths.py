@@ -8,8 +8,8 @@ import random
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import TOO_LONG, TOO_MUCH, FilterSMTP, SMTPServer, _has_long_line, read_data, smtpd
+from mailsift.settings import Settings
 
 
 def reference_data(stream: bytes, size_limit: int, line_limit: int) -> tuple[bytes, str, bytes]:

@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 from mailsift import config
+from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition, ModifySubject, QuarantineCopy, Result, SetDisposition
+from mailsift.reporting.spam_forward import spam_forward
 from mailsift.scanners.base import MailTarget, Scanner, Target
 from mailsift.scanners.engines.spam import SpamResult
-from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_forward, spam_levels
-from mailsift.services.base import MailPath, Settings
+from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
+from mailsift.settings import Settings
 from mailsift.testing import RecordingServer
 
 
@@ -340,7 +342,9 @@ def test_spam_forward_arguments_and_check(tmp_path: Path) -> None:
 def test_in_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.py"
     head = (
-        "from mailsift import *\nfrom mailsift.scanners.engines.spamlevels import spam_levels, spam_forward\n"
+        "from mailsift import *\n"
+        "from mailsift.scanners.engines.spamlevels import spam_levels\n"
+        "from mailsift.reporting.spam_forward import spam_forward\n"
         f"STATE_DIR = {str(tmp_path)!r}\n"
         "SCANNERS = [spam_levels(spamassassind(['127.0.0.1', 783]), quarantine=2.1, delete=4.2, reject=True)]\n"
         "HOOKS = [spam_forward('antispam@example.test', verbose=True)]\n"

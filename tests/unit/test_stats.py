@@ -37,7 +37,7 @@ from mailsift.reporting.counters import (
     upsert_counters,
     verdict_of,
 )
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database
 from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mailsift.cli.users import user_group
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.web import users
 from mailsift.web.app import create_app

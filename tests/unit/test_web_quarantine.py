@@ -16,7 +16,7 @@ import pytest
 
 from mailsift.errors import ConfigError
 from mailsift.scanners.basic import regexp_scan
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage import policies as userpolicy
 from mailsift.storage.quarantine.index import get_entry

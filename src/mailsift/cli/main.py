@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import click
 
-from mailsift import __version__
 from mailsift.cli.common import load_config
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
@@ -30,6 +29,7 @@ from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.scanners.base import Scanner
+from mailsift.version import __version__
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
 NO_DAEMONS_HELP = (

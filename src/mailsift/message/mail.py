@@ -29,9 +29,10 @@ import email.utils
 import io
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder
 
@@ -69,6 +70,10 @@ class Mail:
         spool_dir: str | None = None,
     ) -> None:
         self.envelope = envelope or Envelope()
+        self.started: float | None = None
+        """When the mail path took this message (``time.monotonic()``): the log's "time taken"."""
+        self.memo: dict[Any, Any] = {}
+        """Lookups made once per message and shared by its scanners (policies, lists); goes with it."""
         self._data: bytes | None = None
         self._path: str | None = None
         self._owns_path = False
@@ -88,6 +93,10 @@ class Mail:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         self._path, self._owns_path = name, True
+
+    def elapsed(self) -> float:
+        """Seconds since the mail path took this message (0.0 if it has not)."""
+        return 0.0 if self.started is None else max(0.0, time.monotonic() - self.started)
 
     @property
     def spooled(self) -> bool:

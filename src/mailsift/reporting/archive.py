@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
     from mailsift.message.mail import Mail
     from mailsift.message.result import Decision
-    from mailsift.services.base import Settings
+    from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.archiving")
 dlp_log = logging.getLogger("mailsift.dlp")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
     from mailsift.message.mail import Mail
     from mailsift.message.result import Decision
-    from mailsift.services.base import Settings
+    from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.counters")
 
@@ -318,8 +318,6 @@ class stats(Hook):
             self._database = settings.database
 
     async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
-        from mailsift.reporting import logline  # the mail path's timer (logline imports much)
-
         database = self._database or settings.database
         if database is None:
             raise ConfigError("stats: no database")
@@ -330,7 +328,7 @@ class stats(Hook):
             verdict_of(decision, outcome),
             decision.result.scanner if decision.result.detected else "",  # a clean result decides nothing
             mail.size,
-            logline.elapsed(mail),
+            mail.elapsed(),
         )
 
     async def flush(self) -> None:

@@ -47,7 +47,6 @@ import os
 import re
 import socket
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,7 +63,7 @@ if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
     from mailsift.message.mail import Mail
     from mailsift.message.result import Decision, Result
-    from mailsift.services.base import Settings
+    from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.logline")
 
@@ -77,22 +76,6 @@ MAX_ATTACHMENTS = 200
 DEFAULT_RELAY_CLIENTS = ("127.0.0.0/8", "::1/128")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# --------------------------------------------------------------------------- timing
-
-_started: weakref.WeakKeyDictionary[Mail, float] = weakref.WeakKeyDictionary()
-
-
-def begin(mail: Mail, when: float | None = None) -> None:
-    """Note when the mail path took ``mail`` (``time.monotonic()``), for "time taken"."""
-    _started[mail] = time.monotonic() if when is None else when
-
-
-def elapsed(mail: Mail) -> float:
-    """Seconds since :func:`begin` for ``mail`` (0.0 if it was never noted)."""
-    started = _started.get(mail)
-    return 0.0 if started is None else max(0.0, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------- the record
@@ -237,7 +220,7 @@ def build_record(
         client_address=clean(env.client_address),
         client_name=clean(env.client_name),
         helo=clean(env.helo),
-        elapsed=elapsed(mail) if took is None else took,
+        elapsed=mail.elapsed() if took is None else took,
         size=mail.size,
         sender=clean(env.sender),
         recipients=tuple(clean(r) for r in env.recipients),

@@ -70,7 +70,7 @@ from mailsift.scanners.engines.spam import SpamResult
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
-    from mailsift.services.base import Settings
+    from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.notifications")
 

@@ -47,6 +47,7 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.message.result import AddHeader, Result
 from mailsift.scanners.base import Interscanner, Operation, Scanner, Target, first_detection
+from mailsift.version import __version__
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
@@ -59,8 +60,6 @@ _EXTERNAL_MODULES = (
 
 
 def mailsift_version() -> str:
-    from mailsift import __version__  # the package imports this module
-
     return __version__
 
 

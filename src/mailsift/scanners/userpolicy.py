@@ -38,7 +38,6 @@ the message is tempfailed, never passed with the wrong policy.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -62,17 +61,16 @@ from mailsift.storage.policies import (
 # --------------------------------------------------------------------------- per-message cache
 
 _CacheKey = tuple[str, int, str, tuple[str, ...], str]
-_cache: weakref.WeakKeyDictionary[Mail, dict[_CacheKey, asyncio.Future[Any]]] = weakref.WeakKeyDictionary()
 
 
 async def _per_message(mail: Mail, key: _CacheKey, compute: Callable[[], Awaitable[Any]]) -> Any:
     """``compute()`` once per message and key; concurrent callers share one lookup.
 
     Keyed by the envelope too, so a front end that evaluates one recipient at a
-    time (lmtpd) gets each recipient's own answer.  The entry goes with the
-    message (a weak reference), so nothing is kept across messages.
+    time (lmtpd) gets each recipient's own answer.  The entry lives in the
+    message's own :attr:`~mailsift.message.mail.Mail.memo`, so it goes with it.
     """
-    entries = _cache.setdefault(mail, {})
+    entries: dict[_CacheKey, asyncio.Future[Any]] = mail.memo.setdefault("policy-lookups", {})
     future = entries.get(key)
     if future is None:
         future = entries[key] = asyncio.ensure_future(compute())

@@ -38,8 +38,8 @@ from mailsift import replies
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
 from mailsift.scanners.base import Scanner, as_scanners
-from mailsift.services.base import Settings
 from mailsift.services.smtpd import FilterSMTP, Handler, SMTPServer, smtpd
+from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.lmtpd")
 

@@ -40,13 +40,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift import replies
+from mailsift.core.mailpath import MailPath
 from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.services import milter_protocol as mp
-from mailsift.services.base import LISTEN_BACKLOG, MailPath, Service, Settings
+from mailsift.services.base import LISTEN_BACKLOG, Service
+from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.milter")
 

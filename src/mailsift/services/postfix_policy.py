@@ -45,7 +45,8 @@ from mailsift.message.result import Decision, Disposition, Result, SetDispositio
 from mailsift.reporting import counters
 from mailsift.scanners.base import first_detection
 from mailsift.scanners.greylist import PolicyTarget
-from mailsift.services.base import Service, Settings
+from mailsift.services.base import Service
+from mailsift.settings import Settings
 from mailsift.storage.db import Database, sqlite
 
 log = logging.getLogger("mailsift.policy")

@@ -41,11 +41,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from mailsift.core.mailpath import MailPath
 from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
-from mailsift.services.base import MailPath, Service, Settings
+from mailsift.services.base import Service
+from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.sgfilterd")
 

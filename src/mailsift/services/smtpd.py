@@ -30,9 +30,11 @@ from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift import replies
+from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import MailPath, Service, Settings
+from mailsift.services.base import Service
+from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.smtpd")
 

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.web import auth, quarantine_views
 from mailsift.web.templating import render, templates
 from mailsift.web.webconfig import WebConfig

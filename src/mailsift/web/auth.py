@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mailsift.errors import MailsiftError
 from mailsift.storage.db import Database
 from mailsift.web import users
+from mailsift.web.session import CSRF_FIELD, USER_KEY, csrf_field, csrf_token, current_user
 from mailsift.web.templating import render
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
@@ -52,8 +52,6 @@ __all__ = [
     "routes",
 ]
 
-USER_KEY = "mailsift.user"
-CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
 
@@ -62,12 +60,6 @@ class LoginRequired(Exception):
 
 
 # --------------------------------------------------------------------------- who is asking
-
-
-def current_user(request: Request) -> User | None:
-    """The logged-in user (loaded by :class:`UserMiddleware`), or None."""
-    user = request.scope.get(USER_KEY)
-    return user if isinstance(user, User) else None
 
 
 def require_user(request: Request) -> User:
@@ -123,22 +115,6 @@ class UserMiddleware:
 
 
 # --------------------------------------------------------------------------- CSRF
-
-
-def csrf_token(request: Request) -> str:
-    """This session's CSRF token (created on first use)."""
-    token = request.session.get("csrf")
-    if not isinstance(token, str) or len(token) < 32:
-        token = secrets.token_urlsafe(32)
-        request.session["csrf"] = token
-    return token
-
-
-def csrf_field(request: Request) -> Any:
-    """The hidden form field carrying the token (markup safe for templates)."""
-    from markupsafe import Markup, escape
-
-    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, escape(csrf_token(request)))
 
 
 def _same_origin(request: Request) -> bool:

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting import links
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.storage.policies import add_listed, list_entries, normalize_value
 from mailsift.storage.quarantine.admin import QuarantineProblem, release

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
 from mailsift.storage.quarantine.admin import QuarantineProblem, delete, release
 from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry

@@ -31,7 +31,8 @@ import uvicorn
 from mailsift.errors import ConfigError
 from mailsift.reporting import links
 from mailsift.scanners.base import as_scanners
-from mailsift.services.base import Service, Settings, check_address
+from mailsift.services.base import Service, check_address
+from mailsift.settings import Settings
 from mailsift.web.app import create_app
 from mailsift.web.users import compile_userconv
 from mailsift.web.webconfig import WebConfig

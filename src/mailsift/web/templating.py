@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from mailsift.web.session import csrf_field, current_user
+
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 
 
@@ -50,8 +52,6 @@ templates = Jinja2Templates(env=_environment())
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
     """Render ``name`` with the request, the current user and the CSRF field in the context."""
-    from mailsift.web.auth import csrf_field, current_user  # auth renders pages too
-
     values: dict[str, Any] = {"user": current_user(request), "csrf_field": csrf_field(request)}
     values.update(context or {})
     return templates.TemplateResponse(request, name, values, status_code=status_code)

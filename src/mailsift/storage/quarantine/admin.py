@@ -32,7 +32,7 @@ from typing import Any
 
 from mailsift.delivery.next_hop import resolve
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import Settings
+from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import (
     QuarantineEntry,
     QuarantineFilter,

@@ -1,0 +1,129 @@
+"""The mail path: Mail → Pipeline → Decision → Disposition → hooks → one log line.
+
+Every front end calls :class:`MailPath`, so none of them duplicates scanning or
+delivery logic.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mailsift.core.disposition import Disposer, Outcome
+from mailsift.core.hooks import run_hooks
+from mailsift.core.pipeline import Pipeline
+from mailsift.delivery.next_hop import Delivery, resolve
+from mailsift.errors import ConfigError
+from mailsift.message.mail import Mail
+from mailsift.message.result import Decision
+from mailsift.scanners.base import Scanner
+from mailsift.settings import Settings
+from mailsift.storage.quarantine.store import QuarantineStore
+
+log = logging.getLogger("mailsift.mail")
+
+
+class MailPath:
+    """The shared path of one message: evaluate, carry out, log one line.
+
+    :meth:`process` answers once for all recipients (smtpd, milter...);
+    :meth:`process_each` has an outcome per recipient (lmtpd).  Paths made by
+    :meth:`with_scanners` share this one's next hop and quarantine (one
+    connection pool), with their own scanners: per-recipient policies.
+    """
+
+    def __init__(self, scanners: Sequence[Scanner], settings: Settings, next_hop: Any = None) -> None:
+        self.pipeline = Pipeline(scanners)
+        self.settings = settings
+        target = next_hop or settings.smtp_server
+        if target is None:
+            raise ConfigError(
+                "no next hop: set SMTP_SERVER = ('127.0.0.1', 10025), or next_hop=... on the service, "
+                "or deliver locally with next_hop=local_maildir('mail')"
+            )
+        self.delivery: Delivery = resolve(target, settings.state_dir)
+        self.disposer = Disposer(QuarantineStore(settings.quarantine_dir, settings.database), self.delivery)
+        self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
+
+    def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
+        """A path with other scanners and this one's delivery and quarantine."""
+        path = copy.copy(self)
+        path.pipeline = Pipeline(scanners)
+        return path
+
+    async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
+        started = time.monotonic()
+        mail.started = started  # the log hooks' "time taken"
+        decision = await self.pipeline.evaluate(mail)
+        outcome = await self.disposer.carry_out(mail, decision)
+        await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
+        _log_line(mail, decision, str(outcome.reply.code), outcome.note, time.monotonic() - started)
+        return decision, outcome
+
+    async def process_each(self, mail: Mail) -> tuple[Decision, dict[str, Outcome]]:
+        """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
+        started = time.monotonic()
+        mail.started = started
+        decision = await self.pipeline.evaluate(mail)
+        outcomes = await self.disposer.carry_out_each(mail, decision)
+        if outcomes:
+            # Hooks see one outcome for the group: a positive one if any recipient got its
+            # copy (archive, notifications concern mail that went through), else the first.
+            positive = [o for o in outcomes.values() if o.reply.code < 400]
+            shown = positive[0] if positive else next(iter(outcomes.values()))
+            await run_hooks(self.settings.hooks, mail, decision, shown, self.settings)
+        codes = {outcome.reply.code for outcome in outcomes.values()}
+        if len(codes) == 1:
+            reply = str(codes.pop())
+        else:
+            reply = ",".join(f"<{r}>:{outcome.reply.code}" for r, outcome in outcomes.items())
+        notes = "; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note))
+        _log_line(mail, decision, reply, notes, time.monotonic() - started)
+        return decision, outcomes
+
+    async def close(self) -> None:
+        """Release the scanners' resources and the next hop's connections.
+
+        Paths made by :meth:`with_scanners` share the record of closed scanners,
+        so a scanner used in several of them is closed once; closing the shared
+        delivery again is harmless (its pool is empty).
+        """
+        for scanner in self.pipeline.scanners:
+            await scanner.aclose(self._closed)
+        for hook in self.settings.hooks:
+            if id(hook) not in self._closed:
+                self._closed.add(id(hook))
+                await hook.close()
+        await self.delivery.close()
+
+
+def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float) -> None:
+    """The one log line per message (per recipient group with lmtpd), on Python's logging.
+
+    The qmail-scanner-format line, to syslog, a file or JSON lines, and the SQL
+    record come from the hooks of :mod:`mailsift.reporting.logline` (``log_syslog``,
+    ``log_file``, ``log_sql``).
+    """
+    if not log.isEnabledFor(logging.INFO):
+        return  # the arguments below cost more than the line, at --log-level warning
+    env = mail.envelope
+    result = decision.result
+    log.info(
+        "%s action=%s reply=%s level=%.2f name=%s scanner=%s from=<%s> to=%s size=%d client=%s[%s] time=%.3fs%s",
+        env.queue_id or "-",
+        decision.disposition.value,
+        reply,
+        result.level,
+        result.name or "-",
+        result.scanner or "-",
+        env.sender,
+        ",".join(f"<{r}>" for r in env.recipients),
+        mail.size,
+        env.client_name or "-",
+        env.client_address or "-",
+        elapsed,
+        f" note={note}" if note else "",
+    )
