@@ -24,7 +24,7 @@ from mailsift.scanners.base import MailTarget, Scanner, Target
 from mailsift.scanners.engines.spam import SpamResult
 from mailsift.scanners.userpolicy import message_policy, policy_attach, policy_enabled, policy_spam_hits
 from mailsift.storage import db, migrations
-from mailsift.storage.db import Database, metadata
+from mailsift.storage.db import Database
 from mailsift.storage.policies import (
     address_keys,
     delete_policy,
@@ -37,6 +37,7 @@ from mailsift.storage.policies import (
     use_database,
     user_policy_table,
 )
+from mailsift.storage.schema import metadata
 
 README_EXAMPLE = """\
 postmaster@example.com:clam=yes,spam=no,attach=.txt:.com

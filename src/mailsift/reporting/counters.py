@@ -40,15 +40,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Column, Float, Integer, Table, Text, func, select
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
-from mailsift.storage.db import Database, metadata
+from mailsift.storage.db import Database
+from mailsift.storage.schema import stats_table
+from mailsift.storage.sql import upsert
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
@@ -67,21 +67,6 @@ GREYLIST_VERDICTS = ("greylist-deferred", "greylist-passed", "greylist-whitelist
 GROUPS = ("verdict", "scanner", "domain")
 MAX_LABEL = 200
 """Longest domain or scanner name stored (envelope input is hostile)."""
-
-stats_table = Table(
-    "stats_counter",
-    metadata,
-    Column("period_start", Integer, primary_key=True),
-    Column("domain", Text, primary_key=True),
-    Column("verdict", Text, primary_key=True),
-    Column("scanner", Text, primary_key=True),
-    Column("messages", Integer, nullable=False),
-    Column("recipients", Integer, nullable=False),
-    Column("bytes", BigInteger, nullable=False),
-    Column("scan_seconds", Float, nullable=False),
-)
-"""One row per (interval start in Unix seconds, domain, verdict, scanner); the values are sums."""
-
 
 # --------------------------------------------------------------------------- what is counted
 
@@ -186,18 +171,7 @@ def upsert_counters(connection: Connection, counts: dict[Key, Counts]) -> None:
     """Add ``counts`` to the table, atomically per row, in key order (no deadlock between writers)."""
     if not counts:
         return
-    dialect = sqlite_dialect if connection.dialect.name == "sqlite" else postgresql_dialect
-    statement = dialect.insert(stats_table)
     column = stats_table.c
-    statement = statement.on_conflict_do_update(
-        index_elements=[column.period_start, column.domain, column.verdict, column.scanner],
-        set_={
-            "messages": column.messages + statement.excluded.messages,
-            "recipients": column.recipients + statement.excluded.recipients,
-            "bytes": column.bytes + statement.excluded.bytes,
-            "scan_seconds": column.scan_seconds + statement.excluded.scan_seconds,
-        },
-    )
     rows = [
         {
             "period_start": key[0],
@@ -211,7 +185,17 @@ def upsert_counters(connection: Connection, counts: dict[Key, Counts]) -> None:
         }
         for key, value in sorted(counts.items())
     ]
-    connection.execute(statement, rows)
+    upsert(
+        connection,
+        stats_table,
+        rows,
+        update=lambda new: {
+            "messages": column.messages + new.messages,
+            "recipients": column.recipients + new.recipients,
+            "bytes": column.bytes + new.bytes,
+            "scan_seconds": column.scan_seconds + new.scan_seconds,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- the writer

@@ -59,9 +59,9 @@ from sqlalchemy.engine import Connection
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
-from mailsift.reporting.logline import maillog_table
 from mailsift.storage.policies import normalize_value
 from mailsift.storage.quarantine.index import HELD, QuarantineFilter, find_entries
+from mailsift.storage.schema import maillog_table
 
 log = logging.getLogger("mailsift.digest")
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import Column, Float, Table, Text, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from mailsift.storage.db import _insert, metadata
+from mailsift.storage import sql
+from mailsift.storage.schema import link_action_table
 
 RELEASE = "release"
 WHITELIST = "whitelist"
@@ -50,18 +51,6 @@ LINK_PREFIX = "/link"
 
 SENDING = "sending"
 DONE = "done"
-
-link_action_table = Table(
-    "link_action",
-    metadata,
-    Column("quarantine_id", Text, primary_key=True),
-    Column("recipient", Text, primary_key=True),
-    Column("action", Text, primary_key=True),
-    Column("state", Text, nullable=False),
-    Column("claimed", Float, nullable=False),
-    Column("done_at", Float, nullable=True),
-)
-"""One row per action taken through a link: ``sending`` while the release runs, then ``done``."""
 
 
 class LinkError(Exception):
@@ -206,13 +195,14 @@ def claim(connection: Connection, entry_id: str, recipient: str, action: str, no
     One atomic insert decides between concurrent clicks; a claim left
     ``sending`` for :data:`STALE_CLAIM` seconds (a crash) is taken over.
     """
-    inserted = connection.execute(
-        _insert(connection, link_action_table)
-        .values(quarantine_id=entry_id, recipient=recipient.lower(), action=action, state=SENDING, claimed=now)
-        .on_conflict_do_nothing()
-        .returning(link_action_table.c.state)
-    ).first()
-    if inserted is not None:
+    row = {
+        "quarantine_id": entry_id,
+        "recipient": recipient.lower(),
+        "action": action,
+        "state": SENDING,
+        "claimed": now,
+    }
+    if sql.claim(connection, link_action_table, row):
         return None
     current = action_state(connection, entry_id, recipient, action)
     if current is None:  # removed in between: a failed attempt; try again later

@@ -51,13 +51,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, Table, Text, insert
+from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
 from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
-from mailsift.storage.db import Database, metadata
+from mailsift.storage.db import Database
+from mailsift.storage.schema import maillog_table
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
@@ -459,40 +460,6 @@ class log_file(_LogHook):
 
 
 # --------------------------------------------------------------------------- SQL
-
-maillog_table = Table(
-    "maillog",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("time", Float, nullable=False),
-    Column("queue_id", Text, nullable=False),
-    Column("status", Text, nullable=False),
-    Column("action", Text, nullable=False),
-    Column("reply", Text, nullable=False),
-    Column("level", Float, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("scanner", Text, nullable=False),
-    Column("relay_client", Boolean, nullable=False),
-    Column("client_address", Text, nullable=False),
-    Column("client_name", Text, nullable=False),
-    Column("helo", Text, nullable=False),
-    Column("elapsed", Float, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("sender", Text, nullable=False),
-    Column("recipient", Text, nullable=False),
-    Column("subject", Text, nullable=False),
-    Column("message_id", Text, nullable=False),
-    Column("attachments", Text, nullable=False),
-    Column("spam_score", Float, nullable=True),
-    Column("spam_required", Float, nullable=True),
-    Column("quarantine", Text, nullable=False),
-    Column("note", Text, nullable=False),
-    Index("ix_maillog_time", "time"),
-    Index("ix_maillog_recipient", "recipient"),
-    Index("ix_maillog_sender", "sender"),
-)
-"""SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
-``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated."""
 
 
 def sql_rows(record: MessageRecord) -> list[dict[str, Any]]:

@@ -15,6 +15,9 @@ The rows of one log record share their time, queue id, Message-ID, sender and
 status; that is how a story is put together again (:func:`find_stories`).  A
 log row names its quarantine copies by file path (or id); the quarantine id is
 in the file name, so the join is by quarantine id, exact and indexed.
+Searches by Message-ID and queue id use the log's ``ix_maillog_message_id``
+and ``ix_maillog_queue_id`` (declared with the table in
+:mod:`mailsift.storage.schema`, built by migration 0008).
 
 Every query is bounded: a page holds at most :data:`MAX_LIMIT` stories, paging
 goes at most :data:`MAX_OFFSET` stories deep, a story lists at most
@@ -36,12 +39,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Index, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.durations import seconds
-from mailsift.reporting.logline import maillog_table
 from mailsift.storage.quarantine.index import RELEASED, QuarantineEntry, QuarantineFilter, find_entries
+from mailsift.storage.schema import maillog_table
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -67,12 +70,6 @@ GONE = "gone"
 """State of a quarantine copy whose index row no longer exists (deleted or expired)."""
 
 _QUARANTINE_ID = re.compile(r"(?<![0-9A-Za-z])(\d{8}T\d{6}-[0-9a-f]{8})(?![0-9A-Za-z])")
-
-# Searching by Message-ID and queue id must not scan the whole log: migration 0008 adds
-# these indexes to the maillog table of logline.py (declared here, beside the queries
-# that need them, so the metadata and the migrations agree).
-message_id_index = Index("ix_maillog_message_id", maillog_table.c.message_id)
-queue_id_index = Index("ix_maillog_queue_id", maillog_table.c.queue_id)
 
 
 class TrackQueryError(ValueError):

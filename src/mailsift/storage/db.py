@@ -8,13 +8,14 @@ A config names its database as SAGATOR's did (``db.sqlite()``)::
 
 A :class:`Database` is a description until a worker process first uses it:
 engines (and their connections) are created per process, never shared across
-the supervisor's fork.
+the supervisor's fork.  The tables are declared in :mod:`mailsift.storage.schema`.
 
 Correct under several workers:
 
-* every change is one atomic statement (``INSERT ... ON CONFLICT DO UPDATE``
-  with the arithmetic done by the database, ``RETURNING`` the new row), so
-  concurrent workers never lose an increment, on SQLite and PostgreSQL alike;
+* every change is one atomic statement (:func:`mailsift.storage.sql.upsert`:
+  ``INSERT ... ON CONFLICT DO UPDATE`` with the arithmetic done by the database,
+  ``RETURNING`` the new row), so concurrent workers never lose an increment,
+  on SQLite and PostgreSQL alike;
 * SQLite runs in WAL mode with a busy timeout, and each transaction starts
   with ``BEGIN IMMEDIATE`` (SQLAlchemy's documented pysqlite recipe): a
   transaction that reads and then writes can never fail half-way with
@@ -37,62 +38,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    case,
-    create_engine,
-    delete,
-    event,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import and_, case, create_engine, delete, event, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from mailsift.errors import ConfigError, DatabaseError
+from mailsift.storage.schema import auto_whitelist_table, greylist_table
+from mailsift.storage.sql import upsert
 
 T = TypeVar("T")
 
 DEFAULT_FILENAME = "mailsift.db"
 SUPPORTED = ("sqlite", "postgresql")
 """Dialects with ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` (atomic upserts)."""
-
-
-# --------------------------------------------------------------------------- schema
-
-metadata = MetaData()
-
-greylist_table = Table(
-    "greylist",
-    metadata,
-    Column("network", Text, primary_key=True),
-    Column("sender", Text, primary_key=True),
-    Column("recipient", Text, primary_key=True),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-    Column("deferred", Integer, nullable=False),
-    Column("passed", Integer, nullable=False),
-)
-"""One row per (client network, sender, recipient) triplet; times are Unix seconds."""
-
-auto_whitelist_table = Table(
-    "auto_whitelist",
-    metadata,
-    Column("network", Text, primary_key=True),
-    Column("first_seen", Float, nullable=False),
-    Column("last_seen", Float, nullable=False),
-    Column("passed", Integer, nullable=False),
-)
-"""Per client network: how many requests passed greylisting (SAGATOR's auto_whitelist)."""
 
 
 # --------------------------------------------------------------------------- database
@@ -300,13 +258,6 @@ class GreylistState:
     network_passes: int
 
 
-def _insert(connection: Connection, table: Table) -> Any:
-    """The dialect's INSERT with ``on_conflict_do_update`` (SQLite and PostgreSQL spell it alike)."""
-    if connection.dialect.name == "sqlite":
-        return sqlite_dialect.insert(table)
-    return postgresql_dialect.insert(table)
-
-
 def greylist_request(
     connection: Connection, network: str, sender: str, recipient: str, now: float, rules: GreylistRules
 ) -> GreylistState:
@@ -338,39 +289,40 @@ def greylist_request(
     # for a row (``latest``), and a triplet that passed stays passed.
     latest = case((grey.last_seen > now, grey.last_seen), else_=now)
     ready = or_(grey.passed > 0, grey.first_seen + rules.delay <= latest)
-    statement = (
-        _insert(connection, greylist_table)
-        .values(
-            network=network, sender=sender, recipient=recipient, first_seen=now, last_seen=now, deferred=1, passed=0
-        )
-        .on_conflict_do_update(
-            index_elements=[grey.network, grey.sender, grey.recipient],
-            set_={
-                "first_seen": case((restart, now), else_=grey.first_seen),
-                "last_seen": latest,
-                "deferred": case((restart, 1), (ready, grey.deferred), else_=grey.deferred + 1),
-                "passed": case((restart, 0), (ready, grey.passed + 1), else_=grey.passed),
-            },
-        )
-        .returning(grey.first_seen, grey.deferred, grey.passed)
-    )
-    first_seen, deferred, passes = connection.execute(statement).one()
+    first_seen, deferred, passes = upsert(
+        connection,
+        greylist_table,
+        {
+            "network": network,
+            "sender": sender,
+            "recipient": recipient,
+            "first_seen": now,
+            "last_seen": now,
+            "deferred": 1,
+            "passed": 0,
+        },
+        update={
+            "first_seen": case((restart, now), else_=grey.first_seen),
+            "last_seen": latest,
+            "deferred": case((restart, 1), (ready, grey.deferred), else_=grey.deferred + 1),
+            "passed": case((restart, 0), (ready, grey.passed + 1), else_=grey.passed),
+        },
+        returning=(grey.first_seen, grey.deferred, grey.passed),
+    ).one()
     passed = passes > 0  # ``passed`` grows only once the delay is over, and then on every request
     network_passes = 0
     if passed and rules.auto_whitelist > 0:
         stale = awl.last_seen < now - rules.max_age
-        network_passes = connection.execute(
-            _insert(connection, auto_whitelist_table)
-            .values(network=network, first_seen=now, last_seen=now, passed=1)
-            .on_conflict_do_update(
-                index_elements=[awl.network],
-                set_={
-                    "passed": case((stale, 1), else_=awl.passed + 1),
-                    "first_seen": case((stale, now), else_=awl.first_seen),
-                    "last_seen": now,
-                },
-            )
-            .returning(awl.passed)
+        network_passes = upsert(
+            connection,
+            auto_whitelist_table,
+            {"network": network, "first_seen": now, "last_seen": now, "passed": 1},
+            update={
+                "passed": case((stale, 1), else_=awl.passed + 1),
+                "first_seen": case((stale, now), else_=awl.first_seen),
+                "last_seen": now,
+            },
+            returning=(awl.passed,),
         ).scalar_one()
     return GreylistState(passed, False, first_seen, deferred, passes, network_passes)
 

@@ -64,38 +64,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Column, Float, Index, Integer, Table, Text, UniqueConstraint, delete, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.engine import Connection
 
 from mailsift.errors import ConfigError
-from mailsift.storage.db import Database, _insert, metadata
-
-# --------------------------------------------------------------------------- schema
-
-user_policy_table = Table(
-    "user_policy",
-    metadata,
-    Column("key", Text, primary_key=True),
-    Column("settings", Text, nullable=False),
-    Column("updated", Float, nullable=False),
-)
-"""One simcontrol line per key: ``''`` (default), a domain or an address (lower case)."""
-
-listed_table = Table(
-    "listed",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("owner", Text, nullable=False),
-    Column("list", Text, nullable=False),
-    Column("field", Text, nullable=False),
-    Column("value", Text, nullable=False),
-    Column("expires", Float, nullable=True),
-    Column("created", Float, nullable=False),
-    Column("comment", Text, nullable=False),
-    UniqueConstraint("owner", "list", "field", "value", name="uq_listed_entry"),
-    Index("ix_listed_owner", "owner"),
-)
-"""White/black list entries; ``owner`` ``''`` is global; ``expires`` (Unix seconds) NULL is never."""
+from mailsift.storage.db import Database
+from mailsift.storage.schema import listed_table, user_policy_table
+from mailsift.storage.sql import upsert
 
 # --------------------------------------------------------------------------- limits
 
@@ -367,11 +342,11 @@ def set_policy(connection: Connection, key: str, settings: str | Mapping[str, st
     key = normalize_key(key)
     parsed = parse_settings(settings) if isinstance(settings, str) else parse_settings(format_settings(settings))
     text = format_settings(parsed)
-    table = user_policy_table
-    connection.execute(
-        _insert(connection, table)
-        .values(key=key, settings=text, updated=now)
-        .on_conflict_do_update(index_elements=[table.c.key], set_={"settings": text, "updated": now})
+    upsert(
+        connection,
+        user_policy_table,
+        {"key": key, "settings": text, "updated": now},
+        update={"settings": text, "updated": now},
     )
     return text
 
@@ -475,17 +450,21 @@ def add_listed(
         raise ConfigError(f"bad expiry {expires!r}")
     value, owner = normalize_value(list_field, value), normalize_owner(owner)
     comment = " ".join(comment.split())[:256]
-    table = listed_table
-    row = connection.execute(
-        _insert(connection, table)
-        .values(
-            owner=owner, list=list_name, field=list_field, value=value, expires=expires, created=now, comment=comment
-        )
-        .on_conflict_do_update(
-            index_elements=[table.c.owner, table.c.list, table.c.field, table.c.value],
-            set_={"expires": expires, "comment": comment, "created": now},
-        )
-        .returning(*table.c)
+    row = upsert(
+        connection,
+        listed_table,
+        {
+            "owner": owner,
+            "list": list_name,
+            "field": list_field,
+            "value": value,
+            "expires": expires,
+            "created": now,
+            "comment": comment,
+        },
+        keys=("owner", "list", "field", "value"),
+        update={"expires": expires, "comment": comment, "created": now},
+        returning=tuple(listed_table.c),
     ).one()
     return ListEntry(*row)
 

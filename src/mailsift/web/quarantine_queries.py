@@ -16,14 +16,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, false, func, or_, select, true
 from sqlalchemy.engine import Connection
 
-from mailsift.storage.quarantine.index import (
-    QuarantineEntry,
-    QuarantineFilter,
-    find_entries,
-    get_entry,
-    quarantine_recipient_table,
-    quarantine_table,
-)
+from mailsift.storage.quarantine.index import QuarantineEntry, QuarantineFilter, find_entries, get_entry
+from mailsift.storage.schema import quarantine_recipient_table, quarantine_table
 from mailsift.web.users import User
 
 SORTS = ("date", "sender", "subject", "size", "category", "level")

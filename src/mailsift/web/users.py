@@ -27,13 +27,12 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Column, Float, Index, Integer, Table, Text, case, delete, select, update
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.errors import ConfigError
-from mailsift.storage.db import metadata
+from mailsift.storage.schema import web_login_throttle_table, web_user_address_table, web_user_table
+from mailsift.storage.sql import upsert
 
 LANGUAGES = ("en", "cs", "de", "es", "sk")
 """Languages a user may choose (those of mailsift's catalogs)."""
@@ -41,38 +40,6 @@ ROWS_CHOICES = (10, 25, 50, 100, 200)
 DEFAULT_ROWS = 50
 MAX_LOGIN = 256
 MAX_ADDRESS = 320
-
-web_user_table = Table(
-    "web_user",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("login", Text, nullable=False, unique=True),
-    Column("password_hash", Text, nullable=False),
-    Column("is_admin", Integer, nullable=False),
-    Column("language", Text, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("session_version", Integer, nullable=False),
-    Column("created", Float, nullable=False),
-)
-"""One row per web login; ``login`` is stored lower-case."""
-
-web_user_address_table = Table(
-    "web_user_address",
-    metadata,
-    Column("user_id", Integer, primary_key=True),
-    Column("address", Text, primary_key=True),
-    Index("ix_web_user_address_address", "address"),
-)
-"""The addresses (lower-case) each user owns."""
-
-web_login_throttle_table = Table(
-    "web_login_throttle",
-    metadata,
-    Column("key", Text, primary_key=True),
-    Column("failures", Integer, nullable=False),
-    Column("window_start", Float, nullable=False),
-)
-"""Failed logins per ``ip:<address>`` and ``login:<name>`` within the current window."""
 
 
 @dataclass(frozen=True)
@@ -285,12 +252,6 @@ def set_preferences(connection: Connection, user_id: int, language: str, rows: i
 # --------------------------------------------------------------------------- login throttling
 
 
-def _insert(connection: Connection) -> sqlite_dialect.Insert | postgresql_dialect.Insert:
-    if connection.dialect.name == "sqlite":
-        return sqlite_dialect.insert(web_login_throttle_table)
-    return postgresql_dialect.insert(web_login_throttle_table)
-
-
 def throttled(connection: Connection, keys: Sequence[tuple[str, int]], now: float, window: float) -> bool:
     """Whether any ``(key, limit)`` has ``limit`` failures or more within the current window."""
     t = web_login_throttle_table.c
@@ -306,16 +267,14 @@ def count_failure(connection: Connection, keys: Sequence[str], now: float, windo
     t = web_login_throttle_table.c
     stale = t.window_start <= now - window
     for key in keys:
-        connection.execute(
-            _insert(connection)
-            .values(key=key, failures=1, window_start=now)
-            .on_conflict_do_update(
-                index_elements=[t.key],
-                set_={
-                    "failures": case((stale, 1), else_=t.failures + 1),
-                    "window_start": case((stale, now), else_=t.window_start),
-                },
-            )
+        upsert(
+            connection,
+            web_login_throttle_table,
+            {"key": key, "failures": 1, "window_start": now},
+            update={
+                "failures": case((stale, 1), else_=t.failures + 1),
+                "window_start": case((stale, now), else_=t.window_start),
+            },
         )
 
 

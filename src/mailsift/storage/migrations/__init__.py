@@ -8,8 +8,9 @@ and gateways starting together never race.
 Each feature owns its tables and its revision files in ``versions/``: a new
 feature's first revision has ``down_revision = "0001"`` (the base), so
 features may add revisions side by side; :func:`upgrade` goes to every head.
-Table definitions live beside the code that uses them, on
-:data:`mailsift.storage.db.metadata`.
+The tables and indexes they build are declared in
+:mod:`mailsift.storage.schema` (on its :data:`~mailsift.storage.schema.metadata`);
+a change to the schema is made there and in a new revision here, together.
 """
 
 from __future__ import annotations

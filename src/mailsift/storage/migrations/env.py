@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from mailsift.storage.db import metadata
+from mailsift.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only `alembic` run by hand without a connection

@@ -26,50 +26,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Column, Float, Index, Integer, Table, Text, delete, exists, func, select, update
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from mailsift.storage.db import metadata
+from mailsift.storage.schema import quarantine_recipient_table, quarantine_table
+from mailsift.storage.sql import claim
 
 HELD = "held"
 RELEASED = "released"
 STATES = (HELD, RELEASED)
-
-quarantine_table = Table(
-    "quarantine",
-    metadata,
-    Column("id", Text, primary_key=True),
-    Column("created", Float, nullable=False),
-    Column("category", Text, nullable=False),
-    Column("sender", Text, nullable=False),
-    Column("subject", Text, nullable=False),
-    Column("size", Integer, nullable=False),
-    Column("scanner", Text, nullable=False),
-    Column("level", Float, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("client", Text, nullable=False),
-    Column("queue_id", Text, nullable=False),
-    Column("path", Text, nullable=False),
-    Column("state", Text, nullable=False),
-    Column("released_at", Float, nullable=True),
-    Column("released_by", Text, nullable=True),
-    Column("released_to", Text, nullable=True),
-    Index("ix_quarantine_created", "created"),
-    Index("ix_quarantine_category", "category"),
-)
-"""One row per quarantined message; times are Unix seconds; ``path`` is relative to the store."""
-
-quarantine_recipient_table = Table(
-    "quarantine_recipient",
-    metadata,
-    Column("quarantine_id", Text, primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("recipient", Text, nullable=False),
-    Index("ix_quarantine_recipient_recipient", "recipient"),
-)
-"""The envelope recipients of each row, in order (for ``--recipient`` filters)."""
 
 
 @dataclass(frozen=True)
@@ -124,13 +89,6 @@ class QuarantineFilter:
     ids: Sequence[str] = field(default_factory=tuple)
 
 
-def _insert(connection: Connection, table: Table) -> Any:
-    """The dialect's INSERT (both have ``on_conflict_do_nothing``)."""
-    if connection.dialect.name == "sqlite":
-        return sqlite_dialect.insert(table)
-    return postgresql_dialect.insert(table)
-
-
 def storable(value: str) -> str:
     """Text any database takes: raw 8-bit bytes (surrogate escapes) read as UTF-8, bad ones
     replaced, and no NUL (PostgreSQL refuses it) — a header must never make indexing fail."""
@@ -144,13 +102,7 @@ def add_entry(connection: Connection, entry: QuarantineEntry) -> bool:
     values = {key: storable(value) if isinstance(value, str) else value for key, value in entry.as_dict().items()}
     recipients = [storable(r) for r in entry.recipients]
     del values["recipients"]
-    added = connection.execute(
-        _insert(connection, quarantine_table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(quarantine_table.c.id)
-    ).first()
-    if added is None:
+    if not claim(connection, quarantine_table, values):
         return False
     if recipients:
         connection.execute(

@@ -1,0 +1,269 @@
+"""Every table and index of mailsift's database, on one :data:`metadata`.
+
+This module is the only place that declares a table or an index; the modules
+that read and write them import them from here, and the Alembic migrations
+beside it (:mod:`mailsift.storage.migrations`, ``versions/``) build exactly
+this schema (``tests/unit/storage/test_migrations.py`` compares them, and
+``tests/unit/storage/test_schema.py`` finds no table or index declared
+anywhere else).  Importing this module alone gives the whole schema, whatever
+else was imported before.
+
+=========================  =====================================  ==========================================
+table (migration)          indexes and constraints                used by
+=========================  =====================================  ==========================================
+``greylist`` (0001)        primary key (network, sender,          :mod:`mailsift.storage.db` (greylist state
+                           recipient)                             for the ``greylist`` scanner)
+``auto_whitelist`` (0001)  primary key network                    :mod:`mailsift.storage.db`
+``quarantine`` (0002)      ``ix_quarantine_created``,             :mod:`mailsift.storage.quarantine.index`,
+                           ``ix_quarantine_category``             :mod:`mailsift.web.quarantine_queries`
+``quarantine_recipient``   ``ix_quarantine_recipient_recipient``  :mod:`mailsift.storage.quarantine.index`,
+(0002)                                                            :mod:`mailsift.web.quarantine_queries`
+``maillog`` (0003, 0008)   ``ix_maillog_time``,                   :mod:`mailsift.reporting.logline` (writes),
+                           ``ix_maillog_recipient``,              :mod:`mailsift.reporting.tracking` and
+                           ``ix_maillog_sender`` (0003);          :mod:`mailsift.reporting.digest` (read);
+                           ``ix_maillog_message_id``,             the 0008 indexes serve tracking's
+                           ``ix_maillog_queue_id`` (0008)         searches by Message-ID and queue id
+``user_policy`` (0004)     primary key key                        :mod:`mailsift.storage.policies`
+``listed`` (0004)          ``uq_listed_entry``,                   :mod:`mailsift.storage.policies`
+                           ``ix_listed_owner``
+``web_user`` (0005)        unique ``login``                       :mod:`mailsift.web.users`
+``web_user_address``       ``ix_web_user_address_address``        :mod:`mailsift.web.users`
+(0005)
+``web_login_throttle``     primary key key                        :mod:`mailsift.web.users`
+(0005)
+``link_action`` (0006)     primary key (quarantine_id,            :mod:`mailsift.reporting.links`
+                           recipient, action)
+``stats_counter`` (0007)   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
+                           verdict, scanner)
+=========================  =====================================  ==========================================
+
+Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
+(``Float``) throughout.  A new table or index is declared here *and* given a
+migration; the statements that atomically insert, update or claim rows are
+:mod:`mailsift.storage.sql`'s.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+"""The one schema: every table below (and nothing else) is registered on it."""
+
+# --------------------------------------------------------------------------- greylisting (0001)
+
+greylist_table = Table(
+    "greylist",
+    metadata,
+    Column("network", Text, primary_key=True),
+    Column("sender", Text, primary_key=True),
+    Column("recipient", Text, primary_key=True),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("deferred", Integer, nullable=False),
+    Column("passed", Integer, nullable=False),
+)
+"""One row per (client network, sender, recipient) triplet; times are Unix seconds."""
+
+auto_whitelist_table = Table(
+    "auto_whitelist",
+    metadata,
+    Column("network", Text, primary_key=True),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("passed", Integer, nullable=False),
+)
+"""Per client network: how many requests passed greylisting (SAGATOR's auto_whitelist)."""
+
+# --------------------------------------------------------------------------- quarantine index (0002)
+
+quarantine_table = Table(
+    "quarantine",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("scanner", Text, nullable=False),
+    Column("level", Float, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("client", Text, nullable=False),
+    Column("queue_id", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("released_at", Float, nullable=True),
+    Column("released_by", Text, nullable=True),
+    Column("released_to", Text, nullable=True),
+    Index("ix_quarantine_created", "created"),
+    Index("ix_quarantine_category", "category"),
+)
+"""One row per quarantined message; times are Unix seconds; ``path`` is relative to the store."""
+
+quarantine_recipient_table = Table(
+    "quarantine_recipient",
+    metadata,
+    Column("quarantine_id", Text, primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("recipient", Text, nullable=False),
+    Index("ix_quarantine_recipient_recipient", "recipient"),
+)
+"""The envelope recipients of each row, in order (for ``--recipient`` filters)."""
+
+# --------------------------------------------------------------------------- per-message log (0003, 0008)
+
+maillog_table = Table(
+    "maillog",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("queue_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("reply", Text, nullable=False),
+    Column("level", Float, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scanner", Text, nullable=False),
+    Column("relay_client", Boolean, nullable=False),
+    Column("client_address", Text, nullable=False),
+    Column("client_name", Text, nullable=False),
+    Column("helo", Text, nullable=False),
+    Column("elapsed", Float, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("attachments", Text, nullable=False),
+    Column("spam_score", Float, nullable=True),
+    Column("spam_required", Float, nullable=True),
+    Column("quarantine", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Index("ix_maillog_time", "time"),
+    Index("ix_maillog_recipient", "recipient"),
+    Index("ix_maillog_sender", "sender"),
+    # Migration 0008: message tracking searches by Message-ID and queue id without scanning the log.
+    Index("ix_maillog_message_id", "message_id"),
+    Index("ix_maillog_queue_id", "queue_id"),
+)
+"""SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
+``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated."""
+
+# --------------------------------------------------------------------------- per-user policies and lists (0004)
+
+user_policy_table = Table(
+    "user_policy",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("settings", Text, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+"""One simcontrol line per key: ``''`` (default), a domain or an address (lower case)."""
+
+listed_table = Table(
+    "listed",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", Text, nullable=False),
+    Column("list", Text, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    Column("expires", Float, nullable=True),
+    Column("created", Float, nullable=False),
+    Column("comment", Text, nullable=False),
+    UniqueConstraint("owner", "list", "field", "value", name="uq_listed_entry"),
+    Index("ix_listed_owner", "owner"),
+)
+"""White/black list entries; ``owner`` ``''`` is global; ``expires`` (Unix seconds) NULL is never."""
+
+# --------------------------------------------------------------------------- web users (0005)
+
+web_user_table = Table(
+    "web_user",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("login", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("is_admin", Integer, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("session_version", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+)
+"""One row per web login; ``login`` is stored lower-case."""
+
+web_user_address_table = Table(
+    "web_user_address",
+    metadata,
+    Column("user_id", Integer, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Index("ix_web_user_address_address", "address"),
+)
+"""The addresses (lower-case) each user owns."""
+
+web_login_throttle_table = Table(
+    "web_login_throttle",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_start", Float, nullable=False),
+)
+"""Failed logins per ``ip:<address>`` and ``login:<name>`` within the current window."""
+
+# --------------------------------------------------------------------------- links in notifications (0006)
+
+link_action_table = Table(
+    "link_action",
+    metadata,
+    Column("quarantine_id", Text, primary_key=True),
+    Column("recipient", Text, primary_key=True),
+    Column("action", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("claimed", Float, nullable=False),
+    Column("done_at", Float, nullable=True),
+)
+"""One row per action taken through a link: ``sending`` while the release runs, then ``done``."""
+
+# --------------------------------------------------------------------------- statistics (0007)
+
+stats_table = Table(
+    "stats_counter",
+    metadata,
+    Column("period_start", Integer, primary_key=True),
+    Column("domain", Text, primary_key=True),
+    Column("verdict", Text, primary_key=True),
+    Column("scanner", Text, primary_key=True),
+    Column("messages", Integer, nullable=False),
+    Column("recipients", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("scan_seconds", Float, nullable=False),
+)
+"""One row per (interval start in Unix seconds, domain, verdict, scanner); the values are sums."""
+
+__all__ = [
+    "auto_whitelist_table",
+    "greylist_table",
+    "link_action_table",
+    "listed_table",
+    "maillog_table",
+    "metadata",
+    "quarantine_recipient_table",
+    "quarantine_table",
+    "stats_table",
+    "user_policy_table",
+    "web_login_throttle_table",
+    "web_user_address_table",
+    "web_user_table",
+]
