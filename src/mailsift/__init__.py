@@ -21,7 +21,8 @@ from mailsift.scanners.basic import const, max_file_size, regexp_scan, sender_re
 from mailsift.scanners.client import client_network, trusted_clients
 from mailsift.scanners.engines.clamav import clamd
 from mailsift.scanners.engines.command import bogofilter, clamscan, cmd, cmd_clamav
-from mailsift.scanners.engines.spam import rspamd, spamassassind
+from mailsift.scanners.engines.rspamd import rspamd
+from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.engines.spamlevels import spam_levels
 from mailsift.scanners.filetype import file_magic, file_type
 from mailsift.scanners.greylist import greylist, recipient_regexp

@@ -5,20 +5,45 @@
   reply to MAIL/RCPT/DATA, or hang.
 * :class:`ServiceThread` — runs one configured service (e.g. ``smtpd``) in a
   background thread with its own event loop, on an ephemeral port.
+* :class:`FakeClamd` — a clamd look-alike (``zIDSESSION``, ``zINSTREAM``,
+  numbered answers) for ``clamd(fake.address)``: it finds a virus or not, and
+  on demand answers ``ERROR``, hangs, drops the connection, closes idle
+  sessions, answers with a wrong request number, an endless or truncated
+  answer, refuses streams over a size limit, or sends its answers in pieces.
+* :class:`FakeSpamd` — a spamd look-alike (SPAMC/SPAMD framing) for
+  ``spamassassind(fake.address)``: it answers scripted bytes
+  (:func:`spamd_answer` builds a good one), records each request, and on
+  demand hangs, drops the connection or splits its answer.
+* :class:`FakeRspamd` — a tiny HTTP/1.1 rspamd for ``rspamd(fake.url)``, with
+  the same faults (:func:`http_answer` builds an answer).
 
-Both bind to 127.0.0.1 only.
+The fakes run in the caller's event loop (``async with FakeClamd() as fake:``
+in an async test) and record what they were sent (``streams``, ``requests``,
+``connections``); ``stop()`` makes the engine "down".  Each listens on
+127.0.0.1 (an ephemeral port) or, given a path, on a unix socket.  Example::
+
+    async def test_virus_is_quarantined(tmp_path):
+        async with FakeClamd(tmp_path / "clamd.sock", behaviour="found") as fake:
+            result = await clamd(fake.address).scan(MailTarget(Mail(data=b"...")))
+            assert result.name == fake.virus
+
+Everything binds to 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
+import struct
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
@@ -262,3 +287,327 @@ def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
     """``MAIL FROM``/``RCPT TO`` lines for raw-socket tests."""
     lines = [f"MAIL FROM:<{sender}>"] + [f"RCPT TO:<{r}>" for r in recipients]
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+# =========================================================================== engine fakes
+
+
+class _FakeServer:
+    """What the engine fakes share: a listener in the running loop, its connections, split writes."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, split: bool) -> None:
+        self.path = Path(path) if path is not None else None
+        self.split = split
+        """Send each answer in pieces (a few bytes, a pause, the rest): the client must reassemble."""
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def address(self) -> str | tuple[str, int]:
+        """The unix socket path or ``("127.0.0.1", port)``, as an engine scanner takes it."""
+        return str(self.path) if self.path is not None else ("127.0.0.1", self.port)
+
+    async def start(self) -> Any:
+        if self.path is not None:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        else:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and cut every connection: the engine is down from now on."""
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        try:
+            await self.handle(reader, writer)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await writer.drain()
+            writer.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write ``data``, in pieces with pauses when ``split``."""
+        if not self.split or len(data) < 2:
+            writer.write(data)
+            await writer.drain()
+            return
+        for start in range(0, len(data), 3):
+            writer.write(data[start : start + 3])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+
+
+ClamdBehaviour = Literal[
+    "ok",
+    "found",
+    "error",
+    "hang",
+    "drop",
+    "close_idle",
+    "close_on_next",
+    "wrong_number",
+    "endless",
+    "truncated",
+    "size_limit",
+]
+
+
+class FakeClamd(_FakeServer):
+    """A clamd look-alike whose ``behaviour`` can change between scans.
+
+    ``ok``; ``found`` (``virus`` FOUND); ``error`` (answer ``... ERROR`` and end
+    the session, as clamd does); ``hang`` (never answer); ``drop`` (close
+    without answering); ``close_idle`` (answer, then close the session at once,
+    as an idle timeout would); ``close_on_next`` (answer the first request of a
+    connection, close at the second); ``wrong_number`` (answer with another
+    request's number); ``endless`` (an answer with no end); ``truncated`` (half
+    an answer, then EOF); ``size_limit`` (refuse streams over ``limit`` bytes
+    like clamd's StreamMaxLength).  ``split`` sends each answer in pieces.
+    ``streams`` holds every stream received, ``connections`` counts connections.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        behaviour: ClamdBehaviour = "ok",
+        limit: int = 1000,
+        virus: str = "Win.Test.Fake-1",
+        split: bool = False,
+    ) -> None:
+        super().__init__(path, split)
+        self.behaviour: ClamdBehaviour = behaviour
+        self.limit = limit
+        self.virus = virus
+        self.streams: list[bytes] = []
+
+    async def start(self) -> FakeClamd:
+        await super().start()
+        return self
+
+    async def __aenter__(self) -> FakeClamd:
+        return await self.start()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session, number = False, 0
+        while True:
+            command = await reader.readuntil(b"\0")
+            if command == b"zIDSESSION\0":
+                session = True
+                continue
+            if command == b"zEND\0":
+                return
+            number += 1
+            tag = f"{number}: " if session else ""
+            if command in (b"zPING\0", b"PING\0"):
+                await self.send(writer, f"{tag}PONG\0".encode())
+                continue
+            if command == b"zVERSION\0":
+                await self.send(writer, f"{tag}ClamAV 1.0.0/27000/Fake\0".encode())
+                continue
+            if command != b"zINSTREAM\0":
+                await self.send(writer, f"{tag}UNKNOWN COMMAND\0".encode())
+                return
+            if self.behaviour == "close_on_next" and number > 1:
+                return
+            data = b""
+            refused = False
+            while True:
+                (length,) = struct.unpack("!L", await reader.readexactly(4))
+                if length == 0:
+                    break
+                data += await reader.readexactly(length)
+                if self.behaviour == "size_limit" and len(data) > self.limit:
+                    refused = True
+                    break
+            self.streams.append(data)
+            if refused:
+                await self.send(writer, f"{tag}INSTREAM size limit exceeded. ERROR\0".encode())
+                return
+            if not await self.answer(writer, tag):
+                return
+
+    async def answer(self, writer: asyncio.StreamWriter, tag: str) -> bool:
+        """Write the answer to one stream; False ends the connection."""
+        behaviour = self.behaviour
+        if behaviour in ("ok", "close_on_next", "size_limit"):
+            await self.send(writer, f"{tag}stream: OK\0".encode())
+        elif behaviour == "found":
+            await self.send(writer, f"{tag}stream: {self.virus} FOUND\0".encode())
+        elif behaviour == "error":
+            await self.send(writer, f"{tag}Can't allocate memory ERROR\0".encode())
+            return False
+        elif behaviour == "hang":
+            await asyncio.sleep(3600)
+        elif behaviour == "drop":
+            return False
+        elif behaviour == "close_idle":
+            await self.send(writer, f"{tag}stream: OK\0".encode())
+            return False
+        elif behaviour == "wrong_number":
+            await self.send(writer, b"99: stream: OK\0")
+        elif behaviour == "endless":
+            for _ in range(100):
+                writer.write(b"x" * 4096)
+                await writer.drain()
+        elif behaviour == "truncated":
+            await self.send(writer, f"{tag}stream: Win.Te".encode())
+            return False
+        return True
+
+
+SPAMD_REPORT = """\
+Spam detection software, running on the system "fake",
+has identified this incoming email as possible spam.
+
+Content analysis details:   (12.3 points, 5.0 required)
+
+ pts rule name              description
+---- ---------------------- --------------------------------------------------
+ 2.5 FAKE_RULE_ONE          One rule
+ 9.8 FAKE_RULE_TWO          Another rule
+"""
+"""The report :func:`spamd_answer` sends by default."""
+
+
+def spamd_answer(spam: str = "True ; 12.3 / 5.0", body: str = SPAMD_REPORT, code: str = "0 EX_OK") -> bytes:
+    """A SPAMD/1.1 answer: status ``code``, ``Spam: <spam>`` and ``body`` (report or symbols)."""
+    data = body.encode()
+    return f"SPAMD/1.1 {code}\r\nContent-length: {len(data)}\r\nSpam: {spam}\r\n\r\n".encode() + data
+
+
+class FakeSpamd(_FakeServer):
+    """A spamd look-alike: reads one SPAMC request per connection, answers ``reply``.
+
+    ``reply`` (default :func:`spamd_answer`) is sent as it is, so a test can
+    script any malformed answer; ``hang`` never answers, ``drop`` closes
+    without a byte, ``split`` sends the answer in pieces.  ``requests`` holds
+    each request's head and body.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        reply: bytes | None = None,
+        hang: bool = False,
+        drop: bool = False,
+        split: bool = False,
+    ) -> None:
+        super().__init__(path, split)
+        self.reply = reply if reply is not None else spamd_answer()
+        self.hang = hang
+        self.drop = drop
+        self.requests: list[tuple[bytes, bytes]] = []
+
+    async def start(self) -> FakeSpamd:
+        await super().start()
+        return self
+
+    async def __aenter__(self) -> FakeSpamd:
+        return await self.start()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length)
+        self.requests.append((head, body))
+        if self.hang:
+            await asyncio.sleep(3600)
+        if not self.drop:
+            await self.send(writer, self.reply)
+
+
+RSPAMD_ANSWER: dict[str, Any] = {
+    "is_skipped": False,
+    "score": 12.0,
+    "required_score": 15.0,
+    "action": "add header",
+    "symbols": {
+        "SMALL": {"name": "SMALL", "score": 0.5},
+        "BIG": {"name": "BIG", "score": 10.0},
+        "NEGATIVE": {"name": "NEGATIVE", "score": -1.5},
+        "ZERO": {"name": "ZERO", "score": 0.0},
+    },
+}
+"""The ``/checkv2`` answer :class:`FakeRspamd` sends by default."""
+
+
+def http_answer(body: bytes, status: str = "200 OK", content_type: str = "application/json") -> bytes:
+    """An HTTP/1.1 answer with ``body``."""
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+class FakeRspamd(_FakeServer):
+    """A tiny rspamd on 127.0.0.1: keep-alive HTTP/1.1, answers ``reply`` to every request.
+
+    ``hang`` never answers, ``close`` hangs up after each answer (a truncated
+    answer then ends there), ``split`` sends answers in pieces.  ``requests``
+    holds each request line, its headers and body.  ``url`` is what
+    ``rspamd(...)`` takes.
+    """
+
+    def __init__(
+        self, *, reply: bytes | None = None, hang: bool = False, close: bool = False, split: bool = False
+    ) -> None:
+        super().__init__(None, split)
+        self.reply = reply if reply is not None else http_answer(json.dumps(RSPAMD_ANSWER).encode())
+        self.hang = hang
+        self.close = close
+        self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeRspamd:
+        await super().start()
+        return self
+
+    async def __aenter__(self) -> FakeRspamd:
+        return await self.start()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # keep-alive: several requests per connection
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("utf-8").split("\r\n")
+            headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+            length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+            body = await reader.readexactly(length)
+            self.requests.append((lines[0], headers, body))
+            if self.hang:
+                await asyncio.sleep(3600)
+            await self.send(writer, self.reply)
+            if self.close:
+                return

@@ -15,7 +15,8 @@ import pytest
 
 from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.spam import SpamResult, rspamd
+from mailsift.scanners.engines.common import SpamResult
+from mailsift.scanners.engines.rspamd import rspamd
 from tests.engines.rspamd_instance import RspamdInstance, rspamd_instance
 
 pytestmark = pytest.mark.engines

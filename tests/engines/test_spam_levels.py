@@ -24,7 +24,7 @@ from mailsift.core.mailpath import MailPath
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.reporting.spam_forward import spam_forward
-from mailsift.scanners.engines.spam import spamassassind
+from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
 from mailsift.settings import Settings
 from mailsift.testing import Received, RecordingServer

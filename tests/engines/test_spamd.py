@@ -15,7 +15,8 @@ import pytest
 from mailsift.message.mail import Mail
 from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.spam import SpamResult, spamassassind
+from mailsift.scanners.engines.common import SpamResult
+from mailsift.scanners.engines.spamassassin import spamassassind
 from tests.engines.spamd_instance import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines

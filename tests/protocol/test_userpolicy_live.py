@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from mailsift.cli.policy import lists, policy
 from mailsift.scanners.actions import reject
-from mailsift.scanners.engines.spam import spamassassind
+from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.userpolicy import listed, policy_attach, policy_enabled, policy_spam_hits
 from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings

@@ -263,7 +263,7 @@ def test_expand_leaves_unknown_placeholders() -> None:
 
 
 def test_expand_detail_and_report() -> None:
-    from mailsift.scanners.engines.spam import SpamResult
+    from mailsift.scanners.engines.common import SpamResult
 
     plain = Result(1.0, "EICAR-Test", "regexp_scan", "part 2 (eicar.com)")
     assert expand("%D | %R", plain) == "part 2 (eicar.com) | part 2 (eicar.com)"  # no report: the detail

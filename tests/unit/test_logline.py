@@ -33,7 +33,7 @@ from mailsift.reporting.logline import (
     parse_networks,
     qmail_scanner_lines,
 )
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database

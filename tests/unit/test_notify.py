@@ -34,7 +34,7 @@ from mailsift.reporting.notifications import (
     notify,
     suppression,
 )
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, free_port
 

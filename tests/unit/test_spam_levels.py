@@ -20,7 +20,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition, ModifySubject, QuarantineCopy, Result, SetDisposition
 from mailsift.reporting.spam_forward import spam_forward
 from mailsift.scanners.base import MailTarget, Scanner, Target
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer

@@ -21,7 +21,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition, Result
 from mailsift.scanners.actions import reject
 from mailsift.scanners.base import MailTarget, Scanner, Target
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.userpolicy import message_policy, policy_attach, policy_enabled, policy_spam_hits
 from mailsift.storage import db, migrations
 from mailsift.storage.db import Database

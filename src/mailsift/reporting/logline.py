@@ -175,7 +175,7 @@ def status_of(decision: Decision, outcome: Outcome) -> str:
 
 
 def _spam(decision: Decision) -> tuple[bool, float, float] | None:
-    from mailsift.scanners.engines.spam import SpamResult  # scanners import much; only needed here
+    from mailsift.scanners.engines.common import SpamResult  # scanners import much; only needed here
 
     results: tuple[Result, ...] = (decision.result, *decision.trail)
     for result in results:

@@ -66,7 +66,7 @@ from mailsift.delivery.next_hop import Delivery, SMTPDelivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome

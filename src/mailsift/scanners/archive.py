@@ -72,9 +72,9 @@ import libarchive.ffi
 import libarchive.read
 import tnefparse
 
-from mailsift.errors import ConfigError
 from mailsift.message.result import Result
 from mailsift.scanners.base import DataTarget, Interscanner, Target
+from mailsift.validators import choice, non_negative, non_negative_int
 
 MiB = 1024 * 1024
 
@@ -325,24 +325,6 @@ def read_container(
 # --------------------------------------------------------------------------- the interscanner
 
 
-def _positive(value: Any, what: str, kind: type, *, optional: bool = False) -> Any:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(
-            f"decompress: {what} must be a {'number' if kind is float else 'whole number'}, got {value!r}"
-        )
-    if value < 0:
-        raise ConfigError(f"decompress: {what} must not be negative, got {value!r}")
-    return kind(value)
-
-
-def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"decompress: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return str(value)
-
-
 class decompress(Interscanner):
     """Run the wrapped scanners on the target and on every archive member inside it.
 
@@ -369,14 +351,14 @@ class decompress(Interscanner):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(*scanners)
-        self.max_depth: int = _positive(max_depth, "max_depth", int)
-        self.max_total_size: int = _positive(max_total_size, "max_total_size", int)
-        self.max_ratio: float | None = _positive(max_ratio, "max_ratio", float, optional=True)
-        self.max_members: int = _positive(max_members, "max_members", int)
-        self.max_time: float | None = _positive(max_time, "max_time", float, optional=True)
-        self.encrypted = _choice(encrypted, "encrypted", ("detect", "ignore"))
-        self.limits = _choice(limits, "limits", ("detect", "ignore"))
-        self.broken = _choice(broken, "broken", ("detect", "ignore"))
+        self.max_depth = non_negative_int(max_depth, "decompress: max_depth")
+        self.max_total_size = non_negative_int(max_total_size, "decompress: max_total_size")
+        self.max_ratio = None if max_ratio is None else non_negative(max_ratio, "decompress: max_ratio")
+        self.max_members = non_negative_int(max_members, "decompress: max_members")
+        self.max_time = None if max_time is None else non_negative(max_time, "decompress: max_time")
+        self.encrypted = choice(encrypted, "decompress: encrypted", ("detect", "ignore"))
+        self.limits = choice(limits, "decompress: limits", ("detect", "ignore"))
+        self.broken = choice(broken, "decompress: broken", ("detect", "ignore"))
         self.clock = clock
 
     def describe(self) -> str:

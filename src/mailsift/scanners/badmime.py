@@ -58,6 +58,7 @@ from mailsift.message.result import Result
 from mailsift.mime.codecs import decode_words
 from mailsift.mime.tree import MimeNode, Part
 from mailsift.scanners.base import Scanner, Target
+from mailsift.validators import flag
 
 CHECKS: dict[str, str] = {
     "continuation": "Bad.MIME.Header.Continuation",
@@ -249,9 +250,7 @@ class bad_mime(Scanner):
         self.enabled = tuple(check for check in CHECKS if check in chosen - _names(skip, "skip"))
         if not self.enabled:
             raise ConfigError("bad_mime: every check is skipped")
-        if not isinstance(views, bool):
-            raise ConfigError(f"bad_mime: views must be True or False, got {views!r}")
-        self.views = views
+        self.views = flag(views, "bad_mime: views")
 
     def describe(self) -> str:
         if len(self.enabled) == len(CHECKS):

@@ -29,6 +29,7 @@ from mailsift.message.result import AddHeader, Disposition, Result, SetDispositi
 from mailsift.scanners.base import MailTarget, Scanner, Target
 from mailsift.scanners.basic import compile_text
 from mailsift.storage.db import Database, GreylistRules, GreylistState, greylist_purge, greylist_request
+from mailsift.validators import integer, number
 
 # --------------------------------------------------------------------------- target
 
@@ -126,18 +127,6 @@ class recipient_regexp(Scanner):
         return Result(0.0, "", self.name)
 
 
-def _seconds(value: Any, what: str, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ConfigError(f"greylist: {what} must be a number of seconds >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
-def _prefix(value: Any, what: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise ConfigError(f"greylist: {what} must be an integer 0-{maximum}, got {value!r}")
-    return value
-
-
 class greylist(Scanner):
     """Greylisting: defer the first attempt of an unknown (network, sender, recipient).
 
@@ -172,22 +161,26 @@ class greylist(Scanner):
         purge_interval: float = 3600,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        delay = _seconds(min, "min")
-        retry_window = _seconds(expire, "expire", minimum=1)
+        delay = number(min, "greylist: min", minimum=0, unit="a number of seconds")
+        retry_window = number(expire, "greylist: expire", minimum=1, unit="a number of seconds")
         if retry_window <= delay:
             raise ConfigError(f"greylist: expire ({expire!r}) must be longer than min ({min!r})")
-        if isinstance(auto_whitelist, bool) or not isinstance(auto_whitelist, int) or auto_whitelist < 0:
-            raise ConfigError(f"greylist: auto_whitelist must be a number of passes (0: off), got {auto_whitelist!r}")
+        integer(auto_whitelist, "greylist: auto_whitelist", minimum=0, unit="a number of passes (0: off)")
         for what, value in (("url", url), ("text", text)):
             if not isinstance(value, str) or "\n" in value or "\r" in value:
                 raise ConfigError(f"greylist: {what} must be one line of text, got {value!r}")
         if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[!-9;-~]+", header)):
             raise ConfigError(f"greylist: invalid header name {header!r}")
-        self.rules = GreylistRules(delay, retry_window, _seconds(max_age, "max_age", minimum=1), auto_whitelist)
+        self.rules = GreylistRules(
+            delay,
+            retry_window,
+            number(max_age, "greylist: max_age", minimum=1, unit="a number of seconds"),
+            auto_whitelist,
+        )
         self.url, self.text, self.header = url, text, header
-        self.ipv4_prefix = _prefix(ipv4_prefix, "ipv4_prefix", 32)
-        self.ipv6_prefix = _prefix(ipv6_prefix, "ipv6_prefix", 128)
-        self.purge_interval = _seconds(purge_interval, "purge_interval", minimum=1)
+        self.ipv4_prefix = integer(ipv4_prefix, "greylist: ipv4_prefix", minimum=0, maximum=32)
+        self.ipv6_prefix = integer(ipv6_prefix, "greylist: ipv6_prefix", minimum=0, maximum=128)
+        self.purge_interval = number(purge_interval, "greylist: purge_interval", minimum=1, unit="a number of seconds")
         self.clock = clock
         self._next_purge = 0.0
 

@@ -11,9 +11,10 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
-from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
+from mailsift.errors import ScannerError, ScannerTimeout
 from mailsift.message.result import Result
 from mailsift.scanners.base import Interscanner, Scanner, Target, evaluate
+from mailsift.validators import positive, positive_int
 
 
 class match_any(Interscanner):
@@ -101,10 +102,8 @@ class time_limit(Interscanner):
     name = "time_limit"
 
     def __init__(self, seconds: float, *scanners: Any) -> None:
-        if not isinstance(seconds, int | float) or seconds <= 0:
-            raise ConfigError(f"time_limit: seconds must be a positive number, got {seconds!r}")
+        self.seconds = positive(seconds, "time_limit: seconds")
         super().__init__(*scanners)
-        self.seconds = float(seconds)
 
     def describe(self) -> str:
         return f"time_limit({self.seconds:g})"
@@ -126,10 +125,8 @@ class cache(Interscanner):
     name = "cache"
 
     def __init__(self, *scanners: Any, size: int = 4096) -> None:
-        if not isinstance(size, int) or size < 1:
-            raise ConfigError(f"cache: size must be a positive integer, got {size!r}")
+        self.size = positive_int(size, "cache: size")
         super().__init__(*scanners)
-        self.size = size
         self._entries: OrderedDict[bytes, Result] = OrderedDict()
         self.hits = 0
 

@@ -45,6 +45,7 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import DataTarget, PartTarget, Scanner, Target
+from mailsift.validators import positive_int
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -229,8 +230,7 @@ class office_macros(Scanner):
             self.unscannable = float(unscannable)
         except (TypeError, ValueError):
             raise ConfigError(f"office_macros: unscannable must be a level, got {unscannable!r}") from None
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
-            raise ConfigError(f"office_macros: max_size must be a positive number of bytes, got {max_size!r}")
+        positive_int(max_size, "office_macros: max_size", unit="number of bytes")
         self.mode = mode
         self.virname = virname or ("Office.Macro" if mode == "any" else "Office.Macro.Suspicious")
         self.max_size = max_size

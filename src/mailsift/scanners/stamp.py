@@ -47,13 +47,15 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.message.result import AddHeader, Result
 from mailsift.scanners.base import Interscanner, Operation, Scanner, Target, first_detection
+from mailsift.validators import flag, positive
 from mailsift.version import __version__
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _EXTERNAL_MODULES = (
     "mailsift.scanners.engines.clamav",
-    "mailsift.scanners.engines.spam",
+    "mailsift.scanners.engines.spamassassin",
+    "mailsift.scanners.engines.rspamd",
     "mailsift.scanners.engines.command",
 )
 """Scanners talking to an engine of its own: their version is the engine's, not mailsift's."""
@@ -106,8 +108,7 @@ class stamp(Interscanner):
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(*scanners)
-        if not isinstance(received, bool):
-            raise ConfigError(f"stamp: received must be True or False, got {received!r}")
+        flag(received, "stamp: received")
         if header is not None and (not isinstance(header, str) or not _HEADER_NAME.fullmatch(header)):
             raise ConfigError(f"stamp: header must be a header name like 'X-Mailsift' or None, got {header!r}")
         if header is not None and header.lower() == "received":
@@ -116,11 +117,9 @@ class stamp(Interscanner):
             raise ConfigError("stamp: nothing to add (received=False and header=None)")
         if hostname is not None and (not isinstance(hostname, str) or not _ATOM.fullmatch(hostname)):
             raise ConfigError(f"stamp: hostname must be a domain name, got {hostname!r}")
-        for value, what in ((version_ttl, "version_ttl"), (version_timeout, "version_timeout")):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"stamp: {what} must be a positive number of seconds, got {value!r}")
         self.received, self.header, self._hostname = received, header, hostname
-        self.version_ttl, self.version_timeout = float(version_ttl), float(version_timeout)
+        self.version_ttl = positive(version_ttl, "stamp: version_ttl", unit="number of seconds")
+        self.version_timeout = positive(version_timeout, "stamp: version_timeout", unit="number of seconds")
         self.clock, self.wall_clock = clock, wall_clock
         self._versions: dict[int, tuple[Scanner, float, str]] = {}
 

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from mailsift import validators
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Disposition, Result, SetDisposition
@@ -131,9 +132,7 @@ class policy_enabled(Interscanner):
     def __init__(self, flag: str, *scanners: Any, default: bool = False, db: Database | None = None) -> None:
         if not isinstance(flag, str) or not flag.isidentifier() or flag != flag.lower():
             raise ConfigError(f"policy_enabled: flag must be a simcontrol name like 'clam' or 'spam', got {flag!r}")
-        if not isinstance(default, bool):
-            raise ConfigError(f"policy_enabled: default must be True or False, got {default!r}")
-        self.flag, self.default = flag, default
+        self.flag, self.default = flag, validators.flag(default, "policy_enabled: default")
         self.database = _check_database(db, self.name)
         super().__init__(*scanners)
 
@@ -176,7 +175,7 @@ class policy_attach(Scanner):
 class policy_spam_hits(Interscanner):
     """Judge a spam engine by the policy's ``spam_hits``: ``policy_spam_hits(spamassassind(...))``.
 
-    The wrapped result must carry a ``score`` (a :class:`~mailsift.scanners.engines.spam.SpamResult`:
+    The wrapped result must carry a ``score`` (a :class:`~mailsift.scanners.engines.common.SpamResult`:
     put action wrappers outside, e.g. ``reject(policy_spam_hits(spamd))``).
     A detection is named ``virname`` when the engine gave no name.
     """

@@ -26,6 +26,7 @@ ROOT_MODULES = {
     "settings",
     "supervisor",
     "testing",
+    "validators",
     "version",
 }
 """The cross-cutting modules allowed at the root; everything else lives in a package."""

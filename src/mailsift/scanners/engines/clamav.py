@@ -24,9 +24,10 @@ retried once on a fresh connection, so no message fails because of it.
 Sessions are plain non-blocking sockets driven by the running loop's
 ``sock_*`` methods, so a pool outlives the event loop that filled it.
 
-Errors: clamd down (no socket, connection refused) -> :class:`ScannerUnavailable`;
-connect or scan too slow -> :class:`ScannerTimeout`; an ``ERROR`` answer or a
-broken exchange -> :class:`ScannerError`.  All of them tempfail the message.
+Errors (mapped by :mod:`.common`, as for every engine): clamd down (no socket,
+connection refused) -> :class:`ScannerUnavailable`; connect or scan too slow ->
+:class:`ScannerTimeout`; an ``ERROR`` answer or a broken exchange ->
+:class:`ScannerError`.  All of them tempfail the message.
 
 Size: clamd refuses a stream longer than its ``StreamMaxLength`` (25M by
 default) with ``INSTREAM size limit exceeded. ERROR``.  ``stream_max_length``
@@ -51,17 +52,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import select
 import socket
 import struct
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
+from mailsift.errors import ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
+from mailsift.scanners.engines.common import (
+    Address,
+    Oversize,
+    SizeLimit,
+    connect,
+    deadline,
+    no_answer,
+    oversize_policy,
+    oversized,
+    parse_address,
+    where,
+)
+from mailsift.validators import integer, positive
 
 DEFAULT_SOCKET = "/var/run/clamav/clamd.ctl"
 """Debian's clamd socket (``LocalSocket`` in /etc/clamav/clamd.conf)."""
@@ -72,13 +85,9 @@ STREAM_MAX_LENGTH = 25 * 1024 * 1024
 OVERSIZE_NAME = "Heuristics.Limits.Exceeded.StreamMaxLength"
 """The detection name of an object bigger than ``stream_max_length`` under ``oversize="detect"``."""
 
-Oversize = Literal["detect", "pass", "tempfail"]
-Address = str | tuple[str, int]
-
 _CHUNK = 1024 * 1024  # INSTREAM chunk size; any size up to StreamMaxLength is accepted
 _MAX_REPLY = 64 * 1024  # a clamd answer is one line; more is a broken peer
 _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
-_BACKLOG_RETRY = 0.05  # seconds between connects while clamd's listen queue is full
 _LATE_REPLY_WAIT = 2.0  # seconds to collect clamd's answer after it stopped reading our stream
 
 
@@ -134,19 +143,14 @@ class clamd(Scanner):
         pool_size: int = 4,
         max_idle: float = 60.0,
     ) -> None:
-        self.address = _parse_address(address)
-        self.timeout = _positive(timeout, "timeout")
-        self.connect_timeout = _positive(connect_timeout, "connect_timeout")
-        self.max_idle = _positive(max_idle, "max_idle")
-        if isinstance(stream_max_length, bool) or not isinstance(stream_max_length, int) or stream_max_length < 1:
-            raise ConfigError(f"clamd: stream_max_length must be a positive number of bytes, got {stream_max_length!r}")
-        if oversize not in ("detect", "pass", "tempfail"):
-            raise ConfigError(f"clamd: oversize must be 'detect', 'pass' or 'tempfail', got {oversize!r}")
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
-            raise ConfigError(f"clamd: pool_size must be a number >= 0, got {pool_size!r}")
-        self.stream_max_length = stream_max_length
-        self.oversize: Oversize = oversize
-        self.pool_size = pool_size
+        self.address = parse_address(address, "clamd")
+        self.timeout = positive(timeout, "clamd: timeout", unit="number of seconds")
+        self.connect_timeout = positive(connect_timeout, "clamd: connect_timeout", unit="number of seconds")
+        self.max_idle = positive(max_idle, "clamd: max_idle", unit="number of seconds")
+        self.size_limit = SizeLimit.checked("stream_max_length", stream_max_length, "clamd")
+        self.stream_max_length: int = stream_max_length
+        self.oversize: Oversize = oversize_policy(oversize, "clamd")
+        self.pool_size = integer(pool_size, "clamd: pool_size", minimum=0, unit="a number")
         self._idle: list[_Session] = []
         self.connections_opened = 0
         """How many connections this scanner opened (shows session reuse)."""
@@ -156,40 +160,35 @@ class clamd(Scanner):
 
     @property
     def where(self) -> str:
-        if isinstance(self.address, str):
-            return self.address
-        return f"{self.address[0]}:{self.address[1]}"
+        return where(self.address)
 
     # ------------------------------------------------------------------ scanning
 
     async def scan(self, target: Target) -> Result:
-        if target.size > self.stream_max_length:
+        if self.size_limit.exceeded(target.size):
             return self._oversized(target.size)
         reply = await self.instream(target.data)
         return self._interpret(reply, target.size)
 
     async def instream(self, data: bytes) -> str:
         """Send ``data`` over INSTREAM and return clamd's answer without the ``N:`` prefix."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                session = self._take()
-                if session is not None:
-                    try:
-                        return await self._exchange(session, data)
-                    except _Gone:
-                        pass  # clamd closed the pooled session: once more on a new connection
-                session = await self._connect()
+        async with deadline(self.timeout, self._no_answer):
+            session = self._take()
+            if session is not None:
                 try:
                     return await self._exchange(session, data)
-                except _Gone as gone:
-                    raise ScannerError(f"clamd {self.where}: connection closed before the answer ({gone})") from None
-        except TimeoutError:
-            raise ScannerTimeout(f"clamd {self.where}: no answer within {self.timeout:g} s") from None
+                except _Gone:
+                    pass  # clamd closed the pooled session: once more on a new connection
+            session = await self._connect()
+            try:
+                return await self._exchange(session, data)
+            except _Gone as gone:
+                raise ScannerError(f"clamd {self.where}: connection closed before the answer ({gone})") from None
 
     async def command(self, command: str) -> str:
         """Send one simple command (``PING``, ``VERSION``) on its own connection."""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline(self.timeout, self._no_answer):
                 sock = await self._open()
                 try:
                     loop = asyncio.get_running_loop()
@@ -197,10 +196,11 @@ class clamd(Scanner):
                     return await _read_reply(sock)
                 finally:
                     sock.close()
-        except TimeoutError:
-            raise ScannerTimeout(f"clamd {self.where}: no answer within {self.timeout:g} s") from None
         except (_Gone, OSError) as error:
             raise ScannerError(f"clamd {self.where}: {command} failed: {error}") from None
+
+    def _no_answer(self) -> ScannerTimeout:
+        return no_answer("clamd", self.where, self.timeout)
 
     async def close_resources(self) -> None:
         """Close the pooled sessions (``zEND``); the scanner stays usable."""
@@ -219,13 +219,8 @@ class clamd(Scanner):
         raise ScannerError(f"clamd {self.where}: {reply or 'empty answer'}")
 
     def _oversized(self, size: int, *, by_clamd: bool = False) -> Result:
-        limit = "clamd's StreamMaxLength" if by_clamd else f"stream_max_length {self.stream_max_length}"
-        why = f"{size} bytes exceed {limit}"
-        if self.oversize == "tempfail":
-            raise ScannerError(f"clamd {self.where}: not scanned: {why}")
-        if self.oversize == "pass":
-            return Result(0.0, "", self.name, f"not scanned: {why}")
-        return Result(1.0, OVERSIZE_NAME, self.name, why)
+        why = f"{size} bytes exceed clamd's StreamMaxLength" if by_clamd else self.size_limit.why(size)
+        return oversized(self.oversize, scanner=self.name, engine_at=f"clamd {self.where}", why=why, name=OVERSIZE_NAME)
 
     # ------------------------------------------------------------------ sessions
 
@@ -257,45 +252,9 @@ class clamd(Scanner):
 
     async def _open(self) -> socket.socket:
         """A connected non-blocking socket to clamd (unix or TCP)."""
-        loop = asyncio.get_running_loop()
-        candidates: list[tuple[socket.AddressFamily, Any]]
-        if isinstance(self.address, str):
-            candidates = [(socket.AF_UNIX, self.address)]
-        else:
-            host, port = self.address
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as error:
-                raise ScannerUnavailable(f"clamd {self.where}: cannot resolve {host}: {error}") from None
-            candidates = [(family, address) for family, _, _, _, address in infos]
-        failure: OSError | None = None
-        for family, address in candidates:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    if family == socket.AF_UNIX:
-                        await _connect_unix(sock, address)
-                    else:
-                        await loop.sock_connect(sock, address)
-            except TimeoutError:
-                sock.close()
-                raise ScannerTimeout(
-                    f"clamd {self.where}: connect timed out after {self.connect_timeout:g} s"
-                ) from None
-            except OSError as error:
-                sock.close()
-                failure = error
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connections_opened += 1
-            return sock
-        reason = failure.strerror or str(failure) if failure else "no address"
-        raise ScannerUnavailable(f"clamd {self.where} is not reachable: {reason}")
+        sock = await connect(self.address, "clamd", connect_timeout=self.connect_timeout)
+        self.connections_opened += 1
+        return sock
 
     async def _exchange(self, session: _Session, data: bytes) -> str:
         """One INSTREAM request on ``session``; the session goes back to the pool only if it is clean."""
@@ -325,21 +284,6 @@ class clamd(Scanner):
                 self._give_back(session)
             else:
                 session.close()
-
-
-async def _connect_unix(sock: socket.socket, path: str) -> None:
-    """Connect a non-blocking unix socket.
-
-    Linux answers EAGAIN when the listener's backlog is full (clamd busy, its
-    ``MaxConnectionQueueLength`` reached); that is no connection in progress, as
-    ``loop.sock_connect`` would assume, so try again until the caller's timeout.
-    """
-    while True:
-        try:
-            sock.connect(path)
-            return
-        except BlockingIOError:
-            await asyncio.sleep(_BACKLOG_RETRY)
 
 
 async def _send_instream(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
@@ -374,23 +318,3 @@ async def _read_reply(sock: socket.socket) -> str:
         if len(buffer) > _MAX_REPLY:
             raise ScannerError(f"clamd: answer longer than {_MAX_REPLY} bytes")
     return buffer.rstrip(b"\0").decode("utf-8", "replace").strip()
-
-
-def _parse_address(address: Any) -> Address:
-    if isinstance(address, str | os.PathLike):
-        path = os.fspath(address)
-        if not path:
-            raise ConfigError("clamd: the socket path is empty")
-        return str(path)
-    if isinstance(address, list | tuple) and len(address) == 2:
-        host, port = address
-        valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-        if isinstance(host, str) and host and valid_port:
-            return (host, port)
-    raise ConfigError(f"clamd: address must be a unix socket path or (host, port), got {address!r}")
-
-
-def _positive(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"clamd: {what} must be a positive number of seconds, got {value!r}")
-    return float(value)

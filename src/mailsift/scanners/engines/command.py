@@ -8,7 +8,16 @@ program is killed (its whole process group) after ``timeout`` seconds
 kept.  The exit code decides: ``found_codes`` -> detection, ``clean_codes`` ->
 clean, anything else (or a signal) -> :class:`ScannerError` with the end of its
 stderr, so the mail is tempfailed, never passed.  ``result_regex`` is searched
-in the output; its group ``name`` (or its first group) is the virus name.
+in the output; its group ``name`` (or its first group) is the virus name.  A
+program that cannot be started (removed since the config was loaded) is
+:class:`ScannerUnavailable`.  These mappings are :mod:`.common`'s, as for every
+engine.
+
+``max_size`` (bytes, default: no limit) bounds what is given to the program;
+a bigger object is not scanned and ``oversize`` says what it becomes, as for
+``clamd``: ``"detect"`` (default for ``cmd`` and ``clamscan``: a finding named
+``Heuristics.Limits.Exceeded.MaxSize``), ``"pass"`` (default for
+``bogofilter``: clean, ``not scanned`` in the detail) or ``"tempfail"``.
 
 Presets (SAGATOR's names, §4 of its README):
 
@@ -38,12 +47,17 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
+from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
+from mailsift.scanners.engines.common import Oversize, SizeLimit, deadline, oversize_policy, oversized, unavailable
+from mailsift.validators import number, positive, positive_int
 
 FILE = "{file}"
 """The placeholder in ``cmd`` arguments replaced by the path of a temporary file holding the data."""
+
+OVERSIZE_NAME = "Heuristics.Limits.Exceeded.MaxSize"
+"""The detection name of an object bigger than ``max_size`` under ``oversize="detect"``."""
 
 _READ = 64 * 1024
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,10}")
@@ -58,7 +72,7 @@ class cmd(Scanner):
     detects by ``result_regex`` matching.  ``level`` and ``virus_name`` (used
     when the regex gives no name) make the detection's result.  ``tmpdir``: where
     ``{file}`` temporary files go.  ``env``: the program's environment (default:
-    inherited).
+    inherited).  ``max_size`` and ``oversize``: see the module docstring.
     """
 
     name = "cmd"
@@ -76,6 +90,8 @@ class cmd(Scanner):
         max_output: int = 256 * 1024,
         tmpdir: str | None = None,
         env: dict[str, str] | None = None,
+        max_size: int | None = None,
+        oversize: Oversize = "detect",
     ) -> None:
         what = self.name
         if isinstance(args, str) or not args or not all(isinstance(arg, str) for arg in args):
@@ -101,18 +117,14 @@ class cmd(Scanner):
             raise ConfigError(f"{what}: exit codes {sorted(self.found_codes & self.clean_codes)} both found and clean")
         if not self.found_codes and self.result_regex is None:
             raise ConfigError(f"{what}: without found_codes, a result_regex must say what is found")
-        if isinstance(level, bool) or not isinstance(level, int | float):
-            raise ConfigError(f"{what}: level must be a number, got {level!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ConfigError(f"{what}: timeout must be a positive number of seconds, got {timeout!r}")
-        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1:
-            raise ConfigError(f"{what}: max_output must be a positive number of bytes, got {max_output!r}")
+        self.level = number(level, f"{what}: level")
+        self.timeout = positive(timeout, f"{what}: timeout", unit="number of seconds")
+        self.max_output = positive_int(max_output, f"{what}: max_output", unit="number of bytes")
+        self.size_limit = SizeLimit.checked("max_size", max_size, what, optional=True)
+        self.oversize: Oversize = oversize_policy(oversize, what)
         if tmpdir is not None and not os.path.isdir(tmpdir):
             raise ConfigError(f"{what}: tmpdir {tmpdir!r} is not a directory")
-        self.level = float(level)
         self.virus_name = virus_name
-        self.timeout = float(timeout)
-        self.max_output = max_output
         self.tmpdir = tmpdir
         self.env = env
 
@@ -120,6 +132,10 @@ class cmd(Scanner):
         return f"{self.name}({' '.join(self.args)})"
 
     async def scan(self, target: Target) -> Result:
+        if self.size_limit.exceeded(target.size):
+            why = self.size_limit.why(target.size)
+            engine_at = f"{self.name} {os.path.basename(self.args[0])}"
+            return oversized(self.oversize, scanner=self.name, engine_at=engine_at, why=why, name=OVERSIZE_NAME)
         if not self.uses_file:
             returncode, stdout, stderr = await self.run(self.args, target.data)
             return self.interpret(returncode, stdout, stderr)
@@ -167,22 +183,22 @@ class cmd(Scanner):
                 start_new_session=True,  # its own process group: a timeout kills its children too
             )
         except OSError as error:
-            raise ScannerUnavailable(f"{self.name}: cannot run {argv[0]}: {error.strerror or error}") from None
+            raise unavailable(self.name, argv[0], error, how=f"cannot run {argv[0]}") from None
         assert process.stdout is not None
         assert process.stderr is not None
+
+        def killed() -> ScannerTimeout:
+            return ScannerTimeout(f"{self.name}: {os.path.basename(argv[0])} killed after {self.timeout:g} s")
+
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline(self.timeout, killed):
                 stdout, stderr, _ = await asyncio.gather(
                     _read_bounded(process.stdout, self.max_output),
                     _read_bounded(process.stderr, self.max_output),
                     _feed(process.stdin, data),
                 )
                 returncode = await process.wait()
-        except TimeoutError:
-            _kill_group(process.pid)
-            await process.wait()
-            raise ScannerTimeout(f"{self.name}: {os.path.basename(argv[0])} killed after {self.timeout:g} s") from None
-        except BaseException:
+        except BaseException:  # the timeout, a cancellation: the program and its children go
             _kill_group(process.pid)
             await process.wait()
             raise
@@ -252,13 +268,14 @@ class bogofilter(cmd):
         timeout: float = 30.0,
         **options: Any,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
-            raise ConfigError(f"{self.name}: threshold must be a spamicity in (0, 1], got {threshold!r}")
+        if not positive(threshold, f"{self.name}: threshold", unit="spamicity in (0, 1]") <= 1:
+            raise ConfigError(f"{self.name}: threshold must be a positive spamicity in (0, 1], got {threshold!r}")
         if wordlist_dir is not None and not os.path.isdir(wordlist_dir):
             # bogofilter would create it and then fail on every message
             raise ConfigError(f"{self.name}: wordlist_dir {wordlist_dir!r} is not a directory")
         argv = [program, "-T", *(["-d", wordlist_dir] if wordlist_dir is not None else []), *args]
         regex = r"^(?P<verdict>[SHU]) (?P<spamicity>\S+)\s*$"
+        options.setdefault("oversize", "pass")  # a spam filter: a big message is not spam for that
         super().__init__(argv, regex, clean_codes=(0, 1, 2), found_codes=(), timeout=timeout, **options)
         self.threshold = float(threshold)
         self.wordlist_dir = wordlist_dir

@@ -49,7 +49,6 @@ from __future__ import annotations
 import email.utils
 import enum
 import logging
-import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,7 +67,8 @@ from mailsift.message.result import (
 from mailsift.scanners.actions import CATEGORY, expand
 from mailsift.scanners.base import Interscanner, Target
 from mailsift.scanners.client import client_in, parse_networks
-from mailsift.scanners.engines.spam import SpamResult
+from mailsift.scanners.engines.common import SpamResult
+from mailsift.validators import flag, optional_number, positive
 
 if TYPE_CHECKING:
     from mailsift.message.result import Result
@@ -138,16 +138,6 @@ def reached(score: float, threshold: float) -> bool:
     return score >= threshold - EPSILON
 
 
-def _number(value: Any, what: str, *, optional: bool = True, positive: bool = False) -> float | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"spam_levels: {what} must be a number{' or None' if optional else ''}, got {value!r}")
-    if positive and value <= 0:
-        raise ConfigError(f"spam_levels: {what} must be positive, got {value!r}")
-    return float(value)
-
-
 _MAILER_DAEMON = re.compile(r"mailer-daemon(@|$)", re.IGNORECASE)
 
 
@@ -182,16 +172,13 @@ class spam_levels(Interscanner):
         message: str = REJECT_MESSAGE,
     ) -> None:
         super().__init__(*scanners)
-        self.tag = _number(tag, "tag")
-        self.quarantine = _number(quarantine, "quarantine")
-        self.delete = _number(delete, "delete")
-        self.delta = _number(delta, "delta", positive=True)
-        for flag, value in (("reject", reject), ("relative", relative), ("skip_bounces", skip_bounces)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"spam_levels: {flag} must be True or False, got {value!r}")
-        if not isinstance(headers, bool):
-            raise ConfigError(f"spam_levels: headers must be True or False, got {headers!r}")
-        self.reject, self.relative, self.skip_bounces, self.headers = reject, relative, skip_bounces, headers
+        self.tag = optional_number(tag, "spam_levels: tag")
+        self.quarantine = optional_number(quarantine, "spam_levels: quarantine")
+        self.delete = optional_number(delete, "spam_levels: delete")
+        self.delta = None if delta is None else positive(delta, "spam_levels: delta")
+        self.reject, self.relative = flag(reject, "spam_levels: reject"), flag(relative, "spam_levels: relative")
+        self.skip_bounces = flag(skip_bounces, "spam_levels: skip_bounces")
+        self.headers = flag(headers, "spam_levels: headers")
         if reject and self.delete is None:
             raise ConfigError("spam_levels: reject=True rejects what reaches delete=...; set delete")
         if self.quarantine is not None and self.delete is not None and not self.delete > self.quarantine:

@@ -1,16 +1,17 @@
-"""``spamassassind``'s SPAMC client against a fake spamd, for what a real spamd
-will not do on demand: be down, hang, answer garbage or cut its answer short.
+"""``spamassassind``'s SPAMC client against :class:`mailsift.testing.FakeSpamd`, for
+what a real spamd will not do on demand: be down, hang, answer garbage or cut
+its answer short.
 
 The fake speaks the protocol's framing (request head, Content-length body) and
 answers whatever bytes a test scripts; it records every request.  The real
-spamd tests are in ``tests/engines/test_spamd.py``.
+spamd tests are in ``tests/engines/test_spamd.py``; the edge cases every engine
+shares (unreachable, timeout, oversize) run through ``tests/helpers/engines.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ import pytest
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.mail import Mail
 from mailsift.scanners.base import MailTarget, evaluate
-from mailsift.scanners.engines.spam import SpamResult, report_symbols, spamassassind
+from mailsift.scanners.engines.common import SpamResult
+from mailsift.scanners.engines.spamassassin import report_symbols, spamassassind
+from mailsift.testing import FakeSpamd
+from tests.helpers import engines
 
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -45,43 +49,12 @@ def answer(spam: str = "True ; 12.3 / 5.0", body: str = REPORT, code: str = "0 E
     return f"SPAMD/1.1 {code}\r\nContent-length: {len(data)}\r\nSpam: {spam}\r\n\r\n".encode() + data
 
 
-@dataclass
-class FakeSpamd:
-    """Answers ``reply`` to every request (or hangs when ``hang``) and records the requests."""
-
-    reply: bytes = field(default_factory=answer)
-    hang: bool = False
-    requests: list[tuple[bytes, bytes]] = field(default_factory=list)
-    connections: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length)
-            self.requests.append((head, body))
-            if self.hang:
-                await asyncio.sleep(3600)
-            writer.write(self.reply)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeSpamd, tuple[str, int]]]:
-    spamd = FakeSpamd()
-    server = await asyncio.start_server(spamd.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield spamd, ("127.0.0.1", port)
-        server.close()
+    async with FakeSpamd(reply=answer()) as spamd:
+        address = spamd.address
+        assert isinstance(address, tuple)
+        yield spamd, address
 
 
 async def scan(scanner: spamassassind, data: bytes = MESSAGE) -> SpamResult:
@@ -144,12 +117,10 @@ async def test_levels_and_names(fake: tuple[FakeSpamd, tuple[str, int]], header:
 
 
 async def test_unix_socket(tmp_path: Path) -> None:
-    spamd = FakeSpamd()
     path = str(tmp_path / "spamd.sock")
-    server = await asyncio.start_unix_server(spamd.handle, path)
-    async with server:
+    async with FakeSpamd(path, reply=answer()) as spamd:
+        assert spamd.address == path
         result = await scan(spamassassind(path))
-        server.close()
     assert result.detected
     assert len(spamd.requests) == 1
 
@@ -276,3 +247,39 @@ def test_sagator_address_forms_and_describe() -> None:
     assert spamassassind(["localhost", 783], "bob").describe() == (
         "spamassassind(localhost:783, user='bob', max_size=512000, REPORT)"
     )
+
+
+# --------------------------------------------------------------------------- the edge cases every engine shares
+
+
+async def test_edge_unreachable_unix_socket(tmp_path: Path) -> None:
+    await engines.check_unreachable(spamassassind(str(tmp_path / "no-such.sock")), "spamassassind")
+
+
+async def test_edge_unreachable_tcp_port() -> None:
+    scanner = spamassassind(("127.0.0.1", engines.refused_port()))
+    error = await engines.check_unreachable(scanner, "spamassassind")
+    assert "Connection refused" in error.message
+
+
+async def test_edge_timeout() -> None:
+    async with FakeSpamd(hang=True) as fake:
+        await engines.check_timeout(spamassassind(fake.address, timeout=engines.TIMEOUT), "spamassassind")
+        assert len(fake.requests) == 2
+
+
+async def test_edge_oversize_is_not_checked() -> None:
+    async with FakeSpamd() as fake:
+        scanner = spamassassind(fake.address, max_size=1000)
+        await engines.check_oversize(scanner, 1000, lambda: len(fake.requests), "not checked")
+
+
+# --------------------------------------------------------------------------- the fake itself
+
+
+async def test_answer_in_pieces_and_a_dropped_connection() -> None:
+    async with FakeSpamd(reply=answer(), split=True) as fake:
+        assert (await scan(spamassassind(fake.address))).symbols[0] == "FAKE_RULE_ONE"
+        fake.drop = True
+        with pytest.raises(ScannerError, match="without an answer"):
+            await scan(spamassassind(fake.address))

@@ -1,18 +1,21 @@
-"""``rspamd``'s HTTP client against a fake rspamd, for the faults a real one
-will not produce on demand: down, hanging, HTTP errors, broken or huge JSON.
+"""``rspamd``'s HTTP client against :class:`mailsift.testing.FakeRspamd`, for the
+faults a real one will not produce on demand: down, hanging, HTTP errors,
+broken or huge JSON.
 
 The fake is a tiny HTTP/1.1 server on loopback (so the real httpx stack is
 used, connection reuse included); it records each request's headers and body
 and answers scripted bytes.  The real rspamd tests are in
-``tests/engines/test_rspamd.py``.
+``tests/engines/test_rspamd.py``; the edge cases every engine shares
+(unreachable, timeout, oversize) run through ``tests/helpers/engines.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -20,7 +23,10 @@ import pytest
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.spam import SpamResult, rspamd
+from mailsift.scanners.engines.common import SpamResult
+from mailsift.scanners.engines.rspamd import rspamd
+from mailsift.testing import FakeRspamd, http_answer
+from tests.helpers import engines
 
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -39,48 +45,13 @@ ANSWER: dict[str, Any] = {
 
 
 def http(body: bytes, status: str = "200 OK", content_type: str = "application/json") -> bytes:
-    head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
-
-
-@dataclass
-class FakeRspamd:
-    reply: bytes = field(default_factory=lambda: http(json.dumps(ANSWER).encode()))
-    hang: bool = False
-    close: bool = False  # hang up after the reply (a truncated answer then ends there)
-    requests: list[tuple[str, list[tuple[str, str]], bytes]] = field(default_factory=list)
-    connections: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:  # keep-alive: several requests per connection
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("utf-8").split("\r\n")
-                headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
-                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
-                body = await reader.readexactly(length)
-                self.requests.append((lines[0], headers, body))
-                if self.hang:
-                    await asyncio.sleep(3600)
-                writer.write(self.reply)
-                await writer.drain()
-                if self.close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    return http_answer(body, status, content_type)
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeRspamd, str]]:
-    server_state = FakeRspamd()
-    server = await asyncio.start_server(server_state.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield server_state, f"http://127.0.0.1:{port}"
-        server.close()
+    async with FakeRspamd(reply=http(json.dumps(ANSWER).encode())) as server:
+        yield server, server.url
 
 
 @pytest.fixture
@@ -263,3 +234,45 @@ async def test_bad_answers_are_scanner_errors(
 def test_bad_arguments_are_config_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         rspamd(**kwargs)
+
+
+# --------------------------------------------------------------------------- the edge cases every engine shares
+
+
+async def test_edge_unreachable_tcp_port() -> None:
+    await engines.check_unreachable(rspamd(f"http://127.0.0.1:{engines.refused_port()}"), "rspamd")
+
+
+async def test_edge_timeout() -> None:
+    async with FakeRspamd(hang=True) as fake:
+        await engines.check_timeout(rspamd(fake.url, timeout=engines.TIMEOUT), "rspamd")
+        assert len(fake.requests) == 2
+
+
+async def test_edge_oversize_is_not_checked() -> None:
+    async with FakeRspamd() as fake:
+        scanner = rspamd(fake.url, max_size=1000)
+        await engines.check_oversize(scanner, 1000, lambda: len(fake.requests), "not checked")
+
+
+# --------------------------------------------------------------------------- httpx only with rspamd, the fake
+
+
+def test_httpx_is_imported_only_when_an_rspamd_scanner_is_built() -> None:
+    script = (
+        "import sys\n"
+        "import mailsift\n"
+        "from mailsift.scanners.engines import rspamd as module\n"
+        "mailsift.clamd(); mailsift.spamassassind(); mailsift.cmd(['true'])\n"
+        "assert 'httpx' not in sys.modules, 'httpx loaded without rspamd'\n"
+        "mailsift.rspamd('http://127.0.0.1:11333')\n"
+        "assert 'httpx' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+async def test_answer_in_pieces() -> None:
+    async with FakeRspamd(split=True) as fake:
+        scanner = rspamd(fake.url)
+        assert (await scan(scanner)).action == "add header"
+        await scanner.aclose()

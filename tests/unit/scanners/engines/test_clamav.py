@@ -1,19 +1,19 @@
-"""``clamd(...)`` against a fake clamd on a unix socket: fault injection.
+"""``clamd(...)`` against :class:`mailsift.testing.FakeClamd` on a unix socket: fault injection.
 
 The real clamd is tested in ``tests/engines/test_clamd.py``; here a small
 server speaking the same protocol (``zIDSESSION``, ``zINSTREAM`` chunks,
 numbered answers) answers wrongly on purpose: errors, hangs, dropped
 connections, sessions closed while idle or at the next request, wrong request
-numbers, endless answers, its own size limit; and a listener that never
-accepts, for the connect timeout.
+numbers, endless answers, its own size limit, answers in pieces; and a
+listener that never accepts, for the connect timeout.  The edge cases every
+engine shares (unreachable, timeout, oversize) run through
+``tests/helpers/engines.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,112 +27,8 @@ from mailsift.message.result import Disposition
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import OVERSIZE_NAME, _Session, clamd
-
-
-class FakeClamd:
-    """A clamd look-alike whose ``behaviour`` can change between scans.
-
-    ``ok``, ``found``, ``error`` (answer ``... ERROR`` and end the session, as
-    clamd does), ``hang`` (never answer), ``drop`` (close without answering),
-    ``close_idle`` (answer, then close the session at once, as an idle timeout
-    would), ``close_on_next`` (answer the first request of a connection, close
-    at the second), ``wrong_number``, ``endless`` (an answer with no end),
-    ``truncated`` (half an answer, then EOF), ``size_limit`` (refuse streams
-    over ``limit`` bytes like clamd's StreamMaxLength).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.behaviour = "ok"
-        self.limit = 1000
-        self.connections = 0
-        self.streams: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> FakeClamd:
-        self.server = await asyncio.start_unix_server(self.handle, path=str(self.path))
-        return self
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.close()
-        await self.server.wait_closed()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.add(writer)
-        prefix, number = "", 0
-        try:
-            while True:
-                command = await reader.readuntil(b"\0")
-                if command == b"zIDSESSION\0":
-                    prefix = "session"
-                    continue
-                if command == b"zEND\0":
-                    break
-                number += 1
-                tag = f"{number}: " if prefix else ""
-                if command == b"zPING\0":
-                    writer.write(f"{tag}PONG\0".encode())
-                    continue
-                assert command == b"zINSTREAM\0", command
-                if self.behaviour == "close_on_next" and number > 1:
-                    break
-                data = b""
-                refused = False
-                while True:
-                    (length,) = struct.unpack("!L", await reader.readexactly(4))
-                    if length == 0:
-                        break
-                    data += await reader.readexactly(length)
-                    if self.behaviour == "size_limit" and len(data) > self.limit:
-                        refused = True
-                        break
-                self.streams.append(data)
-                if refused:
-                    writer.write(f"{tag}INSTREAM size limit exceeded. ERROR\0".encode())
-                    break
-                if not await self.answer(writer, tag):
-                    break
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.writers.discard(writer)
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
-
-    async def answer(self, writer: asyncio.StreamWriter, tag: str) -> bool:
-        """Write the answer; False ends the connection."""
-        behaviour = self.behaviour
-        if behaviour in ("ok", "close_on_next", "size_limit"):
-            writer.write(f"{tag}stream: OK\0".encode())
-        elif behaviour == "found":
-            writer.write(f"{tag}stream: Win.Test.Fake-1 FOUND\0".encode())
-        elif behaviour == "error":
-            writer.write(f"{tag}Can't allocate memory ERROR\0".encode())
-            return False
-        elif behaviour == "hang":
-            await asyncio.sleep(3600)
-        elif behaviour == "drop":
-            return False
-        elif behaviour == "close_idle":
-            writer.write(f"{tag}stream: OK\0".encode())
-            return False
-        elif behaviour == "wrong_number":
-            writer.write(b"99: stream: OK\0")
-        elif behaviour == "endless":
-            for _ in range(100):
-                writer.write(b"x" * 4096)
-                await writer.drain()
-        elif behaviour == "truncated":
-            writer.write(f"{tag}stream: Win.Te".encode())
-            return False
-        return True
+from mailsift.testing import FakeClamd
+from tests.helpers import engines
 
 
 @pytest.fixture
@@ -381,3 +277,57 @@ def test_addresses_and_describe(tmp_path: Path) -> None:
     assert clamd(("127.0.0.1", 3310)).describe() == "clamd(127.0.0.1:3310)"
     assert clamd(tmp_path / "c.sock").address == str(tmp_path / "c.sock")
     assert clamd().describe() == "clamd(/var/run/clamav/clamd.ctl)"
+
+
+# --------------------------------------------------------------------------- the edge cases every engine shares
+
+
+async def test_edge_unreachable_unix_socket(tmp_path: Path) -> None:
+    await engines.check_unreachable(clamd(str(tmp_path / "no-such.sock")), "clamd")
+
+
+async def test_edge_unreachable_tcp_port() -> None:
+    error = await engines.check_unreachable(clamd(("127.0.0.1", engines.refused_port())), "clamd")
+    assert "Connection refused" in error.message
+
+
+async def test_edge_timeout(tmp_path: Path) -> None:
+    async with FakeClamd(tmp_path / "clamd.sock", behaviour="hang") as fake:
+        await engines.check_timeout(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        assert len(fake.streams) == 2  # the scan and the pipeline's: both reached clamd
+
+
+async def test_edge_oversize_is_a_finding(tmp_path: Path) -> None:
+    async with FakeClamd(tmp_path / "clamd.sock") as fake:
+        scanner = clamd(fake.address, stream_max_length=1000)
+        await engines.check_oversize(scanner, 1000, lambda: len(fake.streams), "detect", name=OVERSIZE_NAME)
+
+
+@pytest.mark.parametrize("oversize", ["pass", "tempfail"])
+async def test_edge_oversize_policies(tmp_path: Path, oversize: Any) -> None:
+    async with FakeClamd(tmp_path / "clamd.sock") as fake:
+        scanner = clamd(fake.address, stream_max_length=1000, oversize=oversize)
+        await engines.check_oversize(scanner, 1000, lambda: len(fake.streams), oversize)
+
+
+# --------------------------------------------------------------------------- the fake itself
+
+
+async def test_answers_in_pieces_are_reassembled(tmp_path: Path) -> None:
+    async with FakeClamd(tmp_path / "clamd.sock", behaviour="found", split=True) as fake:
+        scanner = clamd(fake.address)
+        result = await scanner.scan(target(b"x"))
+        assert result.name == fake.virus
+        assert await scanner.command("VERSION") == "ClamAV 1.0.0/27000/Fake"
+        await scanner.aclose()
+
+
+async def test_fake_on_tcp_and_stopped_is_down() -> None:
+    fake = await FakeClamd().start()
+    assert isinstance(fake.address, tuple)
+    scanner = clamd(fake.address)
+    assert not (await scanner.scan(target(b"x"))).detected
+    await fake.stop()
+    with pytest.raises(ScannerUnavailable):
+        await scanner.scan(target(b"x"))
+    await scanner.aclose()

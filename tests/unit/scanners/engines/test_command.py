@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from mailsift.message.result import Disposition
 from mailsift.mime.tree import Part
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
 from mailsift.scanners.base import MailTarget, PartTarget
-from mailsift.scanners.engines.command import FILE, bogofilter, clamscan, cmd
+from mailsift.scanners.engines.command import FILE, OVERSIZE_NAME, bogofilter, clamscan, cmd
+from tests.helpers import engines
 
 # A toy "scanner": exit 1 and "stdin: <word> FOUND" when the data contains VIRUS-<word>.
 TOY = [
@@ -189,3 +191,46 @@ def test_preset_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="wordlist_dir"):
         bogofilter(str(tmp_path / "missing"))
     assert re.search(r"^cmd\(/\S+/true\)$", cmd(["true"]).describe())
+
+
+# --------------------------------------------------------------------------- the edge cases every engine shares
+
+
+async def test_edge_unreachable_program_removed(tmp_path: Path) -> None:
+    program = tmp_path / "scanner.sh"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    scanner = cmd([str(program)])
+    program.unlink()
+    await engines.check_unreachable(scanner, "cmd")
+
+
+async def test_edge_timeout() -> None:
+    await engines.check_timeout(shell("sleep 300", timeout=engines.TIMEOUT), "cmd")
+
+
+def counting(runs: Path, **options: Any) -> tuple[cmd, Callable[[], int]]:
+    """A program that reads its input and counts its runs."""
+    scanner = shell(f"cat >/dev/null; echo run >> {runs}", **options)
+    return scanner, lambda: len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+@pytest.mark.parametrize("oversize", ["detect", "pass", "tempfail"])
+async def test_edge_oversize(tmp_path: Path, oversize: Any) -> None:
+    scanner, runs = counting(tmp_path / "runs", max_size=1000, oversize=oversize)
+    await engines.check_oversize(scanner, 1000, runs, oversize, name=OVERSIZE_NAME)
+
+
+async def test_no_size_limit_by_default_and_bogofilter_passes_oversize(tmp_path: Path) -> None:
+    scanner, runs = counting(tmp_path / "runs")
+    assert scanner.size_limit.limit is None
+    await scanner.scan(target(b"x" * 5_000_000))
+    assert runs() == 1
+    wordlists = tmp_path / "wordlists"
+    wordlists.mkdir()
+    assert bogofilter(str(wordlists), max_size=10).oversize == "pass"
+    assert cmd(["true"], max_size=10).oversize == "detect"
+    with pytest.raises(ConfigError, match="max_size must be a positive number of bytes"):
+        cmd(["true"], max_size=0)
+    with pytest.raises(ConfigError, match="oversize must be one of"):
+        cmd(["true"], oversize="ignore")  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""Config value checks shared by every configurable object: one rule and one wording each.
+
+A config file builds scanners, services and hooks by calling them; each checks
+its arguments when it is built and raises :class:`~mailsift.errors.ConfigError`
+naming the option (``what`` is ``"<object>: <option>"``, e.g.
+``"clamd: timeout"``).  The rules are the same everywhere:
+
+* a ``bool`` is never a number (``True`` is not ``1`` second or ``1``
+  connection), and neither is a string (``"300"``);
+* numbers are finite (no ``nan``, no ``inf``);
+* a flag is ``True`` or ``False``, nothing else that is merely truthy.
+
+This module sits in the bottom layers: it imports only :mod:`mailsift.errors`,
+so every package may use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+from mailsift.errors import ConfigError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" {minimum:g}-{maximum:g}"
+    if minimum is not None:
+        return f" >= {minimum:g}"
+    if maximum is not None:
+        return f" <= {maximum:g}"
+    return ""
+
+
+def _check_range(value: float, what: str, unit: str, minimum: float | None, maximum: float | None) -> None:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{what} must be {unit}{_bounds(minimum, maximum)}, got {value!r}")
+
+
+def number(
+    value: Any, what: str, *, minimum: float | None = None, maximum: float | None = None, unit: str = "a number"
+) -> float:
+    """A finite number (int or float, not bool) within the bounds, as a float."""
+    if not _is_number(value):
+        raise ConfigError(f"{what} must be {unit}{_bounds(minimum, maximum)}, got {value!r}")
+    _check_range(value, what, unit, minimum, maximum)
+    return float(value)
+
+
+def optional_number(
+    value: Any, what: str, *, minimum: float | None = None, maximum: float | None = None, unit: str = "a number"
+) -> float | None:
+    """:func:`number`, or ``None`` when the option is not set."""
+    if value is None:
+        return None
+    return number(value, what, minimum=minimum, maximum=maximum, unit=f"{unit} or None")
+
+
+def integer(
+    value: Any, what: str, *, minimum: int | None = None, maximum: int | None = None, unit: str = "an integer"
+) -> int:
+    """A whole number (not bool, not a float) within the bounds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be {unit}{_bounds(minimum, maximum)}, got {value!r}")
+    _check_range(value, what, unit, minimum, maximum)
+    return value
+
+
+def positive(value: Any, what: str, *, unit: str = "number") -> float:
+    """A finite number above zero, as a float (``unit``: ``"number of seconds"``...)."""
+    if not _is_number(value) or not value > 0:
+        raise ConfigError(f"{what} must be a positive {unit}, got {value!r}")
+    return float(value)
+
+
+def positive_int(value: Any, what: str, *, unit: str = "integer") -> int:
+    """A whole number above zero (``unit``: ``"number of bytes"``...)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a positive {unit}, got {value!r}")
+    return value
+
+
+def non_negative(value: Any, what: str) -> float:
+    """A finite number, zero or more, as a float."""
+    if not _is_number(value):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{what} must not be negative, got {value!r}")
+    return float(value)
+
+
+def non_negative_int(value: Any, what: str) -> int:
+    """A whole number, zero or more."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{what} must be a whole number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{what} must not be negative, got {value!r}")
+    return value
+
+
+def flag(value: Any, what: str) -> bool:
+    """``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def choice(value: Any, what: str, choices: Collection[str]) -> str:
+    """One of ``choices`` (strings)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
