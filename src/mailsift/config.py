@@ -10,26 +10,37 @@ A config file is Python, as SAGATOR's ``config.py``::
     HOOKS = [...]                    # run after every disposition (notifications, archive, ...)
     SRV = [smtpd(SCANNERS, '127.0.0.1', 10024)]
 
-Any problem — a syntax error, a wrong argument, a missing name — becomes a
-:class:`~mailsift.errors.ConfigError` naming the file and the line.
+Any problem — a syntax error, a wrong argument, a missing name, a check that
+fails — becomes a :class:`~mailsift.errors.ConfigError` naming the file and the
+line (for a failed check, the line that assigns the setting: ``HOOKS``, ``SRV``...).
+
+Loading has no effect outside the config it returns: nothing is written, no
+module-level state is set.  The objects that need what the config provides
+(the policy and list scanners need ``DATABASE``) are bound to it as the last
+step, once every check has passed (:class:`~mailsift.settings.SettingsBound`),
+so a config that is rejected — at any check — leaves nothing behind, and a
+supervisor that rejects a reload keeps serving the running config untouched.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import traceback
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsift.core.hooks import Hook
+from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError
 from mailsift.reporting.digest import reporter
 from mailsift.scanners.base import Scanner
 from mailsift.services.base import Service
 from mailsift.services.daemons import Daemon
-from mailsift.settings import Settings
+from mailsift.services.lmtpd import lmtpd
+from mailsift.settings import Settings, SettingsBound
 from mailsift.storage import db
-from mailsift.storage import policies as userpolicy
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 
@@ -45,6 +56,31 @@ class Config:
     daemons: tuple[Daemon, ...] = ()
     reporter: Any = None
     """SAGATOR's virtual ``reporter(...)`` service in SRV: the digest's settings (``mailsift report``)."""
+    lines: Mapping[str, int] = field(default_factory=dict)
+    """The line of the file that last assigns each top-level name (``SRV``, ``STATE_DIR``...)."""
+
+    def error(self, message: str, name: str = "") -> ConfigError:
+        """A :class:`ConfigError` about this config, at the line that assigns ``name``."""
+        return ConfigError(message, filename=self.path, lineno=self.lines.get(name))
+
+    def objects(self) -> Iterator[object]:
+        """Every object of this config: hooks, services, daemons, and each scanner once
+        (``SCANNERS``, every service's, lmtpd's per-recipient ones, and all they wrap)."""
+        yield from self.settings.hooks
+        yield from self.services
+        yield from self.daemons
+        pending: list[Scanner] = list(self.scanners)
+        for service in self.services:
+            pending.extend(service.scanners)
+            if isinstance(service, lmtpd):
+                pending.extend(s for scanners in service.scanner_sets()[0] for s in scanners)
+        seen: set[int] = set()
+        while pending:
+            scanner = pending.pop()
+            if id(scanner) not in seen:
+                seen.add(id(scanner))
+                yield scanner
+                pending.extend(scanner.children)
 
 
 def _config_line(error: BaseException, path: str) -> int | None:
@@ -67,7 +103,8 @@ def load(path: str) -> Config:
     except UnicodeDecodeError as error:
         raise ConfigError(f"config is not UTF-8: {error}", filename=path) from None
     try:
-        code = compile(source, path, "exec")
+        tree = ast.parse(source, path)
+        code = compile(tree, path, "exec")
     except SyntaxError as error:
         raise ConfigError(f"syntax error: {error.msg}", filename=path, lineno=error.lineno) from None
     namespace: dict[str, Any] = {"__file__": path, "__name__": "mailsift_config"}
@@ -75,48 +112,89 @@ def load(path: str) -> Config:
         exec(code, namespace)  # noqa: S102 - the config file is Python by design (SAGATOR)
     except ConfigError as error:
         raise ConfigError(error.message, filename=path, lineno=_config_line(error, path)) from None
-    except Exception as error:  # noqa: BLE001 - anything the file raises is a config error
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - anything the file raises (sys.exit too) is a config error
         raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
-    return _check(path, namespace)
+    config = _check(path, namespace, _assignment_lines(tree))
+    for item in config.objects():  # accepted: only now bind what needs the config (DATABASE...)
+        if isinstance(item, SettingsBound):
+            item.bind_settings(config.settings)
+    return config
 
 
-def _check(path: str, namespace: dict[str, Any]) -> Config:
-    def fail(message: str) -> ConfigError:
-        return ConfigError(message, filename=path)
+def _assignment_lines(tree: ast.Module) -> dict[str, int]:
+    """The line of the last top-level assignment of each name (also inside if/try/with)."""
+    lines: dict[str, int] = {}
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, block, ()):
+                    pending.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and name.lineno >= lines.get(name.id, 0):
+                    lines[name.id] = name.lineno
+    return lines
+
+
+def _next_hop(value: Any, state_dir: str) -> tuple[str, int] | Delivery | None:
+    """``SMTP_SERVER`` checked: None, a delivery, or ``('host', port)``."""
+    if value is None or isinstance(value, Delivery):
+        return value
+    resolve(value, state_dir)  # raises ConfigError unless ('host', port)
+    host, port = value
+    return (host, port)
+
+
+def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Config:
+    def fail(message: str, name: str) -> ConfigError:
+        return ConfigError(message, filename=path, lineno=lines.get(name))
 
     scanners = namespace.get("SCANNERS", [])
     if not isinstance(scanners, list | tuple) or not all(isinstance(s, Scanner) for s in scanners):
-        raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}")
+        raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}", "SCANNERS")
     entries = namespace.get("SRV", [])
     if not isinstance(entries, list | tuple) or not all(isinstance(s, Service | Daemon | reporter) for s in entries):
-        raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}")
+        raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}", "SRV")
     services = [s for s in entries if isinstance(s, Service)]
     daemons = [s for s in entries if isinstance(s, Daemon)]
     reporters = [s for s in entries if isinstance(s, reporter)]
     if len(reporters) > 1:
-        raise fail("SRV lists reporter(...) more than once")
+        raise fail("SRV lists reporter(...) more than once", "SRV")
     state_dir = namespace.get("STATE_DIR", os.environ.get("MAILSIFT_STATE_DIR", "var"))
     if not isinstance(state_dir, str) or not state_dir:
-        raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}")
+        raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}", "STATE_DIR")
+    state_dir = os.path.abspath(state_dir)
     threshold = namespace.get("SPOOL_THRESHOLD", 1024 * 1024)
     if not isinstance(threshold, int) or threshold < 0:
-        raise fail(f"SPOOL_THRESHOLD must be a number of bytes, got {threshold!r}")
+        raise fail(f"SPOOL_THRESHOLD must be a number of bytes, got {threshold!r}", "SPOOL_THRESHOLD")
+    try:
+        smtp_server = _next_hop(namespace.get("SMTP_SERVER"), state_dir)
+    except ConfigError as error:
+        raise fail(f"SMTP_SERVER: {error.message}", "SMTP_SERVER") from None
     hooks = namespace.get("HOOKS", [])
     if not isinstance(hooks, list | tuple) or not all(isinstance(h, Hook) for h in hooks):
-        raise fail(f"HOOKS must be a list like [notify(...), archive(...)], got {hooks!r}")
+        raise fail(f"HOOKS must be a list like [notify(...), archive(...)], got {hooks!r}", "HOOKS")
     database = namespace.get("DATABASE")
     if database is None:
         database = db.sqlite()
     if not isinstance(database, db.Database):
-        raise fail(f"DATABASE must be db.sqlite(...) or db.database('postgresql+psycopg://...'), got {database!r}")
+        raise fail(
+            f"DATABASE must be db.sqlite(...) or db.database('postgresql+psycopg://...'), got {database!r}", "DATABASE"
+        )
     try:
-        database.configure(os.path.abspath(state_dir))
+        database.configure(state_dir)
     except ConfigError as error:
-        raise fail(f"DATABASE: {error.message}") from None
-    userpolicy.use_database(database)  # policy and list scanners given no db= use DATABASE
+        raise fail(f"DATABASE: {error.message}", "DATABASE") from None
     settings = Settings(
-        state_dir=os.path.abspath(state_dir),
-        smtp_server=namespace.get("SMTP_SERVER"),
+        state_dir=state_dir,
+        smtp_server=smtp_server,
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,
@@ -125,19 +203,20 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
         try:
             hook.check(settings)
         except ConfigError as error:
-            raise fail(f"HOOKS: {hook.describe()}: {error.message}") from None
+            raise fail(f"HOOKS: {hook.describe()}: {error.message}", "HOOKS") from None
     seen: set[tuple[str, int]] = set()
     for service in services:
         try:
             service.check(settings)
         except ConfigError as error:
-            raise fail(f"{service.describe()}: {error.message}") from None
+            raise fail(f"{service.describe()}: {error.message}", "SRV") from None
         if (service.host, service.port) in seen:
-            raise fail(f"two services listen on {service.host}:{service.port}")
+            raise fail(f"two services listen on {service.host}:{service.port}", "SRV")
         seen.add((service.host, service.port))
     for daemon in daemons:
         try:
             daemon.check()
         except ConfigError as error:
-            raise fail(error.message) from None
-    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons), reporters[0] if reporters else None)
+            raise fail(error.message, "SRV") from None
+    reporter_entry = reporters[0] if reporters else None
+    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons), reporter_entry, dict(lines))

@@ -1,11 +1,24 @@
 """The global settings of a config file (``STATE_DIR``, ``SMTP_SERVER``, ``HOOKS``,
-``DATABASE``...), checked once by :mod:`mailsift.config` and passed in everywhere."""
+``DATABASE``...), checked once by :mod:`mailsift.config` and passed in everywhere.
+
+Nothing here is global: a :class:`Settings` belongs to one loaded config, and
+the objects that need what it provides (the policy and list scanners need
+``DATABASE``) receive it through :class:`SettingsBound` once that config has
+passed every check, never before.
+"""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from mailsift.errors import ConfigError
+
+if TYPE_CHECKING:  # settings is a bottom layer: these are only types
+    from mailsift.core.hooks import Hook
+    from mailsift.delivery.next_hop import Delivery
+    from mailsift.storage.db import Database
 
 
 @dataclass(frozen=True)
@@ -13,14 +26,24 @@ class Settings:
     """Global settings from the config file, checked once and passed in."""
 
     state_dir: str
-    smtp_server: Any = None
+    smtp_server: tuple[str, int] | Delivery | None = None
+    """``SMTP_SERVER``: where accepted mail goes, ``('host', port)`` or a delivery
+    (``smtp_relay(...)``, ``local_maildir(...)``); None when the config names none."""
     spool_threshold: int = 1024 * 1024
-    hostname: str = socket.getfqdn()
-    hooks: tuple[Any, ...] = ()
+    hostname: str = field(default_factory=lambda: socket.getfqdn())
+    """This host's name (notifications, the smtpd greeting): looked up when the settings are made
+    (:func:`mailsift.config.load`), not at import."""
+    hooks: tuple[Hook, ...] = ()
     """``HOOKS``: :class:`mailsift.core.hooks.Hook` objects run after each disposition."""
-    database: Any = None
+    database: Database | None = None
     """``DATABASE``: the :class:`mailsift.storage.db.Database` for the quarantine index, logs,
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
+
+    def require_database(self) -> Database:
+        """``DATABASE``; a ConfigError if these settings have none (a loaded config always has one)."""
+        if self.database is None:
+            raise ConfigError("no DATABASE: the config loader sets one (db.sqlite() in STATE_DIR by default)")
+        return self.database
 
     @property
     def quarantine_dir(self) -> str:
@@ -29,3 +52,17 @@ class Settings:
     @property
     def spool_dir(self) -> str:
         return f"{self.state_dir}/spool"
+
+
+@runtime_checkable
+class SettingsBound(Protocol):
+    """A config object that takes what the accepted config provides (its ``DATABASE``...).
+
+    :func:`mailsift.config.load` calls :meth:`bind_settings` on every scanner
+    (through ``children``), hook, service and daemon of a config that has it,
+    as the very last step, once every check has passed: a config that is
+    rejected binds nothing.  ``bind_settings`` must not fail (checks belong in
+    ``check``).
+    """
+
+    def bind_settings(self, settings: Settings) -> None: ...

@@ -9,8 +9,12 @@ Signals (to the supervisor):
 * ``SIGTERM``/``SIGINT`` — drain: workers stop accepting, finish the
   transactions in progress (up to ``drain_seconds``), then exit.
 * ``SIGHUP`` — reload: the config file is loaded and checked again; if it is
-  broken, the error is logged and the running workers keep the old config;
-  if it is good, new workers start on it and the old ones drain.
+  broken or fails any check (its services, hooks, daemons, an empty ``SRV``,
+  a ``STATE_DIR`` that cannot be made, a port that cannot be bound), the error
+  is logged with its file and line and nothing changes: the running workers,
+  sockets and daemons keep the old config, and a worker started later still
+  gets the old config.  If it is good, new workers start on it and the old
+  ones drain.
 
 A worker that dies unexpectedly is replaced (at most once per second).
 """
@@ -39,14 +43,24 @@ log = logging.getLogger("mailsift.supervisor")
 
 
 def prepare_state(config: Config) -> None:
-    """Create the state directories the services write into.
+    """Create the state directories the services write into; ConfigError if they cannot be.
 
     The state directory itself is 0751: daemons running as their own user
     (clamd as ``clamav``) can reach their subdirectory without listing the rest.
     """
-    os.makedirs(config.settings.state_dir, mode=0o751, exist_ok=True)
-    for path in (config.settings.spool_dir, config.settings.quarantine_dir):
-        os.makedirs(path, mode=0o750, exist_ok=True)
+    try:
+        os.makedirs(config.settings.state_dir, mode=0o751, exist_ok=True)
+        for path in (config.settings.spool_dir, config.settings.quarantine_dir):
+            os.makedirs(path, mode=0o750, exist_ok=True)
+    except OSError as error:
+        where = error.filename or config.settings.state_dir
+        raise config.error(f"STATE_DIR: cannot create {where}: {error.strerror}", "STATE_DIR") from None
+
+
+def check_servable(config: Config) -> None:
+    """What ``serve`` needs beyond a loaded config: at least one service."""
+    if not config.services:
+        raise config.error("SRV lists no services; nothing to serve", "SRV")
 
 
 async def _worker_main(config: Config, sockets: dict[tuple[str, int], socket.socket], drain_seconds: float) -> None:
@@ -90,14 +104,37 @@ class Supervisor:
         self._stopping = False
         self.daemons = DaemonKeeper()
 
+    def _listen(self, config: Config) -> dict[tuple[str, int], socket.socket]:
+        """The sockets ``config`` serves on: the running ones it keeps, new ones bound.
+
+        Changes nothing: on failure the sockets bound here are closed again.
+        """
+        sockets: dict[tuple[str, int], socket.socket] = {}
+        opened: list[socket.socket] = []
+        try:
+            for service in config.services:
+                key = (service.host, service.port)
+                if key in self.sockets:
+                    sockets[key] = self.sockets[key]
+                elif key not in sockets:
+                    sockets[key] = service.bind()
+                    opened.append(sockets[key])
+        except BaseException as error:
+            for sock in opened:
+                sock.close()
+            if isinstance(error, ConfigError):
+                raise config.error(error.message, "SRV") from None
+            raise
+        return sockets
+
+    def _use_sockets(self, sockets: dict[tuple[str, int], socket.socket]) -> None:
+        for key, sock in self.sockets.items():
+            if key not in sockets:
+                sock.close()
+        self.sockets = sockets
+
     def _bind(self, config: Config) -> None:
-        wanted = {(s.host, s.port): s for s in config.services}
-        for key, service in wanted.items():
-            if key not in self.sockets:
-                self.sockets[key] = service.bind()
-        for key in list(self.sockets):
-            if key not in wanted:
-                self.sockets.pop(key).close()
+        self._use_sockets(self._listen(config))
 
     def _spawn(self, config: Config) -> None:
         # Everything loaded so far (modules, the config) lives as long as the worker: keep it out
@@ -127,14 +164,22 @@ class Supervisor:
             self._pending.append(self.stop)
 
     def reload(self) -> None:
+        """Load the config file again; switch to it only if every check passes (see the module doc)."""
         log.info("SIGHUP: reloading %s", self.config.path)
         try:
             new = config_module.load(self.config.path)
+            check_servable(new)
             prepare_state(new)
-            self._bind(new)
+            sockets = self._listen(new)  # the last step that may fail
         except ConfigError as error:
-            log.error("reload failed, keeping the running config: %s", error)
+            # the message only: the error's traceback holds the rejected config, which must not outlive this
+            log.error("reload failed, keeping the running config: %s", str(error))
             return
+        except Exception as error:  # noqa: BLE001 - a reload must never stop the running service
+            problem = f"{self.config.path}: {type(error).__name__}: {error}"
+            log.error("reload failed, keeping the running config: %s", problem)
+            return
+        self._use_sockets(sockets)
         self.daemons.apply(new)
         old = list(self.children)
         self.config = new
@@ -177,6 +222,7 @@ class Supervisor:
                 self._spawn(self.config)
 
     def run(self) -> int:
+        check_servable(self.config)
         prepare_state(self.config)
         self._bind(self.config)
         self.daemons.apply(self.config)

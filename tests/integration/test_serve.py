@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import subprocess
@@ -139,6 +140,35 @@ def test_sighup_reloads_and_keeps_old_config_when_broken(served: Served) -> None
         time.sleep(0.1)
     assert f"{served.config}:1:" in served.log.read_text()
     assert send(served.port, "BADWORD2")[0] == 550  # the running config is kept
+
+
+def test_a_reload_failing_a_late_check_keeps_serving_and_respawns_on_the_old_config(
+    served: Served, tmp_path: Path
+) -> None:
+    """The new file loads but its STATE_DIR cannot be made: the supervisor logs it with file:line,
+    stays up, and a worker that dies afterwards is replaced by one on the running config."""
+    served.start(workers=1)
+    assert send(served.port, "BADWORD1")[0] == 550
+    (tmp_path / "a-file").write_text("")
+    served.config.write_text(
+        CONFIG.format(state=str(tmp_path / "a-file" / "state"), next_hop=served.next_hop, port=served.port, word="X")
+    )
+    served.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "reload failed" not in served.log.read_text():
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.1)
+    assert f"{served.config}:13: STATE_DIR: cannot create" in served.log.read_text()
+    [worker] = served.children()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while served.children() in ([], [worker]):
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.1)
+    assert served.process is not None
+    assert served.process.poll() is None
+    assert send(served.port, "BADWORD1")[0] == 550  # the respawned worker runs the kept config
+    assert send(served.port, "X")[0] == 250
 
 
 def test_sigterm_drains_the_message_in_progress(served: Served, downstream: RecordingServer) -> None:

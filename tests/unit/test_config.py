@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import socket
 import textwrap
 from pathlib import Path
 
@@ -9,8 +12,11 @@ import pytest
 
 from mailsift import config
 from mailsift.errors import ConfigError
+from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.actions import quarantine, reject
+from mailsift.scanners.base import MailTarget, Scanner
 from mailsift.services.smtpd import smtpd
+from mailsift.storage.policies import add_listed, set_policy
 
 
 def write(tmp_path: Path, body: str, name: str = "mailsift.conf.py") -> str:
@@ -223,3 +229,135 @@ def test_any_exception_in_the_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KeyError") as error:
         config.load(path)
     assert error.value.lineno == 2
+
+
+# --------------------------------------------------------------------------- a rejected config leaves nothing behind
+
+RUNNING = """
+from mailsift import *
+
+STATE_DIR = {state!r}
+DATABASE = db.sqlite({database!r})
+SMTP_SERVER = ('127.0.0.1', 10025)
+SCANNERS = [whitelisted(), policy_enabled('clam', const(1.0, 'Scanned-By-Policy'))]
+SRV = [smtpd(SCANNERS, '127.0.0.1', 10024)]
+"""
+
+REJECTED = """
+from mailsift import *
+
+STATE_DIR = {state!r}
+DATABASE = db.sqlite({database!r})
+{next_hop}
+SCANNERS = [whitelisted(), policy_enabled('clam', const(1.0, 'Scanned-By-Policy'))]
+HOOKS = [{hooks}]
+SRV = [{services}]
+{tail}
+"""
+"""A config with its own DATABASE and policy scanners, which fails a check after DATABASE is read."""
+
+LATE_FAILURES = {
+    "hook check": ({"hooks": "log_file('/nonexistent-mailsift-dir/mail.log')"}, "log_file: directory", 7),
+    "service check": ({"next_hop": ""}, "no next hop", 8),
+    "two services on one port": (
+        {"services": "smtpd(SCANNERS, '127.0.0.1', 10026), smtpd(SCANNERS, '127.0.0.1', 10026)"},
+        "two services listen on",
+        8,
+    ),
+    "daemon check": (
+        {"services": "smtpd(SCANNERS, '127.0.0.1', 10026), chroot_execvp('/nonexistent/mailsift-no-such-program')"},
+        "not found",
+        8,
+    ),
+    "SystemExit in the file": ({"tail": "raise SystemExit(3)"}, "SystemExit: 3", 9),
+    "an exception on the last line": ({"tail": "{}['missing']"}, "KeyError", 9),
+}
+
+
+def rejected_config(state: Path, database: Path, **parts: str) -> str:
+    values = {
+        "next_hop": "SMTP_SERVER = ('127.0.0.1', 10025)",
+        "hooks": "",
+        "services": "smtpd(SCANNERS, '127.0.0.1', 10026)",
+        "tail": "",
+    }
+    values.update(parts)
+    return REJECTED.format(state=str(state), database=str(database), **values)
+
+
+def config_objects() -> list[object]:
+    """Every live object of the kinds a config is made of (after a full collection)."""
+    from mailsift.core.hooks import Hook
+    from mailsift.scanners.base import Scanner
+    from mailsift.services.base import Service
+    from mailsift.services.daemons import Daemon
+    from mailsift.settings import Settings
+    from mailsift.storage.db import Database
+
+    kinds = (config.Config, Settings, Database, Scanner, Service, Daemon, Hook)
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, kinds)]
+
+
+def mail_from(sender: str) -> Mail:
+    return Mail(
+        Envelope(sender=sender, recipients=["bob@example.test"], client_address="192.0.2.1"), b"Subject: t\r\n\r\nx\r\n"
+    )
+
+
+async def verdicts(scanners: tuple[Scanner, ...], sender: str) -> list[str]:
+    target = MailTarget(mail_from(sender))
+    return [(await scanner.scan(target)).name for scanner in scanners]
+
+
+@pytest.mark.parametrize("failure", LATE_FAILURES, ids=list(LATE_FAILURES))
+async def test_a_rejected_config_leaves_nothing_behind(tmp_path: Path, failure: str) -> None:
+    """Config A runs; the file is changed to B, which fails a late check: A's scanners keep A's DATABASE,
+    B's database is never opened, and no object of B stays reachable."""
+    parts, message, lineno = LATE_FAILURES[failure]
+    state, a_db, b_db = tmp_path / "state", tmp_path / "a.db", tmp_path / "b.db"
+    path = write(tmp_path, RUNNING.format(state=str(state), database=str(a_db)))
+    running = config.load(path)
+    database = running.settings.database
+    assert database is not None
+    database.call(
+        functools.partial(add_listed, list_name="white", list_field="sender", value="friend@example.test", now=1.0)
+    )
+    database.call(set_policy, "", "clam=yes", 1.0)
+    assert await verdicts(running.scanners, "friend@example.test") == ["Whitelisted", "Scanned-By-Policy"]
+    assert await verdicts(running.scanners, "x@y.test") == ["", "Scanned-By-Policy"]
+    before = {id(o) for o in config_objects()}
+
+    write(tmp_path, rejected_config(state, b_db, **parts))
+    problem = ""
+    try:
+        config.load(path)
+    except ConfigError as error:
+        problem = str(error)
+
+    leftovers = [o for o in config_objects() if id(o) not in before]
+    assert leftovers == [], f"objects of the rejected config still reachable: {leftovers}"
+    assert await verdicts(running.scanners, "friend@example.test") == ["Whitelisted", "Scanned-By-Policy"]
+    assert await verdicts(running.scanners, "x@y.test") == ["", "Scanned-By-Policy"]
+    assert not b_db.exists()  # the rejected config's DATABASE was never opened
+    assert problem.startswith(f"{path}:{lineno}: "), problem
+    assert message in problem
+    database.dispose()
+
+
+async def test_policy_scanners_use_the_database_of_the_config_that_holds_them(tmp_path: Path) -> None:
+    """Two accepted configs in one process: each one's scanners use its own DATABASE."""
+    first = config.load(write(tmp_path, RUNNING.format(state=str(tmp_path), database=str(tmp_path / "1.db")), "1.py"))
+    second = config.load(write(tmp_path, RUNNING.format(state=str(tmp_path), database=str(tmp_path / "2.db")), "2.py"))
+    for loaded in (first, second):
+        assert loaded.settings.database is not None
+    first.settings.database.call(set_policy, "", "clam=yes", 1.0)  # type: ignore[union-attr]
+    assert await verdicts(first.scanners, "x@y.test") == ["", "Scanned-By-Policy"]
+    assert await verdicts(second.scanners, "x@y.test") == ["", ""]
+    for loaded in (first, second):
+        loaded.settings.database.dispose()  # type: ignore[union-attr]
+
+
+def test_the_hostname_is_found_when_the_config_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "mx.example.test")
+    assert config.load(write(tmp_path, "SCANNERS = []\n")).settings.hostname == "mx.example.test"

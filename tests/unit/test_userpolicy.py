@@ -23,6 +23,7 @@ from mailsift.scanners.actions import reject
 from mailsift.scanners.base import MailTarget, Scanner, Target
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.userpolicy import message_policy, policy_attach, policy_enabled, policy_spam_hits
+from mailsift.settings import Settings
 from mailsift.storage import db, migrations
 from mailsift.storage.db import Database
 from mailsift.storage.policies import (
@@ -34,7 +35,6 @@ from mailsift.storage.policies import (
     parse_settings,
     parse_simcontrol,
     set_policy,
-    use_database,
     user_policy_table,
 )
 from mailsift.storage.schema import metadata
@@ -349,17 +349,16 @@ async def test_policy_spam_hits_replaces_the_engines_threshold(sqlite_db: Databa
     assert (await not_spam.scan(MailTarget(mail("a@s.test", "bob@example.net")))).name == "Found"
 
 
-async def test_default_database_comes_from_the_config(sqlite_db: Database) -> None:
+async def test_default_database_comes_from_the_config(sqlite_db: Database, tmp_path: Path) -> None:
+    """Without db= a scanner uses the DATABASE of the config that holds it, bound once that config is accepted."""
     scanner = policy_enabled("clam", Probe())
-    use_database(None)
     with pytest.raises(ConfigError, match="no database"):
         await message_policy(MailTarget(mail()))
-    use_database(sqlite_db)
-    try:
-        sqlite_db.call(set_policy, "", "clam=yes", 1.0)
-        assert (await scanner.scan(MailTarget(mail()))).detected
-    finally:
-        use_database(None)
+    with pytest.raises(ConfigError, match="no database"):
+        await scanner.scan(MailTarget(mail()))  # not bound to a config yet
+    scanner.bind_settings(Settings(state_dir=str(tmp_path), database=sqlite_db))
+    sqlite_db.call(set_policy, "", "clam=yes", 1.0)
+    assert (await scanner.scan(MailTarget(mail()))).detected
 
 
 async def test_a_database_failure_tempfails_the_message(tmp_path: Path) -> None:

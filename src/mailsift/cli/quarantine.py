@@ -96,7 +96,7 @@ def _json_entry(entry: QuarantineEntry) -> dict[str, Any]:
 def _entries(config: Config, ids: Sequence[str]) -> tuple[list[QuarantineEntry], list[str]]:
     """The rows for ``ids`` and the ids not found."""
     try:
-        found = config.settings.database.call(find_entries, QuarantineFilter(ids=list(ids)), time.time())
+        found = config.settings.require_database().call(find_entries, QuarantineFilter(ids=list(ids)), time.time())
     except MailsiftError as error:
         _database_failed(error)
     by_id = {entry.id: entry for entry in found}
@@ -137,7 +137,7 @@ def list_command(
     config = load_config(config_path, database_for="the quarantine index")
     selection = QuarantineFilter(recipient, sender, category, state, older_than, newer_than, limit or None)
     try:
-        entries = config.settings.database.call(find_entries, selection, time.time())
+        entries = config.settings.require_database().call(find_entries, selection, time.time())
     except MailsiftError as error:
         _database_failed(error)
     if as_json:
@@ -174,7 +174,7 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
     """Show one message: its verdict, envelope and headers (or --raw, the whole message)."""
     config = load_config(config_path, database_for="the quarantine index")
     try:
-        entry = config.settings.database.call(get_entry, entry_id)
+        entry = config.settings.require_database().call(get_entry, entry_id)
     except MailsiftError as error:
         _database_failed(error)
     if entry is None:

@@ -131,7 +131,7 @@ def track(
         raise click.UsageError(str(error)) from None
     config = load_config(config_path, database_for="where log_sql writes the message log")
     try:
-        page = config.settings.database.call(find_stories, query)
+        page = config.settings.require_database().call(find_stories, query)
     except MailsiftError as error:
         click.echo(f"mailsift: {error.message}", err=True)
         sys.exit(3)

@@ -71,7 +71,7 @@ def add_command(
         users.add_user, login=login, password_hash=password_hash, is_admin=admin, addresses=clean, now=time.time()
     )
     try:
-        config.settings.database.call(add)
+        config.settings.require_database().call(add)
     except MailsiftError as error:
         _fail(error)
     click.echo(f"user {login} added{' (admin)' if admin else ''}")
@@ -90,7 +90,7 @@ def passwd_command(config_path: str | None, login: str, password_stdin: bool, ad
         users.update_user, login=login, password_hash=password_hash, addresses=list(addresses) if addresses else None
     )
     try:
-        found = config.settings.database.call(change)
+        found = config.settings.require_database().call(change)
     except MailsiftError as error:
         _fail(error)
     if not found:
@@ -106,7 +106,7 @@ def delete_command(config_path: str | None, login: str) -> None:
     """Delete the user LOGIN (their sessions end)."""
     config = load_config(config_path, database_for="the web users")
     try:
-        found = config.settings.database.call(functools.partial(users.delete_user, login=login))
+        found = config.settings.require_database().call(functools.partial(users.delete_user, login=login))
     except MailsiftError as error:
         _fail(error)
     if not found:
@@ -122,7 +122,7 @@ def list_command(config_path: str | None, as_json: bool) -> None:
     """List the users, their role and addresses."""
     config = load_config(config_path, database_for="the web users")
     try:
-        found = config.settings.database.call(users.list_users)
+        found = config.settings.require_database().call(users.list_users)
     except MailsiftError as error:
         _fail(error)
     if as_json:

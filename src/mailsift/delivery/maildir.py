@@ -19,7 +19,11 @@ from typing import BinaryIO
 from mailsift.errors import StorageError
 
 _counter = itertools.count()
-_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+def _host() -> str:
+    """This host's name as Maildir file names carry it (looked up per name, not at import)."""
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
 
 
 def ensure(root: str) -> None:
@@ -33,7 +37,7 @@ def unique_name(tag: str = "") -> str:
     now = time.time()
     seconds, micro = int(now), int((now % 1) * 1_000_000)
     suffix = f"_{tag}" if tag else ""
-    return f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}{suffix}.{_HOST}"
+    return f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}{suffix}.{_host()}"
 
 
 def _fsync_dir(path: str) -> None:

@@ -25,9 +25,12 @@ Policies (simscan's ``simcontrol``, see :mod:`mailsift.storage.policies`)::
   detection with a ``deliver`` action: evaluation stops there (SAGATOR's
   first-detection rule) and the message is delivered unscanned.
 
-Each scanner takes ``db=`` (a :class:`~mailsift.storage.db.Database`: pass the
-config's ``DATABASE``), or leaves it to the config's ``DATABASE``
-(:func:`mailsift.storage.policies.use_database`).  Lookups are made once per
+Each scanner takes ``db=`` (a :class:`~mailsift.storage.db.Database`), or
+leaves it to the config's ``DATABASE``, which the scanner receives when its
+config is accepted (``bind_settings``, called by :func:`mailsift.config.load`
+after every check passed): a config that is rejected never reaches the
+scanners of the running one, and nothing module-wide names a database.
+Lookups are made once per
 message (shared by all policy scanners of the message, cached on the
 :class:`~mailsift.message.mail.Mail` object) and never across messages: a change
 made with ``mailsift policy`` or ``mailsift lists`` applies to the next
@@ -48,6 +51,7 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Disposition, Result, SetDisposition
 from mailsift.scanners.actions import expand
 from mailsift.scanners.base import Interscanner, Scanner, Target
+from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.storage.policies import (
     DEFAULT_CLOCK,
@@ -95,8 +99,23 @@ def _check_database(database: Any, what: str) -> Database | None:
     return database
 
 
+class _UsesDatabase:
+    """``db=`` when given, else the ``DATABASE`` of the accepted config that holds the scanner."""
+
+    database: Database | None = None
+    """``db=``, as given."""
+    config_database: Database | None = None
+    """The config's ``DATABASE``, set by :meth:`bind_settings` once the config is accepted."""
+
+    def bind_settings(self, settings: Settings) -> None:
+        self.config_database = settings.database
+
+    def chosen_database(self) -> Database | None:
+        return self.database if self.database is not None else self.config_database
+
+
 async def message_policy(target: Target, database: Database | None = None) -> Policy:
-    """The policy for the target's message (looked up once per message)."""
+    """The policy for the target's message (looked up once per message) in ``database``."""
     chosen = resolve_database(database)
     mail = target.mail
     envelope = mail.envelope
@@ -108,7 +127,7 @@ async def message_policy(target: Target, database: Database | None = None) -> Po
 
 
 async def message_verdict(target: Target, database: Database | None = None, clock: Clock = DEFAULT_CLOCK) -> Verdict:
-    """The white/black lists' verdict for the target's message (once per message)."""
+    """The white/black lists' verdict for the target's message (once per message) in ``database``."""
     chosen = resolve_database(database)
     mail = target.mail
     envelope = mail.envelope
@@ -124,7 +143,7 @@ async def message_verdict(target: Target, database: Database | None = None, cloc
 # --------------------------------------------------------------------------- policies
 
 
-class policy_enabled(Interscanner):
+class policy_enabled(_UsesDatabase, Interscanner):
     """Run the scanners only when the policy turns ``flag`` on: ``policy_enabled('clam', clamd(...))``."""
 
     name = "policy_enabled"
@@ -140,13 +159,13 @@ class policy_enabled(Interscanner):
         return f"policy_enabled({self.flag!r}" + (", default=True)" if self.default else ")")
 
     async def scan(self, target: Target) -> Result:
-        policy = await message_policy(target, self.database)
+        policy = await message_policy(target, self.chosen_database())
         if not policy.enabled(self.flag, self.default):
             return Result(0.0, "", self.name, f"{self.flag} off by policy: {policy.describe()}")
         return await self.inner(target)
 
 
-class policy_attach(Scanner):
+class policy_attach(_UsesDatabase, Scanner):
     """Detect attachments the policy blocks (simscan's ``attach=.exe:.scr``), named ``virname``."""
 
     name = "policy_attach"
@@ -158,7 +177,7 @@ class policy_attach(Scanner):
         self.database = _check_database(db, self.name)
 
     async def scan(self, target: Target) -> Result:
-        policy = await message_policy(target, self.database)
+        policy = await message_policy(target, self.chosen_database())
         if not policy.attach:
             return Result(0.0, "", self.name)
         parts = [target.part] if target.part is not None else target.mail.parts
@@ -172,7 +191,7 @@ class policy_attach(Scanner):
         return Result(0.0, "", self.name)
 
 
-class policy_spam_hits(Interscanner):
+class policy_spam_hits(_UsesDatabase, Interscanner):
     """Judge a spam engine by the policy's ``spam_hits``: ``policy_spam_hits(spamassassind(...))``.
 
     The wrapped result must carry a ``score`` (a :class:`~mailsift.scanners.engines.common.SpamResult`:
@@ -194,7 +213,7 @@ class policy_spam_hits(Interscanner):
         score = getattr(result, "score", None)
         if not isinstance(score, int | float):
             return result
-        hits = (await message_policy(target, self.database)).spam_hits
+        hits = (await message_policy(target, self.chosen_database())).spam_hits
         if hits is None:
             return result
         level = score / hits
@@ -206,7 +225,7 @@ class policy_spam_hits(Interscanner):
 # --------------------------------------------------------------------------- lists
 
 
-class _Listed(Scanner):
+class _Listed(_UsesDatabase, Scanner):
     """Shared shape of ``listed``, ``whitelisted`` and ``blacklisted``."""
 
     lists: tuple[str, ...] = ("white", "black")
@@ -222,7 +241,7 @@ class _Listed(Scanner):
         return f"{self.name}(message={self.message!r})" if self.message else self.name
 
     async def scan(self, target: Target) -> Result:
-        verdict = await message_verdict(target, self.database, self.clock)
+        verdict = await message_verdict(target, self.chosen_database(), self.clock)
         if verdict.list not in self.lists:
             return Result(0.0, "", self.name)
         if verdict.list == "white":

@@ -87,27 +87,19 @@ LISTS = ("white", "black")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 FIELDS = ("sender", "recipient", "client")
 
-# --------------------------------------------------------------------------- default database
-
-_default_database: Database | None = None
-
-
-def use_database(database: Database | None) -> None:
-    """Make ``database`` the one policy and list scanners use when given no ``db=``.
-
-    The config loader calls it with the config's ``DATABASE`` (already
-    configured); tests and embedders may call it too.
-    """
-    global _default_database  # one process-wide default, set by the config loader
-    _default_database = database
+# --------------------------------------------------------------------------- the database
 
 
 def resolve_database(database: Database | None) -> Database:
-    """``database`` itself, or the config's ``DATABASE`` (see :func:`use_database`)."""
-    chosen = database if database is not None else _default_database
-    if chosen is None:
+    """``database``, or a ConfigError when there is none.
+
+    There is no process-wide default: a policy or list scanner is given
+    ``db=``, or the accepted config's ``DATABASE`` when the config is loaded
+    (:class:`mailsift.settings.SettingsBound`).
+    """
+    if database is None:
         raise ConfigError("no database for policies and lists: load a config with DATABASE, or pass db=DATABASE")
-    return chosen
+    return database
 
 
 # --------------------------------------------------------------------------- simcontrol settings

@@ -90,7 +90,7 @@ def _int(value: str | None, default: int, low: int, high: int) -> int:
 
 async def _entry(request: Request, user: User) -> QuarantineEntry:
     entry_id = str(request.path_params["entry_id"])[:100]
-    entry: QuarantineEntry | None = await _settings(request).database.run(get_visible, user, entry_id)
+    entry: QuarantineEntry | None = await _settings(request).require_database().run(get_visible, user, entry_id)
     if entry is None:
         raise HTTPException(404, "No such message.")
     return entry
@@ -126,7 +126,7 @@ async def list_page(request: Request) -> Response:
         page=_int(params.get("page"), 1, 1, MAX_PAGE),
         rows=user.rows,
     )
-    database = _settings(request).database
+    database = _settings(request).require_database()
     entries, total = await database.run(find_page, user, query)
     known_categories = await database.run(categories, user)
     pages = max(1, -(-total // query.rows))
@@ -287,7 +287,7 @@ async def list_sender_action(request: Request) -> Response:
             )
 
     try:
-        await _settings(request).database.run(add_all)
+        await _settings(request).require_database().run(add_all)
     except (ConfigError, MailsiftError) as error:
         _flash(request, f"Not listed: {error}", "error")
         return _back(entry)
@@ -304,8 +304,10 @@ async def preferences_page(request: Request) -> Response:
         rows = _int(str(form.get("rows") or ""), 0, 0, 10**6)
         if language not in users.LANGUAGES or rows not in users.ROWS_CHOICES:
             raise HTTPException(400, "Choose a language and a number of rows from the lists.")
-        await _settings(request).database.run(
-            functools.partial(users.set_preferences, user_id=user.id, language=language, rows=rows)
+        await (
+            _settings(request)
+            .require_database()
+            .run(functools.partial(users.set_preferences, user_id=user.id, language=language, rows=rows))
         )
         _flash(request, "Preferences saved.")
         return RedirectResponse("/prefs", status_code=303)

@@ -74,7 +74,7 @@ class Reindexed:
 def reindex(settings: Settings) -> Reindexed:
     """Index every stored file that has no row, from its ``X-Mailsift-*`` head."""
     root = settings.quarantine_dir
-    indexed = settings.database.call(known_ids)
+    indexed = settings.require_database().call(known_ids)
     on_disk: dict[str, str] = {}
     adopted: list[str] = []
     damaged: list[str] = []
@@ -88,7 +88,7 @@ def reindex(settings: Settings) -> Reindexed:
         except (DamagedFile, OSError) as error:
             damaged.append(f"{relative}: {error}")
             continue
-        if settings.database.call(add_entry, entry):
+        if settings.require_database().call(add_entry, entry):
             adopted.append(entry.id)
             log.info("reindex: adopted %s (%s)", entry.id, relative)
     dangling = sorted(indexed - set(on_disk))
@@ -136,7 +136,7 @@ async def release(
         note = await delivery.deliver(mail, message)
     finally:
         await delivery.close()
-    settings.database.call(mark_released, entry.id, by, targets, time.time() if now is None else now)
+    settings.require_database().call(mark_released, entry.id, by, targets, time.time() if now is None else now)
     log.info(
         "released %s by=%s to=%s via %s: %s",
         entry.id,
@@ -151,7 +151,7 @@ async def release(
 def delete(settings: Settings, entry: QuarantineEntry) -> None:
     """Remove ``entry``'s row, then its file (a crash in between leaves an orphan for ``reindex``)."""
     path = locate(settings.quarantine_dir, entry)
-    settings.database.call(remove_entry, entry.id)
+    settings.require_database().call(remove_entry, entry.id)
     if path is not None:
         unlink_durably(path)
 
@@ -160,7 +160,9 @@ def expire(settings: Settings, older_than: float, *, category: str | None = None
     """Reindex orphans, then delete every message older than ``older_than`` seconds; returns how many."""
     now = time.time() if now is None else now
     reindex(settings)
-    entries = settings.database.call(find_entries, QuarantineFilter(category=category, older_than=older_than), now)
+    entries = settings.require_database().call(
+        find_entries, QuarantineFilter(category=category, older_than=older_than), now
+    )
     for entry in entries:
         delete(settings, entry)
         log.info("expired %s (%s, %s)", entry.id, entry.category, entry.path)

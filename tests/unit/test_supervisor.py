@@ -1,0 +1,142 @@
+"""The supervisor's reload path (SIGHUP), in process: a rejected config changes nothing.
+
+Workers are not forked here: ``_spawn`` and ``_kill`` are replaced by recorders,
+so only the decision is tested (tests/integration/test_serve.py runs the real
+``mailsift serve``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import socket
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailsift import config
+from mailsift.core.hooks import Hook
+from mailsift.message.mail import Envelope, Mail
+from mailsift.scanners.base import MailTarget, Scanner
+from mailsift.services.base import Service
+from mailsift.services.daemons import Daemon
+from mailsift.settings import Settings
+from mailsift.storage.db import Database
+from mailsift.storage.policies import set_policy
+from mailsift.supervisor import Supervisor
+from mailsift.testing import free_port
+
+RUNNING = """
+from mailsift import *
+
+STATE_DIR = {state!r}
+DATABASE = db.sqlite({database!r})
+SMTP_SERVER = ('127.0.0.1', 10025)
+SCANNERS = [policy_enabled('clam', const(1.0, 'Scanned-By-Policy'))]
+SRV = [smtpd(SCANNERS, '127.0.0.1', {port})]
+"""
+
+REJECTED = """
+from mailsift import *
+
+STATE_DIR = {state!r}
+DATABASE = db.sqlite({database!r})
+SMTP_SERVER = ('127.0.0.1', 10025)
+SCANNERS = [policy_enabled('clam', const(1.0, 'Scanned-By-Policy'))]
+HOOKS = [{hooks}]
+SRV = [{services}]
+{tail}
+"""
+
+# (the parts of REJECTED that differ, what the log says, the line it names (0: none))
+FAILURES = {
+    "hook check": ({"hooks": "log_file('/nonexistent-mailsift-dir/mail.log')"}, "log_file: directory", 7),
+    "service check": ({"services": "smtpd(SCANNERS, '127.0.0.1', {new_port}, next_hop=5)"}, "next hop", 8),
+    "daemon check": (
+        {"services": "smtpd(SCANNERS, '127.0.0.1', {new_port}), chroot_execvp('/nonexistent/mailsift-none')"},
+        "not found",
+        8,
+    ),
+    "SRV = []": ({"services": ""}, "SRV lists no services", 8),
+    "SystemExit in the file": ({"tail": "raise SystemExit(3)"}, "SystemExit: 3", 9),
+    "STATE_DIR cannot be created": ({"state": "{file}/state"}, "STATE_DIR", 3),
+    "a port already taken": (
+        {"services": "smtpd(SCANNERS, '127.0.0.1', {new_port}), smtpd(SCANNERS, '127.0.0.1', {taken_port})"},
+        "cannot listen",
+        8,
+    ),
+}
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+
+
+def config_objects() -> list[object]:
+    gc.collect()
+    kinds = (config.Config, Settings, Database, Scanner, Service, Daemon, Hook, socket.socket)
+    return [o for o in gc.get_objects() if isinstance(o, kinds)]
+
+
+async def verdict(scanners: tuple[Scanner, ...]) -> list[str]:
+    target = MailTarget(Mail(Envelope(sender="a@example.test", recipients=["b@example.test"]), b"\r\nx\r\n"))
+    return [(await scanner.scan(target)).name for scanner in scanners]
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=list(FAILURES))
+async def test_a_rejected_reload_keeps_the_running_config(
+    tmp_path: Path, failure: str, taken: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts, message, lineno = FAILURES[failure]
+    path = tmp_path / "mailsift.conf.py"
+    state, a_db, b_db = tmp_path / "state", tmp_path / "a.db", tmp_path / "b.db"
+    write(path, RUNNING.format(state=str(state), database=str(a_db), port=free_port()))
+    running = config.load(str(path))
+    assert running.settings.database is not None
+    running.settings.database.call(set_policy, "", "clam=yes", 1.0)
+    supervisor = Supervisor(running, workers=2)
+    actions: list[str] = []
+    monkeypatch.setattr(supervisor, "_spawn", lambda c: actions.append(f"spawn {c.path}"))
+    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: actions.append(f"kill {pid}"))
+    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: actions.append("daemons"))
+    supervisor._bind(running)
+    sockets = dict(supervisor.sockets)
+    (tmp_path / "a-file").write_text("")
+    new_port = free_port()
+    values = {"state": str(state), "hooks": "", "services": "smtpd(SCANNERS, '127.0.0.1', {new_port})", "tail": ""}
+    values.update(parts)
+    values = {k: v.format(new_port=new_port, taken_port=taken, file=tmp_path / "a-file") for k, v in values.items()}
+    write(path, REJECTED.format(database=str(b_db), **values))
+    before = {id(o) for o in config_objects()}
+
+    with caplog.at_level(logging.INFO, "mailsift.supervisor"):
+        supervisor.reload()  # must not raise, whatever the new file does
+
+    leftovers = [o for o in config_objects() if id(o) not in before]
+    assert leftovers == [], f"objects of the rejected config still reachable: {leftovers}"
+    assert supervisor.config is running
+    assert supervisor.sockets == sockets
+    assert actions == []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", new_port))  # the rejected config's new socket was closed
+    assert await verdict(running.scanners) == ["Scanned-By-Policy"]
+    assert not b_db.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "reload failed, keeping the running config" in errors[0]
+    assert f"{path}:{lineno}: " in errors[0]
+    assert message in errors[0]
+    for sock in supervisor.sockets.values():
+        sock.close()
+    running.settings.database.dispose()
