@@ -120,6 +120,7 @@ def _check(path: str, namespace: dict[str, Any]) -> Config:
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,
+        node=str(namespace.get("NODE", "")),
     )
     for hook in hooks:
         try:

@@ -21,6 +21,8 @@ class Settings:
     database: Any = None
     """``DATABASE``: the :class:`mailsift.storage.db.Database` for the quarantine index, logs,
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
+    node: str = ""
+    """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
 
     @property
     def quarantine_dir(self) -> str:
