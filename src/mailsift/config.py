@@ -198,6 +198,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,
+        node=str(namespace.get("NODE", "")),
     )
     for hook in hooks:
         try:

@@ -38,6 +38,8 @@ class Settings:
     database: Database | None = None
     """``DATABASE``: the :class:`mailsift.storage.db.Database` for the quarantine index, logs,
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
+    node: str = ""
+    """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
 
     def require_database(self) -> Database:
         """``DATABASE``; a ConfigError if these settings have none (a loaded config always has one)."""

@@ -31,6 +31,7 @@ import click
 from mailsift.cli.common import Duration, config_option, load_config
 from mailsift.config import Config
 from mailsift.errors import ConfigError, MailsiftError
+from mailsift.message.address import address_problem
 from mailsift.storage.quarantine.admin import QuarantineProblem, delete, expire, reindex, release
 from mailsift.storage.quarantine.index import (
     HELD,
@@ -220,10 +221,21 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
     click.echo(header_block.decode("utf-8", "replace").replace("\r\n", "\n"))
 
 
+def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--to`` values: each one an address that can go into RCPT TO (no CR/LF, controls, brackets)."""
+    for value in values:
+        problem = address_problem(value)
+        if problem:
+            raise click.BadParameter(f"{value!r}: {problem}")
+    return values
+
+
 @quarantine_group.command("release")
 @config_option
 @click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
-@click.option("--to", "recipients", multiple=True, help="Send to this address instead (repeatable).")
+@click.option(
+    "--to", "recipients", multiple=True, callback=_addresses, help="Send to this address instead (repeatable)."
+)
 @click.option("--next-hop", help="host:port to reinject to. Default: the config's SMTP_SERVER.")
 @click.option("--by", default=None, help="Who releases (recorded and logged). Default: the login name.")
 @click.option("--force", is_flag=True, help="Release again a message already released.")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from mailsift.delivery import maildir
 from mailsift.delivery.smtpclient import Answer, ConnectionLost, SMTPConnection
 from mailsift.errors import ConfigError, DeliveryDeferred, DeliveryError, DeliveryRejected, MailsiftError
+from mailsift.message.address import AddressError, check_addresses
 from mailsift.message.mail import Mail
 from mailsift.replies import NEXT_HOP_REJECTED
 
@@ -190,6 +191,11 @@ class SMTPDelivery(Delivery):
     def _envelope_commands(self, connection: SMTPConnection, mail: Mail, message: bytes) -> list[bytes]:
         """MAIL, RCPT... and DATA, to be pipelined; raises if the next hop cannot take the addresses."""
         env = mail.envelope
+        try:  # the last check before the addresses go out (CR/LF would smuggle commands)
+            check_addresses(env.sender, env.recipients)
+        except AddressError:
+            self._give_back(connection, clean=True)
+            raise
         utf8 = not (env.sender.isascii() and all(r.isascii() for r in env.recipients))
         if utf8 and not connection.supports("smtputf8"):
             self._give_back(connection, clean=True)
@@ -222,6 +228,9 @@ class SMTPDelivery(Delivery):
             commands.insert(0, xforward)
         try:
             answers = await connection.commands(commands)
+        except AddressError:  # refused before anything was written: the connection is still clean
+            self._give_back(connection, clean=True)
+            raise
         except ConnectionLost as error:
             connection.close()
             raise _NothingSent(str(error)) from error  # no content went out: nothing can be delivered

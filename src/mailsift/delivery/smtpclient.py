@@ -19,6 +19,9 @@ Content is sent CRLF-normalised and dot-stuffed (:func:`wire_data`), so a bare
 ``\\n.\\n`` inside a message can never end it early at the next hop.
 Every failure of the connection (refused, closed, timed out, a malformed
 reply) raises :class:`ConnectionLost`, a :class:`~mailsift.errors.DeliveryError`.
+A command line is always one line: one with CR, LF or NUL in it (an address
+that would smuggle a second command) is never written
+(:class:`~mailsift.message.address.AddressError`).
 """
 
 from __future__ import annotations
@@ -29,10 +32,18 @@ from dataclasses import dataclass
 from typing import cast
 
 from mailsift.errors import DeliveryError
+from mailsift.message.address import AddressError
 
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def one_line(line: bytes) -> bytes:
+    """``line`` if it is one command line; :class:`AddressError` if CR, LF or NUL would split it."""
+    if b"\r" in line or b"\n" in line or b"\0" in line:
+        raise AddressError(f"refusing to send a command with CR, LF or NUL in it: {line[:80]!r}")
+    return line
 
 
 class ConnectionLost(DeliveryError):
@@ -217,11 +228,14 @@ class SMTPConnection:
             raise ConnectionLost(f"{self.name} did not take data within {self.timeout:g}s") from None
 
     async def command(self, line: bytes) -> Answer:
+        one_line(line)
         await self._write(line + b"\r\n")
         return await self.read_answer()
 
     async def commands(self, lines: list[bytes]) -> list[Answer]:
         """Send ``lines`` and read one answer each: in one write if the next hop pipelines."""
+        for line in lines:
+            one_line(line)
         if not self.supports("pipelining"):
             return [await self.command(line) for line in lines]
         await self._write(b"".join(line + b"\r\n" for line in lines))

@@ -64,6 +64,7 @@ import jinja2
 from mailsift.core.hooks import Hook
 from mailsift.delivery.next_hop import Delivery, SMTPDelivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
+from mailsift.message.address import address_problem, check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.scanners.engines.common import SpamResult
@@ -291,7 +292,7 @@ class notify(Hook):
         self.categories = tuple(categories)
         if not self.categories or not all(isinstance(c, str) and c for c in self.categories):
             raise ConfigError(f"notify: categories must be names like ('virus', 'policy'), got {categories!r}")
-        if admin is not None and (not isinstance(admin, str) or "@" not in admin):
+        if admin is not None and (not isinstance(admin, str) or "@" not in admin or address_problem(admin)):
             raise ConfigError(f"notify: admin must be an address like 'postmaster@example.com', got {admin!r}")
         if spec is not None:
             sender, recipients, notify_admin = self._parse_spec(spec, admin)
@@ -433,10 +434,11 @@ class notify(Hook):
             log.warning("queue_id=%s: notifying took over %gs: %d notice(s) not sent", queue_id, self.timeout, unsent)
 
     async def _send(self, notice: Notice, mail: Mail, settings: Settings, queue_id: str) -> None:
-        data = self.message(notice, mail, settings.hostname)
-        envelope = Envelope(sender="", recipients=list(notice.to), queue_id=f"{queue_id}.notify")
         to = ",".join(notice.to)
         try:
+            check_addresses("", notice.to)  # AddressError (logged below): never a smuggled RCPT
+            data = self.message(notice, mail, settings.hostname)
+            envelope = Envelope(sender="", recipients=list(notice.to), queue_id=f"{queue_id}.notify")
             note = await self.delivery(settings).deliver(Mail(envelope, data), data)
         except MailsiftError as error:
             log.warning("queue_id=%s: %s notification to <%s> failed: %s", queue_id, notice.party, to, error.message)

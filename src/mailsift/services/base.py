@@ -1,15 +1,30 @@
-"""What every front end shares: the service description and its listening socket.
+"""What every front end shares on the config side: the service description and its socket.
 
 A service object is built by the config file (``smtpd(SCANNERS, host, port)``)
-and is a plain description until a worker starts it.  ``mail_path`` is the one
-Mail → Pipeline → Decision → Disposition path that every front end calls, so
-none of them duplicates scanning or delivery logic.
+and is a plain description until a worker starts it (the running side is
+:mod:`mailsift.services.server`).  This module holds what every front end
+validated on its own before, once:
+
+* where it listens (:func:`parse_listen`): TCP as ``host, port`` (unchanged:
+  ``'127.0.0.1', 10024``, ``'::1', 10024``), or a unix socket as
+  ``'unix:/run/mailsift/smtpd.sock'`` or simply ``'/run/mailsift/smtpd.sock'``
+  (the port is then ignored), created with ``socket_mode`` (default 0o660:
+  read/write for the owner and the group — put the MTA's user in mailsift's
+  group);
+* the limits and timeouts (:func:`check_limit`, :func:`check_seconds`): one
+  message for every front end, and a ``bool`` is never a number
+  (``max_connections=True`` is refused everywhere);
+* binding, done once in the supervisor before the workers fork
+  (:meth:`Service.bind`); a stale unix socket file left by an earlier run is
+  replaced, one in use by a live process is refused.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
 import socket
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +32,45 @@ from mailsift.errors import ConfigError
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.settings import Settings
 
-log = logging.getLogger("mailsift.mail")
-
 LISTEN_BACKLOG = 1024
+UNIX_PREFIX = "unix:"
+DEFAULT_SOCKET_MODE = 0o660
+UNIX_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on the BSDs
+
+
+def check_limit(value: Any, what: str, kind: str, *, minimum: int = 1) -> int:
+    """A count limit (``max_connections``...): an int of at least ``minimum``; a bool is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ConfigError(f"{kind}: {what} must be {wanted}, got {value!r}")
+    return value
+
+
+def check_seconds(value: Any, what: str, kind: str) -> float:
+    """A timeout: a positive number of seconds (int or float; a bool is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{kind}: {what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_mode(value: Any, kind: str) -> int:
+    """A unix socket's permission bits, like ``0o660``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ConfigError(f"{kind}: socket_mode must be permission bits like 0o660, got {value!r}")
+    return value
+
+
+def unix_path(host: Any) -> str | None:
+    """The socket path when ``host`` names a unix socket (``unix:/path`` or ``/path``), else None."""
+    if isinstance(host, str) and host.startswith(UNIX_PREFIX):
+        return host[len(UNIX_PREFIX) :]
+    if isinstance(host, str) and host.startswith("/"):
+        return host
+    return None
 
 
 def check_address(host: Any, port: Any, what: str) -> tuple[str, int]:
+    """A TCP listening address: a host string and a port 0-65535."""
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{what}: host must be an address string, got {host!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
@@ -30,17 +78,82 @@ def check_address(host: Any, port: Any, what: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_listen(host: Any, port: Any, what: str) -> tuple[str, int]:
+    """``(host, port)`` for TCP, or ``("unix:/abs/path", 0)`` for a unix socket."""
+    path = unix_path(host)
+    if path is None:
+        return check_address(host, port, what)
+    if not path.startswith("/"):
+        raise ConfigError(f"{what}: unix socket path must be absolute, got {path!r}")
+    if len(path.encode()) >= UNIX_PATH_MAX:
+        raise ConfigError(f"{what}: unix socket path is too long ({len(path.encode())} bytes): {path}")
+    return UNIX_PREFIX + path, 0
+
+
+def bind_unix(path: str, mode: int, what: str) -> socket.socket:
+    """A listening unix socket at ``path`` with ``mode`` (a stale socket file is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(f"{what}: {path} exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # nobody listens: a leftover of an earlier run
+            else:
+                raise ConfigError(f"{what}: {path} is in use by another process")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)  # before listen(): nobody can connect earlier
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"{what}: cannot listen on {path}: {error.strerror}") from None
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int, what: str) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 when the host has a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
 class Service:
     """Base of the front ends listed in ``SRV``."""
 
     kind = "service"
+    max_connections = 500
+    """Connections served at once per worker (beyond it, the protocol's refusal)."""
 
-    def __init__(self, scanners: Sequence[Any], host: str, port: int) -> None:
+    def __init__(
+        self, scanners: Sequence[Any], host: str, port: int, *, socket_mode: int = DEFAULT_SOCKET_MODE
+    ) -> None:
         self.scanners: tuple[Scanner, ...] = as_scanners([scanners], self.kind)
-        self.host, self.port = check_address(host, port, self.kind)
+        self.host, self.port = parse_listen(host, port, self.kind)
+        self.socket_mode = check_mode(socket_mode, self.kind)
+
+    @property
+    def unix_path(self) -> str | None:
+        """The unix socket's path, or None for TCP."""
+        return unix_path(self.host)
+
+    def where(self) -> str:
+        """``host:port``, or ``unix:/path``."""
+        return self.host if self.unix_path is not None else f"{self.host}:{self.port}"
 
     def describe(self) -> str:
-        return f"{self.kind}({self.host}:{self.port})"
+        return f"{self.kind}({self.where()})"
 
     def check(self, settings: Settings) -> None:
         """Validate what needs the global settings; raise ConfigError."""
@@ -51,16 +164,7 @@ class Service:
 
     def bind(self) -> socket.socket:
         """Create the listening socket (done once, in the supervisor, before forking)."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as error:
-            sock.close()
-            raise ConfigError(
-                f"{self.describe()}: cannot listen on {self.host}:{self.port}: {error.strerror}"
-            ) from None
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-        return sock
+        path = self.unix_path
+        if path is not None:
+            return bind_unix(path, self.socket_mode, self.describe())
+        return bind_tcp(self.host, self.port, self.describe())

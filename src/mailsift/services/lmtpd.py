@@ -206,7 +206,7 @@ class LMTPServer(SMTPServer):
         tempfail = str(replies.TEMPFAIL)
         return "\r\n".join(answers.get(recipient, tempfail) for recipient in envelope.rcpt_tos)
 
-    async def drain(self, timeout: float) -> None:
-        await super().drain(timeout)  # closes the default path and the shared next hop
+    async def closed(self) -> None:
+        await super().closed()  # closes the default path and the shared next hop
         for path in self.paths[1:]:
             await path.close()  # each scanner once: the paths share the record of closed ones

@@ -25,17 +25,21 @@ fields such as the Subject (SMFIR_CHGHEADER), and a changed body
 (SMFIR_REPLBODY).  Added fields are appended to the header block (the MTA
 decides where; Postfix puts them last).
 
+Every MAIL and RCPT address is checked by
+:func:`mailsift.message.address.address_problem`: a bad one (CR/LF, controls,
+brackets, over-long) is answered ``501`` (at RCPT when the MTA wants an answer
+there, else at end of message) and never stored, so it cannot reach a release.
+Listening, the connection limit, draining and queue ids are the server
+skeleton's (:mod:`mailsift.services.server`).
+
 The wire protocol is in :mod:`mailsift.services.milter_protocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,22 +47,22 @@ from mailsift import replies
 from mailsift.core.mailpath import MailPath
 from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
+from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.services import milter_protocol as mp
-from mailsift.services.base import LISTEN_BACKLOG, Service
+from mailsift.services.base import Service, check_limit, check_seconds
+from mailsift.services.server import Server
 from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.milter")
 
-TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TOO_MANY_RECIPIENTS = replies.TOO_MANY_RECIPIENTS
 MAX_RECIPIENTS = 1000
 MAX_MACROS = 256
 _CONNECTION_STAGES = (mp.SMFIC_CONNECT, mp.SMFIC_HELO)
 """Macros of these stages last for the connection; the others for one message."""
-IDLE_GRACE = 1.0
-"""While draining, seconds of silence after which a connection between messages is closed."""
 
 WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE
 WANTED_PROTOCOL = (
@@ -131,19 +135,16 @@ class milter(Service):
         quarantine_hold: bool = False,
     ) -> None:
         family, where, port = parse_connection(connection)
-        super().__init__(scanners, f"unix:{where}" if family == "unix" else where, port)
+        if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
+            raise ConfigError(f"milter: umask must be an integer like 0o117, got {umask!r}")
+        super().__init__(scanners, f"unix:{where}" if family == "unix" else where, port, socket_mode=0o777 & ~umask)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"milter: name must be a non-empty string, got {name!r}")
-        if not isinstance(umask, int) or not 0 <= umask <= 0o777:
-            raise ConfigError(f"milter: umask must be an integer like 0o117, got {umask!r}")
-        if not isinstance(max_size, int) or max_size < 1024:
-            raise ConfigError(f"milter: max_size must be an integer of at least 1024 bytes, got {max_size!r}")
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"milter: timeout must be a positive number of seconds, got {timeout!r}")
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(f"milter: max_connections must be a positive integer, got {max_connections!r}")
+        max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
+        timeout = check_seconds(timeout, "timeout", self.kind)
+        max_connections = check_limit(max_connections, "max_connections", self.kind)
         self.name, self.connection, self.family, self.path = name, connection, family, where
-        self.umask, self.max_size, self.timeout = umask, max_size, float(timeout)
+        self.umask, self.max_size, self.timeout = umask, max_size, timeout
         self.max_connections, self.quarantine_hold = max_connections, bool(quarantine_hold)
 
     def describe(self) -> str:
@@ -152,32 +153,6 @@ class milter(Service):
     def check(self, settings: Settings) -> None:
         """Validate what needs the global settings (the mail path: no next hop is needed)."""
         MailPath(self.scanners, settings, KeptByMTA())
-
-    def bind(self) -> socket.socket:
-        """TCP as every service, or a unix socket (a stale socket file is replaced)."""
-        if self.family == "inet":
-            return super().bind()
-        path = self.path
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise ConfigError(f"{self.describe()}: {path} exists and is not a socket")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(path)
-                except OSError:
-                    os.unlink(path)  # nobody listens: a leftover of an earlier run
-                else:
-                    raise ConfigError(f"{self.describe()}: {path} is in use by another process")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            os.chmod(path, 0o777 & ~self.umask)  # before listen(): nobody can connect earlier
-        except OSError as error:
-            sock.close()
-            raise ConfigError(f"{self.describe()}: cannot listen on {path}: {error.strerror}") from None
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-        return sock
 
     def recorder(self) -> KeptByMTA:
         """The mail path's "next hop", which records the final message (a subclass may rewrite it)."""
@@ -277,56 +252,35 @@ def _allow(allowed: int, flag: int, what: str, refused: list[str]) -> bool:
 # --------------------------------------------------------------------------- sessions
 
 
-class MilterServer:
-    """One worker's running ``milter``: the listening server and its connections."""
+class MilterServer(Server):
+    """One worker's running ``milter``: the skeleton (:class:`~mailsift.services.server.Server`) and the milter."""
+
+    service: milter
 
     def __init__(self, service: milter, settings: Settings) -> None:
-        self.service = service
-        self.settings = settings
+        super().__init__(service, settings)
         self.delivery = service.recorder()
         self.path = MailPath(service.scanners, settings, self.delivery)
-        self.sessions: set[MilterSession] = set()
-        self.draining = False
-        self._server: asyncio.base_events.Server | None = None
-        self._counter = 0
-        self._id_prefix = f"{socket.gethostname()[:8]}-m{os.getpid() & 0xFFFF:04x}"
 
     async def start(self, sock: socket.socket) -> None:
-        if sock.family == socket.AF_UNIX:
-            self._server = await asyncio.start_unix_server(self._connected, sock=sock, limit=mp.MAX_PACKET)
-        else:
-            self._server = await asyncio.start_server(self._connected, sock=sock, limit=mp.MAX_PACKET)
+        await self.listen_streams(sock, self._connected, mp.MAX_PACKET)
 
     def queue_id(self) -> str:
         """A queue id for the log when the MTA sent none (Postfix sends ``{i}``)."""
-        self._counter += 1
-        return f"{self._id_prefix}-{self._counter}"
+        return self.next_queue_id()
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.draining or len(self.sessions) >= self.service.max_connections:
+        if self.refusal():
             writer.close()  # the MTA applies its milter_default_action (tempfail, we advise)
             return
         session = MilterSession(self, reader, writer)
-        self.sessions.add(session)
+        self.add(session)
         try:
             await session.run()
         finally:
-            self.sessions.discard(session)
+            self.discard(session)
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting; close idle connections; let messages in progress end (up to ``timeout``)."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.sessions and loop.time() < deadline:
-            for session in list(self.sessions):
-                if not session.busy and loop.time() - session.last_active > IDLE_GRACE:
-                    session.close()
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            session.close()
+    async def closed(self) -> None:
         await self.path.close()
 
 
@@ -338,7 +292,7 @@ class MilterSession:
         self.service = server.service
         self.reader, self.writer = reader, writer
         self.options = mp.NOT_NEGOTIATED
-        self.last_active = asyncio.get_running_loop().time()
+        self.busy = False
         self._reset_connection()
 
     def _reset_connection(self) -> None:
@@ -357,8 +311,8 @@ class MilterSession:
 
     def _new_message(self) -> None:
         """Forget the message's data, keeping macros (those of MAIL arrive just before it)."""
-        self.busy = False
         self.sender = ""
+        self.bad_address: Reply | None = None
         self.mail_options: list[str] = []
         self.recipients: list[str] = []
         self.too_many_recipients = False
@@ -370,8 +324,14 @@ class MilterSession:
     def close(self) -> None:
         self.writer.close()
 
+    def shut_down(self) -> None:
+        """The worker drains: close (the MTA applies its milter_default_action); never inside a message."""
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.close()
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -381,16 +341,16 @@ class MilterSession:
                 except TimeoutError:
                     log.info("%s: MTA silent for %.0f s, closing", self.service.name, self.service.timeout)
                     return
-                self.last_active = loop.time()
                 answer = await self.handle(command, data)
                 if answer is None:
                     return
                 if answer:
                     self.writer.write(b"".join(answer))
                     await self.writer.drain()
-                self.last_active = loop.time()
-                if self.server.draining and command == mp.SMFIC_BODYEOB:
-                    return  # the message in flight got its answer; idle connections are closed by drain()
+                if command in _TRANSACTION_ENDS:
+                    self.server.end(self)  # the answer is out: a draining worker closes the connection now
+                if self.writer.is_closing():
+                    return
         except mp.ProtocolError as error:
             log.warning("%s: protocol error from the MTA, closing: %s", self.service.name, error)
         except ConnectionError:
@@ -420,11 +380,16 @@ class MilterSession:
         elif command == mp.SMFIC_HELO:
             self.helo = mp.text(mp.strings(data)[0]) if data else ""
         elif command == mp.SMFIC_MAIL:
+            if not self.server.begin(self):
+                return None  # draining: no new message; the MTA applies milter_default_action (tempfail)
             self._new_message()
-            self.busy = True
             self.sender, self.mail_options = mp.parse_address(data)
+            if address_problem(self.sender, allow_empty=True):
+                return self._refuse_address(command, replies.BAD_SENDER, self.sender)
         elif command == mp.SMFIC_RCPT:
             recipient, _ = mp.parse_address(data)
+            if address_problem(recipient):
+                return self._refuse_address(command, replies.BAD_RECIPIENT, recipient)
             if len(self.recipients) < MAX_RECIPIENTS:
                 self.recipients.append(recipient)
             else:
@@ -438,6 +403,8 @@ class MilterSession:
         elif command == mp.SMFIC_BODYEOB:
             self._keep(self.body, data)
             try:
+                if self.bad_address is not None:
+                    return [_reply(self.bad_address)]
                 return await self.end_of_message()
             finally:
                 self._reset_message()
@@ -452,6 +419,19 @@ class MilterSession:
         elif command not in (mp.SMFIC_EOH, mp.SMFIC_DATA, mp.SMFIC_UNKNOWN):
             raise mp.ProtocolError(f"unknown command {command!r}")
         return self._continue(command)
+
+    def _refuse_address(self, command: bytes, reply: Reply, address: str) -> list[bytes]:
+        """A bad MAIL/RCPT address: answered now if the MTA waits for this step, else at end of message."""
+        log.warning("%s: refusing a bad address %.80r (%s)", self.service.name, address, reply.text)
+        if command == mp.SMFIC_MAIL:
+            self.sender = ""
+        if self.options.replies_to(command):
+            if command == mp.SMFIC_MAIL:  # the MTA refuses this message: none is in progress
+                self.bad_address = reply
+                self.server.end(self)
+            return [_reply(reply)]
+        self.bad_address = reply
+        return []
 
     def macro(self, name: str) -> str:
         """A macro's latest value (``i`` for ``{i}``), '' when the MTA did not send it."""
@@ -523,6 +503,10 @@ class MilterSession:
                 return [mp.quarantine(reason), mp.packet(mp.SMFIR_ACCEPT)]
             log.warning("%s: the MTA does not allow SMFIR_QUARANTINE: discarding instead", env.queue_id)
         return [mp.packet(mp.SMFIR_DISCARD)]  # drop, or quarantined in mailsift's own store
+
+
+_TRANSACTION_ENDS = (mp.SMFIC_BODYEOB, mp.SMFIC_ABORT, mp.SMFIC_QUIT_NC)
+"""After these the connection has no message in progress."""
 
 
 def _reply(reply: Reply) -> bytes:

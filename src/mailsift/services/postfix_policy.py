@@ -26,6 +26,11 @@ or the evaluation ran out of time      fail closed; ``'DUNNO'`` fails open)
 
 Never ``OK``: the check usually comes before ``reject_unauth_destination``,
 and an ``OK`` there would make the server an open relay.
+
+Listening (TCP or a unix socket), the connection limit and draining are the
+server skeleton's (:mod:`mailsift.services.server`).  The protocol has no
+temporary answer of its own for "busy" or "shutting down": such connections
+are closed, and Postfix asks again on a new connection (another worker).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mailsift.core.pipeline import Pipeline
@@ -45,7 +50,8 @@ from mailsift.message.result import Decision, Disposition, Result, SetDispositio
 from mailsift.reporting import counters
 from mailsift.scanners.base import first_detection
 from mailsift.scanners.greylist import PolicyTarget
-from mailsift.services.base import Service
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.server import Server
 from mailsift.settings import Settings
 from mailsift.storage.db import Database, sqlite
 
@@ -90,7 +96,9 @@ class smtpd_policy(Service):
     seconds pass; ``'DUNNO'`` to fail open), ``idle_timeout`` (seconds before
     an idle connection is closed; Postfix reconnects), ``max_connections`` per
     worker.  ``max_children`` is accepted for SAGATOR configs (workers are set
-    by ``serve --workers``).
+    by ``serve --workers``).  ``host`` may name a unix socket
+    (``'unix:/var/spool/postfix/private/mailsift-policy'``), made with
+    ``socket_mode`` (default 0o660).
     """
 
     kind = "smtpd_policy"
@@ -109,8 +117,9 @@ class smtpd_policy(Service):
         timeout: float = 10.0,
         idle_timeout: float = 600.0,
         max_connections: int = 500,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
-        super().__init__(scanners, host, port)
+        super().__init__(scanners, host, port, socket_mode=socket_mode)
         if dbc is None:
             dbc = sqlite()
         if not isinstance(dbc, Database):
@@ -119,17 +128,13 @@ class smtpd_policy(Service):
         self.defer = _check_verb(defer, _DEFER_VERB, "defer verb (DEFER_IF_PERMIT, DEFER, 450, '450 4.7.1')")
         self.reject = _check_verb(reject, _REJECT_VERB, "reject verb (REJECT, 550, '550 5.7.1')")
         self.on_error = _check_verb(on_error, _ACTION, "on_error action (e.g. 'DUNNO' or 'DEFER_IF_PERMIT text')")
-        for what, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"smtpd_policy: {what} must be a positive number of seconds, got {value!r}")
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(f"smtpd_policy: max_connections must be a positive integer, got {max_connections!r}")
-        self.timeout, self.idle_timeout = float(timeout), float(idle_timeout)
-        self.max_connections = max_connections
+        self.timeout = check_seconds(timeout, "timeout", self.kind)
+        self.idle_timeout = check_seconds(idle_timeout, "idle_timeout", self.kind)
+        self.max_connections = check_limit(max_connections, "max_connections", self.kind)
         self.max_children = max_children
 
     def describe(self) -> str:
-        return f"{self.kind}({self.host}:{self.port}, {self.database.describe()})"
+        return f"{self.kind}({self.where()}, {self.database.describe()})"
 
     def check(self, settings: Settings) -> None:
         """Resolve the database (default path under ``STATE_DIR``) and check its driver."""
@@ -137,7 +142,7 @@ class smtpd_policy(Service):
 
     async def start(self, sock: socket.socket, settings: Settings) -> PolicyServer:
         self.check(settings)
-        server = PolicyServer(self)
+        server = PolicyServer(self, settings)
         await server.start(sock)
         return server
 
@@ -208,55 +213,58 @@ async def read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
 class _Connection:
     writer: asyncio.StreamWriter
     busy: bool = False
-    since: float = field(default_factory=time.monotonic)
+
+    def shut_down(self) -> None:
+        self.writer.close()  # no "shutting down" answer in the protocol: Postfix asks again elsewhere
+
+    def abort(self) -> None:
+        self.writer.close()
 
 
-class PolicyServer:
-    """One worker's running ``smtpd_policy``: its connections and their requests."""
+class PolicyServer(Server):
+    """One worker's running ``smtpd_policy``: the skeleton (:class:`~mailsift.services.server.Server`) and requests."""
 
-    def __init__(self, service: smtpd_policy) -> None:
-        self.service = service
+    service: smtpd_policy
+
+    def __init__(self, service: smtpd_policy, settings: Settings) -> None:
+        super().__init__(service, settings)
         self.pipeline = Pipeline(service.scanners)
         self.database = service.database
-        self.connections: set[_Connection] = set()
-        self.draining = False
-        self._server: asyncio.base_events.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
         try:
             await self.database.prepare()
         except ScannerError as error:  # answered per request (on_error) until the database is back
             log.error("policy: database not ready at start: %s", error.message)
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=LINE_LIMIT)
+        await self.listen_streams(sock, self._serve, LINE_LIMIT)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(writer)
-        if self.draining or len(self.connections) >= self.service.max_connections:
+        if self.refusal():
             writer.close()
             return
-        self.connections.add(connection)
+        connection = _Connection(writer)
+        self.add(connection)
         try:
-            while not self.draining:
+            while True:
                 try:
                     request = await asyncio.wait_for(read_request(reader), self.service.idle_timeout)
                 except PolicyProtocolError as error:
                     log.warning("policy: %s; answering %r and closing", error, MALFORMED)
                     await self._reply(writer, MALFORMED)
                     break
-                if request is None:
-                    break
-                connection.busy = True
+                if request is None or not self.begin(connection):
+                    break  # EOF, or draining: closed unanswered, Postfix asks again on a new connection
                 try:
                     action = await self.decide(request)
                 except Exception:  # a bug must not leave Postfix waiting: answer, keep serving
                     log.exception("policy: unexpected error; answering %r", self.service.on_error)
                     action = self.service.on_error
                 await self._reply(writer, action)
-                connection.busy = False
+                self.end(connection)  # a draining worker closes the connection now
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self.connections.discard(connection)
+            self.discard(connection)
             writer.close()
 
     @staticmethod
@@ -303,20 +311,7 @@ class PolicyServer:
             return Decision.tempfail(ScannerError(f"policy evaluation took over {self.service.timeout:g} s"))
         return Decision.from_results(trail)
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting; close idle connections now, busy ones after their answer (up to ``timeout``)."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.connections and loop.time() < deadline:
-            for connection in list(self.connections):
-                if not connection.busy:
-                    connection.writer.close()
-            await asyncio.sleep(0.05)
-        for connection in list(self.connections):
-            connection.writer.close()
+    async def closed(self) -> None:
         await self.pipeline.aclose()
         await counters.close_policy_counters()
         await asyncio.to_thread(self.database.dispose)

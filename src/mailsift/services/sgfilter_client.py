@@ -7,7 +7,8 @@ codes and an ``exec`` of the real qmail-queue for qmail-smtpd
 (:func:`qmail_queue_exit`).  Neither needs the config file: they only talk to
 the daemon, with a deadline on the whole exchange.
 
-The protocol (see :mod:`mailsift.services.sgfilterd`) has no length on the
+The protocol (see :mod:`mailsift.services.sgfilterd`; its statuses are in
+:mod:`mailsift.services.sgfilter_protocol`) has no length on the
 answer: the daemon closes the connection after the message.  A daemon that
 dies while sending also closes it, so the answer is checked: mailsift's edits
 only add to the header block (:func:`mailsift.message.rewrite.apply_edits`), so a
@@ -28,14 +29,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 27  # SAGATOR's sgfilterd/sgfilter default
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_MAX_SIZE = 50 * 1024 * 1024  # sgfilterd's default max_size
-MAX_ADDRESS = 512  # sgfilterd refuses longer addresses
+from mailsift.services import sgfilter_protocol as protocol
+from mailsift.services.sgfilter_protocol import DELIVER, MAX_ADDRESS
 
-CLEAN, FORCED, TEMPFAIL, REJECT, DROP, TOO_BIG = 250, 251, 451, 550, 551, 552
-DELIVER = (CLEAN, FORCED)
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_SIZE = protocol.DEFAULT_HOST, protocol.DEFAULT_PORT, protocol.DEFAULT_MAX_SIZE
+DEFAULT_TIMEOUT = 300.0
+
+# the daemon's answer codes (defined once, in sgfilter_protocol)
+CLEAN, FORCED, TEMPFAIL = protocol.CLEAN.code, protocol.FORCED.code, protocol.TEMPFAIL.code
+REJECT, DROP, TOO_BIG = protocol.REJECT.code, protocol.DROP.code, protocol.TOO_BIG.code
+SHUTTING_DOWN = protocol.SHUTTING_DOWN.code
 
 _ANSWER = re.compile(rb"([0-9]{3}) (-?[0-9]+\.[0-9]+)(?: ([^\n]*))?")
 _BODY = re.compile(rb"\r?\n\r?\n")
@@ -357,7 +360,7 @@ def qmail_queue_exit(answer: Answer | None, error: NoVerdict | None = None) -> i
         return QQ_OK
     if answer.status in (REJECT, TOO_BIG):
         return QQ_REJECTED
-    if answer.status in (TEMPFAIL, 421):
+    if answer.status in (TEMPFAIL, SHUTTING_DOWN):
         return QQ_TEMPORARILY_REJECTED
     return QQ_COMMUNICATION_FAILED  # 500/501/503: the daemon did not understand the request
 

@@ -14,7 +14,8 @@ Output, then the daemon closes the connection::
     XXX L.LL VIRNAME
     <the message to deliver, with the config's edits (add_header, modify_subject)>
 
-``XXX`` is one of :data:`CLEAN` 250, :data:`FORCED` 251 (detected, but the
+The statuses are data in :mod:`mailsift.services.sgfilter_protocol` (shared
+with the client).  ``XXX`` is one of :data:`CLEAN` 250, :data:`FORCED` 251 (detected, but the
 config delivers it), :data:`TEMPFAIL` 451, :data:`REJECT` 550, :data:`DROP`
 551 (dropped or kept in quarantine only).  The message follows 250 and 251
 only.  Bad input gets one error line in the same format (500, 501, 503, 552,
@@ -43,53 +44,40 @@ from typing import Any, cast
 
 from mailsift.core.mailpath import MailPath
 from mailsift.delivery.next_hop import Delivery
-from mailsift.errors import ConfigError
+from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
-from mailsift.services.base import Service
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.server import Server
+from mailsift.services.sgfilter_protocol import (
+    BAD_LENGTH,
+    BAD_RECIPIENT,
+    BAD_SENDER,
+    CLEAN,
+    DROP,
+    FORCED,
+    LINE_TOO_LONG,
+    LONG_DATA,
+    MAX_LINE,
+    MAX_RECIPIENTS,
+    NO_RECIPIENT,
+    NO_SENDER,
+    REJECT,
+    SHORT_DATA,
+    SHUTTING_DOWN,
+    TEMPFAIL,
+    TIMEOUT,
+    TOO_BIG,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_RECIPIENTS,
+    UNKNOWN_COMMAND,
+    Status,
+)
 from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.sgfilterd")
 
 # --------------------------------------------------------------------------- statuses (data)
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """One answer line: ``XXX L.LL VIRNAME``."""
-
-    code: int
-    text: str = ""
-
-    def line(self, level: float = 0.0, name: str | None = None) -> bytes:
-        name = _one_line(self.text if name is None else name)
-        return f"{self.code} {level:.2f}{' ' + name if name else ''}\n".encode("utf-8", "replace")
-
-    def named(self, name: str) -> Status:
-        return Status(self.code, name)
-
-
-CLEAN = Status(250)
-FORCED = Status(251)
-TEMPFAIL = Status(451, "Temporary failure in content filter")
-REJECT = Status(550)
-DROP = Status(551)
-
-# Errors of the protocol itself (not in SAGATOR's list, which names verdicts only):
-UNKNOWN_COMMAND = Status(500, "Unknown command (expected MAIL FROM:, RCPT TO:, DATA length)")
-LINE_TOO_LONG = Status(500, "Line too long")
-BAD_SENDER = Status(501, "Syntax: MAIL FROM: sender")
-BAD_RECIPIENT = Status(501, "Syntax: RCPT TO: recipient")
-BAD_LENGTH = Status(501, "Syntax: DATA length (a decimal number of bytes)")
-SHORT_DATA = Status(501, "Data shorter than the DATA length")
-LONG_DATA = Status(501, "Data longer than the DATA length")
-NO_SENDER = Status(503, "MAIL FROM: first")
-NO_RECIPIENT = Status(503, "RCPT TO: needed before DATA")
-TOO_MANY_RECIPIENTS = Status(503, "Too many recipients")
-TOO_BIG = Status(552, "Message size exceeds fixed maximum message size")
-TIMEOUT = Status(421, "Timeout")
-SHUTTING_DOWN = Status(421, "Service shutting down")
-TOO_MANY_CONNECTIONS = Status(421, "Too many connections")
 
 STATUS_OF_DISPOSITION = {
     Disposition.REJECT: REJECT,
@@ -98,14 +86,7 @@ STATUS_OF_DISPOSITION = {
     Disposition.TEMPFAIL: TEMPFAIL,
 }
 
-MAX_LINE = 2048
-MAX_RECIPIENTS = 1000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_ADDRESS = re.compile(r"<?([^<>\s]*)>?")
-
-
-def _one_line(text: str) -> str:
-    return _CONTROL.sub(" ", text).strip()
+_ADDRESS = re.compile(r"<?(.*?)>?")
 
 
 class _Refused(Exception):
@@ -163,6 +144,8 @@ class sgfilterd(Service):
     50 MB: a larger DATA length is answered 552), ``timeout`` (seconds without
     input before 421, default 60), ``max_connections`` per worker (default 500).
     ``prefork`` is accepted for SAGATOR configs; workers are set by ``serve``.
+    ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
+    made with ``socket_mode`` (default 0o660).
     """
 
     kind = "sgfilterd"
@@ -177,16 +160,13 @@ class sgfilterd(Service):
         max_size: int = 50 * 1024 * 1024,
         timeout: float = 60.0,
         max_connections: int = 500,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
-        super().__init__(scanners, host, port)
-        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1024:
-            raise ConfigError(f"sgfilterd: max_size must be an integer of at least 1024 bytes, got {max_size!r}")
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigError(f"sgfilterd: timeout must be a positive number of seconds, got {timeout!r}")
-        if not isinstance(max_connections, int) or isinstance(max_connections, bool) or max_connections < 1:
-            raise ConfigError(f"sgfilterd: max_connections must be a positive integer, got {max_connections!r}")
+        super().__init__(scanners, host, port, socket_mode=socket_mode)
         self.prefork = prefork
-        self.max_size, self.timeout, self.max_connections = max_size, float(timeout), max_connections
+        self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
+        self.timeout = check_seconds(timeout, "timeout", self.kind)
+        self.max_connections = check_limit(max_connections, "max_connections", self.kind)
 
     def check(self, settings: Settings) -> None:
         """Nothing needs the global settings: the next hop is the client."""
@@ -224,12 +204,13 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        self.server.connections.add(self)
-        if len(self.server.connections) > self.server.service.max_connections or self.server.draining:
-            refusal = SHUTTING_DOWN if self.server.draining else TOO_MANY_CONNECTIONS
-            self.transport.write(refusal.line())
+        refusal = self.server.refusal()
+        if refusal:
+            self.transport.write((SHUTTING_DOWN if refusal == "draining" else TOO_MANY_CONNECTIONS).line())
             self.transport.close()
             return
+        self.server.add(self)
+        self.server.begin(self)  # one request per connection: the transaction is the connection
         self.task = asyncio.get_running_loop().create_task(self.server.session(self))
 
     def data_received(self, data: bytes) -> None:
@@ -249,7 +230,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self.server.connections.discard(self)
+        self.server.discard(self)
         self._wake()
 
     # -- for the session
@@ -334,25 +315,30 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def shut_down(self) -> None:
+        """Never called: a connection is busy until its answer, then closed."""
+        self.close()
 
-class SgfilterServer:
-    """One worker's running ``sgfilterd``."""
+    def abort(self) -> None:
+        """The drain's deadline passed: the client gets no answer and retries."""
+        self.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class SgfilterServer(Server):
+    """One worker's running ``sgfilterd``: the skeleton (:class:`~mailsift.services.server.Server`) and the protocol."""
+
+    service: sgfilterd
 
     def __init__(self, service: sgfilterd, settings: Settings) -> None:
-        self.service = service
-        self.settings = settings
+        super().__init__(service, settings)
         self.keeper = KeepMessage()
         self.path = MailPath(service.scanners, settings, self.keeper)
-        self.connections: set[_Connection] = set()
         self.sessions: set[asyncio.Task[None]] = set()
-        self.draining = False
-        self._server: asyncio.base_events.Server | None = None
-        self._counter = 0
-        self._id_prefix = f"{socket.gethostname()[:8]}-sg{id(self) & 0xFFFF:04x}"
 
     async def start(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+        await self.listen(sock, lambda: _Connection(self))
 
     async def session(self, connection: _Connection) -> None:
         task = asyncio.current_task()
@@ -420,11 +406,10 @@ class SgfilterServer:
 
     async def filter(self, request: Request) -> tuple[Status, float, str, bytes | None]:
         """Run the shared path: the status, level, name and (250/251) the message to deliver."""
-        self._counter += 1
         env = Envelope(
             sender=request.sender,
             recipients=request.recipients,
-            queue_id=f"{self._id_prefix}-{self._counter}",
+            queue_id=self.next_queue_id(),
             protocol="SGFILTER",
         )
         mail = Mail(env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
@@ -443,28 +428,17 @@ class SgfilterServer:
             name = name or TEMPFAIL.text
         return status, decision.result.level, name, kept if status in (CLEAN, FORCED) else None
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting; let sessions finish (up to ``timeout``); then close the rest."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        if self.sessions:
-            await asyncio.wait(set(self.sessions), timeout=timeout)
-        for connection in list(self.connections):
-            connection.close()
-        for task in list(self.sessions):  # still scanning after the timeout: the client gets no answer and retries
+    async def closed(self) -> None:
+        for task in list(self.sessions):  # still scanning after the deadline: the client gets no answer
             task.cancel()
         await self.path.close()
 
 
 def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
     match = _ADDRESS.fullmatch(argument.strip())
-    if match is None or (not match.group(1) and not allow_empty) or len(match.group(1)) > 512:
+    if match is None or address_problem(match.group(1), allow_empty=allow_empty):
         raise _Refused(error)
-    address = match.group(1)
-    if any(not ch.isprintable() or ch in '"\\' for ch in address):
-        raise _Refused(error)
-    return address
+    return match.group(1)
 
 
 def _length(text: str) -> int:

@@ -9,7 +9,13 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 * ``PIPELINING`` — aiosmtpd reads commands in order, so pipelined clients work;
 * ``XFORWARD`` — Postfix passes the original client (NAME, ADDR, PROTO, HELO,
   IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default);
-* a connection limit (421 beyond it) and an idle timeout;
+* the server skeleton (:mod:`mailsift.services.server`): TCP or a unix
+  socket, a connection limit (421 beyond it), an idle timeout per command
+  (421, then the connection closes), draining (421 to a transaction begun
+  on a draining worker; one in progress is never cut), queue ids unique
+  across workers and nodes;
+* every MAIL and RCPT address checked by
+  :func:`mailsift.message.address.address_problem` (501 when refused);
 * SMTP smuggling: DATA ends only at ``<CRLF>.<CRLF>`` (:func:`read_data`), and
   the next hop gets CRLF-normalised, dot-stuffed data
   (:func:`mailsift.delivery.smtpclient.wire_data`), so a bare ``\\n.\\n`` can never
@@ -32,14 +38,13 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from mailsift import replies
 from mailsift.core.mailpath import MailPath
 from mailsift.errors import ConfigError
+from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import Service
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.server import Server
 from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.smtpd")
-
-IDLE_GRACE = 1.0
-"""While draining, seconds of silence after which a session not in a transaction is closed."""
 
 XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PROTO", "HELO", "IDENT", "SOURCE")
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
@@ -55,8 +60,11 @@ class smtpd(Service):
     Options: ``next_hop`` (``('host', port)``, ``smtp_relay(...)`` or
     ``local_maildir(...)``; default ``SMTP_SERVER``), ``max_size`` (bytes,
     advertised as SIZE; default 50 MB), ``max_connections`` per worker (default
-    500), ``timeout`` (idle seconds, default 300), ``xforward_hosts`` (networks
-    allowed to send XFORWARD; default loopback), ``hostname`` (greeting name).
+    500), ``timeout`` (idle seconds per command, default 300; then 421),
+    ``xforward_hosts`` (networks allowed to send XFORWARD; default loopback),
+    ``hostname`` (greeting name).  ``host`` may name a unix socket instead
+    (``'unix:/run/mailsift/smtpd.sock'``, the port is ignored), made with
+    ``socket_mode`` (default 0o660).
     """
 
     kind = "smtpd"
@@ -74,18 +82,16 @@ class smtpd(Service):
         timeout: float = 300.0,
         xforward_hosts: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         hostname: str | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
-        super().__init__(scanners, host, port)
-        if not isinstance(max_size, int) or max_size < 1024:
-            raise ConfigError(f"smtpd: max_size must be an integer of at least 1024 bytes, got {max_size!r}")
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(f"smtpd: max_connections must be a positive integer, got {max_connections!r}")
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"smtpd: timeout must be a positive number of seconds, got {timeout!r}")
+        super().__init__(scanners, host, port, socket_mode=socket_mode)
+        max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
+        max_connections = check_limit(max_connections, "max_connections", self.kind)
+        timeout = check_seconds(timeout, "timeout", self.kind)
         try:
             self.xforward_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in xforward_hosts)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"smtpd: bad xforward_hosts: {error}") from None
+            raise ConfigError(f"{self.kind}: bad xforward_hosts: {error}") from None
         self.prefork = prefork  # accepted for SAGATOR configs; workers are set by `serve --workers`
         self.next_hop = next_hop
         self.max_size, self.max_connections, self.timeout = max_size, max_connections, float(timeout)
@@ -102,11 +108,14 @@ class smtpd(Service):
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 421 and hangs up: used beyond the connection limit."""
+    """Answers 421 and hangs up: beyond the connection limit, or on a draining worker."""
+
+    def __init__(self, reply: replies.Reply) -> None:
+        self.reply = reply
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # no isinstance(asyncio.Transport) check: uvloop's transports are not subclasses
-        cast(asyncio.Transport, transport).write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
+        cast(asyncio.Transport, transport).write(f"{self.reply}\r\n".encode())
         transport.close()
 
 
@@ -147,19 +156,37 @@ class FilterSMTP(SMTP):
         self.server = server
         self.xforward: dict[str, str] = {}
         self.busy = False
-        self.last_active = 0.0
-
-    def touch(self) -> None:
-        self.last_active = asyncio.get_running_loop().time()
+        self.processing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.touch()
-        self.server.sessions.add(self)
+        self.server.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        self.server.sessions.discard(self)
+        self.server.discard(self)
         super().connection_lost(error)
+
+    def _answer_and_close(self, reply: replies.Reply) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).write(f"{reply}\r\n".encode())  # (uvloop's transports)
+            self.transport.close()
+
+    def shut_down(self) -> None:
+        """The worker drains: 421, then close (the skeleton never calls it inside a transaction)."""
+        self._answer_and_close(replies.SHUTTING_DOWN)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        """The idle timeout (per command): 421, then close; never while the message is being processed."""
+        if self.processing:
+            self._reset_timeout()
+            return
+        peer = self.session.peer if self.session else "-"
+        log.info("%r: idle for %.0f s: 421 and closing", peer, self._timeout_duration)
+        self._answer_and_close(replies.IDLE_TIMEOUT)
 
     async def push(self, status: AnyStr) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -178,12 +205,12 @@ class FilterSMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(str(replies.NEED_RECIPIENT))
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(str(replies.DATA_SYNTAX))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(str(replies.START_DATA))
         try:
             content, problem = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
         except asyncio.CancelledError:
@@ -200,6 +227,7 @@ class FilterSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
         await self.push(status)
+        self.server.end(self)  # the answer is out: a draining worker closes the connection now
 
     def refusal(self, problem: str) -> str:
         """The reply to content refused while it was read (too big, a line too long)."""
@@ -237,7 +265,6 @@ class Handler:
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        server.touch()
         extra = ["250-PIPELINING"]
         peer = session.peer[0] if isinstance(session.peer, tuple) else ""
         if self.server.xforward_allowed(peer):
@@ -247,60 +274,53 @@ class Handler:
     async def handle_MAIL(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
     ) -> str:
-        # While draining, a session that already started still gets its transaction
-        # done (a 421 here would make Postfix defer the mail for minutes); it is
-        # closed after DATA.
-        server.touch()
         if not _plausible_address(address, allow_empty=True):
             return str(replies.BAD_SENDER)
-        server.busy = True
+        if not self.server.begin(server):  # a draining worker begins no transaction: 421 and close
+            server.shut_down()
+            return str(replies.SHUTTING_DOWN)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 2.1.0 Ok"
+        return str(replies.SENDER_OK)
 
     async def handle_RCPT(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope, address: str, options: list[str]
     ) -> str:
-        server.touch()
         if not _plausible_address(address, allow_empty=False):
             return str(replies.BAD_RECIPIENT)
-        if len(envelope.rcpt_tos) >= 1000:
-            return "452 4.5.3 Too many recipients"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return str(replies.TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return "250 2.1.5 Ok"
+        return str(replies.RECIPIENT_OK)
 
     async def handle_RSET(self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:  # noqa: N802
-        server.busy = False
-        return "250 2.0.0 Ok"
+        if server.busy:
+            self.server.end(server)
+        return str(replies.RESET_OK)
 
     async def handle_DATA(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope
     ) -> str:
+        server.processing = True  # the idle timeout waits for the answer
         try:
             return await self.server.process(server, session, envelope)
         finally:
-            server.busy = False
-            server.touch()
-            if self.server.draining:
-                asyncio.get_running_loop().call_later(0.05, _close, server)
+            server.processing = False
+
+
+MAX_RECIPIENTS = 1000
 
 
 def _plausible_address(address: str, *, allow_empty: bool) -> bool:
-    """Refuse what cannot be relayed safely: brackets, spaces, controls, overlong.
+    """The shared address check (:mod:`mailsift.message.address`).
 
     The null sender (``MAIL FROM:<>``, bounces and notifications) reaches the
     hook as ``"<>"`` from aiosmtpd: it is plausible for MAIL only.
     """
-    if not address or address == "<>":
+    if address == "<>":
         return allow_empty
-    too_long = len(address) > 512
-    return not (too_long or any(ch in '<>"\\' or not ch.isprintable() or ch.isspace() for ch in address))
-
-
-def _close(session: FilterSMTP) -> None:
-    if session.transport is not None:
-        session.transport.close()
+    return not address_problem(address, allow_empty=allow_empty)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -310,8 +330,8 @@ _SIMPLE_ADDRESS = re.compile(
 )
 """``<local@domain>`` with a dot-atom local part and a plain domain, then the parameters."""
 
-TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-TOO_MUCH = "552 Error: Too much mail data"
+TOO_LONG = str(replies.LINE_TOO_LONG)
+TOO_MUCH = str(replies.TOO_MUCH_DATA)
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> tuple[bytes, str]:
@@ -378,7 +398,7 @@ class _Prototype:
     def __init__(self, session: FilterSMTP) -> None:
         reader = asyncio.StreamReader(loop=session.loop)
         base = vars(asyncio.StreamReaderProtocol(reader, client_connected_cb=_no_callback, loop=session.loop))
-        skip = {"_smtp_methods", "_auth_methods", "server", "xforward", "busy", "last_active"}
+        skip = {"_smtp_methods", "_auth_methods", "server", "xforward", "busy", "processing"}
         self.settings = {k: v for k, v in vars(session).items() if k not in base and k not in skip}
         self.smtp_verbs = tuple(session._smtp_methods)
         self._auth = dict(session._auth_methods)
@@ -391,22 +411,21 @@ class _Prototype:
         }
 
 
-class SMTPServer:
-    """One worker's running ``smtpd``: the listening server and its sessions."""
+class SMTPServer(Server):
+    """One worker's running ``smtpd``: the skeleton (:class:`~mailsift.services.server.Server`) and SMTP."""
+
+    service: smtpd
 
     def __init__(self, service: smtpd, settings: Settings) -> None:
-        self.service = service
-        self.settings = settings
+        super().__init__(service, settings)
         self.path = MailPath(service.scanners, settings, service.next_hop)
         self.handler = Handler(self)
-        self.sessions: set[FilterSMTP] = set()
-        self.draining = False
-        self._server: asyncio.base_events.Server | None = None
-        self._counter = 0
-        self._id_prefix = f"{socket.gethostname()[:8]}-{id(self) & 0xFFFF:04x}"
         self.prototype: _Prototype | None = None
 
     def xforward_allowed(self, peer: str) -> bool:
+        """Whether the client at ``peer`` may send XFORWARD (on a unix socket: always, its mode guards it)."""
+        if self.service.unix_path is not None:
+            return True
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
@@ -417,8 +436,9 @@ class SMTPServer:
     ident = "mailsift"
 
     def _protocol(self) -> asyncio.Protocol:
-        if len(self.sessions) >= self.service.max_connections or self.draining:
-            return _Refuse()
+        refusal = self.refusal()
+        if refusal:
+            return _Refuse(replies.SHUTTING_DOWN if refusal == "draining" else replies.TOO_MANY_CONNECTIONS)
         session = self.session_class(
             self,
             data_size_limit=self.service.max_size,
@@ -432,12 +452,7 @@ class SMTPServer:
         return session
 
     async def start(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, sock=sock, backlog=1024)
-
-    def _queue_id(self) -> str:
-        self._counter += 1
-        return f"{self._id_prefix}-{self._counter}"
+        await self.listen(sock, self._protocol)
 
     def envelope_of(
         self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope, *, protocol: str = ""
@@ -451,7 +466,7 @@ class SMTPServer:
             client_address=xf.get("ADDR", peer[0]),
             client_name=xf.get("NAME", ""),
             helo=xf.get("HELO", session.host_name or ""),
-            queue_id=xf.get("IDENT", "") or self._queue_id(),
+            queue_id=xf.get("IDENT", "") or self.next_queue_id(),
             protocol=xf.get("PROTO", protocol or ("ESMTP" if session.extended_smtp else "SMTP")),
             mail_options=list(envelope.mail_options),
         )
@@ -469,26 +484,5 @@ class SMTPServer:
             mail.close()
         return str(outcome.reply)
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting, let open transactions finish (up to ``timeout``), close the rest.
-
-        Sessions idle for over :data:`IDLE_GRACE` seconds get a 421 and are closed;
-        a session that is active (just connected, or inside a transaction) gets
-        to finish one transaction and is closed after its DATA reply.
-        """
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.sessions and loop.time() < deadline:
-            now = loop.time()
-            for session in list(self.sessions):
-                if not session.busy and now - session.last_active > IDLE_GRACE:
-                    if session.transport is not None:  # (uvloop's transports: not asyncio.Transport)
-                        cast(asyncio.Transport, session.transport).write(f"{replies.SHUTTING_DOWN}\r\n".encode())
-                    _close(session)
-            await asyncio.sleep(0.05)
-        for session in list(self.sessions):
-            _close(session)
+    async def closed(self) -> None:
         await self.path.close()

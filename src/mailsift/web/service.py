@@ -14,7 +14,9 @@ button), ``secure_cookies`` (set when users come over https),
 ``session_hours`` (a session's longest life), ``idle_minutes`` (a session
 unused this long ends), ``trusted_proxies`` (addresses whose
 X-Forwarded-For names the client: the reverse proxy, for login throttling
-per client).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
+per client).  ``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
+for a reverse proxy on the same machine), made with ``socket_mode`` (default
+0o660).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
 to mailsift's log).
 """
 
@@ -31,7 +33,7 @@ import uvicorn
 from mailsift.errors import ConfigError
 from mailsift.reporting import links
 from mailsift.scanners.base import as_scanners
-from mailsift.services.base import Service, check_address
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_mode, parse_listen
 from mailsift.settings import Settings
 from mailsift.web.app import create_app
 from mailsift.web.users import compile_userconv
@@ -60,8 +62,10 @@ class webq(Service):
         log: str | None = None,
         metrics_clients: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         metrics_token: str | None = None,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
-        self.host, self.port = check_address(host, port, self.kind)
+        self.host, self.port = parse_listen(host, port, self.kind)  # TCP, or 'unix:/path' behind a proxy
+        self.socket_mode = check_mode(socket_mode, self.kind)
         # /metrics: from these clients, with this bearer token, or for an admin session
         self.metrics: dict[str, Any] = {"metrics_clients": tuple(metrics_clients), "metrics_token": metrics_token}
         self.scanners = as_scanners([scanner], self.kind) if scanner is not None else ()

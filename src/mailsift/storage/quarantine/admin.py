@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.delivery.next_hop import resolve
+from mailsift.message.address import check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import (
@@ -121,6 +122,7 @@ async def release(
     targets = list(recipients) or list(entry.recipients)
     if not targets:
         raise QuarantineProblem(f"{entry.id}: no recipients (give --to)")
+    check_addresses(entry.sender, targets)  # AddressError: CR/LF in a stored address would smuggle commands
     target = next_hop if next_hop is not None else settings.smtp_server
     if target is None:
         raise QuarantineProblem("no next hop: give --next-hop host:port or set SMTP_SERVER")

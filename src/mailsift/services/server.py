@@ -1,0 +1,207 @@
+"""The running side every socket front end shares: one worker's server skeleton.
+
+A front end's running server (:class:`~mailsift.services.smtpd.SMTPServer`,
+:class:`~mailsift.services.milter.MilterServer`,
+:class:`~mailsift.services.postfix_policy.PolicyServer`,
+:class:`~mailsift.services.sgfilterd.SgfilterServer`) subclasses
+:class:`Server` and keeps only its protocol.  The skeleton does:
+
+* **listening** on the socket the supervisor bound (TCP or unix,
+  :meth:`Server.listen`);
+* **the connection limit**, applied one way: a connection arriving while
+  ``max_connections`` are open, or while the worker drains, gets the
+  protocol's refusal (:meth:`Server.refusal`: SMTP/LMTP and sgfilterd answer
+  ``421``; the milter and the policy service close, which the MTA treats as a
+  temporary failure);
+* **transactions**: a connection is *busy* from the start of a transaction
+  (SMTP's MAIL, the milter's SMFIC_MAIL, a policy request, an sgfilterd
+  request) to its answer (:meth:`Server.begin`, :meth:`Server.end`);
+* **draining** (SIGHUP, SIGTERM; :meth:`Server.drain`): the listener closes;
+  idle connections get the protocol's shutdown answer (SMTP ``421``) and are
+  closed at once; a busy connection is never closed under its transaction — it
+  is closed right after the transaction's answer went out; a transaction a
+  client tries to begin on a draining worker is refused with the protocol's
+  temporary answer (:meth:`Server.begin` returns False; SMTP ``421``).  Every
+  decision happens in the event loop between two awaits, so there is no window
+  in which a transaction that has begun is cut (the old 50 ms timer closed
+  connections whose next transaction had just started: the next hop had the
+  message, the MTA got no answer and sent it again).  Only the drain's own
+  deadline closes busy connections;
+* **queue ids** unique across workers, restarts and nodes (:class:`QueueIds`).
+
+Idle timeouts are per command (the time a connection may stay silent) and
+belong to the protocol loop; the skeleton gives the answer to send where the
+protocol has one (:data:`mailsift.replies.IDLE_TIMEOUT` for SMTP/LMTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from mailsift.settings import Settings
+
+log = logging.getLogger("mailsift.server")
+
+_NODE_CHARS = re.compile(r"[^A-Za-z0-9-]+")
+NODE_LENGTH = 16
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def node_name(configured: str = "") -> str:
+    """This node's name for queue ids: ``NODE`` when set, else the host name's first label.
+
+    Letters, digits and ``-`` only, at most :data:`NODE_LENGTH` characters.
+    """
+    raw = configured or socket.gethostname().split(".")[0]
+    return _NODE_CHARS.sub("", raw)[:NODE_LENGTH].strip("-") or "node"
+
+
+def base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = _DIGITS[digit] + digits
+        if not number:
+            return digits
+
+
+class QueueIds:
+    """Queue ids for the log when the MTA gave none: ``<node>-<pid>-<tag><counter>``.
+
+    ``node`` tells nodes of a cluster apart, the worker's ``pid`` the workers of
+    one node, and ``tag`` (three random base-36 characters, drawn when the
+    server starts) two lives of the same pid (a worker restarted after the pid
+    wrapped) or two servers of one worker; the counter is base 36.  E.g.
+    ``mx1-8990-k2x1``: short, and one word for grep.
+    """
+
+    def __init__(self, node: str = "", pid: int | None = None) -> None:
+        self.node = node_name(node)
+        self.pid = os.getpid() if pid is None else pid
+        tag = base36(secrets.randbelow(36**3)).rjust(3, "0")
+        self.prefix = f"{self.node}-{self.pid}-{tag}"
+        self._counter = 0
+
+    def next(self) -> str:
+        self._counter += 1
+        return f"{self.prefix}{base36(self._counter)}"
+
+
+class Connection(Protocol):
+    """What the skeleton needs of a front end's connection."""
+
+    busy: bool
+
+    def shut_down(self) -> None:
+        """Send the protocol's shutdown answer, if it has one, and close (never called while busy)."""
+
+    def abort(self) -> None:
+        """Close now, whatever it is doing (the drain's deadline passed)."""
+
+
+class Server:
+    """One worker's running front end: the listener, its connections, draining and queue ids."""
+
+    def __init__(self, service: Any, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.connections: set[Any] = set()
+        self.draining = False
+        self.queue_ids = QueueIds(settings.node)
+        self._listener: asyncio.base_events.Server | None = None
+        self._changed: asyncio.Event | None = None
+
+    # -- listening
+
+    async def listen(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        """Serve ``protocol_factory``'s protocols on ``sock`` (TCP or unix)."""
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            self._listener = await loop.create_unix_server(protocol_factory, sock=sock, backlog=1024)
+        else:
+            self._listener = await loop.create_server(protocol_factory, sock=sock, backlog=1024)
+
+    async def listen_streams(
+        self,
+        sock: socket.socket,
+        callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        limit: int,
+    ) -> None:
+        """:meth:`listen` for front ends written on asyncio streams."""
+        if sock.family == socket.AF_UNIX:
+            self._listener = await asyncio.start_unix_server(callback, sock=sock, limit=limit)
+        else:
+            self._listener = await asyncio.start_server(callback, sock=sock, limit=limit)
+
+    # -- connections
+
+    def refusal(self) -> str:
+        """Why a new connection is refused (``"draining"``, ``"limit"``), or ``""`` to serve it."""
+        if self.draining:
+            return "draining"
+        if len(self.connections) >= self.service.max_connections:
+            return "limit"
+        return ""
+
+    def add(self, connection: Any) -> None:
+        connection.busy = False
+        self.connections.add(connection)
+
+    def discard(self, connection: Any) -> None:
+        self.connections.discard(connection)
+        self._wake()
+
+    def begin(self, connection: Any) -> bool:
+        """A transaction starts on ``connection``; False (refuse it) while draining."""
+        if self.draining:
+            return False
+        connection.busy = True
+        return True
+
+    def end(self, connection: Any) -> None:
+        """The transaction's answer went out: while draining, the connection is shut down now."""
+        connection.busy = False
+        if self.draining:
+            connection.shut_down()
+            self._wake()
+
+    def next_queue_id(self) -> str:
+        return self.queue_ids.next()
+
+    # -- draining
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; shut idle connections; wait for busy ones (up to ``timeout``); then :meth:`closed`."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self.connections):
+            if not connection.busy:
+                connection.shut_down()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._changed = asyncio.Event()
+        while self.connections and loop.time() < deadline:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                break
+        for connection in list(self.connections):
+            log.warning("%s: drain deadline passed: closing a connection in a transaction", self.service.kind)
+            connection.abort()
+        await self.closed()
+
+    async def closed(self) -> None:
+        """After the drain: release what the server holds (scanners, next hop, database)."""
