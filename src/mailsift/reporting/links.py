@@ -33,6 +33,7 @@ from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import Column, Float, Table, Text, delete, select, update
 from sqlalchemy.engine import Connection
 
+from mailsift.errors import RequestRefused
 from mailsift.storage.db import _insert, metadata
 
 RELEASE = "release"
@@ -64,7 +65,7 @@ link_action_table = Table(
 """One row per action taken through a link: ``sending`` while the release runs, then ``done``."""
 
 
-class LinkError(Exception):
+class LinkError(RequestRefused):
     """A link that cannot be used; ``reason`` is ``invalid`` or ``expired``."""
 
     def __init__(self, reason: str, message: str) -> None:

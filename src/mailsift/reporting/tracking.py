@@ -40,6 +40,7 @@ from sqlalchemy import ColumnElement, Index, and_, func, select
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.durations import seconds
+from mailsift.errors import RequestRefused
 from mailsift.reporting.logline import maillog_table
 from mailsift.storage.quarantine.index import RELEASED, QuarantineEntry, QuarantineFilter, find_entries
 
@@ -75,7 +76,7 @@ message_id_index = Index("ix_maillog_message_id", maillog_table.c.message_id)
 queue_id_index = Index("ix_maillog_queue_id", maillog_table.c.queue_id)
 
 
-class TrackQueryError(ValueError):
+class TrackQueryError(RequestRefused, ValueError):
     """A search that cannot be run as given (bad time, too long, limit out of range)."""
 
 

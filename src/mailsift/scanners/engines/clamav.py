@@ -82,7 +82,7 @@ _BACKLOG_RETRY = 0.05  # seconds between connects while clamd's listen queue is 
 _LATE_REPLY_WAIT = 2.0  # seconds to collect clamd's answer after it stopped reading our stream
 
 
-class _Gone(Exception):
+class _Gone(ScannerUnavailable):
     """The connection broke before clamd answered: retry on a fresh one if it was reused."""
 
 
