@@ -62,6 +62,8 @@ SCANNER_TIMEOUT = Reply(451, "4.4.5", "Content scan timed out, try again later")
 NEXT_HOP_UNAVAILABLE = Reply(451, "4.4.1", "Next hop unavailable, try again later")
 NEXT_HOP_DEFERRED = Reply(451, "4.4.0", "Next hop deferred the message, try again later")
 STORAGE_FAILED = Reply(451, "4.3.0", "Could not store the message safely, try again later")
+DATABASE_FAILED = Reply(451, "4.3.0", "Database temporarily unavailable, try again later")
+CONTENT_FAILED = Reply(451, "4.6.0", "Message content could not be processed, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 

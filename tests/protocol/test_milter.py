@@ -444,7 +444,7 @@ def test_connect_parsing() -> None:
         "h", "6", 25, "2001:db8::1"
     )
     assert mp.parse_connect(b"h\0L\0\0/tmp/s\0").family == "L"
-    with pytest.raises(mp.ProtocolError):
+    with pytest.raises(mp.MilterProtocolError):
         mp.parse_connect(b"h\x004\0")
 
 

@@ -34,13 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from mailsift.errors import MailsiftError
+from mailsift.errors import RequestRefused
 
 CLEAN_SUFFIX = ".clean"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class MailboxError(MailsiftError):
+class MailboxError(RequestRefused):
     """A mailbox that cannot be read, or a cleaned copy that cannot be written."""
 
 

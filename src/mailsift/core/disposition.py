@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mailsift.delivery.next_hop import Delivery
+from mailsift.delivery.next_hop import Delivery, hand_over, hand_over_each
 from mailsift.errors import DeliveryError, MailsiftError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Decision, Disposition
@@ -35,6 +35,8 @@ class Outcome:
     reply: Reply
     note: str = ""
     quarantined: tuple[str, ...] = ()
+    error: MailsiftError | None = None
+    """The error that ended the message's processing (``error.content_tied`` says whose fault)."""
 
 
 class Disposer:
@@ -47,14 +49,16 @@ class Disposer:
     async def carry_out(self, mail: Mail, decision: Decision) -> Outcome:
         """Carry ``decision`` out for all recipients at once; one outcome."""
         if decision.disposition is Disposition.TEMPFAIL:
-            return Outcome(decision.reply, decision.error.message if decision.error else "tempfail")
+            return Outcome(
+                decision.reply, decision.error.message if decision.error else "tempfail", error=decision.error
+            )
         stored: list[str] = []
         try:
             await self._store(mail, decision, stored)
             note = ""
             if decision.disposition is Disposition.DELIVER:
                 message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
-                note = await self.delivery.deliver(mail, message)
+                note = await hand_over(self.delivery, mail, message)
         except MailsiftError as error:
             return self._failed(mail, error, stored)
         return Outcome(decision.reply, note, tuple(stored))
@@ -68,7 +72,7 @@ class Disposer:
         try:
             await self._store(mail, decision, stored)
             message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
-            results = await self.delivery.deliver_each(mail, message)
+            results = await hand_over_each(self.delivery, mail, message)
         except MailsiftError as error:
             return dict.fromkeys(recipients, self._failed(mail, error, stored))
         outcomes: dict[str, Outcome] = {}
@@ -89,4 +93,4 @@ class Disposer:
     @staticmethod
     def _failed(mail: Mail, error: MailsiftError, stored: list[str]) -> Outcome:
         log.warning("queue_id=%s: %s", mail.envelope.queue_id or "-", error.message)
-        return Outcome(error.reply, error.message, tuple(stored))
+        return Outcome(error.reply, error.message, tuple(stored), error)

@@ -12,13 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mailsift import replies
 from mailsift.core.disposition import Disposer, Outcome
 from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
 from mailsift.delivery.next_hop import Delivery, resolve
-from mailsift.errors import ConfigError
+from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Decision
+from mailsift.replies import Reply
 from mailsift.scanners.base import Scanner
 from mailsift.settings import Settings
 from mailsift.storage.quarantine.store import QuarantineStore
@@ -98,6 +100,21 @@ class MailPath:
                 self._closed.add(id(hook))
                 await hook.close()
         await self.delivery.close()
+
+
+def failure_reply(queue_id: str, error: BaseException) -> Reply:
+    """The answer to a message whose processing raised ``error``: always temporary, always logged.
+
+    Each front end's outermost per-message handler calls this.  A
+    :class:`~mailsift.errors.MailsiftError` that got this far (the spool is
+    full...) answers its own temporary reply; anything else is a bug, logged
+    with its traceback, and answers 451.  Never a 5xx.
+    """
+    if isinstance(error, MailsiftError) and error.reply.is_transient:
+        log.warning("queue_id=%s: %s; answering %s", queue_id or "-", error.message, error.reply.code)
+        return error.reply
+    log.error("queue_id=%s: unexpected error; answering 451", queue_id or "-", exc_info=error)
+    return replies.TEMPFAIL
 
 
 def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float) -> None:

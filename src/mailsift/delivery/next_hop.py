@@ -4,7 +4,10 @@ All take the :class:`~mailsift.message.mail.Mail` and the final message bytes an
 either return (the next hop accepted / the files are fsynced) or raise a
 :class:`~mailsift.errors.DeliveryError` / :class:`~mailsift.errors.StorageError`;
 the front end answers the MTA only after that.  Next-hop answers and socket
-errors are converted here (and in :mod:`mailsift.delivery.smtpclient`), nowhere else.
+errors are converted here (and in :mod:`mailsift.delivery.smtpclient`), nowhere else;
+the mail path hands messages over through :func:`hand_over` and
+:func:`hand_over_each`, which turn what a backend still lets through
+(``OSError``, a timeout) into a :class:`~mailsift.errors.DeliveryError`.
 
 SMTP connections to the next hop are kept in a small per-worker pool and
 reused, as Postfix's own ``smtp`` client caches connections: it halves the
@@ -59,6 +62,27 @@ def collapse(results: PerRecipient) -> str:
     if len(errors) == len(results) and all(isinstance(error, DeliveryRejected) for error in errors):
         raise DeliveryRejected(f"next hop refused every recipient: {texts}", reply=errors[0].reply)
     raise DeliveryDeferred(f"next hop did not take every recipient: {texts}")
+
+
+async def hand_over(delivery: Delivery, mail: Mail, message: bytes) -> str:
+    """``delivery.deliver``, with the I/O errors it lets through as :class:`~mailsift.errors.DeliveryError`."""
+    try:
+        return await delivery.deliver(mail, message)
+    except (OSError, TimeoutError) as error:
+        raise _foreign(delivery, error) from error
+
+
+async def hand_over_each(delivery: Delivery, mail: Mail, message: bytes) -> PerRecipient:
+    """``delivery.deliver_each``, with the I/O errors it lets through as :class:`~mailsift.errors.DeliveryError`."""
+    try:
+        return await delivery.deliver_each(mail, message)
+    except (OSError, TimeoutError) as error:
+        raise _foreign(delivery, error) from error
+
+
+def _foreign(delivery: Delivery, error: OSError | TimeoutError) -> DeliveryError:
+    reason = (error.strerror if isinstance(error, OSError) else "") or str(error) or type(error).__name__
+    return DeliveryError(f"{delivery.describe()}: {reason}")
 
 
 class Delivery:

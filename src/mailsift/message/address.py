@@ -20,7 +20,7 @@ mailsift itself would write one, :func:`check_address` raises
 from __future__ import annotations
 
 from mailsift import replies
-from mailsift.errors import MailsiftError
+from mailsift.errors import ProtocolError
 
 MAX_LENGTH = 512
 """Longest address accepted, in bytes (RFC 5321 allows a 256-byte path; real mail stays far below)."""
@@ -28,8 +28,8 @@ MAX_LENGTH = 512
 _REFUSED = frozenset('<>"\\')
 
 
-class AddressError(MailsiftError):
-    """An envelope address mailsift will not write into an SMTP command."""
+class AddressError(ProtocolError):
+    """An envelope address mailsift will not write into an SMTP command (the sender's fault: 553)."""
 
     reply = replies.BAD_ADDRESS
 

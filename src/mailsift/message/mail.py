@@ -19,6 +19,13 @@ of it (:class:`Blobs`) and read back from the raw message when their part is
 decoded.  Each leaf's encoded payload is released as soon as it is decoded, so
 a parse holds about two copies of the message at most: the raw bytes (or none,
 when spooled) and the decoded parts.
+
+This is where the message's foreign errors enter and are mapped, once: an
+``OSError`` writing or reading the spool file is a
+:class:`~mailsift.errors.StorageError` (infrastructure: a retry may pass);
+anything else the parser raises on the message (``RecursionError``,
+``UnicodeError``, ``MemoryError``...) is a :class:`~mailsift.errors.ContentError`
+(tied to this message's content: it will fail again).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, BinaryIO
 
+from mailsift.errors import ContentError, MailsiftError, StorageError
 from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder
 
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
@@ -89,9 +99,10 @@ class Mail:
                 self._data = data
 
     def _spool(self, data: bytes, spool_dir: str | None) -> None:
-        fd, name = tempfile.mkstemp(prefix="mailsift-", suffix=".eml", dir=spool_dir)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            name = write_spool(data, spool_dir)
+        except OSError as error:  # ENOSPC, EIO, a missing spool directory: the MTA retries (451)
+            raise StorageError(f"cannot spool the message: {error.strerror or error}") from error
         self._path, self._owns_path = name, True
 
     def elapsed(self) -> float:
@@ -109,15 +120,21 @@ class Mail:
         if self._data is not None:
             return self._data
         assert self._path is not None
-        with open(self._path, "rb") as handle:
-            return handle.read()
+        try:
+            with open(self._path, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            raise StorageError(f"cannot read the spooled message: {error.strerror or error}") from error
 
     def open(self) -> BinaryIO:
         """A binary stream of the raw message, without loading a spooled one."""
         if self._data is not None:
             return io.BytesIO(self._data)
         assert self._path is not None
-        return open(self._path, "rb")
+        try:
+            return open(self._path, "rb")
+        except OSError as error:
+            raise StorageError(f"cannot read the spooled message: {error.strerror or error}") from error
 
     def close(self) -> None:
         """Remove the spool file, if this mail made one."""
@@ -138,25 +155,27 @@ class Mail:
 
     @cached_property
     def _structure(self) -> tuple[MimeNode, list[Part], list[Part], set[bytes]]:
-        blobs = Blobs(self)
-        parser = email.parser.BytesFeedParser()
-        blobs.feed(parser)
-        builder = TreeBuilder(blobs)
-        root = builder.build(parser.close(), "")
+        with parsing("MIME structure"):
+            blobs = Blobs(self)
+            parser = email.parser.BytesFeedParser()
+            blobs.feed(parser)
+            builder = TreeBuilder(blobs)
+            root = builder.build(parser.close(), "")
         return root, builder.parts, builder.alternates, builder.base64_sources
 
     @cached_property
     def headers(self) -> Headers:
         """The top-level header fields (only the header block is parsed)."""
         block = bytearray()
-        with self.open() as stream:
-            for line in stream:
-                if line in (b"\r\n", b"\n"):
-                    break
-                block += line
-                if len(block) > 4 * 1024 * 1024:
-                    break
-        return Headers.from_message(email.parser.BytesHeaderParser().parsebytes(bytes(block)))
+        with parsing("header"):
+            with self.open() as stream:
+                for line in stream:
+                    if line in (b"\r\n", b"\n"):
+                        break
+                    block += line
+                    if len(block) > 4 * 1024 * 1024:
+                        break
+            return Headers.from_message(email.parser.BytesHeaderParser().parsebytes(bytes(block)))
 
     @property
     def tree(self) -> MimeNode:
@@ -185,7 +204,8 @@ class Mail:
         """
         from mailsift.mime.views import compute_views  # views builds on this module
 
-        return compute_views(self)
+        with parsing("lenient views"):
+            return compute_views(self)
 
     @property
     def subject(self) -> str:
@@ -194,3 +214,31 @@ class Mail:
     @property
     def message_id(self) -> str:
         return self.headers.get("message-id")
+
+
+def write_spool(data: bytes, spool_dir: str | None) -> str:
+    """Write ``data`` to a new file in ``spool_dir``; its path.  Nothing is left behind on failure."""
+    fd, name = tempfile.mkstemp(prefix="mailsift-", suffix=".eml", dir=spool_dir)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+        raise
+    return name
+
+
+@contextmanager
+def parsing(what: str) -> Iterator[None]:
+    """Map what parsing ``mail`` raises: ``OSError`` (the spool) -> StorageError, the rest -> ContentError."""
+    try:
+        yield
+    except MailsiftError:
+        raise
+    except OSError as error:
+        raise StorageError(f"cannot read the spooled message: {error.strerror or error}") from error
+    except Exception as error:  # the parser failed on this message: it will fail again
+        raise ContentError(f"cannot parse the message ({what}): {type(error).__name__}: {error}") from error

@@ -33,6 +33,7 @@ from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
+from mailsift.errors import RequestRefused
 from mailsift.storage import sql
 from mailsift.storage.schema import link_action_table
 
@@ -53,7 +54,7 @@ SENDING = "sending"
 DONE = "done"
 
 
-class LinkError(Exception):
+class LinkError(RequestRefused):
     """A link that cannot be used; ``reason`` is ``invalid`` or ``expired``."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -43,6 +43,7 @@ from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.durations import seconds
+from mailsift.errors import RequestRefused
 from mailsift.storage.quarantine.index import RELEASED, QuarantineEntry, QuarantineFilter, find_entries
 from mailsift.storage.schema import maillog_table
 
@@ -72,7 +73,7 @@ GONE = "gone"
 _QUARANTINE_ID = re.compile(r"(?<![0-9A-Za-z])(\d{8}T\d{6}-[0-9a-f]{8})(?![0-9A-Za-z])")
 
 
-class TrackQueryError(ValueError):
+class TrackQueryError(RequestRefused, ValueError):
     """A search that cannot be run as given (bad time, too long, limit out of range)."""
 
 

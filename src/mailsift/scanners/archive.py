@@ -72,6 +72,7 @@ import libarchive.ffi
 import libarchive.read
 import tnefparse
 
+from mailsift.errors import ContentError, MailsiftError
 from mailsift.message.result import Result
 from mailsift.scanners.base import DataTarget, Interscanner, Target
 from mailsift.validators import choice, non_negative, non_negative_int
@@ -148,7 +149,7 @@ class Listing:
         self.limit, self.limit_detail = limit, detail
 
 
-class _Stop(Exception):
+class _Stop(ContentError):
     """Internal: a limit was hit; the listing says which."""
 
 
@@ -317,9 +318,14 @@ def read_container(
     if not data:
         return None
     reader = _Reader(data, budget, max_ratio)
-    if data.startswith(TNEF_SIGNATURE):
-        return Listing("tnef") if probe else _read_tnef(data, reader)
-    return reader.read_archive(names, probe)
+    try:
+        if data.startswith(TNEF_SIGNATURE):
+            return Listing("tnef") if probe else _read_tnef(data, reader)
+        return reader.read_archive(names, probe)
+    except MailsiftError:
+        raise
+    except Exception as error:  # libarchive's ArchiveError is a verdict ("broken"); anything else fails on this data
+        raise ContentError(f"unpacking failed: {type(error).__name__}: {error}") from error
 
 
 # --------------------------------------------------------------------------- the interscanner

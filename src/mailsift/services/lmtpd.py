@@ -35,6 +35,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session
 
 from mailsift import replies
+from mailsift.core.mailpath import failure_reply
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
 from mailsift.scanners.base import Scanner, as_scanners
@@ -184,27 +185,33 @@ class LMTPServer(SMTPServer):
 
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         """Scan once per scanner set, deliver per group; the reply lines, one per RCPT, joined."""
-        env = self.envelope_of(session_protocol, session, envelope, protocol="LMTP")
-        groups: dict[int, list[str]] = {}
-        for recipient in env.recipients:
-            groups.setdefault(self.path_index(recipient), []).append(recipient)
-        content = envelope.original_content or b""
-        mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
         answers: dict[str, str] = {}
-        try:
+        failed = str(replies.TEMPFAIL)  # what a recipient without an answer gets
+        queue_id = ""
+        mail: Mail | None = None
+        try:  # the outermost per-message handler: one temporary failure per recipient, logged
+            env = self.envelope_of(session_protocol, session, envelope, protocol="LMTP")
+            queue_id = env.queue_id
+            groups: dict[int, list[str]] = {}
+            for recipient in env.recipients:
+                groups.setdefault(self.path_index(recipient), []).append(recipient)
+            content = envelope.original_content or b""
+            mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
             # One Mail (parsed once) for every group; each group sees its own recipients.
             for index, group in groups.items():
                 mail.envelope = dataclasses.replace(env, recipients=group)
                 try:
                     _, outcomes = await self.paths[index].process_each(mail)
-                except Exception:
-                    log.exception("queue_id=%s: unexpected error; answering 451 to %s", env.queue_id, group)
+                except Exception as error:  # noqa: BLE001 - logged by failure_reply; this group only
+                    answers.update(dict.fromkeys(group, str(failure_reply(queue_id, error))))
                     continue
                 answers.update((recipient, str(outcome.reply)) for recipient, outcome in outcomes.items())
+        except Exception as error:  # noqa: BLE001 - logged by failure_reply
+            failed = str(failure_reply(queue_id, error))
         finally:
-            mail.close()
-        tempfail = str(replies.TEMPFAIL)
-        return "\r\n".join(answers.get(recipient, tempfail) for recipient in envelope.rcpt_tos)
+            if mail is not None:
+                mail.close()
+        return "\r\n".join(answers.get(recipient, failed) for recipient in envelope.rcpt_tos)
 
     async def closed(self) -> None:
         await super().closed()  # closes the default path and the shared next hop

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift import replies
-from mailsift.core.mailpath import MailPath
+from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
 from mailsift.message.address import address_problem
@@ -351,7 +351,7 @@ class MilterSession:
                     self.server.end(self)  # the answer is out: a draining worker closes the connection now
                 if self.writer.is_closing():
                     return
-        except mp.ProtocolError as error:
+        except mp.MilterProtocolError as error:
             log.warning("%s: protocol error from the MTA, closing: %s", self.service.name, error)
         except ConnectionError:
             pass
@@ -417,7 +417,7 @@ class MilterSession:
             self._reset_connection()
             return []
         elif command not in (mp.SMFIC_EOH, mp.SMFIC_DATA, mp.SMFIC_UNKNOWN):
-            raise mp.ProtocolError(f"unknown command {command!r}")
+            raise mp.MilterProtocolError(f"unknown command {command!r}")
         return self._continue(command)
 
     def _refuse_address(self, command: bytes, reply: Reply, address: str) -> list[bytes]:
@@ -467,7 +467,11 @@ class MilterSession:
         )
 
     async def end_of_message(self) -> list[bytes]:
-        """Run the mail path and turn the decision into the milter's final answer."""
+        """Run the mail path and turn the decision into the milter's final answer.
+
+        The outermost per-message handler: whatever fails on the way is logged
+        with the queue id and answered with a temporary failure (451).
+        """
         env = self.envelope()
         if self.too_big:
             log.info("%s: message over max_size (%d bytes): refused", env.queue_id, self.service.max_size)
@@ -476,18 +480,20 @@ class MilterSession:
             return [_reply(TOO_MANY_RECIPIENTS)]
         raw = b"".join(self.head) + b"\r\n" + b"".join(self.body)
         settings = self.server.settings
-        mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
+        mail: Mail | None = None
         try:
+            mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
             decision, outcome = await self.server.path.process(mail)
-        except Exception:
-            log.exception("queue_id=%s: unexpected error; answering 451", env.queue_id)
-            return [_reply(replies.TEMPFAIL)]
-        finally:
             final = self.server.delivery.take(mail)
-            mail.close()
-        if not outcome.reply.is_positive:
-            return [_reply(outcome.reply)]
-        return self.final_answer(env, raw, decision, final)
+            if not outcome.reply.is_positive:
+                return [_reply(outcome.reply)]
+            return self.final_answer(env, raw, decision, final)
+        except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs)
+            return [_reply(failure_reply(env.queue_id, error))]
+        finally:
+            if mail is not None:
+                self.server.delivery.take(mail)
+                mail.close()
 
     def final_answer(self, env: Envelope, raw: bytes, decision: Decision, final: bytes | None) -> list[bytes]:
         disposition = decision.disposition

@@ -20,6 +20,8 @@ import asyncio
 import struct
 from dataclasses import dataclass
 
+from mailsift.errors import ProtocolError
+
 VERSION = 6
 """The protocol version spoken (Sendmail 8.14+, Postfix 2.6+)."""
 
@@ -116,7 +118,7 @@ NO_REPLY_FLAG: dict[bytes, int] = {
 _U32 = struct.Struct(">I")
 
 
-class ProtocolError(Exception):
+class MilterProtocolError(ProtocolError):
     """The MTA sent something that is not the milter protocol; the connection is closed."""
 
 
@@ -127,12 +129,12 @@ async def read_packet(reader: asyncio.StreamReader, limit: int = MAX_PACKET) -> 
     """Read one packet: ``(command, data)``.
 
     Raises :class:`asyncio.IncompleteReadError` when the MTA hangs up and
-    :class:`ProtocolError` on an empty or oversized packet (read no further:
+    :class:`MilterProtocolError` on an empty or oversized packet (read no further:
     the length cannot be trusted).
     """
     (length,) = _U32.unpack(await reader.readexactly(4))
     if length < 1 or length > limit:
-        raise ProtocolError(f"packet length {length} out of range 1..{limit}")
+        raise MilterProtocolError(f"packet length {length} out of range 1..{limit}")
     packet = await reader.readexactly(length)
     return packet[:1], packet[1:]
 
@@ -167,10 +169,10 @@ NOT_NEGOTIATED = Options(VERSION, 0, 0)
 def parse_optneg(data: bytes) -> tuple[int, int, int]:
     """The MTA's offer: ``(version, actions, protocol)``."""
     if len(data) < 12:
-        raise ProtocolError(f"OPTNEG needs 12 bytes, got {len(data)}")
+        raise MilterProtocolError(f"OPTNEG needs 12 bytes, got {len(data)}")
     version, actions, protocol = struct.unpack(">III", data[:12])
     if version < 2:
-        raise ProtocolError(f"milter protocol version {version} is too old")
+        raise MilterProtocolError(f"milter protocol version {version} is too old")
     return version, actions, protocol
 
 
@@ -183,7 +185,7 @@ def negotiate(offer: tuple[int, int, int], actions: int, protocol: int) -> Optio
 def parse_macros(data: bytes) -> tuple[bytes, dict[str, str]]:
     """An SMFIC_MACRO packet: the command it precedes and its ``{name: value}`` (braces removed)."""
     if not data:
-        raise ProtocolError("empty MACRO packet")
+        raise MilterProtocolError("empty MACRO packet")
     items = strings(data[1:])
     macros = {}
     for name, value in zip(items[0::2], items[1::2], strict=False):
@@ -204,12 +206,12 @@ class ConnectInfo:
 def parse_connect(data: bytes) -> ConnectInfo:
     hostname, sep, rest = data.partition(b"\0")
     if not sep or not rest:
-        raise ProtocolError("CONNECT without an address family")
+        raise MilterProtocolError("CONNECT without an address family")
     family = text(rest[:1])
     if family == "U":
         return ConnectInfo(text(hostname), family, 0, "")
     if len(rest) < 3:
-        raise ProtocolError("CONNECT without a port")
+        raise MilterProtocolError("CONNECT without a port")
     port = struct.unpack(">H", rest[1:3])[0]
     address = text(rest[3:].split(b"\0", 1)[0])
     if address.lower().startswith("ipv6:"):  # Sendmail's notation
@@ -221,7 +223,7 @@ def parse_header(data: bytes) -> tuple[bytes, bytes]:
     """SMFIC_HEADER: ``(name, value)`` as bytes."""
     items = strings(data)
     if len(items) < 2 or not items[0]:
-        raise ProtocolError("HEADER needs a name and a value")
+        raise MilterProtocolError("HEADER needs a name and a value")
     return items[0], items[1]
 
 
@@ -229,7 +231,7 @@ def parse_address(data: bytes) -> tuple[str, list[str]]:
     """SMFIC_MAIL / SMFIC_RCPT: the address without angle brackets, and the ESMTP parameters."""
     items = strings(data)
     if not items:
-        raise ProtocolError("MAIL/RCPT without an address")
+        raise MilterProtocolError("MAIL/RCPT without an address")
     address = text(items[0]).strip()
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.core.pipeline import Pipeline
-from mailsift.errors import ConfigError, ScannerError
+from mailsift.errors import ConfigError, ProtocolError, ScannerError
 from mailsift.message.result import Decision, Disposition, Result, SetDisposition
 from mailsift.reporting import counters
 from mailsift.scanners.base import first_detection
@@ -72,7 +72,7 @@ DEFAULT_ON_ERROR = "DEFER_IF_PERMIT Policy service temporarily unavailable, try 
 MALFORMED = "DEFER_IF_PERMIT Malformed policy request"
 
 
-class PolicyProtocolError(Exception):
+class PolicyProtocolError(ProtocolError):
     """A request that cannot be read: the connection gets ``MALFORMED`` and is closed."""
 
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from mailsift.errors import MailsiftError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.services import sgfilter_protocol as protocol
 from mailsift.services.sgfilter_protocol import DELIVER, MAX_ADDRESS
 
@@ -44,15 +45,15 @@ _ANSWER = re.compile(rb"([0-9]{3}) (-?[0-9]+\.[0-9]+)(?: ([^\n]*))?")
 _BODY = re.compile(rb"\r?\n\r?\n")
 
 
-class NoVerdict(Exception):
+class NoVerdict(ScannerError):
     """The daemon gave no verdict."""
 
 
-class DaemonUnreachable(NoVerdict):
+class DaemonUnreachable(NoVerdict, ScannerUnavailable):
     """The connection to the daemon could not be made."""
 
 
-class DaemonTimeout(NoVerdict):
+class DaemonTimeout(NoVerdict, ScannerTimeout):
     """The daemon did not answer in time."""
 
 
@@ -252,7 +253,7 @@ QQ_ENVELOPE_FORMAT = 91
 MAX_ENVELOPE = 4 * 1024 * 1024
 
 
-class QueueError(Exception):
+class QueueError(MailsiftError):
     """A failure that ends ``mailsift qmail-queue`` with qmail-queue's exit ``code``."""
 
     def __init__(self, code: int, message: str) -> None:

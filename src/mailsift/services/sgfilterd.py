@@ -42,8 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from mailsift.core.mailpath import MailPath
+from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
+from mailsift.errors import ProtocolError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
@@ -89,7 +90,7 @@ STATUS_OF_DISPOSITION = {
 _ADDRESS = re.compile(r"<?(.*?)>?")
 
 
-class _Refused(Exception):
+class _Refused(ProtocolError):
     """Bad input: answered with ``status`` and the connection closed."""
 
     def __init__(self, status: Status) -> None:
@@ -412,16 +413,20 @@ class SgfilterServer(Server):
             queue_id=self.next_queue_id(),
             protocol="SGFILTER",
         )
-        mail = Mail(env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
+        mail: Mail | None = None
         try:
+            mail = Mail(
+                env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir
+            )
             decision, outcome = await self.path.process(mail)
             kept = self.keeper.take(mail)
-        except Exception:
-            self.keeper.take(mail)
-            log.exception("queue_id=%s: unexpected error; answering 451", env.queue_id)
+        except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451
+            failure_reply(env.queue_id, error)  # logs it; sgfilter's 451 is one status
             return TEMPFAIL, 0.0, TEMPFAIL.text, None
         finally:
-            mail.close()
+            if mail is not None:
+                self.keeper.take(mail)
+                mail.close()
         status = status_for(decision, outcome.reply.code, kept is not None)
         name = decision.result.name
         if status is TEMPFAIL:

@@ -36,7 +36,7 @@ from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from mailsift import replies
-from mailsift.core.mailpath import MailPath
+from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.errors import ConfigError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
@@ -299,6 +299,11 @@ class Handler:
             self.server.end(server)
         return str(replies.RESET_OK)
 
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's last resort for an error in a command: 451 and a log line, never its ``500``."""
+        log.error("unexpected error in an SMTP command; answering 451", exc_info=error)
+        return str(replies.TEMPFAIL)
+
     async def handle_DATA(  # noqa: N802
         self, server: FilterSMTP, session: Session, envelope: SMTPEnvelope
     ) -> str:
@@ -474,14 +479,15 @@ class SMTPServer(Server):
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         env = self.envelope_of(session_protocol, session, envelope)
         content = envelope.original_content or b""
-        mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
+        mail: Mail | None = None
         try:
+            mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
             _, outcome = await self.path.process(mail)
-        except Exception:
-            log.exception("queue_id=%s: unexpected error; answering 451", env.queue_id)
-            return str(replies.TEMPFAIL)
+        except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451
+            return str(failure_reply(env.queue_id, error))
         finally:
-            mail.close()
+            if mail is not None:
+                mail.close()
         return str(outcome.reply)
 
     async def closed(self) -> None:

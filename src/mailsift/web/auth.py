@@ -31,7 +31,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailsift.errors import MailsiftError
+from mailsift.errors import MailsiftError, RequestRefused
 from mailsift.storage.db import Database
 from mailsift.web import users
 from mailsift.web.session import CSRF_FIELD, USER_KEY, csrf_field, csrf_token, current_user
@@ -55,7 +55,7 @@ __all__ = [
 CSRF_HEADER = "x-csrf-token"
 
 
-class LoginRequired(Exception):
+class LoginRequired(RequestRefused):
     """Raised by :func:`require_user`; answered by a redirect to the login page (GET) or 401."""
 
 

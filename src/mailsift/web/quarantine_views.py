@@ -233,7 +233,7 @@ async def delete_action(request: Request) -> Response:
         raise HTTPException(403, "This message has other recipients too; ask an administrator to delete it.")
     try:
         await asyncio.to_thread(delete, _settings(request), entry)
-    except (MailsiftError, OSError) as error:
+    except MailsiftError as error:  # the store and the database map their own OSError
         log.warning("webq: %s could not delete %s: %s", user.login, entry.id, error)
         _flash(request, "The message could not be deleted now; try again later.", "error")
         return _back(entry)

@@ -91,7 +91,7 @@ _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
 _LATE_REPLY_WAIT = 2.0  # seconds to collect clamd's answer after it stopped reading our stream
 
 
-class _Gone(Exception):
+class _Gone(ScannerUnavailable):
     """The connection broke before clamd answered: retry on a fresh one if it was reused."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.delivery.next_hop import resolve
+from mailsift.errors import RequestRefused, StorageError
 from mailsift.message.address import check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
@@ -44,7 +45,6 @@ from mailsift.storage.quarantine.index import (
     remove_entry,
 )
 from mailsift.storage.quarantine.store import (
-    DamagedFile,
     file_id,
     locate,
     read_entry,
@@ -59,7 +59,7 @@ TMP_MAX_AGE = 36 * 3600
 """Maildir's rule: a ``tmp/`` file this old is a leftover of a write that never finished."""
 
 
-class QuarantineProblem(Exception):
+class QuarantineProblem(RequestRefused):
     """A message that cannot be released or deleted (missing, damaged, already released)."""
 
 
@@ -86,7 +86,7 @@ def reindex(settings: Settings) -> Reindexed:
             continue
         try:
             entry = read_entry(root, relative)
-        except (DamagedFile, OSError) as error:
+        except StorageError as error:  # a damaged file (DamagedFile) or one that cannot be read
             damaged.append(f"{relative}: {error}")
             continue
         if settings.require_database().call(add_entry, entry):
@@ -117,7 +117,7 @@ async def release(
         raise QuarantineProblem(f"{entry.id}: the file {entry.path} is missing from {settings.quarantine_dir}")
     try:
         message = await asyncio.to_thread(read_original, path)
-    except (DamagedFile, OSError) as error:
+    except StorageError as error:  # damaged (DamagedFile) or unreadable
         raise QuarantineProblem(f"{entry.id}: cannot read {path}: {error}") from None
     targets = list(recipients) or list(entry.recipients)
     if not targets:

@@ -44,10 +44,11 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from mailsift.delivery import maildir
-from mailsift.errors import StorageError
+from mailsift.errors import MailsiftError, StorageError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.mime.tree import Headers
@@ -168,9 +169,23 @@ def _address(value: str) -> str:
     return value
 
 
+@contextmanager
+def _disk(what: str) -> Iterator[None]:
+    """The file system's ``OSError`` as :class:`~mailsift.errors.StorageError` (mapped here, once)."""
+    try:
+        yield
+    except OSError as error:
+        raise StorageError(f"{what}: {error.strerror or error}") from error
+
+
 def read_entry(root: str, relative: str) -> QuarantineEntry:
     """Rebuild an index entry from a stored file's head (``reindex``); DamagedFile if it has none."""
     path = os.path.join(root, relative)
+    with _disk(f"cannot read {path}"):
+        return _read_entry(root, relative, path)
+
+
+def _read_entry(root: str, relative: str, path: str) -> QuarantineEntry:
     with open(path, "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
         fields, head_length = _read_head(handle, file_size)
@@ -218,7 +233,7 @@ def read_entry(root: str, relative: str) -> QuarantineEntry:
 
 def read_original(path: str) -> bytes:
     """The original message stored in ``path``: the file without mailsift's head."""
-    with open(path, "rb") as handle:
+    with _disk(f"cannot read {path}"), open(path, "rb") as handle:
         file_size = os.fstat(handle.fileno()).st_size
         _fields, head_length = _read_head(handle, file_size)
         handle.seek(head_length)
@@ -262,20 +277,21 @@ def locate(root: str, entry: QuarantineEntry) -> str | None:
 
 def unlink_durably(path: str) -> None:
     """Remove a stored file and fsync its folder (a missing file is already gone)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    try:
-        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as error:
-        if error.errno == errno.ENOENT:
+    with _disk(f"cannot remove {path}"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
             return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            if error.errno == errno.ENOENT:
+                return
+            raise
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------- writing
@@ -304,7 +320,10 @@ class QuarantineStore:
         file whose row failed stays, to be adopted by ``reindex``; the MTA's
         retry stores a second copy (a duplicate, never a loss).
         """
-        entry, path = await asyncio.to_thread(self._write, mail, category, result)
+        try:
+            entry, path = await asyncio.to_thread(self._write, mail, category, result)
+        except OSError as error:  # maildir.store and Mail convert their own; this is what is left
+            raise StorageError(f"cannot write to the quarantine: {error.strerror or error}") from error
         crash_point("quarantine-stored")
         if self.database is not None:
             await self.database.run(_index, entry)
@@ -316,7 +335,7 @@ class QuarantineStore:
         now = self.clock()
         try:
             subject = mail.headers.get("Subject")
-        except (OSError, ValueError, LookupError):  # the index must not fail on a header: '' then
+        except MailsiftError:  # the index must not fail on a header (spool, parser): '' then
             subject = ""
         return QuarantineEntry(
             id=new_id(now),
