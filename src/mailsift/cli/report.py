@@ -24,7 +24,7 @@ from mailsift.config import Config
 from mailsift.delivery.next_hop import resolve
 from mailsift.errors import MailsiftError
 from mailsift.reporting import links
-from mailsift.reporting.digest import LinkMaker, Outcome, build_reports, collect, render, reporter, send
+from mailsift.reporting.digest import LinkMaker, SendReport, build_reports, collect, render, reporter, send
 
 
 def find_reporter(config: Config) -> reporter:
@@ -108,7 +108,7 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
     sys.exit(1 if outcome.failed else 0)
 
 
-async def _send(messages: list[tuple[str, bytes]], target: Any, state_dir: str) -> Outcome:
+async def _send(messages: list[tuple[str, bytes]], target: Any, state_dir: str) -> SendReport:
     delivery = resolve(target, state_dir)
     try:
         return await send(messages, delivery)

@@ -100,7 +100,7 @@ class Result:
 
 CLEAN = Result(0.0, "", "", "")
 
-Outcome = Result | ScannerError
+Operand = Result | ScannerError
 """An operand of the operator table: a result, or the error of a failed scanner."""
 
 
@@ -135,7 +135,7 @@ COMPARISONS: dict[str, Callable[[float, float], bool]] = {
 OPERATORS = (*ARITHMETIC, "|", "&", *COMPARISONS)
 
 
-def combine(op: str, left: Outcome, right: Outcome) -> Result:
+def combine(op: str, left: Operand, right: Operand) -> Result:
     """Combine two scanner outcomes by SAGATOR's operator tables (README §4).
 
     ``+ - * /``: both must succeed; the levels are combined arithmetically.

@@ -386,14 +386,14 @@ def render(report: Report, config: reporter, *, since: float, links: LinkMaker, 
 
 
 @dataclass(frozen=True)
-class Outcome:
+class SendReport:
     """What a run did: reports sent (or printed), and the addresses that failed."""
 
     sent: list[str]
     failed: list[tuple[str, str]]
 
 
-async def send(messages: Sequence[tuple[str, bytes]], delivery: Any) -> Outcome:
+async def send(messages: Sequence[tuple[str, bytes]], delivery: Any) -> SendReport:
     """Send each ``(address, message)`` with a null envelope sender through ``delivery``."""
     from mailsift.message.mail import Envelope, Mail
 
@@ -409,13 +409,13 @@ async def send(messages: Sequence[tuple[str, bytes]], delivery: Any) -> Outcome:
         else:
             log.info("report sent to <%s>: %s", address, note)
             sent.append(address)
-    return Outcome(sent, failed)
+    return SendReport(sent, failed)
 
 
 __all__ = [
     "DigestEntry",
     "LinkMaker",
-    "Outcome",
+    "SendReport",
     "Report",
     "build_reports",
     "collect",

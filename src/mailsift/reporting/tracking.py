@@ -166,7 +166,7 @@ def format_time(seconds: float | None) -> str:
 
 
 @dataclass(frozen=True)
-class QuarantineCopy:
+class TrackedCopy:
     """One quarantine copy a message got, as the index knows it now."""
 
     id: str
@@ -224,7 +224,7 @@ class Story:
     recipients: tuple[str, ...]
     more_recipients: int = 0
     attachments: tuple[tuple[str, int], ...] = ()
-    quarantine: tuple[QuarantineCopy, ...] = field(default_factory=tuple)
+    quarantine: tuple[TrackedCopy, ...] = field(default_factory=tuple)
 
     @property
     def fate(self) -> str:
@@ -409,7 +409,7 @@ def _rows_story(connection: Connection, group: Row[Any]) -> Story | None:
         total = connection.execute(select(func.count()).select_from(maillog_table).where(match)).scalar_one()
         rows, more = rows[:MAX_RECIPIENTS], int(total) - MAX_RECIPIENTS
     head = rows[0]
-    copies = tuple(QuarantineCopy(id=i, state=GONE) for i in quarantine_ids(head.quarantine))
+    copies = tuple(TrackedCopy(id=i, state=GONE) for i in quarantine_ids(head.quarantine))
     return Story(
         id=head.id,
         time=head.time,
@@ -469,10 +469,10 @@ def _with_quarantine(connection: Connection, stories: Sequence[Story]) -> list[S
     ]
 
 
-def _copy(entry_id: str, entry: QuarantineEntry | None) -> QuarantineCopy:
+def _copy(entry_id: str, entry: QuarantineEntry | None) -> TrackedCopy:
     if entry is None:
-        return QuarantineCopy(id=entry_id, state=GONE)
-    return QuarantineCopy(
+        return TrackedCopy(id=entry_id, state=GONE)
+    return TrackedCopy(
         id=entry.id,
         state=entry.state,
         category=entry.category,
