@@ -415,8 +415,8 @@ async def send(messages: Sequence[tuple[str, bytes]], delivery: Any) -> SendRepo
 __all__ = [
     "DigestEntry",
     "LinkMaker",
-    "SendReport",
     "Report",
+    "SendReport",
     "build_reports",
     "collect",
     "entry_values",
