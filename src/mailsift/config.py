@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import os
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,21 +66,35 @@ class Config:
     def objects(self) -> Iterator[object]:
         """Every object of this config: hooks, services, daemons, and each scanner once
         (``SCANNERS``, every service's, lmtpd's per-recipient ones, and all they wrap)."""
-        yield from self.settings.hooks
-        yield from self.services
         yield from self.daemons
-        pending: list[Scanner] = list(self.scanners)
-        for service in self.services:
-            pending.extend(service.scanners)
-            if isinstance(service, lmtpd):
-                pending.extend(s for scanners in service.scanner_sets()[0] for s in scanners)
-        seen: set[int] = set()
-        while pending:
-            scanner = pending.pop()
-            if id(scanner) not in seen:
-                seen.add(id(scanner))
-                yield scanner
-                pending.extend(scanner.children)
+        yield from reachable(self.services, self.scanners, self.settings.hooks)
+
+
+def reachable(
+    services: Iterable[Service], scanners: Iterable[Scanner] = (), hooks: Iterable[Hook] = ()
+) -> Iterator[object]:
+    """The hooks, the services, and each scanner they use once (all they wrap included)."""
+    yield from hooks
+    pending: list[Scanner] = list(scanners)
+    for service in services:
+        yield service
+        pending.extend(service.scanners)
+        if isinstance(service, lmtpd):
+            pending.extend(s for group in service.scanner_sets()[0] for s in group)
+    seen: set[int] = set()
+    while pending:
+        scanner = pending.pop()
+        if id(scanner) not in seen:
+            seen.add(id(scanner))
+            yield scanner
+            pending.extend(scanner.children)
+
+
+def bind(objects: Iterable[object], settings: Settings) -> None:
+    """Bind what needs the accepted config's settings (DATABASE...): called once every check passed."""
+    for item in objects:
+        if isinstance(item, SettingsBound):
+            item.bind_settings(settings)
 
 
 def _config_line(error: BaseException, path: str) -> int | None:
@@ -115,9 +129,7 @@ def load(path: str) -> Config:
     except (Exception, SystemExit) as error:  # noqa: BLE001 - anything the file raises (sys.exit too) is a config error
         raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
     config = _check(path, namespace, _assignment_lines(tree))
-    for item in config.objects():  # accepted: only now bind what needs the config (DATABASE...)
-        if isinstance(item, SettingsBound):
-            item.bind_settings(config.settings)
+    bind(config.objects(), config.settings)  # accepted: only now bind what needs the config (DATABASE...)
     return config
 
 

@@ -48,6 +48,7 @@ from typing import Any, Literal
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
+from mailsift import config
 from mailsift.services.base import Service
 from mailsift.settings import Settings
 from mailsift.supervisor import event_loop_factory
@@ -236,6 +237,7 @@ class ServiceThread:
         for sub in ("", "spool", "quarantine"):
             os.makedirs(os.path.join(self.settings.state_dir, sub), exist_ok=True)
         self.service.check(self.settings)
+        config.bind(config.reachable([self.service], (), self.settings.hooks), self.settings)
         sock = self.service.bind()
         self.port = sock.getsockname()[1]
         self._runner = _LoopThread(event_loop_factory())  # the workers' loop (uvloop)
