@@ -26,9 +26,8 @@ from mailsift.reporting.counters import (
     RESOLUTION,
     TOTAL,
     Counts,
+    PolicyCounter,
     Tally,
-    close_policy_counters,
-    count_policy_answer,
     greylist_outcome,
     period_of,
     series,
@@ -263,9 +262,10 @@ async def test_greylist_outcomes_from_the_real_scanner(database: Database) -> No
         "greylist-passed"
     )
     assert greylist_outcome(Decision.from_results([Result(0.0, "", "other", "")])) is None
-    count_policy_answer(database, first, "r@grey.test", 0.01)
-    count_policy_answer(database, Decision.from_results([Result(0.0, "", "x", "")]), "r@grey.test")  # not counted
-    await close_policy_counters()
+    counter = PolicyCounter(database)
+    counter.count(first, "r@grey.test", 0.01)
+    counter.count(Decision.from_results([Result(0.0, "", "x", "")]), "r@grey.test")  # not counted
+    await counter.close()
     rows = database.call(lambda c: totals(c, group=("verdict",), verdicts=GREYLIST_VERDICTS))
     assert [(t.key, t.messages) for t in rows] == [(("greylist-deferred",), 1)]
 

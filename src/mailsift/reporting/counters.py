@@ -12,7 +12,7 @@ anyway), ``rejected``, ``dropped``, ``quarantined``, ``tempfail``, ``refused``
 (clean, but the next hop refused it); the scanner is the deciding scanner's
 name (empty when nothing was detected).  Greylisting outcomes of ``smtpd_policy`` are counted
 in the same table with verdicts ``greylist-deferred``, ``greylist-passed`` and
-``greylist-whitelisted`` (see :func:`count_policy_answer`).
+``greylist-whitelisted`` (see :class:`PolicyCounter`).
 
 The mail path never waits on the database: counts are summed in memory per
 process and written every ``flush_interval`` seconds by a background task,
@@ -325,8 +325,6 @@ class stats(Hook):
 
 # --------------------------------------------------------------------------- greylisting (smtpd_policy)
 
-_policy_collectors: dict[int, Collector] = {}
-
 
 def greylist_outcome(decision: Decision) -> str | None:
     """``greylist-deferred``/``-passed``/``-whitelisted`` if the greylist scanner answered, else None."""
@@ -342,29 +340,29 @@ def greylist_outcome(decision: Decision) -> str | None:
     return None
 
 
-def count_policy_answer(database: Database, decision: Decision, recipient: str, seconds: float = 0.0) -> None:
-    """Count one ``smtpd_policy`` answer's greylisting outcome (call in the event loop; never waits).
+class PolicyCounter:
+    """The greylisting outcomes of one running ``smtpd_policy``, counted into its database.
 
-    For ``PolicyServer.decide``: ``stats.count_policy_answer(self.database,
-    decision, request.get("recipient", ""), elapsed)``; and at drain
-    ``await stats.close_policy_counters()``.  Requests the greylist scanner
-    did not answer are not counted.
+    Owned by the service's server (:class:`mailsift.services.postfix_policy.PolicyServer`):
+    it counts with :meth:`count` (in the event loop; never waits) and flushes
+    with :meth:`close` when it drains.  Requests the greylist scanner did not
+    answer are not counted.
     """
-    outcome = greylist_outcome(decision)
-    if outcome is None:
-        return
-    collector = _policy_collectors.get(id(database))
-    if collector is None:
-        collector = _policy_collectors[id(database)] = Collector(flush_interval=5.0, max_keys=20000, close_timeout=10.0)
-    collector.started(database)
-    collector.tally.count(time.time(), [recipient] if recipient else [], outcome, "greylist", 0, seconds)
 
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.collector = Collector(flush_interval=5.0, max_keys=20000, close_timeout=10.0)
 
-async def close_policy_counters() -> None:
-    """Flush and stop the greylisting counters of this process."""
-    for collector in list(_policy_collectors.values()):
-        await collector.close()
-    _policy_collectors.clear()
+    def count(self, decision: Decision, recipient: str, seconds: float = 0.0) -> None:
+        outcome = greylist_outcome(decision)
+        if outcome is None:
+            return
+        self.collector.started(self.database)
+        self.collector.tally.count(time.time(), [recipient] if recipient else [], outcome, "greylist", 0, seconds)
+
+    async def close(self) -> None:
+        """Flush and stop counting."""
+        await self.collector.close()
 
 
 # --------------------------------------------------------------------------- queries

@@ -230,6 +230,7 @@ class PolicyServer(Server):
         super().__init__(service, settings)
         self.pipeline = Pipeline(service.scanners)
         self.database = service.database
+        self.counter = counters.PolicyCounter(self.database)  # greylisting outcomes for the statistics
 
     async def start(self, sock: socket.socket) -> None:
         try:
@@ -297,9 +298,7 @@ class PolicyServer(Server):
             f" detail={result.detail}" if result.detail else "",
         )
         if decision is not None:  # greylisting outcomes for the statistics (never waits)
-            counters.count_policy_answer(
-                self.database, decision, request.get("recipient", ""), time.monotonic() - started
-            )
+            self.counter.count(decision, request.get("recipient", ""), time.monotonic() - started)
         return action
 
     async def _evaluate(self, target: PolicyTarget) -> Decision:
@@ -313,5 +312,5 @@ class PolicyServer(Server):
 
     async def closed(self) -> None:
         await self.pipeline.aclose()
-        await counters.close_policy_counters()
+        await self.counter.close()
         await asyncio.to_thread(self.database.dispose)
