@@ -53,7 +53,7 @@ def clamd_socket(path: str | None) -> Iterator[str]:
     if path:
         yield path
         return
-    from tests.engines.clamd_instance import ClamdInstance
+    from tests.helpers.clamd import ClamdInstance
 
     with tempfile.TemporaryDirectory(prefix="evasive-clamd-") as workdir, ClamdInstance(Path(workdir)) as instance:
         yield str(instance.socket_path)

@@ -24,8 +24,8 @@ from mailsift.storage.policies import list_entries
 from mailsift.storage.quarantine.index import RELEASED, get_entry
 from mailsift.testing import RecordingServer
 from tests.browser.conftest import screenshot
-from tests.unit.test_digest import text_of
-from tests.unit.test_links import Gateway, link_app, serving
+from tests.unit.reporting.test_digest import text_of
+from tests.unit.reporting.test_links import Gateway, link_app, serving
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Fixtures for tests against the real engines (clamd, spamd, rspamd), started
 privately on loopback by the test setup itself; see the ``*_instance.py`` modules.
 
-``clamd_instance``: one :class:`~tests.engines.clamd_instance.ClamdInstance` per
+``clamd_instance``: one :class:`~tests.helpers.clamd.ClamdInstance` per
 test session (clamd takes a few seconds to start), with the private EICAR +
 clam.exe signature DB, on a unix socket and a free 127.0.0.1 port.  Tests that
 restart it must leave it running.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engines.clamd_instance import CLAMD, ClamdInstance
+from tests.helpers.clamd import CLAMD, ClamdInstance
 
 
 @pytest.fixture(scope="session")

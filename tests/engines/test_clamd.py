@@ -28,7 +28,7 @@ from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import OVERSIZE_NAME, clamd
 from mailsift.scanners.parsemail import parsemail
-from tests.engines.clamd_instance import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
+from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
 
 pytestmark = pytest.mark.engines
 

@@ -19,8 +19,8 @@ from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.command import FILE, bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.parsemail import parsemail
-from tests.engines.clamd_instance import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
 from tests.engines.test_clamd import TESTFILE_NAMES, message, zip_of
+from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
 
 pytestmark = pytest.mark.engines
 

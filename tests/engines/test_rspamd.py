@@ -17,7 +17,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.rspamd import rspamd
-from tests.engines.rspamd_instance import RspamdInstance, rspamd_instance
+from tests.helpers.rspamd import RspamdInstance, rspamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["rspamd_instance"]  # the session fixture, imported for pytest

@@ -28,7 +28,7 @@ from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
 from mailsift.settings import Settings
 from mailsift.testing import Received, RecordingServer
-from tests.engines.spamd_instance import SpamdInstance, spamd_instance
+from tests.helpers.spamd import SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["spamd_instance"]  # the session fixture, imported for pytest

@@ -17,7 +17,7 @@ from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.spamassassin import spamassassind
-from tests.engines.spamd_instance import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
+from tests.helpers.spamd import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["spamd_instance"]  # the session fixture, imported for pytest

@@ -16,13 +16,13 @@ import pytest
 
 from mailsift.config import DEFAULT_CONFIG
 from mailsift.testing import free_port
+from tests.helpers.samples import EICAR_TEXT as EICAR
 
 pytestmark = pytest.mark.skipif(
     not (Path("/usr/sbin/clamd").exists() and Path("/usr/sbin/spamd").exists()),
     reason="clamd and spamd are installed by scripts/setup.sh",
 )
 
-EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 

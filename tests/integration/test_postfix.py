@@ -1,6 +1,6 @@
 """End to end with a real Postfix: swaks → Postfix → mailsift smtpd → Postfix reinjection → Maildir.
 
-The Postfix is a private instance on loopback ports (``postfix_instance.py``),
+The Postfix is a private instance on loopback ports (``tests/helpers/postfix.py``),
 set up exactly as the README tells an administrator: ``content_filter`` to a
 ``scan`` smtp transport with XFORWARD, and a second smtpd for reinjection.
 """
@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-
-from .postfix_instance import PostfixInstance
-
-EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+from tests.helpers.postfix import PostfixInstance
+from tests.helpers.samples import EICAR_TEXT as EICAR
 
 CONFIG = """\
 from mailsift import *

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-
-from .postfix_instance import PostfixInstance
+from tests.helpers.postfix import PostfixInstance
 
 CONFIG = """\
 from mailsift import *

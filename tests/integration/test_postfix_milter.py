@@ -1,6 +1,6 @@
 """End to end with a real Postfix before queue: swaks → Postfix smtpd ⇄ mailsift milter → Maildir.
 
-The Postfix is a private instance (``postfix_instance.py``) with no content
+The Postfix is a private instance (``tests/helpers/postfix.py``) with no content
 filter and, as the README tells an administrator, ``smtpd_milters`` pointing at
 mailsift's ``milter`` service and ``milter_default_action = tempfail`` (if
 mailsift is down, clients are told to retry).  mailsift runs as ``mailsift
@@ -26,10 +26,8 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-
-from .postfix_instance import PostfixInstance
-
-EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+from tests.helpers.postfix import PostfixInstance
+from tests.helpers.samples import EICAR_TEXT as EICAR
 
 CONFIG = """\
 from mailsift import *

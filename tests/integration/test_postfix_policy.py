@@ -1,6 +1,6 @@
 """``smtpd_policy`` end to end: a real Postfix asking ``mailsift serve`` at RCPT, and several workers under load.
 
-Postfix is a private instance (``postfix_instance.py``) without a content
+Postfix is a private instance (``tests/helpers/postfix.py``) without a content
 filter, configured as the README tells an administrator::
 
     smtpd_recipient_restrictions = check_policy_service inet:127.0.0.1:PORT,
@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-
-from .postfix_instance import PostfixInstance
+from tests.helpers.postfix import PostfixInstance
 
 URL = "https://mail.example.test/greylisting/%r.html"
 

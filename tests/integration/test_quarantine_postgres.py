@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 
 from mailsift.cli.quarantine import quarantine_group
 from mailsift.testing import RecordingServer, free_port
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 MAILSIFT = [sys.executable, "-m", "mailsift"]
 

@@ -12,8 +12,6 @@ from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 
-EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
 def downstream(request: pytest.FixtureRequest) -> Iterator[RecordingServer]:

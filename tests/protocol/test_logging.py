@@ -20,7 +20,7 @@ from mailsift.scanners.stamp import mailsift_version, stamp
 from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
-from tests.engines.clamd_instance import CLAMD, ClamdInstance
+from tests.helpers.clamd import CLAMD, ClamdInstance
 from tests.protocol.conftest import message
 
 

@@ -27,7 +27,7 @@ from mailsift.storage import db
 from mailsift.storage.db import Database
 from mailsift.storage.policies import add_listed, set_policy
 from mailsift.testing import RecordingServer, ServiceThread
-from tests.engines.spamd_instance import SpamdInstance, spamd_instance  # noqa: F401 - fixture
+from tests.helpers.spamd import SpamdInstance, spamd_instance  # noqa: F401 - fixture
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 NOW = 1_700_000_000.0

@@ -16,10 +16,10 @@ from mailsift.errors import ScannerError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result
 from mailsift.scanners.base import MailTarget, Scanner, Target
-from tests.postgres_instance import database, postgres  # noqa: F401 - shared fixtures: SQLite and PostgreSQL
+from tests.helpers.postgres import database, postgres  # noqa: F401 - shared fixtures: SQLite and PostgreSQL
 
 # Built from pieces so that this file is not itself flagged by a virus scanner.
-EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS" + b"-TEST-FILE!$H+H*"
+from tests.helpers.samples import EICAR
 
 
 class Counting(Scanner):

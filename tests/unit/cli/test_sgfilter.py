@@ -21,8 +21,7 @@ from mailsift.services.sgfilter_client import SG_DELIVER, SG_DROP, SG_REJECT, SG
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
 from mailsift.testing import ServiceThread, free_port
-
-from .conftest import EICAR
+from tests.helpers.samples import EICAR
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 CLEAN = b"From: alice@example.test\nTo: bob@example.test\nSubject: hi\n\nHello.\n"

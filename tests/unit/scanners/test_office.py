@@ -26,9 +26,10 @@ from mailsift.scanners.actions import quarantine
 from mailsift.scanners.base import DataTarget, MailTarget, PartTarget
 from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import parsemail
+from tests.helpers.paths import CORPORA, UNIT_DATA
 
-DATA = Path(__file__).parent / "data" / "office"
-OLEVBMACRO = Path("/work/shared/corpora/spamassassin-t-data/spam/olevbmacro")
+DATA = UNIT_DATA / "office"
+OLEVBMACRO = CORPORA / "spamassassin-t-data" / "spam" / "olevbmacro"
 CLAMAV_TESTFILES = Path("/usr/share/clamav-testfiles")
 
 

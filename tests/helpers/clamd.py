@@ -43,11 +43,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.helpers.samples import EICAR
+
 CLAMD = "/usr/sbin/clamd"
 TESTFILES = Path("/usr/share/clamav-testfiles")
 
 #: The EICAR antivirus test string (68 bytes), built from pieces so that this file is not itself flagged.
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS" + b"-TEST-FILE!$H+H*"
 
 #: What clamd answers for EICAR with this database (the .hdb exact-file match wins on the bare string).
 EICAR_NAMES = ("Eicar-Test-Signature.UNOFFICIAL", "Eicar-Test-Signature.NDB.UNOFFICIAL")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import csv
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -215,7 +214,8 @@ def test_options_are_checked() -> None:
 
 # --------------------------------------------------------------------------- corpora
 
-CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
+from tests.helpers.paths import CORPORA  # noqa: E402
+
 EXECUTABLE_CHECKS = ("exe_in_media", "exe_not_application", "double_extension", "clsid")
 NOT_HAM = {
     # A real Klez-era virus mail (the payload replaced by a harmless stub): an

@@ -23,8 +23,8 @@ from mailsift.reporting.digest import DigestEntry, LinkMaker, Report, build_repo
 from mailsift.reporting.logline import insert_rows
 from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
-from tests.unit.test_links import Gateway
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.unit.reporting.test_links import Gateway
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0

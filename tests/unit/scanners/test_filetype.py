@@ -242,7 +242,7 @@ def test_file_magic_bad_rules() -> None:
 
 # --------------------------------------------------------------------------- the corpora's ham
 
-CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
+from tests.helpers.paths import CORPORA  # noqa: E402
 
 
 def _corpus() -> list[str]:

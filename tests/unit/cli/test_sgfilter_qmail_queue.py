@@ -27,10 +27,10 @@ from mailsift.scanners.base import Scanner, Target
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
 from mailsift.testing import ServiceThread, free_port
+from tests.helpers.paths import UNIT_DATA
+from tests.helpers.samples import EICAR
 
-from .conftest import EICAR
-
-STANDIN = Path(__file__).with_name("data") / "qmail_queue_standin.py"
+STANDIN = UNIT_DATA / "qmail_queue_standin.py"
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 CLEAN = (
     b"Received: from client.example.test (192.0.2.1) by mx.example.test\r\n"

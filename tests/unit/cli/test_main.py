@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mailsift.cli.main import main
+from tests.helpers.paths import UNIT_DATA
 
-OFFLINE = str(Path(__file__).with_name("data") / "offline_config.py")  # no daemons to start
+OFFLINE = str(UNIT_DATA / "offline_config.py")  # no daemons to start
 CLEAN = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n"
 
 

@@ -8,7 +8,7 @@ fresh database of its own (:func:`fresh_database`).
 
 Use the fixture by importing it into a test module (or a conftest)::
 
-    from tests.postgres_instance import fresh_database, postgres  # noqa: F401
+    from tests.helpers.postgres import fresh_database, postgres  # noqa: F401
 
     def test_x(postgres: str) -> None:
         url = fresh_database(postgres, "mytest")    # postgresql+psycopg://...

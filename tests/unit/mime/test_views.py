@@ -17,7 +17,7 @@ from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan, string_scan
 from mailsift.scanners.parsemail import parsemail
-from tests.unit.conftest import EICAR
+from tests.helpers.samples import EICAR
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]
 HEAD = "From: a@example.net\nTo: b@example.org\nSubject: views\nMIME-Version: 1.0\n"

@@ -34,7 +34,7 @@ from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port
 from mailsift.web.app import create_app
 from mailsift.web.links_views import routes
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 KEY = b"k" * 40
 NOW = 1_700_000_000.0

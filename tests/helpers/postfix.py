@@ -169,7 +169,7 @@ def _reap_children() -> None:
 
 
 def _reaper_main(timeout: float, config_dir: str) -> int:
-    """Per-instance helper process, run as ``python postfix_instance.py --reaper TIMEOUT CONFIG_DIR``.
+    """Per-instance helper process, run as ``python postfix.py --reaper TIMEOUT CONFIG_DIR``.
 
     Becomes a child subreaper and runs ``postfix start``; prints one JSON line
     ``{"status": ..., "output": ...}``.  The master daemonizes and, when stopped, exits before its

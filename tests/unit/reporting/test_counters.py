@@ -39,7 +39,7 @@ from mailsift.reporting.counters import (
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 NOW = 1_700_000_100.0  # inside a five-minute interval, not at its start
 

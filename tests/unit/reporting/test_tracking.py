@@ -50,7 +50,7 @@ from mailsift.storage.db import Database
 from mailsift.storage.quarantine.admin import release
 from mailsift.storage.quarantine.index import QuarantineFilter, find_entries, remove_entry
 from mailsift.testing import RecordingServer, ServiceThread
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 CONFIG = """\
 from mailsift import *

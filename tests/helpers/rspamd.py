@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.engines.spamd_instance import free_port, stop_tree
+from tests.helpers.spamd import free_port, stop_tree
 
 RSPAMD = "/usr/bin/rspamd"
 RSPAMC = "/usr/bin/rspamc"

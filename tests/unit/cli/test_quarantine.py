@@ -26,7 +26,7 @@ from mailsift.message.result import Result as ScanResult
 from mailsift.storage.quarantine.index import RELEASED, QuarantineFilter, find_entries, get_entry
 from mailsift.storage.quarantine.store import QuarantineStore, file_id, read_original, stored_files
 from mailsift.testing import RecordingServer, free_port
-from tests.postgres_instance import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 DAY = 86400.0
 
