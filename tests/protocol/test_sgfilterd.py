@@ -18,8 +18,9 @@ from mailsift.services.sgfilter_client import Answer, ask
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
 from mailsift.testing import ServiceThread
+from tests.helpers.samples import EICAR_TEXT as EICAR
 
-from .conftest import EICAR, message
+from .conftest import message
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 CLEAN = message("clean") + b"second line\r\n.a dot line\r\n"

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
@@ -116,6 +115,8 @@ class LinkSigner:
     """Signs and verifies link tokens with one secret."""
 
     def __init__(self, key: bytes | str) -> None:
+        from itsdangerous import URLSafeTimedSerializer  # web code: not loaded by a worker until links are signed
+
         self._serializers = {action: URLSafeTimedSerializer(key, salt=f"mailsift.link.{action}") for action in ACTIONS}
 
     def sign(
@@ -138,6 +139,8 @@ class LinkSigner:
 
     def verify(self, token: str, action: str, *, now: float | None = None) -> LinkClaim:
         """The claim of a valid, unexpired ``action`` token; :class:`LinkError` otherwise."""
+        from itsdangerous import BadData, SignatureExpired
+
         serializer = self._serializers.get(action)
         if serializer is None or len(token) > 2000:
             raise LinkError("invalid", "This link is not valid.")

@@ -59,8 +59,6 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-
 from mailsift.core.hooks import Hook
 from mailsift.delivery.next_hop import Delivery, SMTPDelivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
@@ -70,6 +68,8 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.scanners.engines.common import SpamResult
 
 if TYPE_CHECKING:
+    import jinja2
+
     from mailsift.core.disposition import Outcome
     from mailsift.settings import Settings
 
@@ -190,6 +190,8 @@ class Renderer:
     """The Jinja2 templates with their gettext translations; one environment per language."""
 
     def __init__(self, template_dir: str | None = None) -> None:
+        import jinja2  # loaded when a config uses notify(), not by every worker
+
         paths = [template_dir, str(TEMPLATE_DIR)] if template_dir else [str(TEMPLATE_DIR)]
         self._loader = jinja2.FileSystemLoader(paths)
         self._environments: dict[str, jinja2.Environment] = {}
@@ -197,6 +199,8 @@ class Renderer:
     def environment(self, language: str) -> jinja2.Environment:
         env = self._environments.get(language)
         if env is None:
+            import jinja2
+
             env = jinja2.Environment(
                 loader=self._loader,
                 extensions=["jinja2.ext.i18n"],
@@ -348,6 +352,8 @@ class notify(Hook):
             raise ConfigError("no next hop for notifications: set SMTP_SERVER or notify(next_hop=('127.0.0.1', 10025))")
         if target is not None:
             resolve(target, settings.state_dir)
+        import jinja2
+
         for party in PARTIES:  # a broken custom template fails at load, not on the first virus
             for language in {self.language, *self.languages.values()}:
                 try:

@@ -65,12 +65,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
-
-import libarchive
-import libarchive.ffi
-import libarchive.read
-import tnefparse
 
 from mailsift.errors import ContentError, MailsiftError
 from mailsift.message.result import Result
@@ -104,10 +100,18 @@ BROKEN = "Heuristics.Broken.Archive"
 
 _COMPRESSED_SUFFIX = re.compile(r"\.(gz|gzip|z|bz2|bz|xz|lzma|lz|zst|lz4)$", re.IGNORECASE)
 
-_lib = libarchive.ffi.libarchive
-_entry_is_encrypted = _lib.archive_entry_is_encrypted
-_entry_is_encrypted.argtypes = [ctypes.c_void_p]
-_entry_is_encrypted.restype = ctypes.c_int
+
+@cache
+def _libarchive() -> Any:
+    """libarchive-c, imported (and its C library loaded) when the first container is read,
+    not when a config names decompress(): a worker that never unpacks does not load it."""
+    import libarchive.ffi
+    import libarchive.read
+
+    entry_is_encrypted = libarchive.ffi.libarchive.archive_entry_is_encrypted
+    entry_is_encrypted.argtypes = [ctypes.c_void_p]
+    entry_is_encrypted.restype = ctypes.c_int
+    return libarchive
 
 
 # --------------------------------------------------------------------------- reading (in a thread)
@@ -157,12 +161,14 @@ class _Stop(ContentError):
 def _reader(data: bytes) -> Iterator[Any]:
     """libarchive over ``data`` with our formats and filters (libarchive-c's
     ``memory_reader`` enables only one format, or all of them, mtree included)."""
+    libarchive = _libarchive()
+    lib = libarchive.ffi.libarchive
     archive_p = libarchive.ffi.read_new()
     try:
         for name in READ_FILTERS:
-            getattr(_lib, f"archive_read_support_filter_{name}")(ctypes.c_void_p(archive_p))
+            getattr(lib, f"archive_read_support_filter_{name}")(ctypes.c_void_p(archive_p))
         for name in READ_FORMATS:
-            getattr(_lib, f"archive_read_support_format_{name}")(ctypes.c_void_p(archive_p))
+            getattr(lib, f"archive_read_support_format_{name}")(ctypes.c_void_p(archive_p))
         libarchive.ffi.read_open_memory(archive_p, data, len(data))
         yield libarchive.read.ArchiveRead(archive_p)
     finally:
@@ -223,6 +229,8 @@ class _Reader:
     def read_archive(self, names: tuple[str, ...], probe: bool) -> Listing | None:
         listing: Listing | None = None
         name = ""
+        libarchive = _libarchive()
+        entry_is_encrypted = libarchive.ffi.libarchive.archive_entry_is_encrypted
         try:
             with _reader(self.data) as archive:
                 for entry in archive:
@@ -241,7 +249,7 @@ class _Reader:
                     if format_name == "raw":
                         name = _raw_name(names)
                     self.take_member(listing, name)
-                    if _entry_is_encrypted(ctypes.c_void_p(entry._entry_p)):
+                    if entry_is_encrypted(ctypes.c_void_p(entry._entry_p)):
                         listing.encrypted.append(name)
                         continue
                     out = io.BytesIO()
@@ -286,6 +294,8 @@ def _tnef_name(attachment: Any) -> str:
 
 
 def _read_tnef(data: bytes, reader: _Reader) -> Listing:
+    import tnefparse  # loaded at the first winmail.dat, not at start
+
     listing = Listing("tnef")
     try:
         attachments = tnefparse.TNEF(data, do_checksum=False).attachments

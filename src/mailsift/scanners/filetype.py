@@ -37,8 +37,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import magic
-
 from mailsift.errors import ConfigError
 from mailsift.message.result import Result
 from mailsift.scanners.base import MailTarget, PartTarget, Scanner, Target
@@ -66,6 +64,8 @@ class _Magic:
         with cls._lock:
             if mime not in cls._handles:
                 try:
+                    import magic  # python-magic (and libmagic) when a config names file_type()/file_magic()
+
                     cls._handles[mime] = magic.Magic(mime=mime)
                 except (magic.MagicException, OSError, ImportError) as error:
                     raise ConfigError(f"libmagic cannot be opened: {error}") from None
@@ -74,6 +74,8 @@ class _Magic:
 
 def identify(data: bytes) -> tuple[str, str]:
     """``(MIME type, description)`` of ``data`` by libmagic; blocking (run it in a thread)."""
+    import magic  # imported by handle() when the config was checked
+
     head = data[:MAGIC_BYTES]
     try:
         mime = str(_Magic.handle(True).from_buffer(head))

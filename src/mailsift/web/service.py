@@ -28,16 +28,15 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
-
 from mailsift.errors import ConfigError
-from mailsift.reporting import links
 from mailsift.scanners.base import as_scanners
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_mode, parse_listen
 from mailsift.settings import Settings
-from mailsift.web.app import create_app
-from mailsift.web.users import compile_userconv
 from mailsift.web.webconfig import WebConfig
+
+# The web code (Starlette, uvicorn, Jinja2, argon2, prometheus_client) is imported
+# when a config names webq or when the service starts, never by `from mailsift import *`:
+# a worker that serves only smtpd does not load it (issue 10, item 10).
 
 log = logging.getLogger("mailsift.webq")
 
@@ -77,6 +76,8 @@ class webq(Service):
         if not isinstance(trusted_proxies, list | tuple) or not all(isinstance(p, str) for p in trusted_proxies):
             raise ConfigError(f"webq: trusted_proxies must be a list of addresses, got {trusted_proxies!r}")
         self.secret_file = secret_file
+        from mailsift.web.users import compile_userconv  # the web's users code: only when webq is configured
+
         self.config = WebConfig(
             userconv=compile_userconv(userconv),
             secure_cookies=bool(secure_cookies),
@@ -91,6 +92,9 @@ class webq(Service):
             raise ConfigError("webq needs DATABASE (users and the quarantine index live there)")
 
     async def start(self, sock: socket.socket, settings: Settings) -> WebServer:
+        from mailsift.reporting import links
+        from mailsift.web.app import create_app
+
         secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file)
         # the other web pages: digest links, statistics and /metrics, message tracking
         from mailsift.web import links_views, stats_views, tracking_views
@@ -111,6 +115,8 @@ class WebServer:
     """
 
     def __init__(self, app: Any, config: WebConfig) -> None:
+        import uvicorn
+
         self.config = uvicorn.Config(
             app,
             lifespan="off",

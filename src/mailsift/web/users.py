@@ -23,16 +23,17 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.errors import ConfigError
 from mailsift.storage.schema import web_login_throttle_table, web_user_address_table, web_user_table
 from mailsift.storage.sql import upsert
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 LANGUAGES = ("en", "cs", "de", "es", "sk")
 """Languages a user may choose (those of mailsift's catalogs)."""
@@ -69,6 +70,8 @@ class StoredUser:
 @functools.cache
 def hasher() -> PasswordHasher:
     """argon2id with argon2-cffi's default (RFC 9106 low-memory) parameters."""
+    from argon2 import PasswordHasher  # at the first password: `mailsift serve` without webq never loads it
+
     return PasswordHasher()
 
 
@@ -86,6 +89,8 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches; with ``None`` (unknown user) a dummy verify, then False."""
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
     try:
         ok = hasher().verify(password_hash or dummy_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
