@@ -166,10 +166,15 @@ class Server:
         return True
 
     def end(self, connection: Any) -> None:
-        """The transaction's answer went out: while draining, the connection is shut down now."""
+        """The transaction's answer went out: while draining, the connection is shut down now,
+        or after its protocol's short ``linger`` (SMTP: time for the client's QUIT)."""
         connection.busy = False
         if self.draining:
-            connection.shut_down()
+            linger = getattr(connection, "linger", 0.0)
+            if linger:
+                asyncio.get_running_loop().call_later(linger, connection.shut_down)
+            else:
+                connection.shut_down()
             self._wake()
 
     def next_queue_id(self) -> str:

@@ -171,6 +171,11 @@ class FilterSMTP(SMTP):
             cast(asyncio.Transport, self.transport).write(f"{reply}\r\n".encode())  # (uvloop's transports)
             self.transport.close()
 
+    linger = 1.0
+    """Seconds a draining worker keeps a connection open after a transaction's answer: a client
+    that QUITs at once gets its 221 and a clean close; one that begins another transaction gets
+    421 (:meth:`Handler.handle_MAIL`), never a cut transaction; then 421 and close."""
+
     def shut_down(self) -> None:
         """The worker drains: 421, then close (the skeleton never calls it inside a transaction)."""
         self._answer_and_close(replies.SHUTTING_DOWN)
