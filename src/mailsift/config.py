@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError
@@ -184,8 +185,10 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}", "STATE_DIR")
     state_dir = os.path.abspath(state_dir)
     threshold = namespace.get("SPOOL_THRESHOLD", 1024 * 1024)
-    if not isinstance(threshold, int) or threshold < 0:
-        raise fail(f"SPOOL_THRESHOLD must be a number of bytes, got {threshold!r}", "SPOOL_THRESHOLD")
+    try:
+        threshold = validators.integer(threshold, "SPOOL_THRESHOLD", minimum=0, unit="a number of bytes")
+    except ConfigError as error:
+        raise fail(error.message, "SPOOL_THRESHOLD") from None
     try:
         smtp_server = _next_hop(namespace.get("SMTP_SERVER"), state_dir)
     except ConfigError as error:

@@ -23,8 +23,14 @@ from typing import Any
 from mailsift.errors import ConfigError
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool: for checks that keep their own wording."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_port(value: Any) -> bool:
+    """A TCP/UDP port to connect to: an int 1-65535, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
 
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:
@@ -46,7 +52,7 @@ def number(
     value: Any, what: str, *, minimum: float | None = None, maximum: float | None = None, unit: str = "a number"
 ) -> float:
     """A finite number (int or float, not bool) within the bounds, as a float."""
-    if not _is_number(value):
+    if not is_number(value):
         raise ConfigError(f"{what} must be {unit}{_bounds(minimum, maximum)}, got {value!r}")
     _check_range(value, what, unit, minimum, maximum)
     return float(value)
@@ -73,7 +79,7 @@ def integer(
 
 def positive(value: Any, what: str, *, unit: str = "number") -> float:
     """A finite number above zero, as a float (``unit``: ``"number of seconds"``...)."""
-    if not _is_number(value) or not value > 0:
+    if not is_number(value) or not value > 0:
         raise ConfigError(f"{what} must be a positive {unit}, got {value!r}")
     return float(value)
 
@@ -87,7 +93,7 @@ def positive_int(value: Any, what: str, *, unit: str = "integer") -> int:
 
 def non_negative(value: Any, what: str) -> float:
     """A finite number, zero or more, as a float."""
-    if not _is_number(value):
+    if not is_number(value):
         raise ConfigError(f"{what} must be a number, got {value!r}")
     if value < 0:
         raise ConfigError(f"{what} must not be negative, got {value!r}")
@@ -107,6 +113,13 @@ def flag(value: Any, what: str) -> bool:
     """``True`` or ``False``."""
     if not isinstance(value, bool):
         raise ConfigError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+def permission_bits(value: Any, what: str, *, unit: str = "permission bits like 0o660") -> int:
+    """Unix permission bits (a socket's mode, a umask): an int 0-0o777, not a bool."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ConfigError(f"{what} must be {unit}, got {value!r}")
     return value
 
 

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from mailsift import validators
+from mailsift import (
+    clamd_daemon,
+    const,
+    db,
+    lmtp_relay,
+    log_file,
+    log_sql,
+    log_syslog,
+    max_file_size,
+    milter,
+    notify,
+    office_macros,
+    reporter,
+    sgfilterd,
+    smtp_relay,
+    smtpd,
+    smtpd_policy,
+    spam_forward,
+    spamd_daemon,
+    stats,
+    validators,
+    webq,
+)
+from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError
+from mailsift.scanners.engines.common import parse_address
 
 
 @pytest.mark.parametrize("bad", [True, False, "1", None, float("nan"), float("inf"), 0, -1, 0.0])
@@ -58,3 +83,104 @@ def test_non_negative_flag_choice() -> None:
     assert validators.choice("a", "c", ("a", "b")) == "a"
     with pytest.raises(ConfigError, match="c must be one of 'a', 'b', got 'z'"):
         validators.choice("z", "c", ("a", "b"))
+
+
+def test_is_number_is_port_permission_bits() -> None:
+    assert validators.is_number(3)
+    assert validators.is_number(0.5)
+    assert not any(validators.is_number(v) for v in (True, "3", float("nan"), float("inf"), None))
+    assert validators.is_port(25)
+    assert validators.is_port(65535)
+    assert not any(validators.is_port(v) for v in (True, 0, 65536, "25", 25.0))
+    assert validators.permission_bits(0o660, "m") == 0o660
+    with pytest.raises(ConfigError, match="m must be permission bits like 0o660, got 512"):
+        validators.permission_bits(0o1000, "m")
+    with pytest.raises(ConfigError, match="u must be an integer like 0o117, got True"):
+        validators.permission_bits(True, "u", unit="an integer like 0o117")
+
+
+# --------------------------------------------------------------------------- every config site uses them
+
+NAN, INF = float("nan"), float("inf")
+HOP = ("127.0.0.1", 10025)
+SECONDS = "must be a positive number of seconds, got"
+
+SITES: list[tuple[Callable[[], object], str]] = [
+    # (build, message): each config site that checks a number, a port or a flag, with a value only the shared
+    # check refuses (True, a string, nan, inf), and the start of the shared message
+    # reporting/logline.py
+    (lambda: log_syslog(timeout=True), f"log_syslog: timeout {SECONDS} True"),
+    (lambda: log_syslog(timeout=NAN), f"log_syslog: timeout {SECONDS} nan"),
+    (lambda: log_syslog(address=("127.0.0.1", True)), "log_syslog: address must be a socket path or"),
+    (lambda: log_file("x.log", json=1), "log_file: json must be True or False, got 1"),
+    (lambda: log_sql(max_pending=True), "log_sql: max_pending must be a positive integer, got True"),
+    (lambda: log_sql(close_timeout="10"), f"log_sql: close_timeout {SECONDS} '10'"),
+    # reporting/counters.py
+    (lambda: stats(flush_interval=INF), f"stats: flush_interval {SECONDS} inf"),
+    (lambda: stats(close_timeout=INF), f"stats: close_timeout {SECONDS} inf"),
+    (lambda: stats(max_keys=True), "stats: max_keys must be a positive integer, got True"),
+    # reporting/digest.py
+    (lambda: reporter(max_entries=True), "reporter: max_entries must be a positive integer, got True"),
+    (lambda: reporter(link_lifetime=True), "reporter: link_lifetime must be like '7d', got True"),
+    # reporting/spam_forward.py, reporting/notifications.py
+    (lambda: spam_forward("a@example.test", verbose=1), "spam_forward: verbose must be True or False, got 1"),
+    (lambda: notify(timeout=True), f"notify: timeout {SECONDS} True"),
+    # services/base.py (the skeleton of every front end), services/milter.py, services/daemons.py
+    (lambda: smtpd([], "127.0.0.1", 10024, next_hop=HOP, timeout=INF), f"smtpd: timeout {SECONDS} inf"),
+    (lambda: sgfilterd([], "127.0.0.1", 27, timeout=INF), f"sgfilterd: timeout {SECONDS} inf"),
+    (
+        lambda: smtpd_policy([], db.sqlite(), "127.0.0.1", 10031, idle_timeout=INF),
+        f"smtpd_policy: idle_timeout {SECONDS} inf",
+    ),
+    (
+        lambda: smtpd([], "127.0.0.1", 10024, next_hop=HOP, max_size=True),
+        "smtpd: max_size must be an integer >= 1024, got True",
+    ),
+    (lambda: smtpd([], "127.0.0.1", True, next_hop=HOP), "smtpd: port must be an integer 0-65535, got True"),
+    (
+        lambda: smtpd([], "unix:/tmp/x.sock", 0, next_hop=HOP, socket_mode=True),
+        "smtpd: socket_mode must be permission bits like 0o660, got True",
+    ),
+    (
+        lambda: milter([], "m", "inet:0@127.0.0.1", umask=True),
+        "milter: umask must be an integer like 0o117, got True",
+    ),
+    (lambda: spamd_daemon(("127.0.0.1", True)), "spamd_daemon: address must be"),
+    (lambda: spamd_daemon(max_children=True), "spamd_daemon: max_children must be a positive integer, got True"),
+    (lambda: clamd_daemon("/tmp/c.sock", max_threads="10"), "clamd_daemon: max_threads must be a positive integer"),
+    # web/service.py
+    (lambda: webq(session_hours=INF), "webq: session_hours must be a positive number, got inf"),
+    (lambda: webq(idle_minutes=NAN), "webq: idle_minutes must be a positive number, got nan"),
+    # storage/db.py
+    (lambda: db.sqlite(busy_timeout=True), f"database: busy_timeout {SECONDS} True"),
+    (lambda: db.database("sqlite://", busy_timeout=INF), f"database: busy_timeout {SECONDS} inf"),
+    # delivery/next_hop.py
+    (lambda: resolve(("127.0.0.1", True), ""), "next hop must be"),
+    (lambda: smtp_relay("127.0.0.1", 25, timeout="60"), f"smtp_relay: timeout {SECONDS} '60'"),
+    (lambda: lmtp_relay("127.0.0.1", 24, timeout=INF), f"lmtp_relay: timeout {SECONDS} inf"),
+    # scanners/basic.py, scanners/office.py, scanners/engines/common.py
+    (lambda: const("1"), "const: level must be a number, got '1'"),
+    (lambda: const(True), "const: level must be a number, got True"),
+    (lambda: max_file_size(True), "max_file_size: size must be a whole number, got True"),
+    (lambda: office_macros(unscannable=True), "office_macros: unscannable must be a level, got True"),
+    (lambda: office_macros(unscannable="1"), "office_macros: unscannable must be a level, got '1'"),
+    (lambda: parse_address(("localhost", True), "engine"), "engine: address must be"),
+]
+
+
+@pytest.mark.parametrize(("build", "message"), SITES, ids=[message.split(" must")[0] for _, message in SITES])
+def test_every_config_site_uses_the_shared_check(build: Callable[[], object], message: str) -> None:
+    """Each site checked on its own before; a bool, a string, nan or inf now gets the shared refusal."""
+    with pytest.raises(ConfigError) as raised:
+        build()
+    assert raised.value.message.startswith(message), raised.value.message
+
+
+def test_spool_threshold_uses_the_shared_integer_check(tmp_path: Any) -> None:
+    from mailsift import config
+
+    path = tmp_path / "mailsift.conf.py"
+    path.write_text("SPOOL_THRESHOLD = True\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        config.load(str(path))
+    assert raised.value.message == "SPOOL_THRESHOLD must be a number of bytes >= 0, got True"

@@ -35,6 +35,7 @@ from mailsift.errors import ConfigError, DeliveryDeferred, DeliveryError, Delive
 from mailsift.message.address import AddressError, check_addresses
 from mailsift.message.mail import Mail
 from mailsift.replies import NEXT_HOP_REJECTED
+from mailsift.validators import is_port, positive
 
 _XFORWARD_VALUE = re.compile(r"[^\x21-\x7e]|[+=]")
 
@@ -415,13 +416,7 @@ def resolve(target: object, state_dir: str) -> Delivery:
         if isinstance(target, MaildirDelivery) and not os.path.isabs(target.root):
             return MaildirDelivery(os.path.join(state_dir, target.root))
         return target
-    if (
-        isinstance(target, tuple | list)
-        and len(target) == 2
-        and isinstance(target[0], str)
-        and isinstance(target[1], int)
-        and 0 < target[1] < 65536
-    ):
+    if isinstance(target, tuple | list) and len(target) == 2 and isinstance(target[0], str) and is_port(target[1]):
         return SMTPDelivery(target[0], target[1])
     raise ConfigError(f"next hop must be ('host', port), smtp_relay(...) or local_maildir(...), got {target!r}")
 
@@ -429,12 +424,14 @@ def resolve(target: object, state_dir: str) -> Delivery:
 def smtp_relay(host: str, port: int, *, timeout: float = 60.0, xforward: bool = True) -> SMTPDelivery:
     """Config helper: reinject over SMTP to ``host:port``."""
     resolve((host, port), "")
+    timeout = positive(timeout, "smtp_relay: timeout", unit="number of seconds")
     return SMTPDelivery(host, port, timeout=timeout, xforward=xforward)
 
 
 def lmtp_relay(host: str, port: int, *, timeout: float = 60.0, xforward: bool = True) -> SMTPDelivery:
     """Config helper: reinject over LMTP to ``host:port`` (answers per recipient after the content)."""
     resolve((host, port), "")
+    timeout = positive(timeout, "lmtp_relay: timeout", unit="number of seconds")
     return SMTPDelivery(host, port, timeout=timeout, xforward=xforward, lmtp=True)
 
 

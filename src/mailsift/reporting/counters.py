@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
@@ -274,15 +275,12 @@ class stats(Hook):
     ) -> None:
         if db is not None and not isinstance(db, Database):
             raise ConfigError(f"stats: db must be db.sqlite(...) or db.database(...), got {db!r}")
-        for option, value in (("flush_interval", flush_interval), ("close_timeout", close_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"stats: {option} must be a positive number of seconds, got {value!r}")
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
-            raise ConfigError(f"stats: max_keys must be a positive integer, got {max_keys!r}")
         self.db = db
         self._database: Database | None = db
         self.collector = Collector(
-            flush_interval=float(flush_interval), max_keys=max_keys, close_timeout=float(close_timeout)
+            flush_interval=validators.positive(flush_interval, "stats: flush_interval", unit="number of seconds"),
+            max_keys=validators.positive_int(max_keys, "stats: max_keys"),
+            close_timeout=validators.positive(close_timeout, "stats: close_timeout", unit="number of seconds"),
         )
 
     @property

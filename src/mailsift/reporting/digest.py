@@ -56,6 +56,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from mailsift import validators
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
@@ -147,17 +148,20 @@ class reporter:
         if webq is not None and (not isinstance(webq, str) or not re.match(r"^https?://[^\s/]+", webq)):
             raise ConfigError(f"reporter: webq must be the base URL like 'https://mail.example.com/webq', got {webq!r}")
         self.webq = webq
-        try:
-            lifetime = parse_duration(link_lifetime) if isinstance(link_lifetime, str) else float(link_lifetime)
-        except (ConfigError, ValueError, TypeError):
+        try:  # a duration ('7d') or a number of seconds; a bool is not a number
+            if isinstance(link_lifetime, str):
+                lifetime = parse_duration(link_lifetime)
+            elif validators.is_number(link_lifetime):
+                lifetime = float(link_lifetime)
+            else:
+                raise ConfigError("not a duration")
+        except ConfigError:
             raise ConfigError(f"reporter: link_lifetime must be like '7d', got {link_lifetime!r}") from None
         if not 0 < lifetime <= 90 * 86400:
             raise ConfigError(f"reporter: link_lifetime must be between 1s and 90d, got {link_lifetime!r}")
         self.link_lifetime = lifetime
         self.from_address = from_address
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ConfigError(f"reporter: max_entries must be a positive integer, got {max_entries!r}")
-        self.max_entries = max_entries
+        self.max_entries = validators.positive_int(max_entries, "reporter: max_entries")
 
     def describe(self) -> str:
         return f"reporter(webq={self.webq!r})"

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
@@ -333,7 +334,7 @@ class log_syslog(_LogHook):
         if facility not in facilities:
             raise ConfigError(f"log_syslog: unknown facility {facility!r}; one of {', '.join(sorted(facilities))}")
         if isinstance(address, list | tuple):
-            if len(address) != 2 or not isinstance(address[0], str) or not isinstance(address[1], int):
+            if len(address) != 2 or not isinstance(address[0], str) or not validators.is_port(address[1]):
                 raise ConfigError(f"log_syslog: address must be a socket path or (host, port), got {address!r}")
             self.address: str | tuple[str, int] = (address[0], address[1])
         elif isinstance(address, str) and address:
@@ -342,9 +343,8 @@ class log_syslog(_LogHook):
             raise ConfigError(f"log_syslog: address must be a socket path or (host, port), got {address!r}")
         if not isinstance(ident, str) or not re.fullmatch(r"[!-~]{1,48}", ident):
             raise ConfigError(f"log_syslog: ident must be a short word, got {ident!r}")
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(f"log_syslog: timeout must be a positive number of seconds, got {timeout!r}")
-        self.facility, self.ident, self.timeout, self.clock = facility, ident, float(timeout), clock
+        timeout = validators.positive(timeout, "log_syslog: timeout", unit="number of seconds")
+        self.facility, self.ident, self.timeout, self.clock = facility, ident, timeout, clock
         handler = logging.handlers.SysLogHandler
         self.priority = (facilities[facility] << 3) | handler.priority_names["info"]
         self._sock: socket.socket | None = None
@@ -425,9 +425,7 @@ class log_file(_LogHook):
         super().__init__(relay_clients)
         if not isinstance(path, str) or not path or "\0" in path:
             raise ConfigError(f"log_file: path must be a file name, got {path!r}")
-        if not isinstance(json, bool):
-            raise ConfigError(f"log_file: json must be True or False, got {json!r}")
-        self.path, self.json = path, json
+        self.path, self.json = path, validators.flag(json, "log_file: json")
         self.resolved = path
         """The file written: ``path`` under ``STATE_DIR`` when relative (set by :meth:`check`)."""
         self._handler: _RaisingFileHandler | None = None
@@ -522,9 +520,8 @@ class log_sql(_LogHook):
         super().__init__(relay_clients)
         if db is not None and not isinstance(db, Database):
             raise ConfigError(f"log_sql: db must be db.sqlite(...) or db.database(...), got {db!r}")
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ConfigError(f"log_sql: max_pending must be a positive integer, got {max_pending!r}")
-        self.db, self.max_pending, self.close_timeout = db, max_pending, close_timeout
+        self.db, self.max_pending = db, validators.positive_int(max_pending, "log_sql: max_pending")
+        self.close_timeout = validators.positive(close_timeout, "log_sql: close_timeout", unit="number of seconds")
         self._database: Database | None = db
         self._queue: list[list[dict[str, Any]]] = []
         self._writing = 0

@@ -59,6 +59,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.delivery.next_hop import Delivery, SMTPDelivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
@@ -320,7 +321,7 @@ class notify(Hook):
         self.silent_viruses = tuple(silent_viruses)
         self.from_address = from_address
         self.next_hop = next_hop
-        self.timeout = timeout
+        self.timeout = validators.positive(timeout, "notify: timeout", unit="number of seconds")
         self.renderer = Renderer(template_dir)
         self._delivery: Delivery | None = None
 

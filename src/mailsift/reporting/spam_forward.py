@@ -8,6 +8,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
@@ -33,8 +34,7 @@ class spam_forward(Hook):
     def __init__(self, to: str, verbose: bool = False, *, next_hop: Any = None) -> None:
         if not isinstance(to, str) or not _ADDRESS.fullmatch(to):
             raise ConfigError(f"spam_forward: to must be an address like 'antispam@example.com', got {to!r}")
-        if not isinstance(verbose, bool):
-            raise ConfigError(f"spam_forward: verbose must be True or False, got {verbose!r}")
+        verbose = validators.flag(verbose, "spam_forward: verbose")
         if next_hop is not None:
             resolve(next_hop, "")  # the form is checked now; relative Maildirs are resolved in check()
         self.to, self.verbose, self.next_hop = to, verbose, next_hop

@@ -16,6 +16,7 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
+from mailsift.validators import non_negative_int, number
 
 _THREAD_THRESHOLD = 512 * 1024
 """Searches over more bytes than this run in a thread, so one big message does not
@@ -23,10 +24,7 @@ hold up every other connection of the worker for the whole search."""
 
 
 def _level(level: Any, what: str) -> float:
-    try:
-        return float(level)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: level must be a number, got {level!r}") from None
+    return number(level, f"{what}: level")
 
 
 class const(Scanner):
@@ -161,9 +159,7 @@ class max_file_size(Scanner):
     name = "max_file_size"
 
     def __init__(self, size: int, virname: str = "Policy.FileTooBig") -> None:
-        if not isinstance(size, int) or size < 0:
-            raise ConfigError(f"max_file_size: size must be a non-negative integer, got {size!r}")
-        self.size, self.virname = size, virname
+        self.size, self.virname = non_negative_int(size, "max_file_size: size"), virname
 
     def describe(self) -> str:
         return f"max_file_size({self.size})"

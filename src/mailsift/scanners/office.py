@@ -45,7 +45,7 @@ from typing import Any
 from mailsift.errors import ConfigError
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import DataTarget, PartTarget, Scanner, Target
-from mailsift.validators import positive_int
+from mailsift.validators import number, positive_int
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -226,10 +226,7 @@ class office_macros(Scanner):
             raise ConfigError(f"office_macros: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if virname is not None and (not isinstance(virname, str) or not virname):
             raise ConfigError(f"office_macros: virname must be a non-empty string, got {virname!r}")
-        try:
-            self.unscannable = float(unscannable)
-        except (TypeError, ValueError):
-            raise ConfigError(f"office_macros: unscannable must be a level, got {unscannable!r}") from None
+        self.unscannable = number(unscannable, "office_macros: unscannable", unit="a level")
         positive_int(max_size, "office_macros: max_size", unit="number of bytes")
         self.mode = mode
         self.virname = virname or ("Office.Macro" if mode == "any" else "Office.Macro.Suspicious")

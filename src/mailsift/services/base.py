@@ -12,8 +12,9 @@ validated on its own before, once:
   read/write for the owner and the group — put the MTA's user in mailsift's
   group);
 * the limits and timeouts (:func:`check_limit`, :func:`check_seconds`): one
-  message for every front end, and a ``bool`` is never a number
-  (``max_connections=True`` is refused everywhere);
+  message for every front end, through :mod:`mailsift.validators` like every
+  other config value (a ``bool`` or a string is never a number, nor is ``nan``
+  or ``inf``: ``max_connections=True`` is refused everywhere);
 * binding, done once in the supervisor before the workers fork
   (:meth:`Service.bind`); a stale unix socket file left by an earlier run is
   replaced, one in use by a live process is refused.
@@ -28,6 +29,7 @@ import stat
 from collections.abc import Sequence
 from typing import Any
 
+from mailsift import validators
 from mailsift.errors import ConfigError
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.settings import Settings
@@ -39,25 +41,20 @@ UNIX_PATH_MAX = 104  # sun_path is 108 bytes on Linux, 104 on the BSDs
 
 
 def check_limit(value: Any, what: str, kind: str, *, minimum: int = 1) -> int:
-    """A count limit (``max_connections``...): an int of at least ``minimum``; a bool is not a number."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise ConfigError(f"{kind}: {what} must be {wanted}, got {value!r}")
-    return value
+    """A count limit (``max_connections``...): an int of at least ``minimum`` (:mod:`mailsift.validators`)."""
+    if minimum == 1:
+        return validators.positive_int(value, f"{kind}: {what}")
+    return validators.integer(value, f"{kind}: {what}", minimum=minimum)
 
 
 def check_seconds(value: Any, what: str, kind: str) -> float:
-    """A timeout: a positive number of seconds (int or float; a bool is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{kind}: {what} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    """A timeout: a positive, finite number of seconds (:func:`mailsift.validators.positive`)."""
+    return validators.positive(value, f"{kind}: {what}", unit="number of seconds")
 
 
 def check_mode(value: Any, kind: str) -> int:
     """A unix socket's permission bits, like ``0o660``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-        raise ConfigError(f"{kind}: socket_mode must be permission bits like 0o660, got {value!r}")
-    return value
+    return validators.permission_bits(value, f"{kind}: socket_mode")
 
 
 def unix_path(host: Any) -> str | None:
@@ -73,9 +70,7 @@ def check_address(host: Any, port: Any, what: str) -> tuple[str, int]:
     """A TCP listening address: a host string and a port 0-65535."""
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{what}: host must be an address string, got {host!r}")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
-        raise ConfigError(f"{what}: port must be an integer 0-65535, got {port!r}")
-    return host, port
+    return host, validators.integer(port, f"{what}: port", minimum=0, maximum=65535)
 
 
 def parse_listen(host: Any, port: Any, what: str) -> tuple[str, int]:

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError
+from mailsift.validators import is_port, positive_int
 
 log = logging.getLogger("mailsift.daemon")
 
@@ -237,7 +238,7 @@ class clamd_daemon(Daemon):
         self.directory = os.path.dirname(self.socket_path)
         self.database = database
         self.stream_max_length = stream_max_length
-        self.max_threads = max_threads
+        self.max_threads = positive_int(max_threads, "clamd_daemon: max_threads")
         self.user = user
         self.options = dict(options or {})
         super().__init__(program, ["--foreground", "-c", os.path.join(self.directory, "clamd.conf")])
@@ -353,12 +354,12 @@ class spamd_daemon(Daemon):
             isinstance(address, list | tuple)
             and len(address) == 2
             and isinstance(address[0], str)
-            and isinstance(address[1], int)
+            and is_port(address[1])
         ):
             raise ConfigError(f"spamd_daemon: address must be ('127.0.0.1', port), got {address!r}")
         self.host, self.port = address[0], int(address[1])
         self.local_only = local_only
-        self.max_children = max_children
+        self.max_children = positive_int(max_children, "spamd_daemon: max_children")
         self.user = user
         self.site_config = site_config
         self.directory = ""

@@ -43,7 +43,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from mailsift import replies
+from mailsift import replies, validators
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
 from mailsift.errors import ConfigError
@@ -135,8 +135,7 @@ class milter(Service):
         quarantine_hold: bool = False,
     ) -> None:
         family, where, port = parse_connection(connection)
-        if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
-            raise ConfigError(f"milter: umask must be an integer like 0o117, got {umask!r}")
+        umask = validators.permission_bits(umask, "milter: umask", unit="an integer like 0o117")
         super().__init__(scanners, f"unix:{where}" if family == "unix" else where, port, socket_mode=0o777 & ~umask)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"milter: name must be a non-empty string, got {name!r}")

@@ -42,6 +42,7 @@ from sqlalchemy import and_, case, create_engine, delete, event, or_, select, up
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from mailsift import validators
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.storage.schema import auto_whitelist_table, greylist_table
 from mailsift.storage.sql import upsert
@@ -65,9 +66,7 @@ class Database:
     """
 
     def __init__(self, url: str | None = None, *, path: str | None = None, busy_timeout: float = 5.0) -> None:
-        if not isinstance(busy_timeout, int | float) or busy_timeout <= 0:
-            raise ConfigError(f"database: busy_timeout must be a positive number of seconds, got {busy_timeout!r}")
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = validators.positive(busy_timeout, "database: busy_timeout", unit="number of seconds")
         self.path = path
         self._url: URL | None = None
         if url is not None:

@@ -28,6 +28,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from mailsift import validators
 from mailsift.errors import ConfigError
 from mailsift.scanners.base import as_scanners
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_mode, parse_listen
@@ -70,9 +71,8 @@ class webq(Service):
         self.scanners = as_scanners([scanner], self.kind) if scanner is not None else ()
         if secret_file is not None and (not isinstance(secret_file, str) or not secret_file):
             raise ConfigError(f"webq: secret_file must be a file path, got {secret_file!r}")
-        for name, value in (("session_hours", session_hours), ("idle_minutes", idle_minutes)):
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"webq: {name} must be a positive number, got {value!r}")
+        session_hours = validators.positive(session_hours, "webq: session_hours")
+        idle_minutes = validators.positive(idle_minutes, "webq: idle_minutes")
         if not isinstance(trusted_proxies, list | tuple) or not all(isinstance(p, str) for p in trusted_proxies):
             raise ConfigError(f"webq: trusted_proxies must be a list of addresses, got {trusted_proxies!r}")
         self.secret_file = secret_file

@@ -39,7 +39,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.result import Result
-from mailsift.validators import choice, positive_int
+from mailsift.validators import choice, is_port, positive_int
 
 Address = str | tuple[str, int]
 """A unix socket path or ``(host, port)``."""
@@ -63,8 +63,7 @@ def parse_address(address: Any, engine: str) -> Address:
         return path
     if isinstance(address, list | tuple) and len(address) == 2:
         host, port = address
-        valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-        if isinstance(host, str) and host and valid_port:
+        if isinstance(host, str) and host and is_port(port):
             return (host, port)
     raise ConfigError(f"{engine}: address must be a unix socket path or (host, port), got {address!r}")
 
