@@ -1,22 +1,20 @@
 """Shared browser-test fixtures: a real ``mailsift serve`` running ``webq``, a recording next hop,
 a seeded quarantine, web users, and Playwright with Debian's chromium.
 
-Other web helpers' browser tests import from here:
-
-* ``webq_server`` (session): a :class:`WebqServer` — ``url``, ``recorder``
+* ``webq_server`` (session): a :class:`~tests.helpers.webq.WebqServer` — ``url``, ``recorder``
   (:class:`~mailsift.testing.RecordingServer`, the SMTP_SERVER), ``settings``
   (to read the database and the store), ``messages`` (name → quarantine id),
   ``users`` (login → password); ``seed(...)`` adds a message;
-* ``browser`` (session) and ``context``/``page`` (per test, fresh cookies);
-* :func:`log_in` (page, url, login, password); :func:`screenshot` (page, name).
+* ``browser`` (module) and ``context``/``page`` (per test, fresh cookies);
+* ``stats_site`` (module, from tests/helpers/stats_site.py): real mail through an smtpd with
+  ``stats()``, the statistics pages served by uvicorn.
 
-Users: ``alice`` (alice@example.org), ``bob`` (bob@example.org), ``admin``
-(admin, no address), passwords in ``PASSWORDS``.
+Plain helpers are in tests/helpers/: ``log_in`` and ``screenshot`` in browser.py, the users
+(``PASSWORDS``, ``ADDRESSES``) and ``WebqServer`` in webq.py, ``message_bytes`` in messages.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import shutil
@@ -24,27 +22,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from mailsift import config as config_module
-from mailsift.message.mail import Envelope, Mail
-from mailsift.message.result import Result
-from mailsift.settings import Settings
-from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
-from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port
 from mailsift.web import users
+from tests.helpers.browser import CHROMIUM
+from tests.helpers.messages import message_bytes
+from tests.helpers.stats_site import stats_site  # noqa: F401 - the fixture (test_graphs.py)
+from tests.helpers.webq import ADDRESSES, PASSWORDS, WebqServer
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-SCREENS = "/tmp/mailsift-screens"
-PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2", "admin": "admin-Secret-3"}
-ADDRESSES = {"alice": ["alice@example.org"], "bob": ["bob@example.org"], "admin": []}
 
 CONFIG = """\
 from mailsift import *
@@ -54,53 +46,6 @@ SMTP_SERVER = ('127.0.0.1', {hop})
 DATABASE = db.sqlite()
 SRV = [webq('127.0.0.1', {port}, scanner=regexp_scan([('EICAR-Test', r'EICAR-STANDARD')]))]
 """
-
-
-def message_bytes(sender: str, to: str, subject: str, body: str, *, html: str = "", attachment: bytes = b"") -> bytes:
-    """A small MIME message: a text part (or an HTML part), and an optional attachment."""
-    lines = [f"From: <{sender}>", f"To: <{to}>", f"Subject: {subject}", "Message-ID: <x@test>", "MIME-Version: 1.0"]
-    if not html and not attachment:
-        return ("\r\n".join([*lines, "Content-Type: text/plain; charset=utf-8", "", body, ""])).encode()
-    parts = []
-    if html:
-        parts.append(f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n")
-    else:
-        parts.append(f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n")
-    if attachment:
-        parts.append(
-            'Content-Type: application/octet-stream; name="invoice.exe"\r\n'
-            'Content-Disposition: attachment; filename="invoice.exe"\r\n\r\n' + attachment.decode() + "\r\n"
-        )
-    boundary = "b0undary"
-    mime = f"\r\n--{boundary}\r\n".join(["", *parts])[2:]
-    head = "\r\n".join([*lines, f'Content-Type: multipart/mixed; boundary="{boundary}"', "", ""])
-    return (head + mime + f"\r\n--{boundary}--\r\n").encode()
-
-
-@dataclass
-class WebqServer:
-    url: str
-    recorder: RecordingServer
-    settings: Settings
-    state_dir: str
-    messages: dict[str, str] = field(default_factory=dict)
-    users: dict[str, str] = field(default_factory=lambda: dict(PASSWORDS))
-
-    def seed(self, name: str, sender: str, recipients: Sequence[str], raw: bytes, *, category: str = "virus") -> str:
-        """Quarantine ``raw`` for ``recipients`` through the real store (file + index); returns its id."""
-        store = QuarantineStore(self.settings.quarantine_dir, self.settings.database)
-        mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.7"), raw)
-        try:
-            path = asyncio.run(store.put(mail, category, Result(1.0, "EICAR-Test", "regexp_scan")))
-        finally:
-            mail.close()
-        entry_id = file_id(os.path.relpath(path, self.settings.quarantine_dir))
-        self.messages[name] = entry_id
-        return entry_id
-
-    def entry(self, entry_id: str) -> QuarantineEntry | None:
-        entry: QuarantineEntry | None = self.settings.database.call(get_entry, entry_id)
-        return entry
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
@@ -223,19 +168,3 @@ def context(browser: object) -> Iterator[object]:
 @pytest.fixture
 def page(context: object) -> object:
     return context.new_page()  # type: ignore[attr-defined]
-
-
-def log_in(page: object, url: str, login: str, password: str) -> None:
-    """Log in through the form; returns on the page the login led to."""
-    page.goto(f"{url}/login")  # type: ignore[attr-defined]
-    page.fill("input[name=login]", login)  # type: ignore[attr-defined]
-    page.fill("input[name=password]", password)  # type: ignore[attr-defined]
-    page.click("button[type=submit]")  # type: ignore[attr-defined]
-    page.wait_for_load_state()  # type: ignore[attr-defined]
-
-
-def screenshot(page: object, name: str) -> str:
-    os.makedirs(SCREENS, exist_ok=True)
-    path = os.path.join(SCREENS, f"{name}.png")
-    page.screenshot(path=path, full_page=True)  # type: ignore[attr-defined]
-    return path

@@ -23,9 +23,9 @@ from mailsift.reporting import links
 from mailsift.storage.policies import list_entries
 from mailsift.storage.quarantine.index import RELEASED, get_entry
 from mailsift.testing import RecordingServer
-from tests.browser.conftest import screenshot
-from tests.unit.reporting.test_digest import text_of
-from tests.unit.reporting.test_links import Gateway, link_app, serving
+from tests.helpers.browser import screenshot
+from tests.helpers.links import Gateway, link_app, serving
+from tests.helpers.messages import text_of
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The statistics pages in a real browser (Debian's chromium), after real mail through a real smtpd.
 
-The site is :func:`tests.protocol.test_stats_live.stats_site`: eight messages
-through an smtpd with ``stats()``, the web app served by uvicorn.  An admin
+The site is the fixture :func:`tests.helpers.stats_site.stats_site` (through conftest.py): eight
+messages through an smtpd with ``stats()``, the web app served by uvicorn.  An admin
 and a domain admin open the graph pages; the graphs are drawn (bars of the
 right count, no CSP violation, nothing loaded from elsewhere) and the pages
 are saved as screenshots in ``/tmp/mailsift-screens/``.
@@ -14,13 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.protocol import test_stats_live
-from tests.protocol.test_stats_live import ADMIN, DOMAIN_ADMIN, SENT, Site
-
-stats_site = test_stats_live.stats_site  # the fixture: the same site, built for this module
-
-SCREENS = "/tmp/mailsift-screens"
-CHROMIUM = "/usr/bin/chromium"
+from tests.helpers.browser import CHROMIUM, SCREENS
+from tests.helpers.stats_site import ADMIN, DOMAIN_ADMIN, SENT, Site
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.browser.conftest import WebqServer, log_in, screenshot
+from tests.helpers.browser import log_in, screenshot
+from tests.helpers.webq import WebqServer
 
 
 def _csrf(page: Any) -> str:

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-import io
-import tarfile
-import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import libarchive
 import pytest
 
 from mailsift.core.pipeline import Pipeline
@@ -28,57 +24,17 @@ from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import OVERSIZE_NAME, clamd
 from mailsift.scanners.parsemail import parsemail
-from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
+from tests.helpers.archives import seven_zip_of, tar_gz_of, zip_of
+from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILE_NAMES, TESTFILES, ClamdInstance
+from tests.helpers.messages import attachment_mail
 
 pytestmark = pytest.mark.engines
-
-TESTFILE_NAMES = sorted(path.name for path in TESTFILES.glob("*")) if TESTFILES.is_dir() else []
-
 
 # --------------------------------------------------------------------------- helpers
 
 
-def message(*attachments: tuple[str, bytes, str], body: str = "see the attachment") -> bytes:
-    """A mail with the given ``(filename, data, mime type)`` attachments."""
-    msg = email.message.EmailMessage()
-    msg["From"] = "alice@example.net"
-    msg["To"] = "bob@example.org"
-    msg["Subject"] = "attachment"
-    msg.set_content(body)
-    for filename, data, mime_type in attachments:
-        maintype, subtype = mime_type.split("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return bytes(msg)
-
-
 def make_mail(data: bytes) -> Mail:
     return Mail(Envelope(sender="alice@example.net", recipients=["bob@example.org"]), data)
-
-
-def zip_of(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tar_gz_of(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def seven_zip_of(tmp_path: Path, members: dict[str, bytes]) -> bytes:
-    path = tmp_path / "archive.7z"
-    with libarchive.file_writer(str(path), "7zip") as archive:
-        for name, data in members.items():
-            archive.add_file_from_memory(name, len(data), data)
-    return path.read_bytes()
 
 
 @pytest.fixture
@@ -125,7 +81,7 @@ def test_every_testfile_is_listed() -> None:
 @pytest.mark.parametrize("filename", TESTFILE_NAMES)
 async def test_clamav_testfile_attached_is_rejected(scanner: clamd, filename: str) -> None:
     data = (TESTFILES / filename).read_bytes()
-    mail = make_mail(message((filename, data, "application/octet-stream")))
+    mail = make_mail(attachment_mail((filename, data, "application/octet-stream")))
     decision = await Pipeline([scanner]).evaluate(mail)
     assert decision.disposition is Disposition.REJECT, decision
     assert decision.result.scanner == "clamd"
@@ -137,7 +93,7 @@ async def test_clamav_testfile_attached_is_rejected(scanner: clamd, filename: st
 @pytest.mark.parametrize("filename", TESTFILE_NAMES)
 async def test_clamav_testfile_found_per_part(scanner: clamd, filename: str) -> None:
     data = (TESTFILES / filename).read_bytes()
-    mail = make_mail(message((filename, data, "application/octet-stream")))
+    mail = make_mail(attachment_mail((filename, data, "application/octet-stream")))
     result = await parsemail(scanner).scan(MailTarget(mail))
     assert result.detected
     assert result.name.startswith("ClamAV-Test-File")
@@ -151,7 +107,11 @@ def eicar_containers(tmp_path: Path) -> dict[str, tuple[str, bytes, str]]:
         "zip-in-zip": ("outer.zip", zip_of({"inner.zip": inner_zip, "readme.txt": b"hello"}), "application/zip"),
         "tar.gz": ("eicar.tar.gz", tar_gz_of({"dir/eicar.com": EICAR}), "application/gzip"),
         "7z": ("eicar.7z", seven_zip_of(tmp_path, {"eicar.com": EICAR}), "application/x-7z-compressed"),
-        "message/rfc822": ("fwd.eml", message(("eicar.com", EICAR, "application/octet-stream")), "message/rfc822"),
+        "message/rfc822": (
+            "fwd.eml",
+            attachment_mail(("eicar.com", EICAR, "application/octet-stream")),
+            "message/rfc822",
+        ),
     }
 
 
@@ -168,7 +128,7 @@ async def test_eicar_in_container_is_rejected(scanner: clamd, tmp_path: Path, co
         raw = bytes(outer)
         assert b"Content-Type: message/rfc822" in raw
     else:
-        raw = message((filename, data, mime_type))
+        raw = attachment_mail((filename, data, mime_type))
     assert EICAR not in raw  # encoded: only a scanner that decodes can find it
     decision = await Pipeline([parsemail(scanner) if per_part else scanner]).evaluate(make_mail(raw))
     assert decision.disposition is Disposition.REJECT, decision
@@ -177,7 +137,7 @@ async def test_eicar_in_container_is_rejected(scanner: clamd, tmp_path: Path, co
 
 async def test_clean_mail_and_clean_archives_are_delivered(scanner: clamd, tmp_path: Path) -> None:
     clean = {"notes.txt": b"nothing to see", "data.bin": bytes(range(256)) * 10}
-    raw = message(
+    raw = attachment_mail(
         ("clean.zip", zip_of(clean), "application/zip"),
         ("clean.tar.gz", tar_gz_of(clean), "application/gzip"),
         ("clean.7z", seven_zip_of(tmp_path, clean), "application/x-7z-compressed"),
@@ -191,8 +151,8 @@ async def test_clean_mail_and_clean_archives_are_delivered(scanner: clamd, tmp_p
 async def test_tcp_address_in_sagator_form(clamd_instance: ClamdInstance) -> None:
     scanner = clamd(["127.0.0.1", clamd_instance.port])
     try:
-        found = await scanner.scan(MailTarget(make_mail(message(("e.com", EICAR, "application/octet-stream")))))
-        clean = await scanner.scan(MailTarget(make_mail(message())))
+        found = await scanner.scan(MailTarget(make_mail(attachment_mail(("e.com", EICAR, "application/octet-stream")))))
+        clean = await scanner.scan(MailTarget(make_mail(attachment_mail())))
     finally:
         await scanner.aclose()
     assert (found.level, found.name in EICAR_NAMES, found.scanner) == (1.0, True, "clamd")

@@ -19,8 +19,9 @@ from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.command import FILE, bogofilter, clamscan, cmd, cmd_clamav
 from mailsift.scanners.parsemail import parsemail
-from tests.engines.test_clamd import TESTFILE_NAMES, message, zip_of
-from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILES, ClamdInstance
+from tests.helpers.archives import zip_of
+from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILE_NAMES, TESTFILES, ClamdInstance
+from tests.helpers.messages import attachment_mail
 
 pytestmark = pytest.mark.engines
 
@@ -54,11 +55,13 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 async def test_clamscan_finds_eicar_and_passes_clean(database: str) -> None:
     scanner = clamscan(database)
-    found = await scanner.scan(MailTarget(make_mail(message(("e.com", EICAR, "application/octet-stream")))))
+    found = await scanner.scan(MailTarget(make_mail(attachment_mail(("e.com", EICAR, "application/octet-stream")))))
     assert (found.level, found.scanner) == (1.0, "clamscan")
     assert found.name in EICAR_NAMES
     assert found.detail == f"stdin: {found.name} FOUND"
-    clean = await scanner.scan(MailTarget(make_mail(message(("ok.zip", zip_of({"a": b"b"}), "application/zip")))))
+    clean = await scanner.scan(
+        MailTarget(make_mail(attachment_mail(("ok.zip", zip_of({"a": b"b"}), "application/zip"))))
+    )
     assert (clean.level, clean.name) == (0.0, "")
 
 
@@ -66,7 +69,7 @@ async def test_clamscan_finds_eicar_and_passes_clean(database: str) -> None:
 async def test_clamscan_testfile_attached_is_rejected(database: str, filename: str) -> None:
     data = (TESTFILES / filename).read_bytes()
     decision = await Pipeline([cmd_clamav(database)]).evaluate(
-        make_mail(message((filename, data, "application/octet-stream")))
+        make_mail(attachment_mail((filename, data, "application/octet-stream")))
     )
     assert decision.disposition is Disposition.REJECT, decision
     assert decision.result.scanner == "cmd_clamav"
@@ -74,7 +77,7 @@ async def test_clamscan_testfile_attached_is_rejected(database: str, filename: s
 
 
 async def test_clamscan_per_part_and_on_a_file(database: str, tmp_path: Path) -> None:
-    raw = message(("clam.zip", (TESTFILES / "clam.zip").read_bytes(), "application/zip"))
+    raw = attachment_mail(("clam.zip", (TESTFILES / "clam.zip").read_bytes(), "application/zip"))
     per_part = await parsemail(clamscan(database)).scan(MailTarget(make_mail(raw)))
     assert per_part.detected
     assert "clam.zip" in per_part.detail

@@ -47,6 +47,8 @@ from tests.helpers.samples import EICAR
 
 CLAMD = "/usr/sbin/clamd"
 TESTFILES = Path("/usr/share/clamav-testfiles")
+#: The names of ClamAV's test files (empty where clamav-testfiles is not installed).
+TESTFILE_NAMES = sorted(path.name for path in TESTFILES.glob("*")) if TESTFILES.is_dir() else []
 
 #: The EICAR antivirus test string (68 bytes), built from pieces so that this file is not itself flagged.
 

@@ -1,4 +1,6 @@
-"""Fixtures for protocol tests: a recording next hop and an in-thread smtpd."""
+"""Fixtures for protocol tests: a recording next hop and an in-thread smtpd.
+
+The test mail they send (``message``) is in tests/helpers/messages.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
+from tests.helpers.stats_site import stats_site  # noqa: F401 - the fixture (test_stats_live.py)
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
@@ -34,10 +37,3 @@ def make_filter(tmp_path: Path, downstream: RecordingServer) -> Iterator[Callabl
     yield make
     for thread in started:
         thread.stop()
-
-
-def message(subject: str = "test", body: str = "hello\r\n", headers: str = "") -> bytes:
-    return (
-        f"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{subject.replace(' ', '.')}@example.test>\r\n{headers}\r\n{body}"
-    ).encode()

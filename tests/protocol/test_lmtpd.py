@@ -22,8 +22,7 @@ from mailsift.scanners.base import Scanner, Target
 from mailsift.services.lmtpd import lmtpd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread, free_port, smtp_session_lines
-
-from .conftest import message
+from tests.helpers.messages import message
 
 HELLO = regexp_scan([("Hello-Word", r"hello")])
 

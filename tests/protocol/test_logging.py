@@ -21,7 +21,7 @@ from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 from tests.helpers.clamd import CLAMD, ClamdInstance
-from tests.protocol.conftest import message
+from tests.helpers.messages import message
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from mailsift.services.sgfilter_client import Answer, ask
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
 from mailsift.testing import ServiceThread
+from tests.helpers.messages import message
 from tests.helpers.samples import EICAR_TEXT as EICAR
-
-from .conftest import message
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 CLEAN = message("clean") + b"second line\r\n.a dot line\r\n"

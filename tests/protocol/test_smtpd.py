@@ -22,9 +22,8 @@ from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, free_port, smtp_session_lines
+from tests.helpers.messages import message
 from tests.helpers.samples import EICAR_TEXT as EICAR
-
-from .conftest import message
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 

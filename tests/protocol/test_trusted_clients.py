@@ -7,8 +7,7 @@ from collections.abc import Callable
 from mailsift import regexp_scan, reject
 from mailsift.scanners.client import trusted_clients
 from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, smtp_session_lines
-
-from .conftest import message
+from tests.helpers.messages import message
 
 SPAM = regexp_scan([("Spam-Word", r"BUY-NOW")])
 

@@ -3,14 +3,11 @@ the links in the reports, and ``mailsift report`` sending through a real SMTP ne
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -23,8 +20,9 @@ from mailsift.reporting.digest import DigestEntry, LinkMaker, Report, build_repo
 from mailsift.reporting.logline import insert_rows
 from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
+from tests.helpers.links import Gateway
+from tests.helpers.messages import parse, text_of
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
-from tests.unit.reporting.test_links import Gateway
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -61,18 +59,6 @@ def entry(
 
 def maker(lifetime: float = 7 * 86400) -> LinkMaker:
     return LinkMaker(links.LinkSigner(KEY), BASE, lifetime, time.time())
-
-
-def parse(data: bytes) -> EmailMessage:
-    message = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def text_of(data: bytes) -> str:
-    body = parse(data).get_body(("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
 
 
 # --------------------------------------------------------------------------- who is told

@@ -4,7 +4,6 @@ the shared secret file, the idempotence claims (SQLite and PostgreSQL), and the 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import re
@@ -14,26 +13,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from itsdangerous import TimestampSigner
-from starlette.applications import Starlette
 
-from mailsift import config as config_module
-from mailsift.config import Config
-from mailsift.message.mail import Envelope, Mail
-from mailsift.message.result import Result as ScanResult
 from mailsift.reporting import links
 from mailsift.storage.policies import list_entries
 from mailsift.storage.quarantine.index import RELEASED, get_entry
-from mailsift.storage.quarantine.store import QuarantineStore, file_id
-from mailsift.testing import RecordingServer, free_port
-from mailsift.web.app import create_app
-from mailsift.web.links_views import routes
+from mailsift.testing import RecordingServer
+from tests.helpers.links import Gateway, link_app, serving
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 KEY = b"k" * 40
@@ -144,30 +134,6 @@ def test_the_secret_is_made_once_private_and_shared(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- claims
 
 
-class Gateway:
-    """A config with STATE_DIR, DATABASE and SMTP_SERVER, and a way to quarantine as the gateway does."""
-
-    def __init__(self, tmp_path: Path, next_hop: int, database: str = "db.sqlite()") -> None:
-        path = tmp_path / "mailsift.conf.py"
-        path.write_text(
-            "from mailsift import *\n"
-            f"STATE_DIR = {str(tmp_path / 'state')!r}\n"
-            f"SMTP_SERVER = ('127.0.0.1', {next_hop})\n"
-            f"DATABASE = {database}\n"
-        )
-        self.path = path
-        (tmp_path / "state").mkdir(exist_ok=True)
-        self.config: Config = config_module.load(str(path))
-        self.settings = self.config.settings
-
-    def quarantine(
-        self, data: bytes, *, sender: str = "eve@spam.example", recipients: tuple[str, ...] = ("bob@example.test",)
-    ) -> str:
-        store = QuarantineStore(self.settings.quarantine_dir, self.settings.database)
-        mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
-        return file_id(asyncio.run(store.put(mail, "spam", ScanResult(7.5, "SPAM", "spamassassind"))))
-
-
 @pytest.fixture
 def tmp_path() -> Iterator[Path]:
     """A fresh directory under /tmp (pytest's own may be made unreachable by another run)."""
@@ -218,30 +184,6 @@ def test_a_failed_or_abandoned_release_can_be_tried_again(gateway: Gateway) -> N
 
 
 # --------------------------------------------------------------------------- the pages
-
-
-@contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    """``app`` served by uvicorn on a loopback port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-
-
-def link_app(gateway: Gateway, key: bytes) -> Starlette:
-    """The web application with the link pages (no quarantine pages: they are another module's)."""
-    return create_app(gateway.settings, secret=key, quarantine=False, extra_routes=routes())
 
 
 Web = tuple[Gateway, httpx.Client, links.LinkSigner]

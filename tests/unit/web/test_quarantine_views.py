@@ -26,7 +26,8 @@ from mailsift.web.app import create_app
 from mailsift.web.quarantine_queries import ListQuery, find_page, get_visible
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
-from tests.browser.conftest import WebqServer, message_bytes
+from tests.helpers.messages import message_bytes
+from tests.helpers.webq import WebqServer
 
 ALICE = User(1, "alice", False, ("alice@example.org",))
 ADMIN = User(2, "admin", True, ())
