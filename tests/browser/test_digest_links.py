@@ -2,7 +2,7 @@
 SMTP server), the release link taken from that mail opens a confirmation page in chromium, the
 button releases the message once (it reaches the next hop), and a reload or a second click says
 it was already released.  The web application runs under uvicorn on a loopback port with the
-link pages (``create_app(extra_routes=links_views.routes())``, as ``webq`` serves them)."""
+link pages (``create_app(extra_routes=links_pages.routes())``, as ``webq`` serves them)."""
 
 from __future__ import annotations
 

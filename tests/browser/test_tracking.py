@@ -38,7 +38,7 @@ from mailsift.config import Config
 from mailsift.storage.quarantine.admin import release
 from mailsift.storage.quarantine.index import QuarantineFilter, find_entries
 from mailsift.testing import RecordingServer, ServiceThread, free_port
-from mailsift.web import tracking_views, users
+from mailsift.web import tracking_pages, users
 from mailsift.web.app import create_app
 
 SCREENS = "/tmp/mailsift-screens"
@@ -137,7 +137,7 @@ def site() -> Iterator[Site]:
                 login,
                 hashed,
             )
-        app = create_app(config.settings, secret=secrets.token_hex(32), extra_routes=tracking_views.routes())
+        app = create_app(config.settings, secret=secrets.token_hex(32), extra_routes=tracking_pages.routes())
         with WebServer(app) as server:
             yield Site(config, f"http://127.0.0.1:{server.port}")
     config.settings.database.dispose()

@@ -1,11 +1,10 @@
 """The command-line presets with the real programs: ``clamscan``/``cmd_clamav``
 with the private signature DB, and ``bogofilter`` with a wordlist trained here
-from SpamAssassin's test mail (``/work/shared/corpora/spamassassin-t-data``,
+from SpamAssassin's test mail (``../shared/corpora/spamassassin-t-data``,
 Apache-2.0; see its MANIFEST.tsv)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,10 +21,11 @@ from mailsift.scanners.parsemail import parsemail
 from tests.helpers.archives import zip_of
 from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILE_NAMES, TESTFILES, ClamdInstance
 from tests.helpers.messages import attachment_mail
+from tests.helpers.paths import CORPORA
 
 pytestmark = pytest.mark.engines
 
-CORPUS = Path(os.environ.get("MAILSIFT_CORPORA", "/work/shared/corpora")) / "spamassassin-t-data"
+CORPUS = CORPORA / "spamassassin-t-data"
 SPAM = [CORPUS / "spam" / f"{n:03d}" for n in range(1, 12)]
 HAM = [CORPUS / "nice" / f"{n:03d}" for n in range(1, 13)]
 

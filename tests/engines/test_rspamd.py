@@ -17,13 +17,14 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.rspamd import rspamd
+from tests.helpers.paths import CORPORA
 from tests.helpers.rspamd import RspamdInstance, rspamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["rspamd_instance"]  # the session fixture, imported for pytest
 
-SA_CORPUS = Path("/work/shared/corpora/spamassassin-t-data")
-CORPUS = Path("/work/shared/corpora/rspamd-functional-messages")
+SA_CORPUS = CORPORA / "spamassassin-t-data"
+CORPUS = CORPORA / "rspamd-functional-messages"
 MESSAGES = sorted(p for p in CORPUS.rglob("*") if p.is_file()) if CORPUS.is_dir() else []
 GTUBE = SA_CORPUS / "spam" / "gtube.eml"
 HAM = SA_CORPUS / "nice" / "001"  # From: evolve@ximian.com

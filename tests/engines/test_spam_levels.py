@@ -28,12 +28,13 @@ from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.engines.spamlevels import Band, SpamLevelResult, spam_levels
 from mailsift.settings import Settings
 from mailsift.testing import Received, RecordingServer
+from tests.helpers.paths import CORPORA
 from tests.helpers.spamd import SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["spamd_instance"]  # the session fixture, imported for pytest
 
-CORPUS = Path("/work/shared/corpora/spamassassin-t-data/spam")
+CORPUS = CORPORA / "spamassassin-t-data" / "spam"
 QUARANTINE, DELETE, DELTA = 2.1, 4.2, 0.5
 SUBJECT_TAG = "SPAM *** "
 ADMIN = "antispam@example.test"

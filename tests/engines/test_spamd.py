@@ -17,12 +17,13 @@ from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.spamassassin import spamassassind
+from tests.helpers.paths import CORPORA
 from tests.helpers.spamd import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["spamd_instance"]  # the session fixture, imported for pytest
 
-CORPUS = Path("/work/shared/corpora/spamassassin-t-data")
+CORPUS = CORPORA / "spamassassin-t-data"
 MESSAGES = sorted(p for p in CORPUS.rglob("*") if p.is_file()) if CORPUS.is_dir() else []
 GTUBE = CORPUS / "spam" / "gtube.eml"
 

@@ -1,7 +1,7 @@
 """A private, throw-away clamd for tests, with its own signature database.
 
 No antivirus signatures can be downloaded here, so the instance writes a tiny
-database of its own (as ``/work/shared/peers/10_clamav.sh`` does):
+database of its own (as ``../shared/peers/10_clamav.sh`` does):
 
 * ``harness.hdb`` - MD5 of the exact EICAR string (``Eicar-Test-Signature``) and
   of ClamAV's test file ``clam.exe`` (``ClamAV-Test-File``);

@@ -24,7 +24,7 @@ from mailsift.message.result import Result as ScanResult
 from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import free_port
 from mailsift.web.app import create_app
-from mailsift.web.links_views import routes
+from mailsift.web.links_pages import routes
 
 
 class Gateway:

@@ -1,6 +1,6 @@
 """A private, throw-away SpamAssassin ``spamd`` for tests.
 
-Local tests only, as ``/work/shared/peers/20_spamassassin.sh`` runs it: the
+Local tests only, as ``../shared/peers/20_spamassassin.sh`` runs it: the
 rules Debian ships in ``/usr/share/spamassassin`` (no sa-update), ``-L`` (no
 DNSBL/URIBL/Razor/Pyzor/DCC), Bayes off.  Everything lives in a work directory::
 

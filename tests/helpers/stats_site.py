@@ -5,7 +5,7 @@
 ``stats(flush_interval=0.2)`` and ``log_sql()`` in ``HOOKS``: five clean messages, two rejected
 by a named scanner, one quarantined, to two domains; adds the web users ``ADMIN``,
 ``DOMAIN_ADMIN`` (of c.example) and ``ORDINARY``; and serves the web app (``create_app`` with
-:func:`mailsift.web.stats_views.routes`, ``/metrics`` for ``TOKEN``) by uvicorn on a loopback
+:func:`mailsift.web.stats_pages.routes`, ``/metrics`` for ``TOKEN``) by uvicorn on a loopback
 port.  Used by tests/protocol/test_stats_live.py and tests/browser/test_graphs.py.
 """
 
@@ -31,7 +31,7 @@ from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.reporting.counters import totals
 from mailsift.testing import RecordingServer, ServiceThread, free_port
-from mailsift.web import stats_views, users
+from mailsift.web import stats_pages, users
 from mailsift.web.app import create_app
 
 ADMIN = ("stats-admin", "admin password 1")
@@ -145,7 +145,7 @@ def stats_site() -> Iterator[Site]:
                 assert send(gateway.port, recipient, body) == expected
             wait_for_counts(config, len(SENT))
         add_users(config)
-        routes = stats_views.routes(metrics_clients=("192.0.2.0/24",), metrics_token=TOKEN)
+        routes = stats_pages.routes(metrics_clients=("192.0.2.0/24",), metrics_token=TOKEN)
         app = create_app(config.settings, secret=secrets.token_hex(32), extra_routes=routes, quarantine=False)
         with WebServer(app) as server:
             yield Site(config, f"http://127.0.0.1:{server.port}")

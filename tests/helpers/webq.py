@@ -2,7 +2,7 @@
 seeded messages) and the web users every webq test shares.
 
 The browser tier's session fixture ``webq_server`` (tests/browser/conftest.py) runs a real
-``mailsift serve``; tests/unit/web/test_quarantine_views.py builds one in-process (ASGI).
+``mailsift serve``; tests/unit/web/test_quarantine_pages.py builds one in-process (ASGI).
 
 Users: ``alice`` (alice@example.org), ``bob`` (bob@example.org), ``admin``
 (admin, no address), passwords in ``PASSWORDS``.

@@ -4,7 +4,7 @@ Mail goes through a real smtpd (:class:`mailsift.testing.ServiceThread`) with
 ``stats(flush_interval=0.2)`` and ``log_sql()`` in ``HOOKS``: five clean
 messages, two rejected by a named scanner, one quarantined, to two domains
 (the ``stats_site`` fixture, tests/helpers/stats_site.py, imported by conftest.py).
-The web app (``create_app`` with :func:`mailsift.web.stats_views.routes`) is
+The web app (``create_app`` with :func:`mailsift.web.stats_pages.routes`) is
 served by uvicorn on a loopback port; the SVG graphs are parsed as XML and
 their bars checked against what was sent (and the bytes against the
 independent ``maillog`` rows); ``/metrics`` is parsed with prometheus_client's

@@ -3,7 +3,7 @@
 * :mod:`mailsift.web.app` — :func:`~mailsift.web.app.create_app`, security headers, static files;
 * :mod:`mailsift.web.auth` — sessions, login/logout, CSRF, login throttling, who is asking;
 * :mod:`mailsift.web.users` — users, their addresses and login counters in the database;
-* :mod:`mailsift.web.quarantine_views` — the quarantine pages (list, message, actions, preferences);
+* :mod:`mailsift.web.quarantine_pages` — the quarantine pages (list, message, actions, preferences);
 * :mod:`mailsift.web.templating` — the Jinja2 environment (autoescaped) shared by every page.
 
 Other web modules add pages through ``create_app(extra_routes=...)``; their

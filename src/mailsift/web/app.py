@@ -4,7 +4,7 @@ Middleware, outermost first: security headers on every answer (a strict
 Content-Security-Policy: no inline script, no remote loads, no framing;
 ``nosniff``; referrers to this site only, so signed links never leak; ``no-store``), the
 signed session cookie, then the user of the session.  Pages come from
-:mod:`mailsift.web.auth`, :mod:`mailsift.web.quarantine_views` and the
+:mod:`mailsift.web.auth`, :mod:`mailsift.web.quarantine_pages` and the
 ``extra_routes`` of other modules.
 """
 
@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.settings import Settings
-from mailsift.web import auth, quarantine_views
+from mailsift.web import auth, quarantine_pages
 from mailsift.web.templating import render, templates
 from mailsift.web.webconfig import WebConfig
 
@@ -103,7 +103,7 @@ def create_app(
     secret_text = secret.decode() if isinstance(secret, bytes) else secret
     routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *auth.routes()]
     if quarantine:
-        routes.extend(quarantine_views.routes())
+        routes.extend(quarantine_pages.routes())
     routes.extend(extra_routes)
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     middleware = [

@@ -97,9 +97,9 @@ class webq(Service):
 
         secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file)
         # the other web pages: digest links, statistics and /metrics, message tracking
-        from mailsift.web import links_views, stats_views, tracking_views
+        from mailsift.web import links_pages, stats_pages, tracking_pages
 
-        extra = [*links_views.routes(), *stats_views.routes(**self.metrics), *tracking_views.routes()]
+        extra = [*links_pages.routes(), *stats_pages.routes(**self.metrics), *tracking_pages.routes()]
         app = create_app(settings, secret=secret, config=self.config, extra_routes=extra)
         server = WebServer(app, self.config)
         await server.start(sock)

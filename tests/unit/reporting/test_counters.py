@@ -319,7 +319,7 @@ def test_svg_escapes_hostile_names_and_draws_one_bar_per_value() -> None:
     import xml.etree.ElementTree as ET
 
     from mailsift.reporting.counters import Series
-    from mailsift.web.stats_views import render_svg
+    from mailsift.web.stats_pages import render_svg
 
     hostile = '<script>alert(1)</script>"&'
     data = Series(1_700_000_000, 300, 12, {hostile: [0.0] * 11 + [3.0], "b.example": [1.0] + [0.0] * 11})
@@ -340,7 +340,7 @@ def test_svg_escapes_hostile_names_and_draws_one_bar_per_value() -> None:
 def test_scope_admin_domain_admin_and_others() -> None:
     from starlette.exceptions import HTTPException
 
-    from mailsift.web.stats_views import scope_for
+    from mailsift.web.stats_pages import scope_for
     from mailsift.web.users import User
 
     admin = User(1, "root", True, ())
