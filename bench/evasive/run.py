@@ -10,7 +10,7 @@ points at a directory written by it) the message is scanned by:
   ``bad_mime()`` (qmail-scanner's format checks): blocked if either detects;
 * the same content expression with ``views=False`` (strict parts only), and
   ``bad_mime()`` alone, to show what each half contributes;
-* **clamd raw**: the real clamd (``tests/engines/clamd_instance.py``'s
+* **clamd raw**: the real clamd (``tests/helpers/clamd.py``'s
   private instance with the EICAR signatures, or the one at
   ``--clamd-socket``) on the raw message alone, clamd parsing MIME itself;
 * ``parsemail(clamd, raw=True)``: clamd on every part and view mailsift finds.

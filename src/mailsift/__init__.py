@@ -2,7 +2,7 @@
 
 ``from mailsift import *`` in a config file gives every scanner, action and
 service by its SAGATOR name.  This list is the config surface; it is guarded by
-``tests/unit/test_exported_names.py``.
+``tests/unit/test_init.py``.
 """
 
 from mailsift.delivery.next_hop import lmtp_relay, local_maildir, smtp_relay

@@ -1,5 +1,5 @@
 """Fixtures for tests against the real engines (clamd, spamd, rspamd), started
-privately on loopback by the test setup itself; see the ``*_instance.py`` modules.
+privately on loopback by the test setup itself; see ``tests/helpers/`` (clamd.py, spamd.py, rspamd.py).
 
 ``clamd_instance``: one :class:`~tests.helpers.clamd.ClamdInstance` per
 test session (clamd takes a few seconds to start), with the private EICAR +

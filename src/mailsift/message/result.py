@@ -6,7 +6,7 @@ A :class:`Result` is what one scanner says about one message (or part): a
 and the :class:`Action` records that action interscanners attached to it.
 
 :func:`combine` implements the operator tables of SAGATOR's README §4
-exactly; ``tests/unit/test_operators.py`` checks every cell.  A failed operand
+exactly; ``tests/unit/message/test_result.py`` checks every cell.  A failed operand
 is represented by the :class:`~mailsift.errors.ScannerError` it raised.
 
 The :class:`Decision` is the pipeline's output: what the disposition step must

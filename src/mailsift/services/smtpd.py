@@ -124,7 +124,7 @@ class FilterSMTP(SMTP):
 
     aiosmtpd is the SMTP server; three of its steps cost more per message than
     all of mailsift's scanning in the benchmark, so they are done here instead,
-    with the same results (tests/unit/test_smtpd_fastpaths.py compares each one
+    with the same results (tests/unit/services/test_smtpd_fastpaths.py compares each one
     with aiosmtpd's own code):
 
     * construction: ``SMTP.__init__`` introspects the class and the handler
