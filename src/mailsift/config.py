@@ -190,6 +190,12 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
     except ConfigError as error:
         raise fail(error.message, "SPOOL_THRESHOLD") from None
     try:
+        message_timeout = validators.positive(
+            namespace.get("MESSAGE_TIMEOUT", 540.0), "MESSAGE_TIMEOUT", unit="number of seconds"
+        )
+    except ConfigError as error:
+        raise fail(error.message, "MESSAGE_TIMEOUT") from None
+    try:
         smtp_server = _next_hop(namespace.get("SMTP_SERVER"), state_dir)
     except ConfigError as error:
         raise fail(f"SMTP_SERVER: {error.message}", "SMTP_SERVER") from None
@@ -214,6 +220,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         hooks=tuple(hooks),
         database=database,
         node=str(namespace.get("NODE", "")),
+        message_timeout=message_timeout,
     )
     for hook in hooks:
         try:

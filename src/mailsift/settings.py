@@ -40,6 +40,10 @@ class Settings:
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
     node: str = ""
     """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
+    message_timeout: float = 540.0
+    """``MESSAGE_TIMEOUT``: seconds for the scanning, database work and disposition of one message
+    together, past which the MTA gets 451 (:mod:`mailsift.core.deadline`); below Postfix's
+    ``smtp_data_done_timeout`` and ``milter_content_timeout`` (both 600 s by default)."""
 
     def require_database(self) -> Database:
         """``DATABASE``; a ConfigError if these settings have none (a loaded config always has one)."""

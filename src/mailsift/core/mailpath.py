@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift import replies
+from mailsift.core.deadline import DeadlineDelivery, MessageDeadline
 from mailsift.core.disposition import Disposer, Outcome
 from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
@@ -47,7 +48,9 @@ class MailPath:
                 "or deliver locally with next_hop=local_maildir('mail')"
             )
         self.delivery: Delivery = resolve(target, settings.state_dir)
-        self.disposer = Disposer(QuarantineStore(settings.quarantine_dir, settings.database), self.delivery)
+        self.disposer = Disposer(
+            QuarantineStore(settings.quarantine_dir, settings.database), DeadlineDelivery(self.delivery)
+        )
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
     def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
@@ -59,18 +62,36 @@ class MailPath:
     async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
         started = time.monotonic()
         mail.started = started  # the log hooks' "time taken"
-        decision = await self.pipeline.evaluate(mail)
-        outcome = await self.disposer.carry_out(mail, decision)
+        deadline = MessageDeadline(mail, self.settings.message_timeout)
+        try:
+            async with deadline:
+                decision = await self.pipeline.evaluate(mail)
+                deadline.enter("quarantining" if decision.quarantine else "disposition")
+                outcome = await self.disposer.carry_out(mail, decision)
+        except TimeoutError:
+            if not deadline.passed:
+                raise
+            decision, outcome = deadline.tempfail()
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
-        _log_line(mail, decision, str(outcome.reply.code), outcome.note, time.monotonic() - started)
+        note = deadline.note(outcome.note)
+        _log_line(mail, decision, str(outcome.reply.code), note, time.monotonic() - started)
         return decision, outcome
 
     async def process_each(self, mail: Mail) -> tuple[Decision, dict[str, Outcome]]:
         """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
         started = time.monotonic()
         mail.started = started
-        decision = await self.pipeline.evaluate(mail)
-        outcomes = await self.disposer.carry_out_each(mail, decision)
+        deadline = MessageDeadline(mail, self.settings.message_timeout)
+        try:
+            async with deadline:
+                decision = await self.pipeline.evaluate(mail)
+                deadline.enter("quarantining" if decision.quarantine else "disposition")
+                outcomes = await self.disposer.carry_out_each(mail, decision)
+        except TimeoutError:
+            if not deadline.passed:
+                raise
+            decision, failed = deadline.tempfail()
+            outcomes = dict.fromkeys(mail.envelope.recipients, failed)
         if outcomes:
             # Hooks see one outcome for the group: a positive one if any recipient got its
             # copy (archive, notifications concern mail that went through), else the first.
@@ -82,7 +103,7 @@ class MailPath:
             reply = str(codes.pop())
         else:
             reply = ",".join(f"<{r}>:{outcome.reply.code}" for r, outcome in outcomes.items())
-        notes = "; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note))
+        notes = deadline.note("; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note)))
         _log_line(mail, decision, reply, notes, time.monotonic() - started)
         return decision, outcomes
 

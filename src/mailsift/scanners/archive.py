@@ -57,7 +57,6 @@ reports as damaged is scanned as far as it could be read; with
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import io
 import re
@@ -70,6 +69,7 @@ from typing import Any
 
 from mailsift.errors import ContentError, MailsiftError
 from mailsift.message.result import Result
+from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, Interscanner, Target
 from mailsift.validators import choice, non_negative, non_negative_int
 
@@ -400,9 +400,7 @@ class decompress(Interscanner):
             return best
         where = target.path or "message"
         probe = depth >= self.max_depth
-        listing = await asyncio.to_thread(
-            read_container, target.data, target.names, budget, self.max_ratio, probe=probe
-        )
+        listing = await work.in_thread(read_container, target.data, target.names, budget, self.max_ratio, probe=probe)
         if listing is None:
             return best
         if probe:

@@ -46,7 +46,6 @@ views (so a name hidden behind a broken boundary counts too).  Under
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +56,7 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.mime.codecs import decode_words
 from mailsift.mime.tree import MimeNode, Part
+from mailsift.scanners import work
 from mailsift.scanners.base import Scanner, Target
 from mailsift.validators import flag
 
@@ -274,7 +274,7 @@ class bad_mime(Scanner):
 
     async def scan(self, target: Target) -> Result:
         first: Callable[[], Finding | None] = lambda: self._first(target)  # noqa: E731
-        finding = await asyncio.to_thread(first) if target.size > 256 * 1024 else first()
+        finding = await work.in_thread(first) if target.size > 256 * 1024 else first()
         if finding is None:
             return Result(0.0, "", self.name)
         check, detail = finding

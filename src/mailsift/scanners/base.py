@@ -19,6 +19,7 @@ from mailsift.errors import ConfigError, MailsiftError, ScannerError
 from mailsift.message.mail import Mail
 from mailsift.message.result import CLEAN, Result, combine
 from mailsift.mime.tree import Part
+from mailsift.scanners import work
 
 # --------------------------------------------------------------------------- targets
 
@@ -227,8 +228,23 @@ async def evaluate(scanner: Scanner, target: Target) -> Result:
     """Run one scanner; any unexpected exception becomes a :class:`ScannerError`.
 
     This is the one place where a scanner's bug is turned into a tempfail
-    instead of a crash: the mail is retried, never lost.
+    instead of a crash: the mail is retried, never lost.  On the mail path the
+    message's clock (:mod:`mailsift.scanners.work`) times it and lets the loop breathe.
     """
+    clock = work.CLOCK.get()
+    if clock is None:
+        return await _evaluate(scanner, target)
+    await clock.breathe()
+    started, finished = clock.enter(), False
+    try:
+        result = await _evaluate(scanner, target)
+        finished = True
+        return result
+    finally:
+        clock.leave(scanner.name, started, target.part.path if target.part is not None else None, finished=finished)
+
+
+async def _evaluate(scanner: Scanner, target: Target) -> Result:
     try:
         return await scanner.scan(target)
     except ScannerError:

@@ -8,13 +8,13 @@ the name is returned only when *every* pattern matches.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError
 from mailsift.message.result import Result
+from mailsift.scanners import work
 from mailsift.scanners.base import Scanner, Target
 from mailsift.validators import non_negative_int, number
 
@@ -84,7 +84,7 @@ class _PatternScanner(Scanner):
     async def scan(self, target: Target) -> Result:
         data = target.data
         if len(data) > _THREAD_THRESHOLD:
-            found = await asyncio.to_thread(self._search, data)
+            found = await work.in_thread(self._search, data)
         else:
             found = self._search(data)
         if found is None:

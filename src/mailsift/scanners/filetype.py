@@ -30,7 +30,6 @@ level (not under ``parsemail``) they look at every decoded part, like
 
 from __future__ import annotations
 
-import asyncio
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -39,6 +38,7 @@ from typing import Any, ClassVar
 
 from mailsift.errors import ConfigError
 from mailsift.message.result import Result
+from mailsift.scanners import work
 from mailsift.scanners.base import MailTarget, PartTarget, Scanner, Target
 from mailsift.scanners.basic import _pairs, compile_text
 
@@ -88,7 +88,7 @@ def identify(data: bytes) -> tuple[str, str]:
 async def identify_async(data: bytes) -> tuple[str, str]:
     if len(data) <= 4096:
         return identify(data)  # a small buffer costs less than the thread hop
-    return await asyncio.to_thread(identify, data)
+    return await work.in_thread(identify, data)
 
 
 def _targets(target: Target) -> Iterable[Target]:

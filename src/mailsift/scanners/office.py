@@ -33,7 +33,6 @@ is the sender's problem, not a reason to tempfail the mail for days.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import warnings
@@ -44,6 +43,7 @@ from typing import Any
 
 from mailsift.errors import ConfigError
 from mailsift.message.result import CLEAN, Result
+from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, PartTarget, Scanner, Target
 from mailsift.validators import number, positive_int
 
@@ -263,7 +263,7 @@ class office_macros(Scanner):
             if not office_kind(data):
                 continue
             filename = item.names[0] if item.names else ""
-            analysis = await asyncio.to_thread(analyse, data, filename, self.max_size)
+            analysis = await work.in_thread(analyse, data, filename, self.max_size)
             where = ""
             if locate:
                 where = f"; part {item.path}" + (f" ({filename})" if filename else "")

@@ -11,7 +11,6 @@ them, so any of them can trigger.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +19,7 @@ from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
 from mailsift.message.result import CLEAN, Result
 from mailsift.mime.tree import Part
+from mailsift.scanners import work
 from mailsift.scanners.base import Interscanner, MailTarget, PartTarget, Scanner, Target, evaluate
 from mailsift.scanners.basic import _pairs, compile_text
 
@@ -61,13 +61,19 @@ class parsemail(Interscanner):
             return []
         if "views" in mail.__dict__ or mail.size < _INLINE_VIEWS:  # computed already, or quick to compute
             return mail.views
-        return await asyncio.to_thread(lambda: mail.views)  # a regular-expression pass and decodings
+        return await work.in_thread(lambda: mail.views)  # a regular-expression pass and decodings
+
+    @staticmethod
+    async def _parts(mail: Mail) -> list[Part]:
+        if "_structure" in mail.__dict__ or mail.size < _INLINE_VIEWS:  # parsed already, or quick to parse
+            return mail.parts
+        return await work.in_thread(lambda: mail.parts)  # a big message's parse stays off the event loop
 
     async def scan(self, target: Target) -> Result:
         if target.part is not None:
             return await self.inner(target)  # already a part: nothing more to split
         best = CLEAN
-        targets: list[Target] = [PartTarget(target.mail, part) for part in target.mail.parts]
+        targets: list[Target] = [PartTarget(target.mail, part) for part in await self._parts(target.mail)]
         targets.extend(PartTarget(target.mail, part) for part in await self._views(target.mail))
         if self.raw:
             targets.append(MailTarget(target.mail))

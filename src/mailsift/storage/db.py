@@ -32,6 +32,7 @@ never block on a lock or a network round trip.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from collections.abc import Callable
@@ -48,6 +49,13 @@ from mailsift.storage.schema import auto_whitelist_table, greylist_table
 from mailsift.storage.sql import upsert
 
 T = TypeVar("T")
+
+ABANDONED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "mailsift_db_abandoned", default=None
+)
+"""Set by the mail path (:mod:`mailsift.core.deadline`) around one message's database work:
+statements are bounded by ``busy_timeout``, and once the event is set (the message's deadline
+passed and the MTA got 451) a transaction still running rolls back instead of committing."""
 
 DEFAULT_FILENAME = "mailsift.db"
 SUPPORTED = ("sqlite", "postgresql")
@@ -174,11 +182,24 @@ class Database:
         self._ready = True
 
     def call(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(connection, *args)`` in one transaction; errors become DatabaseError."""
+        """Run ``function(connection, *args)`` in one transaction; errors become DatabaseError.
+
+        On the message path (:data:`ABANDONED` set) each statement is bounded
+        by ``busy_timeout`` (PostgreSQL's ``statement_timeout`` and
+        ``lock_timeout``; SQLite's busy timeout always), and a transaction whose
+        message was answered meanwhile rolls back instead of committing.
+        """
+        abandoned = ABANDONED.get()
         try:
             self.setup()
             with self.engine.begin() as connection:
-                return function(connection, *args)
+                if abandoned is not None and self.dialect == "postgresql":
+                    ms = int(self.busy_timeout * 1000)
+                    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
+                result = function(connection, *args)
+                if abandoned is not None and abandoned.is_set():
+                    raise DatabaseError(f"database {self.describe()}: its message gave up meanwhile: rolled back")
+                return result
         except SQLAlchemyError as error:
             raise DatabaseError(f"database {self.describe()}: {_short(error)}") from error
         except OSError as error:

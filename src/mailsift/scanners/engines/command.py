@@ -49,6 +49,7 @@ from typing import Any
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
 from mailsift.message.result import Result
+from mailsift.scanners import work
 from mailsift.scanners.base import Scanner, Target
 from mailsift.scanners.engines.common import Oversize, SizeLimit, deadline, oversize_policy, oversized, unavailable
 from mailsift.validators import number, positive, positive_int
@@ -139,7 +140,7 @@ class cmd(Scanner):
         if not self.uses_file:
             returncode, stdout, stderr = await self.run(self.args, target.data)
             return self.interpret(returncode, stdout, stderr)
-        path = await asyncio.to_thread(self._write_temporary, target.data, _suffix(target.names))
+        path = await work.in_thread(self._write_temporary, target.data, _suffix(target.names))
         try:
             argv = [self.args[0], *(arg.replace(FILE, path) for arg in self.args[1:])]
             returncode, stdout, stderr = await self.run(argv, None)
