@@ -2,7 +2,8 @@
 
 smtpd, lmtpd, milter, sgfilterd and the Postfix policy service each get: the
 limits validated alike, the idle timeout (421 where the protocol has it), the
-connection limit, draining without cutting a transaction (including a second
+connection limit, the per-address connection limit (one address holding its
+share leaves room for another; ``exempt_hosts``), draining without cutting a transaction (including a second
 transaction pipelined on the same connection just behind the first), a unix
 socket with its mode, and queue ids unique across two worker processes and
 carrying the node name.
@@ -277,8 +278,11 @@ def wait_until(condition: Callable[[], object], limit: float = 10) -> None:
         time.sleep(0.005)
 
 
-def connect(thread: ServiceThread, timeout: float = 10) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", thread.port), timeout=timeout)
+def connect(thread: ServiceThread, timeout: float = 10, source: str | None = None) -> socket.socket:
+    """A connection to the service, from ``source`` (another loopback address) when given."""
+    return socket.create_connection(
+        ("127.0.0.1", thread.port), timeout=timeout, source_address=(source, 0) if source else None
+    )
 
 
 # --------------------------------------------------------------------------- limits, validated alike
@@ -290,6 +294,31 @@ def test_max_connections_refused_alike(front: FrontEnd, value: object) -> None:
     with pytest.raises(ConfigError) as raised:
         front.make([Gate()], max_connections=value)
     assert raised.value.message.endswith(f": max_connections must be a positive integer, got {value!r}")
+
+
+@pytest.mark.parametrize("value", [True, False, -1, 0, "10", 1.5])
+def test_max_connections_per_address_refused_alike(front: FrontEnd, value: object) -> None:
+    with pytest.raises(ConfigError) as raised:
+        front.make([Gate()], max_connections_per_address=value)
+    assert raised.value.message.endswith(f": max_connections_per_address must be a positive integer, got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ["not a network"], [True], 5])
+def test_exempt_hosts_refused_alike(front: FrontEnd, value: object) -> None:
+    with pytest.raises(ConfigError, match=r": (bad )?exempt_hosts"):
+        front.make([Gate()], exempt_hosts=value)
+
+
+def test_per_address_limit_defaults_to_half_of_max_connections(front: FrontEnd) -> None:
+    assert front.make([Gate()]).max_connections_per_address == 250
+    assert front.make([Gate()], max_connections=41).max_connections_per_address == 20
+    assert front.make([Gate()], max_connections=1).max_connections_per_address == 1
+    service = front.make([Gate()], max_connections_per_address=7, exempt_hosts=["192.0.2.0/24", "::1"])
+    assert service.max_connections_per_address == 7
+    assert service.limits_address("198.51.100.1")
+    assert not service.limits_address("192.0.2.9")
+    assert not service.limits_address("::1")
+    assert not service.limits_address("")
 
 
 @pytest.mark.parametrize("value", [True, 0, -1, "30"])
@@ -344,6 +373,59 @@ def test_connection_beyond_the_limit_is_refused_alike(front: FrontEnd, serve: Ca
     wait_until(lambda: not thread._running.connections)  # the server saw the first one go
     with connect(thread) as again:  # the slot is free again
         front.exchange(again)
+
+
+PER_ADDRESS = 3
+
+
+def _hold_the_address_limit(front: FrontEnd, thread: ServiceThread, held: list[socket.socket]) -> None:
+    """Open PER_ADDRESS connections from 127.0.0.1, each seen by the server."""
+    for _ in range(PER_ADDRESS):
+        sock = connect(thread)
+        held.append(sock)
+        front.establish(sock)
+    wait_until(lambda: len(thread._running.connections) == PER_ADDRESS)
+
+
+def test_one_address_beyond_its_limit_is_refused_while_another_is_served(
+    front: FrontEnd, serve: Callable[..., ServiceThread]
+) -> None:
+    """Idle connections from one address (127.0.0.1) cannot lock out a client from 127.0.0.2."""
+    thread = serve(front.make([Gate()], max_connections=100, max_connections_per_address=PER_ADDRESS))
+    held: list[socket.socket] = []
+    try:
+        _hold_the_address_limit(front, thread, held)
+        for _ in range(3):  # the same address again: the protocol's refusal, as for the global limit
+            with connect(thread) as extra:
+                refused = read_until_closed(extra)
+            assert refused.startswith(front.limit_answer), refused
+            assert bool(refused) == bool(front.limit_answer), refused
+        with connect(thread, source="127.0.0.2") as honest:  # another address is served
+            front.exchange(honest)
+        held.pop().close()  # one of the address's connections ends: it may connect again
+        wait_until(lambda: len(thread._running.connections) == PER_ADDRESS - 1)
+        with connect(thread) as again:
+            front.exchange(again)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_exempt_hosts_are_held_to_max_connections_only(front: FrontEnd, serve: Callable[..., ServiceThread]) -> None:
+    """The MTA in front connects from one address: listed in exempt_hosts, it is not held to the per-address limit."""
+    service = front.make(
+        [Gate()], max_connections=100, max_connections_per_address=PER_ADDRESS, exempt_hosts=["127.0.0.1/32"]
+    )
+    thread = serve(service)
+    held: list[socket.socket] = []
+    try:
+        _hold_the_address_limit(front, thread, held)
+        with connect(thread) as more:
+            front.exchange(more)
+        assert thread._running.per_address == {}  # exempt: not counted
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # --------------------------------------------------------------------------- draining
