@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from mailsift.errors import ConfigError
+from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services import milter_protocol as mp
@@ -426,6 +426,46 @@ def test_exempt_hosts_are_held_to_max_connections_only(front: FrontEnd, serve: C
     finally:
         for sock in held:
             sock.close()
+
+
+# --------------------------------------------------------------------------- spool files
+
+
+class Broken(Scanner):
+    """A scanner whose daemon is down: every message tempfails."""
+
+    name = "broken"
+
+    async def scan(self, target: Target) -> Result:
+        raise ScannerError("the daemon is down")
+
+
+@pytest.mark.parametrize("fault", ["scanner", "next hop"])
+def test_a_failed_transaction_leaves_no_spool_file(
+    front: FrontEnd, tmp_path: Path, downstream: RecordingServer, fault: str
+) -> None:
+    if front.kind == "policy":
+        pytest.skip("policy requests carry no message")
+    if fault == "next hop" and front.kind not in ("smtpd", "lmtpd"):
+        pytest.skip("the milter's and sgfilterd's next hop is their client")
+    downstream.data_reply = "451 4.3.0 busy"
+    state = tmp_path / "state"
+    thread = ServiceThread(
+        front.make([Broken()] if fault == "scanner" else [Gate()]), Settings(state_dir=str(state), spool_threshold=8)
+    ).start()
+    try:
+        with connect(thread) as sock:
+            front.establish(sock)
+            sock.sendall(front.transaction(1))
+            if front.kind in ("smtpd", "lmtpd"):
+                assert [smtp_reply(sock)[:1] for _ in range(4)] == ["2", "2", "3", "4"]
+            elif front.kind == "milter":
+                assert read_milter_packet(sock)[0] in (mp.SMFIR_TEMPFAIL, mp.SMFIR_REPLYCODE)
+            else:
+                assert read_line(sock).startswith(b"451 ")
+    finally:
+        thread.stop()
+    assert list((state / "spool").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- draining
