@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -466,6 +467,51 @@ def test_a_failed_transaction_leaves_no_spool_file(
     finally:
         thread.stop()
     assert list((state / "spool").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- refusals during DATA are logged
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("mailsift") and "refused" in r.getMessage()]
+
+
+@pytest.mark.parametrize("problem", ["too big", "line too long"])
+def test_a_refusal_during_data_gets_a_log_line(
+    front: FrontEnd, serve: Callable[..., ServiceThread], caplog: pytest.LogCaptureFixture, problem: str
+) -> None:
+    """552 (too big) and 500 (a line too long) were answered without a log line: one now, with the reason and peer."""
+    if front.kind == "policy":
+        pytest.skip("policy requests carry no message")
+    if problem == "line too long" and front.kind not in ("smtpd", "lmtpd"):
+        pytest.skip("only SMTP/LMTP limit the line length of the content")
+    body = b"x" * 2000 + b"\r\n" if problem == "too big" else b"y" * 20000 + b"\r\n"
+    thread = serve(front.make([Gate()], max_size=1024 if problem == "too big" else 100_000))
+    with caplog.at_level(logging.INFO), connect(thread) as sock:
+        front.establish(sock)
+        if front.kind in ("smtpd", "lmtpd"):
+            sock.sendall(smtp_transaction(1).replace(b"hello\r\n", body))
+            answers = [smtp_reply(sock)[:3] for _ in range(4)]
+            assert answers[-1] == ("552" if problem == "too big" else "500"), answers
+        elif front.kind == "milter":
+            sock.sendall(milter_transaction(1).replace(milter_packet(b"B", b"hello\r\n"), milter_packet(b"B", body)))
+            assert read_milter_packet(sock)[1].startswith(b"552 ")
+        else:
+            sock.sendall(f"MAIL FROM: <a@example.test>\nRCPT TO: <b@example.test>\nDATA {len(body)}\n".encode())
+            assert read_line(sock).startswith(b"552 ")
+        wait_until(lambda: refusals(caplog))
+    [line] = refusals(caplog)
+    if front.kind in ("smtpd", "lmtpd"):
+        code = "552" if problem == "too big" else "500"
+        assert line.startswith(f"{NODE}-"), line  # the queue id
+        assert f" refused during DATA: {code} " in line, line
+        assert line.endswith(" from=<a1@example.test> to=<b@example.test> client=-[127.0.0.1]"), line
+    elif front.kind == "milter":
+        assert " refused at end of message: 552 " in line, line
+        assert "over max_size (1024 bytes)" in line, line
+        assert line.endswith(" from=<a1@example.test> client=client.test[192.0.2.10]"), line
+    else:
+        assert line.startswith("sgfilterd: refused client 127.0.0.1: 552 "), line
 
 
 # --------------------------------------------------------------------------- draining

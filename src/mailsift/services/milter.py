@@ -477,11 +477,20 @@ class MilterSession:
         with the queue id and answered with a temporary failure (451).
         """
         env = self.envelope()
-        if self.too_big:
-            log.info("%s: message over max_size (%d bytes): refused", env.queue_id, self.service.max_size)
-            return [_reply(replies.TOO_BIG)]
-        if self.too_many_recipients:
-            return [_reply(TOO_MANY_RECIPIENTS)]
+        if self.too_big or self.too_many_recipients:
+            refusal = replies.TOO_BIG if self.too_big else TOO_MANY_RECIPIENTS
+            reason = f"over max_size ({self.service.max_size} bytes)" if self.too_big else "too many recipients"
+            log.info(
+                "%s refused at end of message: %s %s (%s) from=<%s> client=%s[%s]",
+                env.queue_id,
+                refusal.code,
+                refusal.text,
+                reason,
+                env.sender,
+                env.client_name or "-",
+                env.client_address or "-",
+            )
+            return [_reply(refusal)]
         raw = b"".join(self.head) + b"\r\n" + b"".join(self.body)
         settings = self.server.settings
         mail: Mail | None = None

@@ -365,7 +365,9 @@ class SgfilterServer(Server):
         try:
             request = await self.read_request(connection)
         except _Refused as refused:
-            log.info("sgfilterd: refused: %d %s", refused.status.code, refused.status.text)
+            transport = connection.transport
+            peer = (peer_address(transport) or "unix") if transport is not None else "-"
+            log.info("sgfilterd: refused client %s: %d %s", peer, refused.status.code, refused.status.text)
             connection.answer(refused.status.line())
             await connection.close_after_error(timeout)
             return

@@ -245,6 +245,7 @@ class FilterSMTP(SMTP):
             return
         if problem:
             status = self.refusal(problem)
+            self.server.log_refusal(self, problem)
         else:
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
@@ -497,6 +498,21 @@ class SMTPServer(Server):
             queue_id=xf.get("IDENT", "") or self.next_queue_id(),
             protocol=xf.get("PROTO", protocol or ("ESMTP" if session.extended_smtp else "SMTP")),
             mail_options=list(envelope.mail_options),
+        )
+
+    def log_refusal(self, session_protocol: FilterSMTP, problem: str) -> None:
+        """One log line for content refused while it was read (552 too big, 500 a line too long)."""
+        assert session_protocol.session is not None
+        assert session_protocol.envelope is not None
+        env = self.envelope_of(session_protocol, session_protocol.session, session_protocol.envelope)
+        log.info(
+            "%s refused during DATA: %s from=<%s> to=%s client=%s[%s]",
+            env.queue_id,
+            problem,
+            env.sender,
+            ",".join(f"<{r}>" for r in env.recipients),
+            env.client_name or "-",
+            env.client_address or "-",
         )
 
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
