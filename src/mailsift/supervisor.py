@@ -37,6 +37,7 @@ from typing import Any
 from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.errors import ConfigError
+from mailsift.message.mail import remove_stale_spool
 from mailsift.services.daemons import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
@@ -69,6 +70,7 @@ async def _worker_main(config: Config, sockets: dict[tuple[str, int], socket.soc
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor handles reloads
+    remove_stale_spool(config.settings.spool_dir)  # the files of a worker killed in a transaction
     running = [
         await service.start(sockets[(service.host, service.port)], config.settings) for service in config.services
     ]

@@ -188,3 +188,37 @@ def test_sigterm_drains_the_message_in_progress(served: Served, downstream: Reco
     assert served.process.wait(30) == 0
     with pytest.raises(OSError):
         smtplib.SMTP("127.0.0.1", served.port, timeout=2)
+
+
+def test_a_killed_workers_spool_file_is_removed_when_its_replacement_starts(served: Served) -> None:
+    """A worker SIGKILLed inside a transaction leaves its message's spool file; the next worker removes it."""
+    served.config.write_text(served.config.read_text() + "SPOOL_THRESHOLD = 64\n")  # every message is spooled
+    served.start(workers=1)
+    [worker] = served.children()
+    cut: list[BaseException] = []
+
+    def send_and_be_cut() -> None:
+        try:
+            send(served.port, "SLOW " + "x" * 200)
+        except (smtplib.SMTPException, OSError) as error:
+            cut.append(error)
+
+    sender = threading.Thread(target=send_and_be_cut)
+    sender.start()
+    deadline = time.monotonic() + 20
+    while not (served.state / "scanning").exists():
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.05)
+    spool = served.state / "spool"
+    [spooled] = list(spool.iterdir())
+    assert spooled.name.startswith(f"mailsift-{worker}-")  # the name carries the worker's pid
+    os.kill(worker, signal.SIGKILL)
+    sender.join(30)
+    assert cut, "the client saw the connection close without an answer: the MTA keeps the message"
+    deadline = time.monotonic() + 20
+    while served.children() in ([], [worker]) or spooled.exists():
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.1)
+    log = served.log.read_text()
+    assert f"removed 1 spool file(s) left by processes that no longer run (or older than 86400 s) in {spool}: " in log
+    assert spooled.name in log

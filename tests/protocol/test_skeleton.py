@@ -2,7 +2,8 @@
 
 smtpd, lmtpd, milter, sgfilterd and the Postfix policy service each get: the
 limits validated alike, the idle timeout (421 where the protocol has it), the
-connection limit, draining without cutting a transaction (including a second
+connection limit, the per-address connection limit (one address holding its
+share leaves room for another; ``exempt_hosts``), draining without cutting a transaction (including a second
 transaction pipelined on the same connection just behind the first), a unix
 socket with its mode, and queue ids unique across two worker processes and
 carrying the node name.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from mailsift.errors import ConfigError
+from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services import milter_protocol as mp
@@ -277,8 +279,11 @@ def wait_until(condition: Callable[[], object], limit: float = 10) -> None:
         time.sleep(0.005)
 
 
-def connect(thread: ServiceThread, timeout: float = 10) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", thread.port), timeout=timeout)
+def connect(thread: ServiceThread, timeout: float = 10, source: str | None = None) -> socket.socket:
+    """A connection to the service, from ``source`` (another loopback address) when given."""
+    return socket.create_connection(
+        ("127.0.0.1", thread.port), timeout=timeout, source_address=(source, 0) if source else None
+    )
 
 
 # --------------------------------------------------------------------------- limits, validated alike
@@ -290,6 +295,31 @@ def test_max_connections_refused_alike(front: FrontEnd, value: object) -> None:
     with pytest.raises(ConfigError) as raised:
         front.make([Gate()], max_connections=value)
     assert raised.value.message.endswith(f": max_connections must be a positive integer, got {value!r}")
+
+
+@pytest.mark.parametrize("value", [True, False, -1, 0, "10", 1.5])
+def test_max_connections_per_address_refused_alike(front: FrontEnd, value: object) -> None:
+    with pytest.raises(ConfigError) as raised:
+        front.make([Gate()], max_connections_per_address=value)
+    assert raised.value.message.endswith(f": max_connections_per_address must be a positive integer, got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ["not a network"], [True], 5])
+def test_exempt_hosts_refused_alike(front: FrontEnd, value: object) -> None:
+    with pytest.raises(ConfigError, match=r": (bad )?exempt_hosts"):
+        front.make([Gate()], exempt_hosts=value)
+
+
+def test_per_address_limit_defaults_to_half_of_max_connections(front: FrontEnd) -> None:
+    assert front.make([Gate()]).max_connections_per_address == 250
+    assert front.make([Gate()], max_connections=41).max_connections_per_address == 20
+    assert front.make([Gate()], max_connections=1).max_connections_per_address == 1
+    service = front.make([Gate()], max_connections_per_address=7, exempt_hosts=["192.0.2.0/24", "::1"])
+    assert service.max_connections_per_address == 7
+    assert service.limits_address("198.51.100.1")
+    assert not service.limits_address("192.0.2.9")
+    assert not service.limits_address("::1")
+    assert not service.limits_address("")
 
 
 @pytest.mark.parametrize("value", [True, 0, -1, "30"])
@@ -344,6 +374,144 @@ def test_connection_beyond_the_limit_is_refused_alike(front: FrontEnd, serve: Ca
     wait_until(lambda: not thread._running.connections)  # the server saw the first one go
     with connect(thread) as again:  # the slot is free again
         front.exchange(again)
+
+
+PER_ADDRESS = 3
+
+
+def _hold_the_address_limit(front: FrontEnd, thread: ServiceThread, held: list[socket.socket]) -> None:
+    """Open PER_ADDRESS connections from 127.0.0.1, each seen by the server."""
+    for _ in range(PER_ADDRESS):
+        sock = connect(thread)
+        held.append(sock)
+        front.establish(sock)
+    wait_until(lambda: len(thread._running.connections) == PER_ADDRESS)
+
+
+def test_one_address_beyond_its_limit_is_refused_while_another_is_served(
+    front: FrontEnd, serve: Callable[..., ServiceThread]
+) -> None:
+    """Idle connections from one address (127.0.0.1) cannot lock out a client from 127.0.0.2."""
+    thread = serve(front.make([Gate()], max_connections=100, max_connections_per_address=PER_ADDRESS))
+    held: list[socket.socket] = []
+    try:
+        _hold_the_address_limit(front, thread, held)
+        for _ in range(3):  # the same address again: the protocol's refusal, as for the global limit
+            with connect(thread) as extra:
+                refused = read_until_closed(extra)
+            assert refused.startswith(front.limit_answer), refused
+            assert bool(refused) == bool(front.limit_answer), refused
+        with connect(thread, source="127.0.0.2") as honest:  # another address is served
+            front.exchange(honest)
+        held.pop().close()  # one of the address's connections ends: it may connect again
+        wait_until(lambda: len(thread._running.connections) == PER_ADDRESS - 1)
+        with connect(thread) as again:
+            front.exchange(again)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_exempt_hosts_are_held_to_max_connections_only(front: FrontEnd, serve: Callable[..., ServiceThread]) -> None:
+    """The MTA in front connects from one address: listed in exempt_hosts, it is not held to the per-address limit."""
+    service = front.make(
+        [Gate()], max_connections=100, max_connections_per_address=PER_ADDRESS, exempt_hosts=["127.0.0.1/32"]
+    )
+    thread = serve(service)
+    held: list[socket.socket] = []
+    try:
+        _hold_the_address_limit(front, thread, held)
+        with connect(thread) as more:
+            front.exchange(more)
+        assert thread._running.per_address == {}  # exempt: not counted
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# --------------------------------------------------------------------------- spool files
+
+
+class Broken(Scanner):
+    """A scanner whose daemon is down: every message tempfails."""
+
+    name = "broken"
+
+    async def scan(self, target: Target) -> Result:
+        raise ScannerError("the daemon is down")
+
+
+@pytest.mark.parametrize("fault", ["scanner", "next hop"])
+def test_a_failed_transaction_leaves_no_spool_file(
+    front: FrontEnd, tmp_path: Path, downstream: RecordingServer, fault: str
+) -> None:
+    if front.kind == "policy":
+        pytest.skip("policy requests carry no message")
+    if fault == "next hop" and front.kind not in ("smtpd", "lmtpd"):
+        pytest.skip("the milter's and sgfilterd's next hop is their client")
+    downstream.data_reply = "451 4.3.0 busy"
+    state = tmp_path / "state"
+    thread = ServiceThread(
+        front.make([Broken()] if fault == "scanner" else [Gate()]), Settings(state_dir=str(state), spool_threshold=8)
+    ).start()
+    try:
+        with connect(thread) as sock:
+            front.establish(sock)
+            sock.sendall(front.transaction(1))
+            if front.kind in ("smtpd", "lmtpd"):
+                assert [smtp_reply(sock)[:1] for _ in range(4)] == ["2", "2", "3", "4"]
+            elif front.kind == "milter":
+                assert read_milter_packet(sock)[0] in (mp.SMFIR_TEMPFAIL, mp.SMFIR_REPLYCODE)
+            else:
+                assert read_line(sock).startswith(b"451 ")
+    finally:
+        thread.stop()
+    assert list((state / "spool").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- refusals during DATA are logged
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("mailsift") and "refused" in r.getMessage()]
+
+
+@pytest.mark.parametrize("problem", ["too big", "line too long"])
+def test_a_refusal_during_data_gets_a_log_line(
+    front: FrontEnd, serve: Callable[..., ServiceThread], caplog: pytest.LogCaptureFixture, problem: str
+) -> None:
+    """552 (too big) and 500 (a line too long) were answered without a log line: one now, with the reason and peer."""
+    if front.kind == "policy":
+        pytest.skip("policy requests carry no message")
+    if problem == "line too long" and front.kind not in ("smtpd", "lmtpd"):
+        pytest.skip("only SMTP/LMTP limit the line length of the content")
+    body = b"x" * 2000 + b"\r\n" if problem == "too big" else b"y" * 20000 + b"\r\n"
+    thread = serve(front.make([Gate()], max_size=1024 if problem == "too big" else 100_000))
+    with caplog.at_level(logging.INFO), connect(thread) as sock:
+        front.establish(sock)
+        if front.kind in ("smtpd", "lmtpd"):
+            sock.sendall(smtp_transaction(1).replace(b"hello\r\n", body))
+            answers = [smtp_reply(sock)[:3] for _ in range(4)]
+            assert answers[-1] == ("552" if problem == "too big" else "500"), answers
+        elif front.kind == "milter":
+            sock.sendall(milter_transaction(1).replace(milter_packet(b"B", b"hello\r\n"), milter_packet(b"B", body)))
+            assert read_milter_packet(sock)[1].startswith(b"552 ")
+        else:
+            sock.sendall(f"MAIL FROM: <a@example.test>\nRCPT TO: <b@example.test>\nDATA {len(body)}\n".encode())
+            assert read_line(sock).startswith(b"552 ")
+        wait_until(lambda: refusals(caplog))
+    [line] = refusals(caplog)
+    if front.kind in ("smtpd", "lmtpd"):
+        code = "552" if problem == "too big" else "500"
+        assert line.startswith(f"{NODE}-"), line  # the queue id
+        assert f" refused during DATA: {code} " in line, line
+        assert line.endswith(" from=<a1@example.test> to=<b@example.test> client=-[127.0.0.1]"), line
+    elif front.kind == "milter":
+        assert " refused at end of message: 552 " in line, line
+        assert "over max_size (1024 bytes)" in line, line
+        assert line.endswith(" from=<a1@example.test> client=client.test[192.0.2.10]"), line
+    else:
+        assert line.startswith("sgfilterd: refused client 127.0.0.1: 552 "), line
 
 
 # --------------------------------------------------------------------------- draining

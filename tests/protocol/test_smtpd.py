@@ -290,7 +290,8 @@ def test_malformed_commands_get_clear_replies(make_filter: Make, downstream: Rec
 
 
 def test_connection_limit_answers_421(make_filter: Make) -> None:
-    flt = make_filter([EICAR_SCAN], max_connections=2)
+    # all from 127.0.0.1: the per-address limit (default half of max_connections) is raised to reach the global one
+    flt = make_filter([EICAR_SCAN], max_connections=2, max_connections_per_address=2)
     held = [socket.create_connection(("127.0.0.1", flt.port), timeout=5) for _ in range(2)]
     try:
         for sock in held:

@@ -20,7 +20,7 @@ from mailsift.core.pipeline import Pipeline
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Mail
-from mailsift.message.result import Decision
+from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.scanners.base import Scanner
 from mailsift.settings import Settings
@@ -74,7 +74,7 @@ class MailPath:
             decision, outcome = deadline.tempfail()
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
         note = deadline.note(outcome.note)
-        _log_line(mail, decision, str(outcome.reply.code), note, time.monotonic() - started)
+        _log_line(mail, decision, str(outcome.reply.code), note, time.monotonic() - started, _failed([outcome]))
         return decision, outcome
 
     async def process_each(self, mail: Mail) -> tuple[Decision, dict[str, Outcome]]:
@@ -104,7 +104,7 @@ class MailPath:
         else:
             reply = ",".join(f"<{r}>:{outcome.reply.code}" for r, outcome in outcomes.items())
         notes = deadline.note("; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note)))
-        _log_line(mail, decision, reply, notes, time.monotonic() - started)
+        _log_line(mail, decision, reply, notes, time.monotonic() - started, _failed(list(outcomes.values())))
         return decision, outcomes
 
     async def close(self) -> None:
@@ -138,8 +138,23 @@ def failure_reply(queue_id: str, error: BaseException) -> Reply:
     return replies.TEMPFAIL
 
 
-def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float) -> None:
+def _failed(outcomes: list[Outcome]) -> str:
+    """``"failed"`` when carrying the decision out failed for every recipient (the next hop or the
+    quarantine store: the outcome has an error), ``"partial"`` when for some only, else ``""``."""
+    failures = sum(outcome.error is not None for outcome in outcomes)
+    if not failures:
+        return ""
+    return "failed" if failures == len(outcomes) else "partial"
+
+
+def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: float, failed: str = "") -> None:
     """The one log line per message (per recipient group with lmtpd), on Python's logging.
+
+    ``action`` is the decision's disposition; when carrying it out failed
+    (``failed``: the next hop or the quarantine store, the cause in ``note``)
+    it says so: ``action=deliver-failed reply=451 ... note=<cause>``
+    (``deliver-partial`` when some recipients got their copy).  A decision to
+    tempfail is ``action=tempfail``.
 
     The qmail-scanner-format line, to syslog, a file or JSON lines, and the SQL
     record come from the hooks of :mod:`mailsift.reporting.logline` (``log_syslog``,
@@ -152,7 +167,9 @@ def _log_line(mail: Mail, decision: Decision, reply: str, note: str, elapsed: fl
     log.info(
         "%s action=%s reply=%s level=%.2f name=%s scanner=%s from=<%s> to=%s size=%d client=%s[%s] time=%.3fs%s",
         env.queue_id or "-",
-        decision.disposition.value,
+        f"{decision.disposition.value}-{failed}"
+        if failed and decision.disposition is not Disposition.TEMPFAIL
+        else decision.disposition.value,
         reply,
         result.level,
         result.name or "-",

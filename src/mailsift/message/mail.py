@@ -1,7 +1,11 @@
 """The message being filtered: envelope, raw bytes, and lazy parsed views.
 
 The raw bytes are the truth and are kept exactly as received; a message over
-``spool_threshold`` (default 1 MB) lives in a temporary file instead of memory.
+``spool_threshold`` (default 1 MB) lives in a temporary file instead of memory,
+``STATE_DIR/spool/mailsift-<pid>-<random>.eml``: removed when the message is
+done, however its processing ended, and, for a process killed meanwhile, by
+:func:`remove_stale_spool` when a worker starts (the file's pid no longer runs,
+or the file is older than :data:`STALE_SPOOL_SECONDS`).
 Parsed views are computed on first use and cached:
 
 * :attr:`Mail.headers` — the top-level header block, raw and decoded;
@@ -34,10 +38,12 @@ import email.errors
 import email.parser
 import email.utils
 import io
+import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -48,6 +54,14 @@ from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder
 
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
 _CHUNK = 64 * 1024
+SPOOL_PREFIX = "mailsift-"
+SPOOL_SUFFIX = ".eml"
+STALE_SPOOL_SECONDS = 24 * 3600
+"""A spool file older than this is removed at a worker's start even if its pid runs: no message
+takes that long (the session and message timeouts are minutes), so its pid was reused."""
+_SPOOL_NAME = re.compile(rf"{re.escape(SPOOL_PREFIX)}(?:(\d+)-)?[^/]*{re.escape(SPOOL_SUFFIX)}")
+
+log = logging.getLogger("mailsift.spool")
 
 
 @dataclass(slots=True)
@@ -137,13 +151,16 @@ class Mail:
             raise StorageError(f"cannot read the spooled message: {error.strerror or error}") from error
 
     def close(self) -> None:
-        """Remove the spool file, if this mail made one."""
+        """Remove the spool file, if this mail made one.  Never raises: the message's answer is
+        decided already (a file that cannot be removed is logged, and removed at the next start)."""
         if self._owns_path and self._path:
+            self._owns_path = False
             try:
                 os.unlink(self._path)
             except FileNotFoundError:
                 pass
-            self._owns_path = False
+            except OSError as error:
+                log.warning("cannot remove the spool file %s: %s", self._path, error.strerror or error)
 
     def __enter__(self) -> Mail:
         return self
@@ -217,8 +234,12 @@ class Mail:
 
 
 def write_spool(data: bytes, spool_dir: str | None) -> str:
-    """Write ``data`` to a new file in ``spool_dir``; its path.  Nothing is left behind on failure."""
-    fd, name = tempfile.mkstemp(prefix="mailsift-", suffix=".eml", dir=spool_dir)
+    """Write ``data`` to a new file in ``spool_dir``; its path.  Nothing is left behind on failure.
+
+    The name carries this process's pid (``mailsift-<pid>-<random>.eml``), so
+    :func:`remove_stale_spool` can tell the files of a killed process.
+    """
+    fd, name = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=SPOOL_SUFFIX, dir=spool_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -229,6 +250,73 @@ def write_spool(data: bytes, spool_dir: str | None) -> str:
             pass
         raise
     return name
+
+
+def process_runs(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_spool(
+    spool_dir: str,
+    *,
+    max_age: float = STALE_SPOOL_SECONDS,
+    runs: Callable[[int], bool] = process_runs,
+    now: float | None = None,
+) -> list[str]:
+    """Remove the spool files left by processes that no longer run, and any older than ``max_age``.
+
+    Called when a worker starts: a worker killed (SIGKILL, the OOM killer, a
+    crash) inside a transaction never removed its message's file.  A file whose
+    pid still runs (a sibling worker, an old one draining after a reload) is
+    kept unless older than ``max_age``; a file without a pid (made before
+    names carried one) goes by its age alone.  Returns the names removed, logged.
+    Never raises: a directory that cannot be read is logged and skipped.
+    ``runs`` (pid -> bool) and ``now`` are for tests.
+    """
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return removed
+    except OSError as error:
+        log.warning("cannot list the spool directory %s: %s", spool_dir, error.strerror or error)
+        return removed
+    for name in sorted(names):
+        match = _SPOOL_NAME.fullmatch(name)
+        if match is None:
+            continue
+        path = os.path.join(spool_dir, name)
+        try:
+            age = now - os.stat(path).st_mtime
+            pid = match.group(1)
+            if age <= max_age and (pid is None or runs(int(pid))):
+                continue
+            os.unlink(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (its transaction ended, or another worker cleaned up)
+        except OSError as error:
+            log.warning("cannot remove the stale spool file %s: %s", path, error.strerror or error)
+            continue
+        removed.append(name)
+    if removed:
+        log.warning(
+            "removed %d spool file(s) left by processes that no longer run (or older than %.0f s) in %s: %s",
+            len(removed),
+            max_age,
+            spool_dir,
+            " ".join(removed[:20]) + (" ..." if len(removed) > 20 else ""),
+        )
+    return removed
 
 
 @contextmanager

@@ -15,6 +15,12 @@ validated on its own before, once:
   message for every front end, through :mod:`mailsift.validators` like every
   other config value (a ``bool`` or a string is never a number, nor is ``nan``
   or ``inf``: ``max_connections=True`` is refused everywhere);
+* the connection limits (:meth:`Service.connection_limits`):
+  ``max_connections`` per worker, ``max_connections_per_address`` per worker
+  and client address (default half of ``max_connections``, as Postfix's
+  ``smtpd_client_connection_count_limit`` is half of its process limit), and
+  ``exempt_hosts``, networks held to ``max_connections`` only (the MTA in
+  front, when it opens more connections than the per-address limit);
 * binding, done once in the supervisor before the workers fork
   (:meth:`Service.bind`); a stale unix socket file left by an earlier run is
   replaced, one in use by a live process is refused.
@@ -23,6 +29,7 @@ validated on its own before, once:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import stat
@@ -45,6 +52,28 @@ def check_limit(value: Any, what: str, kind: str, *, minimum: int = 1) -> int:
     if minimum == 1:
         return validators.positive_int(value, f"{kind}: {what}")
     return validators.integer(value, f"{kind}: {what}", minimum=minimum)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def check_networks(value: Any, what: str, kind: str) -> tuple[Network, ...]:
+    """A list of networks or addresses (``'127.0.0.0/8'``, ``'::1'``, ``'192.0.2.7'``)."""
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence | set | frozenset)
+        or not all(isinstance(network, str) for network in value)
+    ):
+        raise ConfigError(f"{kind}: {what} must be a list of networks like ['192.0.2.0/24'], got {value!r}")
+    try:
+        return tuple(ipaddress.ip_network(network, strict=False) for network in value)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{kind}: bad {what}: {error}") from None
+
+
+def default_per_address(max_connections: int) -> int:
+    """The default ``max_connections_per_address``: half of ``max_connections`` (at least 1)."""
+    return max(1, max_connections // 2)
 
 
 def check_seconds(value: Any, what: str, kind: str) -> float:
@@ -130,6 +159,11 @@ class Service:
     kind = "service"
     max_connections = 500
     """Connections served at once per worker (beyond it, the protocol's refusal)."""
+    max_connections_per_address = default_per_address(500)
+    """Connections from one client address served at once per worker (TCP; a unix socket's
+    clients are not counted: its mode says who may connect)."""
+    exempt_hosts: tuple[Network, ...] = ()
+    """Networks whose clients are held to ``max_connections`` only (the MTA in front)."""
 
     def __init__(
         self, scanners: Sequence[Any], host: str, port: int, *, socket_mode: int = DEFAULT_SOCKET_MODE
@@ -137,6 +171,25 @@ class Service:
         self.scanners: tuple[Scanner, ...] = as_scanners([scanners], self.kind)
         self.host, self.port = parse_listen(host, port, self.kind)
         self.socket_mode = check_mode(socket_mode, self.kind)
+
+    def connection_limits(self, max_connections: Any, per_address: Any, exempt_hosts: Any) -> None:
+        """Validate and set ``max_connections``, ``max_connections_per_address`` (None: the
+        default, half of ``max_connections``) and ``exempt_hosts``, alike for every front end."""
+        self.max_connections = check_limit(max_connections, "max_connections", self.kind)
+        if per_address is None:
+            per_address = default_per_address(self.max_connections)
+        self.max_connections_per_address = check_limit(per_address, "max_connections_per_address", self.kind)
+        self.exempt_hosts = check_networks(exempt_hosts, "exempt_hosts", self.kind)
+
+    def limits_address(self, address: str) -> bool:
+        """Whether connections from ``address`` count against ``max_connections_per_address``."""
+        if not address:
+            return False  # a unix socket's client
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return True
+        return not any(ip in network for network in self.exempt_hosts)
 
     @property
     def unix_path(self) -> str | None:

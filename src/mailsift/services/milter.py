@@ -53,7 +53,7 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.services import milter_protocol as mp
 from mailsift.services.base import Service, check_limit, check_seconds
-from mailsift.services.server import Server
+from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.milter")
@@ -116,7 +116,9 @@ class milter(Service):
     user in mailsift's group).  Options: ``max_size`` (bytes of headers and body;
     larger mail is refused with 552, default 50 MB), ``timeout`` (seconds of MTA
     silence before the connection is closed, default 300), ``max_connections``
-    per worker (default 500), ``quarantine_hold`` (also ask the MTA to hold
+    per worker (default 500), ``max_connections_per_address`` per worker and
+    MTA address (default half of ``max_connections``), ``exempt_hosts``
+    (networks held to ``max_connections`` only; default none), ``quarantine_hold`` (also ask the MTA to hold
     quarantined mail — Postfix's hold queue — instead of discarding it).
     """
 
@@ -132,6 +134,8 @@ class milter(Service):
         max_size: int = 50 * 1024 * 1024,
         timeout: float = 300.0,
         max_connections: int = 500,
+        max_connections_per_address: int | None = None,
+        exempt_hosts: Sequence[str] = (),
         quarantine_hold: bool = False,
     ) -> None:
         family, where, port = parse_connection(connection)
@@ -141,10 +145,10 @@ class milter(Service):
             raise ConfigError(f"milter: name must be a non-empty string, got {name!r}")
         max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         timeout = check_seconds(timeout, "timeout", self.kind)
-        max_connections = check_limit(max_connections, "max_connections", self.kind)
+        self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
         self.name, self.connection, self.family, self.path = name, connection, family, where
         self.umask, self.max_size, self.timeout = umask, max_size, timeout
-        self.max_connections, self.quarantine_hold = max_connections, bool(quarantine_hold)
+        self.quarantine_hold = bool(quarantine_hold)
 
     def describe(self) -> str:
         return f"milter({self.name}, {self.connection})"
@@ -269,11 +273,12 @@ class MilterServer(Server):
         return self.next_queue_id()
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusal():
+        address = peer_address(writer)
+        if self.refusal(address):
             writer.close()  # the MTA applies its milter_default_action (tempfail, we advise)
             return
         session = MilterSession(self, reader, writer)
-        self.add(session)
+        self.add(session, address)
         try:
             await session.run()
         finally:
@@ -472,11 +477,20 @@ class MilterSession:
         with the queue id and answered with a temporary failure (451).
         """
         env = self.envelope()
-        if self.too_big:
-            log.info("%s: message over max_size (%d bytes): refused", env.queue_id, self.service.max_size)
-            return [_reply(replies.TOO_BIG)]
-        if self.too_many_recipients:
-            return [_reply(TOO_MANY_RECIPIENTS)]
+        if self.too_big or self.too_many_recipients:
+            refusal = replies.TOO_BIG if self.too_big else TOO_MANY_RECIPIENTS
+            reason = f"over max_size ({self.service.max_size} bytes)" if self.too_big else "too many recipients"
+            log.info(
+                "%s refused at end of message: %s %s (%s) from=<%s> client=%s[%s]",
+                env.queue_id,
+                refusal.code,
+                refusal.text,
+                reason,
+                env.sender,
+                env.client_name or "-",
+                env.client_address or "-",
+            )
+            return [_reply(refusal)]
         raw = b"".join(self.head) + b"\r\n" + b"".join(self.body)
         settings = self.server.settings
         mail: Mail | None = None

@@ -50,8 +50,8 @@ from mailsift.message.result import Decision, Disposition, Result, SetDispositio
 from mailsift.reporting import counters
 from mailsift.scanners.base import first_detection
 from mailsift.scanners.greylist import PolicyTarget
-from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
-from mailsift.services.server import Server
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_seconds
+from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
 from mailsift.storage.db import Database, sqlite
 
@@ -95,7 +95,9 @@ class smtpd_policy(Service):
     (the whole answer when a scanner or the database fails or ``timeout``
     seconds pass; ``'DUNNO'`` to fail open), ``idle_timeout`` (seconds before
     an idle connection is closed; Postfix reconnects), ``max_connections`` per
-    worker.  ``max_children`` is accepted for SAGATOR configs (workers are set
+    worker, ``max_connections_per_address`` per worker and client address
+    (default half of ``max_connections``), ``exempt_hosts`` (networks held to
+    ``max_connections`` only; default none).  ``max_children`` is accepted for SAGATOR configs (workers are set
     by ``serve --workers``).  ``host`` may name a unix socket
     (``'unix:/var/spool/postfix/private/mailsift-policy'``), made with
     ``socket_mode`` (default 0o660).
@@ -117,6 +119,8 @@ class smtpd_policy(Service):
         timeout: float = 10.0,
         idle_timeout: float = 600.0,
         max_connections: int = 500,
+        max_connections_per_address: int | None = None,
+        exempt_hosts: Sequence[str] = (),
         socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         super().__init__(scanners, host, port, socket_mode=socket_mode)
@@ -130,7 +134,7 @@ class smtpd_policy(Service):
         self.on_error = _check_verb(on_error, _ACTION, "on_error action (e.g. 'DUNNO' or 'DEFER_IF_PERMIT text')")
         self.timeout = check_seconds(timeout, "timeout", self.kind)
         self.idle_timeout = check_seconds(idle_timeout, "idle_timeout", self.kind)
-        self.max_connections = check_limit(max_connections, "max_connections", self.kind)
+        self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
         self.max_children = max_children
 
     def describe(self) -> str:
@@ -240,11 +244,12 @@ class PolicyServer(Server):
         await self.listen_streams(sock, self._serve, LINE_LIMIT)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusal():
+        address = peer_address(writer)
+        if self.refusal(address):
             writer.close()
             return
         connection = _Connection(writer)
-        self.add(connection)
+        self.add(connection, address)
         try:
             while True:
                 try:

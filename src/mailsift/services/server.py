@@ -8,11 +8,13 @@ A front end's running server (:class:`~mailsift.services.smtpd.SMTPServer`,
 
 * **listening** on the socket the supervisor bound (TCP or unix,
   :meth:`Server.listen`);
-* **the connection limit**, applied one way: a connection arriving while
-  ``max_connections`` are open, or while the worker drains, gets the
-  protocol's refusal (:meth:`Server.refusal`: SMTP/LMTP and sgfilterd answer
-  ``421``; the milter and the policy service close, which the MTA treats as a
-  temporary failure);
+* **the connection limits**, applied one way: a connection arriving while
+  ``max_connections`` are open, while ``max_connections_per_address`` are open
+  from its client's address (TCP clients outside ``exempt_hosts``), or while
+  the worker drains, gets the protocol's refusal (:meth:`Server.refusal`:
+  SMTP/LMTP and sgfilterd answer ``421``; the milter and the policy service
+  close, which the MTA treats as a temporary failure).  One address holding
+  idle connections can then never lock the other clients out;
 * **transactions**: a connection is *busy* from the start of a transaction
   (SMTP's MAIL, the milter's SMFIC_MAIL, a policy request, an sgfilterd
   request) to its answer (:meth:`Server.begin`, :meth:`Server.end`);
@@ -94,6 +96,20 @@ class QueueIds:
         return f"{self.prefix}{base36(self._counter)}"
 
 
+def peer_address(transport: Any) -> str:
+    """The client's IP address of a transport or stream writer ('' for a unix socket's client).
+
+    An IPv4 address mapped into IPv6 (``::ffff:192.0.2.7``) is the IPv4 address.
+    """
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return ""
+    address = peer[0]
+    if address.startswith("::ffff:") and "." in address:
+        return address[len("::ffff:") :]
+    return address
+
+
 class Connection(Protocol):
     """What the skeleton needs of a front end's connection."""
 
@@ -113,6 +129,10 @@ class Server:
         self.service = service
         self.settings = settings
         self.connections: set[Any] = set()
+        self.per_address: dict[str, int] = {}
+        """Open connections per counted client address (see ``Service.limits_address``)."""
+        self._address_of: dict[Any, str] = {}
+        self._warned: set[str] = set()
         self.draining = False
         self.queue_ids = QueueIds(settings.node)
         self._listener: asyncio.base_events.Server | None = None
@@ -142,20 +162,48 @@ class Server:
 
     # -- connections
 
-    def refusal(self) -> str:
-        """Why a new connection is refused (``"draining"``, ``"limit"``), or ``""`` to serve it."""
+    def refusal(self, address: str = "") -> str:
+        """Why a new connection from ``address`` is refused (``"draining"``, ``"limit"``,
+        ``"address"``: its address's limit), or ``""`` to serve it.
+
+        Without an address (a protocol factory, before the peer is known) only
+        the drain and ``max_connections`` are checked.
+        """
         if self.draining:
             return "draining"
         if len(self.connections) >= self.service.max_connections:
             return "limit"
+        if address and self.per_address.get(address, 0) >= self.service.max_connections_per_address:
+            if address not in self._warned:  # once while the address stays at its limit
+                self._warned.add(address)
+                log.warning(
+                    "%s: %s holds %d connections (max_connections_per_address): refusing more from it",
+                    self.service.kind,
+                    address,
+                    self.per_address[address],
+                )
+            return "address"
         return ""
 
-    def add(self, connection: Any) -> None:
+    def add(self, connection: Any, address: str = "") -> None:
+        """Serve ``connection`` (from ``address``, counted unless unix or in ``exempt_hosts``)."""
         connection.busy = False
         self.connections.add(connection)
+        if address and self.service.limits_address(address):
+            self._address_of[connection] = address
+            self.per_address[address] = self.per_address.get(address, 0) + 1
 
     def discard(self, connection: Any) -> None:
         self.connections.discard(connection)
+        address = self._address_of.pop(connection, None)
+        if address is not None:
+            left = self.per_address[address] - 1
+            if left:
+                self.per_address[address] = left
+            else:
+                del self.per_address[address]
+            if left < self.service.max_connections_per_address:
+                self._warned.discard(address)
         self._wake()
 
     def begin(self, connection: Any) -> bool:

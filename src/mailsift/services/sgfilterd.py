@@ -49,7 +49,7 @@ from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
-from mailsift.services.server import Server
+from mailsift.services.server import Server, peer_address
 from mailsift.services.sgfilter_protocol import (
     BAD_LENGTH,
     BAD_RECIPIENT,
@@ -143,7 +143,10 @@ class sgfilterd(Service):
     Clients: ``mailsift sgfilter`` (procmail/maildrop filter) and ``mailsift
     qmail-queue`` (qmail's QMAILQUEUE).  Options: ``max_size`` (bytes, default
     50 MB: a larger DATA length is answered 552), ``timeout`` (seconds without
-    input before 421, default 60), ``max_connections`` per worker (default 500).
+    input before 421, default 60), ``max_connections`` per worker (default 500),
+    ``max_connections_per_address`` per worker and client address (default
+    half of ``max_connections``), ``exempt_hosts`` (networks held to
+    ``max_connections`` only; default none).
     ``prefork`` is accepted for SAGATOR configs; workers are set by ``serve``.
     ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
     made with ``socket_mode`` (default 0o660).
@@ -161,13 +164,15 @@ class sgfilterd(Service):
         max_size: int = 50 * 1024 * 1024,
         timeout: float = 60.0,
         max_connections: int = 500,
+        max_connections_per_address: int | None = None,
+        exempt_hosts: Sequence[str] = (),
         socket_mode: int = DEFAULT_SOCKET_MODE,
     ) -> None:
         super().__init__(scanners, host, port, socket_mode=socket_mode)
         self.prefork = prefork
         self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.timeout = check_seconds(timeout, "timeout", self.kind)
-        self.max_connections = check_limit(max_connections, "max_connections", self.kind)
+        self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
 
     def check(self, settings: Settings) -> None:
         """Nothing needs the global settings: the next hop is the client."""
@@ -205,12 +210,13 @@ class _Connection(asyncio.Protocol):
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        refusal = self.server.refusal()
+        address = peer_address(transport)
+        refusal = self.server.refusal(address)
         if refusal:
             self.transport.write((SHUTTING_DOWN if refusal == "draining" else TOO_MANY_CONNECTIONS).line())
             self.transport.close()
             return
-        self.server.add(self)
+        self.server.add(self, address)
         self.server.begin(self)  # one request per connection: the transaction is the connection
         self.task = asyncio.get_running_loop().create_task(self.server.session(self))
 
@@ -359,7 +365,9 @@ class SgfilterServer(Server):
         try:
             request = await self.read_request(connection)
         except _Refused as refused:
-            log.info("sgfilterd: refused: %d %s", refused.status.code, refused.status.text)
+            transport = connection.transport
+            peer = (peer_address(transport) or "unix") if transport is not None else "-"
+            log.info("sgfilterd: refused client %s: %d %s", peer, refused.status.code, refused.status.text)
             connection.answer(refused.status.line())
             await connection.close_after_error(timeout)
             return

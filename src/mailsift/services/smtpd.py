@@ -10,7 +10,8 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 * ``XFORWARD`` — Postfix passes the original client (NAME, ADDR, PROTO, HELO,
   IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default);
 * the server skeleton (:mod:`mailsift.services.server`): TCP or a unix
-  socket, a connection limit (421 beyond it), an idle timeout per command
+  socket, connection limits per worker and per client address (421 beyond
+  them), an idle timeout per command
   (421, then the connection closes), draining (421 to a transaction begun
   on a draining worker; one in progress is never cut), queue ids unique
   across workers and nodes;
@@ -41,7 +42,7 @@ from mailsift.errors import ConfigError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
-from mailsift.services.server import Server
+from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
 
 log = logging.getLogger("mailsift.smtpd")
@@ -60,7 +61,10 @@ class smtpd(Service):
     Options: ``next_hop`` (``('host', port)``, ``smtp_relay(...)`` or
     ``local_maildir(...)``; default ``SMTP_SERVER``), ``max_size`` (bytes,
     advertised as SIZE; default 50 MB), ``max_connections`` per worker (default
-    500), ``timeout`` (idle seconds per command, default 300; then 421),
+    500), ``max_connections_per_address`` per worker and client address
+    (default half of ``max_connections``), ``exempt_hosts`` (networks held to
+    ``max_connections`` only, e.g. a local MTA's; default none),
+    ``timeout`` (idle seconds per command, default 300; then 421),
     ``xforward_hosts`` (networks allowed to send XFORWARD; default loopback),
     ``hostname`` (greeting name).  ``host`` may name a unix socket instead
     (``'unix:/run/mailsift/smtpd.sock'``, the port is ignored), made with
@@ -79,6 +83,8 @@ class smtpd(Service):
         next_hop: Any = None,
         max_size: int = 50 * 1024 * 1024,
         max_connections: int = 500,
+        max_connections_per_address: int | None = None,
+        exempt_hosts: Sequence[str] = (),
         timeout: float = 300.0,
         xforward_hosts: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         hostname: str | None = None,
@@ -86,7 +92,7 @@ class smtpd(Service):
     ) -> None:
         super().__init__(scanners, host, port, socket_mode=socket_mode)
         max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
-        max_connections = check_limit(max_connections, "max_connections", self.kind)
+        self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
         timeout = check_seconds(timeout, "timeout", self.kind)
         try:
             self.xforward_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in xforward_hosts)
@@ -94,7 +100,7 @@ class smtpd(Service):
             raise ConfigError(f"{self.kind}: bad xforward_hosts: {error}") from None
         self.prefork = prefork  # accepted for SAGATOR configs; workers are set by `serve --workers`
         self.next_hop = next_hop
-        self.max_size, self.max_connections, self.timeout = max_size, max_connections, float(timeout)
+        self.max_size, self.timeout = max_size, float(timeout)
         self.hostname = hostname
 
     def check(self, settings: Settings) -> None:
@@ -108,7 +114,7 @@ class smtpd(Service):
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 421 and hangs up: beyond the connection limit, or on a draining worker."""
+    """Answers 421 and hangs up: beyond a connection limit, or on a draining worker."""
 
     def __init__(self, reply: replies.Reply) -> None:
         self.reply = reply
@@ -117,6 +123,11 @@ class _Refuse(asyncio.Protocol):
         # no isinstance(asyncio.Transport) check: uvloop's transports are not subclasses
         cast(asyncio.Transport, transport).write(f"{self.reply}\r\n".encode())
         transport.close()
+
+
+def refusal_reply(refusal: str) -> replies.Reply:
+    """The answer to a refused connection (:meth:`Server.refusal`'s reason)."""
+    return replies.SHUTTING_DOWN if refusal == "draining" else replies.TOO_MANY_CONNECTIONS
 
 
 class FilterSMTP(SMTP):
@@ -159,7 +170,14 @@ class FilterSMTP(SMTP):
         self.processing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.server.add(self)
+        address = peer_address(transport)
+        refusal = self.server.refusal(address)
+        if refusal:  # the client's address is at its limit (or the worker began draining meanwhile)
+            refuse = _Refuse(refusal_reply(refusal))
+            transport.set_protocol(refuse)
+            refuse.connection_made(transport)
+            return
+        self.server.add(self, address)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -227,6 +245,7 @@ class FilterSMTP(SMTP):
             return
         if problem:
             status = self.refusal(problem)
+            self.server.log_refusal(self, problem)
         else:
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
@@ -446,9 +465,9 @@ class SMTPServer(Server):
     ident = "mailsift"
 
     def _protocol(self) -> asyncio.Protocol:
-        refusal = self.refusal()
+        refusal = self.refusal()  # the address's limit is checked when the peer is known (connection_made)
         if refusal:
-            return _Refuse(replies.SHUTTING_DOWN if refusal == "draining" else replies.TOO_MANY_CONNECTIONS)
+            return _Refuse(refusal_reply(refusal))
         session = self.session_class(
             self,
             data_size_limit=self.service.max_size,
@@ -479,6 +498,21 @@ class SMTPServer(Server):
             queue_id=xf.get("IDENT", "") or self.next_queue_id(),
             protocol=xf.get("PROTO", protocol or ("ESMTP" if session.extended_smtp else "SMTP")),
             mail_options=list(envelope.mail_options),
+        )
+
+    def log_refusal(self, session_protocol: FilterSMTP, problem: str) -> None:
+        """One log line for content refused while it was read (552 too big, 500 a line too long)."""
+        assert session_protocol.session is not None
+        assert session_protocol.envelope is not None
+        env = self.envelope_of(session_protocol, session_protocol.session, session_protocol.envelope)
+        log.info(
+            "%s refused during DATA: %s from=<%s> to=%s client=%s[%s]",
+            env.queue_id,
+            problem,
+            env.sender,
+            ",".join(f"<{r}>" for r in env.recipients),
+            env.client_name or "-",
+            env.client_address or "-",
         )
 
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:

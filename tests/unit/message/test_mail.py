@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import errno
+import logging
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -14,7 +16,8 @@ import pytest
 
 import mailsift.mime.codecs
 import mailsift.mime.tree
-from mailsift.message.mail import Envelope, Mail
+from mailsift.message import mail as mail_module
+from mailsift.message.mail import Envelope, Mail, remove_stale_spool
 from mailsift.mime.codecs import extract_uuencoded
 from mailsift.mime.tree import declared_type
 
@@ -121,6 +124,61 @@ def test_spooling_over_the_threshold(tmp_path: Path) -> None:
     mail.close()
     assert list(tmp_path.iterdir()) == []
     mail.close()  # twice is fine
+
+
+def test_the_spool_file_name_carries_the_pid(tmp_path: Path) -> None:
+    with Mail(data=b"Subject: x\r\n\r\n" + b"z" * 500, spool_threshold=10, spool_dir=str(tmp_path)):
+        [spooled] = list(tmp_path.iterdir())
+        assert spooled.name.startswith(f"mailsift-{os.getpid()}-")
+        assert spooled.name.endswith(".eml")
+
+
+def test_closing_never_raises_when_the_spool_file_cannot_be_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer is decided when the mail is closed: an EIO removing its file must not turn it into an error."""
+    mail = Mail(data=b"Subject: x\r\n\r\n" + b"z" * 500, spool_threshold=10, spool_dir=str(tmp_path))
+
+    def failing_unlink(path: str) -> None:
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(mail_module.os, "unlink", failing_unlink)
+    with caplog.at_level(logging.WARNING, logger="mailsift.spool"):
+        mail.close()
+    assert "cannot remove the spool file" in caplog.text
+    monkeypatch.undo()
+    [left] = list(tmp_path.iterdir())  # removed at the next worker start (its pid is gone by then)
+    assert remove_stale_spool(str(tmp_path), runs=lambda pid: False) == [left.name]
+
+
+def test_stale_spool_files_of_dead_processes_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At a worker's start: files of pids that no longer run go, files of running pids stay (unless too old)."""
+    now = 1_000_000_000.0
+    files = {
+        "mailsift-101-abc.eml": now - 10,  # a killed worker's
+        "mailsift-202-def.eml": now - 10,  # a running sibling's
+        "mailsift-202-old.eml": now - 2 * 86400,  # a running pid's, too old: the pid was reused
+        "mailsift-legacy.eml": now - 10,  # no pid (an older name): by age only
+        "mailsift-legacy-old.eml": now - 2 * 86400,
+        "notes.txt": now - 2 * 86400,  # not a spool file
+    }
+    for name, mtime in files.items():
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+    with caplog.at_level(logging.WARNING, logger="mailsift.spool"):
+        removed = remove_stale_spool(str(tmp_path), runs=lambda pid: pid == 202, now=now)
+    assert removed == ["mailsift-101-abc.eml", "mailsift-202-old.eml", "mailsift-legacy-old.eml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailsift-202-def.eml", "mailsift-legacy.eml", "notes.txt"]
+    assert "removed 3 spool file(s)" in caplog.text
+    assert "mailsift-101-abc.eml" in caplog.text
+    assert remove_stale_spool(str(tmp_path / "missing")) == []  # no directory yet: nothing to do
+
+
+def test_stale_spool_keeps_the_files_of_this_process(tmp_path: Path) -> None:
+    with Mail(data=b"Subject: x\r\n\r\n" + b"z" * 500, spool_threshold=10, spool_dir=str(tmp_path)):
+        assert remove_stale_spool(str(tmp_path)) == []  # the real pid check: this process runs
+        assert len(list(tmp_path.iterdir())) == 1
 
 
 def test_at_the_threshold_stays_in_memory(tmp_path: Path) -> None:
