@@ -14,6 +14,11 @@ their ``X-Mailsift-*`` headers.  Adding is therefore "insert if absent", so a
 row written by the gateway and one adopted by a concurrent reindex never
 collide.
 
+Each row carries its ``retry_key`` (indexed): the MTA's retry of the same
+message finds the row with :func:`find_retry` and reuses it.  A release is
+claimed in ``quarantine_release`` (:func:`claim_release`) before it is sent
+and the claim dropped when the release is recorded (:func:`finish_release`).
+
 Every function here takes a SQLAlchemy ``Connection`` and is meant to be run
 through :meth:`mailsift.storage.db.Database.call` (one transaction) or ``run`` (the
 same, in a thread).

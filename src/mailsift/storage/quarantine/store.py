@@ -28,7 +28,10 @@ into ``new/`` (:func:`mailsift.delivery.maildir.store`); then the index row is
 committed; then :meth:`QuarantineStore.put` returns and the MTA may get its
 250.  A crash before the rename leaves a ``tmp/`` file no one answered for;
 a crash between rename and commit leaves an orphan file that ``reindex``
-adopts; after the commit the entry is complete.  ``MAILSIFT_TEST_CRASH_POINT``
+adopts; after the commit the entry is complete.  The MTA's retry of the message
+(after a crash at any of these points, or a 451 for a later step) reuses the
+copy instead of storing a second one: see :func:`retry_key` and
+:meth:`QuarantineStore.put`.  ``MAILSIFT_TEST_CRASH_POINT``
 (see :func:`crash_point`) kills the process at each of these points, for the
 crash test only.
 """
