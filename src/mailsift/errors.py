@@ -46,6 +46,8 @@ a retry later may pass)::
         ├── reporting.links.LinkError                         a signed link invalid or expired
         ├── reporting.tracking.TrackQueryError                a search that cannot be run (also a ValueError)
         ├── storage.quarantine.admin.QuarantineProblem        release/delete of a missing or damaged entry
+        │   ├── storage.quarantine.admin.ReleaseInProgress    another release holds the entry's claim
+        │   └── storage.quarantine.admin.AlreadyReleased      released meanwhile by another release
         ├── web.auth.LoginRequired                            -> redirect to /login or 401
         └── cli.mailbox.MailboxError                          a mailbox that cannot be read or written
 

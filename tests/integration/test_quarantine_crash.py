@@ -9,7 +9,10 @@ point the test checks what a sending MTA relies on:
 * what the crash left behind is either nothing visible (a ``tmp/`` file), an
   orphan file that ``quarantine reindex`` adopts, or a complete indexed entry;
 * the retry is answered 250 only with a complete, indexed entry holding
-  exactly the message sent;
+  exactly the message sent, and it is the only one: after a crash past the
+  fsync the retry reuses the crashed attempt's copy (found by its row, or by
+  the store's retry marker when the row was never committed), so no second
+  file and no second row (issue 11, finding 8);
 * after ``reindex`` every stored file has a row and every row its file.
 """
 
@@ -180,16 +183,21 @@ def test_sigkill_inside_quarantining_never_accepts_and_loses(
 
     assert send_until_answered(gateway.port, data) == 250  # the MTA's retry
     after = gateway.entries()
-    accepted = [e for e in after if e.path not in files]
-    assert len(accepted) == 1, "the retry's 250 came with exactly one new indexed entry"
-    assert gateway.files()[accepted[0].path] == data
-    assert accepted[0].recipients == ("bob@example.test",)
+    assert len(after) == 1, "the retry's 250 came with exactly one indexed entry (no second copy)"
+    [entry] = after
+    assert gateway.files() == {entry.path: data}, "no second file"
+    if point != "quarantine-written":  # the crashed attempt's fsynced copy is the one reused
+        assert entry.path in files
+        assert "retried message: " in gateway.log.read_text(), "the log says the copy was reused"
+    assert entry.recipients == ("bob@example.test",)
     assert next_hop.messages == []
 
     result = CliRunner().invoke(quarantine_group, ["reindex", "-c", str(gateway.config)])
     assert result.exit_code == 0, result.output
-    adopted = 1 if point in ("quarantine-stored", "quarantine-uncommitted") else 0
-    assert result.stdout.splitlines()[-1] == f"reindexed: {adopted} adopted, 0 unreadable, 0 missing"
+    assert result.stdout.splitlines()[-1] == "reindexed: 0 adopted, 0 unreadable, 0 missing"
     final_rows, final_files = gateway.entries(), gateway.files()
-    assert sorted(e.path for e in final_rows) == sorted(final_files)
+    assert [e.path for e in final_rows] == list(final_files) == [entry.path]
     assert all(content == data for content in final_files.values())
+    assert not (gateway.state / "quarantine" / ".retry").exists() or not os.listdir(
+        gateway.state / "quarantine" / ".retry"
+    ), "no retry marker left once the copy is indexed"

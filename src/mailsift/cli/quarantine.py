@@ -10,8 +10,11 @@ The operations themselves (release to ``--next-hop``, by default
 ``SMTP_SERVER``; reindex; delete; expire) are :mod:`mailsift.storage.quarantine.admin`'s,
 shared with the web quarantine and the digest links.
 
-Exit status: 0 done, 1 a message could not be found, released or deleted,
-2 a usage or config error.
+Exit status: 0 done, 1 a message could not be found, released or deleted
+(including one released meanwhile by another gateway, admin or click: "released
+already by X"), 2 a usage or config error, 3 (``release``) another release of a
+message holds its claim right now ("already being released by X"): nothing was
+sent; a claim its sender never finished (a crash) is taken over after 10 minutes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from mailsift.cli.common import Duration, config_option, load_config
 from mailsift.config import Config
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.address import address_problem
-from mailsift.storage.quarantine.admin import QuarantineProblem, delete, expire, reindex, release
+from mailsift.storage.quarantine.admin import (
+    QuarantineProblem,
+    ReleaseInProgress,
+    delete,
+    expire,
+    reindex,
+    release,
+)
 from mailsift.storage.quarantine.index import (
     HELD,
     STATES,
@@ -264,20 +274,26 @@ def release_command(
                 f"{entry.released_by}); --force sends it again",
                 err=True,
             )
-            status = 1
+            status = max(status, 1)
             continue
         try:
-            note = asyncio.run(release(config.settings, entry, recipients=recipients, next_hop=hop, by=who))
+            note = asyncio.run(
+                release(config.settings, entry, recipients=recipients, next_hop=hop, by=who, again=force)
+            )
+        except ReleaseInProgress as error:  # another gateway, admin or click has it: nothing sent
+            click.echo(f"mailsift: {error}", err=True)
+            status = max(status, 3)
+            continue
         except QuarantineProblem as error:
             click.echo(f"mailsift: {error}", err=True)
-            status = 1
+            status = max(status, 1)
             continue
         except ConfigError as error:
             click.echo(f"mailsift: {error.message}", err=True)
             sys.exit(2)
         except MailsiftError as error:
             click.echo(f"mailsift: {entry.id}: not released: {error.message}", err=True)
-            status = 1
+            status = max(status, 1)
             continue
         click.echo(f"{entry.id}: released by {who}: {note}")
     sys.exit(status)

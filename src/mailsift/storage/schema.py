@@ -15,7 +15,12 @@ table (migration)          indexes and constraints                used by
                            recipient)                             for the ``greylist`` scanner)
 ``auto_whitelist`` (0001)  primary key network                    :mod:`mailsift.storage.db`
 ``quarantine`` (0002)      ``ix_quarantine_created``,             :mod:`mailsift.storage.quarantine.index`,
-                           ``ix_quarantine_category``             :mod:`mailsift.web.quarantine_queries`
+                           ``ix_quarantine_category`` (0002);     :mod:`mailsift.web.quarantine_queries`
+                           ``retry_key`` column and
+                           ``ix_quarantine_retry_key``
+                           (0009_quarantine_retry)
+``quarantine_release``     primary key quarantine_id              :mod:`mailsift.storage.quarantine.admin`
+(0009_quarantine_retry)                                           (a release claimed before it is sent)
 ``quarantine_recipient``   ``ix_quarantine_recipient_recipient``  :mod:`mailsift.storage.quarantine.index`,
 (0002)                                                            :mod:`mailsift.web.quarantine_queries`
 ``maillog`` (0003, 0008)   ``ix_maillog_time``,                   :mod:`mailsift.reporting.logline` (writes),
@@ -107,10 +112,24 @@ quarantine_table = Table(
     Column("released_at", Float, nullable=True),
     Column("released_by", Text, nullable=True),
     Column("released_to", Text, nullable=True),
+    # Migration 0009_quarantine_retry: the MTA's retry of a message finds its copy (store.retry_key).
+    Column("retry_key", Text, nullable=False, server_default=""),
     Index("ix_quarantine_created", "created"),
     Index("ix_quarantine_category", "category"),
+    Index("ix_quarantine_retry_key", "retry_key"),
 )
-"""One row per quarantined message; times are Unix seconds; ``path`` is relative to the store."""
+"""One row per quarantined message; times are Unix seconds; ``path`` is relative to the store;
+``retry_key`` the sha256 of what stays the same across the MTA's retries (``''`` for older rows)."""
+
+quarantine_release_table = Table(
+    "quarantine_release",
+    metadata,
+    Column("quarantine_id", Text, primary_key=True),
+    Column("claimed_by", Text, nullable=False),
+    Column("claimed_at", Float, nullable=False),
+)
+"""A release in progress (0009_quarantine_retry): claimed before the message is sent, removed once
+it was recorded or failed; a claim older than the release timeout is a crashed sender's."""
 
 quarantine_recipient_table = Table(
     "quarantine_recipient",
@@ -260,6 +279,7 @@ __all__ = [
     "maillog_table",
     "metadata",
     "quarantine_recipient_table",
+    "quarantine_release_table",
     "quarantine_table",
     "stats_table",
     "user_policy_table",

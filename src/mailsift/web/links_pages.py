@@ -32,7 +32,7 @@ from mailsift.reporting import links
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.storage.policies import add_listed, list_entries, normalize_value
-from mailsift.storage.quarantine.admin import QuarantineProblem, release
+from mailsift.storage.quarantine.admin import AlreadyReleased, QuarantineProblem, ReleaseInProgress, release
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.web.auth import check_csrf
 from mailsift.web.templating import render
@@ -148,6 +148,12 @@ async def _release(
         return _page(request, 409, outcome="busy", **context)
     try:
         await release(_settings(request), entry, recipients=[claim.recipient], by=f"digest link {claim.recipient}")
+    except (ReleaseInProgress, AlreadyReleased) as error:  # the entry's claim: a release by webq, the CLI, a node
+        log.info("release link %s to <%s>: %s", entry.id, claim.recipient, error)
+        await _quietly(database.run(links.unclaim, entry.id, claim.recipient, links.RELEASE))
+        if isinstance(error, AlreadyReleased):
+            return RedirectResponse(request.url.path, status_code=303)  # shows "released already"
+        return _page(request, 409, outcome="busy", **context)
     except (QuarantineProblem, MailsiftError, ConfigError) as error:
         text = error.message if isinstance(error, MailsiftError | ConfigError) else str(error)
         log.warning("release link %s to <%s> failed: %s", entry.id, claim.recipient, text)

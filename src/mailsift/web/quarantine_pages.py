@@ -38,7 +38,7 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
-from mailsift.storage.quarantine.admin import QuarantineProblem, delete, release
+from mailsift.storage.quarantine.admin import AlreadyReleased, QuarantineProblem, ReleaseInProgress, delete, release
 from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry
 from mailsift.storage.quarantine.store import DamagedFile, locate, read_original
 from mailsift.web import mailview, users
@@ -217,6 +217,13 @@ async def release_action(request: Request) -> Response:
         return _back(entry)
     try:
         await release(_settings(request), entry, recipients=targets, by=f"web:{user.login}")
+    except ReleaseInProgress as error:  # another click, admin or gateway holds the claim: nothing sent
+        log.info("webq: %s: %s", user.login, error)
+        _flash(request, f"This message is being released by {error.by} right now; it is not sent twice.", "error")
+        return _back(entry)
+    except AlreadyReleased as error:
+        _flash(request, f"This message was released already by {error.entry.released_by}.", "error")
+        return _back(entry)
     except (QuarantineProblem, MailsiftError) as error:
         log.warning("webq: %s could not release %s: %s", user.login, entry.id, error)
         _flash(request, "The message could not be released now; try again later.", "error")

@@ -23,7 +23,14 @@ from mailsift.cli.quarantine import quarantine_group
 from mailsift.config import Config
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result as ScanResult
-from mailsift.storage.quarantine.index import RELEASED, QuarantineFilter, find_entries, get_entry
+from mailsift.storage.quarantine.index import (
+    RELEASED,
+    QuarantineFilter,
+    claim_release,
+    find_entries,
+    get_entry,
+    mark_released,
+)
 from mailsift.storage.quarantine.store import QuarantineStore, file_id, read_original, stored_files
 from mailsift.testing import RecordingServer, free_port
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
@@ -58,7 +65,9 @@ class Gateway:
         age: float = 0.0,
         index: bool = True,
     ) -> str:
-        store = QuarantineStore(self.root, self.settings.database if index else None, clock=lambda: time.time() - age)
+        database = self.settings.database if index else None
+        # Each call is a new arrival (tests store the same bytes twice for two entries): no retry reuse.
+        store = QuarantineStore(self.root, database, clock=lambda: time.time() - age, retry_window=0)
         mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
         path = asyncio.run(store.put(mail, category, ScanResult(1.0, "Test.Virus", "regexp_scan")))
         return file_id(path)
@@ -137,6 +146,22 @@ def test_release_by_defaults_to_the_invoking_user(gateway: Gateway, next_hop: Re
     assert gateway.entry(first).released_by == "operator7"
     assert gateway.cli("release", second, env={"SUDO_USER": "realadmin"}).exit_code == 0
     assert gateway.entry(second).released_by == "realadmin"
+
+
+def test_release_lost_to_another_claim_sends_nothing(gateway: Gateway, next_hop: RecordingServer) -> None:
+    """Another gateway or admin is releasing it right now: exit 3, nothing sent; released meanwhile: exit 1."""
+    entry_id = gateway.quarantine(message())
+    gateway.settings.database.call(claim_release, entry_id, "web:admin", time.time(), 600.0)
+    busy = gateway.cli("release", entry_id, "--by", "root")
+    assert busy.exit_code == 3, busy.output
+    assert "already being released by web:admin" in busy.stderr
+    assert next_hop.messages == []
+    assert gateway.entry(entry_id).state == "held"
+    other = gateway.quarantine(message("other"))
+    gateway.settings.database.call(mark_released, other, "node2", ["bob@example.test"], time.time())
+    forced = gateway.cli("release", other, "--by", "root", "--force")  # --force sends again, on purpose
+    assert forced.exit_code == 0, forced.output
+    assert len(next_hop.messages) == 1
 
 
 def test_release_to_another_next_hop(gateway: Gateway, next_hop: RecordingServer) -> None:

@@ -21,7 +21,7 @@ from itsdangerous import TimestampSigner
 
 from mailsift.reporting import links
 from mailsift.storage.policies import list_entries
-from mailsift.storage.quarantine.index import RELEASED, get_entry
+from mailsift.storage.quarantine.index import RELEASED, claim_release, get_entry
 from mailsift.testing import RecordingServer
 from tests.helpers.links import Gateway, link_app, serving
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
@@ -331,3 +331,18 @@ def test_two_clicks_at_once_release_once(web: Web, next_hop: RecordingServer) ->
     # page says "done" once; from then on it says "already".
     assert re.search(r'data-outcome="(done|already)"', client.get(path).text)
     assert 'data-outcome="already"' in client.get(path).text
+
+
+def test_a_release_link_yields_to_a_release_claimed_elsewhere(web: Web, next_hop: RecordingServer) -> None:
+    """webq, the CLI or another node holds the entry's release claim: 409 "busy", nothing sent, retry later."""
+    gateway, client, signer = web
+    entry_id = gateway.quarantine(MESSAGE)
+    path = f"/link/release/{signer.sign(links.RELEASE, entry_id, 'bob@example.test')}"
+    token = _csrf(client.get(path).text)
+    gateway.settings.database.call(claim_release, entry_id, "web:admin", time.time(), 600.0)
+    busy = client.post(path, data={"csrf_token": token}, follow_redirects=False)
+    assert busy.status_code == 409
+    assert 'data-outcome="busy"' in busy.text
+    assert next_hop.messages == []
+    # The link's own claim was given back: once the other release is gone, the click works.
+    assert gateway.settings.database.call(links.action_state, entry_id, "bob@example.test", links.RELEASE) is None

@@ -19,7 +19,7 @@ from mailsift.scanners.basic import regexp_scan
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage import policies as userpolicy
-from mailsift.storage.quarantine.index import get_entry
+from mailsift.storage.quarantine.index import claim_release, get_entry
 from mailsift.testing import RecordingServer
 from mailsift.web import mailview, users
 from mailsift.web.app import create_app
@@ -154,6 +154,21 @@ async def test_whitelist_recheck_and_release(server: WebqServer) -> None:
     entry = server.settings.database.call(get_entry, mine)
     assert entry is not None
     assert entry.state == "released"
+
+
+async def test_a_release_claimed_elsewhere_is_not_sent_twice(server: WebqServer) -> None:
+    """Another gateway or click holds the release claim: webq says so and sends nothing."""
+    mine = server.messages["mine"]
+    server.settings.database.call(claim_release, mine, "cli:root", time.time(), 600.0)
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        response = await client.post(f"/q/{mine}/release", data={"csrf_token": token}, follow_redirects=True)
+    assert "being released by cli:root right now" in response.text
+    assert server.recorder.messages == []
+    entry = server.settings.database.call(get_entry, mine)
+    assert entry is not None
+    assert entry.state == "held"
 
 
 def test_html_is_shown_as_text_only() -> None:

@@ -10,9 +10,17 @@ quarantined.
 * :func:`release` sends the original message, without mailsift's
   ``X-Mailsift-*`` envelope headers, to the next hop for its original
   recipients (or others), and only once the next hop accepted it records who
-  released it and when (SAGATOR's ``sqback``).
+  released it and when (SAGATOR's ``sqback``).  The release is first
+  *claimed* in the database (a ``quarantine_release`` row, one atomic
+  insert: :func:`mailsift.storage.sql.claim`), so two gateways, two admins or
+  two clicks releasing one message at once send it once: the loser gets
+  :class:`ReleaseInProgress` ("being released by X") or, when the winner has
+  finished, :class:`AlreadyReleased` ("released by X").  A claim whose sender
+  died (a crash after the claim, before the record) is taken over after
+  :data:`RELEASE_CLAIM_TIMEOUT` seconds.
 * :func:`reindex` adopts files that have no index row (a crash between the
-  fsync of a file and the commit of its row) from their headers;
+  fsync of a file and the commit of its row) from their headers, and removes
+  the store's retry markers of files indexed by now;
   :func:`expire` runs it first, so an orphan is expired by its own age, never
   deleted unseen.
 * :func:`delete` and :func:`expire` remove the row first, then the file: a
@@ -23,6 +31,7 @@ quarantined.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -31,24 +40,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.delivery.next_hop import resolve
-from mailsift.errors import RequestRefused, StorageError
+from mailsift.errors import MailsiftError, RequestRefused, StorageError
 from mailsift.message.address import check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import (
+    RELEASED,
     QuarantineEntry,
     QuarantineFilter,
     add_entry,
+    claim_release,
     find_entries,
+    finish_release,
+    get_entry,
     known_ids,
-    mark_released,
     remove_entry,
+    unclaim_release,
 )
 from mailsift.storage.quarantine.store import (
+    drop_retry_marker,
     file_id,
     locate,
     read_entry,
     read_original,
+    retry_markers,
     stored_files,
     unlink_durably,
 )
@@ -59,8 +74,31 @@ TMP_MAX_AGE = 36 * 3600
 """Maildir's rule: a ``tmp/`` file this old is a leftover of a write that never finished."""
 
 
+RELEASE_CLAIM_TIMEOUT = 600.0
+"""Seconds after which a release claim that was never finished (its sender died between the claim
+and the record) may be taken over; a send is bounded well below it by the next hop's timeouts."""
+
+
 class QuarantineProblem(RequestRefused):
     """A message that cannot be released or deleted (missing, damaged, already released)."""
+
+
+class ReleaseInProgress(QuarantineProblem):
+    """Another release of the message holds its claim: nothing was sent (try again later)."""
+
+    def __init__(self, entry_id: str, by: str, since: float) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since))
+        super().__init__(f"{entry_id}: already being released by {by} (since {when} UTC); not sent again")
+        self.by, self.since = by, since
+
+
+class AlreadyReleased(QuarantineProblem):
+    """The message was released to these recipients already (by another release that won)."""
+
+    def __init__(self, entry: QuarantineEntry) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.released_at or 0))
+        super().__init__(f"{entry.id}: released already by {entry.released_by} ({when} UTC); not sent again")
+        self.entry = entry
 
 
 @dataclass(frozen=True)
@@ -93,6 +131,10 @@ def reindex(settings: Settings) -> Reindexed:
             adopted.append(entry.id)
             log.info("reindex: adopted %s (%s)", entry.id, relative)
     dangling = sorted(indexed - set(on_disk))
+    done, present = indexed | set(adopted), set(on_disk.values())
+    for key, relative in retry_markers(root).items():
+        if file_id(relative) in done or relative not in present:
+            drop_retry_marker(root, key)  # indexed now (or gone): its retry finds the row instead
     return Reindexed(adopted, damaged, dangling)
 
 
@@ -104,13 +146,18 @@ async def release(
     next_hop: Any = None,
     by: str,
     now: float | None = None,
+    again: bool = False,
 ) -> str:
-    """Send ``entry``'s original message to the next hop, then record the release; returns the hop's note.
+    """Claim the release of ``entry``, send its original message to the next hop, then record the
+    release and drop the claim; returns the hop's note.
 
     The message goes to ``recipients`` (default: its original ones) from its
     original sender; mailsift's head is not sent.  Raises
-    :class:`QuarantineProblem` or a :class:`~mailsift.errors.MailsiftError`
-    (the next hop refused or is down: nothing is recorded).
+    :class:`QuarantineProblem` (:class:`ReleaseInProgress` when another
+    release holds the claim, :class:`AlreadyReleased` when the message was
+    released to these recipients meanwhile, unless ``again``) or a
+    :class:`~mailsift.errors.MailsiftError` (the next hop refused or is down:
+    nothing is recorded and the claim is given back).
     """
     path = locate(settings.quarantine_dir, entry)
     if path is None:
@@ -126,19 +173,29 @@ async def release(
     target = next_hop if next_hop is not None else settings.smtp_server
     if target is None:
         raise QuarantineProblem("no next hop: give --next-hop host:port or set SMTP_SERVER")
-    delivery = resolve(target, settings.state_dir)
-    envelope = Envelope(
-        sender=entry.sender,
-        recipients=targets,
-        queue_id=entry.id,
-        mail_options=[] if message.isascii() else ["BODY=8BITMIME"],
-    )
-    mail = Mail(envelope, message, spool_threshold=len(message) + 1)
+    database = settings.require_database()
+    claimed_at = time.time() if now is None else now
+    await database.run(_claim, entry.id, by, claimed_at, targets, again)
     try:
-        note = await delivery.deliver(mail, message)
-    finally:
-        await delivery.close()
-    settings.require_database().call(mark_released, entry.id, by, targets, time.time() if now is None else now)
+        delivery = resolve(target, settings.state_dir)
+        envelope = Envelope(
+            sender=entry.sender,
+            recipients=targets,
+            queue_id=entry.id,
+            mail_options=[] if message.isascii() else ["BODY=8BITMIME"],
+        )
+        mail = Mail(envelope, message, spool_threshold=len(message) + 1)
+        try:
+            note = await delivery.deliver(mail, message)
+        finally:
+            await delivery.close()
+    except BaseException:
+        try:
+            await database.run(unclaim_release, entry.id, by, claimed_at)
+        except MailsiftError as error:  # the claim goes stale and is taken over after the timeout
+            log.warning("release of %s: cannot give the claim back: %s", entry.id, error.message)
+        raise
+    await database.run(finish_release, entry.id, by, targets, time.time() if now is None else now, claimed_at)
     log.info(
         "released %s by=%s to=%s via %s: %s",
         entry.id,
@@ -148,6 +205,19 @@ async def release(
         note,
     )
     return note
+
+
+def _claim(connection: Any, entry_id: str, by: str, now: float, targets: Sequence[str], again: bool) -> None:
+    """Take the release claim, then check in the same transaction that nobody finished it meanwhile."""
+    blocking = claim_release(connection, entry_id, by, now, RELEASE_CLAIM_TIMEOUT)
+    if blocking is not None:
+        raise ReleaseInProgress(entry_id, blocking.by, blocking.at)
+    current = get_entry(connection, entry_id)
+    if current is None:  # raising rolls the claim back
+        raise QuarantineProblem(f"{entry_id}: no longer in the quarantine (deleted meanwhile)")
+    released_to = {str(r).lower() for r in json.loads(current.released_to or "[]")}
+    if current.state == RELEASED and not again and {t.lower() for t in targets} <= released_to:
+        raise AlreadyReleased(current)
 
 
 def delete(settings: Settings, entry: QuarantineEntry) -> None:

@@ -14,6 +14,11 @@ their ``X-Mailsift-*`` headers.  Adding is therefore "insert if absent", so a
 row written by the gateway and one adopted by a concurrent reindex never
 collide.
 
+Each row carries its ``retry_key`` (indexed): the MTA's retry of the same
+message finds the row with :func:`find_retry` and reuses it.  A release is
+claimed in ``quarantine_release`` (:func:`claim_release`) before it is sent
+and the claim dropped when the release is recorded (:func:`finish_release`).
+
 Every function here takes a SQLAlchemy ``Connection`` and is meant to be run
 through :meth:`mailsift.storage.db.Database.call` (one transaction) or ``run`` (the
 same, in a thread).
@@ -29,7 +34,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from mailsift.storage.schema import quarantine_recipient_table, quarantine_table
+from mailsift.storage.schema import quarantine_recipient_table, quarantine_release_table, quarantine_table
 from mailsift.storage.sql import claim
 
 HELD = "held"
@@ -60,6 +65,9 @@ class QuarantineEntry:
     released_at: float | None = None
     released_by: str | None = None
     released_to: str | None = None
+    retry_key: str = ""
+    """What stays the same across the MTA's retries (:func:`mailsift.storage.quarantine.store.retry_key`);
+    ``''`` for entries older than it."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``list --json``)."""
@@ -166,6 +174,17 @@ def get_entry(connection: Connection, entry_id: str) -> QuarantineEntry | None:
     return found[0] if found else None
 
 
+def find_retry(connection: Connection, key: str, since: float) -> QuarantineEntry | None:
+    """The newest entry stored since ``since`` under the retry key ``key`` (the same message,
+    envelope and category), or None."""
+    q = quarantine_table.c
+    rows = connection.execute(
+        select(quarantine_table).where(q.retry_key == key, q.created >= since).order_by(q.created.desc(), q.id).limit(1)
+    ).all()
+    found = _with_recipients(connection, rows)
+    return found[0] if found else None
+
+
 def known_ids(connection: Connection) -> set[str]:
     """Every indexed id (for ``reindex``: files whose id is not here are orphans)."""
     return set(connection.execute(select(quarantine_table.c.id)).scalars())
@@ -183,10 +202,62 @@ def mark_released(connection: Connection, entry_id: str, by: str, to: Sequence[s
 
 
 def remove_entry(connection: Connection, entry_id: str) -> bool:
-    """Delete the row (and its recipients); True if it existed."""
+    """Delete the row (and its recipients and any release claim); True if it existed."""
     connection.execute(delete(quarantine_recipient_table).where(quarantine_recipient_table.c.quarantine_id == entry_id))
+    connection.execute(delete(quarantine_release_table).where(quarantine_release_table.c.quarantine_id == entry_id))
     return bool(connection.execute(delete(quarantine_table).where(quarantine_table.c.id == entry_id)).rowcount)
 
 
 def count_entries(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(quarantine_table)).scalar_one())
+
+
+# --------------------------------------------------------------------------- release claims
+
+
+@dataclass(frozen=True)
+class ReleaseClaim:
+    """A release in progress: who claimed it and when (Unix seconds)."""
+
+    by: str
+    at: float
+
+
+def claim_release(connection: Connection, entry_id: str, by: str, now: float, stale: float) -> ReleaseClaim | None:
+    """Claim the release of ``entry_id`` for ``by``; None if this call has it, else the claim in the way.
+
+    One atomic insert (:func:`mailsift.storage.sql.claim`) decides between concurrent
+    releases on any gateway; a claim older than ``stale`` seconds (its sender died
+    between the claim and the record) is taken over by a compare-and-set update.
+    """
+    if claim(connection, quarantine_release_table, {"quarantine_id": entry_id, "claimed_by": by, "claimed_at": now}):
+        return None
+    c = quarantine_release_table.c
+    row = connection.execute(select(c.claimed_by, c.claimed_at).where(c.quarantine_id == entry_id)).first()
+    if row is None:  # given back in between: the next attempt may claim it
+        return ReleaseClaim("another release", now)
+    if row.claimed_at < now - stale:
+        taken = connection.execute(
+            update(quarantine_release_table)
+            .where(c.quarantine_id == entry_id, c.claimed_at == row.claimed_at)
+            .values(claimed_by=by, claimed_at=now)
+        ).rowcount
+        if taken:
+            return None
+    return ReleaseClaim(row.claimed_by, row.claimed_at)
+
+
+def unclaim_release(connection: Connection, entry_id: str, by: str, at: float) -> None:
+    """Give back this caller's claim (after a failure, or once the release was recorded)."""
+    c = quarantine_release_table.c
+    connection.execute(
+        delete(quarantine_release_table).where(c.quarantine_id == entry_id, c.claimed_by == by, c.claimed_at == at)
+    )
+
+
+def finish_release(
+    connection: Connection, entry_id: str, by: str, to: Sequence[str], now: float, claimed_at: float
+) -> None:
+    """Record the release and drop its claim, in one transaction."""
+    mark_released(connection, entry_id, by, to, now)
+    unclaim_release(connection, entry_id, by, claimed_at)

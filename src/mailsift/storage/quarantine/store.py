@@ -28,7 +28,10 @@ into ``new/`` (:func:`mailsift.delivery.maildir.store`); then the index row is
 committed; then :meth:`QuarantineStore.put` returns and the MTA may get its
 250.  A crash before the rename leaves a ``tmp/`` file no one answered for;
 a crash between rename and commit leaves an orphan file that ``reindex``
-adopts; after the commit the entry is complete.  ``MAILSIFT_TEST_CRASH_POINT``
+adopts; after the commit the entry is complete.  The MTA's retry of the message
+(after a crash at any of these points, or a 451 for a later step) reuses the
+copy instead of storing a second one: see :func:`retry_key` and
+:meth:`QuarantineStore.put`.  ``MAILSIFT_TEST_CRASH_POINT``
 (see :func:`crash_point`) kills the process at each of these points, for the
 crash test only.
 """
@@ -38,6 +41,9 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import errno
+import hashlib
+import json
+import logging
 import os
 import re
 import secrets
@@ -53,7 +59,9 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.mime.tree import Headers
 from mailsift.storage.db import Database
-from mailsift.storage.quarantine.index import QuarantineEntry, add_entry
+from mailsift.storage.quarantine.index import QuarantineEntry, add_entry, find_retry
+
+log = logging.getLogger("mailsift.quarantine")
 
 CATEGORIES = ("virus", "policy", "spam")
 ID_PATTERN = re.compile(r"_(\d{8}T\d{6}-[0-9a-f]{8})\.")
@@ -62,6 +70,13 @@ MAX_HEAD = 64 * 1024 * 1024
 """Refuse to read a mailsift head larger than this (a damaged or foreign file)."""
 SUBJECT_BLOCK = 256 * 1024
 """How much of an orphan's original header block is read for its Subject."""
+RETRY_WINDOW = 5 * 86400.0
+"""How long the MTA's retry of a message reuses the copy its first attempt stored (Postfix's
+``maximal_queue_lifetime`` is 5 days); :class:`QuarantineStore`'s ``retry_window`` sets another."""
+RETRY_MARKERS = ".retry"
+"""Under the quarantine root: ``<retry key>`` files naming a stored file not yet indexed (see put)."""
+TRACE_FIELDS = (b"received", b"return-path")
+"""Trace header fields left out of the retry key (with ``X-Mailsift-*``) while they lead the message."""
 
 # ---------------------------------------------------------------- test-only crash points
 #
@@ -130,6 +145,7 @@ def _head(entry: QuarantineEntry, detail: str) -> bytes:
         *([f"X-Mailsift-Detail: {_clean(detail)[:900]}"] if detail else []),
         f"X-Mailsift-Client: {entry.client}",
         *([f"X-Mailsift-Queue-Id: {_clean(entry.queue_id)}"] if entry.queue_id else []),
+        *([f"X-Mailsift-Retry-Key: {entry.retry_key}"] if entry.retry_key else []),
         f"Return-Path: <{_clean(entry.sender)}>",
         *(f"X-Envelope-To: <{_clean(r)}>" for r in entry.recipients),
     ]
@@ -228,6 +244,7 @@ def _read_entry(root: str, relative: str, path: str) -> QuarantineEntry:
         client=values.get("x-mailsift-client", ""),
         path=relative,
         queue_id=values.get("x-mailsift-queue-id", ""),
+        retry_key=values.get("x-mailsift-retry-key", ""),
     )
 
 
@@ -297,17 +314,63 @@ def unlink_durably(path: str) -> None:
 # ---------------------------------------------------------------- writing
 
 
+def retry_key(mail: Mail, category: str) -> str:
+    """What stays the same when the MTA retries ``mail``: a sha256 (hex) of the raw message without
+    its leading trace header fields, of the envelope (sender, sorted recipients) and of ``category``.
+
+    Left out are the header fields at the top of the message named ``Received``,
+    ``Return-Path`` or ``X-Mailsift-*`` (with their continuation lines), up to the
+    first other field: what a relay before mailsift may add anew on each attempt.
+    Everything from that field on, body included, is hashed as received.  (The
+    quarantine's own key, kept here; the same message is the same bytes below the
+    trace headers.)  Streams a spooled message; reads it all once.
+    """
+    digest = hashlib.sha256()
+    with mail.open() as stream:
+        skipping = True  # still in the leading trace fields
+        partial = False  # the previous chunk ended inside a line
+        while skipping:
+            line = stream.readline(64 * 1024)
+            if not line:
+                break
+            # A continuation line, or the rest of a long line, belongs to the trace field before it.
+            continued, partial = partial or line[:1] in (b" ", b"\t"), not line.endswith(b"\n")
+            name = line.split(b":", 1)[0].strip().lower() if b":" in line else b""
+            if continued or name in TRACE_FIELDS or name.startswith(b"x-mailsift-"):
+                continue
+            skipping = False
+            digest.update(line)
+        while block := stream.read(256 * 1024):
+            digest.update(block)
+    envelope = mail.envelope
+    parts = [digest.hexdigest(), envelope.sender, sorted(envelope.recipients), category]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class QuarantineStore:
     """Writes quarantined messages durably under ``root`` and indexes them in ``database``.
 
     Without a database (tests building bare settings) the files are written
     alone; ``mailsift quarantine reindex`` can index them later.
+
+    ``retry_window`` (seconds, default :data:`RETRY_WINDOW`: 5 days): a message
+    stored again within this time with the same :func:`retry_key` (the MTA's
+    retry after a 451 or a crash) reuses the first copy: no second file, no
+    second row, and the log says so; ``0`` stores every attempt anew.
     """
 
-    def __init__(self, root: str, database: Database | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: str,
+        database: Database | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        retry_window: float = RETRY_WINDOW,
+    ) -> None:
         self.root = root
         self.database = database
         self.clock = clock
+        self.retry_window = retry_window
 
     def folder(self, category: str) -> str:
         return os.path.join(self.root, category)
@@ -316,21 +379,56 @@ class QuarantineStore:
         """Store ``mail`` in ``category``, fsynced, then index it; returns the file path.
 
         Raises :class:`~mailsift.errors.StorageError` (file) or
-        :class:`~mailsift.errors.DatabaseError` (index): both answer 451.  A
-        file whose row failed stays, to be adopted by ``reindex``; the MTA's
-        retry stores a second copy (a duplicate, never a loss).
+        :class:`~mailsift.errors.DatabaseError` (index): both answer 451.  The
+        MTA's retry of the same message (:func:`retry_key`) within the retry
+        window gets the copy stored before: found by its row, or, when the
+        row was never committed (a crash or a database failure after the
+        file's fsync), by the marker ``<root>/.retry/<key>`` written with the
+        file and removed once its row is committed.
         """
         try:
-            entry, path = await asyncio.to_thread(self._write, mail, category, result)
+            key = await asyncio.to_thread(retry_key, mail, category)
+        except OSError as error:  # a spooled message that cannot be read
+            raise StorageError(f"cannot read the message to quarantine: {error.strerror or error}") from error
+        reused = await self._reuse(mail, key) if self.retry_window > 0 else None
+        if reused is not None:
+            return reused
+        try:
+            entry, path = await asyncio.to_thread(self._write, mail, category, result, key)
         except OSError as error:  # maildir.store and Mail convert their own; this is what is left
             raise StorageError(f"cannot write to the quarantine: {error.strerror or error}") from error
         crash_point("quarantine-stored")
         if self.database is not None:
             await self.database.run(_index, entry)
         crash_point("quarantine-indexed")
+        _drop_marker(self.root, key)
         return path
 
-    def _entry(self, mail: Mail, category: str, result: Result) -> QuarantineEntry:
+    async def _reuse(self, mail: Mail, key: str) -> str | None:
+        """The path of this message's copy stored within the retry window, or None."""
+        since = self.clock() - self.retry_window
+        queue_id = mail.envelope.queue_id or "-"
+        if self.database is not None:
+            try:
+                entry = await self.database.run(find_retry, key, since)
+            except MailsiftError as error:  # the index step will tell; the file first, as ever
+                log.warning("queue_id=%s: quarantine retry lookup failed: %s", queue_id, error.message)
+            else:
+                path = None if entry is None else await asyncio.to_thread(locate, self.root, entry)
+                if entry is not None and path is not None:
+                    log.info("queue_id=%s: retried message: quarantine copy %s reused (%s)", queue_id, entry.id, path)
+                    return path
+        orphan = await asyncio.to_thread(_marked, self.root, key, since)
+        if orphan is None:
+            return None
+        entry, path = orphan
+        if self.database is not None:
+            await self.database.run(add_entry, entry)
+        _drop_marker(self.root, key)
+        log.info("queue_id=%s: retried message: unindexed quarantine copy %s indexed, reused", queue_id, entry.id)
+        return path
+
+    def _entry(self, mail: Mail, category: str, result: Result, key: str) -> QuarantineEntry:
         env = mail.envelope
         now = self.clock()
         try:
@@ -351,14 +449,79 @@ class QuarantineStore:
             client=f"{_clean(env.client_name or 'unknown')} [{_clean(env.client_address or 'unknown')}]",
             path="",
             queue_id=env.queue_id,
+            retry_key=key,
         )
 
-    def _write(self, mail: Mail, category: str, result: Result) -> tuple[QuarantineEntry, str]:
-        entry = self._entry(mail, category, result)
+    def _write(self, mail: Mail, category: str, result: Result, key: str) -> tuple[QuarantineEntry, str]:
+        entry = self._entry(mail, category, result, key)
         with mail.open() as stream:
             source: Any = _CrashAtEnd(stream) if _CRASH_POINT else stream
             path = maildir.store(self.folder(category), [_head(entry, result.detail)], tag=entry.id, source=source)
-        return entry.with_path(os.path.relpath(path, self.root)), path
+        relative = os.path.relpath(path, self.root)
+        _write_marker(self.root, key, relative)
+        return entry.with_path(relative), path
+
+
+# ---------------------------------------------------------------- retry markers
+#
+# A file stored but not yet indexed is found by no query: for that window (and
+# after a crash or a database failure in it) <root>/.retry/<key> names it.  The
+# marker is not fsynced: lost in a power failure, it costs a duplicate copy at
+# worst, never a message.  ``reindex`` removes the markers of files it indexed.
+
+
+def _marker_path(root: str, key: str) -> str:
+    return os.path.join(root, RETRY_MARKERS, key)
+
+
+def _write_marker(root: str, key: str, relative: str) -> None:
+    folder = os.path.join(root, RETRY_MARKERS)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(_marker_path(root, key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write(relative)
+
+
+def _drop_marker(root: str, key: str) -> None:
+    try:
+        os.unlink(_marker_path(root, key))
+    except OSError:  # gone already (reindex took it), or never written: nothing to undo
+        pass
+
+
+def _marked(root: str, key: str, since: float) -> tuple[QuarantineEntry, str] | None:
+    """The unindexed copy the marker for ``key`` names, if it is still there, whole and recent."""
+    try:
+        with open(_marker_path(root, key), encoding="utf-8", errors="surrogateescape") as handle:
+            relative = handle.read(4096)
+        entry = read_entry(root, relative)
+    except (OSError, StorageError):  # no marker, or its file is gone or damaged: store anew
+        return None
+    if entry.retry_key != key or entry.created < since or os.path.isabs(relative) or ".." in relative.split(os.sep):
+        return None
+    return entry, os.path.join(root, relative)
+
+
+def retry_markers(root: str) -> dict[str, str]:
+    """Every retry marker: key → the relative path it names (``reindex`` cleans them up)."""
+    folder = os.path.join(root, RETRY_MARKERS)
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as handle:
+                found[name] = handle.read(4096)
+        except OSError:
+            continue
+    return found
+
+
+def drop_retry_marker(root: str, key: str) -> None:
+    """Remove the marker of ``key`` (its file is indexed now, or gone)."""
+    _drop_marker(root, key)
 
 
 def _index(connection: Any, entry: QuarantineEntry) -> None:
