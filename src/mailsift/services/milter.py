@@ -479,13 +479,13 @@ class MilterSession:
         env = self.envelope()
         if self.too_big or self.too_many_recipients:
             refusal = replies.TOO_BIG if self.too_big else TOO_MANY_RECIPIENTS
-            reason = f"over max_size ({self.service.max_size} bytes)" if self.too_big else "too many recipients"
+            reason = f"message over max_size ({self.service.max_size} bytes)" if self.too_big else "too many recipients"
             log.info(
-                "%s refused at end of message: %s %s (%s) from=<%s> client=%s[%s]",
+                "%s: %s: refused at end of message: %s %s from=<%s> client=%s[%s]",
                 env.queue_id,
+                reason,
                 refusal.code,
                 refusal.text,
-                reason,
                 env.sender,
                 env.client_name or "-",
                 env.client_address or "-",
