@@ -366,6 +366,8 @@ class _FakeServer:
             await asyncio.sleep(0.002)
 
 
+_OUT_OF_SESSION = "Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR"  # clamd's words
+
 ClamdBehaviour = Literal[
     "ok",
     "found",
@@ -392,7 +394,12 @@ class FakeClamd(_FakeServer):
     request's number); ``endless`` (an answer with no end); ``truncated`` (half
     an answer, then EOF); ``size_limit`` (refuse streams over ``limit`` bytes
     like clamd's StreamMaxLength).  ``split`` sends each answer in pieces.
-    ``streams`` holds every stream received, ``connections`` counts connections.
+    ``streams`` holds every stream received, ``chunks`` the lengths of each
+    stream's data chunks (the terminator not counted), ``commands`` every
+    command as received (a stray ``b"\\0"`` is a client out of step: a
+    zero-length chunk sent before the terminator), ``connections`` counts
+    connections.  Like clamd, an unknown command inside a session is answered
+    ``Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR``.
     """
 
     def __init__(
@@ -403,12 +410,17 @@ class FakeClamd(_FakeServer):
         limit: int = 1000,
         virus: str = "Win.Test.Fake-1",
         split: bool = False,
+        signature: bytes | None = None,
     ) -> None:
         super().__init__(path, split)
         self.behaviour: ClamdBehaviour = behaviour
+        self.signature = signature
+        """Under ``ok``, a stream that contains these bytes is answered ``virus`` FOUND (as a signature)."""
         self.limit = limit
         self.virus = virus
         self.streams: list[bytes] = []
+        self.chunks: list[list[int]] = []
+        self.commands: list[bytes] = []
 
     async def start(self) -> FakeClamd:
         await super().start()
@@ -421,6 +433,7 @@ class FakeClamd(_FakeServer):
         session, number = False, 0
         while True:
             command = await reader.readuntil(b"\0")
+            self.commands.append(command)
             if command == b"zIDSESSION\0":
                 session = True
                 continue
@@ -435,16 +448,20 @@ class FakeClamd(_FakeServer):
                 await self.send(writer, f"{tag}ClamAV 1.0.0/27000/Fake\0".encode())
                 continue
             if command != b"zINSTREAM\0":
-                await self.send(writer, f"{tag}UNKNOWN COMMAND\0".encode())
+                refusal = _OUT_OF_SESSION if session else "UNKNOWN COMMAND"
+                await self.send(writer, f"{tag}{refusal}\0".encode())
                 return
             if self.behaviour == "close_on_next" and number > 1:
                 return
             data = b""
             refused = False
+            chunks: list[int] = []
+            self.chunks.append(chunks)
             while True:
                 (length,) = struct.unpack("!L", await reader.readexactly(4))
                 if length == 0:
                     break
+                chunks.append(length)
                 data += await reader.readexactly(length)
                 if self.behaviour == "size_limit" and len(data) > self.limit:
                     refused = True
@@ -453,7 +470,9 @@ class FakeClamd(_FakeServer):
             if refused:
                 await self.send(writer, f"{tag}INSTREAM size limit exceeded. ERROR\0".encode())
                 return
-            if not await self.answer(writer, tag):
+            if self.signature is not None and self.signature in data and self.behaviour == "ok":
+                await self.send(writer, f"{tag}stream: {self.virus} FOUND\0".encode())
+            elif not await self.answer(writer, tag):
                 return
 
     async def answer(self, writer: asyncio.StreamWriter, tag: str) -> bool:

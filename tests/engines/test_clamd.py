@@ -23,6 +23,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import OVERSIZE_NAME, clamd
+from mailsift.scanners.match import recover
 from mailsift.scanners.parsemail import parsemail
 from tests.helpers.archives import seven_zip_of, tar_gz_of, zip_of
 from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILE_NAMES, TESTFILES, ClamdInstance
@@ -271,3 +272,38 @@ def test_pooled_session_outlives_its_event_loop(clamd_instance: ClamdInstance) -
         assert asyncio.run(scanner.scan(MailTarget(make_mail(EICAR)))).detected
     assert scanner.connections_opened == 1
     asyncio.run(scanner.aclose())
+
+
+# --------------------------------------------------------------------------- empty objects (issue 11, finding 1)
+
+EMPTY = ("empty.txt", b"", "application/octet-stream")
+
+
+async def test_empty_attachment_is_scanned_clean_per_part(scanner: clamd) -> None:
+    """An empty part is an INSTREAM with no data chunk: clean, and the session stays in step."""
+    mail = make_mail(attachment_mail(EMPTY))
+    for _ in range(3):  # the same session, again and again
+        result = await parsemail(scanner).scan(MailTarget(mail))
+        assert (result.level, result.name) == (0.0, ""), result
+    decision = await Pipeline([parsemail(scanner)]).evaluate(mail)
+    assert decision.disposition is Disposition.DELIVER, decision
+    assert await scanner.instream(b"") == "stream: OK"
+    found = await scanner.scan(MailTarget(make_mail(EICAR)))  # the next scans are still answered
+    assert found.name in EICAR_NAMES
+    assert not (await scanner.scan(MailTarget(make_mail(b"clean")))).detected
+    assert scanner.connections_opened == 1  # one session all along: clamd never saw a stray command
+    [session] = scanner._idle
+    assert session.requests == 3 * 2 + 2 + 1 + 2  # text part and empty part per parsemail, then the rest
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["parsemail", "recover-level-0"])
+async def test_eicar_next_to_an_empty_attachment_is_found(scanner: clamd, fail_open: bool) -> None:
+    """An empty file next to a virus must not carry it through, even under the documented fail-open."""
+    for attachments in [(EMPTY, ("eicar.com", EICAR, "application/octet-stream"))] * 2 + [
+        (("eicar.com", EICAR, "application/octet-stream"), EMPTY)
+    ]:
+        expression = parsemail(scanner)
+        pipeline = Pipeline([recover(expression, level=0.0) if fail_open else expression])
+        decision = await pipeline.evaluate(make_mail(attachment_mail(*attachments)))
+        assert decision.disposition is Disposition.REJECT, decision
+        assert decision.result.name in EICAR_NAMES

@@ -26,9 +26,12 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.clamav import OVERSIZE_NAME, _Session, clamd
+from mailsift.scanners.engines.clamav import _CHUNK, OVERSIZE_NAME, _Session, clamd
+from mailsift.scanners.match import recover
+from mailsift.scanners.parsemail import parsemail
 from mailsift.testing import FakeClamd
 from tests.helpers import engines
+from tests.helpers.messages import attachment_mail
 
 
 @pytest.fixture
@@ -331,3 +334,52 @@ async def test_fake_on_tcp_and_stopped_is_down() -> None:
     with pytest.raises(ScannerUnavailable):
         await scanner.scan(target(b"x"))
     await scanner.aclose()
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11)
+
+
+async def test_empty_object_is_the_terminator_alone(fake: FakeClamd, scanner: clamd) -> None:
+    """Finding 1: no zero-length data chunk; clamd would read the real terminator as a command."""
+    for _ in range(3):
+        assert not (await scanner.scan(target(b""))).detected
+    assert not (await scanner.scan(target(b"x"))).detected
+    assert fake.streams == [b"", b"", b"", b"x"]
+    assert fake.chunks == [[], [], [], [1]]
+    assert fake.commands == [b"zIDSESSION\0"] + [b"zINSTREAM\0"] * 4  # nothing stray between them
+    assert fake.connections == 1
+
+
+async def test_empty_attachment_next_to_a_virus_through_parsemail(fake: FakeClamd, scanner: clamd) -> None:
+    mail = target(
+        attachment_mail(("empty.txt", b"", "text/plain"), ("virus.com", b"VIRUS", "application/octet-stream"))
+    ).mail
+    fake.signature = b"VIRUS"  # the part after the empty one is infected
+    for expression in (parsemail(scanner), recover(parsemail(scanner), level=0.0)):
+        decision = await Pipeline([expression]).evaluate(mail)
+        assert decision.disposition is Disposition.REJECT, decision
+        assert decision.result.name == fake.virus
+    assert b"" in fake.streams
+    assert b"\0" not in fake.commands
+    assert all(0 not in chunks for chunks in fake.chunks)
+    assert fake.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("size", "chunks"),
+    [
+        (1, [1]),
+        (_CHUNK - 1, [_CHUNK - 1]),
+        (_CHUNK, [_CHUNK]),
+        (_CHUNK + 1, [_CHUNK, 1]),
+        (2 * _CHUNK, [_CHUNK, _CHUNK]),
+        (2 * _CHUNK + 1, [_CHUNK, _CHUNK, 1]),
+    ],
+)
+async def test_chunk_boundaries(fake: FakeClamd, scanner: clamd, size: int, chunks: list[int]) -> None:
+    data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    assert not (await scanner.scan(target(data))).detected
+    assert not (await scanner.scan(target(data))).detected  # and the session is still in step
+    assert fake.streams == [data, data]
+    assert fake.chunks == [chunks, chunks]
+    assert fake.connections == 1
