@@ -294,13 +294,32 @@ def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
 # =========================================================================== engine fakes
 
 
+class _HangUp(Exception):
+    """Ends a fake's connection after an answer cut short (``cut``)."""
+
+
 class _FakeServer:
-    """What the engine fakes share: a listener in the running loop, its connections, split writes."""
+    """What the engine fakes share: a listener in the running loop, its connections, split writes.
+
+    Faults every fake has (attributes, set before or between scans):
+
+    * ``split``: each answer goes in pieces of ``piece`` bytes (3; ``1`` is
+      byte by byte) with ``pause`` seconds between them, so the client reads
+      it across many reads and must reassemble it;
+    * ``cut``: only the first ``cut`` bytes of each answer are sent, then the
+      fake does ``after_cut``: ``"close"`` (end the connection: a daemon that
+      died mid-answer), ``"reset"`` (an abortive close, TCP RST) or
+      ``"hang"`` (stay silent with the connection open).
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, split: bool) -> None:
         self.path = Path(path) if path is not None else None
         self.split = split
         """Send each answer in pieces (a few bytes, a pause, the rest): the client must reassemble."""
+        self.piece = 3
+        self.pause = 0.002
+        self.cut: int | None = None
+        self.after_cut: Literal["close", "reset", "hang"] = "close"
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -343,7 +362,7 @@ class _FakeServer:
         self.connections += 1
         try:
             await self.handle(reader, writer)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError, _HangUp):
             pass
         finally:
             self._tasks.discard(task)
@@ -355,15 +374,28 @@ class _FakeServer:
         raise NotImplementedError
 
     async def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """Write ``data``, in pieces with pauses when ``split``."""
+        """Write ``data``, in pieces with pauses when ``split``, cut short after ``cut`` bytes."""
+        cut = self.cut is not None and self.cut < len(data)
+        if self.cut is not None:
+            data = data[: self.cut]
         if not self.split or len(data) < 2:
             writer.write(data)
             await writer.drain()
+        else:
+            for start in range(0, len(data), self.piece):
+                writer.write(data[start : start + self.piece])
+                await writer.drain()
+                await asyncio.sleep(self.pause)
+        if not cut:
             return
-        for start in range(0, len(data), 3):
-            writer.write(data[start : start + 3])
-            await writer.drain()
-            await asyncio.sleep(0.002)
+        if self.after_cut == "hang":
+            await asyncio.sleep(3600)
+        if self.after_cut == "reset":
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        raise _HangUp
 
 
 _OUT_OF_SESSION = "Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR"  # clamd's words

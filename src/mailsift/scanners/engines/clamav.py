@@ -26,9 +26,10 @@ Sessions are plain non-blocking sockets driven by the running loop's
 ``sock_*`` methods, so a pool outlives the event loop that filled it.
 
 Errors (mapped by :mod:`.common`, as for every engine): clamd down (no socket,
-connection refused) -> :class:`ScannerUnavailable`; connect or scan too slow ->
-:class:`ScannerTimeout`; an ``ERROR`` answer or a broken exchange ->
-:class:`ScannerError`.  All of them tempfail the message.
+connection refused) or the connection closed before the answer ended (clamd
+died or restarted mid-scan) -> :class:`ScannerUnavailable`; connect or scan too
+slow -> :class:`ScannerTimeout`; an ``ERROR`` answer or an answer out of step
+-> :class:`ScannerError`.  All of them tempfail the message; none is a verdict.
 
 Size: clamd refuses a stream longer than its ``StreamMaxLength`` (25M by
 default) with ``INSTREAM size limit exceeded. ERROR``.  ``stream_max_length``
@@ -185,7 +186,7 @@ class clamd(Scanner):
             try:
                 return await self._exchange(session, data)
             except _Gone as gone:
-                raise ScannerError(f"clamd {self.where}: connection closed before the answer ({gone})") from None
+                raise ScannerUnavailable(f"clamd {self.where}: connection closed before the answer ({gone})") from None
 
     async def command(self, command: str) -> str:
         """Send one simple command (``PING``, ``VERSION``) on its own connection."""
@@ -330,7 +331,7 @@ async def _read_reply(sock: socket.socket) -> str:
         if not chunk:
             if not buffer:
                 raise _Gone("end of file")
-            raise ScannerError(f"clamd: truncated answer {buffer[:200]!r}")
+            raise ScannerUnavailable(f"clamd: truncated answer {buffer[:200]!r}: the connection closed mid-answer")
         buffer += chunk
         if len(buffer) > _MAX_REPLY:
             raise ScannerError(f"clamd: answer longer than {_MAX_REPLY} bytes")

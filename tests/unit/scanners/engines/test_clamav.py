@@ -383,3 +383,38 @@ async def test_chunk_boundaries(fake: FakeClamd, scanner: clamd, size: int, chun
     assert fake.streams == [data, data]
     assert fake.chunks == [chunks, chunks]
     assert fake.connections == 1
+
+
+async def test_answers_byte_by_byte(fake: FakeClamd, scanner: clamd) -> None:
+    """Every answer split into one-byte writes: reassembled, and the session stays in step."""
+    fake.split, fake.piece, fake.pause = True, 1, 0.0005
+    fake.signature = b"VIRUS"
+    for data in (b"", b"clean", b"a VIRUS here", b"clean again"):
+        result = await scanner.scan(target(data))
+        assert result.detected == (b"VIRUS" in data)
+    assert await scanner.command("PING") == "PONG"
+    assert fake.connections == 2  # one session for the scans, one connection for PING
+
+
+# the answer "1: stream: Win.Test.Fake-1 FOUND\0" (33 bytes) cut after 0, 1, 3, 11 and 32 bytes
+CLAMD_CUTS = [0, 1, 3, 11, 32]
+
+
+@pytest.mark.parametrize("after_cut", ["close", "reset"])
+@pytest.mark.parametrize("cut", CLAMD_CUTS)
+async def test_connection_closed_mid_answer(cut: int, after_cut: Any) -> None:
+    """A clamd that dies in the middle of its answer: no verdict (not even a complete-looking
+    ``... FOUND`` without its NUL), ScannerUnavailable, 451."""
+    async with FakeClamd(behaviour="found") as fake:
+        fake.cut, fake.after_cut = cut, after_cut
+        error = await engines.check_cut_short(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        assert isinstance(error, ScannerUnavailable)
+        assert len(fake.streams) >= 2
+
+
+@pytest.mark.parametrize("cut", [0, 11, 32])
+async def test_answer_stopping_mid_way_times_out(cut: int) -> None:
+    async with FakeClamd(behaviour="found") as fake:
+        fake.cut, fake.after_cut = cut, "hang"
+        error = await engines.check_cut_short(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        assert isinstance(error, ScannerTimeout)
