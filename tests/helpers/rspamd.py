@@ -23,6 +23,7 @@ parent-PID walk).  The fixture ``rspamd_instance`` is session-scoped.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -133,7 +134,7 @@ class RspamdInstance:
         try:
             with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
                 return bool(response.read().strip() == b"pong")
-        except OSError:
+        except (OSError, http.client.HTTPException):  # a worker still starting may answer half a line
             return False
 
     def log_tail(self) -> str:
