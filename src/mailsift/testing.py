@@ -294,10 +294,6 @@ def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
 # =========================================================================== engine fakes
 
 
-class _HangUp(Exception):
-    """Ends a fake's connection after an answer cut short (``cut``)."""
-
-
 class _FakeServer:
     """What the engine fakes share: a listener in the running loop, its connections, split writes.
 
@@ -362,7 +358,7 @@ class _FakeServer:
         self.connections += 1
         try:
             await self.handle(reader, writer)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError, _HangUp):
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
             pass
         finally:
             self._tasks.discard(task)
@@ -395,7 +391,7 @@ class _FakeServer:
             if sock is not None and sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
-        raise _HangUp
+        raise ConnectionAbortedError("answer cut short on purpose")  # ends this connection's handler
 
 
 _OUT_OF_SESSION = "Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR"  # clamd's words
