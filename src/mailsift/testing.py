@@ -295,12 +295,27 @@ def envelope_lines(sender: str, recipients: Sequence[str]) -> bytes:
 
 
 class _FakeServer:
-    """What the engine fakes share: a listener in the running loop, its connections, split writes."""
+    """What the engine fakes share: a listener in the running loop, its connections, split writes.
+
+    Faults every fake has (attributes, set before or between scans):
+
+    * ``split``: each answer goes in pieces of ``piece`` bytes (3; ``1`` is
+      byte by byte) with ``pause`` seconds between them, so the client reads
+      it across many reads and must reassemble it;
+    * ``cut``: only the first ``cut`` bytes of each answer are sent, then the
+      fake does ``after_cut``: ``"close"`` (end the connection: a daemon that
+      died mid-answer), ``"reset"`` (an abortive close, TCP RST) or
+      ``"hang"`` (stay silent with the connection open).
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, split: bool) -> None:
         self.path = Path(path) if path is not None else None
         self.split = split
         """Send each answer in pieces (a few bytes, a pause, the rest): the client must reassemble."""
+        self.piece = 3
+        self.pause = 0.002
+        self.cut: int | None = None
+        self.after_cut: Literal["close", "reset", "hang"] = "close"
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -355,16 +370,31 @@ class _FakeServer:
         raise NotImplementedError
 
     async def send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """Write ``data``, in pieces with pauses when ``split``."""
+        """Write ``data``, in pieces with pauses when ``split``, cut short after ``cut`` bytes."""
+        cut = self.cut is not None and self.cut < len(data)
+        if self.cut is not None:
+            data = data[: self.cut]
         if not self.split or len(data) < 2:
             writer.write(data)
             await writer.drain()
+        else:
+            for start in range(0, len(data), self.piece):
+                writer.write(data[start : start + self.piece])
+                await writer.drain()
+                await asyncio.sleep(self.pause)
+        if not cut:
             return
-        for start in range(0, len(data), 3):
-            writer.write(data[start : start + 3])
-            await writer.drain()
-            await asyncio.sleep(0.002)
+        if self.after_cut == "hang":
+            await asyncio.sleep(3600)
+        if self.after_cut == "reset":
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        raise ConnectionAbortedError("answer cut short on purpose")  # ends this connection's handler
 
+
+_OUT_OF_SESSION = "Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR"  # clamd's words
 
 ClamdBehaviour = Literal[
     "ok",
@@ -392,7 +422,12 @@ class FakeClamd(_FakeServer):
     request's number); ``endless`` (an answer with no end); ``truncated`` (half
     an answer, then EOF); ``size_limit`` (refuse streams over ``limit`` bytes
     like clamd's StreamMaxLength).  ``split`` sends each answer in pieces.
-    ``streams`` holds every stream received, ``connections`` counts connections.
+    ``streams`` holds every stream received, ``chunks`` the lengths of each
+    stream's data chunks (the terminator not counted), ``commands`` every
+    command as received (a stray ``b"\\0"`` is a client out of step: a
+    zero-length chunk sent before the terminator), ``connections`` counts
+    connections.  Like clamd, an unknown command inside a session is answered
+    ``Only nCMDS\\n and zCMDS\\0 are accepted inside IDSESSION. ERROR``.
     """
 
     def __init__(
@@ -403,12 +438,17 @@ class FakeClamd(_FakeServer):
         limit: int = 1000,
         virus: str = "Win.Test.Fake-1",
         split: bool = False,
+        signature: bytes | None = None,
     ) -> None:
         super().__init__(path, split)
         self.behaviour: ClamdBehaviour = behaviour
+        self.signature = signature
+        """Under ``ok``, a stream that contains these bytes is answered ``virus`` FOUND (as a signature)."""
         self.limit = limit
         self.virus = virus
         self.streams: list[bytes] = []
+        self.chunks: list[list[int]] = []
+        self.commands: list[bytes] = []
 
     async def start(self) -> FakeClamd:
         await super().start()
@@ -421,6 +461,7 @@ class FakeClamd(_FakeServer):
         session, number = False, 0
         while True:
             command = await reader.readuntil(b"\0")
+            self.commands.append(command)
             if command == b"zIDSESSION\0":
                 session = True
                 continue
@@ -435,16 +476,20 @@ class FakeClamd(_FakeServer):
                 await self.send(writer, f"{tag}ClamAV 1.0.0/27000/Fake\0".encode())
                 continue
             if command != b"zINSTREAM\0":
-                await self.send(writer, f"{tag}UNKNOWN COMMAND\0".encode())
+                refusal = _OUT_OF_SESSION if session else "UNKNOWN COMMAND"
+                await self.send(writer, f"{tag}{refusal}\0".encode())
                 return
             if self.behaviour == "close_on_next" and number > 1:
                 return
             data = b""
             refused = False
+            chunks: list[int] = []
+            self.chunks.append(chunks)
             while True:
                 (length,) = struct.unpack("!L", await reader.readexactly(4))
                 if length == 0:
                     break
+                chunks.append(length)
                 data += await reader.readexactly(length)
                 if self.behaviour == "size_limit" and len(data) > self.limit:
                     refused = True
@@ -453,7 +498,9 @@ class FakeClamd(_FakeServer):
             if refused:
                 await self.send(writer, f"{tag}INSTREAM size limit exceeded. ERROR\0".encode())
                 return
-            if not await self.answer(writer, tag):
+            if self.signature is not None and self.signature in data and self.behaviour == "ok":
+                await self.send(writer, f"{tag}stream: {self.virus} FOUND\0".encode())
+            elif not await self.answer(writer, tag):
                 return
 
     async def answer(self, writer: asyncio.StreamWriter, tag: str) -> bool:

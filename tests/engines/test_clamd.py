@@ -23,6 +23,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import OVERSIZE_NAME, clamd
+from mailsift.scanners.match import recover
 from mailsift.scanners.parsemail import parsemail
 from tests.helpers.archives import seven_zip_of, tar_gz_of, zip_of
 from tests.helpers.clamd import EICAR, EICAR_NAMES, TESTFILE_NAMES, TESTFILES, ClamdInstance
@@ -271,3 +272,132 @@ def test_pooled_session_outlives_its_event_loop(clamd_instance: ClamdInstance) -
         assert asyncio.run(scanner.scan(MailTarget(make_mail(EICAR)))).detected
     assert scanner.connections_opened == 1
     asyncio.run(scanner.aclose())
+
+
+# --------------------------------------------------------------------------- empty objects (issue 11, finding 1)
+
+EMPTY = ("empty.txt", b"", "application/octet-stream")
+
+
+async def test_empty_attachment_is_scanned_clean_per_part(scanner: clamd) -> None:
+    """An empty part is an INSTREAM with no data chunk: clean, and the session stays in step."""
+    mail = make_mail(attachment_mail(EMPTY))
+    for _ in range(3):  # the same session, again and again
+        result = await parsemail(scanner).scan(MailTarget(mail))
+        assert (result.level, result.name) == (0.0, ""), result
+    decision = await Pipeline([parsemail(scanner)]).evaluate(mail)
+    assert decision.disposition is Disposition.DELIVER, decision
+    assert await scanner.instream(b"") == "stream: OK"
+    found = await scanner.scan(MailTarget(make_mail(EICAR)))  # the next scans are still answered
+    assert found.name in EICAR_NAMES
+    assert not (await scanner.scan(MailTarget(make_mail(b"clean")))).detected
+    assert scanner.connections_opened == 1  # one session all along: clamd never saw a stray command
+    [session] = scanner._idle
+    assert session.requests == 3 * 2 + 2 + 1 + 2  # text part and empty part per parsemail, then the rest
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["parsemail", "recover-level-0"])
+async def test_eicar_next_to_an_empty_attachment_is_found(scanner: clamd, fail_open: bool) -> None:
+    """An empty file next to a virus must not carry it through, even under the documented fail-open."""
+    for attachments in [(EMPTY, ("eicar.com", EICAR, "application/octet-stream"))] * 2 + [
+        (("eicar.com", EICAR, "application/octet-stream"), EMPTY)
+    ]:
+        expression = parsemail(scanner)
+        pipeline = Pipeline([recover(expression, level=0.0) if fail_open else expression])
+        decision = await pipeline.evaluate(make_mail(attachment_mail(*attachments)))
+        assert decision.disposition is Disposition.REJECT, decision
+        assert decision.result.name in EICAR_NAMES
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11, item 4)
+
+SMALL_LIMIT = 64 * 1024
+"""The StreamMaxLength of ``small_clamd``: streams at its edges stay cheap."""
+
+
+@pytest.fixture(scope="module")
+def small_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdInstance]:
+    """A clamd whose own StreamMaxLength is SMALL_LIMIT bytes, for this module's size edges."""
+    instance = ClamdInstance(tmp_path_factory.mktemp("clamd-small"), stream_max_length=str(SMALL_LIMIT))
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def address_of(instance: ClamdInstance, tcp: bool) -> Any:
+    return ["127.0.0.1", instance.port] if tcp else str(instance.socket_path)
+
+
+def eicar_across(size: int, boundary: int) -> bytes:
+    """``size`` bytes with an EICAR line whose first half ends at ``boundary`` (a chunk edge)."""
+    head = b"x" * (boundary - len(EICAR) // 2 - 1) + b"\n" + EICAR + b"\n"
+    return head + b"x" * (size - len(head))
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+async def test_instream_sizes_at_the_chunk_edges(clamd_instance: ClamdInstance, tcp: bool) -> None:
+    """Empty, one byte, one chunk - 1, = and + 1, two chunks: all answered on one session."""
+    from mailsift.scanners.engines.clamav import _CHUNK
+
+    scanner = clamd(address_of(clamd_instance, tcp))
+    try:
+        for size in (0, 1, _CHUNK - 1, _CHUNK, _CHUNK + 1, 2 * _CHUNK):
+            assert await scanner.instream(b"c" * size) == "stream: OK", size
+        for size in (_CHUNK + 64, 2 * _CHUNK + 1):
+            data = eicar_across(size, _CHUNK)
+            assert data[_CHUNK - 34 : _CHUNK + 34] == EICAR  # across the chunk edge
+            assert len(data) == size
+            assert (await scanner.instream(data)).removeprefix("stream: ").removesuffix(" FOUND") in EICAR_NAMES
+        assert await scanner.instream(b"") == "stream: OK"
+        assert scanner.connections_opened == 1  # every answer in step: one session throughout
+        assert scanner._idle[0].requests == 9
+    finally:
+        await scanner.aclose()
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+@pytest.mark.parametrize("oversize", ["detect", "pass", "tempfail"])
+async def test_clamd_stream_max_length_edges(small_clamd: ClamdInstance, tcp: bool, oversize: Any) -> None:
+    """clamd's own StreamMaxLength - 1 and = are scanned; + 1 (and far more, in several chunks) is
+    refused by clamd ("INSTREAM size limit exceeded") and becomes the oversize policy, not a broken
+    session: the next scans are answered."""
+    scanner = clamd(address_of(small_clamd, tcp), stream_max_length=16 * 1024 * 1024, oversize=oversize)
+    try:
+        for size in (SMALL_LIMIT - 1, SMALL_LIMIT):
+            assert not (await scanner.scan(MailTarget(make_mail(b"s" * size)))).detected
+        for size in (SMALL_LIMIT + 1, 3 * 1024 * 1024 + 5):
+            if oversize == "tempfail":
+                with pytest.raises(
+                    ScannerError, match=f"not scanned: {size} bytes exceed clamd's StreamMaxLength"
+                ) as caught:
+                    await scanner.scan(MailTarget(make_mail(b"s" * size)))
+                assert type(caught.value) is ScannerError
+            else:
+                result = await scanner.scan(MailTarget(make_mail(b"s" * size)))
+                expected = (1.0, OVERSIZE_NAME) if oversize == "detect" else (0.0, "")
+                assert (result.level, result.name) == expected, result
+                assert f"{size} bytes exceed clamd's StreamMaxLength" in result.detail
+            found = await scanner.scan(MailTarget(make_mail(EICAR)))  # the next scan is answered
+            assert found.name in EICAR_NAMES
+        assert await scanner.instream(b"") == "stream: OK"
+    finally:
+        await scanner.aclose()
+
+
+async def test_own_limit_edges_are_not_sent(small_clamd: ClamdInstance) -> None:
+    """stream_max_length set to clamd's: - 1 and = are sent, + 1 never is."""
+    scanner = clamd(str(small_clamd.socket_path), stream_max_length=SMALL_LIMIT)
+    try:
+        for size in (SMALL_LIMIT - 1, SMALL_LIMIT):
+            assert not (await scanner.scan(MailTarget(make_mail(b"s" * size)))).detected
+        result = await scanner.scan(MailTarget(make_mail(b"s" * (SMALL_LIMIT + 1))))
+        assert (result.level, result.name, result.detail) == (
+            1.0,
+            OVERSIZE_NAME,
+            f"{SMALL_LIMIT + 1} bytes exceed stream_max_length {SMALL_LIMIT}",
+        )
+        assert scanner._idle[0].requests == 2  # the third was never sent
+    finally:
+        await scanner.aclose()

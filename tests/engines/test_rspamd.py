@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.core.pipeline import Pipeline
+from mailsift.errors import ScannerUnavailable
 from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.rspamd import rspamd
 from tests.helpers.paths import CORPORA
-from tests.helpers.rspamd import RspamdInstance, rspamd_instance
+from tests.helpers.rspamd import MAX_MESSAGE, RspamdInstance, rspamd_instance
 
 pytestmark = pytest.mark.engines
 __all__ = ["rspamd_instance"]  # the session fixture, imported for pytest
@@ -127,3 +130,63 @@ async def test_same_verdict_as_rspamc(rspamd_instance: RspamdInstance, scanner: 
         level = max(level, 1.0)
     assert result.level == pytest.approx(level, abs=1e-6)
     assert result.detected is (expected["action"] == "reject" or level >= 1.0)
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11, item 4)
+
+
+def padded(data: bytes, size: int) -> bytes:
+    """``data`` with one long last line added to its body, to exactly ``size`` bytes."""
+    return data + b"\n" + b"x" * (size - len(data) - 2) + b"\n"
+
+
+async def test_empty_and_one_byte_messages_get_a_verdict(rspamd_instance: RspamdInstance, scanner: rspamd) -> None:
+    """An empty POST (``Content-Length: 0``) is answered like any message, not an HTTP error."""
+    for data in (b"", b"x", b"\n"):
+        result = await check(scanner, data, ENVELOPE)
+        assert result.action in ("no action", "add header", "greylist", "rewrite subject", "soft reject")
+    one = await check(scanner, b"x", ENVELOPE)
+    expected = rspamd_instance.rspamc(b"x", *RSPAMC_ENVELOPE)
+    assert (one.action, one.score) == (expected["action"], pytest.approx(expected["score"]))
+
+
+async def test_sizes_at_the_buffer_edges(rspamd_instance: RspamdInstance, scanner: rspamd) -> None:
+    """A ham padded to 64 KiB - 1, = and + 1: the verdict rspamc gets, on one kept connection."""
+    ham = HAM.read_bytes()
+    client = scanner.client()
+    for size in (65535, 65536, 65537):
+        data = padded(ham, size)
+        assert len(data) == size
+        result = await check(scanner, data, ENVELOPE)
+        expected = rspamd_instance.rspamc(data, *RSPAMC_ENVELOPE)
+        assert (result.action, result.score) == (expected["action"], pytest.approx(expected["score"]))
+        assert set(result.symbols) == set(expected["symbols"])
+    assert scanner.client() is client
+
+
+async def test_rspamd_max_message_edges(rspamd_instance: RspamdInstance) -> None:
+    """rspamd's own max_message - 1 and = get a verdict; + 1 is closed by rspamd without an answer:
+    ScannerUnavailable and a 451 (never a verdict, never a hang), and the next message is answered.
+    With ``max_size`` set to max_message, + 1 is never sent ("not checked")."""
+    ham = HAM.read_bytes()
+    scanner = rspamd(rspamd_instance.url, max_size=4 * MAX_MESSAGE, timeout=30)
+    matching = rspamd(rspamd_instance.url, max_size=MAX_MESSAGE, timeout=30)
+    try:
+        for size in (MAX_MESSAGE - 1, MAX_MESSAGE):
+            result = await check(scanner, padded(ham, size))
+            assert result.action in ("no action", "add header", "greylist")
+            assert "not checked" not in result.detail
+        over_data = padded(ham, MAX_MESSAGE + 1)
+        over = Mail(data=over_data)
+        with pytest.raises(ScannerUnavailable, match="closed the connection before its answer ended"):
+            await scanner.scan(MailTarget(over))
+        decision = await Pipeline([scanner]).evaluate(over)
+        assert (decision.disposition, decision.reply.code) == (Disposition.TEMPFAIL, 451)
+        assert (await check(scanner, GTUBE.read_bytes())).action == "reject"  # rspamd and the client are fine
+        result = await check(matching, over_data)
+        assert (result.level, result.name) == (0.0, "")
+        assert result.detail == f"not checked: over max_size ({MAX_MESSAGE + 1} > {MAX_MESSAGE} bytes)"
+        assert "not checked" not in (await check(matching, padded(ham, MAX_MESSAGE))).detail
+    finally:
+        await scanner.aclose()
+        await matching.aclose()

@@ -16,7 +16,7 @@ from mailsift.message.mail import Mail
 from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
-from mailsift.scanners.engines.spamassassin import spamassassind
+from mailsift.scanners.engines.spamassassin import SPAMC_MAX_SIZE, spamassassind
 from tests.helpers.paths import CORPORA
 from tests.helpers.spamd import STRICT_REQUIRED, STRICT_USER, SpamdInstance, spamd_instance
 
@@ -109,3 +109,54 @@ async def test_add_header_sees_the_spam_level(spamd_instance: SpamdInstance) -> 
     assert "GTUBE" in result.report
     (header,) = result.actions
     assert header.value == f"Spam {result.level:.2f}"
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11, item 4)
+
+
+def padded(data: bytes, size: int) -> bytes:
+    """``data`` with one long last line added to its body, to exactly ``size`` bytes (quick for spamd)."""
+    return data + b"\n" + b"x" * (size - len(data) - 2) + b"\n"
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+async def test_empty_and_one_byte_messages_get_a_verdict(spamd_instance: SpamdInstance, tcp: bool) -> None:
+    """spamd answers an empty request (``Content-length: 0``, no body) with a verdict, not an error.
+
+    spamc cannot send empty input (``spamc -x`` fails with EX_IOERR, without
+    ``-x`` it prints 0/0): spamd's verdict on it is the one on a bare newline.
+    """
+    address = spamd_instance.address if tcp else spamd_instance.socket_path
+    for data in (b"x", b"\n"):
+        result = await check(spamassassind(address, report=False), data)
+        assert (result.score, result.required, result.detected) == spamc_check(spamd_instance, data)
+        assert "EMPTY_MESSAGE" in result.symbols
+    empty = await check(spamassassind(address, report=False), b"")
+    assert (empty.score, empty.required, empty.detected) == spamc_check(spamd_instance, b"\n")
+    assert "EMPTY_MESSAGE" in empty.symbols
+
+
+async def test_sizes_at_the_stream_buffer_edges(spamd_instance: SpamdInstance) -> None:
+    """GTUBE padded to 64 KiB - 1, = and + 1: the whole message reaches spamd each time."""
+    gtube = GTUBE.read_bytes()
+    for size in (65535, 65536, 65537):
+        data = padded(gtube, size)
+        assert len(data) == size
+        result = await check(spamassassind(spamd_instance.address, report=False), data)
+        assert "GTUBE" in result.symbols
+        assert result.detected
+
+
+async def test_default_max_size_edges_match_spamc(spamd_instance: SpamdInstance) -> None:
+    """spamc's 500 KiB: - 1 and = are checked, + 1 is not (spamc prints 0/0 and sends nothing)."""
+    gtube = GTUBE.read_bytes()
+    scanner = spamassassind(spamd_instance.address, report=False)
+    for size in (SPAMC_MAX_SIZE - 1, SPAMC_MAX_SIZE):
+        result = await check(scanner, padded(gtube, size))
+        assert result.detected
+        assert "GTUBE" in result.symbols
+    over = padded(gtube, SPAMC_MAX_SIZE + 1)
+    result = await check(scanner, over)
+    assert (result.level, result.name) == (0.0, "")
+    assert result.detail == f"not checked: over max_size ({SPAMC_MAX_SIZE + 1} > {SPAMC_MAX_SIZE} bytes)"
+    assert spamd_instance.spamc(over, "-c").stdout.strip() == b"0/0"

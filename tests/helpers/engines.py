@@ -12,7 +12,11 @@ one behaviour:
   ten times the engine's timeout (a bound, not a measurement);
 * :func:`check_oversize` -- an object one byte over the engine's size limit is
   never sent and becomes what the engine's docs say (a finding, clean "not
-  scanned"/"not checked", or a tempfail); one at the limit is sent.
+  scanned"/"not checked", or a tempfail); one at the limit is sent;
+* :func:`check_cut_short` -- the engine's answer stops part way (the fakes'
+  ``cut``: the connection closed, reset, or left open and silent): never a
+  verdict, never a hang, but :class:`ScannerUnavailable` (the daemon, not the
+  message) or :class:`ScannerTimeout` within the bound, and a ``451``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ BOUND = 10
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: edge case\r\n\r\nhello\r\n"
 
 Oversized = Literal["detect", "pass", "not checked", "tempfail"]
+
+AFTER_CUT = ("close", "reset", "hang")
+"""What a fake does after the bytes it sends of a cut answer (``_FakeServer.after_cut``)."""
 
 
 def message_of(size: int) -> bytes:
@@ -120,3 +127,17 @@ async def check_oversize(
     await scanner.scan(target(message_of(limit)))
     assert sent() == before + 1  # at the limit, it is
     await scanner.aclose()
+
+
+async def check_cut_short(scanner: Scanner, engine: str, timeout: float = TIMEOUT) -> ScannerError:
+    """An answer cut short: ScannerUnavailable or ScannerTimeout within BOUND times ``timeout``, a 451."""
+    with pytest.raises((ScannerUnavailable, ScannerTimeout)) as caught:
+        await asyncio.wait_for(scanner.scan(target()), BOUND * timeout)
+    assert caught.value.message.startswith(engine), caught.value.message
+    decision = await asyncio.wait_for(Pipeline([scanner]).evaluate(target().mail), BOUND * timeout)
+    assert decision.disposition is Disposition.TEMPFAIL, decision
+    assert decision.reply.code == 451
+    assert decision.result.level == 0.0
+    await scanner.aclose()
+    assert isinstance(caught.value, ScannerError)
+    return caught.value

@@ -23,6 +23,7 @@ parent-PID walk).  The fixture ``rspamd_instance`` is session-scoped.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ options {
     .include "$CONFDIR/options.inc"
     dns { nameserver = ["127.0.0.1:1"]; timeout = 0.2s; retransmits = 0; }
     disable_hyperscan = true;
+    %(max_message)s
 }
 logging { type = "file"; filename = "$LOGDIR/rspamd.log"; level = "info"; }
 worker "normal" {
@@ -65,11 +67,16 @@ worker "normal" {
 """
 
 
-class RspamdInstance:
-    """rspamd's normal worker on ``127.0.0.1:port``."""
+MAX_MESSAGE = 1024 * 1024
+"""The session instance's ``max_message`` (rspamd's default is 50 MB): its edges stay cheap to test."""
 
-    def __init__(self, workdir: Path) -> None:
+
+class RspamdInstance:
+    """rspamd's normal worker on ``127.0.0.1:port``; ``max_message`` is rspamd's size limit (bytes)."""
+
+    def __init__(self, workdir: Path, max_message: int | None = None) -> None:
         self.workdir = workdir
+        self.max_message = max_message
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -78,7 +85,8 @@ class RspamdInstance:
         return f"http://127.0.0.1:{self.port}"
 
     def _write_config(self) -> None:
-        (self.workdir / "rspamd.conf").write_text(CONFIG % {"port": self.port})
+        limit = f"max_message = {self.max_message};" if self.max_message is not None else ""
+        (self.workdir / "rspamd.conf").write_text(CONFIG % {"port": self.port, "max_message": limit})
         local = self.workdir / "local" / "local.d"
         local.mkdir(parents=True, exist_ok=True)
         for module in NETWORK_MODULES:
@@ -126,7 +134,7 @@ class RspamdInstance:
         try:
             with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
                 return bool(response.read().strip() == b"pong")
-        except OSError:
+        except (OSError, http.client.HTTPException):  # a worker still starting may answer half a line
             return False
 
     def log_tail(self) -> str:
@@ -157,11 +165,11 @@ class RspamdInstance:
 
 @pytest.fixture(scope="session")
 def rspamd_instance() -> Iterator[RspamdInstance]:
-    """One private rspamd for the whole session, stopped by PID at the end."""
+    """One private rspamd for the whole session (``max_message`` MAX_MESSAGE), stopped by PID at the end."""
     if not (os.path.exists(RSPAMD) and os.path.exists(RSPAMC)):
         pytest.skip("rspamd is not installed (scripts/test.sh installs it)")
     workdir = Path(tempfile.mkdtemp(prefix="mailsift-rspamd-"))
-    instance = RspamdInstance(workdir)
+    instance = RspamdInstance(workdir, max_message=MAX_MESSAGE)
     try:
         instance.start()
         yield instance

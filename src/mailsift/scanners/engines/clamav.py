@@ -13,7 +13,8 @@ PyPI are unmaintained and blocking.  It is small:
   each reply prefixed with the request's number (``"3: stream: OK"``) until
   ``zEND``;
 * ``zINSTREAM`` is followed by chunks, each a 4-byte big-endian length and the
-  bytes, ended by a zero length.  The answer is ``stream: OK``,
+  bytes, ended by a zero length (so an empty object is the command and the
+  terminator alone: no data chunk is ever empty).  The answer is ``stream: OK``,
   ``stream: <virus name> FOUND`` or ``<text> ERROR``.
 
 Sessions are pooled (``pool_size`` idle ones kept) so a busy gateway does not
@@ -25,9 +26,10 @@ Sessions are plain non-blocking sockets driven by the running loop's
 ``sock_*`` methods, so a pool outlives the event loop that filled it.
 
 Errors (mapped by :mod:`.common`, as for every engine): clamd down (no socket,
-connection refused) -> :class:`ScannerUnavailable`; connect or scan too slow ->
-:class:`ScannerTimeout`; an ``ERROR`` answer or a broken exchange ->
-:class:`ScannerError`.  All of them tempfail the message.
+connection refused) or the connection closed before the answer ended (clamd
+died or restarted mid-scan) -> :class:`ScannerUnavailable`; connect or scan too
+slow -> :class:`ScannerTimeout`; an ``ERROR`` answer or an answer out of step
+-> :class:`ScannerError`.  All of them tempfail the message; none is a verdict.
 
 Size: clamd refuses a stream longer than its ``StreamMaxLength`` (25M by
 default) with ``INSTREAM size limit exceeded. ERROR``.  ``stream_max_length``
@@ -88,6 +90,7 @@ OVERSIZE_NAME = "Heuristics.Limits.Exceeded.StreamMaxLength"
 _CHUNK = 1024 * 1024  # INSTREAM chunk size; any size up to StreamMaxLength is accepted
 _MAX_REPLY = 64 * 1024  # a clamd answer is one line; more is a broken peer
 _SIZE_LIMIT_REPLY = "INSTREAM size limit exceeded"
+_END = b"\0\0\0\0"  # the zero-length chunk that ends a stream
 _LATE_REPLY_WAIT = 2.0  # seconds to collect clamd's answer after it stopped reading our stream
 
 
@@ -183,7 +186,7 @@ class clamd(Scanner):
             try:
                 return await self._exchange(session, data)
             except _Gone as gone:
-                raise ScannerError(f"clamd {self.where}: connection closed before the answer ({gone})") from None
+                raise ScannerUnavailable(f"clamd {self.where}: connection closed before the answer ({gone})") from None
 
     async def command(self, command: str) -> str:
         """Send one simple command (``PING``, ``VERSION``) on its own connection."""
@@ -286,17 +289,32 @@ class clamd(Scanner):
                 session.close()
 
 
-async def _send_instream(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+def instream_request(data: bytes) -> list[bytes | memoryview]:
+    """The writes of one INSTREAM request: the command, ``data`` in chunks, the terminator.
+
+    clamd's protocol (clamdoc.pdf, ``INSTREAM``): chunks of ``<length><data>``,
+    the length a 4-byte big-endian unsigned integer, "streaming is terminated
+    by sending a zero-length chunk".  So no data chunk is ever empty: an empty
+    object is the command and the terminator alone (a zero-length data chunk
+    would end the stream, and clamd would read our terminator as the next
+    command of the session: ``Only nCMDS\\n and zCMDS\\0 are accepted inside
+    IDSESSION. ERROR``).  Up to one chunk goes in a single write.
+    """
     if len(data) <= _CHUNK:  # the common case in one write
-        await loop.sock_sendall(sock, b"zINSTREAM\0" + struct.pack("!L", len(data)) + data + b"\0\0\0\0")
-        return
+        length = struct.pack("!L", len(data)) if data else b""
+        return [b"zINSTREAM\0" + length + data + _END]
     view = memoryview(data)
-    await loop.sock_sendall(sock, b"zINSTREAM\0")
+    writes: list[bytes | memoryview] = [b"zINSTREAM\0"]
     for start in range(0, len(view), _CHUNK):
         chunk = view[start : start + _CHUNK]
-        await loop.sock_sendall(sock, struct.pack("!L", len(chunk)))
-        await loop.sock_sendall(sock, chunk)
-    await loop.sock_sendall(sock, b"\0\0\0\0")
+        writes += [struct.pack("!L", len(chunk)), chunk]
+    writes.append(_END)
+    return writes
+
+
+async def _send_instream(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+    for write in instream_request(data):
+        await loop.sock_sendall(sock, write)
 
 
 async def _read_reply(sock: socket.socket) -> str:
@@ -313,7 +331,7 @@ async def _read_reply(sock: socket.socket) -> str:
         if not chunk:
             if not buffer:
                 raise _Gone("end of file")
-            raise ScannerError(f"clamd: truncated answer {buffer[:200]!r}")
+            raise ScannerUnavailable(f"clamd: truncated answer {buffer[:200]!r}: the connection closed mid-answer")
         buffer += chunk
         if len(buffer) > _MAX_REPLY:
             raise ScannerError(f"clamd: answer longer than {_MAX_REPLY} bytes")

@@ -11,10 +11,14 @@ httpx is imported only when an rspamd scanner is built: a worker whose config
 has no rspamd never loads it.
 
 Messages over ``max_size`` are not sent (level 0, ``not checked: over
-max_size``).  Failures are mapped by :mod:`.common`, as for every engine:
-rspamd down -> :class:`~mailsift.errors.ScannerUnavailable`, no answer in
-``timeout`` seconds -> :class:`~mailsift.errors.ScannerTimeout`, an HTTP error
-or an answer that cannot be read -> :class:`~mailsift.errors.ScannerError`.
+max_size``).  Keep ``max_size`` at or under rspamd's own ``max_message``
+(50 MB by default): rspamd closes the connection without an answer on a bigger
+message, which can only be read as rspamd gone (a tempfail).  Failures are
+mapped by :mod:`.common`, as for every engine: rspamd down, or the connection
+closed or reset before the answer ended ->
+:class:`~mailsift.errors.ScannerUnavailable`, no answer in ``timeout`` seconds
+-> :class:`~mailsift.errors.ScannerTimeout`, an HTTP error or an answer that
+cannot be read -> :class:`~mailsift.errors.ScannerError`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
+from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.scanners.engines.common import (
@@ -49,6 +53,9 @@ _MAX_ANSWER = 4 * 1024 * 1024
 """No rspamd answer is bigger; a longer one is malformed."""
 
 _ENVELOPE_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+_CLOSED_MID_ANSWER = re.compile(r"disconnected without sending|peer closed connection|incomplete chunked read")
+"""httpcore's and h11's words for a connection that ended before the answer did (not a malformed answer)."""
 
 
 def _header_value(value: str) -> bytes:
@@ -175,6 +182,13 @@ class rspamd(Scanner):
             raise self._no_answer() from None
         except httpx.ConnectError as error:
             raise unavailable("rspamd", self.url, error) from None
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
+            if isinstance(error, httpx.NetworkError) or _CLOSED_MID_ANSWER.search(str(error)):
+                # rspamd died, restarted or refused the size (it closes at max_message) mid-answer
+                raise ScannerUnavailable(
+                    f"rspamd: {self.url} closed the connection before its answer ended: {type(error).__name__}: {error}"
+                ) from None
+            raise ScannerError(f"rspamd: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
             raise ScannerError(f"rspamd: {type(error).__name__}: {error}") from None
 

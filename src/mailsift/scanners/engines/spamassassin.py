@@ -17,11 +17,12 @@ Messages over ``max_size`` are not sent at all (level 0, detail ``not
 checked: over max_size``), which is what ``spamc`` does with its 500 KiB
 default: spam filters are slow on big mail and spammers do not send big mail.
 
-Failures are mapped by :mod:`.common`, as for every engine: spamd down ->
+Failures are mapped by :mod:`.common`, as for every engine: spamd down, or
+the connection closed or reset before the answer ended ->
 :class:`~mailsift.errors.ScannerUnavailable`, no answer in ``timeout`` seconds
--> :class:`~mailsift.errors.ScannerTimeout`, an answer that cannot be read ->
-:class:`~mailsift.errors.ScannerError`: the message is tempfailed, never
-passed unchecked by accident.
+-> :class:`~mailsift.errors.ScannerTimeout`, an answer that cannot be read or
+spamd's own error status -> :class:`~mailsift.errors.ScannerError`: the
+message is tempfailed, never passed unchecked by accident.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from mailsift.errors import ConfigError, ScannerError, ScannerTimeout
+from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.scanners.engines.common import (
@@ -223,7 +224,7 @@ class spamassassind(Scanner):
                 pass  # spamd may have answered and closed early (an error): read what it said
             return await self._read_answer(reader)
         except OSError as error:
-            raise ScannerError(f"spamassassind: connection to {self.where()} lost: {error}") from None
+            raise ScannerUnavailable(f"spamassassind: connection to {self.where()} lost: {error}") from None
         finally:
             writer.close()
             try:
@@ -236,12 +237,16 @@ class spamassassind(Scanner):
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as error:
             if not error.partial:
-                raise ScannerError(f"spamassassind: {self.where()} closed the connection without an answer") from None
-            # spamd's protocol errors are one status line, then it closes.
-            code, message, headers = parse_spamd_head(error.partial.rstrip(b"\r\n"))
-            if code != 0:
-                parse_spamd_answer(code, message, headers, b"")  # raises with spamd's own words
-            raise ScannerError(f"spamassassind: answer cut short after {error.partial[:80]!r}") from None
+                raise ScannerUnavailable(
+                    f"spamassassind: {self.where()} closed the connection without an answer"
+                ) from None
+            status, crlf, _ = error.partial.partition(b"\r\n")
+            if crlf:  # spamd's protocol errors are one status line, then it closes.
+                code, message, headers = parse_spamd_head(status)
+                if code != 0:
+                    parse_spamd_answer(code, message, headers, b"")  # raises with spamd's own words
+            # spamd died or was restarted mid-answer: the daemon's failure, not the message's.
+            raise ScannerUnavailable(f"spamassassind: answer cut short after {error.partial[:80]!r}") from None
         except asyncio.LimitOverrunError:
             raise ScannerError(f"spamassassind: answer head over {_MAX_HEAD} bytes") from None
         code, message, headers = parse_spamd_head(head[:-4])
@@ -258,7 +263,7 @@ class spamassassind(Scanner):
             try:
                 body = await reader.readexactly(int(length_text))
             except asyncio.IncompleteReadError as error:
-                raise ScannerError(
+                raise ScannerUnavailable(
                     f"spamassassind: answer cut short ({len(error.partial)} of {length_text} bytes)"
                 ) from None
         return parse_spamd_answer(code, message, headers, body)

@@ -26,9 +26,12 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.replies import SCANNER_FAILED, SCANNER_TIMEOUT
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.clamav import OVERSIZE_NAME, _Session, clamd
+from mailsift.scanners.engines.clamav import _CHUNK, OVERSIZE_NAME, _Session, clamd
+from mailsift.scanners.match import recover
+from mailsift.scanners.parsemail import parsemail
 from mailsift.testing import FakeClamd
 from tests.helpers import engines
+from tests.helpers.messages import attachment_mail
 
 
 @pytest.fixture
@@ -331,3 +334,87 @@ async def test_fake_on_tcp_and_stopped_is_down() -> None:
     with pytest.raises(ScannerUnavailable):
         await scanner.scan(target(b"x"))
     await scanner.aclose()
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11)
+
+
+async def test_empty_object_is_the_terminator_alone(fake: FakeClamd, scanner: clamd) -> None:
+    """Finding 1: no zero-length data chunk; clamd would read the real terminator as a command."""
+    for _ in range(3):
+        assert not (await scanner.scan(target(b""))).detected
+    assert not (await scanner.scan(target(b"x"))).detected
+    assert fake.streams == [b"", b"", b"", b"x"]
+    assert fake.chunks == [[], [], [], [1]]
+    assert fake.commands == [b"zIDSESSION\0"] + [b"zINSTREAM\0"] * 4  # nothing stray between them
+    assert fake.connections == 1
+
+
+async def test_empty_attachment_next_to_a_virus_through_parsemail(fake: FakeClamd, scanner: clamd) -> None:
+    mail = target(
+        attachment_mail(("empty.txt", b"", "text/plain"), ("virus.com", b"VIRUS", "application/octet-stream"))
+    ).mail
+    fake.signature = b"VIRUS"  # the part after the empty one is infected
+    for expression in (parsemail(scanner), recover(parsemail(scanner), level=0.0)):
+        decision = await Pipeline([expression]).evaluate(mail)
+        assert decision.disposition is Disposition.REJECT, decision
+        assert decision.result.name == fake.virus
+    assert b"" in fake.streams
+    assert b"\0" not in fake.commands
+    assert all(0 not in chunks for chunks in fake.chunks)
+    assert fake.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("size", "chunks"),
+    [
+        (1, [1]),
+        (_CHUNK - 1, [_CHUNK - 1]),
+        (_CHUNK, [_CHUNK]),
+        (_CHUNK + 1, [_CHUNK, 1]),
+        (2 * _CHUNK, [_CHUNK, _CHUNK]),
+        (2 * _CHUNK + 1, [_CHUNK, _CHUNK, 1]),
+    ],
+)
+async def test_chunk_boundaries(fake: FakeClamd, scanner: clamd, size: int, chunks: list[int]) -> None:
+    data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    assert not (await scanner.scan(target(data))).detected
+    assert not (await scanner.scan(target(data))).detected  # and the session is still in step
+    assert fake.streams == [data, data]
+    assert fake.chunks == [chunks, chunks]
+    assert fake.connections == 1
+
+
+async def test_answers_byte_by_byte(fake: FakeClamd, scanner: clamd) -> None:
+    """Every answer split into one-byte writes: reassembled, and the session stays in step."""
+    fake.split, fake.piece, fake.pause = True, 1, 0.0005
+    fake.signature = b"VIRUS"
+    for data in (b"", b"clean", b"a VIRUS here", b"clean again"):
+        result = await scanner.scan(target(data))
+        assert result.detected == (b"VIRUS" in data)
+    assert await scanner.command("PING") == "PONG"
+    assert fake.connections == 2  # one session for the scans, one connection for PING
+
+
+# the answer "1: stream: Win.Test.Fake-1 FOUND\0" (33 bytes) cut after 0, 1, 3, 11 and 32 bytes
+CLAMD_CUTS = [0, 1, 3, 11, 32]
+
+
+@pytest.mark.parametrize("after_cut", ["close", "reset"])
+@pytest.mark.parametrize("cut", CLAMD_CUTS)
+async def test_connection_closed_mid_answer(cut: int, after_cut: Any) -> None:
+    """A clamd that dies in the middle of its answer: no verdict (not even a complete-looking
+    ``... FOUND`` without its NUL), ScannerUnavailable, 451."""
+    async with FakeClamd(behaviour="found") as fake:
+        fake.cut, fake.after_cut = cut, after_cut
+        error = await engines.check_cut_short(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        assert isinstance(error, ScannerUnavailable)
+        assert len(fake.streams) >= 2
+
+
+@pytest.mark.parametrize("cut", [0, 11, 32])
+async def test_answer_stopping_mid_way_times_out(cut: int) -> None:
+    async with FakeClamd(behaviour="found") as fake:
+        fake.cut, fake.after_cut = cut, "hang"
+        error = await engines.check_cut_short(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        assert isinstance(error, ScannerTimeout)

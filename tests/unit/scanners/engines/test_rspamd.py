@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -24,7 +24,7 @@ from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUn
 from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
-from mailsift.scanners.engines.rspamd import rspamd
+from mailsift.scanners.engines.rspamd import _MAX_ANSWER, rspamd
 from mailsift.testing import FakeRspamd, http_answer
 from tests.helpers import engines
 
@@ -276,3 +276,68 @@ async def test_answer_in_pieces() -> None:
         scanner = rspamd(fake.url)
         assert (await scan(scanner)).action == "add header"
         await scanner.aclose()
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 2 * 65536 + 1])
+async def test_request_sizes(fake: tuple[FakeRspamd, str], scanner: rspamd, size: int) -> None:
+    """Empty data is ``Content-Length: 0`` and no body; every size arrives exactly, on one connection."""
+    server, _ = fake
+    data = (MESSAGE + b"x" * size)[:size]
+    for _ in range(2):
+        result = await scanner.scan(MailTarget(Mail(Envelope(sender="a@b.test", recipients=["c@d.test"]), data)))
+        assert result.name == "add header"
+    assert [body for _, _, body in server.requests] == [data, data]
+    for _, headers, _ in server.requests:
+        assert ("Content-Length", str(size)) in headers
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("extra", [-1, 0])
+async def test_answer_at_its_bound(fake: tuple[FakeRspamd, str], scanner: rspamd, extra: int) -> None:
+    server, _ = fake
+    body = json.dumps(ANSWER).encode()
+    server.reply = http(body + b" " * (_MAX_ANSWER + extra - len(body)))
+    assert (await scan(scanner)).name == "add header"
+
+
+async def test_answer_one_byte_over_its_bound(fake: tuple[FakeRspamd, str], scanner: rspamd) -> None:
+    server, _ = fake
+    body = json.dumps(ANSWER).encode()
+    server.reply = http(body + b" " * (_MAX_ANSWER + 1 - len(body)))
+    with pytest.raises(ScannerError, match="answer over"):
+        await scan(scanner)
+
+
+async def test_answer_byte_by_byte(fake: tuple[FakeRspamd, str], scanner: rspamd) -> None:
+    server, _ = fake
+    server.split, server.piece, server.pause = True, 1, 0.0002
+    for _ in range(2):
+        assert (await scan(scanner)).action == "add header"
+    assert server.connections == 1
+
+
+RSPAMD_ANSWER = http(json.dumps(ANSWER).encode())
+RSPAMD_HEAD = RSPAMD_ANSWER.index(b"\r\n\r\n") + 4
+STATUS_LINE = len(b"HTTP/1.1 200 OK\r\n")
+RSPAMD_CUTS = [0, 5, STATUS_LINE, RSPAMD_HEAD - 1, RSPAMD_HEAD, RSPAMD_HEAD + 10, len(RSPAMD_ANSWER) - 1]
+"""Where an answer is cut: no byte, in the status line, after it, in and after the head, in the body."""
+
+
+@pytest.mark.parametrize("after_cut", ["close", "reset"])
+@pytest.mark.parametrize("cut", RSPAMD_CUTS)
+async def test_connection_closed_mid_answer(cut: int, after_cut: Literal["close", "reset"]) -> None:
+    async with FakeRspamd(reply=RSPAMD_ANSWER) as fake:
+        fake.cut, fake.after_cut = cut, after_cut
+        error = await engines.check_cut_short(rspamd(fake.url, timeout=engines.TIMEOUT), "rspamd")
+        assert isinstance(error, ScannerUnavailable)
+
+
+@pytest.mark.parametrize("cut", [0, RSPAMD_HEAD, len(RSPAMD_ANSWER) - 1])
+async def test_answer_stopping_mid_way_times_out(cut: int) -> None:
+    async with FakeRspamd(reply=RSPAMD_ANSWER) as fake:
+        fake.cut, fake.after_cut = cut, "hang"
+        error = await engines.check_cut_short(rspamd(fake.url, timeout=engines.TIMEOUT), "rspamd")
+        assert isinstance(error, ScannerTimeout)

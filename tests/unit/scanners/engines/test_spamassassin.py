@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -20,7 +21,7 @@ from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUn
 from mailsift.message.mail import Mail
 from mailsift.scanners.base import MailTarget, evaluate
 from mailsift.scanners.engines.common import SpamResult
-from mailsift.scanners.engines.spamassassin import report_symbols, spamassassind
+from mailsift.scanners.engines.spamassassin import _MAX_ANSWER, report_symbols, spamassassind
 from mailsift.testing import FakeSpamd
 from tests.helpers import engines
 
@@ -283,3 +284,70 @@ async def test_answer_in_pieces_and_a_dropped_connection() -> None:
         fake.drop = True
         with pytest.raises(ScannerError, match="without an answer"):
             await scan(spamassassind(fake.address))
+
+
+# --------------------------------------------------------------------------- protocol edges (issue 11)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 65535, 65536, 65537, 2 * 65536 + 1],  # empty, one byte, the stream buffer's 64 KiB edges
+)
+async def test_request_sizes(fake: tuple[FakeSpamd, tuple[str, int]], size: int) -> None:
+    """Empty data is ``Content-length: 0`` and nothing else; every size arrives exactly."""
+    spamd, address = fake
+    data = (MESSAGE + b"x" * size)[:size]
+    assert (await scan(spamassassind(address), data)).detected
+    ((head, body),) = spamd.requests
+    assert head == f"REPORT SPAMC/1.5\r\nContent-length: {size}\r\n\r\n".encode()
+    assert body == data
+
+
+@pytest.mark.parametrize("extra", [-1, 0])
+async def test_answer_body_at_its_bound(fake: tuple[FakeSpamd, tuple[str, int]], extra: int) -> None:
+    spamd, address = fake
+    body = "R" * (_MAX_ANSWER + extra)
+    spamd.reply = answer(spam="False ; 1.0 / 5.0", body=body)
+    result = await scan(spamassassind(address, report=False))
+    assert result.symbols == (body,)
+
+
+async def test_answer_body_over_its_bound(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.reply = answer(spam="False ; 1.0 / 5.0", body="R" * (_MAX_ANSWER + 1))
+    with pytest.raises(ScannerError, match="bad Content-length"):
+        await scan(spamassassind(address, report=False))
+
+
+async def test_answer_byte_by_byte(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.reply = answer(body="RULE_A,RULE_B")
+    spamd.split, spamd.piece, spamd.pause = True, 1, 0.0005
+    result = await scan(spamassassind(address, report=False))
+    assert result.symbols == ("RULE_A", "RULE_B")
+    assert result.level == pytest.approx(12.3 / 5.0)
+
+
+ANSWER = answer(body="RULE_A,RULE_B")
+HEAD = ANSWER.index(b"\r\n\r\n") + 4
+SPAMD_CUTS = [0, 5, len(b"SPAMD/1.1 0 EX_OK\r\n"), HEAD - 1, HEAD, HEAD + 3, len(ANSWER) - 1]
+"""Where an answer is cut: no byte, in the status line, after it, in and after the head, in the body."""
+
+
+@pytest.mark.parametrize("after_cut", ["close", "reset"])
+@pytest.mark.parametrize("cut", SPAMD_CUTS)
+async def test_connection_closed_mid_answer(cut: int, after_cut: Literal["close", "reset"]) -> None:
+    async with FakeSpamd(reply=ANSWER) as fake:
+        fake.cut, fake.after_cut = cut, after_cut
+        scanner = spamassassind(fake.address, report=False, timeout=engines.TIMEOUT)
+        error = await engines.check_cut_short(scanner, "spamassassind")
+        assert isinstance(error, ScannerUnavailable)
+
+
+@pytest.mark.parametrize("cut", [0, HEAD, len(ANSWER) - 1])
+async def test_answer_stopping_mid_way_times_out(cut: int) -> None:
+    async with FakeSpamd(reply=ANSWER) as fake:
+        fake.cut, fake.after_cut = cut, "hang"
+        scanner = spamassassind(fake.address, report=False, timeout=engines.TIMEOUT)
+        error = await engines.check_cut_short(scanner, "spamassassind")
+        assert isinstance(error, ScannerTimeout)
