@@ -17,6 +17,7 @@ from mailsift.errors import ConfigError
 
 if TYPE_CHECKING:  # settings is a bottom layer: these are only types
     from mailsift.core.hooks import Hook
+    from mailsift.core.poison import poison
     from mailsift.delivery.next_hop import Delivery
     from mailsift.storage.db import Database
 
@@ -40,6 +41,9 @@ class Settings:
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
     node: str = ""
     """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
+    poison: poison | None = None
+    """``POISON``: :class:`mailsift.core.poison.poison`, mail that fails on its content is quarantined
+    after ``max_attempts`` (a loaded config has ``poison()`` unless it says ``POISON = None``)."""
 
     def require_database(self) -> Database:
         """``DATABASE``; a ConfigError if these settings have none (a loaded config always has one)."""

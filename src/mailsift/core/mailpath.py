@@ -16,6 +16,7 @@ from mailsift import replies
 from mailsift.core.disposition import Disposer, Outcome
 from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
+from mailsift.core.poison import PoisonWatch
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Mail
@@ -48,6 +49,7 @@ class MailPath:
             )
         self.delivery: Delivery = resolve(target, settings.state_dir)
         self.disposer = Disposer(QuarantineStore(settings.quarantine_dir, settings.database), self.delivery)
+        self.poison = PoisonWatch(settings, self.delivery)  # content-tied tempfails counted, then quarantined
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
     def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
@@ -59,8 +61,9 @@ class MailPath:
     async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
         started = time.monotonic()
         mail.started = started  # the log hooks' "time taken"
-        decision = await self.pipeline.evaluate(mail)
+        decision = await self.poison.evaluate(self.pipeline, mail)
         outcome = await self.disposer.carry_out(mail, decision)
+        await self.poison.settle(mail, decision, outcome)
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
         _log_line(mail, decision, str(outcome.reply.code), outcome.note, time.monotonic() - started)
         return decision, outcome
@@ -69,8 +72,9 @@ class MailPath:
         """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
         started = time.monotonic()
         mail.started = started
-        decision = await self.pipeline.evaluate(mail)
+        decision = await self.poison.evaluate(self.pipeline, mail)
         outcomes = await self.disposer.carry_out_each(mail, decision)
+        await self.poison.settle(mail, decision, *outcomes.values())
         if outcomes:
             # Hooks see one outcome for the group: a positive one if any recipient got its
             # copy (archive, notifications concern mail that went through), else the first.
