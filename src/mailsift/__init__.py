@@ -5,6 +5,7 @@ service by its SAGATOR name.  This list is the config surface; it is guarded by
 ``tests/unit/test_init.py``.
 """
 
+from mailsift.core.poison import poison
 from mailsift.delivery.next_hop import lmtp_relay, local_maildir, smtp_relay
 from mailsift.message.result import Result
 from mailsift.reporting.archive import archive, monitor
@@ -93,6 +94,7 @@ __all__ = [
     "notify",
     "office_macros",
     "parsemail",
+    "poison",
     "policy_attach",
     "policy_enabled",
     "policy_spam_hits",

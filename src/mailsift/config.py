@@ -33,6 +33,7 @@ from typing import Any
 
 from mailsift import validators
 from mailsift.core.hooks import Hook
+from mailsift.core.poison import poison
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError
 from mailsift.reporting.digest import reporter
@@ -213,6 +214,9 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         database.configure(state_dir)
     except ConfigError as error:
         raise fail(f"DATABASE: {error.message}", "DATABASE") from None
+    poisoned = namespace.get("POISON", poison())
+    if poisoned is not None and not isinstance(poisoned, poison):
+        raise fail(f"POISON must be poison(max_attempts=5, ...) or None, got {poisoned!r}", "POISON")
     settings = Settings(
         state_dir=state_dir,
         smtp_server=smtp_server,
@@ -221,6 +225,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         database=database,
         node=str(namespace.get("NODE", "")),
         message_timeout=message_timeout,
+        poison=poisoned,
     )
     for hook in hooks:
         try:

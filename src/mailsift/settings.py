@@ -17,6 +17,7 @@ from mailsift.errors import ConfigError
 
 if TYPE_CHECKING:  # settings is a bottom layer: these are only types
     from mailsift.core.hooks import Hook
+    from mailsift.core.poison import poison
     from mailsift.delivery.next_hop import Delivery
     from mailsift.storage.db import Database
 
@@ -44,6 +45,9 @@ class Settings:
     """``MESSAGE_TIMEOUT``: seconds for the scanning, database work and disposition of one message
     together, past which the MTA gets 451 (:mod:`mailsift.core.deadline`); below Postfix's
     ``smtp_data_done_timeout`` and ``milter_content_timeout`` (both 600 s by default)."""
+    poison: poison | None = None
+    """``POISON``: :class:`mailsift.core.poison.poison`, mail that fails on its content is quarantined
+    after ``max_attempts`` (a loaded config has ``poison()`` unless it says ``POISON = None``)."""
 
     def require_database(self) -> Database:
         """``DATABASE``; a ConfigError if these settings have none (a loaded config always has one)."""

@@ -65,3 +65,11 @@ def text_of(data: bytes) -> str:
     body = parse(data).get_body(("plain",))
     assert body is not None
     return str(body.get_content()).replace("\r\n", "\n")
+
+
+def nested_multipart(levels: int, subject: str = "nested") -> bytes:
+    """A mail of ``levels`` multipart/mixed levels, one inside the other (1,000+ crash the MIME parser)."""
+    head = f"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n' for i in range(levels))
+    closing = "".join(f"\r\n--b{i}--\r\n" for i in reversed(range(levels)))
+    return (head + opening + "Content-Type: text/plain\r\n\r\nhello\r\n" + closing).encode()

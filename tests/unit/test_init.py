@@ -54,6 +54,7 @@ EXPORTED = {
     "notify",
     "office_macros",
     "parsemail",
+    "poison",
     "policy_attach",
     "policy_enabled",
     "policy_spam_hits",
@@ -97,7 +98,10 @@ SERVICES = {
     "webq",
 }
 HOOKS = {"stats", "archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}
-SCANNERS = EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS
+SETTINGS = {"poison"}  # the values of global settings (POISON = poison(...))
+SCANNERS = (
+    EXPORTED - {"Result", "Scanner", "local_maildir", "smtp_relay", "lmtp_relay", "db"} - SERVICES - HOOKS - SETTINGS
+)
 
 
 def test_all_is_exactly_the_config_surface() -> None:

@@ -17,6 +17,7 @@ from mailsift.core.deadline import DeadlineDelivery, MessageDeadline
 from mailsift.core.disposition import Disposer, Outcome
 from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
+from mailsift.core.poison import PoisonWatch
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Mail
@@ -51,6 +52,7 @@ class MailPath:
         self.disposer = Disposer(
             QuarantineStore(settings.quarantine_dir, settings.database), DeadlineDelivery(self.delivery)
         )
+        self.poison = PoisonWatch(settings, self.delivery)  # content-tied tempfails counted, then quarantined
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
     def with_scanners(self, scanners: Sequence[Scanner]) -> MailPath:
@@ -65,13 +67,14 @@ class MailPath:
         deadline = MessageDeadline(mail, self.settings.message_timeout)
         try:
             async with deadline:
-                decision = await self.pipeline.evaluate(mail)
+                decision = await self.poison.evaluate(self.pipeline, mail)
                 deadline.enter("quarantining" if decision.quarantine else "disposition")
                 outcome = await self.disposer.carry_out(mail, decision)
         except TimeoutError:
             if not deadline.passed:
                 raise
             decision, outcome = deadline.tempfail()
+        await self.poison.settle(mail, decision, outcome)
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
         note = deadline.note(outcome.note)
         _log_line(mail, decision, str(outcome.reply.code), note, time.monotonic() - started, _failed([outcome]))
@@ -84,7 +87,7 @@ class MailPath:
         deadline = MessageDeadline(mail, self.settings.message_timeout)
         try:
             async with deadline:
-                decision = await self.pipeline.evaluate(mail)
+                decision = await self.poison.evaluate(self.pipeline, mail)
                 deadline.enter("quarantining" if decision.quarantine else "disposition")
                 outcomes = await self.disposer.carry_out_each(mail, decision)
         except TimeoutError:
@@ -92,6 +95,7 @@ class MailPath:
                 raise
             decision, failed = deadline.tempfail()
             outcomes = dict.fromkeys(mail.envelope.recipients, failed)
+        await self.poison.settle(mail, decision, *outcomes.values())
         if outcomes:
             # Hooks see one outcome for the group: a positive one if any recipient got its
             # copy (archive, notifications concern mail that went through), else the first.

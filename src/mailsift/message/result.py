@@ -240,6 +240,8 @@ def _reply_for(disposition: Disposition, result: Result, text: str) -> Reply:
         return replies.OK_DROPPED
     if disposition is Disposition.QUARANTINE:
         return replies.OK_QUARANTINED
+    if disposition is Disposition.TEMPFAIL:  # a rule's deliberate 4xx (greylisting): never a 250
+        return replies.TEMPFAIL.with_text(text) if text else replies.TEMPFAIL
     return replies.OK
 
 

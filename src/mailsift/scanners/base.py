@@ -12,7 +12,8 @@ the arithmetic lives in :func:`mailsift.message.result.combine`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from mailsift.errors import ConfigError, MailsiftError, ScannerError
@@ -224,6 +225,13 @@ class Scanner:
     __hash__ = object.__hash__
 
 
+observer: ContextVar[Callable[[Scanner, ScannerError | None], None] | None] = ContextVar(
+    "mailsift_scan_observer", default=None
+)
+"""Told of every scanner's outcome in :func:`evaluate` (``None``: it answered; else its error, told
+first by the scanner that raised it): the mail path's scanner health (:mod:`mailsift.core.poison`)."""
+
+
 async def evaluate(scanner: Scanner, target: Target) -> Result:
     """Run one scanner; any unexpected exception becomes a :class:`ScannerError`.
 
@@ -245,16 +253,28 @@ async def evaluate(scanner: Scanner, target: Target) -> Result:
 
 
 async def _evaluate(scanner: Scanner, target: Target) -> Result:
+    watch = observer.get()
     try:
-        return await scanner.scan(target)
-    except ScannerError:
+        result = await scanner.scan(target)
+    except ScannerError as error:
+        if watch is not None:
+            watch(scanner, error)
         raise
     except MailsiftError as error:
-        raise ScannerError(f"{scanner.name}: {error.message}") from error
+        failure = ScannerError(f"{scanner.name}: {error.message}")
+        if watch is not None:
+            watch(scanner, failure)
+        raise failure from error
     except asyncio.CancelledError:
         raise
     except Exception as error:
-        raise ScannerError(f"{scanner.name}: {type(error).__name__}: {error}") from error
+        failure = ScannerError(f"{scanner.name}: {type(error).__name__}: {error}")
+        if watch is not None:
+            watch(scanner, failure)
+        raise failure from error
+    if watch is not None:
+        watch(scanner, None)
+    return result
 
 
 async def first_detection(scanners: Sequence[Scanner], target: Target) -> tuple[Result, list[Result]]:

@@ -40,6 +40,8 @@ table (migration)          indexes and constraints                used by
                            recipient, action)
 ``stats_counter`` (0007)   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
                            verdict, scanner)
+``poison_attempt`` (0009)   ``ix_poison_attempt_last_seen``        :mod:`mailsift.core.poison` (poison mail:
+                                                                  attempts per message key)
 =========================  =====================================  ==========================================
 
 Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
@@ -271,6 +273,22 @@ stats_table = Table(
 )
 """One row per (interval start in Unix seconds, domain, verdict, scanner); the values are sums."""
 
+# --------------------------------------------------------------------------- poison mail (0009_poison)
+
+poison_attempt_table = Table(
+    "poison_attempt",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Index("ix_poison_attempt_last_seen", "last_seen"),
+)
+"""Content-tied tempfails per message key (:func:`mailsift.core.poison.message_key`): how many
+attempts failed, first and last (Unix seconds), the last reason; rows idle past ``expire`` are purged."""
+
 __all__ = [
     "auto_whitelist_table",
     "greylist_table",
@@ -278,6 +296,7 @@ __all__ = [
     "listed_table",
     "maillog_table",
     "metadata",
+    "poison_attempt_table",
     "quarantine_recipient_table",
     "quarantine_release_table",
     "quarantine_table",
