@@ -49,6 +49,30 @@ messages, *acc.* accepted, *ref.* refused (`4xx`/`5xx`/no answer), *dup.* duplic
 """
 
 
+STANDARD = {
+    "verdict",
+    "fault",
+    "expected",
+    "sent",
+    "accepted",
+    "refused",
+    "refused_4xx",
+    "refused_5xx",
+    "unanswered",
+    "attempts",
+    "tempfailed",
+    "duplicates",
+    "lost",
+    "lost_ids",
+    "duplicate_ids",
+    "codes",
+    "refused_during_fault",
+    "reason",
+    "failure",
+}
+"""Figures every case has; any other a case records (peak RSS, spool files left...) goes in its fault cell."""
+
+
 def cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -68,7 +92,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"{entry.get('refused', '')} ({entry.get('refused_4xx', '')}/{entry.get('refused_5xx', '')}/"
             f"{entry.get('unanswered', '')})"
         )
-        extra = f" (peak RSS {entry['peak_rss_mb']} MB)" if "peak_rss_mb" in entry else ""
+        notes = {key: value for key, value in entry.items() if key not in STANDARD}
+        extra = " (" + "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in notes.items()) + ")"
+        extra = extra if notes else ""
         lines.append(
             f"| `{case}` | {cell(entry.get('fault', ''))}{extra} | {cell(entry.get('expected', ''))} | "
             f"{entry.get('sent', '')} | {entry.get('accepted', '')} | {refused} | "

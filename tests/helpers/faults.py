@@ -22,6 +22,7 @@ the replies and of the accounting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -42,16 +43,20 @@ from typing import Any
 
 import pytest
 
-from mailsift.testing import RecordingServer, free_port
+from mailsift.testing import RecordingServer, _RecordingSMTP, free_port
 
 MAILSIFT = [sys.executable, "-m", "mailsift"]
 HOLD_ME = "QUARANTINE-ME"
 """A body with this is quarantined (category ``held``) by every config of the matrix."""
 
 PENDING: dict[str, str] = {
-    "test_disk_full": "waits for the spool fix (finding 2: ENOSPC on the spool answers 500)",
+    "test_postgres[stopped]": "waits for quarantine idempotence (findings 5 and 8: a copy whose index row failed "
+    "stays, and the MTA's retry makes a second one)",
+    "test_postgres[hung-5s]": "waits for quarantine idempotence and the per-message deadline (finding 5: a hung "
+    "index commit answered 451, its copy kept, the retry makes a second one)",
+    "test_sighup_every_second": "waits for a drain fix (finding 4: a draining worker cuts a transaction after its "
+    "data with no reply and no log line; 1 run in 4 here, 4 duplicates once): no helper of issue 11 has it yet",
     "test_idle_connections_and_slowloris": "waits for the per-address connection limits (finding 7)",
-    "test_poison[50000-parts]": "waits for the per-message deadline (finding 5)",
     "test_poison[2000-nested]": "waits for the poison-mail handling (finding 6: RecursionError answers 451 forever)",
 }
 """Cases that wait for a fix being made in parallel (issue 11): case id -> the reason shown by
@@ -384,15 +389,30 @@ class FaultyNextHop(RecordingServer):
     and ``drop_every`` (answer 250 to every n-th message without keeping it: a next hop that
     loses mail, for showing that the accounting finds it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_size_limit: int = 200 * 1024 * 1024) -> None:
         super().__init__()
+        self.data_size_limit = data_size_limit
         self.delay = 0.0
         self.drop_every = 0
         self._count = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        import asyncio
+    def start(self) -> FaultyNextHop:
+        """As RecordingServer's, with ``data_size_limit`` (aiosmtpd's default is 32 MB)."""
 
+        async def start() -> None:
+            def factory() -> _RecordingSMTP:
+                self.connections += 1
+                session = _RecordingSMTP(self)
+                session.data_size_limit = self.data_size_limit
+                return session
+
+            self._server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+        self._runner.call(start())
+        return self
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
         self._count += 1
@@ -516,3 +536,34 @@ def postgres_pids(instance: Any) -> list[int]:
         return []
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
     return [postmaster, *(int(pid) for pid in children.stdout.split())]
+
+
+def raw_transaction(port: int, content: bytes, timeout: float = 30) -> list[int | None]:
+    """One transaction with ``content`` sent byte for byte (no end-of-line or dot fixing, unlike
+    smtplib), then ``.`` and QUIT; returns the codes of every reply after DATA's 354, in order
+    (a smuggled second transaction shows as extra replies)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        reader = sock.makefile("rb")
+
+        def reply() -> int | None:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return None
+                if line[3:4] != b"-":
+                    return int(line[:3])
+
+        reply()
+        for command in (b"EHLO faults.test", b"MAIL FROM:<a@example.test>", b"RCPT TO:<b@example.test>", b"DATA"):
+            sock.sendall(command + b"\r\n")
+            code = reply()
+        if code != 354:
+            return [code]
+        sock.sendall(content + b"\r\n.\r\nQUIT\r\n")
+        codes: list[int | None] = []
+        with contextlib.suppress(OSError):
+            while (code := reply()) is not None:
+                codes.append(code)
+                if code == 221:
+                    break
+        return codes or [None]
