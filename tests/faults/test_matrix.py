@@ -491,35 +491,49 @@ def test_archive_bomb(request: pytest.FixtureRequest, tmp_path: Path, next_hop: 
     assert accounting.accepted == accounting.sent
 
 
-def test_disk_full(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop) -> None:
-    """STATE_DIR/spool on a full 8 MB tmpfs: messages over the spool threshold get 4xx; once
-    space is back, the MTA's retry delivers them."""
+DISK_FULL = {
+    "spool": "STATE_DIR/spool on a full 8 MB tmpfs (SPOOL_THRESHOLD 1 KB: every message spooled)",
+    "state-dir": "the whole STATE_DIR (quarantine, SQLite index) on a full 16 MB tmpfs (messages not spooled)",
+}
+
+
+@pytest.mark.parametrize("where", list(DISK_FULL))
+def test_disk_full(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop, where: str) -> None:
+    """A real full filesystem: every message that needs the disk gets 4xx (never 5xx); once
+    space is back, the MTA's retry delivers or quarantines them.  The filesystem is a tmpfs
+    mounted for the case and always unmounted."""
     pending(request)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    serve = Serve(tmp_path, next_hop.port, extra="SPOOL_THRESHOLD = 1024")
-    with tmpfs(serve.state / "spool") as spool, serve.start():
-        filler = spool / "filler"
+    serve = Serve(tmp_path, next_hop.port, extra="SPOOL_THRESHOLD = 1024" if where == "spool" else "")
+    mount, size = (serve.state / "spool", "8m") if where == "spool" else (serve.state, "16m")
+    with tmpfs(mount, size) as disk, serve.start():
+        filler = disk / "filler"
         with filler.open("wb") as handle, contextlib.suppress(OSError):
             while True:
-                handle.write(bytes(1024 * 1024))
+                handle.write(bytes(64 * 1024))
                 handle.flush()
-        client = FaultClient(serve.port, "disk-full")
-        client.load(LOAD // 2, body=lambda n: ("x" * 78 + "\r\n") * 100 + f"{n}")
+        client = FaultClient(serve.port, f"disk-full-{where}")
+        client.load(
+            LOAD // 2, body=lambda n: ("x" * 78 + "\r\n") * 100 + f"{n}" + (f" {HOLD_ME}" if n % 5 == 0 else "")
+        )
         first = account(client, next_hop, serve.state, settle=2)
+        full_replies = dict(first.codes)
         filler.unlink()
         client.retries, client.retry_delay = 2, 1.0
         client.retry_refused()
         accounting = account(client, next_hop, serve.state)
         serve.stop()
-        leftovers = len([path for path in spool.rglob("*") if path.is_file()])
+        spool = serve.state / "spool"
+        leftovers = len([path for path in spool.rglob("*") if path.is_file()]) if spool.is_dir() else 0
     record(
         request,
-        "the spool on a full 8 MB tmpfs",
+        DISK_FULL[where],
         "4xx while full; delivered on retry",
         accounting,
         refused_during_fault=first.tempfailed,
         spool_files_left=leftovers,
+        replies_while_full=full_replies,
     )
     check(accounting)
     assert first.tempfailed > 0
