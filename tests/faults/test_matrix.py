@@ -147,6 +147,27 @@ def test_next_hop(request: pytest.FixtureRequest, tmp_path: Path, next_hop: Faul
         assert first.unanswered == 0, first.summary()  # answered 4xx, not a hang-up
 
 
+def test_next_hop_reply_lost(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop) -> None:
+    """The next hop keeps every 5th message and closes before its reply: the gateway answers
+    4xx, the MTA retries, the next hop gets a second copy.  This is the duplicate SMTP cannot
+    avoid (RFC 1047): allowed, and counted - the case shows the accounting sees it."""
+    pending(request)
+    next_hop.lose_reply_every = 5
+    with Serve(tmp_path, next_hop.port).start() as serve:
+        client = FaultClient(serve.port, "next-hop-reply-lost", retries=2, retry_delay=0.5)
+        client.load(LOAD // 2, body=lambda n: f"message {n}")
+        accounting = account(client, next_hop, serve.state)
+    record(
+        request,
+        "the next hop keeps every 5th message and closes before its reply",
+        "4xx, retried: one duplicate per lost reply (allowed, counted)",
+        accounting,
+        refused_during_fault=accounting.tempfailed,
+    )
+    check(accounting, duplicates_allowed=True)
+    assert accounting.duplicates == accounting.tempfailed > 0
+
+
 # ---------------------------------------------------------------------------------------- clamd and spamd
 
 

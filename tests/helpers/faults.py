@@ -385,15 +385,17 @@ def check(accounting: Accounting, *, duplicates_allowed: bool = False, no_5xx: b
 
 
 class FaultyNextHop(RecordingServer):
-    """A RecordingServer with two more faults: ``delay`` seconds before answering DATA (slow),
-    and ``drop_every`` (answer 250 to every n-th message without keeping it: a next hop that
-    loses mail, for showing that the accounting finds it)."""
+    """A RecordingServer with more faults: ``delay`` seconds before answering DATA (slow),
+    ``drop_every`` (answer 250 to every n-th message without keeping it: a next hop that
+    loses mail, for showing that the accounting finds it), ``lose_reply_every`` (keep every
+    n-th message and close the connection before the reply: the duplicate SMTP cannot avoid)."""
 
     def __init__(self, data_size_limit: int = 200 * 1024 * 1024) -> None:
         super().__init__()
         self.data_size_limit = data_size_limit
         self.delay = 0.0
         self.drop_every = 0
+        self.lose_reply_every = 0
         self._count = 0
 
     def start(self) -> FaultyNextHop:
@@ -418,6 +420,10 @@ class FaultyNextHop(RecordingServer):
         self._count += 1
         if self.drop_every and self._count % self.drop_every == 0 and not (self.hang or self.data_reply):
             return "250 2.0.0 Ok: dropped"
+        if self.lose_reply_every and self._count % self.lose_reply_every == 0:
+            answer = await super().handle_DATA(server, session, envelope)  # kept...
+            server.transport.abort()  # ...and the reply lost
+            return answer
         return await super().handle_DATA(server, session, envelope)
 
 
