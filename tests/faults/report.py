@@ -45,7 +45,9 @@ Regenerate this file with `python tests/faults/report.py` (runs the matrix and r
 table; the figures vary from run to run, the cases and verdicts may not:
 `tests/faults/test_reliability_doc.py` checks them against the suite).  Columns: *sent*
 messages, *acc.* accepted, *ref.* refused (`4xx`/`5xx`/no answer), *dup.* duplicates,
-*lost*; *during* is how many messages got a `4xx` or no answer at least once (the fault was seen).
+*lost*; *replies* every reply the client saw (code×count, `none`: no answer); *during* is how
+many messages got a `4xx` or no answer at least once (the fault was seen).  A case's own figures
+(peak RSS, spool files left, replies while the disk was full...) follow its fault in brackets.
 """
 
 
@@ -79,19 +81,22 @@ def cell(text: Any) -> str:
 
 def render(results: dict[str, dict[str, Any]]) -> str:
     lines = [PROMISE, BEGIN, ""]
-    lines.append("| case | fault | expected | sent | acc. | ref. (4xx/5xx/none) | during | dup. | lost | verdict |")
-    lines.append("|---|---|---|---:|---:|---|---:|---:|---:|---|")
+    lines.append(
+        "| case | fault | expected | sent | acc. | ref. (4xx/5xx/none) | during | dup. | lost | replies | verdict |"
+    )
+    lines.append("|---|---|---|---:|---:|---|---:|---:|---:|---|---|")
     pending = []
     for case in sorted(results):
         entry = results[case]
         if entry.get("verdict") == "skipped":
             pending.append(f"* `{case}`: {entry.get('reason', '')}")
-            lines.append(f"| `{case}` | | | | | | | | | skipped |")
+            lines.append(f"| `{case}` | | | | | | | | | | skipped |")
             continue
         refused = (
             f"{entry.get('refused', '')} ({entry.get('refused_4xx', '')}/{entry.get('refused_5xx', '')}/"
             f"{entry.get('unanswered', '')})"
         )
+        replies = " ".join(f"{code}×{n}" for code, n in entry.get("codes", {}).items())
         notes = {key: value for key, value in entry.items() if key not in STANDARD}
         extra = " (" + "; ".join(f"{key.replace('_', ' ')}: {value}" for key, value in notes.items()) + ")"
         extra = extra if notes else ""
@@ -99,7 +104,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"| `{case}` | {cell(entry.get('fault', ''))}{extra} | {cell(entry.get('expected', ''))} | "
             f"{entry.get('sent', '')} | {entry.get('accepted', '')} | {refused} | "
             f"{entry.get('refused_during_fault', '')} | {entry.get('duplicates', '')} | {entry.get('lost', '')} | "
-            f"{entry['verdict']} |"
+            f"{replies} | {entry['verdict']} |"
         )
     lines += ["", END, ""]
     if pending:
