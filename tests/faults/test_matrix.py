@@ -37,6 +37,7 @@ from tests.helpers.faults import (
     peak_rss_kb,
     pg_ctl,
     postgres_pids,
+    quarantine_categories,
     raw_transaction,
     record,
     send_many_recipients,
@@ -226,6 +227,7 @@ def test_clamd(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyN
             client.retry_refused()  # the MTA's retry, clamd back
             client.load(LOAD // 4)
             accounting = account(client, next_hop, serve.state)
+            categories = quarantine_categories(serve.state)
     finally:
         clamd.stop()
     record(
@@ -236,6 +238,7 @@ def test_clamd(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyN
         refused_during_fault=first.tempfailed,
     )
     check(accounting)
+    assert set(categories) <= {"held"}, categories  # a scanner down never quarantines anything
     if fault in ("down", "hung", "slow"):
         assert first.tempfailed > 0, first.summary()  # the fault was seen
         assert first.unanswered == 0, first.summary()  # as a 4xx, not a hang-up

@@ -289,6 +289,17 @@ def quarantine_ids(state: Path) -> Counter[str]:
     return found
 
 
+def quarantine_categories(state: Path) -> Counter[str]:
+    """How many files each quarantine category holds (``held`` is the matrix's own rule)."""
+    root = state / "quarantine"
+    found: Counter[str] = Counter()
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if path.is_file() and path.parent.name in ("new", "cur"):
+                found[path.parent.parent.relative_to(root).as_posix()] += 1
+    return found
+
+
 @dataclass
 class Accounting:
     sent: int = 0
