@@ -295,12 +295,19 @@ def test_worker_sigkilled(request: pytest.FixtureRequest, tmp_path: Path, next_h
     check(accounting, duplicates_allowed=True)
 
 
-def test_sighup_every_second(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop) -> None:
-    """SIGHUP every second under load, with a retrying client: nothing lost, no duplicate."""
+@pytest.mark.parametrize("connections", ["kept", "new"])
+def test_sighup_every_second(
+    request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop, connections: str
+) -> None:
+    """SIGHUP every second under load, with a retrying client that keeps its connections open
+    between messages as Postfix does (``kept``) or opens one per message (``new``): nothing
+    lost, no duplicate."""
     pending(request)
     next_hop.delay = 0.2
     with Serve(tmp_path, next_hop.port).start() as serve:
-        client = FaultClient(serve.port, "sighup", retries=4, retry_delay=0.5)
+        client = FaultClient(
+            serve.port, f"sighup-{connections}", retries=4, retry_delay=0.5, reuse=connections == "kept"
+        )
 
         def hup(stop: threading.Event) -> None:
             while not stop.wait(1.0):
@@ -312,13 +319,14 @@ def test_sighup_every_second(request: pytest.FixtureRequest, tmp_path: Path, nex
         accounting = account(client, next_hop, serve.state)
     record(
         request,
-        "SIGHUP every second under load",
+        f"SIGHUP every second under load, connections: {connections}",
         "nothing lost, no duplicate",
         accounting,
         refused_during_fault=accounting.tempfailed,
     )
     assert alive
     check(accounting)
+    assert "none" not in accounting.codes, accounting.summary()  # no transaction cut without a reply
 
 
 BROKEN_RELOADS = {
