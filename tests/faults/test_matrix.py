@@ -92,7 +92,7 @@ NEXT_HOP_FAULTS = {
     "4xx": "the next hop answers 451 to DATA",
     "5xx": "the next hop answers 554 to DATA",
     "hung": "the next hop never answers DATA (relay timeout 2 s)",
-    "closing": "the next hop closes the connection after the content, without an answer",
+    "closing": "the next hop closes the connection after every 2nd message's content, without an answer",
     "slow": "the next hop answers DATA after 1 s",
 }
 
@@ -115,17 +115,10 @@ def test_next_hop(request: pytest.FixtureRequest, tmp_path: Path, next_hop: Faul
     with serve.start():
         client = FaultClient(serve.port, f"next-hop-{fault}", retries=0)
 
-        def closing(stop: threading.Event) -> None:
-            while not stop.wait(0.3):
-                next_hop.hang_up_at = "CONTENT"
-
-        if fault == "closing":
-            with background(closing):
-                client.load(LOAD // 2)
-        else:
-            client.load(LOAD // 2)
+        next_hop.close_every = 2 if fault == "closing" else 0
+        client.load(LOAD // 2)
         first = account(client, next_hop, serve.state, settle=2)
-        next_hop.data_reply, next_hop.hang, next_hop.hang_up_at = None, False, None
+        next_hop.data_reply, next_hop.hang, next_hop.close_every = None, False, 0
         if fault == "down":  # the next hop comes back: the gateway is pointed at it
             serve.next_hop = next_hop.port
             serve.write(relay_timeout=2.0)
@@ -145,7 +138,7 @@ def test_next_hop(request: pytest.FixtureRequest, tmp_path: Path, next_hop: Faul
         refused_during_fault=refused_first,
     )
     check(accounting, no_5xx=fault != "5xx")
-    if fault in ("down", "4xx", "hung"):
+    if fault in ("down", "4xx", "hung", "closing"):
         assert first.tempfailed > 0, first.summary()  # the fault was seen
         assert first.unanswered == 0, first.summary()  # answered 4xx, not a hang-up
 

@@ -445,6 +445,7 @@ class FaultyNextHop(RecordingServer):
         self.delay = 0.0
         self.drop_every = 0
         self.lose_reply_every = 0
+        self.close_every = 0
         self._count = 0
 
     def start(self) -> FaultyNextHop:
@@ -469,6 +470,9 @@ class FaultyNextHop(RecordingServer):
         self._count += 1
         if self.drop_every and self._count % self.drop_every == 0 and not (self.hang or self.data_reply):
             return "250 2.0.0 Ok: dropped"
+        if self.close_every and self._count % self.close_every == 0:  # content in, no answer, nothing kept
+            server.transport.abort()
+            return "250 never sent"
         if self.lose_reply_every and self._count % self.lose_reply_every == 0:
             answer = await super().handle_DATA(server, session, envelope)  # kept...
             server.transport.abort()  # ...and the reply lost
