@@ -33,8 +33,10 @@ import click
 
 from mailsift.cli.common import Duration, config_option, load_config
 from mailsift.config import Config
+from mailsift.core import poison as poison_counts
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.address import address_problem
+from mailsift.message.mail import remove_stale_spool
 from mailsift.storage.quarantine.admin import (
     QuarantineProblem,
     ReleaseInProgress,
@@ -331,13 +333,31 @@ def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
 )
 @click.option("--category", help="Only this quarantine folder.")
 def expire_command(config_path: str | None, older_than: float, category: str | None) -> None:
-    """Delete old quarantined mail (after adopting unindexed files, see reindex)."""
+    """Delete old quarantined mail (after adopting unindexed files, see reindex); also forget poison-mail
+    counts idle past POISON's expire and remove spool files left by workers that no longer run."""
     config = load_config(config_path, database_for="the quarantine index")
     try:
         count = expire(config.settings, older_than, category=category)
+        counts = _purge_poison_counts(config)
     except MailsiftError as error:
         _database_failed(error)
     click.echo(f"expired {count} message(s)")
+    if counts:
+        click.echo(f"purged {counts} poison-mail attempt count(s)")
+    # Spool files of workers killed inside a transaction (a running worker's own are kept).
+    spooled = remove_stale_spool(config.settings.spool_dir)
+    if spooled:
+        click.echo(f"removed {len(spooled)} stale spool file(s)")
+
+
+def _purge_poison_counts(config: Config) -> int:
+    """Forget the poison-mail attempt counts idle past ``POISON``'s ``expire`` (none without POISON)."""
+    watch = config.settings.poison
+    database = config.settings.database
+    if watch is None or database is None:
+        return 0
+    before = time.time() - watch.expire
+    return database.call(lambda connection: poison_counts.purge(connection, before))
 
 
 @quarantine_group.command("reindex")

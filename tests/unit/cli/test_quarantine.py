@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import select
 
 from mailsift import config as config_module
 from mailsift.cli.quarantine import quarantine_group
 from mailsift.config import Config
-from mailsift.message.mail import Envelope, Mail
+from mailsift.core import poison
+from mailsift.message.mail import Envelope, Mail, process_runs
 from mailsift.message.result import Result as ScanResult
 from mailsift.storage.quarantine.index import (
     RELEASED,
@@ -297,3 +299,29 @@ def test_reindex_adopts_orphans_reports_damage_and_missing_files(gateway: Gatewa
     assert gateway.entry(indexed) is not None
     again = gateway.cli("reindex")
     assert again.stdout.splitlines()[-1] == "reindexed: 0 adopted, 1 unreadable, 1 missing"
+
+
+def test_expire_forgets_idle_poison_counts_and_removes_dead_workers_spool_files(gateway: Gateway) -> None:
+    """`quarantine expire` (the daily cron line) also purges what the mail path leaves behind."""
+    database = gateway.settings.database
+    assert database is not None
+    assert gateway.settings.poison is not None  # a loaded config has poison()
+    spool = Path(gateway.settings.spool_dir)
+    spool.mkdir(parents=True, exist_ok=True)  # STATE_DIR and its spool, as serve makes them
+    now = time.time()
+    database.call(lambda c: poison.count_attempt(c, "idle", now - 8 * DAY, 30 * DAY, "ContentError", "a@x.test"))
+    database.call(lambda c: poison.count_attempt(c, "recent", now - DAY, 30 * DAY, "ContentError", "a@x.test"))
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not process_runs(pid))
+    left_by_dead = spool / f"mailsift-{dead}-abc.eml"
+    left_by_dead.write_bytes(b"half a message")
+    ours = spool / f"mailsift-{os.getpid()}-def.eml"
+    ours.write_bytes(b"a message being received")
+
+    result = gateway.cli("expire", "--older-than", "30d")
+    assert result.exit_code == 0, result.output
+    assert "purged 1 poison-mail attempt count(s)" in result.stdout
+    assert "removed 1 stale spool file(s)" in result.stdout
+    keys = database.call(lambda c: sorted(row.key for row in c.execute(select(poison.table))))
+    assert keys == ["recent"]
+    assert not left_by_dead.exists()
+    assert ours.exists()
