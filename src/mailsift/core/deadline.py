@@ -71,9 +71,8 @@ class MessageDeadline:
     deadline's; :meth:`tempfail` is then the message's decision and outcome.
     """
 
-    def __init__(self, mail: Mail, seconds: float, sweeper: DeadlineSweeper | None = None) -> None:
+    def __init__(self, mail: Mail, seconds: float) -> None:
         self.mail = mail
-        self.sweeper = sweeper
         self.seconds = seconds
         now = time.monotonic()
         self.ends: float = mail.memo.setdefault(_ENDS, now + seconds)
@@ -85,30 +84,14 @@ class MessageDeadline:
         self.handed_over: float | None = None
         self.abandon = threading.Event()
         self._timeout: asyncio.Timeout | None = None
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        self._expired = False
         self._tokens: tuple[Any, ...] = ()
 
     async def __aenter__(self) -> MessageDeadline:
         loop = asyncio.get_running_loop()
-        ends = loop.time() + max(0.0, self.ends - time.monotonic())
-        if self.sweeper is None:
-            self._timeout = asyncio.timeout_at(ends)
-            await self._timeout.__aenter__()
-        else:  # the mail path: one sweeper for all messages instead of a timer each (bench/RESULTS.md)
-            self._task = asyncio.current_task()
-            assert self._task is not None
-            self._cancelling = self._task.cancelling()
-            self.sweeper.watch(self, ends)
+        self._timeout = asyncio.timeout_at(loop.time() + max(0.0, self.ends - time.monotonic()))
+        await self._timeout.__aenter__()
         self._tokens = (_CURRENT.set(self), CLOCK.set(self.clock), ABANDONED.set(self.abandon))
         return self
-
-    def expire(self) -> None:
-        """The sweeper's call when the time is up: cancel the message's task (as asyncio.timeout does)."""
-        if self._task is not None and not self._expired:
-            self._expired = True
-            self._task.cancel()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -117,17 +100,7 @@ class MessageDeadline:
         _CURRENT.reset(mine)
         CLOCK.reset(clock)
         ABANDONED.reset(abandon)
-        if self._timeout is None:
-            assert self.sweeper is not None
-            assert self._task is not None
-            self.sweeper.forget(self)
-            if self._expired:
-                self.passed = True
-                self.abandon.set()  # a database transaction of this message still running rolls back
-                # asyncio.timeout's rule: our cancellation becomes TimeoutError, anybody else's stays
-                if self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
-                    raise TimeoutError from error
-            return
+        assert self._timeout is not None
         try:
             await self._timeout.__aexit__(kind, error, traceback)
         finally:
@@ -148,8 +121,6 @@ class MessageDeadline:
             self.handed_over = time.monotonic()
             if self._timeout is not None:
                 self._timeout.reschedule(None)
-            if self.sweeper is not None:
-                self.sweeper.forget(self)
 
     def where(self) -> str:
         """``exceeded in scanning: clamd 1.8 s (3 parts of 16 scanned)``."""
@@ -175,48 +146,6 @@ class MessageDeadline:
             f"{self.handed_over - (self.ends - self.seconds):.1f} s): its answer stands"
         )
         return f"{note}; {late}" if note else late
-
-
-class DeadlineSweeper:
-    """One periodic check for every message's deadline on a mail path, instead of a timer each.
-
-    An ``asyncio.timeout`` per message (a timer armed and cancelled per
-    message) cost about 5% of a busy worker (bench/RESULTS.md).  The sweeper
-    keeps the running messages' deadlines and wakes every :attr:`period`
-    seconds while any is running; a message past its time has its task
-    cancelled (:meth:`MessageDeadline.expire`), which its deadline turns into
-    ``TimeoutError`` as asyncio.timeout would.  A deadline fires up to one
-    period late.
-    """
-
-    def __init__(self, period: float = 0.25) -> None:
-        self.period = period
-        self.watched: dict[MessageDeadline, float] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def watch(self, deadline: MessageDeadline, ends: float) -> None:
-        """Watch ``deadline`` until :meth:`forget`; ``ends`` in the loop's time."""
-        self.watched[deadline] = ends
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._sweep())
-
-    def forget(self, deadline: MessageDeadline) -> None:
-        self.watched.pop(deadline, None)
-
-    def close(self) -> None:
-        """Stop sweeping (the worker drains: no message runs any more)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.watched:
-            await asyncio.sleep(self.period)
-            now = loop.time()
-            for deadline, ends in list(self.watched.items()):
-                if now >= ends:
-                    del self.watched[deadline]
-                    deadline.expire()
 
 
 def _handing_over() -> None:

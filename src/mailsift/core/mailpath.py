@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailsift import replies
-from mailsift.core.deadline import DeadlineDelivery, DeadlineSweeper, MessageDeadline
+from mailsift.core.deadline import DeadlineDelivery, MessageDeadline
 from mailsift.core.disposition import Disposer, Outcome
 from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
@@ -52,7 +52,6 @@ class MailPath:
         self.disposer = Disposer(
             QuarantineStore(settings.quarantine_dir, settings.database), DeadlineDelivery(self.delivery)
         )
-        self.sweeper = DeadlineSweeper()  # every message's deadline, one periodic check
         self.poison = PoisonWatch(settings, self.delivery)  # content-tied tempfails counted, then quarantined
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 
@@ -65,7 +64,7 @@ class MailPath:
     async def process(self, mail: Mail) -> tuple[Decision, Outcome]:
         started = time.monotonic()
         mail.started = started  # the log hooks' "time taken"
-        deadline = MessageDeadline(mail, self.settings.message_timeout, self.sweeper)
+        deadline = MessageDeadline(mail, self.settings.message_timeout)
         try:
             async with deadline:
                 decision = await self.poison.evaluate(self.pipeline, mail)
@@ -85,7 +84,7 @@ class MailPath:
         """Evaluate once, carry out with an outcome per recipient of ``mail.envelope``."""
         started = time.monotonic()
         mail.started = started
-        deadline = MessageDeadline(mail, self.settings.message_timeout, self.sweeper)
+        deadline = MessageDeadline(mail, self.settings.message_timeout)
         try:
             async with deadline:
                 decision = await self.poison.evaluate(self.pipeline, mail)
@@ -126,7 +125,6 @@ class MailPath:
                 self._closed.add(id(hook))
                 await hook.close()
         await self.delivery.close()
-        self.sweeper.close()
 
 
 def failure_reply(queue_id: str, error: BaseException) -> Reply:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, func, insert, select
 
-from mailsift.core.deadline import DeadlineSweeper, MessageDeadline
+from mailsift.core.deadline import MessageDeadline
 from mailsift.message.mail import Envelope, Mail
 from mailsift.storage import db
 from mailsift.storage.schema import greylist_table
@@ -81,60 +81,3 @@ def test_once_delivery_starts_the_deadline_no_longer_applies() -> None:
     deadline = asyncio.run(main())
     assert not deadline.passed
     assert "passed during delivery" in deadline.note("")
-
-
-def test_the_sweeper_turns_an_overdue_message_into_timeout_error() -> None:
-    """One sweeper for every message (the mail path's): past its time a message's block gets
-    TimeoutError, its neighbour with time left goes on, and the sweeper stops when none runs."""
-
-    async def main() -> tuple[bool, bool, str, bool]:
-        sweeper = DeadlineSweeper(period=0.05)
-        slow, quick = MessageDeadline(mail(), 0.2, sweeper), MessageDeadline(mail(), 30, sweeper)
-
-        async def run(deadline: MessageDeadline, seconds: float) -> str:
-            try:
-                async with deadline:
-                    await asyncio.sleep(seconds)
-            except TimeoutError:
-                return "timeout"
-            return "done"
-
-        outcomes = await asyncio.wait_for(asyncio.gather(run(slow, 30), run(quick, 0.5)), 10)
-        await asyncio.sleep(0.2)
-        return slow.passed, quick.passed, ",".join(outcomes), sweeper.watched == {} and sweeper._task.done()  # type: ignore[union-attr]
-
-    slow_passed, quick_passed, outcomes, idle = asyncio.run(main())
-    assert (slow_passed, quick_passed, outcomes, idle) == (True, False, "timeout,done", True)
-
-
-def test_a_cancellation_from_elsewhere_stays_a_cancellation_and_hand_over_stops_the_sweeper() -> None:
-    async def main() -> tuple[str, str]:
-        sweeper = DeadlineSweeper(period=0.05)
-
-        async def cancelled_from_outside() -> str:
-            try:
-                async with MessageDeadline(mail(), 30, sweeper):
-                    await asyncio.sleep(30)
-            except TimeoutError:
-                return "timeout"
-            return "done"
-
-        task = asyncio.create_task(cancelled_from_outside())
-        await asyncio.sleep(0.1)
-        task.cancel()
-        try:
-            await task
-            first = "not cancelled"
-        except asyncio.CancelledError:
-            first = "cancelled"
-
-        async def handed_over() -> str:
-            deadline = MessageDeadline(mail(), 0.1, sweeper)
-            async with deadline:
-                deadline.hand_over()  # delivery started: the next hop's answer stands
-                await asyncio.sleep(0.4)
-            return "passed" if deadline.passed else "answer stands"
-
-        return first, await asyncio.wait_for(handed_over(), 10)
-
-    assert asyncio.run(main()) == ("cancelled", "answer stands")
