@@ -28,8 +28,10 @@ def via_lmtpd(port: int, data: bytes, timeout: float = 60) -> list[str]:
     return _finals(smtp_session_lines("127.0.0.1", port, payload + data + b".\r\nQUIT\r\n", timeout))
 
 
-def via_milter(port: int, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float = 60) -> tuple[bytes, bytes]:
-    """The milter's final answer (command, data) to one message."""
+def via_milter(
+    port: int, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float = 60, queue_id: bytes = b"DEADLINE1"
+) -> tuple[bytes, bytes]:
+    """The milter's final answer (command, data) to one message (the connection closing first is an EOFError)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
 
         def send(command: bytes, data: bytes = b"") -> None:
@@ -61,7 +63,7 @@ def via_milter(port: int, headers: list[tuple[bytes, bytes]], body: bytes, timeo
 
         step(b"C", b"client.test\0" + b"4" + struct.pack(">H", 4567) + b"192.0.2.10\0", mp.SMFIP_NR_CONN)
         step(b"H", b"helo.test\0", mp.SMFIP_NR_HELO)
-        send(b"D", b"Mi\0DEADLINE1\0")
+        send(b"D", b"Mi\0" + queue_id + b"\0")
         step(b"M", b"<alice@example.test>\0", mp.SMFIP_NR_MAIL)
         step(b"R", b"<bob@example.test>\0", mp.SMFIP_NR_RCPT)
         for name, value in headers:

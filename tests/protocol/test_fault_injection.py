@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
-import struct
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +37,8 @@ from mailsift.services.smtpd import SMTPServer, smtpd
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.quarantine import store as quarantine_store
-from mailsift.testing import RecordingServer, ServiceThread, smtp_session_lines
+from mailsift.testing import RecordingServer, ServiceThread
+from tests.helpers.frontends import via_lmtpd, via_milter, via_sgfilterd, via_smtpd
 
 MARK = "(injected)"
 
@@ -110,88 +109,6 @@ def message(point: str) -> bytes:
     return (headers + "\r\n" + body(point)).encode()
 
 
-# --------------------------------------------------------------------------- one message per front end
-
-
-def via_smtpd(port: int, data: bytes) -> list[str]:
-    """The final replies: the one after the content, then QUIT's 221 (the connection was not cut)."""
-    payload = b"EHLO client.test\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
-    lines = smtp_session_lines("127.0.0.1", port, payload + data + b".\r\nQUIT\r\n")
-    finals = [line for line in lines if line[3:4] == " "]
-    start = next(i for i, line in enumerate(finals) if line.startswith("354 "))
-    return finals[start + 1 :]
-
-
-def via_lmtpd(port: int, data: bytes) -> list[str]:
-    """One reply per recipient after the content, then QUIT's 221."""
-    payload = b"LHLO client.test\r\nMAIL FROM:<alice@example.test>\r\n"
-    payload += b"RCPT TO:<bob@example.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\n"
-    lines = smtp_session_lines("127.0.0.1", port, payload + data + b".\r\nQUIT\r\n")
-    finals = [line for line in lines if line[3:4] == " "]
-    start = next(i for i, line in enumerate(finals) if line.startswith("354 "))
-    return finals[start + 1 :]
-
-
-def via_milter(port: int, point: str) -> tuple[bytes, bytes]:
-    """The milter's final answer to the message (the connection closing first is an EOFError)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-
-        def send(command: bytes, data: bytes = b"") -> None:
-            sock.sendall(struct.pack(">I", len(data) + 1) + command + data)
-
-        def exactly(count: int) -> bytes:
-            data = b""
-            while len(data) < count:
-                chunk = sock.recv(count - len(data))
-                if not chunk:
-                    raise EOFError(f"the filter closed the connection without an answer ({len(data)} bytes)")
-                data += chunk
-            return data
-
-        def read() -> tuple[bytes, bytes]:
-            (length,) = struct.unpack(">I", exactly(4))
-            packet = exactly(length)
-            return packet[:1], packet[1:]
-
-        send(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF))  # version 6, every action, every step
-        command, data = read()
-        assert command == b"O"
-        steps = struct.unpack(">III", data[:12])[2]
-
-        def step(command: bytes, data: bytes, no_reply: int) -> None:
-            send(command, data)
-            if not steps & no_reply:
-                assert read() == (mp.SMFIR_CONTINUE, b"")
-
-        step(b"C", b"client.test\0" + b"4" + struct.pack(">H", 4567) + b"192.0.2.10\0", mp.SMFIP_NR_CONN)
-        step(b"H", b"helo.test\0", mp.SMFIP_NR_HELO)
-        send(b"D", b"Mi\0FAULT1\0")
-        step(b"M", b"<alice@example.test>\0", mp.SMFIP_NR_MAIL)
-        step(b"R", b"<bob@example.test>\0", mp.SMFIP_NR_RCPT)
-        for name, value in ((b"From", b"alice@example.test"), (b"Subject", b"fault")):
-            step(b"L", name + b"\0" + value + b"\0", mp.SMFIP_NR_HDR)
-        step(b"N", b"", mp.SMFIP_NR_EOH)
-        step(b"B", body(point).encode(), mp.SMFIP_NR_BODY)
-        send(b"E")
-        while True:
-            command, data = read()
-            if command in b"artdy":
-                return command, data
-
-
-def via_sgfilterd(port: int, data: bytes) -> str:
-    """sgfilterd's status line (read until the daemon closes)."""
-    request = f"MAIL FROM: alice@example.test\nRCPT TO: bob@example.test\nDATA {len(data)}\n".encode() + data
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    assert received, "sgfilterd closed the connection without an answer"
-    return received.split(b"\n", 1)[0].decode()
-
-
 # --------------------------------------------------------------------------- the test
 
 
@@ -246,23 +163,29 @@ def test_a_fault_anywhere_is_a_temporary_failure_with_a_log_line(
         inject(monkeypatch, point, front_end, fault)
         data = message(point)
         if front_end == "smtpd":
-            *answers, quit_reply = via_smtpd(thread.port, data)
+            *answers, quit_reply = via_smtpd(thread.port, data, 20)
             assert quit_reply.startswith("221 "), "the connection must stay usable"
             assert len(answers) == 1, answers
             assert answers[0].startswith("4"), answers
         elif front_end == "lmtpd":
-            *answers, quit_reply = via_lmtpd(thread.port, data)
+            *answers, quit_reply = via_lmtpd(thread.port, data, 20)
             assert quit_reply.startswith("221 "), "the connection must stay usable"
             assert len(answers) == 2, f"one reply per recipient: {answers}"
             assert all(answer.startswith("4") for answer in answers), answers
         elif front_end == "milter":
-            command, answer = via_milter(thread.port, point)
+            command, answer = via_milter(
+                thread.port,
+                [(b"From", b"alice@example.test"), (b"Subject", b"fault")],
+                body(point).encode(),
+                20,
+                b"FAULT1",
+            )
             assert command == mp.SMFIR_TEMPFAIL or (command == mp.SMFIR_REPLYCODE and answer[:1] == b"4"), (
                 command,
                 answer,
             )
         else:
-            status = via_sgfilterd(thread.port, data)
+            status = via_sgfilterd(thread.port, data, 20)
             assert status.startswith("451 "), status
     finally:
         monkeypatch.undo()

@@ -25,23 +25,13 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.scanners.engines.rspamd import _MAX_ANSWER, rspamd
+from mailsift.testing import RSPAMD_ANSWER as FAKE_RSPAMD_ANSWER
 from mailsift.testing import FakeRspamd, http_answer
 from tests.helpers import engines
 
 MESSAGE = b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
-ANSWER: dict[str, Any] = {
-    "is_skipped": False,
-    "score": 12.0,
-    "required_score": 15.0,
-    "action": "add header",
-    "symbols": {
-        "SMALL": {"name": "SMALL", "score": 0.5},
-        "BIG": {"name": "BIG", "score": 10.0},
-        "NEGATIVE": {"name": "NEGATIVE", "score": -1.5},
-        "ZERO": {"name": "ZERO", "score": 0.0},
-    },
-}
+ANSWER = FAKE_RSPAMD_ANSWER  # the /checkv2 answer FakeRspamd sends by default
 
 
 def http(body: bytes, status: str = "200 OK", content_type: str = "application/json") -> bytes:
