@@ -7,6 +7,7 @@ import struct
 
 from mailsift.services import milter_protocol as mp
 from mailsift.testing import smtp_session_lines
+from tests.helpers.milter import MilterWire
 
 
 def _finals(lines: list[str]) -> list[str]:
@@ -32,25 +33,9 @@ def via_milter(
     port: int, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float = 60, queue_id: bytes = b"DEADLINE1"
 ) -> tuple[bytes, bytes]:
     """The milter's final answer (command, data) to one message (the connection closing first is an EOFError)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-
-        def send(command: bytes, data: bytes = b"") -> None:
-            sock.sendall(struct.pack(">I", len(data) + 1) + command + data)
-
-        def exactly(count: int) -> bytes:
-            data = b""
-            while len(data) < count:
-                chunk = sock.recv(count - len(data))
-                if not chunk:
-                    raise EOFError(f"the filter closed the connection without an answer ({len(data)} bytes)")
-                data += chunk
-            return data
-
-        def read() -> tuple[bytes, bytes]:
-            (length,) = struct.unpack(">I", exactly(4))
-            packet = exactly(length)
-            return packet[:1], packet[1:]
-
+    wire = MilterWire(port, timeout)
+    send, read = wire.send, wire.read
+    try:
         send(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF))
         command, data = read()
         assert command == b"O"
@@ -76,6 +61,8 @@ def via_milter(
             command, data = read()
             if command in b"artdy":
                 return command, data
+    finally:
+        wire.sock.close()
 
 
 def via_sgfilterd(port: int, data: bytes, timeout: float = 60) -> str:
