@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -55,7 +54,7 @@ from mailsift.errors import MailsiftError, ScannerTimeout
 from mailsift.message.mail import Mail
 from mailsift.message.result import Decision
 from mailsift.scanners.work import CLOCK, ScanClock
-from mailsift.storage.db import ABANDONED
+from mailsift.storage.db import ABANDONED, Flag
 
 _CURRENT: contextvars.ContextVar[MessageDeadline | None] = contextvars.ContextVar(
     "mailsift_message_deadline", default=None
@@ -82,7 +81,7 @@ class MessageDeadline:
         self.clock = ScanClock(mail)
         self.passed = False
         self.handed_over: float | None = None
-        self.abandon = threading.Event()
+        self.abandon = Flag()
         self._timeout: asyncio.Timeout | None = None
         self._tokens: tuple[Any, ...] = ()
 

@@ -50,9 +50,24 @@ from mailsift.storage.sql import upsert
 
 T = TypeVar("T")
 
-ABANDONED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "mailsift_db_abandoned", default=None
-)
+
+class Flag:
+    """Set once, read from any thread: a message given up (lighter than a ``threading.Event``,
+    which the mail path would build per message; nothing waits on it)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+ABANDONED: contextvars.ContextVar[Flag | None] = contextvars.ContextVar("mailsift_db_abandoned", default=None)
 """Set by the mail path (:mod:`mailsift.core.deadline`) around one message's database work:
 statements are bounded by ``busy_timeout``, and once the event is set (the message's deadline
 passed and the MTA got 451) a transaction still running rolls back instead of committing."""
