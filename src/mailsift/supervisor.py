@@ -36,7 +36,7 @@ from typing import Any
 
 from mailsift import config as config_module
 from mailsift.config import Config
-from mailsift.errors import ConfigError
+from mailsift.errors import ConfigError, DatabaseError
 from mailsift.message.mail import remove_stale_spool
 from mailsift.services.daemons import Daemon
 
@@ -56,6 +56,27 @@ def prepare_state(config: Config) -> None:
     except OSError as error:
         where = error.filename or config.settings.state_dir
         raise config.error(f"STATE_DIR: cannot create {where}: {error.strerror}", "STATE_DIR") from None
+
+
+def prepare_database(config: Config) -> None:
+    """Bring a SQLite ``DATABASE`` to the newest schema before the workers exist.
+
+    Workers forked together would otherwise each run the migrations on their
+    first message and race for the fresh file (issue 11: an intermittent
+    "database is locked" answered 451).  A failure here is logged, not fatal:
+    the workers try again on their first use and answer 451 while it fails.
+    PostgreSQL is left to the workers (its advisory lock serialises them, and
+    a database that is down must not hold up the supervisor).
+    """
+    database = config.settings.database
+    if database is None or database.dialect != "sqlite":
+        return
+    try:
+        database.migrate()
+    except DatabaseError as error:
+        log.warning("%s; the workers will try again", error)
+    finally:
+        database.dispose()  # no connection crosses the fork
 
 
 def check_servable(config: Config) -> None:
@@ -182,6 +203,7 @@ class Supervisor:
             log.error("reload failed, keeping the running config: %s", problem)
             return
         self._use_sockets(sockets)
+        prepare_database(new)
         self.daemons.apply(new)
         old = list(self.children)
         self.config = new
@@ -227,6 +249,7 @@ class Supervisor:
         check_servable(self.config)
         prepare_state(self.config)
         self._bind(self.config)
+        prepare_database(self.config)
         self.daemons.apply(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)

@@ -196,6 +196,8 @@ class FaultClient:
     """Keep each thread's connection open for its next message (Postfix's connection cache)."""
     replies: dict[str, list[int | None]] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)
+    unanswered: list[str] = field(default_factory=list)
+    """Each attempt that got no answer: the message, the step it was at, the error."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _kept: list[smtplib.SMTP] = field(default_factory=list)
@@ -228,8 +230,18 @@ class FaultClient:
         the final code, or None if no answer came."""
         client: smtplib.SMTP | None = None
         failed = True
+        stage = "connect"
         try:
             client = self._connection()
+            stage = "EHLO"
+            if client.ehlo_resp is None and client.helo_resp is None:
+                # EHLO alone, its refusal taken as the answer (a draining worker's 421): smtplib's
+                # own ehlo_or_helo_if_needed would try HELO on the connection the 421 closed and
+                # report "Server not connected", hiding the answer the server gave
+                ehlo_code, ehlo_message = client.ehlo()
+                if not 200 <= ehlo_code < 300:
+                    raise smtplib.SMTPHeloError(ehlo_code, ehlo_message)
+            stage = "transaction"
             client.sendmail("a@example.test", list(self.recipients), data)
             code: int | None = 250
             failed = False
@@ -239,8 +251,12 @@ class FaultClient:
             code = error.smtp_code
             if code == -1:  # smtplib's "connection closed" pseudo code
                 code = None
-        except (OSError, smtplib.SMTPException):
+                with self._lock:
+                    self.unanswered.append(f"{mid}: at {stage}: {type(error).__name__}: {error}")
+        except (OSError, smtplib.SMTPException) as error:
             code = None
+            with self._lock:
+                self.unanswered.append(f"{mid}: at {stage}: {type(error).__name__}: {error}")
         finally:
             if client is not None:
                 self._done(client, failed)

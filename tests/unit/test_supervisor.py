@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sqlite3
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,9 @@ from mailsift.scanners.base import MailTarget, Scanner
 from mailsift.services.base import Service
 from mailsift.services.daemons import Daemon
 from mailsift.settings import Settings
-from mailsift.storage.db import Database
+from mailsift.storage.db import Database, sqlite
 from mailsift.storage.policies import set_policy
-from mailsift.supervisor import Supervisor
+from mailsift.supervisor import Supervisor, prepare_database
 from mailsift.testing import free_port
 
 RUNNING = """
@@ -140,3 +141,55 @@ async def test_a_rejected_reload_keeps_the_running_config(
     for sock in supervisor.sockets.values():
         sock.close()
     running.settings.database.dispose()
+
+
+def schema_revisions(path: Path) -> set[str]:
+    with sqlite3.connect(path) as connection:
+        return {row[0] for row in connection.execute("SELECT version_num FROM alembic_version")}
+
+
+def test_a_reload_brings_a_new_sqlite_database_up_to_date_before_its_workers_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers forked together used to run the migrations on their first message, each on the
+    fresh file, and could fail with "database is locked" (451).  The supervisor now does it once,
+    before forking, and leaves no connection open for the children to inherit."""
+    path = tmp_path / "mailsift.conf.py"
+    state, a_db, b_db = tmp_path / "state", tmp_path / "a.db", tmp_path / "b.db"
+    write(path, RUNNING.format(state=str(state), database=str(a_db), port=free_port()))
+    supervisor = Supervisor(config.load(str(path)), workers=2)
+    spawned: list[Database | None] = []
+    monkeypatch.setattr(supervisor, "_spawn", lambda c: spawned.append(c.settings.database))
+    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
+    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
+    supervisor._bind(supervisor.config)
+    write(path, RUNNING.format(state=str(state), database=str(b_db), port=free_port()))
+
+    try:
+        supervisor.reload()
+    finally:
+        for sock in supervisor.sockets.values():
+            sock.close()
+
+    assert len(spawned) == 2
+    assert spawned[0] is supervisor.config.settings.database
+    reference = tmp_path / "reference.db"
+    reference_db = sqlite(str(reference))
+    reference_db.configure(str(tmp_path))
+    reference_db.migrate()
+    assert schema_revisions(b_db) == schema_revisions(reference) != set()
+    assert spawned[0] is not None
+    assert spawned[0]._engine is None
+
+
+def test_a_database_the_supervisor_cannot_open_is_left_to_the_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mailsift.conf.py"
+    unreachable = tmp_path / "no-such-dir" / "mailsift.db"
+    write(path, RUNNING.format(state=str(tmp_path / "state"), database=str(unreachable), port=free_port()))
+    loaded = config.load(str(path))
+    with caplog.at_level(logging.WARNING, "mailsift.supervisor"):
+        prepare_database(loaded)  # must not raise: the workers answer 451 while it fails
+    assert "the workers will try again" in caplog.text
+    assert "unable to open database file" in caplog.text

@@ -224,9 +224,13 @@ class Database:
         """:meth:`call` in a worker thread, so the event loop never waits on the database."""
         return await asyncio.to_thread(self.call, function, *args)
 
+    def migrate(self) -> None:
+        """Create or upgrade the schema and check the database answers; DatabaseError if not."""
+        self.call(_nothing)
+
     async def prepare(self) -> None:
-        """Create the schema and check the database answers (in a thread); DatabaseError if not."""
-        await asyncio.to_thread(self.call, _nothing)
+        """:meth:`migrate` in a thread."""
+        await asyncio.to_thread(self.migrate)
 
     def dispose(self) -> None:
         """Close this process's pooled connections (when a worker drains)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -30,3 +33,21 @@ def test_every_feature_builds_on_the_base_revision() -> None:
     script = ScriptDirectory.from_config(migrations.config())
     bases = script.get_bases()
     assert bases == [migrations.BASE]  # one history; features branch from it and upgrade goes to every head
+
+
+def test_the_log_names_each_revision_applied_and_nothing_else(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor checks the schema on every start and reload: only applied revisions are
+    worth a line (Alembic's "Context impl", "Will assume ...", "setup plugin" are not)."""
+    with caplog.at_level(logging.INFO, "alembic"):
+        with database.engine.begin() as connection:
+            migrations.upgrade(connection)
+        first = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        with database.engine.begin() as connection:
+            migrations.upgrade(connection)
+    assert first
+    assert all(line.startswith("Running upgrade") for line in first), first
+    assert any("0002" in line for line in first)
+    assert [r.getMessage() for r in caplog.records] == []

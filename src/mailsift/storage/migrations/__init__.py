@@ -15,6 +15,7 @@ a change to the schema is made there and in a new revision here, together.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from alembic import command
@@ -33,8 +34,23 @@ def config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+class _UpgradesOnly(logging.Filter):
+    """Alembic's INFO lines, less its chatter: only "Running upgrade ..." is worth a log line
+    (the supervisor checks the schema on every start and reload)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage().startswith("Running upgrade")
+
+
+_QUIET = _UpgradesOnly()
+
+
 def upgrade(connection: Connection) -> None:
     """Apply every missing revision (to all heads) inside ``connection``'s transaction."""
+    for name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+        logger = logging.getLogger(name)
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7366518)")  # one upgrader at a time
     command.upgrade(config(connection), "heads")
