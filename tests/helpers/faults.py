@@ -49,11 +49,7 @@ MAILSIFT = [sys.executable, "-m", "mailsift"]
 HOLD_ME = "QUARANTINE-ME"
 """A body with this is quarantined (category ``held``) by every config of the matrix."""
 
-PENDING: dict[str, str] = {
-    "test_sighup_every_second[new]": "waits for a drain fix (finding 4 with a new connection per message: in about 1 "
-    "run of 5-9 one transaction went unanswered and without a log line, once with 4 duplicates; not reproduced in "
-    "4 runs after issue 11's first fixes were merged, cause not found yet)",
-}
+PENDING: dict[str, str] = {}
 """Cases that wait for a fix being made in parallel (issue 11): case id -> the reason shown by
 the skip (the fix it waits for).  tests/faults/test_matrix.py skips them with that reason;
 docs/reliability.md says "skipped" for them; the lead removes an entry once the fix is merged."""
