@@ -38,6 +38,10 @@ from mailsift.scanners.base import MailTarget, Scanner
 TIMEOUT = 0.2
 """The engines' timeout in the timeout case: small, so the bound below is small too."""
 
+CUT_TIMEOUT = 10.0
+"""The engines' timeout where the answer is cut (closed or reset), not hung: long, so a busy
+machine never turns the cut into a timeout; the cut comes at once, so nothing waits for it."""
+
 BOUND = 10
 """A scan that times out returns within ``BOUND`` times the engine's timeout."""
 

@@ -407,7 +407,8 @@ async def test_connection_closed_mid_answer(cut: int, after_cut: Any) -> None:
     ``... FOUND`` without its NUL), ScannerUnavailable, 451."""
     async with FakeClamd(behaviour="found") as fake:
         fake.cut, fake.after_cut = cut, after_cut
-        error = await engines.check_cut_short(clamd(fake.address, timeout=engines.TIMEOUT), "clamd")
+        scanner = clamd(fake.address, timeout=engines.CUT_TIMEOUT)
+        error = await engines.check_cut_short(scanner, "clamd", engines.CUT_TIMEOUT)
         assert isinstance(error, ScannerUnavailable)
         assert len(fake.streams) >= 2
 

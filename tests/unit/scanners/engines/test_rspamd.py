@@ -321,7 +321,8 @@ RSPAMD_CUTS = [0, 5, STATUS_LINE, RSPAMD_HEAD - 1, RSPAMD_HEAD, RSPAMD_HEAD + 10
 async def test_connection_closed_mid_answer(cut: int, after_cut: Literal["close", "reset"]) -> None:
     async with FakeRspamd(reply=RSPAMD_ANSWER) as fake:
         fake.cut, fake.after_cut = cut, after_cut
-        error = await engines.check_cut_short(rspamd(fake.url, timeout=engines.TIMEOUT), "rspamd")
+        scanner = rspamd(fake.url, timeout=engines.CUT_TIMEOUT)
+        error = await engines.check_cut_short(scanner, "rspamd", engines.CUT_TIMEOUT)
         assert isinstance(error, ScannerUnavailable)
 
 

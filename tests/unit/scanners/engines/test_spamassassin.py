@@ -339,8 +339,8 @@ SPAMD_CUTS = [0, 5, len(b"SPAMD/1.1 0 EX_OK\r\n"), HEAD - 1, HEAD, HEAD + 3, len
 async def test_connection_closed_mid_answer(cut: int, after_cut: Literal["close", "reset"]) -> None:
     async with FakeSpamd(reply=ANSWER) as fake:
         fake.cut, fake.after_cut = cut, after_cut
-        scanner = spamassassind(fake.address, report=False, timeout=engines.TIMEOUT)
-        error = await engines.check_cut_short(scanner, "spamassassind")
+        scanner = spamassassind(fake.address, report=False, timeout=engines.CUT_TIMEOUT)
+        error = await engines.check_cut_short(scanner, "spamassassind", engines.CUT_TIMEOUT)
         assert isinstance(error, ScannerUnavailable)
 
 
