@@ -16,7 +16,9 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
   on a draining worker; one in progress is never cut), queue ids unique
   across workers and nodes;
 * every MAIL and RCPT address checked by
-  :func:`mailsift.message.address.address_problem` (501 when refused);
+  :func:`mailsift.message.address.address_problem` (501 when refused),
+  a domain required (``RCPT TO:<example.com>`` is refused) except for the
+  null sender ``<>`` and the recipient ``<postmaster>`` (RFC 5321 §4.5.1);
 * SMTP smuggling: DATA ends only at ``<CRLF>.<CRLF>`` (:func:`read_data`), and
   the next hop gets CRLF-normalised, dot-stuffed data
   (:func:`mailsift.delivery.smtpclient.wire_data`), so a bare ``\\n.\\n`` can never
@@ -349,7 +351,7 @@ def _plausible_address(address: str, *, allow_empty: bool) -> bool:
     """
     if address == "<>":
         return allow_empty
-    return not address_problem(address, allow_empty=allow_empty)
+    return not address_problem(address, allow_empty=allow_empty, need_domain=True)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
