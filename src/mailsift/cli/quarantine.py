@@ -37,6 +37,7 @@ from mailsift.core import poison as poison_counts
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import remove_stale_spool
+from mailsift.reporting.logline import EscapingFormatter
 from mailsift.storage.quarantine.admin import (
     QuarantineProblem,
     ReleaseInProgress,
@@ -260,7 +261,9 @@ def release_command(
     force: bool,
 ) -> None:
     """Send quarantined messages on to their recipients (SAGATOR's sqback) and record who did."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(name)s: %(message)s"))  # one line per record, no escape sequences
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = load_config(config_path, database_for="the quarantine index")
     hop = parse_next_hop(next_hop) if next_hop else None
     who = by or invoking_user()

@@ -55,6 +55,7 @@ from mailsift.services import milter_protocol as mp
 from mailsift.services.base import Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
+from mailsift.validators import escape_controls
 
 log = logging.getLogger("mailsift.milter")
 
@@ -555,13 +556,13 @@ class MilterSession:
         name = self.macro("client_name") or self.connect.hostname
         if name.startswith("["):  # Sendmail's placeholder for a client without a name
             name = ""
-        return Envelope(
+        return Envelope(  # macros and names escaped: a CR/LF or ESC reaches neither log nor database
             sender=self.sender,
             recipients=list(self.recipients),
-            client_address=self.macro("client_addr") or self.connect.address,
-            client_name=name,
-            helo=self.helo,
-            queue_id=self.macro("i") or self.server.queue_id(),
+            client_address=escape_controls(self.macro("client_addr") or self.connect.address),
+            client_name=escape_controls(name),
+            helo=escape_controls(self.helo),
+            queue_id=escape_controls(self.macro("i")) or self.server.queue_id(),
             protocol="ESMTP",
             mail_options=list(self.mail_options),
         )

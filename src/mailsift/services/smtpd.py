@@ -8,7 +8,10 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 
 * ``PIPELINING`` — aiosmtpd reads commands in order, so pipelined clients work;
 * ``XFORWARD`` — Postfix passes the original client (NAME, ADDR, PROTO, HELO,
-  IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default);
+  IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default),
+  control characters in a decoded value escaped
+  (:func:`mailsift.validators.escape_controls`: ``+0D+0A`` is stored and
+  logged as ``\r\n``, never as a line break);
 * the server skeleton (:mod:`mailsift.services.server`): TCP or a unix
   socket, connection limits per worker and per client address (421 beyond
   them), an idle timeout per command
@@ -46,6 +49,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
+from mailsift.validators import escape_controls
 
 log = logging.getLogger("mailsift.smtpd")
 
@@ -273,7 +277,8 @@ class FilterSMTP(SMTP):
             if not sep or key.upper() not in XFORWARD_ATTRIBUTES:
                 await self.push(str(replies.XFORWARD_BAD))
                 return
-            attributes[key.upper()] = xtext_decode(value)
+            # escaped: a CR/LF or ESC (xtext +0D+0A, +1B) from a trusted host reaches neither log nor database
+            attributes[key.upper()] = escape_controls(xtext_decode(value))
         if not attributes:
             await self.push(str(replies.XFORWARD_BAD))
             return
