@@ -24,6 +24,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mailsift.cli.common import Duration, config_option, load_config
+from mailsift.cli.common import Duration, config_option, load_config, printable, printable_lines
 from mailsift.config import Config
 from mailsift.core import poison as poison_counts
 from mailsift.errors import ConfigError, MailsiftError
@@ -62,6 +63,9 @@ from mailsift.storage.quarantine.store import (
 )
 
 log = logging.getLogger("mailsift.quarantine")
+
+_C1 = re.compile("[\x7f-\x9f]")
+"""Left raw by ``json.dumps(ensure_ascii=False)`` (it escapes C0): escaped for the terminal too."""
 
 DEFAULT_EXPIRY = "14d"
 """qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
@@ -96,7 +100,7 @@ def _when(seconds: float | None) -> str:
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = printable(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -155,7 +159,12 @@ def list_command(
     except MailsiftError as error:
         _database_failed(error)
     if as_json:
-        click.echo(json.dumps([_json_entry(e) for e in entries], ensure_ascii=False, indent=1))
+        click.echo(
+            _C1.sub(
+                lambda m: f"\\u{ord(m.group()):04x}",
+                json.dumps([_json_entry(e) for e in entries], ensure_ascii=False, indent=1),
+            )
+        )
         return
     rows = [("ID", "TIME (UTC)", "CATEGORY", "VERDICT", "FROM", "TO", "SIZE", "STATE", "SUBJECT")]
     for e in entries:
@@ -163,14 +172,14 @@ def list_command(
         recipients = ",".join(e.recipients)
         rows.append(
             (
-                e.id,
+                printable(e.id),
                 _when(e.created),
-                e.category,
+                printable(e.category),
                 _cut(verdict, 40),
                 _cut(e.sender or "<>", 30),
                 _cut(recipients, 40),
                 str(e.size),
-                e.state,
+                printable(e.state),
                 _cut(e.subject, 50),
             )
         )
@@ -228,10 +237,10 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
         ("Released", released),
         ("File", path or f"{entry.path} (missing)"),
     ):
-        click.echo(f"{label + ':':<12}{value}")
+        click.echo(f"{label + ':':<12}{printable(str(value))}")  # mail-derived: no escape sequences
     click.echo("")
     header_block = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    click.echo(header_block.decode("utf-8", "replace").replace("\r\n", "\n"))
+    click.echo(printable_lines(header_block.decode("utf-8", "replace").replace("\r\n", "\n")))
 
 
 def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
