@@ -128,3 +128,29 @@ def choice(value: Any, what: str, choices: Collection[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character escaped, for a log line or a terminal.
+
+    CR, LF and TAB become ``\\r``, ``\\n``, ``\\t``; every other character that
+    is not printable (C0, DEL, C1 such as the CSI ``\\x9b``, ESC, Unicode line
+    and paragraph separators, bidi and other format characters, undecodable
+    bytes kept as surrogates) becomes ``\\xNN``/``\\uNNNN``.  A value from the
+    outside (an address, an XFORWARD attribute, a Subject, a file name, a
+    milter macro) can then neither start a second log line nor send an
+    escape sequence to the terminal of whoever reads the log.  The one place
+    for it: the log writers (:mod:`mailsift.reporting.logline`), the front
+    ends (XFORWARD, milter macros) and the command line all use it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _ESCAPES.get(ch) or _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -18,6 +18,7 @@ from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.durations import seconds
 from mailsift.errors import ConfigError
+from mailsift.validators import escape_controls
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,3 +70,14 @@ def load_config(path: str | None, *, database_for: str = "") -> Config:
             fail(f"the config has no DATABASE ({database_for})")
         click.get_current_context().call_on_close(config.settings.database.dispose)
     return config
+
+
+def printable(text: str) -> str:
+    """One line safe for a terminal: whitespace runs as one space, control characters (escape
+    sequences in a hostile Subject: window title, colours, line erase) shown as ``?``."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.split()))
+
+
+def printable_lines(text: str) -> str:
+    """Several lines safe for a terminal: each line's control characters escaped (``\\x1b``)."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))

@@ -28,6 +28,7 @@ from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
+from mailsift.reporting.logline import EscapingFormatter
 from mailsift.scanners.base import Scanner
 from mailsift.version import __version__
 
@@ -48,11 +49,10 @@ def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    """The service's log on stderr, control characters in messages escaped (one record, one line)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     for noisy in ("mail.log", "aiosmtpd"):  # aiosmtpd logs every command at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mailsift.cli.common import config_option_with, fail, load_config
+from mailsift.cli.common import config_option_with, fail, load_config, printable
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.storage.db import Database
@@ -208,7 +208,7 @@ def lists_show(config_path: str | None, owner: str | None, expired: bool) -> Non
     """Print entries: owner, list, field, value, expiry, comment (tab-separated)."""
     for entry in _run(config_path, list_entries, owner=owner, now=None if expired else time.time()):
         fields = (entry.owner or "*", entry.list, entry.field, entry.value, _when(entry.expires), entry.comment)
-        click.echo("\t".join(fields))
+        click.echo("\t".join(printable(field) for field in fields))  # values may come from mail (web whitelisting)
 
 
 @lists.command("purge")

@@ -24,6 +24,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,12 +32,13 @@ from typing import Any, NoReturn
 
 import click
 
-from mailsift.cli.common import Duration, config_option, load_config
+from mailsift.cli.common import Duration, config_option, load_config, printable, printable_lines
 from mailsift.config import Config
 from mailsift.core import poison as poison_counts
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import remove_stale_spool
+from mailsift.reporting.logline import EscapingFormatter
 from mailsift.storage.quarantine.admin import (
     QuarantineProblem,
     ReleaseInProgress,
@@ -61,6 +63,9 @@ from mailsift.storage.quarantine.store import (
 )
 
 log = logging.getLogger("mailsift.quarantine")
+
+_C1 = re.compile("[\x7f-\x9f]")
+"""Left raw by ``json.dumps(ensure_ascii=False)`` (it escapes C0): escaped for the terminal too."""
 
 DEFAULT_EXPIRY = "14d"
 """qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
@@ -95,7 +100,7 @@ def _when(seconds: float | None) -> str:
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = printable(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -154,7 +159,12 @@ def list_command(
     except MailsiftError as error:
         _database_failed(error)
     if as_json:
-        click.echo(json.dumps([_json_entry(e) for e in entries], ensure_ascii=False, indent=1))
+        click.echo(
+            _C1.sub(
+                lambda m: f"\\u{ord(m.group()):04x}",
+                json.dumps([_json_entry(e) for e in entries], ensure_ascii=False, indent=1),
+            )
+        )
         return
     rows = [("ID", "TIME (UTC)", "CATEGORY", "VERDICT", "FROM", "TO", "SIZE", "STATE", "SUBJECT")]
     for e in entries:
@@ -162,14 +172,14 @@ def list_command(
         recipients = ",".join(e.recipients)
         rows.append(
             (
-                e.id,
+                printable(e.id),
                 _when(e.created),
-                e.category,
+                printable(e.category),
                 _cut(verdict, 40),
                 _cut(e.sender or "<>", 30),
                 _cut(recipients, 40),
                 str(e.size),
-                e.state,
+                printable(e.state),
                 _cut(e.subject, 50),
             )
         )
@@ -227,10 +237,10 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
         ("Released", released),
         ("File", path or f"{entry.path} (missing)"),
     ):
-        click.echo(f"{label + ':':<12}{value}")
+        click.echo(f"{label + ':':<12}{printable(str(value))}")  # mail-derived: no escape sequences
     click.echo("")
     header_block = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    click.echo(header_block.decode("utf-8", "replace").replace("\r\n", "\n"))
+    click.echo(printable_lines(header_block.decode("utf-8", "replace").replace("\r\n", "\n")))
 
 
 def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -260,7 +270,9 @@ def release_command(
     force: bool,
 ) -> None:
     """Send quarantined messages on to their recipients (SAGATOR's sqback) and record who did."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(name)s: %(message)s"))  # one line per record, no escape sequences
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = load_config(config_path, database_for="the quarantine index")
     hop = parse_next_hop(next_hop) if next_hop else None
     who = by or invoking_user()

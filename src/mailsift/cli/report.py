@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from mailsift.cli.common import Duration, config_option, fail, load_config
+from mailsift.cli.common import Duration, config_option, fail, load_config, printable_lines
 from mailsift.config import Config
 from mailsift.delivery.next_hop import resolve
 from mailsift.errors import MailsiftError
@@ -98,7 +98,7 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
     if dry_run:
         for address, data in messages:
             click.echo(f"==== report to <{address}>")
-            click.echo(data.decode("ascii", "replace").replace("\r\n", "\n"))
+            click.echo(printable_lines(data.decode("ascii", "replace").replace("\r\n", "\n")))
         click.echo(f"report: {len(messages)} report(s) not sent (--dry-run)", err=True)
         return
     outcome = asyncio.run(_send(messages, settings.smtp_server, settings.state_dir))

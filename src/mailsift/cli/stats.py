@@ -20,6 +20,7 @@ from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
 from mailsift.storage.db import Database
+from mailsift.validators import escape_controls
 
 CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: the bundled config."
 
@@ -106,4 +107,4 @@ def stats_command(config_path: str | None, since: str, group: str, domains: tupl
     scope = f" for {', '.join(wanted)}" if wanted else ""
     click.echo(f"{'greylisting' if greylist else 'messages'} in the last {since}{scope}, by {group}")
     for line in format_table(group, rows):
-        click.echo(line)
+        click.echo(escape_controls(line))  # domains and scanner names come from mail

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from mailsift.cli.common import config_option, load_config
+from mailsift.cli.common import config_option, load_config, printable
 from mailsift.errors import MailsiftError
 from mailsift.reporting.tracking import (
     DEFAULT_LIMIT,
@@ -35,11 +35,6 @@ from mailsift.reporting.tracking import (
 )
 
 TIME_HELP = "an age (2h, 7d, 2w), a date or a UTC date and time (2024-05-01, 2024-05-01T10:00)"
-
-
-def printable(text: str) -> str:
-    """One line safe for a terminal: control characters (escape sequences in a hostile Subject) shown as ``?``."""
-    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(text.split()))
 
 
 def _cut(text: str, width: int) -> str:

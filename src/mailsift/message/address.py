@@ -10,7 +10,20 @@ message (``a@x>\\r\\nRCPT TO:<victim@y``).
 Refused: control characters (CR, LF, NUL, TAB, DEL, C1...), whitespace,
 ``<``, ``>``, ``"`` and ``\\`` (quoted local parts are not relayed), and
 addresses over :data:`MAX_LENGTH` bytes.  The empty address (the null sender
-``<>``) is allowed only where the caller says so (MAIL FROM).
+``<>``, RFC 5321 §4.5.5) is allowed only where the caller says so (MAIL FROM).
+
+With ``need_domain`` (the SMTP front ends: smtpd, lmtpd, the milter), an
+address without a domain is refused too (``example.com``, ``bob@``,
+``@example.com``: RFC 5321 §4.1.2 makes a path ``Local-part "@" Domain``;
+accepting ``RCPT TO:<example.com>`` let a message be "owned" by a bare
+domain in the web quarantine) — except ``postmaster`` as a *recipient*
+(§4.5.1: "RCPT TO:<Postmaster>" must be accepted; it names the postmaster of
+the receiving host).  A bare ``postmaster`` is refused as a sender: a reverse
+path needs a domain to be answered at.  sgfilterd does not ask for a domain:
+its client is a local delivery agent (procmail, maildrop), whose recipient is
+a local user name.  Nor do the checks before an address goes out (the next
+hop, a release): they guard against smuggling; what is in the envelope was
+checked where it came in.
 
 At the protocol edge a bad address is the client's error (501); where
 mailsift itself would write one, :func:`check_address` raises
@@ -38,12 +51,17 @@ class AddressError(ProtocolError):
     reply = replies.BAD_ADDRESS
 
 
-def address_problem(address: str, *, allow_empty: bool = False) -> str:
-    """Why ``address`` cannot be used in MAIL FROM/RCPT TO; ``""`` when it can."""
+def address_problem(address: str, *, allow_empty: bool = False, need_domain: bool = False) -> str:
+    """Why ``address`` cannot be used in MAIL FROM/RCPT TO; ``""`` when it can.
+
+    ``allow_empty`` allows the null sender (MAIL FROM); ``need_domain`` asks for
+    ``local@domain``, a bare ``postmaster`` allowed where ``allow_empty`` is not
+    (a recipient may be ``<Postmaster>``, RFC 5321 §4.5.1; a sender may not).
+    """
     if not isinstance(address, str):
         return f"not a string: {type(address).__name__}"
     if _PLAIN.fullmatch(address):  # every address checks twice (front end, next hop): keep it cheap
-        return ""
+        return _domain_problem(address, postmaster=not allow_empty) if need_domain else ""
     if not address:
         return "" if allow_empty else "empty address"
     if len(address.encode("utf-8", "surrogateescape")) > MAX_LENGTH:
@@ -55,7 +73,19 @@ def address_problem(address: str, *, allow_empty: bool = False) -> str:
     for ch in address:
         if ch in _REFUSED:
             return f"contains {ch!r}"
-    return ""
+    return _domain_problem(address, postmaster=not allow_empty) if need_domain else ""
+
+
+def _domain_problem(address: str, *, postmaster: bool) -> str:
+    """``""`` for ``local@domain`` (both parts non-empty), or a bare postmaster where allowed."""
+    local, at, domain = address.rpartition("@")
+    if at and local and domain:
+        return ""
+    if not at and postmaster and address.lower() == "postmaster":
+        return ""
+    if not at:
+        return "no domain (an address is local@domain)"
+    return "empty domain" if not domain else "empty local part"
 
 
 def is_valid(address: str, *, allow_empty: bool = False) -> bool:

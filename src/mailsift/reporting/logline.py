@@ -28,7 +28,11 @@ The text line is qmail-scanner's ``--log-details`` line (reference
 
 Fields are decoded (RFC 2047 back to text), spaces and control characters in a
 field become ``_``; a syslog line is cut at 1024 characters, as qmail-scanner
-did.  The JSON line and the SQL rows carry the same fields, unmangled.
+did.  The JSON line and the SQL rows carry the same fields, unmangled; the JSON
+line escapes every control character (C0, DEL, C1: ``\u001b``), so no field can
+start a second line or reach a terminal as an escape sequence.  mailsift's own
+log (stderr) goes through :class:`EscapingFormatter`, which escapes control
+characters in every message (:func:`mailsift.validators.escape_controls`).
 
 The SQL log (``maillog``, SAGATOR's ``log_sql``) has one row per recipient.
 Its writes run in a worker thread in the background: a slow or broken database
@@ -60,6 +64,7 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
 from mailsift.storage.db import Database
 from mailsift.storage.schema import maillog_table
+from mailsift.validators import escape_controls
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
@@ -238,7 +243,10 @@ def build_record(
 
 # --------------------------------------------------------------------------- formats
 
-_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+"""Whitespace, C0, DEL, C1 (``\x9b`` is a terminal's CSI), line separators, bidi and zero-width marks."""
+_JSON_RAW = re.compile(r"[\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+"""What ``json.dumps(ensure_ascii=False)`` leaves raw but a terminal or a line reader must not get."""
 
 
 def _field(value: str, empty: str = "-") -> str:
@@ -291,8 +299,26 @@ def as_dict(record: MessageRecord) -> dict[str, Any]:
 
 
 def json_line(record: MessageRecord) -> str:
-    """One JSON object on one line (``json.dumps`` escapes any line break inside)."""
-    return json.dumps(as_dict(record), ensure_ascii=False, separators=(",", ":"))
+    """One JSON object on one line (``json.dumps`` escapes C0; DEL, C1 and separators are escaped here)."""
+    line = json.dumps(as_dict(record), ensure_ascii=False, separators=(",", ":"))
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+class EscapingFormatter(logging.Formatter):
+    """mailsift's log format, with control characters in each message escaped (one record, one line).
+
+    Log messages carry values from the outside (addresses, XFORWARD
+    attributes, macros, Subjects, file names); a CR/LF in one would forge a
+    second log line, an ESC would reach the terminal of whoever reads the log.
+    The traceback of a logged exception keeps its lines.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        escaped = escape_controls(message)
+        if escaped != message:
+            record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
+        return super().format(record)
 
 
 # --------------------------------------------------------------------------- hooks

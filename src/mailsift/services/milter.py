@@ -27,7 +27,7 @@ decides where; Postfix puts them last).
 
 Every MAIL and RCPT address is checked by
 :func:`mailsift.message.address.address_problem`: a bad one (CR/LF, controls,
-brackets, over-long) is answered ``501`` (at RCPT when the MTA wants an answer
+brackets, over-long, no domain) is answered ``501`` (at RCPT when the MTA wants an answer
 there, else at end of message) and never stored, so it cannot reach a release.
 Listening, the connection limit, draining and queue ids are the server
 skeleton's (:mod:`mailsift.services.server`).
@@ -55,12 +55,29 @@ from mailsift.services import milter_protocol as mp
 from mailsift.services.base import Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
+from mailsift.validators import escape_controls
 
 log = logging.getLogger("mailsift.milter")
 
 TOO_MANY_RECIPIENTS = replies.TOO_MANY_RECIPIENTS
 MAX_RECIPIENTS = 1000
+"""Default ``max_recipients``: recipients kept per message (more: 452 at end of message)."""
 MAX_MACROS = 256
+"""Macros kept per stage (more in one packet: the rest are ignored)."""
+MAX_MACRO_STAGE_BYTES = 64 * 1024
+"""Default ``max_macro_stage_bytes``: bytes of macro names and values in one stage's SMFIC_MACRO."""
+MAX_MACRO_BYTES = 256 * 1024
+"""Default ``max_macro_bytes``: macro bytes held per connection, all stages together."""
+MAX_HEADERS = 1000
+"""Default ``max_headers``: header fields per message."""
+MAX_HEADER_BYTES = 1024 * 1024
+"""Default ``max_header_bytes``: bytes of the header block per message."""
+MAX_NAME = 1024
+"""HELO and the CONNECT host name are cut to this many characters (a host name has at most 255)."""
+MAX_MAIL_OPTIONS = 32
+"""ESMTP parameters of MAIL kept (each at most :data:`MAX_NAME` characters)."""
+MACROS_TOO_BIG = Reply(451, "4.7.0", "Too much milter macro data from the MTA")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header too large")
 _CONNECTION_STAGES = (mp.SMFIC_CONNECT, mp.SMFIC_HELO)
 """Macros of these stages last for the connection; the others for one message."""
 
@@ -120,6 +137,16 @@ class milter(Service):
     MTA address (default half of ``max_connections``), ``exempt_hosts``
     (networks held to ``max_connections`` only; default none), ``quarantine_hold`` (also ask the MTA to hold
     quarantined mail — Postfix's hold queue — instead of discarding it).
+
+    What one MTA connection may make mailsift hold is bounded, so a peer on
+    the milter socket cannot fill a worker's memory: ``max_macro_stage_bytes``
+    (macro names and values sent for one stage, default 64 KiB) and
+    ``max_macro_bytes`` (all stages held at once, default 256 KiB) — beyond
+    them the macros are not kept and the message gets ``451 4.7.0`` at end of
+    message; ``max_headers`` (default 1000) and ``max_header_bytes`` (default
+    1 MiB) per message — beyond them ``552 5.3.4``; ``max_recipients``
+    (default 1000) — beyond it ``452 4.5.3``.  Each refusal is logged.  All of
+    it is dropped at end of message, ABORT and when the connection closes.
     """
 
     kind = "milter"
@@ -137,6 +164,11 @@ class milter(Service):
         max_connections_per_address: int | None = None,
         exempt_hosts: Sequence[str] = (),
         quarantine_hold: bool = False,
+        max_macro_stage_bytes: int = MAX_MACRO_STAGE_BYTES,
+        max_macro_bytes: int = MAX_MACRO_BYTES,
+        max_headers: int = MAX_HEADERS,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_recipients: int = MAX_RECIPIENTS,
     ) -> None:
         family, where, port = parse_connection(connection)
         umask = validators.permission_bits(umask, "milter: umask", unit="an integer like 0o117")
@@ -149,6 +181,13 @@ class milter(Service):
         self.name, self.connection, self.family, self.path = name, connection, family, where
         self.umask, self.max_size, self.timeout = umask, max_size, timeout
         self.quarantine_hold = bool(quarantine_hold)
+        self.max_macro_stage_bytes = check_limit(
+            max_macro_stage_bytes, "max_macro_stage_bytes", self.kind, minimum=1024
+        )
+        self.max_macro_bytes = check_limit(max_macro_bytes, "max_macro_bytes", self.kind, minimum=1024)
+        self.max_headers = check_limit(max_headers, "max_headers", self.kind, minimum=1)
+        self.max_header_bytes = check_limit(max_header_bytes, "max_header_bytes", self.kind, minimum=1024)
+        self.max_recipients = check_limit(max_recipients, "max_recipients", self.kind, minimum=1)
 
     def describe(self) -> str:
         return f"milter({self.name}, {self.connection})"
@@ -302,6 +341,10 @@ class MilterSession:
     def _reset_connection(self) -> None:
         self.macros: dict[bytes, dict[str, str]] = {}
         """Macros by the command they came with (``SMFIC_MACRO``'s first byte)."""
+        self.macro_bytes: dict[bytes, int] = {}
+        """Bytes of each stage's macros held (bounded by ``max_macro_stage_bytes`` and ``max_macro_bytes``)."""
+        self.macro_overflow: set[bytes] = set()
+        """Stages whose macros were over a limit and not kept: their message gets 451 at end of message."""
         self.connect = mp.ConnectInfo("", "U", 0, "")
         self.helo = ""
         self._reset_message()
@@ -311,6 +354,8 @@ class MilterSession:
         for stage in list(self.macros):
             if stage not in _CONNECTION_STAGES:
                 del self.macros[stage]
+                self.macro_bytes.pop(stage, None)
+        self.macro_overflow.intersection_update(_CONNECTION_STAGES)
         self._new_message()
 
     def _new_message(self) -> None:
@@ -324,6 +369,9 @@ class MilterSession:
         self.body: list[bytes] = []
         self.size = 0
         self.too_big = False
+        self.headers = 0
+        self.header_bytes = 0
+        self.header_too_big = False
 
     def close(self) -> None:
         self.writer.close()
@@ -375,33 +423,34 @@ class MilterSession:
             )
             return [mp.optneg_reply(self.options)]
         if command == mp.SMFIC_MACRO:
-            stage, macros = mp.parse_macros(data)
-            self.macros[stage] = dict(list(macros.items())[:MAX_MACROS])
+            self._keep_macros(data)
             return []
         if command == mp.SMFIC_CONNECT:
-            self.connect = mp.parse_connect(data)
+            info = mp.parse_connect(data)
+            self.connect = mp.ConnectInfo(info.hostname[:MAX_NAME], info.family, info.port, info.address[:MAX_NAME])
             self._reset_message()
         elif command == mp.SMFIC_HELO:
-            self.helo = mp.text(mp.strings(data)[0]) if data else ""
+            self.helo = mp.text(mp.strings(data)[0][: MAX_NAME * 4])[:MAX_NAME] if data else ""
         elif command == mp.SMFIC_MAIL:
             if not self.server.begin(self):
                 return None  # draining: no new message; the MTA applies milter_default_action (tempfail)
             self._new_message()
-            self.sender, self.mail_options = mp.parse_address(data)
-            if address_problem(self.sender, allow_empty=True):
+            self.sender, options = mp.parse_address(data)
+            self.mail_options = [option for option in options if len(option) <= MAX_NAME][:MAX_MAIL_OPTIONS]
+            if address_problem(self.sender, allow_empty=True, need_domain=True):
                 return self._refuse_address(command, replies.BAD_SENDER, self.sender)
         elif command == mp.SMFIC_RCPT:
             recipient, _ = mp.parse_address(data)
-            if address_problem(recipient):
+            if address_problem(recipient, need_domain=True):
                 return self._refuse_address(command, replies.BAD_RECIPIENT, recipient)
-            if len(self.recipients) < MAX_RECIPIENTS:
+            if len(self.recipients) < self.service.max_recipients:
                 self.recipients.append(recipient)
             else:
                 self.too_many_recipients = True
         elif command == mp.SMFIC_HEADER:
             name, value = mp.parse_header(data)
             value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            self._keep(self.head, name + b": " + value + b"\r\n")
+            self._keep_header(name + b": " + value + b"\r\n")
         elif command == mp.SMFIC_BODY:
             self._keep(self.body, data)
         elif command == mp.SMFIC_BODYEOB:
@@ -437,6 +486,52 @@ class MilterSession:
         self.bad_address = reply
         return []
 
+    def _keep_macros(self, data: bytes) -> None:
+        """SMFIC_MACRO: keep the stage's macros unless they are over a limit (then keep none of them).
+
+        The size is checked before the packet is parsed, so an oversized one is
+        never turned into strings; the stage's earlier macros are dropped too.
+        """
+        if not data:
+            raise mp.MilterProtocolError("empty MACRO packet")
+        stage, size = data[:1], len(data) - 1
+        held = sum(self.macro_bytes.values()) - self.macro_bytes.get(stage, 0)
+        service = self.service
+        if size > service.max_macro_stage_bytes or held + size > service.max_macro_bytes:
+            self.macros.pop(stage, None)
+            self.macro_bytes.pop(stage, None)
+            if stage not in self.macro_overflow:
+                self.macro_overflow.add(stage)
+                log.warning(
+                    "%s: MTA sent %d bytes of macros for stage %r (limits: %d per stage, %d per connection): "
+                    "not kept; the message gets %s",
+                    service.name,
+                    size,
+                    stage.decode("ascii", "replace"),
+                    service.max_macro_stage_bytes,
+                    service.max_macro_bytes,
+                    MACROS_TOO_BIG.code,
+                )
+            return
+        stage, macros = mp.parse_macros(data)
+        self.macros[stage] = dict(list(macros.items())[:MAX_MACROS])
+        self.macro_bytes[stage] = size
+
+    def _keep_header(self, field: bytes) -> None:
+        """One header field, unless the message is over ``max_headers`` or ``max_header_bytes``."""
+        self.headers += 1
+        self.header_bytes += len(field)
+        if self.header_too_big:
+            self.size += len(field)
+            return
+        if self.headers > self.service.max_headers or self.header_bytes > self.service.max_header_bytes:
+            self.header_too_big = True
+            self.size += len(field)
+            self.head.clear()  # the message is refused: hold nothing more of it
+            self.body.clear()
+            return
+        self._keep(self.head, field)
+
     def macro(self, name: str) -> str:
         """A macro's latest value (``i`` for ``{i}``), '' when the MTA did not send it."""
         for values in reversed(self.macros.values()):
@@ -447,6 +542,8 @@ class MilterSession:
     def _keep(self, parts: list[bytes], data: bytes) -> None:
         """Store ``data`` unless the message is over ``max_size`` (then keep counting, store nothing)."""
         self.size += len(data)
+        if self.header_too_big:
+            return
         if self.size > self.service.max_size:
             if not self.too_big:
                 self.head.clear()
@@ -459,13 +556,13 @@ class MilterSession:
         name = self.macro("client_name") or self.connect.hostname
         if name.startswith("["):  # Sendmail's placeholder for a client without a name
             name = ""
-        return Envelope(
+        return Envelope(  # macros and names escaped: a CR/LF or ESC reaches neither log nor database
             sender=self.sender,
             recipients=list(self.recipients),
-            client_address=self.macro("client_addr") or self.connect.address,
-            client_name=name,
-            helo=self.helo,
-            queue_id=self.macro("i") or self.server.queue_id(),
+            client_address=escape_controls(self.macro("client_addr") or self.connect.address),
+            client_name=escape_controls(name),
+            helo=escape_controls(self.helo),
+            queue_id=escape_controls(self.macro("i")) or self.server.queue_id(),
             protocol="ESMTP",
             mail_options=list(self.mail_options),
         )
@@ -477,9 +574,9 @@ class MilterSession:
         with the queue id and answered with a temporary failure (451).
         """
         env = self.envelope()
-        if self.too_big or self.too_many_recipients:
-            refusal = replies.TOO_BIG if self.too_big else TOO_MANY_RECIPIENTS
-            reason = f"message over max_size ({self.service.max_size} bytes)" if self.too_big else "too many recipients"
+        refused = self.refusal()
+        if refused is not None:
+            refusal, reason = refused
             log.info(
                 "%s: %s: refused at end of message: %s %s from=<%s> client=%s[%s]",
                 env.queue_id,
@@ -507,6 +604,23 @@ class MilterSession:
             if mail is not None:
                 self.server.delivery.take(mail)
                 mail.close()
+
+    def refusal(self) -> tuple[Reply, str] | None:
+        """The reply and reason when the message went over a limit (nothing of it is scanned)."""
+        service = self.service
+        if self.macro_overflow:
+            stages = ",".join(sorted(stage.decode("ascii", "replace") for stage in self.macro_overflow))
+            return MACROS_TOO_BIG, f"macros over their limit (stages {stages})"
+        if self.header_too_big:
+            return HEADER_TOO_BIG, (
+                f"header over its limits ({self.headers} fields, {self.header_bytes} bytes; "
+                f"max_headers {service.max_headers}, max_header_bytes {service.max_header_bytes})"
+            )
+        if self.too_big:
+            return replies.TOO_BIG, f"message over max_size ({service.max_size} bytes)"
+        if self.too_many_recipients:
+            return TOO_MANY_RECIPIENTS, f"too many recipients (max_recipients {service.max_recipients})"
+        return None
 
     def final_answer(self, env: Envelope, raw: bytes, decision: Decision, final: bytes | None) -> list[bytes]:
         disposition = decision.disposition

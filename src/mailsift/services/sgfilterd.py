@@ -449,6 +449,8 @@ class SgfilterServer(Server):
 
 def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
     match = _ADDRESS.fullmatch(argument.strip())
+    # No domain required (unlike smtpd and the milter): sgfilter's client is a local delivery agent,
+    # whose recipient is a local user name ("root"); CR/LF, controls and brackets are refused all the same.
     if match is None or address_problem(match.group(1), allow_empty=allow_empty):
         raise _Refused(error)
     return match.group(1)

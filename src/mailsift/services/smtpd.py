@@ -8,7 +8,10 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 
 * ``PIPELINING`` — aiosmtpd reads commands in order, so pipelined clients work;
 * ``XFORWARD`` — Postfix passes the original client (NAME, ADDR, PROTO, HELO,
-  IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default);
+  IDENT, SOURCE); accepted only from ``xforward_hosts`` (loopback by default),
+  control characters in a decoded value escaped
+  (:func:`mailsift.validators.escape_controls`: ``+0D+0A`` is stored and
+  logged as ``\r\n``, never as a line break);
 * the server skeleton (:mod:`mailsift.services.server`): TCP or a unix
   socket, connection limits per worker and per client address (421 beyond
   them), an idle timeout per command
@@ -16,7 +19,9 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
   on a draining worker; one in progress is never cut), queue ids unique
   across workers and nodes;
 * every MAIL and RCPT address checked by
-  :func:`mailsift.message.address.address_problem` (501 when refused);
+  :func:`mailsift.message.address.address_problem` (501 when refused),
+  a domain required (``RCPT TO:<example.com>`` is refused) except for the
+  null sender ``<>`` and the recipient ``<postmaster>`` (RFC 5321 §4.5.1);
 * SMTP smuggling: DATA ends only at ``<CRLF>.<CRLF>`` (:func:`read_data`), and
   the next hop gets CRLF-normalised, dot-stuffed data
   (:func:`mailsift.delivery.smtpclient.wire_data`), so a bare ``\\n.\\n`` can never
@@ -44,6 +49,7 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
+from mailsift.validators import escape_controls
 
 log = logging.getLogger("mailsift.smtpd")
 
@@ -271,7 +277,8 @@ class FilterSMTP(SMTP):
             if not sep or key.upper() not in XFORWARD_ATTRIBUTES:
                 await self.push(str(replies.XFORWARD_BAD))
                 return
-            attributes[key.upper()] = xtext_decode(value)
+            # escaped: a CR/LF or ESC (xtext +0D+0A, +1B) from a trusted host reaches neither log nor database
+            attributes[key.upper()] = escape_controls(xtext_decode(value))
         if not attributes:
             await self.push(str(replies.XFORWARD_BAD))
             return
@@ -349,7 +356,7 @@ def _plausible_address(address: str, *, allow_empty: bool) -> bool:
     """
     if address == "<>":
         return allow_empty
-    return not address_problem(address, allow_empty=allow_empty)
+    return not address_problem(address, allow_empty=allow_empty, need_domain=True)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
