@@ -122,6 +122,19 @@ def webq_server() -> Iterator[WebqServer]:
         message_bytes("news@list.example", "team@example.org", "Team newsletter", "Hello team."),
         category="policy",
     )
+    server.seed(  # the CSRF test's message: a user may release spam (a virus: admins only)
+        "alice_offer",
+        "offers@shop.example",
+        ["alice@example.org"],
+        message_bytes("offers@shop.example", "alice@example.org", "Offer of the week", "50% off."),
+        category="spam",
+    )
+    server.seed(  # a virus the admin releases
+        "bob_virus",
+        "billing@bad.example",
+        ["bob@example.org"],
+        message_bytes("billing@bad.example", "bob@example.org", "Bob's invoice", "See the attachment."),
+    )
     log = open(os.path.join(state, "serve.log"), "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
         [sys.executable, "-m", "mailsift", "serve", "-c", config_path, "-w", "1"], stdout=log, stderr=log

@@ -1,6 +1,7 @@
 """The web quarantine in a real browser (Playwright + Debian's chromium) against a real `mailsift serve`.
 
-Log in as a user and as an admin; release to the next hop; a user cannot see
+Log in as a user and as an admin; release to the next hop (after a confirmation page); a user
+has no release button for a virus, an admin releases it after confirming; a user cannot see
 or act on another user's message by any URL; a state change without the
 CSRF token fails; hostile mail shows as text only; screenshots of the main
 pages go to /tmp/mailsift-screens/.
@@ -81,6 +82,9 @@ def test_release_reaches_the_next_hop(webq_server: WebqServer, page: Any) -> Non
     page.goto(f"{webq_server.url}/q/{entry_id}")
     page.click("#release")
     page.wait_for_load_state()
+    assert len(webq_server.recorder.messages) == before  # the confirmation page first
+    page.click("#confirm-release")
+    page.wait_for_load_state()
     assert "Released to alice@example.org" in page.locator("p.notice").inner_text()
     assert page.locator("#state").inner_text().startswith("released")
     got = webq_server.recorder.messages[before:]
@@ -100,6 +104,8 @@ def test_shared_message_released_to_own_address_only(webq_server: WebqServer, pa
     page.goto(f"{webq_server.url}/q/{webq_server.messages['shared']}")
     assert page.locator("#delete").count() == 0  # alice is a recipient too: bob cannot delete it for her
     page.click("#release")
+    page.wait_for_load_state()
+    page.click("#confirm-release")
     page.wait_for_load_state()
     got = webq_server.recorder.messages[before:]
     assert [m.recipients for m in got] == [["bob@example.org"]]
@@ -128,8 +134,30 @@ def test_user_cannot_reach_another_users_message_by_any_url(webq_server: WebqSer
     assert entry.state == "held"
 
 
+def test_a_virus_is_released_by_an_admin_only_after_confirming(webq_server: WebqServer, page: Any) -> None:
+    before = len(webq_server.recorder.messages)
+    log_in(page, webq_server.url, "alice", webq_server.users["alice"])
+    page.goto(f"{webq_server.url}/q/{webq_server.messages['alice_virus']}")
+    assert page.locator("#release").count() == 0
+    assert "Only an administrator" in page.locator("#release-admin-only").inner_text()
+    page.click("header form.logout button")
+    page.wait_for_load_state()
+    entry_id = webq_server.messages["bob_virus"]
+    log_in(page, webq_server.url, "admin", webq_server.users["admin"])
+    page.goto(f"{webq_server.url}/q/{entry_id}")
+    page.click("#release")
+    page.wait_for_load_state()
+    assert "bob@example.org" in page.locator("#release-targets").inner_text()
+    screenshot(page, "release_confirm")
+    assert len(webq_server.recorder.messages) == before
+    page.click("#confirm-release")
+    page.wait_for_load_state()
+    assert page.locator("#state").inner_text().startswith("released")
+    assert [m.recipients for m in webq_server.recorder.messages[before:]] == [["bob@example.org"]]
+
+
 def test_state_change_without_csrf_token_fails(webq_server: WebqServer, page: Any) -> None:
-    entry_id = webq_server.messages["alice_virus"]
+    entry_id = webq_server.messages["alice_offer"]
     before = len(webq_server.recorder.messages)
     log_in(page, webq_server.url, "alice", webq_server.users["alice"])
     page.goto(f"{webq_server.url}/q/{entry_id}")

@@ -44,11 +44,16 @@ class Gateway:
         self.settings = self.config.settings
 
     def quarantine(
-        self, data: bytes, *, sender: str = "eve@spam.example", recipients: tuple[str, ...] = ("bob@example.test",)
+        self,
+        data: bytes,
+        *,
+        sender: str = "eve@spam.example",
+        recipients: tuple[str, ...] = ("bob@example.test",),
+        category: str = "spam",
     ) -> str:
         store = QuarantineStore(self.settings.quarantine_dir, self.settings.database)
         mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
-        return file_id(asyncio.run(store.put(mail, "spam", ScanResult(7.5, "SPAM", "spamassassind"))))
+        return file_id(asyncio.run(store.put(mail, category, ScanResult(7.5, "SPAM", "spamassassind"))))
 
 
 @contextmanager

@@ -6,14 +6,23 @@ The browser tier's session fixture ``webq_server`` (tests/browser/conftest.py) r
 
 Users: ``alice`` (alice@example.org), ``bob`` (bob@example.org), ``admin``
 (admin, no address), passwords in ``PASSWORDS``.
+
+:func:`add_users` and :func:`logged_in` serve the in-process tests (tests/security): the
+web application over ASGI, a user logged in through ``/login``, and :func:`csrf_token`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
 
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result
@@ -21,6 +30,9 @@ from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer
+from mailsift.web import users
+from mailsift.web.app import create_app
+from mailsift.web.webconfig import WebConfig
 
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2", "admin": "admin-Secret-3"}
 ADDRESSES = {"alice": ["alice@example.org"], "bob": ["bob@example.org"], "admin": []}
@@ -50,3 +62,41 @@ class WebqServer:
     def entry(self, entry_id: str) -> QuarantineEntry | None:
         entry: QuarantineEntry | None = self.settings.database.call(get_entry, entry_id)
         return entry
+
+
+def add_users(settings: Settings) -> None:
+    """Adds ``alice``, ``bob`` and ``admin`` (:data:`ADDRESSES`, :data:`PASSWORDS`)."""
+    for login, password in PASSWORDS.items():
+        add = functools.partial(
+            users.add_user,
+            login=login,
+            password_hash=users.hash_password(password),
+            is_admin=login == "admin",
+            addresses=ADDRESSES[login],
+            now=time.time(),
+        )
+        settings.database.call(add)
+
+
+def _token(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+async def logged_in(
+    settings: Settings, login: str, *, secret: str, config: WebConfig | None = None, extra_routes: Any = ()
+) -> httpx.AsyncClient:
+    """A client of the web application (ASGI, in process), logged in as ``login`` (``""``: nobody)."""
+    app = create_app(settings, secret=secret, config=config, extra_routes=extra_routes)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")
+    if login:
+        form = {"login": login, "password": PASSWORDS[login], "csrf_token": _token((await client.get("/login")).text)}
+        response = await client.post("/login", data=form)
+        assert response.status_code == 303, response.text
+    return client
+
+
+async def csrf_token(client: httpx.AsyncClient, path: str = "/prefs") -> str:
+    """The CSRF token of the client's session, read from a page's form."""
+    return _token((await client.get(path)).text)

@@ -25,6 +25,7 @@ from mailsift.delivery.next_hop import resolve
 from mailsift.errors import MailsiftError
 from mailsift.reporting import links
 from mailsift.reporting.digest import LinkMaker, SendReport, build_reports, collect, render, reporter, send
+from mailsift.storage.quarantine.admin import ADMIN_RELEASE
 
 
 def find_reporter(config: Config) -> reporter:
@@ -92,7 +93,9 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
         entries = settings.database.call(collect, start, now)
     except MailsiftError as error:
         fail(error.message, 1)
-    maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now)
+    service = _webq(config)  # webq(admin_release=...): no release link for what users may not release
+    admin_release = service.config.admin_release if service is not None else ADMIN_RELEASE
+    maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now, admin_release)
     reports = build_reports(entries, digest)
     messages = [(r.to, render(r, digest, since=start, links=maker, hostname=settings.hostname)) for r in reports]
     if dry_run:

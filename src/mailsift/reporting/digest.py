@@ -26,8 +26,13 @@ each recipient one summary.  The config describes it as SAGATOR did, with a
 Each quarantined entry has a **release** and a **whitelist sender** link
 (:mod:`mailsift.reporting.links`): signed, expiring after ``link_lifetime``, for that
 recipient.  Rejected mail has only the whitelist link (nothing is kept to
-release).  A report goes out through ``SMTP_SERVER`` like the notifications:
-null envelope sender, ``Auto-Submitted: auto-generated``.
+release).  A link works without logging in, so it is worth what an ordinary
+user may do: no release link for a category only an admin may release
+(``webq(admin_release=...)``: ``virus`` and ``unscannable`` by default; the
+link page refuses those anyway), and no whitelist link for a recipient that
+is not a mailbox (``example.com`` would whitelist for the whole domain).
+A report goes out through ``SMTP_SERVER`` like the notifications: null
+envelope sender, ``Auto-Submitted: auto-generated``.
 
 Template variables: in ``body`` ``DATETIME`` (UTC), ``STATUS``
 (quarantined/rejected/dropped), ``VIRNAME``, ``SCANNER_NAME``, ``LEVEL``,
@@ -46,7 +51,7 @@ import logging
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import HeaderParser
@@ -60,7 +65,8 @@ from mailsift import validators
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
-from mailsift.storage.policies import normalize_value
+from mailsift.storage.policies import mailbox_owner, normalize_value
+from mailsift.storage.quarantine.admin import ADMIN_RELEASE, may_release
 from mailsift.storage.quarantine.index import HELD, QuarantineFilter, find_entries
 from mailsift.storage.schema import maillog_table
 
@@ -304,9 +310,11 @@ class LinkMaker:
     base_url: str
     lifetime: float
     now: float
+    admin_release: Collection[str] = ADMIN_RELEASE
+    """Categories only an admin may release: their entries get no release link (webq's ``admin_release``)."""
 
     def release(self, entry: DigestEntry) -> str:
-        if not entry.entry_id:
+        if not entry.entry_id or not may_release(entry.category, admin=False, admin_release=self.admin_release):
             return ""
         token = self.signer.sign(RELEASE, entry.entry_id, entry.recipient, lifetime=self.lifetime, now=self.now)
         return link_url(self.base_url, RELEASE, token)
@@ -317,6 +325,10 @@ class LinkMaker:
         except ConfigError:  # the null sender, or nothing a list could hold
             return ""
         if "@" not in sender:
+            return ""
+        try:
+            mailbox_owner(entry.recipient)
+        except ConfigError:  # RCPT TO:<example.com>: a link would whitelist for the whole domain
             return ""
         token = self.signer.sign(
             WHITELIST, entry.entry_id, entry.recipient, sender=sender, lifetime=self.lifetime, now=self.now

@@ -17,7 +17,18 @@ Following a link changes nothing: ``GET`` shows a confirmation page whose
 button ``POST``s (mail scanners that prefetch links never release mail).  The
 actions are idempotent: a release is claimed in the ``link_action`` table
 (one row per quarantine id, recipient and action) before the message is sent,
-so a second click, a reload or two clicks at once send it once.
+so a second click, a reload or two clicks at once send it once.  A whitelist
+link's row is keyed by the sender instead of the message
+(:func:`whitelist_key`): links add a sender to a recipient's whitelist once,
+ever, so an entry an admin removed is never re-created by a link (for this
+message or another one from the same sender).
+
+Who may use a link is checked where it is followed
+(:mod:`mailsift.web.links_pages`): a release link only for a category users may
+release (:func:`mailsift.storage.quarantine.admin.may_release`, not ``virus``
+by default; the digest offers no such link either), and a whitelist link only
+for a mailbox (:func:`mailsift.storage.policies.mailbox_owner`) while its
+message is still in the quarantine.
 """
 
 from __future__ import annotations
@@ -181,6 +192,11 @@ class ActionState:
     done_at: float | None
 
 
+def whitelist_key(sender: str) -> str:
+    """The ``quarantine_id`` of a whitelist link's row: the sender (``<eve@spam.example>``), never a message id."""
+    return f"<{sender.lower()}>"
+
+
 def _key(entry_id: str, recipient: str, action: str) -> Any:
     c = link_action_table.c
     return (c.quarantine_id == entry_id) & (c.recipient == recipient.lower()) & (c.action == action)
@@ -252,4 +268,5 @@ __all__ = [
     "link_url",
     "secret",
     "unclaim",
+    "whitelist_key",
 ]

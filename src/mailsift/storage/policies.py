@@ -68,6 +68,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.engine import Connection
 
 from mailsift.errors import ConfigError
+from mailsift.message.address import is_valid
 from mailsift.storage.db import Database
 from mailsift.storage.schema import listed_table, user_policy_table
 from mailsift.storage.sql import upsert
@@ -387,6 +388,21 @@ def normalize_value(list_field: str, value: str) -> str:
     if not value or len(value) > MAX_ADDRESS or any(c.isspace() for c in value) or (at and not (local and domain)):
         raise ConfigError(f"bad {list_field} {value!r}: an address or a domain")
     return value
+
+
+def mailbox_owner(address: str) -> str:
+    """``address`` as the owner of a user's own list entry (the web's and the digest's "whitelist sender").
+
+    Only a whole mailbox, ``local@domain`` that could be written into ``RCPT TO``,
+    is one: a recipient without ``@`` such as ``example.com`` (which a front end
+    may have accepted) would make the entry a whole domain's, and an empty one
+    a global entry.  ConfigError otherwise; the owner in its stored form.
+    """
+    address = address.strip().strip("<>") if isinstance(address, str) else ""
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain) or "@" in local or not is_valid(address):
+        raise ConfigError(f"{address[:80]!r} is not a mailbox (local@domain): no list entry is made for it")
+    return normalize_owner(address)
 
 
 def normalize_owner(owner: str) -> str:

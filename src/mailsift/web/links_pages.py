@@ -12,6 +12,14 @@ second click, a reload or a second ``POST`` never sends the message again.
 Release reuses :func:`mailsift.storage.quarantine.admin.release` (to that recipient
 only, recorded as ``digest link <recipient>``); whitelisting uses
 :func:`mailsift.storage.policies.add_listed` on that recipient's own list.
+
+A link holder is treated as an ordinary user: a release link for a category
+only an admin may release (``webq(admin_release=...)``, ``virus`` by default)
+is refused (403, "forbidden"), whenever it was signed.  A whitelist link works
+only for a mailbox recipient (never ``example.com``: that would whitelist for
+a whole domain), only while its message is in the quarantine (links of
+rejected mail, which has none, until they expire), and adds the sender once:
+after an admin removed the entry, the link says "used" and adds nothing.
 """
 
 from __future__ import annotations
@@ -31,11 +39,18 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting import links
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
-from mailsift.storage.policies import add_listed, list_entries, normalize_value
-from mailsift.storage.quarantine.admin import AlreadyReleased, QuarantineProblem, ReleaseInProgress, release
+from mailsift.storage.policies import add_listed, list_entries, mailbox_owner, normalize_value
+from mailsift.storage.quarantine.admin import (
+    AlreadyReleased,
+    QuarantineProblem,
+    ReleaseInProgress,
+    may_release,
+    release,
+)
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.web.auth import check_csrf
 from mailsift.web.templating import render
+from mailsift.web.webconfig import WebConfig
 
 log = logging.getLogger("mailsift.web.links")
 
@@ -71,6 +86,11 @@ def _signer(request: Request) -> links.LinkSigner:
         signer = links.LinkSigner(request.app.state.secret)
         request.app.state.link_signer = signer
     return signer
+
+
+def _admin_release(request: Request) -> frozenset[str]:
+    config: WebConfig = request.app.state.web_config
+    return config.admin_release
 
 
 def _page(request: Request, status: int, **context: Any) -> Response:
@@ -124,6 +144,9 @@ async def release_view(request: Request) -> Response:
     if entry is None or not _recipient_of(entry, claim.recipient):
         return _page(request, 410, outcome="gone", action="release")
     context = {"action": "release", "recipient": claim.recipient, **_summary(entry)}
+    if not may_release(entry.category, admin=False, admin_release=_admin_release(request)):
+        log.warning("release link: %s (%s) for <%s> refused: admins only", entry.id, entry.category, claim.recipient)
+        return _page(request, 403, outcome="forbidden", category=entry.category, **context)
     if (state is not None and state.state == links.DONE) or _released_to(entry, claim.recipient):
         when = state.done_at if state is not None and state.done_at else entry.released_at
         return _page(request, 200, outcome="done" if _just_done(request) else "already", when=when, **context)
@@ -173,33 +196,52 @@ async def _quietly(step: Awaitable[None]) -> None:
 
 
 async def whitelist_view(request: Request) -> Response:
-    """Confirm (GET) and add (POST) the sender to the recipient's own whitelist."""
+    """Confirm (GET) and add (POST) the sender to the recipient's own whitelist, once."""
     try:
         claim = _signer(request).verify(request.path_params["token"], links.WHITELIST)
         sender = normalize_value("sender", claim.sender)
+        owner = mailbox_owner(claim.recipient)
     except links.LinkError as error:
         return _page(request, 410 if error.reason == "expired" else 400, outcome=error.reason, action="whitelist")
-    except ConfigError:
+    except ConfigError:  # no sender to list, or a recipient that is no mailbox (RCPT TO:<example.com>)
         return _page(request, 400, outcome="invalid", action="whitelist")
     database = _database(request)
     context = {"action": "whitelist", "recipient": claim.recipient, "sender": sender}
+    key = links.whitelist_key(sender)
     try:
-        listed = await database.run(_whitelisted, claim.recipient, sender)
+        entry = await database.run(get_entry, claim.entry_id) if claim.entry_id else None
+        listed = await database.run(_whitelisted, owner, sender)
+        state = await database.run(links.action_state, key, owner, links.WHITELIST)
     except MailsiftError as error:
         log.warning("whitelist link: %s", error.message)
         return _page(request, 503, outcome="unavailable", **context)
+    if claim.entry_id and (entry is None or not _recipient_of(entry, claim.recipient)):
+        return _page(request, 410, outcome="gone", **context)  # the message was deleted or expired
     if listed:
         return _page(request, 200, outcome="done" if _just_done(request) else "already", **context)
+    if state is not None and state.state == links.DONE:  # a link added it once; an admin removed it since
+        return _page(request, 200, outcome="used", when=state.done_at, **context)
     if request.method == "GET":
         return _page(request, 200, outcome="confirm", **context)
     check_csrf(request, await _small_form(request))
     try:
-        await database.run(_add_white, claim.recipient, sender)
+        blocking = await database.run(links.claim, key, owner, links.WHITELIST, time.time())
+        if blocking is not None:  # another click is adding it right now, or added it already
+            return _page(
+                request, 409 if blocking.state == links.SENDING else 200, outcome=_outcome(blocking), **context
+            )
+        await database.run(_add_white, owner, sender)
+        await database.run(links.finish, key, owner, links.WHITELIST, time.time())
     except (MailsiftError, ConfigError) as error:
         log.warning("whitelist link for <%s>: %s", claim.recipient, error.message)
+        await _quietly(database.run(links.unclaim, key, owner, links.WHITELIST))
         return _page(request, 503, outcome="failed", **context)
-    log.info("whitelist link: <%s> whitelisted sender %s", claim.recipient, sender)
+    log.info("whitelist link: <%s> whitelisted sender %s", owner, sender)
     return _done(request)
+
+
+def _outcome(state: links.ActionState) -> str:
+    return "busy" if state.state == links.SENDING else "used"
 
 
 def _whitelisted(connection: Any, owner: str, sender: str) -> bool:

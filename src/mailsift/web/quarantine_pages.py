@@ -9,7 +9,10 @@ else.  Actions reuse the quarantine's operations (:func:`mailsift.storage.quaran
 record alike.
 
 * release: an ordinary user releases to their own addresses among the
-  message's recipients; an admin to all of its recipients;
+  message's recipients, and only categories :func:`~mailsift.storage.quarantine.admin.may_release`
+  allows them (not ``virus`` or ``unscannable`` by default: ``webq(admin_release=...)``);
+  an admin to all of its recipients.  The button asks first: its POST answers a
+  confirmation page whose own POST (with the CSRF token and ``confirm``) releases;
 * delete: an ordinary user may delete a message only when every recipient is
   theirs (it would vanish for the others too); an admin always;
 * recheck: runs ``webq(scanner=...)`` over the original and shows the verdict;
@@ -38,7 +41,14 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
-from mailsift.storage.quarantine.admin import AlreadyReleased, QuarantineProblem, ReleaseInProgress, delete, release
+from mailsift.storage.quarantine.admin import (
+    AlreadyReleased,
+    QuarantineProblem,
+    ReleaseInProgress,
+    delete,
+    may_release,
+    release,
+)
 from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry
 from mailsift.storage.quarantine.store import DamagedFile, locate, read_original
 from mailsift.web import mailview, users
@@ -168,6 +178,7 @@ async def message_page(request: Request) -> Response:
         "released_to": released_to,
         "view": shown,
         "can_delete": user.is_admin or len(own_recipients(user, entry)) == len(entry.recipients),
+        "can_release": _may_release(request, user, entry),
         "can_recheck": bool(_config(request).scanners),
         "flash": _take_flash(request),
         "quoted_id": quote(entry.id, safe=""),
@@ -206,15 +217,26 @@ def _back(entry: QuarantineEntry) -> RedirectResponse:
     return RedirectResponse(f"/q/{quote(entry.id, safe='')}", status_code=303)
 
 
+def _may_release(request: Request, user: User, entry: QuarantineEntry) -> bool:
+    return may_release(entry.category, admin=user.is_admin, admin_release=_config(request).admin_release)
+
+
 async def release_action(request: Request) -> Response:
-    check_csrf(request, await request.form())
+    form = await request.form()
+    check_csrf(request, form)
     user = require_user(request)
     entry = await _entry(request, user)
+    if not _may_release(request, user, entry):
+        log.warning("webq: %s may not release %s (%s): refused", user.login, entry.id, entry.category)
+        raise HTTPException(403, f"Only an administrator can release a message quarantined as {entry.category}.")
     targets = list(entry.recipients) if user.is_admin else own_recipients(user, entry)
     done = set(json.loads(entry.released_to)) if entry.released_to else set()
     if entry.state != HELD and set(targets) <= done:
         _flash(request, "This message was released already.", "error")
         return _back(entry)
+    if form.get("confirm") != "yes":  # the first POST asks; the confirmation's POST releases
+        context = {"entry": entry, "targets": targets, "quoted_id": quote(entry.id, safe="")}
+        return render(request, "q_release.html", context)
     try:
         await release(_settings(request), entry, recipients=targets, by=f"web:{user.login}")
     except ReleaseInProgress as error:  # another click, admin or gateway holds the claim: nothing sent
@@ -285,6 +307,9 @@ async def list_sender_action(request: Request) -> Response:
     owners = own_recipients(user, entry) or (list(entry.recipients) if user.is_admin else [])
     if not owners:
         raise HTTPException(403, "None of the recipients is yours.")
+    owners = list(dict.fromkeys(owner for owner in map(_mailbox, owners) if owner))
+    if not owners:  # e.g. RCPT TO:<example.com>: never a domain's or a global entry
+        raise HTTPException(400, "No recipient of this message is a mailbox (local@domain) a list could belong to.")
     now = time.time()
 
     def add_all(connection: Any) -> None:
@@ -300,6 +325,14 @@ async def list_sender_action(request: Request) -> Response:
         return _back(entry)
     _flash(request, f"{entry.sender} {which}listed for " + ", ".join(owners) + ".")
     return _back(entry)
+
+
+def _mailbox(recipient: str) -> str:
+    """The recipient as a list owner, or ``""`` when it is not a whole mailbox."""
+    try:
+        return userpolicy.mailbox_owner(recipient)
+    except ConfigError:
+        return ""
 
 
 async def preferences_page(request: Request) -> Response:

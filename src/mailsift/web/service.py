@@ -14,7 +14,9 @@ button), ``secure_cookies`` (set when users come over https),
 ``session_hours`` (a session's longest life), ``idle_minutes`` (a session
 unused this long ends), ``trusted_proxies`` (addresses whose
 X-Forwarded-For names the client: the reverse proxy, for login throttling
-per client).  ``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
+per client), ``admin_release`` (quarantine categories only an admin may
+release, default ``['virus', 'unscannable']``; also the digest's links).
+``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
 for a reverse proxy on the same machine), made with ``socket_mode`` (default
 0o660).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
 to mailsift's log).
@@ -33,6 +35,7 @@ from mailsift.errors import ConfigError
 from mailsift.scanners.base import as_scanners
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_mode, parse_listen
 from mailsift.settings import Settings
+from mailsift.storage.quarantine.admin import ADMIN_RELEASE, admin_release_categories
 from mailsift.web.webconfig import WebConfig
 
 # The web code (Starlette, uvicorn, Jinja2, argon2, prometheus_client) is imported
@@ -63,6 +66,7 @@ class webq(Service):
         metrics_clients: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         metrics_token: str | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        admin_release: Sequence[str] = ADMIN_RELEASE,
     ) -> None:
         self.host, self.port = parse_listen(host, port, self.kind)  # TCP, or 'unix:/path' behind a proxy
         self.socket_mode = check_mode(socket_mode, self.kind)
@@ -85,6 +89,7 @@ class webq(Service):
             session_seconds=float(session_hours) * 3600,
             idle_seconds=float(idle_minutes) * 60,
             trusted_proxies=tuple(trusted_proxies),
+            admin_release=admin_release_categories(admin_release),
         )
 
     def check(self, settings: Settings) -> None:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsift.storage.quarantine.admin import ADMIN_RELEASE
+
 
 @dataclass(frozen=True)
 class WebConfig:
@@ -31,3 +33,5 @@ class WebConfig:
     throttle_window: float = 900
     trusted_proxies: tuple[str, ...] = field(default=("127.0.0.1",))
     """Clients whose X-Forwarded-For names the real client (uvicorn's forwarded_allow_ips)."""
+    admin_release: frozenset[str] = frozenset(ADMIN_RELEASE)
+    """Quarantine categories only an admin may release (the pages and the digest links)."""

@@ -52,10 +52,12 @@ async def server() -> AsyncIterator[WebqServer]:
         )
         database.call(add)
 
-    def seed(name: str, recipients: list[str], subject: str, body: str = "hello") -> None:
-        server.seed(name, "s@x.test", recipients, message_bytes("s@x.test", recipients[0], subject, body))
+    def seed(name: str, recipients: list[str], subject: str, body: str = "hello", category: str = "virus") -> None:
+        raw = message_bytes("s@x.test", recipients[0], subject, body)
+        server.seed(name, "s@x.test", recipients, raw, category=category)
 
-    await asyncio.to_thread(seed, "mine", ["Alice@Example.org"], "Mine EICAR-STANDARD", "EICAR-STANDARD")
+    # spam: a user may release it (a virus only an admin: tests/security/test_release_policy.py)
+    await asyncio.to_thread(seed, "mine", ["Alice@Example.org"], "Mine EICAR-STANDARD", "EICAR-STANDARD", "spam")
     await asyncio.to_thread(seed, "theirs", ["bob@example.org"], "Theirs")
     await asyncio.to_thread(seed, "both", ["alice@example.org", "bob@example.org"], "Both")
     for n in range(12):
@@ -148,7 +150,11 @@ async def test_whitelist_recheck_and_release(server: WebqServer) -> None:
         assert [(e.list, e.field, e.value) for e in entries] == [("white", "sender", "s@x.test")]
         response = await client.post(f"/q/{mine}/recheck", data={"csrf_token": token}, follow_redirects=True)
         assert "Recheck: EICAR-Test (level 1.00" in response.text
-        response = await client.post(f"/q/{mine}/release", data={"csrf_token": token}, follow_redirects=True)
+        asked = await client.post(f"/q/{mine}/release", data={"csrf_token": token})  # the confirmation page
+        assert 'id="confirm-release"' in asked.text
+        assert server.recorder.messages == []
+        confirmed = {"csrf_token": token, "confirm": "yes"}
+        response = await client.post(f"/q/{mine}/release", data=confirmed, follow_redirects=True)
         assert "Released to Alice@Example.org" in response.text
     assert [m.recipients for m in server.recorder.messages] == [["Alice@Example.org"]]
     entry = server.settings.database.call(get_entry, mine)
@@ -163,7 +169,8 @@ async def test_a_release_claimed_elsewhere_is_not_sent_twice(server: WebqServer)
     client = await _client(server, "alice")
     async with contextlib.aclosing(client):
         token = await _token(client)
-        response = await client.post(f"/q/{mine}/release", data={"csrf_token": token}, follow_redirects=True)
+        confirmed = {"csrf_token": token, "confirm": "yes"}
+        response = await client.post(f"/q/{mine}/release", data=confirmed, follow_redirects=True)
     assert "being released by cli:root right now" in response.text
     assert server.recorder.messages == []
     entry = server.settings.database.call(get_entry, mine)

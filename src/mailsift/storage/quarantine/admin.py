@@ -26,6 +26,10 @@ quarantined.
 * :func:`delete` and :func:`expire` remove the row first, then the file: a
   crash in between leaves an orphan file that :func:`reindex` brings back
   (never a row pointing at nothing).
+* :func:`may_release` is who may release what (``webq(admin_release=...)``):
+  the categories in :data:`ADMIN_RELEASE` (``virus``, ``unscannable``) only by
+  an admin; the web quarantine and the digest's links ask it, the CLI (run by
+  an admin) does not.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mailsift.delivery.next_hop import resolve
-from mailsift.errors import MailsiftError, RequestRefused, StorageError
+from mailsift.errors import ConfigError, MailsiftError, RequestRefused, StorageError
 from mailsift.message.address import check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
@@ -77,6 +82,27 @@ TMP_MAX_AGE = 36 * 3600
 RELEASE_CLAIM_TIMEOUT = 600.0
 """Seconds after which a release claim that was never finished (its sender died between the claim
 and the record) may be taken over; a send is bounded well below it by the next hop's timeouts."""
+
+
+ADMIN_RELEASE: tuple[str, ...] = ("virus", "unscannable")
+"""The quarantine categories only an admin may release (``webq(admin_release=...)``'s default):
+ordinary users release spam and policy mail, never a virus or a message no scanner could read."""
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def admin_release_categories(value: object) -> frozenset[str]:
+    """``webq(admin_release=...)`` checked: a list of category names like ``['virus']``."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(f"admin_release must be a list of quarantine categories like ['virus'], got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not _CATEGORY.match(name):
+            raise ConfigError(f"admin_release: {name!r} is not a quarantine category like 'virus'")
+    return frozenset(value)
+
+
+def may_release(category: str, *, admin: bool, admin_release: Collection[str] = ADMIN_RELEASE) -> bool:
+    """Whether a user (an admin when ``admin``) may release a message quarantined in ``category``."""
+    return admin or category.lower() not in admin_release
 
 
 class QuarantineProblem(RequestRefused):
