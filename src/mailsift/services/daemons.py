@@ -305,9 +305,11 @@ class clamd_daemon(Daemon):
                 lines["User"] = user.pw_name
             group = user.pw_gid if user is not None else -1
             if clients_group is not None:
-                # the workers (USER) reach the socket through their group: the directory and the socket are in it
+                # The workers (USER) reach the socket through their group: the directory is clamd's and in that
+                # group (0750), nobody else can pass it, and the socket inside is open to whoever reaches it.
+                # (LocalSocketGroup cannot do it: clamd sets the socket's group after it became its User.)
                 group = clients_group
-                lines["LocalSocketGroup"] = grp.getgrgid(clients_group).gr_name
+                lines["LocalSocketMode"] = "666"
             lines.update(self.options)
             with open(os.path.join(self.directory, "clamd.conf"), "w", encoding="utf-8") as handle:
                 handle.write("# written by mailsift at every start of clamd_daemon; edit the config instead\n")
