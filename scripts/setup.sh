@@ -53,7 +53,9 @@ apt_install() {
 }
 
 # The interpreter .venv is built from: PYTHON=, else Debian's, else the python3 on PATH.
+python_given=1
 if [ -z "${PYTHON:-}" ]; then
+  python_given=0
   if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
 # The unprivileged user `mailsift serve` runs its workers as when started as root (USER).
@@ -95,7 +97,7 @@ service_user_can_run() {
 if [ -x .venv/bin/python ] && [ -f .venv/pyvenv.cfg ]; then
   base=$(sed -n 's/^executable *= *//p' .venv/pyvenv.cfg)
   [ -n "$base" ] || base=$(sed -n 's/^home *= *//p' .venv/pyvenv.cfg)/python3
-  if ! service_user_can_run "$base"; then
+  if [ $python_given = 0 ] && ! service_user_can_run "$base"; then
     say ".venv is built from $base, which the service user $SERVICE_USER cannot run (a dropped worker could not import): making .venv again from $PYTHON"
     rm -rf .venv
   fi

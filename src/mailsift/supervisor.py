@@ -46,7 +46,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +162,7 @@ def run_as(account: Account | None, function: Callable[[], None]) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def unreadable_code(account: Account) -> list[str]:
+def unreadable_code(account: Account, paths: Sequence[str] | None = None) -> list[str]:
     """The directories Python and mailsift import from that ``account`` cannot read (a child checks).
 
     A worker imports more after it has dropped (lazy imports): an interpreter
@@ -170,18 +170,19 @@ def unreadable_code(account: Account) -> list[str]:
     """
     import mailsift
 
-    wanted = [
+    candidates = paths or [
         os.path.dirname(os.__file__),  # the standard library
         os.path.dirname(os.path.abspath(mailsift.__file__)),
         sysconfig.get_paths()["purelib"],
     ]
+    wanted = [path for path in candidates if os.path.isdir(path)]  # seen as root: the account may not see them
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
         try:
             drop_privileges(account)
-            bad = [path for path in wanted if os.path.exists(path) and not os.access(path, os.R_OK | os.X_OK)]
+            bad = [path for path in wanted if not os.access(path, os.R_OK | os.X_OK)]
             os.write(write, "\0".join(bad).encode())
         finally:
             os._exit(0)

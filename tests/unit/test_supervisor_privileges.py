@@ -9,9 +9,11 @@ import grp
 import logging
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,18 @@ def test_clamd_socket_reachable_through_the_workers_group(tmp_path: Path) -> Non
     info = os.stat(tmp_path / "clamd")
     assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, 0o750)
     assert stat.S_IMODE(os.stat(tmp_path / "clamd" / "tmp").st_mode) == 0o700
+
+
+@root_only
+def test_code_the_account_cannot_read_is_found_before_any_worker_starts() -> None:
+    """A .venv built from a Python under /root (0700): a dropped worker could not import."""
+    account = supervisor.Account("nobody", pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid, ())
+    closed = Path(tempfile.mkdtemp(prefix="mailsift-closed-", dir="/tmp"))
+    try:
+        (closed / "lib").mkdir()
+        closed.chmod(0o700)
+        assert supervisor.unreadable_code(account, [str(closed / "lib")]) == [str(closed / "lib")]
+        closed.chmod(0o755)
+        assert supervisor.unreadable_code(account, [str(closed / "lib")]) == []
+    finally:
+        shutil.rmtree(closed)
