@@ -114,14 +114,16 @@ def test_state_dir_is_made_0750_and_0751_when_a_daemon_runs_as_its_own_user(
     supervisor.prepare_state(config)
     for path in (config.settings.state_dir, config.settings.spool_dir, config.settings.quarantine_dir):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o750, path
-    other = tmp_path / "other"
-    other.mkdir()
-    daemon = clamd_daemon(str(other / "state" / "clamd" / "clamd.sock"))
-    monkeypatch.setattr(clamd_daemon, "runs_as_own_user", property(lambda self: True))
-    config = load(other, "USER = None")
-    config = config.__class__(config.path, config.settings, config.scanners, config.services, (daemon,))
-    supervisor.prepare_state(config)
-    assert stat.S_IMODE(os.stat(config.settings.state_dir).st_mode) == 0o751
+    other = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))  # short: a unix socket path has 108 bytes
+    try:
+        daemon = clamd_daemon(str(other / "state" / "clamd" / "clamd.sock"))
+        monkeypatch.setattr(clamd_daemon, "runs_as_own_user", property(lambda self: True))
+        config = load(other, "USER = None")
+        config = config.__class__(config.path, config.settings, config.scanners, config.services, (daemon,))
+        supervisor.prepare_state(config)
+        assert stat.S_IMODE(os.stat(config.settings.state_dir).st_mode) == 0o751
+    finally:
+        shutil.rmtree(other)
 
 
 def test_loose_modes_are_reported_not_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
