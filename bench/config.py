@@ -10,6 +10,7 @@ import os
 from mailsift import *
 
 STATE_DIR = os.environ.get("MAILSIFT_BENCH_STATE", "/tmp/mailsift-bench/state")
+USER = None  # the benchmark runs as whoever starts it
 SMTP_SERVER = ("127.0.0.1", int(os.environ.get("MAILSIFT_BENCH_SINK", "10025")))
 
 SCANNERS = [

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Install what mailsift needs on Debian 12, idempotently: Debian packages that
-# are missing, then a virtualenv in .venv with mailsift installed (editable).
+# are missing, the system user `mailsift` the workers run as (when run as root),
+# then a virtualenv in .venv with mailsift installed (editable).
+#
+# The virtualenv is built from a Python the service user can run: Debian's
+# /usr/bin/python3 unless PYTHON= names another.  A .venv whose base Python the
+# service user cannot read (e.g. a pyenv copy under /root, mode 0700: a worker
+# that dropped to `mailsift` could not even import) is said so and made again.
 #
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, ClamAV test files,
@@ -46,7 +52,14 @@ apt_install() {
     -o Dpkg::Options::=--force-confold $missing >/dev/null
 }
 
-PYTHON=${PYTHON:-python3}
+# The interpreter .venv is built from: PYTHON=, else Debian's, else the python3 on PATH.
+python_given=1
+if [ -z "${PYTHON:-}" ]; then
+  python_given=0
+  if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
+# The unprivileged user `mailsift serve` runs its workers as when started as root (USER).
+SERVICE_USER=${MAILSIFT_USER:-mailsift}
 # libarchive13 and libmagic1: the C libraries under libarchive-c and python-magic;
 # clamav-daemon and spamd: the engines the default config starts (scripts/run.sh).
 packages=(ca-certificates libarchive13 libmagic1 clamav-daemon clamav spamassassin spamd spamc)
@@ -62,6 +75,40 @@ if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
   say "not a Debian system: install Python >= 3.11$([ $want_test = 1 ] && echo ', Postfix and swaks') yourself"
+fi
+
+# The service user: a system user and group, no login shell, no home.
+if [ "$(id -u)" = 0 ] && ! getent passwd "$SERVICE_USER" >/dev/null; then
+  say "creating the system user $SERVICE_USER (the workers of mailsift serve run as it)"
+  getent group "$SERVICE_USER" >/dev/null || groupadd --system "$SERVICE_USER"
+  useradd --system --gid "$SERVICE_USER" --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+
+# Whether the service user can run the given file (a Python) and read what is next to it.
+service_user_can_run() {
+  local file=$1
+  [ "$(id -u)" = 0 ] && getent passwd "$SERVICE_USER" >/dev/null || return 0  # cannot tell: assume so
+  command -v runuser >/dev/null || return 0
+  runuser -u "$SERVICE_USER" -- "$file" -c 'import os, sys; sys.exit(0 if os.access(os.__file__, os.R_OK) else 1)' \
+    >/dev/null 2>&1
+}
+
+if [ -x .venv/bin/python ] && [ -f .venv/pyvenv.cfg ]; then
+  base=$(sed -n 's/^executable *= *//p' .venv/pyvenv.cfg)
+  [ -n "$base" ] || base=$(sed -n 's/^home *= *//p' .venv/pyvenv.cfg)/python3
+  if [ $python_given = 0 ] && ! service_user_can_run "$base"; then
+    say ".venv is built from $base, which the service user $SERVICE_USER cannot run (a dropped worker could not import): making .venv again from $PYTHON"
+    rm -rf .venv
+  fi
+fi
+if ! service_user_can_run "$(command -v "$PYTHON" || echo "$PYTHON")"; then
+  say "warning: $PYTHON cannot be run by $SERVICE_USER; the workers of a root-started serve need USER = None"
+fi
+if [ "$(id -u)" = 0 ] && getent passwd "$SERVICE_USER" >/dev/null && command -v runuser >/dev/null \
+  && ! runuser -u "$SERVICE_USER" -- test -r "$PWD/pyproject.toml"; then
+  say "warning: $SERVICE_USER cannot read $PWD (a parent directory is closed to it, e.g. /root 0700):"
+  say "  workers dropped to $SERVICE_USER cannot import mailsift from here; clone into /opt or /srv, or set USER = None"
 fi
 
 if [ ! -x .venv/bin/python ]; then

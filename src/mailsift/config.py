@@ -8,6 +8,7 @@ A config file is Python, as SAGATOR's ``config.py``::
     STATE_DIR = '/var/lib/mailsift'
     DATABASE = db.sqlite()           # STATE_DIR/mailsift.db; or db.database('postgresql+psycopg://...')
     HOOKS = [...]                    # run after every disposition (notifications, archive, ...)
+    USER = 'mailsift'                # the workers' user when started as root (None: stay as started)
     SRV = [smtpd(SCANNERS, '127.0.0.1', 10024)]
 
 Any problem — a syntax error, a wrong argument, a missing name, a check that
@@ -45,6 +46,8 @@ from mailsift.settings import Settings, SettingsBound
 from mailsift.storage import db
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
+DEFAULT_USER = "mailsift"
+"""``USER`` when the config does not say (the environment's ``MAILSIFT_USER`` first: empty is None)."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,9 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         database.configure(state_dir)
     except ConfigError as error:
         raise fail(f"DATABASE: {error.message}", "DATABASE") from None
+    user = namespace.get("USER", os.environ.get("MAILSIFT_USER", DEFAULT_USER) or None)
+    if user is not None and (not isinstance(user, str) or not user or user != user.strip()):
+        raise fail(f"USER must be a user name like 'mailsift', or None to keep the current user, got {user!r}", "USER")
     poisoned = namespace.get("POISON", poison())
     if poisoned is not None and not isinstance(poisoned, poison):
         raise fail(f"POISON must be poison(max_attempts=5, ...) or None, got {poisoned!r}", "POISON")
@@ -226,6 +232,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         node=str(namespace.get("NODE", "")),
         message_timeout=message_timeout,
         poison=poisoned,
+        user=user,
     )
     for hook in hooks:
         try:

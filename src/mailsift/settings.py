@@ -45,6 +45,11 @@ class Settings:
     """``MESSAGE_TIMEOUT``: seconds for the scanning, database work and disposition of one message
     together, past which the MTA gets 451 (:mod:`mailsift.core.deadline`); below Postfix's
     ``smtp_data_done_timeout`` and ``milter_content_timeout`` (both 600 s by default)."""
+    user: str | None = None
+    """``USER``: the unprivileged user the workers (and the CLI commands that write state) run as
+    when mailsift is started as root (:mod:`mailsift.supervisor`); None keeps the current user.
+    A loaded config has ``"mailsift"`` unless it says otherwise (or ``MAILSIFT_USER`` is set in the
+    environment: empty means None); a bare ``Settings`` (tests) has None."""
     poison: poison | None = None
     """``POISON``: :class:`mailsift.core.poison.poison`, mail that fails on its content is quarantined
     after ``max_attempts`` (a loaded config has ``poison()`` unless it says ``POISON = None``)."""

@@ -17,6 +17,18 @@ Signals (to the supervisor):
   ones drain.
 
 A worker that dies unexpectedly is replaced (at most once per second).
+
+Privileges, as Postfix's master does it: started as root, the supervisor stays
+root — it binds the sockets (again on a reload), starts each daemon as that
+daemon's own user and prepares ``STATE_DIR`` — and every worker drops to
+``USER`` (default ``mailsift``: supplementary groups, group, then user) before it
+serves anything; an unknown ``USER`` is a config error, never a root worker.
+Started as another user, nothing changes users: ``USER`` must then be None or
+that user.  ``umask`` is 0027 from the start: every file mailsift creates is
+0600 or 0640, every directory 0750; ``STATE_DIR`` is 0750 and owned by ``USER``
+(0751 when a daemon running as its own user — clamd as ``clamav`` — has its
+directory inside it), and files found there with looser modes or another owner
+are reported at start, not changed.
 """
 
 from __future__ import annotations
@@ -26,12 +38,16 @@ import contextlib
 import gc
 import logging
 import os
+import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mailsift import config as config_module
@@ -42,23 +58,242 @@ from mailsift.services.daemons import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
 
+UMASK = 0o027
+"""Set at start by ``serve`` and every command: files 0640 at most, directories 0750."""
+LOOSE_BITS = stat.S_IWGRP | stat.S_IRWXO
+"""Mode bits a file or directory under ``STATE_DIR`` should not have (group write, anything for others)."""
 
-def prepare_state(config: Config) -> None:
+
+@dataclass(frozen=True)
+class Account:
+    """The user the workers run as: its name, uid, gid and every group it is in."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def set_umask() -> None:
+    """``umask 0027``: what mailsift creates is never readable by others, nor writable by the group."""
+    os.umask(UMASK)
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def service_account(config: Config) -> Account | None:
+    """The account to drop to (None: stay as we are); a ConfigError when ``USER`` cannot be used.
+
+    As root, ``USER`` must name an existing user (the workers never run as root
+    because a name did not resolve); as anyone else, ``USER`` must be None or
+    that same user, since nobody else can switch users.
+    """
+    name = config.settings.user
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if os.geteuid() != 0:
+        if entry is not None and entry.pw_uid == os.geteuid():
+            return None
+        raise config.error(
+            f"USER = {name!r}, but mailsift runs as {_current_user()!r}, not root, and cannot switch users: "
+            f"start it as root, or set USER = None (or {_current_user()!r}) to keep the current user",
+            "USER",
+        )
+    if entry is None:
+        raise config.error(
+            f"USER: there is no user {name!r} on this system, and the workers will not run as root instead: "
+            f"create it (scripts/setup.sh does: useradd --system --shell /usr/sbin/nologin {name}) "
+            "or set USER = None to keep running as root",
+            "USER",
+        )
+    if entry.pw_uid == 0:
+        return None  # USER = "root": asked for explicitly
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)))
+
+
+def drop_privileges(account: Account | None) -> None:
+    """Become ``account`` for good (supplementary groups, group, user); nothing for None.
+
+    Raises OSError if any step fails, and RuntimeError if root could be regained.
+    """
+    if account is None:
+        return
+    os.setgroups(list(account.groups))
+    os.setgid(account.gid)
+    os.setuid(account.uid)
+    if os.getuid() == 0 or os.geteuid() == 0 or os.getegid() != account.gid:
+        raise RuntimeError(f"could not drop privileges to {account.name}")
+    with contextlib.suppress(OSError):
+        os.setuid(0)
+        raise RuntimeError(f"dropped to {account.name} but could become root again")
+
+
+def run_as(account: Account | None, function: Callable[[], None]) -> bool:
+    """Run ``function`` in a child process dropped to ``account`` (directly for None); whether it succeeded.
+
+    The supervisor stays root; what runs here creates files owned by the
+    account (the SQLite database of ``prepare_database``).
+    """
+    if account is None:
+        function()
+        return True
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            drop_privileges(account)
+            function()
+            code = 0
+        except BaseException:
+            log.exception("as %s", account.name)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def unreadable_code(account: Account, paths: Sequence[str] | None = None) -> list[str]:
+    """The directories Python and mailsift import from that ``account`` cannot read (a child checks).
+
+    A worker imports more after it has dropped (lazy imports): an interpreter
+    under ``/root`` (mode 0700: a pyenv copy) or a checkout there fails it.
+    """
+    import mailsift
+
+    candidates = paths or [
+        os.path.dirname(os.__file__),  # the standard library
+        os.path.dirname(os.path.abspath(mailsift.__file__)),
+        sysconfig.get_paths()["purelib"],
+    ]
+    wanted = [path for path in candidates if os.path.isdir(path)]  # seen as root: the account may not see them
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            drop_privileges(account)
+            bad = [path for path in wanted if not os.access(path, os.R_OK | os.X_OK)]
+            os.write(write, "\0".join(bad).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return [path for path in found.split("\0") if path]
+
+
+def check_account(config: Config) -> Account | None:
+    """:func:`service_account`, and a ConfigError if that account could not import Python or mailsift."""
+    account = service_account(config)
+    if account is not None:
+        bad = unreadable_code(account)
+        if bad:
+            raise config.error(
+                f"USER {account.name!r} cannot read {', '.join(bad)} (a directory above is closed to it), so the "
+                "workers could not import: build .venv from a Python it can read (scripts/setup.sh uses "
+                "/usr/bin/python3), keep the checkout where it can read it (not under /root), or set USER = None",
+                "USER",
+            )
+    return account
+
+
+def _state_dir_mode(config: Config) -> int:
+    """0750, or 0751 when a daemon running as its own user has its directory inside ``STATE_DIR``."""
+    state_dir = config.settings.state_dir.rstrip("/") + "/"
+    for daemon in config.daemons:
+        directory = getattr(daemon, "directory", "") or ""
+        if getattr(daemon, "runs_as_own_user", False) and directory.startswith(state_dir):
+            return 0o751
+    return 0o750
+
+
+def prepare_state(config: Config, account: Account | None = None) -> None:
     """Create the state directories the services write into; ConfigError if they cannot be.
 
-    The state directory itself is 0751: daemons running as their own user
-    (clamd as ``clamav``) can reach their subdirectory without listing the rest.
+    ``STATE_DIR`` is 0750 (0751 when a daemon running as its own user, clamd as
+    ``clamav``, must reach its subdirectory: others may pass, never list),
+    ``spool/`` and ``quarantine/`` 0750; made by root for ``account``, they
+    are owned by it.  An existing directory keeps its mode (a looser one is
+    reported by :func:`report_loose_modes`).
     """
+    state_dir = config.settings.state_dir
     try:
-        os.makedirs(config.settings.state_dir, mode=0o751, exist_ok=True)
-        for path in (config.settings.spool_dir, config.settings.quarantine_dir):
-            os.makedirs(path, mode=0o750, exist_ok=True)
+        for path, mode in (
+            (state_dir, _state_dir_mode(config)),
+            (config.settings.spool_dir, 0o750),
+            (config.settings.quarantine_dir, 0o750),
+        ):
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o750, exist_ok=True)
+                os.chmod(path, mode)  # not masked by the umask
+            if account is not None and os.stat(path).st_uid != account.uid:
+                log.info("%s: owned by %s now (USER), the workers write there", path, account.name)
+                os.chown(path, account.uid, account.gid)
     except OSError as error:
-        where = error.filename or config.settings.state_dir
+        where = error.filename or state_dir
         raise config.error(f"STATE_DIR: cannot create {where}: {error.strerror}", "STATE_DIR") from None
 
 
-def prepare_database(config: Config) -> None:
+def loose_modes(state_dir: str, account: Account | None = None) -> list[str]:
+    """What under ``state_dir`` is open to others (or writable by the group), or not owned by ``account``.
+
+    ``STATE_DIR`` itself, what it holds, and one level below (the contents of
+    ``spool/``, ``quarantine/``... but not of every quarantine category: those
+    files are written 0600).  The directories of daemons running as their
+    own user (their owner is theirs) are left out.
+    """
+    problems: list[str] = []
+
+    def look(path: str, allowed: int = 0) -> os.stat_result | None:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+            return info
+        loose = stat.S_IMODE(info.st_mode) & LOOSE_BITS & ~allowed
+        if loose:
+            problems.append(f"{path} is mode {stat.S_IMODE(info.st_mode):04o} (others or the group may use it)")
+        if account is not None and info.st_uid != account.uid:
+            problems.append(f"{path} is owned by uid {info.st_uid}, not {account.name}: the workers may fail on it")
+        return info
+
+    top = look(state_dir, allowed=stat.S_IXOTH)
+    if top is None or not stat.S_ISDIR(top.st_mode):
+        return problems
+    for name in sorted(os.listdir(state_dir)):
+        path = os.path.join(state_dir, name)
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode) and account is not None and info.st_uid != account.uid:
+            continue  # a daemon's own directory (clamd's, as clamav)
+        info = look(path) or info
+        if stat.S_ISDIR(info.st_mode):
+            with contextlib.suppress(OSError):
+                for inner in sorted(os.listdir(path))[:1000]:
+                    look(os.path.join(path, inner))
+    return problems
+
+
+def report_loose_modes(config: Config, account: Account | None = None) -> list[str]:
+    """Log each of :func:`loose_modes` as a warning (nothing is changed); returns them."""
+    problems = loose_modes(config.settings.state_dir, account)
+    for problem in problems:
+        log.warning("STATE_DIR: %s; fix it (chmod o-rwx,g-w / chown), mailsift does not change it", problem)
+    return problems
+
+
+def prepare_database(config: Config, account: Account | None = None) -> None:
     """Bring a SQLite ``DATABASE`` to the newest schema before the workers exist.
 
     Workers forked together would otherwise each run the migrations on their
@@ -71,12 +306,18 @@ def prepare_database(config: Config) -> None:
     database = config.settings.database
     if database is None or database.dialect != "sqlite":
         return
-    try:
-        database.migrate()
-    except DatabaseError as error:
-        log.warning("%s; the workers will try again", error)
-    finally:
-        database.dispose()  # no connection crosses the fork
+
+    def migrate() -> None:
+        try:
+            database.migrate()
+        except DatabaseError as error:
+            log.warning("%s; the workers will try again", error)
+        finally:
+            database.dispose()  # no connection crosses the fork
+
+    # As the workers' user: the database file (and its -wal, -shm) is theirs, never root's.
+    if not run_as(account, migrate):
+        log.warning("the database migration as %s failed; the workers will try again", account and account.name)
 
 
 def check_servable(config: Config) -> None:
@@ -126,6 +367,8 @@ class Supervisor:
         self._pending: list[Callable[[], None]] = []
         self._stopping = False
         self.daemons = DaemonKeeper()
+        self.account: Account | None = None
+        """Who the workers run as (:func:`service_account`); None: as the supervisor."""
 
     def _listen(self, config: Config) -> dict[tuple[str, int], socket.socket]:
         """The sockets ``config`` serves on: the running ones it keeps, new ones bound.
@@ -140,7 +383,7 @@ class Supervisor:
                 if key in self.sockets:
                     sockets[key] = self.sockets[key]
                 elif key not in sockets:
-                    sockets[key] = service.bind()
+                    sockets[key] = service.bind(self.account.name if self.account else None)
                     opened.append(sockets[key])
         except BaseException as error:
             for sock in opened:
@@ -170,6 +413,7 @@ class Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
+                drop_privileges(self.account)  # before anything is served: the worker never runs as root
                 run_worker(config, self.sockets, self.drain_seconds)
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
@@ -192,8 +436,13 @@ class Supervisor:
         try:
             new = config_module.load(self.config.path)
             check_servable(new)
-            prepare_state(new)
-            sockets = self._listen(new)  # the last step that may fail
+            account = check_account(new)
+            prepare_state(new, account)
+            previous, self.account = self.account, account
+            try:
+                sockets = self._listen(new)  # the last step that may fail
+            finally:
+                self.account = previous
         except ConfigError as error:
             # the message only: the error's traceback holds the rejected config, which must not outlive this
             log.error("reload failed, keeping the running config: %s", str(error))
@@ -203,7 +452,10 @@ class Supervisor:
             log.error("reload failed, keeping the running config: %s", problem)
             return
         self._use_sockets(sockets)
-        prepare_database(new)
+        self.account = account
+        report_loose_modes(new, account)
+        prepare_database(new, account)
+        self.daemons.account = account  # the daemons' sockets reachable by the workers' group
         self.daemons.apply(new)
         old = list(self.children)
         self.config = new
@@ -246,20 +498,25 @@ class Supervisor:
                 self._spawn(self.config)
 
     def run(self) -> int:
+        set_umask()
         check_servable(self.config)
-        prepare_state(self.config)
+        self.account = check_account(self.config)
+        prepare_state(self.config, self.account)
+        report_loose_modes(self.config, self.account)
         self._bind(self.config)
-        prepare_database(self.config)
+        prepare_database(self.config, self.account)
+        self.daemons.account = self.account  # the daemons' sockets reachable by the workers' group
         self.daemons.apply(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         for _ in range(self.workers):
             self._spawn(self.config)
         log.info(
-            "mailsift serving %s with %d workers (pid %d)",
+            "mailsift serving %s with %d workers (pid %d)%s",
             ", ".join(s.describe() for s in self.config.services),
             self.workers,
             os.getpid(),
+            f", the workers as {self.account.name}" if self.account else "",
         )
         sys.stdout.flush()
         deadline: float | None = None
@@ -281,10 +538,14 @@ class Supervisor:
         return 0
 
 
-def spawn(daemon: Daemon, state_dir: str) -> subprocess.Popen[bytes]:
-    """Prepare and start ``daemon`` in its own session, its output appended to its log."""
+def spawn(daemon: Daemon, state_dir: str, account: Account | None = None) -> subprocess.Popen[bytes]:
+    """Prepare and start ``daemon`` in its own session, its output appended to its log.
+
+    With ``account`` (the workers' user), the daemon's socket is made reachable
+    by its group (``clamd_daemon``: the socket directory and socket in that group).
+    """
     log_path = daemon.log_path(state_dir)
-    daemon.prepare(state_dir)
+    daemon.prepare(state_dir, clients_group=account.gid if account else None)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as output:
         return subprocess.Popen(
@@ -309,6 +570,8 @@ class DaemonKeeper:
 
     def __init__(self) -> None:
         self.state_dir = ""
+        self.account: Account | None = None
+        """The workers' user (set by the supervisor): the daemons' sockets are reachable by its group."""
         self.running: dict[int, Daemon] = {}  # pid -> daemon
         self.started: dict[int, float] = {}
         self.waiting_ready: dict[int, float] = {}  # pid -> start time, until it answers
@@ -332,7 +595,7 @@ class DaemonKeeper:
     def _start(self, daemon: Daemon) -> None:
         log_path = daemon.log_path(self.state_dir)
         try:
-            process = spawn(daemon, self.state_dir)
+            process = spawn(daemon, self.state_dir, self.account)
         except (ConfigError, OSError) as error:
             log.error("%s: cannot start: %s", daemon.describe(), error)
             self._schedule(daemon)

@@ -72,6 +72,7 @@ def config_text(
 from mailsift import *
 
 STATE_DIR = {str(state)!r}
+USER = None  # the suite's servers keep the current user
 SMTP_SERVER = smtp_relay("127.0.0.1", {next_hop}, timeout={relay_timeout})
 {extra}
 SCANNERS = [

@@ -43,6 +43,7 @@ CONFIG = """\
 from mailsift import *
 from mailsift.reporting.counters import stats
 STATE_DIR = {state!r}
+USER = None  # the suite's servers keep the current user
 SMTP_SERVER = ("127.0.0.1", {next_hop})
 DATABASE = db.sqlite()
 SCANNERS = [

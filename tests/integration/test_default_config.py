@@ -48,7 +48,7 @@ class Gateway:
                 [sys.executable, "-m", "mailsift", "serve", "-c", str(self.config), "-w", "2"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={"MAILSIFT_STATE_DIR": str(self.state), "PATH": "/usr/bin:/bin"},
+                env={"MAILSIFT_STATE_DIR": str(self.state), "PATH": "/usr/bin:/bin", "MAILSIFT_USER": ""},
             )
         deadline = time.monotonic() + 120
         while "spamd_daemon" not in self.answering() or "clamd_daemon" not in self.answering():

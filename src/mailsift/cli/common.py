@@ -8,6 +8,7 @@ exit status 2 when it is broken.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -21,6 +22,14 @@ from mailsift.errors import ConfigError
 from mailsift.validators import escape_controls
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+UMASK = 0o027
+"""Set by every command at start (``serve``'s supervisor too): files 0640 at most, directories 0750."""
+
+STATE_COMMANDS = frozenset({"user", "quarantine", "policy", "lists", "report", "stats", "track"})
+"""The commands that read or write ``STATE_DIR`` (the database, the quarantine, the link secret):
+run as root, they become ``USER`` before touching it, so that what they create (a SQLite
+database, its ``-wal`` and ``-shm``) belongs to the workers, never to root."""
 
 CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
 
@@ -65,6 +74,8 @@ def load_config(path: str | None, *, database_for: str = "") -> Config:
         config = config_module.load(path or config_module.DEFAULT_CONFIG)
     except ConfigError as error:
         fail(f"config error: {error}")
+    if _touches_state():
+        enter_state(config)
     if database_for:
         if config.settings.database is None:  # config.load always sets one; a bare Settings may not
             fail(f"the config has no DATABASE ({database_for})")
@@ -81,3 +92,32 @@ def printable(text: str) -> str:
 def printable_lines(text: str) -> str:
     """Several lines safe for a terminal: each line's control characters escaped (``\\x1b``)."""
     return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+def _touches_state() -> bool:
+    """Whether the running command is one of :data:`STATE_COMMANDS` (``mailsift quarantine ...``)."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return False
+    root = context.find_root()
+    return bool({root.command.name, root.invoked_subcommand} & STATE_COMMANDS)
+
+
+def enter_state(config: Config) -> None:
+    """Run as root: make ``STATE_DIR`` for ``USER`` (owned by it) and become ``USER`` for good.
+
+    Not root, or ``USER = None``: nothing changes.  A ``USER`` that does not
+    exist is an error (exit 2), never a command that goes on as root.
+    """
+    if os.geteuid() != 0:
+        return
+    from mailsift.supervisor import drop_privileges, prepare_state, service_account
+
+    try:
+        account = service_account(config)
+        prepare_state(config, account)
+        drop_privileges(account)
+    except ConfigError as error:
+        fail(f"config error: {error}")
+    except (OSError, RuntimeError) as error:
+        fail(f"cannot become USER {config.settings.user!r}: {error}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from mailsift.cli.common import load_config
+from mailsift.cli.common import UMASK, load_config
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
 from mailsift.cli.quarantine import quarantine_group
@@ -66,6 +66,9 @@ def main() -> None:
     SCANNERS and delivers, tags, rejects, drops or quarantines, answering the
     MTA only once the message is safe downstream or on disk.
     """
+    # umask 0027 from the start: nothing mailsift creates is readable by others (files 0640 at most).
+    previous = os.umask(UMASK)
+    click.get_current_context().call_on_close(lambda: os.umask(previous))
 
 
 @main.command()

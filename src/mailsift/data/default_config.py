@@ -16,6 +16,11 @@ from mailsift import *
 # Where mailsift keeps its state (quarantine, local mail, spool, its clamd).
 STATE_DIR = os.path.abspath(os.environ.get("MAILSIFT_STATE_DIR", "var"))
 
+# Started as root, the supervisor stays root (sockets, daemons) and the workers
+# run as this unprivileged user (scripts/setup.sh creates it); started as any
+# other user, mailsift stays that user.  MAILSIFT_USER= (empty) keeps root.
+USER = os.environ.get("MAILSIFT_USER", "mailsift" if os.geteuid() == 0 else "") or None
+
 # mailsift's own clamd, on a unix socket in the state directory.  It uses the
 # system's signatures when freshclam has fetched them (/var/lib/clamav), and
 # otherwise test signatures only (EICAR, ClamAV's test file): the log says so.

@@ -10,7 +10,9 @@ validated on its own before, once:
   ``'unix:/run/mailsift/smtpd.sock'`` or simply ``'/run/mailsift/smtpd.sock'``
   (the port is then ignored), created with ``socket_mode`` (default 0o660:
   read/write for the owner and the group — put the MTA's user in mailsift's
-  group);
+  group), owned by ``socket_owner`` and ``socket_group`` (default: ``USER`` and
+  its group when the supervisor runs as root and drops to it, else the
+  supervisor's own: :func:`socket_ids`);
 * the limits and timeouts (:func:`check_limit`, :func:`check_seconds`): one
   message for every front end, through :mod:`mailsift.validators` like every
   other config value (a ``bool`` or a string is never a number, nor is ``nan``
@@ -29,8 +31,10 @@ validated on its own before, once:
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import os
+import pwd
 import socket
 import stat
 from collections.abc import Sequence
@@ -114,8 +118,38 @@ def parse_listen(host: Any, port: Any, what: str) -> tuple[str, int]:
     return UNIX_PREFIX + path, 0
 
 
-def bind_unix(path: str, mode: int, what: str) -> socket.socket:
-    """A listening unix socket at ``path`` with ``mode`` (a stale socket file is replaced)."""
+def check_owner(value: Any, what: str, kind: str) -> str | int | None:
+    """A unix socket's ``socket_owner`` or ``socket_group``: a name, a number, or None (the default)."""
+    if value is None or (isinstance(value, str) and value) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{kind}: {what} must be a user or group name (or number), or None, got {value!r}")
+
+
+def socket_ids(
+    owner: str | int | None, group: str | int | None, default_user: str | None, what: str
+) -> tuple[int, int]:
+    """The uid and gid to give a unix socket (-1: leave as created); ConfigError for an unknown name.
+
+    ``owner`` defaults to ``default_user`` (the workers' ``USER`` when the
+    supervisor drops to it), ``group`` to the owner's group.
+    """
+    owner = default_user if owner is None else owner
+    uid, gid = -1, -1
+    try:
+        if owner is not None:
+            entry = pwd.getpwuid(owner) if isinstance(owner, int) else pwd.getpwnam(owner)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        if group is not None:
+            gid = grp.getgrgid(group).gr_gid if isinstance(group, int) else grp.getgrnam(group).gr_gid
+    except KeyError:
+        unknown = f"user {owner!r}" if uid == -1 and owner is not None else f"group {group!r}"
+        raise ConfigError(f"{what}: no {unknown} on this system (socket_owner / socket_group)") from None
+    return uid, gid
+
+
+def bind_unix(path: str, mode: int, what: str, owner: tuple[int, int] = (-1, -1)) -> socket.socket:
+    """A listening unix socket at ``path`` with ``mode`` and ``owner`` (uid, gid; -1 leaves it);
+    a stale socket file is replaced."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ConfigError(f"{what}: {path} exists and is not a socket")
@@ -130,6 +164,8 @@ def bind_unix(path: str, mode: int, what: str) -> socket.socket:
     try:
         sock.bind(path)
         os.chmod(path, mode)  # before listen(): nobody can connect earlier
+        if owner != (-1, -1):
+            os.chown(path, *owner)
     except OSError as error:
         sock.close()
         raise ConfigError(f"{what}: cannot listen on {path}: {error.strerror}") from None
@@ -164,13 +200,26 @@ class Service:
     clients are not counted: its mode says who may connect)."""
     exempt_hosts: tuple[Network, ...] = ()
     """Networks whose clients are held to ``max_connections`` only (the MTA in front)."""
+    socket_owner: str | int | None = None
+    """A unix socket's owner (None: ``USER`` when the supervisor drops to it, else the supervisor's)."""
+    socket_group: str | int | None = None
+    """A unix socket's group (None: the owner's group)."""
 
     def __init__(
-        self, scanners: Sequence[Any], host: str, port: int, *, socket_mode: int = DEFAULT_SOCKET_MODE
+        self,
+        scanners: Sequence[Any],
+        host: str,
+        port: int,
+        *,
+        socket_mode: int = DEFAULT_SOCKET_MODE,
+        socket_owner: str | int | None = None,
+        socket_group: str | int | None = None,
     ) -> None:
         self.scanners: tuple[Scanner, ...] = as_scanners([scanners], self.kind)
         self.host, self.port = parse_listen(host, port, self.kind)
         self.socket_mode = check_mode(socket_mode, self.kind)
+        self.socket_owner = check_owner(socket_owner, "socket_owner", self.kind)
+        self.socket_group = check_owner(socket_group, "socket_group", self.kind)
 
     def connection_limits(self, max_connections: Any, per_address: Any, exempt_hosts: Any) -> None:
         """Validate and set ``max_connections``, ``max_connections_per_address`` (None: the
@@ -210,9 +259,13 @@ class Service:
         """Serve on ``sock`` in the running event loop; returns an object with ``drain()``."""
         raise NotImplementedError
 
-    def bind(self) -> socket.socket:
-        """Create the listening socket (done once, in the supervisor, before forking)."""
+    def bind(self, default_user: str | None = None) -> socket.socket:
+        """Create the listening socket (done once, in the supervisor, before forking).
+
+        ``default_user``: the unix socket's owner unless ``socket_owner`` says (the workers' ``USER``).
+        """
         path = self.unix_path
         if path is not None:
-            return bind_unix(path, self.socket_mode, self.describe())
+            ids = socket_ids(self.socket_owner, self.socket_group, default_user, self.describe())
+            return bind_unix(path, self.socket_mode, self.describe(), ids)
         return bind_tcp(self.host, self.port, self.describe())

@@ -79,8 +79,16 @@ class Daemon:
         if not shutil.which(find_program(self.command)):
             raise ConfigError(f"{self.describe()}: program {self.command!r} not found")
 
-    def prepare(self, state_dir: str) -> None:
-        """Before each start: write what the program needs.  Raises ConfigError."""
+    runs_as_own_user = False
+    """Whether the program switches to its own user (when mailsift runs as root): it must then
+    reach its directory, even inside ``STATE_DIR`` (0751, see :func:`mailsift.supervisor.prepare_state`)."""
+
+    def prepare(self, state_dir: str, clients_group: int | None = None) -> None:
+        """Before each start: write what the program needs.  Raises ConfigError.
+
+        ``clients_group``: the group of mailsift's workers when they run as
+        another user than the supervisor; a socket of the daemon must be
+        reachable by that group."""
 
     def log_path(self, state_dir: str) -> str:
         """Where the program's output goes (its last lines are logged if it fails)."""
@@ -246,6 +254,10 @@ class clamd_daemon(Daemon):
     def describe(self) -> str:
         return f"clamd_daemon({self.socket_path})"
 
+    @property
+    def runs_as_own_user(self) -> bool:  # type: ignore[override]
+        return _service_user(self.user) is not None
+
     def log_path(self, state_dir: str) -> str:
         return os.path.join(self.directory, "clamd.log")
 
@@ -258,7 +270,7 @@ class clamd_daemon(Daemon):
             return SYSTEM_CLAMAV_DB, f"the system's signatures in {SYSTEM_CLAMAV_DB} ({', '.join(found)})"
         return os.path.join(self.directory, "test-db"), "TEST SIGNATURES ONLY"
 
-    def prepare(self, state_dir: str) -> None:
+    def prepare(self, state_dir: str, clients_group: int | None = None) -> None:
         database, what = self._database()
         user = _service_user(self.user)
         if user is not None and not _can_reach(user, self.directory):
@@ -291,14 +303,23 @@ class clamd_daemon(Daemon):
             }
             if user is not None:
                 lines["User"] = user.pw_name
+            group = user.pw_gid if user is not None else -1
+            if clients_group is not None:
+                # The workers (USER) reach the socket through their group: the directory is clamd's and in that
+                # group (0750), nobody else can pass it, and the socket inside is open to whoever reaches it.
+                # (LocalSocketGroup cannot do it: clamd sets the socket's group after it became its User.)
+                group = clients_group
+                lines["LocalSocketMode"] = "666"
             lines.update(self.options)
             with open(os.path.join(self.directory, "clamd.conf"), "w", encoding="utf-8") as handle:
                 handle.write("# written by mailsift at every start of clamd_daemon; edit the config instead\n")
                 handle.writelines(f"{key} {value}\n" for key, value in lines.items())
-            if user is not None:
+            if user is not None or clients_group is not None:
                 for root, dirs, files in os.walk(self.directory):
                     for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-                        os.chown(name, user.pw_uid, user.pw_gid)
+                        os.chown(name, user.pw_uid if user is not None else -1, group)
+            os.chmod(self.directory, 0o750)  # noqa: S103 - its group (the workers') may pass, nobody else
+            os.chmod(os.path.join(self.directory, "tmp"), 0o700)  # clamd's copies of the mail: its own
         except OSError as error:
             raise ConfigError(f"clamd_daemon: cannot prepare {self.directory}: {error}") from None
         if what == "TEST SIGNATURES ONLY":
@@ -371,7 +392,7 @@ class spamd_daemon(Daemon):
     def identity(self) -> tuple[Any, ...]:
         return (self.kind, self.host, self.port, self.local_only, self.max_children, self.user, self.site_config)
 
-    def prepare(self, state_dir: str) -> None:
+    def prepare(self, state_dir: str, clients_group: int | None = None) -> None:
         self.directory = os.path.join(state_dir, "spamd")
 
     def log_path(self, state_dir: str) -> str:

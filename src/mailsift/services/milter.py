@@ -169,10 +169,15 @@ class milter(Service):
         max_headers: int = MAX_HEADERS,
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_recipients: int = MAX_RECIPIENTS,
+        socket_owner: str | int | None = None,
+        socket_group: str | int | None = None,
     ) -> None:
         family, where, port = parse_connection(connection)
         umask = validators.permission_bits(umask, "milter: umask", unit="an integer like 0o117")
-        super().__init__(scanners, f"unix:{where}" if family == "unix" else where, port, socket_mode=0o777 & ~umask)
+        host = f"unix:{where}" if family == "unix" else where
+        super().__init__(
+            scanners, host, port, socket_mode=0o777 & ~umask, socket_owner=socket_owner, socket_group=socket_group
+        )
         if not isinstance(name, str) or not name:
             raise ConfigError(f"milter: name must be a non-empty string, got {name!r}")
         max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)

@@ -122,8 +122,12 @@ class smtpd_policy(Service):
         max_connections_per_address: int | None = None,
         exempt_hosts: Sequence[str] = (),
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        socket_owner: str | int | None = None,
+        socket_group: str | int | None = None,
     ) -> None:
-        super().__init__(scanners, host, port, socket_mode=socket_mode)
+        super().__init__(
+            scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
+        )
         if dbc is None:
             dbc = sqlite()
         if not isinstance(dbc, Database):

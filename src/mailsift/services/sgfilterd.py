@@ -167,8 +167,12 @@ class sgfilterd(Service):
         max_connections_per_address: int | None = None,
         exempt_hosts: Sequence[str] = (),
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        socket_owner: str | int | None = None,
+        socket_group: str | int | None = None,
     ) -> None:
-        super().__init__(scanners, host, port, socket_mode=socket_mode)
+        super().__init__(
+            scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
+        )
         self.prefork = prefork
         self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.timeout = check_seconds(timeout, "timeout", self.kind)

@@ -95,8 +95,12 @@ class smtpd(Service):
         xforward_hosts: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         hostname: str | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
+        socket_owner: str | int | None = None,
+        socket_group: str | int | None = None,
     ) -> None:
-        super().__init__(scanners, host, port, socket_mode=socket_mode)
+        super().__init__(
+            scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
+        )
         max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
         timeout = check_seconds(timeout, "timeout", self.kind)

@@ -363,7 +363,10 @@ async def test_encrypted_member_does_not_hide_a_virus_beside_it(eicar: bytes) ->
 async def test_overlapping_zip_bomb_is_a_ratio_finding() -> None:
     bomb = overlapping_zip(kernel_size=2 * MiB, files=100)
     assert len(bomb) < 20_000
-    assert len(zipfile.ZipFile(io.BytesIO(bomb)).read("0050.bin")) > 2 * MiB  # it really is a bomb
+    try:
+        assert len(zipfile.ZipFile(io.BytesIO(bomb)).read("0050.bin")) > 2 * MiB  # it really is a bomb
+    except zipfile.BadZipFile as error:  # a Python with CVE-2024-0450's fix (Debian's 3.11) refuses to expand it
+        assert "Overlapped entries" in str(error)  # noqa: PT017
     seen = Names()
     result = await scan_mail(parsemail(decompress(seen)), mail_with(bomb, "bomb.zip"))
     assert (result.level, result.name) == (1.0, "Heuristics.Limits.Exceeded.MaxRatio")
