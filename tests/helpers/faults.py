@@ -187,7 +187,7 @@ class _TracingSMTP(smtplib.SMTP):
         self.last = cmd.upper()
         super().putcmd(cmd, args)
 
-    def send(self, s: bytes | str) -> None:
+    def send(self, s: Any) -> None:  # smtplib: Buffer | str
         if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
             self.last = "end-of-data"
         super().send(s)
