@@ -491,6 +491,9 @@ class FaultyNextHop(RecordingServer):
         self._count = 0
         self._sessions: list[_RecordingSMTP] = []
         self.is_down = False
+        self.kept_reply_lost: list[str] = []
+        """Message-IDs kept although their reply could not leave (``lose_reply_every``, or the
+        connection cut by :meth:`go_down` as the message arrived): the MTA's retry duplicates them."""
 
     def start(self) -> FaultyNextHop:
         """As RecordingServer's, with ``data_size_limit`` (aiosmtpd's default is 32 MB)."""
@@ -542,8 +545,13 @@ class FaultyNextHop(RecordingServer):
         if self.lose_reply_every and self._count % self.lose_reply_every == 0:
             answer = await super().handle_DATA(server, session, envelope)  # kept...
             server.transport.abort()  # ...and the reply lost
+            self.kept_reply_lost.extend(message_ids(envelope.original_content or b""))
             return answer
-        return await super().handle_DATA(server, session, envelope)
+        answer = await super().handle_DATA(server, session, envelope)
+        if answer.startswith("250") and (server.transport is None or server.transport.is_closing()):
+            # cut (go_down) while this message was on its way in: kept, and the 250 cannot leave
+            self.kept_reply_lost.extend(message_ids(envelope.original_content or b""))
+        return answer
 
 
 def closed_port() -> int:
