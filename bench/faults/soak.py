@@ -146,7 +146,7 @@ def clock(seconds: float) -> Callable[[], bool]:
 
 
 def case_sigkill(where: Path, scale: float) -> Result:
-    """A worker SIGKILLed every 200 messages during 3,000 (14 kills), next hop answering after 50 ms."""
+    """A worker SIGKILLed every 200 messages during 3,000 (15 kills), next hop answering after 50 ms."""
     count = max(200, round(3000 * scale))
     every = 200
     concurrency = 6
