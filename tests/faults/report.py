@@ -41,6 +41,13 @@ unavoidable (the next hop accepted, the reply was lost: a worker killed in betwe
 then counted.  Nothing is timed.  The harness is tested too: a next hop that drops every
 fourth message is reported as losing them (`test_accounting_finds_a_lost_message`).
 
+**Soak.** The matrix keeps its loads small (hundreds of messages) to fit CI.  Longer versions
+of the cases that matter most under sustained load - a worker killed again and again, a
+reload every second for minutes, clamd restarted several times, a flapping next hop,
+thousands of idle connections held for a minute - run with the same harness and accounting
+in `bench/faults/soak.py` (not in CI); `bench/faults/README.md` describes them and
+`bench/faults/RESULTS.md` records the figures of a run.
+
 Regenerate this file with `python tests/faults/report.py` (runs the matrix and rewrites the
 table; the figures vary from run to run, the cases and verdicts may not:
 `tests/faults/test_reliability_doc.py` checks them against the suite).  Columns: *sent*

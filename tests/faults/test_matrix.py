@@ -32,6 +32,7 @@ from tests.helpers.faults import (
     check,
     closed_port,
     hold_socket,
+    idle_connections,
     message,
     message_ids,
     peak_rss_kb,
@@ -41,6 +42,8 @@ from tests.helpers.faults import (
     raw_transaction,
     record,
     send_many_recipients,
+    signal_every,
+    slowloris,
     tmpfs,
 )
 from tests.helpers.postgres import PostgresInstance, fresh_database
@@ -324,11 +327,7 @@ def test_sighup_every_second(
             serve.port, f"sighup-{connections}", retries=4, retry_delay=0.5, reuse=connections == "kept"
         )
 
-        def hup(stop: threading.Event) -> None:
-            while not stop.wait(1.0):
-                serve.signal(signal.SIGHUP)
-
-        with background(hup):
+        with background(signal_every(serve, signal.SIGHUP, 1.0)):
             client.load(LOAD * 2)
         alive = serve.alive()
         accounting = account(client, next_hop, serve.state)
@@ -341,7 +340,7 @@ def test_sighup_every_second(
     )
     assert alive
     check(accounting)
-    assert "none" not in accounting.codes, (accounting.summary(), client.unanswered)  # no transaction cut unanswered
+    assert "none" not in accounting.codes, (accounting.summary(), client.no_answer)  # no transaction cut unanswered
 
 
 BROKEN_RELOADS = {
@@ -652,21 +651,8 @@ def test_idle_connections_and_slowloris(
     with Serve(tmp_path, next_hop.port).start() as serve:
         held: list[socket.socket] = []
         try:
-            for _ in range(2000):
-                with contextlib.suppress(OSError):
-                    held.append(socket.create_connection(("127.0.0.1", serve.port), timeout=10))
-
-            def slowloris(stop: threading.Event) -> None:
-                slow = held[:20]
-                for sock in slow:
-                    with contextlib.suppress(OSError):
-                        sock.sendall(b"EHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<t@x>\r\nDATA\r\n")
-                while not stop.wait(1.0):
-                    for sock in slow:
-                        with contextlib.suppress(OSError):
-                            sock.sendall(b"x")
-
-            with background(slowloris):
+            held = idle_connections(serve.port, 2000)
+            with background(slowloris(held[:20])):
                 client = FaultClient(serve.port, "honest", source="127.0.0.2", timeout=30)
                 client.load(LOAD // 4)
             accounting = account(client, next_hop, serve.state)

@@ -174,6 +174,35 @@ def message(case: str, number: int, body: str = "hello", extra_headers: str = ""
     return mid, data
 
 
+class _TracingSMTP(smtplib.SMTP):
+    """smtplib.SMTP that remembers the last command it sent (``end-of-data`` after the content),
+    and takes a ``4xx`` to EHLO as the answer."""
+
+    last = "greeting"
+
+    def putcmd(self, cmd: str, args: str = "") -> None:
+        self.last = cmd.upper()
+        super().putcmd(cmd, args)
+
+    def send(self, s: Any) -> None:  # smtplib: Buffer | str
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.last = "end-of-data"
+        super().send(s)
+
+    def ehlo_or_helo_if_needed(self) -> None:
+        """As smtplib's, except that a ``4xx`` to EHLO is the answer, as for an MTA.  smtplib would
+        try HELO after it, on a connection the server has closed (a draining worker's unsolicited
+        ``421`` is read as EHLO's reply), and the client would record no answer instead of the 421."""
+        if self.helo_resp is None and self.ehlo_resp is None:
+            code, resp = self.ehlo()
+            if 400 <= code < 500:
+                raise smtplib.SMTPResponseException(code, resp)
+            if not 200 <= code < 300:
+                code, resp = self.helo()
+                if not 200 <= code < 300:
+                    raise smtplib.SMTPHeloError(code, resp)
+
+
 @dataclass
 class FaultClient:
     """Sends counted messages to ``port`` and records every reply per Message-ID.
@@ -193,8 +222,9 @@ class FaultClient:
     """Keep each thread's connection open for its next message (Postfix's connection cache)."""
     replies: dict[str, list[int | None]] = field(default_factory=dict)
     data: dict[str, bytes] = field(default_factory=dict)
-    unanswered: list[str] = field(default_factory=list)
-    """Each attempt that got no answer: the message, the step it was at, the error."""
+    no_answer: Counter[str] = field(default_factory=Counter)
+    """Why attempts got no answer: new or reused connection, at connect (greeting included) or after
+    which command, and the exception (``"new connection, after end-of-data: SMTPServerDisconnected"``)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _kept: list[smtplib.SMTP] = field(default_factory=list)
@@ -203,11 +233,17 @@ class FaultClient:
         with self._lock:
             self.replies.setdefault(mid, []).append(code)
 
+    def _why(self, reused: bool, stage: str, error: BaseException, client: smtplib.SMTP | None) -> None:
+        if client is not None and stage != "connect":
+            stage = f"after {getattr(client, 'last', '?')}"
+        with self._lock:
+            self.no_answer[f"{'reused' if reused else 'new'} connection, {stage}: {type(error).__name__}"] += 1
+
     def _connection(self) -> smtplib.SMTP:
         client = getattr(self._local, "client", None) if self.reuse else None
         if client is None:
             source = (self.source, 0) if self.source else None
-            client = smtplib.SMTP("127.0.0.1", self.port, timeout=self.timeout, source_address=source)
+            client = _TracingSMTP("127.0.0.1", self.port, timeout=self.timeout, source_address=source)
             if self.reuse:
                 self._local.client = client
                 with self._lock:
@@ -227,18 +263,11 @@ class FaultClient:
         the final code, or None if no answer came."""
         client: smtplib.SMTP | None = None
         failed = True
+        reused = self.reuse and getattr(self._local, "client", None) is not None
         stage = "connect"
         try:
             client = self._connection()
-            stage = "EHLO"
-            if client.ehlo_resp is None and client.helo_resp is None:
-                # EHLO alone, its refusal taken as the answer (a draining worker's 421): smtplib's
-                # own ehlo_or_helo_if_needed would try HELO on the connection the 421 closed and
-                # report "Server not connected", hiding the answer the server gave
-                ehlo_code, ehlo_message = client.ehlo()
-                if not 200 <= ehlo_code < 300:
-                    raise smtplib.SMTPHeloError(ehlo_code, ehlo_message)
-            stage = "transaction"
+            stage = "after ?"
             client.sendmail("a@example.test", list(self.recipients), data)
             code: int | None = 250
             failed = False
@@ -248,12 +277,10 @@ class FaultClient:
             code = error.smtp_code
             if code == -1:  # smtplib's "connection closed" pseudo code
                 code = None
-                with self._lock:
-                    self.unanswered.append(f"{mid}: at {stage}: {type(error).__name__}: {error}")
+                self._why(reused, stage, error, client)
         except (OSError, smtplib.SMTPException) as error:
             code = None
-            with self._lock:
-                self.unanswered.append(f"{mid}: at {stage}: {type(error).__name__}: {error}")
+            self._why(reused, stage, error, client)
         finally:
             if client is not None:
                 self._done(client, failed)
@@ -279,11 +306,19 @@ class FaultClient:
         concurrency: int = 4,
         body: Callable[[int], str] = lambda n: f"message {n}",
         extra_headers: str = "",
+        until: Callable[[], bool] | None = None,
     ) -> None:
-        """Send ``count`` messages from ``concurrency`` threads (a body with :data:`HOLD_ME` is quarantined)."""
-        messages = [message(self.case, n, body(n), extra_headers) for n in range(count)]
+        """Send ``count`` messages from ``concurrency`` threads (a body with :data:`HOLD_ME` is quarantined).
+
+        ``until``: checked before each message; once it returns true, the rest are not sent (a load
+        that lasts a given time: a large ``count`` and a clock in ``until``)."""
+
+        def one(number: int) -> None:
+            if until is None or not until():
+                self.send(*message(self.case, number, body(number), extra_headers))
+
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda item: self.send(*item), messages))
+            list(pool.map(one, range(count)))
         for client in self._kept:  # the kept connections, their threads done
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 client.quit()
@@ -451,6 +486,11 @@ class FaultyNextHop(RecordingServer):
         self.lose_reply_every = 0
         self.close_every = 0
         self._count = 0
+        self._sessions: list[_RecordingSMTP] = []
+        self.is_down = False
+        self.kept_reply_lost: list[str] = []
+        """Message-IDs kept although their reply could not leave (``lose_reply_every``, or the
+        connection cut by :meth:`go_down` as the message arrived): the MTA's retry duplicates them."""
 
     def start(self) -> FaultyNextHop:
         """As RecordingServer's, with ``data_size_limit`` (aiosmtpd's default is 32 MB)."""
@@ -460,13 +500,35 @@ class FaultyNextHop(RecordingServer):
                 self.connections += 1
                 session = _RecordingSMTP(self)
                 session.data_size_limit = self.data_size_limit
+                self._sessions = [s for s in self._sessions if s.transport is None or not s.transport.is_closing()]
+                self._sessions.append(session)
                 return session
 
-            self._server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+            self._server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
 
         self._runner.call(start())
         return self
+
+    def go_down(self) -> None:
+        """The next hop goes down: its port closed, every open connection cut (as a crashed or
+        restarted MTA: the gateway's pooled connections die too).  :meth:`come_up` reopens the same port."""
+
+        async def down() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for session in self._sessions:
+                if isinstance(session.transport, asyncio.Transport):
+                    session.transport.abort()
+            self._sessions.clear()
+
+        self.is_down = True
+        self._runner.call(down())
+
+    def come_up(self) -> None:
+        self.start()
+        self.is_down = False
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
@@ -480,8 +542,13 @@ class FaultyNextHop(RecordingServer):
         if self.lose_reply_every and self._count % self.lose_reply_every == 0:
             answer = await super().handle_DATA(server, session, envelope)  # kept...
             server.transport.abort()  # ...and the reply lost
+            self.kept_reply_lost.extend(message_ids(envelope.original_content or b""))
             return answer
-        return await super().handle_DATA(server, session, envelope)
+        answer = await super().handle_DATA(server, session, envelope)
+        if answer.startswith("250") and (server.transport is None or server.transport.is_closing()):
+            # cut (go_down) while this message was on its way in: kept, and the 250 cannot leave
+            self.kept_reply_lost.extend(message_ids(envelope.original_content or b""))
+        return answer
 
 
 def closed_port() -> int:
@@ -519,6 +586,41 @@ def peak_rss_kb(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def idle_connections(port: int, count: int, timeout: float = 10) -> list[socket.socket]:
+    """Open up to ``count`` connections from 127.0.0.1 and leave them idle (those refused are skipped)."""
+    held: list[socket.socket] = []
+    for _ in range(count):
+        with contextlib.suppress(OSError):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+    return held
+
+
+def slowloris(held: list[socket.socket], interval: float = 1.0) -> Callable[[threading.Event], None]:
+    """An action for :func:`background`: ``held`` start a transaction up to DATA, then each sends one
+    byte every ``interval`` seconds until stopped."""
+
+    def action(stop: threading.Event) -> None:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"EHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<t@x>\r\nDATA\r\n")
+        while not stop.wait(interval):
+            for sock in held:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+    return action
+
+
+def signal_every(serve: Serve, signum: int, interval: float = 1.0) -> Callable[[threading.Event], None]:
+    """An action for :func:`background`: send ``signum`` to the supervisor every ``interval`` seconds."""
+
+    def action(stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            serve.signal(signum)
+
+    return action
 
 
 def hold_socket(port: int) -> socket.socket:
