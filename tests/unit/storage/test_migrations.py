@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -51,3 +53,10 @@ def test_the_log_names_each_revision_applied_and_nothing_else(
     assert all(line.startswith("Running upgrade") for line in first), first
     assert any("0002" in line for line in first)
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_importing_the_migrations_logs_nothing() -> None:
+    """Alembic logs "setup plugin ..." as it is imported: filtered before the import."""
+    code = "import logging; logging.basicConfig(level=logging.INFO); import mailsift.storage.migrations"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stderr == ""

@@ -18,9 +18,22 @@ from __future__ import annotations
 import logging
 import os
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy.engine import Connection
+
+class _UpgradesOnly(logging.Filter):
+    """Alembic's INFO lines, less its chatter: only "Running upgrade ..." is worth a log line
+    (the supervisor checks the schema on every start and reload; "setup plugin ..." comes as
+    alembic is imported, hence the filters go on before the import below)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.getMessage().startswith("Running upgrade")
+
+
+for _name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
+    logging.getLogger(_name).addFilter(_UpgradesOnly())
+
+from alembic import command  # noqa: E402 - after the filters above
+from alembic.config import Config  # noqa: E402
+from sqlalchemy.engine import Connection  # noqa: E402
 
 BASE = "0001"
 """The first revision (greylisting's tables); a feature's first revision builds on it."""
@@ -34,23 +47,8 @@ def config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-class _UpgradesOnly(logging.Filter):
-    """Alembic's INFO lines, less its chatter: only "Running upgrade ..." is worth a log line
-    (the supervisor checks the schema on every start and reload)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.getMessage().startswith("Running upgrade")
-
-
-_QUIET = _UpgradesOnly()
-
-
 def upgrade(connection: Connection) -> None:
     """Apply every missing revision (to all heads) inside ``connection``'s transaction."""
-    for name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
-        logger = logging.getLogger(name)
-        if _QUIET not in logger.filters:
-            logger.addFilter(_QUIET)
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7366518)")  # one upgrader at a time
     command.upgrade(config(connection), "heads")
