@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.faults import FaultClient, FaultyNextHop, Serve, account, check, idle_connections
 
 OPTIONS: dict[str, str] = {}
-"""Left as the defaults (max_connections 1000, max_connections_per_address half of it)."""
+"""Left as the defaults (max_connections 500 per worker, max_connections_per_address half of it)."""
 
 ATTACK = 1010
 """Idle connections the attacker opened from one address (the finding's figure)."""
@@ -38,7 +38,7 @@ def greeting(sock: socket.socket) -> bytes:
 
 
 def test_idle_connections_from_one_address_do_not_lock_out_another(tmp_path: Path, next_hop: FaultyNextHop) -> None:
-    with Serve(tmp_path, next_hop.port, **OPTIONS).start(workers=1) as serve:  # one worker: 1,000 connections
+    with Serve(tmp_path, next_hop.port, **OPTIONS).start(workers=1) as serve:  # one worker: 500 connections
         held: list[socket.socket] = []
         try:
             held = idle_connections(serve.port, ATTACK)
