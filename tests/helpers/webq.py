@@ -9,6 +9,11 @@ Users: ``alice`` (alice@example.org), ``bob`` (bob@example.org), ``admin``
 
 :func:`add_users` and :func:`logged_in` serve the in-process tests (tests/security): the
 web application over ASGI, a user logged in through ``/login``, and :func:`csrf_token`.
+
+For the attack suite (tests/security/test_web_*.py): :class:`WebGateway`, a real
+``mailsift serve`` whose worker runs smtpd *and* webq (one event loop, as in production),
+:func:`web_client` (an in-process ASGI client of :func:`mailsift.web.app.create_app`),
+:func:`csrf_token`, :func:`log_in` and :func:`add_users`.
 """
 
 from __future__ import annotations
@@ -20,19 +25,22 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from mailsift import config as config_module
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result
 from mailsift.settings import Settings
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.storage.quarantine.store import QuarantineStore, file_id
-from mailsift.testing import RecordingServer
+from mailsift.testing import RecordingServer, free_port
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.webconfig import WebConfig
+from tests.helpers.faults import Serve
 
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2", "admin": "admin-Secret-3"}
 ADDRESSES = {"alice": ["alice@example.org"], "bob": ["bob@example.org"], "admin": []}
@@ -65,7 +73,7 @@ class WebqServer:
 
 
 def add_users(settings: Settings) -> None:
-    """Adds ``alice``, ``bob`` and ``admin`` (:data:`ADDRESSES`, :data:`PASSWORDS`)."""
+    """``PASSWORDS``' users (``admin`` an admin) in ``settings.database``."""
     for login, password in PASSWORDS.items():
         add = functools.partial(
             users.add_user,
@@ -100,3 +108,74 @@ async def logged_in(
 async def csrf_token(client: httpx.AsyncClient, path: str = "/prefs") -> str:
     """The CSRF token of the client's session, read from a page's form."""
     return _token((await client.get(path)).text)
+
+
+def web_client(
+    settings: Settings, config: WebConfig | None = None, *, client: tuple[str, int] = ("127.0.0.1", 40000)
+) -> httpx.AsyncClient:
+    """An in-process client of the web quarantine (``client``: the peer address the app sees)."""
+    app = create_app(settings, secret="s" * 40, config=config or WebConfig())
+    transport = httpx.ASGITransport(app=app, client=client)
+    return httpx.AsyncClient(transport=transport, base_url="http://webq.test")
+
+
+async def log_in(client: httpx.AsyncClient, login: str, password: str, **headers: str) -> httpx.Response:
+    token = await csrf_token(client, "/login")
+    data = {"login": login, "password": password, "csrf_token": token, "next": "/q/"}
+    return await client.post("/login", data=data, headers=headers)
+
+
+GATEWAY_CONFIG = """\
+from mailsift import *
+from mailsift.web.service import webq
+
+STATE_DIR = {state!r}
+SMTP_SERVER = smtp_relay("127.0.0.1", {hop}, timeout=10)
+DATABASE = db.sqlite()
+SCANNERS = [quarantine("held", regexp_scan([("Held", r"HOLD-ME-PLEASE")]))]
+SRV = [smtpd(SCANNERS, "127.0.0.1", {smtp}), webq("127.0.0.1", {web}{webq_options})]
+"""
+
+
+class WebGateway(Serve):
+    """``mailsift serve -w 1`` whose one worker serves smtpd (``port``) and webq (``web_port``)
+    in the same event loop; the users of ``PASSWORDS`` exist.  ``webq_options``: Python source
+    appended to webq's arguments (``", login_failures_per_name=1000"``)."""
+
+    def __init__(self, directory: Path, next_hop: int, webq_options: str = "") -> None:
+        self.web_port = free_port()
+        self.webq_options = webq_options
+        super().__init__(directory, next_hop)
+
+    def write(self, **config: Any) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        text = GATEWAY_CONFIG.format(
+            state=str(self.state), hop=self.next_hop, smtp=self.port, web=self.web_port, webq_options=self.webq_options
+        )
+        self.config.write_text(text)
+
+    def start(self, workers: int = 1, timeout: float = 60) -> WebGateway:
+        settings = config_module.load(str(self.config)).settings
+        try:
+            add_users(settings)
+        finally:
+            settings.database.dispose()
+        super().start(workers, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/login", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "webq did not answer:\n" + self.log_text()
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def worker(self) -> int:
+        """The one worker's pid."""
+        (pid,) = self.children()
+        return pid

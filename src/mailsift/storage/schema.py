@@ -36,6 +36,8 @@ table (migration)          indexes and constraints                used by
 (0005)
 ``web_login_throttle``     primary key key                        :mod:`mailsift.web.users`
 (0005)
+``web_session``            ``ix_web_session_user_id``             :mod:`mailsift.web.users` (server-side
+(0010_websessions)                                                web sessions)
 ``link_action`` (0006)     primary key (quarantine_id,            :mod:`mailsift.reporting.links`
                            recipient, action)
 ``stats_counter`` (0007)   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
@@ -241,7 +243,22 @@ web_login_throttle_table = Table(
     Column("failures", Integer, nullable=False),
     Column("window_start", Float, nullable=False),
 )
-"""Failed logins per ``ip:<address>`` and ``login:<name>`` within the current window."""
+"""Checked logins per ``pair:<name>|<client>`` and ``ip:<client>``; ``window_start`` is the time of the
+last checked attempt (a key starts over after a quiet window). Claimed atomically before the password check."""
+
+# --------------------------------------------------------------------------- web sessions (0010_websessions)
+
+web_session_table = Table(
+    "web_session",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("seen", Float, nullable=False),
+    Index("ix_web_session_user_id", "user_id"),
+)
+"""One row per logged-in web session; ``id`` is the SHA-256 of the cookie's session id (never the id itself).
+Logout deletes the row; a password change or the user's removal deletes all of the user's rows."""
 
 # --------------------------------------------------------------------------- links in notifications (0006)
 
@@ -303,6 +320,7 @@ __all__ = [
     "stats_table",
     "user_policy_table",
     "web_login_throttle_table",
+    "web_session_table",
     "web_user_address_table",
     "web_user_table",
 ]

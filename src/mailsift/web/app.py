@@ -2,8 +2,10 @@
 
 Middleware, outermost first: security headers on every answer (a strict
 Content-Security-Policy: no inline script, no remote loads, no framing;
-``nosniff``; referrers to this site only, so signed links never leak; ``no-store``), the
-signed session cookie, then the user of the session.  Pages come from
+``nosniff``; referrers to this site only, so signed links never leak; ``no-store``),
+the request body limits (:class:`BodyLimit`: 413 before anything is parsed), the
+signed session cookie, then the user of the session (held server-side, see
+:mod:`mailsift.web.auth`).  Pages come from
 :mod:`mailsift.web.auth`, :mod:`mailsift.web.quarantine_pages` and the
 ``extra_routes`` of other modules.
 """
@@ -72,6 +74,64 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+LOGIN_PATHS = frozenset({"/login", "/logout"})
+
+
+class BodyLimit:
+    """Bounds every request body before any page parses it.
+
+    ``POST /login`` and ``/logout`` may carry ``login_body_limit`` bytes, every
+    other route ``body_limit``; a urlencoded form at most ``form_fields`` fields
+    (a multipart one is bounded by its size and Starlette's own field limit).  A
+    ``Content-Length`` beyond the limit is answered 413 at once, without
+    reading the body; a body without one (chunked) is counted as it arrives
+    and cut at the limit (413, nothing buffered past it; the connection is
+    then closed by the server, the rest unread).
+    """
+
+    def __init__(self, app: ASGIApp, config: WebConfig) -> None:
+        self.app = app
+        self.config = config
+
+    def limit(self, path: str) -> int:
+        return self.config.login_body_limit if path in LOGIN_PATHS else self.config.body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(str(scope.get("path", "")))
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > limit):
+            await self._refuse(send)
+            return
+        form = headers.get(b"content-type", b"").split(b";")[0].strip().lower() == b"application/x-www-form-urlencoded"
+        fields_left = self.config.form_fields
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen, fields_left
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if form:
+                    fields_left -= chunk.count(b"&")
+                if seen > limit or fields_left < 0:
+                    raise HTTPException(413, "The request is too large.")
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _refuse(send: Send) -> None:
+        body = b"The request is too large.\n"
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 async def home(request: Request) -> Response:
     auth.require_user(request)
     return RedirectResponse("/q/", status_code=303)
@@ -108,6 +168,7 @@ def create_app(
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit, config=config),
         Middleware(
             SessionMiddleware,
             secret_key=secret_text,

@@ -10,11 +10,24 @@ Options: ``userconv`` (login rewriting: ``[(regex, replacement), ...]``, the
 first matching rule wins), ``secret_file`` (the signing secret; default
 ``STATE_DIR/webq.secret``, made 0600 at first start and shared with the
 digest's signed links), ``scanner`` (a scanner or list for the "recheck"
-button), ``secure_cookies`` (set when users come over https),
-``session_hours`` (a session's longest life), ``idle_minutes`` (a session
-unused this long ends), ``trusted_proxies`` (addresses whose
-X-Forwarded-For names the client: the reverse proxy, for login throttling
-per client), ``admin_release`` (quarantine categories only an admin may
+button), ``url`` (the address users reach the site by, e.g.
+``'https://mail.example.com/webq'``: its host name is accepted by /metrics'
+Host check and an https URL makes the session cookie ``Secure``), ``hosts``
+(more host names the site is reached by), ``secure_cookies`` (default
+``None``: ``Secure`` exactly when ``url`` is https; ``True``/``False`` to
+force), ``session_hours`` (a session's longest life), ``idle_minutes`` (a
+session unused this long ends), ``trusted_proxies`` (addresses or networks
+whose X-Forwarded-For names the client: the reverse proxy; default none, so
+the socket's peer is the client), ``login_failures_per_name`` (attempts per
+login name and client before the progressive delay, default 5),
+``login_delay`` (its first step in seconds, doubling, default 5),
+``login_failures_per_client`` (attempts per client and ``login_window``,
+default 30), ``login_window`` (seconds, default 900), ``max_body`` (bytes of
+any request body, default 65536), ``max_login_body`` (of the login and logout
+forms, default 8192), ``max_form_fields`` (default 200), ``max_header``
+(request line and headers, default 32768), ``metrics_clients`` and
+``metrics_token`` (who may read /metrics, see
+:mod:`mailsift.web.stats_pages`), ``admin_release`` (quarantine categories only an admin may
 release, default ``['virus', 'unscannable']``; also the digest's links).
 ``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
 for a reverse proxy on the same machine), made with ``socket_mode`` (default
@@ -25,10 +38,12 @@ to mailsift's log).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailsift import validators
 from mailsift.errors import ConfigError
@@ -36,7 +51,13 @@ from mailsift.scanners.base import as_scanners
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_mode, parse_listen
 from mailsift.settings import Settings
 from mailsift.storage.quarantine.admin import ADMIN_RELEASE, admin_release_categories
-from mailsift.web.webconfig import WebConfig
+from mailsift.web.webconfig import (
+    DEFAULT_BODY_LIMIT,
+    DEFAULT_FORM_FIELDS,
+    DEFAULT_HEADER_LIMIT,
+    DEFAULT_LOGIN_BODY_LIMIT,
+    WebConfig,
+)
 
 # The web code (Starlette, uvicorn, Jinja2, argon2, prometheus_client) is imported
 # when a config names webq or when the service starts, never by `from mailsift import *`:
@@ -58,10 +79,20 @@ class webq(Service):
         userconv: Sequence[tuple[str, str]] = (),
         secret_file: str | None = None,
         scanner: Any = None,
-        secure_cookies: bool = False,
+        url: str | None = None,
+        hosts: Sequence[str] = (),
+        secure_cookies: bool | None = None,
         session_hours: float = 8.0,
         idle_minutes: float = 60.0,
-        trusted_proxies: Sequence[str] = ("127.0.0.1",),
+        trusted_proxies: Sequence[str] = (),
+        login_failures_per_name: int = 5,
+        login_delay: float = 5.0,
+        login_failures_per_client: int = 30,
+        login_window: float = 900.0,
+        max_body: int = DEFAULT_BODY_LIMIT,
+        max_login_body: int = DEFAULT_LOGIN_BODY_LIMIT,
+        max_form_fields: int = DEFAULT_FORM_FIELDS,
+        max_header: int = DEFAULT_HEADER_LIMIT,
         log: str | None = None,
         metrics_clients: Sequence[str] = ("127.0.0.0/8", "::1/128"),
         metrics_token: str | None = None,
@@ -79,6 +110,27 @@ class webq(Service):
         idle_minutes = validators.positive(idle_minutes, "webq: idle_minutes")
         if not isinstance(trusted_proxies, list | tuple) or not all(isinstance(p, str) for p in trusted_proxies):
             raise ConfigError(f"webq: trusted_proxies must be a list of addresses, got {trusted_proxies!r}")
+        for entry in (*trusted_proxies, *metrics_clients):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"webq: {entry!r} is not an address or network") from None
+        scheme, site_hosts = self._site(url, hosts)
+        if secure_cookies is None:
+            secure_cookies = scheme == "https"
+        limits = {
+            name: validators.positive_int(value, f"webq: {name}")
+            for name, value in (
+                ("login_failures_per_name", login_failures_per_name),
+                ("login_failures_per_client", login_failures_per_client),
+                ("max_body", max_body),
+                ("max_login_body", max_login_body),
+                ("max_form_fields", max_form_fields),
+                ("max_header", max_header),
+            )
+        }
+        login_delay = validators.positive(login_delay, "webq: login_delay")
+        login_window = validators.positive(login_window, "webq: login_window")
         self.secret_file = secret_file
         from mailsift.web.users import compile_userconv  # the web's users code: only when webq is configured
 
@@ -90,7 +142,31 @@ class webq(Service):
             idle_seconds=float(idle_minutes) * 60,
             trusted_proxies=tuple(trusted_proxies),
             admin_release=admin_release_categories(admin_release),
+            site_hosts=site_hosts,
+            login_failures_per_name=limits["login_failures_per_name"],
+            login_failures_per_client=limits["login_failures_per_client"],
+            login_delay=float(login_delay),
+            throttle_window=float(login_window),
+            body_limit=limits["max_body"],
+            login_body_limit=limits["max_login_body"],
+            form_fields=limits["max_form_fields"],
+            header_limit=limits["max_header"],
         )
+
+    @staticmethod
+    def _site(url: str | None, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+        """The scheme of ``url`` and every host name the site is reached by."""
+        if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) and h for h in hosts):
+            raise ConfigError(f"webq: hosts must be a list of host names, got {hosts!r}")
+        names = [h.lower() for h in hosts]
+        scheme = ""
+        if url is not None:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"webq: url must be like 'https://mail.example.com/webq', got {url!r}")
+            scheme = parts.scheme
+            names.append(parts.hostname.lower())
+        return scheme, tuple(names)
 
     def check(self, settings: Settings) -> None:
         if settings.database is None:
@@ -128,12 +204,12 @@ class WebServer:
             log_config=None,
             access_log=False,
             server_header=False,
-            proxy_headers=True,
-            forwarded_allow_ips=list(config.trusted_proxies),
+            http="h11",  # h11's bound on the request line and headers (httptools has none of ours)
+            proxy_headers=False,  # X-Forwarded-For: mailsift.web.auth.client_address, from trusted_proxies only
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
             limit_concurrency=500,
-            h11_max_incomplete_event_size=64 * 1024,
+            h11_max_incomplete_event_size=config.header_limit,
         )
         self.server = uvicorn.Server(self.config)
         self._task: asyncio.Task[None] | None = None

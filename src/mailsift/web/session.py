@@ -15,6 +15,8 @@ from starlette.requests import Request
 from mailsift.web.users import User
 
 USER_KEY = "mailsift.user"
+SESSION_ID = "sid"
+"""The cookie's key for the server-side session id (:mod:`mailsift.web.auth`)."""
 CSRF_FIELD = "csrf_token"
 
 

@@ -26,8 +26,12 @@ database holds the sum (of every worker and every gateway sharing it).  The
 all-time sums are read at each scrape and exposed as counters through a
 prometheus_client collector; a counter only decreases if old intervals are
 pruned, which Prometheus treats as a counter reset.  It answers an admin's
-session, a client from ``metrics_clients`` (loopback by default) or a
-request with ``Authorization: Bearer <metrics_token>``.
+session, a request with ``Authorization: Bearer <metrics_token>``, or a
+client from ``metrics_clients`` (loopback by default; the client as
+:func:`mailsift.web.auth.client_address` finds it, so a request relayed by a
+trusted proxy counts as its real client) whose ``Host`` header names the site
+(webq's ``url``/``hosts``) or the listener's own address — a page on another
+site that rebinds its DNS name to 127.0.0.1 sends its own name and is refused.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ from starlette.routing import BaseRoute, Route
 from mailsift.errors import MailsiftError
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
 from mailsift.storage.db import Database
-from mailsift.web.auth import current_user, require_user
+from mailsift.web.auth import client_address, current_user, require_user
 from mailsift.web.templating import render
 from mailsift.web.users import User
+from mailsift.web.webconfig import WebConfig
 
 DEFAULT_METRICS_CLIENTS = ("127.0.0.0/8", "::1/128")
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -423,12 +428,39 @@ def _metrics_data(connection: Connection) -> DatabaseCounters:
 
 
 def _allowed_client(request: Request, networks: Sequence[Any]) -> bool:
-    host = request.client.host if request.client else ""
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(client_address(request))
     except ValueError:
         return False
     return any(address in network for network in networks)
+
+
+def _host_name(value: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:8008`` -> ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else ""
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _allowed_host(request: Request) -> bool:
+    """Whether the ``Host`` header names this site: a configured name, or the listener's own address
+    (``localhost`` too when that address is loopback)."""
+    name = _host_name(request.headers.get("host", ""))
+    if not name:
+        return False
+    config: WebConfig | None = getattr(request.app.state, "web_config", None)
+    names = {host.lower() for host in (config.site_hosts if config else ())}
+    server = request.scope.get("server")
+    if server and server[0]:
+        own = str(server[0]).lower()
+        names.add(own.strip("[]"))
+        try:
+            if ipaddress.ip_address(own.strip("[]")).is_loopback:
+                names.add("localhost")
+        except ValueError:
+            pass
+    return name in names
 
 
 def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) -> Any:
@@ -438,7 +470,8 @@ def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) 
         bearer = request.headers.get("authorization", "")
         token_ok = bool(metrics_token) and hmac.compare_digest(bearer.encode(), f"Bearer {metrics_token}".encode())
         user = current_user(request)
-        if not (token_ok or _allowed_client(request, networks) or (user is not None and user.is_admin)):
+        monitor = _allowed_client(request, networks) and _allowed_host(request)
+        if not (token_ok or monitor or (user is not None and user.is_admin)):
             raise HTTPException(403, "Metrics are for the monitoring host and administrators.")
         collector = await _query(request, _metrics_data)
         registry = CollectorRegistry(auto_describe=False)

@@ -8,10 +8,17 @@ SAGATOR's ``webaccess`` table, with argon2 instead of CRYPT_MD5:
   before stops working (cookies cannot be recalled otherwise);
 * ``web_user_address`` — the addresses a user owns (one or more); the
   quarantine pages show a user the messages addressed to these only;
-* ``web_login_throttle`` — failed logins counted per client address and per
-  login name, in the database so that every worker and every gateway sharing
-  it count together (a limit per worker process would be multiplied by the
-  number of workers).
+* ``web_session`` — one row per logged-in session (the SHA-256 of the
+  cookie's random session id): a cookie is honoured only while its row
+  exists, so logout, a password change and the user's removal end sessions
+  on the server, whatever a saved cookie says;
+* ``web_login_throttle`` — login attempts claimed per (login name, client)
+  pair and per client, in the database so that every worker and every
+  gateway sharing it count together.  An attempt is claimed (one atomic
+  upsert) *before* the password is checked, so concurrent attempts cannot
+  pass the limit; past ``free`` attempts a pair waits a delay that doubles at
+  each attempt (progressive, for that pair only: a stranger's failures never
+  lock the right password out from the user's own client).
 
 Every function takes a SQLAlchemy ``Connection`` (run through
 :meth:`mailsift.storage.db.Database.call` or ``run``).
@@ -20,16 +27,22 @@ Every function takes a SQLAlchemy ``Connection`` (run through
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import ColumnElement, case, delete, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mailsift.errors import ConfigError
-from mailsift.storage.schema import web_login_throttle_table, web_user_address_table, web_user_table
+from mailsift.storage.schema import (
+    web_login_throttle_table,
+    web_session_table,
+    web_user_address_table,
+    web_user_table,
+)
 from mailsift.storage.sql import upsert
 
 if TYPE_CHECKING:
@@ -227,6 +240,7 @@ def update_user(
         values.update(is_admin=int(is_admin), session_version=u.session_version + 1)
     if values:
         connection.execute(update(web_user_table).where(u.id == stored.user.id).values(**values))
+        end_user_sessions(connection, stored.user.id)
     if addresses is not None:
         set_addresses(connection, stored.user.id, addresses)
     return True
@@ -238,6 +252,7 @@ def delete_user(connection: Connection, login: str) -> bool:
         return False
     connection.execute(delete(web_user_address_table).where(web_user_address_table.c.user_id == stored.user.id))
     connection.execute(delete(web_user_table).where(web_user_table.c.id == stored.user.id))
+    end_user_sessions(connection, stored.user.id)
     return True
 
 
@@ -254,33 +269,103 @@ def set_preferences(connection: Connection, user_id: int, language: str, rows: i
     )
 
 
+# --------------------------------------------------------------------------- sessions
+
+
+def session_key(session_id: str) -> str:
+    """What the database holds of a session id: its SHA-256 (a reader of the database cannot log in)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def start_session(connection: Connection, session_id: str, user_id: int, now: float, lifetime: float) -> None:
+    """Record a new session of ``user_id`` (and forget sessions older than ``lifetime``)."""
+    s = web_session_table.c
+    connection.execute(delete(web_session_table).where(s.created < now - lifetime))
+    connection.execute(
+        web_session_table.insert().values(id=session_key(session_id), user_id=user_id, created=now, seen=now)
+    )
+
+
+def load_session(
+    connection: Connection, session_id: str, now: float, lifetime: float, idle: float
+) -> StoredUser | None:
+    """The user of a live session; None (and the row removed) if it ended, expired or was never there.
+
+    ``seen`` is refreshed at most once a minute (one write per minute per session, not per request).
+    """
+    s = web_session_table.c
+    key = session_key(session_id)
+    row = connection.execute(select(s.user_id, s.created, s.seen).where(s.id == key)).first()
+    if row is None:
+        return None
+    if row.created <= now - lifetime or row.seen <= now - idle:
+        connection.execute(delete(web_session_table).where(s.id == key))
+        return None
+    if row.seen < now - 60:
+        connection.execute(update(web_session_table).where(s.id == key).values(seen=now))
+    return load_user(connection, row.user_id)
+
+
+def end_session(connection: Connection, session_id: str) -> None:
+    connection.execute(delete(web_session_table).where(web_session_table.c.id == session_key(session_id)))
+
+
+def end_user_sessions(connection: Connection, user_id: int) -> None:
+    """End every session of ``user_id`` (password or rights changed, user removed)."""
+    connection.execute(delete(web_session_table).where(web_session_table.c.user_id == user_id))
+
+
 # --------------------------------------------------------------------------- login throttling
 
 
-def throttled(connection: Connection, keys: Sequence[tuple[str, int]], now: float, window: float) -> bool:
-    """Whether any ``(key, limit)`` has ``limit`` failures or more within the current window."""
-    t = web_login_throttle_table.c
-    for key, limit in keys:
-        row = connection.execute(select(t.failures, t.window_start).where(t.key == key)).first()
-        if row is not None and row.window_start > now - window and row.failures >= limit:
-            return True
-    return False
+def _delay(failures: ColumnElement[Any], free: int, first_delay: float, longest: float) -> ColumnElement[Any]:
+    """The wait after the last checked attempt, as SQL over the stored count: 0 below ``free``, then
+    ``first_delay`` doubling at each attempt, at most ``longest``."""
+    steps: list[tuple[ColumnElement[bool], float]] = [(failures < free, 0.0)]
+    delay, n = first_delay, free
+    while delay < longest and n < free + 40:
+        steps.append((failures == n, delay))
+        delay, n = delay * 2, n + 1
+    return case(*steps, else_=longest)
 
 
-def count_failure(connection: Connection, keys: Sequence[str], now: float, window: float) -> None:
-    """Count one failed login on every key (atomically; an old window starts over)."""
+def claim_attempt(
+    connection: Connection, key: str, now: float, *, free: int, window: float, delay: float = 0.0
+) -> bool:
+    """Claim one login attempt on ``key`` before checking the password: one atomic upsert.
+
+    Allowed when the key is new or quiet for ``window`` (it starts over), has fewer than ``free``
+    attempts, or (``delay`` > 0: a progressive delay) waited long enough since its last checked
+    attempt.  An allowed attempt is counted and its time kept; a refused one changes nothing.
+    Of concurrent callers, at most the limit are allowed (the database serializes the upserts).
+    Whether this call was allowed is read back from the row: its time is ``now`` only if this
+    call wrote it (``time.time()`` does not repeat between two attempts on one key).
+    """
     t = web_login_throttle_table.c
     stale = t.window_start <= now - window
-    for key in keys:
-        upsert(
-            connection,
-            web_login_throttle_table,
-            {"key": key, "failures": 1, "window_start": now},
-            update={
-                "failures": case((stale, 1), else_=t.failures + 1),
-                "window_start": case((stale, now), else_=t.window_start),
-            },
-        )
+    if delay > 0:
+        allowed = or_(stale, t.failures < free, t.window_start + _delay(t.failures, free, delay, window) <= now)
+    else:
+        allowed = or_(stale, t.failures < free)
+    row = upsert(
+        connection,
+        web_login_throttle_table,
+        {"key": key, "failures": 1, "window_start": now},
+        update={
+            "failures": case((stale, 1), (allowed, t.failures + 1), else_=t.failures),
+            "window_start": case((allowed, now), else_=t.window_start),
+        },
+        returning=[t.window_start],
+    ).first()
+    return row is not None and float(row.window_start) == now
+
+
+def forgive_attempt(connection: Connection, key: str) -> None:
+    """Give back one claimed attempt (a successful login does not count against its client)."""
+    t = web_login_throttle_table.c
+    connection.execute(
+        update(web_login_throttle_table).where(t.key == key, t.failures > 0).values(failures=t.failures - 1)
+    )
 
 
 def clear_failures(connection: Connection, keys: Sequence[str]) -> None:
