@@ -117,7 +117,7 @@ def test_oversized_headers_are_refused_and_the_worker_goes_on(gateway: WebGatewa
 
 async def test_login_body_limit_and_field_cap(settings: Settings) -> None:
     async with web_client(settings) as client:
-        token = await csrf_token(client)
+        token = await csrf_token(client, "/login")
         big = {"login": "alice", "password": "x" * 9000, "csrf_token": token}
         assert (await client.post("/login", data=big)).status_code == 413
         many = {f"f{n}": "" for n in range(300)} | {"login": "alice", "password": "x", "csrf_token": token}
