@@ -22,7 +22,7 @@ def decode_words(value: str) -> str:
         return value
     try:
         return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, binascii.Error):
+    except (ValueError, LookupError, UnicodeError, binascii.Error, email.errors.HeaderParseError):
         return value
 
 

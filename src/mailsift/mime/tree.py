@@ -149,7 +149,7 @@ def _param_values(message: Message, param: str, header: str) -> list[str]:
             raw = (raw[0], raw[1], email.utils.unquote(raw[2]))
             try:
                 text = email.utils.collapse_rfc2231_value(raw, errors="replace")
-            except (LookupError, UnicodeError):
+            except (LookupError, ValueError):  # an unknown charset, or one no codec can be named by (NUL)
                 text = str(raw[2])
         else:
             text = email.utils.unquote(raw.strip())
