@@ -111,7 +111,7 @@ def session(draw: st.DrawFn) -> bytes:
 
 # --------------------------------------------------------------------------- the codec
 
-CODEC = fuzz.Bounds("milter-codec", seconds=10, memory=32 * fuzz.MB, per_input_byte=16)
+CODEC = fuzz.Bounds("milter-codec", seconds=60, memory=128 * fuzz.MB, per_input_byte=16)
 PARSERS = [mp.parse_optneg, mp.parse_macros, mp.parse_connect, mp.parse_header, mp.parse_address, mp.strings]
 
 

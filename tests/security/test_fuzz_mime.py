@@ -44,17 +44,7 @@ def read_everything(data: bytes) -> None:
             len(mail.base64_sources)
         except ContentError as error:
             cause = error.__cause__
-            if _known(cause):
-                return
             assert isinstance(cause, MESSAGE_FAULTS), f"a bug behind ContentError: {cause!r}"
-
-
-def _known(cause: BaseException | None) -> bool:
-    """Findings already kept as xfail tests in test_fuzz_regressions.py (so CI stays green until fixed)."""
-    text = str(cause)
-    return (isinstance(cause, ValueError) and "embedded null character" in text) or (
-        isinstance(cause, TypeError) and "argument 'encoding' must be str" in text
-    )
 
 
 def decode_everything(data: bytes) -> None:

@@ -64,7 +64,7 @@ async def _read_all(wire: bytes) -> None:
         pass
 
 
-PARSER = fuzz.Bounds("policy-parser", seconds=10, memory=32 * fuzz.MB, per_input_byte=16)
+PARSER = fuzz.Bounds("policy-parser", seconds=60, memory=128 * fuzz.MB, per_input_byte=16)
 
 
 @given(st.one_of(requests(), st.binary(max_size=500)))

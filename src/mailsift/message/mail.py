@@ -50,7 +50,7 @@ from functools import cached_property
 from typing import Any, BinaryIO
 
 from mailsift.errors import ContentError, MailsiftError, StorageError
-from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder
+from mailsift.mime.tree import Blobs, Headers, MimeNode, Part, TreeBuilder, new_parser
 
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
 _CHUNK = 64 * 1024
@@ -174,7 +174,7 @@ class Mail:
     def _structure(self) -> tuple[MimeNode, list[Part], list[Part], set[bytes]]:
         with parsing("MIME structure"):
             blobs = Blobs(self)
-            parser = email.parser.BytesFeedParser()
+            parser = new_parser()
             blobs.feed(parser)
             builder = TreeBuilder(blobs)
             root = builder.build(parser.close(), "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs as python_codecs
 import email.errors
 import email.parser
 import email.utils
@@ -16,12 +17,28 @@ from email.header import decode_header, make_header
 # --------------------------------------------------------------------------- headers
 
 
+NOT_MAIL_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "undefined", "idna", "punycode"})
+"""Python codecs a message may name but no mail is written in: an encoded word in one of them is
+kept as written (``=?unicode-escape?q?...?=`` would run Python's escape decoder on hostile text)."""
+
+
+def is_mail_charset(name: str) -> bool:
+    """Whether ``name`` is a text encoding mail can be written in (not one of Python's own codecs)."""
+    try:
+        return python_codecs.lookup(name).name not in NOT_MAIL_CHARSETS
+    except (LookupError, ValueError, TypeError):
+        return False
+
+
 def decode_words(value: str) -> str:
     """Decode RFC 2047 encoded words; undecodable input is returned unchanged."""
     if "=?" not in value:
         return value
     try:
-        return str(make_header(decode_header(value)))
+        words = decode_header(value)
+        if any(charset and not is_mail_charset(charset) for _, charset in words):
+            return value
+        return str(make_header(words))
     except (ValueError, LookupError, UnicodeError, binascii.Error, email.errors.HeaderParseError):
         return value
 

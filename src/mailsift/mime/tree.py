@@ -135,6 +135,50 @@ class MimeNode:
         return "\n".join("-" * depth + node.content_type for depth, node in self.walk())
 
 
+class LenientMessage(Message):
+    """The standard library's Message, reading a hostile parameter as absent instead of raising.
+
+    RFC 2231 continuations that mix ``name*`` and ``name*0`` make ``decode_params``
+    sort ``None`` against ``int`` (TypeError), and a NUL in an RFC 2231 charset
+    makes ``get_content_charset`` fail (ValueError); the feed parser itself calls
+    ``get_boundary`` on every multipart, so one such header made the whole message
+    unparseable (451 on every retry; found by tests/security/test_fuzz_mime.py).
+    The header stays as it was for the scanners that read it raw.
+    """
+
+    def get_params(self, failobj: Any = None, header: str = "content-type", unquote: bool = True) -> Any:
+        try:
+            return super().get_params(failobj, header, unquote)
+        except (TypeError, ValueError, IndexError, UnicodeError):
+            return failobj
+
+    def get_param(self, param: str, failobj: Any = None, header: str = "content-type", unquote: bool = True) -> Any:
+        try:
+            value = super().get_param(param, failobj, header, unquote)
+            if param.lower() == "charset" and value is not failobj:
+                # the standard library's get_payload decodes with get_param("charset") as is: an
+                # RFC 2231 charset (a tuple) raised TypeError, a NUL in the name ValueError
+                if isinstance(value, tuple):
+                    value = email.utils.collapse_rfc2231_value(value)
+                if not isinstance(value, str) or "\0" in value:
+                    return failobj
+            return value
+        except (TypeError, ValueError, IndexError, LookupError, UnicodeError):
+            return failobj
+
+    def get_content_charset(self, failobj: Any = None) -> Any:
+        try:
+            charset = super().get_content_charset(failobj)
+        except (TypeError, ValueError, LookupError, UnicodeError):
+            return failobj
+        return charset if isinstance(charset, str) or charset is failobj else failobj
+
+
+def new_parser() -> email.parser.BytesFeedParser:
+    """The feed parser every MIME reading uses: compat32, on :class:`LenientMessage`."""
+    return email.parser.BytesFeedParser(_factory=LenientMessage)
+
+
 def _param_values(message: Message, param: str, header: str) -> list[str]:
     """Every value of ``param`` in ``header``: plain, RFC 2231 and encoded words."""
     values: list[str] = []

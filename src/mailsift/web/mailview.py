@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from html.parser import HTMLParser
 
+from mailsift.mime.tree import LenientMessage
+
 MAX_TEXT = 256 * 1024
 """Characters of body text shown; the rest is cut (the raw message can be downloaded)."""
 MAX_PARTS = 1000
@@ -112,7 +114,7 @@ def _parts(message: email.message.Message) -> list[email.message.Message]:
 
 
 def parse(raw: bytes) -> email.message.Message:
-    return BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    return BytesParser(LenientMessage, policy=email.policy.compat32).parsebytes(raw)
 
 
 def view(raw: bytes) -> MessageView:
