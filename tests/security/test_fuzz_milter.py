@@ -111,7 +111,7 @@ def session(draw: st.DrawFn) -> bytes:
 
 # --------------------------------------------------------------------------- the codec
 
-CODEC = fuzz.Bounds("milter-codec", seconds=60, memory=128 * fuzz.MB, per_input_byte=16)
+CODEC = fuzz.Bounds("milter-codec", seconds=60, memory=512 * fuzz.MB, per_input_byte=16)
 PARSERS = [mp.parse_optneg, mp.parse_macros, mp.parse_connect, mp.parse_header, mp.parse_address, mp.strings]
 
 
@@ -150,7 +150,7 @@ def test_fuzz_milter_codec() -> None:
 
 # --------------------------------------------------------------------------- a real milter
 
-SESSION = fuzz.Bounds("milter-session", seconds=30, memory=128 * fuzz.MB, per_input_byte=64)
+SESSION = fuzz.Bounds("milter-session", seconds=30, memory=512 * fuzz.MB, per_input_byte=64)
 
 
 def honest_message(port: int) -> None:

@@ -61,7 +61,7 @@ def decode_everything(data: bytes) -> None:
     list(views.base64_runs(data))
 
 
-GENERATED = fuzz.Bounds("mime-generated", seconds=60, memory=96 * fuzz.MB, per_input_byte=200)
+GENERATED = fuzz.Bounds("mime-generated", seconds=60, memory=512 * fuzz.MB, per_input_byte=200)
 
 
 @given(fuzz.mime_messages())
@@ -76,7 +76,7 @@ def test_fuzz_mime_generated_structures() -> None:
     fuzz.run(check_generated, GENERATED)
 
 
-CORPUS = fuzz.Bounds("mime-corpus", seconds=60, memory=96 * fuzz.MB, per_input_byte=200)
+CORPUS = fuzz.Bounds("mime-corpus", seconds=60, memory=512 * fuzz.MB, per_input_byte=200)
 FILES = fuzz.corpus_files()
 
 

@@ -64,7 +64,7 @@ async def _read_all(wire: bytes) -> None:
         pass
 
 
-PARSER = fuzz.Bounds("policy-parser", seconds=60, memory=128 * fuzz.MB, per_input_byte=16)
+PARSER = fuzz.Bounds("policy-parser", seconds=60, memory=512 * fuzz.MB, per_input_byte=16)
 
 
 @given(st.one_of(requests(), st.binary(max_size=500)))
@@ -85,7 +85,7 @@ HONEST = (
     b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.7\n"
     b"sender=a@example.test\nrecipient=b@example.test\n\n"
 )
-SERVICE = fuzz.Bounds("policy-service", seconds=30, memory=128 * fuzz.MB, per_input_byte=64)
+SERVICE = fuzz.Bounds("policy-service", seconds=30, memory=512 * fuzz.MB, per_input_byte=64)
 
 
 def honest(port: int) -> None:

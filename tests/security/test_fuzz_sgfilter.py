@@ -50,7 +50,7 @@ def request(draw: st.DrawFn) -> bytes:
     return wire[: draw(st.integers(0, len(wire)))] if draw(st.integers(0, 4)) == 0 else wire
 
 
-BOUNDS = fuzz.Bounds("sgfilterd", seconds=30, memory=128 * fuzz.MB, per_input_byte=64)
+BOUNDS = fuzz.Bounds("sgfilterd", seconds=30, memory=512 * fuzz.MB, per_input_byte=64)
 
 
 def honest(port: int) -> None:

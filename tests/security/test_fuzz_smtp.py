@@ -71,7 +71,7 @@ def session(draw: st.DrawFn) -> bytes:
 
 
 REPLY = re.compile(rb"^\d{3}([ -].*)?$")
-BOUNDS = fuzz.Bounds("smtpd", seconds=30, memory=128 * fuzz.MB, per_input_byte=64)
+BOUNDS = fuzz.Bounds("smtpd", seconds=30, memory=512 * fuzz.MB, per_input_byte=64)
 
 
 def honest(port: int) -> None:
