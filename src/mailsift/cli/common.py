@@ -26,12 +26,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 UMASK = 0o027
 """Set by every command at start (``serve``'s supervisor too): files 0640 at most, directories 0750."""
 
-STATE_COMMANDS = frozenset({"user", "quarantine", "policy", "lists", "report", "stats", "track"})
+STATE_COMMANDS = frozenset(
+    {"user", "quarantine", "policy", "lists", "report", "stats", "track", "db", "backup", "restore"}
+)
 """The commands that read or write ``STATE_DIR`` (the database, the quarantine, the link secret):
-run as root, they become ``USER`` before touching it, so that what they create (a SQLite
-database, its ``-wal`` and ``-shm``) belongs to the workers, never to root."""
+they create it as ``serve`` does (``spool/``, ``quarantine/``), and run as root they become
+``USER`` before touching it, so that what they create (a SQLite database, its ``-wal`` and
+``-shm``) belongs to the workers, never to root."""
 
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config."
+ETC_CONFIG = "/etc/mailsift/config.py"
+"""The system-wide config (the Debian package installs it), used when it exists and neither
+``-c`` nor ``MAILSIFT_CONFIG`` names one."""
+
+CONFIG_ENV = "MAILSIFT_CONFIG"
+
+CONFIG_HELP = (
+    "Config file (Python, SAGATOR style). Default: $MAILSIFT_CONFIG, else /etc/mailsift/config.py "
+    "if it exists, else the bundled config."
+)
 
 
 def config_option_with(help_text: str) -> Callable[[F], F]:
@@ -64,14 +76,48 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def load_config(path: str | None, *, database_for: str = "") -> Config:
-    """Load the config (the bundled one without ``-c``); exit 2 with ``file:line`` when it is broken.
+def find_config(path: str | None) -> tuple[str, str]:
+    """Which config a command uses, and why: ``(path, source)``.
 
-    With ``database_for`` (what the command keeps there) the config must have a
-    DATABASE, whose pooled connections are closed when the command ends.
+    In order: ``-c PATH``; the environment's ``MAILSIFT_CONFIG``; :data:`ETC_CONFIG`
+    when it exists; the bundled default config.  Every command finds it this way.
     """
+    if path:
+        return path, "-c"
+    from_environment = os.environ.get(CONFIG_ENV, "")
+    if from_environment:
+        return from_environment, CONFIG_ENV
+    if os.path.exists(ETC_CONFIG):
+        return ETC_CONFIG, ETC_CONFIG
+    return config_module.DEFAULT_CONFIG, "the bundled default"
+
+
+def describe_config(path: str | None) -> str:
+    """``/abs/config.py (from MAILSIFT_CONFIG)``: the line every command can print (``-v``)."""
+    found, source = find_config(path)
+    return f"{os.path.abspath(found)} (from {source})"
+
+
+def verbose() -> bool:
+    """Whether ``mailsift -v`` was given (the root group's flag)."""
+    context = click.get_current_context(silent=True)
+    return bool(context is not None and context.find_root().meta.get("mailsift.verbose"))
+
+
+def load_config(path: str | None, *, database_for: str = "") -> Config:
+    """Load the config :func:`find_config` names; exit 2 with ``file:line`` when it is broken.
+
+    With ``mailsift -v`` the config used and why is said on stderr first.  A
+    command of :data:`STATE_COMMANDS` creates ``STATE_DIR`` as ``serve`` does
+    (and run as root becomes ``USER``).  With ``database_for`` (what the command
+    keeps there) the config must have a DATABASE, whose pooled connections are
+    closed when the command ends.
+    """
+    found, _ = find_config(path)
+    if verbose():
+        click.echo(f"mailsift: config: {describe_config(path)}", err=True)
     try:
-        config = config_module.load(path or config_module.DEFAULT_CONFIG)
+        config = config_module.load(found)
     except ConfigError as error:
         fail(f"config error: {error}")
     if _touches_state():
@@ -104,15 +150,20 @@ def _touches_state() -> bool:
 
 
 def enter_state(config: Config) -> None:
-    """Run as root: make ``STATE_DIR`` for ``USER`` (owned by it) and become ``USER`` for good.
+    """Make ``STATE_DIR`` as ``serve`` does; run as root, for ``USER`` (owned by it), and become ``USER`` for good.
 
-    Not root, or ``USER = None``: nothing changes.  A ``USER`` that does not
-    exist is an error (exit 2), never a command that goes on as root.
+    Not root, or ``USER = None``: the directories are made as the current user.
+    A ``USER`` that does not exist is an error (exit 2), never a command that
+    goes on as root.
     """
-    if os.geteuid() != 0:
-        return
     from mailsift.supervisor import drop_privileges, prepare_state, service_account
 
+    if os.geteuid() != 0:
+        try:
+            prepare_state(config)
+        except ConfigError as error:
+            fail(f"config error: {error}")
+        return
     try:
         account = service_account(config)
         prepare_state(config, account)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from mailsift.cli.common import UMASK, load_config
+from mailsift.cli.common import UMASK, describe_config, load_config
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
 from mailsift.cli.quarantine import quarantine_group
@@ -32,7 +32,10 @@ from mailsift.reporting.logline import EscapingFormatter
 from mailsift.scanners.base import Scanner
 from mailsift.version import __version__
 
-CONFIG_HELP = "Config file (Python, SAGATOR style). Default: the bundled config (loopback, local Maildir)."
+CONFIG_HELP = (
+    "Config file (Python, SAGATOR style). Default: $MAILSIFT_CONFIG, else /etc/mailsift/config.py "
+    "if it exists, else the bundled config (loopback, local Maildir)."
+)
 NO_DAEMONS_HELP = (
     "Do not start the config's daemons (clamd_daemon, spamd_daemon) when they are not running; "
     "the scanners using them then fail (exit status 2)."
@@ -59,7 +62,10 @@ def _setup_logging(level: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailsift")
-def main() -> None:
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Say on stderr which config file is used and why (-c, MAILSIFT_CONFIG...)."
+)
+def main(verbose: bool) -> None:
     """mailsift: a mail content-filtering gateway (SAGATOR's heir).
 
     An MTA hands it every message; it runs the scanners of the config file's
@@ -68,7 +74,9 @@ def main() -> None:
     """
     # umask 0027 from the start: nothing mailsift creates is readable by others (files 0640 at most).
     previous = os.umask(UMASK)
-    click.get_current_context().call_on_close(lambda: os.umask(previous))
+    context = click.get_current_context()
+    context.call_on_close(lambda: os.umask(previous))
+    context.meta["mailsift.verbose"] = verbose
 
 
 @main.command()
@@ -87,6 +95,7 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
     from mailsift.supervisor import Supervisor
 
     _setup_logging(log_level)
+    logging.getLogger("mailsift.serve").info("config: %s", describe_config(config_path))  # the first log line
     config = load_config(config_path)
     if not config.services:
         click.echo(f"mailsift: {config.path}: SRV lists no services; nothing to serve", err=True)
@@ -104,7 +113,7 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
 def check_config(config_path: str | None) -> None:
     """Load the config, print its scanner tree and services; exit 2 if it is broken."""
     config = load_config(config_path)
-    click.echo(f"config: {config.path}")
+    click.echo(f"config: {describe_config(config_path)}")
     click.echo(f"state directory: {config.settings.state_dir}")
     click.echo("SCANNERS:")
     for line in Pipeline(config.scanners).tree():

@@ -41,7 +41,7 @@ from mailsift.storage.policies import (
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONFIG_HELP = "Config file whose DATABASE holds the policies and lists. Default: the bundled config."
+CONFIG_HELP = "Config file whose DATABASE holds the policies and lists. Default: as for every command (see -v)."
 config_option = config_option_with(CONFIG_HELP)
 
 

@@ -22,7 +22,7 @@ from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total,
 from mailsift.storage.db import Database
 from mailsift.validators import escape_controls
 
-CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: the bundled config."
+CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: as for every command (see -v)."
 
 
 def _database(config_path: str | None) -> Database:
