@@ -18,7 +18,7 @@ import click
 from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.durations import seconds
-from mailsift.errors import ConfigError
+from mailsift.errors import ConfigError, DatabaseError
 from mailsift.validators import escape_controls
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +33,9 @@ STATE_COMMANDS = frozenset(
 they create it as ``serve`` does (``spool/``, ``quarantine/``), and run as root they become
 ``USER`` before touching it, so that what they create (a SQLite database, its ``-wal`` and
 ``-shm``) belongs to the workers, never to root."""
+
+OWN_SCHEMA_CHECK = frozenset({"db", "backup", "restore"})
+"""State commands that look at the schema themselves (``db current`` shows a newer one)."""
 
 ETC_CONFIG = "/etc/mailsift/config.py"
 """The system-wide config (the Debian package installs it), used when it exists and neither
@@ -122,6 +125,8 @@ def load_config(path: str | None, *, database_for: str = "") -> Config:
         fail(f"config error: {error}")
     if _touches_state():
         enter_state(config)
+        if _command() not in OWN_SCHEMA_CHECK:
+            check_schema(config)
     if database_for:
         if config.settings.database is None:  # config.load always sets one; a bare Settings may not
             fail(f"the config has no DATABASE ({database_for})")
@@ -138,6 +143,33 @@ def printable(text: str) -> str:
 def printable_lines(text: str) -> str:
     """Several lines safe for a terminal: each line's control characters escaped (``\\x1b``)."""
     return "\n".join(escape_controls(line) for line in text.split("\n"))
+
+
+def check_schema(config: Config) -> None:
+    """Refuse (exit 2, one line) a database whose schema is marked incompatible with this code.
+
+    A database that does not exist yet or cannot be reached is left to the
+    command (it creates it, or reports the error).  A newer schema that is
+    compatible is used; the migration step warns about it.
+    """
+    database = config.settings.database
+    if database is None:
+        return
+    if database.dialect == "sqlite" and not os.path.exists(database.url.database or ""):
+        return
+    try:
+        found = database.schema()
+    except DatabaseError:
+        return
+    finally:
+        database.dispose()
+    if found.incompatible:
+        fail(found.refusal(f"database {database.describe()}"))
+
+
+def _command() -> str | None:
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.find_root().invoked_subcommand
 
 
 def _touches_state() -> bool:

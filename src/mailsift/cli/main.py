@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import click
 
-from mailsift.cli.common import UMASK, describe_config, load_config
+from mailsift.cli.common import UMASK, check_schema, describe_config, load_config
+from mailsift.cli.db import db_group
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
 from mailsift.cli.quarantine import quarantine_group
@@ -100,6 +101,7 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
     if not config.services:
         click.echo(f"mailsift: {config.path}: SRV lists no services; nothing to serve", err=True)
         sys.exit(2)
+    check_schema(config)  # a schema marked incompatible with this code: one line, exit 2
     try:
         code = Supervisor(config, workers or os.cpu_count() or 1, drain_seconds).run()
     except ConfigError as error:
@@ -416,6 +418,7 @@ main.add_command(stats_command)
 main.add_command(user_group)
 main.add_command(sgfilter)
 main.add_command(qmail_queue)
+main.add_command(db_group)
 
 if __name__ == "__main__":
     main()

@@ -185,7 +185,9 @@ class Database:
 
         The upgrade runs in one transaction under a lock (SQLite's BEGIN
         IMMEDIATE, PostgreSQL's advisory lock): workers and gateways starting
-        together take turns, and the later ones find nothing left to do.
+        together take turns, and the later ones find nothing left to do.  A
+        schema marked incompatible with this code raises
+        :class:`~mailsift.storage.migrations.SchemaTooNew` (a DatabaseError, one line).
         """
         engine = self.engine
         if self._ready:
@@ -193,8 +195,18 @@ class Database:
         from mailsift.storage import migrations
 
         with engine.begin() as connection:
-            migrations.upgrade(connection)
+            migrations.upgrade(connection, f"database {self.describe()}")
         self._ready = True
+
+    def schema(self) -> Any:
+        """The schema's :class:`~mailsift.storage.migrations.SchemaState` (reads only); DatabaseError if unreachable."""
+        from mailsift.storage import migrations
+
+        try:
+            with self.engine.connect() as connection:
+                return migrations.state(connection)
+        except SQLAlchemyError as error:
+            raise DatabaseError(f"database {self.describe()}: {_short(error)}") from error
 
     def call(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(connection, *args)`` in one transaction; errors become DatabaseError.
