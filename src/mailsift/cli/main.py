@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from mailsift.cli.backup import backup_command, restore_command
 from mailsift.cli.common import UMASK, check_schema, describe_config, load_config
 from mailsift.cli.db import db_group
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
@@ -419,6 +420,8 @@ main.add_command(user_group)
 main.add_command(sgfilter)
 main.add_command(qmail_queue)
 main.add_command(db_group)
+main.add_command(backup_command)
+main.add_command(restore_command)
 
 if __name__ == "__main__":
     main()
