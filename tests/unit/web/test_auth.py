@@ -165,12 +165,17 @@ def test_users_cli_add_passwd_list_delete(tmp_path: object) -> None:
         handle.write(f"from mailsift import *\nSTATE_DIR = {state!r}\n")
     runner = CliRunner()
     add = ["add", "-c", config, "carol", "--address", "Carol@Example.org", "--password-stdin"]
-    assert runner.invoke(user_group, add, input="secret\n").exit_code == 0
-    assert runner.invoke(user_group, add, input="secret\n").exit_code == 1  # exists already
+    assert runner.invoke(user_group, add, input="a secret passphrase\n").exit_code == 0
+    assert runner.invoke(user_group, add, input="a secret passphrase\n").exit_code == 1  # exists already
     listed = runner.invoke(user_group, ["list", "-c", config])
     assert listed.output.strip() == "carol\tuser\tcarol@example.org"
-    passwd = runner.invoke(user_group, ["passwd", "-c", config, "carol", "--password-stdin"], input="new\n")
+    passwd = runner.invoke(user_group, ["passwd", "-c", config, "carol", "--password-stdin"], input="new passphrase\n")
     assert passwd.exit_code == 0
-    assert runner.invoke(user_group, ["passwd", "-c", config, "nobody", "--password-stdin"], input="x\n").exit_code == 1
+    assert (
+        runner.invoke(
+            user_group, ["passwd", "-c", config, "nobody", "--password-stdin"], input="another passphrase\n"
+        ).exit_code
+        == 1
+    )
     assert runner.invoke(user_group, ["delete", "-c", config, "carol"]).exit_code == 0
     assert runner.invoke(user_group, ["list", "-c", config]).output == ""
