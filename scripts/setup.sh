@@ -69,8 +69,9 @@ if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 
 fi
 # tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest,
 # PostgreSQL (the policy tests run a private server; no system cluster is created),
-# chromium (the web quarantine's browser tests, through Playwright)
-[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium)
+# chromium (the web quarantine's browser tests, through Playwright), fail2ban (fail2ban-regex
+# checks the shipped filter against the web login log)
+[ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium fail2ban)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

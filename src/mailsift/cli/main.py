@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -53,13 +54,31 @@ def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager
     return running_daemons(config, say=lambda text: click.echo(f"mailsift: {text}", err=True))
 
 
-def _setup_logging(level: str) -> None:
-    """The service's log on stderr, control characters in messages escaped (one record, one line)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
-    for noisy in ("mail.log", "aiosmtpd"):  # aiosmtpd logs every command at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+"""The service log's line: ``2025-01-31 12:00:00,123 mailsift.webq[4242] WARNING webq: login failed for ...``."""
+QUIET_LOGGERS = ("mail.log", "aiosmtpd", "uvicorn", "httpx", "httpcore", "asyncio")
+"""Libraries whose INFO lines are noise (aiosmtpd logs every SMTP command, uvicorn "Started server
+process"/"Shutting down" at each worker's start and reload, httpx every request): WARNING and up only,
+except at ``--log-level debug``.  Alembic keeps only "Running upgrade" lines (storage.migrations)."""
+
+
+def _setup_logging(level: str, log_file: str | None = None, syslog: bool = False) -> None:
+    """The service log, one record per line (control characters escaped): on stderr (journald under
+    systemd), or appended to ``log_file`` (reopened when logrotate moves it), or to syslog."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    handler: logging.Handler
+    if log_file:
+        handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+    elif syslog:
+        handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    fmt = "mailsift[%(process)d]: %(name)s %(levelname)s %(message)s" if syslog and not log_file else LOG_FORMAT
+    handler.setFormatter(EscapingFormatter(fmt))
+    logging.basicConfig(level=numeric, handlers=[handler])
+    if numeric > logging.DEBUG:
+        for noisy in QUIET_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +107,21 @@ def main(verbose: bool) -> None:
 )
 @click.option("--drain-seconds", type=float, default=30.0, show_default=True, help="On SIGTERM, time to finish mail.")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
-def serve(config_path: str | None, workers: int | None, drain_seconds: float, log_level: str) -> None:
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the log to this file (reopened after logrotate moves it). Default: stderr (journald under systemd).",
+)
+@click.option("--syslog", is_flag=True, help="Log to syslog (/dev/log, facility mail) instead of stderr.")
+def serve(
+    config_path: str | None,
+    workers: int | None,
+    drain_seconds: float,
+    log_level: str,
+    log_file: str | None,
+    syslog: bool,
+) -> None:
     """Run the services of SRV (e.g. smtpd on 127.0.0.1:10024) until stopped.
 
     SIGTERM drains open sessions and exits; SIGHUP reloads the config (a broken
@@ -96,7 +129,11 @@ def serve(config_path: str | None, workers: int | None, drain_seconds: float, lo
     """
     from mailsift.supervisor import Supervisor
 
-    _setup_logging(log_level)
+    try:
+        _setup_logging(log_level, log_file, syslog)
+    except OSError as error:
+        click.echo(f"mailsift: cannot open the log: {error}", err=True)
+        sys.exit(2)
     logging.getLogger("mailsift.serve").info("config: %s", describe_config(config_path))  # the first log line
     config = load_config(config_path)
     if not config.services:

@@ -24,6 +24,12 @@
   (``login_failures_per_client`` per ``throttle_window``).  A stranger's
   failures slow down the stranger only: the user's own client keeps its own
   count.  A successful login clears its pair.
+* **The log**: each checked login gives one line, ``webq: login ok for NAME
+  from ADDRESS`` (INFO) or ``webq: login failed for NAME from ADDRESS``
+  (WARNING; ``login throttled`` when refused before the check), NAME the
+  login after ``userconv`` with spaces and control characters shown as ``?``,
+  ADDRESS the client below: the form the fail2ban filter
+  ``packaging/fail2ban/mailsift-webq.conf`` matches.
 * **The client** is the socket's peer; ``X-Forwarded-For`` is believed only
   from a ``trusted_proxies`` peer (default: none), see :func:`client_address`.
 """
@@ -305,6 +311,12 @@ def _logged_in(connection: Any, keys: tuple[str, str], session_id: str, user_id:
     users.start_session(connection, session_id, user_id, now, life)
 
 
+def log_name(login: str) -> str:
+    """The login name as logged: one word (spaces and control characters as ``?``), at most 64 characters."""
+    shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in login[:64])
+    return shown or "-"
+
+
 async def login_submit(request: Request) -> Response:
     form = await request.form()
     check_csrf(request, form)
@@ -312,24 +324,27 @@ async def login_submit(request: Request) -> Response:
     typed = str(form.get("login") or "")[: users.MAX_LOGIN]
     password = str(form.get("password") or "")[:1024]
     next_path = safe_next(str(form.get("next") or "/"))
-    login = users.convert_login(typed.strip(), config.userconv).strip().lower()
+    login = users.login_name(typed, config.userconv)
     client = client_address(request) or "unknown"
     keys = (f"pair:{login}|{client}", f"ip:{client}")
     now = time.time()
     context = {"next": next_path, "login": typed}
     try:
         if not await database.run(_claim, keys, now, config):
+            log.warning("webq: login throttled for %s from %s", log_name(login), client)
             error = "Too many failed logins. Try again later."
             return render(request, "login.html", {**context, "error": error}, status_code=429)
         stored = await database.run(users.find_user, login) if login else None
         right = await PASSWORDS.run(users.verify_password, stored.password_hash if stored else None, password)
         if not right or stored is None:
+            log.warning("webq: login failed for %s from %s", log_name(login), client)
             return render(request, "login.html", {**context, "error": "Wrong login or password."}, status_code=401)
         session_id = secrets.token_urlsafe(32)
         await database.run(_logged_in, keys, session_id, stored.user.id, now, config.session_seconds)
     except MailsiftError as error:  # the database, or too many password checks waiting
         log.warning("login from %s not checked: %s", client, error)
         return render(request, "login.html", {**context, "error": "Try again later."}, status_code=503)
+    log.info("webq: login ok for %s from %s", log_name(login), client)
     request.session.clear()  # a new session: new id, new CSRF token, nothing of the anonymous one kept
     request.session.update({SESSION_ID: session_id})
     return RedirectResponse(next_path, status_code=303)

@@ -28,7 +28,9 @@ forms, default 8192), ``max_form_fields`` (default 200), ``max_header``
 (request line and headers, default 32768), ``metrics_clients`` and
 ``metrics_token`` (who may read /metrics, see
 :mod:`mailsift.web.stats_pages`), ``admin_release`` (quarantine categories only an admin may
-release, default ``['virus', 'unscannable']``; also the digest's links).
+release, default ``['virus', 'unscannable']``; also the digest's links),
+``min_password_length`` (the shortest password ``mailsift user add|passwd``
+take, default 10; ``userconv`` applies to those commands as to the login page).
 ``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
 for a reverse proxy on the same machine), made with ``socket_mode`` (default
 0o660).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
@@ -98,6 +100,7 @@ class webq(Service):
         metrics_token: str | None = None,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         admin_release: Sequence[str] = ADMIN_RELEASE,
+        min_password_length: int = 10,
     ) -> None:
         self.host, self.port = parse_listen(host, port, self.kind)  # TCP, or 'unix:/path' behind a proxy
         self.socket_mode = check_mode(socket_mode, self.kind)
@@ -127,6 +130,7 @@ class webq(Service):
                 ("max_login_body", max_login_body),
                 ("max_form_fields", max_form_fields),
                 ("max_header", max_header),
+                ("min_password_length", min_password_length),
             )
         }
         login_delay = validators.positive(login_delay, "webq: login_delay")
@@ -151,6 +155,7 @@ class webq(Service):
             login_body_limit=limits["max_login_body"],
             form_fields=limits["max_form_fields"],
             header_limit=limits["max_header"],
+            min_password_length=limits["min_password_length"],
         )
 
     @staticmethod

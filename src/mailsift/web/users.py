@@ -54,6 +54,8 @@ ROWS_CHOICES = (10, 25, 50, 100, 200)
 DEFAULT_ROWS = 50
 MAX_LOGIN = 256
 MAX_ADDRESS = 320
+MIN_PASSWORD_LENGTH = 10
+"""The shortest password ``mailsift user add|passwd`` take (``webq(..., min_password_length=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,19 @@ def hash_password(password: str) -> str:
     return hasher().hash(password)
 
 
+def check_new_password(password: str, min_length: int = MIN_PASSWORD_LENGTH) -> None:
+    """ConfigError unless ``password`` may be set: at least ``min_length`` characters, no line breaks.
+
+    For every place a password is chosen (``mailsift user add|passwd``, a user changing their own).
+    """
+    if not password:
+        raise ConfigError("the password must not be empty")
+    if len(password) < min_length:
+        raise ConfigError(f"the password is too short: at least {min_length} characters, please")
+    if "\n" in password or "\r" in password or "\0" in password:
+        raise ConfigError("the password must not contain line breaks or NUL characters")
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether ``password`` matches; with ``None`` (unknown user) a dummy verify, then False."""
     from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -116,8 +131,36 @@ def verify_password(password_hash: str | None, password: str) -> bool:
 
 def normalize_login(login: str) -> str:
     login = login.strip().lower()
-    if not login or len(login) > MAX_LOGIN or any(c.isspace() or ord(c) < 32 for c in login):
-        raise ConfigError(f"bad login {login!r}: a non-empty name without spaces")
+    if not login or len(login) > MAX_LOGIN or any(c.isspace() or not c.isprintable() for c in login):
+        raise ConfigError(f"bad login {login!r}: a non-empty name without spaces or control characters")
+    return login
+
+
+def login_name(typed: str, userconv: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    """The stored login for a typed name: ``userconv`` first, then lower case — the same for the login
+    page and for ``mailsift user add|passwd|delete`` (finding 1 of issue 13: they differed)."""
+    return convert_login(typed.strip(), userconv).strip().lower()
+
+
+def new_login(typed: str, userconv: Sequence[tuple[re.Pattern[str], str]]) -> str:
+    """The login to store for a new user typed as ``typed``: ConfigError if either form is bad.
+
+    The typed name must be one a person can type at the login page (no spaces
+    or control characters), and what ``userconv`` makes of it must be a valid
+    login; a login with ``@`` must be an address (it owns that address).
+    """
+    normalize_login(typed)
+    login = login_name(typed, userconv)
+    try:
+        normalize_login(login)
+    except ConfigError:
+        raise ConfigError(f"bad login {typed!r}: userconv makes it {login!r}, not a valid login") from None
+    if "@" in login:
+        try:
+            if normalize_address(login) != login or login.startswith("@") or login.count("@") != 1:
+                raise ConfigError(login)
+        except ConfigError:
+            raise ConfigError(f"bad login {login!r}: a login with @ must be an address, user@domain") from None
     return login
 
 

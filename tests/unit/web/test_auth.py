@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import tempfile
 import time
@@ -165,12 +166,35 @@ def test_users_cli_add_passwd_list_delete(tmp_path: object) -> None:
         handle.write(f"from mailsift import *\nSTATE_DIR = {state!r}\n")
     runner = CliRunner()
     add = ["add", "-c", config, "carol", "--address", "Carol@Example.org", "--password-stdin"]
-    assert runner.invoke(user_group, add, input="secret\n").exit_code == 0
-    assert runner.invoke(user_group, add, input="secret\n").exit_code == 1  # exists already
+    assert runner.invoke(user_group, add, input="a secret passphrase\n").exit_code == 0
+    assert runner.invoke(user_group, add, input="a secret passphrase\n").exit_code == 1  # exists already
     listed = runner.invoke(user_group, ["list", "-c", config])
     assert listed.output.strip() == "carol\tuser\tcarol@example.org"
-    passwd = runner.invoke(user_group, ["passwd", "-c", config, "carol", "--password-stdin"], input="new\n")
+    passwd = runner.invoke(user_group, ["passwd", "-c", config, "carol", "--password-stdin"], input="new passphrase\n")
     assert passwd.exit_code == 0
-    assert runner.invoke(user_group, ["passwd", "-c", config, "nobody", "--password-stdin"], input="x\n").exit_code == 1
+    assert (
+        runner.invoke(
+            user_group, ["passwd", "-c", config, "nobody", "--password-stdin"], input="another passphrase\n"
+        ).exit_code
+        == 1
+    )
     assert runner.invoke(user_group, ["delete", "-c", config, "carol"]).exit_code == 0
     assert runner.invoke(user_group, ["list", "-c", config]).output == ""
+
+
+async def test_logins_are_logged_with_the_client_address(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 7: failed web logins were not logged at all (nothing for fail2ban)."""
+    caplog.set_level(logging.INFO, logger="mailsift.webq")
+    async with _app(settings, trusted_proxies=("127.0.0.1",)) as client:
+        client.headers["X-Forwarded-For"] = "203.0.113.9"
+        assert (await _login(client, "alice", "nope")).status_code == 401
+        assert (await _login(client, "alice", "pw-alice")).status_code == 303
+    async with _app(settings) as client:  # no trusted proxy: the peer, whatever the header says
+        client.headers["X-Forwarded-For"] = "203.0.113.9"
+        assert (await _login(client, "Mallory\x1b[2J x", "nope")).status_code == 401
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mailsift.webq"]
+    assert logged == [
+        ("WARNING", "webq: login failed for alice from 203.0.113.9"),
+        ("INFO", "webq: login ok for alice from 203.0.113.9"),
+        ("WARNING", "webq: login failed for mallory?[2j?x from 127.0.0.1"),
+    ]
