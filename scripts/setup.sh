@@ -69,8 +69,10 @@ if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 
 fi
 # tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest,
 # PostgreSQL (the policy tests run a private server; no system cluster is created),
-# chromium (the web quarantine's browser tests, through Playwright)
+# chromium (the web quarantine's browser tests, through Playwright); the Debian package's test
+# (scripts/build-deb.sh: python3-venv; systemd-analyze from systemd; fail2ban-regex from fail2ban)
 [ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium)
+[ $want_test = 1 ] && packages+=(python3-venv systemd fail2ban)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
