@@ -69,9 +69,11 @@ if ! { command -v "$PYTHON" >/dev/null && "$PYTHON" -c 'import venv, ensurepip' 
 fi
 # tests: Postfix and swaks (end to end), ClamAV's test files, rspamd, bogofilter, miltertest,
 # PostgreSQL (the policy tests run a private server; no system cluster is created),
-# chromium (the web quarantine's browser tests, through Playwright), fail2ban (fail2ban-regex
-# checks the shipped filter against the web login log)
+# chromium (the web quarantine's browser tests, through Playwright); fail2ban (fail2ban-regex
+# checks the shipped filter against the web login log); the Debian package's test
+# (scripts/build-deb.sh: python3-venv; systemd-analyze from systemd)
 [ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium fail2ban)
+[ $want_test = 1 ] && packages+=(python3-venv systemd)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
