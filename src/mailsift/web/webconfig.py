@@ -54,5 +54,7 @@ class WebConfig:
     """The most fields a form body may carry (413 beyond)."""
     header_limit: int = DEFAULT_HEADER_LIMIT
     """The request line and headers together (uvicorn's h11 ``max_incomplete_event_size``): 431/400 beyond."""
+    min_password: int = 10
+    """The shortest password a user may choose on the password page."""
     admin_release: frozenset[str] = frozenset(ADMIN_RELEASE)
     """Quarantine categories only an admin may release (the pages and the digest links)."""
