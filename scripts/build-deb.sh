@@ -71,7 +71,7 @@ sed -i '1,/^$/s|^# mailsift default configuration (bundled; used when no -c is g
   "$root/etc/mailsift/config.py"
 chmod 0640 "$root/etc/mailsift/config.py"
 install -m 0644 packaging/debian/default "$root/etc/default/mailsift"
-install -m 0644 packaging/debian/mailsift-webq.conf "$root/etc/fail2ban/filter.d/mailsift-webq.conf"
+install -m 0644 packaging/fail2ban/mailsift-webq.conf "$root/etc/fail2ban/filter.d/mailsift-webq.conf"
 install -m 0644 packaging/debian/systemd/*.service packaging/debian/systemd/*.timer "$root/lib/systemd/system/"
 install -m 0644 README.md docs/packaging.md "$root/usr/share/doc/mailsift/"
 [ -f LICENSE ] && install -m 0644 LICENSE "$root/usr/share/doc/mailsift/copyright"

@@ -55,12 +55,21 @@ class WebqServer:
     messages: dict[str, str] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=lambda: dict(PASSWORDS))
 
-    def seed(self, name: str, sender: str, recipients: Sequence[str], raw: bytes, *, category: str = "virus") -> str:
+    def seed(
+        self,
+        name: str,
+        sender: str,
+        recipients: Sequence[str],
+        raw: bytes,
+        *,
+        category: str = "virus",
+        result: Result | None = None,
+    ) -> str:
         """Quarantine ``raw`` for ``recipients`` through the real store (file + index); returns its id."""
         store = QuarantineStore(self.settings.quarantine_dir, self.settings.database)
         mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.7"), raw)
         try:
-            path = asyncio.run(store.put(mail, category, Result(1.0, "EICAR-Test", "regexp_scan")))
+            path = asyncio.run(store.put(mail, category, result or Result(1.0, "EICAR-Test", "regexp_scan")))
         finally:
             mail.close()
         entry_id = file_id(os.path.relpath(path, self.settings.quarantine_dir))

@@ -204,10 +204,11 @@ def test_package_units_verify(installed: Path) -> None:
 def test_package_fail2ban_filter(installed: Path, tmp_path: Path) -> None:
     log = tmp_path / "mailsift.log"
     log.write_text(
-        "2025-01-02 03:04:05,678 mailsift.web.auth[123] WARNING webq: login failed for admin from 192.0.2.7\n"
-        "2025-01-02 03:04:06,000 mailsift.web.auth[123] WARNING webq: login failed for x from 10.9.9.9 "
+        "2025-01-02 03:04:05,678 mailsift.webq[123] WARNING webq: login failed for admin from 192.0.2.7\n"
+        # a name typed as "x from 10.9.9.9" is logged with its spaces as "?" (web/auth.py)
+        "2025-01-02 03:04:06,000 mailsift.webq[123] WARNING webq: login failed for x?from?10.9.9.9 "
         "from 2001:db8::5\n"
-        "2025-01-02 03:04:07,000 mailsift.web.auth[123] INFO webq: login ok for admin from 192.0.2.8\n"
+        "2025-01-02 03:04:07,000 mailsift.webq[123] INFO webq: login ok for admin from 192.0.2.8\n"
     )
     result = subprocess.run(
         ["fail2ban-regex", "-o", "ip", str(log), str(F2B_FILTER)], capture_output=True, text=True, check=False

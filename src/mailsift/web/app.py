@@ -20,13 +20,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.settings import Settings
-from mailsift.web import auth, quarantine_pages
+from mailsift.web import account_pages, auth, quarantine_pages
 from mailsift.web.templating import render, templates
 from mailsift.web.webconfig import WebConfig
 
@@ -137,6 +137,11 @@ async def home(request: Request) -> Response:
     return RedirectResponse("/q/", status_code=303)
 
 
+async def favicon(request: Request) -> Response:
+    """``/favicon.ico`` for clients that ask without reading the page's ``<link rel=icon>``."""
+    return FileResponse(os.path.join(STATIC_DIR, "favicon.svg"), media_type="image/svg+xml")
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "Internal error."
@@ -161,9 +166,14 @@ def create_app(
     if settings.database is None:
         raise ValueError("create_app: settings.database is required")
     secret_text = secret.decode() if isinstance(secret, bytes) else secret
-    routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *auth.routes()]
+    routes: list[BaseRoute] = [
+        Route("/", home, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
+        *auth.routes(),
+    ]
     if quarantine:
         routes.extend(quarantine_pages.routes())
+        routes.extend(account_pages.routes())
     routes.extend(extra_routes)
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     middleware = [

@@ -13,8 +13,9 @@ record alike.
   allows them (not ``virus`` or ``unscannable`` by default: ``webq(admin_release=...)``);
   an admin to all of its recipients.  The button asks first: its POST answers a
   confirmation page whose own POST (with the CSRF token and ``confirm``) releases;
+  once every such recipient has it, the page shows who released it and when, no button;
 * delete: an ordinary user may delete a message only when every recipient is
-  theirs (it would vanish for the others too); an admin always;
+  theirs (it would vanish for the others too); an admin always; asked first like release;
 * recheck: runs ``webq(scanner=...)`` over the original and shows the verdict;
 * white/black list: the sender, for the user's own addresses among the
   recipients (SAGATOR's per-user lists, :func:`mailsift.storage.policies.add_listed`).
@@ -27,6 +28,7 @@ import calendar
 import functools
 import json
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -39,6 +41,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
+from mailsift.reporting.verdicts import human_verdict, spam_rules
 from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
 from mailsift.storage.quarantine.admin import (
@@ -116,6 +119,31 @@ async def _original(request: Request, entry: QuarantineEntry) -> bytes:
         raise HTTPException(500, "The message file cannot be read.") from None
 
 
+MAX_HEAD_READ = 64 * 1024
+
+
+def _read_detail(path: str, original_size: int) -> str:
+    """The ``X-Mailsift-Detail`` of a stored file's head (the scanner's detail), or ``""``."""
+    try:
+        with open(path, "rb") as handle:
+            head_length = os.fstat(handle.fileno()).st_size - original_size
+            if not 0 < head_length <= MAX_HEAD_READ:
+                return ""
+            head = handle.read(head_length).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in head.split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep and name.lower() == "x-mailsift-detail":
+            return value
+    return ""
+
+
+async def _detail(request: Request, entry: QuarantineEntry) -> str:
+    path = locate(_settings(request).quarantine_dir, entry)
+    return "" if path is None else await asyncio.to_thread(_read_detail, path, entry.size)
+
+
 # --------------------------------------------------------------------------- pages
 
 
@@ -172,13 +200,17 @@ async def message_page(request: Request) -> Response:
     raw = await _original(request, entry)
     shown = await asyncio.to_thread(mailview.view, raw)
     released_to = json.loads(entry.released_to) if entry.released_to else []
+    detail = await _detail(request, entry)
     context = {
+        "detail": detail,
+        "spam_rules": spam_rules(detail),
         "entry": entry,
         "recipients": entry.recipients if user.is_admin else own_recipients(user, entry),
         "released_to": released_to,
         "view": shown,
         "can_delete": user.is_admin or len(own_recipients(user, entry)) == len(entry.recipients),
         "can_release": _may_release(request, user, entry),
+        "released_already": _released_already(user, entry),
         "can_recheck": bool(_config(request).scanners),
         "flash": _take_flash(request),
         "quoted_id": quote(entry.id, safe=""),
@@ -217,6 +249,16 @@ def _back(entry: QuarantineEntry) -> RedirectResponse:
     return RedirectResponse(f"/q/{quote(entry.id, safe='')}", status_code=303)
 
 
+def _release_targets(user: User, entry: QuarantineEntry) -> list[str]:
+    return list(entry.recipients) if user.is_admin else own_recipients(user, entry)
+
+
+def _released_already(user: User, entry: QuarantineEntry) -> bool:
+    """Whether every recipient this user would release to has the message already (no button then)."""
+    done = set(json.loads(entry.released_to)) if entry.released_to else set()
+    return entry.state != HELD and set(_release_targets(user, entry)) <= done
+
+
 def _may_release(request: Request, user: User, entry: QuarantineEntry) -> bool:
     return may_release(entry.category, admin=user.is_admin, admin_release=_config(request).admin_release)
 
@@ -229,9 +271,8 @@ async def release_action(request: Request) -> Response:
     if not _may_release(request, user, entry):
         log.warning("webq: %s may not release %s (%s): refused", user.login, entry.id, entry.category)
         raise HTTPException(403, f"Only an administrator can release a message quarantined as {entry.category}.")
-    targets = list(entry.recipients) if user.is_admin else own_recipients(user, entry)
-    done = set(json.loads(entry.released_to)) if entry.released_to else set()
-    if entry.state != HELD and set(targets) <= done:
+    targets = _release_targets(user, entry)
+    if _released_already(user, entry):
         _flash(request, "This message was released already.", "error")
         return _back(entry)
     if form.get("confirm") != "yes":  # the first POST asks; the confirmation's POST releases
@@ -255,11 +296,14 @@ async def release_action(request: Request) -> Response:
 
 
 async def delete_action(request: Request) -> Response:
-    check_csrf(request, await request.form())
+    form = await request.form()
+    check_csrf(request, form)
     user = require_user(request)
     entry = await _entry(request, user)
     if not user.is_admin and len(own_recipients(user, entry)) != len(entry.recipients):
         raise HTTPException(403, "This message has other recipients too; ask an administrator to delete it.")
+    if form.get("confirm") != "yes":  # the first POST asks; the confirmation's POST deletes
+        return render(request, "q_delete.html", {"entry": entry, "quoted_id": quote(entry.id, safe="")})
     try:
         await asyncio.to_thread(delete, _settings(request), entry)
     except MailsiftError as error:  # the store and the database map their own OSError
@@ -291,7 +335,8 @@ async def recheck_action(request: Request) -> Response:
     finally:
         mail.close()
     result = decision.result
-    verdict = f"{result.name or 'clean'} (level {result.level:.2f}, {result.scanner or '-'})"
+    verdict = human_verdict("", result.name, result.scanner, result.level, result.detail)
+    verdict += f" (level {result.level:.2f}, {result.scanner or '-'})"  # the level and scanner: what was run
     _flash(request, f"Recheck: {verdict}.", "error" if result.level >= 1.0 else "notice")
     return _back(entry)
 

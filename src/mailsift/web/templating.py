@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from mailsift.reporting.verdicts import human_verdict
 from mailsift.web.session import csrf_field, current_user
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
@@ -34,6 +35,11 @@ def _size(size: int) -> str:
     return str(size)
 
 
+def _verdict(entry: Any, detail: str = "") -> str:
+    """A quarantine entry's verdict as a person reads it (:func:`~mailsift.reporting.verdicts.human_verdict`)."""
+    return human_verdict(entry.category, entry.name, entry.scanner, entry.level, detail)
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -44,6 +50,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["size"] = _size
+    env.filters["verdict"] = _verdict
     return env
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from mailsift.errors import ConfigError
+from mailsift.message.result import Result
 from mailsift.scanners.basic import regexp_scan
 from mailsift.settings import Settings
 from mailsift.storage import db
@@ -133,9 +134,10 @@ async def test_user_cannot_delete_a_message_others_received_too(server: WebqServ
         assert (
             await client.post(f"/q/{server.messages['both']}/delete", data={"csrf_token": token})
         ).status_code == 403
-        assert (
-            await client.post(f"/q/{server.messages['mine']}/delete", data={"csrf_token": token})
-        ).status_code == 303
+        asked = await client.post(f"/q/{server.messages['mine']}/delete", data={"csrf_token": token})
+        assert 'id="confirm-delete"' in asked.text  # the first POST only asks (test_delete_asks_first)
+        confirmed = {"csrf_token": token, "confirm": "yes"}
+        assert (await client.post(f"/q/{server.messages['mine']}/delete", data=confirmed)).status_code == 303
     assert server.entry(server.messages["both"]) is not None
     assert server.entry(server.messages["mine"]) is None
 
@@ -221,3 +223,64 @@ async def test_a_domain_admin_sees_exactly_its_domain(server: WebqServer) -> Non
     with pytest.raises(ConfigError, match="bad address"):
         users.normalize_address("@")
     assert users.normalize_address("@Example.ORG") == "@example.org"
+
+
+async def test_delete_asks_first(server: WebqServer) -> None:
+    """The Delete button's POST answers a confirmation page; only its CSRF-checked POST deletes."""
+    mine = server.messages["mine"]
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        page = await client.get(f"/q/{mine}")
+        assert "data-confirm" not in page.text  # no JavaScript dialog: a page of its own
+        asked = await client.post(f"/q/{mine}/delete", data={"csrf_token": token})
+        assert asked.status_code == 200
+        assert 'id="confirm-delete"' in asked.text
+        assert 'name="confirm" value="yes"' in asked.text
+        assert server.entry(mine) is not None
+        forged = await client.post(f"/q/{mine}/delete", data={"csrf_token": "x" * 43, "confirm": "yes"})
+        assert forged.status_code == 403
+        assert server.entry(mine) is not None
+        done = await client.post(f"/q/{mine}/delete", data={"csrf_token": token, "confirm": "yes"})
+        assert done.status_code == 303
+    assert server.entry(mine) is None
+
+
+async def test_no_release_button_after_the_release(server: WebqServer) -> None:
+    mine = server.messages["mine"]
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        assert 'id="release"' in (await client.get(f"/q/{mine}")).text
+        await client.post(f"/q/{mine}/release", data={"csrf_token": token, "confirm": "yes"})
+        page = await client.get(f"/q/{mine}")
+        assert 'id="release"' not in page.text
+        note = re.search(r'id="released-note">([^<]*)<', page.text)
+        assert note is not None
+        assert re.fullmatch(r"Released \d{4}-\d\d-\d\d \d\d:\d\d UTC by web:alice\.", note.group(1))
+
+
+async def test_verdicts_and_spam_rules_read_as_people_read_them(server: WebqServer) -> None:
+    detail = "score=12.3 required=5 tests=BAYES_99,URIBL_BLACK"
+    spam = Result(99.9, "Spam", "spamassassind*const", detail)
+    raw = message_bytes("s@x.test", "alice@example.org", "Cheap pills", "buy")
+    spam_id = await asyncio.to_thread(
+        server.seed, "spam", "s@x.test", ["alice@example.org"], raw, category="spam", result=spam
+    )
+    virus = Result(1.0, "Eicar-Test-Signature", "clamd", "")
+    virus_id = await asyncio.to_thread(
+        server.seed, "virus", "s@x.test", ["alice@example.org"], raw, category="virus", result=virus
+    )
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        page = (await client.get(f"/q/{spam_id}")).text
+        assert '<span id="verdict">Spam, score 12.3 of 5.0</span>' in page
+        rules = re.search(r'<table class="rules" id="spam-rules">(.*?)</table>', page, re.S)
+        assert rules is not None
+        assert re.findall(r"<tr><td>([A-Z_0-9]+)</td>", rules.group(1)) == ["BAYES_99", "URIBL_BLACK"]
+        listing = (await client.get("/q/?q=Cheap")).text
+        assert '<td class="verdict">Spam</td>' in listing
+        assert "Spam [" not in listing
+        assert "(99.90)" not in listing
+        assert "Virus: Eicar-Test-Signature" in (await client.get(f"/q/{virus_id}")).text
+        assert 'id="spam-rules"' not in (await client.get(f"/q/{virus_id}")).text
