@@ -90,7 +90,7 @@ def test_user_add_before_the_first_serve(
     state = tmp_path / "not" / "yet" / "state"
     no_etc.parent.mkdir()
     write_config(no_etc, state)
-    added = CliRunner().invoke(main, ["user", "add", "admin", "--admin", "--password-stdin"], input="secret-pw\n")
+    added = CliRunner().invoke(main, ["user", "add", "admin", "--admin", "--password-stdin"], input="secret-password\n")
     assert added.exit_code == 0, added.output
     assert (state / "mailsift.db").exists()
     assert (state / "quarantine").is_dir()
