@@ -76,3 +76,18 @@ def test_an_encoded_word_in_a_python_codec_is_kept_as_written(charset: str) -> N
     header (and warned on a bad escape); no mail is written in these."""
     word = f"=?{charset}?q?\\x41?="
     assert decode_words(word) == word
+
+
+def test_a_boundary_with_a_nul_in_its_rfc2231_charset_is_read_as_written() -> None:
+    """Found by the long run (corpus mutations): mime.tree._boundaries let the ValueError out."""
+    data = b"Content-Type: multipart/mixed; boundary*=ascii\0''b1\r\n\r\n--b1\r\n\r\nbody\r\n--b1--\r\n"
+    with Mail(Envelope(), data) as mail:
+        assert mail.tree.render()
+
+
+def test_a_body_in_a_python_codec_is_not_run_through_it() -> None:
+    """Found by the long run: get_payload decoded a non-ASCII body with charset=unicode-escape."""
+    data = b"Content-Type: text/plain; charset=unicode-escape\r\n\r\n\\x41 \xe9\r\n"
+    with Mail(Envelope(), data) as mail:
+        assert mail.tree.render()
+        assert [part.data for part in mail.parts] == [b"\\x41 \xe9\r\n"]

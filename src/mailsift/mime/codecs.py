@@ -30,6 +30,15 @@ def is_mail_charset(name: str) -> bool:
         return False
 
 
+def is_python_codec(name: str) -> bool:
+    """Whether ``name`` names one of Python's own codecs (:data:`NOT_MAIL_CHARSETS`); an unknown
+    name is not one (it stays a charset the message declares, for the checks that read it)."""
+    try:
+        return python_codecs.lookup(name).name in NOT_MAIL_CHARSETS
+    except (LookupError, ValueError, TypeError):
+        return False
+
+
 def decode_words(value: str) -> str:
     """Decode RFC 2047 encoded words; undecodable input is returned unchanged."""
     if "=?" not in value:

@@ -24,6 +24,7 @@ from mailsift.mime.codecs import (
     decode_words,
     extract_uuencoded,
     extract_yencoded,
+    is_python_codec,
     normalize_encoding,
 )
 
@@ -160,10 +161,16 @@ class LenientMessage(Message):
                 # RFC 2231 charset (a tuple) raised TypeError, a NUL in the name ValueError
                 if isinstance(value, tuple):
                     value = email.utils.collapse_rfc2231_value(value)
-                if not isinstance(value, str) or "\0" in value:
-                    return failobj
+                if not isinstance(value, str) or "\0" in value or is_python_codec(value):
+                    return failobj  # (unicode-escape & co: get_payload would run Python's escape decoder)
             return value
         except (TypeError, ValueError, IndexError, LookupError, UnicodeError):
+            return failobj
+
+    def get_boundary(self, failobj: Any = None) -> Any:
+        try:
+            return super().get_boundary(failobj)
+        except (TypeError, ValueError, LookupError, UnicodeError):  # its RFC 2231 charset holds a NUL
             return failobj
 
     def get_content_charset(self, failobj: Any = None) -> Any:
@@ -376,7 +383,10 @@ def _boundaries(message: Message) -> tuple[str, ...]:
     found = []
     for key, value in params[1:]:
         if key.strip().lower() == "boundary":
-            text = email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
+            try:
+                text = email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) else str(value)
+            except (ValueError, LookupError):  # a charset no codec is named by (a NUL): the value as written
+                text = str(value[2])
             found.append(text.rstrip())
     return tuple(found)
 
