@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import click
 
 from mailsift.cli.backup import backup_command, restore_command
-from mailsift.cli.common import UMASK, check_schema, describe_config, load_config
+from mailsift.cli.common import UMASK, check_schema, describe_config, load_config, make_state
 from mailsift.cli.db import db_group
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
@@ -93,6 +93,10 @@ def main(verbose: bool) -> None:
     An MTA hands it every message; it runs the scanners of the config file's
     SCANNERS and delivers, tags, rejects, drops or quarantines, answering the
     MTA only once the message is safe downstream or on disk.
+
+    The config: -c, else $MAILSIFT_CONFIG, else /etc/mailsift/config.py if it
+    exists, else the bundled one ($MAILSIFT_ETC_CONFIG replaces the /etc path:
+    for packagers and test suites only).
     """
     # umask 0027 from the start: nothing mailsift creates is readable by others (files 0640 at most).
     previous = os.umask(UMASK)
@@ -159,6 +163,7 @@ def check_config(config_path: str | None) -> None:
     (backscatter), a ``webq`` offering lists no service's SCANNERS consult (``listed()``).
     """
     config = load_config(config_path)
+    make_state(config)
     click.echo(f"config: {describe_config(config_path)}")
     click.echo(f"state directory: {config.settings.state_dir}")
     click.echo("SCANNERS:")
@@ -214,6 +219,7 @@ def scan(
     when they are not running already (unless --no-daemons).
     """
     config = load_config(config_path)
+    make_state(config)
     pipeline = Pipeline(config.scanners)
     status = 0
     with _daemons(config, skip=no_daemons), asyncio.Runner() as runner:
@@ -352,6 +358,7 @@ def scan_mailbox(
     without --force).
     """
     config = load_config(config_path)
+    make_state(config)
     scanners = config.scanners
     if av_only:
         scanners = tuple(s for s in config.scanners if is_antivirus(s))

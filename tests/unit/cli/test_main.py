@@ -172,7 +172,7 @@ def test_check_config_prints_the_tree(runner: CliRunner, tmp_path: Path) -> None
     assert f"  clamd_daemon({tmp_path}/state/clamd/clamd.sock)\n  spamd_daemon(127.0.0.1:10783)\n" in out
     assert f"state directory: {tmp_path / 'state'}" in out
     assert out.rstrip().endswith("config OK")
-    assert not (tmp_path / "state").exists()
+    assert (tmp_path / "state" / "quarantine").is_dir()  # Build 2: check-config creates STATE_DIR as serve does
 
 
 def test_check_config_on_a_broken_config(runner: CliRunner, tmp_path: Path) -> None:
