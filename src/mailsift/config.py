@@ -220,6 +220,18 @@ def _next_hop(value: Any, state_dir: str) -> tuple[str, int] | Delivery | None:
     return (host, port)
 
 
+def _services_hop(services: Iterable[Service]) -> tuple[str, int] | Delivery | None:
+    """The next hop the services share (``next_hop=`` of smtpd, lmtpd...), or None (none, or several)."""
+    hops: dict[str, Any] = {}
+    for service in services:
+        hop = getattr(service, "next_hop", None)
+        if isinstance(hop, Delivery):
+            hops.setdefault(hop.describe(), hop)
+        elif isinstance(hop, tuple | list) and len(hop) == 2:
+            hops.setdefault(f"{hop[0]}:{hop[1]}", (hop[0], hop[1]))
+    return next(iter(hops.values())) if len(hops) == 1 else None
+
+
 def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Config:
     def fail(message: str, name: str) -> ConfigError:
         return ConfigError(message, filename=path, lineno=lines.get(name))
@@ -277,6 +289,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
     settings = Settings(
         state_dir=state_dir,
         smtp_server=smtp_server,
+        release_hop=smtp_server if smtp_server is not None else _services_hop(services),
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,
