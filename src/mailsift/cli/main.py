@@ -29,6 +29,7 @@ from mailsift.cli.users import user_group
 from mailsift.config import Config
 from mailsift.config import warnings as config_warnings
 from mailsift.core.pipeline import Pipeline
+from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
@@ -156,7 +157,11 @@ def serve(
 @main.command("check-config")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def check_config(config_path: str | None) -> None:
-    """Load the config, print its scanner tree and services; exit 2 if it is broken.
+    """Load the config, print what it does; exit 2 if it is broken.
+
+    Shows which config file was read and why (-c, MAILSIFT_CONFIG, /etc, bundled),
+    STATE_DIR, DATABASE, SMTP_SERVER and where releases go, HOOKS, the reporter,
+    the scanner tree, and each service with its next hop (webq: its URL).
 
     Warns (on stderr, ``file:line: warning: ...``; the exit status stays 0) about what
     loads but does not do what it seems to: a ``reject`` in an ``smtpd(after_queue=True)``
@@ -164,14 +169,29 @@ def check_config(config_path: str | None) -> None:
     """
     config = load_config(config_path)
     make_state(config)
+    settings = config.settings
     click.echo(f"config: {describe_config(config_path)}")
-    click.echo(f"state directory: {config.settings.state_dir}")
+    click.echo(f"state directory: {settings.state_dir}")
+    click.echo(f"DATABASE: {settings.database.describe() if settings.database is not None else 'none'}")
+    click.echo(f"SMTP_SERVER: {_hop(settings.smtp_server, settings.state_dir)}")
+    released_to = _hop(settings.release_hop, settings.state_dir)
+    click.echo(f"release to: {released_to if settings.release_hop is not None else 'none (give --next-hop)'}")
+    click.echo("HOOKS:" if settings.hooks else "HOOKS: none")
+    for hook in settings.hooks:
+        click.echo(f"  {hook.describe()}")
+    click.echo(f"reporter: {config.reporter.describe() if config.reporter is not None else 'none (the defaults)'}")
     click.echo("SCANNERS:")
     for line in Pipeline(config.scanners).tree():
         click.echo(f"  {line}")
     click.echo("SRV:")
     for service in config.services:
         click.echo(f"  {service.describe()}")
+        hop = getattr(service, "next_hop", None)
+        if hop is not None or hasattr(service, "next_hop"):
+            click.echo(f"    next hop: {_hop(hop if hop is not None else settings.smtp_server, settings.state_dir)}")
+        site = getattr(service, "site_url", None)
+        if callable(site):
+            click.echo(f"    URL: {site() or service.where()}")
         for line in Pipeline(service.scanners).tree():
             click.echo(f"    {line}")
     for daemon in config.daemons:
@@ -179,6 +199,16 @@ def check_config(config_path: str | None) -> None:
     for warning in config_warnings(config):
         click.echo(warning, err=True)
     click.echo("config OK")
+
+
+def _hop(target: object, state_dir: str) -> str:
+    """A next hop as check-config shows it: ``smtp:127.0.0.1:10025``, ``maildir:/var/lib/mailsift/mail``."""
+    if target is None:
+        return "none"
+    try:
+        return resolve(target, state_dir).describe()
+    except ConfigError:
+        return repr(target)
 
 
 def _message_files(paths: tuple[str, ...]) -> Iterator[str]:

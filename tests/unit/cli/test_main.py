@@ -249,6 +249,41 @@ def test_no_lists_warning_when_the_scanners_consult_them(runner: CliRunner, tmp_
     assert "warning" not in result.stderr
 
 
+def test_check_config_shows_hooks_reporter_next_hops_and_the_url(runner: CliRunner, tmp_path: Path) -> None:
+    """Build 11: which file and why, HOOKS, the reporter, each service's next hop, webq's URL."""
+    path = write_config(
+        tmp_path,
+        "USER = None\nSMTP_SERVER = ('127.0.0.1', 10025)\nHOOKS = [log_sql()]\n"
+        "SRV = [\n"
+        "    smtpd([], '127.0.0.1', 10024, next_hop=local_maildir('mail')),\n"
+        "    smtpd([], '127.0.0.1', 10026),\n"
+        "    webq('127.0.0.1', 10080),\n"
+        "    webq('127.0.0.1', 10081, url='https://mail.example.test/webq'),\n"
+        "    reporter(webq='https://mail.example.test/webq'),\n"
+        "]\n",
+    )
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"config: {path} (from -c)\n" in out
+    assert "SMTP_SERVER: smtp:[127.0.0.1]:10025\n" in out
+    assert "release to: smtp:[127.0.0.1]:10025\n" in out
+    assert "HOOKS:\n  log_sql(" in out
+    assert "reporter: reporter(webq='https://mail.example.test/webq')\n" in out
+    assert f"  smtpd(127.0.0.1:10024)\n    next hop: maildir:{tmp_path}/mail\n" in out
+    assert "  smtpd(127.0.0.1:10026)\n    next hop: smtp:[127.0.0.1]:10025\n" in out  # SMTP_SERVER
+    assert "  webq(127.0.0.1:10080)\n    URL: http://127.0.0.1:10080/\n" in out
+    assert "  webq(127.0.0.1:10081)\n    URL: https://mail.example.test/webq\n" in out
+
+
+def test_check_config_says_when_there_are_no_hooks_and_no_reporter(runner: CliRunner, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "USER = None\nSRV = [smtpd([], '127.0.0.1', 10024, next_hop=local_maildir())]\n")
+    out = runner.invoke(main, ["check-config", "-c", path]).stdout
+    assert "HOOKS: none\n" in out
+    assert "reporter: none (the defaults)\n" in out
+    assert f"release to: maildir:{tmp_path}/mail\n" in out
+
+
 def test_scan_with_a_broken_config(runner: CliRunner, tmp_path: Path, messages: Path) -> None:
     path = write_config(tmp_path, "SCANNERS = [nothing(]\n")
     result = runner.invoke(main, ["scan", "-c", path, str(messages)])
