@@ -9,6 +9,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +38,10 @@ def message(subject: str, body: str) -> bytes:
 class Gateway:
     def __init__(self, tmp_path: Path) -> None:
         self.state = tmp_path / "state"
-        self.port, self.spamd_port = free_port(), free_port()
-        # The bundled file itself, on free ports (10024 and 10783 may be taken on a test machine).
+        self.port, self.spamd_port, self.web_port = free_port(), free_port(), free_port()
+        # The bundled file itself, on free ports (10024, 10783 and 10080 may be taken on a test machine).
         text = Path(DEFAULT_CONFIG).read_text().replace("10024", str(self.port)).replace("10783", str(self.spamd_port))
+        text = text.replace("10080", str(self.web_port))
         self.config = tmp_path / "default_config.py"
         self.config.write_text(text)
         self.log = tmp_path / "serve.log"
@@ -120,3 +122,20 @@ def test_executables_are_refused(gateway: Gateway) -> None:
     code, text = gateway.send(data)
     assert code == 550
     assert "Executable attachments are not accepted" in text
+
+
+def test_the_web_quarantine_answers_and_serve_says_how_to_log_in(gateway: Gateway) -> None:
+    """Build 10: the first command shows everything: the web URL and the first admin's command."""
+    url = f"http://127.0.0.1:{gateway.web_port}/"
+    log = gateway.log.read_text()
+    assert f"web quarantine: {url} (the first admin: mailsift user add admin --admin -c {gateway.config})" in log
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "login", timeout=30) as answer:
+                assert answer.status == 200
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "webq did not answer:\n" + gateway.log.read_text()
+            time.sleep(0.2)
+    assert (gateway.state / "webq.secret").exists()

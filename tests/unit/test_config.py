@@ -59,8 +59,12 @@ def test_the_bundled_default_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("MAILSIFT_STATE_DIR", str(tmp_path))
     loaded = config.load(config.DEFAULT_CONFIG)
     assert loaded.settings.state_dir == str(tmp_path)
-    assert len(loaded.scanners) == 4
-    assert [s.describe() for s in loaded.services] == ["smtpd(127.0.0.1:10024)"]
+    assert len(loaded.scanners) == 5  # Build 10: listed() first, then the four content rules
+    assert loaded.scanners[0].name == "listed"
+    assert [s.describe() for s in loaded.services] == ["smtpd(127.0.0.1:10024)", "webq(127.0.0.1:10080)"]
+    assert [h.name for h in loaded.settings.hooks] == ["log_sql", "stats"]
+    assert loaded.settings.database is not None
+    assert loaded.settings.database.describe() == f"sqlite:///{tmp_path}/mailsift.db"
     clamd_socket = f"{tmp_path}/clamd/clamd.sock"
     assert [d.describe() for d in loaded.daemons] == [f"clamd_daemon({clamd_socket})", "spamd_daemon(127.0.0.1:10783)"]
 

@@ -8,6 +8,7 @@ import json
 import logging
 import logging.handlers
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import click
 
 from mailsift.cli.backup import backup_command, restore_command
-from mailsift.cli.common import UMASK, check_schema, describe_config, load_config, make_state
+from mailsift.cli.common import UMASK, check_schema, describe_config, find_config, load_config, make_state
 from mailsift.cli.db import db_group
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
@@ -146,12 +147,29 @@ def serve(
         click.echo(f"mailsift: {config.path}: SRV lists no services; nothing to serve", err=True)
         sys.exit(2)
     check_schema(config)  # a schema marked incompatible with this code: one line, exit 2
+    announce_web(config, config_path)
     try:
         code = Supervisor(config, workers or os.cpu_count() or 1, drain_seconds).run()
     except ConfigError as error:
         click.echo(f"mailsift: {error}", err=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def announce_web(config: Config, config_path: str | None) -> None:
+    """Log each web quarantine's URL and the one command that creates the first admin
+    (with ``-c`` when the config was given by ``-c``)."""
+    from mailsift.web.service import webq
+
+    found, source = find_config(config_path)
+    option = f" -c {shlex.quote(os.path.abspath(found))}" if source == "-c" else ""
+    for service in config.services:
+        if isinstance(service, webq):
+            logging.getLogger("mailsift.serve").info(
+                "web quarantine: %s (the first admin: mailsift user add admin --admin%s)",
+                service.site_url() or service.where(),
+                option,
+            )
 
 
 @main.command("check-config")

@@ -3,7 +3,9 @@
 # Listens on 127.0.0.1:10024 as an SMTP content filter, delivers accepted mail
 # into Maildirs under STATE_DIR/mail/<recipient>/, and keeps quarantined mail
 # under STATE_DIR/quarantine/<category>/.  It starts its own clamd and spamd
-# (see SRV) and scans with them.  Copy this file, edit it, and run
+# (see SRV) and scans with them.  The web quarantine answers on
+# http://127.0.0.1:10080/ (loopback only); `mailsift user add admin --admin`
+# creates its first login (`serve` says so when it starts).  Copy this file, edit it, and run
 # `mailsift check-config -c yourfile.py`, then `mailsift serve -c yourfile.py`.
 #
 # To use a clamd or spamd you already run instead of mailsift's own: point
@@ -38,7 +40,18 @@ EXECUTABLES = r"\.(exe|com|scr|pif|bat|cmd|vbs|vbe|js|jse|wsf|wsh|lnk|hta|cpl|ms
 # One SpamAssassin check per message, shared by the two spam rules below.
 SPAM = cache(spamassassind(SPAMD), size=1024)
 
+# SQLite in STATE_DIR: the quarantine index, web users, white/black lists, the
+# message log and the statistics.
+DATABASE = db.sqlite()
+
+# After each message: a row in the message log (the web's tracking page) and
+# the counters behind the web's graphs.
+HOOKS = [log_sql(), stats()]
+
 SCANNERS = [
+    # The white/black lists ("Whitelist sender" in the web quarantine, `mailsift lists`):
+    # whitelisted senders are delivered unscanned, blacklisted ones rejected.
+    listed(),
     # Viruses (clamd unpacks MIME and archives itself): kept in quarantine/virus.
     quarantine("virus", clamd(CLAMD, stream_max_length=MAX_SIZE)),
     # Executable attachments are refused with a clear reason.
@@ -53,6 +66,8 @@ SCANNERS = [
 
 SRV = [
     smtpd(SCANNERS, "127.0.0.1", 10024, next_hop=local_maildir("mail"), max_size=MAX_SIZE),
+    # The web quarantine, on loopback only (its signing secret: STATE_DIR/webq.secret, made at first start).
+    webq("127.0.0.1", 10080),
     clamd_daemon(CLAMD, stream_max_length="50M"),
     spamd_daemon(SPAMD),
 ]

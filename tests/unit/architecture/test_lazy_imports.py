@@ -4,7 +4,7 @@ The supervisor of ``mailsift serve`` loads the config and forks the workers, so
 whatever the config surface, the config and the CLI import at start is in
 every worker's memory.  Each case runs in a fresh interpreter: ``from mailsift
 import *``, the bundled default config loaded (``config.load``), the smtpd
-service's mail path built (not served), and with ``mailsift.cli.main`` (the
+service's mail path built (not served; its ``webq`` line taken out), and with ``mailsift.cli.main`` (the
 process ``mailsift serve`` runs in) imported too; none of the heavy libraries
 below may be in ``sys.modules`` then.  They are imported where they are needed:
 when a config names ``webq``/``notify``/``file_type``/``office_macros``, when the
@@ -45,7 +45,14 @@ from mailsift import *
 from mailsift import config
 from mailsift.core.mailpath import MailPath
 
-loaded = config.load(config.DEFAULT_CONFIG)
+# The bundled default config without its webq (Build 10 serves one): a worker of a config that
+# serves only smtpd (Postfix's content filter) must not load the web code.
+import os, tempfile
+text = "".join(line for line in open(config.DEFAULT_CONFIG) if not line.strip().startswith("webq("))
+assert "webq(" not in text.split("SRV = [", 1)[1]
+path = os.path.join(tempfile.mkdtemp(), "smtpd_only.py")
+open(path, "w").write(text)
+loaded = config.load(path)
 paths = [MailPath(s.scanners, loaded.settings, s.next_hop) for s in loaded.services if s.kind == "smtpd"]
 assert len(paths) == 1, loaded.services
 print(json.dumps(sorted(sys.modules)))

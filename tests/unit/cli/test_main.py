@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift.cli.main import main
+from mailsift import config as config_module
+from mailsift.cli.main import announce_web, main
 from tests.helpers.paths import UNIT_DATA
 
 OFFLINE = str(UNIT_DATA / "offline_config.py")  # no daemons to start
@@ -36,6 +39,11 @@ def messages(tmp_path: Path, eicar: bytes) -> Path:
     (folder / "2-eicar.eml").write_bytes(eicar_message(eicar))
     (folder / ".hidden.eml").write_bytes(eicar_message(eicar))  # dot files are skipped
     return folder
+
+
+def etc_isolation() -> dict[str, str]:
+    """The part of the suite's environment a subprocess given its own ``env`` must keep."""
+    return {"MAILSIFT_ETC_CONFIG": os.environ["MAILSIFT_ETC_CONFIG"]}
 
 
 def records(result: Result) -> list[dict[str, Any]]:
@@ -166,7 +174,7 @@ def test_check_config_prints_the_tree(runner: CliRunner, tmp_path: Path) -> None
     result = runner.invoke(main, ["check-config"])
     assert result.exit_code == 0
     out = result.stdout
-    assert f"SCANNERS:\n  quarantine('virus')\n    clamd({tmp_path}/state/clamd/clamd.sock)\n" in out
+    assert f"SCANNERS:\n  listed\n  quarantine('virus')\n    clamd({tmp_path}/state/clamd/clamd.sock)\n" in out
     assert "reject(message='Executable attachments are not accepted (%V)')" in out
     assert "SRV:\n  smtpd(127.0.0.1:10024)\n" in out
     assert f"  clamd_daemon({tmp_path}/state/clamd/clamd.sock)\n  spamd_daemon(127.0.0.1:10783)\n" in out
@@ -284,6 +292,30 @@ def test_check_config_says_when_there_are_no_hooks_and_no_reporter(runner: CliRu
     assert f"release to: maildir:{tmp_path}/mail\n" in out
 
 
+def test_the_bundled_config_consults_the_lists_and_serves_the_web(runner: CliRunner, tmp_path: Path) -> None:
+    """Build 10 / finding 3: the default SCANNERS has listed() (no lists warning) and a loopback webq."""
+    result = runner.invoke(main, ["check-config"])
+    assert result.exit_code == 0, result.output
+    assert "SCANNERS:\n  listed\n" in result.stdout
+    assert "  webq(127.0.0.1:10080)\n    URL: http://127.0.0.1:10080/\n" in result.stdout
+    assert "HOOKS:\n  log_sql(" in result.stdout
+    assert "warning" not in result.stderr
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["-c", "bundled"])
+def test_serve_announces_the_web_url_and_the_first_admin_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, given: bool
+) -> None:
+    path = write_config(tmp_path, "USER = None\nSRV = [webq('127.0.0.1', 10080)]\n")
+    config = config_module.load(path)
+    with caplog.at_level(logging.INFO, logger="mailsift.serve"):
+        announce_web(config, path if given else None)
+    option = f" -c {path}" if given else ""
+    assert caplog.messages == [
+        f"web quarantine: http://127.0.0.1:10080/ (the first admin: mailsift user add admin --admin{option})"
+    ]
+
+
 def test_scan_with_a_broken_config(runner: CliRunner, tmp_path: Path, messages: Path) -> None:
     path = write_config(tmp_path, "SCANNERS = [nothing(]\n")
     result = runner.invoke(main, ["scan", "-c", path, str(messages)])
@@ -303,7 +335,8 @@ def test_the_installed_command(tmp_path: Path, eicar: bytes) -> None:
         [str(command), "scan", "--json", "-"],
         input=eicar_message(eicar),
         capture_output=True,
-        env={"MAILSIFT_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        # the suite's MAILSIFT_ETC_CONFIG: never an installed /etc/mailsift/config.py (tests/conftest.py)
+        env={"MAILSIFT_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", **etc_isolation()},
         timeout=60,
         check=False,
     )
