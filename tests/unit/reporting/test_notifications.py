@@ -385,6 +385,7 @@ def test_catalog_translates_every_template_string(language: str) -> None:
     assert len(wanted) > 20
     assert _template_messages() <= wanted  # the notification and digest templates
     assert {"Spam, score %(score)s of %(required)s", "quarantined"} <= wanted  # the digest's words
+    assert {"Log in", "Preferences", "Release this message?", "Wrong login or password."} <= wanted  # the web pages
     catalog = list(_catalog(language))
     assert {msgid for msgid, _, _ in catalog} == wanted
     compiled = gettext.translation("mailsift", str(LOCALE_DIR), languages=[language])
