@@ -188,10 +188,15 @@ def test_admin_sees_every_message_and_preferences(webq_server: WebqServer, page:
     page.select_option("select[name=language]", "sk")
     page.click("#save")
     page.wait_for_load_state()
-    assert page.locator("p.notice").inner_text() == "Preferences saved."
+    assert page.locator("p.notice").inner_text() == "Nastavenia sú uložené."  # "Preferences saved.", in Slovak now
     assert page.locator("html").get_attribute("lang") == "sk"
     assert page.locator("select[name=rows] option[selected]").inner_text() == "10"
     screenshot(page, "preferences")
+    page.select_option("select[name=language]", "")  # back to the browser's language (English) for later tests
+    page.click("#save")
+    page.wait_for_load_state()
+    assert page.locator("p.notice").inner_text() == "Preferences saved."
+    assert page.locator("html").get_attribute("lang") == "en"
     page.click("header form.logout button")
     page.wait_for_load_state()
     page.goto(f"{webq_server.url}/q/")

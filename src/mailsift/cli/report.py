@@ -5,7 +5,7 @@ The report's templates, filters and groups come from the config's
 ``reporter(...)`` (:mod:`mailsift.reporting.digest`; defaults without one); the links'
 base URL from ``--url``, else ``reporter(webq=...)``, else the config's
 ``webq(host, port)`` service.  ``--dry-run`` prints the reports instead of
-sending them.
+sending them, as a person reads them: the headers decoded, the body as text.
 
 Exit status: 0 done, 1 a report could not be sent, 2 a usage or config error.
 """
@@ -13,8 +13,10 @@ Exit status: 0 done, 1 a report could not be sent, 2 a usage or config error.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import sys
 import time
+from email.parser import BytesParser
 from typing import Any
 
 import click
@@ -24,7 +26,16 @@ from mailsift.config import Config
 from mailsift.delivery.next_hop import resolve
 from mailsift.errors import MailsiftError
 from mailsift.reporting import links
-from mailsift.reporting.digest import LinkMaker, SendReport, build_reports, collect, render, reporter, send
+from mailsift.reporting.digest import (
+    LinkMaker,
+    SendReport,
+    build_reports,
+    collect,
+    fully_qualified,
+    render,
+    reporter,
+    send,
+)
 from mailsift.storage.quarantine.admin import ADMIN_RELEASE
 
 
@@ -58,6 +69,14 @@ def base_url(config: Config, settings_url: str | None, option: str | None) -> st
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{service.port}"
+
+
+def readable(data: bytes) -> str:
+    """A report as a person reads it: each header decoded (RFC 2047), then the body's text."""
+    message = BytesParser(policy=email.policy.default).parsebytes(data)
+    lines = [f"{name}: {value}" for name, value in message.items()]
+    body = message.get_content() if message.get_content_maintype() == "text" else message.get_payload()
+    return "\n".join(lines) + "\n\n" + str(body).replace("\r\n", "\n")
 
 
 @click.command("report")
@@ -97,11 +116,15 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
     admin_release = service.config.admin_release if service is not None else ADMIN_RELEASE
     maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now, admin_release)
     reports = build_reports(entries, digest)
-    messages = [(r.to, render(r, digest, since=start, links=maker, hostname=settings.hostname)) for r in reports]
+    hostname = fully_qualified(settings.hostname)  # never postmaster@localhost
+    messages = [
+        (r.to, render(r, digest, since=start, links=maker, hostname=hostname, quarantine_dir=settings.quarantine_dir))
+        for r in reports
+    ]
     if dry_run:
         for address, data in messages:
             click.echo(f"==== report to <{address}>")
-            click.echo(printable_lines(data.decode("ascii", "replace").replace("\r\n", "\n")))
+            click.echo(printable_lines(readable(data).rstrip("\n")))
         click.echo(f"report: {len(messages)} report(s) not sent (--dry-run)", err=True)
         return
     outcome = asyncio.run(_send(messages, settings.smtp_server, settings.state_dir))

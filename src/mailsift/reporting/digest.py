@@ -14,7 +14,19 @@ each recipient one summary.  The config describes it as SAGATOR did, with a
   lines (at least ``Subject:``), a blank line, then the report's first text;
   ``body`` is repeated for each message; ``end`` closes the report.  A line
   whose every variable is empty is left out (so a rejected message shows no
-  ``Release:`` line).  The shipped defaults are ``templates/digest/*.txt``.
+  ``Release:`` line).  Your own templates are used as given, for every
+  language.  The shipped defaults are ``templates/digest/*.txt``: Jinja2
+  templates whose texts are in the gettext catalogs of ``locale/`` (the
+  notifications' catalogs); rendered once per language, each gives the
+  ``$``-templates of that language.
+* ``language``, ``languages``: as :class:`~mailsift.reporting.notifications.notify`'s,
+  the default language (``"en"``) and a map of recipient domains (or
+  top-level domains) to languages: a report is written in the language of
+  the address it goes to (the words ``$STATUS``, ``$VERDICT`` and ``$MORE``
+  too).
+* ``from_address``: the report's ``From`` (unless ``begin`` has a ``From:``
+  line); default ``postmaster@`` the host's fully qualified name
+  (:func:`fully_qualified`, never ``localhost``).
 * ``include``/``exclude``: regular expressions (searched, any case) on the
   recipient address: only included, not excluded recipients are reported;
   ``include_fx``/``exclude_fx``: the same as functions ``address -> bool``.
@@ -37,7 +49,8 @@ envelope sender, ``Auto-Submitted: auto-generated``.
 Template variables: in ``body`` ``DATETIME`` (UTC), ``STATUS``
 (quarantined/rejected/dropped), ``VIRNAME``, ``SCANNER_NAME``, ``LEVEL``,
 ``SENDER``, ``SENTBY_IP``, ``RECIPIENT``, ``SUBJECT``, ``ID``, ``CATEGORY``,
-``RELEASE_URL``, ``WHITELIST_URL``; everywhere ``TO`` (who gets the report),
+``VERDICT`` (as a person reads it: ``Virus: Eicar-Test-Signature``, ``Spam,
+score 12.3 of 5.0``), ``RELEASE_URL``, ``WHITELIST_URL``; everywhere ``TO`` (who gets the report),
 ``COUNT``, ``QUARANTINED``, ``REJECTED``, ``SINCE``, ``EXPIRES``, ``HOSTNAME``,
 ``WEBQ``, ``MORE``.  Values from the mail are cleaned of control characters
 and bounded, so no header or line can be injected.
@@ -47,11 +60,14 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import gettext as gettext_module
 import logging
+import os
 import re
+import socket
 import string
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import HeaderParser
@@ -65,6 +81,8 @@ from mailsift import validators
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
+from mailsift.reporting.notifications import LANGUAGES, Renderer, language_for, translations
+from mailsift.reporting.verdicts import human_verdict
 from mailsift.storage.policies import mailbox_owner, normalize_value
 from mailsift.storage.quarantine.admin import ADMIN_RELEASE, may_release
 from mailsift.storage.quarantine.index import HELD, QuarantineFilter, find_entries
@@ -80,10 +98,59 @@ MAX_COLLECTED = 200_000
 REPORT_HEADER = "X-Mailsift-Notification"
 """Marks mailsift's own mail: the notifications never answer it (:mod:`mailsift.reporting.notifications`)."""
 _OWN_HEADERS = frozenset(
-    {"to", "date", "message-id", "auto-submitted", "mime-version", "content-type", "content-transfer-encoding"}
+    {
+        "to",
+        "date",
+        "message-id",
+        "auto-submitted",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-language",
+    }
 )
 _HEADER_LINE = re.compile(r"^[!-9;-~]+:")
 _ADDRESS = re.compile(r"^[^\s@<>\"]{1,200}@[^\s@<>\"]{1,200}$")
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "localhost6", "localhost6.localdomain6"})
+_LOOPBACK_NAMES |= {"ip6-localhost", "ip6-loopback", "localhost4", "localhost4.localdomain4"}
+MAX_HEAD_READ = 64 * 1024
+"""The quarantine file head read for a verdict's detail at most."""
+
+
+def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for the catalog, translate later"
+    return message
+
+
+STATUS_WORDS = {"quarantined": N_("quarantined"), "rejected": N_("rejected"), "dropped": N_("dropped")}
+"""``$STATUS`` in the report's language."""
+MORE_TEXT = N_("... and %(count)s more message(s) not listed here.")
+
+
+def _loopback(name: str) -> bool:
+    return not name or name.lower().rstrip(".") in _LOOPBACK_NAMES
+
+
+def fully_qualified(hostname: str = "") -> str:
+    """This host's fully qualified name for the report's ``From`` and Message-ID.
+
+    ``hostname`` (the config's, :func:`socket.getfqdn` by default) unless it is a
+    loopback name: ``getfqdn()`` answers ``localhost`` when ``/etc/hosts`` lists the
+    host's name on a ``127.0.0.1 localhost`` line; then the canonical name of
+    :func:`socket.gethostname`, else that name itself.
+    """
+    name = hostname or socket.getfqdn()
+    if not _loopback(name):
+        return name
+    own = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(own, None, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+        canonical = next((info[3] for info in found if info[3]), "")
+    except (OSError, UnicodeError):
+        canonical = ""
+    for candidate in (canonical, own):
+        if candidate and "." in candidate and not _loopback(candidate):
+            return candidate
+    return own if not _loopback(own) else name
 
 
 def _when(seconds: float) -> str:
@@ -105,8 +172,17 @@ def _regex(value: str | None, what: str) -> re.Pattern[str] | None:
         raise ConfigError(f"reporter: {what}: not a regular expression: {value!r} ({error})") from None
 
 
-def _template(value: str | None, name: str) -> string.Template:
-    text = value if value is not None else (TEMPLATE_DIR / f"{name}.txt").read_text(encoding="utf-8")
+_RENDERER: list[Renderer] = []
+
+
+def _default_text(name: str, language: str) -> str:
+    """The shipped template ``name`` in ``language``: ``templates/digest/<name>.txt`` rendered with the catalog."""
+    if not _RENDERER:
+        _RENDERER.append(Renderer())
+    return _RENDERER[0].environment(language).get_template(f"digest/{name}.txt").render()
+
+
+def _template(text: str, name: str) -> string.Template:
     if not isinstance(text, str):
         raise ConfigError(f"reporter: {name} must be a text template, got {text!r}")
     template = string.Template(text)
@@ -135,10 +211,25 @@ class reporter:
         link_lifetime: str | float = DEFAULT_LIFETIME,
         from_address: str | None = None,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        language: str = "en",
+        languages: Mapping[str, str] | None = None,
     ) -> None:
-        self.begin, self.body, self.end = _template(begin, "begin"), _template(body, "body"), _template(end, "end")
-        if not _HEADER_LINE.match(self.begin.template):
-            raise ConfigError("reporter: begin must start with header lines like 'Subject: ...', then a blank line")
+        if not isinstance(languages, Mapping | None) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in (languages or {}).items()
+        ):
+            raise ConfigError(
+                f"reporter: languages must map domains to languages like {{'sk': 'sk'}}, got {languages!r}"
+            )
+        self.languages = {k.lower().strip("."): v for k, v in (languages or {}).items()}
+        for lang in (language, *self.languages.values()):
+            if lang not in LANGUAGES:
+                raise ConfigError(f"reporter: language {lang!r} is not one of {', '.join(LANGUAGES)}")
+        self.language = language
+        self._own = {"begin": begin, "body": body, "end": end}
+        self._by_language: dict[str, tuple[string.Template, string.Template, string.Template]] = {}
+        self.begin, self.body, self.end = self.templates(language)
+        for lang in set(self.languages.values()):  # a broken catalog text fails at load, not in the night
+            self.templates(lang)
         self.include, self.exclude = _regex(include, "include"), _regex(exclude, "exclude")
         for fx, what in ((include_fx, "include_fx"), (exclude_fx, "exclude_fx")):
             if fx is not None and not callable(fx):
@@ -170,7 +261,22 @@ class reporter:
         self.max_entries = validators.positive_int(max_entries, "reporter: max_entries")
 
     def describe(self) -> str:
-        return f"reporter(webq={self.webq!r})"
+        return f"reporter(webq={self.webq!r}; language={self.language})"
+
+    def templates(self, language: str) -> tuple[string.Template, string.Template, string.Template]:
+        """``begin``, ``body``, ``end`` for a report in ``language``: yours as given, else the shipped ones."""
+        found = self._by_language.get(language)
+        if found is None:
+            texts = {name: own if own is not None else _default_text(name, language) for name, own in self._own.items()}
+            begin, body, end = (_template(texts[name], name) for name in ("begin", "body", "end"))
+            if not _HEADER_LINE.match(begin.template):
+                raise ConfigError("reporter: begin must start with header lines like 'Subject: ...', then a blank line")
+            found = self._by_language[language] = (begin, body, end)
+        return found
+
+    def language_of(self, address: str) -> str:
+        """The language of a report to ``address`` (``languages`` by its domain, else ``language``)."""
+        return language_for(address, self.language, self.languages)
 
     def target(self, recipient: str) -> str:
         """Who gets ``recipient``'s entries: the recipient, its group's target, or ``''`` (nobody)."""
@@ -206,6 +312,12 @@ class DigestEntry:
     client: str
     entry_id: str = ""
     category: str = ""
+    detail: str = ""
+    """The scanner's detail (spam score and threshold) when known: from the log for rejected mail."""
+    path: str = ""
+    """A quarantined entry's file (relative to the quarantine), whose head holds the detail."""
+    size: int = 0
+    """A quarantined message's own size (the file is its head and the message)."""
 
 
 @dataclass(frozen=True)
@@ -241,17 +353,34 @@ def collect(connection: Connection, since: float, now: float) -> list[DigestEntr
                     _client_ip(entry.client),
                     entry.id,
                     entry.category,
+                    path=entry.path,
+                    size=entry.size,
                 )
             )
     m = maillog_table.c
     rows = connection.execute(
-        select(m.time, m.action, m.sender, m.recipient, m.subject, m.name, m.scanner, m.level, m.client_address)
+        select(
+            m.time,
+            m.action,
+            m.sender,
+            m.recipient,
+            m.subject,
+            m.name,
+            m.scanner,
+            m.level,
+            m.client_address,
+            m.spam_score,
+            m.spam_required,
+        )
         .where(m.time >= since, m.action.in_(("reject", "drop")), m.recipient != "")
         .order_by(m.time)
         .limit(MAX_COLLECTED)
     )
     for row in rows:
         status = "rejected" if row.action == "reject" else "dropped"
+        detail = ""
+        if row.spam_score is not None and row.spam_required is not None:
+            detail = f"score={row.spam_score} required={row.spam_required}"
         entries.append(
             DigestEntry(
                 status,
@@ -263,6 +392,7 @@ def collect(connection: Connection, since: float, now: float) -> list[DigestEntr
                 row.scanner,
                 row.level,
                 row.client_address,
+                detail=detail,
             )
         )
     return entries
@@ -336,10 +466,18 @@ class LinkMaker:
         return link_url(self.base_url, WHITELIST, token)
 
 
-def report_values(report: Report, *, since: float, links: LinkMaker, hostname: str) -> dict[str, str]:
+def report_values(
+    report: Report,
+    *,
+    since: float,
+    links: LinkMaker,
+    hostname: str,
+    translation: gettext_module.NullTranslations | None = None,
+) -> dict[str, str]:
     """The variables of ``begin`` and ``end``."""
+    _ = (translation or gettext_module.NullTranslations()).gettext
     quarantined = sum(1 for e in report.entries if e.status == "quarantined")
-    more = f"... and {report.omitted} more message(s) not listed here." if report.omitted else ""
+    more = _(MORE_TEXT) % {"count": report.omitted} if report.omitted else ""
     return {
         "TO": _clean(report.to),
         "COUNT": str(len(report.entries) + report.omitted),
@@ -353,11 +491,40 @@ def report_values(report: Report, *, since: float, links: LinkMaker, hostname: s
     }
 
 
-def entry_values(entry: DigestEntry, links: LinkMaker) -> dict[str, str]:
+def read_detail(quarantine_dir: str, entry: DigestEntry) -> str:
+    """A quarantined entry's ``X-Mailsift-Detail`` (the scanner's detail) from its file's head, or ``""``."""
+    if not quarantine_dir or not entry.path:
+        return ""
+    path = os.path.join(quarantine_dir, entry.path)
+    try:
+        with open(path, "rb") as handle:
+            head_length = os.fstat(handle.fileno()).st_size - entry.size
+            if not 0 < head_length <= MAX_HEAD_READ:
+                return ""
+            head = handle.read(head_length).decode("utf-8", "replace")
+    except OSError:  # moved or expired meanwhile: the verdict without its score
+        return ""
+    for line in head.split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep and name.lower() == "x-mailsift-detail":
+            return value
+    return ""
+
+
+def entry_values(
+    entry: DigestEntry,
+    links: LinkMaker,
+    translation: gettext_module.NullTranslations | None = None,
+    quarantine_dir: str = "",
+) -> dict[str, str]:
     """The variables of ``body`` for one entry."""
+    _ = (translation or gettext_module.NullTranslations()).gettext
+    detail = entry.detail or read_detail(quarantine_dir, entry)
+    verdict = human_verdict(entry.category, entry.name, entry.scanner, entry.level, detail, _)
     return {
         "DATETIME": _when(entry.time),
-        "STATUS": entry.status,
+        "STATUS": _(STATUS_WORDS[entry.status]) if entry.status in STATUS_WORDS else entry.status,
+        "VERDICT": _clean(verdict, 200),
         "VIRNAME": _clean(entry.name or "-", 100),
         "SCANNER_NAME": _clean(entry.scanner or "-", 100),
         "LEVEL": f"{entry.level:.2f}",
@@ -372,14 +539,27 @@ def entry_values(entry: DigestEntry, links: LinkMaker) -> dict[str, str]:
     }
 
 
-def render(report: Report, config: reporter, *, since: float, links: LinkMaker, hostname: str) -> bytes:
-    """The report as a message (CRLF line ends, 7-bit transfer encodings)."""
-    common = report_values(report, since=since, links=links, hostname=hostname)
-    head, _, first = expand(config.begin, common).replace("\r\n", "\n").partition("\n\n")
+def render(
+    report: Report,
+    config: reporter,
+    *,
+    since: float,
+    links: LinkMaker,
+    hostname: str,
+    quarantine_dir: str = "",
+) -> bytes:
+    """The report as a message (CRLF line ends, 7-bit transfer encodings), in the language of its address.
+
+    ``quarantine_dir``: where the verdicts' details (spam scores) of quarantined entries are read."""
+    language = config.language_of(report.to)
+    translation = translations(language)
+    begin, body, end = config.templates(language)
+    common = report_values(report, since=since, links=links, hostname=hostname, translation=translation)
+    head, _, first = expand(begin, common).replace("\r\n", "\n").partition("\n\n")
     parts = [first]
     for entry in report.entries:
-        parts.append(expand(config.body, {**common, **entry_values(entry, links)}))
-    parts.append(expand(config.end, common))
+        parts.append(expand(body, {**common, **entry_values(entry, links, translation, quarantine_dir)}))
+    parts.append(expand(end, common))
     message = EmailMessage(policy=email.policy.SMTP)
     for name, value in HeaderParser(policy=email.policy.default).parsestr(head + "\n\n").items():
         if name.lower() not in _OWN_HEADERS and name.lower() not in {n.lower() for n in message}:
@@ -395,6 +575,7 @@ def render(report: Report, config: reporter, *, since: float, links: LinkMaker, 
     # 7bit keeps long link lines whole for any reader; quoted-printable when the text needs it.
     plain = text.isascii() and max(len(line) for line in text.splitlines()) < 990
     message.set_content(text, cte="7bit" if plain else "quoted-printable")
+    message["Content-Language"] = language
     return message.as_bytes()
 
 
@@ -437,6 +618,8 @@ __all__ = [
     "collect",
     "entry_values",
     "expand",
+    "fully_qualified",
+    "read_detail",
     "render",
     "reporter",
     "send",

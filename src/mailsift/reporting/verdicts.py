@@ -13,6 +13,7 @@ verdict with :func:`spam_rules`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _NUMBER = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
@@ -24,6 +25,14 @@ _RULE = re.compile(r"^[A-Za-z0-9_.-]+$")
 SPAM_ENGINES = ("spamassassin", "rspamd")
 """Scanner names whose detections are spam verdicts (``spamassassind``, ``rspamd``)."""
 _LABELS = {"virus": "Virus", "spam": "Spam", "unscannable": "Unscannable", "banned": "Banned"}
+
+
+def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for the catalog, translate later"
+    return message
+
+
+_CATALOG_WORDS = (N_("Virus"), N_("Spam"), N_("Unscannable"), N_("Banned"), N_("Clean"), N_("Detected"))
+"""The labels, for ``pybabel extract`` (``locale/babel.cfg``): the digest and the web translate them."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +70,32 @@ def _is_spam(category: str, name: str, scanner: str) -> bool:
     return category == "spam" or name.lower() == "spam" or any(engine in lowered for engine in SPAM_ENGINES)
 
 
-def human_verdict(category: str, name: str, scanner: str = "", level: float = 0.0, detail: str = "") -> str:
+def human_verdict(
+    category: str,
+    name: str,
+    scanner: str = "",
+    level: float = 0.0,
+    detail: str = "",
+    gettext: Callable[[str], str] | None = None,
+) -> str:
     """One line for a person: ``Virus: Eicar-Test-Signature``, ``Spam, score 12.3 of 5.0``, ``Spam``,
     ``Banned: invoice.exe``, ``Clean``.  The scanner expression and the level are not shown: they
-    are for the log (the message view shows them apart)."""
+    are for the log (the message view shows them apart).  ``gettext`` translates the words
+    (the catalogs of ``reporting/locale``); the virus or file name stays as the scanner gave it."""
+    _ = gettext or str
     name = " ".join((name or "").split())[:200]
     category = (category or "").strip()
     if _is_spam(category, name, scanner):
         score = spam_score(detail)
-        return f"Spam, score {score.score:.1f} of {score.required:.1f}" if score else "Spam"
-    label = _LABELS.get(category, category.replace("_", " ").capitalize())
+        if score is None:
+            return _("Spam")
+        return _("Spam, score %(score)s of %(required)s") % {
+            "score": f"{score.score:.1f}",
+            "required": f"{score.required:.1f}",
+        }
+    label = _(_LABELS[category]) if category in _LABELS else category.replace("_", " ").capitalize()
     if not label:
-        return name or ("Clean" if level < 1.0 else "Detected")
+        return name or (_("Clean") if level < 1.0 else _("Detected"))
     if name and name.lower() != category.lower():
         return f"{label}: {name}"
     return label

@@ -387,7 +387,7 @@ async def preferences_page(request: Request) -> Response:
         check_csrf(request, form)
         language = str(form.get("language") or "")
         rows = _int(str(form.get("rows") or ""), 0, 0, 10**6)
-        if language not in users.LANGUAGES or rows not in users.ROWS_CHOICES:
+        if (language and language not in users.LANGUAGES) or rows not in users.ROWS_CHOICES:
             raise HTTPException(400, "Choose a language and a number of rows from the lists.")
         await (
             _settings(request)

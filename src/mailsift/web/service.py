@@ -31,6 +31,8 @@ forms, default 8192), ``max_form_fields`` (default 200), ``max_header``
 release, default ``['virus', 'unscannable']``; also the digest's links),
 ``min_password_length`` (the shortest password ``mailsift user add|passwd``
 take, default 10; ``userconv`` applies to those commands as to the login page).
+``language``: the pages' language when neither the user's preference nor the
+browser's ``Accept-Language`` names one of the catalogs' (default ``"en"``).
 ``host`` may name a unix socket (``'unix:/run/mailsift/webq.sock'``,
 for a reverse proxy on the same machine), made with ``socket_mode`` (default
 0o660).  ``log`` is accepted for SAGATOR configs and ignored (webq logs
@@ -101,6 +103,7 @@ class webq(Service):
         socket_mode: int = DEFAULT_SOCKET_MODE,
         admin_release: Sequence[str] = ADMIN_RELEASE,
         min_password_length: int = 10,
+        language: str = "en",
     ) -> None:
         self.host, self.port = parse_listen(host, port, self.kind)  # TCP, or 'unix:/path' behind a proxy
         self.socket_mode = check_mode(socket_mode, self.kind)
@@ -135,6 +138,10 @@ class webq(Service):
         }
         login_delay = validators.positive(login_delay, "webq: login_delay")
         login_window = validators.positive(login_window, "webq: login_window")
+        from mailsift.reporting.notifications import LANGUAGES  # the catalogs the pages are translated with
+
+        if language not in LANGUAGES:
+            raise ConfigError(f"webq: language {language!r} is not one of {', '.join(LANGUAGES)}")
         self.secret_file = secret_file
         self.url = url
         from mailsift.web.users import compile_userconv  # the web's users code: only when webq is configured
@@ -157,6 +164,7 @@ class webq(Service):
             form_fields=limits["max_form_fields"],
             header_limit=limits["max_header"],
             min_password_length=limits["min_password_length"],
+            language=language,
         )
 
     @staticmethod

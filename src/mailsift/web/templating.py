@@ -2,12 +2,22 @@
 
 Templates of other web modules live in the same folder (``<prefix>_*.html``)
 and extend ``base.html``.
+
+The pages speak the user's language with the gettext catalogs of the
+notifications (``reporting/locale``, :data:`~mailsift.reporting.notifications.LANGUAGES`):
+a template writes ``{{ _("Log in") }}`` or ``{% trans %}...{% endtrans %}``,
+and each request renders with the translations of :func:`page_language`:
+the user's preference (Preferences; empty means "the browser's"), else the
+browser's ``Accept-Language`` among the catalog languages, else webq's
+``language`` (``"en"``).
 """
 
 from __future__ import annotations
 
+import gettext
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
@@ -15,10 +25,92 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
+from mailsift.reporting.notifications import LANGUAGES, translations
 from mailsift.reporting.verdicts import human_verdict
 from mailsift.web.session import csrf_field, current_user
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
+LANGUAGE_NAMES = {"en": "English", "sk": "Slovenčina", "cs": "Čeština", "de": "Deutsch", "es": "Español"}
+"""Each catalog language in its own words (the Preferences page)."""
+MAX_ACCEPT_LANGUAGE = 50
+"""Entries of an ``Accept-Language`` header looked at, at most."""
+
+
+def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for the catalog, translate later"
+    return message
+
+
+PAGE_MESSAGES = (
+    N_("Please log in."),
+    N_("Wrong login or password."),
+    N_("Try again later."),
+    N_("Too many failed logins. Try again later."),
+    N_("Preferences saved."),
+    N_("Password changed; your other sessions ended."),
+    N_("This message was released already."),
+    N_("The message could not be released now; try again later."),
+    N_("The message could not be deleted now; try again later."),
+    N_("The recheck failed; the scanner is not available now."),
+    # the fates of the message tracking and the states of a quarantine copy
+    N_("delivered"),
+    N_("rejected"),
+    N_("quarantined"),
+    N_("released"),
+    N_("dropped"),
+    N_("tempfailed"),
+    N_("refused"),
+    N_("held"),
+)
+"""Messages the pages' code passes to the templates (``{{ _(error) }}`` translates them); for ``pybabel extract``."""
+
+
+def accept_language(header: str) -> list[str]:
+    """The language ranges of an ``Accept-Language`` header, most wanted first (``q=0`` left out)."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(header.split(",")[:MAX_ACCEPT_LANGUAGE]):
+        tag, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        tag = tag.strip().lower()
+        if tag and quality > 0 and len(tag) <= 35:
+            ranked.append((-quality, position, tag))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+def page_language(preference: str, header: str, default: str = "en", languages: Sequence[str] = LANGUAGES) -> str:
+    """The language of a page: the user's ``preference`` if it is a catalog language, else the first
+    of ``Accept-Language`` whose primary tag is one (``de-AT`` reads German; ``*`` is the default),
+    else ``default``."""
+    if preference in languages:
+        return preference
+    for tag in accept_language(header):
+        primary = tag.partition("-")[0]
+        if primary == "*":
+            return default
+        if primary in languages:
+            return primary
+    return default
+
+
+def _translation(context: Any) -> gettext.NullTranslations:
+    found = context.get("translation")
+    return found if isinstance(found, gettext.NullTranslations) else gettext.NullTranslations()
+
+
+@jinja2.pass_context
+def _gettext(context: Any, message: str) -> str:
+    return _translation(context).gettext(message)
+
+
+@jinja2.pass_context
+def _ngettext(context: Any, singular: str, plural: str, n: int) -> str:
+    return _translation(context).ngettext(singular, plural, n)
 
 
 def _when(seconds: float | None) -> str:
@@ -35,9 +127,18 @@ def _size(size: int) -> str:
     return str(size)
 
 
-def _verdict(entry: Any, detail: str = "") -> str:
-    """A quarantine entry's verdict as a person reads it (:func:`~mailsift.reporting.verdicts.human_verdict`)."""
-    return human_verdict(entry.category, entry.name, entry.scanner, entry.level, detail)
+@jinja2.pass_context
+def _translate(context: Any, message: object) -> str:
+    """A message the code passed in (an error, a notice) in the page's language when the catalog has it;
+    no ``%`` formatting, so any text is safe here."""
+    return _translation(context).gettext(str(message)) if message else ""
+
+
+@jinja2.pass_context
+def _verdict(context: Any, entry: Any, detail: str = "") -> str:
+    """A quarantine entry's verdict as a person reads it (:func:`~mailsift.reporting.verdicts.human_verdict`),
+    in the page's language."""
+    return human_verdict(entry.category, entry.name, entry.scanner, entry.level, detail, _translation(context).gettext)
 
 
 def _environment() -> jinja2.Environment:
@@ -47,18 +148,37 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    # per request: the functions read the page's translation from the context (render() puts it there)
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["when"] = _when
     env.filters["size"] = _size
     env.filters["verdict"] = _verdict
+    env.filters["translate"] = _translate
     return env
 
 
 templates = Jinja2Templates(env=_environment())
 
 
+def request_language(request: Request) -> str:
+    """The language of the pages for this request (:func:`page_language`)."""
+    user = current_user(request)
+    config = getattr(request.app.state, "web_config", None)
+    default = getattr(config, "language", "en")
+    return page_language(user.language if user else "", request.headers.get("accept-language", ""), default)
+
+
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
-    """Render ``name`` with the request, the current user and the CSRF field in the context."""
-    values: dict[str, Any] = {"user": current_user(request), "csrf_field": csrf_field(request)}
+    """Render ``name`` with the request, the current user, the CSRF field and the page's language."""
+    language = request_language(request)
+    values: dict[str, Any] = {
+        "user": current_user(request),
+        "csrf_field": csrf_field(request),
+        "language": language,
+        "translation": translations(language),
+        "language_names": LANGUAGE_NAMES,
+    }
     values.update(context or {})
     return templates.TemplateResponse(request, name, values, status_code=status_code)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
 LANGUAGES = ("en", "cs", "de", "es", "sk")
-"""Languages a user may choose (those of mailsift's catalogs)."""
+"""Languages a user may choose (those of mailsift's catalogs); ``""``: no preference (the browser's language)."""
 ROWS_CHOICES = (10, 25, 50, 100, 200)
 DEFAULT_ROWS = 50
 MAX_LOGIN = 256
@@ -244,7 +244,7 @@ def add_user(
             login=login,
             password_hash=password_hash,
             is_admin=int(is_admin),
-            language="en",
+            language="",  # no preference: the browser's language (web/templating.page_language)
             rows=DEFAULT_ROWS,
             session_version=1,
             created=now,
@@ -305,7 +305,7 @@ def list_users(connection: Connection) -> list[User]:
 
 
 def set_preferences(connection: Connection, user_id: int, language: str, rows: int) -> None:
-    if language not in LANGUAGES or rows not in ROWS_CHOICES:
+    if (language and language not in LANGUAGES) or rows not in ROWS_CHOICES:
         raise ConfigError(f"bad preferences: language {language!r}, rows {rows!r}")
     connection.execute(
         update(web_user_table).where(web_user_table.c.id == user_id).values(language=language, rows=rows)

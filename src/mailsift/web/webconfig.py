@@ -58,3 +58,5 @@ class WebConfig:
     """The shortest password a user may choose (``mailsift user add|passwd``, the web's own password change)."""
     admin_release: frozenset[str] = frozenset(ADMIN_RELEASE)
     """Quarantine categories only an admin may release (the pages and the digest links)."""
+    language: str = "en"
+    """The pages' language when neither the user's preference nor the browser's names a catalog language."""

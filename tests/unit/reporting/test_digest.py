@@ -15,8 +15,18 @@ from click.testing import CliRunner
 
 from mailsift.cli.report import report_command
 from mailsift.errors import ConfigError
-from mailsift.reporting import links
-from mailsift.reporting.digest import DigestEntry, LinkMaker, Report, build_reports, collect, expand, render, reporter
+from mailsift.reporting import digest, links
+from mailsift.reporting.digest import (
+    DigestEntry,
+    LinkMaker,
+    Report,
+    build_reports,
+    collect,
+    expand,
+    fully_qualified,
+    render,
+    reporter,
+)
 from mailsift.reporting.logline import insert_rows
 from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
@@ -123,7 +133,10 @@ def test_a_report_lists_at_most_max_entries() -> None:
 def test_the_default_report_lists_entries_with_links() -> None:
     report = Report(
         "bob@example.test",
-        (entry("bob@example.test"), entry("bob@example.test", status="rejected", subject="Invoice", name="Policy.Exe")),
+        (
+            entry("bob@example.test"),
+            entry("bob@example.test", status="rejected", subject="Invoice", name="Policy.Exe", scanner="attach_name"),
+        ),
     )
     data = render(report, reporter(), since=NOW - 86400, links=maker(), hostname="gw.example")
     message = parse(data)
@@ -134,7 +147,8 @@ def test_the_default_report_lists_entries_with_links() -> None:
     assert message["X-Mailsift-Notification"] == "digest"
     assert all(len(line) <= 998 for line in data.split(b"\r\n"))
     text = text_of(data)
-    assert "quarantined: SPAM [spamassassind=7.50]" in text
+    assert "quarantined: Spam\n" in text  # a human verdict, not "SPAM [spamassassind=7.50]" (issue 13)
+    assert "spamassassind" not in text
     assert "rejected: Policy.Exe" in text
     release = re.findall(r"Release: +(\S+)", text)
     whitelist = re.findall(r"Whitelist: +(\S+)", text)
@@ -198,6 +212,106 @@ def test_values_from_the_mail_cannot_inject_headers_or_lines() -> None:
     assert data.isascii()
 
 
+def test_verdicts_read_as_a_person_reads_them(tmp_path: Path) -> None:
+    head = "X-Mailsift-Size: 10\r\nX-Mailsift-Detail: score=12.3 required=5.0 tests=BAYES_99,URIBL_BLACK\r\n\r\n"
+    (tmp_path / "spam").mkdir()
+    (tmp_path / "spam" / "f1").write_bytes(head.encode() + b"0123456789")
+    entries = (
+        entry("bob@example.test", scanner="spamassassind(SPAMD)*const(1.0)", level=99.9, path="spam/f1", size=10),
+        entry("bob@example.test", name="Eicar-Test-Signature", scanner="clamd", category="virus", level=1.0),
+        entry("bob@example.test", status="rejected", detail="score=8.0 required=5.0", scanner="spamassassind"),
+        entry("bob@example.test", path="spam/gone", size=10),  # expired meanwhile: the verdict without a score
+    )
+    data = render(
+        Report("bob@example.test", entries),
+        reporter(),
+        since=NOW,
+        links=maker(),
+        hostname="gw",
+        quarantine_dir=str(tmp_path),
+    )
+    text = text_of(data)
+    assert "quarantined: Spam, score 12.3 of 5.0\n" in text
+    assert "quarantined: Virus: Eicar-Test-Signature\n" in text
+    assert "rejected: Spam, score 8.0 of 5.0\n" in text
+    assert "quarantined: Spam\n" in text
+    assert "const" not in text
+    assert "99.90" not in text
+    custom = reporter(body="$STATUS $VIRNAME [$SCANNER_NAME=$LEVEL] / $VERDICT\n")  # SAGATOR's variables stay
+    assert "quarantined Eicar-Test-Signature [clamd=1.00] / Virus: Eicar-Test-Signature" in text_of(
+        render(Report("bob@example.test", entries[1:2]), custom, since=NOW, links=maker(), hostname="gw")
+    )
+
+
+def test_the_from_address_is_postmaster_at_the_fully_qualified_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    report = Report("bob@example.test", (entry("bob@example.test"),))
+    assert parse(render(report, reporter(), since=NOW, links=maker(), hostname="gw.example"))["From"] == (
+        "postmaster@gw.example"
+    )
+    own = reporter(from_address="digest@example.test")
+    assert parse(render(report, own, since=NOW, links=maker(), hostname="gw.example"))["From"] == "digest@example.test"
+    # /etc/hosts: "127.0.0.1 localhost mx1": getfqdn() says localhost; the host's canonical name is used
+    monkeypatch.setattr(digest.socket, "gethostname", lambda: "mx1")
+    canonical = [(2, 1, 6, "mx1.example.test", ("127.0.0.1", 0))]
+    monkeypatch.setattr(digest.socket, "getaddrinfo", lambda *args: canonical)
+    assert fully_qualified("localhost") == "mx1.example.test"
+    assert fully_qualified("gw.example") == "gw.example"
+    canonical[:] = [(2, 1, 6, "localhost", ("127.0.0.1", 0))]
+    assert fully_qualified("localhost.localdomain") == "mx1"  # nothing better known: the host's own name
+    monkeypatch.setattr(digest.socket, "gethostname", lambda: "localhost")
+    assert fully_qualified("localhost") == "localhost"
+
+
+def test_a_report_speaks_the_language_of_its_address() -> None:
+    entries = (entry("bob@example.sk"), entry("bob@example.sk", status="rejected", name="Policy.Exe", scanner="x"))
+    config = reporter(languages={"sk": "sk", "example.de": "de"})
+    slovak = parse(render(Report("bob@example.sk", entries), config, since=NOW, links=maker(), hostname="gw"))
+    assert slovak["Content-Language"] == "sk"
+    assert "karant" in slovak["Subject"]
+    text = text_of(bytes(slovak))
+    assert "odmietnut" in text  # $STATUS
+    assert "Mail not delivered" not in slovak["Subject"]
+    assert "Release:" not in text
+    german = parse(render(Report("ann@example.de", entries), config, since=NOW, links=maker(), hostname="gw"))
+    assert german["Content-Language"] == "de"
+    assert "abgewiesen" in text_of(bytes(german))
+    english = parse(render(Report("ann@example.com", entries), config, since=NOW, links=maker(), hostname="gw"))
+    assert english["Subject"] == "Mail not delivered to you: 1 quarantined, 1 rejected"
+    assert reporter(language="cs").language_of("x@example.com") == "cs"
+
+
+def test_own_templates_stay_as_given_in_every_language() -> None:
+    config = reporter(
+        begin="Subject: Hlásenie $COUNT\n\nAhoj $TO\n", body="* $STATUS $VIRNAME\n", languages={"de": "de"}
+    )
+    report = Report("bob@example.de", (entry("bob@example.de"),))
+    message = parse(render(report, config, since=NOW, links=maker(), hostname="gw"))
+    assert message["Subject"] == "Hlásenie 1"
+    text = text_of(bytes(message))
+    assert text.startswith("Ahoj bob@example.de\n")
+    assert "* in Quarantäne SPAM" in text  # $STATUS in the report's language
+    assert "automatische Nachricht" in text  # the shipped end, in German
+
+
+@pytest.mark.parametrize("language", ["en", "sk", "cs", "de", "es"])
+def test_every_language_renders_a_whole_report(language: str) -> None:
+    entries = tuple(entry("bob@example.test", time=NOW - i, subject=f"n{i}") for i in range(3))
+    config = reporter(language=language, max_entries=2)
+    [report] = build_reports(entries, config)
+    data = render(report, config, since=NOW - 86400, links=maker(), hostname="gw")
+    assert data.isascii()
+    message = parse(data)
+    text = text_of(data)
+    assert message["Subject"]
+    assert "$" not in message["Subject"]
+    assert "$" not in text  # every variable of the translated templates expanded
+    assert len(re.findall(r"/link/release/", text)) == 2
+    assert "1" in text.split("n1")[-1]  # $MORE counts the one left out
+    if language != "en":
+        assert "more message(s)" not in text
+        assert "Please do not reply" not in text
+
+
 def test_expand_leaves_out_lines_whose_variables_are_all_empty() -> None:
     template = reporter(body="a $X\nb $X $Y\nplain\n\n$Y\n").body
     assert expand(template, {"X": "", "Y": "y"}) == "b  y\nplain\n\ny\n"
@@ -216,6 +330,9 @@ def test_expand_leaves_out_lines_whose_variables_are_all_empty() -> None:
         ({"link_lifetime": "365d"}, "between"),
         ({"max_entries": 0}, "max_entries"),
         ({"include_fx": "yes"}, "include_fx"),
+        ({"language": "xx"}, "language 'xx' is not one of"),
+        ({"languages": {"example.com": "fr"}}, "language 'fr'"),
+        ({"languages": ["sk"]}, "languages must map"),
     ],
 )
 def test_bad_reporter_arguments_are_config_errors(arguments: dict[str, object], complaint: str) -> None:

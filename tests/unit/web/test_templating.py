@@ -1,0 +1,135 @@
+"""The pages' language (mailsift.web.templating): the user's preference, else Accept-Language among the
+catalog languages, else webq(language=...); gettext installed per request, in-process ASGI on SQLite."""
+
+from __future__ import annotations
+
+import functools
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mailsift.errors import ConfigError
+from mailsift.settings import Settings
+from mailsift.storage import db
+from mailsift.web import users
+from mailsift.web.app import create_app
+from mailsift.web.service import webq
+from mailsift.web.templating import accept_language, page_language
+from mailsift.web.webconfig import WebConfig
+
+PASSWORD = "a long enough password"
+
+
+def test_accept_language_is_read_by_quality_then_order() -> None:
+    assert accept_language("de-AT,de;q=0.9,en;q=0.8") == ["de-at", "de", "en"]
+    assert accept_language("en;q=0.5, sk, cs;q=0.7") == ["sk", "cs", "en"]
+    assert accept_language("fr;q=0, es;q=bad, de") == ["de"]  # q=0: not wanted; a broken q: not either
+    assert accept_language("") == []
+    assert len(accept_language(",".join(["x"] * 10_000))) <= 50  # bounded
+
+
+@pytest.mark.parametrize(
+    ("preference", "header", "default", "expected"),
+    [
+        ("sk", "de", "en", "sk"),  # the user's preference wins
+        ("", "de-AT,en;q=0.5", "en", "de"),  # the browser's, by its primary tag
+        ("", "fr, es;q=0.4", "en", "es"),  # the first the catalogs have
+        ("", "fr, ja", "cs", "cs"),  # none of the catalogs': webq's default
+        ("", "", "de", "de"),
+        ("", "*", "es", "es"),
+        ("xx", "cs", "en", "cs"),  # an unknown stored preference counts as none
+    ],
+)
+def test_page_language(preference: str, header: str, default: str, expected: str) -> None:
+    assert page_language(preference, header, default) == expected
+
+
+def test_webq_language_is_a_catalog_language() -> None:
+    assert webq(language="de").config.language == "de"
+    assert webq().config.language == "en"
+    with pytest.raises(ConfigError, match="language 'fr' is not one of"):
+        webq(language="fr")
+
+
+@pytest.fixture
+def settings() -> Iterator[Settings]:
+    state = tempfile.mkdtemp(dir="/tmp", prefix="mailsift-webi18n-")
+    database = db.sqlite()
+    database.configure(state)
+    add = functools.partial(
+        users.add_user,
+        login="alice",
+        password_hash=users.hash_password(PASSWORD),
+        is_admin=False,
+        addresses=["alice@example.org"],
+        now=time.time(),
+    )
+    database.call(add)
+    yield Settings(state_dir=state, database=database)
+    database.dispose()
+
+
+def _client(settings: Settings, language: str = "en") -> httpx.AsyncClient:
+    app = create_app(settings, secret="k" * 40, config=WebConfig(language=language))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")
+
+
+def _token(text: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', text)
+    assert found
+    return found.group(1)
+
+
+async def test_the_login_page_speaks_the_browsers_language(settings: Settings) -> None:
+    async with _client(settings) as client:
+        german = (await client.get("/login", headers={"Accept-Language": "de-DE,de;q=0.9"})).text
+        assert '<html lang="de">' in german
+        assert "Anmelden" in german
+        assert "Benutzername" in german
+        assert "Log in" not in german
+        english = (await client.get("/login", headers={"Accept-Language": "fr"})).text
+        assert '<html lang="en">' in english
+        assert "Log in" in english
+    async with _client(settings, language="sk") as client:
+        slovak = (await client.get("/login", headers={"Accept-Language": "fr"})).text
+        assert "Prihlásiť sa" in slovak  # webq(language="sk"): nothing better known
+
+
+async def test_messages_from_the_code_are_translated_and_escaped(settings: Settings) -> None:
+    async with _client(settings) as client:
+        page = (await client.get("/login", headers={"Accept-Language": "cs"})).text
+        answer = await client.post(
+            "/login",
+            data={"login": "alice", "password": "wrong password!", "csrf_token": _token(page)},
+            headers={"Accept-Language": "cs"},
+        )
+        assert answer.status_code == 401
+        assert "Nesprávné jméno nebo heslo." in answer.text
+
+
+async def test_the_users_preference_overrides_the_browser(settings: Settings) -> None:
+    async with _client(settings) as client:
+        token = _token((await client.get("/login")).text)
+        await client.post("/login", data={"login": "alice", "password": PASSWORD, "csrf_token": token})
+        prefs = await client.get("/prefs", headers={"Accept-Language": "de"})
+        assert "Einstellungen" in prefs.text  # no preference yet: the browser's language
+        assert "Sprache des Browsers" in prefs.text
+        saved = await client.post(
+            "/prefs",
+            data={"language": "es", "rows": "50", "csrf_token": _token(prefs.text)},
+            headers={"Accept-Language": "de"},
+        )
+        assert saved.status_code == 303
+        page = (await client.get("/prefs", headers={"Accept-Language": "de"})).text
+        assert '<html lang="es">' in page
+        assert "Preferencias guardadas." in page  # the flash, translated
+        assert "Einstellungen" not in page
+        back = await client.post(
+            "/prefs", data={"language": "", "rows": "50", "csrf_token": _token(page)}, headers={"Accept-Language": "de"}
+        )
+        assert back.status_code == 303
+        assert '<html lang="de">' in (await client.get("/prefs", headers={"Accept-Language": "de"})).text
