@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,7 +32,7 @@ from mailsift.web.service import webq
 from mailsift.web.webconfig import WebConfig
 from tests.helpers.links import Gateway
 from tests.helpers.messages import message_bytes
-from tests.helpers.webq import add_users, csrf_token, logged_in
+from tests.helpers.webq import csrf_token, logged_in, users_gateway
 
 Site = tuple[Gateway, RecordingServer, bytes]
 
@@ -43,13 +40,8 @@ Site = tuple[Gateway, RecordingServer, bytes]
 @pytest.fixture
 def site() -> Iterator[Site]:
     """A gateway config (SQLite, STATE_DIR, next hop = a recording SMTP server) with alice, bob and admin."""
-    path = Path(tempfile.mkdtemp(prefix="mailsift-release-", dir="/tmp"))
-    with RecordingServer() as next_hop:
-        gateway = Gateway(path, next_hop.port)
-        add_users(gateway.settings)
+    with users_gateway("mailsift-release-") as (gateway, next_hop):
         yield gateway, next_hop, links.secret(gateway.settings.state_dir)
-        gateway.settings.database.dispose()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _quarantine(gateway: Gateway, category: str, subject: str) -> str:
