@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -631,40 +631,41 @@ def hold_socket(port: int) -> socket.socket:
     return sock
 
 
+def _reply_code(reader: BinaryIO) -> int | None:
+    """The code of the next whole SMTP reply read from ``reader`` (None: the connection closed)."""
+    while True:
+        line = reader.readline()
+        if not line:
+            return None
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
 def send_many_recipients(port: int, data: bytes, count: int, timeout: float = 300) -> tuple[Counter[int], int | None]:
     """One transaction with ``count`` RCPT commands, pipelined; returns (RCPT reply codes, DATA's final code)."""
     rcpts = b"".join(b"RCPT TO:<r%d@example.test>\r\n" % n for n in range(count))
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         reader = sock.makefile("rb")
-
-        def reply() -> int | None:
-            while True:
-                line = reader.readline()
-                if not line:
-                    return None
-                if line[3:4] != b"-":
-                    return int(line[:3])
-
-        reply()  # greeting
+        _reply_code(reader)  # greeting
         sock.sendall(b"EHLO faults.test\r\n")
-        reply()
+        _reply_code(reader)
         sock.sendall(b"MAIL FROM:<a@example.test>\r\n")
-        if reply() != 250:
+        if _reply_code(reader) != 250:
             return Counter(), None
         writer = threading.Thread(target=sock.sendall, args=(rcpts,), daemon=True)
         writer.start()
         codes: Counter[int] = Counter()
         for _ in range(count):
-            code = reply()
+            code = _reply_code(reader)
             codes[code or 0] += 1
             if code is None:
                 return codes, None
         writer.join(timeout)
         sock.sendall(b"DATA\r\n")
-        if reply() != 354:
+        if _reply_code(reader) != 354:
             return codes, None
         sock.sendall(data.replace(b"\r\n.", b"\r\n..") + b".\r\n")
-        final = reply()
+        final = _reply_code(reader)
         with contextlib.suppress(OSError):
             sock.sendall(b"QUIT\r\n")
         return codes, final
@@ -709,25 +710,16 @@ def raw_transaction(port: int, content: bytes, timeout: float = 30) -> list[int 
     (a smuggled second transaction shows as extra replies)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         reader = sock.makefile("rb")
-
-        def reply() -> int | None:
-            while True:
-                line = reader.readline()
-                if not line:
-                    return None
-                if line[3:4] != b"-":
-                    return int(line[:3])
-
-        reply()
+        _reply_code(reader)
         for command in (b"EHLO faults.test", b"MAIL FROM:<a@example.test>", b"RCPT TO:<b@example.test>", b"DATA"):
             sock.sendall(command + b"\r\n")
-            code = reply()
+            code = _reply_code(reader)
         if code != 354:
             return [code]
         sock.sendall(content + b"\r\n.\r\nQUIT\r\n")
         codes: list[int | None] = []
         with contextlib.suppress(OSError):
-            while (code := reply()) is not None:
+            while (code := _reply_code(reader)) is not None:
                 codes.append(code)
                 if code == 221:
                     break

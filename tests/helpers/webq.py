@@ -7,11 +7,13 @@ The browser tier's session fixture ``webq_server`` (tests/browser/conftest.py) r
 Users: ``alice`` (alice@example.org), ``bob`` (bob@example.org), ``admin``
 (admin, no address), passwords in ``PASSWORDS``.
 
-:func:`add_users` and :func:`logged_in` serve the in-process tests (tests/security): the
-web application over ASGI, a user logged in through ``/login``, and :func:`csrf_token`.
+:func:`add_users` (:func:`user_settings`: a fresh database holding them) and :func:`logged_in`
+serve the in-process tests (tests/security): the web application over ASGI, a user logged in
+through ``/login``, and :func:`csrf_token`.
 
 For the attack suite (tests/security/test_web_*.py): :class:`WebGateway`, a real
-``mailsift serve`` whose worker runs smtpd *and* webq (one event loop, as in production),
+``mailsift serve`` whose worker runs smtpd *and* webq (one event loop, as in production;
+:func:`web_gateway` starts one with its next hop),
 :func:`web_client` (an in-process ASGI client of :func:`mailsift.web.app.create_app`),
 :func:`csrf_token`, :func:`log_in` and :func:`add_users`.
 """
@@ -19,11 +21,14 @@ For the attack suite (tests/security/test_web_*.py): :class:`WebGateway`, a real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ from mailsift import config as config_module
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Result
 from mailsift.settings import Settings
+from mailsift.storage import db
 from mailsift.storage.quarantine.index import QuarantineEntry, get_entry
 from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import RecordingServer, free_port
@@ -41,6 +47,7 @@ from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.webconfig import WebConfig
 from tests.helpers.faults import Serve
+from tests.helpers.links import Gateway
 
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-2", "admin": "admin-Secret-3"}
 ADDRESSES = {"alice": ["alice@example.org"], "bob": ["bob@example.org"], "admin": []}
@@ -93,6 +100,38 @@ def add_users(settings: Settings) -> None:
             now=time.time(),
         )
         settings.database.call(add)
+
+
+@contextlib.contextmanager
+def user_settings(state_dir: Path) -> Iterator[Settings]:
+    """Settings over a fresh SQLite database in ``state_dir`` holding :func:`add_users`' users;
+    the database is disposed of afterwards."""
+    database = db.sqlite()
+    database.configure(str(state_dir))
+    settings = Settings(state_dir=str(state_dir), database=database)
+    add_users(settings)
+    try:
+        yield settings
+    finally:
+        database.dispose()
+
+
+@contextlib.contextmanager
+def users_gateway(prefix: str) -> Iterator[tuple[Gateway, RecordingServer]]:
+    """A :class:`~tests.helpers.links.Gateway` config (SQLite, STATE_DIR in a new folder of /tmp
+    named ``prefix``...) holding :func:`add_users`' users, and its next hop, a recording SMTP
+    server; the folder is removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        with RecordingServer() as next_hop:
+            gateway = Gateway(path, next_hop.port)
+            add_users(gateway.settings)
+            try:
+                yield gateway, next_hop
+            finally:
+                gateway.settings.database.dispose()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _token(page: str) -> str:
@@ -188,3 +227,16 @@ class WebGateway(Serve):
         """The one worker's pid."""
         (pid,) = self.children()
         return pid
+
+
+@contextlib.contextmanager
+def web_gateway(directory: Path, webq_options: str = "") -> Iterator[WebGateway]:
+    """A started :class:`WebGateway` in ``directory`` whose next hop is a :class:`RecordingServer`;
+    both are stopped afterwards."""
+    recorder = RecordingServer().start()
+    served = WebGateway(directory, recorder.port, webq_options)
+    try:
+        yield served.start()
+    finally:
+        served.stop()
+        recorder.stop()

@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,7 +32,7 @@ from mailsift.web.service import webq
 from mailsift.web.webconfig import WebConfig
 from tests.helpers.links import Gateway
 from tests.helpers.messages import message_bytes
-from tests.helpers.webq import add_users, csrf_token, logged_in
+from tests.helpers.webq import csrf_token, logged_in, users_gateway
 
 Site = tuple[Gateway, RecordingServer, bytes]
 
@@ -43,13 +40,8 @@ Site = tuple[Gateway, RecordingServer, bytes]
 @pytest.fixture
 def site() -> Iterator[Site]:
     """A gateway config (SQLite, STATE_DIR, next hop = a recording SMTP server) with alice, bob and admin."""
-    path = Path(tempfile.mkdtemp(prefix="mailsift-release-", dir="/tmp"))
-    with RecordingServer() as next_hop:
-        gateway = Gateway(path, next_hop.port)
-        add_users(gateway.settings)
+    with users_gateway("mailsift-release-") as (gateway, next_hop):
         yield gateway, next_hop, links.secret(gateway.settings.state_dir)
-        gateway.settings.database.dispose()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _quarantine(gateway: Gateway, category: str, subject: str) -> str:
@@ -78,6 +70,27 @@ def _state(gateway: Gateway, entry_id: str) -> str:
     return str(entry.state)
 
 
+async def _ask_to_release(client: httpx.AsyncClient, entry_id: str) -> tuple[str, httpx.Response]:
+    """The first click: the page offers the release button, and its POST asks for a confirmation.
+    Returns the session's CSRF token and that answer."""
+    assert 'id="release"' in (await client.get(f"/q/{entry_id}")).text
+    token = await csrf_token(client)
+    asked = await client.post(f"/q/{entry_id}/release", data={"csrf_token": token})
+    assert 'id="confirm-release"' in asked.text
+    return token, asked
+
+
+async def _confirm_release(client: httpx.AsyncClient, entry_id: str, token: str) -> None:
+    done = await client.post(f"/q/{entry_id}/release", data={"csrf_token": token, "confirm": "yes"})
+    assert done.status_code == 303
+
+
+def _assert_released_to_alice(site: Site, entry_id: str) -> None:
+    gateway, next_hop, _key = site
+    assert [m.recipients for m in next_hop.messages] == [["alice@example.org"]]
+    assert _state(gateway, entry_id) == RELEASED
+
+
 # --------------------------------------------------------------------------- the web page
 
 
@@ -101,36 +114,26 @@ async def test_a_user_releases_spam_only_after_confirming(site: Site) -> None:
     gateway, next_hop, _key = site
     spam = await _held(gateway, "spam", "Offer")
     async with _client(site, "alice") as client:
-        assert 'id="release"' in (await client.get(f"/q/{spam}")).text
-        token = await csrf_token(client)
-        asked = await client.post(f"/q/{spam}/release", data={"csrf_token": token})
+        token, asked = await _ask_to_release(client, spam)
         assert asked.status_code == 200
-        assert 'id="confirm-release"' in asked.text
         assert next_hop.messages == []  # one click sends nothing
         assert _state(gateway, spam) == HELD
-        done = await client.post(f"/q/{spam}/release", data={"csrf_token": token, "confirm": "yes"})
-        assert done.status_code == 303
-    assert [m.recipients for m in next_hop.messages] == [["alice@example.org"]]
-    assert _state(gateway, spam) == RELEASED
+        await _confirm_release(client, spam, token)
+    _assert_released_to_alice(site, spam)
 
 
 async def test_an_admin_releases_a_virus_after_confirming(site: Site) -> None:
     gateway, next_hop, _key = site
     virus = await _held(gateway, "virus", "Invoice")
     async with _client(site, "admin") as client:
-        assert 'id="release"' in (await client.get(f"/q/{virus}")).text
-        token = await csrf_token(client)
-        asked = await client.post(f"/q/{virus}/release", data={"csrf_token": token})
-        assert 'id="confirm-release"' in asked.text
+        token, asked = await _ask_to_release(client, virus)
         assert "A scanner found a virus in it." in asked.text
         assert next_hop.messages == []
         without_token = await client.post(f"/q/{virus}/release", data={"confirm": "yes"})
         assert without_token.status_code == 403  # the confirmation is a CSRF-checked POST too
         assert next_hop.messages == []
-        done = await client.post(f"/q/{virus}/release", data={"csrf_token": token, "confirm": "yes"})
-        assert done.status_code == 303
-    assert [m.recipients for m in next_hop.messages] == [["alice@example.org"]]
-    assert _state(gateway, virus) == RELEASED
+        await _confirm_release(client, virus, token)
+    _assert_released_to_alice(site, virus)
 
 
 async def test_the_policy_is_configurable_per_category(site: Site) -> None:
@@ -144,9 +147,7 @@ async def test_the_policy_is_configurable_per_category(site: Site) -> None:
     assert next_hop.messages == []
     lax = WebConfig(admin_release=frozenset())
     async with _client(site, "alice", lax) as client:
-        token = await csrf_token(client)
-        done = await client.post(f"/q/{virus}/release", data={"csrf_token": token, "confirm": "yes"})
-        assert done.status_code == 303
+        await _confirm_release(client, virus, await csrf_token(client))
     assert len(next_hop.messages) == 1
     assert webq(admin_release=["virus", "policy"]).config.admin_release == {"virus", "policy"}
     assert webq().config.admin_release == set(ADMIN_RELEASE) == {"virus", "unscannable"}

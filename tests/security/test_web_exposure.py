@@ -18,25 +18,20 @@ import pytest
 
 from mailsift.errors import ConfigError
 from mailsift.settings import Settings
-from mailsift.storage import db
 from mailsift.testing import ServiceThread
 from mailsift.web import stats_pages
 from mailsift.web.app import create_app
 from mailsift.web.service import webq
 from mailsift.web.webconfig import WebConfig
-from tests.helpers.webq import add_users
+from tests.helpers.webq import user_settings
 
 TOKEN = "scrape-Token-1"
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    database = db.sqlite()
-    database.configure(str(tmp_path))
-    settings = Settings(state_dir=str(tmp_path), database=database)
-    add_users(settings)
-    yield settings
-    database.dispose()
+    with user_settings(tmp_path) as settings:
+        yield settings
 
 
 def _metrics_client(

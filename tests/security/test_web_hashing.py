@@ -19,10 +19,8 @@ import httpx
 import pytest
 
 from mailsift.settings import Settings
-from mailsift.storage import db
-from mailsift.testing import RecordingServer
 from mailsift.web import users
-from tests.helpers.webq import PASSWORDS, WebGateway, add_users, log_in, web_client
+from tests.helpers.webq import PASSWORDS, WebGateway, log_in, user_settings, web_client, web_gateway
 
 BURST = 100
 NOOPS = 50
@@ -30,12 +28,8 @@ NOOPS = 50
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    database = db.sqlite()
-    database.configure(str(tmp_path))
-    settings = Settings(state_dir=str(tmp_path), database=database)
-    add_users(settings)
-    yield settings
-    database.dispose()
+    with user_settings(tmp_path) as settings:
+        yield settings
 
 
 async def test_password_checks_run_off_the_event_loop(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,14 +53,9 @@ async def test_password_checks_run_off_the_event_loop(settings: Settings, monkey
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebGateway]:
-    recorder = RecordingServer().start()
     options = ", login_failures_per_name=1000, login_failures_per_client=1000"  # every login is hashed
-    served = WebGateway(Path(tmp_path_factory.mktemp("webhash")), recorder.port, options)
-    try:
-        yield served.start()
-    finally:
-        served.stop()
-        recorder.stop()
+    with web_gateway(Path(tmp_path_factory.mktemp("webhash")), options) as served:
+        yield served
 
 
 def _one_login(url: str, number: int, started: threading.Event) -> tuple[float, int]:

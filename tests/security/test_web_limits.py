@@ -20,10 +20,16 @@ from pathlib import Path
 import pytest
 
 from mailsift.settings import Settings
-from mailsift.storage import db
-from mailsift.testing import RecordingServer
 from tests.helpers.faults import peak_rss_kb
-from tests.helpers.webq import PASSWORDS, WebGateway, add_users, csrf_token, log_in, web_client
+from tests.helpers.webq import (
+    PASSWORDS,
+    WebGateway,
+    csrf_token,
+    log_in,
+    user_settings,
+    web_client,
+    web_gateway,
+)
 
 FIELDS, FIELD_SIZE = 990, 1_000_000  # each field under Starlette's own 1 MiB part limit, as in the attack
 GIVE_UP = 64 * 1024 * 1024
@@ -32,23 +38,14 @@ GIVE_UP = 64 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebGateway]:
-    recorder = RecordingServer().start()
-    served = WebGateway(Path(tmp_path_factory.mktemp("weblimits")), recorder.port)
-    try:
-        yield served.start()
-    finally:
-        served.stop()
-        recorder.stop()
+    with web_gateway(Path(tmp_path_factory.mktemp("weblimits"))) as served:
+        yield served
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    database = db.sqlite()
-    database.configure(str(tmp_path))
-    settings = Settings(state_dir=str(tmp_path), database=database)
-    add_users(settings)
-    yield settings
-    database.dispose()
+    with user_settings(tmp_path) as settings:
+        yield settings
 
 
 def _answer(sock: socket.socket) -> bytes:

@@ -20,21 +20,16 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 
 from mailsift.settings import Settings
-from mailsift.storage import db
 from mailsift.storage.schema import web_session_table
 from mailsift.web import users
 from mailsift.web.app import SESSION_COOKIE
-from tests.helpers.webq import PASSWORDS, add_users, csrf_token, log_in, web_client
+from tests.helpers.webq import PASSWORDS, csrf_token, log_in, user_settings, web_client
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    database = db.sqlite()
-    database.configure(str(tmp_path))
-    settings = Settings(state_dir=str(tmp_path), database=database)
-    add_users(settings)
-    yield settings
-    database.dispose()
+    with user_settings(tmp_path) as settings:
+        yield settings
 
 
 async def _logged_in_cookie(client: httpx.AsyncClient) -> str:

@@ -20,22 +20,17 @@ import httpx
 import pytest
 
 from mailsift.settings import Settings
-from mailsift.storage import db
 from mailsift.testing import ServiceThread
 from mailsift.web import users
 from mailsift.web.service import webq
 from mailsift.web.webconfig import WebConfig
-from tests.helpers.webq import PASSWORDS, add_users, csrf_token, log_in, web_client
+from tests.helpers.webq import PASSWORDS, csrf_token, log_in, user_settings, web_client
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    database = db.sqlite()
-    database.configure(str(tmp_path))
-    settings = Settings(state_dir=str(tmp_path), database=database)
-    add_users(settings)
-    yield settings
-    database.dispose()
+    with user_settings(tmp_path) as settings:
+        yield settings
 
 
 @pytest.fixture

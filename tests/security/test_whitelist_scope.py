@@ -18,11 +18,8 @@ import asyncio
 import contextlib
 import functools
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,24 +29,18 @@ from mailsift.reporting.digest import DigestEntry, LinkMaker, Report, render, re
 from mailsift.storage.policies import list_entries, remove_listed
 from mailsift.storage.quarantine.admin import delete
 from mailsift.storage.quarantine.index import get_entry
-from mailsift.testing import RecordingServer
 from mailsift.web import links_pages
 from tests.helpers.links import Gateway
 from tests.helpers.messages import message_bytes
-from tests.helpers.webq import add_users, csrf_token, logged_in
+from tests.helpers.webq import csrf_token, logged_in, users_gateway
 
 Site = tuple[Gateway, bytes]
 
 
 @pytest.fixture
 def site() -> Iterator[Site]:
-    path = Path(tempfile.mkdtemp(prefix="mailsift-whitelist-", dir="/tmp"))
-    with RecordingServer() as next_hop:
-        gateway = Gateway(path, next_hop.port)
-        add_users(gateway.settings)
+    with users_gateway("mailsift-whitelist-") as (gateway, _next_hop):
         yield gateway, links.secret(gateway.settings.state_dir)
-        gateway.settings.database.dispose()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def _held(gateway: Gateway, recipients: tuple[str, ...], subject: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from mailsift import replies
 from mailsift.core.deadline import DeadlineDelivery, MessageDeadline
@@ -28,6 +28,9 @@ from mailsift.settings import Settings
 from mailsift.storage.quarantine.store import QuarantineStore
 
 log = logging.getLogger("mailsift.mail")
+
+_Carried = TypeVar("_Carried")
+"""What carrying a decision out gives: one :class:`Outcome`, or one per recipient."""
 
 
 class MailPath:
@@ -65,15 +68,11 @@ class MailPath:
         started = time.monotonic()
         mail.started = started  # the log hooks' "time taken"
         deadline = MessageDeadline(mail, self.settings.message_timeout)
-        try:
-            async with deadline:
-                decision = await self.poison.evaluate(self.pipeline, mail)
-                deadline.enter("quarantining" if decision.quarantine else "disposition")
-                outcome = await self.disposer.carry_out(mail, decision)
-        except TimeoutError:
-            if not deadline.passed:
-                raise
+        carried = await self._within(deadline, mail, self.disposer.carry_out)
+        if carried is None:
             decision, outcome = deadline.tempfail()
+        else:
+            decision, outcome = carried
         await self.poison.settle(mail, decision, outcome)
         await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
         note = deadline.note(outcome.note)
@@ -85,16 +84,12 @@ class MailPath:
         started = time.monotonic()
         mail.started = started
         deadline = MessageDeadline(mail, self.settings.message_timeout)
-        try:
-            async with deadline:
-                decision = await self.poison.evaluate(self.pipeline, mail)
-                deadline.enter("quarantining" if decision.quarantine else "disposition")
-                outcomes = await self.disposer.carry_out_each(mail, decision)
-        except TimeoutError:
-            if not deadline.passed:
-                raise
+        carried_each = await self._within(deadline, mail, self.disposer.carry_out_each)
+        if carried_each is None:
             decision, failed = deadline.tempfail()
             outcomes = dict.fromkeys(mail.envelope.recipients, failed)
+        else:
+            decision, outcomes = carried_each
         await self.poison.settle(mail, decision, *outcomes.values())
         if outcomes:
             # Hooks see one outcome for the group: a positive one if any recipient got its
@@ -110,6 +105,21 @@ class MailPath:
         notes = deadline.note("; ".join(dict.fromkeys(outcome.note for outcome in outcomes.values() if outcome.note)))
         _log_line(mail, decision, reply, notes, time.monotonic() - started, _failed(list(outcomes.values())))
         return decision, outcomes
+
+    async def _within(
+        self, deadline: MessageDeadline, mail: Mail, carry_out: Callable[[Mail, Decision], Awaitable[_Carried]]
+    ) -> tuple[Decision, _Carried] | None:
+        """Evaluate ``mail`` and ``carry_out`` the decision within ``deadline``; None when the
+        deadline passed (the caller answers :meth:`MessageDeadline.tempfail`)."""
+        try:
+            async with deadline:
+                decision = await self.poison.evaluate(self.pipeline, mail)
+                deadline.enter("quarantining" if decision.quarantine else "disposition")
+                return decision, await carry_out(mail, decision)
+        except TimeoutError:
+            if not deadline.passed:
+                raise
+            return None
 
     async def close(self) -> None:
         """Release the scanners' resources and the next hop's connections.

@@ -256,25 +256,27 @@ async def _evaluate(scanner: Scanner, target: Target) -> Result:
     watch = observer.get()
     try:
         result = await scanner.scan(target)
-    except ScannerError as error:
-        if watch is not None:
-            watch(scanner, error)
-        raise
-    except MailsiftError as error:
-        failure = ScannerError(f"{scanner.name}: {error.message}")
-        if watch is not None:
-            watch(scanner, failure)
-        raise failure from error
     except asyncio.CancelledError:
         raise
     except Exception as error:
-        failure = ScannerError(f"{scanner.name}: {type(error).__name__}: {error}")
+        failure = _as_scanner_error(scanner, error)
         if watch is not None:
             watch(scanner, failure)
+        if failure is error:
+            raise
         raise failure from error
     if watch is not None:
         watch(scanner, None)
     return result
+
+
+def _as_scanner_error(scanner: Scanner, error: Exception) -> ScannerError:
+    """The :class:`ScannerError` a scanner's exception becomes (a ScannerError stays itself)."""
+    if isinstance(error, ScannerError):
+        return error
+    if isinstance(error, MailsiftError):
+        return ScannerError(f"{scanner.name}: {error.message}")
+    return ScannerError(f"{scanner.name}: {type(error).__name__}: {error}")
 
 
 async def first_detection(scanners: Sequence[Scanner], target: Target) -> tuple[Result, list[Result]]:
