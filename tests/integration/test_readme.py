@@ -1,0 +1,404 @@
+"""The README, executed: its marked blocks run as a reader would run them.
+
+* ``config``: every config block through ``mailsift check-config -c`` (fragments marked
+  ``prelude`` after a few lines that define what they assume: ``SCANNERS``, ``CLAMD``, ...);
+* ``shell serve=bundled``: the quick start's swaks lines against ``mailsift serve`` of the
+  bundled config (its own clamd and spamd), each line's ``# 250, in var/...`` comment checked;
+* ``shell config=...``: the commands with that config (``MAILSIFT_CONFIG``), in a fresh
+  directory, before any ``serve`` (finding 2: ``user add`` before the first serve);
+* ``postfix``: the main.cf/master.cf lines loaded into a private Postfix
+  (tests/helpers/postfix.py) in front of the README's own mailsift config, mail sent through.
+
+What the harness changes, and only this: fixed loopback ports become free ones and
+``/var/lib/mailsift``, ``/run/...`` move under the test's directory
+(``tests.helpers.readme.localize``); a config gets ``USER = None`` appended (the tests keep
+their user). The web quarantine recipe is logged into in tests/browser/test_readme_webq.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mailsift.cli.main import main
+from mailsift.config import DEFAULT_CONFIG
+from mailsift.testing import free_port
+from tests.helpers import readme
+from tests.helpers.postfix import PostfixInstance
+from tests.helpers.samples import EICAR_TEXT as EICAR
+
+BIN = Path(sys.executable).parent
+PASSWORD = "readme-password-1"
+
+#: What a block marked ``prelude`` assumes is defined (the README's fragments name these).
+PRELUDE = """\
+from mailsift import *
+STATE_DIR = "/var/lib/mailsift"
+CLAMD = "/run/clamav/clamd.ctl"
+SPAMD = ("127.0.0.1", 783)
+SPAM = spamassassind(SPAMD)
+SCANNERS = [regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])]
+AV_ONLY = [clamd(CLAMD)]
+SMTP_SERVER = ("127.0.0.1", 10025)
+SRV = [smtpd(SCANNERS, "127.0.0.1", 10024)]
+"""
+EPILOGUE = "\nUSER = None  # the tests keep their user\n"
+
+
+class Ports(dict[int, int]):
+    """README port -> this test's free port, allocated on first use."""
+
+    def __missing__(self, port: int) -> int:
+        self[port] = free_port()
+        return self[port]
+
+
+def config_text(block: readme.Block, ports: Ports, root: Path) -> str:
+    """The config a reader builds from ``block`` (its base block first, or the prelude), localized."""
+    if "base" in block.args:
+        text = config_text(readme.named(block.args["base"]), ports, root).removesuffix(EPILOGUE) + "\n"
+        return text + readme.localize(block.text, ports, root) + EPILOGUE
+    prelude = PRELUDE if "prelude" in block.words else ""
+    return readme.localize(prelude + block.text, ports, root) + EPILOGUE
+
+
+def write_config(block: readme.Block, ports: Ports, root: Path) -> Path:
+    path = root / f"{block.name}.py"
+    path.write_text(config_text(block, ports, root))
+    return path
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "MAILSIFT_USER": "",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+    }
+    env.update(extra)
+    return env
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+
+class Serve:
+    """``mailsift serve -c CONFIG`` in ``cwd`` until stopped; ``wait`` for a port."""
+
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.log = cwd / f"{config.stem}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", "1"],
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=environment(),
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# ---------------------------------------------------------------- config blocks
+
+CONFIGS = readme.of_kind("config")
+
+
+@pytest.mark.parametrize("block", CONFIGS, ids=[f"{b.name}@{b.where()}" for b in CONFIGS])
+def test_config_block_passes_check_config(block: readme.Block, tmp_path: Path) -> None:
+    config = write_config(block, Ports(), tmp_path)
+    # STATE_DIR exists, as the package makes /var/lib/mailsift: check-config itself does not
+    # create it, and log_file() refuses a directory that does not exist.
+    (tmp_path / "state").mkdir()
+    # In-process (click's runner: the same command, without a Python start per block).
+    result = CliRunner().invoke(main, ["check-config", "-c", str(config)])
+    assert result.exit_code == 0, f"{block.where()}:\n{config.read_text()}\n{result.output}"
+
+
+# ---------------------------------------------------------------- shell blocks
+
+
+def shell_commands(text: str) -> list[tuple[str, str]]:
+    """(command, its trailing comment) per command line; backslash continuations joined."""
+    commands: list[tuple[str, str]] = []
+    current = ""
+    for line in text.splitlines():
+        code, _, comment = line.partition("  #")
+        if code.rstrip().endswith("\\"):
+            current += code.rstrip()[:-1] + " "
+            continue
+        if (current + code).strip():
+            commands.append(((current + code).strip(), comment.strip()))
+        current = ""
+    return commands
+
+
+def data_reply(transcript: str) -> str:
+    """The server's answer to the end of DATA (or the first refusal) in a swaks transcript."""
+    lines = transcript.splitlines()
+    for index, line in enumerate(lines):
+        if line.strip() == "-> ." and index + 1 < len(lines):
+            return lines[index + 1]
+    refusals = [line for line in lines if line.startswith("<**")]
+    return refusals[0] if refusals else transcript
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ports]]:
+    """The bundled default config served in a fresh directory, as scripts/run.sh serves it (STATE_DIR=var)."""
+    if not (Path("/usr/sbin/clamd").exists() and Path("/usr/sbin/spamd").exists()):
+        pytest.skip("clamd and spamd are installed by scripts/setup.sh")
+    cwd = tmp_path_factory.mktemp("quickstart")
+    ports = Ports()
+    # The bundled file itself, on this test's ports (10024 and 10783 may be taken here).
+    text = Path(DEFAULT_CONFIG).read_text()
+    text = text.replace("10024", str(ports[10024])).replace("10783", str(ports[10783]))
+    config = cwd / "default_config.py"
+    config.write_text(text)
+    serve = Serve(config, cwd)
+    try:
+        deadline = time.monotonic() + 120
+        answering = re.compile(r"(clamd_daemon|spamd_daemon)\(.*\) answers \(")
+        while len(set(answering.findall(serve.log.read_text()))) < 2:
+            assert serve.process.poll() is None, serve.log.read_text()
+            assert time.monotonic() < deadline, serve.log.read_text()
+            time.sleep(0.2)
+        yield cwd, ports
+    finally:
+        serve.stop()
+
+
+SERVED_SHELL = [b for b in readme.of_kind("shell") if b.args.get("serve") == readme.SERVE_BUNDLED]
+
+
+@pytest.mark.parametrize("block", SERVED_SHELL, ids=[b.where() for b in SERVED_SHELL])
+def test_quick_start_commands_do_what_their_comments_say(block: readme.Block, bundled: tuple[Path, Ports]) -> None:
+    cwd, ports = bundled
+    commands = shell_commands(block.text)
+    assert commands
+    for command, comment in commands:
+        expected = re.match(r"(?P<code>\d{3})(?P<text>[^,.]*)", comment)
+        assert expected, f"{block.where()}: no expected reply in the comment of {command!r}"
+        folder = re.search(r"\bin (var/\S+?)/?$", comment)
+        before = set((cwd / folder[1]).rglob("*")) if folder else set()
+        result = subprocess.run(
+            ["bash", "-c", readme.localize(command, ports, cwd)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment(),
+            check=False,
+        )
+        reply = data_reply(result.stdout + result.stderr)
+        assert expected["code"] in reply, f"{block.where()}: {command}\n{result.stdout}{result.stderr}"
+        assert expected["text"].strip() in reply, f"{block.where()}: {command}\n{reply}"
+        if folder:
+            added = [p for p in set((cwd / folder[1]).rglob("*")) - before if p.is_file()]
+            assert added, f"{block.where()}: nothing new in {folder[1]} after {command}"
+
+
+def run_shell_block(block: readme.Block, cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """The block's commands one by one in bash, with MAILSIFT_CONFIG; a password prompt gets
+    its two answers on stdin (each command its own: a first reader would take the whole pipe)."""
+    output = ""
+    for command, _comment in shell_commands(block.text):
+        result = subprocess.run(
+            ["bash", "-e", "-c", command],
+            cwd=cwd,
+            input=f"{PASSWORD}\n{PASSWORD}\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment(MAILSIFT_CONFIG=str(config)),
+            start_new_session=True,  # no controlling terminal: the prompts read stdin
+            check=False,
+        )
+        output += f"$ {command}\n{result.stdout}{result.stderr}"
+        if result.returncode:
+            return subprocess.CompletedProcess(command, result.returncode, output, "")
+    return subprocess.CompletedProcess(block.text, 0, output, "")
+
+
+CONFIGURED_SHELL = [b for b in readme.of_kind("shell") if "config" in b.args]
+
+
+@pytest.mark.parametrize("block", CONFIGURED_SHELL, ids=[b.where() for b in CONFIGURED_SHELL])
+def test_commands_work_before_the_first_serve(block: readme.Block, tmp_path: Path) -> None:
+    """Finding 2: the README's commands, with its config, in a directory no serve has run in."""
+    config = write_config(readme.named(block.args["config"]), Ports(), tmp_path)
+    assert not (tmp_path / "state").exists()
+    result = run_shell_block(block, tmp_path, config)
+    assert result.returncode == 0, f"{block.where()}:\n{result.stdout}{result.stderr}"
+    assert (tmp_path / "state").is_dir()
+    if block.name == "users":  # the recipe's userconv applied: `admin` is stored as admin@example.com
+        assert "admin@example.com" in result.stdout, result.stdout
+
+
+# ---------------------------------------------------------------- Postfix blocks
+
+needs_postfix = pytest.mark.skipif(
+    not os.environ.get("CI") and (shutil.which("swaks") is None or not os.path.exists("/usr/sbin/postfix")),
+    reason="Postfix and swaks are installed by scripts/test.sh (required in CI)",
+)
+
+
+class ReadmePostfix(PostfixInstance):
+    """The private Postfix with the README's master.cf services in place of the fixture's own
+    ``scan`` transport and reinjection smtpd, and the inbound smtpd without its own content_filter
+    (main.cf's, from the README, applies)."""
+
+    def __init__(self, *args: object, readme_master_cf: str = "", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.readme_master_cf = readme_master_cf
+
+    def master_cf(self) -> str:
+        if not self.readme_master_cf:
+            return super().master_cf()
+        entries: list[list[str]] = []
+        for line in super().master_cf().splitlines():
+            if line[:1].isspace() and entries:
+                entries[-1].append(line)
+            else:
+                entries.append([line])
+        kept = []
+        for entry in entries:
+            service = entry[0].split()[0] if entry[0].strip() else ""
+            if service in ("scan", f"127.0.0.1:{self.reinject_port}"):
+                continue
+            kept.append("\n".join(line for line in entry if line.strip() != "-o content_filter="))
+        return "\n".join(kept) + "\n" + self.readme_master_cf
+
+
+def postfix_blocks(group: str) -> tuple[str, str]:
+    """(main.cf text, master.cf text) of a group; ``lmtp`` reuses the content filter's master.cf."""
+    main = "".join(b.text for b in readme.of_kind("postfix") if b.args["group"] == group and "main.cf" in b.words)
+    source = "content-filter" if group == "lmtp" else group
+    master = "".join(b.text for b in readme.of_kind("postfix") if b.args["group"] == source and "master.cf" in b.words)
+    return main, master
+
+
+@pytest.fixture
+def through_postfix() -> Iterator[object]:
+    """``start(group, config_name, **main_cf)``: mailsift serving the README config, the private
+    Postfix with the group's README lines in front of it; stopped at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix master must run as root")
+    running: list[Serve | PostfixInstance] = []
+    # A short directory: Postfix's unix socket paths must fit in 108 bytes.
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp", prefix="readme-pf-"))
+
+    def start(group: str, config_name: str, wait_for: int, **extra_main_cf: str) -> PostfixInstance:
+        ports = Ports()
+        inbound, reinject = free_port(), ports[10025]
+        root = tmp_path / f"{group}-{len(running)}"
+        root.mkdir()
+        serve = Serve(write_config(readme.named(config_name), ports, root), root)
+        running.append(serve)
+        wait_port(ports[wait_for], serve.process, serve.log)
+        main, master = postfix_blocks(group)
+        settings = readme.postfix_settings(readme.localize(main, ports, root))
+        settings.update(extra_main_cf)
+        postfix = ReadmePostfix(
+            root / "postfix",
+            inbound_port=inbound,
+            reinject_port=reinject,
+            content_filter=None,
+            maildir_root=root / "mail",
+            extra_main_cf=settings,
+            readme_master_cf=readme.localize(master, ports, root),
+        )
+        running.append(postfix)
+        postfix.start()
+        return postfix
+
+    try:
+        yield start
+    finally:
+        for item in reversed(running):
+            item.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def send(port: int, sender: str, body: str, subject: str = "readme") -> tuple[int, str]:
+    message = f"From: {sender}\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\n{body}\r\n"
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.sendmail(sender, ["bob@example.test"], message.encode())
+    except smtplib.SMTPRecipientsRefused as error:
+        code, text = error.recipients["bob@example.test"]
+        return code, text.decode()
+    except smtplib.SMTPResponseException as error:
+        return error.smtp_code, error.smtp_error.decode()
+    return 250, ""
+
+
+@needs_postfix
+def test_postfix_content_filter_lines(through_postfix: object) -> None:
+    """main.cf's content_filter and master.cf's scan transport and reinjection smtpd, in front of
+    the config under Configuration: mail goes through mailsift and back into Postfix."""
+    postfix = through_postfix("content-filter", "configuration", 10024)  # type: ignore[operator]
+    assert send(postfix.inbound_port, "editor@news.example", "Issue 42.", "newsletter") == (250, "")
+    [delivered] = postfix.wait_delivered("bob@example.test", timeout=60)
+    text = delivered.read_text()
+    assert "X-Policy: Newsletter" in text  # mailsift's deliver(add_header(...)) ran
+    assert text.count("Received: ") >= 2  # and Postfix's reinjection smtpd took it back
+
+
+@needs_postfix
+def test_postfix_milter_lines(through_postfix: object) -> None:
+    postfix = through_postfix("milter", "milter", 3333)  # type: ignore[operator]
+    assert send(postfix.inbound_port, "alice@example.test", "hello", "clean") == (250, "")
+    postfix.wait_delivered("bob@example.test", timeout=60)
+    code, text = send(postfix.inbound_port, "alice@example.test", EICAR, "virus")
+    assert code == 550, text  # refused during DATA, before Postfix accepts it
+
+
+@needs_postfix
+def test_postfix_lmtp_lines(through_postfix: object) -> None:
+    postfix = through_postfix("lmtp", "lmtp", 10024)  # type: ignore[operator]
+    assert send(postfix.inbound_port, "alice@example.test", "hello over lmtp", "lmtp") == (250, "")
+    [delivered] = postfix.wait_delivered("bob@example.test", timeout=60)
+    assert "hello over lmtp" in delivered.read_text()
+
+
+@needs_postfix
+def test_postfix_policy_lines_greylist_strangers_not_own_networks(through_postfix: object) -> None:
+    """Finding 10: with the README's order, mynetworks is never greylisted; other clients are."""
+    own = through_postfix("policy", "policy", 10031)  # type: ignore[operator]
+    assert send(own.inbound_port, "alice@example.test", "from our own network") == (250, "")
+    own.wait_delivered("bob@example.test", timeout=60)
+    # The same lines where 127.0.0.1 is not one of our networks: greylisted.
+    stranger = through_postfix("policy", "policy", 10031, mynetworks="192.0.2.0/24")  # type: ignore[operator]
+    code, text = send(stranger.inbound_port, "carol@elsewhere.example", "from a stranger")
+    assert code == 450, text
+    assert "Greylisted" in text
