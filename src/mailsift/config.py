@@ -38,12 +38,16 @@ from mailsift.core.poison import poison
 from mailsift.delivery.next_hop import Delivery, resolve
 from mailsift.errors import ConfigError
 from mailsift.reporting.digest import reporter
+from mailsift.scanners.actions import reject
 from mailsift.scanners.base import Scanner
+from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
 from mailsift.services.base import Service
 from mailsift.services.daemons import Daemon
 from mailsift.services.lmtpd import lmtpd
+from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings, SettingsBound
 from mailsift.storage import db
+from mailsift.web.service import webq
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 DEFAULT_USER = "mailsift"
@@ -73,6 +77,53 @@ class Config:
         (``SCANNERS``, every service's, lmtpd's per-recipient ones, and all they wrap)."""
         yield from self.daemons
         yield from reachable(self.services, self.scanners, self.settings.hooks)
+
+
+def _scanner_tree(scanners: Iterable[Scanner]) -> Iterator[Scanner]:
+    """Each scanner of ``scanners`` and all they wrap, once, in the order written."""
+    seen: set[int] = set()
+    pending = list(scanners)[::-1]
+    while pending:
+        scanner = pending.pop()
+        if id(scanner) not in seen:
+            seen.add(id(scanner))
+            yield scanner
+            pending.extend(reversed(scanner.children))
+
+
+def warnings(config: Config) -> list[str]:
+    """What ``mailsift check-config`` warns about: a config that loads but does not do what it seems to.
+
+    * a ``reject`` action in the scanners of an ``smtpd(..., after_queue=True)``: behind an MTA's
+      queue a reject becomes a bounce to the (possibly forged) sender, i.e. backscatter;
+      one line per action;
+    * a ``webq`` (whose pages offer "Whitelist sender" and own white/black lists) while no
+      service's scanners consult the lists (``listed()``, ``whitelisted()``, ``blacklisted()``).
+
+    Each line starts with ``file:line:`` (the line that assigns ``SRV``).
+    """
+    where = f"{config.path}:{config.lines['SRV']}" if "SRV" in config.lines else config.path
+    found: list[str] = []
+    for service in config.services:
+        if not (isinstance(service, smtpd) and service.after_queue):
+            continue
+        for scanner in _scanner_tree(service.scanners):
+            if isinstance(scanner, reject):
+                found.append(
+                    f"{where}: warning: {service.describe()} has after_queue=True and {scanner.describe()} in its "
+                    "scanners: a reject after the queue is a bounce to a possibly forged sender (backscatter); "
+                    "quarantine or drop instead, and reject in a milter or before the queue"
+                )
+    mail_services = [s for s in config.services if not isinstance(s, webq)]  # webq's scanner: its recheck button
+    consulted = any(isinstance(item, listed | whitelisted | blacklisted) for item in reachable(mail_services))
+    if not consulted:
+        for service in config.services:
+            if isinstance(service, webq):
+                found.append(
+                    f'{where}: warning: {service.describe()} offers white/black lists ("Whitelist sender") but no '
+                    "service's SCANNERS has listed() (or whitelisted()/blacklisted()): the lists change nothing"
+                )
+    return found
 
 
 def reachable(
@@ -169,6 +220,18 @@ def _next_hop(value: Any, state_dir: str) -> tuple[str, int] | Delivery | None:
     return (host, port)
 
 
+def _services_hop(services: Iterable[Service]) -> tuple[str, int] | Delivery | None:
+    """The next hop the services share (``next_hop=`` of smtpd, lmtpd...), or None (none, or several)."""
+    hops: dict[str, Any] = {}
+    for service in services:
+        hop = getattr(service, "next_hop", None)
+        if isinstance(hop, Delivery):
+            hops.setdefault(hop.describe(), hop)
+        elif isinstance(hop, tuple | list) and len(hop) == 2:
+            hops.setdefault(f"{hop[0]}:{hop[1]}", (hop[0], hop[1]))
+    return next(iter(hops.values())) if len(hops) == 1 else None
+
+
 def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Config:
     def fail(message: str, name: str) -> ConfigError:
         return ConfigError(message, filename=path, lineno=lines.get(name))
@@ -226,6 +289,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
     settings = Settings(
         state_dir=state_dir,
         smtp_server=smtp_server,
+        release_hop=smtp_server if smtp_server is not None else _services_hop(services),
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,

@@ -30,6 +30,9 @@ class Settings:
     smtp_server: tuple[str, int] | Delivery | None = None
     """``SMTP_SERVER``: where accepted mail goes, ``('host', port)`` or a delivery
     (``smtp_relay(...)``, ``local_maildir(...)``); None when the config names none."""
+    release_hop: tuple[str, int] | Delivery | None = None
+    """Where a release from the quarantine goes: ``SMTP_SERVER``, else the services' own next hop
+    when they have one and the same (the quick start's ``local_maildir('mail')``); else None."""
     spool_threshold: int = 1024 * 1024
     hostname: str = field(default_factory=lambda: socket.getfqdn())
     """This host's name (notifications, the smtpd greeting): looked up when the settings are made

@@ -6,6 +6,7 @@ lines, an empty line); answers are read up to their empty line.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -143,6 +144,23 @@ def test_first_request_deferred_with_url_then_passes_on_the_same_connection(serv
     assert client.ask() == "PREPEND X-Greylist: delayed 0 seconds by mailsift greylisting"
     assert client.ask() == "DUNNO"
     assert counts(thread) == [("192.0.2.0/24", "alice@sender.example", "bob@example.test", 1, 2)]
+
+
+def test_a_passed_greylist_is_logged_as_a_greylist_pass(serve, client_of, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 10: the pass was logged ``scanner=client_network ... detail=not run for client ...``."""
+    own_networks = client_network("10.0.0.0/8", deliver(const(1.0, "Own.Network")))  # skipped for 192.0.2.7
+    client = client_of(serve([own_networks, greylist(min=0)]))
+    with caplog.at_level(logging.INFO, logger="mailsift"):
+        assert client.ask().startswith("DEFER_IF_PERMIT Greylisted")
+        assert client.ask().startswith("PREPEND X-Greylist")
+        assert client.ask() == "DUNNO"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("policy action=")]
+    assert len(lines) == 3, lines
+    assert "name=Greylisted scanner=greylist" in lines[0]
+    for line in lines[1:]:
+        assert "scanner=greylist" in line, line
+        assert "detail=passed (triplet passes" in line, line
+        assert "not run for client" not in line
 
 
 def test_defer_verb_can_be_an_explicit_code(serve, client_of) -> None:

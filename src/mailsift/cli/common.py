@@ -37,9 +37,14 @@ they create it as ``serve`` does (``spool/``, ``quarantine/``), and run as root 
 OWN_SCHEMA_CHECK = frozenset({"db", "backup", "restore"})
 """State commands that look at the schema themselves (``db current`` shows a newer one)."""
 
-ETC_CONFIG = "/etc/mailsift/config.py"
+ETC_CONFIG_ENV = "MAILSIFT_ETC_CONFIG"
+"""For packagers and test suites only: another path in place of ``/etc/mailsift/config.py``
+(read once, at import).  The test suite points it at a path that cannot exist, so that an
+installed system config never leaks into a test, in process or in a subprocess."""
+
+ETC_CONFIG = os.environ.get(ETC_CONFIG_ENV) or "/etc/mailsift/config.py"
 """The system-wide config (the Debian package installs it), used when it exists and neither
-``-c`` nor ``MAILSIFT_CONFIG`` names one."""
+``-c`` nor ``MAILSIFT_CONFIG`` names one (``$MAILSIFT_ETC_CONFIG`` replaces the path)."""
 
 CONFIG_ENV = "MAILSIFT_CONFIG"
 
@@ -179,6 +184,21 @@ def _touches_state() -> bool:
         return False
     root = context.find_root()
     return bool({root.command.name, root.invoked_subcommand} & STATE_COMMANDS)
+
+
+def make_state(config: Config) -> None:
+    """Make ``STATE_DIR`` as ``serve`` does (owned by ``USER`` when run as root), and stay as we are.
+
+    For the commands that do not keep state but whose scanners may (``check-config``,
+    ``scan``: a cache, a greylist database): the first command run makes the directory
+    ``serve`` will use, with the owner and modes ``serve`` gives it.
+    """
+    from mailsift.supervisor import prepare_state, service_account
+
+    try:
+        prepare_state(config, service_account(config) if os.geteuid() == 0 else None)
+    except ConfigError as error:
+        fail(f"config error: {error}")
 
 
 def enter_state(config: Config) -> None:

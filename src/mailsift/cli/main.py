@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import click
 
 from mailsift.cli.backup import backup_command, restore_command
-from mailsift.cli.common import UMASK, check_schema, describe_config, load_config
+from mailsift.cli.common import UMASK, check_schema, describe_config, load_config, make_state
 from mailsift.cli.db import db_group
 from mailsift.cli.mailbox import Cleaner, Mailbox, MailboxError, Message, clean_path, open_mailbox
 from mailsift.cli.policy import lists, policy
@@ -27,7 +27,9 @@ from mailsift.cli.stats import stats_command
 from mailsift.cli.tracking import track
 from mailsift.cli.users import user_group
 from mailsift.config import Config
+from mailsift.config import warnings as config_warnings
 from mailsift.core.pipeline import Pipeline
+from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
@@ -92,6 +94,10 @@ def main(verbose: bool) -> None:
     An MTA hands it every message; it runs the scanners of the config file's
     SCANNERS and delivers, tags, rejects, drops or quarantines, answering the
     MTA only once the message is safe downstream or on disk.
+
+    The config: -c, else $MAILSIFT_CONFIG, else /etc/mailsift/config.py if it
+    exists, else the bundled one ($MAILSIFT_ETC_CONFIG replaces the /etc path:
+    for packagers and test suites only).
     """
     # umask 0027 from the start: nothing mailsift creates is readable by others (files 0640 at most).
     previous = os.umask(UMASK)
@@ -151,21 +157,58 @@ def serve(
 @main.command("check-config")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def check_config(config_path: str | None) -> None:
-    """Load the config, print its scanner tree and services; exit 2 if it is broken."""
+    """Load the config, print what it does; exit 2 if it is broken.
+
+    Shows which config file was read and why (-c, MAILSIFT_CONFIG, /etc, bundled),
+    STATE_DIR, DATABASE, SMTP_SERVER and where releases go, HOOKS, the reporter,
+    the scanner tree, and each service with its next hop (webq: its URL).
+
+    Warns (on stderr, ``file:line: warning: ...``; the exit status stays 0) about what
+    loads but does not do what it seems to: a ``reject`` in an ``smtpd(after_queue=True)``
+    (backscatter), a ``webq`` offering lists no service's SCANNERS consult (``listed()``).
+    """
     config = load_config(config_path)
+    make_state(config)
+    settings = config.settings
     click.echo(f"config: {describe_config(config_path)}")
-    click.echo(f"state directory: {config.settings.state_dir}")
+    click.echo(f"state directory: {settings.state_dir}")
+    click.echo(f"DATABASE: {settings.database.describe() if settings.database is not None else 'none'}")
+    click.echo(f"SMTP_SERVER: {_hop(settings.smtp_server, settings.state_dir)}")
+    released_to = _hop(settings.release_hop, settings.state_dir)
+    click.echo(f"release to: {released_to if settings.release_hop is not None else 'none (give --next-hop)'}")
+    click.echo("HOOKS:" if settings.hooks else "HOOKS: none")
+    for hook in settings.hooks:
+        click.echo(f"  {hook.describe()}")
+    click.echo(f"reporter: {config.reporter.describe() if config.reporter is not None else 'none (the defaults)'}")
     click.echo("SCANNERS:")
     for line in Pipeline(config.scanners).tree():
         click.echo(f"  {line}")
     click.echo("SRV:")
     for service in config.services:
         click.echo(f"  {service.describe()}")
+        hop = getattr(service, "next_hop", None)
+        if hop is not None or hasattr(service, "next_hop"):
+            click.echo(f"    next hop: {_hop(hop if hop is not None else settings.smtp_server, settings.state_dir)}")
+        site = getattr(service, "site_url", None)
+        if callable(site):
+            click.echo(f"    URL: {site() or service.where()}")
         for line in Pipeline(service.scanners).tree():
             click.echo(f"    {line}")
     for daemon in config.daemons:
         click.echo(f"  {daemon.describe()}")
+    for warning in config_warnings(config):
+        click.echo(warning, err=True)
     click.echo("config OK")
+
+
+def _hop(target: object, state_dir: str) -> str:
+    """A next hop as check-config shows it: ``smtp:127.0.0.1:10025``, ``maildir:/var/lib/mailsift/mail``."""
+    if target is None:
+        return "none"
+    try:
+        return resolve(target, state_dir).describe()
+    except ConfigError:
+        return repr(target)
 
 
 def _message_files(paths: tuple[str, ...]) -> Iterator[str]:
@@ -206,6 +249,7 @@ def scan(
     when they are not running already (unless --no-daemons).
     """
     config = load_config(config_path)
+    make_state(config)
     pipeline = Pipeline(config.scanners)
     status = 0
     with _daemons(config, skip=no_daemons), asyncio.Runner() as runner:
@@ -344,6 +388,7 @@ def scan_mailbox(
     without --force).
     """
     config = load_config(config_path)
+    make_state(config)
     scanners = config.scanners
     if av_only:
         scanners = tuple(s for s in config.scanners if is_antivirus(s))

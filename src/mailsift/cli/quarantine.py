@@ -7,7 +7,8 @@ cron line, qmail-scanner's ``-z`` cleanup, with the index in the database
 another one quarantined.
 
 The operations themselves (release to ``--next-hop``, by default
-``SMTP_SERVER``; reindex; delete; expire) are :mod:`mailsift.storage.quarantine.admin`'s,
+``SMTP_SERVER``, else the next hop the services share, e.g. the bundled
+config's ``local_maildir('mail')``; reindex; delete; expire) are :mod:`mailsift.storage.quarantine.admin`'s,
 shared with the web quarantine and the digest links.
 
 Exit status: 0 done, 1 a message could not be found, released or deleted
@@ -258,7 +259,11 @@ def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
 @click.option(
     "--to", "recipients", multiple=True, callback=_addresses, help="Send to this address instead (repeatable)."
 )
-@click.option("--next-hop", help="host:port to reinject to. Default: the config's SMTP_SERVER.")
+@click.option(
+    "--next-hop",
+    help="host:port to reinject to. Default: the config's SMTP_SERVER, else the services' own next hop "
+    "(e.g. the bundled config's local Maildir).",
+)
 @click.option("--by", default=None, help="Who releases (recorded and logged). Default: the login name.")
 @click.option("--force", is_flag=True, help="Release again a message already released.")
 def release_command(

@@ -229,6 +229,18 @@ class _Connection:
         self.writer.close()
 
 
+def logged_result(decision: Decision) -> Result:
+    """The result a request's log line names: the deciding one, but for mail let through, the
+    greylist's answer when it gave one (``scanner=greylist detail=passed (triplet passes 1, ...)``),
+    not the first clean result (a ``client_network`` skipped for this client: "not run for client")."""
+    if decision.result.detected:
+        return decision.result
+    for result in reversed(decision.trail):
+        if result.scanner == "greylist":
+            return result
+    return decision.result
+
+
 class PolicyServer(Server):
     """One worker's running ``smtpd_policy``: the skeleton (:class:`~mailsift.services.server.Server`) and requests."""
 
@@ -292,7 +304,7 @@ class PolicyServer(Server):
             target = PolicyTarget(request, self.database)
             decision = await self._evaluate(target)
             action = self.service.answer(decision)
-        result = decision.result if decision is not None else Result()
+        result = logged_result(decision) if decision is not None else Result()
         log.info(
             "policy action=%s name=%s scanner=%s client=%s[%s] from=<%s> to=<%s> state=%s time=%.3fs%s",
             action,

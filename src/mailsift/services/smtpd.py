@@ -75,6 +75,15 @@ class smtpd(Service):
     ``hostname`` (greeting name).  ``host`` may name a unix socket instead
     (``'unix:/run/mailsift/smtpd.sock'``, the port is ignored), made with
     ``socket_mode`` (default 0o660).
+
+    ``after_queue`` (default ``False``): say ``True`` when an MTA's queue is in
+    front, i.e. behind Postfix's ``content_filter``.  The MTA has already accepted
+    the message there, so a ``reject`` answered here becomes a bounce the MTA
+    sends to the (possibly forged) sender: backscatter.  ``mailsift check-config``
+    then warns about every ``reject`` action in this service's scanners; quarantine
+    or drop instead, and reject before the queue (``milter``, ``smtpd_policy``).
+    The standalone quick start (itself the receiving MTA) keeps ``False`` and
+    rightly rejects.
     """
 
     kind = "smtpd"
@@ -97,6 +106,7 @@ class smtpd(Service):
         socket_mode: int = DEFAULT_SOCKET_MODE,
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
+        after_queue: bool = False,
     ) -> None:
         super().__init__(
             scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
@@ -112,6 +122,9 @@ class smtpd(Service):
         self.next_hop = next_hop
         self.max_size, self.timeout = max_size, float(timeout)
         self.hostname = hostname
+        if not isinstance(after_queue, bool):
+            raise ConfigError(f"{self.kind}: after_queue must be True or False, got {after_queue!r}")
+        self.after_queue = after_queue
 
     def check(self, settings: Settings) -> None:
         """Validate what needs the global settings (the next hop)."""

@@ -136,6 +136,7 @@ class webq(Service):
         login_delay = validators.positive(login_delay, "webq: login_delay")
         login_window = validators.positive(login_window, "webq: login_window")
         self.secret_file = secret_file
+        self.url = url
         from mailsift.web.users import compile_userconv  # the web's users code: only when webq is configured
 
         self.config = WebConfig(
@@ -172,6 +173,15 @@ class webq(Service):
             scheme = parts.scheme
             names.append(parts.hostname.lower())
         return scheme, tuple(names)
+
+    def site_url(self) -> str | None:
+        """The address users reach the site by: ``url``, else ``http://host:port/``; None on a unix socket."""
+        if self.url is not None:
+            return str(self.url)
+        if self.unix_path is not None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
     def check(self, settings: Settings) -> None:
         if settings.database is None:

@@ -4,6 +4,9 @@ the bundled default), said with ``-v``; state commands create STATE_DIR as ``ser
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,40 @@ def test_user_add_before_the_first_serve(
     assert (state / "spool").is_dir()
     listed = CliRunner().invoke(main, ["user", "list"])
     assert "admin" in listed.stdout
+
+
+# --------------------------------------------------------------------------- test isolation
+
+
+def test_the_suite_never_reads_an_installed_system_config() -> None:
+    """tests/conftest.py: in process, ETC_CONFIG is a path that cannot exist (below /dev/null)."""
+    assert os.environ["MAILSIFT_ETC_CONFIG"] == common.ETC_CONFIG
+    assert common.ETC_CONFIG.startswith(os.devnull + os.sep)
+    assert not os.path.exists(common.ETC_CONFIG)
+
+
+def _found_by_a_subprocess(env: dict[str, str]) -> str:
+    code = "from mailsift.cli import common; print(common.find_config(None)[0])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_a_subprocess_reads_the_system_config_only_where_the_environment_says(tmp_path: Path) -> None:
+    """A fake system config is found through MAILSIFT_ETC_CONFIG; the suite's environment
+    (inherited by every subprocess CLI) names none, so an installed one is never read."""
+    fake = write_config(tmp_path / "etc-config.py", tmp_path / "state")
+    env = {k: v for k, v in os.environ.items() if k != "MAILSIFT_CONFIG"}
+    assert _found_by_a_subprocess({**env, "MAILSIFT_ETC_CONFIG": str(fake)}) == str(fake)
+    assert _found_by_a_subprocess(env) == config_module.DEFAULT_CONFIG
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["scan", "-"]], ids=["check-config", "scan"])
+def test_check_config_and_scan_create_state_dir(no_etc: Path, tmp_path: Path, command: list[str]) -> None:
+    """Build 2: every command creates STATE_DIR as serve does (spool/, quarantine/)."""
+    state = tmp_path / "not" / "yet" / "state"
+    config = write_config(tmp_path / "config.py", state, "SCANNERS = [const(0.0)]\n")
+    result = CliRunner().invoke(main, [command[0], "-c", str(config), *command[1:]], input=b"Subject: x\r\n\r\nhi\r\n")
+    assert result.exit_code == 0, result.output
+    assert (state / "spool").is_dir()
+    assert (state / "quarantine").is_dir()
+    assert oct(state.stat().st_mode & 0o777) == oct(0o750)

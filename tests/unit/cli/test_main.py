@@ -172,7 +172,7 @@ def test_check_config_prints_the_tree(runner: CliRunner, tmp_path: Path) -> None
     assert f"  clamd_daemon({tmp_path}/state/clamd/clamd.sock)\n  spamd_daemon(127.0.0.1:10783)\n" in out
     assert f"state directory: {tmp_path / 'state'}" in out
     assert out.rstrip().endswith("config OK")
-    assert not (tmp_path / "state").exists()
+    assert (tmp_path / "state" / "quarantine").is_dir()  # Build 2: check-config creates STATE_DIR as serve does
 
 
 def test_check_config_on_a_broken_config(runner: CliRunner, tmp_path: Path) -> None:
@@ -181,6 +181,107 @@ def test_check_config_on_a_broken_config(runner: CliRunner, tmp_path: Path) -> N
     assert result.exit_code == 2
     assert f"{path}:5: " in result.stderr
     assert "config OK" not in result.stdout
+
+
+AFTER_QUEUE_CONFIG = """\
+EXE = parsemail(mime_ext(r"\\.exe$", "Policy.Executable"))
+SCANNERS = [
+    quarantine("virus", regexp_scan([("EICAR", "EICAR-STANDARD")])),
+    reject(EXE, message="no executables"),
+    drop(reject("Worm", regexp_scan([("Worm.X", "worm")]))),
+]
+SRV = [
+    smtpd(SCANNERS, "127.0.0.1", 10024, next_hop=("127.0.0.1", 10025){after_queue}),
+]
+"""
+
+
+def test_check_config_warns_about_rejects_after_the_queue(runner: CliRunner, tmp_path: Path) -> None:
+    """Finding 8 / Build 9: behind Postfix's content_filter a reject is a bounce (backscatter)."""
+    path = write_config(tmp_path, AFTER_QUEUE_CONFIG.format(after_queue=", after_queue=True"))
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "backscatter" in line]
+    assert len(warned) == 2, result.stderr  # one line per reject action, the inner one too
+    srv_line = 9  # the file's line that assigns SRV (write_config adds two lines)
+    prefix = f"{path}:{srv_line}: warning: smtpd(127.0.0.1:10024) has after_queue=True"
+    assert all(line.startswith(prefix) for line in warned)
+    assert "reject(message='no executables')" in warned[0]
+    assert "reject(onlyif='Worm')" in warned[1]
+    assert result.stdout.rstrip().endswith("config OK")
+
+
+def test_check_config_does_not_warn_before_the_queue(runner: CliRunner, tmp_path: Path) -> None:
+    """The standalone quick start is itself the receiving MTA: its reject is right, no warning."""
+    path = write_config(tmp_path, AFTER_QUEUE_CONFIG.format(after_queue=""))
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+
+
+def test_after_queue_must_be_a_flag(runner: CliRunner, tmp_path: Path) -> None:
+    path = write_config(tmp_path, AFTER_QUEUE_CONFIG.format(after_queue=", after_queue='yes'"))
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 2
+    assert "after_queue must be True or False" in result.stderr
+
+
+LISTS_CONFIG = """\
+SCANNERS = [{lists}quarantine("spam", regexp_scan([("Spam.X", "viagra")]))]
+SRV = [smtpd(SCANNERS, "127.0.0.1", 10024, next_hop=("127.0.0.1", 10025)), webq("127.0.0.1", 10080)]
+"""
+
+
+def test_check_config_warns_when_webq_offers_lists_nobody_consults(runner: CliRunner, tmp_path: Path) -> None:
+    """Finding 3: "Whitelist sender" did nothing with the default config and nothing warned."""
+    path = write_config(tmp_path, LISTS_CONFIG.format(lists=""))
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    assert f"{path}:4: warning: webq(127.0.0.1:10080) offers white/black lists" in result.stderr
+    assert "listed()" in result.stderr
+
+
+@pytest.mark.parametrize("lists", ["listed(), ", "whitelisted(), "])
+def test_no_lists_warning_when_the_scanners_consult_them(runner: CliRunner, tmp_path: Path, lists: str) -> None:
+    path = write_config(tmp_path, LISTS_CONFIG.format(lists=lists))
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+
+
+def test_check_config_shows_hooks_reporter_next_hops_and_the_url(runner: CliRunner, tmp_path: Path) -> None:
+    """Build 11: which file and why, HOOKS, the reporter, each service's next hop, webq's URL."""
+    path = write_config(
+        tmp_path,
+        "USER = None\nSMTP_SERVER = ('127.0.0.1', 10025)\nHOOKS = [log_sql()]\n"
+        "SRV = [\n"
+        "    smtpd([], '127.0.0.1', 10024, next_hop=local_maildir('mail')),\n"
+        "    smtpd([], '127.0.0.1', 10026),\n"
+        "    webq('127.0.0.1', 10080),\n"
+        "    webq('127.0.0.1', 10081, url='https://mail.example.test/webq'),\n"
+        "    reporter(webq='https://mail.example.test/webq'),\n"
+        "]\n",
+    )
+    result = runner.invoke(main, ["check-config", "-c", path])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"config: {path} (from -c)\n" in out
+    assert "SMTP_SERVER: smtp:[127.0.0.1]:10025\n" in out
+    assert "release to: smtp:[127.0.0.1]:10025\n" in out
+    assert "HOOKS:\n  log_sql(" in out
+    assert "reporter: reporter(webq='https://mail.example.test/webq')\n" in out
+    assert f"  smtpd(127.0.0.1:10024)\n    next hop: maildir:{tmp_path}/mail\n" in out
+    assert "  smtpd(127.0.0.1:10026)\n    next hop: smtp:[127.0.0.1]:10025\n" in out  # SMTP_SERVER
+    assert "  webq(127.0.0.1:10080)\n    URL: http://127.0.0.1:10080/\n" in out
+    assert "  webq(127.0.0.1:10081)\n    URL: https://mail.example.test/webq\n" in out
+
+
+def test_check_config_says_when_there_are_no_hooks_and_no_reporter(runner: CliRunner, tmp_path: Path) -> None:
+    path = write_config(tmp_path, "USER = None\nSRV = [smtpd([], '127.0.0.1', 10024, next_hop=local_maildir())]\n")
+    out = runner.invoke(main, ["check-config", "-c", path]).stdout
+    assert "HOOKS: none\n" in out
+    assert "reporter: none (the defaults)\n" in out
+    assert f"release to: maildir:{tmp_path}/mail\n" in out
 
 
 def test_scan_with_a_broken_config(runner: CliRunner, tmp_path: Path, messages: Path) -> None:

@@ -325,3 +325,36 @@ def test_expire_forgets_idle_poison_counts_and_removes_dead_workers_spool_files(
     assert keys == ["recent"]
     assert not left_by_dead.exists()
     assert ours.exists()
+
+
+def test_release_into_the_quick_starts_local_maildir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 10: the bundled config has no SMTP_SERVER; its smtpd delivers into
+    local_maildir("mail"), and a release goes there too (it said "no next hop")."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("MAILSIFT_STATE_DIR", str(state))
+    config = config_module.load(config_module.DEFAULT_CONFIG)
+    try:
+        assert config.settings.smtp_server is None
+        store = QuarantineStore(config.settings.quarantine_dir, config.settings.database, retry_window=0)
+        mail = Mail(Envelope(sender="alice@sender.example", recipients=["bob@example.test"]), message())
+        path = asyncio.run(store.put(mail, "virus", ScanResult(1.0, "Eicar-Test-Signature", "clamd")))
+        released = CliRunner().invoke(
+            quarantine_group, ["release", "-c", config_module.DEFAULT_CONFIG, file_id(path), "--by", "admin"]
+        )
+        assert released.exit_code == 0, released.output
+        [delivered] = list((state / "mail" / "bob@example.test" / "new").iterdir())
+        assert delivered.read_bytes().replace(b"\r\n", b"\n").endswith(message().replace(b"\r\n", b"\n"))
+    finally:
+        config.settings.database.dispose()
+
+
+def test_release_needs_one_next_hop_when_the_services_differ(tmp_path: Path) -> None:
+    path = tmp_path / "two-hops.py"
+    path.write_text(
+        f"from mailsift import *\nSTATE_DIR = {str(tmp_path / 'state')!r}\nUSER = None\nSRV = [\n"
+        "    smtpd([], '127.0.0.1', 10024, next_hop=local_maildir('mail')),\n"
+        "    smtpd([], '127.0.0.1', 10026, next_hop=('127.0.0.1', 10025)),\n]\n"
+    )
+    assert config_module.load(str(path)).settings.release_hop is None
+    path.write_text(path.read_text().replace("next_hop=('127.0.0.1', 10025)", "next_hop=local_maildir('mail')"))
+    assert config_module.load(str(path)).settings.release_hop is not None  # the same hop: used

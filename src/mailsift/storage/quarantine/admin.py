@@ -196,9 +196,11 @@ async def release(
     if not targets:
         raise QuarantineProblem(f"{entry.id}: no recipients (give --to)")
     check_addresses(entry.sender, targets)  # AddressError: CR/LF in a stored address would smuggle commands
-    target = next_hop if next_hop is not None else settings.smtp_server
+    target = next_hop if next_hop is not None else settings.release_hop or settings.smtp_server
     if target is None:
-        raise QuarantineProblem("no next hop: give --next-hop host:port or set SMTP_SERVER")
+        raise QuarantineProblem(
+            "no next hop: give --next-hop host:port or set SMTP_SERVER (the services' next hops differ or are none)"
+        )
     database = settings.require_database()
     claimed_at = time.time() if now is None else now
     await database.run(_claim, entry.id, by, claimed_at, targets, again)
