@@ -21,11 +21,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import smtplib
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,96 +36,17 @@ from mailsift.config import DEFAULT_CONFIG
 from mailsift.testing import free_port
 from tests.helpers import readme
 from tests.helpers.postfix import PostfixInstance
+from tests.helpers.readme import (
+    BIN,
+    Ports,
+    Serve,
+    environment,
+    run_shell_block,
+    shell_commands,
+    wait_port,
+    write_config,
+)
 from tests.helpers.samples import EICAR_TEXT as EICAR
-
-BIN = Path(sys.executable).parent
-PASSWORD = "readme-password-1"
-
-#: What a block marked ``prelude`` assumes is defined (the README's fragments name these).
-PRELUDE = """\
-from mailsift import *
-STATE_DIR = "/var/lib/mailsift"
-CLAMD = "/run/clamav/clamd.ctl"
-SPAMD = ("127.0.0.1", 783)
-SPAM = spamassassind(SPAMD)
-SCANNERS = [regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])]
-AV_ONLY = [clamd(CLAMD)]
-SMTP_SERVER = ("127.0.0.1", 10025)
-SRV = [smtpd(SCANNERS, "127.0.0.1", 10024)]
-"""
-EPILOGUE = "\nUSER = None  # the tests keep their user\n"
-
-
-class Ports(dict[int, int]):
-    """README port -> this test's free port, allocated on first use."""
-
-    def __missing__(self, port: int) -> int:
-        self[port] = free_port()
-        return self[port]
-
-
-def config_text(block: readme.Block, ports: Ports, root: Path) -> str:
-    """The config a reader builds from ``block`` (its base block first, or the prelude), localized."""
-    if "base" in block.args:
-        text = config_text(readme.named(block.args["base"]), ports, root).removesuffix(EPILOGUE) + "\n"
-        return text + readme.localize(block.text, ports, root) + EPILOGUE
-    prelude = PRELUDE if "prelude" in block.words else ""
-    return readme.localize(prelude + block.text, ports, root) + EPILOGUE
-
-
-def write_config(block: readme.Block, ports: Ports, root: Path) -> Path:
-    path = root / f"{block.name}.py"
-    path.write_text(config_text(block, ports, root))
-    return path
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {
-        "MAILSIFT_ETC_CONFIG": os.environ.get("MAILSIFT_ETC_CONFIG", "/dev/null/mailsift/config.py"),
-        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
-        "MAILSIFT_USER": "",
-        "HOME": "/nonexistent",
-        "LANG": "C.UTF-8",
-    }
-    env.update(extra)
-    return env
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
-
-class Serve:
-    """``mailsift serve -c CONFIG`` in ``cwd`` until stopped; ``wait`` for a port."""
-
-    def __init__(self, config: Path, cwd: Path) -> None:
-        self.log = cwd / f"{config.stem}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", "1"],
-                cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=environment(),
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 # ---------------------------------------------------------------- config blocks
 
@@ -161,21 +79,6 @@ def test_check_config_warns_about_rejects_behind_the_queue(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------- shell blocks
-
-
-def shell_commands(text: str) -> list[tuple[str, str]]:
-    """(command, its trailing comment) per command line; backslash continuations joined."""
-    commands: list[tuple[str, str]] = []
-    current = ""
-    for line in text.splitlines():
-        code, _, comment = line.partition("  #")
-        if code.rstrip().endswith("\\"):
-            current += code.rstrip()[:-1] + " "
-            continue
-        if (current + code).strip():
-            commands.append(((current + code).strip(), comment.strip()))
-        current = ""
-    return commands
 
 
 def data_reply(transcript: str) -> str:
@@ -276,28 +179,6 @@ def test_quick_start_release_goes_into_the_local_maildir(bundled: tuple[Path, Po
         assert result.returncode == 0, f"{block.where()}: {command}\n{result.stdout}{result.stderr}"
     released = [p.read_bytes() for p in set(mailbox.glob("*")) - before]
     assert any(b"Subject: release me" in m for m in released), released
-
-
-def run_shell_block(block: readme.Block, cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
-    """The block's commands one by one in bash, with MAILSIFT_CONFIG; a password prompt gets
-    its two answers on stdin (each command its own: a first reader would take the whole pipe)."""
-    output = ""
-    for command, _comment in shell_commands(block.text):
-        result = subprocess.run(
-            ["bash", "-e", "-c", command],
-            cwd=cwd,
-            input=f"{PASSWORD}\n{PASSWORD}\n",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=environment(MAILSIFT_CONFIG=str(config)),
-            start_new_session=True,  # no controlling terminal: the prompts read stdin
-            check=False,
-        )
-        output += f"$ {command}\n{result.stdout}{result.stderr}"
-        if result.returncode:
-            return subprocess.CompletedProcess(command, result.returncode, output, "")
-    return subprocess.CompletedProcess(block.text, 0, output, "")
 
 
 CONFIGURED_SHELL = [b for b in readme.of_kind("shell") if "config" in b.args]
