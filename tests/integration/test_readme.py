@@ -194,6 +194,9 @@ def test_commands_work_before_the_first_serve(block: readme.Block, tmp_path: Pat
     assert (tmp_path / "state").is_dir()
     if block.name == "users":  # the recipe's userconv applied: `admin` is stored as admin@example.com
         assert "admin@example.com" in result.stdout, result.stdout
+    if block.name == "backup":  # one tar file, readable by its owner only
+        [tar] = tmp_path.glob("mailsift-*.tar")
+        assert tar.stat().st_mode & 0o077 == 0
 
 
 # ---------------------------------------------------------------- Postfix blocks

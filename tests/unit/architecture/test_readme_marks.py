@@ -23,7 +23,7 @@ from tests.helpers import readme
 
 #: While True, ``<!-- readme: pending BRANCH -->`` passes (blocks waiting for wip/opsconfig).
 #: The lead sets it False once that branch is merged: a pending block then fails here.
-ALLOW_PENDING = True
+ALLOW_PENDING = False
 
 BLOCKS = readme.blocks()
 
