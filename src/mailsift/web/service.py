@@ -40,10 +40,11 @@ to mailsift's log).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -157,6 +158,16 @@ class webq(Service):
             header_limit=limits["max_header"],
             min_password_length=limits["min_password_length"],
         )
+
+    def bind_config(self, objects: Iterable[object]) -> None:
+        """Note which white/black lists the accepted config consults (called once by :func:`mailsift.config.load`
+        with every scanner of the config): the own-lists page and the "Whitelist sender" buttons offer only
+        those, and say "lists are not in use" otherwise, instead of claiming an effect they would not have."""
+        from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
+
+        kinds = listed | whitelisted | blacklisted
+        lists = {name for item in objects if isinstance(item, kinds) for name in item.lists}
+        self.config = dataclasses.replace(self.config, lists_in_use=frozenset(lists))
 
     @staticmethod
     def _site(url: str | None, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:

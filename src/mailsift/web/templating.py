@@ -51,6 +51,7 @@ def _environment() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["size"] = _size
     env.filters["verdict"] = _verdict
+    env.globals["_"] = lambda text, **values: text % values if values else text  # gettext stand-in (i18n)
     return env
 
 

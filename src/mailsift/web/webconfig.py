@@ -56,5 +56,8 @@ class WebConfig:
     """The request line and headers together (uvicorn's h11 ``max_incomplete_event_size``): 431/400 beyond."""
     min_password_length: int = 10
     """The shortest password a user may choose (``mailsift user add|passwd``, the web's own password change)."""
+    lists_in_use: frozenset[str] = frozenset(("white", "black"))
+    """The white/black lists the config's scanners consult (``listed()``: both; ``whitelisted()``: white...),
+    set by :meth:`mailsift.web.service.webq.bind_config`; the pages offer only these."""
     admin_release: frozenset[str] = frozenset(ADMIN_RELEASE)
     """Quarantine categories only an admin may release (the pages and the digest links)."""
