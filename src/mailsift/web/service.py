@@ -24,7 +24,7 @@ login name and client before the progressive delay, default 5),
 ``login_failures_per_client`` (attempts per client and ``login_window``,
 default 30), ``login_window`` (seconds, default 900), ``max_body`` (bytes of
 any request body, default 65536), ``max_login_body`` (of the login and logout
-forms, default 8192), ``max_form_fields`` (default 200), ``max_header``
+forms, default 8192), ``max_form_fields`` (default 256), ``max_header``
 (request line and headers, default 32768), ``metrics_clients`` and
 ``metrics_token`` (who may read /metrics, see
 :mod:`mailsift.web.stats_pages`), ``admin_release`` (quarantine categories only an admin may

@@ -10,7 +10,7 @@ from mailsift.storage.quarantine.admin import ADMIN_RELEASE
 
 DEFAULT_BODY_LIMIT = 64 * 1024
 DEFAULT_LOGIN_BODY_LIMIT = 8 * 1024
-DEFAULT_FORM_FIELDS = 200
+DEFAULT_FORM_FIELDS = 256  # a full page of bulk selection (200 ids) and the form's own fields
 DEFAULT_HEADER_LIMIT = 32 * 1024
 
 
