@@ -111,7 +111,7 @@ async def story(request: Request) -> Response:
     if found is None:
         raise HTTPException(404, "No such message in the log (it may have been cleaned up).")
     human = human_story_verdict(found)
-    timeline = [(event.time, _humane(event.text, found, human)) for event in found.events()]
+    timeline = [(event.time, _humane(event.text, found, human), event.text) for event in found.events()]
     context = {"story": found, "when": format_time, "human": human, "timeline": timeline}
     return render(request, "track_story.html", context)
 
@@ -128,11 +128,9 @@ def human_story_verdict(story: Story) -> str:
 
 
 def _humane(text: str, story: Story, human: str) -> str:
-    """A timeline line with the human verdict in place of ``by scanner: name (level 1.00)``."""
-    raw = f" by {story.verdict}"
-    if story.verdict == "clean" or raw not in text:
-        return text
-    return text.replace(raw, f": {human} (by {story.scanner or '-'})", 1)
+    """The human verdict to put before a timeline line: on the line of the decision (the one naming the
+    technical verdict ``by scanner: name (level 1.00)``, which stays for the admin), else ``""``."""
+    return human if story.verdict != "clean" and f" by {story.verdict}" in text else ""
 
 
 def routes() -> list[BaseRoute]:
