@@ -215,6 +215,7 @@ async def message_page(request: Request) -> Response:
         "can_release": _may_release(request, user, entry),
         "released_already": _released_already(user, entry),
         "can_recheck": bool(_config(request).scanners),
+        "lists_in_use": _config(request).lists_in_use,
         "flash": _take_flash(request),
         "quoted_id": quote(entry.id, safe=""),
     }

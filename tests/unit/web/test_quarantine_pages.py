@@ -381,6 +381,7 @@ async def test_whitelist_sender_says_lists_are_not_in_use(server: WebqServer) ->
             f"/q/{entry_id}/list", data={"csrf_token": token, "list": "white"}, follow_redirects=True
         )
         assert "Not whitelisted: White and black lists are not in use" in page.text
+        assert 'id="lists-not-in-use"' in page.text  # the message view says so beside the buttons
         assert "s@x.test whitelisted for" not in page.text
         entries = await server.settings.require_database().run(userpolicy.list_entries)
         assert entries == []
@@ -403,3 +404,21 @@ async def _log_in(client: httpx.AsyncClient) -> None:
     assert found
     answer = await client.post("/login", data={"login": "alice", "password": "pw", "csrf_token": found.group(1)})
     assert answer.status_code == 303
+
+
+async def test_message_view_lists_each_rule_with_its_points_and_description(server: WebqServer) -> None:
+    detail = "score=12.3 required=5 points=2.5,9.8 tests=BAYES_99,URIBL_BLACK"
+    spam = Result(2.46, "Spam", "spamassassind", detail)
+    raw = message_bytes("s@x.test", "alice@example.org", "Pills", "buy").replace(
+        b"Subject:", b"X-Spam-Report: \r\n\t*  2.5 BAYES_99 BODY: Bayes spam probability is 99 to 100%\r\nSubject:", 1
+    )
+    spam_id = await asyncio.to_thread(
+        server.seed, "rules", "s@x.test", ["alice@example.org"], raw, category="spam", result=spam
+    )
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        page = (await client.get(f"/q/{spam_id}")).text
+        rules = re.search(r'<table class="rules" id="spam-rules">(.*?)</table>', page, re.S)
+        assert rules is not None
+        rows = re.findall(r'<tr><td>([A-Z_0-9]+)</td><td class="num">([^<]*)</td><td>([^<]*)</td></tr>', rules.group(1))
+        assert rows == [("BAYES_99", "2.5", "BODY: Bayes spam probability is 99 to 100%"), ("URIBL_BLACK", "9.8", "")]
