@@ -186,6 +186,8 @@ def load(path: str) -> Config:
         raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
     config = _check(path, namespace, _assignment_lines(tree))
     bind(config.objects(), config.settings)  # accepted: only now bind what needs the config (DATABASE...)
+    for service in config.services:  # webq: which white/black lists the scanners consult
+        getattr(service, "bind_config", lambda objects: None)(list(config.objects()))
     return config
 
 

@@ -44,6 +44,7 @@ from mailsift.web.service import webq
 STATE_DIR = {state!r}
 SMTP_SERVER = ('127.0.0.1', {hop})
 DATABASE = db.sqlite()
+SCANNERS = [listed()]  # the web offers the own white/black lists only where the scanners consult them
 SRV = [webq('127.0.0.1', {port}, scanner=regexp_scan([('EICAR-Test', r'EICAR-STANDARD')]))]
 """
 

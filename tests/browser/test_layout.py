@@ -1,6 +1,7 @@
 """The web quarantine's layout at a phone's 390 px and a desktop's 1,280 px (Debian's chromium).
 
-Each page — login, quarantine list, a message, statistics, tracking — is measured: the document
+Each page — login, quarantine list, a message, statistics, tracking, own lists, password, a bulk
+confirmation — is measured: the document
 is never wider than the window (``document.documentElement.scrollWidth <= innerWidth``), the
 user name never overlaps "Log out", the graphs use the width, and dates stay on one line.
 Screenshots go to the test's tmp dir and to /tmp/mailsift-screens/ (``layout_<page>_<width>.png``).
@@ -66,6 +67,14 @@ def test_no_horizontal_overflow(webq_server: WebqServer, browser: Any, width: in
         assert graph["width"] >= 0.85 * main["width"]  # the graphs use the width
         page.goto(f"{webq_server.url}/track")
         _fits(page, "track", width, tmp_path)
+        page.goto(f"{webq_server.url}/lists")
+        _fits(page, "lists", width, tmp_path)
+        page.goto(f"{webq_server.url}/password")
+        _fits(page, "password", width, tmp_path)
+        page.goto(f"{webq_server.url}/q/")
+        page.locator("form#bulk input[name=id]").first.check()
+        page.click("#bulk-release")  # the confirmation page only: nothing is released
+        _fits(page, "bulk", width, tmp_path)
     finally:
         context.close()
 

@@ -160,3 +160,12 @@ async def test_default_max_size_edges_match_spamc(spamd_instance: SpamdInstance)
     assert (result.level, result.name) == (0.0, "")
     assert result.detail == f"not checked: over max_size ({SPAMC_MAX_SIZE + 1} > {SPAMC_MAX_SIZE} bytes)"
     assert spamd_instance.spamc(over, "-c").stdout.strip() == b"0/0"
+
+
+async def test_gtube_detail_carries_each_rules_points(spamd_instance: SpamdInstance) -> None:
+    result = await check(spamassassind(spamd_instance.address), GTUBE.read_bytes())
+    points = result.detail.partition("points=")[2].partition(" ")[0].split(",")
+    names = result.detail.partition("tests=")[2].split(",")
+    assert len(points) == len(names) == len(result.symbols)
+    assert float(points[names.index("GTUBE")]) >= 1000  # GTUBE's own score (SpamAssassin's 1000)
+    assert sum(map(float, points)) == pytest.approx(result.score, abs=0.1 * len(points))

@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.settings import Settings
-from mailsift.web import account_pages, auth, quarantine_pages
+from mailsift.web import account_pages, auth, lists_pages, quarantine_pages
 from mailsift.web.templating import render, templates
 from mailsift.web.webconfig import WebConfig
 
@@ -174,6 +174,7 @@ def create_app(
     if quarantine:
         routes.extend(quarantine_pages.routes())
         routes.extend(account_pages.routes())
+        routes.extend(lists_pages.routes())
     routes.extend(extra_routes)
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     middleware = [

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -41,7 +42,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
-from mailsift.reporting.verdicts import human_verdict, spam_rules
+from mailsift.reporting.verdicts import human_verdict
 from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
 from mailsift.storage.quarantine.admin import (
@@ -56,7 +57,9 @@ from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry
 from mailsift.storage.quarantine.store import DamagedFile, locate, read_original
 from mailsift.web import mailview, users
 from mailsift.web.auth import check_csrf, require_user
+from mailsift.web.lists_pages import NOT_IN_USE
 from mailsift.web.quarantine_queries import SORTS, ListQuery, categories, find_page, get_visible, own_recipients
+from mailsift.web.spam_rules import rule_rows
 from mailsift.web.templating import render
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
@@ -203,7 +206,7 @@ async def message_page(request: Request) -> Response:
     detail = await _detail(request, entry)
     context = {
         "detail": detail,
-        "spam_rules": spam_rules(detail),
+        "spam_rules": rule_rows(detail, shown.all_headers),
         "entry": entry,
         "recipients": entry.recipients if user.is_admin else own_recipients(user, entry),
         "released_to": released_to,
@@ -212,6 +215,7 @@ async def message_page(request: Request) -> Response:
         "can_release": _may_release(request, user, entry),
         "released_already": _released_already(user, entry),
         "can_recheck": bool(_config(request).scanners),
+        "lists_in_use": _config(request).lists_in_use,
         "flash": _take_flash(request),
         "quoted_id": quote(entry.id, safe=""),
     }
@@ -349,27 +353,37 @@ async def list_sender_action(request: Request) -> Response:
     which = str(form.get("list") or "")
     if which not in ("white", "black") or not entry.sender:
         raise HTTPException(400, "Choose the white or the black list; a message without sender cannot be listed.")
+    owners = _list_owners(user, entry)
+    if which not in _config(request).lists_in_use:  # the scanners would never read the entry
+        _flash(request, f"Not {which}listed: {NOT_IN_USE}", "error")
+        return _back(entry)
+    try:
+        await _settings(request).require_database().run(_add_sender, which, [(entry.sender, owners)], user.login)
+    except (ConfigError, MailsiftError) as error:
+        _flash(request, f"Not listed: {error}", "error")
+        return _back(entry)
+    _flash(request, f"{entry.sender} {which}listed for " + ", ".join(owners) + ".")
+    return _back(entry)
+
+
+def _list_owners(user: User, entry: QuarantineEntry) -> list[str]:
+    """The list owners for "whitelist sender" of ``entry``: the user's own mailboxes among its recipients
+    (an admin's: all of them); HTTPException when there is none."""
     owners = own_recipients(user, entry) or (list(entry.recipients) if user.is_admin else [])
     if not owners:
         raise HTTPException(403, "None of the recipients is yours.")
     owners = list(dict.fromkeys(owner for owner in map(_mailbox, owners) if owner))
     if not owners:  # e.g. RCPT TO:<example.com>: never a domain's or a global entry
         raise HTTPException(400, "No recipient of this message is a mailbox (local@domain) a list could belong to.")
+    return owners
+
+
+def _add_sender(connection: Any, which: str, pairs: list[tuple[str, list[str]]], login: str) -> None:
+    """Add each (sender, owners) pair to the ``which`` list, in one transaction."""
     now = time.time()
-
-    def add_all(connection: Any) -> None:
+    for sender, owners in pairs:
         for owner in owners:
-            userpolicy.add_listed(
-                connection, which, "sender", entry.sender, owner=owner, comment=f"webq {user.login}", now=now
-            )
-
-    try:
-        await _settings(request).require_database().run(add_all)
-    except (ConfigError, MailsiftError) as error:
-        _flash(request, f"Not listed: {error}", "error")
-        return _back(entry)
-    _flash(request, f"{entry.sender} {which}listed for " + ", ".join(owners) + ".")
-    return _back(entry)
+            userpolicy.add_listed(connection, which, "sender", sender, owner=owner, comment=f"webq {login}", now=now)
 
 
 def _mailbox(recipient: str) -> str:
@@ -378,6 +392,126 @@ def _mailbox(recipient: str) -> str:
         return userpolicy.mailbox_owner(recipient)
     except ConfigError:
         return ""
+
+
+# --------------------------------------------------------------------------- bulk actions
+
+BULK_ACTIONS = ("release", "delete", "whitelist")
+MAX_BULK = 200
+"""Messages one bulk action takes at most (a full page at the largest "rows per page")."""
+
+
+@dataclass
+class BulkItem:
+    """One selected message of a bulk action: what will happen (or happened) to it."""
+
+    id: str
+    entry: QuarantineEntry | None
+    allowed: bool
+    note: str
+    targets: list[str] = field(default_factory=list)
+    done: bool = False
+
+
+def _visible_many(connection: Any, user: User, ids: list[str]) -> dict[str, QuarantineEntry]:
+    found = {}
+    for entry_id in ids:
+        entry = get_visible(connection, user, entry_id)
+        if entry is not None:
+            found[entry_id] = entry
+    return found
+
+
+def _plan(request: Request, user: User, action: str, entry_id: str, entry: QuarantineEntry | None) -> BulkItem:
+    """What ``action`` would do to one selected message, or why it is refused (checked as the single actions)."""
+    if entry is None:  # missing, or not this user's: alike, as for a single message
+        return BulkItem(entry_id, None, False, "No such message.")
+    if action == "release":
+        targets = _release_targets(user, entry)
+        if not _may_release(request, user, entry):
+            note = f"Refused: only an administrator can release a message quarantined as {entry.category}."
+            return BulkItem(entry_id, entry, False, note)
+        if _released_already(user, entry):
+            return BulkItem(entry_id, entry, False, "Released already.")
+        return BulkItem(entry_id, entry, True, "Release to " + ", ".join(targets) + ".", targets)
+    if action == "delete":
+        if not user.is_admin and len(own_recipients(user, entry)) != len(entry.recipients):
+            return BulkItem(entry_id, entry, False, "Refused: it has other recipients too; ask an administrator.")
+        return BulkItem(entry_id, entry, True, "Delete for good.")
+    if "white" not in _config(request).lists_in_use:
+        return BulkItem(entry_id, entry, False, f"Not whitelisted: {NOT_IN_USE}")
+    if not entry.sender:
+        return BulkItem(entry_id, entry, False, "Refused: a message without sender cannot be listed.")
+    try:
+        owners = _list_owners(user, entry)
+    except HTTPException as error:
+        return BulkItem(entry_id, entry, False, f"Refused: {error.detail}")
+    return BulkItem(entry_id, entry, True, f"Whitelist {entry.sender} for " + ", ".join(owners) + ".", owners)
+
+
+async def _carry_out(request: Request, user: User, action: str, items: list[BulkItem]) -> None:
+    """Do ``action`` for every allowed item; each item's note says what happened to it."""
+    settings = _settings(request)
+    allowed = [item for item in items if item.allowed and item.entry is not None]
+    if action == "whitelist":
+        pairs = [(item.entry.sender, item.targets) for item in allowed if item.entry is not None]
+        try:
+            await settings.require_database().run(_add_sender, "white", pairs, user.login)
+        except (ConfigError, MailsiftError) as error:
+            for item in allowed:
+                item.note = f"Not whitelisted: {error}"
+            return
+        for item in allowed:
+            item.done, item.note = True, f"Whitelisted for {', '.join(item.targets)}."
+        return
+    for item in allowed:
+        entry = item.entry
+        assert entry is not None
+        try:
+            if action == "release":
+                await release(settings, entry, recipients=item.targets, by=f"web:{user.login}")
+                item.note = "Released to " + ", ".join(item.targets) + "."
+            else:
+                await asyncio.to_thread(delete, settings, entry)
+                item.note = "Deleted."
+            item.done = True
+        except ReleaseInProgress as error:
+            item.note = f"Not released: {error.by} is releasing it right now."
+        except AlreadyReleased as error:
+            item.note = f"Released already by {error.entry.released_by}."
+        except (QuarantineProblem, MailsiftError) as error:
+            log.warning("webq: %s could not %s %s: %s", user.login, action, entry.id, error)
+            item.note = f"Could not {action} it now; try again later."
+
+
+async def bulk_action(request: Request) -> Response:
+    """``POST /q/bulk``: ``action`` (release, delete, whitelist) for the selected ``id`` fields.
+
+    The first POST answers a confirmation page listing each message and what
+    will happen to it (or why it is refused); its own POST (``confirm=yes``)
+    re-checks every message and carries the action out for the allowed ones.
+    At most :data:`MAX_BULK` messages."""
+    form = await request.form()
+    check_csrf(request, form)
+    user = require_user(request)
+    action = str(form.get("action") or "")
+    if action not in BULK_ACTIONS:
+        raise HTTPException(400, "Choose release, delete or whitelist.")
+    ids = list(dict.fromkeys(str(value)[:100] for value in form.getlist("id")))
+    if not ids:
+        _flash(request, "Select at least one message first.", "error")
+        return RedirectResponse("/q/", status_code=303)
+    if len(ids) > MAX_BULK:
+        raise HTTPException(400, f"Select at most {MAX_BULK} messages at once.")
+    entries = await _settings(request).require_database().run(_visible_many, user, ids)
+    items = [_plan(request, user, action, entry_id, entries.get(entry_id)) for entry_id in ids]
+    confirmed = form.get("confirm") == "yes"
+    if confirmed:
+        await _carry_out(request, user, action, items)
+        done = sum(item.done for item in items)
+        log.info("webq: %s bulk %s: %d of %d selected", user.login, action, done, len(items))
+    context = {"action": action, "items": items, "confirmed": confirmed, "allowed": sum(i.allowed for i in items)}
+    return render(request, "q_bulk.html", context)
 
 
 async def preferences_page(request: Request) -> Response:
@@ -403,6 +537,7 @@ async def preferences_page(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/q/", list_page, methods=["GET"]),
+        Route("/q/bulk", bulk_action, methods=["POST"]),
         Route("/q/{entry_id}", message_page, methods=["GET"]),
         Route("/q/{entry_id}/raw", raw_download, methods=["GET"]),
         Route("/q/{entry_id}/part/{index}", part_download, methods=["GET"]),

@@ -24,7 +24,7 @@ login name and client before the progressive delay, default 5),
 ``login_failures_per_client`` (attempts per client and ``login_window``,
 default 30), ``login_window`` (seconds, default 900), ``max_body`` (bytes of
 any request body, default 65536), ``max_login_body`` (of the login and logout
-forms, default 8192), ``max_form_fields`` (default 200), ``max_header``
+forms, default 8192), ``max_form_fields`` (default 256), ``max_header``
 (request line and headers, default 32768), ``metrics_clients`` and
 ``metrics_token`` (who may read /metrics, see
 :mod:`mailsift.web.stats_pages`), ``admin_release`` (quarantine categories only an admin may
@@ -42,10 +42,11 @@ to mailsift's log).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -166,6 +167,16 @@ class webq(Service):
             min_password_length=limits["min_password_length"],
             language=language,
         )
+
+    def bind_config(self, objects: Iterable[object]) -> None:
+        """Note which white/black lists the accepted config consults (called once by :func:`mailsift.config.load`
+        with every scanner of the config): the own-lists page and the "Whitelist sender" buttons offer only
+        those, and say "lists are not in use" otherwise, instead of claiming an effect they would not have."""
+        from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
+
+        kinds = listed | whitelisted | blacklisted
+        lists = {name for item in objects if isinstance(item, kinds) for name in item.lists}
+        self.config = dataclasses.replace(self.config, lists_in_use=frozenset(lists))
 
     @staticmethod
     def _site(url: str | None, hosts: Sequence[str]) -> tuple[str, tuple[str, ...]]:

@@ -21,6 +21,7 @@ from mailsift.errors import MailsiftError
 from mailsift.reporting.tracking import (
     MAX_LIMIT,
     MAX_TEXT,
+    Story,
     StoryPage,
     TrackQuery,
     TrackQueryError,
@@ -30,6 +31,7 @@ from mailsift.reporting.tracking import (
     get_story,
     parse_time,
 )
+from mailsift.reporting.verdicts import human_verdict
 from mailsift.storage.db import Database
 from mailsift.web.auth import require_admin
 from mailsift.web.templating import render
@@ -78,6 +80,7 @@ async def search(request: Request) -> Response:
     user = require_admin(request)
     form = _form(request)
     context: dict[str, Any] = {"form": form, "page": None, "error": "", "summary": {}, "links": {}}
+    context["human"] = human_story_verdict
     try:
         query = _query(form, request.query_params.get("offset", ""), user.rows)
     except TrackQueryError as error:
@@ -107,7 +110,27 @@ async def story(request: Request) -> Response:
         raise HTTPException(503, "The message log cannot be read right now; try again later.") from None
     if found is None:
         raise HTTPException(404, "No such message in the log (it may have been cleaned up).")
-    return render(request, "track_story.html", {"story": found, "when": format_time})
+    human = human_story_verdict(found)
+    timeline = [(event.time, _humane(event.text, found, human), event.text) for event in found.events()]
+    context = {"story": found, "when": format_time, "human": human, "timeline": timeline}
+    return render(request, "track_story.html", context)
+
+
+def human_story_verdict(story: Story) -> str:
+    """The story's verdict as a person reads it (``Virus: Eicar-Test-Signature``, ``Spam, score 12.3 of 5.0``)."""
+    category = next((copy.category for copy in story.quarantine if copy.category), "")
+    detail = ""
+    if story.spam_score is not None and story.spam_required is not None:
+        detail = f"score={story.spam_score:g} required={story.spam_required:g}"
+    if story.level < 1.0 and not category:
+        return "Clean"
+    return human_verdict(category, story.name, story.scanner, story.level, detail)
+
+
+def _humane(text: str, story: Story, human: str) -> str:
+    """The human verdict to put before a timeline line: on the line of the decision (the one naming the
+    technical verdict ``by scanner: name (level 1.00)``, which stays for the admin), else ``""``."""
+    return human if story.verdict != "clean" and f" by {story.verdict}" in text else ""
 
 
 def routes() -> list[BaseRoute]:

@@ -10,7 +10,7 @@ from mailsift.storage.quarantine.admin import ADMIN_RELEASE
 
 DEFAULT_BODY_LIMIT = 64 * 1024
 DEFAULT_LOGIN_BODY_LIMIT = 8 * 1024
-DEFAULT_FORM_FIELDS = 200
+DEFAULT_FORM_FIELDS = 256  # a full page of bulk selection (200 ids) and the form's own fields
 DEFAULT_HEADER_LIMIT = 32 * 1024
 
 
@@ -56,6 +56,9 @@ class WebConfig:
     """The request line and headers together (uvicorn's h11 ``max_incomplete_event_size``): 431/400 beyond."""
     min_password_length: int = 10
     """The shortest password a user may choose (``mailsift user add|passwd``, the web's own password change)."""
+    lists_in_use: frozenset[str] = frozenset(("white", "black"))
+    """The white/black lists the config's scanners consult (``listed()``: both; ``whitelisted()``: white...),
+    set by :meth:`mailsift.web.service.webq.bind_config`; the pages offer only these."""
     admin_release: frozenset[str] = frozenset(ADMIN_RELEASE)
     """Quarantine categories only an admin may release (the pages and the digest links)."""
     language: str = "en"

@@ -284,3 +284,141 @@ async def test_verdicts_and_spam_rules_read_as_people_read_them(server: WebqServ
         assert "(99.90)" not in listing
         assert "Virus: Eicar-Test-Signature" in (await client.get(f"/q/{virus_id}")).text
         assert 'id="spam-rules"' not in (await client.get(f"/q/{virus_id}")).text
+
+
+# --------------------------------------------------------------------------- bulk actions
+
+
+def _bulk_rows(page: str) -> dict[str, str]:
+    """id -> the outcome cell of the bulk page."""
+    rows = re.findall(r'<tr data-id="([^"]+)" class="([^"]*)">.*?<td class="outcome[^"]*">([^<]*)</td>', page, re.S)
+    return {entry_id: f"{kind}: {text}" for entry_id, kind, text in rows}
+
+
+async def test_bulk_release_asks_first_then_releases_the_allowed_and_reports_each_refusal(server: WebqServer) -> None:
+    m = server.messages
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        ids = [m["mine"], m["bulk0"], m["theirs"]]  # spam (allowed), a virus (admins only), bob's (not visible)
+        asked = await client.post("/q/bulk", data={"csrf_token": token, "action": "release", "id": ids})
+        assert asked.status_code == 200
+        rows = _bulk_rows(asked.text)
+        assert rows[m["mine"]] == "allowed: Release to Alice@Example.org."  # as the envelope spelled it
+        assert rows[m["bulk0"]].startswith("refused: Refused: only an administrator can release")
+        assert rows[m["theirs"]] == "refused: No such message."
+        assert "Theirs" not in asked.text  # nothing of bob's message is shown
+        assert len(server.recorder.messages) == 0  # the first POST only asks
+        assert 'id="confirm-bulk"' in asked.text
+        sent = re.findall(r'<input type="hidden" name="id" value="([^"]+)">', asked.text)
+        assert sent == [m["mine"]]  # the confirmation carries the allowed ones only
+        forged = await client.post(
+            "/q/bulk", data={"csrf_token": "x" * 43, "action": "release", "confirm": "yes", "id": ids}
+        )
+        assert forged.status_code == 403
+        done = await client.post(
+            "/q/bulk", data={"csrf_token": token, "action": "release", "confirm": "yes", "id": ids}
+        )
+        rows = _bulk_rows(done.text)
+        assert rows[m["mine"]] == "allowed done: Released to Alice@Example.org."
+        assert rows[m["bulk0"]].startswith("refused: Refused: only an administrator")
+        assert len(server.recorder.messages) == 1
+        entry = await server.settings.require_database().run(get_entry, m["bulk0"])
+        assert entry is not None
+        assert entry.state == "held"
+
+
+async def test_bulk_delete_and_its_limits(server: WebqServer) -> None:
+    m = server.messages
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        ids = [m["bulk1"], m["bulk2"], m["both"]]  # "both" has bob as recipient too: not alice's to delete
+        asked = await client.post("/q/bulk", data={"csrf_token": token, "action": "delete", "id": ids})
+        assert _bulk_rows(asked.text)[m["both"]].startswith("refused: Refused: it has other recipients")
+        assert await server.settings.require_database().run(get_entry, m["bulk1"]) is not None  # asked only
+        await client.post("/q/bulk", data={"csrf_token": token, "action": "delete", "confirm": "yes", "id": ids})
+        database = server.settings.require_database()
+        assert await database.run(get_entry, m["bulk1"]) is None
+        assert await database.run(get_entry, m["bulk2"]) is None
+        assert await database.run(get_entry, m["both"]) is not None
+        too_many = [f"20990101T000000-{n:08x}" for n in range(201)]
+        over = await client.post("/q/bulk", data={"csrf_token": token, "action": "delete", "id": too_many})
+        assert over.status_code == 400
+        assert "at most 200" in over.text
+        bad = await client.post("/q/bulk", data={"csrf_token": token, "action": "explode", "id": [m["bulk3"]]})
+        assert bad.status_code == 400
+        none = await client.post("/q/bulk", data={"csrf_token": token, "action": "delete"})
+        assert none.status_code == 303
+
+
+async def test_bulk_whitelist_only_where_lists_are_in_use(server: WebqServer) -> None:
+    m = server.messages
+    for lists, expected in ((frozenset(), "not in use"), (frozenset({"white", "black"}), "Whitelisted for")):
+        config = WebConfig(lists_in_use=lists)
+        app = create_app(server.settings, secret="k" * 40, config=config)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=server.url)
+        async with contextlib.aclosing(client):
+            await _log_in(client)
+            token = await _token(client)
+            data = {"csrf_token": token, "action": "whitelist", "confirm": "yes", "id": [m["bulk4"]]}
+            done = await client.post("/q/bulk", data=data)
+            assert expected in _bulk_rows(done.text)[m["bulk4"]]
+            entries = await server.settings.require_database().run(
+                functools.partial(userpolicy.list_entries, owner="alice@example.org")
+            )
+            assert [(e.list, e.value) for e in entries] == ([("white", "s@x.test")] if lists else [])
+
+
+async def test_whitelist_sender_says_lists_are_not_in_use(server: WebqServer) -> None:
+    app = create_app(server.settings, secret="k" * 40, config=WebConfig(lists_in_use=frozenset()))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=server.url)
+    async with contextlib.aclosing(client):
+        await _log_in(client)
+        entry_id = server.messages["bulk5"]
+        token = await _token(client)
+        page = await client.post(
+            f"/q/{entry_id}/list", data={"csrf_token": token, "list": "white"}, follow_redirects=True
+        )
+        assert "Not whitelisted: White and black lists are not in use" in page.text
+        assert 'id="lists-not-in-use"' in page.text  # the message view says so beside the buttons
+        assert "s@x.test whitelisted for" not in page.text
+        entries = await server.settings.require_database().run(userpolicy.list_entries)
+        assert entries == []
+
+
+async def test_list_page_has_a_checkbox_per_row_and_select_all(server: WebqServer) -> None:
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        page = (await client.get("/q/")).text
+        rows = re.findall(r'<tr class="[^"]*" data-id="([^"]+)">', page)
+        boxes = re.findall(r'<input type="checkbox" name="id" value="([^"]+)"', page)
+        assert rows
+        assert boxes == rows
+        assert 'id="select-all"' in page
+        assert '<form method="post" action="/q/bulk" id="bulk">' in page
+
+
+async def _log_in(client: httpx.AsyncClient) -> None:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', (await client.get("/login")).text)
+    assert found
+    answer = await client.post("/login", data={"login": "alice", "password": "pw", "csrf_token": found.group(1)})
+    assert answer.status_code == 303
+
+
+async def test_message_view_lists_each_rule_with_its_points_and_description(server: WebqServer) -> None:
+    detail = "score=12.3 required=5 points=2.5,9.8 tests=BAYES_99,URIBL_BLACK"
+    spam = Result(2.46, "Spam", "spamassassind", detail)
+    raw = message_bytes("s@x.test", "alice@example.org", "Pills", "buy").replace(
+        b"Subject:", b"X-Spam-Report: \r\n\t*  2.5 BAYES_99 BODY: Bayes spam probability is 99 to 100%\r\nSubject:", 1
+    )
+    spam_id = await asyncio.to_thread(
+        server.seed, "rules", "s@x.test", ["alice@example.org"], raw, category="spam", result=spam
+    )
+    client = await _client(server, "alice")
+    async with contextlib.aclosing(client):
+        page = (await client.get(f"/q/{spam_id}")).text
+        rules = re.search(r'<table class="rules" id="spam-rules">(.*?)</table>', page, re.S)
+        assert rules is not None
+        rows = re.findall(r'<tr><td>([A-Z_0-9]+)</td><td class="num">([^<]*)</td><td>([^<]*)</td></tr>', rules.group(1))
+        assert rows == [("BAYES_99", "2.5", "BODY: Bayes spam probability is 99 to 100%"), ("URIBL_BLACK", "9.8", "")]

@@ -13,6 +13,12 @@ scan).  It is small: one request head (``REPORT SPAMC/1.5``, ``Content-length``,
 (``Content-length``, ``Spam: True ; 12.3 / 5.0``) and a body.  spamd closes
 the connection after each answer: there is nothing to pool.
 
+The detail reads ``score=12.3 required=5 points=5,-0.1,2.5 tests=A,B,C``:
+with the ``REPORT`` verb (the default) each rule's points, read from the
+report's table at no extra cost (the report is the answer anyway), in the
+order of ``tests=``; with ``report=False`` (``SYMBOLS``) spamd gives the names
+only and the detail has no ``points=``.
+
 Messages over ``max_size`` are not sent at all (level 0, detail ``not
 checked: over max_size``), which is what ``spamc`` does with its 500 KiB
 default: spam filters are slow on big mail and spammers do not send big mail.
@@ -115,19 +121,39 @@ def parse_spamd_answer(code: int, message: str, headers: dict[str, str], body: b
     )
 
 
-def report_symbols(report: str) -> tuple[str, ...]:
-    """The rule names of SpamAssassin's report table (``pts rule name description``).
+MAX_RULES = 200
+"""Rules read from one report at most (SpamAssassin reports a few dozen)."""
+
+
+def report_rules(report: str) -> tuple[tuple[str, float], ...]:
+    """The rules of SpamAssassin's report table (``pts rule name description``) with their points.
 
     Only lines under the ``---- ----`` rule of the table are read, so numbers in
     the content preview above it are not taken for rules.  A site that replaces
-    the ``report`` template with one without that table gets no names (the
+    the ``report`` template with one without that table gets no rules (the
     score is unaffected); use ``report=False`` (the ``SYMBOLS`` verb) there.
+    A rule listed twice counts once (its first line); at most :data:`MAX_RULES`.
     """
     _, rule, table = report.replace("\r\n", "\n").partition("\n---- ")
     if not rule:
         return ()
     table = table.partition("\n")[2]
-    return tuple(dict.fromkeys(m.group(2) for m in _REPORT_LINE.finditer(table)))
+    rules: dict[str, float] = {}
+    for match in _REPORT_LINE.finditer(table):
+        if len(rules) >= MAX_RULES:
+            break
+        rules.setdefault(match.group(2), float(match.group(1)))
+    return tuple(rules.items())
+
+
+def report_symbols(report: str) -> tuple[str, ...]:
+    """The rule names of SpamAssassin's report table (:func:`report_rules` without the points)."""
+    return tuple(name for name, _ in report_rules(report))
+
+
+def rules_detail(rules: tuple[tuple[str, float], ...]) -> str:
+    """``points=1.5,-0.1`` for the detail (in the order of its ``tests=``), or ``""`` without points."""
+    return "points=" + ",".join(f"{points:g}" for _, points in rules) if rules else ""
 
 
 class spamassassind(Scanner):
@@ -184,9 +210,12 @@ class spamassassind(Scanner):
         data = target.data
         async with deadline(self.timeout, self._no_answer):
             answer = await self._exchange(data)
-        symbols = report_symbols(answer.body) if self.verb == "REPORT" else _symbol_list(answer.body)
+        rules = report_rules(answer.body) if self.verb == "REPORT" else ()
+        symbols = tuple(name for name, _ in rules) if self.verb == "REPORT" else _symbol_list(answer.body)
         level = spam_level(answer.score, answer.required, answer.spam)
-        detail = f"score={answer.score:g} required={answer.required:g} tests={','.join(symbols)}"
+        points = rules_detail(rules)  # the REPORT's points per rule, before tests= (the web's rule table)
+        detail = f"score={answer.score:g} required={answer.required:g} {points + ' ' if points else ''}"
+        detail += f"tests={','.join(symbols)}"
         return SpamResult(
             level,
             self.virname if level >= 1.0 else "",

@@ -21,7 +21,7 @@ from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUn
 from mailsift.message.mail import Mail
 from mailsift.scanners.base import MailTarget, evaluate
 from mailsift.scanners.engines.common import SpamResult
-from mailsift.scanners.engines.spamassassin import _MAX_ANSWER, report_symbols, spamassassind
+from mailsift.scanners.engines.spamassassin import _MAX_ANSWER, MAX_RULES, report_rules, report_symbols, spamassassind
 from mailsift.testing import FakeSpamd
 from tests.helpers import engines
 
@@ -95,7 +95,9 @@ async def test_level_is_score_over_required(fake: tuple[FakeSpamd, tuple[str, in
     assert result.detected
     assert result.name == "Spam"
     assert result.symbols == ("FAKE_RULE_ONE", "T_FAKE_NEGATIVE", "FAKE_LONGER_THAN_THE_COLUMN")
-    assert result.detail == "score=12.3 required=5 tests=FAKE_RULE_ONE,T_FAKE_NEGATIVE,FAKE_LONGER_THAN_THE_COLUMN"
+    assert result.detail == (  # the points of each rule, from the report's table, in the order of tests=
+        "score=12.3 required=5 points=2.5,-0.1,9.9 tests=FAKE_RULE_ONE,T_FAKE_NEGATIVE,FAKE_LONGER_THAN_THE_COLUMN"
+    )
     assert result.report == REPORT
 
 
@@ -351,3 +353,32 @@ async def test_answer_stopping_mid_way_times_out(cut: int) -> None:
         scanner = spamassassind(fake.address, report=False, timeout=engines.TIMEOUT)
         error = await engines.check_cut_short(scanner, "spamassassind")
         assert isinstance(error, ScannerTimeout)
+
+
+# --------------------------------------------------------------------------- points per rule
+
+
+def test_report_rules_keep_each_rules_points_from_the_table_only() -> None:
+    preview = "Content preview:  1.5 NOT_A_RULE in the mail\n\n" + REPORT.partition("Content analysis")[2]
+    assert report_rules(REPORT) == (
+        ("FAKE_RULE_ONE", 2.5),
+        ("T_FAKE_NEGATIVE", -0.1),
+        ("FAKE_LONGER_THAN_THE_COLUMN", 9.9),
+    )
+    assert "NOT_A_RULE" not in dict(report_rules(REPORT.replace("Dear friend", preview)))
+    assert report_rules("no table here\n 1.0 RULE x") == ()
+
+
+def test_report_rules_are_bounded_and_a_repeated_rule_counts_once() -> None:
+    table = "".join(f" 0.1 RULE_{n} description\n" for n in range(5000))
+    report = "pts rule name description\n---- ---- ----\n 1.0 RULE_0 first\n" + table
+    rules = report_rules(report)
+    assert len(rules) == MAX_RULES
+    assert rules[0] == ("RULE_0", 1.0)
+
+
+async def test_symbols_verb_gives_no_points(fake: tuple[FakeSpamd, tuple[str, int]]) -> None:
+    spamd, address = fake
+    spamd.reply = answer(body="RULE_A,RULE_B")
+    result = await scan(spamassassind(address, report=False))
+    assert result.detail == "score=12.3 required=5 tests=RULE_A,RULE_B"
