@@ -121,6 +121,8 @@ def backup_command(config_path: str | None, file: str) -> None:
     config = load_config(config_path, database_for="what is backed up")
     settings = config.settings
     database = _database(config)
+    if database.dialect != "sqlite" and shutil.which("pg_dump") is None:  # said before connecting
+        fail(f"database {database.describe()}: {PG_DUMP_HELP}")
     try:
         schema = database.schema()
     except DatabaseError as error:
