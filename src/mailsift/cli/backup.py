@@ -85,6 +85,18 @@ def _snapshot_sqlite(database: Database, target: str) -> None:
         source.close()
 
 
+def _tool_error(tool: str, stderr: str) -> str:
+    """One line for a failed pg_dump or pg_restore: its last line, and what to do about a version mismatch."""
+    lines = stderr.strip().splitlines()
+    said = lines[-1].strip() if lines else "no message"
+    if "version mismatch" in stderr:
+        said += (
+            f"; use the {tool} of the server's major version or newer, first on PATH "
+            "(Debian: PATH=/usr/lib/postgresql/<major>/bin:$PATH)"
+        )
+    return f"{tool} failed: {said}"
+
+
 def _libpq_url(database: Database) -> str:
     """The URL as libpq takes it (``postgresql://``, without SQLAlchemy's ``+psycopg``)."""
     return database.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -100,7 +112,7 @@ def _dump_postgres(database: Database, target: str) -> None:
         check=False,
     )
     if done.returncode != 0:
-        fail(f"database {database.describe()}: pg_dump failed: {done.stderr.strip().splitlines()[-1:]}")
+        fail(f"database {database.describe()}: {_tool_error('pg_dump', done.stderr)}")
 
 
 def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -243,7 +255,7 @@ def _restore_postgres(archive: tarfile.TarFile, database: Database) -> None:
             check=False,
         )
     if done.returncode != 0:
-        fail(f"database {database.describe()}: pg_restore failed: {done.stderr.strip().splitlines()[-1:]}")
+        fail(f"database {database.describe()}: {_tool_error('pg_restore', done.stderr)}")
 
 
 @click.command("restore")

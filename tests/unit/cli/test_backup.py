@@ -330,3 +330,30 @@ def test_the_round_trip_on_postgresql(
     code, out = run("quarantine", "release", "-c", new, before[0], "--by", "admin")
     assert code == 0, out
     assert len(next_hop.messages) == 1
+
+
+def test_a_pg_dump_older_than_the_server_says_what_to_do_in_one_line(
+    tmp_path: Path,
+    postgres: str,  # noqa: F811 - the fixture imported above
+    next_hop: RecordingServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what pg_dump 15 says of a PostgreSQL 16 server
+    fake = tmp_path / "bin" / "pg_dump"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho 'pg_dump: error: aborting because of server version mismatch' >&2\n"
+        "echo 'pg_dump: detail: server version: 16.4; pg_dump version: 15.18' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    config = write_config(tmp_path / "c.py", tmp_path / "state", next_hop.port, fresh_database(postgres, "mismatch"))
+    assert run("db", "upgrade", "-c", config)[0] == 0
+    code, out = run("backup", "-c", config, str(tmp_path / "b.tar"))
+    assert code == 2
+    assert out.count("\n") == 1, out
+    assert "pg_dump failed: pg_dump: detail: server version: 16.4; pg_dump version: 15.18" in out
+    assert "PATH=/usr/lib/postgresql/<major>/bin:$PATH" in out
+    assert "['" not in out
+    assert not (tmp_path / "b.tar").exists()
+    assert not list(tmp_path.glob(".mailsift-backup-*"))
