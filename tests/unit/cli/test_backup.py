@@ -190,6 +190,10 @@ def test_the_round_trip(tmp_path: Path, gateway: tuple[str, sqlite3.Connection],
     assert stored is not None
     assert users.verify_password(stored.password_hash, PASSWORD)
     assert not users.verify_password(stored.password_hash, "wrong")
+    # policies and lists: the same
+    for command in (["policy", "show"], ["lists", "show"]):
+        assert run(*command, "-c", new) == run(*command, "-c", config), command
+    assert "friend@example.net" in run("lists", "show", "-c", new)[1]
     # the message log: the same stories, pointing at the same quarantine
     logged = tracked(config)
     assert len(logged) == 2
@@ -327,6 +331,8 @@ def test_the_round_trip_on_postgresql(
     assert all(entry_id in page for entry_id in before), page
     code, out = run("lists", "show", "-c", new)
     assert (code, "friend@example.net" in out) == (0, True), out
+    assert run("policy", "show", "-c", new) == run("policy", "show", "-c", config)
+    assert "example.test" in run("policy", "show", "-c", new)[1]
     code, out = run("quarantine", "release", "-c", new, before[0], "--by", "admin")
     assert code == 0, out
     assert len(next_hop.messages) == 1
