@@ -14,8 +14,8 @@ hashes) with, in this order:
 * ``state/*.secret`` (``webq.secret``: the web sessions and the digest's
   links) and ``state/mail.json`` when present.
 
-``restore`` puts them into an empty ``STATE_DIR`` (refusing one that holds
-anything unless ``--force``), then brings the schema up to this release's
+``restore`` puts them into an empty ``STATE_DIR`` and, for PostgreSQL, an empty
+database (refusing one that holds anything unless ``--force``), then brings the schema up to this release's
 (``db upgrade``) and adopts quarantined files without an index row.
 Exit status: 0 done, 2 an error.
 """
@@ -273,6 +273,16 @@ def restore_command(config_path: str | None, force: bool, file: str) -> None:
     settings = config.settings
     database = _database(config)
     occupied = _occupied(config)
+    if database.dialect != "sqlite" and not force and not occupied:
+        try:  # pg_restore --clean would replace what the database holds
+            stored = database.schema().stored
+        except DatabaseError as error:
+            fail(error.message)
+        if stored:
+            fail(
+                f"database {database.describe()} is not empty (schema {', '.join(stored)}): "
+                "restore into an empty database, or --force"
+            )
     if occupied and not force:
         fail(f"STATE_DIR {settings.state_dir} is not empty ({occupied[0]}...): restore into an empty one, or --force")
     try:

@@ -321,7 +321,8 @@ def test_the_round_trip_on_postgresql(
     assert manifest["dialect"] == "postgresql"
 
     # another machine: an empty database on the server, an empty STATE_DIR
-    new = write_config(tmp_path / "new.py", tmp_path / "new", next_hop.port, fresh_database(postgres, "restored"))
+    restored = fresh_database(postgres, "restored")
+    new = write_config(tmp_path / "new.py", tmp_path / "new", next_hop.port, restored)
     code, out = run("restore", "-c", new, str(tmp_path / "backup.tar"))
     assert code == 0, out
     assert quarantine_ids(new) == before
@@ -336,6 +337,18 @@ def test_the_round_trip_on_postgresql(
     code, out = run("quarantine", "release", "-c", new, before[0], "--by", "admin")
     assert code == 0, out
     assert len(next_hop.messages) == 1
+
+    # into a database in use (with an empty STATE_DIR): refused, unless --force
+    again = write_config(tmp_path / "again.py", tmp_path / "again", next_hop.port, restored)
+    code, out = run("restore", "-c", again, str(tmp_path / "backup.tar"))
+    assert code == 2
+    assert "is not empty" in out
+    assert "--force" in out
+    assert not list((tmp_path / "again").rglob("*.secret"))
+    code, out = run("restore", "--force", "-c", again, str(tmp_path / "backup.tar"))
+    assert code == 0, out
+    assert quarantine_ids(again) == before
+    assert tracked(again) == logged
 
 
 def test_a_pg_dump_older_than_the_server_says_what_to_do_in_one_line(
