@@ -272,6 +272,8 @@ def restore_command(config_path: str | None, force: bool, file: str) -> None:
     config = load_config(config_path, database_for="what is restored")
     settings = config.settings
     database = _database(config)
+    if database.dialect != "sqlite" and shutil.which("pg_restore") is None:  # said before anything else
+        fail(f"database {database.describe()}: {PG_DUMP_HELP.replace('pg_dump is', 'pg_restore is')}")
     occupied = _occupied(config)
     if database.dialect != "sqlite" and not force and not occupied:
         try:  # pg_restore --clean would replace what the database holds

@@ -295,6 +295,13 @@ def test_postgres_without_pg_dump_names_the_manual_way(tmp_path: Path, monkeypat
     assert "postgresql-client" in out
     assert "docs/upgrading.md" in out
     assert not (tmp_path / "b.tar").exists()
+    # and restore, for pg_restore
+    (tmp_path / "b.tar").write_bytes(b"")
+    code, out = run("restore", "-c", str(config), str(tmp_path / "b.tar"))
+    assert code == 2
+    assert out.count("\n") == 1, out
+    assert "pg_restore is not on PATH" in out
+    assert "docs/upgrading.md" in out
 
 
 def test_the_round_trip_on_postgresql(
