@@ -12,6 +12,8 @@
 #
 #   scripts/build-deb.sh            build into dist/
 #   PYTHON=/usr/bin/python3.11 scripts/build-deb.sh   another Debian Python
+#   DEB_VERSION=0.1.0-2 scripts/build-deb.sh          the package's version (default: pyproject's)
+#   DEB_COMPRESS=gzip scripts/build-deb.sh            faster to pack, larger (default xz; the tests)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,10 +27,20 @@ done
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || { say "$PYTHON cannot make a virtualenv: apt-get install python3-venv"; exit 1; }
 
 version=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+deb_version=${DEB_VERSION:-$version}
+case "$deb_version" in
+  [0-9]*) ;;
+  *) say "DEB_VERSION must start with a digit (Debian's rule): $deb_version"; exit 1 ;;
+esac
+case "${DEB_COMPRESS:-xz}" in
+  xz) compress=(-Zxz) ;;
+  gzip) compress=(-Zgzip -z1) ;;
+  *) say "DEB_COMPRESS: xz or gzip, not $DEB_COMPRESS"; exit 1 ;;
+esac
 arch=$(dpkg --print-architecture)
 pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 pynext=$("$PYTHON" -c 'import sys; print("%d.%d" % (sys.version_info[0], sys.version_info[1] + 1))')
-deb=dist/mailsift_${version}_${arch}.deb
+deb=dist/mailsift_${deb_version//:/%3a}_${arch}.deb
 
 mkdir -p dist
 work=$(mktemp -d "${TMPDIR:-/tmp}/mailsift-deb.XXXXXX")
@@ -78,11 +90,12 @@ install -m 0644 README.md docs/packaging.md "$root/usr/share/doc/mailsift/"
 
 install -d "$root/DEBIAN"
 install -m 0755 packaging/debian/DEBIAN/postinst packaging/debian/DEBIAN/prerm packaging/debian/DEBIAN/postrm "$root/DEBIAN/"
+install -m 0644 packaging/debian/DEBIAN/triggers "$root/DEBIAN/"
 (cd "$root" && find etc -type f -printf '/%p\n' | sort) >"$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: mailsift
-Version: $version
+Version: $deb_version
 Architecture: $arch
 Maintainer: mailsift developers <postmaster@localhost>
 Installed-Size: $size
@@ -102,6 +115,6 @@ Description: mail content-filtering gateway (antivirus, antispam, policy)
 CONTROL
 
 say "packing $deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
 say "built $deb ($(du -h "$deb" | cut -f1)) and $wheel"
 printf '%s\n' "$deb"

@@ -14,8 +14,8 @@ hashes) with, in this order:
 * ``state/*.secret`` (``webq.secret``: the web sessions and the digest's
   links) and ``state/mail.json`` when present.
 
-``restore`` puts them into an empty ``STATE_DIR`` (refusing one that holds
-anything unless ``--force``), then brings the schema up to this release's
+``restore`` puts them into an empty ``STATE_DIR`` and, for PostgreSQL, an empty
+database (refusing one that holds anything unless ``--force``), then brings the schema up to this release's
 (``db upgrade``) and adopts quarantined files without an index row.
 Exit status: 0 done, 2 an error.
 """
@@ -85,6 +85,18 @@ def _snapshot_sqlite(database: Database, target: str) -> None:
         source.close()
 
 
+def _tool_error(tool: str, stderr: str) -> str:
+    """One line for a failed pg_dump or pg_restore: its last line, and what to do about a version mismatch."""
+    lines = stderr.strip().splitlines()
+    said = lines[-1].strip() if lines else "no message"
+    if "version mismatch" in stderr:
+        said += (
+            f"; use the {tool} of the server's major version or newer, first on PATH "
+            "(Debian: PATH=/usr/lib/postgresql/<major>/bin:$PATH)"
+        )
+    return f"{tool} failed: {said}"
+
+
 def _libpq_url(database: Database) -> str:
     """The URL as libpq takes it (``postgresql://``, without SQLAlchemy's ``+psycopg``)."""
     return database.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -100,7 +112,7 @@ def _dump_postgres(database: Database, target: str) -> None:
         check=False,
     )
     if done.returncode != 0:
-        fail(f"database {database.describe()}: pg_dump failed: {done.stderr.strip().splitlines()[-1:]}")
+        fail(f"database {database.describe()}: {_tool_error('pg_dump', done.stderr)}")
 
 
 def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -121,6 +133,8 @@ def backup_command(config_path: str | None, file: str) -> None:
     config = load_config(config_path, database_for="what is backed up")
     settings = config.settings
     database = _database(config)
+    if database.dialect != "sqlite" and shutil.which("pg_dump") is None:  # said before connecting
+        fail(f"database {database.describe()}: {PG_DUMP_HELP}")
     try:
         schema = database.schema()
     except DatabaseError as error:
@@ -241,7 +255,7 @@ def _restore_postgres(archive: tarfile.TarFile, database: Database) -> None:
             check=False,
         )
     if done.returncode != 0:
-        fail(f"database {database.describe()}: pg_restore failed: {done.stderr.strip().splitlines()[-1:]}")
+        fail(f"database {database.describe()}: {_tool_error('pg_restore', done.stderr)}")
 
 
 @click.command("restore")
@@ -258,7 +272,19 @@ def restore_command(config_path: str | None, force: bool, file: str) -> None:
     config = load_config(config_path, database_for="what is restored")
     settings = config.settings
     database = _database(config)
+    if database.dialect != "sqlite" and shutil.which("pg_restore") is None:  # said before anything else
+        fail(f"database {database.describe()}: {PG_DUMP_HELP.replace('pg_dump is', 'pg_restore is')}")
     occupied = _occupied(config)
+    if database.dialect != "sqlite" and not force and not occupied:
+        try:  # pg_restore --clean would replace what the database holds
+            stored = database.schema().stored
+        except DatabaseError as error:
+            fail(error.message)
+        if stored:
+            fail(
+                f"database {database.describe()} is not empty (schema {', '.join(stored)}): "
+                "restore into an empty database, or --force"
+            )
     if occupied and not force:
         fail(f"STATE_DIR {settings.state_dir} is not empty ({occupied[0]}...): restore into an empty one, or --force")
     try:
