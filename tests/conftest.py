@@ -14,6 +14,21 @@ installed commands systemd's environment, without it).
 """
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 os.environ["MAILSIFT_USER"] = ""  # empty: USER = None unless a config says otherwise
 os.environ["MAILSIFT_ETC_CONFIG"] = os.path.join(os.devnull, "mailsift", "config.py")  # never a file
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_umask() -> Iterator[None]:
+    """Give each test the umask it started with: ``Supervisor.run`` (run in process by
+    some tests) sets mailsift's 0027 for good, and a later test in the same worker
+    would then write files others cannot read (a private Postfix's tables: 'Permission
+    denied', mail deferred)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)

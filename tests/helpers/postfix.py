@@ -423,6 +423,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         # total for main.cf alone) until it looks settled; backdate them so start is instant.
         past = time.time() - 60
         for name in ("main.cf", "master.cf", "mailboxes"):
+            # Readable by Postfix's unprivileged daemons whatever umask this process has.
+            os.chmod(self.config_dir / name, 0o644)
             os.utime(self.config_dir / name, (past, past))
 
     # ------------------------------------------------------------------ lifecycle

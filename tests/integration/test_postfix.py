@@ -126,3 +126,24 @@ def test_eicar_is_rejected_and_never_delivered(gateway: tuple[PostfixInstance, P
     assert "action=reject reply=550 level=1.00 name=EICAR-Test" in log.read_text()
     postfix.wait_queue_empty(timeout=60)
     assert not list(postfix.maildir_new("carol@example.test").glob("*"))
+
+
+@needs_postfix
+def test_the_private_postfix_tables_are_readable_under_any_umask(tmp_path: Path) -> None:
+    """A test run in process before this one may leave mailsift's umask (0027) behind:
+    Postfix's unprivileged daemons must still read the instance's tables (mail was
+    deferred with 'mailboxes ... Permission denied' when they were 0640)."""
+    instance = PostfixInstance(
+        tmp_path / "postfix",
+        inbound_port=free_port(),
+        reinject_port=free_port(),
+        content_filter=None,
+        maildir_root=tmp_path / "mail",
+    )
+    previous = os.umask(0o077)
+    try:
+        instance._write_config()
+    finally:
+        os.umask(previous)
+    for name in ("main.cf", "master.cf", "mailboxes"):
+        assert (instance.config_dir / name).stat().st_mode & 0o777 == 0o644, name

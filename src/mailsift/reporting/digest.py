@@ -261,7 +261,7 @@ class reporter:
         self.max_entries = validators.positive_int(max_entries, "reporter: max_entries")
 
     def describe(self) -> str:
-        return f"reporter(webq={self.webq!r}; language={self.language})"
+        return f"reporter(webq={self.webq!r}, language={self.language!r}, from_address={self.from_address!r})"
 
     def templates(self, language: str) -> tuple[string.Template, string.Template, string.Template]:
         """``begin``, ``body``, ``end`` for a report in ``language``: yours as given, else the shipped ones."""

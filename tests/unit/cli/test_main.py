@@ -277,7 +277,7 @@ def test_check_config_shows_hooks_reporter_next_hops_and_the_url(runner: CliRunn
     assert "SMTP_SERVER: smtp:[127.0.0.1]:10025\n" in out
     assert "release to: smtp:[127.0.0.1]:10025\n" in out
     assert "HOOKS:\n  log_sql(" in out
-    assert "reporter: reporter(webq='https://mail.example.test/webq')\n" in out
+    assert "reporter: reporter(webq='https://mail.example.test/webq', language='en', from_address=" in out
     assert f"  smtpd(127.0.0.1:10024)\n    next hop: maildir:{tmp_path}/mail\n" in out
     assert "  smtpd(127.0.0.1:10026)\n    next hop: smtp:[127.0.0.1]:10025\n" in out  # SMTP_SERVER
     assert "  webq(127.0.0.1:10080)\n    URL: http://127.0.0.1:10080/\n" in out
