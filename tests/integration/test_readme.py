@@ -65,6 +65,31 @@ def test_config_block_passes_check_config(block: readme.Block, tmp_path: Path) -
     assert "warning:" not in result.output, f"{block.where()}:\n{result.output}"
 
 
+def test_the_check_config_sample_is_its_real_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Command section's sample: each run of lines between two ``...`` is check-config's own
+    output on the bundled config (in the clone, STATE_DIR ./var), consecutive and in order."""
+    [block] = [b for b in readme.of_kind("skip") if b.text.startswith("$ .venv/bin/mailsift check-config\n")]
+    sample = block.text.replace("/srv/mailsift/src/mailsift/data/default_config.py", str(DEFAULT_CONFIG))
+    sample = sample.replace("/srv/mailsift/var", str(tmp_path / "var"))
+    monkeypatch.chdir(tmp_path)
+    env = {"MAILSIFT_USER": "", "MAILSIFT_CONFIG": None, "MAILSIFT_STATE_DIR": None}
+    result = CliRunner(env=env).invoke(main, ["check-config"])
+    assert result.exit_code == 0, result.output
+    real = result.stdout.splitlines()
+    chunks: list[list[str]] = [[]]
+    for line in sample.splitlines()[1:]:
+        if line.strip() == "...":
+            chunks.append([])
+        else:
+            chunks[-1].append(line)
+    at = 0
+    for chunk in chunks:
+        found = next((i for i in range(at, len(real)) if real[i : i + len(chunk)] == chunk), None)
+        assert found is not None, f"{block.where()}: not in check-config's output (in order):\n" + "\n".join(chunk)
+        at = found + len(chunk)
+    assert real[-1] == sample.splitlines()[-1] == "config OK"
+
+
 def test_check_config_warns_about_rejects_behind_the_queue(tmp_path: Path) -> None:
     """What the README says of after_queue=True: the Configuration block's reject is then warned about."""
     ports = Ports()
