@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -56,15 +57,37 @@ CONFIGS = readme.of_kind("config")
 @pytest.mark.parametrize("block", CONFIGS, ids=[f"{b.name}@{b.where()}" for b in CONFIGS])
 def test_config_block_passes_check_config(block: readme.Block, tmp_path: Path) -> None:
     config = write_config(block, Ports(), tmp_path)
-    # STATE_DIR exists, as the package makes /var/lib/mailsift. Open finding: on a fresh machine the
-    # README's HOOKS block (log_file("mail.json")) fails check-config, because the hook checks its
-    # directory while the config loads, before check-config creates STATE_DIR.
-    (tmp_path / "state").mkdir()
+    assert not (tmp_path / "state").exists()  # a fresh machine: check-config makes STATE_DIR (log_file's too)
     # In-process (click's runner: the same command, without a Python start per block).
     result = CliRunner().invoke(main, ["check-config", "-c", str(config)])
     assert result.exit_code == 0, f"{block.where()}:\n{config.read_text()}\n{result.output}"
     # No warning either: e.g. a webq without listed() (finding 3), a reject behind the queue.
     assert "warning:" not in result.output, f"{block.where()}:\n{result.output}"
+
+
+def test_the_check_config_sample_is_its_real_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Command section's sample: each run of lines between two ``...`` is check-config's own
+    output on the bundled config (in the clone, STATE_DIR ./var), consecutive and in order."""
+    [block] = [b for b in readme.of_kind("skip") if b.text.startswith("$ .venv/bin/mailsift check-config\n")]
+    sample = block.text.replace("/srv/mailsift/src/mailsift/data/default_config.py", str(DEFAULT_CONFIG))
+    sample = sample.replace("/srv/mailsift/var", str(tmp_path / "var"))
+    monkeypatch.chdir(tmp_path)
+    env = {"MAILSIFT_USER": "", "MAILSIFT_CONFIG": None, "MAILSIFT_STATE_DIR": None}
+    result = CliRunner(env=env).invoke(main, ["check-config"])
+    assert result.exit_code == 0, result.output
+    real = result.stdout.splitlines()
+    chunks: list[list[str]] = [[]]
+    for line in sample.splitlines()[1:]:
+        if line.strip() == "...":
+            chunks.append([])
+        else:
+            chunks[-1].append(line)
+    at = 0
+    for chunk in chunks:
+        found = next((i for i in range(at, len(real)) if real[i : i + len(chunk)] == chunk), None)
+        assert found is not None, f"{block.where()}: not in check-config's output (in order):\n" + "\n".join(chunk)
+        at = found + len(chunk)
+    assert real[-1] == sample.splitlines()[-1] == "config OK"
 
 
 def test_check_config_warns_about_rejects_behind_the_queue(tmp_path: Path) -> None:
@@ -101,7 +124,8 @@ def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Po
     ports = Ports()
     # The bundled file itself, on this test's ports (10024 and 10783 may be taken here).
     text = Path(DEFAULT_CONFIG).read_text()
-    text = text.replace("10024", str(ports[10024])).replace("10783", str(ports[10783]))
+    for port in (10024, 10783, 10080):  # smtpd, spamd, webq
+        text = text.replace(str(port), str(ports[port]))
     config = cwd / "default_config.py"
     config.write_text(text)
     serve = Serve(config, cwd)
@@ -180,6 +204,49 @@ def test_quick_start_release_goes_into_the_local_maildir(bundled: tuple[Path, Po
         assert result.returncode == 0, f"{block.where()}: {command}\n{result.stdout}{result.stderr}"
     released = [p.read_bytes() for p in set(mailbox.glob("*")) - before]
     assert any(b"Subject: release me" in m for m in released), released
+
+
+def test_quick_start_first_admin_logs_in_at_the_logged_url(bundled: tuple[Path, Ports]) -> None:
+    """Build 10: serve logs the web quarantine's URL and the command making the first admin; the
+    README's command (no -c: the bundled config, STATE_DIR ./var), the password typed twice on
+    stdin, then logging in at that URL as `admin` works."""
+    cwd, ports = bundled
+    block = readme.named("quickstart-admin")
+    if not (cwd / ".venv").is_symlink():  # the README runs .venv/bin/mailsift in the clone
+        (cwd / ".venv").symlink_to(BIN.parent)
+    logged = re.search(
+        r"web quarantine: (\S+) \(the first admin: mailsift user add admin --admin",
+        (cwd / "default_config.log").read_text(),
+    )
+    assert logged, (cwd / "default_config.log").read_text()
+    url = logged[1]
+    assert url == readme.localize("http://127.0.0.1:10080/", ports, cwd)  # the address the README gives
+    for command, _comment in shell_commands(block.text):
+        result = subprocess.run(
+            ["bash", "-c", command],
+            cwd=cwd,
+            input=f"{readme.PASSWORD}\n{readme.PASSWORD}\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment(),
+            start_new_session=True,  # no controlling terminal: the prompt reads stdin
+            check=False,
+        )
+        assert result.returncode == 0, f"{block.where()}: {command}\n{result.stdout}{result.stderr}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        form = client.get("login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token, form.text
+        data = {"login": "admin", "password": readme.PASSWORD, "csrf_token": token[1], "next": "/"}
+        answer = client.post("login", data=data)
+        assert answer.status_code == 303, answer.text
+        page = client.get("/", follow_redirects=True)
+        assert page.status_code == 200
+        assert page.url.path != "/login", page.text
+        assert "Wrong login or password" not in page.text
+        assert 'class="logout"' in page.text, page.text  # logged in
+        assert ">admin<" in page.text or "admin (" in page.text or "admin</" in page.text, page.text
 
 
 CONFIGURED_SHELL = [b for b in readme.of_kind("shell") if "config" in b.args]
@@ -354,5 +421,6 @@ def test_postfix_policy_lines_greylist_strangers_not_own_networks(through_postfi
 
 def test_every_shell_block_has_a_runner_here() -> None:
     """A shell block no test above runs would pass unseen: each is one of the three kinds."""
-    handled = {b.line for b in SERVED_SHELL + CONFIGURED_SHELL} | {readme.named("quickstart-release").line}
+    handled = {b.line for b in SERVED_SHELL + CONFIGURED_SHELL}
+    handled |= {readme.named("quickstart-release").line, readme.named("quickstart-admin").line}
     assert {b.line for b in readme.of_kind("shell")} == handled

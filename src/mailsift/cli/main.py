@@ -59,10 +59,10 @@ def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager
 
 LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 """The service log's line: ``2025-01-31 12:00:00,123 mailsift.webq[4242] WARNING webq: login failed for ...``."""
-QUIET_LOGGERS = ("mail.log", "aiosmtpd", "uvicorn", "httpx", "httpcore", "asyncio")
+QUIET_LOGGERS = ("mail.log", "aiosmtpd", "uvicorn", "httpx", "httpcore", "asyncio", "alembic")
 """Libraries whose INFO lines are noise (aiosmtpd logs every SMTP command, uvicorn "Started server
 process"/"Shutting down" at each worker's start and reload, httpx every request): WARNING and up only,
-except at ``--log-level debug``.  Alembic keeps only "Running upgrade" lines (storage.migrations)."""
+except at ``--log-level debug``.  A schema upgrade is one line of mailsift's own (storage.migrations)."""
 
 
 def _setup_logging(level: str, log_file: str | None = None, syslog: bool = False) -> None:

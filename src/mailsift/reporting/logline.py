@@ -432,10 +432,15 @@ class _RaisingFileHandler(logging.handlers.WatchedFileHandler):
         raise  # called by emit() inside its except block: the error emit() caught
 
 
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
 class log_file(_LogHook):
     """Append qmail-scanner's lines (``json=True``: one JSON object per message) to ``path``.
 
-    A relative ``path`` is taken under ``STATE_DIR``.  The file is reopened
+    A relative ``path`` is taken under ``STATE_DIR``; its directory must exist (or be
+    ``STATE_DIR`` itself, which ``serve`` and every command make).  The file is reopened
     when log rotation moved it away.  Text lines start with the ISO 8601 time.
     """
 
@@ -462,6 +467,10 @@ class log_file(_LogHook):
     def check(self, settings: Settings) -> None:
         self.resolved = os.path.join(settings.state_dir, self.path)  # an absolute path stays as it is
         directory = os.path.dirname(self.resolved) or "."
+        if _same_path(directory, settings.state_dir) and not os.path.lexists(directory):
+            # STATE_DIR itself, not made yet (a fresh machine): serve and every command make it
+            # before any mail, after the config loads, and say so when it cannot be made.
+            return
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise ConfigError(f"log_file: directory {directory} does not exist or is not writable")
 

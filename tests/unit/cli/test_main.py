@@ -302,6 +302,27 @@ def test_the_bundled_config_consults_the_lists_and_serves_the_web(runner: CliRun
     assert "warning" not in result.stderr
 
 
+def test_check_config_with_a_log_file_in_a_state_dir_not_made_yet(runner: CliRunner, tmp_path: Path) -> None:
+    """A fresh machine: log_file("mail.json") (under STATE_DIR) loads before check-config makes STATE_DIR
+    (was "log_file: directory ... does not exist", the README's HOOKS block on a fresh machine)."""
+    state = tmp_path / "fresh" / "state"
+    path = tmp_path / "hooks.py"
+    path.write_text(
+        f"from mailsift import *\nSTATE_DIR = {str(state)!r}\nUSER = None\n"
+        "HOOKS = [log_file('mail.json', json=True)]\nSRV = [smtpd([], '127.0.0.1', 10024, next_hop=local_maildir())]\n"
+    )
+    result = runner.invoke(main, ["check-config", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "HOOKS:\n  log_file('mail.json', json=True)\n" in result.stdout
+    assert state.is_dir()
+    # A STATE_DIR that cannot be made is still one clear line.
+    (tmp_path / "blocker").write_text("a file")
+    path.write_text(path.read_text().replace(str(state), str(tmp_path / "blocker" / "state")))
+    result = runner.invoke(main, ["check-config", "-c", str(path)])
+    assert result.exit_code == 2
+    assert f"STATE_DIR: cannot create {tmp_path / 'blocker' / 'state'}" in result.output
+
+
 @pytest.mark.parametrize("given", [True, False], ids=["-c", "bundled"])
 def test_serve_announces_the_web_url_and_the_first_admin_command(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, given: bool

@@ -250,6 +250,23 @@ async def test_log_file_text_json_and_rotation(tmp_path: Path) -> None:
     await path.close()
 
 
+def test_log_file_in_a_state_dir_not_made_yet(tmp_path: Path) -> None:
+    """STATE_DIR itself may be missing at load (serve and every command make it next); a directory
+    below it or elsewhere must exist."""
+    state = tmp_path / "state"
+    for name in ("mail.json", "./mail.json", str(state / "mail.log")):
+        hook = log_file(name)
+        hook.check(Settings(state_dir=str(state)))
+        assert os.path.dirname(os.path.normpath(hook.resolved)) == str(state)
+    with pytest.raises(ConfigError, match="does not exist"):
+        log_file("log/mail.json").check(Settings(state_dir=str(state)))
+    with pytest.raises(ConfigError, match="does not exist"):
+        log_file(str(tmp_path / "elsewhere" / "mail.log")).check(Settings(state_dir=str(state)))
+    (tmp_path / "file").write_text("")  # a STATE_DIR path that is a file: not "not made yet"
+    with pytest.raises(ConfigError, match="does not exist"):
+        log_file("mail.json").check(Settings(state_dir=str(tmp_path / "file")))
+
+
 async def test_log_file_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hook = log_file("nowhere/mail.log")
     with pytest.raises(ConfigError, match="does not exist"):

@@ -28,17 +28,19 @@ import logging
 import os
 
 
-class _UpgradesOnly(logging.Filter):
-    """Alembic's INFO lines, less its chatter: only "Running upgrade ..." is worth a log line
-    (the supervisor checks the schema on every start and reload; "setup plugin ..." comes as
-    alembic is imported, hence the filters go on before the import below)."""
+class _QuietBelowDebug(logging.Filter):
+    """Alembic's INFO lines ("Context impl", "Will assume ...", "setup plugin ...", one "Running
+    upgrade" per revision) only when the log is at DEBUG: :func:`upgrade` says what it did in one
+    line of its own.  On the loggers themselves, so every process that migrates (serve's
+    supervisor, the child it runs as USER, a worker, a command) is quiet without any setup of its
+    own; "setup plugin ..." comes as alembic is imported, hence the filters go on before the import below."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.getMessage().startswith("Running upgrade")
+        return record.levelno >= logging.WARNING or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 for _name in ("alembic.runtime.migration", "alembic.runtime.plugins"):
-    logging.getLogger(_name).addFilter(_UpgradesOnly())
+    logging.getLogger(_name).addFilter(_QuietBelowDebug())
 
 from dataclasses import dataclass  # noqa: E402
 
@@ -176,6 +178,8 @@ def upgrade(connection: Connection, where: str = "database") -> SchemaState:
         return found
     if found.pending:
         command.upgrade(config(connection), "heads")
+        done = "schema created" if not found.stored else "schema upgraded"
+        log.info("%s: %s (revisions %s)", where, done, ", ".join(found.pending))
     return found
 
 
