@@ -113,3 +113,52 @@ def test_a_users_preference_overrides_the_browser(webq_server: WebqServer, carol
         page.click("#save")
         page.wait_for_load_state()
     assert page.locator("h1").inner_text() == "Einstellungen"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_quarantine_pages_render_in_the_browsers_language(
+    webq_server: WebqServer, carol: str, localized: Any, language: str
+) -> None:
+    """The quarantine list, a message, a bulk confirmation and the own lists, each in the catalog's words
+    (the strings from the templates and the notes from the code); nothing is changed."""
+    page = localized(BROWSER_LOCALES[language])
+    contents: list[str] = []
+    log_in(page, webq_server.url, carol, PASSWORD)
+    virus = webq_server.messages["alice_virus"]
+    page.goto(f"{webq_server.url}/q/")
+    assert page.locator("h1").inner_text() == _(language, "Quarantine")
+    assert page.locator("form.filters button[type=submit]").inner_text() == _(language, "Filter")
+    assert page.locator("#bulk-release").inner_text() == _(language, "Release") + "\u2026"
+    assert _(language, "Date (UTC)") in page.locator("table.messages thead").inner_text()
+    assert page.locator(f"tr[data-id='{virus}'] td.state").inner_text() == _(language, "held")
+    screenshot(page, f"i18n-list-{language}")
+    contents.append(page.content())
+    page.goto(f"{webq_server.url}/q/{virus}")
+    assert page.locator("#state").inner_text() == _(language, "held")
+    admin_only = _(language, "Only an administrator can release a message quarantined as %(category)s.")
+    assert page.locator("#release-admin-only").inner_text() == admin_only % {"category": "virus"}
+    assert page.locator("#whitelist").inner_text() == _(language, "Whitelist sender")
+    assert _(language, "Attachments") in [h.inner_text() for h in page.locator("h2").all()]
+    screenshot(page, f"i18n-message-{language}")
+    contents.append(page.content())
+    page.goto(f"{webq_server.url}/q/")
+    page.locator(f"tr[data-id='{virus}'] input[name=id]").check()
+    page.click("#bulk-release")  # a virus, for a user: refused on the confirmation page, nothing released
+    page.wait_for_load_state()
+    title = _(language, "%(action)s %(count)s message(s)?") % {"action": _(language, "Release"), "count": 0}
+    assert page.locator("#bulk-title").inner_text() == title
+    refused = _(language, "Refused: only an administrator can release a message quarantined as %(category)s.")
+    assert page.locator(f"#bulk-items tr[data-id='{virus}'] td.outcome").inner_text() == refused % {"category": "virus"}
+    assert page.locator("#bulk-nothing").inner_text() == _(
+        language, "None of the selected messages can be changed this way."
+    )
+    screenshot(page, f"i18n-bulk-{language}")
+    contents.append(page.content())
+    page.goto(f"{webq_server.url}/lists")
+    assert page.locator("h1").inner_text() == _(language, "Your white and black lists")
+    assert _(language, "Added (UTC)") in page.locator("#listed thead").inner_text()
+    screenshot(page, f"i18n-lists-{language}")
+    contents.append(page.content())
+    if language != "en":
+        for english in ("Release to", "Whitelist sender", "Refused:", "Attachments", "Date (UTC)"):
+            assert not [content for content in contents if english in content], english

@@ -4,11 +4,13 @@ Each page — login, quarantine list, a message, statistics, tracking, own lists
 confirmation — is measured: the document
 is never wider than the window (``document.documentElement.scrollWidth <= innerWidth``), the
 user name never overlaps "Log out", the graphs use the width, and dates stay on one line.
+At 390 px also in German (the longest words of the catalogs: ``layout_<page>_390_de.png``).
 Screenshots go to the test's tmp dir and to /tmp/mailsift-screens/ (``layout_<page>_<width>.png``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -23,9 +25,9 @@ from tests.helpers.webq import WebqServer
 WIDTHS = (390, 1280)
 
 
-def _fits(page: Any, name: str, width: int, tmp_path: Path) -> None:
+def _fits_in(page: Any, name: str, width: int, tmp_path: Path, suffix: str = "") -> None:
     page.wait_for_load_state()
-    shot = tmp_path / f"layout_{name}_{width}.png"
+    shot = tmp_path / f"layout_{name}_{width}{suffix}.png"
     page.screenshot(path=str(shot), full_page=True)
     os.makedirs(SCREENS, exist_ok=True)
     shutil.copy(shot, os.path.join(SCREENS, shot.name))
@@ -41,10 +43,12 @@ def _apart(page: Any) -> None:
     assert who["x"] + who["width"] <= button["x"] or who["y"] + who["height"] <= button["y"], (who, button)
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_no_horizontal_overflow(webq_server: WebqServer, browser: Any, width: int, tmp_path: Path) -> None:
-    context = browser.new_context(viewport={"width": width, "height": 860})
+@pytest.mark.parametrize(("width", "locale"), [(width, "en-US") for width in WIDTHS] + [(390, "de-DE")])
+def test_no_horizontal_overflow(webq_server: WebqServer, browser: Any, width: int, locale: str, tmp_path: Path) -> None:
+    """At each width in English, and at 390 px in German (the longest words of the catalogs)."""
+    context = browser.new_context(viewport={"width": width, "height": 860}, locale=locale)
     page = context.new_page()
+    _fits = functools.partial(_fits_in, suffix="" if locale == "en-US" else "_" + locale[:2])
     try:
         page.goto(f"{webq_server.url}/login")
         _fits(page, "login", width, tmp_path)
@@ -86,7 +90,7 @@ def test_a_long_user_name_does_not_overlap_log_out(webq_server: WebqServer, brow
         log_in(page, webq_server.url, "alice", webq_server.users["alice"])
         page.evaluate("document.querySelector('header .who').textContent = 'a-very-long-login-name@example.org'")
         _apart(page)
-        _fits(page, "long_name", 390, tmp_path)
+        _fits_in(page, "long_name", 390, tmp_path)
     finally:
         context.close()
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.settings import Settings
 from mailsift.web import account_pages, auth, lists_pages, quarantine_pages
-from mailsift.web.templating import render, templates
+from mailsift.web.templating import N_, Text, render, templates
 from mailsift.web.webconfig import WebConfig
 
 __all__ = ["SESSION_COOKIE", "create_app", "render", "templates"]
@@ -119,7 +119,7 @@ class BodyLimit:
                 if form:
                     fields_left -= chunk.count(b"&")
                 if seen > limit or fields_left < 0:
-                    raise HTTPException(413, "The request is too large.")
+                    raise HTTPException(413, Text(N_("The request is too large.")))
             return message
 
         await self.app(scope, counted, send)
@@ -144,7 +144,7 @@ async def favicon(request: Request) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "Internal error."
+    detail = exc.detail if isinstance(exc, HTTPException) else Text(N_("Internal error."))
     return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
 
 

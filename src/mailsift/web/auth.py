@@ -61,7 +61,7 @@ from mailsift.errors import MailsiftError, RequestRefused
 from mailsift.storage.db import Database
 from mailsift.web import users
 from mailsift.web.session import CSRF_FIELD, SESSION_ID, USER_KEY, csrf_field, csrf_token, current_user
-from mailsift.web.templating import render
+from mailsift.web.templating import N_, Text, render
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
 
@@ -104,7 +104,7 @@ def require_admin(request: Request) -> User:
     """The logged-in admin; 403 for an ordinary user, login for nobody."""
     user = require_user(request)
     if not user.is_admin:
-        raise HTTPException(403, "Administrators only.")
+        raise HTTPException(403, Text(N_("Administrators only.")))
     return user
 
 
@@ -262,7 +262,9 @@ def check_csrf(request: Request, form: FormData | None) -> None:
         or not hmac.compare_digest(expected.encode(), given.encode())
         or not _same_origin(request)
     ):
-        raise HTTPException(403, "The form has expired or came from another site; reload the page and try again.")
+        raise HTTPException(
+            403, Text(N_("The form has expired or came from another site; reload the page and try again."))
+        )
 
 
 # --------------------------------------------------------------------------- login and logout

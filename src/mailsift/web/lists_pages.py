@@ -28,14 +28,23 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.storage import policies
 from mailsift.storage.schema import listed_table
 from mailsift.web.auth import check_csrf, require_user
-from mailsift.web.templating import render
+from mailsift.web.templating import N_, Text, render, set_flash, take_flash
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
 
 log = logging.getLogger("mailsift.webq")
 MAX_ENTRIES = 1000
 """Entries one owner may hold (a form submitted in a loop cannot fill the database)."""
-NOT_IN_USE = "White and black lists are not in use on this gateway: an entry here would change nothing."
+NOT_YOURS = Text(N_("That address is not yours."))
+ADDED = {
+    "white": N_("%(value)s added to the white list of %(owner)s."),
+    "black": N_("%(value)s added to the black list of %(owner)s."),
+}
+REMOVED = {
+    "white": N_("%(value)s removed from the white list of %(owner)s."),
+    "black": N_("%(value)s removed from the black list of %(owner)s."),
+}
+NOT_IN_USE = Text(N_("White and black lists are not in use on this gateway: an entry here would change nothing."))
 
 
 def own_mailboxes(user: User) -> list[str]:
@@ -50,12 +59,11 @@ def own_mailboxes(user: User) -> list[str]:
 
 
 def _flash(request: Request, text: str, kind: str = "notice") -> None:
-    request.session["flash"] = [kind, text[:500]]
+    set_flash(request, text, kind)
 
 
 def _take_flash(request: Request) -> tuple[str, str] | None:
-    flash = request.session.pop("flash", None)
-    return (str(flash[0]), str(flash[1])) if isinstance(flash, list) and len(flash) == 2 else None
+    return take_flash(request)
 
 
 def _entries(connection: Any, owners: list[str]) -> list[policies.ListEntry]:
@@ -82,28 +90,32 @@ async def lists_page(request: Request) -> Response:
         which, owner = str(form.get("list") or ""), str(form.get("owner") or "")[:400]
         value = str(form.get("value") or "")[:600]
         if which not in config.lists_in_use:
-            raise HTTPException(400, "Choose a list this gateway consults.")
+            raise HTTPException(400, Text(N_("Choose a list this gateway consults.")))
         try:
             owner = policies.mailbox_owner(owner)
         except ConfigError:
-            raise HTTPException(403, "That address is not yours.") from None
+            raise HTTPException(403, NOT_YOURS) from None
         if owner not in owners:
-            raise HTTPException(403, "That address is not yours.")
+            raise HTTPException(403, NOT_YOURS)
         action = str(form.get("action") or "add")
         try:
             if action == "remove":
                 gone = await database.run(lambda c: policies.remove_listed(c, which, "sender", value, owner=owner))
-                text = f"{value} removed from the {which} list of {owner}." if gone else f"{value} was not listed."
+                text = (
+                    Text(REMOVED[which], value=value, owner=owner)
+                    if gone
+                    else Text(N_("%(value)s was not listed."), value=value)
+                )
                 log.info("webq: %s removed %s from the %s list of %s", user.login, value, which, owner)
             else:
                 await database.run(_add, which, value, owner, f"webq {user.login}")
-                text = f"{policies.normalize_value('sender', value)} added to the {which} list of {owner}."
+                text = Text(ADDED[which], value=policies.normalize_value("sender", value), owner=owner)
                 log.info("webq: %s added %s to the %s list of %s", user.login, value, which, owner)
         except ConfigError as error:
-            _flash(request, f"Not changed: {error.message}", "error")
+            _flash(request, Text(N_("Not changed: %(reason)s"), reason=error.message), "error")
         except MailsiftError as error:
             log.warning("webq: %s could not change the %s list of %s: %s", user.login, which, owner, error)
-            _flash(request, "The list could not be changed now; try again later.", "error")
+            _flash(request, Text(N_("The list could not be changed now; try again later.")), "error")
         else:
             _flash(request, text)
         return RedirectResponse("/lists", status_code=303)

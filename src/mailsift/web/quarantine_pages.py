@@ -42,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.mail import Envelope, Mail
+from mailsift.reporting.notifications import translations
 from mailsift.reporting.verdicts import human_verdict
 from mailsift.settings import Settings
 from mailsift.storage import policies as userpolicy
@@ -60,7 +61,7 @@ from mailsift.web.auth import check_csrf, require_user
 from mailsift.web.lists_pages import NOT_IN_USE
 from mailsift.web.quarantine_queries import SORTS, ListQuery, categories, find_page, get_visible, own_recipients
 from mailsift.web.spam_rules import rule_rows
-from mailsift.web.templating import render
+from mailsift.web.templating import N_, Text, render, request_language, set_flash, take_flash
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
 
@@ -79,12 +80,11 @@ def _config(request: Request) -> WebConfig:
 
 
 def _flash(request: Request, text: str, kind: str = "notice") -> None:
-    request.session["flash"] = [kind, text[:500]]
+    set_flash(request, text, kind)
 
 
 def _take_flash(request: Request) -> tuple[str, str] | None:
-    flash = request.session.pop("flash", None)
-    return (str(flash[0]), str(flash[1])) if isinstance(flash, list) and len(flash) == 2 else None
+    return take_flash(request)
 
 
 def _date(value: str, *, end: bool = False) -> float | None:
@@ -108,18 +108,18 @@ async def _entry(request: Request, user: User) -> QuarantineEntry:
     entry_id = str(request.path_params["entry_id"])[:100]
     entry: QuarantineEntry | None = await _settings(request).require_database().run(get_visible, user, entry_id)
     if entry is None:
-        raise HTTPException(404, "No such message.")
+        raise HTTPException(404, Text(N_("No such message.")))
     return entry
 
 
 async def _original(request: Request, entry: QuarantineEntry) -> bytes:
     path = locate(_settings(request).quarantine_dir, entry)
     if path is None:
-        raise HTTPException(410, "The message file is missing from the quarantine.")
+        raise HTTPException(410, Text(N_("The message file is missing from the quarantine.")))
     try:
         return await asyncio.to_thread(read_original, path)
     except (DamagedFile, OSError):
-        raise HTTPException(500, "The message file cannot be read.") from None
+        raise HTTPException(500, Text(N_("The message file cannot be read."))) from None
 
 
 MAX_HEAD_READ = 64 * 1024
@@ -235,7 +235,7 @@ async def part_download(request: Request) -> Response:
     raw = await _original(request, entry)
     found = await asyncio.to_thread(mailview.part_bytes, raw, _int(request.path_params["index"], -1, -1, 10**6))
     if found is None:
-        raise HTTPException(404, "No such part.")
+        raise HTTPException(404, Text(N_("No such part.")))
     return _download(found[1], found[0])
 
 
@@ -263,6 +263,10 @@ def _released_already(user: User, entry: QuarantineEntry) -> bool:
     return entry.state != HELD and set(_release_targets(user, entry)) <= done
 
 
+def _admin_only(entry: QuarantineEntry) -> Text:
+    return Text(N_("Only an administrator can release a message quarantined as %(category)s."), category=entry.category)
+
+
 def _may_release(request: Request, user: User, entry: QuarantineEntry) -> bool:
     return may_release(entry.category, admin=user.is_admin, admin_release=_config(request).admin_release)
 
@@ -274,10 +278,10 @@ async def release_action(request: Request) -> Response:
     entry = await _entry(request, user)
     if not _may_release(request, user, entry):
         log.warning("webq: %s may not release %s (%s): refused", user.login, entry.id, entry.category)
-        raise HTTPException(403, f"Only an administrator can release a message quarantined as {entry.category}.")
+        raise HTTPException(403, _admin_only(entry))
     targets = _release_targets(user, entry)
     if _released_already(user, entry):
-        _flash(request, "This message was released already.", "error")
+        _flash(request, Text(N_("This message was released already.")), "error")
         return _back(entry)
     if form.get("confirm") != "yes":  # the first POST asks; the confirmation's POST releases
         context = {"entry": entry, "targets": targets, "quoted_id": quote(entry.id, safe="")}
@@ -286,16 +290,22 @@ async def release_action(request: Request) -> Response:
         await release(_settings(request), entry, recipients=targets, by=f"web:{user.login}")
     except ReleaseInProgress as error:  # another click, admin or gateway holds the claim: nothing sent
         log.info("webq: %s: %s", user.login, error)
-        _flash(request, f"This message is being released by {error.by} right now; it is not sent twice.", "error")
+        _flash(
+            request,
+            Text(N_("This message is being released by %(user)s right now; it is not sent twice."), user=error.by),
+            "error",
+        )
         return _back(entry)
     except AlreadyReleased as error:
-        _flash(request, f"This message was released already by {error.entry.released_by}.", "error")
+        _flash(
+            request, Text(N_("This message was released already by %(user)s."), user=error.entry.released_by), "error"
+        )
         return _back(entry)
     except (QuarantineProblem, MailsiftError) as error:
         log.warning("webq: %s could not release %s: %s", user.login, entry.id, error)
-        _flash(request, "The message could not be released now; try again later.", "error")
+        _flash(request, Text(N_("The message could not be released now; try again later.")), "error")
         return _back(entry)
-    _flash(request, "Released to " + ", ".join(targets) + ".")
+    _flash(request, Text(N_("Released to %(targets)s."), targets=", ".join(targets)))
     return _back(entry)
 
 
@@ -305,17 +315,17 @@ async def delete_action(request: Request) -> Response:
     user = require_user(request)
     entry = await _entry(request, user)
     if not user.is_admin and len(own_recipients(user, entry)) != len(entry.recipients):
-        raise HTTPException(403, "This message has other recipients too; ask an administrator to delete it.")
+        raise HTTPException(403, Text(N_("This message has other recipients too; ask an administrator to delete it.")))
     if form.get("confirm") != "yes":  # the first POST asks; the confirmation's POST deletes
         return render(request, "q_delete.html", {"entry": entry, "quoted_id": quote(entry.id, safe="")})
     try:
         await asyncio.to_thread(delete, _settings(request), entry)
     except MailsiftError as error:  # the store and the database map their own OSError
         log.warning("webq: %s could not delete %s: %s", user.login, entry.id, error)
-        _flash(request, "The message could not be deleted now; try again later.", "error")
+        _flash(request, Text(N_("The message could not be deleted now; try again later.")), "error")
         return _back(entry)
     log.info("webq: %s deleted %s", user.login, entry.id)
-    _flash(request, f"Message {entry.id} deleted.")
+    _flash(request, Text(N_("Message %(id)s deleted."), id=entry.id))
     return RedirectResponse("/q/", status_code=303)
 
 
@@ -325,7 +335,7 @@ async def recheck_action(request: Request) -> Response:
     entry = await _entry(request, user)
     scanners = _config(request).scanners
     if not scanners:
-        raise HTTPException(404, "No scanner is configured for rechecking.")
+        raise HTTPException(404, Text(N_("No scanner is configured for rechecking.")))
     raw = await _original(request, entry)
     envelope = Envelope(sender=entry.sender, recipients=list(entry.recipients), queue_id=entry.id)
     mail = Mail(envelope, raw, spool_threshold=len(raw) + 1)
@@ -334,14 +344,20 @@ async def recheck_action(request: Request) -> Response:
         decision = await pipeline.evaluate(mail)
     except Exception as error:  # noqa: BLE001 - any scanner failure is shown, never a 500
         log.warning("webq: recheck of %s failed: %s", entry.id, error)
-        _flash(request, "The recheck failed; the scanner is not available now.", "error")
+        _flash(request, Text(N_("The recheck failed; the scanner is not available now.")), "error")
         return _back(entry)
     finally:
         mail.close()
     result = decision.result
-    verdict = human_verdict("", result.name, result.scanner, result.level, result.detail)
-    verdict += f" (level {result.level:.2f}, {result.scanner or '-'})"  # the level and scanner: what was run
-    _flash(request, f"Recheck: {verdict}.", "error" if result.level >= 1.0 else "notice")
+    gettext = translations(request_language(request)).gettext  # the verdict's words, in the page's language
+    verdict = human_verdict("", result.name, result.scanner, result.level, result.detail, gettext)
+    text = Text(  # the level and scanner: what was run
+        N_("Recheck: %(verdict)s (level %(level)s, %(scanner)s)."),
+        verdict=verdict,
+        level=f"{result.level:.2f}",
+        scanner=result.scanner or "-",
+    )
+    _flash(request, text, "error" if result.level >= 1.0 else "notice")
     return _back(entry)
 
 
@@ -352,17 +368,25 @@ async def list_sender_action(request: Request) -> Response:
     entry = await _entry(request, user)
     which = str(form.get("list") or "")
     if which not in ("white", "black") or not entry.sender:
-        raise HTTPException(400, "Choose the white or the black list; a message without sender cannot be listed.")
+        raise HTTPException(
+            400, Text(N_("Choose the white or the black list; a message without sender cannot be listed."))
+        )
     owners = _list_owners(user, entry)
     if which not in _config(request).lists_in_use:  # the scanners would never read the entry
-        _flash(request, f"Not {which}listed: {NOT_IN_USE}", "error")
+        not_listed = N_("Not whitelisted: %(reason)s") if which == "white" else N_("Not blacklisted: %(reason)s")
+        _flash(request, Text(not_listed, reason=NOT_IN_USE), "error")
         return _back(entry)
     try:
         await _settings(request).require_database().run(_add_sender, which, [(entry.sender, owners)], user.login)
     except (ConfigError, MailsiftError) as error:
-        _flash(request, f"Not listed: {error}", "error")
+        _flash(request, Text(N_("Not listed: %(reason)s"), reason=str(error)), "error")
         return _back(entry)
-    _flash(request, f"{entry.sender} {which}listed for " + ", ".join(owners) + ".")
+    listed = (
+        N_("%(sender)s whitelisted for %(owners)s.")
+        if which == "white"
+        else N_("%(sender)s blacklisted for %(owners)s.")
+    )
+    _flash(request, Text(listed, sender=entry.sender, owners=", ".join(owners)))
     return _back(entry)
 
 
@@ -371,10 +395,12 @@ def _list_owners(user: User, entry: QuarantineEntry) -> list[str]:
     (an admin's: all of them); HTTPException when there is none."""
     owners = own_recipients(user, entry) or (list(entry.recipients) if user.is_admin else [])
     if not owners:
-        raise HTTPException(403, "None of the recipients is yours.")
+        raise HTTPException(403, Text(N_("None of the recipients is yours.")))
     owners = list(dict.fromkeys(owner for owner in map(_mailbox, owners) if owner))
     if not owners:  # e.g. RCPT TO:<example.com>: never a domain's or a global entry
-        raise HTTPException(400, "No recipient of this message is a mailbox (local@domain) a list could belong to.")
+        raise HTTPException(
+            400, Text(N_("No recipient of this message is a mailbox (local@domain) a list could belong to."))
+        )
     return owners
 
 
@@ -399,6 +425,13 @@ def _mailbox(recipient: str) -> str:
 BULK_ACTIONS = ("release", "delete", "whitelist")
 MAX_BULK = 200
 """Messages one bulk action takes at most (a full page at the largest "rows per page")."""
+REFUSED = N_("Refused: %(reason)s")
+NOT_WHITELISTED = N_("Not whitelisted: %(reason)s")
+COULD_NOT = {
+    "release": N_("Could not release it now; try again later."),
+    "delete": N_("Could not delete it now; try again later."),
+    "whitelist": N_("Could not whitelist it now; try again later."),
+}
 
 
 @dataclass
@@ -409,6 +442,7 @@ class BulkItem:
     entry: QuarantineEntry | None
     allowed: bool
     note: str
+    """What will happen (or happened) to it: a :class:`~mailsift.web.templating.Text`, shown translated."""
     targets: list[str] = field(default_factory=list)
     done: bool = False
 
@@ -425,28 +459,39 @@ def _visible_many(connection: Any, user: User, ids: list[str]) -> dict[str, Quar
 def _plan(request: Request, user: User, action: str, entry_id: str, entry: QuarantineEntry | None) -> BulkItem:
     """What ``action`` would do to one selected message, or why it is refused (checked as the single actions)."""
     if entry is None:  # missing, or not this user's: alike, as for a single message
-        return BulkItem(entry_id, None, False, "No such message.")
+        return BulkItem(entry_id, None, False, Text(N_("No such message.")))
     if action == "release":
         targets = _release_targets(user, entry)
         if not _may_release(request, user, entry):
-            note = f"Refused: only an administrator can release a message quarantined as {entry.category}."
-            return BulkItem(entry_id, entry, False, note)
+            return BulkItem(
+                entry_id,
+                entry,
+                False,
+                Text(
+                    N_("Refused: only an administrator can release a message quarantined as %(category)s."),
+                    category=entry.category,
+                ),
+            )
         if _released_already(user, entry):
-            return BulkItem(entry_id, entry, False, "Released already.")
-        return BulkItem(entry_id, entry, True, "Release to " + ", ".join(targets) + ".", targets)
+            return BulkItem(entry_id, entry, False, Text(N_("Released already.")))
+        return BulkItem(entry_id, entry, True, Text(N_("Release to %(targets)s."), targets=", ".join(targets)), targets)
     if action == "delete":
         if not user.is_admin and len(own_recipients(user, entry)) != len(entry.recipients):
-            return BulkItem(entry_id, entry, False, "Refused: it has other recipients too; ask an administrator.")
-        return BulkItem(entry_id, entry, True, "Delete for good.")
+            note = Text(REFUSED, reason=Text(N_("it has other recipients too; ask an administrator.")))
+            return BulkItem(entry_id, entry, False, note)
+        return BulkItem(entry_id, entry, True, Text(N_("Delete for good.")))
     if "white" not in _config(request).lists_in_use:
-        return BulkItem(entry_id, entry, False, f"Not whitelisted: {NOT_IN_USE}")
+        return BulkItem(entry_id, entry, False, Text(NOT_WHITELISTED, reason=NOT_IN_USE))
     if not entry.sender:
-        return BulkItem(entry_id, entry, False, "Refused: a message without sender cannot be listed.")
+        return BulkItem(
+            entry_id, entry, False, Text(REFUSED, reason=Text(N_("a message without sender cannot be listed.")))
+        )
     try:
         owners = _list_owners(user, entry)
     except HTTPException as error:
-        return BulkItem(entry_id, entry, False, f"Refused: {error.detail}")
-    return BulkItem(entry_id, entry, True, f"Whitelist {entry.sender} for " + ", ".join(owners) + ".", owners)
+        return BulkItem(entry_id, entry, False, Text(REFUSED, reason=error.detail))
+    note = Text(N_("Whitelist %(sender)s for %(owners)s."), sender=entry.sender, owners=", ".join(owners))
+    return BulkItem(entry_id, entry, True, note, owners)
 
 
 async def _carry_out(request: Request, user: User, action: str, items: list[BulkItem]) -> None:
@@ -459,10 +504,10 @@ async def _carry_out(request: Request, user: User, action: str, items: list[Bulk
             await settings.require_database().run(_add_sender, "white", pairs, user.login)
         except (ConfigError, MailsiftError) as error:
             for item in allowed:
-                item.note = f"Not whitelisted: {error}"
+                item.note = Text(NOT_WHITELISTED, reason=str(error))
             return
         for item in allowed:
-            item.done, item.note = True, f"Whitelisted for {', '.join(item.targets)}."
+            item.done, item.note = True, Text(N_("Whitelisted for %(owners)s."), owners=", ".join(item.targets))
         return
     for item in allowed:
         entry = item.entry
@@ -470,18 +515,18 @@ async def _carry_out(request: Request, user: User, action: str, items: list[Bulk
         try:
             if action == "release":
                 await release(settings, entry, recipients=item.targets, by=f"web:{user.login}")
-                item.note = "Released to " + ", ".join(item.targets) + "."
+                item.note = Text(N_("Released to %(targets)s."), targets=", ".join(item.targets))
             else:
                 await asyncio.to_thread(delete, settings, entry)
-                item.note = "Deleted."
+                item.note = Text(N_("Deleted."))
             item.done = True
         except ReleaseInProgress as error:
-            item.note = f"Not released: {error.by} is releasing it right now."
+            item.note = Text(N_("Not released: %(user)s is releasing it right now."), user=error.by)
         except AlreadyReleased as error:
-            item.note = f"Released already by {error.entry.released_by}."
+            item.note = Text(N_("Released already by %(user)s."), user=error.entry.released_by)
         except (QuarantineProblem, MailsiftError) as error:
             log.warning("webq: %s could not %s %s: %s", user.login, action, entry.id, error)
-            item.note = f"Could not {action} it now; try again later."
+            item.note = Text(COULD_NOT[action])
 
 
 async def bulk_action(request: Request) -> Response:
@@ -496,13 +541,13 @@ async def bulk_action(request: Request) -> Response:
     user = require_user(request)
     action = str(form.get("action") or "")
     if action not in BULK_ACTIONS:
-        raise HTTPException(400, "Choose release, delete or whitelist.")
+        raise HTTPException(400, Text(N_("Choose release, delete or whitelist.")))
     ids = list(dict.fromkeys(str(value)[:100] for value in form.getlist("id")))
     if not ids:
-        _flash(request, "Select at least one message first.", "error")
+        _flash(request, Text(N_("Select at least one message first.")), "error")
         return RedirectResponse("/q/", status_code=303)
     if len(ids) > MAX_BULK:
-        raise HTTPException(400, f"Select at most {MAX_BULK} messages at once.")
+        raise HTTPException(400, Text(N_("Select at most %(count)s messages at once."), count=MAX_BULK))
     entries = await _settings(request).require_database().run(_visible_many, user, ids)
     items = [_plan(request, user, action, entry_id, entries.get(entry_id)) for entry_id in ids]
     confirmed = form.get("confirm") == "yes"
@@ -522,13 +567,13 @@ async def preferences_page(request: Request) -> Response:
         language = str(form.get("language") or "")
         rows = _int(str(form.get("rows") or ""), 0, 0, 10**6)
         if (language and language not in users.LANGUAGES) or rows not in users.ROWS_CHOICES:
-            raise HTTPException(400, "Choose a language and a number of rows from the lists.")
+            raise HTTPException(400, Text(N_("Choose a language and a number of rows from the lists.")))
         await (
             _settings(request)
             .require_database()
             .run(functools.partial(users.set_preferences, user_id=user.id, language=language, rows=rows))
         )
-        _flash(request, "Preferences saved.")
+        _flash(request, Text(N_("Preferences saved.")))
         return RedirectResponse("/prefs", status_code=303)
     context = {"languages": users.LANGUAGES, "rows_choices": users.ROWS_CHOICES, "flash": _take_flash(request)}
     return render(request, "q_prefs.html", context)

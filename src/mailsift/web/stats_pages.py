@@ -58,7 +58,7 @@ from mailsift.errors import MailsiftError
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
 from mailsift.storage.db import Database
 from mailsift.web.auth import client_address, current_user, require_user
-from mailsift.web.templating import render
+from mailsift.web.templating import N_, Text, render
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
 
@@ -106,10 +106,10 @@ def scope_for(user: User, domain: str) -> list[str] | None:
         return [domain] if domain else None
     mine = managed_domains(user)
     if not mine:
-        raise HTTPException(403, "Statistics are for administrators and domain administrators.")
+        raise HTTPException(403, Text(N_("Statistics are for administrators and domain administrators.")))
     if domain:
         if domain not in mine:
-            raise HTTPException(403, "Not one of your domains.")
+            raise HTTPException(403, Text(N_("Not one of your domains.")))
         return [domain]
     return list(mine)
 
@@ -128,9 +128,9 @@ class GraphRequest:
         range_name = params.get("range", "day")
         group = params.get("by", "verdict")
         if range_name not in RANGES:
-            raise HTTPException(400, f"range must be one of {', '.join(RANGES)}.")
+            raise HTTPException(400, Text(N_("range must be one of %(ranges)s."), ranges=", ".join(RANGES)))
         if group not in ("verdict", "scanner", "domain"):
-            raise HTTPException(400, "by must be verdict, scanner or domain.")
+            raise HTTPException(400, Text(N_("by must be verdict, scanner or domain.")))
         return cls(RANGES[range_name], group, params.get("domain", "")[:255])
 
 
@@ -302,7 +302,9 @@ async def _query(request: Request, function: Any, *args: Any) -> Any:
     try:
         return await _database(request).run(function, *args)
     except MailsiftError as error:
-        raise HTTPException(503, f"The statistics database is unavailable: {error.message}") from None
+        raise HTTPException(
+            503, Text(N_("The statistics database is unavailable: %(reason)s"), reason=error.message)
+        ) from None
 
 
 def _graph(
@@ -366,7 +368,7 @@ async def graph_svg(request: Request) -> Response:
     metric = request.query_params.get("metric", "messages")
     kind = request.query_params.get("kind", "mail")
     if metric not in METRIC_TITLES or kind not in ("mail", "greylist"):
-        raise HTTPException(400, "metric or kind unknown.")
+        raise HTTPException(400, Text(N_("metric or kind unknown.")))
     domains = scope_for(user, options.domain)
     verdicts = GREYLIST_VERDICTS if kind == "greylist" else MAIL_VERDICTS
     title = _title(metric, options, kind == "greylist")
@@ -472,7 +474,7 @@ def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) 
         user = current_user(request)
         monitor = _allowed_client(request, networks) and _allowed_host(request)
         if not (token_ok or monitor or (user is not None and user.is_admin)):
-            raise HTTPException(403, "Metrics are for the monitoring host and administrators.")
+            raise HTTPException(403, Text(N_("Metrics are for the monitoring host and administrators.")))
         collector = await _query(request, _metrics_data)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)

@@ -15,9 +15,10 @@ browser's ``Accept-Language`` among the catalog languages, else webq's
 from __future__ import annotations
 
 import gettext
+import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
@@ -40,6 +41,53 @@ def N_(message: str) -> str:  # noqa: N802 - gettext's name for "mark for the ca
     return message
 
 
+class Text(str):
+    """A text of the pages' code for a person (a notice, an error, a bulk note), translated when a page shows it.
+
+    As a ``str`` it is the English text; :attr:`message` is its catalog msgid (mark it
+    with :func:`N_` so that ``pybabel extract`` finds it) and :attr:`values` fill its
+    ``%(name)s`` placeholders after the translation (a value that is a :class:`Text` is
+    translated too). The ``translate`` filter shows it in the page's language."""
+
+    message: str
+    values: dict[str, object]
+
+    def __new__(cls, message: str, **values: object) -> Text:
+        text = super().__new__(cls, message % {k: str(v) for k, v in values.items()} if values else message)
+        text.message = message
+        text.values = values
+        return text
+
+    def dump(self) -> list[Any]:
+        """A JSON form (the session's flash): ``[message, {name: value or dumped Text}]``."""
+        return [self.message, {k: v.dump() if isinstance(v, Text) else str(v) for k, v in self.values.items()}]
+
+    @classmethod
+    def load(cls, data: object) -> str:
+        """The text :meth:`dump` made (a plain string as it is; anything else as ``""``)."""
+        if isinstance(data, str):
+            return data
+        if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], str) and isinstance(data[1], dict)):
+            return ""
+        try:
+            return cls(data[0], **{str(k): cls.load(v) for k, v in data[1].items()})
+        except (KeyError, ValueError, TypeError):  # a hand-made cookie: placeholders and values disagree
+            return ""
+
+
+def translated(gettext: Callable[[str], str], message: object) -> str:
+    """``message`` (a :class:`Text` or a catalog msgid) in the language of ``gettext``; other texts as they are."""
+    if isinstance(message, Text):
+        if not message.values:
+            return gettext(message.message)
+        values = {k: translated(gettext, v) if isinstance(v, Text) else str(v) for k, v in message.values.items()}
+        try:
+            return gettext(message.message) % values
+        except (KeyError, ValueError, TypeError):  # a translation that lost a placeholder: English
+            return message.message % values
+    return gettext(str(message)) if message else ""
+
+
 PAGE_MESSAGES = (
     N_("Please log in."),
     N_("Wrong login or password."),
@@ -60,6 +108,8 @@ PAGE_MESSAGES = (
     N_("tempfailed"),
     N_("refused"),
     N_("held"),
+    # the message view's text source (mailview.MailView.text_source)
+    N_("text/html (converted to text)"),
 )
 """Messages the pages' code passes to the templates (``{{ _(error) }}`` translates them); for ``pybabel extract``."""
 
@@ -129,9 +179,9 @@ def _size(size: int) -> str:
 
 @jinja2.pass_context
 def _translate(context: Any, message: object) -> str:
-    """A message the code passed in (an error, a notice) in the page's language when the catalog has it;
-    no ``%`` formatting, so any text is safe here."""
-    return _translation(context).gettext(str(message)) if message else ""
+    """A message the code passed in (an error, a notice, a :class:`Text`) in the page's language when the
+    catalog has it; a plain string is not ``%`` formatted, so any text is safe here."""
+    return translated(_translation(context).gettext, message)
 
 
 @jinja2.pass_context
@@ -160,6 +210,26 @@ def _environment() -> jinja2.Environment:
 
 
 templates = Jinja2Templates(env=_environment())
+
+
+MAX_FLASH = 2000
+"""Characters of a flash in the session cookie, at most (a longer one is kept as cut English text)."""
+
+
+def set_flash(request: Request, text: str, kind: str = "notice") -> None:
+    """A notice (``kind`` "notice" or "error") for the next page; a :class:`Text` is shown translated."""
+    stored: object = text.dump() if isinstance(text, Text) else text[:500]
+    if len(json.dumps(stored)) > MAX_FLASH:
+        stored = str(text)[:500]
+    request.session["flash"] = [kind, stored]
+
+
+def take_flash(request: Request) -> tuple[str, str] | None:
+    """The flash :func:`set_flash` left (once), as ``(kind, text)``."""
+    flash = request.session.pop("flash", None)
+    if not (isinstance(flash, list) and len(flash) == 2):
+        return None
+    return str(flash[0]), Text.load(flash[1])
 
 
 def request_language(request: Request) -> str:

@@ -34,7 +34,7 @@ from mailsift.reporting.tracking import (
 from mailsift.reporting.verdicts import human_verdict
 from mailsift.storage.db import Database
 from mailsift.web.auth import require_admin
-from mailsift.web.templating import render
+from mailsift.web.templating import N_, Text, render
 
 FIELDS = ("sender", "recipient", "message_id", "queue_id", "since", "until")
 """The search form's fields, as named in the URL."""
@@ -107,9 +107,9 @@ async def story(request: Request) -> Response:
     try:
         found = await _database(request).run(get_story, story_id)
     except MailsiftError:
-        raise HTTPException(503, "The message log cannot be read right now; try again later.") from None
+        raise HTTPException(503, Text(N_("The message log cannot be read right now; try again later."))) from None
     if found is None:
-        raise HTTPException(404, "No such message in the log (it may have been cleaned up).")
+        raise HTTPException(404, Text(N_("No such message in the log (it may have been cleaned up).")))
     human = human_story_verdict(found)
     timeline = [(event.time, _humane(event.text, found, human), event.text) for event in found.events()]
     context = {"story": found, "when": format_time, "human": human, "timeline": timeline}

@@ -150,3 +150,25 @@ def test_the_config_tells_the_web_which_lists_are_consulted(
     finally:
         assert loaded.settings.database is not None
         loaded.settings.database.dispose()
+
+
+async def test_the_lists_notices_speak_the_pages_language(settings: Settings) -> None:
+    client = await _client(settings)
+    client.headers["Accept-Language"] = "sk"
+    async with contextlib.aclosing(client):
+        page = await client.get("/lists")
+        assert "Vaše biele a čierne zoznamy" in page.text
+        add = {
+            "csrf_token": _token(page.text),
+            "action": "add",
+            "list": "black",
+            "value": "Spam.Example",
+            "owner": "alice@example.org",
+        }
+        done = await client.post("/lists", data=add, follow_redirects=True)
+        assert "spam.example je pridaný na čierny zoznam adresy alice@example.org." in done.text
+        bad = await client.post("/lists", data={**add, "value": "not an address"}, follow_redirects=True)
+        assert "Nezmenené: bad sender" in bad.text  # the storage's reason stays as it is
+        theirs = await client.post("/lists", data={**add, "owner": "bob@example.org"})
+        assert theirs.status_code == 403
+        assert "Táto adresa nie je vaša." in theirs.text

@@ -422,3 +422,45 @@ async def test_message_view_lists_each_rule_with_its_points_and_description(serv
         assert rules is not None
         rows = re.findall(r'<tr><td>([A-Z_0-9]+)</td><td class="num">([^<]*)</td><td>([^<]*)</td></tr>', rules.group(1))
         assert rows == [("BAYES_99", "2.5", "BODY: Bayes spam probability is 99 to 100%"), ("URIBL_BLACK", "9.8", "")]
+
+
+# --------------------------------------------------------------------------- the code's texts, translated
+
+
+async def test_notices_bulk_notes_and_errors_speak_the_pages_language(server: WebqServer) -> None:
+    """German (the browser's Accept-Language): the flashes, the bulk notes and the error details of the code."""
+    m = server.messages
+    client = await _client(server, "alice")
+    client.headers["Accept-Language"] = "de"
+    async with contextlib.aclosing(client):
+        token = await _token(client)
+        recheck = await client.post(f"/q/{m['mine']}/recheck", data={"csrf_token": token}, follow_redirects=True)
+        assert "Erneute Prüfung: EICAR-Test (Stufe 1.00, regexp" in recheck.text
+        ids = [m["mine"], m["bulk0"], m["theirs"]]
+        asked = await client.post("/q/bulk", data={"csrf_token": token, "action": "release", "id": ids})
+        rows = _bulk_rows(asked.text)
+        assert rows[m["mine"]] == "allowed: Freigeben an Alice@Example.org."
+        assert rows[m["bulk0"]] == (
+            "refused: Abgelehnt: nur ein Administrator kann eine Nachricht freigeben, die als virus in Quarantäne ist."
+        )
+        assert rows[m["theirs"]] == "refused: Keine solche Nachricht."
+        wide = await client.post("/q/bulk", data={"csrf_token": token, "action": "delete", "id": [m["both"]]})
+        assert _bulk_rows(wide.text)[m["both"]] == (
+            "refused: Abgelehnt: sie hat auch andere Empfänger; fragen Sie einen Administrator."
+        )
+        confirmed = {"csrf_token": token, "confirm": "yes"}
+        released = await client.post(f"/q/{m['mine']}/release", data=confirmed, follow_redirects=True)
+        assert "Freigegeben an Alice@Example.org." in released.text
+        assert "Released to" not in released.text
+        again = await client.post(f"/q/{m['mine']}/release", data=confirmed, follow_redirects=True)
+        assert "Diese Nachricht wurde bereits freigegeben." in again.text
+        virus = await client.post(f"/q/{m['bulk1']}/release", data=confirmed)
+        assert virus.status_code == 403
+        assert "Nur ein Administrator kann eine Nachricht freigeben, die als virus in Quarantäne ist." in virus.text
+        missing = await client.get("/q/no-such-id")
+        assert missing.status_code == 404
+        assert "Keine solche Nachricht." in missing.text
+        empty = await client.post("/q/bulk", data={"csrf_token": token, "action": "delete"}, follow_redirects=True)
+        assert "Wählen Sie zuerst mindestens eine Nachricht aus." in empty.text
+        deleted = await client.post(f"/q/{m['bulk2']}/delete", data=confirmed, follow_redirects=True)
+        assert f"Nachricht {m['bulk2']} gelöscht." in deleted.text

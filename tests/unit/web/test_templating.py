@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from mailsift.errors import ConfigError
+from mailsift.reporting.notifications import translations
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.service import webq
-from mailsift.web.templating import accept_language, page_language
+from mailsift.web.templating import Text, accept_language, page_language, translated
 from mailsift.web.webconfig import WebConfig
 
 PASSWORD = "a long enough password"
@@ -133,3 +134,33 @@ async def test_the_users_preference_overrides_the_browser(settings: Settings) ->
         )
         assert back.status_code == 303
         assert '<html lang="de">' in (await client.get("/prefs", headers={"Accept-Language": "de"})).text
+
+
+# --------------------------------------------------------------------------- texts of the code
+
+
+def test_a_text_of_the_code_is_english_as_a_str_and_translated_with_its_values() -> None:
+    released = Text("Released to %(targets)s.", targets="a@example.org, b@example.org")
+    assert released == "Released to a@example.org, b@example.org."  # what logs and old callers see
+    assert translated(translations("de").gettext, released) == "Freigegeben an a@example.org, b@example.org."
+    assert translated(translations("en").gettext, released) == released
+    nested = Text("Refused: %(reason)s", reason=Text("None of the recipients is yours."))
+    assert translated(translations("sk").gettext, nested) == "Odmietnuté: Žiadny z príjemcov nie je váš."
+    assert translated(translations("es").gettext, "Preferences saved.") == "Preferencias guardadas."  # a msgid
+    assert translated(translations("es").gettext, "100% not a msgid") == "100% not a msgid"  # no % formatting
+
+
+def test_a_translation_that_lost_a_placeholder_falls_back_to_english() -> None:
+    text = Text("Released to %(targets)s.", targets="a@example.org")
+    assert translated(lambda message: "Freigegeben an %(ziel)s.", text) == "Released to a@example.org."
+
+
+def test_a_text_survives_the_session_and_a_forged_one_is_empty() -> None:
+    text = Text("Refused: %(reason)s", reason=Text("Message %(id)s deleted.", id="q-1"))
+    loaded = Text.load(text.dump())
+    assert isinstance(loaded, Text)
+    assert translated(translations("cs").gettext, loaded) == "Odmítnuto: Zpráva q-1 je smazána."
+    assert Text.load("plain text") == "plain text"
+    assert Text.load(["Released to %(targets)s.", {"other": "x"}]) == ""  # the values do not fit
+    assert Text.load(["x", "not a dict"]) == ""
+    assert Text.load(42) == ""
