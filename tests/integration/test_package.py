@@ -14,6 +14,7 @@ a ``finally``; they refuse to run where mailsift is already installed or those p
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import os
 import pwd
@@ -84,7 +85,20 @@ def deb_field(deb: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
+def machine() -> Iterator[None]:
+    """This machine's dpkg database and /etc, /var/lib/mailsift, for this module alone: under
+    pytest-xdist two workers may run tests of this module at once (each builds, installs and
+    purges the package), and dpkg's lock or a purge under the other's feet fails them."""
+    with open("/tmp/mailsift-package-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+def deb(machine: None) -> Path:
     given = os.environ.get("MAILSIFT_DEB")
     if given:
         return Path(given)
