@@ -25,6 +25,7 @@ from mailsift.storage.quarantine.store import QuarantineStore, file_id
 from mailsift.testing import free_port
 from mailsift.web.app import create_app
 from mailsift.web.links_pages import routes
+from mailsift.web.webconfig import WebConfig
 
 
 class Gateway:
@@ -75,6 +76,6 @@ def serving(app: Starlette) -> Iterator[str]:
         thread.join(20)
 
 
-def link_app(gateway: Gateway, key: bytes) -> Starlette:
+def link_app(gateway: Gateway, key: bytes, config: WebConfig | None = None) -> Starlette:
     """The web application with the link pages (no quarantine pages: they are another module's)."""
-    return create_app(gateway.settings, secret=key, quarantine=False, extra_routes=routes())
+    return create_app(gateway.settings, secret=key, config=config, quarantine=False, extra_routes=routes())

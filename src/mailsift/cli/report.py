@@ -114,7 +114,8 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
         fail(error.message, 1)
     service = _webq(config)  # webq(admin_release=...): no release link for what users may not release
     admin_release = service.config.admin_release if service is not None else ADMIN_RELEASE
-    maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now, admin_release)
+    whitelist_links = service is None or "white" in service.config.lists_in_use
+    maker = LinkMaker(links.LinkSigner(key), str(base), digest.link_lifetime, now, admin_release, whitelist_links)
     reports = build_reports(entries, digest)
     hostname = fully_qualified(settings.hostname)  # never postmaster@localhost
     messages = [

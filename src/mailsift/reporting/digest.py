@@ -42,7 +42,8 @@ release).  A link works without logging in, so it is worth what an ordinary
 user may do: no release link for a category only an admin may release
 (``webq(admin_release=...)``: ``virus`` and ``unscannable`` by default; the
 link page refuses those anyway), and no whitelist link for a recipient that
-is not a mailbox (``example.com`` would whitelist for the whole domain).
+is not a mailbox (``example.com`` would whitelist for the whole domain), nor
+when no scanner consults the white list (no ``listed()``: the link page says so).
 A report goes out through ``SMTP_SERVER`` like the notifications: null
 envelope sender, ``Auto-Submitted: auto-generated``.
 
@@ -442,6 +443,8 @@ class LinkMaker:
     now: float
     admin_release: Collection[str] = ADMIN_RELEASE
     """Categories only an admin may release: their entries get no release link (webq's ``admin_release``)."""
+    whitelist_links: bool = True
+    """False when no scanner consults the white list (webq's ``lists_in_use``): a link would change nothing."""
 
     def release(self, entry: DigestEntry) -> str:
         if not entry.entry_id or not may_release(entry.category, admin=False, admin_release=self.admin_release):
@@ -450,6 +453,8 @@ class LinkMaker:
         return link_url(self.base_url, RELEASE, token)
 
     def whitelist(self, entry: DigestEntry) -> str:
+        if not self.whitelist_links:
+            return ""
         try:
             sender = normalize_value("sender", entry.sender)
         except ConfigError:  # the null sender, or nothing a list could hold

@@ -205,8 +205,11 @@ async def whitelist_view(request: Request) -> Response:
         return _page(request, 410 if error.reason == "expired" else 400, outcome=error.reason, action="whitelist")
     except ConfigError:  # no sender to list, or a recipient that is no mailbox (RCPT TO:<example.com>)
         return _page(request, 400, outcome="invalid", action="whitelist")
-    database = _database(request)
     context = {"action": "whitelist", "recipient": claim.recipient, "sender": sender}
+    config: WebConfig = request.app.state.web_config
+    if "white" not in config.lists_in_use:  # no listed()/whitelisted(): an entry would change nothing
+        return _page(request, 409, outcome="not_in_use", **context)
+    database = _database(request)
     key = links.whitelist_key(sender)
     try:
         entry = await database.run(get_entry, claim.entry_id) if claim.entry_id else None

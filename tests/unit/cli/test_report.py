@@ -83,3 +83,14 @@ def test_the_from_address_is_configurable(gateway: Gateway) -> None:
     gateway.quarantine(MESSAGE, recipients=("bob@example.test",))
     out = dry_run(gateway, "SRV = [reporter(from_address='quarantine@example.test')]\n")
     assert "From: quarantine@example.test" in out
+
+
+def test_no_whitelist_link_where_the_scanners_consult_no_list(gateway: Gateway) -> None:
+    """webq serves the links; a whitelist link is offered only when some scanner reads the white list."""
+    gateway.quarantine(MESSAGE, recipients=("bob@example.test",))
+    unlisted = dry_run(gateway, "SRV = [webq('127.0.0.1', 1), reporter()]\n")
+    assert f"{BASE}/link/release/" in unlisted
+    assert "/link/whitelist/" not in unlisted
+    services = "SRV = [smtpd(SCANNERS, '127.0.0.1', 2), webq('127.0.0.1', 1), reporter()]\n"
+    listed_too = dry_run(gateway, "SCANNERS = [listed()]\n" + services)
+    assert "/link/whitelist/" in listed_too

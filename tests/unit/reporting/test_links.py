@@ -23,6 +23,7 @@ from mailsift.reporting import links
 from mailsift.storage.policies import list_entries
 from mailsift.storage.quarantine.index import RELEASED, claim_release, get_entry
 from mailsift.testing import RecordingServer
+from mailsift.web.webconfig import WebConfig
 from tests.helpers.links import Gateway, link_app, serving
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
@@ -292,6 +293,25 @@ def test_whitelist_link_adds_the_sender_for_that_recipient_once(
     replay = client.post(path, data={"csrf_token": _csrf(page.text)}, follow_redirects=True)
     assert 'data-outcome="already"' in replay.text
     assert len(database.call(list_entries)) == 1
+
+
+def test_whitelist_link_says_lists_are_not_in_use_and_adds_nothing(tmp_path: Path, next_hop: RecordingServer) -> None:
+    """No listed()/whitelisted() in the config: the link must not claim an effect the scanners ignore."""
+    gateway = Gateway(tmp_path, next_hop.port)
+    key = links.secret(gateway.settings.state_dir)
+    signer = links.LinkSigner(key)
+    app = link_app(gateway, key, WebConfig(lists_in_use=frozenset()))
+    path = f"/link/whitelist/{signer.sign(links.WHITELIST, '', 'bob@example.test', sender='eve@spam.example')}"
+    try:
+        with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            page = client.get(path)
+            assert page.status_code == 409
+            assert 'data-outcome="not_in_use"' in page.text
+            assert "not in use" in page.text
+            assert client.post(path, data={}).status_code == 409
+        assert gateway.settings.database.call(list_entries) == []
+    finally:
+        gateway.settings.database.dispose()
 
 
 def test_an_oversized_form_is_refused_unread(web: Web) -> None:
