@@ -243,7 +243,7 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
         for index, entity in enumerate(lenient_split(part.data), start=1):
             if collector.full:
                 break
-            child = collector.make(data=entity)
+            child = collector.make(data=_without_last_line_end(entity))
             where = f"{prefix}{part.path}~split{index}."
             for child_part in child.parts:
                 collector.add(_renamed(child_part, where, origin=origin))
@@ -269,6 +269,14 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
                 Part(f"{prefix}raw.yenc{index}", "application/octet-stream", names, decoded, origin="raw:yenc")
             )
     del raw
+
+
+def _without_last_line_end(entity: bytes) -> bytes:
+    """An entity split off at a delimiter line, without the line end before it (RFC 2046 §5.1.1:
+    that CRLF belongs to the delimiter), as the strict parser reads it."""
+    if entity.endswith(b"\r\n"):
+        return entity[:-2]
+    return entity[:-1] if entity.endswith((b"\n", b"\r")) else entity
 
 
 def _reread(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None:
