@@ -35,7 +35,7 @@ DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
 STRAY = "stray"
 """Origin of an alternate holding a multipart's preamble or epilogue text that has boundary-like
 lines followed by ``Content-`` headers (a part after the closing boundary): the views split it."""
-_STRAY_ENTITY = re.compile(r"^--[^\r\n]+\r?\n[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-", re.MULTILINE)
+_STRAY_ENTITY = re.compile(r"^--[^\r\n]+\r?\n[\v\f\r]*[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-", re.MULTILINE)
 _CHUNK = 64 * 1024
 
 

@@ -73,7 +73,7 @@ _RUN_MIN = 32
 """Shorter runs are words, not payloads."""
 
 _BOUNDARY_LINE = re.compile(
-    rb"^--([^\s][^\r\n]{0,250}?)(?:--)?[ \t]*\r?\n(?=[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-)", re.MULTILINE
+    rb"^--([^\s][^\r\n]{0,250}?)(?:--)?[ \t]*\r?\n(?=[\v\f\r]*[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-)", re.MULTILINE
 )
 
 if TYPE_CHECKING:
