@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from mailsift.message.mail import Mail
 
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+STRAY = "stray"
+"""Origin of an alternate holding a multipart's preamble or epilogue text that has boundary-like
+lines followed by ``Content-`` headers (a part after the closing boundary): the views split it."""
+_STRAY_ENTITY = re.compile(r"^--[^\r\n]+\r?\n[\v\f\r]*[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-", re.MULTILINE)
 _CHUNK = 64 * 1024
 
 
@@ -415,6 +419,13 @@ class TreeBuilder:
         self.base64_sources: set[bytes] = set()  # keys of base64 texts decoded as alternates
         self.blobs = blobs
 
+    def _strays(self, message: Message, path: str) -> None:
+        """Keep a multipart's preamble or epilogue when it holds what looks like more parts."""
+        for where, text in (("preamble", message.preamble), ("epilogue", message.epilogue)):
+            if text and "--" in text and _STRAY_ENTITY.search(text):
+                data = text.encode("ascii", "surrogateescape")
+                self.alternates.append(Part(f"{path or '1'}~{where}", "text/plain", (), data, origin=STRAY))
+
     def build(self, message: Message, path: str) -> MimeNode:
         content_type = declared_type(message)
         node = MimeNode(
@@ -435,6 +446,7 @@ class TreeBuilder:
                     child_path = f"{path}.{index}" if path else str(index)
                 if isinstance(child, Message):
                     node.children.append(self.build(child, child_path))
+            self._strays(message, path)
             return node
         data, defects, alternates, encoded_size = decode_leaf(message, self.blobs)  # releases the encoded payload
         leaf_path = path or "1"

@@ -22,10 +22,22 @@ objects whose ``origin`` says where they came from:
     match, a doubled Content-Type...), split on the boundaries found in it;
 ``nested``
     the parts of a decoded view that is itself a message (base64-encoded
-    ``message/rfc822``...).
+    ``message/rfc822``...);
+``lenient:headers``
+    a leaf without a Content-Type whose body starts with a header block (behind a
+    vertical tab, form feed or bare CR that ends the strict parser's header block
+    or hides the header from it), read as an entity;
+``lenient:last``
+    the message re-read with the *last* of each doubled Content-Type,
+    Content-Transfer-Encoding and Content-Disposition header (the strict reading
+    takes the first);
+``lenient:after``
+    the entities after a closing boundary (in the epilogue) or before the first
+    one, split on the boundary lines found there.
 
 A view whose bytes equal a strict part's, or an earlier view's, is dropped
-(by hash), so ordinary mail has no views and costs one regular-expression pass
+(by hash) unless it carries a filename those bytes were not seen with, so
+ordinary mail has no views and costs one regular-expression pass
 over the raw message.  The views are bounded: nesting depth :data:`MAX_DEPTH`,
 at most :data:`MAX_VIEWS` views, and their total size at most
 :data:`MAX_TOTAL_FACTOR` times the message's plus 1 MB (a decoding is never
@@ -40,7 +52,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mailsift.mime.codecs import base64_source_key, decode_base64_chunks, extract_uuencoded, extract_yencoded
-from mailsift.mime.tree import Part
+from mailsift.mime.tree import STRAY, Part
 
 MAX_DEPTH = 3
 """How deep decoded views that are messages themselves are parsed again."""
@@ -61,7 +73,7 @@ _RUN_MIN = 32
 """Shorter runs are words, not payloads."""
 
 _BOUNDARY_LINE = re.compile(
-    rb"^--([^\s][^\r\n]{0,250}?)(?:--)?[ \t]*\r?\n(?=[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-)", re.MULTILINE
+    rb"^--([^\s][^\r\n]{0,250}?)(?:--)?[ \t]*\r?\n(?=[\v\f\r]*[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-)", re.MULTILINE
 )
 
 if TYPE_CHECKING:
@@ -70,6 +82,70 @@ if TYPE_CHECKING:
 
 _MESSAGE_START = re.compile(rb"\A(?:[!-9;-~]+:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)+\r?\n", re.DOTALL)
 """A header block at the start of some bytes: a message or a MIME entity."""
+
+
+_HEADER_JUNK = b"\v\f\r \t"
+"""What a header block may start with that ends it for the strict parser (a bare CR is a line end,
+a vertical tab or form feed no header name) while other readers skip it (Perl's ``\\s``)."""
+
+_FIELD = rb"[!-9;-~]+[ \t]*:[^\r\n]*(?:\r?\n|\Z)(?:[ \t][^\r\n]*(?:\r?\n|\Z))*"
+_HEADER_BLOCK = re.compile(rb"(?:" + _FIELD + rb")+\r?\n")
+"""A header block ended by an empty line."""
+
+_CONTENT_FIELD = re.compile(rb"^content-", re.MULTILINE | re.IGNORECASE)
+
+_ENTITY_HEAD = re.compile(rb"(?:\A|^--[^\r\n]*\r?\n)((?:" + _FIELD + rb")+)", re.MULTILINE)
+"""A header block at the start of the message or after a boundary-like line."""
+
+_FIELD_NAME = re.compile(rb"(" + _FIELD + rb")")
+
+DOUBLED = frozenset({b"content-type", b"content-transfer-encoding", b"content-disposition"})
+"""Headers whose doubling makes readers disagree: Python's email, Perl's MIME::Head and Go's
+``textproto.MIMEHeader.Get`` take the first, MimeKit re-reads Content-Disposition at each one (the last)."""
+
+
+def hidden_entity(data: bytes) -> bytes:
+    """The entity a lenient reader sees in a leaf whose body starts with a header block that the
+    strict parser did not read as headers (behind a vertical tab, a form feed or a bare CR), or b""."""
+    stripped = data.lstrip(_HEADER_JUNK)
+    block = _HEADER_BLOCK.match(stripped, 0, 16384)
+    if block is None or not _CONTENT_FIELD.search(stripped, 0, block.end()):
+        return b""
+    return stripped
+
+
+def last_header_reading(raw: bytes) -> bytes:
+    """``raw`` with only the last of each doubled :data:`DOUBLED` header in every header block
+    (the message's and each part's, after a boundary-like line), or b"" if none is doubled."""
+    out: list[bytes] = []
+    position = 0
+    for block in _ENTITY_HEAD.finditer(raw):
+        fields = [m.group(1) for m in _FIELD_NAME.finditer(raw, block.start(1), block.end(1))]
+        names = [field.split(b":", 1)[0].strip().lower() for field in fields]
+        doubled = {name for name in names if name in DOUBLED and names.count(name) > 1}
+        if not doubled:
+            continue
+        last = {name: index for index, name in enumerate(names)}
+        kept = [
+            field
+            for index, (field, name) in enumerate(zip(fields, names, strict=True))
+            if name not in doubled or last[name] == index
+        ]
+        out.append(raw[position : block.start(1)])
+        out.append(b"".join(kept))
+        position = block.end(1)
+    if not out:
+        return b""
+    out.append(raw[position:])
+    return b"".join(out)
+
+
+def _has_doubled_headers(mail: Mail) -> bool:
+    for _depth, node in mail.tree.walk():
+        names = [header.name.strip().lower().encode("ascii", "replace") for header in node.headers]
+        if any(names.count(name) > 1 for name in DOUBLED):
+            return True
+    return False
 
 
 def _digest(data: bytes) -> bytes:
@@ -81,7 +157,9 @@ class _Collector:
 
     def __init__(self, mail: Mail) -> None:
         self.make = type(mail)  # nested entities are read as messages of the same kind
-        self.seen = {_digest(part.data) for part in mail.parts}
+        self.seen: dict[bytes, set[str]] = {}
+        for part in mail.parts:
+            self.seen.setdefault(_digest(part.data), set()).update(part.filenames)
         self.views: list[Part] = []
         self.budget = MAX_TOTAL_FACTOR * mail.size + 1024 * 1024
 
@@ -90,13 +168,15 @@ class _Collector:
         return len(self.views) >= MAX_VIEWS or self.budget <= 0
 
     def add(self, part: Part) -> bool:
-        """Keep ``part`` unless it is empty, already seen, or over the bounds; True if kept."""
+        """Keep ``part`` unless it is empty, already seen (with every name it carries), or over the
+        bounds; True if kept."""
         if not part.data or self.full:
             return False
         digest = _digest(part.data)
-        if digest in self.seen:
+        names = self.seen.get(digest)
+        if names is not None and names.issuperset(part.filenames):
             return False
-        self.seen.add(digest)
+        self.seen.setdefault(digest, set()).update(part.filenames)
         self.views.append(part)
         self.budget -= len(part.data)
         return True
@@ -149,21 +229,28 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
     Order matters only for names: the split entities (which carry their
     headers' filenames) come before the nameless raw runs that hold the same bytes.
     """
+    strays = []
     for part in mail.alternates:
-        if collector.add(_renamed(part, prefix)):
+        if part.origin == STRAY:  # a preamble or epilogue: not a view, only split below
+            strays.append(part)
+        elif collector.add(_renamed(part, prefix)):
             _nested(part, collector, depth, prefix)
 
-    for part in mail.parts:
-        if part.origin != "mime" or depth >= MAX_DEPTH:
+    for part in [*mail.parts, *strays]:
+        if part.origin not in ("mime", STRAY) or depth >= MAX_DEPTH:
             continue
+        origin = "lenient:split" if part.origin == "mime" else "lenient:after"
         for index, entity in enumerate(lenient_split(part.data), start=1):
             if collector.full:
                 break
-            child = collector.make(data=entity)
+            child = collector.make(data=_without_last_line_end(entity))
             where = f"{prefix}{part.path}~split{index}."
             for child_part in child.parts:
-                collector.add(_renamed(child_part, where, origin="lenient:split"))
+                collector.add(_renamed(child_part, where, origin=origin))
             _collect(child, collector, depth + 1, where)
+
+    if depth < MAX_DEPTH:
+        _reread(mail, collector, depth, prefix)
 
     raw = mail.raw
     for offset, decoded in base64_runs(raw, mail.base64_sources):
@@ -182,6 +269,45 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
                 Part(f"{prefix}raw.yenc{index}", "application/octet-stream", names, decoded, origin="raw:yenc")
             )
     del raw
+
+
+def _without_last_line_end(entity: bytes) -> bytes:
+    """An entity split off at a delimiter line, without the line end before it (RFC 2046 §5.1.1:
+    that CRLF belongs to the delimiter), as the strict parser reads it."""
+    if entity.endswith(b"\r\n"):
+        return entity[:-2]
+    return entity[:-1] if entity.endswith((b"\n", b"\r")) else entity
+
+
+def _reread(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None:
+    """The structural readings: hidden part headers (``lenient:headers``) and the last of doubled
+    headers (``lenient:last``)."""
+    bare = {
+        node.path or "1"
+        for _depth, node in mail.tree.walk()
+        if not node.children and "content-type" not in node.headers
+    }
+    for part in mail.parts:
+        if part.origin != "mime" or collector.full:
+            continue
+        if part.path not in bare and part.data[:1] not in (b"\v", b"\f", b"\r"):
+            continue
+        entity = hidden_entity(part.data)
+        if entity:
+            child = collector.make(data=entity)
+            where = f"{prefix}{part.path}~headers."
+            for child_part in [*child.parts, *child.alternates]:
+                collector.add(_renamed(child_part, where, origin="lenient:headers"))
+            _collect(child, collector, depth + 1, where)
+    if collector.full or not _has_doubled_headers(mail):
+        return
+    reread = last_header_reading(mail.raw)
+    if reread:
+        child = collector.make(data=reread)
+        where = f"{prefix}last:"
+        for child_part in [*child.parts, *child.alternates]:
+            if child_part.origin != STRAY:
+                collector.add(_renamed(child_part, where, origin="lenient:last"))
 
 
 def _nested(view: Part, collector: _Collector, depth: int, prefix: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import quopri
 import zipfile
 
 import pytest
@@ -12,11 +13,11 @@ import pytest
 import mailsift.mime.views
 from mailsift.message.mail import Mail
 from mailsift.mime.codecs import decode_base64_chunks, extract_yencoded, yenc_decode
-from mailsift.mime.views import base64_runs, lenient_split
+from mailsift.mime.views import base64_runs, hidden_entity, last_header_reading, lenient_split
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan, string_scan
-from mailsift.scanners.parsemail import parsemail
+from mailsift.scanners.parsemail import mime_ext, parsemail
 from tests.helpers.samples import EICAR
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]
@@ -267,3 +268,170 @@ async def test_eicar_zip_behind_a_doubled_content_type_is_found_by_decompress() 
     assert "[view " in result.detail  # found in a view (the base64 run; the split gives the same bytes)
     strict = parsemail(decompress(regexp_scan(EICAR_RULE)), views=False)
     assert not (await strict.scan(MailTarget(Mail(data=raw)))).detected
+
+
+# --------------------------------------------------------------------------- structural readings (issue 14)
+#
+# Each variant hides a deflated zip holding EICAR in a part named file.zip.  What readers do with them
+# (checked with Perl's MIME::Tools 5.510 and the sources of Python's email, Go's mime and MimeKit):
+# - part headers behind a vertical tab, form feed or bare CR: Python's feed parser ends the header
+#   block at the bare CR (a line end to it) and takes a \v line for body text; MIME::Tools drops the
+#   line starting with \v/\f/\r (Perl's \s) and reads the headers after it;
+# - doubled boundaries: MIME::Tools takes the last `boundary` parameter, Python the first, Go's
+#   mime.ParseMediaType refuses a duplicate parameter;
+# - `boundary= "xyz"` / `boundary ="xyz"`: Python's _parseparam and Go's consumeMediaParam strip the
+#   blanks around '=', MIME::Tools too;
+# - doubled Content-Type / Content-Transfer-Encoding: Python, MIME::Tools (MIME::Head->get(tag, 0)) and
+#   Go's Header.Get take the first; MimeKit re-parses Content-Disposition at each one (the last).
+
+ZIP_NAME = "file.zip"
+
+
+def eicar_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("eicar.com", EICAR)
+    return out.getvalue()
+
+
+ZIP = eicar_zip()
+ZIP_B64 = b64(ZIP)
+ZIP_QP = quopri.encodestring(ZIP).decode("ascii")
+ZIP_HEADERS = f'Content-Type: application/zip; name="{ZIP_NAME}"\nContent-Transfer-Encoding: base64\n\n'
+ZIP_QP_HEADERS = f'Content-Type: application/zip; name="{ZIP_NAME}"\nContent-Transfer-Encoding: quoted-printable\n\n'
+MIXED = 'Content-Type: multipart/mixed; boundary="b"\n'
+
+
+def multipart(body: str, content_type: str = MIXED, crlf: bool = False) -> bytes:
+    raw = (HEAD + content_type + "\n" + body).encode()
+    return raw.replace(b"\n", b"\r\n") if crlf else raw
+
+
+def in_parts(hidden: str) -> str:
+    """A text part, then the hidden part, then the closing boundary ``b``."""
+    return f"--b\n{TEXT}--b\n{hidden}--b--\n"
+
+
+STRUCTURAL = {
+    # part headers that begin with a vertical tab, a form feed or a bare CR
+    "headers-vt": multipart(in_parts("\v" + ZIP_HEADERS + ZIP_B64)),
+    "headers-vt-qp": multipart(in_parts("\v" + ZIP_QP_HEADERS + ZIP_QP + "\n")),
+    "headers-cr": multipart(in_parts("\r" + ZIP_HEADERS + ZIP_B64)),
+    "headers-cr-crlf": multipart(in_parts("\r" + ZIP_HEADERS + ZIP_B64), crlf=True),
+    "headers-cr-qp": multipart(in_parts("\r" + ZIP_QP_HEADERS + ZIP_QP + "\n")),
+    "headers-ff": multipart(in_parts("\f" + ZIP_HEADERS + ZIP_B64)),
+    "headers-vt-junk-line": multipart(in_parts("\vX-Junk: 1\n" + ZIP_HEADERS + ZIP_B64)),
+    "headers-vt-second-line": multipart(in_parts("Content-Disposition: attachment\n\v" + ZIP_HEADERS + ZIP_B64)),
+    # doubled boundaries
+    "boundary-line-twice": multipart(f"--b\n{TEXT}--b\n--b\n{ZIP_HEADERS}{ZIP_B64}--b--\n"),
+    "boundary-four-dashes": multipart(f"--b\n{TEXT}----b\n{ZIP_HEADERS}{ZIP_B64}--b--\n"),
+    "boundary-four-dashes-qp": multipart(f"--b\n{TEXT}----b\n{ZIP_QP_HEADERS}{ZIP_QP}\n--b--\n"),
+    "boundary-param-twice": multipart(
+        f"--a\n{TEXT}--b\n{ZIP_HEADERS}{ZIP_B64}--b--\n--a--\n",
+        'Content-Type: multipart/mixed; boundary="a"; boundary="b"\n',
+    ),
+    "boundary-after-close": multipart(f"--b\n{TEXT}--b--\n--b\n{ZIP_HEADERS}{ZIP_B64}--b--\n"),
+    "boundary-after-close-qp": multipart(f"--b\n{TEXT}--b--\n--b\n{ZIP_QP_HEADERS}{ZIP_QP}\n--b--\n"),
+    # a boundary parameter with a blank before the quote or the '='
+    "boundary-space-before-quote": multipart(
+        f"--xyz\n{TEXT}--xyz\n{ZIP_HEADERS}{ZIP_B64}--xyz--\n", 'Content-Type: multipart/mixed; boundary= "xyz"\n'
+    ),
+    "boundary-space-before-equals": multipart(
+        f"--xyz\n{TEXT}--xyz\n{ZIP_HEADERS}{ZIP_B64}--xyz--\n", 'Content-Type: multipart/mixed; boundary ="xyz"\n'
+    ),
+    "boundary-folded-before-quote": multipart(
+        f"--xyz\n{TEXT}--xyz\n{ZIP_HEADERS}{ZIP_B64}--xyz--\n", 'Content-Type: multipart/mixed; boundary=\n\t"xyz"\n'
+    ),
+    "boundary-space-quotes-in-lines": multipart(
+        f'--"xyz"\n{TEXT}--"xyz"\n{ZIP_HEADERS}{ZIP_B64}--"xyz"--\n', 'Content-Type: multipart/mixed; boundary= "xyz"\n'
+    ),
+    # duplicated Content-Type / Content-Transfer-Encoding: first or last
+    "ct-doubled-zip-last": multipart(
+        ZIP_B64,
+        f'{MIXED}Content-Type: application/zip; name="{ZIP_NAME}"\nContent-Transfer-Encoding: base64\n',
+    ),
+    "ct-doubled-part-text-first": multipart(
+        in_parts(
+            f'Content-Type: text/plain\nContent-Type: application/zip; name="{ZIP_NAME}"\n'
+            f"Content-Transfer-Encoding: base64\n\n{ZIP_B64}"
+        )
+    ),
+    "ct-doubled-two-multiparts": multipart(
+        f"--a\n{TEXT}--a--\n--b\n{ZIP_HEADERS}{ZIP_B64}--b--\n",
+        'Content-Type: multipart/mixed; boundary="a"\n' + MIXED,
+    ),
+    "ct-doubled-qp-last": multipart(
+        in_parts(
+            f'Content-Type: text/plain\nContent-Type: application/zip; name="{ZIP_NAME}"\n'
+            f"Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: quoted-printable\n\n{ZIP_QP}\n"
+        )
+    ),
+    "cte-doubled-base64-last": multipart(
+        in_parts(
+            f'Content-Type: application/zip; name="{ZIP_NAME}"\nContent-Transfer-Encoding: 7bit\n'
+            f"Content-Transfer-Encoding: base64\n\n{ZIP_B64}"
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+async def test_structural_trick_hides_neither_the_zip_nor_its_name(name: str) -> None:
+    mail = Mail(data=STRUCTURAL[name])
+    readings = [*mail.parts, *mail.views]
+    assert ZIP in [part.data for part in readings], "the payload is in no part or view"
+    named = [part.filenames for part in readings if part.data == ZIP]
+    assert any(ZIP_NAME in names for names in named), f"no reading of the zip carries its name: {named}"
+    content = await parsemail(decompress(regexp_scan(EICAR_RULE))).scan(MailTarget(mail))
+    assert content.detected
+    assert (await parsemail(mime_ext(r"\.zip$")).scan(MailTarget(mail))).detected
+
+
+@pytest.mark.parametrize(
+    ("name", "origin"),
+    [
+        ("headers-vt-qp", "lenient:headers"),
+        ("headers-cr", "lenient:headers"),
+        ("boundary-after-close-qp", "lenient:after"),
+        ("ct-doubled-two-multiparts", "lenient:after"),
+        ("ct-doubled-zip-last", "lenient:last"),
+    ],
+)
+def test_structural_reading_says_where_it_comes_from(name: str, origin: str) -> None:
+    mail = Mail(data=STRUCTURAL[name])
+    assert origin in [v.origin for v in mail.views if v.data == ZIP and ZIP_NAME in v.filenames]
+
+
+def test_hidden_entity_needs_a_content_header_block() -> None:
+    assert hidden_entity(b"\vContent-Type: text/plain\n\nhi\n") == b"Content-Type: text/plain\n\nhi\n"
+    assert hidden_entity(b"\r\fX-A: 1\nContent-Type: text/plain\n\nhi\n").startswith(b"X-A: 1\n")
+    assert hidden_entity(b"From: a\nTo: b\n\nforwarded text\n") == b""  # headers, but no Content- one
+    assert hidden_entity(b"Content-Type: text/plain\nno blank line after") == b""
+    assert hidden_entity(b"plain words\n") == b""
+
+
+def test_last_header_reading_keeps_only_the_last_of_doubled_content_headers() -> None:
+    raw = (
+        b"Subject: s\nContent-Type: text/plain\nContent-Type: multipart/mixed;\n boundary=b\n\n"
+        b"--b\nContent-Transfer-Encoding: 7bit\nX-A: 1\nContent-Transfer-Encoding: base64\n\nQUJD\n--b--\n"
+    )
+    assert last_header_reading(raw) == (
+        b"Subject: s\nContent-Type: multipart/mixed;\n boundary=b\n\n"
+        b"--b\nX-A: 1\nContent-Transfer-Encoding: base64\n\nQUJD\n--b--\n"
+    )
+    assert last_header_reading(b"Subject: s\nContent-Type: text/plain\n\nbody\n") == b""
+
+
+def test_a_view_with_the_same_bytes_is_kept_only_for_a_new_name() -> None:
+    mail = Mail(data=STRUCTURAL["ct-doubled-part-text-first"])
+    [strict] = [part for part in mail.parts if part.data == ZIP]
+    assert strict.filenames == ()  # the first Content-Type (text/plain) has no name
+    assert [v.filenames for v in mail.views if v.data == ZIP] == [(ZIP_NAME,)]
+    assert Mail(data=STRUCTURAL["boundary-line-twice"]).views == []  # the strict reading has it all
+
+
+def test_corpus_like_mail_gets_no_structural_views() -> None:
+    forwarded = multipart(in_parts("Content-Type: text/plain\n\nFrom: x\nTo: y\nSubject: fwd\n\nhello\n"))
+    assert Mail(data=forwarded).views == []
+    epilogue = multipart(f"--b\n{TEXT}--b--\nthanks, -- the sender\n")
+    assert Mail(data=epilogue).views == []
