@@ -39,7 +39,16 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mailsift.mime.codecs import base64_source_key, decode_base64_chunks, extract_uuencoded, extract_yencoded
+from mailsift.mime.binhex import BINHEX_ENCODINGS, BINHEX_TYPES, HINT, find_binhex
+from mailsift.mime.codecs import (
+    _UU_ENCODINGS,
+    base64_source_key,
+    decode_base64_chunks,
+    decode_uu_lines,
+    extract_uuencoded,
+    extract_yencoded,
+    normalize_encoding,
+)
 from mailsift.mime.tree import Part
 
 MAX_DEPTH = 3
@@ -82,6 +91,9 @@ class _Collector:
     def __init__(self, mail: Mail) -> None:
         self.make = type(mail)  # nested entities are read as messages of the same kind
         self.seen = {_digest(part.data) for part in mail.parts}
+        self.names: dict[bytes, set[str]] = {}  # digest -> filenames seen with those bytes
+        for part in mail.parts:
+            self.names.setdefault(_digest(part.data), set()).update(part.filenames)
         self.views: list[Part] = []
         self.budget = MAX_TOTAL_FACTOR * mail.size + 1024 * 1024
 
@@ -89,13 +101,18 @@ class _Collector:
     def full(self) -> bool:
         return len(self.views) >= MAX_VIEWS or self.budget <= 0
 
-    def add(self, part: Part) -> bool:
-        """Keep ``part`` unless it is empty, already seen, or over the bounds; True if kept."""
+    def add(self, part: Part, named: bool = False) -> bool:
+        """Keep ``part`` unless it is empty, already seen, or over the bounds; True if kept.
+
+        ``named``: a view whose bytes were seen is kept all the same if it brings a filename
+        not seen with them (a uuencode ``begin`` line's or a BinHex header's name)."""
         if not part.data or self.full:
             return False
         digest = _digest(part.data)
-        if digest in self.seen:
+        names = self.names.setdefault(digest, set())
+        if digest in self.seen and not (named and not names.issuperset(part.filenames)):
             return False
+        names.update(part.filenames)
         self.seen.add(digest)
         self.views.append(part)
         self.budget -= len(part.data)
@@ -165,6 +182,10 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
                 collector.add(_renamed(child_part, where, origin="lenient:split"))
             _collect(child, collector, depth + 1, where)
 
+    for part in mail.parts:
+        for view in _decoded_readings(part, prefix, collector.budget):
+            collector.add(view, named=True)
+
     raw = mail.raw
     for offset, decoded in base64_runs(raw, mail.base64_sources):
         view = Part(f"{prefix}raw@{offset}", "application/octet-stream", (), decoded, origin="raw:base64")
@@ -173,7 +194,8 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
     if b"begin " in raw:
         for index, (name, decoded) in enumerate(extract_uuencoded(raw), start=1):
             collector.add(
-                Part(f"{prefix}raw.uu{index}", "application/octet-stream", (name,), decoded, origin="raw:uuencode")
+                Part(f"{prefix}raw.uu{index}", "application/octet-stream", (name,), decoded, origin="raw:uuencode"),
+                named=True,
             )
     if b"=ybegin " in raw:
         for index, (name, decoded) in enumerate(extract_yencoded(raw), start=1):
@@ -182,6 +204,33 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
                 Part(f"{prefix}raw.yenc{index}", "application/octet-stream", names, decoded, origin="raw:yenc")
             )
     del raw
+
+
+def _decoded_readings(part: Part, prefix: str, budget: int) -> Iterator[Part]:
+    """Readings of a strict part that its transfer decoding left out: bare uuencoded lines under an
+    x-uuencode encoding (no ``begin`` line: the standard library keeps the text), and BinHex 4.0
+    in a ``mac-binhex40`` (or binhex-encoded, ``.hqx``-named or text) part, its header's name first."""
+    encoding = normalize_encoding(part.transfer_encoding)
+    if encoding in _UU_ENCODINGS and b"begin " not in part.data:
+        decoded = decode_uu_lines(part.data)
+        if decoded:
+            yield Part(f"{prefix}{part.path}~uu-lines", "application/octet-stream", part.filenames, decoded,
+                       origin=f"decoded:{encoding}")  # fmt: skip
+    hqx = (
+        part.content_type in BINHEX_TYPES
+        or encoding in BINHEX_ENCODINGS
+        or any(name.lower().endswith(".hqx") for name in part.filenames)
+        or (part.content_type.startswith("text/") and b":" in part.data)
+    )
+    if hqx and budget > 0 and HINT.search(part.data):
+        for index, found in enumerate(find_binhex(part.data, budget), start=1):
+            names = tuple(dict.fromkeys((found.name, *part.filenames)))
+            where = f"{prefix}{part.path}~binhex{index}"
+            defects = found.defects
+            yield Part(where, "application/octet-stream", names, found.data, origin="decoded:binhex", defects=defects)
+            if found.resource:
+                yield Part(f"{where}.rsrc", "application/octet-stream", names, found.resource,
+                           origin="decoded:binhex-rsrc", defects=defects)  # fmt: skip
 
 
 def _nested(view: Part, collector: _Collector, depth: int, prefix: str) -> None:
