@@ -66,7 +66,7 @@ def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
         rest = data[match.end() :].split(b"\n")
         for line in rest[1:]:
             line = line.rstrip(b"\r")
-            if line.strip() in (b"end", b"`") or (line.strip() == b"" and out):
+            if line.strip() in (b"end", b"`", b""):  # blank lines are skipped (Thunderbird's mimeenc.cpp)
                 if line.strip() == b"end":
                     break
                 continue
