@@ -14,6 +14,8 @@ import quopri
 import re
 from email.header import decode_header, make_header
 
+from mailsift.mime.binhex import BINHEX_ENCODINGS, find_binhex
+
 # --------------------------------------------------------------------------- headers
 
 
@@ -64,7 +66,7 @@ def extract_uuencoded(data: bytes) -> list[tuple[str, bytes]]:
         rest = data[match.end() :].split(b"\n")
         for line in rest[1:]:
             line = line.rstrip(b"\r")
-            if line.strip() in (b"end", b"`") or (line.strip() == b"" and out):
+            if line.strip() in (b"end", b"`", b""):  # blank lines are skipped (Thunderbird's mimeenc.cpp)
                 if line.strip() == b"end":
                     break
                 continue
@@ -142,6 +144,7 @@ def _decode_base64(encoded: bytes) -> tuple[bytes, list[email.errors.MessageDefe
 
 KNOWN_ENCODINGS = frozenset(
     {"", "7bit", "8bit", "binary", "base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
+    | BINHEX_ENCODINGS
 )
 """Content-Transfer-Encoding values a decoder knows; anything else is read as identity."""
 
@@ -188,8 +191,35 @@ def transfer_decode(encoding: str, encoded: bytes) -> bytes:
         return quopri.decodestring(encoded)
     if encoding in _UU_ENCODINGS:
         blocks = extract_uuencoded(encoded)
-        return blocks[0][1] if blocks else b""
+        return blocks[0][1] if blocks else decode_uu_lines(encoded)
+    if encoding in BINHEX_ENCODINGS:
+        files = find_binhex(encoded)
+        return files[0].data if files else b""
     return encoded
+
+
+_UU_LINE_CHARS = bytes(range(32, 97)) + b"\r\n"
+
+
+def decode_uu_lines(encoded: bytes) -> bytes:
+    """Bare uuencoded lines (no ``begin``/``end``), as some readers of an x-uuencode part take them
+    (Ruby's mail gem unpacks the whole body); empty unless every character is a uuencode one.
+
+    Each line decodes to what its length character promises (short lines padded, as Thunderbird does).
+    """
+    if not encoded.strip() or encoded.translate(None, _UU_LINE_CHARS):
+        return b""  # not uuencode text (the usual case: one translate, no loop)
+    out: list[bytes] = []
+    for line in encoded.splitlines():
+        if not line.strip() or line.strip() in (b"end", b"`"):
+            continue
+        length = (line[0] - 32) & 63
+        body = line[1 : 1 + (length + 2) // 3 * 4].ljust((length + 2) // 3 * 4, b" ")
+        try:
+            out.append(binascii.a2b_uu(bytes((line[0],)) + body))
+        except binascii.Error:
+            continue
+    return b"".join(out)
 
 
 def _alternate_encodings(
@@ -209,6 +239,8 @@ def _alternate_encodings(
             labels.append(cte)
     if used != "base64" and _BASE64_WORD.search(encoded) and _BASE64_TEXT.fullmatch(encoded):
         labels.append("base64")
+    if used in BINHEX_ENCODINGS:  # decoded by MIME::Tools (MIME::Decoder::BinHex), read as identity here
+        labels.append(used)
     if used != "quoted-printable" and len(_QP_ESCAPE.findall(encoded, 0, 64 * 1024)) >= 8:
         labels.append("quoted-printable")
     if used == "base64":

@@ -51,7 +51,16 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mailsift.mime.codecs import base64_source_key, decode_base64_chunks, extract_uuencoded, extract_yencoded
+from mailsift.mime.binhex import BINHEX_ENCODINGS, BINHEX_TYPES, HINT, find_binhex
+from mailsift.mime.codecs import (
+    _UU_ENCODINGS,
+    base64_source_key,
+    decode_base64_chunks,
+    decode_uu_lines,
+    extract_uuencoded,
+    extract_yencoded,
+    normalize_encoding,
+)
 from mailsift.mime.tree import STRAY, Part
 
 MAX_DEPTH = 3
@@ -251,6 +260,9 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
 
     if depth < MAX_DEPTH:
         _reread(mail, collector, depth, prefix)
+    for part in mail.parts:
+        for view in _decoded_readings(part, prefix, collector.budget):
+            collector.add(view)
 
     raw = mail.raw
     for offset, decoded in base64_runs(raw, mail.base64_sources):
@@ -308,6 +320,33 @@ def _reread(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None:
         for child_part in [*child.parts, *child.alternates]:
             if child_part.origin != STRAY:
                 collector.add(_renamed(child_part, where, origin="lenient:last"))
+
+
+def _decoded_readings(part: Part, prefix: str, budget: int) -> Iterator[Part]:
+    """Readings of a strict part that its transfer decoding left out: bare uuencoded lines under an
+    x-uuencode encoding (no ``begin`` line: the standard library keeps the text), and BinHex 4.0
+    in a ``mac-binhex40`` (or binhex-encoded, ``.hqx``-named or text) part, its header's name first."""
+    encoding = normalize_encoding(part.transfer_encoding)
+    if encoding in _UU_ENCODINGS and b"begin " not in part.data:
+        decoded = decode_uu_lines(part.data)
+        if decoded:
+            yield Part(f"{prefix}{part.path}~uu-lines", "application/octet-stream", part.filenames, decoded,
+                       origin=f"decoded:{encoding}")  # fmt: skip
+    hqx = (
+        part.content_type in BINHEX_TYPES
+        or encoding in BINHEX_ENCODINGS
+        or any(name.lower().endswith(".hqx") for name in part.filenames)
+        or (part.content_type.startswith("text/") and b":" in part.data)
+    )
+    if hqx and budget > 0 and HINT.search(part.data):
+        for index, found in enumerate(find_binhex(part.data, budget), start=1):
+            names = tuple(dict.fromkeys((found.name, *part.filenames)))
+            where = f"{prefix}{part.path}~binhex{index}"
+            defects = found.defects
+            yield Part(where, "application/octet-stream", names, found.data, origin="decoded:binhex", defects=defects)
+            if found.resource:
+                yield Part(f"{where}.rsrc", "application/octet-stream", names, found.resource,
+                           origin="decoded:binhex-rsrc", defects=defects)  # fmt: skip
 
 
 def _nested(view: Part, collector: _Collector, depth: int, prefix: str) -> None:
