@@ -676,14 +676,16 @@ RFC2045_QP = (
     "RFC 2045 6.7 note (2): keep '=' and the next character; MIME::QuotedPrint decode_qp, Python binascii.a2b_qp"
 )
 SOFT_BREAK = (
-    "RFC 2045 6.7 rule (3): trailing blanks after '=' deleted; MIME::QuotedPrint decode_qp, Python binascii.a2b_qp"
+    "RFC 2045 6.7 rule (3): trailing blanks after '=' deleted; MIME::QuotedPrint decode_qp "
+    "(Python's binascii.a2b_qp does not: it keeps '= ' literally)"
 )
 UU_CTE = (
     "Python email/message.py get_payload: cte in (x-uuencode, uuencode, uue, x-uue); "
     "MIME::Tools MIME/Decoder.pm: x-uu, x-uuencode"
 )
 BINHEX = (
-    "RFC 1741 (application/mac-binhex40); MIME::Tools MIME/Decoder/BinHex.pm (CTE binhex, mac-binhex40); Apple Mail"
+    "RFC 1741 (application/mac-binhex40); MIME::Tools MIME/Decoder/BinHex.pm (as CTE binhex/mac-binhex40, "
+    "header line right before the ':' line)"
 )
 B64_LENIENT = (
     "RFC 2045 6.8: characters outside the alphabet are ignored; Python binascii.a2b_base64 (non-strict), "
@@ -694,7 +696,10 @@ RFC2231 = (
     "RFC 2231 3-4 (continuations, charset'language'); Python email/utils.py collapse_rfc2231_value, "
     "MIME::Field::ParamVal"
 )
-EW = "RFC 2047 (encoded words, not allowed in a quoted parameter but decoded by Thunderbird and Outlook); MIME::Words"
+EW = (
+    "RFC 2047 5 (encoded words are not allowed in a quoted parameter); decoded anyway by Python email "
+    "(policy=default) and MIME::Words"
+)
 RFC822_CFWS = "RFC 822 3.4.3 comments and 3.4.4 quoted-pair in structured fields; RFC 2045 5.1 parameter syntax"
 DUPLICATE = (
     "RFC 2045 (one Content-Type/Content-Disposition per entity); Python compat32 takes the first, "
