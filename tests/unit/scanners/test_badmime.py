@@ -246,3 +246,27 @@ def test_corpus_ham_raises_no_executable_or_double_extension_finding() -> None:
     assert raised == {}
     honey = Mail(data=(CORPORA / "pymilter-test/honey").read_bytes())  # and the check does fire on the virus
     assert [c for c, _ in bad_mime(only=EXECUTABLE_CHECKS).findings(MailTarget(honey))] == ["exe_in_media"]
+
+
+# --------------------------------------------------------------------------- empty bodies (issue 14, Build 4)
+
+_EMPTY_BODY_HEAD = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: no body\r\nMessage-ID: <x@example.net>\r\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_EMPTY_BODY_HEAD, id="headers-only"),  # SpamAssassin's nice/no_body
+        pytest.param(_EMPTY_BODY_HEAD.rstrip(b"\r\n"), id="headers-no-final-newline"),
+        pytest.param(_EMPTY_BODY_HEAD + b"\r\n", id="blank-line-no-body"),
+        pytest.param(_EMPTY_BODY_HEAD.replace(b"\r\n", b"\n") + b"\n", id="lf-blank-line-no-body"),
+        pytest.param(_EMPTY_BODY_HEAD + b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n", id="mime-text"),
+        pytest.param(
+            _EMPTY_BODY_HEAD
+            + b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n",
+            id="mime-base64-empty",
+        ),
+    ],
+)
+def test_a_message_whose_only_oddity_is_an_empty_body_raises_nothing(data: bytes) -> None:
+    assert list(bad_mime().findings(MailTarget(Mail(data=data)))) == []
