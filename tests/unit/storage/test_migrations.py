@@ -60,6 +60,8 @@ def test_the_log_names_each_revision_applied_and_nothing_else(
 
 def test_alembic_speaks_at_debug(database: Database, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # `serve --log-level debug`
+    # ...in a fresh process; here an earlier in-process CLI test may have quieted "alembic" (QUIET_LOGGERS).
+    caplog.set_level(logging.DEBUG, logger="alembic")
     with database.engine.begin() as connection:
         migrations.upgrade(connection)
     assert any(r.name == "alembic.runtime.migration" and "Running upgrade" in r.getMessage() for r in caplog.records)
