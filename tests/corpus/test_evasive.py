@@ -24,13 +24,8 @@ EICAR = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]
 
 PENDING = {
     **{f"qp-soft-break-blanks-{i}": "qp-soft-break-blanks (wip/qpb64)" for i in (1, 2, 3)},
-    **{f"binhex-{h}-{i}": f"binhex-{h} (wip/uubinhex)" for h in ("header", "no-header") for i in (1, 2, 3)},
     "name-param-comments-garbage-2": "param-comments-garbage (wip/filenames)",
     "name-param-comments-garbage-1": "param-comments-garbage (wip/filenames)",
-    "name-duplicate-disposition-1": "duplicate-disposition (wip/filenames)",
-    "name-duplicate-disposition-3": "duplicate-disposition (wip/filenames)",
-    "name-duplicate-content-type-1": "duplicate-content-type (wip/filenames)",
-    "name-duplicate-content-type-3": "duplicate-content-type (wip/filenames)",
 }
 """Message id -> the family whose decoder is pending, and its branch."""
 
