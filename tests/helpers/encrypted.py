@@ -85,3 +85,28 @@ def mail_with_password(
     maintype, subtype = content_type.split("/")
     message.add_attachment(attachment, maintype=maintype, subtype=subtype, filename=filename)
     return message.as_bytes()
+
+
+def encrypted_docx(members: dict[str, bytes], password: str) -> tuple[bytes, bytes]:
+    """``(plain, encrypted)``: an OOXML package of ``members`` and the same encrypted (agile) by msoffcrypto-tool.
+
+    Padded past 4 KiB: msoffcrypto-tool cannot decrypt a package stored in the OLE mini stream.
+    """
+    import os
+    import zipfile
+
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as package:
+        package.writestr(
+            "[Content_Types].xml",
+            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>',
+        )
+        for name, data in members.items():
+            package.writestr(name, data)
+        package.writestr("word/media/padding.bin", os.urandom(6000), compress_type=zipfile.ZIP_STORED)
+    plain = buffer.getvalue()
+    out = io.BytesIO()
+    OOXMLFile(io.BytesIO(plain)).encrypt(password, out)
+    return plain, out.getvalue()

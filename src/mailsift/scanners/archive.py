@@ -72,6 +72,7 @@ from mailsift.message.result import Result
 from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, Interscanner, Target
 from mailsift.scanners.encrypted import decryptable, open_encrypted
+from mailsift.scanners.office import ENCRYPTED_DOCUMENT, ENCRYPTED_LEVELS, OLE_MAGIC, decrypt_for_mail
 from mailsift.scanners.passwords import DEFAULT_MAX_PASSWORD_LENGTH, DEFAULT_MAX_PASSWORDS, mail_candidates
 from mailsift.validators import choice, non_negative, non_negative_int
 
@@ -432,6 +433,7 @@ class decompress(Interscanner):
         passwords: bool = True,
         max_passwords: int = DEFAULT_MAX_PASSWORDS,
         max_password_length: int = DEFAULT_MAX_PASSWORD_LENGTH,
+        encrypted_documents: str = "report",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(*scanners)
@@ -448,6 +450,9 @@ class decompress(Interscanner):
         self.passwords = passwords
         self.max_passwords = non_negative_int(max_passwords, "decompress: max_passwords")
         self.max_password_length = non_negative_int(max_password_length, "decompress: max_password_length")
+        self.encrypted_documents = choice(
+            encrypted_documents, "decompress: encrypted_documents", tuple(ENCRYPTED_LEVELS)
+        )
         self.clock = clock
 
     def describe(self) -> str:
@@ -457,7 +462,8 @@ class decompress(Interscanner):
             f"decompress(max_depth={self.max_depth}, max_total_size={self.max_total_size}, max_ratio={ratio}, "
             f"max_members={self.max_members}, max_time={seconds}, encrypted={self.encrypted}, "
             f"limits={self.limits}, broken={self.broken}, passwords={self.passwords}, "
-            f"max_passwords={self.max_passwords}, max_password_length={self.max_password_length})"
+            f"max_passwords={self.max_passwords}, max_password_length={self.max_password_length}, "
+            f"encrypted_documents={self.encrypted_documents})"
         )
 
     async def scan(self, target: Target) -> Result:
@@ -473,6 +479,31 @@ class decompress(Interscanner):
         if budget.passwords:
             await work.in_thread(decrypt_container, target.data, listing, budget.passwords, budget, self.max_ratio)
 
+    async def _document(self, target: Target, budget: Budget, depth: int) -> Result | None:
+        """A password-protected Office document: what its decrypted copy gives, else ``Encrypted.Document``."""
+        max_passwords = self.max_passwords if self.passwords else 0
+        decryption = await work.in_thread(
+            decrypt_for_mail, target.mail, target.data, max_passwords, self.max_password_length, budget.out_of_time
+        )
+        if decryption is None:
+            return None
+        where = target.path or "message"
+        name = repr(target.names[0]) if target.names else where
+        if decryption.plain is None:
+            detail = f"{where}: password-protected Office document {name}, no password from the mail opened it"
+            return Result(ENCRYPTED_LEVELS[self.encrypted_documents], ENCRYPTED_DOCUMENT, self.name, detail)
+        if len(decryption.plain) > budget.bytes_left:
+            budget.bytes_left = 0
+            return self._finding(LIMIT_PREFIX + "MaxTotalSize", f"{where}: the decrypted document is too big")
+        budget.bytes_left -= len(decryption.plain)
+        child = DataTarget(target, decryption.plain, names=target.names, path=f"{target.path or 'message'}/(decrypted)")
+        result = await self._walk(child, budget, depth + 1)
+        if result.detected:
+            how = "Excel's built-in password" if decryption.default else "a password from the mail"
+            note = f"password-protected Office document {name} opened with {how}"
+            return Result(result.level, result.name, result.scanner, f"{result.detail} ({note})", result.actions)
+        return result
+
     def _finding(self, name: str, detail: str) -> Result:
         return Result(1.0, name, self.name, detail)
 
@@ -481,6 +512,10 @@ class decompress(Interscanner):
         if best.detected:
             return best
         where = target.path or "message"
+        if target.data.startswith(OLE_MAGIC) and self.encrypted_documents != "ignore" and depth < self.max_depth:
+            document = await self._document(target, budget, depth)
+            if document is not None:
+                return document if document.level > best.level or document.detected else best
         probe = depth >= self.max_depth
         listing = await work.in_thread(read_container, target.data, target.names, budget, self.max_ratio, probe=probe)
         if listing is None:

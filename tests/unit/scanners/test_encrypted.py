@@ -23,6 +23,7 @@ from mailsift.scanners.basic import regexp_scan
 from mailsift.scanners.parsemail import parsemail
 from tests.helpers.encrypted import (
     SEVEN_ZIP,
+    encrypted_docx,
     mail_with_password,
     seven_zip_encrypted,
     with_7zip_tool,
@@ -187,3 +188,25 @@ async def test_archives_made_by_7zip_open(tmp_path: Path, kind: str, options: tu
 def test_describe_names_the_password_options() -> None:
     text = decompress(regexp_scan(EICAR_RULE), max_passwords=5).describe()
     assert "passwords=True, max_passwords=5, max_password_length=64" in text
+
+
+# --------------------------------------------------------------------------- password-protected Office documents
+
+
+async def test_encrypted_office_document_opened_and_scanned(eicar: bytes) -> None:
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>", "word/embeddings/eicar.com": eicar}, "4821")
+    raw = mail_with_password(document, "offer.docx", body="Heslo: 4821\n")
+    result = await scan(finder(), raw)
+    assert (result.level, result.name) == (1.0, "EICAR-Test"), result
+    assert "password-protected Office document 'offer.docx' opened with a password from the mail" in result.detail
+
+
+async def test_encrypted_office_document_without_password_is_reported_not_blocked(eicar: bytes) -> None:
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>", "word/embeddings/eicar.com": eicar}, "4821")
+    raw = mail_with_password(document, "offer.docx", body="Password: 1111\n")
+    result = await scan(finder(), raw)
+    assert (result.level, result.name) == (0.5, "Encrypted.Document"), result
+    assert not result.detected
+    assert "offer.docx" in result.detail
+    assert (await scan(finder(encrypted_documents="detect"), raw)).level == 1.0
+    assert (await scan(finder(encrypted_documents="ignore"), raw)).name == ""
