@@ -29,9 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mailsift.errors import ContentError
+
 ZIP_MAGIC = b"PK\x03\x04"
 SEVEN_ZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
 BLOCK_SIZE = 64 * 1024
+TOO_BIG = "MaxTotalSize"
+OUT_OF_TIME = "MaxTime"
 
 
 class Sink(Protocol):
@@ -58,12 +62,13 @@ class Opened:
     tried: int = 0
 
 
-class _TooBig(Exception):
+def _too_big(name: str) -> ContentError:
     """A member expands past the room left: it is not kept (the limit is reported by the caller)."""
+    return ContentError(f"{TOO_BIG}: {name}")
 
 
-class _OutOfTime(Exception):
-    """The clock ran out while trying."""
+def _out_of_time() -> ContentError:
+    return ContentError(OUT_OF_TIME)
 
 
 def decryptable(data: bytes) -> str:
@@ -85,12 +90,12 @@ def _read_zip_member(archive: Any, info: Any, password: bytes, sink: Sink) -> by
     with archive.open(info, pwd=password) as stream:
         while True:
             if sink.out_of_time():
-                raise _OutOfTime
+                raise _out_of_time()
             block = stream.read(BLOCK_SIZE)
             if not block:
                 return out.getvalue()
             if out.tell() + len(block) > room:
-                raise _TooBig(info.filename)
+                raise _too_big(info.filename)
             out.write(block)
 
 
@@ -104,11 +109,11 @@ def open_zip(data: bytes, passwords: Sequence[str], sink: Sink, opened: Opened) 
             data_out: bytes | None = None
             for password in _ordered(passwords, opened.password):
                 if sink.out_of_time():
-                    raise _OutOfTime
+                    raise _out_of_time()
                 opened.tried += 1
                 try:
                     data_out = _read_zip_member(archive, info, password.encode("utf-8"), sink)
-                except (_TooBig, _OutOfTime):
+                except ContentError:
                     raise
                 except Exception:  # noqa: BLE001, S112 - a wrong password fails in many ways (check byte, CRC, zlib, HMAC)
                     continue
@@ -130,10 +135,10 @@ def _seven_zip_writers(sink: Sink) -> Any:
 
         def write(self, s: bytes | bytearray) -> int:
             if sink.out_of_time():
-                raise _OutOfTime
+                raise _out_of_time()
             self.factory.total += len(s)
             if self.factory.total > self.factory.room:
-                raise _TooBig(self.name)
+                raise _too_big(self.name)
             return self.buffer.write(s)
 
         def read(self, size: int | None = None) -> bytes:
@@ -168,13 +173,13 @@ def open_7z(data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink, o
 
     for password in _ordered(passwords, opened.password):
         if sink.out_of_time():
-            raise _OutOfTime
+            raise _out_of_time()
         opened.tried += 1
         factory = _seven_zip_writers(sink)
         try:
             with py7zr.SevenZipFile(io.BytesIO(data), password=password) as archive:
                 archive.extract(factory=factory)
-        except (_TooBig, _OutOfTime):
+        except ContentError:
             raise
         except Exception:  # noqa: BLE001, S112 - a wrong password fails in many ways (header, CRC, LZMA)
             continue
@@ -201,8 +206,8 @@ def open_encrypted(data: bytes, passwords: Sequence[str], skip: set[str], sink: 
             open_zip(data, passwords, sink, opened)
         elif kind == "7z":
             open_7z(data, passwords, skip, sink, opened)
-    except _TooBig:
-        return opened, "MaxTotalSize"
-    except _OutOfTime:
-        return opened, "MaxTime"
+    except ContentError as error:
+        if type(error) is not ContentError:  # the caller's own stop (a limit it enforces in keep())
+            raise
+        return opened, OUT_OF_TIME if error.message == OUT_OF_TIME else TOO_BIG
     return opened, ""
