@@ -72,10 +72,11 @@ fi
 # chromium (the web quarantine's browser tests, through Playwright); fail2ban (fail2ban-regex
 # checks the shipped filter against the web login log); the Debian package's test
 # (scripts/build-deb.sh: python3-venv; systemd-analyze from systemd); Perl's MIME::Tools, the
-# evasive-MIME benchmark's independent reader (bench/evasive/readers.pl)
+# evasive-MIME benchmark's independent reader (bench/evasive/readers.pl); 7zip (7zz: encrypted zip
+# and 7z fixtures from an implementation independent of the readers mailsift uses)
 [ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium fail2ban)
 [ $want_test = 1 ] && packages+=(libmime-tools-perl)
-[ $want_test = 1 ] && packages+=(python3-venv systemd)
+[ $want_test = 1 ] && packages+=(python3-venv systemd 7zip)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

@@ -96,7 +96,9 @@ EXPECTED_VERDICTS = {
     "spamassassin-t-data/spam/016": ("reject", "Bad.MIME.Header.Continuation"),
     "spamassassin-t-data/spam/badmime2.txt": ("reject", "Bad.MIME.Header.Repeated"),  # two Content-Types
     "spamassassin-t-data/spam/olevbmacro/malicemacro.eml": ("quarantine", "Office.Macro.Suspicious"),
-    "spamassassin-t-data/spam/olevbmacro/zippwmacro.eml": ("quarantine", "Encrypted.Archive"),  # macro.zip
+    # zippwmacro.eml: macro.zip opens with its "Password: sa" (issue 14; it was Encrypted.Archive): the
+    # macro.xlsm inside has VBA but no AutoExec, so office_macros("suspicious") lets it pass, as it would
+    # the same workbook unencrypted; parsemail(decompress(office_macros())) finds it (Office.Macro).
 }
 
 

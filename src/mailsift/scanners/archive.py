@@ -67,10 +67,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from mailsift.errors import ContentError, MailsiftError
+from mailsift.errors import ConfigError, ContentError, MailsiftError
 from mailsift.message.result import Result
 from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, Interscanner, Target
+from mailsift.scanners.encrypted import decryptable, open_encrypted
+from mailsift.scanners.office import ENCRYPTED_DOCUMENT, ENCRYPTED_LEVELS, OLE_MAGIC, decrypt_for_mail
+from mailsift.scanners.passwords import DEFAULT_MAX_PASSWORD_LENGTH, DEFAULT_MAX_PASSWORDS, mail_candidates
 from mailsift.validators import choice, non_negative, non_negative_int
 
 MiB = 1024 * 1024
@@ -125,6 +128,8 @@ class Budget:
     members_left: int
     deadline: float | None
     clock: Callable[[], float] = time.monotonic
+    passwords: list[str] | None = None
+    """The message's candidate passwords, read at the first encrypted container."""
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and self.clock() >= self.deadline
@@ -136,6 +141,7 @@ class Member:
 
     name: str
     data: bytes
+    decrypted: bool = False
 
 
 @dataclass
@@ -338,6 +344,62 @@ def read_container(
         raise ContentError(f"unpacking failed: {type(error).__name__}: {error}") from error
 
 
+class _ListingSink:
+    """The decryptors' view of a reader: room and clock of the shared budget; opened members join the listing."""
+
+    def __init__(self, reader: _Reader, listing: Listing) -> None:
+        self.reader, self.listing = reader, listing
+
+    def room(self) -> int:
+        return self.reader.budget.bytes_left
+
+    def out_of_time(self) -> bool:
+        return self.reader.budget.out_of_time()
+
+    def keep(self, name: str, data: bytes) -> None:
+        self.reader.take_member(self.listing, name)
+        out = io.BytesIO()
+        try:
+            self.reader.add(self.listing, out, data, name)
+        finally:
+            self.listing.members.append(Member(name, out.getvalue(), decrypted=True))
+
+
+def decrypt_container(
+    data: bytes, listing: Listing, passwords: list[str], budget: Budget, max_ratio: float | None
+) -> None:
+    """Open the encrypted members of ``listing`` (a zip or 7z read from ``data``) with ``passwords``.
+
+    Opened members join ``listing.members`` (``decrypted=True``); ``listing.encrypted``
+    keeps the ones still closed.  Blocking: run it in a thread.
+    """
+    kind = decryptable(data)
+    if not kind or not passwords:
+        return
+    if listing.format == "unknown":
+        listing.format = "7zip" if kind == "7z" else "zip"
+    reader = _Reader(data, budget, max_ratio)
+    before = len(listing.members)
+    skip = {member.name for member in listing.members}
+    try:
+        opened, limit = open_encrypted(data, passwords, skip, _ListingSink(reader, listing))
+    except _Stop:
+        opened_names = {member.name for member in listing.members[before:]}
+        listing.encrypted = [name for name in listing.encrypted if name not in opened_names]
+        return
+    except MailsiftError:
+        raise
+    except Exception:  # noqa: BLE001 - pyzipper/py7zr on a damaged archive: it stays as libarchive saw it
+        return
+    if limit:
+        if not listing.limit:
+            what = "unpacking time limit reached" if limit == "MaxTime" else "more than the expansion limit"
+            listing.stop(limit, f"{what} (trying passwords)")
+        listing.encrypted = [name for name in listing.encrypted if name not in opened.opened]
+    elif opened.password:
+        listing.encrypted = opened.closed
+
+
 # --------------------------------------------------------------------------- the interscanner
 
 
@@ -346,9 +408,13 @@ class decompress(Interscanner):
 
     ``decompress(clamd(...), max_depth=10, max_total_size=100*1024*1024,
     max_ratio=250, max_members=3000, max_time=30.0, encrypted='detect',
-    limits='detect', broken='ignore')``; see the module documentation for
-    what each limit means and why its default is what it is.  ``max_ratio``
-    and ``max_time`` accept ``None`` (no limit).
+    limits='detect', broken='ignore', passwords=True, max_passwords=20,
+    max_password_length=64)``; see the module documentation for what each
+    limit means and why its default is what it is.  ``max_ratio`` and
+    ``max_time`` accept ``None`` (no limit).  ``passwords``: try the
+    message's candidate passwords (:mod:`mailsift.scanners.passwords`) on
+    encrypted zip and 7z members, at most ``max_passwords`` of at most
+    ``max_password_length`` characters.
     """
 
     name = "decompress"
@@ -364,6 +430,10 @@ class decompress(Interscanner):
         encrypted: str = "detect",
         limits: str = "detect",
         broken: str = "ignore",
+        passwords: bool = True,
+        max_passwords: int = DEFAULT_MAX_PASSWORDS,
+        max_password_length: int = DEFAULT_MAX_PASSWORD_LENGTH,
+        encrypted_documents: str = "report",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(*scanners)
@@ -375,6 +445,14 @@ class decompress(Interscanner):
         self.encrypted = choice(encrypted, "decompress: encrypted", ("detect", "ignore"))
         self.limits = choice(limits, "decompress: limits", ("detect", "ignore"))
         self.broken = choice(broken, "decompress: broken", ("detect", "ignore"))
+        if not isinstance(passwords, bool):
+            raise ConfigError(f"decompress: passwords must be True or False, got {passwords!r}")
+        self.passwords = passwords
+        self.max_passwords = non_negative_int(max_passwords, "decompress: max_passwords")
+        self.max_password_length = non_negative_int(max_password_length, "decompress: max_password_length")
+        self.encrypted_documents = choice(
+            encrypted_documents, "decompress: encrypted_documents", tuple(ENCRYPTED_LEVELS)
+        )
         self.clock = clock
 
     def describe(self) -> str:
@@ -383,13 +461,48 @@ class decompress(Interscanner):
         return (
             f"decompress(max_depth={self.max_depth}, max_total_size={self.max_total_size}, max_ratio={ratio}, "
             f"max_members={self.max_members}, max_time={seconds}, encrypted={self.encrypted}, "
-            f"limits={self.limits}, broken={self.broken})"
+            f"limits={self.limits}, broken={self.broken}, passwords={self.passwords}, "
+            f"max_passwords={self.max_passwords}, max_password_length={self.max_password_length}, "
+            f"encrypted_documents={self.encrypted_documents})"
         )
 
     async def scan(self, target: Target) -> Result:
         deadline = None if self.max_time is None else self.clock() + self.max_time
         budget = Budget(self.max_total_size, self.max_members, deadline, self.clock)
         return await self._walk(target, budget, getattr(target, "depth", 0))
+
+    async def _decrypt(self, target: Target, listing: Listing, budget: Budget) -> None:
+        if budget.passwords is None:
+            budget.passwords = await work.in_thread(
+                mail_candidates, target.mail, self.max_passwords, self.max_password_length
+            )
+        if budget.passwords:
+            await work.in_thread(decrypt_container, target.data, listing, budget.passwords, budget, self.max_ratio)
+
+    async def _document(self, target: Target, budget: Budget, depth: int) -> Result | None:
+        """A password-protected Office document: what its decrypted copy gives, else ``Encrypted.Document``."""
+        max_passwords = self.max_passwords if self.passwords else 0
+        decryption = await work.in_thread(
+            decrypt_for_mail, target.mail, target.data, max_passwords, self.max_password_length, budget.out_of_time
+        )
+        if decryption is None:
+            return None
+        where = target.path or "message"
+        name = repr(target.names[0]) if target.names else where
+        if decryption.plain is None:
+            detail = f"{where}: password-protected Office document {name}, no password from the mail opened it"
+            return Result(ENCRYPTED_LEVELS[self.encrypted_documents], ENCRYPTED_DOCUMENT, self.name, detail)
+        if len(decryption.plain) > budget.bytes_left:
+            budget.bytes_left = 0
+            return self._finding(LIMIT_PREFIX + "MaxTotalSize", f"{where}: the decrypted document is too big")
+        budget.bytes_left -= len(decryption.plain)
+        child = DataTarget(target, decryption.plain, names=target.names, path=f"{target.path or 'message'}/(decrypted)")
+        result = await self._walk(child, budget, depth + 1)
+        if result.detected:
+            how = "Excel's built-in password" if decryption.default else "a password from the mail"
+            note = f"password-protected Office document {name} opened with {how}"
+            return Result(result.level, result.name, result.scanner, f"{result.detail} ({note})", result.actions)
+        return result
 
     def _finding(self, name: str, detail: str) -> Result:
         return Result(1.0, name, self.name, detail)
@@ -399,6 +512,10 @@ class decompress(Interscanner):
         if best.detected:
             return best
         where = target.path or "message"
+        if target.data.startswith(OLE_MAGIC) and self.encrypted_documents != "ignore" and depth < self.max_depth:
+            document = await self._document(target, budget, depth)
+            if document is not None:
+                return document if document.level > best.level or document.detected else best
         probe = depth >= self.max_depth
         listing = await work.in_thread(read_container, target.data, target.names, budget, self.max_ratio, probe=probe)
         if listing is None:
@@ -409,17 +526,25 @@ class decompress(Interscanner):
                     LIMIT_PREFIX + "MaxDepth", f"{where}: containers nested deeper than {self.max_depth}"
                 )
             return best
+        if listing.encrypted and self.passwords and not listing.limit and decryptable(target.data):
+            await self._decrypt(target, listing, budget)
         members = listing.members
         listing.members = []  # members are released one by one as they are scanned
         while members:
             member = members.pop(0)
             path = f"{target.path}/{member.name}" if target.path else member.name
             child = DataTarget(target, member.data, names=(member.name,), path=path)
+            decrypted = member.decrypted
             del member
             result = await self._walk(child, budget, depth + 1)
             if result.detected:
-                if path not in result.detail:
-                    detail = f"{result.detail}; member {path}" if result.detail else f"member {path}"
+                detail = result.detail
+                if path not in detail:
+                    detail = f"{detail}; member {path}" if detail else f"member {path}"
+                if decrypted:
+                    archive = repr(target.names[0]) if target.names else where
+                    detail += f" (encrypted archive {archive} opened with a password from the mail)"
+                if detail != result.detail:
                     result = Result(result.level, result.name, result.scanner, detail, result.actions)
                 return result
             if result.level > best.level:

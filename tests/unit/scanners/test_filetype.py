@@ -253,9 +253,11 @@ def _corpus() -> list[str]:
 
 
 # Every file of the corpora is run, ham and spam alike (none is malware, README.md).
-# Expected findings, argued: SpamAssassin's zippwmacro.eml (a spam sample) carries a
-# password-protected zip with an Office macro file: decompress reports it as encrypted.
-EXPECTED_FINDINGS = {"spamassassin-t-data/spam/olevbmacro/zippwmacro.eml": "Encrypted.Archive"}
+# Expected findings, argued: none. SpamAssassin's zippwmacro.eml (a spam sample) carries a
+# password-protected zip with an Office macro file; it was Encrypted.Archive until decompress
+# opened it with the password its text gives ("Password: sa", issue 14): the .xlsm inside is
+# no executable, so file_type finds nothing (tests/unit/scanners/test_encrypted.py).
+EXPECTED_FINDINGS: dict[str, str] = {}
 
 
 @pytest.mark.skipif(not _corpus(), reason="mail corpora not found beside the repository")

@@ -310,3 +310,21 @@ def test_the_whole_message_target_is_not_split_twice(make_mail: Callable[..., Ma
     items, locate = office_macros()._targets(MailTarget(mail))
     assert locate
     assert len(items) == len(mail.parts)
+
+
+# --------------------------------------------------------------------------- password-protected documents
+
+
+async def test_password_protected_document_opened_with_a_password_from_the_mail() -> None:
+    from mailsift.message.mail import Mail
+    from mailsift.scanners.base import MailTarget
+    from mailsift.scanners.parsemail import parsemail
+    from tests.helpers.encrypted import encrypted_docx, mail_with_password
+
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>"}, "4821")
+    for body, expected in (("Passwort: 4821\n", (0.0, "")), ("see attached\n", (0.5, "Encrypted.Document"))):
+        with Mail(data=mail_with_password(document, "a.docx", body=body)) as mail:
+            result = await parsemail(office_macros()).scan(MailTarget(mail))
+        assert (result.level, result.name) == expected, (body, result)
+    with Mail(data=mail_with_password(document, "a.docx")) as mail:
+        assert (await parsemail(office_macros(encrypted="detect")).scan(MailTarget(mail))).detected
