@@ -214,7 +214,9 @@ def _alternate_encodings(
     if used == "base64":
         if defects:
             labels.append("identity")
-        if _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
+        # read through as clients do: inner padding, or a body the strict decoder gave up on or
+        # stumbled over (a dangling character among non-alphabet groups: nothing decoded at all)
+        if defects or _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
             labels.append("base64-chunks")
     found: list[tuple[str, bytes, bytes]] = []
     for label in dict.fromkeys(labels):
