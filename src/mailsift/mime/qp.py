@@ -37,6 +37,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Iterator
+from itertools import islice
 
 from mailsift.mime.tree import Part, candidate_filenames, new_parser
 
@@ -90,7 +91,7 @@ def readings(encoded: bytes) -> list[tuple[str, bytes]]:
     seen = {binascii.a2b_qp(encoded)}
     found: list[tuple[str, bytes]] = []
     decoders = [("rfc", decode_rfc), ("parseint", decode_parseint), ("drop", decode_drop)]
-    if len(ODD_ESCAPE.findall(encoded)) <= MAX_CALLBACKS:
+    if sum(1 for _ in islice(ODD_ESCAPE.finditer(encoded), MAX_CALLBACKS + 1)) <= MAX_CALLBACKS:
         decoders.insert(1, ("thunderbird", decode_thunderbird))
     for label, decode in decoders:
         decoded = decode(encoded)
