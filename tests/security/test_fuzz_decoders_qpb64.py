@@ -1,7 +1,7 @@
-"""Fuzzing the lenient quoted-printable and base64 decoders (mime/qp.py, codecs.decode_base64_chunks and the
-base64 alternates) on their own and through ``Mail``'s views: bodies made of the characters the readings
-disagree on (``=``, hex digits, ``W``/``X``/``H``, blanks, bare CR and LF), base64 with junk groups and inner
-padding, and long runs of each.
+"""Fuzzing the lenient quoted-printable and base64 decoders (mime/qp.py, codecs.decode_base64_chunks,
+decode_base64_zero and the base64 alternates) on their own and through ``Mail``'s views: bodies made of
+the characters the readings disagree on (``=``, hex digits, ``W``/``X``/``H``, blanks, bare CR and LF),
+base64 with junk groups and inner padding, and long runs of each.
 
 Asserted per example: nothing is raised (the decoders are documented to take anything), no reading is
 longer than the text it decodes (so the views' byte budget holds), the views stay within their bounds, and
@@ -75,6 +75,7 @@ def check_decoders(qp_body: bytes, b64_body: bytes) -> None:
     for decode in decoders:
         assert len(decode(qp_body)) <= len(qp_body)
     assert len(codecs.decode_base64_chunks(b64_body)) <= len(b64_body)
+    assert len(codecs.decode_base64_zero(b64_body)) <= len(b64_body)
     data, defects = codecs._decode_base64(b64_body.translate(None, b"\r\n"))
     found = codecs._alternate_encodings([], "base64", b64_body, data, [type(d).__name__ for d in defects])
     for _label, decoded, _source in found:

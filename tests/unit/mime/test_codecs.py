@@ -56,6 +56,17 @@ def test_chunks_decode_past_inner_padding_and_skip_non_alphabet_groups() -> None
     assert codecs.decode_base64_chunks(b"QUJDQ") == b"ABC"  # a dangling character decodes to nothing
 
 
+def test_zero_reading_is_mimekits() -> None:
+    """MimeKit's Base64Decoder ranks ``=`` as 0 (``A``): inside the data it neither stops nor realigns."""
+    assert codecs.decode_base64_zero(b"QUJD") == b"ABC"
+    assert codecs.decode_base64_zero(b"QUI=") == b"AB"
+    assert codecs.decode_base64_zero(b"QQ==") == b"A"
+    assert codecs.decode_base64_zero(b"QUJD==QUJD") == b"ABC\x00\x04\x14"  # "==QU" is "AAQU", "JD" too short
+    assert codecs.decode_base64_zero(b"#QU#JD#Q") == b"ABC"  # non-alphabet skipped, an incomplete quartet dropped
+    data = bytes(range(256)) * 3
+    assert codecs.decode_base64_zero(base64.b64encode(data).replace(b"A", b"=")) == data
+
+
 def test_a_body_the_strict_decoder_gives_up_on_gets_the_lenient_decoding() -> None:
     """Non-alphabet groups and one character too many: the standard library decodes nothing at all."""
     encoded = grouped(B64, 8, b"#") + b"Q"
@@ -104,4 +115,27 @@ async def test_non_alphabet_groups_between_quads(size: int, junk: bytes, tail: b
     ids=["between-quads", "padded-pieces", "padded-quad-first"],
 )
 async def test_padding_inside_the_data(body: bytes) -> None:
+    await assert_found(message(lines(body)))
+
+
+def equals_for_a(text: bytes, every: int) -> bytes:
+    """``text`` with every ``every``-th ``A`` written ``=`` (not in its last quartets, whose ``=`` ends it)."""
+    head, tail = text[:-8], text[-8:]
+    pieces = head.split(b"A")
+    out = pieces[0]
+    for index, piece in enumerate(pieces[1:]):
+        out += (b"=" if index % every == 0 else b"A") + piece
+    return out + tail
+
+
+@pytest.mark.parametrize("every", [1, 2, 5])
+async def test_equals_written_for_the_digit_zero(every: int) -> None:
+    """``=`` inside the data where the encoded digit is ``A`` (0): MimeKit reads the zip, the standard library
+    stops at the first padding and the piece-by-piece reading realigns after it."""
+    body = equals_for_a(B64, every)
+    assert b"=" in body[:-8]
+    mail = Mail(data=message(lines(body)))
+    assert ZIP not in mail.parts[1].data
+    [view] = [view for view in mail.views if ZIP in view.data]
+    assert (view.origin, view.path, view.filenames) == ("decoded:base64~mimekit", "2~base64~mimekit", ("file.zip",))
     await assert_found(message(lines(body)))
