@@ -16,7 +16,8 @@ differ, and a sender can hide bytes in the difference:
     an invalid escape is three characters passed through as they are (the third
     is not read again: ``=W=41`` stays ``=W=41``), ``=`` before a bare CR is a soft
     line break, trailing blanks are kept: Thunderbird (``mime_decode_qp_buffer`` in
-    mailnews/mime/src/mimeenc.cpp) and MimeKit's ``QuotedPrintableDecoder``.
+    mailnews/mime/src/mimeenc.cpp); MimeKit's ``QuotedPrintableDecoder`` passes
+    invalid escapes through the same way but keeps ``=`` before a bare CR.
 ``parseint``
     ``=`` with one hex digit and another character is the byte of that digit,
     both characters consumed (``a=b,b`` is ``a\\x0bb``): decoders built on

@@ -144,8 +144,8 @@ async def test_soft_line_break_with_trailing_blanks(soft: bytes) -> None:
 
 @pytest.mark.parametrize("width", [20, 40, 60])
 async def test_soft_line_break_before_a_bare_cr(width: int) -> None:
-    """Thunderbird and MimeKit read ``=`` before a bare CR as a soft break; the standard library drops
-    the rest of the line."""
+    """Thunderbird reads ``=`` before a bare CR as a soft break; the standard library drops the rest of
+    the line (Perl's MIME::QuotedPrint and MimeKit keep the ``=`` and the CR)."""
     raw = message(lines(escaped(ZIP), b"=\r", width))
     assert holders(raw) == ["decoded:quoted-printable~thunderbird"]
     assert (await found(raw))[0]
