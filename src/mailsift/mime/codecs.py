@@ -183,6 +183,27 @@ def decode_base64_chunks(encoded: bytes) -> bytes:
     return b"".join(out)
 
 
+_EQUALS_AS_ZERO = bytes.maketrans(b"=", b"A")
+
+
+def decode_base64_zero(encoded: bytes) -> bytes:
+    """Base64 with every ``=`` read as the digit zero (``A``), as MimeKit's ``Base64Decoder`` does.
+
+    Non-alphabet characters are skipped, every full quartet gives three bytes
+    (an ``=`` inside the data neither stops nor realigns the decoding), a last
+    incomplete quartet gives nothing, and for each ``=`` ending the text (at
+    most two) one byte of the last full quartet is dropped.  Where an encoder
+    wrote ``=`` for ``A``, this is the only reading that gives the original bytes.
+    """
+    clean = encoded.translate(None, _NOT_BASE64)
+    trailing = min(2, len(clean) - len(clean.rstrip(b"=")))
+    full = len(clean) - len(clean) % 4
+    decoded = base64.b64decode(clean[:full].translate(_EQUALS_AS_ZERO))
+    if trailing and full == len(clean):
+        decoded = decoded[: len(decoded) - trailing]
+    return decoded
+
+
 def transfer_decode(encoding: str, encoded: bytes) -> bytes:
     """Decode ``encoded`` by one transfer encoding, leniently; identity when unknown."""
     if encoding == "base64":
@@ -246,13 +267,20 @@ def _alternate_encodings(
     if used == "base64":
         if defects:
             labels.append("identity")
-        if _INNER_PADDING.search(encoded.translate(None, b"\r\n \t")):
+        # read through as clients do: inner padding, or a body the strict decoder gave up on or
+        # stumbled over (a dangling character among non-alphabet groups: nothing decoded at all)
+        inner = _INNER_PADDING.search(encoded.translate(None, b"\r\n \t"))
+        if defects or inner:
             labels.append("base64-chunks")
+        if inner:  # an "=" inside the data: MimeKit reads it as the digit zero
+            labels.append("base64~mimekit")
     found: list[tuple[str, bytes, bytes]] = []
     for label in dict.fromkeys(labels):
         try:
             if label == "base64-chunks":
                 decoded = decode_base64_chunks(encoded)
+            elif label == "base64~mimekit":
+                decoded = decode_base64_zero(encoded)
             else:
                 decoded = transfer_decode(label, encoded)
         except (ValueError, binascii.Error):

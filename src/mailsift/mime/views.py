@@ -51,6 +51,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mailsift.mime import qp
 from mailsift.mime.binhex import BINHEX_ENCODINGS, BINHEX_TYPES, HINT, find_binhex
 from mailsift.mime.codecs import (
     _UU_ENCODINGS,
@@ -267,6 +268,9 @@ def _collect(mail: Mail, collector: _Collector, depth: int, prefix: str) -> None
     raw = mail.raw
     for offset, decoded in base64_runs(raw, mail.base64_sources):
         view = Part(f"{prefix}raw@{offset}", "application/octet-stream", (), decoded, origin="raw:base64")
+        if collector.add(view):
+            _nested(view, collector, depth, prefix)
+    for view in qp.raw_views(raw, prefix):  # quoted-printable as mail clients read it (mime/qp.py)
         if collector.add(view):
             _nested(view, collector, depth, prefix)
     if b"begin " in raw:
