@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-MAX_HEADER = 16 * 1024
-"""Characters of one header's value that are read (a longer header is read up to there)."""
-MAX_ITEMS = 128
+MAX_HEADER = 64 * 1024
+"""Characters of one header's value that are read (of a longer one: its first and last halves)."""
+MAX_ITEMS = 4096
 """Parameters read per header by each splitting."""
 MAX_SECTIONS = 64
 """RFC 2231 continuation sections per parameter (a section number above it is ignored)."""
@@ -455,7 +455,7 @@ def assemble(items: list[Item], param: str) -> list[str]:
             found.extend(_join_sections([(0, True, item.raw)]))
         else:
             sections.append((number, extended, item))
-    for item in _ends_first(plain, MAX_ITEMS):
+    for item in _ends_first(plain, MAX_READINGS):
         found.append(item.value)
         if item.raw != item.value:
             found.append(item.raw)  # a reader that keeps backslash escapes
@@ -493,7 +493,8 @@ _FOLD = re.compile(r"\r?\n([ \t])")
 def _header_texts(value: str) -> list[str]:
     """The header's value unfolded as RFC 5322 says (the line break removed, the blank kept) and, if it was
     folded, as readers that join the lines (blank removed too); 8-bit text read as UTF-8."""
-    value = value[:MAX_HEADER]
+    if len(value) > MAX_HEADER:  # both ends: one client takes the first value, another the last
+        value = value[: MAX_HEADER // 2] + ";" + value[-MAX_HEADER // 2 :]
     if any("\udc80" <= char <= "\udcff" for char in value):  # raw 8-bit bytes, kept by the parser
         value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     texts = [_FOLD.sub(r"\1", value).replace("\r", "").replace("\n", "")]
