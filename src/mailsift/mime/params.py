@@ -23,14 +23,16 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs as python_codecs
+import functools
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-MAX_HEADER = 64 * 1024
+MAX_HEADER = 16 * 1024
 """Characters of one header's value that are read (of a longer one: its first and last halves)."""
-MAX_ITEMS = 4096
+MAX_ITEMS = 1024
 """Parameters read per header by each splitting."""
 MAX_SECTIONS = 64
 """RFC 2231 continuation sections per parameter (a section number above it is ignored)."""
@@ -38,8 +40,10 @@ MAX_WORDS = 32
 """RFC 2047 encoded words decoded per value."""
 MAX_READINGS = 32
 """Distinct readings kept per parameter (over all the headers of one name)."""
-MAX_HEADERS = 8
+MAX_HEADERS = 4
 """Headers of one name read per part (the first, the last, then the others in order)."""
+MAX_TEXT = 32 * 1024
+"""Characters of header text read per parameter over all its headers (the first and last headers first)."""
 MAX_VALUE = 1024
 """Characters kept of each reading (above ``bad_mime``'s long-filename bound, so that still fires)."""
 
@@ -229,23 +233,20 @@ def split_every_semicolon(text: str) -> list[Item]:
     return _split_items(text.split(";", MAX_ITEMS + 1)[1:], drop_comments=True)
 
 
+_PIECE = re.compile(r'(?:"(?:[^"\\]|\\.)*+"?|[^;"]++)*+', re.DOTALL)
+
+
 def _quote_aware_split(text: str) -> list[str]:
+    """``text`` cut at each ``;`` outside quotes (a regular expression, not a loop over characters)."""
     pieces: list[str] = []
-    start = at = 0
-    end = len(text)
-    quoted = False
-    while at < end and len(pieces) <= MAX_ITEMS:
-        char = text[at]
-        if char == "\\" and quoted:
-            at += 2
-            continue
-        if char == '"':
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            pieces.append(text[start:at])
-            start = at + 1
-        at += 1
-    pieces.append(text[start:])
+    at, end = 0, len(text)
+    while len(pieces) <= MAX_ITEMS:
+        match = _PIECE.match(text, at)
+        stop = match.end() if match else at
+        pieces.append(text[at:stop])
+        if stop >= end:
+            break
+        at = stop + 1
     return pieces
 
 
@@ -301,6 +302,7 @@ def _percent_bytes(text: str) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=256)
 def _codec(charset: str) -> str | None:
     """The Python codec of a charset mail may be written in, else None (unknown, or one of Python's own)."""
     charset = charset.strip().strip('"').split("*", 1)[0]  # RFC 2231 section 5: charset*language
@@ -370,7 +372,7 @@ def decode_encoded_words(value: str) -> list[str]:
     UTF-16 without a byte order mark is read both ways.  No encoded word: ``[]``."""
     if "=?" not in value:
         return []
-    matches = list(_ENCODED_WORD.finditer(value))[:MAX_WORDS]
+    matches = list(itertools.islice(_ENCODED_WORD.finditer(value), MAX_WORDS))
     if not matches:
         return []
     # runs: literal text, or (charset, bytes) of adjacent words of one charset
@@ -535,8 +537,12 @@ def parameter_readings(header_values: Iterable[str], param: str) -> list[str]:
     """
     param = param.lower()
     lists: list[list[str]] = []
+    budget = MAX_TEXT
     for header_value in _ends_first([str(v) for v in header_values], MAX_HEADERS):
         for text in _header_texts(header_value):
+            if budget <= 0:
+                break
+            budget -= len(text)
             if param not in text.lower().replace("\\", "").replace('"', ""):  # no reading can find it
                 continue
             for splitting in SPLITTINGS:

@@ -207,6 +207,7 @@ def _param_values(message: Message, param: str, header: str) -> list[str]:
                 text = str(raw[2])
         else:
             text = email.utils.unquote(raw.strip())
+        text = text[: 8 * MAX_VALUE]  # a reading keeps MAX_VALUE characters: decode no more than gives them
         for candidate in (text, decode_words(text)):
             candidate = candidate.strip()[:MAX_VALUE]
             if candidate and candidate not in values and len(values) < MAX_READINGS:
