@@ -27,6 +27,7 @@ from mailsift.mime.codecs import (
     is_python_codec,
     normalize_encoding,
 )
+from mailsift.mime.params import MAX_READINGS, MAX_VALUE, parameter_readings
 
 if TYPE_CHECKING:
     from mailsift.message.mail import Mail
@@ -191,12 +192,14 @@ def new_parser() -> email.parser.BytesFeedParser:
 
 
 def _param_values(message: Message, param: str, header: str) -> list[str]:
-    """Every value of ``param`` in ``header``: plain, RFC 2231 and encoded words."""
+    """Every value of ``param`` in ``header``: the standard library's reading first (plain, RFC 2231 and
+    encoded words), then every other reading a mail client may make of each such header, the first and the
+    last of a repeated one included (:func:`mailsift.mime.params.parameter_readings`; bounded)."""
     values: list[str] = []
     try:
         params = message.get_params(header=header, unquote=False) or []
     except (ValueError, IndexError, UnicodeError):
-        return values
+        params = []
     for key, raw in params[1:]:
         if key.strip().lower() != param:
             continue
@@ -208,18 +211,26 @@ def _param_values(message: Message, param: str, header: str) -> list[str]:
                 text = str(raw[2])
         else:
             text = email.utils.unquote(raw.strip())
+        text = text[: 8 * MAX_VALUE]  # a reading keeps MAX_VALUE characters: decode no more than gives them
         for candidate in (text, decode_words(text)):
-            candidate = candidate.strip()
-            if candidate and candidate not in values:
+            candidate = candidate.strip()[:MAX_VALUE]
+            if candidate and candidate not in values and len(values) < MAX_READINGS:
                 values.append(candidate)
+    for candidate in parameter_readings(message.get_all(header) or [], param):
+        if candidate not in values and len(values) < 2 * MAX_READINGS:
+            values.append(candidate)
     return values
 
 
 def candidate_filenames(message: Message) -> tuple[str, ...]:
-    """All filenames a mail client could show for this part, distinct, in order."""
+    """All filenames a mail client could show for this part, distinct, in order: Content-Disposition's
+    ``filename``, Content-Type's ``name``, then Content-Disposition's ``name`` (Thunderbird's for an
+    attached message: ``mailnews/mime/src/mimemoz2.cpp``)."""
     names: list[str] = []
-    for value in _param_values(message, "filename", "content-disposition") + _param_values(
-        message, "name", "content-type"
+    for value in (
+        _param_values(message, "filename", "content-disposition")
+        + _param_values(message, "name", "content-type")
+        + _param_values(message, "name", "content-disposition")
     ):
         if value not in names:
             names.append(value)
