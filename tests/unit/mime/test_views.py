@@ -394,12 +394,15 @@ async def test_structural_trick_hides_neither_the_zip_nor_its_name(name: str) ->
         ("headers-cr", "lenient:headers"),
         ("boundary-after-close-qp", "lenient:after"),
         ("ct-doubled-two-multiparts", "lenient:after"),
-        ("ct-doubled-zip-last", "lenient:last"),
+        # the strict part carries the last Content-Type's name itself (mime.params reads every header),
+        # so the lenient:last reading of the same bytes adds nothing and is dropped
+        ("ct-doubled-zip-last", "mime"),
     ],
 )
 def test_structural_reading_says_where_it_comes_from(name: str, origin: str) -> None:
     mail = Mail(data=STRUCTURAL[name])
-    assert origin in [v.origin for v in mail.views if v.data == ZIP and ZIP_NAME in v.filenames]
+    readings = [*mail.parts, *mail.views]
+    assert origin in [v.origin for v in readings if v.data == ZIP and ZIP_NAME in v.filenames]
 
 
 def test_hidden_entity_needs_a_content_header_block() -> None:
@@ -425,8 +428,9 @@ def test_last_header_reading_keeps_only_the_last_of_doubled_content_headers() ->
 def test_a_view_with_the_same_bytes_is_kept_only_for_a_new_name() -> None:
     mail = Mail(data=STRUCTURAL["ct-doubled-part-text-first"])
     [strict] = [part for part in mail.parts if part.data == ZIP]
-    assert strict.filenames == ()  # the first Content-Type (text/plain) has no name
-    assert [v.filenames for v in mail.views if v.data == ZIP] == [(ZIP_NAME,)]
+    # the first Content-Type (text/plain) has no name; mime.params reads the second one's
+    assert ZIP_NAME in strict.filenames
+    assert [v.filenames for v in mail.views if v.data == ZIP] == []  # no new name: no view
     assert Mail(data=STRUCTURAL["boundary-line-twice"]).views == []  # the strict reading has it all
 
 
