@@ -74,7 +74,14 @@ class Tries(Scanner):
         ("Rechnung im Anhang.\nPasswort: 4821\n", "Rechnung"),
         ("Facture en pièce jointe.\nMot de passe : 4821\n", "Facture"),
         ("Heslo k archivu je 4821\n", "Faktura"),
+        ("Factura adjunta.\nContraseña: 4821\n", "Factura"),
+        ("Fattura in allegato.\nPassword: 4821\n", "Fattura"),
+        ("Fatura em anexo.\nSenha: 4821\n", "Fatura"),
+        ("Factuur in de bijlage.\nWachtwoord: 4821\n", "Factuur"),
+        ("Faktura w załączniku.\nHasło: 4821\n", "Faktura"),
+        ("Faktúra v prílohe, heslo: 4821\n", "Faktúra"),
     ],
+    ids=["en", "en-subject", "de", "fr", "cs", "es", "it", "pt", "nl", "pl", "sk"],
 )
 async def test_encrypted_archive_opened_with_the_password_in_the_mail(
     kind: str, body: str, subject: str, eicar: bytes
