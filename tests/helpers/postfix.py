@@ -25,11 +25,18 @@ the ``error`` transport, and nothing uses DNS.  Bounces go to the (local) sender
 
 Must be run as root (Postfix's master requires it).  Typical pytest use::
 
-    with PostfixInstance(tmp_path / "pf", inbound_port=free_port(), reinject_port=free_port(),
-                         content_filter=PostfixInstance.scan_filter(filter_port),
-                         maildir_root=tmp_path / "mail") as pf:
+    with postfix_home() as home, PostfixInstance(
+        home / "pf", inbound_port=free_port(), reinject_port=free_port(),
+        content_filter=PostfixInstance.scan_filter(filter_port), maildir_root=home / "mail",
+    ) as pf:
         ...  # SMTP to pf.inbound_port
         [msg] = pf.wait_delivered("bob@example.test")
+
+The work directory and maildir root must not be under pytest's ``tmp_path``: every pytest
+session that starts on the machine (another run, a pytest subprocess) resets
+``/tmp/pytest-of-<user>`` to mode 0700, and Postfix's unprivileged daemons (``postfix``,
+``nobody``) then lose their way to the tables and Maildirs mid-test.  :func:`postfix_home`
+gives them a directory of their own; :meth:`PostfixInstance.start` refuses the basetemp.
 """
 
 from __future__ import annotations
@@ -42,13 +49,15 @@ import os
 import pty
 import pwd
 import select
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -84,11 +93,33 @@ def postfix_version() -> tuple[int, ...]:
     return tuple(int(part) for part in out.split(".") if part.isdigit())
 
 
+@contextlib.contextmanager
+def postfix_home(prefix: str = "mailsift-pf-") -> Iterator[Path]:
+    """A fresh directory under /tmp for a private Postfix's work directory and maildir root.
+
+    Mode 0711: Postfix's unprivileged daemons can pass through it (but not list it).  It is
+    outside pytest's basetemp, whose ``/tmp/pytest-of-<user>`` any pytest session starting on the
+    machine chmods back to 0700 (see the module docstring); it is removed on exit.  Kept short:
+    Postfix's unix socket paths (under the queue directory) must fit in 108 bytes.
+    """
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        os.chmod(home, 0o711)
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _under_pytest_basetemp(path: Path) -> bool:
+    """True if ``path`` lies in a ``pytest-of-<user>`` directory (pytest's default basetemp root)."""
+    return any(parent.name.startswith("pytest-of-") for parent in path.parents)
+
+
 def _grant_traverse(path: Path, uid: int, gid: int) -> None:
     """Make every ancestor of ``path`` searchable by ``uid``/``gid``, adding ``o+x`` where missing.
 
     Postfix opens some files by absolute path after dropping privileges (master.lock in
-    data_directory as mail_owner, maildirs as the virtual uid), and pytest's / mkdtemp's
+    data_directory as mail_owner, maildirs as the virtual uid), and mkdtemp's
     directories are 0700 root.  Only search (x) is granted, never read.
     """
     for parent in path.parents:
@@ -224,7 +255,8 @@ class PostfixInstance:
         maildir_root: ``virtual_mailbox_base``; recipient ``x@domain`` is delivered to
             ``maildir_root/x@domain/new/``.  If it is owned by root it is chowned to
             ``nobody:nogroup`` (virtual(8) refuses uid 0), and its ancestors get ``o+x``
-            where needed so that user can reach it (pytest's tmp dirs are 0700).
+            where needed so that user can reach it (mkdtemp's directories are 0700).  Neither it
+            nor ``workdir`` may be under pytest's basetemp: use :func:`postfix_home`.
         domain: the only domain the instance accepts and delivers.
         mailboxes: local parts or addresses in ``domain`` that exist (texthash map); Postfix cannot
             give *every* address its own Maildir (virtual(8) forbids regexp ``$1`` and socketmap).
@@ -437,6 +469,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         """
         if self._reaper is not None:
             raise PostfixError("instance already started")
+        for path in (self.workdir, self.maildir_root):
+            if _under_pytest_basetemp(path):
+                raise PostfixError(
+                    f"{path} is under pytest's basetemp, whose pytest-of-<user> any other pytest session "
+                    "resets to 0700 (Postfix's daemons then cannot reach it): use postfix_home()"
+                )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare_maildir_root()
         self._write_config()

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import smtplib
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance
+from tests.helpers.postfix import PostfixError, PostfixInstance, postfix_home
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
 CONFIG = """\
@@ -58,13 +59,16 @@ def gateway(tmp_path: Path) -> Iterator[tuple[PostfixInstance, Path]]:
             except OSError:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        with PostfixInstance(
-            tmp_path / "postfix",
-            inbound_port=inbound,
-            reinject_port=reinject,
-            content_filter=PostfixInstance.scan_filter(filter_port),
-            maildir_root=tmp_path / "mail",
-        ) as postfix:
+        with (
+            postfix_home() as home,
+            PostfixInstance(
+                home / "postfix",
+                inbound_port=inbound,
+                reinject_port=reinject,
+                content_filter=PostfixInstance.scan_filter(filter_port),
+                maildir_root=home / "mail",
+            ) as postfix,
+        ):
             yield postfix, log
     finally:
         mailsift.send_signal(signal.SIGTERM)
@@ -126,6 +130,48 @@ def test_eicar_is_rejected_and_never_delivered(gateway: tuple[PostfixInstance, P
     assert "action=reject reply=550 level=1.00 name=EICAR-Test" in log.read_text()
     postfix.wait_queue_empty(timeout=60)
     assert not list(postfix.maildir_new("carol@example.test").glob("*"))
+
+
+@needs_postfix
+def test_delivery_goes_on_when_another_pytest_session_resets_its_temp_root(
+    gateway: tuple[PostfixInstance, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every pytest session starting on the machine (another run, a pytest subprocess) chmods
+    /tmp/pytest-of-<user> back to 0700.  With the instance's tables and Maildirs under it, Postfix's
+    daemons (postfix, nobody) lost their way in mid-test and mail was deferred ('mailboxes is
+    unavailable ... Permission denied', 'maildir access problem'): done here as such a session would."""
+    postfix, _log = gateway
+    basetemp = tmp_path_factory.getbasetemp()
+    roots = [path for path in (basetemp, *basetemp.parents) if path.name.startswith("pytest-of-")]
+    if not roots:
+        pytest.skip("--basetemp given: no pytest-of-<user> directory for another session to reset")
+    mode = stat.S_IMODE(roots[0].stat().st_mode)
+    roots[0].chmod(0o700)
+    try:
+        sent = swaks(postfix.inbound_port, "dave@example.test", "still delivered", "e2e after the reset")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        [delivered] = postfix.wait_delivered("dave@example.test", timeout=60)
+        assert "Subject: e2e after the reset" in delivered.read_text()
+    finally:
+        roots[0].chmod(mode)
+
+
+def test_an_instance_under_pytest_basetemp_is_refused(tmp_path: Path) -> None:
+    """The instance's directories under tmp_path work until another pytest session starts: refused
+    up front (before anything is written or started), whoever runs the tests."""
+    instance = PostfixInstance(
+        tmp_path / "postfix",
+        inbound_port=free_port(),
+        reinject_port=free_port(),
+        content_filter=None,
+        maildir_root=tmp_path / "mail",
+    )
+    try:
+        with pytest.raises(PostfixError, match="postfix_home"):
+            instance.start()
+        assert not (tmp_path / "postfix").exists()
+    finally:
+        instance.stop()
 
 
 @needs_postfix

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance
+from tests.helpers.postfix import PostfixInstance, postfix_home
 
 CONFIG = """\
 from mailsift import *
@@ -77,14 +77,17 @@ def lmtp_gateway(tmp_path: Path) -> Iterator[tuple[PostfixInstance, Path, int]]:
                 assert mailsift.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        with PostfixInstance(
-            tmp_path / "postfix",
-            inbound_port=inbound,
-            reinject_port=reinject,
-            content_filter=f"lmtp:[127.0.0.1]:{filter_port}",
-            maildir_root=tmp_path / "mail",
-            extra_main_cf={"lmtp_send_xforward_command": "yes"},
-        ) as postfix:
+        with (
+            postfix_home() as home,
+            PostfixInstance(
+                home / "postfix",
+                inbound_port=inbound,
+                reinject_port=reinject,
+                content_filter=f"lmtp:[127.0.0.1]:{filter_port}",
+                maildir_root=home / "mail",
+                extra_main_cf={"lmtp_send_xforward_command": "yes"},
+            ) as postfix,
+        ):
             yield postfix, log, filter_port
     finally:
         mailsift.send_signal(signal.SIGTERM)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance
+from tests.helpers.postfix import PostfixInstance, postfix_home
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
 CONFIG = """\
@@ -62,8 +61,8 @@ def gateway() -> Iterator[Gateway]:
         pytest.skip("a private Postfix master must run as root")
     # Not under pytest's basetemp: any concurrent pytest run chmods /tmp/pytest-of-root back to 0700,
     # which Postfix's unprivileged daemons then cannot traverse.
-    with tempfile.TemporaryDirectory(prefix="mailsift-milter-e2e-") as name:
-        yield from _gateway(Path(name))
+    with postfix_home(prefix="mailsift-milter-e2e-") as home:
+        yield from _gateway(home)
 
 
 def _gateway(tmp: Path) -> Iterator[Gateway]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance
+from tests.helpers.postfix import PostfixInstance, postfix_home
 
 URL = "https://mail.example.test/greylisting/%r.html"
 
@@ -98,14 +98,17 @@ def greylisting(tmp_path: Path) -> Iterator[tuple[PolicyServe, PostfixInstance]]
         restrictions = (
             f"check_policy_service inet:127.0.0.1:{served.port}, permit_mynetworks, reject_unauth_destination"
         )
-        with PostfixInstance(
-            tmp_path / "postfix",
-            inbound_port=free_port(),
-            reinject_port=free_port(),
-            content_filter=None,
-            maildir_root=tmp_path / "mail",
-            extra_main_cf={"smtpd_recipient_restrictions": restrictions},
-        ) as postfix:
+        with (
+            postfix_home() as home,
+            PostfixInstance(
+                home / "postfix",
+                inbound_port=free_port(),
+                reinject_port=free_port(),
+                content_filter=None,
+                maildir_root=home / "mail",
+                extra_main_cf={"smtpd_recipient_restrictions": restrictions},
+            ) as postfix,
+        ):
             yield served, postfix
     finally:
         served.stop()

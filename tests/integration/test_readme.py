@@ -23,7 +23,6 @@ import re
 import shutil
 import smtplib
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from mailsift.cli.main import main
 from mailsift.config import DEFAULT_CONFIG
 from mailsift.testing import free_port
 from tests.helpers import readme
-from tests.helpers.postfix import PostfixInstance
+from tests.helpers.postfix import PostfixInstance, postfix_home
 from tests.helpers.readme import (
     BIN,
     Ports,
@@ -316,9 +315,14 @@ def through_postfix() -> Iterator[object]:
     Postfix with the group's README lines in front of it; stopped at teardown."""
     if os.geteuid() != 0:
         pytest.skip("a private Postfix master must run as root")
+    # Not under pytest's basetemp (another pytest session resets it to 0700) and short: Postfix's
+    # unix socket paths must fit in 108 bytes.
+    with postfix_home(prefix="readme-pf-") as tmp_path:
+        yield from _through_postfix(tmp_path)
+
+
+def _through_postfix(tmp_path: Path) -> Iterator[object]:
     running: list[Serve | PostfixInstance] = []
-    # A short directory: Postfix's unix socket paths must fit in 108 bytes.
-    tmp_path = Path(tempfile.mkdtemp(dir="/tmp", prefix="readme-pf-"))
 
     def start(group: str, config_name: str, wait_for: int, **extra_main_cf: str) -> PostfixInstance:
         ports = Ports()
@@ -349,7 +353,6 @@ def through_postfix() -> Iterator[object]:
     finally:
         for item in reversed(running):
             item.stop()
-        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def send(port: int, sender: str, body: str, subject: str = "readme", headers: str = "") -> tuple[int, str]:
