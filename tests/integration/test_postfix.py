@@ -159,17 +159,19 @@ def test_delivery_goes_on_when_another_pytest_session_resets_its_temp_root(
 def test_an_instance_under_pytest_basetemp_is_refused(tmp_path: Path) -> None:
     """The instance's directories under tmp_path work until another pytest session starts: refused
     up front (before anything is written or started), whoever runs the tests."""
+    # what tmp_path is without --basetemp (/tmp/pytest-of-<user>/pytest-N/...), whatever was given
+    base = tmp_path / "pytest-of-someone" / "pytest-1"
     instance = PostfixInstance(
-        tmp_path / "postfix",
+        base / "postfix",
         inbound_port=free_port(),
         reinject_port=free_port(),
         content_filter=None,
-        maildir_root=tmp_path / "mail",
+        maildir_root=base / "mail",
     )
     try:
         with pytest.raises(PostfixError, match="postfix_home"):
             instance.start()
-        assert not (tmp_path / "postfix").exists()
+        assert not (base / "postfix").exists()
     finally:
         instance.stop()
 
