@@ -3,66 +3,41 @@ the README's fuller antivirus example: clamd on the raw message, ``parsemail(dec
 raw=True)``, ``file_type``, ``bad_mime`` (its skip list), ``office_macros``.
 
 This tier starts no clamd: ``regexp_scan(EICAR)`` stands in clamd's place (the one signature the
-corpora could trip; the real engine's false positives are clamd's own), and the spam lines of the
-example are left out (no spamd here).
+corpora could trip), and the spam lines of the example are left out (no spamd here).  The real
+clamd runs the same set in tests/engines/test_ham_clamd.py.
 
-Ham: everything of ``../shared/corpora`` but SpamAssassin's ``spam/`` folder and the messages
-listed in ``NOT_HAM`` (malware samples and attachment-policy tests of the other projects, by
-their provenance in MANIFEST.tsv and README.md).
+The ham list and the example's scanners (taken from the README block itself) are in
+tests/helpers/ham.py.
 """
 
 from __future__ import annotations
 
-import csv
+from typing import Any
 
 import pytest
 
 from mailsift.core.pipeline import Pipeline
 from mailsift.message.mail import Mail
 from mailsift.message.result import Disposition
-from mailsift.scanners.actions import quarantine, reject
-from mailsift.scanners.archive import decompress
-from mailsift.scanners.badmime import bad_mime
+from mailsift.scanners.base import Scanner
 from mailsift.scanners.basic import regexp_scan
-from mailsift.scanners.filetype import file_type
-from mailsift.scanners.office import office_macros
-from mailsift.scanners.parsemail import parsemail
+from tests.helpers.ham import NOT_HAM, corpora_present, fuller_scanners, ham
 from tests.helpers.paths import CORPORA
 
-if not (CORPORA / "MANIFEST.tsv").is_file():
+if not corpora_present():
     pytest.skip(f"mail corpora not found at {CORPORA}", allow_module_level=True)
 
-NOT_HAM = {
-    "pymilter-test/honey": "a Klez-era virus mail (.scr as audio/x-wav), payload replaced by a stub",
-    "rspamd-functional-messages/bad_ext.dotted_file_name.eml": "rspamd's executable-attachment test",
-    "rspamd-functional-messages/exe_attm.eml": "rspamd's executable-attachment test",
-    "rspamd-functional-messages/next2last-digits_in_brackets.eml": "rspamd's .msi attachment test",
-    "rspamd-functional-messages/next2last-digits_in_parens.eml": "rspamd's .msi attachment test",
-    "rspamd-functional-messages/broken_richtext.eml": "carries the EICAR string in a stored zip",
-}
-
-
-def _ham() -> list[str]:
-    with open(CORPORA / "MANIFEST.tsv", encoding="utf-8", newline="") as handle:
-        paths = [row["local_path"] for row in csv.DictReader(handle, delimiter="\t")]
-    return [p for p in paths if not p.startswith("spamassassin-t-data/spam/") and p not in NOT_HAM]
-
-
-HAM = _ham()
+HAM = ham()
 CLAMD = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])  # clamd's stand-in, see above
+
+
+def _stand_in(*_address: Any, **_options: Any) -> Scanner:
+    return CLAMD
 
 
 @pytest.fixture(scope="module")
 def fuller() -> Pipeline:
-    return Pipeline(
-        [
-            quarantine("virus", CLAMD),
-            quarantine("virus", parsemail(decompress(CLAMD), raw=True)),
-            reject(parsemail(decompress(file_type()))),
-            reject(bad_mime(skip=["part_header", "double_boundary", "filename_conflict"])),
-            quarantine("policy", parsemail(decompress(office_macros("suspicious")))),
-        ]
-    )
+    return Pipeline(fuller_scanners(_stand_in))
 
 
 def test_the_ham_list_is_the_corpora_minus_spam() -> None:
