@@ -53,13 +53,13 @@ from mailsift.delivery.next_hop import Delivery, PerRecipient
 from mailsift.errors import MailsiftError, ScannerTimeout
 from mailsift.message.mail import Mail
 from mailsift.message.result import Decision
-from mailsift.scanners.work import CLOCK, ScanClock
+from mailsift.scanners.work import CLOCK, MESSAGE_DEADLINE, ScanClock
 from mailsift.storage.db import ABANDONED, Flag
 
 _CURRENT: contextvars.ContextVar[MessageDeadline | None] = contextvars.ContextVar(
     "mailsift_message_deadline", default=None
 )
-_ENDS = "message deadline"
+_ENDS = MESSAGE_DEADLINE
 """``Mail.memo`` key: when the message's time is up (lmtpd's recipient groups share one deadline)."""
 
 

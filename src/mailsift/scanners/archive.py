@@ -73,7 +73,14 @@ from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, Interscanner, Target
 from mailsift.scanners.encrypted import decryptable, open_encrypted
 from mailsift.scanners.office import ENCRYPTED_DOCUMENT, ENCRYPTED_LEVELS, OLE_MAGIC, decrypt_for_mail
-from mailsift.scanners.passwords import DEFAULT_MAX_PASSWORD_LENGTH, DEFAULT_MAX_PASSWORDS, mail_candidates
+from mailsift.scanners.passwords import (
+    DEFAULT_MAX_PASSWORD_LENGTH,
+    DEFAULT_MAX_PASSWORD_TIME,
+    DEFAULT_MAX_PASSWORDS,
+    Tries,
+    mail_candidates,
+    tries,
+)
 from mailsift.validators import choice, non_negative, non_negative_int
 
 MiB = 1024 * 1024
@@ -154,6 +161,8 @@ class Listing:
     limit_detail: str = ""
     encrypted: list[str] = field(default_factory=list)
     broken: str = ""
+    passwords_cut: str = ""
+    """Why the password tries stopped before every candidate was tried (the message's password time)."""
 
     def stop(self, limit: str, detail: str) -> None:
         self.limit, self.limit_detail = limit, detail
@@ -366,12 +375,18 @@ class _ListingSink:
 
 
 def decrypt_container(
-    data: bytes, listing: Listing, passwords: list[str], budget: Budget, max_ratio: float | None
+    data: bytes,
+    listing: Listing,
+    passwords: list[str],
+    budget: Budget,
+    max_ratio: float | None,
+    password_tries: Tries | None = None,
 ) -> None:
     """Open the encrypted members of ``listing`` (a zip or 7z read from ``data``) with ``passwords``.
 
     Opened members join ``listing.members`` (``decrypted=True``); ``listing.encrypted``
-    keeps the ones still closed.  Blocking: run it in a thread.
+    keeps the ones still closed; ``listing.passwords_cut`` says when the message's
+    password time (``password_tries``) stopped the tries.  Blocking: run it in a thread.
     """
     kind = decryptable(data)
     if not kind or not passwords:
@@ -382,7 +397,7 @@ def decrypt_container(
     before = len(listing.members)
     skip = {member.name for member in listing.members}
     try:
-        opened, limit = open_encrypted(data, passwords, skip, _ListingSink(reader, listing))
+        opened, limit = open_encrypted(data, passwords, skip, _ListingSink(reader, listing), password_tries)
     except _Stop:
         opened_names = {member.name for member in listing.members[before:]}
         listing.encrypted = [name for name in listing.encrypted if name not in opened_names]
@@ -398,6 +413,7 @@ def decrypt_container(
         listing.encrypted = [name for name in listing.encrypted if name not in opened.opened]
     elif opened.password:
         listing.encrypted = opened.closed
+    listing.passwords_cut = opened.cut
 
 
 # --------------------------------------------------------------------------- the interscanner
@@ -409,12 +425,15 @@ class decompress(Interscanner):
     ``decompress(clamd(...), max_depth=10, max_total_size=100*1024*1024,
     max_ratio=250, max_members=3000, max_time=30.0, encrypted='detect',
     limits='detect', broken='ignore', passwords=True, max_passwords=20,
-    max_password_length=64)``; see the module documentation for what each
-    limit means and why its default is what it is.  ``max_ratio`` and
-    ``max_time`` accept ``None`` (no limit).  ``passwords``: try the
-    message's candidate passwords (:mod:`mailsift.scanners.passwords`) on
-    encrypted zip and 7z members, at most ``max_passwords`` of at most
-    ``max_password_length`` characters.
+    max_password_length=64, max_password_time=0.5)``; see the module
+    documentation for what each limit means and why its default is what it
+    is.  ``max_ratio`` and ``max_time`` accept ``None`` (no limit).
+    ``passwords``: try the message's candidate passwords
+    (:mod:`mailsift.scanners.passwords`) on encrypted zip and 7z members and
+    password-protected Office documents, at most ``max_passwords`` of at most
+    ``max_password_length`` characters, the tries of all archives and
+    documents of the message taking at most ``max_password_time`` seconds
+    together (``None``: no limit; never past the message deadline).
     """
 
     name = "decompress"
@@ -433,6 +452,7 @@ class decompress(Interscanner):
         passwords: bool = True,
         max_passwords: int = DEFAULT_MAX_PASSWORDS,
         max_password_length: int = DEFAULT_MAX_PASSWORD_LENGTH,
+        max_password_time: float | None = DEFAULT_MAX_PASSWORD_TIME,
         encrypted_documents: str = "report",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -450,6 +470,9 @@ class decompress(Interscanner):
         self.passwords = passwords
         self.max_passwords = non_negative_int(max_passwords, "decompress: max_passwords")
         self.max_password_length = non_negative_int(max_password_length, "decompress: max_password_length")
+        self.max_password_time = (
+            None if max_password_time is None else non_negative(max_password_time, "decompress: max_password_time")
+        )
         self.encrypted_documents = choice(
             encrypted_documents, "decompress: encrypted_documents", tuple(ENCRYPTED_LEVELS)
         )
@@ -458,12 +481,13 @@ class decompress(Interscanner):
     def describe(self) -> str:
         ratio = "none" if self.max_ratio is None else f"{self.max_ratio:g}"
         seconds = "none" if self.max_time is None else f"{self.max_time:g}s"
+        password_seconds = "none" if self.max_password_time is None else f"{self.max_password_time:g}s"
         return (
             f"decompress(max_depth={self.max_depth}, max_total_size={self.max_total_size}, max_ratio={ratio}, "
             f"max_members={self.max_members}, max_time={seconds}, encrypted={self.encrypted}, "
             f"limits={self.limits}, broken={self.broken}, passwords={self.passwords}, "
             f"max_passwords={self.max_passwords}, max_password_length={self.max_password_length}, "
-            f"encrypted_documents={self.encrypted_documents})"
+            f"max_password_time={password_seconds}, encrypted_documents={self.encrypted_documents})"
         )
 
     async def scan(self, target: Target) -> Result:
@@ -477,13 +501,22 @@ class decompress(Interscanner):
                 mail_candidates, target.mail, self.max_passwords, self.max_password_length
             )
         if budget.passwords:
-            await work.in_thread(decrypt_container, target.data, listing, budget.passwords, budget, self.max_ratio)
+            password_tries = tries(target.mail, self.max_password_time)
+            await work.in_thread(
+                decrypt_container, target.data, listing, budget.passwords, budget, self.max_ratio, password_tries
+            )
 
     async def _document(self, target: Target, budget: Budget, depth: int) -> Result | None:
         """A password-protected Office document: what its decrypted copy gives, else ``Encrypted.Document``."""
         max_passwords = self.max_passwords if self.passwords else 0
         decryption = await work.in_thread(
-            decrypt_for_mail, target.mail, target.data, max_passwords, self.max_password_length, budget.out_of_time
+            decrypt_for_mail,
+            target.mail,
+            target.data,
+            max_passwords,
+            self.max_password_length,
+            budget.out_of_time,
+            max_password_time=self.max_password_time,
         )
         if decryption is None:
             return None
@@ -491,6 +524,8 @@ class decompress(Interscanner):
         name = repr(target.names[0]) if target.names else where
         if decryption.plain is None:
             detail = f"{where}: password-protected Office document {name}, no password from the mail opened it"
+            if decryption.cut:
+                detail += f" ({decryption.cut})"
             return Result(ENCRYPTED_LEVELS[self.encrypted_documents], ENCRYPTED_DOCUMENT, self.name, detail)
         if len(decryption.plain) > budget.bytes_left:
             budget.bytes_left = 0
@@ -553,7 +588,8 @@ class decompress(Interscanner):
             return self._finding(LIMIT_PREFIX + listing.limit, f"{where} ({listing.format}): {listing.limit_detail}")
         if listing.encrypted and self.encrypted == "detect":
             shown = ", ".join(repr(n) for n in listing.encrypted[:5])
-            return self._finding(ENCRYPTED, f"{where} ({listing.format}): encrypted member(s) {shown}")
+            cut = f" ({listing.passwords_cut})" if listing.passwords_cut else ""
+            return self._finding(ENCRYPTED, f"{where} ({listing.format}): encrypted member(s) {shown}{cut}")
         if listing.broken and self.broken == "detect":
             return self._finding(BROKEN, f"{where} ({listing.format}): {listing.broken}")
         return best

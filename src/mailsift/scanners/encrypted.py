@@ -19,7 +19,10 @@ fail on the CRC, the AES authentication code or the decompressor.  A member
 is read whole and checked before anything of it is kept, into a buffer never
 bigger than what the caller's :class:`Sink` still allows, and the clock is
 checked between blocks and between candidates: a wrong password that passes
-the first check cannot expand past the limits.  Blocking: run in a thread.
+the first check cannot expand past the limits.  The message's password time
+(:class:`~mailsift.scanners.passwords.Tries`) is checked before each candidate:
+when it is spent, the members still closed stay closed (``Opened.cut``).
+Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailsift.errors import ContentError
+from mailsift.scanners.passwords import Tries
 
 ZIP_MAGIC = b"PK\x03\x04"
 SEVEN_ZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
@@ -60,6 +64,8 @@ class Opened:
     opened: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     tried: int = 0
+    cut: str = ""
+    """Why the tries stopped before every candidate was tried (``Tries.describe``), or ``''``."""
 
 
 def _too_big(name: str) -> ContentError:
@@ -99,7 +105,7 @@ def _read_zip_member(archive: Any, info: Any, password: bytes, sink: Sink) -> by
             out.write(block)
 
 
-def open_zip(data: bytes, passwords: Sequence[str], sink: Sink, opened: Opened) -> None:
+def open_zip(data: bytes, passwords: Sequence[str], sink: Sink, opened: Opened, tries: Tries) -> None:
     """Open the encrypted members of a zip with the first candidate that works for each."""
     import pyzipper  # loaded at the first encrypted zip
 
@@ -110,9 +116,12 @@ def open_zip(data: bytes, passwords: Sequence[str], sink: Sink, opened: Opened) 
             for password in _ordered(passwords, opened.password):
                 if sink.out_of_time():
                     raise _out_of_time()
+                if not tries.more():
+                    break
                 opened.tried += 1
                 try:
-                    data_out = _read_zip_member(archive, info, password.encode("utf-8"), sink)
+                    with tries.trying():
+                        data_out = _read_zip_member(archive, info, password.encode("utf-8"), sink)
                 except ContentError:
                     raise
                 except Exception:  # noqa: BLE001, S112 - a wrong password fails in many ways (check byte, CRC, zlib, HMAC)
@@ -167,18 +176,26 @@ def _seven_zip_writers(sink: Sink) -> Any:
     return Factory()
 
 
-def open_7z(data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink, opened: Opened) -> None:
-    """Open an encrypted 7z with the first candidate that extracts it whole (CRCs checked)."""
+def try_7z(data: bytes, password: str, factory: Any) -> None:
+    """Extract the whole 7z ``data`` with ``password`` into ``factory``'s writers (raises if it is wrong)."""
     import py7zr  # loaded at the first encrypted 7z
 
+    with py7zr.SevenZipFile(io.BytesIO(data), password=password) as archive:
+        archive.extract(factory=factory)
+
+
+def open_7z(data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink, opened: Opened, tries: Tries) -> None:
+    """Open an encrypted 7z with the first candidate that extracts it whole (CRCs checked)."""
     for password in _ordered(passwords, opened.password):
         if sink.out_of_time():
             raise _out_of_time()
+        if not tries.more():
+            break
         opened.tried += 1
         factory = _seven_zip_writers(sink)
         try:
-            with py7zr.SevenZipFile(io.BytesIO(data), password=password) as archive:
-                archive.extract(factory=factory)
+            with tries.trying():
+                try_7z(data, password, factory)
         except ContentError:
             raise
         except Exception:  # noqa: BLE001, S112 - a wrong password fails in many ways (header, CRC, LZMA)
@@ -193,21 +210,27 @@ def open_7z(data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink, o
     opened.closed.append("(7z archive)")
 
 
-def open_encrypted(data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink) -> tuple[Opened, str]:
+def open_encrypted(
+    data: bytes, passwords: Sequence[str], skip: set[str], sink: Sink, tries: Tries | None = None
+) -> tuple[Opened, str]:
     """Try ``passwords`` on ``data`` (a zip or a 7z); ``(what opened, why it stopped early or '')``.
 
     ``skip``: members read already (a 7z is extracted whole).  The reason is
-    ``'MaxTotalSize'`` or ``'MaxTime'`` when a limit stopped the trying.
+    ``'MaxTotalSize'`` or ``'MaxTime'`` when a limit stopped the trying.  When
+    the message's password time (``tries``; unlimited if ``None``) ran out,
+    ``Opened.cut`` says so and the members not opened stay in ``Opened.closed``.
     """
     opened = Opened()
+    tries = tries or Tries()
     kind = decryptable(data)
     try:
         if kind == "zip":
-            open_zip(data, passwords, sink, opened)
+            open_zip(data, passwords, sink, opened, tries)
         elif kind == "7z":
-            open_7z(data, passwords, skip, sink, opened)
+            open_7z(data, passwords, skip, sink, opened, tries)
     except ContentError as error:
         if type(error) is not ContentError:  # the caller's own stop (a limit it enforces in keep())
             raise
         return opened, OUT_OF_TIME if error.message == OUT_OF_TIME else TOO_BIG
+    opened.cut = tries.describe(len(passwords))
     return opened, ""

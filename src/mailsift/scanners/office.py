@@ -48,8 +48,8 @@ from mailsift.errors import ConfigError
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners import work
 from mailsift.scanners.base import DataTarget, PartTarget, Scanner, Target
-from mailsift.scanners.passwords import mail_candidates
-from mailsift.validators import choice, number, positive_int
+from mailsift.scanners.passwords import DEFAULT_MAX_PASSWORD_TIME, Tries, mail_candidates, tries
+from mailsift.validators import choice, non_negative, number, positive_int
 
 if TYPE_CHECKING:
     from mailsift.message.mail import Mail
@@ -225,6 +225,8 @@ class Decryption:
     tried: int
     default: bool = False
     """Opened by Excel's built-in password (a "read-only" workbook), not one from the mail."""
+    cut: str = ""
+    """Why the tries stopped before every candidate was tried (the message's password time), or ``''``."""
 
 
 _DECRYPTED: weakref.WeakKeyDictionary[Mail, dict[bytes, Decryption]] = weakref.WeakKeyDictionary()
@@ -244,42 +246,52 @@ def is_encrypted_document(data: bytes) -> bool:
         return False
 
 
+def try_document(data: bytes, password: str) -> bytes:
+    """``data`` decrypted with ``password`` (raises if it is wrong or msoffcrypto-tool cannot decrypt it)."""
+    import msoffcrypto
+
+    document = msoffcrypto.OfficeFile(io.BytesIO(data))
+    try:
+        document.load_key(password=password, verify_password=True)  # OOXML: check the verifier first
+    except TypeError:
+        document.load_key(password=password)  # legacy .doc/.xls/.ppt: load_key checks it itself
+    out = io.BytesIO()
+    document.decrypt(out)
+    return out.getvalue()
+
+
 def decrypt_document(
     data: bytes,
     passwords: Sequence[str],
     out_of_time: Callable[[], bool] = lambda: False,
     max_size: int = DEFAULT_MAX_SIZE,
+    password_tries: Tries | None = None,
 ) -> Decryption:
     """Try ``passwords`` on a password-protected Office document (msoffcrypto-tool; blocking: run in a thread).
 
     OOXML (agile and standard encryption) is checked by its password verifier
     (agile: 100,000 SHA-512 rounds, about 0.2-0.3 s a candidate in pure
     Python, hence the clock between candidates); legacy OLE documents (RC4,
-    XOR) likewise.  A document bigger than ``max_size`` is not tried.
+    XOR) likewise.  A document bigger than ``max_size`` is not tried.  The
+    message's password time (``password_tries``; unlimited if ``None``) is
+    checked before each candidate; ``Decryption.cut`` says when it stopped them.
     """
-    import msoffcrypto
-
+    password_tries = password_tries or Tries()
     tried = 0
     if len(data) > max_size:
         return Decryption(None, 0)
     for password in passwords:
-        if out_of_time():
+        if out_of_time() or not password_tries.more():
             break
         tried += 1
         try:
-            document = msoffcrypto.OfficeFile(io.BytesIO(data))
-            try:
-                document.load_key(password=password, verify_password=True)  # OOXML: check the verifier first
-            except TypeError:
-                document.load_key(password=password)  # legacy .doc/.xls/.ppt: load_key checks it itself
-            out = io.BytesIO()
-            document.decrypt(out)
+            with password_tries.trying():
+                plain = try_document(data, password)
         except Exception:  # noqa: BLE001, S112 - a wrong password, or a format msoffcrypto cannot decrypt
             continue
-        plain = out.getvalue()
         if plain and len(plain) <= max_size:
             return Decryption(plain, tried, password == EXCEL_DEFAULT_PASSWORD and tried == 1)
-    return Decryption(None, tried)
+    return Decryption(None, tried, cut=password_tries.describe(len(passwords)))
 
 
 def decrypt_for_mail(
@@ -289,16 +301,19 @@ def decrypt_for_mail(
     max_password_length: int,
     out_of_time: Callable[[], bool] = lambda: False,
     max_size: int = DEFAULT_MAX_SIZE,
+    max_password_time: float | None = DEFAULT_MAX_PASSWORD_TIME,
 ) -> Decryption | None:
     """``None`` when ``data`` is no password-protected document; else what the mail's candidates did
-    (once per message and document).  Blocking: run it in a thread."""
+    (once per message and document, within the message's ``max_password_time``).  Blocking: run it in a thread."""
     if not is_encrypted_document(data):
         return None
     cache = _DECRYPTED.setdefault(mail, {})
     key = hashlib.sha256(data).digest()
     if key not in cache:
         passwords = mail_candidates(mail, max_passwords, max_password_length) if max_passwords else []
-        cache[key] = decrypt_document(data, [EXCEL_DEFAULT_PASSWORD, *passwords], out_of_time, max_size)
+        cache[key] = decrypt_document(
+            data, [EXCEL_DEFAULT_PASSWORD, *passwords], out_of_time, max_size, tries(mail, max_password_time)
+        )
     return cache[key]
 
 
@@ -313,7 +328,7 @@ class office_macros(Scanner):
     that cannot be analysed; ``max_size`` bounds the document and its unpacked
     OOXML members (bytes).  A password-protected document is tried with the
     mail's candidate passwords (``passwords``, ``max_passwords``,
-    ``max_password_length``, as for ``decompress``) and analysed when one
+    ``max_password_length``, ``max_password_time``, as for ``decompress``) and analysed when one
     opens it; else it is ``Encrypted.Document`` at the level ``encrypted``
     says: ``'report'`` (0.5: logged, not blocked), ``'detect'`` (1.0) or ``'ignore'``.
     """
@@ -331,6 +346,7 @@ class office_macros(Scanner):
         passwords: bool = True,
         max_passwords: int = 20,
         max_password_length: int = 64,
+        max_password_time: float | None = DEFAULT_MAX_PASSWORD_TIME,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"office_macros: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -346,6 +362,9 @@ class office_macros(Scanner):
             raise ConfigError(f"office_macros: passwords must be True or False, got {passwords!r}")
         self.max_passwords = positive_int(max_passwords, "office_macros: max_passwords") if passwords else 0
         self.max_password_length = positive_int(max_password_length, "office_macros: max_password_length")
+        self.max_password_time = (
+            None if max_password_time is None else non_negative(max_password_time, "office_macros: max_password_time")
+        )
         load_olevba()
 
     def describe(self) -> str:
@@ -390,12 +409,15 @@ class office_macros(Scanner):
                     self.max_passwords,
                     self.max_password_length,
                     max_size=self.max_size,
+                    max_password_time=self.max_password_time,
                 )
                 if decryption is not None and decryption.plain is None:
                     if self.encrypted == "ignore":
                         continue
                     level = ENCRYPTED_LEVELS[self.encrypted]
                     detail = f"password-protected Office document, no password from the mail opened it{where}"
+                    if decryption.cut:
+                        detail += f" ({decryption.cut})"
                     result = Result(level, ENCRYPTED_DOCUMENT, self.name, detail)
                     if result.detected:
                         return result

@@ -98,6 +98,18 @@ class ScanClock:
         return text
 
 
+MESSAGE_DEADLINE = "message deadline"
+"""``Mail.memo`` key: the ``time.monotonic()`` at which the message's deadline passes (set by
+:mod:`mailsift.core.deadline`; absent outside the mail path).  Blocking work that can stop early
+(password tries) reads it, so that it does not run on for a message that has been answered."""
+
+
+def message_ends(mail: Mail) -> float | None:
+    """When ``mail``'s deadline passes (``time.monotonic()``), or ``None`` if it has none."""
+    ends = mail.memo.get(MESSAGE_DEADLINE)
+    return ends if isinstance(ends, float) else None
+
+
 CLOCK: contextvars.ContextVar[ScanClock | None] = contextvars.ContextVar("mailsift_scan_clock", default=None)
 """The clock of the message being scanned in this task (None outside the mail path: ``mailsift scan``)."""
 

@@ -8,19 +8,24 @@ readers mailsift uses).  Without the right password an archive stays
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.scanners import encrypted as encrypted_module
+from mailsift.scanners import office
 from mailsift.scanners.archive import decompress
-from mailsift.scanners.base import MailTarget, Scanner, Target
+from mailsift.scanners.base import MailTarget, PartTarget, Scanner, Target
 from mailsift.scanners.basic import regexp_scan
 from mailsift.scanners.parsemail import parsemail
+from mailsift.scanners.work import MESSAGE_DEADLINE
 from tests.helpers.encrypted import (
     SEVEN_ZIP,
     encrypted_docx,
@@ -217,3 +222,108 @@ async def test_encrypted_office_document_without_password_is_reported_not_blocke
     assert "offer.docx" in result.detail
     assert (await scan(finder(encrypted_documents="detect"), raw)).level == 1.0
     assert (await scan(finder(encrypted_documents="ignore"), raw)).name == ""
+
+
+# --------------------------------------------------------------------------- the message's password time
+
+WRONG_20 = "".join(f"Password: wrong{n}\n" for n in range(20))
+
+
+def slow(tried: list[str], real: Callable[..., Any] | None = None, seconds: float = 0.02) -> Callable[..., Any]:
+    """A decryptor that takes ``seconds`` a try (then fails, or calls ``real``), recording the passwords."""
+
+    def attempt(data: bytes, password: str, *rest: Any) -> Any:
+        tried.append(password)
+        time.sleep(seconds)
+        if real is None:
+            raise ValueError("wrong password")
+        return real(data, password, *rest)
+
+    return attempt
+
+
+async def test_slow_7z_tries_are_cut_at_the_password_time(eicar: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(encrypted_module, "try_7z", slow(tried))
+    raw = mail_with_password(seven_zip_encrypted({"eicar.com": eicar}, "4821"), "a.7z", body=WRONG_20)
+    started = time.monotonic()
+    result = await scan(finder(max_password_time=0.1), raw)
+    assert time.monotonic() - started < 20 * 0.02 * 10  # bounded (generous): not a speed measurement
+    assert (result.level, result.name) == (1.0, "Encrypted.Archive"), result
+    assert 1 <= len(tried) < 20, tried
+    assert f"password tries cut by max_password_time=0.1s after {len(tried)} tries (20 candidates)" in result.detail
+    tried.clear()  # without the bound every candidate is tried
+    result = await scan(finder(max_password_time=None), raw)
+    assert len(tried) == 20
+    assert result.name == "Encrypted.Archive"
+    assert "cut" not in result.detail
+
+
+async def test_the_right_password_among_the_first_still_opens(eicar: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(encrypted_module, "try_7z", slow(tried, encrypted_module.try_7z))
+    body = "Password: wrong0\nPassword: 4821\n" + WRONG_20
+    raw = mail_with_password(seven_zip_encrypted({"eicar.com": eicar}, "4821"), "a.7z", body=body)
+    result = await scan(finder(max_password_time=0.5), raw)
+    assert (result.level, result.name) == (1.0, "EICAR-Test"), result
+    assert tried == ["wrong0", "4821"]
+
+
+async def test_the_password_time_is_shared_by_the_archives_of_a_message(
+    eicar: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(encrypted_module, "try_7z", slow(tried))
+    message = EmailMessage()
+    message["Subject"] = "two archives"
+    message.set_content(WRONG_20)
+    for name in ("a.7z", "b.7z"):
+        archive = seven_zip_encrypted({f"{name}.com": eicar}, "4821")
+        message.add_attachment(archive, maintype="application", subtype="octet-stream", filename=name)
+    with Mail(data=message.as_bytes()) as mail:
+        results = [await decompress(Tries(), max_password_time=0.1).scan(PartTarget(mail, part)) for part in mail.parts]
+    findings = [result for result in results if result.name]
+    assert [result.name for result in findings] == ["Encrypted.Archive"] * 2
+    first, second = (result.detail for result in findings)
+    assert 1 <= len(tried) < 20
+    assert f"after {len(tried)} tries" in first
+    assert "after 0 tries" in second  # the first archive spent the message's time
+
+
+async def test_tries_never_run_past_the_message_deadline(eicar: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(encrypted_module, "try_7z", slow(tried))
+    monkeypatch.setattr(office, "try_document", slow(tried))
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>"}, "4821")
+    for archive, name, expected in (
+        (seven_zip_encrypted({"eicar.com": eicar}, "4821"), "a.7z", "Encrypted.Archive"),
+        (document, "a.docx", "Encrypted.Document"),
+    ):
+        with Mail(data=mail_with_password(archive, name, body=WRONG_20)) as mail:
+            mail.memo[MESSAGE_DEADLINE] = time.monotonic() - 1.0  # passed: no try starts
+            result = await finder(max_password_time=None).scan(MailTarget(mail))
+        assert result.name == expected, result
+        assert "password tries cut by the message deadline after 0 tries" in result.detail
+    assert tried == []
+
+
+async def test_slow_office_tries_are_cut_at_the_password_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(office, "try_document", slow(tried))
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>"}, "4821")
+    result = await scan(finder(max_password_time=0.1), mail_with_password(document, "a.docx", body=WRONG_20))
+    assert (result.level, result.name) == (0.5, "Encrypted.Document"), result
+    assert 1 <= len(tried) < 21, tried  # Excel's built-in password and the 20 from the mail
+    assert tried[0] == "VelvetSweatshop"
+    assert f"password tries cut by max_password_time=0.1s after {len(tried)} tries (21 candidates)" in result.detail
+
+
+@pytest.mark.parametrize("value", [-1, "0.5", True, float("inf")])
+def test_max_password_time_is_validated(value: Any) -> None:
+    with pytest.raises(ConfigError, match="decompress: max_password_time"):
+        decompress(regexp_scan(EICAR_RULE), max_password_time=value)
+
+
+def test_describe_names_the_password_time() -> None:
+    assert "max_password_time=0.5s" in decompress(regexp_scan(EICAR_RULE)).describe()
+    assert "max_password_time=none" in decompress(regexp_scan(EICAR_RULE), max_password_time=None).describe()

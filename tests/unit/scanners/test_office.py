@@ -328,3 +328,32 @@ async def test_password_protected_document_opened_with_a_password_from_the_mail(
         assert (result.level, result.name) == expected, (body, result)
     with Mail(data=mail_with_password(document, "a.docx")) as mail:
         assert (await parsemail(office_macros(encrypted="detect")).scan(MailTarget(mail))).detected
+
+
+async def test_slow_document_tries_are_cut_at_the_password_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from tests.helpers.encrypted import encrypted_docx, mail_with_password
+
+    tried: list[str] = []
+
+    def slow(data: bytes, password: str) -> bytes:
+        tried.append(password)
+        time.sleep(0.02)
+        raise ValueError("wrong password")
+
+    monkeypatch.setattr(office, "try_document", slow)
+    _, document = encrypted_docx({"word/document.xml": b"<w:document/>"}, "4821")
+    body = "".join(f"Password: wrong{n}\n" for n in range(20))
+    with Mail(data=mail_with_password(document, "a.docx", body=body)) as mail:
+        result = await parsemail(office_macros(max_password_time=0.1)).scan(MailTarget(mail))
+    assert (result.level, result.name) == (0.5, "Encrypted.Document"), result
+    assert 1 <= len(tried) < 21, tried
+    assert f"password tries cut by max_password_time=0.1s after {len(tried)} tries" in result.detail
+
+
+@pytest.mark.parametrize("value", [-0.5, "1", False])
+def test_max_password_time_is_validated(value: Any) -> None:
+    with pytest.raises(ConfigError, match="office_macros: max_password_time"):
+        office_macros(max_password_time=value)
+    office_macros(max_password_time=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailsift.message.mail import Mail
-from mailsift.scanners.passwords import candidates, html_text, mail_candidates
+from mailsift.scanners.passwords import Tries, candidates, html_text, mail_candidates, tries
 from tests.helpers.encrypted import mail_with_password
 
 PHRASINGS = {
@@ -112,3 +112,39 @@ def test_mail_candidates_reads_subject_plain_and_html() -> None:
     with Mail(data=raw) as mail:
         found = mail_candidates(mail)
     assert set(found[:2]) == {"1111", "2222"}
+
+
+def test_texts_naming_the_attachment_come_first() -> None:
+    texts = ["Password: 1111", "Here is invoice.zip, password: 2222", "See the attached file, password: 3333"]
+    assert candidates(texts, names=["invoice.zip"]) == ["2222", "3333", "1111"]
+    # Labelled phrasings still come before bare tokens, whichever text they are in.
+    assert candidates(["Password: 1111", "invoice.zip 4444"], names=["invoice.zip"]) == ["1111", "4444"]
+
+
+def test_tries_share_the_message_time_and_stop_at_the_deadline() -> None:
+    now = [0.0]
+    spent = [0.0]
+    first = Tries(1.0, spent=spent, clock=lambda: now[0])
+    while first.more():
+        with first.trying():
+            now[0] += 0.3
+    assert (first.count, first.cut) == (4, "max_password_time=1s")
+    assert first.describe(20) == "password tries cut by max_password_time=1s after 4 tries (20 candidates)"
+    second = Tries(1.0, spent=spent, clock=lambda: now[0])  # another archive of the same message
+    assert not second.more()
+    assert second.describe(20).endswith("after 0 tries (20 candidates)")
+    late = Tries(None, ends=now[0], clock=lambda: now[0])
+    assert not late.more()
+    assert late.cut == "the message deadline"
+    free = Tries(None, clock=lambda: now[0])
+    assert free.more()
+    assert free.describe(3) == ""
+
+
+def test_tries_of_a_mail_share_its_time() -> None:
+    with Mail(data=b"Subject: x\n\nPassword: 1\n") as mail:
+        one, two = tries(mail, 0.5), tries(mail, 0.5)
+        with one.trying():
+            pass
+        assert one.spent is two.spent
+        assert one.spent[0] >= 0.0
