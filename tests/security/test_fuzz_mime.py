@@ -1,6 +1,7 @@
 """Fuzzing the MIME readers (mime/tree, mime/codecs, mime/views through ``Mail``): generated structures
 (nested multiparts, broken boundaries, bad transfer encodings and charsets, RFC 2231 parameters, deep
-nesting) and mutations of the shared corpora's messages.
+nesting), mutations of the shared corpora's messages, and headers of megabytes of RFC 2047 encoded
+words (``decode_words`` decodes a bounded prefix).
 
 Asserted per example: reading the header, the tree, the parts, the alternates and the lenient views
 raises nothing but :class:`~mailsift.errors.ContentError` — and that only for what the error tree
@@ -11,7 +12,9 @@ behind it; the lenient decoders of mime/codecs raise nothing at all; time and me
 
 from __future__ import annotations
 
+import base64
 import email.errors
+import quopri
 
 import pytest
 from hypothesis import given
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 from mailsift.errors import ContentError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.mime import codecs, views
+from mailsift.mime.codecs import MAX_DECODED_INPUT
 from tests.helpers import fuzz
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # a big example, reported
@@ -92,3 +96,49 @@ def check_corpus(data: st.DataObject) -> None:
 @pytest.mark.skipif(not FILES, reason="../shared/corpora is not beside the repository")
 def test_fuzz_mime_corpus_mutations() -> None:
     fuzz.run(check_corpus, CORPUS)
+
+
+WORDS = fuzz.Bounds("mime-encoded-words", seconds=30, memory=512 * fuzz.MB, per_input_byte=200)
+WORDS_SIZE = 2 * 1024 * 1024
+"""Bytes of encoded words per example: far past MAX_DECODED_INPUT (decode_header is quadratic: 4 MB took ~50 s)."""
+
+
+@st.composite
+def encoded_word_headers(draw: st.DrawFn) -> bytes:
+    """A message with one header of megabytes of RFC 2047 encoded words: the top Subject, a part's
+    Subject, or a part's filename parameter; folded, blank-separated or run together."""
+    text = draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12))
+    if draw(st.booleans()):
+        word = b"=?utf-8?B?" + base64.b64encode(text.encode()) + b"?="
+    else:
+        word = b"=?utf-8?Q?" + quopri.encodestring(text.encode(), header=True).replace(b"?", b"=3F") + b"?="
+    separator = draw(st.sampled_from([b" ", b"\r\n ", b"\r\n\t", b""]))
+    value = separator.join([word] * (WORDS_SIZE // (len(word) + len(separator))))
+    head = b'From: a@example.net\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n'
+    where = draw(st.sampled_from(["subject", "part subject", "filename", "name"]))
+    part = b"Content-Type: text/plain\r\n"
+    if where == "subject":
+        head += b"Subject: " + value + b"\r\n"
+    elif where == "part subject":
+        part += b"Subject: " + value + b"\r\n"
+    elif where == "filename":
+        part += b'Content-Disposition: attachment; filename="' + value + b'"\r\n'
+    else:
+        part = b'Content-Type: application/octet-stream; name="' + value + b'"\r\n'
+    return head + b"\r\n--b\r\n" + part + b"\r\nhello\r\n--b--\r\n"
+
+
+@given(encoded_word_headers())
+@fuzz.fuzz_settings(6)
+def check_encoded_words(data: bytes) -> None:
+    with WORDS.example(len(data)):
+        read_everything(data)
+        decode_everything(data)
+        with Mail(Envelope(), data) as mail:
+            for _depth, node in mail.tree.walk():
+                for header in node.headers:
+                    assert len(header.value) <= MAX_DECODED_INPUT + 64 or "=?" not in header.raw
+
+
+def test_fuzz_mime_megabytes_of_encoded_words() -> None:
+    fuzz.run(check_encoded_words, WORDS)

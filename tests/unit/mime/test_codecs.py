@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import io
 import zipfile
+from email.header import decode_header, make_header
 
 import pytest
 
 from mailsift.message.mail import Mail
-from mailsift.mime.codecs import decode_uu_lines, extract_uuencoded, transfer_decode
+from mailsift.mime import codecs
+from mailsift.mime.codecs import (
+    MAX_DECODED_INPUT,
+    NOT_DECODED,
+    decode_uu_lines,
+    decode_words,
+    extract_uuencoded,
+    transfer_decode,
+)
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan
@@ -120,3 +130,64 @@ def test_transfer_decode_uu_with_and_without_begin() -> None:
 def test_a_blank_line_after_begin_decodes_to_nothing() -> None:
     block = b"begin 644 a.bin\n\n" + binascii.b2a_uu(b"hello") + b"\n`\nend\n"
     assert extract_uuencoded(block) == [("a.bin", b"hello")]  # was 32 NUL bytes, then hello
+
+
+WORD = "=?utf-8?B?" + base64.b64encode("héllo wörld ".encode()).decode() + "?="
+
+
+def _guarded_decode_header(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """decode_header as mime.codecs calls it, refusing (at once) more than MAX_DECODED_INPUT characters."""
+    sizes: list[int] = []
+
+    def guarded(value: str) -> list[tuple[bytes | str, str | None]]:
+        sizes.append(len(value))
+        assert len(value) <= MAX_DECODED_INPUT, f"decode_header called on {len(value)} characters"
+        return decode_header(value)
+
+    monkeypatch.setattr(codecs, "decode_header", guarded)
+    return sizes
+
+
+def test_megabytes_of_encoded_words_decode_only_a_bounded_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _guarded_decode_header(monkeypatch)
+    value = " ".join([WORD] * (4 * 1024 * 1024 // (len(WORD) + 1)))  # 4 MB, a header unfolded
+    decoded = decode_words(value)
+    assert sizes
+    assert max(sizes) <= MAX_DECODED_INPUT
+    head, _, rest = decoded.partition(NOT_DECODED.split("{", 1)[0])
+    assert head == "héllo wörld " * (len(head) // 12)
+    assert len(head) >= MAX_DECODED_INPUT // 3
+    skipped = len(value) - sizes[0]
+    assert decoded.endswith(NOT_DECODED.format(skipped))
+    assert rest
+    assert len(decoded) < MAX_DECODED_INPUT
+
+
+def test_a_character_split_across_the_cut_is_not_left_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte per encoded word: the cut may fall inside a character; whole words are dropped until it does not."""
+    sizes = _guarded_decode_header(monkeypatch)
+    byte_words = [f"=?utf-8?q?={byte:02X}?=" for byte in "你好".encode()]
+    pad = "=?utf-8?q?xxxxx?="  # as long as a byte word: each one moves the cut by one byte
+    for shift in range(3):  # the cut lands after each byte of a character in turn
+        value = " ".join([pad] * shift + byte_words * (MAX_DECODED_INPUT // 60))
+        decoded = decode_words(value)
+        head = decoded.partition(" [...")[0]
+        assert head.startswith("xxxxx" * shift)
+        assert "..." in decoded
+        assert set(head[5 * shift :]) == {"你", "好"}  # whole characters only, no word left encoded
+    assert max(sizes) <= MAX_DECODED_INPUT
+
+
+def test_ordinary_encoded_words_decode_as_the_standard_library_does() -> None:
+    values = [
+        WORD,
+        "Re: " + WORD + " " + WORD + " (tail)",
+        "=?iso-8859-2?Q?P=F8=EDli=B9_=BEluou=E8k=FD?= =?utf-8?b?a8WvxYg=?=",
+        " ".join([WORD] * (MAX_DECODED_INPUT // (len(WORD) + 1))),  # just under the bound: all decoded
+    ]
+    for value in values:
+        assert len(value) <= MAX_DECODED_INPUT
+        assert decode_words(value) == str(make_header(decode_header(value)))
+    assert decode_words("=?unicode-escape?q?\\x41?=") == "=?unicode-escape?q?\\x41?="
+    assert decode_words("=?utf-8?b?A?= plain") == "=?utf-8?b?A?= plain"
+    assert decode_words("no words at all " * 10_000) == "no words at all " * 10_000  # never cut without =?
