@@ -40,6 +40,7 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import remove_stale_spool
 from mailsift.reporting.logline import EscapingFormatter
+from mailsift.reporting.verdicts import human_verdict
 from mailsift.storage.quarantine.admin import (
     QuarantineProblem,
     ReleaseInProgress,
@@ -169,7 +170,8 @@ def list_command(
         return
     rows = [("ID", "TIME (UTC)", "CATEGORY", "VERDICT", "FROM", "TO", "SIZE", "STATE", "SUBJECT")]
     for e in entries:
-        verdict = f"{e.name or '-'} ({e.scanner or '-'} {e.level:.2f})"
+        # as the web shows it ("Virus: Eicar-Test-Signature"); the scanner and level: `show`, --json
+        verdict = human_verdict(e.category, e.name, e.scanner, e.level)
         recipients = ",".join(e.recipients)
         rows.append(
             (

@@ -216,7 +216,7 @@ def test_list_filters_and_table(gateway: Gateway) -> None:
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["ID", "TIME", "(UTC)"]
     assert [line.split()[0] for line in lines[1:]] == [new, spam, old]
-    assert "Test.Virus (regexp_scan 1.00)" in lines[1]
+    assert "Policy: Test.Virus" in lines[1]  # as a person reads it (issue 13), not "(regexp_scan 1.00)"
     assert lines[2].endswith("spammy")
     bad = gateway.cli("list", "--older-than", "7 parsecs")
     assert bad.exit_code == 2
