@@ -151,7 +151,7 @@ def test_broken_daemon_is_retried_with_growing_pauses(tmp_path: Path) -> None:
     with log.open("wb") as output:
         process = subprocess.Popen([*MAILSIFT, "serve", "-c", str(config), "-w", "1"], stdout=output, stderr=output)
     try:
-        wait_for(lambda: "starting again in 4 s" in log.read_text(), seconds=30, what="third failure")
+        wait_for(lambda: "starting again in 4 s" in log.read_text(), seconds=90, what="third failure")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # mail is still served
             assert sock.recv(100).startswith(b"220")
     finally:
