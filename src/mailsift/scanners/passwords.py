@@ -451,13 +451,20 @@ def mail_candidates(
 # --------------------------------------------------------------------------- the time the tries take
 
 
+MIN_TRIES = 3
+"""Tries a message always gets, whatever the time limit (never past the message deadline): the
+likely candidates come first, so a loaded machine must not turn a found password into
+``Encrypted.*`` (an OOXML verification takes 0.2-0.3 s, Excel's default password is tried first)."""
+
+
 class Tries:
     """One decryptor's share of a message's password time.
 
-    ``spent`` is the message's (a one-item list every :class:`Tries` of the
-    message shares, :func:`tries`); ``limit`` the seconds all its tries may
-    take together (``None``: no limit); ``ends`` the message deadline
-    (``time.monotonic()``), never passed.  The clock is checked before each
+    ``spent`` is the message's (``[seconds, tries]``, shared by every
+    :class:`Tries` of the message, :func:`tries`); ``limit`` the seconds all its
+    tries may take together (``None``: no limit) once the message had
+    :data:`MIN_TRIES`; ``ends`` the message deadline (``time.monotonic()``),
+    never passed.  The clock is checked before each
     candidate, so a try that has begun ends (one 7z or OOXML verification past
     the limit at most).  ``count`` is this decryptor's tries, ``cut`` why they
     stopped early (``''`` if they did not).
@@ -471,7 +478,7 @@ class Tries:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit, self.ends, self.clock = limit, ends, clock
-        self.spent = [0.0] if spent is None else spent
+        self.spent = [0.0, 0.0] if spent is None else spent
         self.count = 0
         self.cut = ""
 
@@ -479,7 +486,7 @@ class Tries:
         """Whether another candidate may be tried (if not, :attr:`cut` says why)."""
         if self.ends is not None and self.clock() >= self.ends:
             self.cut = "the message deadline"
-        elif self.limit is not None and self.spent[0] >= self.limit:
+        elif self.limit is not None and self.spent[0] >= self.limit and self.spent[1] >= MIN_TRIES:
             self.cut = f"max_password_time={self.limit:g}s"
         return not self.cut
 
@@ -487,6 +494,7 @@ class Tries:
     def trying(self) -> Iterator[None]:
         """Around one try: it is counted and its time charged to the message."""
         self.count += 1
+        self.spent[1] += 1
         started = self.clock()
         try:
             yield
@@ -502,5 +510,5 @@ class Tries:
 
 def tries(mail: Mail, limit: float | None) -> Tries:
     """A decryptor's :class:`Tries` for ``mail``: ``limit`` seconds for all the message's tries together."""
-    spent: list[float] = mail.memo.setdefault((__name__, "seconds"), [0.0])
+    spent: list[float] = mail.memo.setdefault((__name__, "seconds"), [0.0, 0.0])
     return Tries(limit, message_ends(mail), spent)

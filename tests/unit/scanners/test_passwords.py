@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailsift.message.mail import Mail
-from mailsift.scanners.passwords import Tries, candidates, html_text, mail_candidates, tries
+from mailsift.scanners.passwords import MIN_TRIES, Tries, candidates, html_text, mail_candidates, tries
 from tests.helpers.encrypted import mail_with_password
 
 PHRASINGS = {
@@ -123,7 +123,7 @@ def test_texts_naming_the_attachment_come_first() -> None:
 
 def test_tries_share_the_message_time_and_stop_at_the_deadline() -> None:
     now = [0.0]
-    spent = [0.0]
+    spent = [0.0, 0.0]  # the message's seconds and tries
     first = Tries(1.0, spent=spent, clock=lambda: now[0])
     while first.more():
         with first.trying():
@@ -139,6 +139,23 @@ def test_tries_share_the_message_time_and_stop_at_the_deadline() -> None:
     free = Tries(None, clock=lambda: now[0])
     assert free.more()
     assert free.describe(3) == ""
+
+
+def test_a_loaded_machine_still_gets_the_first_tries_but_never_past_the_deadline() -> None:
+    """Each try slower than the whole limit (a busy machine, an OOXML verification): the first
+    MIN_TRIES candidates (the likely ones) are still tried, so load does not turn a password that
+    the mail gives into Encrypted.*; the message deadline still stops them."""
+    now = [0.0]
+    slow = Tries(0.1, clock=lambda: now[0])
+    while slow.more():
+        with slow.trying():
+            now[0] += 1.0
+    assert (slow.count, slow.cut) == (MIN_TRIES, "max_password_time=0.1s")
+    deadline = Tries(0.1, ends=1.5, clock=lambda: now[0] - 3.0)  # 1.5 s left of the message
+    while deadline.more():
+        with deadline.trying():
+            now[0] += 1.0
+    assert (deadline.count, deadline.cut) == (2, "the message deadline")
 
 
 def test_tries_of_a_mail_share_its_time() -> None:
