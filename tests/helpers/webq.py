@@ -134,7 +134,8 @@ def users_gateway(prefix: str) -> Iterator[tuple[Gateway, RecordingServer]]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _token(page: str) -> str:
+def page_token(page: str) -> str:
+    """The CSRF token of a page's form."""
     found = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert found, page
     return found.group(1)
@@ -147,7 +148,11 @@ async def logged_in(
     app = create_app(settings, secret=secret, config=config, extra_routes=extra_routes)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")
     if login:
-        form = {"login": login, "password": PASSWORDS[login], "csrf_token": _token((await client.get("/login")).text)}
+        form = {
+            "login": login,
+            "password": PASSWORDS[login],
+            "csrf_token": page_token((await client.get("/login")).text),
+        }
         response = await client.post("/login", data=form)
         assert response.status_code == 303, response.text
     return client
@@ -155,7 +160,7 @@ async def logged_in(
 
 async def csrf_token(client: httpx.AsyncClient, path: str = "/prefs") -> str:
     """The CSRF token of the client's session, read from a page's form."""
-    return _token((await client.get(path)).text)
+    return page_token((await client.get(path)).text)
 
 
 def web_client(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from mailsift.storage import db
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.webconfig import WebConfig
+from tests.helpers.webq import page_token
 
 NEW = "a new long password"
 
@@ -39,15 +39,9 @@ def settings() -> Iterator[Settings]:
     database.dispose()
 
 
-def _token(text: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', text)
-    assert found
-    return found.group(1)
-
-
 async def _log_in(app: object, password: str) -> tuple[httpx.AsyncClient, int]:
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")  # type: ignore[arg-type]
-    token = _token((await client.get("/login")).text)
+    token = page_token((await client.get("/login")).text)
     answer = await client.post("/login", data={"login": "alice", "password": password, "csrf_token": token})
     return client, answer.status_code
 
@@ -60,7 +54,7 @@ async def test_change_own_password_ends_the_other_sessions(settings: Settings) -
     assert status == 303
     async with contextlib.aclosing(here), contextlib.aclosing(there):
         page = await here.get("/password")
-        token = _token(page.text)
+        token = page_token(page.text)
         wrong = await here.post("/password", data={"csrf_token": token, "current": "nope", "new": NEW, "again": NEW})
         assert wrong.status_code == 400
         assert "The current password is wrong." in wrong.text

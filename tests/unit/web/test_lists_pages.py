@@ -22,6 +22,7 @@ from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.service import webq
 from mailsift.web.webconfig import WebConfig
+from tests.helpers.webq import page_token
 
 
 @pytest.fixture
@@ -43,16 +44,10 @@ def settings() -> Iterator[Settings]:
     database.dispose()
 
 
-def _token(text: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', text)
-    assert found
-    return found.group(1)
-
-
 async def _client(settings: Settings, lists: frozenset[str] = frozenset({"white", "black"})) -> httpx.AsyncClient:
     app = create_app(settings, secret="k" * 40, config=WebConfig(lists_in_use=lists))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")
-    token = _token((await client.get("/login")).text)
+    token = page_token((await client.get("/login")).text)
     answer = await client.post("/login", data={"login": "alice", "password": "pw", "csrf_token": token})
     assert answer.status_code == 303
     return client
@@ -67,7 +62,7 @@ async def test_add_and_remove_own_sender_entries(settings: Settings) -> None:
     client = await _client(settings)
     async with contextlib.aclosing(client):
         page = await client.get("/lists")
-        token = _token(page.text)
+        token = page_token(page.text)
         owners = page.text.split('name="owner"')[1].split("</select>")[0]
         assert re.findall(r'<option value="([^"]+)">', owners) == ["alice@example.org"]  # @domain: the admin's
         add = {
@@ -95,10 +90,10 @@ async def test_add_and_remove_own_sender_entries(settings: Settings) -> None:
         assert "Not changed: bad sender" in bad.text
 
 
-async def test_only_own_mailboxes_and_with_the_csrf_token(settings: Settings) -> None:
+async def test_only_own_mailboxes_and_with_the_csrfpage_token(settings: Settings) -> None:
     client = await _client(settings)
     async with contextlib.aclosing(client):
-        token = _token((await client.get("/lists")).text)
+        token = page_token((await client.get("/lists")).text)
         base = {"csrf_token": token, "action": "add", "list": "white", "value": "x@y.example"}
         for owner in ("bob@example.org", "@example.org", "example.org", "", "someone@example.org"):
             assert (await client.post("/lists", data={**base, "owner": owner})).status_code == 403, owner
@@ -113,13 +108,23 @@ async def test_lists_not_in_use_says_so_and_changes_nothing(settings: Settings) 
         page = await client.get("/lists")
         assert "White and black lists are not in use on this gateway" in page.text
         assert 'id="add-entry"' not in page.text
-        data = {"csrf_token": _token(page.text), "list": "white", "value": "x@y.example", "owner": "alice@example.org"}
+        data = {
+            "csrf_token": page_token(page.text),
+            "list": "white",
+            "value": "x@y.example",
+            "owner": "alice@example.org",
+        }
         assert (await client.post("/lists", data=data)).status_code == 409
     only_white = await _client(settings, frozenset({"white"}))
     async with contextlib.aclosing(only_white):
         page = await only_white.get("/lists")
         assert '<option value="black">' not in page.text
-        data = {"csrf_token": _token(page.text), "list": "black", "value": "x@y.example", "owner": "alice@example.org"}
+        data = {
+            "csrf_token": page_token(page.text),
+            "list": "black",
+            "value": "x@y.example",
+            "owner": "alice@example.org",
+        }
         assert (await only_white.post("/lists", data=data)).status_code == 400
     assert _entries(settings) == []
 
@@ -159,7 +164,7 @@ async def test_the_lists_notices_speak_the_pages_language(settings: Settings) ->
         page = await client.get("/lists")
         assert "Vaše biele a čierne zoznamy" in page.text
         add = {
-            "csrf_token": _token(page.text),
+            "csrf_token": page_token(page.text),
             "action": "add",
             "list": "black",
             "value": "Spam.Example",

@@ -4,7 +4,6 @@ catalog languages, else webq(language=...); gettext installed per request, in-pr
 from __future__ import annotations
 
 import functools
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from mailsift.web.app import create_app
 from mailsift.web.service import webq
 from mailsift.web.templating import Text, accept_language, page_language, translated
 from mailsift.web.webconfig import WebConfig
+from tests.helpers.webq import page_token
 
 PASSWORD = "a long enough password"
 
@@ -79,12 +79,6 @@ def _client(settings: Settings, language: str = "en") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://webq.test")
 
 
-def _token(text: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', text)
-    assert found
-    return found.group(1)
-
-
 async def test_the_login_page_speaks_the_browsers_language(settings: Settings) -> None:
     async with _client(settings) as client:
         german = (await client.get("/login", headers={"Accept-Language": "de-DE,de;q=0.9"})).text
@@ -105,7 +99,7 @@ async def test_messages_from_the_code_are_translated_and_escaped(settings: Setti
         page = (await client.get("/login", headers={"Accept-Language": "cs"})).text
         answer = await client.post(
             "/login",
-            data={"login": "alice", "password": "wrong password!", "csrf_token": _token(page)},
+            data={"login": "alice", "password": "wrong password!", "csrf_token": page_token(page)},
             headers={"Accept-Language": "cs"},
         )
         assert answer.status_code == 401
@@ -114,14 +108,14 @@ async def test_messages_from_the_code_are_translated_and_escaped(settings: Setti
 
 async def test_the_users_preference_overrides_the_browser(settings: Settings) -> None:
     async with _client(settings) as client:
-        token = _token((await client.get("/login")).text)
+        token = page_token((await client.get("/login")).text)
         await client.post("/login", data={"login": "alice", "password": PASSWORD, "csrf_token": token})
         prefs = await client.get("/prefs", headers={"Accept-Language": "de"})
         assert "Einstellungen" in prefs.text  # no preference yet: the browser's language
         assert "Sprache des Browsers" in prefs.text
         saved = await client.post(
             "/prefs",
-            data={"language": "es", "rows": "50", "csrf_token": _token(prefs.text)},
+            data={"language": "es", "rows": "50", "csrf_token": page_token(prefs.text)},
             headers={"Accept-Language": "de"},
         )
         assert saved.status_code == 303
@@ -130,7 +124,9 @@ async def test_the_users_preference_overrides_the_browser(settings: Settings) ->
         assert "Preferencias guardadas." in page  # the flash, translated
         assert "Einstellungen" not in page
         back = await client.post(
-            "/prefs", data={"language": "", "rows": "50", "csrf_token": _token(page)}, headers={"Accept-Language": "de"}
+            "/prefs",
+            data={"language": "", "rows": "50", "csrf_token": page_token(page)},
+            headers={"Accept-Language": "de"},
         )
         assert back.status_code == 303
         assert '<html lang="de">' in (await client.get("/prefs", headers={"Accept-Language": "de"})).text
