@@ -1,8 +1,10 @@
 """The database quarantine store: the quarantined message itself in ``DATABASE``, in chunks.
 
 ``QUARANTINE_STORE = "database"`` (default ``"files"``, :class:`~mailsift.storage.quarantine.store.QuarantineStore`)
-keeps each quarantined message in the ``quarantine_chunk`` table (one row per
-:data:`CHUNK_SIZE` bytes: ``quarantine_id``, ``seq`` 0, 1, 2..., ``data``),
+keeps each quarantined message in the ``quarantine_chunk`` table: ``seq`` 0 holds
+mailsift's head (the ``X-Mailsift-*`` envelope headers a file of the file store
+starts with: the verdict's detail lives only there), ``seq`` 1, 2... the
+original message, :data:`CHUNK_SIZE` bytes per row,
 so that every gateway sharing one PostgreSQL sees the messages, not just the
 index, with no shared directory.
 
@@ -46,6 +48,8 @@ from mailsift.storage.quarantine.store import (
     QuarantineStore,
     build_entry,
     crash_point,
+    head,
+    head_detail,
     log,
     retry_key,
 )
@@ -67,6 +71,8 @@ class Store(Protocol):
     def chunks(self, entry: QuarantineEntry) -> Iterator[bytes]: ...
 
     def remove(self, entry: QuarantineEntry) -> None: ...
+
+    def detail(self, entry: QuarantineEntry) -> str: ...
 
 
 def in_database(entry: QuarantineEntry) -> bool:
@@ -122,7 +128,7 @@ class DatabaseStore:
                 )
                 return f"{DATABASE_PATH}/{found.id}"
         entry = build_entry(mail, category, result, key, self.clock()).with_path(DATABASE_PATH)
-        await self.database.run(_store, entry, mail, self.chunk_size)
+        await self.database.run(_store, entry, head(entry, result.detail), mail, self.chunk_size)
         crash_point("quarantine-indexed")
         return f"{DATABASE_PATH}/{entry.id}"
 
@@ -135,16 +141,20 @@ class DatabaseStore:
         """Delete ``entry``'s row, recipients and chunks, in one transaction."""
         self.database.call(remove_entry, entry.id)
 
+    def detail(self, entry: QuarantineEntry) -> str:
+        """The verdict's detail (``X-Mailsift-Detail`` of the head in chunk 0), or ``""``."""
+        return head_detail(self.database.call(_chunk, entry.id, 0) or b"")
+
 
 def read_chunks(database: Database, entry: QuarantineEntry) -> Iterator[bytes]:
     """:meth:`DatabaseStore.chunks` (for any reader holding a database)."""
-    seq = total = 0
+    if database.call(_chunk, entry.id, 0) is None:
+        raise StorageError(f"{entry.id}: its message is missing from the database")
+    seq, total = 1, 0
     while (data := database.call(_chunk, entry.id, seq)) is not None:
         total += len(data)
         seq += 1
         yield data
-    if seq == 0:
-        raise StorageError(f"{entry.id}: its message is missing from the database")
     if total != entry.size:
         raise StorageError(f"{entry.id}: {total} bytes stored in the database, {entry.size} indexed")
 
@@ -161,22 +171,22 @@ def _chunk(connection: Connection, entry_id: str, seq: int) -> bytes | None:
     return None if data is None else bytes(data)
 
 
-def _store(connection: Connection, entry: QuarantineEntry, mail: Mail, chunk_size: int) -> None:
-    """The chunks, then the index row, in the caller's transaction (committed by Database.call)."""
+def _store(connection: Connection, entry: QuarantineEntry, first: bytes, mail: Mail, chunk_size: int) -> None:
+    """The head (chunk 0), the message's chunks, then the index row, in the caller's transaction
+    (committed by Database.call)."""
     insert = quarantine_chunk_table.insert()
+    connection.execute(insert, {"quarantine_id": entry.id, "seq": 0, "data": first})
     with mail.open() as stream:
-        seq = 0
+        seq = 1
         while True:
             try:
                 block = stream.read(chunk_size)
             except OSError as error:
                 raise StorageError(f"cannot read the message to quarantine: {error.strerror or error}") from error
-            if not block and seq:
+            if not block:
                 break
             connection.execute(insert, {"quarantine_id": entry.id, "seq": seq, "data": block})
             seq += 1
-            if not block:  # an empty message: one empty chunk, so "no chunk 0" always means missing
-                break
     crash_point("quarantine-stored")
     add_entry(connection, entry)
     crash_point("quarantine-uncommitted")

@@ -68,6 +68,8 @@ ID_PATTERN = re.compile(r"_(\d{8}T\d{6}-[0-9a-f]{8})\.")
 """The quarantine id inside a Maildir file name."""
 MAX_HEAD = 64 * 1024 * 1024
 """Refuse to read a mailsift head larger than this (a damaged or foreign file)."""
+DETAIL_HEAD = 64 * 1024
+"""The longest head :meth:`QuarantineStore.detail` reads."""
 SUBJECT_BLOCK = 256 * 1024
 """How much of an orphan's original header block is read for its Subject."""
 RETRY_WINDOW = 5 * 86400.0
@@ -134,7 +136,7 @@ def _clean(value: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in value)
 
 
-def _head(entry: QuarantineEntry, detail: str) -> bytes:
+def head(entry: QuarantineEntry, detail: str) -> bytes:
     """mailsift's envelope headers for ``entry`` (CRLF lines, UTF-8)."""
     lines = [
         f"X-Mailsift-Quarantine-Id: {entry.id}",
@@ -150,6 +152,15 @@ def _head(entry: QuarantineEntry, detail: str) -> bytes:
         *(f"X-Envelope-To: <{_clean(r)}>" for r in entry.recipients),
     ]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def head_detail(block: bytes) -> str:
+    """The ``X-Mailsift-Detail`` of a mailsift head (the scanner's detail), or ``""``."""
+    for line in block.decode("utf-8", "replace").split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep and name.lower() == "x-mailsift-detail":
+            return value
+    return ""
 
 
 class DamagedFile(StorageError):
@@ -478,6 +489,18 @@ class QuarantineStore:
             raise StorageError(f"{entry.id}: the file {entry.path} is missing from {self.root}")
         return read_blocks(path)
 
+    def detail(self, entry: QuarantineEntry) -> str:
+        """The verdict's detail (``X-Mailsift-Detail`` of the file's head), or ``""``."""
+        path = locate(self.root, entry)
+        if path is None:
+            return ""
+        try:
+            with open(path, "rb") as handle:
+                length = os.fstat(handle.fileno()).st_size - entry.size
+                return head_detail(handle.read(length)) if 0 < length <= DETAIL_HEAD else ""
+        except OSError:
+            return ""
+
     def remove(self, entry: QuarantineEntry) -> None:
         """Remove ``entry``'s row, then its file (a crash in between leaves an orphan for ``reindex``)."""
         path = locate(self.root, entry)
@@ -490,7 +513,7 @@ class QuarantineStore:
         entry = self._entry(mail, category, result, key)
         with mail.open() as stream:
             source: Any = _CrashAtEnd(stream) if _CRASH_POINT else stream
-            path = maildir.store(self.folder(category), [_head(entry, result.detail)], tag=entry.id, source=source)
+            path = maildir.store(self.folder(category), [head(entry, result.detail)], tag=entry.id, source=source)
         relative = os.path.relpath(path, self.root)
         _write_marker(self.root, key, relative)
         return entry.with_path(relative), path

@@ -165,3 +165,11 @@ async def test_a_database_copy_with_a_missing_chunk_is_refused(database: Databas
     database.call(lambda conn: conn.execute(quarantine_chunk_table.delete().where(c.seq == 3)))
     with pytest.raises(StorageError, match="indexed"):
         b"".join(store.chunks(entry))
+
+
+async def test_the_verdicts_detail_is_kept(settings: Settings) -> None:
+    store = open_store(settings)
+    await store.put(mail(), "spam", Result(6.5, "Spam", "spamassassin", "score 6.5: BAYES_99, URIBL_BLACK"))
+    [entry] = entries(settings)
+    assert store.detail(entry) == "score 6.5: BAYES_99, URIBL_BLACK"
+    assert b"".join(store.chunks(entry)) == BODY
