@@ -87,6 +87,14 @@ def open_store(settings: Settings) -> Store:
     return QuarantineStore(settings.quarantine_dir, settings.database)
 
 
+def store_of(settings: Settings, entry: QuarantineEntry) -> Store:
+    """The store holding ``entry``'s message, whatever ``QUARANTINE_STORE`` says now (a quarantine
+    may hold both kinds after the setting changed): what readers (web, release, show) go through."""
+    if in_database(entry):
+        return DatabaseStore(settings.require_database())
+    return QuarantineStore(settings.quarantine_dir, settings.database)
+
+
 class DatabaseStore:
     """Writes quarantined messages, and their index rows, into ``database`` (one transaction each).
 
