@@ -282,6 +282,9 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         database.configure(state_dir)
     except ConfigError as error:
         raise fail(f"DATABASE: {error.message}", "DATABASE") from None
+    quarantine_store = namespace.get("QUARANTINE_STORE", "files")
+    if quarantine_store not in ("files", "database"):
+        raise fail(f"QUARANTINE_STORE must be 'files' or 'database', got {quarantine_store!r}", "QUARANTINE_STORE")
     user = namespace.get("USER", os.environ.get("MAILSIFT_USER", DEFAULT_USER) or None)
     if user is not None and (not isinstance(user, str) or not user or user != user.strip()):
         raise fail(f"USER must be a user name like 'mailsift', or None to keep the current user, got {user!r}", "USER")
@@ -295,6 +298,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         spool_threshold=threshold,
         hooks=tuple(hooks),
         database=database,
+        quarantine_store=quarantine_store,
         node=str(namespace.get("NODE", "")),
         message_timeout=message_timeout,
         poison=poisoned,

@@ -42,6 +42,10 @@ class Settings:
     database: Database | None = None
     """``DATABASE``: the :class:`mailsift.storage.db.Database` for the quarantine index, logs,
     policies and lists (``db.sqlite()`` in the state directory unless the config says)."""
+    quarantine_store: str = "files"
+    """``QUARANTINE_STORE``: where quarantined messages are kept: ``"files"`` (Maildir folders under
+    STATE_DIR/quarantine, one node) or ``"database"`` (in ``DATABASE``, for gateways sharing one
+    PostgreSQL: :mod:`mailsift.storage.quarantine.dbstore`)."""
     node: str = ""
     """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
     message_timeout: float = 540.0

@@ -23,7 +23,7 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.message.rewrite import apply_edits
 from mailsift.replies import Reply
-from mailsift.storage.quarantine.store import QuarantineStore
+from mailsift.storage.quarantine.dbstore import Store
 
 log = logging.getLogger("mailsift.disposition")
 
@@ -42,7 +42,7 @@ class Outcome:
 class Disposer:
     """Carries decisions out for one service: its quarantine store and next hop."""
 
-    def __init__(self, quarantine: QuarantineStore, delivery: Delivery) -> None:
+    def __init__(self, quarantine: Store, delivery: Delivery) -> None:
         self.quarantine = quarantine
         self.delivery = delivery
 

@@ -25,7 +25,7 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.scanners.base import Scanner
 from mailsift.settings import Settings
-from mailsift.storage.quarantine.store import QuarantineStore
+from mailsift.storage.quarantine.dbstore import open_store
 
 log = logging.getLogger("mailsift.mail")
 
@@ -52,9 +52,7 @@ class MailPath:
                 "or deliver locally with next_hop=local_maildir('mail')"
             )
         self.delivery: Delivery = resolve(target, settings.state_dir)
-        self.disposer = Disposer(
-            QuarantineStore(settings.quarantine_dir, settings.database), DeadlineDelivery(self.delivery)
-        )
+        self.disposer = Disposer(open_store(settings), DeadlineDelivery(self.delivery))
         self.poison = PoisonWatch(settings, self.delivery)  # content-tied tempfails counted, then quarantined
         self._closed: set[int] = set()  # ids of scanners closed, shared with with_scanners() paths
 

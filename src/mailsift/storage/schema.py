@@ -23,6 +23,8 @@ table (migration)          indexes and constraints                used by
 (0009_quarantine_retry)                                           (a release claimed before it is sent)
 ``quarantine_recipient``   ``ix_quarantine_recipient_recipient``  :mod:`mailsift.storage.quarantine.index`,
 (0002)                                                            :mod:`mailsift.web.quarantine_queries`
+``quarantine_chunk``       primary key (quarantine_id, seq)       :mod:`mailsift.storage.quarantine.dbstore`
+(0011_dbquarantine)                                               (``QUARANTINE_STORE = "database"``)
 ``maillog`` (0003, 0008)   ``ix_maillog_time``,                   :mod:`mailsift.reporting.logline` (writes),
                            ``ix_maillog_recipient``,              :mod:`mailsift.reporting.tracking` and
                            ``ix_maillog_sender`` (0003);          :mod:`mailsift.reporting.digest` (read);
@@ -61,6 +63,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -144,6 +147,16 @@ quarantine_recipient_table = Table(
     Index("ix_quarantine_recipient_recipient", "recipient"),
 )
 """The envelope recipients of each row, in order (for ``--recipient`` filters)."""
+
+quarantine_chunk_table = Table(
+    "quarantine_chunk",
+    metadata,
+    Column("quarantine_id", Text, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+"""The message of a quarantine entry kept in the database (0011_dbquarantine): the original message
+in pieces of at most :data:`mailsift.storage.quarantine.dbstore.CHUNK_SIZE` bytes, ``seq`` 0, 1, 2..."""
 
 # --------------------------------------------------------------------------- per-message log (0003, 0008)
 
@@ -314,6 +327,7 @@ __all__ = [
     "maillog_table",
     "metadata",
     "poison_attempt_table",
+    "quarantine_chunk_table",
     "quarantine_recipient_table",
     "quarantine_release_table",
     "quarantine_table",

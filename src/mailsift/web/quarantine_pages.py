@@ -28,7 +28,6 @@ import calendar
 import functools
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +39,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mailsift.core.pipeline import Pipeline
-from mailsift.errors import ConfigError, MailsiftError
+from mailsift.errors import ConfigError, MailsiftError, StorageError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.reporting.notifications import translations
 from mailsift.reporting.verdicts import human_verdict
@@ -54,8 +53,9 @@ from mailsift.storage.quarantine.admin import (
     may_release,
     release,
 )
+from mailsift.storage.quarantine.dbstore import store_of
 from mailsift.storage.quarantine.index import HELD, STATES, QuarantineEntry
-from mailsift.storage.quarantine.store import DamagedFile, locate, read_original
+from mailsift.storage.quarantine.store import DamagedFile
 from mailsift.web import mailview, users
 from mailsift.web.auth import check_csrf, require_user
 from mailsift.web.lists_pages import NOT_IN_USE
@@ -113,38 +113,22 @@ async def _entry(request: Request, user: User) -> QuarantineEntry:
 
 
 async def _original(request: Request, entry: QuarantineEntry) -> bytes:
-    path = locate(_settings(request).quarantine_dir, entry)
-    if path is None:
-        raise HTTPException(410, Text(N_("The message file is missing from the quarantine.")))
+    store = store_of(_settings(request), entry)
     try:
-        return await asyncio.to_thread(read_original, path)
-    except (DamagedFile, OSError):
+        return await asyncio.to_thread(lambda: b"".join(store.chunks(entry)))
+    except DamagedFile:
+        raise HTTPException(500, Text(N_("The message file cannot be read."))) from None
+    except StorageError:  # missing (a file moved away, rows gone), damaged or unreadable
+        raise HTTPException(410, Text(N_("The message file is missing from the quarantine."))) from None
+    except MailsiftError:  # the database failed meanwhile
         raise HTTPException(500, Text(N_("The message file cannot be read."))) from None
 
 
-MAX_HEAD_READ = 64 * 1024
-
-
-def _read_detail(path: str, original_size: int) -> str:
-    """The ``X-Mailsift-Detail`` of a stored file's head (the scanner's detail), or ``""``."""
-    try:
-        with open(path, "rb") as handle:
-            head_length = os.fstat(handle.fileno()).st_size - original_size
-            if not 0 < head_length <= MAX_HEAD_READ:
-                return ""
-            head = handle.read(head_length).decode("utf-8", "replace")
-    except OSError:
-        return ""
-    for line in head.split("\r\n"):
-        name, sep, value = line.partition(": ")
-        if sep and name.lower() == "x-mailsift-detail":
-            return value
-    return ""
-
-
 async def _detail(request: Request, entry: QuarantineEntry) -> str:
-    path = locate(_settings(request).quarantine_dir, entry)
-    return "" if path is None else await asyncio.to_thread(_read_detail, path, entry.size)
+    try:
+        return await asyncio.to_thread(store_of(_settings(request), entry).detail, entry)
+    except MailsiftError:  # the verdict without its detail
+        return ""
 
 
 # --------------------------------------------------------------------------- pages

@@ -49,6 +49,7 @@ from mailsift.errors import ConfigError, MailsiftError, RequestRefused, StorageE
 from mailsift.message.address import check_addresses
 from mailsift.message.mail import Envelope, Mail
 from mailsift.settings import Settings
+from mailsift.storage.quarantine.dbstore import in_database, stored_ids
 from mailsift.storage.quarantine.index import (
     RELEASED,
     QuarantineEntry,
@@ -156,7 +157,7 @@ def reindex(settings: Settings) -> Reindexed:
         if settings.require_database().call(add_entry, entry):
             adopted.append(entry.id)
             log.info("reindex: adopted %s (%s)", entry.id, relative)
-    dangling = sorted(indexed - set(on_disk))
+    dangling = sorted(indexed - set(on_disk) - settings.require_database().call(stored_ids))
     done, present = indexed | set(adopted), set(on_disk.values())
     for key, relative in retry_markers(root).items():
         if file_id(relative) in done or relative not in present:
@@ -249,8 +250,9 @@ def _claim(connection: Any, entry_id: str, by: str, now: float, targets: Sequenc
 
 
 def delete(settings: Settings, entry: QuarantineEntry) -> None:
-    """Remove ``entry``'s row, then its file (a crash in between leaves an orphan for ``reindex``)."""
-    path = locate(settings.quarantine_dir, entry)
+    """Remove ``entry``'s row, then its file (a crash in between leaves an orphan for ``reindex``); a
+    message kept in the database goes with its row, in one transaction."""
+    path = None if in_database(entry) else locate(settings.quarantine_dir, entry)
     settings.require_database().call(remove_entry, entry.id)
     if path is not None:
         unlink_durably(path)

@@ -34,7 +34,12 @@ from typing import Any
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from mailsift.storage.schema import quarantine_recipient_table, quarantine_release_table, quarantine_table
+from mailsift.storage.schema import (
+    quarantine_chunk_table,
+    quarantine_recipient_table,
+    quarantine_release_table,
+    quarantine_table,
+)
 from mailsift.storage.sql import claim
 
 HELD = "held"
@@ -202,7 +207,9 @@ def mark_released(connection: Connection, entry_id: str, by: str, to: Sequence[s
 
 
 def remove_entry(connection: Connection, entry_id: str) -> bool:
-    """Delete the row (and its recipients and any release claim); True if it existed."""
+    """Delete the row (and its recipients, any release claim, and its message if it is kept in the
+    database: :mod:`mailsift.storage.quarantine.dbstore`); True if it existed."""
+    connection.execute(delete(quarantine_chunk_table).where(quarantine_chunk_table.c.quarantine_id == entry_id))
     connection.execute(delete(quarantine_recipient_table).where(quarantine_recipient_table.c.quarantine_id == entry_id))
     connection.execute(delete(quarantine_release_table).where(quarantine_release_table.c.quarantine_id == entry_id))
     return bool(connection.execute(delete(quarantine_table).where(quarantine_table.c.id == entry_id)).rowcount)

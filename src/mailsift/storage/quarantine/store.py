@@ -59,7 +59,7 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.mime.tree import Headers
 from mailsift.storage.db import Database
-from mailsift.storage.quarantine.index import QuarantineEntry, add_entry, find_retry
+from mailsift.storage.quarantine.index import QuarantineEntry, add_entry, find_retry, remove_entry
 
 log = logging.getLogger("mailsift.quarantine")
 
@@ -68,6 +68,8 @@ ID_PATTERN = re.compile(r"_(\d{8}T\d{6}-[0-9a-f]{8})\.")
 """The quarantine id inside a Maildir file name."""
 MAX_HEAD = 64 * 1024 * 1024
 """Refuse to read a mailsift head larger than this (a damaged or foreign file)."""
+DETAIL_HEAD = 64 * 1024
+"""The longest head :meth:`QuarantineStore.detail` reads."""
 SUBJECT_BLOCK = 256 * 1024
 """How much of an orphan's original header block is read for its Subject."""
 RETRY_WINDOW = 5 * 86400.0
@@ -134,7 +136,7 @@ def _clean(value: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in value)
 
 
-def _head(entry: QuarantineEntry, detail: str) -> bytes:
+def head(entry: QuarantineEntry, detail: str) -> bytes:
     """mailsift's envelope headers for ``entry`` (CRLF lines, UTF-8)."""
     lines = [
         f"X-Mailsift-Quarantine-Id: {entry.id}",
@@ -150,6 +152,15 @@ def _head(entry: QuarantineEntry, detail: str) -> bytes:
         *(f"X-Envelope-To: <{_clean(r)}>" for r in entry.recipients),
     ]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def head_detail(block: bytes) -> str:
+    """The ``X-Mailsift-Detail`` of a mailsift head (the scanner's detail), or ``""``."""
+    for line in block.decode("utf-8", "replace").split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep and name.lower() == "x-mailsift-detail":
+            return value
+    return ""
 
 
 class DamagedFile(StorageError):
@@ -257,6 +268,20 @@ def read_original(path: str) -> bytes:
         return handle.read()
 
 
+READ_BLOCK = 1024 * 1024
+"""Bytes per block when a stored message is read back as a stream (:func:`read_blocks`)."""
+
+
+def read_blocks(path: str) -> Iterator[bytes]:
+    """The original message stored in ``path``, block by block (never all of it in memory)."""
+    with _disk(f"cannot read {path}"), open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        _fields, head_length = _read_head(handle, file_size)
+        handle.seek(head_length)
+        while block := handle.read(READ_BLOCK):
+            yield block
+
+
 def stored_files(root: str) -> Iterator[str]:
     """Every message file of the store (``<category>/{new,cur}/<name>``), relative to ``root``."""
     try:
@@ -347,6 +372,31 @@ def retry_key(mail: Mail, category: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def build_entry(mail: Mail, category: str, result: Result, key: str, now: float) -> QuarantineEntry:
+    """The index entry of ``mail`` quarantined in ``category`` at ``now`` (``path`` still empty)."""
+    env = mail.envelope
+    try:
+        subject = mail.headers.get("Subject")
+    except MailsiftError:  # the index must not fail on a header (spool, parser): '' then
+        subject = ""
+    return QuarantineEntry(
+        id=new_id(now),
+        created=now,
+        category=category,
+        sender=env.sender,
+        recipients=tuple(env.recipients),
+        subject=subject,
+        size=mail.size,
+        scanner=result.scanner,
+        level=result.level,
+        name=result.name,
+        client=f"{_clean(env.client_name or 'unknown')} [{_clean(env.client_address or 'unknown')}]",
+        path="",
+        queue_id=env.queue_id,
+        retry_key=key,
+    )
+
+
 class QuarantineStore:
     """Writes quarantined messages durably under ``root`` and indexes them in ``database``.
 
@@ -429,34 +479,41 @@ class QuarantineStore:
         return path
 
     def _entry(self, mail: Mail, category: str, result: Result, key: str) -> QuarantineEntry:
-        env = mail.envelope
-        now = self.clock()
+        return build_entry(mail, category, result, key, self.clock())
+
+    def chunks(self, entry: QuarantineEntry) -> Iterator[bytes]:
+        """The original message of ``entry`` (its file without mailsift's head), in blocks of
+        :data:`READ_BLOCK`; StorageError if the file is missing, damaged or unreadable."""
+        path = locate(self.root, entry)
+        if path is None:
+            raise StorageError(f"{entry.id}: the file {entry.path} is missing from {self.root}")
+        return read_blocks(path)
+
+    def detail(self, entry: QuarantineEntry) -> str:
+        """The verdict's detail (``X-Mailsift-Detail`` of the file's head), or ``""``."""
+        path = locate(self.root, entry)
+        if path is None:
+            return ""
         try:
-            subject = mail.headers.get("Subject")
-        except MailsiftError:  # the index must not fail on a header (spool, parser): '' then
-            subject = ""
-        return QuarantineEntry(
-            id=new_id(now),
-            created=now,
-            category=category,
-            sender=env.sender,
-            recipients=tuple(env.recipients),
-            subject=subject,
-            size=mail.size,
-            scanner=result.scanner,
-            level=result.level,
-            name=result.name,
-            client=f"{_clean(env.client_name or 'unknown')} [{_clean(env.client_address or 'unknown')}]",
-            path="",
-            queue_id=env.queue_id,
-            retry_key=key,
-        )
+            with open(path, "rb") as handle:
+                length = os.fstat(handle.fileno()).st_size - entry.size
+                return head_detail(handle.read(length)) if 0 < length <= DETAIL_HEAD else ""
+        except OSError:
+            return ""
+
+    def remove(self, entry: QuarantineEntry) -> None:
+        """Remove ``entry``'s row, then its file (a crash in between leaves an orphan for ``reindex``)."""
+        path = locate(self.root, entry)
+        if self.database is not None:
+            self.database.call(remove_entry, entry.id)
+        if path is not None:
+            unlink_durably(path)
 
     def _write(self, mail: Mail, category: str, result: Result, key: str) -> tuple[QuarantineEntry, str]:
         entry = self._entry(mail, category, result, key)
         with mail.open() as stream:
             source: Any = _CrashAtEnd(stream) if _CRASH_POINT else stream
-            path = maildir.store(self.folder(category), [_head(entry, result.detail)], tag=entry.id, source=source)
+            path = maildir.store(self.folder(category), [head(entry, result.detail)], tag=entry.id, source=source)
         relative = os.path.relpath(path, self.root)
         _write_marker(self.root, key, relative)
         return entry.with_path(relative), path
