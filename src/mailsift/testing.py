@@ -585,6 +585,9 @@ class FakeSpamd(_FakeServer):
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"PING "):  # spamc's health check (the scanner pool's)
+            await self.send(writer, b"SPAMD/1.5 0 PONG\r\n")
+            return
         length = 0
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):

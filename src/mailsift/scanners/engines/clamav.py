@@ -1,8 +1,9 @@
 """ClamAV's daemon over its INSTREAM protocol: ``clamd(address)``.
 
 ``clamd('/run/clamav/clamd.ctl')`` or, as in SAGATOR, ``clamd(['localhost', 3310])``
-scans ``target.data``: the whole raw message (clamd unpacks MIME and archives
-itself) or, under ``parsemail(clamd(...))``, each decoded part.
+(or several daemons: ``clamd(['/run/clamav/clamd.ctl', ('10.0.0.2', 3310)])``, a
+pool balanced by :mod:`.pool`, checked with ``PING``) scans ``target.data``: the
+whole raw message (clamd unpacks MIME and archives itself) or, under ``parsemail(clamd(...))``, each decoded part.
 
 The protocol is written here with asyncio instead of taken from a library:
 there is no well-kept asynchronous clamd client, and ``pyclamd``/``clamd`` on
@@ -76,6 +77,7 @@ from mailsift.scanners.engines.common import (
     parse_address,
     where,
 )
+from mailsift.scanners.engines.pool import Pool, backend_list
 from mailsift.validators import integer, positive
 
 DEFAULT_SOCKET = "/var/run/clamav/clamd.ctl"
@@ -127,7 +129,8 @@ class clamd(Scanner):
     """Scan with a running clamd over INSTREAM; the virus name as clamd reports it.
 
     ``address`` is a unix socket path or ``(host, port)`` (SAGATOR's
-    ``['localhost', 3310]`` is accepted).  ``timeout`` bounds one scan,
+    ``['localhost', 3310]`` is accepted), or a list of them: a pool of
+    daemons (:mod:`.pool`).  ``timeout`` bounds one scan,
     ``connect_timeout`` the connection; ``stream_max_length`` and ``oversize``
     are explained in the module docstring; ``pool_size`` idle sessions are kept
     for reuse, ``max_idle`` seconds at most.
@@ -146,7 +149,9 @@ class clamd(Scanner):
         pool_size: int = 4,
         max_idle: float = 60.0,
     ) -> None:
-        self.address = parse_address(address, "clamd")
+        self.addresses = [parse_address(one, "clamd") for one in backend_list(address)]
+        self.address = self.addresses[0]
+        self.pool: Pool[Address] = Pool("clamd", self.addresses, label=where, check=self.health_check)
         self.timeout = positive(timeout, "clamd: timeout", unit="number of seconds")
         self.connect_timeout = positive(connect_timeout, "clamd: connect_timeout", unit="number of seconds")
         self.max_idle = positive(max_idle, "clamd: max_idle", unit="number of seconds")
@@ -154,7 +159,8 @@ class clamd(Scanner):
         self.stream_max_length: int = stream_max_length
         self.oversize: Oversize = oversize_policy(oversize, "clamd")
         self.pool_size = integer(pool_size, "clamd: pool_size", minimum=0, unit="a number")
-        self._idle: list[_Session] = []
+        self._idle_at: dict[Address, list[_Session]] = {address: [] for address in self.addresses}
+        self._idle = self._idle_at[self.address]  # the first backend's (a single clamd's) idle sessions
         self.connections_opened = 0
         """How many connections this scanner opened (shows session reuse)."""
 
@@ -163,36 +169,51 @@ class clamd(Scanner):
 
     @property
     def where(self) -> str:
-        return where(self.address)
+        return ", ".join(where(address) for address in self.addresses)
 
     # ------------------------------------------------------------------ scanning
 
     async def scan(self, target: Target) -> Result:
         if self.size_limit.exceeded(target.size):
             return self._oversized(target.size)
-        reply = await self.instream(target.data)
-        return self._interpret(reply, target.size)
+        data, size = target.data, target.size
+
+        async def scan_at(address: Address) -> Result:
+            return self._interpret(await self._instream_at(address, data), size, address)
+
+        return await self.pool.run(scan_at)
 
     async def instream(self, data: bytes) -> str:
         """Send ``data`` over INSTREAM and return clamd's answer without the ``N:`` prefix."""
-        async with deadline(self.timeout, self._no_answer):
-            session = self._take()
+        return await self.pool.run(lambda address: self._instream_at(address, data))
+
+    async def _instream_at(self, address: Address, data: bytes) -> str:
+        async with deadline(self.timeout, lambda: self._no_answer(address)):
+            session = self._take(address)
             if session is not None:
                 try:
-                    return await self._exchange(session, data)
+                    return await self._exchange(session, data, address)
                 except _Gone:
                     pass  # clamd closed the pooled session: once more on a new connection
-            session = await self._connect()
+            session = await self._connect(address)
             try:
-                return await self._exchange(session, data)
+                return await self._exchange(session, data, address)
             except _Gone as gone:
-                raise ScannerUnavailable(f"clamd {self.where}: connection closed before the answer ({gone})") from None
+                closed = f"clamd {where(address)}: connection closed before the answer ({gone})"
+                raise ScannerUnavailable(closed) from None
 
-    async def command(self, command: str) -> str:
-        """Send one simple command (``PING``, ``VERSION``) on its own connection."""
+    async def health_check(self, address: Address) -> None:
+        """The pool's health check: ``PING`` answered ``PONG``."""
+        reply = await self.command("PING", address)
+        if reply != "PONG":
+            raise ScannerError(f"clamd {where(address)}: PING answered {reply[:80]!r}")
+
+    async def command(self, command: str, address: Address | None = None) -> str:
+        """Send one simple command (``PING``, ``VERSION``) on its own connection (to the first backend by default)."""
+        address = self.address if address is None else address
         try:
-            async with deadline(self.timeout, self._no_answer):
-                sock = await self._open()
+            async with deadline(self.timeout, lambda: self._no_answer(address)):
+                sock = await self._open(address)
                 try:
                     loop = asyncio.get_running_loop()
                     await loop.sock_sendall(sock, b"z" + command.encode("ascii") + b"\0")
@@ -200,66 +221,72 @@ class clamd(Scanner):
                 finally:
                     sock.close()
         except (_Gone, OSError) as error:
-            raise ScannerError(f"clamd {self.where}: {command} failed: {error}") from None
+            raise ScannerError(f"clamd {where(address)}: {command} failed: {error}") from None
 
-    def _no_answer(self) -> ScannerTimeout:
-        return no_answer("clamd", self.where, self.timeout)
+    def _no_answer(self, address: Address) -> ScannerTimeout:
+        return no_answer("clamd", where(address), self.timeout)
 
     async def close_resources(self) -> None:
         """Close the pooled sessions (``zEND``); the scanner stays usable."""
-        idle, self._idle = self._idle, []
-        for session in idle:
-            session.close(polite=True)
+        for idle in self._idle_at.values():
+            sessions = idle[:]
+            idle.clear()
+            for session in sessions:
+                session.close(polite=True)
 
-    def _interpret(self, reply: str, size: int) -> Result:
+    def _interpret(self, reply: str, size: int, address: Address | None = None) -> Result:
+        at = where(self.address if address is None else address)
         if reply.endswith(" FOUND"):
             virus = reply.removeprefix("stream: ").removesuffix(" FOUND").strip()
-            return Result(1.0, virus or "unknown", self.name, f"clamd {self.where}: {reply}")
+            return Result(1.0, virus or "unknown", self.name, f"clamd {at}: {reply}")
         if reply == "stream: OK":
             return Result(0.0, "", self.name)
         if reply.startswith(_SIZE_LIMIT_REPLY):
             return self._oversized(size, by_clamd=True)
-        raise ScannerError(f"clamd {self.where}: {reply or 'empty answer'}")
+        raise ScannerError(f"clamd {at}: {reply or 'empty answer'}")
 
     def _oversized(self, size: int, *, by_clamd: bool = False) -> Result:
         why = f"{size} bytes exceed clamd's StreamMaxLength" if by_clamd else self.size_limit.why(size)
-        return oversized(self.oversize, scanner=self.name, engine_at=f"clamd {self.where}", why=why, name=OVERSIZE_NAME)
+        at = where(self.address)
+        return oversized(self.oversize, scanner=self.name, engine_at=f"clamd {at}", why=why, name=OVERSIZE_NAME)
 
     # ------------------------------------------------------------------ sessions
 
-    def _take(self) -> _Session | None:
-        """An idle session still open on clamd's side, or None."""
+    def _take(self, address: Address) -> _Session | None:
+        """An idle session to ``address`` still open on clamd's side, or None."""
         now = time.monotonic()
-        while self._idle:
-            session = self._idle.pop()
+        idle = self._idle_at[address]
+        while idle:
+            session = idle.pop()
             if now - session.last_used < self.max_idle and not session.closed_by_peer():
                 return session
             session.close()
         return None
 
-    def _give_back(self, session: _Session) -> None:
+    def _give_back(self, session: _Session, address: Address) -> None:
         session.last_used = time.monotonic()
-        if len(self._idle) < self.pool_size:
-            self._idle.append(session)
+        idle = self._idle_at[address]
+        if len(idle) < self.pool_size:
+            idle.append(session)
         else:
             session.close(polite=True)
 
-    async def _connect(self) -> _Session:
-        sock = await self._open()
+    async def _connect(self, address: Address) -> _Session:
+        sock = await self._open(address)
         try:
             await asyncio.get_running_loop().sock_sendall(sock, b"zIDSESSION\0")
         except OSError as error:
             sock.close()
-            raise ScannerUnavailable(f"clamd {self.where}: session refused: {error}") from None
+            raise ScannerUnavailable(f"clamd {where(address)}: session refused: {error}") from None
         return _Session(sock)
 
-    async def _open(self) -> socket.socket:
-        """A connected non-blocking socket to clamd (unix or TCP)."""
-        sock = await connect(self.address, "clamd", connect_timeout=self.connect_timeout)
+    async def _open(self, address: Address) -> socket.socket:
+        """A connected non-blocking socket to clamd at ``address`` (unix or TCP)."""
+        sock = await connect(address, "clamd", connect_timeout=self.connect_timeout)
         self.connections_opened += 1
         return sock
 
-    async def _exchange(self, session: _Session, data: bytes) -> str:
+    async def _exchange(self, session: _Session, data: bytes, address: Address) -> str:
         """One INSTREAM request on ``session``; the session goes back to the pool only if it is clean."""
         loop = asyncio.get_running_loop()
         session.requests += 1
@@ -279,12 +306,12 @@ class clamd(Scanner):
                 reply = await _read_reply(session.sock)
             number, _, text = reply.partition(": ")
             if number != str(request):
-                raise ScannerError(f"clamd {self.where}: answer {reply!r} to request {request}")
+                raise ScannerError(f"clamd {where(address)}: answer {reply!r} to request {request}")
             ok = not text.endswith("ERROR")  # clamd ends the session after an error
             return text
         finally:
             if ok:
-                self._give_back(session)
+                self._give_back(session, address)
             else:
                 session.close()
 

@@ -55,6 +55,7 @@ from mailsift.scanners.engines.common import (
     unavailable,
     where,
 )
+from mailsift.scanners.engines.pool import Pool, backend_list
 from mailsift.validators import flag, positive
 
 SPAMC_MAX_SIZE = 512_000
@@ -178,7 +179,9 @@ class spamassassind(Scanner):
         report: bool = True,
         virname: str = "Spam",
     ) -> None:
-        self.address = spamd_address(address)
+        self.addresses = [spamd_address(one) for one in backend_list(address)]
+        self.address = self.addresses[0]
+        self.pool: Pool[SpamdAddress] = Pool("spamassassind", self.addresses, label=where, check=self.health_check)
         if user is not None and (not isinstance(user, str) or not re.fullmatch(r"[^\s\x00-\x1f\x7f]{1,256}", user)):
             raise ConfigError(f"spamassassind: user must be a name without spaces or control characters, got {user!r}")
         self.user = user
@@ -191,7 +194,7 @@ class spamassassind(Scanner):
         self.virname = virname
 
     def where(self) -> str:
-        return where(self.address)
+        return ", ".join(where(address) for address in self.addresses)
 
     def describe(self) -> str:
         user = f", user={self.user!r}" if self.user else ""
@@ -208,8 +211,12 @@ class spamassassind(Scanner):
         if self.size_limit.exceeded(target.size):
             return not_checked(self.name, target.size, self.size_limit)
         data = target.data
-        async with deadline(self.timeout, self._no_answer):
-            answer = await self._exchange(data)
+
+        async def exchange_at(address: SpamdAddress) -> SpamdAnswer:
+            async with deadline(self.timeout, lambda: self._no_answer(address)):
+                return await self._exchange(data, address)
+
+        answer = await self.pool.run(exchange_at)
         rules = report_rules(answer.body) if self.verb == "REPORT" else ()
         symbols = tuple(name for name, _ in rules) if self.verb == "REPORT" else _symbol_list(answer.body)
         level = spam_level(answer.score, answer.required, answer.spam)
@@ -227,21 +234,34 @@ class spamassassind(Scanner):
             report=answer.body if self.verb == "REPORT" else "",
         )
 
-    def _no_answer(self) -> ScannerTimeout:
-        return no_answer("spamassassind", self.where(), self.timeout)
+    def _no_answer(self, address: SpamdAddress) -> ScannerTimeout:
+        return no_answer("spamassassind", where(address), self.timeout)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        sock = await connect(self.address, "spamassassind")
+    async def health_check(self, address: SpamdAddress) -> None:
+        """The pool's health check: ``PING SPAMC/1.5`` answered ``SPAMD/1.x 0 PONG``."""
+        reader, writer = await self._connect(address)
+        try:
+            writer.write(b"PING SPAMC/1.5\r\n\r\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+        status = _STATUS.fullmatch(line.rstrip(b"\r\n"))
+        if status is None or status.group(3) != b"0" or status.group(4).strip() != b"PONG":
+            raise ScannerError(f"spamassassind {where(address)}: PING answered {line[:80]!r}")
+
+    async def _connect(self, address: SpamdAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = await connect(address, "spamassassind")
         try:
             if sock.family == socket.AF_UNIX:
                 return await asyncio.open_unix_connection(sock=sock, limit=_MAX_HEAD)
             return await asyncio.open_connection(sock=sock, limit=_MAX_HEAD)
         except OSError as error:
             sock.close()
-            raise unavailable("spamassassind", self.where(), error) from None
+            raise unavailable("spamassassind", where(address), error) from None
 
-    async def _exchange(self, data: bytes) -> SpamdAnswer:
-        reader, writer = await self._connect()
+    async def _exchange(self, data: bytes, address: SpamdAddress) -> SpamdAnswer:
+        reader, writer = await self._connect(address)
         try:
             try:
                 writer.write(self.request(data))
@@ -251,9 +271,9 @@ class spamassassind(Scanner):
                     writer.write_eof()  # as spamc does: the whole message has been sent
             except OSError:
                 pass  # spamd may have answered and closed early (an error): read what it said
-            return await self._read_answer(reader)
+            return await self._read_answer(reader, address)
         except OSError as error:
-            raise ScannerUnavailable(f"spamassassind: connection to {self.where()} lost: {error}") from None
+            raise ScannerUnavailable(f"spamassassind: connection to {where(address)} lost: {error}") from None
         finally:
             writer.close()
             try:
@@ -261,13 +281,13 @@ class spamassassind(Scanner):
             except OSError:
                 pass
 
-    async def _read_answer(self, reader: asyncio.StreamReader) -> SpamdAnswer:
+    async def _read_answer(self, reader: asyncio.StreamReader, address: SpamdAddress) -> SpamdAnswer:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as error:
             if not error.partial:
                 raise ScannerUnavailable(
-                    f"spamassassind: {self.where()} closed the connection without an answer"
+                    f"spamassassind: {where(address)} closed the connection without an answer"
                 ) from None
             status, crlf, _ = error.partial.partition(b"\r\n")
             if crlf:  # spamd's protocol errors are one status line, then it closes.
