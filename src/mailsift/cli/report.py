@@ -110,8 +110,8 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
         fail("no SMTP_SERVER to send the reports through")
     try:
         secret_file = getattr(_webq(config), "secret_file", None)
-        key = links.secret(settings.state_dir, secret_file)
-    except (OSError, ValueError) as error:
+        key = links.secret(settings.state_dir, secret_file, settings.database)
+    except (OSError, ValueError, MailsiftError) as error:
         fail(f"cannot read or create the web secret: {error}")
     now = time.time()
     start = now - since

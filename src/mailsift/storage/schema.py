@@ -46,6 +46,8 @@ table (migration)          indexes and constraints                used by
                                                                   attempts per message key)
 ``mailsift_leases``        primary key (name, period)             :mod:`mailsift.storage.leases` (once per
 (0011_leases)                                                     cluster: digest, expiry, pruning)
+``mailsift_secrets``       primary key name                       :mod:`mailsift.storage.secrets` (the web
+(0011_secrets)                                                    secret every node reads)
 =========================  =====================================  ==========================================
 
 Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
@@ -322,6 +324,18 @@ lease_table = Table(
 daily digest, quarantine expiry, statistics pruning.  ``name`` names the job, ``period`` its window
 (``2024-05-01T00:00:00Z/86400``), ``holder`` the node that took it, ``taken_at`` when (Unix seconds)."""
 
+# --------------------------------------------------------------------------- shared secrets (0011_secrets)
+
+secret_table = Table(
+    "mailsift_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+"""Secrets every node of a cluster reads (:mod:`mailsift.storage.secrets`): ``webq``, the web session and
+link signing secret; made once by the first node (insert if absent), never changed after."""
+
 __all__ = [
     "auto_whitelist_table",
     "greylist_table",
@@ -334,6 +348,7 @@ __all__ = [
     "quarantine_recipient_table",
     "quarantine_release_table",
     "quarantine_table",
+    "secret_table",
     "stats_table",
     "user_policy_table",
     "web_login_throttle_table",
