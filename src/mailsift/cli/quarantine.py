@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import click
 
+from mailsift.cli import once
 from mailsift.cli.common import Duration, config_option, load_config, printable, printable_lines
 from mailsift.config import Config
 from mailsift.core import poison as poison_counts
@@ -71,6 +72,9 @@ _C1 = re.compile("[\x7f-\x9f]")
 
 DEFAULT_EXPIRY = "14d"
 """qmail-scanner's ``-z`` removes quarantined mail older than 14 days."""
+
+DEFAULT_EXPIRY_PERIOD = "1h"
+"""``quarantine expire --every``: nodes sharing DATABASE expire once per hour between them."""
 
 
 def parse_next_hop(value: str) -> tuple[str, int]:
@@ -351,18 +355,36 @@ def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
     help="Delete messages quarantined longer ago than this (qmail-scanner -z: 14 days).",
 )
 @click.option("--category", help="Only this quarantine folder.")
-def expire_command(config_path: str | None, older_than: float, category: str | None) -> None:
+@click.option(
+    "--every",
+    type=Duration(),
+    default=DEFAULT_EXPIRY_PERIOD,
+    show_default=True,
+    help="Once per cluster: expire at most once per this period on all nodes sharing DATABASE.",
+)
+@once.force_option
+def expire_command(config_path: str | None, older_than: float, category: str | None, every: float, force: bool) -> None:
     """Delete old quarantined mail (after adopting unindexed files, see reindex); also forget poison-mail
-    counts idle past POISON's expire and remove spool files left by workers that no longer run."""
+    counts idle past POISON's expire and remove spool files left by workers that no longer run.
+
+    Once per cluster: of the nodes sharing DATABASE, the first in each period (--every) expires;
+    the others say who did ("already done by <node> at <time>") and only clean their own spool."""
     config = load_config(config_path, database_for="the quarantine index")
+    name = f"quarantine expire --older-than {int(older_than)}" + (f" --category {category}" if category else "")
     try:
-        count = expire(config.settings, older_than, category=category)
-        counts = _purge_poison_counts(config)
+        lease = once.take(config.settings, name, every, force)
     except MailsiftError as error:
         _database_failed(error)
-    click.echo(f"expired {count} message(s)")
-    if counts:
-        click.echo(f"purged {counts} poison-mail attempt count(s)")
+    if lease is not None:
+        try:
+            count = expire(config.settings, older_than, category=category)
+            counts = _purge_poison_counts(config)
+        except MailsiftError as error:
+            once.give_back(config.settings, lease)
+            _database_failed(error)
+        click.echo(f"expired {count} message(s)")
+        if counts:
+            click.echo(f"purged {counts} poison-mail attempt count(s)")
     # Spool files of workers killed inside a transaction (a running worker's own are kept).
     spooled = remove_stale_spool(config.settings.spool_dir)
     if spooled:

@@ -7,6 +7,11 @@ base URL from ``--url``, else ``reporter(webq=...)``, else the config's
 ``webq(host, port)`` service.  ``--dry-run`` prints the reports instead of
 sending them, as a person reads them: the headers decoded, the body as text.
 
+Once per cluster: every node may run the same cron line; the first to take the
+report's lease for the window (``--since``, aligned: the UTC day for 24h) in the
+shared ``DATABASE`` sends, the others say "already done by <node> at <time>"
+(:mod:`mailsift.cli.once`).  ``--force`` sends anyway.
+
 Exit status: 0 done, 1 a report could not be sent, 2 a usage or config error.
 """
 
@@ -21,6 +26,7 @@ from typing import Any
 
 import click
 
+from mailsift.cli import once
 from mailsift.cli.common import Duration, config_option, fail, load_config, printable_lines
 from mailsift.config import Config
 from mailsift.delivery.next_hop import resolve
@@ -86,7 +92,8 @@ def readable(data: bytes) -> str:
 )
 @click.option("--url", help="Base URL of the web quarantine for the links, like https://mail.example.com/webq.")
 @click.option("--dry-run", is_flag=True, help="Print the reports instead of sending them.")
-def report_command(config_path: str | None, since: float, url: str | None, dry_run: bool) -> None:
+@once.force_option
+def report_command(config_path: str | None, since: float, url: str | None, dry_run: bool, force: bool) -> None:
     """Send each user a summary of their quarantined and rejected mail, with one-click links."""
     config = load_config(config_path)
     if url is not None and not url.startswith(("http://", "https://")):
@@ -103,14 +110,24 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
         fail("no SMTP_SERVER to send the reports through")
     try:
         secret_file = getattr(_webq(config), "secret_file", None)
-        key = links.secret(settings.state_dir, secret_file)
-    except (OSError, ValueError) as error:
+        key = links.secret(settings.state_dir, secret_file, settings.database)
+    except (OSError, ValueError, MailsiftError) as error:
         fail(f"cannot read or create the web secret: {error}")
     now = time.time()
     start = now - since
+    lease = None
+    if not dry_run:
+        try:
+            lease = once.take(settings, f"report --since {int(since)}", since, force, now)
+        except MailsiftError as error:
+            fail(error.message, 1)
+        if lease is None:
+            return
     try:
         entries = settings.database.call(collect, start, now)
     except MailsiftError as error:
+        if lease is not None:
+            once.give_back(settings, lease)
         fail(error.message, 1)
     service = _webq(config)  # webq(admin_release=...): no release link for what users may not release
     admin_release = service.config.admin_release if service is not None else ADMIN_RELEASE
@@ -129,6 +146,8 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
         click.echo(f"report: {len(messages)} report(s) not sent (--dry-run)", err=True)
         return
     outcome = asyncio.run(_send(messages, settings.smtp_server, settings.state_dir))
+    if lease is not None and outcome.failed and not outcome.sent:
+        once.give_back(settings, lease)  # nothing went out: another node or a retry may send them
     for address, problem in outcome.failed:
         click.echo(f"mailsift: report to <{address}> not sent: {problem}", err=True)
     click.echo(f"report: {len(outcome.sent)} report(s) sent, {len(outcome.failed)} failed", err=True)

@@ -3,7 +3,7 @@
 The daily digest (:mod:`mailsift.reporting.digest`) gives each entry a **release** and
 a **whitelist sender** link that work without logging in.  A link carries its
 own authority: an itsdangerous ``URLSafeTimedSerializer`` token, signed with
-the web secret (the file :func:`secret` reads, shared with ``webq``), holding
+the web secret (:func:`secret`: a file, or the shared database's; shared with ``webq``), holding
 
 * the action (also part of the signing salt, so a release token is not a
   valid whitelist token and the reverse),
@@ -38,14 +38,18 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from mailsift.errors import RequestRefused
+from mailsift.storage import secrets as stored_secrets
 from mailsift.storage import sql
 from mailsift.storage.schema import link_action_table
+
+if TYPE_CHECKING:
+    from mailsift.storage.db import Database
 
 RELEASE = "release"
 WHITELIST = "whitelist"
@@ -86,13 +90,46 @@ class LinkClaim:
 # --------------------------------------------------------------------------- the secret
 
 
-def secret(state_dir: str, secret_file: str | None = None) -> bytes:
-    """The web secret: read from ``secret_file`` (default ``STATE_DIR/webq.secret``), made once if missing.
+SHARED_SECRET = "webq"  # noqa: S105 - its name, not a secret
+"""The web secret's name in the database (:mod:`mailsift.storage.secrets`)."""
 
-    Created with mode 0600, written and fsynced under a temporary name and
-    linked into place, so that processes starting together agree on one
-    secret (the loser of the race reads the winner's).
+
+def shared_database(database: Database | None, state_dir: str) -> bool:
+    """Whether ``database`` may be shared with other nodes: PostgreSQL, or a SQLite file outside ``STATE_DIR``
+    (several configs on one machine); the default ``db.sqlite()`` in ``STATE_DIR`` is this node's own."""
+    if database is None:
+        return False
+    if database.dialect != "sqlite":
+        return True
+    path = os.path.realpath(str(database.url.database or ""))
+    return os.path.commonpath([path, os.path.realpath(state_dir)]) != os.path.realpath(state_dir)
+
+
+def secret(state_dir: str, secret_file: str | None = None, database: Database | None = None) -> bytes:
+    """The web secret (web sessions and signed links), where every node of a cluster reads the same one.
+
+    * ``secret_file`` (``webq(secret_file=...)``): that file, given by the config (the same file on
+      every node, e.g. from configuration management); made once if missing, as below;
+    * else, with a ``database`` shared by several nodes (:func:`shared_database`): the database's
+      ``webq`` secret, made once by the first node (insert if absent, so nodes starting together
+      agree); its first value is this node's ``STATE_DIR/webq.secret`` when there is one, so that
+      sessions and links made before the upgrade keep working;
+    * else (one node): ``STATE_DIR/webq.secret``.
+
+    A file secret is created with mode 0600, written and fsynced under a temporary name and
+    linked into place, so that processes starting together agree on one secret (the loser of
+    the race reads the winner's).  DatabaseError if the database fails.
     """
+    if secret_file is None and database is not None and shared_database(database, state_dir):
+        path = os.path.join(state_dir, SECRET_FILENAME)
+        try:
+            proposed = _read_secret(path)
+        except FileNotFoundError:
+            proposed = secrets.token_urlsafe(48).encode()
+        value = database.call(stored_secrets.shared, SHARED_SECRET, proposed.decode(), time.time()).encode()
+        if len(value) < 32:
+            raise ValueError(f"database {database.describe()}: the {SHARED_SECRET} secret is too short")
+        return value
     path = secret_file or os.path.join(state_dir, SECRET_FILENAME)
     with contextlib.suppress(FileNotFoundError):
         return _read_secret(path)

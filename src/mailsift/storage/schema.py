@@ -46,6 +46,10 @@ table (migration)          indexes and constraints                used by
                            verdict, scanner)
 ``poison_attempt`` (0009)   ``ix_poison_attempt_last_seen``        :mod:`mailsift.core.poison` (poison mail:
                                                                   attempts per message key)
+``mailsift_leases``        primary key (name, period)             :mod:`mailsift.storage.leases` (once per
+(0011_leases)                                                     cluster: digest, expiry, pruning)
+``mailsift_secrets``       primary key name                       :mod:`mailsift.storage.secrets` (the web
+(0011_secrets)                                                    secret every node reads)
 =========================  =====================================  ==========================================
 
 Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
@@ -319,9 +323,36 @@ poison_attempt_table = Table(
 """Content-tied tempfails per message key (:func:`mailsift.core.poison.message_key`): how many
 attempts failed, first and last (Unix seconds), the last reason; rows idle past ``expire`` are purged."""
 
+# --------------------------------------------------------------------------- once per cluster (0011_leases)
+
+lease_table = Table(
+    "mailsift_leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("taken_at", Float, nullable=False),
+)
+"""One row per job done once per period by one node of a cluster (:mod:`mailsift.storage.leases`): the
+daily digest, quarantine expiry, statistics pruning.  ``name`` names the job, ``period`` its window
+(``2024-05-01T00:00:00Z/86400``), ``holder`` the node that took it, ``taken_at`` when (Unix seconds)."""
+
+# --------------------------------------------------------------------------- shared secrets (0011_secrets)
+
+secret_table = Table(
+    "mailsift_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+"""Secrets every node of a cluster reads (:mod:`mailsift.storage.secrets`): ``webq``, the web session and
+link signing secret; made once by the first node (insert if absent), never changed after."""
+
 __all__ = [
     "auto_whitelist_table",
     "greylist_table",
+    "lease_table",
     "link_action_table",
     "listed_table",
     "maillog_table",
@@ -331,6 +362,7 @@ __all__ = [
     "quarantine_recipient_table",
     "quarantine_release_table",
     "quarantine_table",
+    "secret_table",
     "stats_table",
     "user_policy_table",
     "web_login_throttle_table",

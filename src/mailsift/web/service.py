@@ -9,8 +9,9 @@ Users log in with accounts from ``mailsift user add``; see
 Options: ``userconv`` (login rewriting: ``[(regex, replacement), ...]``, the
 first matching rule wins), ``secret_file`` (the signing secret; default
 ``STATE_DIR/webq.secret``, made 0600 at first start and shared with the
-digest's signed links), ``scanner`` (a scanner or list for the "recheck"
-button), ``url`` (the address users reach the site by, e.g.
+digest's signed links; without it, a DATABASE shared by several nodes holds the
+secret instead, so every node reads the same: :func:`mailsift.reporting.links.secret`),
+``scanner`` (a scanner or list for the "recheck" button), ``url`` (the address users reach the site by, e.g.
 ``'https://mail.example.com/webq'``: its host name is accepted by /metrics'
 Host check and an https URL makes the session cookie ``Secure``), ``hosts``
 (more host names the site is reached by), ``secure_cookies`` (default
@@ -210,7 +211,7 @@ class webq(Service):
         from mailsift.reporting import links
         from mailsift.web.app import create_app
 
-        secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file)
+        secret = await asyncio.to_thread(links.secret, settings.state_dir, self.secret_file, settings.database)
         # the other web pages: digest links, statistics and /metrics, message tracking
         from mailsift.web import links_pages, stats_pages, tracking_pages
 

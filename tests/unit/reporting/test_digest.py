@@ -421,7 +421,7 @@ def test_report_command_sends_each_user_a_digest(gateway: Gateway) -> None:
     assert parse(received[0].data)["Auto-Submitted"] == "auto-generated"
     [release] = re.findall(r"Release: +(\S+)", bob)
     assert release.startswith("http://127.0.0.1:8008/link/release/")
-    key = links.secret(gateway.settings.state_dir)  # the web secret, shared with webq
+    key = links.secret(gateway.settings.state_dir, None, gateway.settings.database)  # as webq reads it
     assert links.LinkSigner(key).verify(release.rsplit("/", 1)[1], links.RELEASE).entry_id == entry_id
     assert "Release:" not in text_of(received[1].data)
 

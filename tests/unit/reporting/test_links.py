@@ -18,10 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 from itsdangerous import TimestampSigner
+from sqlalchemy import select
 
 from mailsift.reporting import links
+from mailsift.storage import db
+from mailsift.storage.db import Database
 from mailsift.storage.policies import list_entries
 from mailsift.storage.quarantine.index import RELEASED, claim_release, get_entry
+from mailsift.storage.schema import secret_table
 from mailsift.testing import RecordingServer
 from mailsift.web.webconfig import WebConfig
 from tests.helpers.links import Gateway, link_app, serving
@@ -366,3 +370,54 @@ def test_a_release_link_yields_to_a_release_claimed_elsewhere(web: Web, next_hop
     assert next_hop.messages == []
     # The link's own claim was given back: once the other release is gone, the click works.
     assert gateway.settings.database.call(links.action_state, entry_id, "bob@example.test", links.RELEASE) is None
+
+
+# --------------------------------------------------------------------------- the secret in a cluster
+
+
+def test_a_shared_database_gives_every_node_one_secret(database: Database, tmp_path: Path) -> None:
+    """Node A's digest link verifies on node B: both read the secret from the database they share
+    (SQLite outside their STATE_DIRs, or PostgreSQL), none from a file of its own."""
+    node_a, node_b = tmp_path / "a", tmp_path / "b"
+    node_a.mkdir()
+    node_b.mkdir()
+    assert links.shared_database(database, str(node_a))
+    key_a = links.secret(str(node_a), None, database)
+    key_b = links.secret(str(node_b), None, database)
+    assert key_a == key_b
+    assert len(key_a) >= 32
+    assert not (node_a / links.SECRET_FILENAME).exists()
+    token = links.LinkSigner(key_a).sign(links.RELEASE, "q1", "bob@example.test")
+    assert links.LinkSigner(key_b).verify(token, links.RELEASE).entry_id == "q1"
+    with pytest.raises(links.LinkError):  # a node with a secret of its own does not accept it
+        links.LinkSigner(links.secret(str(node_b))).verify(token, links.RELEASE)
+
+
+def test_the_first_node_publishes_its_file_secret(database: Database, tmp_path: Path) -> None:
+    """An upgraded node's STATE_DIR/webq.secret becomes the cluster's: its sessions and links keep working."""
+    node_a, node_b = tmp_path / "a", tmp_path / "b"
+    node_a.mkdir()
+    node_b.mkdir()
+    old = links.secret(str(node_a))  # the file a single node made before
+    assert links.secret(str(node_a), None, database) == old
+    assert links.secret(str(node_b), None, database) == old
+    assert links.secret(str(node_b)) != old  # node B's own file secret is not the one used
+
+
+def test_one_node_keeps_its_file_secret(tmp_path: Path) -> None:
+    """The default db.sqlite() in STATE_DIR is this node's alone: the secret stays a file."""
+    database = db.sqlite()
+    database.configure(str(tmp_path))
+    try:
+        assert not links.shared_database(database, str(tmp_path))
+        key = links.secret(str(tmp_path), None, database)
+        assert (tmp_path / links.SECRET_FILENAME).read_bytes().strip() == key
+        assert database.call(lambda c: c.execute(select(secret_table)).all()) == []
+    finally:
+        database.dispose()
+
+
+def test_a_configured_secret_file_wins_over_the_database(database: Database, tmp_path: Path) -> None:
+    configured = tmp_path / "etc-webq.secret"
+    configured.write_text("c" * 40 + "\n")
+    assert links.secret(str(tmp_path / "a"), str(configured), database) == b"c" * 40
