@@ -47,9 +47,9 @@ table (migration)          indexes and constraints                used by
 ``poison_attempt`` (0009)   ``ix_poison_attempt_last_seen``        :mod:`mailsift.core.poison` (poison mail:
                                                                   attempts per message key)
 ``mailsift_leases``        primary key (name, period)             :mod:`mailsift.storage.leases` (once per
-(0011_leases)                                                     cluster: digest, expiry, pruning)
+(0012_leases)                                                     cluster: digest, expiry, pruning)
 ``mailsift_secrets``       primary key name                       :mod:`mailsift.storage.secrets` (the web
-(0011_secrets)                                                    secret every node reads)
+(0013_secrets)                                                    secret every node reads)
 =========================  =====================================  ==========================================
 
 Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
@@ -323,7 +323,7 @@ poison_attempt_table = Table(
 """Content-tied tempfails per message key (:func:`mailsift.core.poison.message_key`): how many
 attempts failed, first and last (Unix seconds), the last reason; rows idle past ``expire`` are purged."""
 
-# --------------------------------------------------------------------------- once per cluster (0011_leases)
+# --------------------------------------------------------------------------- once per cluster (0012_leases)
 
 lease_table = Table(
     "mailsift_leases",
@@ -337,7 +337,7 @@ lease_table = Table(
 daily digest, quarantine expiry, statistics pruning.  ``name`` names the job, ``period`` its window
 (``2024-05-01T00:00:00Z/86400``), ``holder`` the node that took it, ``taken_at`` when (Unix seconds)."""
 
-# --------------------------------------------------------------------------- shared secrets (0011_secrets)
+# --------------------------------------------------------------------------- shared secrets (0013_secrets)
 
 secret_table = Table(
     "mailsift_secrets",

@@ -2,7 +2,7 @@
 
 Expand only: a new table.
 
-Revision ID: 0011_secrets
+Revision ID: 0013_secrets
 Revises: 0001
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_secrets"
+revision = "0013_secrets"
 down_revision = "0001"
 branch_labels = None
 depends_on = None

@@ -2,7 +2,7 @@
 
 Expand only: a new table, nothing older code uses changes.
 
-Revision ID: 0011_leases
+Revision ID: 0012_leases
 Revises: 0001
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_leases"
+revision = "0012_leases"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
