@@ -16,7 +16,8 @@ a retry later may pass)::
     │   ├── ScannerUnavailable       ... its daemon is down or unreachable
     │   │   ├── DatabaseError        ... the database (policies, greylisting, quarantine index, logs)
     │   │   │                            -> 451 DATABASE_FAILED
-    │   │   │   └── storage.migrations.SchemaTooNew          a schema marked incompatible with this code
+    │   │   │   ├── storage.migrations.SchemaTooNew          a schema marked incompatible with this code
+    │   │   │   └── storage.db._Disconnected                 (internal: tried once more on a new connection)
     │   │   ├── scanners.engines.clamav._Gone                 (internal: retried on a new connection)
     │   │   └── services.sgfilter_client.DaemonUnreachable    (also a NoVerdict)
     │   ├── services.sgfilter_client.NoVerdict                sgfilterd gave no verdict

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, create_engine, delete, event, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from mailsift import validators
 from mailsift.errors import ConfigError, DatabaseError
@@ -49,6 +50,7 @@ from mailsift.storage.schema import auto_whitelist_table, greylist_table
 from mailsift.storage.sql import upsert
 
 T = TypeVar("T")
+log = logging.getLogger("mailsift.db")
 
 
 class Flag:
@@ -175,10 +177,24 @@ class Database:
             return engine
         return create_engine(
             self.url,
-            connect_args={"connect_timeout": max(1, int(self.busy_timeout))},
+            connect_args=self._connect_args(),
             pool_timeout=self.busy_timeout,
-            pool_pre_ping=True,
+            pool_pre_ping=True,  # a pooled connection the server closed (restart, failover) is replaced
         )
+
+    def _connect_args(self) -> dict[str, Any]:
+        """libpq's bounds for PostgreSQL, unless the URL sets them: a connect that gets no answer
+        ends after ``busy_timeout`` (at least 2 s, libpq's floor), and TCP keepalives notice a
+        server that vanished (a failover that moved its address) within about half a minute,
+        instead of the kernel's two hours."""
+        wanted: dict[str, Any] = {
+            "connect_timeout": max(2, round(self.busy_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        return {key: value for key, value in wanted.items() if key not in self.url.query}
 
     def setup(self) -> None:
         """Bring the schema up to date (Alembic, :mod:`mailsift.storage.migrations`), once per process.
@@ -215,15 +231,40 @@ class Database:
         by ``busy_timeout`` (PostgreSQL's ``statement_timeout`` and
         ``lock_timeout``; SQLite's busy timeout always), and a transaction whose
         message was answered meanwhile rolls back instead of committing.
+
+        A connection lost while ``function`` ran (the server restarted, failed
+        over, or ended the session: ``pg_terminate_backend``) is tried once
+        more on a new connection: the transaction never reached its commit, so
+        the server kept none of it.  A connection lost during the commit is not
+        retried (its outcome is unknown) and becomes DatabaseError like any
+        other failure.
         """
         abandoned = ABANDONED.get()
         try:
+            return self._transaction(function, args, abandoned)
+        except _Disconnected as lost:
+            if abandoned is not None and abandoned.is_set():
+                raise DatabaseError(f"database {self.describe()}: {_short(lost.error)}") from lost.error
+            log.warning("database %s: connection lost (%s); trying once more", self.describe(), _short(lost.error))
+        try:
+            return self._transaction(function, args, abandoned)
+        except _Disconnected as lost:
+            raise DatabaseError(f"database {self.describe()}: {_short(lost.error)}") from lost.error
+
+    def _transaction(self, function: Callable[..., T], args: tuple[Any, ...], abandoned: Flag | None) -> T:
+        """One try of :meth:`call`; :class:`_Disconnected` if the connection died before the commit."""
+        try:
             self.setup()
             with self.engine.begin() as connection:
-                if abandoned is not None and self.dialect == "postgresql":
-                    ms = int(self.busy_timeout * 1000)
-                    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
-                result = function(connection, *args)
+                try:
+                    if abandoned is not None and self.dialect == "postgresql":
+                        ms = int(self.busy_timeout * 1000)
+                        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
+                    result = function(connection, *args)
+                except DBAPIError as error:
+                    if error.connection_invalidated:
+                        raise _Disconnected(error) from error
+                    raise
                 if abandoned is not None and abandoned.is_set():
                     raise DatabaseError(f"database {self.describe()}: its message gave up meanwhile: rolled back")
                 return result
@@ -251,6 +292,14 @@ class Database:
                 self._engine.dispose()
             self._engine = None
             self._ready = False
+
+
+class _Disconnected(DatabaseError):
+    """Internal to :meth:`Database.call`: the connection died before the commit (tried once more)."""
+
+    def __init__(self, error: DBAPIError) -> None:
+        super().__init__(_short(error))
+        self.error = error
 
 
 def _nothing(connection: Connection) -> None:

@@ -3,8 +3,10 @@ no commit once the message was given up — on SQLite and on the private Postgre
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -14,6 +16,7 @@ from mailsift.errors import DatabaseError
 from mailsift.storage import db
 from mailsift.storage.db import ABANDONED, Database, Flag
 from mailsift.storage.schema import listed_table
+from tests.helpers.postgres import fresh_database
 
 GENEROUS = 60.0
 """How long a test waits for a call that must end by itself (a bound, not a measurement)."""
@@ -90,3 +93,133 @@ def test_off_the_message_path_the_same_transaction_commits(database: Database) -
     database.migrate()
     assert call_in_thread(database, add_row, None) is None
     assert database.call(count) == 1
+
+
+# --------------------------------------------------------------------------- a lost connection (issue 15, build 6)
+
+
+@pytest.fixture
+def pg(postgres: str, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database of the private PostgreSQL (sessions are PostgreSQL's)."""
+    database = db.database(fresh_database(postgres, "lost"))
+    database.configure(str(tmp_path))
+    yield database
+    database.dispose()
+
+
+def _admin(database: Database) -> Database:
+    """A second Database on the same PostgreSQL database (another pool, another session)."""
+    admin = db.database(database.url.render_as_string(hide_password=False))
+    admin.configure("/")
+    return admin
+
+
+def terminate_others(database: Database) -> int:
+    """``pg_terminate_backend`` every other session of ``database``'s PostgreSQL database; how many."""
+    admin = _admin(database)
+    try:
+        return int(
+            admin.call(
+                lambda c: c.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).scalar_one()
+            )
+        )
+    finally:
+        admin.dispose()
+
+
+def test_a_pooled_connection_the_server_ended_is_replaced_on_the_next_use(pg: Database) -> None:
+    """The server ended the idle pooled session (a restart, a failover, pg_terminate_backend):
+    the next call works, on a new connection (the pool pings a connection before handing it out)."""
+    pg.migrate()
+    before = pg.call(lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    assert terminate_others(pg) >= 1
+    assert pg.call(count) == 0
+    after = pg.call(lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    assert after != before
+
+
+def test_a_connection_lost_before_the_commit_is_tried_once_more(pg: Database) -> None:
+    """The session ends in the middle of a transaction (after the pool's ping): the server kept
+    nothing of it, so the whole transaction runs once more on a new connection, and commits once."""
+    pg.migrate()
+    tries: list[int] = []
+
+    def add_then_lose_the_session(connection: Connection) -> None:
+        tries.append(1)
+        add_row(connection)
+        if len(tries) == 1:
+            connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    pg.call(add_then_lose_the_session)
+    assert len(tries) == 2
+    assert pg.call(count) == 1
+
+
+def test_a_connection_lost_twice_is_a_database_error(pg: Database) -> None:
+    pg.migrate()
+    tries: list[int] = []
+
+    def always_lose_the_session(connection: Connection) -> None:
+        tries.append(1)
+        add_row(connection)
+        connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(DatabaseError):
+        pg.call(always_lose_the_session)
+    assert len(tries) == 2  # once more, not forever
+    assert pg.call(count) == 0
+
+
+def test_a_lost_connection_of_a_message_given_up_is_not_tried_again(pg: Database) -> None:
+    pg.migrate()
+    flag = Flag()
+    tries: list[int] = []
+
+    def lose_the_session(connection: Connection) -> None:
+        tries.append(1)
+        flag.set()  # the message's deadline passed meanwhile: the MTA has its 451
+        connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    assert isinstance(call_in_thread(pg, lose_the_session, flag), DatabaseError)
+    assert len(tries) == 1
+
+
+def test_a_server_that_never_answers_the_connect_fails_within_a_bound() -> None:
+    """A listening socket that never speaks (a hung or unreachable server): connect_timeout ends
+    the call (busy_timeout 1 s; libpq's floor is 2 s), so a message's database work cannot hang."""
+    pytest.importorskip("psycopg")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        database = db.database(f"postgresql+psycopg://nobody@127.0.0.1:{port}/nothing", busy_timeout=1)
+        database.configure("/")
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                database.migrate()
+                outcome.append(None)
+            except BaseException as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(GENEROUS)
+        assert outcome, f"connecting to a silent server still waits after {GENEROUS:.0f} s"
+        assert isinstance(outcome[0], DatabaseError)
+        database.dispose()
+
+
+def test_the_url_overrides_the_connect_bounds() -> None:
+    pytest.importorskip("psycopg")
+    database = db.database("postgresql+psycopg://u@h/d?connect_timeout=30&keepalives=0", busy_timeout=5)
+    database.configure("/")
+    args = database._connect_args()
+    assert "connect_timeout" not in args
+    assert "keepalives" not in args
+    assert args["keepalives_idle"] == 10
+    assert db.database("postgresql+psycopg://u@h/d", busy_timeout=5)._connect_args()["connect_timeout"] == 5
