@@ -25,6 +25,7 @@ from mailsift.config import Config
 from mailsift.core import poison
 from mailsift.message.mail import Envelope, Mail, process_runs
 from mailsift.message.result import Result as ScanResult
+from mailsift.storage.quarantine.dbstore import DATABASE_PATH, DatabaseStore, Store
 from mailsift.storage.quarantine.index import (
     RELEASED,
     QuarantineFilter,
@@ -44,15 +45,19 @@ from mailsift import *
 STATE_DIR = {state!r}
 SMTP_SERVER = ("127.0.0.1", {next_hop})
 DATABASE = {database}
+QUARANTINE_STORE = {store!r}
 """
 
 
 class Gateway:
     """A config file, its loaded settings, and a way to quarantine as the gateway does."""
 
-    def __init__(self, tmp_path: Path, next_hop: int, database: str) -> None:
+    def __init__(self, tmp_path: Path, next_hop: int, database: str, store: str = "files") -> None:
         self.path = tmp_path / "mailsift.conf.py"
-        self.path.write_text(CONFIG.format(state=str(tmp_path / "state"), next_hop=next_hop, database=database))
+        (tmp_path / "state").mkdir(exist_ok=True)  # a DatabaseStore writes no file: STATE_DIR as serve makes it
+        self.path.write_text(
+            CONFIG.format(state=str(tmp_path / "state"), next_hop=next_hop, database=database, store=store)
+        )
         self.config: Config = config_module.load(str(self.path))
         self.settings = self.config.settings
         self.root = self.settings.quarantine_dir
@@ -69,10 +74,12 @@ class Gateway:
     ) -> str:
         database = self.settings.database if index else None
         # Each call is a new arrival (tests store the same bytes twice for two entries): no retry reuse.
-        store = QuarantineStore(self.root, database, clock=lambda: time.time() - age, retry_window=0)
+        store: Store = QuarantineStore(self.root, database, clock=lambda: time.time() - age, retry_window=0)
+        if self.settings.quarantine_store == "database":
+            store = DatabaseStore(self.settings.database, clock=lambda: time.time() - age, retry_window=0)
         mail = Mail(Envelope(sender=sender, recipients=list(recipients), client_address="192.0.2.9"), data)
         path = asyncio.run(store.put(mail, category, ScanResult(1.0, "Test.Virus", "regexp_scan")))
-        return file_id(path)
+        return path.rsplit("/", 1)[-1] if path.startswith(DATABASE_PATH) else file_id(path)
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         command, *rest = args
@@ -92,13 +99,23 @@ def next_hop() -> Iterator[RecordingServer]:
         yield server
 
 
+def database_setting(request: pytest.FixtureRequest, name: str = "sqlite") -> str:
+    if name == "sqlite":
+        return "db.sqlite()"
+    return f"db.database({fresh_database(request.getfixturevalue('postgres'), 'qcli')!r})"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def gateway(request: pytest.FixtureRequest, tmp_path: Path, next_hop: RecordingServer) -> Iterator[Gateway]:
-    if request.param == "sqlite":
-        database = "db.sqlite()"
-    else:
-        database = f"db.database({fresh_database(request.getfixturevalue('postgres'), 'qcli')!r})"
-    instance = Gateway(tmp_path, next_hop.port, database)
+    instance = Gateway(tmp_path, next_hop.port, database_setting(request, request.param))
+    yield instance
+    instance.settings.database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_gateway(request: pytest.FixtureRequest, tmp_path: Path, next_hop: RecordingServer) -> Iterator[Gateway]:
+    """A gateway with ``QUARANTINE_STORE = "database"``."""
+    instance = Gateway(tmp_path, next_hop.port, database_setting(request, request.param), "database")
     yield instance
     instance.settings.database.dispose()
 
@@ -358,3 +375,27 @@ def test_release_needs_one_next_hop_when_the_services_differ(tmp_path: Path) -> 
     assert config_module.load(str(path)).settings.release_hop is None
     path.write_text(path.read_text().replace("next_hop=('127.0.0.1', 10025)", "next_hop=local_maildir('mail')"))
     assert config_module.load(str(path)).settings.release_hop is not None  # the same hop: used
+
+
+def test_show_and_release_a_message_kept_in_the_database(db_gateway: Gateway, next_hop: RecordingServer) -> None:
+    data = message("=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "secret body")
+    entry_id = db_gateway.quarantine(data, recipients=("bob@example.test", "carol@example.test"))
+    assert db_gateway.entry(entry_id).path == DATABASE_PATH
+    assert list(stored_files(db_gateway.root)) == []  # no file on this node
+    shown = db_gateway.cli("show", entry_id)
+    assert shown.exit_code == 0, shown.output
+    assert "Verdict:    level=1.00 name=Test.Virus scanner=regexp_scan" in shown.stdout
+    assert "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=" in shown.stdout
+    assert "File:       the database" in shown.stdout
+    assert "secret body" not in shown.stdout
+    raw = db_gateway.cli("show", entry_id, "--raw")
+    assert raw.exit_code == 0
+    assert raw.stdout_bytes == data
+    released = db_gateway.cli("release", entry_id, "--by", "admin-ann")
+    assert released.exit_code == 0, released.output
+    [received] = next_hop.messages
+    assert received.recipients == ["bob@example.test", "carol@example.test"]
+    assert received.data.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
+    assert db_gateway.entry(entry_id).state == RELEASED
+    assert db_gateway.cli("delete", entry_id).exit_code == 0
+    assert db_gateway.cli("show", entry_id).exit_code == 1

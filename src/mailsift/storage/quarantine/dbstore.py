@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from mailsift.errors import StorageError
+from mailsift.errors import MailsiftError, StorageError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.settings import Settings
@@ -151,7 +151,16 @@ class DatabaseStore:
 
     def detail(self, entry: QuarantineEntry) -> str:
         """The verdict's detail (``X-Mailsift-Detail`` of the head in chunk 0), or ``""``."""
-        return head_detail(self.database.call(_chunk, entry.id, 0) or b"")
+        return detail_in_database(self.database, entry.id)
+
+
+def detail_in_database(database: Database, entry_id: str) -> str:
+    """The verdict's detail of the message ``entry_id`` kept in ``database``, or ``""`` (gone meanwhile,
+    or the database failed: the verdict is shown without it)."""
+    try:
+        return head_detail(database.call(_chunk, entry_id, 0) or b"")
+    except MailsiftError:
+        return ""
 
 
 def read_chunks(database: Database, entry: QuarantineEntry) -> Iterator[bytes]:
