@@ -1,4 +1,4 @@
-"""``mailsift quarantine list|show|release|delete|expire|reindex``: the quarantine, by hand.
+"""``mailsift quarantine list|show|release|delete|expire|reindex|migrate``: the quarantine, by hand.
 
 SAGATOR's ``sqback`` (send a badly quarantined mail on) and its tmpwatch
 cron line, qmail-scanner's ``-z`` cleanup, with the index in the database
@@ -59,6 +59,7 @@ from mailsift.storage.quarantine.index import (
     find_entries,
     get_entry,
 )
+from mailsift.storage.quarantine.migrate import DIRECTIONS, migrate
 from mailsift.storage.quarantine.store import CATEGORIES, locate
 
 log = logging.getLogger("mailsift.quarantine")
@@ -436,3 +437,38 @@ def reindex_command(config_path: str | None) -> None:
     click.echo(
         f"reindexed: {len(found.adopted)} adopted, {len(found.damaged)} unreadable, {len(found.dangling)} missing"
     )
+
+
+@quarantine_group.command("migrate")
+@config_option
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(DIRECTIONS),
+    required=True,
+    help="database: move the files of STATE_DIR/quarantine into DATABASE; files: back into STATE_DIR/quarantine.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="One line per message moved.")
+def migrate_command(config_path: str | None, to: str, verbose: bool) -> None:
+    """Move the quarantined messages into the database or back into files, entry by entry.
+
+    Each message is streamed (bounded memory) and switched in one transaction; a run
+    stopped midway (a crash, ^C) loses nothing, and running it again finishes the job.
+    Set QUARANTINE_STORE to match, so that new mail goes to the same store.
+    Exit status 1 if a message could not be moved (it stays where it was)."""
+    config = load_config(config_path, database_for="the quarantine")
+    try:
+        done = migrate(config.settings, to, report=click.echo if verbose else lambda line: None)
+    except MailsiftError as error:
+        _database_failed(error)
+    for problem in done.failed:
+        click.echo(f"mailsift: not moved: {printable(problem)}", err=True)
+    click.echo(
+        f"migrated to the {to}: {done.moved} moved, {done.already} already there, "
+        f"{done.cleaned} leftover file(s) removed, {len(done.failed)} failed"
+    )
+    if config.settings.quarantine_store != to:
+        click.echo(
+            f"mailsift: QUARANTINE_STORE is {config.settings.quarantine_store!r}: new mail still goes there", err=True
+        )
+    sys.exit(1 if done.failed else 0)
