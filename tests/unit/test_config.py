@@ -365,3 +365,19 @@ async def test_policy_scanners_use_the_database_of_the_config_that_holds_them(tm
 def test_the_hostname_is_found_when_the_config_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getfqdn", lambda name="": "mx.example.test")
     assert config.load(write(tmp_path, "SCANNERS = []\n")).settings.hostname == "mx.example.test"
+
+
+@pytest.mark.parametrize("value", ["'db'", "'Database'", "None", "['files']"])
+def test_a_bad_quarantine_store_is_a_config_error(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"from mailsift import *\nSTATE_DIR = {str(tmp_path)!r}\nQUARANTINE_STORE = {value}\n")
+    with pytest.raises(ConfigError, match=r"QUARANTINE_STORE must be 'files' or 'database', got ") as error:
+        config.load(path)
+    assert error.value.filename == path
+
+
+@pytest.mark.parametrize("value", ["files", "database"])
+def test_quarantine_store_files_or_database(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"from mailsift import *\nSTATE_DIR = {str(tmp_path)!r}\nQUARANTINE_STORE = {value!r}\n")
+    loaded = config.load(path)
+    assert loaded.settings.quarantine_store == value
+    assert config.load(write(tmp_path, "from mailsift import *\n", "bare.py")).settings.quarantine_store == "files"

@@ -1,4 +1,4 @@
-"""``mailsift quarantine list|show|release|delete|expire|reindex``: the quarantine, by hand.
+"""``mailsift quarantine list|show|release|delete|expire|reindex|migrate``: the quarantine, by hand.
 
 SAGATOR's ``sqback`` (send a badly quarantined mail on) and its tmpwatch
 cron line, qmail-scanner's ``-z`` cleanup, with the index in the database
@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -37,7 +37,7 @@ from mailsift.cli import once
 from mailsift.cli.common import Duration, config_option, load_config, printable, printable_lines
 from mailsift.config import Config
 from mailsift.core import poison as poison_counts
-from mailsift.errors import ConfigError, MailsiftError
+from mailsift.errors import ConfigError, MailsiftError, StorageError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import remove_stale_spool
 from mailsift.reporting.logline import EscapingFormatter
@@ -50,6 +50,7 @@ from mailsift.storage.quarantine.admin import (
     reindex,
     release,
 )
+from mailsift.storage.quarantine.dbstore import in_database, store_of
 from mailsift.storage.quarantine.index import (
     HELD,
     STATES,
@@ -58,12 +59,8 @@ from mailsift.storage.quarantine.index import (
     find_entries,
     get_entry,
 )
-from mailsift.storage.quarantine.store import (
-    CATEGORIES,
-    DamagedFile,
-    locate,
-    read_original,
-)
+from mailsift.storage.quarantine.migrate import DIRECTIONS, migrate
+from mailsift.storage.quarantine.store import CATEGORIES, locate
 
 log = logging.getLogger("mailsift.quarantine")
 
@@ -210,21 +207,26 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
     if entry is None:
         click.echo(f"mailsift: no quarantined message {entry_id}", err=True)
         sys.exit(1)
-    path = locate(config.settings.quarantine_dir, entry)
-    message = b""
-    if path is not None:
-        try:
-            message = read_original(path)
-        except (DamagedFile, OSError) as error:
-            click.echo(f"mailsift: {entry.id}: cannot read {path}: {error}", err=True)
-            sys.exit(1)
+    store = store_of(config.settings, entry)
+    where = _where(config, entry)
     if raw:
-        if path is None:
-            click.echo(f"mailsift: {entry.id}: the file {entry.path} is missing", err=True)
+        try:
+            for chunk in store.chunks(entry):
+                sys.stdout.buffer.write(chunk)
+        except StorageError as error:  # missing, damaged (DamagedFile) or unreadable
+            sys.stdout.flush()
+            click.echo(f"mailsift: {entry.id}: cannot read {where or entry.path}: {error}", err=True)
             sys.exit(1)
-        sys.stdout.buffer.write(message)
         sys.stdout.flush()
         return
+    try:
+        header_block = _header_block(store.chunks(entry))
+    except StorageError as error:
+        if where is None:  # a file gone: the row is still shown (reindex tells it is missing)
+            header_block = b""
+        else:
+            click.echo(f"mailsift: {entry.id}: cannot read {where}: {error}", err=True)
+            sys.exit(1)
     released = "-"
     if entry.released_at is not None:
         to = ",".join(f"<{r}>" for r in json.loads(entry.released_to or "[]"))
@@ -242,12 +244,28 @@ def show_command(config_path: str | None, entry_id: str, raw: bool) -> None:
         ("Subject", entry.subject),
         ("State", entry.state),
         ("Released", released),
-        ("File", path or f"{entry.path} (missing)"),
+        ("File", where or f"{entry.path} (missing)"),
     ):
         click.echo(f"{label + ':':<12}{printable(str(value))}")  # mail-derived: no escape sequences
     click.echo("")
-    header_block = message.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     click.echo(printable_lines(header_block.decode("utf-8", "replace").replace("\r\n", "\n")))
+
+
+def _where(config: Config, entry: QuarantineEntry) -> str | None:
+    """Where ``entry``'s message is: its file, "the database", or None (a file gone)."""
+    if in_database(entry):
+        return "the database"
+    return locate(config.settings.quarantine_dir, entry)
+
+
+def _header_block(chunks: Iterator[bytes]) -> bytes:
+    """The original message's header block: chunks read only until its blank line."""
+    data = b""
+    for chunk in chunks:
+        data += chunk
+        if b"\r\n\r\n" in data or b"\n\n" in data:
+            break
+    return data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
 
 
 def _addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -419,3 +437,38 @@ def reindex_command(config_path: str | None) -> None:
     click.echo(
         f"reindexed: {len(found.adopted)} adopted, {len(found.damaged)} unreadable, {len(found.dangling)} missing"
     )
+
+
+@quarantine_group.command("migrate")
+@config_option
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(DIRECTIONS),
+    required=True,
+    help="database: move the files of STATE_DIR/quarantine into DATABASE; files: back into STATE_DIR/quarantine.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="One line per message moved.")
+def migrate_command(config_path: str | None, to: str, verbose: bool) -> None:
+    """Move the quarantined messages into the database or back into files, entry by entry.
+
+    Each message is streamed (bounded memory) and switched in one transaction; a run
+    stopped midway (a crash, ^C) loses nothing, and running it again finishes the job.
+    Set QUARANTINE_STORE to match, so that new mail goes to the same store.
+    Exit status 1 if a message could not be moved (it stays where it was)."""
+    config = load_config(config_path, database_for="the quarantine")
+    try:
+        done = migrate(config.settings, to, report=click.echo if verbose else lambda line: None)
+    except MailsiftError as error:
+        _database_failed(error)
+    for problem in done.failed:
+        click.echo(f"mailsift: not moved: {printable(problem)}", err=True)
+    click.echo(
+        f"migrated to the {to}: {done.moved} moved, {done.already} already there, "
+        f"{done.cleaned} leftover file(s) removed, {len(done.failed)} failed"
+    )
+    if config.settings.quarantine_store != to:
+        click.echo(
+            f"mailsift: QUARANTINE_STORE is {config.settings.quarantine_store!r}: new mail still goes there", err=True
+        )
+    sys.exit(1 if done.failed else 0)

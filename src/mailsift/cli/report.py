@@ -136,7 +136,18 @@ def report_command(config_path: str | None, since: float, url: str | None, dry_r
     reports = build_reports(entries, digest)
     hostname = fully_qualified(settings.hostname)  # never postmaster@localhost
     messages = [
-        (r.to, render(r, digest, since=start, links=maker, hostname=hostname, quarantine_dir=settings.quarantine_dir))
+        (
+            r.to,
+            render(
+                r,
+                digest,
+                since=start,
+                links=maker,
+                hostname=hostname,
+                quarantine_dir=settings.quarantine_dir,
+                database=settings.database,
+            ),
+        )
         for r in reports
     ]
     if dry_run:

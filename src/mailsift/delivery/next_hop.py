@@ -28,6 +28,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from mailsift.delivery import maildir
 from mailsift.delivery.smtpclient import Answer, ConnectionLost, SMTPConnection
@@ -105,6 +106,11 @@ class Delivery:
         except MailsiftError as error:
             return dict.fromkeys(recipients, error)
         return dict.fromkeys(recipients, note)
+
+    async def deliver_streamed(self, mail: Mail) -> str:
+        """Deliver ``mail``'s own content as stored: a file-backed Mail (``Mail(path=...)``, a released
+        quarantine copy) is streamed by the backends here, never loaded whole; this default loads it."""
+        return await self.deliver(mail, mail.raw)
 
     async def close(self) -> None:
         """Release connections (called on shutdown)."""
@@ -199,11 +205,15 @@ class SMTPDelivery(Delivery):
     async def deliver(self, mail: Mail, message: bytes) -> str:
         return collapse(await self._deliver(mail, message, each=False))
 
+    async def deliver_streamed(self, mail: Mail) -> str:
+        """The content read from ``mail`` block by block as it is sent."""
+        return collapse(await self._deliver(mail, mail, each=False))
+
     async def deliver_each(self, mail: Mail, message: bytes) -> PerRecipient:
         """One transaction; a recipient refused at RCPT (or, over LMTP, after DATA) fails alone."""
         return await self._deliver(mail, message, each=True)
 
-    async def _deliver(self, mail: Mail, message: bytes, *, each: bool) -> PerRecipient:
+    async def _deliver(self, mail: Mail, message: bytes | Mail, *, each: bool) -> PerRecipient:
         connection, unchecked = await self._take()
         try:
             return await self._transaction(connection, mail, message, each=each)
@@ -213,7 +223,7 @@ class SMTPDelivery(Delivery):
         connection, _ = await self._take(fresh=True)  # the pooled connection had died: once more
         return await self._transaction(connection, mail, message, each=each)
 
-    def _envelope_commands(self, connection: SMTPConnection, mail: Mail, message: bytes) -> list[bytes]:
+    def _envelope_commands(self, connection: SMTPConnection, mail: Mail, message: bytes | Mail) -> list[bytes]:
         """MAIL, RCPT... and DATA, to be pipelined; raises if the next hop cannot take the addresses."""
         env = mail.envelope
         try:  # the last check before the addresses go out (CR/LF would smuggle commands)
@@ -235,13 +245,15 @@ class SMTPDelivery(Delivery):
         if connection.supports("8bitmime") and "BODY=8BITMIME" in (o.upper() for o in env.mail_options):
             options += " BODY=8BITMIME"
         if connection.supports("size"):
-            options += f" SIZE={len(message)}"
+            options += f" SIZE={len(message) if isinstance(message, bytes) else message.size}"
         commands = [f"MAIL FROM:<{env.sender}>{options}".encode(encoding, "surrogateescape")]
         commands += [f"RCPT TO:<{r}>".encode(encoding, "surrogateescape") for r in env.recipients]
         commands.append(b"DATA")
         return commands
 
-    async def _transaction(self, connection: SMTPConnection, mail: Mail, message: bytes, *, each: bool) -> PerRecipient:
+    async def _transaction(
+        self, connection: SMTPConnection, mail: Mail, message: bytes | Mail, *, each: bool
+    ) -> PerRecipient:
         """One transaction.  With ``each``, refusals are per recipient; without, any refusal raises.
 
         The result maps every envelope recipient to a note (accepted) or its error.
@@ -305,7 +317,9 @@ class SMTPDelivery(Delivery):
         else:
             self._give_back(connection, clean=False)
 
-    async def _lmtp_content(self, connection: SMTPConnection, accepted: list[str], message: bytes) -> PerRecipient:
+    async def _lmtp_content(
+        self, connection: SMTPConnection, accepted: list[str], message: bytes | Mail
+    ) -> PerRecipient:
         """LMTP: the content, then one answer per accepted recipient (RFC 2033 §4.2)."""
         try:
             answers, lost = await connection.data_each(message, len(accepted))
@@ -391,6 +405,18 @@ class MaildirDelivery(Delivery):
         """Each recipient's Maildir written and fsynced on its own; a failed write fails that one."""
         return await asyncio.to_thread(self._write_each, mail, message)
 
+    async def deliver_streamed(self, mail: Mail) -> str:
+        """Each recipient's copy written from ``mail``'s stream (a file-backed Mail is never loaded)."""
+        paths = await asyncio.to_thread(self._write_streamed, mail)
+        return f"delivered to {len(paths)} maildir(s)"
+
+    def _write_streamed(self, mail: Mail) -> list[str]:
+        paths = []
+        for recipient in mail.envelope.recipients:
+            with mail.open() as stream:
+                paths.append(self._store(mail, recipient, b"", stream))
+        return paths
+
     def _write(self, mail: Mail, message: bytes) -> list[str]:
         return [self._store(mail, recipient, message) for recipient in mail.envelope.recipients]
 
@@ -403,11 +429,11 @@ class MaildirDelivery(Delivery):
                 results[recipient] = error
         return results
 
-    def _store(self, mail: Mail, recipient: str, message: bytes) -> str:
+    def _store(self, mail: Mail, recipient: str, message: bytes, source: BinaryIO | None = None) -> str:
         return_path = f"Return-Path: <{mail.envelope.sender}>\n".encode("utf-8", "surrogateescape")
         delivered_to = f"Delivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
         folder = os.path.join(self.root, mailbox_name(recipient))
-        return maildir.store(folder, [return_path, delivered_to, message])
+        return maildir.store(folder, [return_path, delivered_to, message], source=source)
 
 
 def resolve(target: object, state_dir: str) -> Delivery:

@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
 from mailsift.errors import DeliveryError
 from mailsift.message.address import AddressError
+from mailsift.message.mail import Mail
 
 MAX_REPLY_LINE = 4096
+STREAM_BLOCK = 256 * 1024
+"""Bytes read at once from a file-backed message sent as DATA content (:func:`wire_blocks`)."""
 MAX_REPLY_LINES = 100
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -77,6 +81,37 @@ def wire_data(message: bytes) -> bytes:
     if message and not message.endswith(b"\r\n"):
         message += b"\r\n"
     return message + b".\r\n"
+
+
+def wire_blocks(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """:func:`wire_data` of the concatenated ``blocks``, produced block by block: a stored message
+    streamed to the next hop never needs its whole size in memory (a CR at a block's end waits for
+    the next block, which may start with its LF; a dot is stuffed at every line start)."""
+    line_start, held = True, b""
+    for block in blocks:
+        block, held = held + block, b""
+        if block.endswith(b"\r"):
+            block, held = block[:-1], b"\r"
+        if not block:
+            continue
+        block = _BARE_LINE_END.sub(b"\r\n", block)
+        if line_start and block.startswith(b"."):
+            block = b"." + block
+        block = block.replace(b"\r\n.", b"\r\n..")
+        line_start = block.endswith(b"\r\n")
+        yield block
+    if held or not line_start:  # a CR alone at the very end is a line end; else the last line's
+        yield b"\r\n"
+    yield b".\r\n"
+
+
+def _content(message: bytes | Mail) -> Iterator[bytes]:
+    """The DATA content of ``message``: bytes at once, a :class:`~mailsift.message.mail.Mail` streamed."""
+    if isinstance(message, bytes):
+        yield wire_data(message)
+        return
+    with message.open() as stream:
+        yield from wire_blocks(iter(lambda: stream.read(STREAM_BLOCK), b""))
 
 
 class _Protocol(asyncio.Protocol):
@@ -241,12 +276,14 @@ class SMTPConnection:
         await self._write(b"".join(line + b"\r\n" for line in lines))
         return [await self.read_answer() for _ in lines]
 
-    async def data(self, message: bytes) -> Answer:
-        """After a 354: send the content (normalised and stuffed) and read the final answer."""
-        await self._write(wire_data(message))
+    async def data(self, message: bytes | Mail) -> Answer:
+        """After a 354: send the content (normalised and stuffed; a Mail streamed from its file) and read
+        the final answer."""
+        for block in _content(message):
+            await self._write(block)
         return await self.read_answer()
 
-    async def data_each(self, message: bytes, count: int) -> tuple[list[Answer], ConnectionLost | None]:
+    async def data_each(self, message: bytes | Mail, count: int) -> tuple[list[Answer], ConnectionLost | None]:
         """LMTP, after a 354: send the content and read ``count`` answers, one per accepted RCPT.
 
         Returns the answers in RCPT order and, if the connection failed before
@@ -256,7 +293,8 @@ class SMTPConnection:
         """
         answers: list[Answer] = []
         try:
-            await self._write(wire_data(message))
+            for block in _content(message):
+                await self._write(block)
             for _ in range(count):
                 answers.append(await self.read_answer())
         except ConnectionLost as error:

@@ -84,8 +84,10 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.reporting.links import DEFAULT_LIFETIME, RELEASE, WHITELIST, LinkSigner, link_url
 from mailsift.reporting.notifications import LANGUAGES, Renderer, language_for, translations
 from mailsift.reporting.verdicts import human_verdict
+from mailsift.storage.db import Database
 from mailsift.storage.policies import mailbox_owner, normalize_value
 from mailsift.storage.quarantine.admin import ADMIN_RELEASE, may_release
+from mailsift.storage.quarantine.dbstore import DATABASE_PATH, detail_in_database
 from mailsift.storage.quarantine.index import HELD, QuarantineFilter, find_entries
 from mailsift.storage.schema import maillog_table
 
@@ -496,8 +498,11 @@ def report_values(
     }
 
 
-def read_detail(quarantine_dir: str, entry: DigestEntry) -> str:
-    """A quarantined entry's ``X-Mailsift-Detail`` (the scanner's detail) from its file's head, or ``""``."""
+def read_detail(quarantine_dir: str, entry: DigestEntry, database: Database | None = None) -> str:
+    """A quarantined entry's ``X-Mailsift-Detail`` (the scanner's detail) from its file's head, or ``""``
+    (from ``database`` for a message kept there: ``QUARANTINE_STORE = "database"``)."""
+    if entry.path == DATABASE_PATH:
+        return "" if database is None else detail_in_database(database, entry.entry_id)
     if not quarantine_dir or not entry.path:
         return ""
     path = os.path.join(quarantine_dir, entry.path)
@@ -521,10 +526,11 @@ def entry_values(
     links: LinkMaker,
     translation: gettext_module.NullTranslations | None = None,
     quarantine_dir: str = "",
+    database: Database | None = None,
 ) -> dict[str, str]:
     """The variables of ``body`` for one entry."""
     _ = (translation or gettext_module.NullTranslations()).gettext
-    detail = entry.detail or read_detail(quarantine_dir, entry)
+    detail = entry.detail or read_detail(quarantine_dir, entry, database)
     verdict = human_verdict(entry.category, entry.name, entry.scanner, entry.level, detail, _)
     return {
         "DATETIME": _when(entry.time),
@@ -552,10 +558,12 @@ def render(
     links: LinkMaker,
     hostname: str,
     quarantine_dir: str = "",
+    database: Database | None = None,
 ) -> bytes:
     """The report as a message (CRLF line ends, 7-bit transfer encodings), in the language of its address.
 
-    ``quarantine_dir``: where the verdicts' details (spam scores) of quarantined entries are read."""
+    ``quarantine_dir`` (and ``database``, for messages kept there): where the verdicts' details (spam
+    scores) of quarantined entries are read."""
     language = config.language_of(report.to)
     translation = translations(language)
     begin, body, end = config.templates(language)
@@ -563,7 +571,7 @@ def render(
     head, _, first = expand(begin, common).replace("\r\n", "\n").partition("\n\n")
     parts = [first]
     for entry in report.entries:
-        parts.append(expand(body, {**common, **entry_values(entry, links, translation, quarantine_dir)}))
+        parts.append(expand(body, {**common, **entry_values(entry, links, translation, quarantine_dir, database)}))
     parts.append(expand(end, common))
     message = EmailMessage(policy=email.policy.SMTP)
     for name, value in HeaderParser(policy=email.policy.default).parsestr(head + "\n\n").items():

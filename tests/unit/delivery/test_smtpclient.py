@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from mailsift.delivery.smtpclient import ConnectionLost, SMTPConnection, wire_data
+from mailsift.delivery.smtpclient import ConnectionLost, SMTPConnection, wire_blocks, wire_data
 from mailsift.services.smtpd import read_data
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | object"]
@@ -246,3 +246,16 @@ async def test_lmtp_refused_lhlo_is_a_connection_failure_without_helo(scripted: 
 
     with pytest.raises(ConnectionLost, match="refused LHLO"):
         await SMTPConnection.open("127.0.0.1", await scripted(script), helo="me.test", timeout=5, lmtp=True)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_wire_blocks_is_wire_data_block_by_block(seed: int) -> None:
+    """A stored message streamed to the next hop (a quarantine release) is sent exactly as wire_data
+    sends it whole, wherever the blocks split a CR LF pair, a bare CR or a dot at a line start."""
+    rng = random.Random(seed)
+    message = bytes(rng.choice(b"ab.\r\n") for _ in range(rng.randrange(0, 200)))
+    cuts = sorted(rng.sample(range(len(message) + 1), min(len(message) + 1, rng.randrange(0, 12))))
+    blocks = [message[i:j] for i, j in zip([0, *cuts], [*cuts, len(message)], strict=True)]
+    assert b"".join(wire_blocks(blocks)) == wire_data(message)
+    assert b"".join(wire_blocks([message])) == wire_data(message)
+    assert b"".join(wire_blocks([bytes([c]) for c in message])) == wire_data(message)

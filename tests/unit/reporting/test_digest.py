@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from mailsift.cli.report import report_command
 from mailsift.errors import ConfigError
+from mailsift.message.mail import Envelope, Mail
+from mailsift.message.result import Result
 from mailsift.reporting import digest, links
 from mailsift.reporting.digest import (
     DigestEntry,
@@ -24,10 +26,13 @@ from mailsift.reporting.digest import (
     collect,
     expand,
     fully_qualified,
+    read_detail,
     render,
     reporter,
 )
 from mailsift.reporting.logline import insert_rows
+from mailsift.storage import db
+from mailsift.storage.quarantine.dbstore import DATABASE_PATH, DatabaseStore
 from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
 from tests.helpers.links import Gateway
@@ -455,3 +460,29 @@ def test_report_command_reports_a_failed_delivery(tmp_path: Path) -> None:
         gateway.settings.database.dispose()
     assert result.exit_code == 1
     assert "report to <bob@example.test> not sent" in result.stderr
+
+
+async def test_the_detail_of_a_message_kept_in_the_database_is_read_from_there(tmp_path: Path) -> None:
+    """QUARANTINE_STORE = "database" (issue 15): the score comes from the head in the database, on any node."""
+    database = db.sqlite()
+    database.configure(str(tmp_path))
+    try:
+        mail = Mail(Envelope(sender="eve@spam.example", recipients=["bob@example.test"]), b"Subject: x\r\n\r\nbuy\r\n")
+        where = await DatabaseStore(database).put(
+            mail, "spam", Result(9.0, "SPAM", "spamassassind", "score=12.3 required=5.0")
+        )
+        quarantined = entry("bob@example.test", path=DATABASE_PATH, entry_id=where.rsplit("/", 1)[-1], size=mail.size)
+        assert read_detail(str(tmp_path / "quarantine"), quarantined, database) == "score=12.3 required=5.0"
+        assert read_detail(str(tmp_path / "quarantine"), quarantined) == ""  # no database given: no score
+        data = render(
+            Report("bob@example.test", (quarantined,)),
+            reporter(),
+            since=NOW,
+            links=maker(),
+            hostname="gw",
+            quarantine_dir=str(tmp_path / "quarantine"),
+            database=database,
+        )
+        assert "quarantined: Spam, score 12.3 of 5.0\n" in text_of(data)
+    finally:
+        database.dispose()

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -47,9 +48,9 @@ from typing import Any
 from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError, MailsiftError, RequestRefused, StorageError
 from mailsift.message.address import check_addresses
-from mailsift.message.mail import Envelope, Mail
+from mailsift.message.mail import SPOOL_PREFIX, SPOOL_SUFFIX, Envelope, Mail
 from mailsift.settings import Settings
-from mailsift.storage.quarantine.dbstore import in_database, stored_ids
+from mailsift.storage.quarantine.dbstore import in_database, store_of, stored_ids
 from mailsift.storage.quarantine.index import (
     RELEASED,
     QuarantineEntry,
@@ -68,7 +69,6 @@ from mailsift.storage.quarantine.store import (
     file_id,
     locate,
     read_entry,
-    read_original,
     retry_markers,
     stored_files,
     unlink_durably,
@@ -186,13 +186,24 @@ async def release(
     :class:`~mailsift.errors.MailsiftError` (the next hop refused or is down:
     nothing is recorded and the claim is given back).
     """
-    path = locate(settings.quarantine_dir, entry)
-    if path is None:
-        raise QuarantineProblem(f"{entry.id}: the file {entry.path} is missing from {settings.quarantine_dir}")
+    spooled, ascii_only = await asyncio.to_thread(spool_message, settings, entry)
     try:
-        message = await asyncio.to_thread(read_original, path)
-    except StorageError as error:  # damaged (DamagedFile) or unreadable
-        raise QuarantineProblem(f"{entry.id}: cannot read {path}: {error}") from None
+        return await _release(settings, entry, spooled, ascii_only, recipients, next_hop, by, now, again)
+    finally:
+        _unlink_quietly(spooled)
+
+
+async def _release(
+    settings: Settings,
+    entry: QuarantineEntry,
+    spooled: str,
+    ascii_only: bool,
+    recipients: Sequence[str],
+    next_hop: Any,
+    by: str,
+    now: float | None,
+    again: bool,
+) -> str:
     targets = list(recipients) or list(entry.recipients)
     if not targets:
         raise QuarantineProblem(f"{entry.id}: no recipients (give --to)")
@@ -211,11 +222,11 @@ async def release(
             sender=entry.sender,
             recipients=targets,
             queue_id=entry.id,
-            mail_options=[] if message.isascii() else ["BODY=8BITMIME"],
+            mail_options=[] if ascii_only else ["BODY=8BITMIME"],
         )
-        mail = Mail(envelope, message, spool_threshold=len(message) + 1)
+        mail = Mail(envelope, path=spooled)
         try:
-            note = await delivery.deliver(mail, message)
+            note = await delivery.deliver_streamed(mail)
         finally:
             await delivery.close()
     except BaseException:
@@ -234,6 +245,41 @@ async def release(
         note,
     )
     return note
+
+
+def spool_message(settings: Settings, entry: QuarantineEntry) -> tuple[str, bool]:
+    """Copy ``entry``'s original message, chunk by chunk from whichever store holds it, into a new
+    spool file (``STATE_DIR/spool``, mode 0600, named as :func:`~mailsift.message.mail.write_spool`'s so
+    that ``quarantine expire`` removes one a killed process left); its path and whether it is all ASCII.
+    A release sends that file, streamed: a 50 MB message never needs 50 MB of memory."""
+    store = store_of(settings, entry)
+    try:
+        os.makedirs(settings.spool_dir, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=SPOOL_SUFFIX, dir=settings.spool_dir)
+    except OSError as error:
+        raise StorageError(f"cannot spool {entry.id} for its release: {error.strerror or error}") from error
+    ascii_only = True
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in store.chunks(entry):
+                ascii_only = ascii_only and chunk.isascii()
+                handle.write(chunk)
+    except StorageError as error:  # missing, damaged (DamagedFile) or unreadable
+        _unlink_quietly(path)
+        raise QuarantineProblem(f"{entry.id}: cannot read its message: {error}") from None
+    except BaseException as error:
+        _unlink_quietly(path)
+        if isinstance(error, OSError):
+            raise StorageError(f"cannot spool {entry.id} for its release: {error.strerror or error}") from error
+        raise
+    return path, ascii_only
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _claim(connection: Any, entry_id: str, by: str, now: float, targets: Sequence[str], again: bool) -> None:

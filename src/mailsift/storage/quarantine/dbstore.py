@@ -37,11 +37,12 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from mailsift.errors import StorageError
+from mailsift.errors import MailsiftError, StorageError
 from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
+from mailsift.storage.quarantine.index import DATABASE_PATH as DATABASE_PATH
 from mailsift.storage.quarantine.index import QuarantineEntry, add_entry, find_retry, remove_entry
 from mailsift.storage.quarantine.store import (
     RETRY_WINDOW,
@@ -50,6 +51,7 @@ from mailsift.storage.quarantine.store import (
     crash_point,
     head,
     head_detail,
+    locate,
     log,
     retry_key,
 )
@@ -57,8 +59,6 @@ from mailsift.storage.schema import quarantine_chunk_table
 
 CHUNK_SIZE = 1024 * 1024
 """Bytes per ``quarantine_chunk`` row (the most a put or a read holds of a message at once)."""
-DATABASE_PATH = ":database"
-"""The index row's ``path`` of a message kept in the database (no file path starts with ':')."""
 STORES = ("files", "database")
 """``QUARANTINE_STORE``'s values."""
 
@@ -83,7 +83,7 @@ def in_database(entry: QuarantineEntry) -> bool:
 def open_store(settings: Settings) -> Store:
     """The quarantine store ``settings`` name (``QUARANTINE_STORE``): files under STATE_DIR, or the database."""
     if settings.quarantine_store == "database":
-        return DatabaseStore(settings.require_database())
+        return DatabaseStore(settings.require_database(), root=settings.quarantine_dir)
     return QuarantineStore(settings.quarantine_dir, settings.database)
 
 
@@ -99,7 +99,9 @@ class DatabaseStore:
     """Writes quarantined messages, and their index rows, into ``database`` (one transaction each).
 
     ``retry_window`` as :class:`~mailsift.storage.quarantine.store.QuarantineStore`'s;
-    ``chunk_size``: bytes per row (:data:`CHUNK_SIZE`).
+    ``chunk_size``: bytes per row (:data:`CHUNK_SIZE`); ``root``: the file store's folder on this node,
+    where the MTA's retry may find the copy its first attempt stored as a file (``QUARANTINE_STORE``
+    changed between the attempts).
     """
 
     def __init__(
@@ -109,7 +111,9 @@ class DatabaseStore:
         clock: Callable[[], float] = time.time,
         retry_window: float = RETRY_WINDOW,
         chunk_size: int = CHUNK_SIZE,
+        root: str | None = None,
     ) -> None:
+        self.root = root
         self.database = database
         self.clock = clock
         self.retry_window = retry_window
@@ -128,17 +132,28 @@ class DatabaseStore:
             raise StorageError(f"cannot read the message to quarantine: {error.strerror or error}") from error
         if self.retry_window > 0:
             found = await self.database.run(find_retry, key, self.clock() - self.retry_window)
-            if found is not None and in_database(found):
+            reused = None if found is None else await asyncio.to_thread(self._reusable, found)
+            if found is not None and reused is not None:
                 log.info(
-                    "queue_id=%s: retried message: quarantine copy %s reused (database)",
+                    "queue_id=%s: retried message: quarantine copy %s reused (%s)",
                     mail.envelope.queue_id or "-",
                     found.id,
+                    "database" if in_database(found) else reused,
                 )
-                return f"{DATABASE_PATH}/{found.id}"
+                return reused
         entry = build_entry(mail, category, result, key, self.clock()).with_path(DATABASE_PATH)
         await self.database.run(_store, entry, head(entry, result.detail), mail, self.chunk_size)
         crash_point("quarantine-indexed")
         return f"{DATABASE_PATH}/{entry.id}"
+
+    def _reusable(self, found: QuarantineEntry) -> str | None:
+        """Where the copy of the retried message is: kept in the database (stored in the transaction of
+        its row), or a file of this node's file store (the first attempt was stored with
+        ``QUARANTINE_STORE = "files"``); None if this node cannot see it (a file on another node's
+        disk: a second copy is stored rather than trusting one no reader here can reach)."""
+        if in_database(found):
+            return f"{DATABASE_PATH}/{found.id}"
+        return None if self.root is None else locate(self.root, found)
 
     def chunks(self, entry: QuarantineEntry) -> Iterator[bytes]:
         """The original message of ``entry``, chunk by chunk (one query each); StorageError if it is
@@ -151,7 +166,16 @@ class DatabaseStore:
 
     def detail(self, entry: QuarantineEntry) -> str:
         """The verdict's detail (``X-Mailsift-Detail`` of the head in chunk 0), or ``""``."""
-        return head_detail(self.database.call(_chunk, entry.id, 0) or b"")
+        return detail_in_database(self.database, entry.id)
+
+
+def detail_in_database(database: Database, entry_id: str) -> str:
+    """The verdict's detail of the message ``entry_id`` kept in ``database``, or ``""`` (gone meanwhile,
+    or the database failed: the verdict is shown without it)."""
+    try:
+        return head_detail(database.call(_chunk, entry_id, 0) or b"")
+    except MailsiftError:
+        return ""
 
 
 def read_chunks(database: Database, entry: QuarantineEntry) -> Iterator[bytes]:

@@ -42,6 +42,9 @@ from mailsift.storage.schema import (
 )
 from mailsift.storage.sql import claim
 
+DATABASE_PATH = ":database"
+"""The index row's ``path`` of a message kept in the database (no file path starts with ':'):
+:mod:`mailsift.storage.quarantine.dbstore`."""
 HELD = "held"
 RELEASED = "released"
 STATES = (HELD, RELEASED)

@@ -59,7 +59,7 @@ from mailsift.message.mail import Mail
 from mailsift.message.result import Result
 from mailsift.mime.tree import Headers
 from mailsift.storage.db import Database
-from mailsift.storage.quarantine.index import QuarantineEntry, add_entry, find_retry, remove_entry
+from mailsift.storage.quarantine.index import DATABASE_PATH, QuarantineEntry, add_entry, find_retry, remove_entry
 
 log = logging.getLogger("mailsift.quarantine")
 
@@ -464,6 +464,9 @@ class QuarantineStore:
             except MailsiftError as error:  # the index step will tell; the file first, as ever
                 log.warning("queue_id=%s: quarantine retry lookup failed: %s", queue_id, error.message)
             else:
+                if entry is not None and entry.path == DATABASE_PATH:  # stored with QUARANTINE_STORE "database"
+                    log.info("queue_id=%s: retried message: quarantine copy %s reused (database)", queue_id, entry.id)
+                    return f"{DATABASE_PATH}/{entry.id}"
                 path = None if entry is None else await asyncio.to_thread(locate, self.root, entry)
                 if entry is not None and path is not None:
                     log.info("queue_id=%s: retried message: quarantine copy %s reused (%s)", queue_id, entry.id, path)

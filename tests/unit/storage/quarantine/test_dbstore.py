@@ -173,3 +173,31 @@ async def test_the_verdicts_detail_is_kept(settings: Settings) -> None:
     [entry] = entries(settings)
     assert store.detail(entry) == "score 6.5: BAYES_99, URIBL_BLACK"
     assert b"".join(store.chunks(entry)) == BODY
+
+
+async def test_a_retry_stored_first_in_files_then_in_the_database_keeps_one_copy(
+    database: Database, tmp_path: Path
+) -> None:
+    """QUARANTINE_STORE changed between the MTA's attempts (either way): the retry reuses the first copy."""
+    settings = Settings(state_dir=str(tmp_path), database=database, quarantine_store="files")
+    first = await open_store(settings).put(mail(), "virus", VIRUS)
+    switched = Settings(state_dir=str(tmp_path), database=database, quarantine_store="database")
+    assert await open_store(switched).put(mail(), "virus", VIRUS) == first
+    assert database.call(count_entries) == 1 == stored(settings)
+    # And the other way round: stored in the database, the retry lands on the file store.
+    where = await open_store(switched).put(mail(BODY + b"two\r\n"), "spam", VIRUS)
+    assert where.startswith(DATABASE_PATH)
+    assert await open_store(settings).put(mail(BODY + b"two\r\n"), "spam", VIRUS) == where
+    assert database.call(count_entries) == 2 == stored(settings)
+    assert len(list(stored_files(settings.quarantine_dir))) == 1
+
+
+async def test_a_retry_on_a_node_that_cannot_see_the_first_file_stores_a_second_copy(
+    database: Database, tmp_path: Path
+) -> None:
+    """The first attempt's file is on another node's disk (nodes with different QUARANTINE_STORE, no shared
+    directory): this node cannot read it, so it keeps its own copy in the database rather than trust it."""
+    await QuarantineStore(str(tmp_path / "node-a" / "quarantine"), database).put(mail(), "virus", VIRUS)
+    where = await DatabaseStore(database, root=str(tmp_path / "node-b" / "quarantine")).put(mail(), "virus", VIRUS)
+    assert where.startswith(DATABASE_PATH)
+    assert database.call(count_entries) == 2
