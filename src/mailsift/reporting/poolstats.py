@@ -22,6 +22,9 @@ small files, not through the shared database (``/metrics`` is per node).
   labelled ``scanner`` (the engine: ``clamd``, ``spamassassind``, ``rspamd``)
   and ``backend`` (its address).
 
+prometheus_client is imported only to render (by the web service): a worker
+that serves only smtpd never loads it.
+
 A worker killed hard loses at most its last second of counts, and its
 counters drop out of the sums (Prometheus reads the drop as a counter reset).
 """
@@ -35,11 +38,12 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from mailsift.scanners.engines.pool import Pool
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("mailsift.poolstats")
 
@@ -205,6 +209,9 @@ class PoolCounters:
         self.rows = rows
 
     def collect(self) -> Iterator[Metric]:
+        # here, not at the top: every worker publishes, only the web service renders
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         labels = ["scanner", "backend"]
         families: list[tuple[str, Any]] = [
             (
