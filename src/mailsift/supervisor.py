@@ -54,6 +54,7 @@ from mailsift import config as config_module
 from mailsift.config import Config
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.message.mail import remove_stale_spool
+from mailsift.reporting import poolstats
 from mailsift.services.daemons import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
@@ -336,8 +337,11 @@ async def _worker_main(config: Config, sockets: dict[tuple[str, int], socket.soc
     running = [
         await service.start(sockets[(service.host, service.port)], config.settings) for service in config.services
     ]
+    pools = poolstats.Publisher(poolstats.pools_of(config.objects()), config.settings.state_dir)
+    pools.start()  # the scanner pools' counters, for /metrics (served by whichever worker)
     await stop.wait()
     await asyncio.gather(*(server.drain(drain_seconds) for server in running))
+    pools.stop()
 
 
 def run_worker(config: Config, sockets: dict[tuple[str, int], socket.socket], drain_seconds: float) -> None:

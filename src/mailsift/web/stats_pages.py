@@ -36,6 +36,7 @@ site that rebinds its DNS name to 127.0.0.1 sends its own name and is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import time
@@ -55,6 +56,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailsift.errors import MailsiftError
+from mailsift.reporting import poolstats
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
 from mailsift.storage.db import Database
 from mailsift.web.auth import client_address, current_user, require_user
@@ -478,6 +480,7 @@ def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) 
         collector = await _query(request, _metrics_data)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
+        registry.register(await asyncio.to_thread(poolstats.collector, request.app.state.settings.state_dir))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

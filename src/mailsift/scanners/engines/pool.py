@@ -8,12 +8,20 @@ which backend each request goes to:
 * **balancing** -- the admitted backend with the fewest outstanding requests;
   ties go round-robin, so an idle pool still spreads its traffic;
 * **ejection** -- a request that fails on a backend (cannot connect, connection
-  lost, a protocol error, no answer in time: any :class:`ScannerError` but a
-  :class:`ContentError`) takes that backend out of traffic for a pause that
-  doubles at each ejection in a row (:data:`FIRST_PAUSE`, 2, 4 ... up to
-  :data:`MAX_PAUSE` seconds), and the request is retried once on another
-  backend.  An error there is the request's error (the existing tempfail,
-  ``451``): no message is ever passed unchecked by the pool;
+  lost, a protocol error: any :class:`ScannerError` but a
+  :class:`ContentError` or a :class:`ScannerTimeout`) takes that backend out
+  of traffic for a pause that doubles at each ejection in a row
+  (:data:`FIRST_PAUSE`, 2, 4 ... up to :data:`MAX_PAUSE` seconds), and the
+  request is retried once on another backend.  An error there is the
+  request's error (the existing tempfail, ``451``): no message is ever passed
+  unchecked by the pool;
+* **timeouts** -- no answer in time may be the message (a slow one) rather
+  than the daemon, so one timeout does not take the backend out: it is
+  retried on another backend as above, and the backend is health-checked at
+  once in the background; it is taken out only if that check fails (a daemon
+  that hangs on everything), or after :data:`TIMEOUTS_TO_EJECT` timeouts in a
+  row (a daemon that still answers its check but no longer scans).  Any
+  answer resets the count;
 * **re-admission** -- once its pause is over, an ejected backend is checked
   (clamd ``PING``, spamd ``PING``, rspamd ``/ping``) in the background, started
   by the next request that looks at the pool; it takes traffic again only when
@@ -24,9 +32,11 @@ which backend each request goes to:
   "unavailable" without having tried, and a pool of one is exactly the single
   daemon of before (it is never taken out).
 
-Each backend counts its ``requests``, ``failures``, ``ejections`` and
-``outstanding`` requests; :meth:`Pool.samples` gives them as metric samples
-(``mailsift_scanner_backend_*`` with the engine and backend as labels).
+Each backend counts its ``requests``, ``failures`` (timeouts included),
+``ejections`` and ``outstanding`` requests; :meth:`Pool.samples` gives them as
+metric samples (``mailsift_scanner_backend_*`` with the scanner (engine name)
+and backend as labels), which :mod:`mailsift.reporting.poolstats` carries
+from the worker processes to ``/metrics``.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from mailsift.errors import ConfigError, ContentError, MailsiftError, ScannerError
+from mailsift.errors import ConfigError, ContentError, MailsiftError, ScannerError, ScannerTimeout
 
 log = logging.getLogger("mailsift.scanners.pool")
 
@@ -48,6 +58,8 @@ MAX_PAUSE = 60.0
 """The longest pause (the pause doubles at each ejection in a row up to this)."""
 CHECK_TIMEOUT = 5.0
 """Seconds a health check may take."""
+TIMEOUTS_TO_EJECT = 3
+"""Timeouts in a row that take a backend out even though it still answers its health check."""
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -65,7 +77,9 @@ class Backend(Generic[A]):
         "out_until",
         "outstanding",
         "pause",
+        "probing",
         "requests",
+        "timeouts_in_row",
     )
 
     def __init__(self, address: A, label: str, pause: float) -> None:
@@ -84,6 +98,10 @@ class Backend(Generic[A]):
         self.pause = pause
         """The pause of its next ejection."""
         self.checking = False
+        self.probing = False
+        """A health check after a timeout is under way (the backend still takes traffic)."""
+        self.timeouts_in_row = 0
+        """Timeouts since its last answer."""
 
     @property
     def state(self) -> str:
@@ -135,6 +153,7 @@ class Pool(Generic[A]):
         first_pause: float = FIRST_PAUSE,
         max_pause: float = MAX_PAUSE,
         check_timeout: float = CHECK_TIMEOUT,
+        timeouts_to_eject: int = TIMEOUTS_TO_EJECT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not addresses:
@@ -143,6 +162,7 @@ class Pool(Generic[A]):
         self.first_pause = first_pause
         self.max_pause = max_pause
         self.check_timeout = check_timeout
+        self.timeouts_to_eject = timeouts_to_eject
         self.backends = [Backend(address, label(address), first_pause) for address in addresses]
         labels = [backend.label for backend in self.backends]
         if len(set(labels)) != len(labels):
@@ -204,12 +224,20 @@ class Pool(Generic[A]):
         try:
             result = await request(backend.address)
         except ScannerError as error:
-            if not isinstance(error, ContentError):
+            if isinstance(error, ScannerTimeout):
+                backend.failures += 1
+                backend.timeouts_in_row += 1
+                if backend.timeouts_in_row >= self.timeouts_to_eject:
+                    self._eject(backend, f"{backend.timeouts_in_row} timeouts in a row: {error}")
+                else:
+                    self._probe(backend)
+            elif not isinstance(error, ContentError):
                 backend.failures += 1
                 self._eject(backend, str(error))
             raise
         finally:
             backend.outstanding -= 1
+        backend.timeouts_in_row = 0
         if backend.out_until is not None and not backend.checking:
             log.info("%s: %s answered again; back in", self.engine, backend.label)
             backend.out_until = None
@@ -228,6 +256,27 @@ class Pool(Generic[A]):
         backend.out_until = self._clock() + backend.pause
         log.warning("%s: %s out for %g s: %s", self.engine, backend.label, backend.pause, why)
         backend.pause = min(backend.pause * 2, self.max_pause)
+
+    def _probe(self, backend: Backend[A]) -> None:
+        """Health-check an admitted backend in the background (after a timeout); out if the check fails."""
+        if len(self.backends) == 1 or backend.probing or backend.out_until is not None:
+            return
+        backend.probing = True
+        task = asyncio.get_running_loop().create_task(self._run_probe(backend))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _run_probe(self, backend: Backend[A]) -> None:
+        try:
+            async with asyncio.timeout(self.check_timeout):
+                await self._check(backend.address)
+        except (MailsiftError, OSError, TimeoutError) as error:
+            backend.failures += 1
+            self._eject(backend, f"no answer in time, and its health check failed: {error or type(error).__name__}")
+        else:
+            log.info("%s: %s timed out but passed its health check; kept in", self.engine, backend.label)
+        finally:
+            backend.probing = False
 
     def _start_checks(self) -> None:
         """Start the health check of each backend whose pause is over."""
@@ -263,7 +312,7 @@ class Pool(Generic[A]):
         """``(metric name, labels, value)`` per backend and counter, for ``/metrics``."""
         rows: list[tuple[str, dict[str, str], float]] = []
         for backend in self.backends:
-            labels = {"engine": self.engine, "backend": backend.label}
+            labels = {"scanner": self.engine, "backend": backend.label}
             rows += [
                 ("mailsift_scanner_backend_requests_total", labels, backend.requests),
                 ("mailsift_scanner_backend_failures_total", labels, backend.failures),

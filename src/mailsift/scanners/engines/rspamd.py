@@ -1,5 +1,10 @@
 """rspamd over HTTP (``/checkv2``): ``rspamd('http://127.0.0.1:11333')``.
 
+A list of URLs is a pool of rspamd workers (:mod:`.pool`):
+``rspamd(['http://10.0.0.2:11333', 'http://10.0.0.3:11333'])``, balanced by
+fewest outstanding requests, a failed one taken out and let back in by its
+``GET /ping`` (answered ``pong``).
+
 ``level = score / required_score`` (rspamd's reject threshold), as for
 :mod:`.spamassassin`; the result is a
 :class:`~mailsift.scanners.engines.common.SpamResult` whose ``action`` is
@@ -41,6 +46,7 @@ from mailsift.scanners.engines.common import (
     spam_level,
     unavailable,
 )
+from mailsift.scanners.engines.pool import Pool
 from mailsift.validators import positive
 
 if TYPE_CHECKING:
@@ -77,31 +83,25 @@ class rspamd(Scanner):
     and ``modify_subject('[SPAM] ', 'rewrite subject', rspamd(url))`` follow
     rspamd's own actions under the reject threshold.  ``headers`` adds fixed
     request headers (``Settings-ID``, ``Password``...).
+
+    ``url`` may be a list of URLs: a pool of rspamd instances (:mod:`.pool`),
+    health-checked with ``GET /ping``.
     """
 
     name = "rspamd"
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:11333",
+        url: str | list[str] | tuple[str, ...] = "http://127.0.0.1:11333",
         *,
         max_size: int = RSPAMD_MAX_SIZE,
         timeout: float = 60.0,
         headers: dict[str, str] | None = None,
     ) -> None:
-        if not isinstance(url, str):
-            raise ConfigError(f"rspamd: url must be a string, got {url!r}")
-        import httpx  # here, not at the top: a worker without rspamd never loads httpx
-
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as error:
-            raise ConfigError(f"rspamd: bad url {url!r}: {error}") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(f"rspamd: url must be http://host[:port][/checkv2], got {url!r}")
-        if parsed.path in ("", "/"):
-            parsed = parsed.copy_with(path="/checkv2")
-        self.url = str(parsed)
+        urls = list(url) if isinstance(url, list | tuple) and url else [url]
+        self.urls = [_checked_url(one) for one in urls]
+        self.url = self.urls[0]
+        self.pool: Pool[str] = Pool("rspamd", self.urls, label=str, check=self.health_check)
         self.size_limit = SizeLimit.checked("max_size", max_size, "rspamd")
         self.max_size: int = max_size
         self.timeout = positive(timeout, "rspamd: timeout", unit="number of seconds")
@@ -118,7 +118,7 @@ class rspamd(Scanner):
         self._clients: PerLoop[httpx.AsyncClient] = PerLoop(self._new_client, lambda client: client.is_closed)
 
     def describe(self) -> str:
-        return f"rspamd({self.url}, max_size={self.max_size})"
+        return f"rspamd({', '.join(self.urls)}, max_size={self.max_size})"
 
     def client(self) -> httpx.AsyncClient:
         """The HTTP client of the running event loop (kept for connection reuse)."""
@@ -154,19 +154,34 @@ class rspamd(Scanner):
     async def scan(self, target: Target) -> Result:
         if self.size_limit.exceeded(target.size):
             return not_checked(self.name, target.size, self.size_limit)
-        data = target.data
-        async with deadline(self.timeout, self._no_answer):
-            body = await self._post(data, self.request_headers(target))
-        return self.result(body)
+        data, headers = target.data, self.request_headers(target)
 
-    def _no_answer(self) -> ScannerTimeout:
-        return no_answer("rspamd", self.url, self.timeout)
+        async def post_at(url: str) -> bytes:
+            async with deadline(self.timeout, lambda: self._no_answer(url)):
+                return await self._post(url, data, headers)
 
-    async def _post(self, data: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        return self.result(await self.pool.run(post_at))
+
+    def _no_answer(self, url: str) -> ScannerTimeout:
+        return no_answer("rspamd", url, self.timeout)
+
+    async def health_check(self, url: str) -> None:
+        """The pool's health check: ``GET /ping`` answered ``200`` ``pong``."""
+        import httpx  # loaded by __init__ already
+
+        ping = str(httpx.URL(url).copy_with(path="/ping", query=None))
+        try:
+            response = await self.client().get(ping)
+        except httpx.HTTPError as error:
+            raise ScannerUnavailable(f"rspamd: {ping}: {type(error).__name__}: {error}") from None
+        if response.status_code != 200 or not response.content.strip().startswith(b"pong"):
+            raise ScannerError(f"rspamd: {ping} answered HTTP {response.status_code} {response.content[:80]!r}")
+
+    async def _post(self, url: str, data: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         import httpx  # loaded by __init__ already
 
         try:
-            async with self.client().stream("POST", self.url, content=data, headers=headers) as response:
+            async with self.client().stream("POST", url, content=data, headers=headers) as response:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
@@ -179,14 +194,14 @@ class rspamd(Scanner):
                     raise ScannerError(f"rspamd: HTTP {response.status_code}: {_error_text(body)}")
                 return body
         except httpx.TimeoutException:
-            raise self._no_answer() from None
+            raise self._no_answer(url) from None
         except httpx.ConnectError as error:
-            raise unavailable("rspamd", self.url, error) from None
+            raise unavailable("rspamd", url, error) from None
         except (httpx.NetworkError, httpx.RemoteProtocolError) as error:
             if isinstance(error, httpx.NetworkError) or _CLOSED_MID_ANSWER.search(str(error)):
                 # rspamd died, restarted or refused the size (it closes at max_message) mid-answer
                 raise ScannerUnavailable(
-                    f"rspamd: {self.url} closed the connection before its answer ended: {type(error).__name__}: {error}"
+                    f"rspamd: {url} closed the connection before its answer ended: {type(error).__name__}: {error}"
                 ) from None
             raise ScannerError(f"rspamd: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
@@ -233,6 +248,23 @@ class rspamd(Scanner):
             symbols=tuple(n for n, _ in scored),
             action=action,
         )
+
+
+def _checked_url(url: Any) -> str:
+    """One rspamd URL, ``/checkv2`` added when it has no path."""
+    if not isinstance(url, str):
+        raise ConfigError(f"rspamd: url must be a string or a list of strings, got {url!r}")
+    import httpx  # here, not at the top: a worker without rspamd never loads httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise ConfigError(f"rspamd: bad url {url!r}: {error}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"rspamd: url must be http://host[:port][/checkv2], got {url!r}")
+    if parsed.path in ("", "/"):
+        parsed = parsed.copy_with(path="/checkv2")
+    return str(parsed)
 
 
 def _float(value: Any) -> float | None:

@@ -1,8 +1,8 @@
 """Scanner pools (:mod:`mailsift.scanners.engines.pool`): balancing, ejection, re-admission, retry.
 
 First the pool alone, with requests and health checks scripted in Python and a
-hand-moved clock; then ``clamd([...])`` and ``spamassassind([...])`` over
-fake daemons (:mod:`mailsift.testing`) that answer, hang or refuse.  Two real
+hand-moved clock; then ``clamd([...])``, ``spamassassind([...])`` and
+``rspamd([...])`` over fake daemons (:mod:`mailsift.testing`) that answer, hang or refuse.  Two real
 clamd instances, one stopped mid-run: ``tests/engines/test_clamd_pool.py``.
 """
 
@@ -19,9 +19,11 @@ from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import clamd
 from mailsift.scanners.engines.common import where
-from mailsift.scanners.engines.pool import Pool, backend_list
+from mailsift.scanners.engines.pool import TIMEOUTS_TO_EJECT, Pool, backend_list
+from mailsift.scanners.engines.rspamd import rspamd
 from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.testing import FakeClamd, FakeSpamd
+from tests.helpers.pool_fakes import PingingRspamd
 
 
 class Clock:
@@ -181,7 +183,7 @@ async def test_slow_health_check_is_a_failure() -> None:
 
     async def request(address: str) -> str:
         if address == "a":
-            raise ScannerTimeout("a: no answer")
+            raise ScannerUnavailable("a: refused")  # (a timeout alone does not eject: see the timeout tests)
         return address
 
     await pool.run(request)
@@ -226,13 +228,89 @@ async def test_a_pool_of_one_is_the_single_daemon_of_before() -> None:
     assert await pool.run(flaky) == "a"
 
 
+async def test_one_timeout_does_not_eject_a_backend_that_answers_its_check() -> None:
+    checks: list[str] = []
+
+    async def check(address: str) -> None:
+        checks.append(address)
+
+    pool = pool_of("ab", check=check)
+    a = pool.backends[0]
+    slow_message = True
+
+    async def request(address: str) -> str:
+        if address == "a" and slow_message:
+            raise ScannerTimeout("a: no answer in 60 s")
+        return address
+
+    assert await pool.run(request) == "b"  # retried on b, as any failure
+    await pool.checks_done()
+    assert checks == ["a"]  # checked at once...
+    assert (a.state, a.ejections, a.failures, a.timeouts_in_row) == ("up", 0, 1, 1)  # ...and kept in
+    slow_message = False
+    assert [await pool.run(request) for _ in range(4)] == ["a", "b", "a", "b"]  # still takes its share
+    assert a.timeouts_in_row == 0  # an answer resets the count
+
+
+async def test_a_timeout_with_a_failed_check_ejects() -> None:
+    async def check(address: str) -> None:
+        raise ScannerUnavailable(f"{address}: refused")
+
+    pool = pool_of("ab", check=check)
+    a = pool.backends[0]
+
+    async def request(address: str) -> str:
+        if address == "a":
+            raise ScannerTimeout("a: no answer")
+        return address
+
+    assert await pool.run(request) == "b"
+    await pool.checks_done()
+    assert (a.state, a.ejections, a.failures) == ("out", 1, 2)  # the timeout and the failed check
+
+
+async def test_timeouts_in_a_row_eject_even_when_the_check_passes() -> None:
+    pool = pool_of("ab")
+    a = pool.backends[0]
+
+    async def request(address: str) -> str:
+        if address == "a":
+            raise ScannerTimeout("a: no answer")
+        return address
+
+    for count in range(1, TIMEOUTS_TO_EJECT):
+        assert await pool.run(request) == "b"
+        await pool.checks_done()
+        assert (a.state, a.timeouts_in_row) == ("up", count)
+    assert await pool.run(request) == "b"
+    assert (a.state, a.ejections, a.failures) == ("out", 1, TIMEOUTS_TO_EJECT)
+
+
+async def test_a_pool_of_one_is_not_checked_after_a_timeout() -> None:
+    checks: list[str] = []
+
+    async def check(address: str) -> None:
+        checks.append(address)
+
+    pool = pool_of("a", check=check)
+
+    async def request(address: str) -> str:
+        raise ScannerTimeout("a: no answer")
+
+    for _ in range(TIMEOUTS_TO_EJECT + 1):
+        with pytest.raises(ScannerTimeout):
+            await pool.run(request)
+    await pool.checks_done()
+    assert (pool.backends[0].state, checks) == ("up", [])
+
+
 def test_counters_as_metric_samples() -> None:
     pool = pool_of("ab")
     pool.backends[1].requests = 3
     samples = {(name, labels["backend"]): value for name, labels, value in pool.samples()}
     assert samples[("mailsift_scanner_backend_requests_total", "b")] == 3
     assert samples[("mailsift_scanner_backend_up", "a")] == 1
-    assert {labels["engine"] for _, labels, _ in pool.samples()} == {"engine"}
+    assert {labels["scanner"] for _, labels, _ in pool.samples()} == {"engine"}
     assert len(samples) == 10
 
 
@@ -295,9 +373,11 @@ async def test_clamd_fault_ejects_and_every_message_is_scanned(tmp_path: Path, f
         results = [await scanner.scan(target()) for _ in range(6)]
         assert [result.name for result in results] == ["V"] * 6  # every message scanned, by b
         backend_a = scanner.pool.backends[0]
+        # a hang answers PING (the fake's PING always answers): out after TIMEOUTS_TO_EJECT timeouts in a row
+        tries = TIMEOUTS_TO_EJECT if fault == "hang" else 1
         assert backend_a.ejections == 1
-        assert backend_a.failures == 1
-        assert backend_a.requests == 1
+        assert backend_a.failures == tries
+        assert backend_a.requests == tries
         assert len(b.streams) == 6
         # a comes back: let in after its pause by PING, then takes its share again
         if fault == "refuse":
@@ -355,3 +435,60 @@ async def test_spamd_pool_over_fakes(tmp_path: Path) -> None:
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert scanner.pool.backends[0].state == "up"
+
+
+async def test_rspamd_pool_over_fakes() -> None:
+    async with PingingRspamd() as a, PingingRspamd() as b:
+        scanner = rspamd([a.url, b.url], timeout=0.5)
+        assert scanner.describe() == f"rspamd({a.url}/checkv2, {b.url}/checkv2, max_size={scanner.max_size})"
+        scanner.pool = Pool("rspamd", scanner.urls, label=str, check=scanner.health_check, first_pause=0.05)
+        backend_a = scanner.pool.backends[0]
+        results = [await scanner.scan(target()) for _ in range(4)]
+        assert all(result.level > 0 for result in results)
+        assert (len(a.requests), len(b.requests)) == (2, 2)  # balanced
+        await a.stop()  # down: refused, taken out, every message scanned by b
+        results = [await scanner.scan(target()) for _ in range(4)]
+        assert all(result.level > 0 for result in results)
+        assert (backend_a.state, backend_a.ejections, backend_a.failures) == ("out", 1, 1)
+        assert len(b.requests) == 6
+        await a.restart()
+        a.ping_ok = False  # up but unhealthy: its /ping fails, it stays out
+        await asyncio.sleep(0.06)
+        await scanner.scan(target())
+        await scanner.pool.checks_done()
+        assert (backend_a.state, a.pings) == ("out", 1)
+        a.ping_ok = True
+        await asyncio.sleep(0.11)
+        await scanner.scan(target())
+        await scanner.pool.checks_done()
+        assert (backend_a.state, a.pings) == ("up", 2)  # let back in by /ping
+        scans = len(a.requests)
+        assert all(result.level > 0 for result in [await scanner.scan(target()) for _ in range(4)])
+        assert len(a.requests) == scans + 2  # its share again
+        await scanner.aclose()
+
+
+async def test_rspamd_hanging_daemon_is_ejected_once_its_ping_fails() -> None:
+    async with PingingRspamd() as a, PingingRspamd() as b:
+        scanner = rspamd([a.url, b.url], timeout=0.3)
+        scanner.pool = Pool("rspamd", scanner.urls, label=str, check=scanner.health_check, check_timeout=0.3)
+        a.hang = True
+        a.ping_ok = False
+        assert (await scanner.scan(target())).level > 0  # retried on b; a checked in the background
+        await scanner.pool.checks_done()
+        assert (scanner.pool.backends[0].state, scanner.pool.backends[0].ejections) == ("out", 1)
+        assert all(result.level > 0 for result in [await scanner.scan(target()) for _ in range(3)])
+        assert (len(a.requests), len(b.requests), a.pings) == (1, 4, 1)
+        await scanner.aclose()
+
+
+def test_rspamd_lists() -> None:
+    assert rspamd(["http://10.0.0.2:11333", "http://10.0.0.3:11333/"]).urls == [
+        "http://10.0.0.2:11333/checkv2",
+        "http://10.0.0.3:11333/checkv2",
+    ]
+    assert len(rspamd("http://10.0.0.2:11333").pool) == 1
+    with pytest.raises(ConfigError, match="listed twice"):
+        rspamd(["http://10.0.0.2:11333", "http://10.0.0.2:11333/checkv2"])
+    with pytest.raises(ConfigError, match="url must be"):
+        rspamd(["http://10.0.0.2:11333", 11333])  # type: ignore[list-item]
