@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command 2: install the test dependencies (Postfix, swaks, pytest,
-# ruff, mypy) and run the whole suite: lint, types, unit, protocol, corpus and
-# end-to-end tests with a real Postfix. Extra arguments go to pytest.
+# ruff, mypy) and run the whole suite: lint, types, unit, protocol, corpus,
+# end-to-end tests with a real Postfix, and the tiers (faults, cluster, ...). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh --test
