@@ -365,3 +365,21 @@ async def test_policy_scanners_use_the_database_of_the_config_that_holds_them(tm
 def test_the_hostname_is_found_when_the_config_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getfqdn", lambda name="": "mx.example.test")
     assert config.load(write(tmp_path, "SCANNERS = []\n")).settings.hostname == "mx.example.test"
+
+
+def test_the_fingerprint_is_equal_for_equal_configs_and_differs_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 5: two nodes with the same file (anywhere) report one fingerprint; a changed
+    setting, or another mailsift release (other bundled defaults), gives another."""
+    state = str(tmp_path / "state")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = config.load(write(tmp_path / "a", GOOD.format(state=state)))
+    b = config.load(write(tmp_path / "b", GOOD.format(state=state)))
+    changed = config.load(write(tmp_path, GOOD.format(state=state).replace("4096", "8192"), "other.py"))
+    assert len(a.settings.config_fingerprint) == 12
+    assert a.settings.config_fingerprint == b.settings.config_fingerprint
+    assert changed.settings.config_fingerprint != a.settings.config_fingerprint
+    monkeypatch.setattr(config, "__version__", "99.0")
+    assert config.load(a.path).settings.config_fingerprint != a.settings.config_fingerprint

@@ -324,12 +324,24 @@ class EscapingFormatter(logging.Formatter):
     The traceback of a logged exception keeps its lines.
     """
 
+    node = "-"
+    """This node's name (``NODE``) for a format with ``%(node)s``: set by :func:`name_node_in_log`."""
+
     def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "node"):
+            record.node = self.node
         message = record.getMessage()
         escaped = escape_controls(message)
         if escaped != message:
             record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
         return super().format(record)
+
+
+def name_node_in_log(node: str) -> None:
+    """Name ``node`` in every line of mailsift's own log (the root handlers' :class:`EscapingFormatter`)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, EscapingFormatter):
+            handler.formatter.node = node
 
 
 # --------------------------------------------------------------------------- hooks
