@@ -313,6 +313,31 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
     assert "bad duration" in bad.output
 
 
+def test_cli_sums_the_cluster_or_shows_one_node(tmp_path: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "config.py"
+    config.write_text(f"from mailsift import *\nSTATE_DIR = {str(state)!r}\nDATABASE = db.sqlite()\nSRV = []\n")
+    database = db.sqlite()
+    database.configure(str(state))
+    for node, messages in (("alpha", 2), ("beta", 3)):
+        tally = Tally(100)
+        for _ in range(messages):
+            tally.count(time.time(), ["a@example.com"], "clean", "", 10, 0.01)
+        database.call(upsert_counters, tally.take(), node)
+    database.dispose()
+    runner = CliRunner()
+
+    def first_count(*options: str) -> list[list[str]]:
+        result = runner.invoke(stats_command, ["-c", str(config), *options])
+        assert result.exit_code == 0, result.output
+        return [line.split()[:2] for line in result.output.splitlines()[1:] if line[:1].isalpha()]
+
+    assert ["clean", "5"] in first_count()  # the whole cluster
+    assert ["clean", "2"] in first_count("--node", "alpha")
+    assert first_count("--by", "node")[1:3] == [["alpha", "2"], ["beta", "3"]]
+
+
 # --------------------------------------------------------------------------- the SVG and who sees what
 
 
