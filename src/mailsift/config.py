@@ -26,6 +26,7 @@ supervisor that rejects a reload keeps serving the running config untouched.
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +48,7 @@ from mailsift.services.lmtpd import lmtpd
 from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings, SettingsBound
 from mailsift.storage import db
+from mailsift.version import __version__
 from mailsift.web.service import webq
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
@@ -166,8 +168,9 @@ def load(path: str) -> Config:
     """Read, run and check the config file at ``path``."""
     path = os.path.abspath(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            source = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        source = raw.decode("utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config: {error.strerror}", filename=path) from None
     except UnicodeDecodeError as error:
@@ -184,7 +187,7 @@ def load(path: str) -> Config:
         raise ConfigError(error.message, filename=path, lineno=_config_line(error, path)) from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - anything the file raises (sys.exit too) is a config error
         raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
-    config = _check(path, namespace, _assignment_lines(tree))
+    config = _check(path, namespace, _assignment_lines(tree), fingerprint(raw))
     bind(config.objects(), config.settings)  # accepted: only now bind what needs the config (DATABASE...)
     for service in config.services:  # webq: which white/black lists the scanners consult
         getattr(service, "bind_config", lambda objects: None)(list(config.objects()))
@@ -234,7 +237,14 @@ def _services_hop(services: Iterable[Service]) -> tuple[str, int] | Delivery | N
     return next(iter(hops.values())) if len(hops) == 1 else None
 
 
-def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Config:
+def fingerprint(raw: bytes) -> str:
+    """The config a node runs, in 12 hex digits: the SHA-256 of the file's bytes and of this mailsift's
+    version (its bundled defaults).  Equal files on equal releases give equal fingerprints; serve logs
+    it at start and reload, and webq's ``/metrics`` shows it (``mailsift_config_info``)."""
+    return hashlib.sha256(raw + b"\0mailsift " + __version__.encode()).hexdigest()[:12]
+
+
+def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], fingerprint: str = "") -> Config:
     def fail(message: str, name: str) -> ConfigError:
         return ConfigError(message, filename=path, lineno=lines.get(name))
 
@@ -300,6 +310,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int]) -> Co
         database=database,
         quarantine_store=quarantine_store,
         node=str(namespace.get("NODE", "")),
+        config_fingerprint=fingerprint,
         message_timeout=message_timeout,
         poison=poisoned,
         user=user,

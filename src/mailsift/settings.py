@@ -9,6 +9,7 @@ passed every check, never before.
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -20,6 +21,17 @@ if TYPE_CHECKING:  # settings is a bottom layer: these are only types
     from mailsift.core.poison import poison
     from mailsift.delivery.next_hop import Delivery
     from mailsift.storage.db import Database
+
+NODE_LENGTH = 16
+_NODE_CHARS = re.compile(r"[^A-Za-z0-9-]+")
+
+
+def node_name(configured: str = "") -> str:
+    """This node's name in queue ids, log lines and records: ``NODE`` when set, else the host name's
+    first label.  Letters, digits and ``-`` only, at most :data:`NODE_LENGTH` characters.
+    """
+    raw = configured or socket.gethostname().split(".")[0]
+    return _NODE_CHARS.sub("", raw)[:NODE_LENGTH].strip("-") or "node"
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,10 @@ class Settings:
     STATE_DIR/quarantine, one node) or ``"database"`` (in ``DATABASE``, for gateways sharing one
     PostgreSQL: :mod:`mailsift.storage.quarantine.dbstore`)."""
     node: str = ""
-    """``NODE``: this machine's name in queue ids (default: the host name's first label)."""
+    """``NODE``: this machine's name in queue ids and records (default: the host name's first label;
+    :attr:`node_name`)."""
+    config_fingerprint: str = ""
+    """What config this node runs: :func:`mailsift.config.fingerprint` of the loaded file ('' for a bare Settings)."""
     message_timeout: float = 540.0
     """``MESSAGE_TIMEOUT``: seconds for the scanning, database work and disposition of one message
     together, past which the MTA gets 451 (:mod:`mailsift.core.deadline`); below Postfix's
@@ -66,6 +81,11 @@ class Settings:
         if self.database is None:
             raise ConfigError("no DATABASE: the config loader sets one (db.sqlite() in STATE_DIR by default)")
         return self.database
+
+    @property
+    def node_name(self) -> str:
+        """``NODE`` as every record names this node (:func:`node_name`)."""
+        return node_name(self.node)
 
     @property
     def quarantine_dir(self) -> str:

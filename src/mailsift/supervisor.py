@@ -55,6 +55,7 @@ from mailsift.config import Config
 from mailsift.errors import ConfigError, DatabaseError
 from mailsift.message.mail import remove_stale_spool
 from mailsift.reporting import poolstats
+from mailsift.reporting.logline import name_node_in_log
 from mailsift.services.daemons import Daemon
 
 log = logging.getLogger("mailsift.supervisor")
@@ -321,6 +322,11 @@ def prepare_database(config: Config, account: Account | None = None) -> None:
         log.warning("the database migration as %s failed; the workers will try again", account and account.name)
 
 
+def config_line(config: Config) -> str:
+    """The log line that says which config this node runs (at start and at each reload)."""
+    return f"node {config.settings.node_name}: config {config.path}, fingerprint {config.settings.config_fingerprint}"
+
+
 def check_servable(config: Config) -> None:
     """What ``serve`` needs beyond a loaded config: at least one service."""
     if not config.services:
@@ -463,6 +469,8 @@ class Supervisor:
         self.daemons.apply(new)
         old = list(self.children)
         self.config = new
+        name_node_in_log(new.settings.node_name)
+        log.info("%s", config_line(new))
         for _ in range(self.workers):
             self._spawn(new)
         for pid in old:
@@ -515,6 +523,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         for _ in range(self.workers):
             self._spawn(self.config)
+        log.info("%s", config_line(self.config))
         log.info(
             "mailsift serving %s with %d workers (pid %d)%s",
             ", ".join(s.describe() for s in self.config.services),

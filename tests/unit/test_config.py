@@ -381,3 +381,21 @@ def test_quarantine_store_files_or_database(tmp_path: Path, value: str) -> None:
     loaded = config.load(path)
     assert loaded.settings.quarantine_store == value
     assert config.load(write(tmp_path, "from mailsift import *\n", "bare.py")).settings.quarantine_store == "files"
+
+
+def test_the_fingerprint_is_equal_for_equal_configs_and_differs_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 5: two nodes with the same file (anywhere) report one fingerprint; a changed
+    setting, or another mailsift release (other bundled defaults), gives another."""
+    state = str(tmp_path / "state")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = config.load(write(tmp_path / "a", GOOD.format(state=state)))
+    b = config.load(write(tmp_path / "b", GOOD.format(state=state)))
+    changed = config.load(write(tmp_path, GOOD.format(state=state).replace("4096", "8192"), "other.py"))
+    assert len(a.settings.config_fingerprint) == 12
+    assert a.settings.config_fingerprint == b.settings.config_fingerprint
+    assert changed.settings.config_fingerprint != a.settings.config_fingerprint
+    monkeypatch.setattr(config, "__version__", "99.0")
+    assert config.load(a.path).settings.config_fingerprint != a.settings.config_fingerprint

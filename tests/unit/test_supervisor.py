@@ -193,3 +193,34 @@ def test_a_database_the_supervisor_cannot_open_is_left_to_the_workers(
         prepare_database(loaded)  # must not raise: the workers answer 451 while it fails
     assert "the workers will try again" in caplog.text
     assert "unable to open database file" in caplog.text
+
+
+def test_start_and_reload_log_the_node_and_the_config_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 5: a node running a different config is visible in the log (and in /metrics)."""
+    path = tmp_path / "mailsift.conf.py"
+    state, database = tmp_path / "state", tmp_path / "m.db"
+    write(path, RUNNING.format(state=str(state), database=str(database), port=free_port()) + "NODE = 'gw-a'\n")
+    first = config.load(str(path))
+    supervisor = Supervisor(first, workers=1)
+    monkeypatch.setattr(supervisor, "_spawn", lambda c: None)
+    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
+    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
+    monkeypatch.setattr(supervisor.daemons, "stop_all", lambda: None)
+    monkeypatch.setattr(supervisor, "_reap", lambda: supervisor.children.clear())
+    with caplog.at_level(logging.INFO, "mailsift.supervisor"):
+        assert supervisor.run() == 0  # no children: serves nothing, stops at once
+        write(path, RUNNING.format(state=str(state), database=str(database), port=free_port()) + "NODE = 'gw-a'\n#\n")
+        supervisor._bind(supervisor.config)
+        try:
+            supervisor.reload()
+        finally:
+            for sock in supervisor.sockets.values():
+                sock.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node gw-a: config ")]
+    fingerprints = [line.rsplit(" ", 1)[-1] for line in lines]
+    assert len(lines) == 2, caplog.text
+    assert fingerprints[0] == first.settings.config_fingerprint
+    assert fingerprints[1] == supervisor.config.settings.config_fingerprint != fingerprints[0]  # the file changed
+    assert all(len(f) == 12 and int(f, 16) >= 0 for f in fingerprints)

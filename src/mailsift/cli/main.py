@@ -34,8 +34,9 @@ from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Disposition
-from mailsift.reporting.logline import EscapingFormatter
+from mailsift.reporting.logline import EscapingFormatter, name_node_in_log
 from mailsift.scanners.base import Scanner
+from mailsift.settings import node_name
 from mailsift.version import __version__
 
 CONFIG_HELP = (
@@ -57,8 +58,10 @@ def _daemons(config: Config, *, skip: bool) -> contextlib.AbstractContextManager
     return running_daemons(config, say=lambda text: click.echo(f"mailsift: {text}", err=True))
 
 
-LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
-"""The service log's line: ``2025-01-31 12:00:00,123 mailsift.webq[4242] WARNING webq: login failed for ...``."""
+LOG_FORMAT = "%(asctime)s node=%(node)s %(name)s[%(process)d] %(levelname)s %(message)s"
+"""The service log's line: ``2025-01-31 12:00:00,123 node=gw1 mailsift.webq[4242] WARNING webq: login failed for ...``
+(``node=``: ``NODE``, else the host name's first label; before the logger's name, so parsers that look for
+``mailsift.webq[pid] LEVEL`` — the fail2ban filter — still match)."""
 QUIET_LOGGERS = ("mail.log", "aiosmtpd", "uvicorn", "httpx", "httpcore", "asyncio", "alembic")
 """Libraries whose INFO lines are noise (aiosmtpd logs every SMTP command, uvicorn "Started server
 process"/"Shutting down" at each worker's start and reload, httpx every request): WARNING and up only,
@@ -76,8 +79,14 @@ def _setup_logging(level: str, log_file: str | None = None, syslog: bool = False
         handler = logging.handlers.SysLogHandler("/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    fmt = "mailsift[%(process)d]: %(name)s %(levelname)s %(message)s" if syslog and not log_file else LOG_FORMAT
-    handler.setFormatter(EscapingFormatter(fmt))
+    fmt = (
+        "mailsift[%(process)d]: node=%(node)s %(name)s %(levelname)s %(message)s"
+        if syslog and not log_file
+        else LOG_FORMAT
+    )
+    formatter = EscapingFormatter(fmt)
+    formatter.node = node_name()  # the host's name until the config names the node (serve: name_node_in_log)
+    handler.setFormatter(formatter)
     logging.basicConfig(level=numeric, handlers=[handler])
     if numeric > logging.DEBUG:
         for noisy in QUIET_LOGGERS:
@@ -143,6 +152,7 @@ def serve(
         sys.exit(2)
     logging.getLogger("mailsift.serve").info("config: %s", describe_config(config_path))  # the first log line
     config = load_config(config_path)
+    name_node_in_log(config.settings.node_name)
     if not config.services:
         click.echo(f"mailsift: {config.path}: SRV lists no services; nothing to serve", err=True)
         sys.exit(2)

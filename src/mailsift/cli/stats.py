@@ -78,14 +78,17 @@ def format_table(title: str, rows: list[Total]) -> list[str]:
 @click.option(
     "--by",
     "group",
-    type=click.Choice(["verdict", "scanner", "domain"]),
+    type=click.Choice(["verdict", "scanner", "domain", "node"]),
     default="verdict",
     show_default=True,
     help="Group the counters by what was done, by the deciding scanner, or by recipient domain.",
 )
 @click.option("--domain", "domains", multiple=True, help="Only this recipient domain (repeatable).")
 @click.option("--greylist", is_flag=True, help="Greylisting outcomes of smtpd_policy instead of messages.")
-def stats_command(config_path: str | None, since: str, group: str, domains: tuple[str, ...], greylist: bool) -> None:
+@click.option("--node", "nodes", multiple=True, help="Only what this node of the cluster counted (repeatable).")
+def stats_command(
+    config_path: str | None, since: str, group: str, domains: tuple[str, ...], greylist: bool, nodes: tuple[str, ...]
+) -> None:
     """Print message counts, bytes and scan time from the statistics counters."""
     try:
         seconds = parse_duration(since)
@@ -97,7 +100,12 @@ def stats_command(config_path: str | None, since: str, group: str, domains: tupl
     try:
         rows = database.call(
             lambda connection: totals(
-                connection, since=time.time() - seconds, group=(group,), domains=wanted, verdicts=verdicts
+                connection,
+                since=time.time() - seconds,
+                group=(group,),
+                domains=wanted,
+                verdicts=verdicts,
+                nodes=list(nodes) or None,
             )
         )
     except DatabaseError as error:
@@ -105,6 +113,7 @@ def stats_command(config_path: str | None, since: str, group: str, domains: tupl
     finally:
         database.dispose()
     scope = f" for {', '.join(wanted)}" if wanted else ""
+    scope += f" on {', '.join(nodes)}" if nodes else ""
     click.echo(f"{'greylisting' if greylist else 'messages'} in the last {since}{scope}, by {group}")
     for line in format_table(group, rows):
         click.echo(escape_controls(line))  # domains and scanner names come from mail

@@ -57,7 +57,7 @@ class TimeParam(click.ParamType[float, Any]):
 
 
 def _print_table(page: StoryPage, events: bool) -> None:
-    rows = [("LOG-ID", "TIME (UTC)", "FATE", "VERDICT", "FROM", "TO", "QUEUE-ID", "MESSAGE-ID", "SUBJECT")]
+    rows = [("LOG-ID", "TIME (UTC)", "FATE", "VERDICT", "FROM", "TO", "QUEUE-ID", "NODE", "MESSAGE-ID", "SUBJECT")]
     for story in page.stories:
         recipients = ",".join(story.recipients) + (f",+{story.more_recipients}" if story.more_recipients else "")
         fate = story.fate
@@ -73,6 +73,7 @@ def _print_table(page: StoryPage, events: bool) -> None:
                 _cut(story.sender or "<>", 30),
                 _cut(recipients, 40),
                 _cut(story.queue_id or "-", 20),
+                _cut(story.node or "-", 16),
                 _cut(story.message_id or "-", 40),
                 _cut(story.subject, 50),
             )
@@ -91,6 +92,7 @@ def _print_table(page: StoryPage, events: bool) -> None:
 @click.option("--recipient", help="Envelope recipient (exact, any case), or @example.com for a domain.")
 @click.option("--message-id", help="The Message-ID header, with or without <>.")
 @click.option("--queue-id", help="The MTA's queue id (as in its own log).")
+@click.option("--node", help="Only messages taken by this node of the cluster (its NODE).")
 @click.option("--since", type=TimeParam(), help=f"Logged at or after this: {TIME_HELP}.")
 @click.option("--until", type=TimeParam(), help=f"Logged before this: {TIME_HELP}.")
 @click.option(
@@ -113,6 +115,7 @@ def track(
     until: float | None,
     limit: int,
     offset: int,
+    node: str | None,
     events: bool,
     as_json: bool,
 ) -> None:
@@ -121,7 +124,7 @@ def track(
     Needs log_sql() in HOOKS. Example: mailsift track --recipient bob@example.org --since 1d --events
     """
     try:
-        query = TrackQuery(sender, recipient, message_id, queue_id, since, until, limit, offset)
+        query = TrackQuery(sender, recipient, message_id, queue_id, since, until, limit, offset, node)
     except TrackQueryError as error:
         raise click.UsageError(str(error)) from None
     config = load_config(config_path, database_for="where log_sql writes the message log")

@@ -4,8 +4,11 @@ The ``stats()`` hook counts every message after its disposition::
 
     HOOKS = [stats()]                  # writes to DATABASE
 
-Counted per (interval start, recipient domain, verdict, scanner): messages,
-recipients, bytes and scan time.  ``domain`` ``*`` holds the totals (a
+Counted per (interval start, recipient domain, verdict, scanner, node): messages,
+recipients, bytes and scan time.  ``node`` is the node that counted (``NODE``,
+:attr:`mailsift.settings.Settings.node_name`): each node adds to its own rows, so
+``/metrics`` can say what this node did, while the graphs and ``mailsift stats``
+sum every node (or one, with ``nodes=``).  ``domain`` ``*`` holds the totals (a
 message to two domains counts once there, and once in each domain's rows).
 The verdict is what was done: ``clean``, ``delivered`` (detected, delivered
 anyway), ``rejected``, ``dropped``, ``quarantined``, ``tempfail``, ``refused``
@@ -40,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
 from mailsift import validators
@@ -65,7 +68,7 @@ TOTAL = "*"
 """The ``domain`` of the totals rows."""
 MAIL_VERDICTS = ("clean", "delivered", "quarantined", "rejected", "dropped", "tempfail", "refused")
 GREYLIST_VERDICTS = ("greylist-deferred", "greylist-passed", "greylist-whitelisted")
-GROUPS = ("verdict", "scanner", "domain")
+GROUPS = ("verdict", "scanner", "domain", "node")
 MAX_LABEL = 200
 """Longest domain or scanner name stored (envelope input is hostile)."""
 
@@ -73,6 +76,7 @@ MAX_LABEL = 200
 
 
 Key = tuple[int, str, str, str]
+"""(period_start, domain, verdict, scanner); the node is the process's own (:attr:`Collector.node`)."""
 
 
 @dataclass(slots=True)
@@ -168,8 +172,8 @@ class Tally:
             self.add(key, value)
 
 
-def upsert_counters(connection: Connection, counts: dict[Key, Counts]) -> None:
-    """Add ``counts`` to the table, atomically per row, in key order (no deadlock between writers)."""
+def upsert_counters(connection: Connection, counts: dict[Key, Counts], node: str = "") -> None:
+    """Add ``counts`` (of ``node``) to the table, atomically per row, in key order (no deadlock between writers)."""
     if not counts:
         return
     column = stats_table.c
@@ -179,6 +183,7 @@ def upsert_counters(connection: Connection, counts: dict[Key, Counts]) -> None:
             "domain": key[1],
             "verdict": key[2],
             "scanner": key[3],
+            "node": node,
             "messages": value.messages,
             "recipients": value.recipients,
             "bytes": value.bytes,
@@ -209,13 +214,15 @@ class Collector:
         self.flush_interval, self.close_timeout = flush_interval, close_timeout
         self.tally = Tally(max_keys)
         self.database: Database | None = None
+        self.node = ""
+        """The node counting (``NODE``): the rows this process adds to."""
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def started(self, database: Database) -> None:
-        """Make sure the background writer runs in this event loop."""
-        self.database = database
+    def started(self, database: Database, node: str = "") -> None:
+        """Make sure the background writer runs in this event loop; ``node``: whose counts these are."""
+        self.database, self.node = database, node
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop, self._lock = loop, asyncio.Lock()
@@ -235,7 +242,7 @@ class Collector:
             if not counts:
                 return
             try:
-                await self.database.run(upsert_counters, counts)
+                await self.database.run(upsert_counters, counts, self.node)
             except MailsiftError as error:
                 self.tally.put_back(counts)
                 log.warning("stats: counters not written yet (kept, retried): %s", error.message)
@@ -303,7 +310,7 @@ class stats(Hook):
         database = self._database or settings.database
         if database is None:
             raise ConfigError("stats: no database")
-        self.collector.started(database)
+        self.collector.started(database, settings.node_name)
         self.collector.tally.count(
             time.time(),
             mail.envelope.recipients,
@@ -347,15 +354,15 @@ class PolicyCounter:
     answer are not counted.
     """
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, database: Database, node: str = "") -> None:
+        self.database, self.node = database, node
         self.collector = Collector(flush_interval=5.0, max_keys=20000, close_timeout=10.0)
 
     def count(self, decision: Decision, recipient: str, seconds: float = 0.0) -> None:
         outcome = greylist_outcome(decision)
         if outcome is None:
             return
-        self.collector.started(self.database)
+        self.collector.started(self.database, self.node)
         self.collector.tally.count(time.time(), [recipient] if recipient else [], outcome, "greylist", 0, seconds)
 
     async def close(self) -> None:
@@ -402,12 +409,14 @@ class Series:
         return [self.start + i * self.step for i in range(self.buckets)]
 
 
-def _scope(domains: Iterable[str] | None, group: str) -> Any:
-    """The rows to read: the totals (all domains), or the given domains' rows."""
+def _scope(domains: Iterable[str] | None, group: str, nodes: Iterable[str] | None = None) -> Any:
+    """The rows to read: the totals (all domains), or the given domains' rows; of every node, or of ``nodes``."""
     column = stats_table.c.domain
     if domains is None:
-        return column != TOTAL if group == "domain" else column == TOTAL
-    return column.in_(sorted(set(domains)))
+        scope = column != TOTAL if group == "domain" else column == TOTAL
+    else:
+        scope = column.in_(sorted(set(domains)))
+    return scope if nodes is None else and_(scope, stats_table.c.node.in_(sorted(set(nodes))))
 
 
 def series(
@@ -419,11 +428,12 @@ def series(
     metric: str = "messages",
     domains: Iterable[str] | None = None,
     verdicts: Sequence[str] = MAIL_VERDICTS,
+    nodes: Iterable[str] | None = None,
 ) -> Series:
     """Sums of ``metric`` per bucket of ``range_`` ending with the bucket holding ``end``, per ``group``.
 
     ``domains`` None reads everything (admins); otherwise only those domains'
-    rows (a domain admin), summed.
+    rows (a domain admin), summed.  ``nodes`` None sums every node of the cluster.
     """
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}")
@@ -437,7 +447,7 @@ def series(
     rows = connection.execute(
         select(bucket.label("bucket"), grouped.label("key"), func.sum(getattr(column, metric)).label("value"))
         .where(column.period_start >= start, column.period_start < start + range_.span)
-        .where(_scope(domains, group), column.verdict.in_(list(verdicts)))
+        .where(_scope(domains, group, nodes), column.verdict.in_(list(verdicts)))
         .group_by(bucket, grouped)
     ).all()
     values: dict[str, list[float]] = {}
@@ -471,11 +481,13 @@ def totals(
     group: Sequence[str] = ("verdict",),
     domains: Iterable[str] | None = None,
     verdicts: Sequence[str] | None = MAIL_VERDICTS,
+    nodes: Iterable[str] | None = None,
 ) -> list[Total]:
     """Sums since ``since`` (all time if None) per value of the ``group`` columns.
 
     ``domains`` None reads the totals rows (or, grouped by domain, every
-    domain's rows); otherwise only those domains' rows.
+    domain's rows); otherwise only those domains' rows.  ``nodes`` None sums
+    every node; otherwise only those nodes' rows (``/metrics``: this node's).
     """
     if not group or any(name not in GROUPS for name in group):
         raise ValueError(f"group must be columns among {GROUPS}")
@@ -487,7 +499,7 @@ def totals(
         func.sum(column.recipients),
         func.sum(column.bytes),
         func.sum(column.scan_seconds),
-    ).where(_scope(domains, "domain" if "domain" in group else "verdict"))
+    ).where(_scope(domains, "domain" if "domain" in group else "verdict", nodes))
     if since is not None:
         query = query.where(column.period_start >= period_of(since))
     if verdicts is not None:

@@ -22,13 +22,17 @@ The text line is qmail-scanner's ``--log-details`` line (reference
 * ``SA:1(score/required)`` when a spam engine ran (``SA:0`` when not spam);
 * ``Q:<queue id>`` when the MTA gave one (mailsift's addition, to find the
   message in the MTA's log);
+* ``node=<node>:`` when ``NODE`` is set (mailsift's addition, the last item of
+  the first field: a cluster's lines say which node took the message; the
+  fields after the first keep their places, so qmail-scanner parsers still read them);
 * time taken (seconds), raw size, envelope sender (``<>`` if null), one
   recipient, Subject (``-`` if none), Message-ID (``-`` if none), then each
   attachment as ``name:size`` (decoded size).
 
 Fields are decoded (RFC 2047 back to text), spaces and control characters in a
 field become ``_``; a syslog line is cut at 1024 characters, as qmail-scanner
-did.  The JSON line and the SQL rows carry the same fields, unmangled; the JSON
+did.  The JSON line and the SQL rows carry the same fields, unmangled, and always
+the node (``node``: ``NODE``, else the host name's first label); the JSON
 line escapes every control character (C0, DEL, C1: ``\u001b``), so no field can
 start a second line or reach a terminal as an escape sequence.  mailsift's own
 log (stderr) goes through :class:`EscapingFormatter`, which escapes control
@@ -124,6 +128,8 @@ class MessageRecord:
     note: str = ""
     more_attachments: int = field(default=0)
     """Attachments beyond :data:`MAX_ATTACHMENTS`, not listed."""
+    node: str = ""
+    """The node that took the message (:attr:`mailsift.settings.Settings.node_name`)."""
 
 
 def clean(value: str, limit: int = MAX_FIELD) -> str:
@@ -209,6 +215,7 @@ def build_record(
     relay_clients: tuple[Network, ...] = (),
     now: float | None = None,
     took: float | None = None,
+    node: str = "",
 ) -> MessageRecord:
     """The record for ``mail`` once ``decision`` was carried out with ``outcome``."""
     env = mail.envelope
@@ -238,6 +245,7 @@ def build_record(
         quarantine=tuple(clean(q) for q in outcome.quarantined),
         note=clean(outcome.note),
         more_attachments=more,
+        node=node,
     )
 
 
@@ -254,8 +262,9 @@ def _field(value: str, empty: str = "-") -> str:
     return _UNSAFE.sub("_", value) if value else empty
 
 
-def qmail_scanner_lines(record: MessageRecord, limit: int | None = None) -> list[str]:
-    """qmail-scanner's ``--log-details`` lines, one per recipient (cut at ``limit`` characters)."""
+def qmail_scanner_lines(record: MessageRecord, limit: int | None = None, *, node: bool = False) -> list[str]:
+    """qmail-scanner's ``--log-details`` lines, one per recipient (cut at ``limit`` characters);
+    ``node``: with ``node=<record.node>:`` at the end of the first field."""
     address = record.client_address or "127.0.0.1"
     status = f"{_field(record.status).replace(':', '_')}:RC:{int(record.relay_client)}({_field(address)}):"
     if record.spam is not None:
@@ -263,6 +272,8 @@ def qmail_scanner_lines(record: MessageRecord, limit: int | None = None) -> list
         status += f"SA:{int(spam)}({score:.1f}/{required:.1f}):"
     if record.queue_id:
         status += f"Q:{_field(record.queue_id)}:"
+    if node and record.node:
+        status += f"node={_field(record.node).replace(':', '_')}:"
     attachments = [f"{_field(a.name)}:{a.size}" for a in record.attachments]
     if record.more_attachments:
         attachments.append(f"...:{record.more_attachments}")
@@ -313,12 +324,24 @@ class EscapingFormatter(logging.Formatter):
     The traceback of a logged exception keeps its lines.
     """
 
+    node = "-"
+    """This node's name (``NODE``) for a format with ``%(node)s``: set by :func:`name_node_in_log`."""
+
     def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "node"):
+            record.node = self.node
         message = record.getMessage()
         escaped = escape_controls(message)
         if escaped != message:
             record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
         return super().format(record)
+
+
+def name_node_in_log(node: str) -> None:
+    """Name ``node`` in every line of mailsift's own log (the root handlers' :class:`EscapingFormatter`)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, EscapingFormatter):
+            handler.formatter.node = node
 
 
 # --------------------------------------------------------------------------- hooks
@@ -330,8 +353,8 @@ class _LogHook(Hook):
     def __init__(self, relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS) -> None:
         self.relay_clients = parse_networks(relay_clients, self.name)
 
-    def record(self, mail: Mail, decision: Decision, outcome: Outcome) -> MessageRecord:
-        return build_record(mail, decision, outcome, relay_clients=self.relay_clients)
+    def record(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> MessageRecord:
+        return build_record(mail, decision, outcome, relay_clients=self.relay_clients, node=settings.node_name)
 
 
 class log_syslog(_LogHook):
@@ -404,7 +427,8 @@ class log_syslog(_LogHook):
         # Written by hand rather than with logging's SysLogHandler: its send blocks the
         # event loop when the syslog daemon is slow, and it reports errors on stderr only.
         loop = asyncio.get_running_loop()
-        for line in qmail_scanner_lines(self.record(mail, decision, outcome), SYSLOG_LIMIT):
+        record = self.record(mail, decision, outcome, settings)
+        for line in qmail_scanner_lines(record, SYSLOG_LIMIT, node=bool(settings.node)):
             try:
                 async with asyncio.timeout(self.timeout):
                     await loop.sock_sendall(self._socket(), self.datagram(line))
@@ -474,16 +498,17 @@ class log_file(_LogHook):
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise ConfigError(f"log_file: directory {directory} does not exist or is not writable")
 
-    def lines(self, record: MessageRecord) -> list[str]:
+    def lines(self, record: MessageRecord, *, node: bool = False) -> list[str]:
+        """The lines of ``record``; ``node``: the text lines name the node (``NODE`` is set)."""
         if self.json:
             return [json_line(record)]
         when = datetime.datetime.fromtimestamp(record.time).astimezone().isoformat(timespec="seconds")
-        return [f"{when} {line}" for line in qmail_scanner_lines(record)]
+        return [f"{when} {line}" for line in qmail_scanner_lines(record, node=node)]
 
     async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
         if self._handler is None:
             self._handler = _RaisingFileHandler(self.resolved, encoding="utf-8")
-        for line in self.lines(self.record(mail, decision, outcome)):
+        for line in self.lines(self.record(mail, decision, outcome, settings), node=bool(settings.node)):
             self._handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
 
     async def close(self) -> None:
@@ -523,6 +548,7 @@ def sql_rows(record: MessageRecord) -> list[dict[str, Any]]:
         "spam_required": None if record.spam is None else record.spam[2],
         "quarantine": ",".join(record.quarantine),
         "note": record.note,
+        "node": record.node,
     }
     return [{**common, "recipient": recipient} for recipient in record.recipients or ("",)]
 
@@ -584,7 +610,7 @@ class log_sql(_LogHook):
             self.dropped += 1
             log.warning("log_sql: %d writes pending, queue_id=%s not logged", pending, mail.envelope.queue_id or "-")
             return
-        self._queue.append(sql_rows(self.record(mail, decision, outcome)))
+        self._queue.append(sql_rows(self.record(mail, decision, outcome, settings)))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_all(database))
 

@@ -11,6 +11,11 @@ already keeps:
   still held, or released — when, by whom, to which addresses;
 * nothing else: the MTA's own log is found through the queue id shown.
 
+Every node of a cluster logs into the same table, so a search on any node
+finds the mail of all of them; each story names the node that took the message
+(``maillog.node``; ``''`` for rows logged before revision 0014_node), and
+``node=`` narrows a search to one node.
+
 The rows of one log record share their time, queue id, Message-ID, sender and
 status; that is how a story is put together again (:func:`find_stories`).  A
 log row names its quarantine copies by file path (or id); the quarantine id is
@@ -99,9 +104,11 @@ class TrackQuery:
     until: float | None = None
     limit: int = DEFAULT_LIMIT
     offset: int = 0
+    node: str | None = None
+    """The node that took the message, exactly (None: every node)."""
 
     def __post_init__(self) -> None:
-        for name in ("sender", "recipient", "message_id", "queue_id"):
+        for name in ("sender", "recipient", "message_id", "queue_id", "node"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -225,6 +232,8 @@ class Story:
     more_recipients: int = 0
     attachments: tuple[tuple[str, int], ...] = ()
     quarantine: tuple[TrackedCopy, ...] = field(default_factory=tuple)
+    node: str = ""
+    """The node that took the message (``''``: logged before nodes were recorded)."""
 
     @property
     def fate(self) -> str:
@@ -251,11 +260,12 @@ class Story:
     def events(self) -> list[Event]:
         """The timeline: received, decided, each quarantine copy and its release, oldest first."""
         client = self.client_name or "unknown"
+        by = f", by node {self.node}" if self.node else ""
         events = [
             Event(
                 self.time - self.elapsed,
                 f"received from {client} [{self.client_address or 'unknown'}] (HELO {self.helo or '-'}), "
-                f"{self.size} bytes, {len(self.recipients) + self.more_recipients} recipient(s)",
+                f"{self.size} bytes, {len(self.recipients) + self.more_recipients} recipient(s){by}",
             ),
         ]
         verb, tail = {
@@ -288,6 +298,7 @@ class Story:
             "fate": self.fate,
             "verdict": self.verdict,
             "queue_id": self.queue_id,
+            "node": self.node,
             "message_id": self.message_id,
             "sender": self.sender,
             "recipients": list(self.recipients),
@@ -353,6 +364,8 @@ def _filters(query: TrackQuery) -> list[ColumnElement[bool]]:
         where.append(m.message_id.in_([f"<{bare}>", bare]))  # the header as written, with or without brackets
     if query.queue_id is not None:
         where.append(m.queue_id == query.queue_id)
+    if query.node is not None:
+        where.append(m.node == query.node)
     if query.since is not None:
         where.append(m.time >= query.since)
     if query.until is not None:
@@ -360,8 +373,8 @@ def _filters(query: TrackQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-_KEY = ("time", "queue_id", "message_id", "sender", "status")
-"""The columns one log record's rows share: together they tell one message (or LMTP group)."""
+_KEY = ("time", "queue_id", "message_id", "sender", "status", "node")
+"""The columns one log record's rows share: together they tell one message (or LMTP group) of one node."""
 
 
 def find_stories(connection: Connection, query: TrackQuery) -> StoryPage:
@@ -435,6 +448,7 @@ def _rows_story(connection: Connection, group: Row[Any]) -> Story | None:
         more_recipients=more,
         attachments=_attachments(head.attachments),
         quarantine=copies,
+        node=head.node,
     )
 
 

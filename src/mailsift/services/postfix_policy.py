@@ -250,7 +250,7 @@ class PolicyServer(Server):
         super().__init__(service, settings)
         self.pipeline = Pipeline(service.scanners)
         self.database = service.database
-        self.counter = counters.PolicyCounter(self.database)  # greylisting outcomes for the statistics
+        self.counter = counters.PolicyCounter(self.database, settings.node_name)  # greylisting outcomes, per node
 
     async def start(self, sock: socket.socket) -> None:
         try:

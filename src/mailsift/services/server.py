@@ -41,28 +41,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailsift.settings import Settings
+from mailsift.settings import node_name as node_name  # defined in settings since issue 15 (every record names the node)
 
 log = logging.getLogger("mailsift.server")
 
-_NODE_CHARS = re.compile(r"[^A-Za-z0-9-]+")
-NODE_LENGTH = 16
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def node_name(configured: str = "") -> str:
-    """This node's name for queue ids: ``NODE`` when set, else the host name's first label.
-
-    Letters, digits and ``-`` only, at most :data:`NODE_LENGTH` characters.
-    """
-    raw = configured or socket.gethostname().split(".")[0]
-    return _NODE_CHARS.sub("", raw)[:NODE_LENGTH].strip("-") or "node"
 
 
 def base36(number: int) -> str:

@@ -25,8 +25,8 @@ table (migration)          indexes and constraints                used by
 (0002)                                                            :mod:`mailsift.web.quarantine_queries`
 ``quarantine_chunk``       primary key (quarantine_id, seq)       :mod:`mailsift.storage.quarantine.dbstore`
 (0011_dbquarantine)                                               (``QUARANTINE_STORE = "database"``)
-``maillog`` (0003, 0008)   ``ix_maillog_time``,                   :mod:`mailsift.reporting.logline` (writes),
-                           ``ix_maillog_recipient``,              :mod:`mailsift.reporting.tracking` and
+``maillog`` (0003, 0008,   ``ix_maillog_time``,                   :mod:`mailsift.reporting.logline` (writes),
+0014_node)                 ``ix_maillog_recipient``,              :mod:`mailsift.reporting.tracking` and
                            ``ix_maillog_sender`` (0003);          :mod:`mailsift.reporting.digest` (read);
                            ``ix_maillog_message_id``,             the 0008 indexes serve tracking's
                            ``ix_maillog_queue_id`` (0008)         searches by Message-ID and queue id
@@ -42,8 +42,8 @@ table (migration)          indexes and constraints                used by
 (0010_websessions)                                                web sessions)
 ``link_action`` (0006)     primary key (quarantine_id,            :mod:`mailsift.reporting.links`
                            recipient, action)
-``stats_counter`` (0007)   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
-                           verdict, scanner)
+``stats_counter`` (0007,   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
+0014_node)                 verdict, scanner, node)
 ``poison_attempt`` (0009)   ``ix_poison_attempt_last_seen``        :mod:`mailsift.core.poison` (poison mail:
                                                                   attempts per message key)
 ``mailsift_leases``        primary key (name, period)             :mod:`mailsift.storage.leases` (once per
@@ -191,6 +191,8 @@ maillog_table = Table(
     Column("spam_required", Float, nullable=True),
     Column("quarantine", Text, nullable=False),
     Column("note", Text, nullable=False),
+    # Migration 0014_node: the node that wrote the row ('' for rows older than it).
+    Column("node", Text, nullable=False, server_default=""),
     Index("ix_maillog_time", "time"),
     Index("ix_maillog_recipient", "recipient"),
     Index("ix_maillog_sender", "sender"),
@@ -199,7 +201,8 @@ maillog_table = Table(
     Index("ix_maillog_queue_id", "queue_id"),
 )
 """SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
-``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated."""
+``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated,
+``node`` the node that took the message (``NODE``; ``''`` for rows logged before 0014_node)."""
 
 # --------------------------------------------------------------------------- per-user policies and lists (0004)
 
@@ -300,12 +303,15 @@ stats_table = Table(
     Column("domain", Text, primary_key=True),
     Column("verdict", Text, primary_key=True),
     Column("scanner", Text, primary_key=True),
+    # Migration 0014_node: each node adds to its own rows ('' for counts older than it).
+    Column("node", Text, primary_key=True, server_default=""),
     Column("messages", Integer, nullable=False),
     Column("recipients", Integer, nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("scan_seconds", Float, nullable=False),
 )
-"""One row per (interval start in Unix seconds, domain, verdict, scanner); the values are sums."""
+"""One row per (interval start in Unix seconds, domain, verdict, scanner, node); the values are sums.
+``node`` is the node that counted (``NODE``); ``''`` holds what was counted before 0014_node."""
 
 # --------------------------------------------------------------------------- poison mail (0009_poison)
 

@@ -5,7 +5,12 @@
   messages, bytes, scan time, greylisting outcomes; and a totals table.
 * ``/stats/graph.svg``: one graph as a standalone SVG image (same options,
   plus ``metric=`` and ``kind=mail|greylist``).
-* ``/metrics``: the counters in Prometheus' text format.
+* ``/metrics``: the counters in Prometheus' text format, of this node only
+  (``NODE``), and ``mailsift_config_info{node, fingerprint}``.
+
+The graphs and the table show the whole cluster (every node writes into the
+one database; ``?by=node`` breaks them down per node); ``/metrics`` shows what
+this node did, so a scraper of every node sums without counting twice.
 
 Who sees what, decided before any query: an admin sees everything (or one
 domain with ``?domain=``); a domain admin (a user owning ``@example.com``
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from markupsafe import Markup
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy.engine import Connection
@@ -58,6 +63,7 @@ from starlette.routing import BaseRoute, Route
 from mailsift.errors import MailsiftError
 from mailsift.reporting import poolstats
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
+from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.web.auth import client_address, current_user, require_user
 from mailsift.web.templating import N_, Text, render
@@ -131,8 +137,8 @@ class GraphRequest:
         group = params.get("by", "verdict")
         if range_name not in RANGES:
             raise HTTPException(400, Text(N_("range must be one of %(ranges)s."), ranges=", ".join(RANGES)))
-        if group not in ("verdict", "scanner", "domain"):
-            raise HTTPException(400, Text(N_("by must be verdict, scanner or domain.")))
+        if group not in ("verdict", "scanner", "domain", "node"):
+            raise HTTPException(400, Text(N_("by must be verdict, scanner, domain or node.")))
         return cls(RANGES[range_name], group, params.get("domain", "")[:255])
 
 
@@ -357,7 +363,7 @@ async def stats_page(request: Request) -> Response:
         "table": table,
         "options": options,
         "ranges": list(RANGES),
-        "groups": ("verdict", "scanner", "domain"),
+        "groups": ("verdict", "scanner", "domain", "node"),
         "domains": managed_domains(user),
         "format_value": format_value,
     }
@@ -388,8 +394,12 @@ async def graph_svg(request: Request) -> Response:
 class DatabaseCounters:
     """A prometheus_client collector yielding the all-time sums read from the database."""
 
-    def __init__(self, by_scanner: list[Total], by_domain: list[Total], greylist: list[Total]) -> None:
+    def __init__(
+        self, by_scanner: list[Total], by_domain: list[Total], greylist: list[Total], config: tuple[str, str] = ("", "")
+    ) -> None:
         self.by_scanner, self.by_domain, self.greylist = by_scanner, by_domain, greylist
+        self.config = config
+        """(node, config fingerprint) of this node."""
 
     def collect(self) -> Iterator[Metric]:
         messages = CounterMetricFamily(
@@ -420,14 +430,21 @@ class DatabaseCounters:
         )
         for total in self.greylist:
             greylist.add_metric([total.key[0].removeprefix("greylist-")], total.messages)
-        yield from (messages, recipients, size, seconds, domains, greylist)
+        info = GaugeMetricFamily(
+            "mailsift_config_info", "The config this node runs (its fingerprint).", labels=["node", "fingerprint"]
+        )
+        info.add_metric(list(self.config), 1)
+        yield from (messages, recipients, size, seconds, domains, greylist, info)
 
 
-def _metrics_data(connection: Connection) -> DatabaseCounters:
+def _metrics_data(connection: Connection, node: str = "", fingerprint: str = "") -> DatabaseCounters:
+    """This node's counters (what it did; the other nodes' /metrics say theirs)."""
+    nodes = [node]
     return DatabaseCounters(
-        totals(connection, group=("verdict", "scanner")),
-        totals(connection, group=("domain", "verdict")),
-        totals(connection, group=("verdict",), verdicts=GREYLIST_VERDICTS),
+        totals(connection, group=("verdict", "scanner"), nodes=nodes),
+        totals(connection, group=("domain", "verdict"), nodes=nodes),
+        totals(connection, group=("verdict",), verdicts=GREYLIST_VERDICTS, nodes=nodes),
+        (node, fingerprint),
     )
 
 
@@ -477,7 +494,8 @@ def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) 
         monitor = _allowed_client(request, networks) and _allowed_host(request)
         if not (token_ok or monitor or (user is not None and user.is_admin)):
             raise HTTPException(403, Text(N_("Metrics are for the monitoring host and administrators.")))
-        collector = await _query(request, _metrics_data)
+        settings: Settings = request.app.state.settings
+        collector = await _query(request, _metrics_data, settings.node_name, settings.config_fingerprint)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
         registry.register(await asyncio.to_thread(poolstats.collector, request.app.state.settings.state_dir))

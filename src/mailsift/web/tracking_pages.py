@@ -36,7 +36,7 @@ from mailsift.storage.db import Database
 from mailsift.web.auth import require_admin
 from mailsift.web.templating import N_, Text, render
 
-FIELDS = ("sender", "recipient", "message_id", "queue_id", "since", "until")
+FIELDS = ("sender", "recipient", "message_id", "queue_id", "node", "since", "until")
 """The search form's fields, as named in the URL."""
 
 
@@ -61,6 +61,7 @@ def _query(form: dict[str, str], offset_text: str, page_size: int) -> TrackQuery
         recipient=form["recipient"] or None,
         message_id=form["message_id"] or None,
         queue_id=form["queue_id"] or None,
+        node=form["node"] or None,
         since=parse_time(form["since"]) if form["since"] else None,
         until=parse_time(form["until"]) if form["until"] else None,
         limit=max(1, min(page_size, MAX_LIMIT)),

@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -312,6 +313,31 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
     assert "bad duration" in bad.output
 
 
+def test_cli_sums_the_cluster_or_shows_one_node(tmp_path: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "config.py"
+    config.write_text(f"from mailsift import *\nSTATE_DIR = {str(state)!r}\nDATABASE = db.sqlite()\nSRV = []\n")
+    database = db.sqlite()
+    database.configure(str(state))
+    for node, messages in (("alpha", 2), ("beta", 3)):
+        tally = Tally(100)
+        for _ in range(messages):
+            tally.count(time.time(), ["a@example.com"], "clean", "", 10, 0.01)
+        database.call(upsert_counters, tally.take(), node)
+    database.dispose()
+    runner = CliRunner()
+
+    def first_count(*options: str) -> list[list[str]]:
+        result = runner.invoke(stats_command, ["-c", str(config), *options])
+        assert result.exit_code == 0, result.output
+        return [line.split()[:2] for line in result.output.splitlines()[1:] if line[:1].isalpha()]
+
+    assert ["clean", "5"] in first_count()  # the whole cluster
+    assert ["clean", "2"] in first_count("--node", "alpha")
+    assert first_count("--by", "node")[1:3] == [["alpha", "2"], ["beta", "3"]]
+
+
 # --------------------------------------------------------------------------- the SVG and who sees what
 
 
@@ -353,3 +379,40 @@ def test_scope_admin_domain_admin_and_others() -> None:
         with pytest.raises(HTTPException) as refused:
             scope_for(user, domain)
         assert refused.value.status_code == 403
+
+
+async def test_two_nodes_count_into_their_own_rows_and_queries_sum_or_pick_them(database: Database) -> None:
+    """Issue 15 item 5: nodes alpha and beta (different NODE) share one database; each adds to its
+    own rows, the sums cover the cluster, ``nodes=`` picks one node (what its /metrics shows)."""
+    from sqlalchemy import select
+
+    from mailsift.reporting.counters import stats_table
+
+    mail = make_mail(["bob@example.test"], b"x" * 100)
+    decision = await decide(mail, const(0.0))
+    for node, messages in (("alpha", 2), ("beta", 3)):
+        hook = stats(flush_interval=60)
+        settings = Settings(state_dir="/tmp", database=database, node=node)
+        hook.check(settings)
+        for _ in range(messages):
+            await hook.after(mail, decision, Outcome(OK), settings)
+        await hook.close()
+
+    def read(connection: Any) -> Any:
+        c = stats_table.c
+        return sorted((r.node, r.domain, r.messages) for r in connection.execute(select(c.node, c.domain, c.messages)))
+
+    assert database.call(read) == [
+        ("alpha", "*", 2),
+        ("alpha", "example.test", 2),
+        ("beta", "*", 3),
+        ("beta", "example.test", 3),
+    ]
+    cluster = database.call(lambda c: totals(c, group=("verdict",)))
+    assert [(t.key, t.messages) for t in cluster] == [(("clean",), 5)]
+    alpha = database.call(lambda c: totals(c, group=("verdict",), nodes=["alpha"]))
+    assert [(t.key, t.messages) for t in alpha] == [(("clean",), 2)]
+    per_node = database.call(lambda c: totals(c, group=("node",)))
+    assert [(t.key, t.messages) for t in per_node] == [(("alpha",), 2), (("beta",), 3)]
+    graph = database.call(lambda c: series(c, end=time.time(), range_=RANGES["hour"], nodes=["beta"]))
+    assert sum(graph.values["clean"]) == 3

@@ -32,6 +32,7 @@ from mailsift.reporting.logline import (
     maillog_table,
     parse_networks,
     qmail_scanner_lines,
+    sql_rows,
 )
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.settings import Settings
@@ -386,3 +387,49 @@ def test_the_migration_builds_the_maillog_table(tmp_path: Path) -> None:
         differences = compare_metadata(MigrationContext.configure(connection, opts=ours), only_maillog)
     assert differences == []
     engine.dispose()
+
+
+async def test_two_nodes_log_into_one_database_each_row_and_story_names_its_node(
+    tmp_path: Path, database: Database
+) -> None:
+    """Issue 15 item 5: nodes alpha and beta (different NODE) share one DATABASE; every row says
+    which took the message, and tracking on either finds both, each story with its node."""
+    from mailsift.reporting.tracking import TrackQuery, find_stories
+
+    hooks = {name: log_sql() for name in ("alpha", "beta")}
+    paths = {name: path_for(tmp_path, (hook,), database=database, node=name) for name, hook in hooks.items()}
+    await paths["alpha"].process(dropped_mail("qa"))
+    await paths["beta"].process(dropped_mail("qb", recipients=["x@example.test", "y@example.test"]))
+    for hook in hooks.values():
+        await hook.flush()
+    assert sorted((row["queue_id"], row["node"]) for row in maillog_rows(database)) == [
+        ("qa", "alpha"),
+        ("qb", "beta"),
+        ("qb", "beta"),
+    ]
+    stories = database.call(find_stories, TrackQuery()).stories
+    assert sorted((story.queue_id, story.node) for story in stories) == [("qa", "alpha"), ("qb", "beta")]
+    (only_beta,) = database.call(find_stories, TrackQuery(node="beta")).stories
+    assert only_beta.queue_id == "qb"
+    assert only_beta.as_dict()["node"] == "beta"
+    assert "by node beta" in only_beta.events()[0].text
+    for path in paths.values():
+        await path.close()
+
+
+async def test_text_lines_name_the_node_when_node_is_set_and_stay_qmail_scanners_otherwise(tmp_path: Path) -> None:
+    mail = make_mail()
+    record = build_record(mail, await decide(mail), Outcome(OK), now=NOW, took=0.25, node="gw-b")
+    (plain,) = qmail_scanner_lines(record)
+    (named,) = qmail_scanner_lines(record, node=True)
+    assert plain.split(" ")[0] == "Clear:RC:0(192.0.2.7):Q:4XyZ12:"
+    assert named.split(" ")[0] == "Clear:RC:0(192.0.2.7):Q:4XyZ12:node=gw-b:"
+    assert named.split(" ")[1:] == plain.split(" ")[1:]  # every other field keeps its place
+    assert json.loads(json_line(record))["node"] == "gw-b"  # JSON and SQL always carry it
+    assert sql_rows(record)[0]["node"] == "gw-b"
+    text = log_file("mail.log")
+    path = path_for(tmp_path, (text,), node="gw-b")
+    await path.process(dropped_mail("q1"))
+    await path.close()
+    (line,) = (tmp_path / "mail.log").read_text(encoding="utf-8").splitlines()
+    assert line.split(" ")[1] == "Dropped_Bad:RC:0(192.0.2.7):Q:q1:node=gw-b:"

@@ -72,3 +72,46 @@ def test_importing_the_migrations_logs_nothing() -> None:
     code = "import logging; logging.basicConfig(level=logging.INFO); import mailsift.storage.migrations"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stderr == ""
+
+
+def test_0014_node_gives_older_rows_no_node_and_puts_the_node_in_the_stats_key(database: Database) -> None:
+    """Rows written before 0014_node get node '' (unknown: the node that migrates did not write
+    them all); afterwards two nodes' counts of one interval are two rows."""
+    from alembic import command
+    from sqlalchemy import text
+
+    with database.engine.begin() as connection:
+        command.upgrade(migrations.config(connection), "0003")
+        command.upgrade(migrations.config(connection), "0007")
+        connection.execute(
+            text(
+                "INSERT INTO stats_counter (period_start, domain, verdict, scanner, messages, recipients, bytes, "
+                "scan_seconds) VALUES (300, '*', 'clean', '', 4, 4, 400, 1.5)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO maillog (time, queue_id, status, action, reply, level, name, scanner, relay_client, "
+                "client_address, client_name, helo, elapsed, size, sender, recipient, subject, message_id, "
+                "attachments, quarantine, note) VALUES (1.0, 'q', 'Clear', 'deliver', '250', 0, '', '', false, "
+                "'', '', '', 0, 1, '', 'r@x', '', '', '[]', '', '')"
+            )
+        )
+    with database.engine.begin() as connection:
+        migrations.upgrade(connection)
+    with database.engine.begin() as connection:
+        assert connection.execute(text("SELECT node, messages, bytes FROM stats_counter")).all() == [("", 4, 400)]
+        assert connection.execute(text("SELECT node FROM maillog")).all() == [("",)]
+        connection.execute(
+            text(
+                "INSERT INTO stats_counter (period_start, domain, verdict, scanner, node, messages, recipients, "
+                "bytes, scan_seconds) VALUES (300, '*', 'clean', '', 'alpha', 1, 1, 10, 0.1)"
+            )
+        )
+    assert inspect(database.engine).get_pk_constraint("stats_counter")["constrained_columns"] == [
+        "period_start",
+        "domain",
+        "verdict",
+        "scanner",
+        "node",
+    ]
