@@ -47,6 +47,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import email.header
 import errno
 import importlib.util
 import logging
@@ -173,10 +174,21 @@ def _filename_parameter(name: str) -> str:
     return "filename*=utf-8''" + urllib.parse.quote(raw, safe="")
 
 
+def _subject(path: str) -> str:
+    """The path as a Subject: itself in ASCII, an RFC 2047 encoded word in UTF-8, escaped bytes otherwise."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate-escaped bytes)
+        return os.fsencode(path).decode("ascii", "backslashreplace")
+    if path.isascii() and path.isprintable():
+        return path
+    return email.header.Header(path, "utf-8", maxlinelen=998).encode(linesep="\r\n")
+
+
 def mail_head(path: str, size: int) -> bytes:
     """The headers of the mail a file is scanned as, up to its one attachment's body."""
     name = _filename_parameter(os.path.basename(path) or "file")
-    subject = os.fsencode(path).decode("ascii", "backslashreplace").replace("\r", "\\r").replace("\n", "\\n")
+    subject = _subject(path)
     boundary = "mailsift-fusefs-boundary"
     return (
         "From: <>\r\n"
@@ -631,13 +643,13 @@ class fusefs(Daemon):
             )
         if not shutil.which(FUSERMOUNT):
             raise ConfigError(f"{self.describe()}: {FUSERMOUNT} not found: install Debian's fuse3")
+        inside = os.path.commonpath([self.mountpoint, self.source])
+        if inside in (self.mountpoint, self.source):
+            raise ConfigError(f"{self.describe()}: the mountpoint and the source must not contain each other")
         if not os.path.isdir(self.source):
             raise ConfigError(f"{self.describe()}: source {self.source} is not a directory")
         if not os.path.isdir(self.mountpoint) and not is_mounted(self.mountpoint):
             raise ConfigError(f"{self.describe()}: mountpoint {self.mountpoint} is not a directory")
-        inside = os.path.commonpath([self.mountpoint, self.source])
-        if inside in (self.mountpoint, self.source):
-            raise ConfigError(f"{self.describe()}: the mountpoint and the source must not contain each other")
 
     def prepare(self, state_dir: str, clients_group: int | None = None) -> None:
         if is_mounted(self.mountpoint) and not unmount(self.mountpoint):
