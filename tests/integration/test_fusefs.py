@@ -25,6 +25,7 @@ from mailsift import fusefs, parsemail, regexp_scan
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.settings import Settings
+from mailsift.testing import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,3 +246,62 @@ def test_sigterm_unmounts(tmp_path: Path) -> None:
     assert code == 0
     assert not os.path.ismount(mounted.mountpoint)
     assert os.listdir(mounted.mountpoint) == []  # the empty directory under it again
+
+
+SERVE_CONFIG = """\
+from mailsift import *
+STATE_DIR = {state!r}
+SMTP_SERVER = ("127.0.0.1", {next_hop})
+SCANNERS = [parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))]
+SRV = [smtpd(SCANNERS, "127.0.0.1", {port}), fusefs(SCANNERS, {mountpoint!r}, {source!r})]
+"""
+
+
+def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> None:
+    """The root supervisor forks the fusefs process, the finding is in serve's log, SIGTERM unmounts."""
+    why = refused()
+    if why:
+        pytest.skip(why)
+    source, mountpoint = tmp_path / "source", tmp_path / "mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    (source / "clean.txt").write_bytes(b"clean\n")
+    (source / "eicar.com").write_bytes(EICAR)
+    config = tmp_path / "config.py"
+    config.write_text(
+        SERVE_CONFIG.format(
+            state=str(tmp_path / "state"),
+            next_hop=free_port(),
+            port=free_port(),
+            mountpoint=str(mountpoint),
+            source=str(source),
+        )
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "mailsift", "serve", "-c", str(config), "-w", "1", "--drain-seconds", "5"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            assert serve.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "not mounted within 30 s:\n" + log.read_text()
+            time.sleep(0.1)
+        assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"
+        with pytest.raises(PermissionError):
+            open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, log.read_text()
+        assert not os.path.ismount(mountpoint), log.read_text()
+        text = log.read_text()
+        assert "fusefs action=refuse reply=EACCES" in text
+        assert f"path={source / 'eicar.com'}" in text
+        assert "unmounted" in text
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        lazy_unmount(mountpoint)
