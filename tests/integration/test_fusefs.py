@@ -8,6 +8,7 @@ trial mount fails: a container without the right) the module is skipped with the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -257,8 +258,9 @@ SRV = [smtpd(SCANNERS, "127.0.0.1", {port}), fusefs(SCANNERS, {mountpoint!r}, {s
 """
 
 
-def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> None:
-    """The root supervisor forks the fusefs process, the finding is in serve's log, SIGTERM unmounts."""
+@contextlib.contextmanager
+def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, Path]]:
+    """``mailsift serve`` with an smtpd and a fusefs, until the fusefs is mounted: (serve, source, mountpoint, log)."""
     why = refused()
     if why:
         pytest.skip(why)
@@ -285,11 +287,26 @@ def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> Non
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mountpoint):
-            assert serve.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "not mounted within 30 s:\n" + log.read_text()
-            time.sleep(0.1)
+        wait_mounted(serve, mountpoint, log)
+        yield serve, source, mountpoint, log
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        lazy_unmount(mountpoint)
+
+
+def wait_mounted(serve: subprocess.Popen[bytes], mountpoint: Path, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mountpoint):
+        assert serve.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "not mounted within 30 s:\n" + log.read_text()
+        time.sleep(0.1)
+
+
+def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> None:
+    """The root supervisor forks the fusefs process, the finding is in serve's log, SIGTERM unmounts."""
+    with serving(tmp_path) as (serve, source, mountpoint, log):
         assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"
         with pytest.raises(PermissionError):
             open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
@@ -300,8 +317,28 @@ def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> Non
         assert "fusefs action=refuse reply=EACCES" in text
         assert f"path={source / 'eicar.com'}" in text
         assert "unmounted" in text
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-        lazy_unmount(mountpoint)
+
+
+def test_a_killed_fusefs_is_restarted_over_its_stale_mount(tmp_path: Path) -> None:
+    """SIGKILL leaves a dead mount (ENOTCONN); the supervisor restarts the process, which unmounts it lazily first."""
+    with serving(tmp_path) as (serve, _source, mountpoint, log):
+        mounted = [line for line in log.read_text().splitlines() if " mounted (pid " in line]
+        [pid] = [int(line.rsplit("(pid ", 1)[1].split(")")[0]) for line in mounted]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _stale(mountpoint):
+            assert time.monotonic() < deadline, "the mount did not go stale"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while True:  # restarted after the supervisor's pause (1 s), mounted again
+            with contextlib.suppress(OSError):
+                if (mountpoint / "clean.txt").read_bytes() == b"clean\n":
+                    break
+            assert time.monotonic() < deadline, "not mounted again within 30 s:\n" + log.read_text()
+            time.sleep(0.1)
+        with pytest.raises(PermissionError):
+            open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, log.read_text()
+        assert not os.path.ismount(mountpoint), log.read_text()
+        assert not _stale(mountpoint), log.read_text()
