@@ -268,3 +268,24 @@ def test_identity_changes_with_the_scanners(tmp_path: Path) -> None:
     other = fusefs([Counting()], str(tmp_path / "mnt"), str(tmp_path / "src"))
     assert one.identity() == same.identity()  # kept running across a reload
     assert one.identity() != other.identity()  # restarted with the new scanners
+
+
+def test_offline_commands_never_mount_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mailsift scan`` starts the config's daemons that are not answering (running_daemons); not a fusefs."""
+    from mailsift.config import Config
+    from mailsift.settings import Settings
+    from mailsift.supervisor import running_daemons
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "mnt").mkdir()
+    service = fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"))
+
+    def start(state_dir: str) -> int:
+        raise AssertionError("an offline command started the fusefs")
+
+    monkeypatch.setattr(service, "start", start)
+    config = Config(str(tmp_path / "config.py"), Settings(state_dir=str(tmp_path / "state")), (), (), (service,))
+    said: list[str] = []
+    with running_daemons(config, timeout=1, say=said.append):
+        pass
+    assert said == []
