@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import fusefs, parsemail, regexp_scan
+from mailsift import clamd, fusefs, parsemail, regexp_scan
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.settings import Settings
 from mailsift.testing import free_port
+from tests.helpers.clamd import CLAMD, ClamdInstance
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,16 +106,14 @@ class Mount:
         return self.scans_log.read_text(encoding="utf-8").splitlines().count(str(self.source / name))
 
 
-def mount(tmp: Path) -> Mount:
+def mount(tmp: Path, *scanners: Scanner) -> Mount:
     source, mountpoint, state = tmp / "source", tmp / "mnt", tmp / "state"
     for directory in (source, mountpoint, state):
         directory.mkdir(exist_ok=True)
     scans_log = tmp / "scans.log"
-    service = fusefs(
-        [Recording(scans_log), parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))],
-        str(mountpoint),
-        str(source),
-    )
+    if not scanners:
+        scanners = (parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])),)
+    service = fusefs([Recording(scans_log), *scanners], str(mountpoint), str(source), timeout=20.0)
     service.check()
     service.bind_settings(Settings(state_dir=str(state)))
     pid = service.start(str(state))
@@ -247,6 +246,34 @@ def test_sigterm_unmounts(tmp_path: Path) -> None:
     assert code == 0
     assert not os.path.ismount(mounted.mountpoint)
     assert os.listdir(mounted.mountpoint) == []  # the empty directory under it again
+
+
+def test_with_a_real_clamd_and_fail_closed_when_it_stops(tmp_path: Path) -> None:
+    """clamd (a private instance with EICAR signatures) judges each file; with clamd gone an open is EIO."""
+    why = refused()
+    if why:
+        pytest.skip(why)
+    if not os.path.exists(CLAMD):
+        pytest.skip("clamd is not installed (Debian's clamav-daemon: scripts/setup.sh)")
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "clean.txt").write_bytes(b"nothing to see\n" * 1000)
+    (tmp_path / "source" / "eicar.com").write_bytes(EICAR)
+    with ClamdInstance(tmp_path / "clamd") as daemon:
+        mounted = mount(tmp_path, clamd(daemon.socket_path))
+        try:
+            assert (mounted.mountpoint / "clean.txt").read_bytes() == b"nothing to see\n" * 1000
+            with pytest.raises(PermissionError):
+                open(mounted.mountpoint / "eicar.com", "rb")  # noqa: SIM115
+            daemon.stop()
+            (mounted.source / "later.txt").write_bytes(b"written while clamd is down\n")
+            with pytest.raises(OSError) as failed:
+                open(mounted.mountpoint / "later.txt", "rb")  # noqa: SIM115
+            assert failed.value.errno == errno.EIO  # no verdict: fail closed
+            assert (mounted.mountpoint / "clean.txt").read_bytes().startswith(b"nothing")  # judged before: cached
+            daemon.start()
+            assert (mounted.mountpoint / "later.txt").read_bytes() == b"written while clamd is down\n"
+        finally:
+            unmount(mounted)
 
 
 SERVE_CONFIG = """\
