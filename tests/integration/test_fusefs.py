@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,14 +107,16 @@ class Mount:
         return self.scans_log.read_text(encoding="utf-8").splitlines().count(str(self.source / name))
 
 
-def mount(tmp: Path, *scanners: Scanner) -> Mount:
+def mount(tmp: Path, *scanners: Scanner, allow_other: bool = False) -> Mount:
     source, mountpoint, state = tmp / "source", tmp / "mnt", tmp / "state"
     for directory in (source, mountpoint, state):
         directory.mkdir(exist_ok=True)
     scans_log = tmp / "scans.log"
     if not scanners:
         scanners = (parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])),)
-    service = fusefs([Recording(scans_log), *scanners], str(mountpoint), str(source), timeout=20.0)
+    service = fusefs(
+        [Recording(scans_log), *scanners], str(mountpoint), str(source), timeout=20.0, allow_other=allow_other
+    )
     service.check()
     service.bind_settings(Settings(state_dir=str(state)))
     pid = service.start(str(state))
@@ -276,6 +279,57 @@ def test_with_a_real_clamd_and_fail_closed_when_it_stops(tmp_path: Path) -> None
             unmount(mounted)
 
 
+NOBODY = 65534
+
+
+def read_as_nobody(path: Path) -> int:
+    """Open and read ``path`` as uid/gid 65534 (nobody) in a child; 0, or the errno it got."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with open(path, "rb") as handle:
+                handle.read()
+        except OSError as error:
+            code = error.errno or 255
+        except BaseException:
+            code = 254
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.parametrize("allow_other", [False, True])
+def test_who_can_read_through_the_mount(allow_other: bool) -> None:
+    """Root only by default; with allow_other, every user as the source's modes allow (default_permissions)."""
+    why = refused()
+    if why:
+        pytest.skip(why)
+    top = Path(tempfile.mkdtemp(prefix="mailsift-fusefs-"))  # not under pytest's 0700 directory: nobody must reach it
+    try:
+        top.chmod(0o755)
+        (top / "source").mkdir(mode=0o755)
+        (top / "source" / "public.txt").write_bytes(b"public\n")
+        (top / "source" / "public.txt").chmod(0o644)
+        (top / "source" / "private.txt").write_bytes(b"private\n")
+        (top / "source" / "private.txt").chmod(0o600)
+        mounted = mount(top, allow_other=allow_other)
+        try:
+            assert read_as_nobody(top / "source" / "public.txt") == 0  # the source itself: nobody can read it
+            if allow_other:
+                assert read_as_nobody(mounted.mountpoint / "public.txt") == 0
+                assert read_as_nobody(mounted.mountpoint / "private.txt") == errno.EACCES  # the source's modes hold
+            else:
+                assert read_as_nobody(mounted.mountpoint / "public.txt") == errno.EACCES  # root's mount only
+            assert (mounted.mountpoint / "private.txt").read_bytes() == b"private\n"  # root, of course
+        finally:
+            unmount(mounted)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 SERVE_CONFIG = """\
 from mailsift import *
 STATE_DIR = {state!r}
@@ -337,6 +391,13 @@ def test_mailsift_serve_mounts_it_and_unmounts_it_at_stop(tmp_path: Path) -> Non
         assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"
         with pytest.raises(PermissionError):
             open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
+        serve.send_signal(signal.SIGHUP)  # the same config: the same fusefs goes on, mounted
+        deadline = time.monotonic() + 30
+        while "reloaded:" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert log.read_text().count(" mounted (pid ") == 1
+        assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0, log.read_text()
         assert not os.path.ismount(mountpoint), log.read_text()
