@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailsift import validators
 from mailsift.core.pipeline import Pipeline
-from mailsift.errors import ConfigError, MailsiftError, ScannerError, ScannerTimeout
+from mailsift.errors import ConfigError, MailsiftError, ScannerError, ScannerTimeout, StorageError
 from mailsift.message.mail import SPOOL_PREFIX, SPOOL_SUFFIX, Envelope, Mail
 from mailsift.message.result import Disposition
 from mailsift.scanners.base import Scanner, as_scanners
@@ -291,7 +291,10 @@ class FileScanner:
             self._log(path, info.st_size, verdict, time.monotonic() - started, who)
             return verdict
         self.scans += 1
-        spooled = await asyncio.to_thread(write_mail, fd, path, info.st_size, self.spool_dir)
+        try:
+            spooled = await asyncio.to_thread(write_mail, fd, path, info.st_size, self.spool_dir)
+        except OSError as error:  # the spool (ENOSPC...) or the file itself (EIO): no verdict
+            raise StorageError(f"fusefs: cannot wrap the file for the scanners: {error.strerror or error}") from None
         mail = Mail(Envelope(queue_id=f"fusefs-{os.getpid()}-{self.scans}", protocol="FUSE"), path=spooled)
         try:
             async with asyncio.timeout(self.timeout):

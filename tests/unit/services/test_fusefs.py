@@ -209,6 +209,16 @@ async def test_no_verdict_is_eio_unless_fail_open(tmp_path: Path) -> None:
     await check(file_scanner(tmp_path, Failing(), fail_open=True), path)  # served
 
 
+async def test_a_spool_that_cannot_be_written_is_eio_unless_fail_open(tmp_path: Path) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"data")
+    (tmp_path / "spool").write_bytes(b"a file where the spool directory should be")
+    with pytest.raises(OSError) as refused:
+        await check(file_scanner(tmp_path, Counting()), path)
+    assert refused.value.errno == errno.EIO
+    await check(file_scanner(tmp_path, Counting(), fail_open=True), path)
+
+
 async def test_a_scan_past_the_timeout_is_eio(tmp_path: Path) -> None:
     class Slow(Scanner):
         name = "slow"
