@@ -8,6 +8,8 @@ trial mount fails: a container without the right) the module is skipped with the
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -277,6 +279,32 @@ def test_with_a_real_clamd_and_fail_closed_when_it_stops(tmp_path: Path) -> None
             assert (mounted.mountpoint / "later.txt").read_bytes() == b"written while clamd is down\n"
         finally:
             unmount(mounted)
+
+
+class Slow(Scanner):
+    """Takes half a second: concurrent opens meet while it scans."""
+
+    name = "slow"
+
+    async def scan(self, target: Target) -> Result:
+        await asyncio.sleep(0.5)
+        return CLEAN
+
+
+def test_concurrent_opens_of_one_file_share_one_scan(tmp_path: Path) -> None:
+    why = refused()
+    if why:
+        pytest.skip(why)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "shared.txt").write_bytes(b"opened by four at once\n")
+    mounted = mount(tmp_path, Slow())
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            reads = list(pool.map(lambda _: (mounted.mountpoint / "shared.txt").read_bytes(), range(4)))
+        assert reads == [b"opened by four at once\n"] * 4
+        assert mounted.scans("shared.txt") == 1
+    finally:
+        unmount(mounted)
 
 
 NOBODY = 65534
