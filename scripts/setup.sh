@@ -77,6 +77,8 @@ fi
 [ $want_test = 1 ] && packages+=(postfix swaks clamav-testfiles rspamd bogofilter miltertest postgresql chromium fail2ban)
 [ $want_test = 1 ] && packages+=(libmime-tools-perl)
 [ $want_test = 1 ] && packages+=(python3-venv systemd 7zip)
+# fusefs(): FUSE 3 (fusermount3) and what pyfuse3 builds against (tests/integration/test_fusefs.py)
+[ $want_test = 1 ] && packages+=(fuse3 libfuse3-dev pkg-config gcc libc6-dev)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

@@ -40,6 +40,7 @@ from mailsift.scanners.userpolicy import (
     whitelisted,
 )
 from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.fusefs import fusefs
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.postfix_policy import smtpd_policy
@@ -75,6 +76,7 @@ __all__ = [
     "drop",
     "file_magic",
     "file_type",
+    "fusefs",
     "greylist",
     "listed",
     "lmtp_relay",

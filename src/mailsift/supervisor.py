@@ -57,6 +57,7 @@ from mailsift.message.mail import remove_stale_spool
 from mailsift.reporting import poolstats
 from mailsift.reporting.logline import name_node_in_log
 from mailsift.services.daemons import Daemon
+from mailsift.services.fusefs import fusefs
 
 log = logging.getLogger("mailsift.supervisor")
 
@@ -608,17 +609,20 @@ class DaemonKeeper:
     def _start(self, daemon: Daemon) -> None:
         log_path = daemon.log_path(self.state_dir)
         try:
-            process = spawn(daemon, self.state_dir, self.account)
+            if isinstance(daemon, fusefs):  # forked, not a program: it runs the config's scanners itself
+                pid = daemon.start(self.state_dir)
+            else:
+                pid = spawn(daemon, self.state_dir, self.account).pid
         except (ConfigError, OSError) as error:
             log.error("%s: cannot start: %s", daemon.describe(), error)
             self._schedule(daemon)
             return
         now = time.monotonic()
-        self.running[process.pid] = daemon
-        self.started[process.pid] = now
-        self.waiting_ready[process.pid] = now
-        self.logs[process.pid] = log_path
-        log.info("%s started (pid %d), its output in %s", daemon.describe(), process.pid, log_path)
+        self.running[pid] = daemon
+        self.started[pid] = now
+        self.waiting_ready[pid] = now
+        self.logs[pid] = log_path
+        log.info("%s started (pid %d), its output in %s", daemon.describe(), pid, log_path)
 
     def _schedule(self, daemon: Daemon) -> None:
         pause = self.pause.get(daemon.identity(), self.RESTART_MIN)
@@ -716,7 +720,7 @@ def running_daemons(config: Config, timeout: float = 120.0, say: Callable[[str],
     started: list[tuple[Daemon, subprocess.Popen[bytes]]] = []
     try:
         for daemon in config.daemons:
-            if daemon.ready():
+            if isinstance(daemon, fusefs) or daemon.ready():  # fusefs: mounted by serve only
                 continue
             try:
                 process = spawn(daemon, config.settings.state_dir)

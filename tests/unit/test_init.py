@@ -35,6 +35,7 @@ EXPORTED = {
     "drop",
     "file_magic",
     "file_type",
+    "fusefs",
     "greylist",
     "listed",
     "lmtp_relay",
@@ -94,6 +95,7 @@ SERVICES = {
     "chroot_execvpe",
     "clamd_daemon",
     "spamd_daemon",
+    "fusefs",
     "reporter",
     "webq",
 }

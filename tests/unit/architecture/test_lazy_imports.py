@@ -33,6 +33,7 @@ HEAVY = (
     "magic",  # file_type(), file_magic()
     "oletools",  # office_macros()
     "prometheus_client",  # webq's /metrics
+    "pyfuse3",  # fusefs(): only in its own process (services/fusefs.py)
     "starlette",  # webq
     "tnefparse",  # decompress() of winmail.dat
     "uvicorn",  # webq
