@@ -226,7 +226,16 @@ def check_config(config_path: str | None) -> None:
         click.echo(f"  {daemon.describe()}")
     for warning in config_warnings(config):
         click.echo(warning, err=True)
+    for warning in _sagator_warnings(config):
+        click.echo(warning, err=True)
     click.echo("config OK")
+
+
+def _sagator_warnings(config: Config) -> list[str]:
+    """SAGATOR's ``prefork``/``max_children`` (not used) and what the SAGATOR names were mapped to."""
+    from mailsift.compat import sagator
+
+    return sagator.warnings(config.path, config.lines.get("SRV"), config.objects())
 
 
 def _hop(target: object, state_dir: str) -> str:
