@@ -1,7 +1,8 @@
 """The configuration examples of SAGATOR's README and services documentation load in mailsift.
 
-Each example is a file of tests/data/sagator/ (extracted by hand) whose header says where it
-comes from and what it must do::
+Each example is a file of tests/data/sagator/ (extracted by hand; ``*.conf`` as SAGATOR named its
+config, ``sagator.conf``, kept as written and so not linted) whose header says where it comes from
+and what it must do::
 
     # SAGATOR example: sagator-readme.txt 3.1 a) (...)
     # reference: <the example, as the reference prints it>
@@ -67,7 +68,7 @@ def parse(path: Path) -> Example:
     )
 
 
-ALL = sorted(EXAMPLES.glob("*.py"))
+ALL = sorted(EXAMPLES.glob("*.conf"))
 
 
 def squeeze(text: str) -> str:
