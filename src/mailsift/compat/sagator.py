@@ -416,12 +416,14 @@ def http_proxy(scanners: Any, host: str = "127.0.0.1", port: int = 3128, prefork
             "http_proxy() is the ICAP service (icap(SCANNERS, host, 1344) behind Squid), "
             "which this mailsift does not have yet"
         ) from None
-    service: Service = icap(scanners, host=host, port=ICAP_PORT)
+    service: Service = icap(scanners, host, ICAP_PORT)
     ignored = f"; prefork={prefork} is not used (workers: `mailsift serve --workers N`)" if prefork is not None else ""
+    reach = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host  # the wildcard: Squid on this host
     noted: Service = _noted(
         service,
-        f"http_proxy(SCANNERS, {host!r}, {port}) is icap(SCANNERS, {host!r}, {ICAP_PORT}): let Squid listen on "
-        f"port {port} and send responses to icap://{host}:{ICAP_PORT}/ (README: Web scanning){ignored}",
+        f"http_proxy(SCANNERS, {host!r}, {port}) is icap(SCANNERS, {host!r}, {ICAP_PORT}): Squid listens on "
+        f"port {port} (http_port {port}) and sends each download to icap://{reach}:{ICAP_PORT}/respmod "
+        f"(icap_service ... respmod_precache; README: Coming from SAGATOR){ignored}",
     )
     return noted
 

@@ -282,7 +282,8 @@ def test_http_proxy_is_the_icap_service_on_icaps_port(tmp_path: Path, monkeypatc
     (note,) = sagator.warnings(config.path, config.lines.get("SRV"), config.objects())
     assert note == (
         f"{config.path}:4: warning: http_proxy(SCANNERS, '0.0.0.0', 3128) is icap(SCANNERS, '0.0.0.0', 1344): "
-        "let Squid listen on port 3128 and send responses to icap://0.0.0.0:1344/ (README: Web scanning); "
+        "Squid listens on port 3128 (http_port 3128) and sends each download to icap://127.0.0.1:1344/respmod "
+        "(icap_service ... respmod_precache; README: Coming from SAGATOR); "
         "prefork=4 is not used (workers: `mailsift serve --workers N`)"
     )
 
