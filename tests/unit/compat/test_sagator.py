@@ -394,3 +394,16 @@ def test_every_name_the_reference_gives_is_mapped_native_gone_or_pending() -> No
     assert unknown == []
     for name in sorted(names & (set(sagator.GONE) | set(sagator.PENDING))):
         assert sagator.gone_message(name) is not None or hasattr(mailsift, name)
+
+
+def test_the_readme_lists_every_gone_name_with_its_replacement() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Coming from SAGATOR") :]
+    section = section[: section.index("\n## ")]
+    gone_rows = [line for line in section.splitlines() if line.startswith("| `") and "|---" not in line]
+    listed = {name for row in gone_rows for name in re.findall(r"`(\w+)`", row.split(" | ")[0])}
+    assert set(sagator.GONE) <= listed
+    for name, gone in sagator.GONE.items():
+        row = next(r for r in gone_rows if f"`{name}`" in r.split(" | ")[0])
+        replacement = gone.instead.split(" with ")[0].split(" (")[0].split(" to ")[0].split(", or ")[0]
+        assert replacement.split("(")[0] in row, (name, replacement, row)
