@@ -24,7 +24,8 @@ What SAGATOR's names become:
   for every message (``HOOKS``).  The wrapper returns its scanners' result
   and the loader adds the matching hook (``log_sql()`` for
   ``log.SUMMARY_REPORT``, ``log_file(path)``, ``log_syslog()``, ``notify()``,
-  ``stats()``) when ``HOOKS`` has none of that kind;
+  ``stats()``) when ``HOOKS`` has none of that kind (``log`` without a target: the service
+  log's line for every message, no hook);
 * ``collector(...)`` in ``SRV``: the statistics, i.e. ``stats()`` in ``HOOKS``
   (``mailsift stats``, webq's graphs and ``/metrics``); it opens no socket;
 * ``http_proxy(scanners, host, port)``: the ICAP service
@@ -236,14 +237,15 @@ class _Logging(_PassThrough):
         super().__init__(*scanners)
         self.line = _config_line()
 
-    def hook(self) -> Hook:
+    def hook(self) -> Hook | None:
+        """The hook doing this wrapper's work; None: mailsift does it anyway."""
         raise NotImplementedError
 
 
 class log(_Logging):
     """SAGATOR's ``log(level, target, scanners...)``: ``log.SUMMARY_REPORT`` is the SQL log the
     digest reads (``log_sql()``); a file name is ``log_file(name)``; without a target, the
-    service log mailsift writes for every message."""
+    service log's line that mailsift writes for every message (no hook)."""
 
     name = "log"
     SUMMARY_REPORT = "SUMMARY_REPORT"
@@ -256,9 +258,9 @@ class log(_Logging):
     def describe(self) -> str:
         return f"log({self.target!r})" if self.target else "log"
 
-    def hook(self) -> Hook:
+    def hook(self) -> Hook | None:
         if self.target is None:
-            return native_log_syslog()
+            return None
         if self.target == self.SUMMARY_REPORT:
             return native_log_sql()
         return log_file(self.target)
@@ -563,7 +565,14 @@ def finish(namespace: dict[str, Any]) -> None:
     for scanner in _walk(roots):
         if isinstance(scanner, _Logging):
             hook = scanner.hook()
-            if not any(type(h) is type(hook) for h in added):
+            if hook is None:
+                _noted(
+                    scanner,
+                    f"{scanner.name}(...) without a target: mailsift's service log (logger mailsift.mail) has a "
+                    "line for every message already; log_file(...) or log_sql() in HOOKS for more",
+                    scanner.line,
+                )
+            elif not any(type(h) is type(hook) for h in added):
                 added.append(
                     _noted(
                         hook,

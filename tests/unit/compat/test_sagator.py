@@ -212,7 +212,6 @@ def test_collector_beside_a_stats_hook_adds_none(tmp_path: Path) -> None:
     [
         ("log(1, log.SUMMARY_REPORT, {s})", log_sql),
         ("log(1, '{dir}/scan.log', {s})", log_file),
-        ("log(1, {s})", log_syslog),
         ("log_sql({s})", log_sql),
         ("log_syslog({s})", log_syslog),
         ("report({s})", notify),
@@ -232,6 +231,16 @@ def test_a_logging_wrapper_passes_its_result_and_adds_its_hook(
     (note,) = sagator.warnings(config.path, None, config.objects())
     assert note.startswith(f"{config.path}:4: warning: {wrapper.partition('(')[0]}(...) wraps scanners to log, ")
     assert re.search(rf"disposition, for every message: {hook_type.__name__}\(.*\) added to HOOKS$", note)
+
+
+def test_log_without_a_target_is_the_service_log_and_adds_no_hook(tmp_path: Path) -> None:
+    config = load(tmp_path, "SCANNERS = [log(1, const(1.0, 'Found.Here'))]\n")
+    assert config.settings.hooks == ()
+    (note,) = sagator.warnings(config.path, None, config.objects())
+    assert note == (
+        f"{config.path}:3: warning: log(...) without a target: mailsift's service log (logger mailsift.mail) has "
+        "a line for every message already; log_file(...) or log_sql() in HOOKS for more"
+    )
 
 
 def test_report_recipients_notifies_the_recipients(tmp_path: Path) -> None:
