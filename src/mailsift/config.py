@@ -189,8 +189,10 @@ def load(path: str) -> Config:
     except ConfigError as error:
         raise ConfigError(error.message, filename=path, lineno=_config_line(error, path)) from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - anything the file raises (sys.exit too) is a config error
-        message = _gone_name(error) or f"{type(error).__name__}: {error}"
-        raise ConfigError(message, filename=path, lineno=_config_line(error, path)) from None
+        gone = _gone_names(error, tree, path)
+        if gone is not None:
+            raise gone from None
+        raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
     config = _check(path, namespace, _assignment_lines(tree), fingerprint(raw))
     bind(config.objects(), config.settings)  # accepted: only now bind what needs the config (DATABASE...)
     for service in config.services:  # webq: which white/black lists the scanners consult
@@ -214,17 +216,21 @@ def _sagator_layer(tree: ast.Module, namespace: dict[str, Any]) -> Any:
         return None
     from mailsift.compat import sagator
 
+    gone = sagator.gone_error(tree, namespace["__file__"])  # every gone engine at once, before running
+    if gone is not None:
+        raise gone
     namespace["__builtins__"] = sagator.builtins_for(sagator.modules())
     return sagator
 
 
-def _gone_name(error: BaseException) -> str | None:
-    """A NameError for an engine or service mailsift no longer has: what to use instead."""
+def _gone_names(error: BaseException, tree: ast.Module, path: str) -> ConfigError | None:
+    """A NameError for an engine or service mailsift no longer has: each such name, its line and
+    what to use instead."""
     if not isinstance(error, NameError) or not error.name:
         return None
     from mailsift.compat import sagator
 
-    return sagator.gone_message(error.name)
+    return sagator.gone_error(tree, path) if sagator.gone_message(error.name) else None
 
 
 # --------------------------------------------------------------------------- assignments

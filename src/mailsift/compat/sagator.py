@@ -47,6 +47,7 @@ changed are ``check-config`` warnings (:func:`warnings`).
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib
 import os
@@ -189,6 +190,42 @@ def gone_message(name: str) -> str | None:
     if name in PENDING and not hasattr(mailsift, name):
         return f"{name}() is not in this mailsift yet: {PENDING[name]}"
     return None
+
+
+def gone_calls(tree: ast.Module) -> list[tuple[int, str]]:
+    """Each call of a gone (or not yet present) name in a config, ``(line, name)`` in the order
+    written; a name the config binds itself (``def nod2(...)``, ``import``) is its own."""
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((alias.asname or alias.name).partition(".")[0] for alias in node.names)
+    calls = [
+        (node.lineno, node.col_offset, node.func.id)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in bound
+    ]
+    return [(line, name) for line, _, name in sorted(calls) if gone_message(name) is not None]
+
+
+def gone_error(tree: ast.Module, path: str) -> ConfigError | None:
+    """One error naming every gone call of the config: the first at its line, then each other
+    name with its line(s), so that one check-config run shows all that must change."""
+    lines: dict[str, list[int]] = {}
+    for line, name in gone_calls(tree):
+        lines.setdefault(name, []).append(line)
+    if not lines:
+        return None
+    parts = []
+    for index, (name, found) in enumerate(lines.items()):
+        also = f" (also line{'s' if len(found) > 2 else ''} {', '.join(map(str, found[1:]))})" if found[1:] else ""
+        where = "" if index == 0 else f"line {found[0]}: "
+        parts.append(f"{where}{gone_message(name)}{also}")
+    first = next(iter(lines.values()))[0]
+    return ConfigError("; ".join(parts), filename=path, lineno=first)
 
 
 def _gone(name: str) -> Callable[..., Any]:

@@ -322,6 +322,25 @@ def test_a_gone_name_in_a_native_config_gets_the_same_message(tmp_path: Path, na
     assert message == f"{tmp_path / 'sagator.conf'}:2: {sagator.gone_message(name)}"
 
 
+@pytest.mark.parametrize("head", [HEAD, "from mailsift import *\n\n"], ids=["sagator", "native"])
+def test_every_gone_name_of_a_config_is_in_the_one_error(tmp_path: Path, head: str) -> None:
+    """One check-config run lists all that must change: the first at its line, each other name with its lines."""
+    body = "SCANNERS = [\n    nod2(),\n    sophie(),\n    parsemail(nod2()),\n    nod2(),\n]\n"
+    message = error_of(tmp_path, body, head=head)
+    assert message == (
+        f"{tmp_path / 'sagator.conf'}:4: nod2() is gone from mailsift (ESET NOD32's nod32d): use "
+        "cmd(['/path/to/scanner', ..., '{file}'], result_regex) with the vendor's command-line scanner, "
+        "or clamd(...) (also lines 6, 7); line 5: sophie() is gone from mailsift (Sophos through the sophie "
+        "daemon): use cmd(['/path/to/scanner', ..., '{file}'], result_regex) with the vendor's command-line "
+        "scanner, or clamd(...)"
+    )
+
+
+def test_a_name_the_config_defines_itself_is_its_own(tmp_path: Path) -> None:
+    config = load(tmp_path, "def nod2():\n    return clamd(['localhost', 3310])\n\nSCANNERS = [nod2()]\n")
+    assert isinstance(config.scanners[0], clamd)
+
+
 def test_a_name_error_that_is_not_gone_stays_a_name_error(tmp_path: Path) -> None:
     message = error_of(tmp_path, "SCANNERS = [no_such_scanner()]\n", head="from mailsift import *\n")
     assert message == f"{tmp_path / 'sagator.conf'}:2: NameError: name 'no_such_scanner' is not defined"
