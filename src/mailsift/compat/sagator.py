@@ -442,6 +442,8 @@ def webq_jinja(
         userconv = [tuple(userconv)]  # one ['regex', 'substitution'] pair
     service = webq(host, port, scanner=scanner, userconv=userconv, log=log, **options)
     service.sagator_db = db  # type: ignore[attr-defined]  # finish(): DATABASE when the config has none
+    if log is not None:
+        _noted(service, f"webq_jinja(..., log={log!r}): webq logs to mailsift's service log; that file is not written")
     made: Service = service
     return made
 

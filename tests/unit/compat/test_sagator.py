@@ -83,6 +83,11 @@ def test_each_load_gets_its_own_modules(tmp_path: Path) -> None:
     assert isinstance(config.scanners[0], clamd)
 
 
+def test_the_loader_and_the_layer_agree_on_sagators_module_names() -> None:
+    assert config_module.SAGATOR_MODULES == sagator.TRIGGERS
+    assert set(sagator.MODULES) == sagator.TRIGGERS | {"db"}
+
+
 def test_srv_holds_the_services_and_scanners_the_scanners() -> None:
     made = sagator.modules()
     srv, scanners = vars(made["srv"]), vars(made["scanners"])
@@ -174,6 +179,11 @@ def test_webq_jinja_takes_sagators_positional_arguments(tmp_path: Path) -> None:
     assert isinstance(service.scanners[0], clamd)
     assert config.settings.database is not None
     assert config.settings.database.describe().endswith("/state/webq.db")  # its db is DATABASE
+    (note,) = sagator.warnings(config.path, None, config.objects())
+    assert note == (
+        f"{config.path}:3: warning: webq_jinja(..., log='/var/log/sagator/webq.log'): webq logs to mailsift's "
+        "service log; that file is not written"
+    )
 
 
 def test_webq_jinja_keeps_the_configs_database(tmp_path: Path) -> None:
