@@ -181,17 +181,59 @@ def load(path: str) -> Config:
     except SyntaxError as error:
         raise ConfigError(f"syntax error: {error.msg}", filename=path, lineno=error.lineno) from None
     namespace: dict[str, Any] = {"__file__": path, "__name__": "mailsift_config"}
+    sagator = _sagator_layer(tree, namespace)
     try:
         exec(code, namespace)  # noqa: S102 - the config file is Python by design (SAGATOR)
+        if sagator is not None:
+            sagator.finish(namespace)
     except ConfigError as error:
         raise ConfigError(error.message, filename=path, lineno=_config_line(error, path)) from None
     except (Exception, SystemExit) as error:  # noqa: BLE001 - anything the file raises (sys.exit too) is a config error
+        gone = _gone_names(error, tree, path)
+        if gone is not None:
+            raise gone from None
         raise ConfigError(f"{type(error).__name__}: {error}", filename=path, lineno=_config_line(error, path)) from None
     config = _check(path, namespace, _assignment_lines(tree), fingerprint(raw))
     bind(config.objects(), config.settings)  # accepted: only now bind what needs the config (DATABASE...)
     for service in config.services:  # webq: which white/black lists the scanners consult
         getattr(service, "bind_config", lambda objects: None)(list(config.objects()))
     return config
+
+
+# --------------------------------------------------------------------------- SAGATOR's module names
+# (mailsift.compat.sagator, imported only for a config that uses them)
+
+SAGATOR_MODULES = frozenset({"srv", "scanners", "avlib"})
+"""``from srv import *`` (or scanners, avlib) makes a config a SAGATOR config."""
+
+
+def _sagator_layer(tree: ast.Module, namespace: dict[str, Any]) -> Any:
+    """For a config importing SAGATOR's modules: the compat layer, with the config's ``__import__``
+    resolving them (set in ``namespace``); None for any other config."""
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+    if not {name.partition(".")[0] for name in imported} & SAGATOR_MODULES:
+        return None
+    from mailsift.compat import sagator
+
+    gone = sagator.gone_error(tree, namespace["__file__"])  # every gone engine at once, before running
+    if gone is not None:
+        raise gone
+    namespace["__builtins__"] = sagator.builtins_for(sagator.modules())
+    return sagator
+
+
+def _gone_names(error: BaseException, tree: ast.Module, path: str) -> ConfigError | None:
+    """A NameError for an engine or service mailsift no longer has: each such name, its line and
+    what to use instead."""
+    if not isinstance(error, NameError) or not error.name:
+        return None
+    from mailsift.compat import sagator
+
+    return sagator.gone_error(tree, path) if sagator.gone_message(error.name) else None
+
+
+# --------------------------------------------------------------------------- assignments
 
 
 def _assignment_lines(tree: ast.Module) -> dict[str, int]:

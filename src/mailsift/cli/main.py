@@ -193,7 +193,10 @@ def check_config(config_path: str | None) -> None:
 
     Warns (on stderr, ``file:line: warning: ...``; the exit status stays 0) about what
     loads but does not do what it seems to: a ``reject`` in an ``smtpd(after_queue=True)``
-    (backscatter), a ``webq`` offering lists no service's SCANNERS consult (``listed()``).
+    (backscatter), a ``webq`` offering lists no service's SCANNERS consult (``listed()``),
+    SAGATOR's ``prefork``/``max_children`` (not used), and what a SAGATOR name now means
+    (``collector()`` is ``stats()`` in HOOKS...).  A gone SAGATOR engine is an error naming
+    its line and what replaces it.
     """
     config = load_config(config_path)
     make_state(config)
@@ -226,7 +229,16 @@ def check_config(config_path: str | None) -> None:
         click.echo(f"  {daemon.describe()}")
     for warning in config_warnings(config):
         click.echo(warning, err=True)
+    for warning in _sagator_warnings(config):
+        click.echo(warning, err=True)
     click.echo("config OK")
+
+
+def _sagator_warnings(config: Config) -> list[str]:
+    """SAGATOR's ``prefork``/``max_children`` (not used) and what the SAGATOR names were mapped to."""
+    from mailsift.compat import sagator
+
+    return sagator.warnings(config.path, config.lines.get("SRV"), config.objects())
 
 
 def _hop(target: object, state_dir: str) -> str:

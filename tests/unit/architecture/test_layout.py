@@ -31,7 +31,19 @@ ROOT_MODULES = {
 }
 """The cross-cutting modules allowed at the root; everything else lives in a package."""
 
-PACKAGES = {"cli", "core", "delivery", "message", "mime", "reporting", "scanners", "services", "storage", "web"}
+PACKAGES = {
+    "cli",
+    "compat",
+    "core",
+    "delivery",
+    "message",
+    "mime",
+    "reporting",
+    "scanners",
+    "services",
+    "storage",
+    "web",
+}
 
 
 def children() -> dict[str, bool]:
