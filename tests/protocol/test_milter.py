@@ -173,7 +173,12 @@ def test_full_offer_gets_no_reply_steps_and_the_edits(mta: MTA, mail_log: pytest
     version, actions, steps = mta.negotiate()
     assert version == 6
     assert actions == (  # the recipient flags: deliver_to (tests/protocol/test_actions.py)
-        mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE | mp.SMFIF_ADDRCPT | mp.SMFIF_DELRCPT
+        mp.SMFIF_ADDHDRS
+        | mp.SMFIF_CHGHDRS
+        | mp.SMFIF_CHGBODY
+        | mp.SMFIF_QUARANTINE
+        | mp.SMFIF_ADDRCPT
+        | mp.SMFIF_DELRCPT
     )
     wanted = mp.SMFIP_NR_HDR | mp.SMFIP_NR_BODY | mp.SMFIP_NR_MAIL | mp.SMFIP_NR_RCPT | mp.SMFIP_NODATA
     assert steps & wanted == wanted

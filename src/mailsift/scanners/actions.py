@@ -185,9 +185,9 @@ class add_header(_Action):
 
     def __init__(self, header: str, value: str, *scanners: Any) -> None:
         if not isinstance(header, str) or not re.fullmatch(r"[!-9;-~]+", header):
-            raise ConfigError(f"add_header: invalid header name {header!r}")
+            raise ConfigError(f"{self.name}: invalid header name {header!r}")
         if not isinstance(value, str) or "\n" in value or "\r" in value:
-            raise ConfigError(f"add_header: the value must be one line of text, got {value!r}")
+            raise ConfigError(f"{self.name}: the value must be one line of text, got {value!r}")
         super().__init__(*scanners)
         self.header, self.value = header, value
 

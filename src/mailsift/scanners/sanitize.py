@@ -1,7 +1,8 @@
 """``sanitize``: remove the offending attachments, put a text notice in their place, deliver the rest.
 
 ``sanitize(clamd(...), attach_name(...))`` runs its scanners on each decoded
-part of the strict MIME reading (:attr:`Mail.parts <mailsift.message.mail.Mail.parts>`).
+part (:attr:`Mail.parts <mailsift.message.mail.Mail.parts>`) and each lenient
+view (:attr:`Mail.views <mailsift.message.mail.Mail.views>`), as ``parsemail`` does.
 Every part one of them detects is replaced by a ``text/plain`` part saying
 which file was removed and why (:data:`NOTICE`); the result is the first
 detection, still a detection (logged and counted under its name), with a
@@ -17,12 +18,14 @@ readings of :mod:`mailsift.mime.views`); the detection is returned without
 the ``Sanitize`` action (so rejected, unless an outer action says otherwise)
 when:
 
-* the finding is only in a lenient view or a preamble (no strict part to remove);
+* the finding is in a reading that is no MIME part (a preamble, a boundary
+  found rather than declared, base64 found in the raw text); a finding in
+  another decoding of a part (``2~base64``) or in a uuencoded or yEnc block
+  inside a text part removes that part;
 * the rebuilt message still holds a detection, or its parts do not line up
   with those found (an ambiguous structure);
 * the message cannot be rebuilt (the parser fails on it).
 
-A uuencoded or yEnc block inside a text part is removed with that text part.
 The rebuilt message is made by the standard library (``compat32``): the
 header blocks of the parts kept may be refolded and a missing closing
 boundary is added, but their contents are the same.
@@ -63,12 +66,14 @@ _HUGE = 1 << 62
 """The rebuilt message is checked in memory (it is in memory already): never spooled."""
 
 
-def _container(part: Part) -> str | None:
-    """The path of the MIME leaf to replace for ``part``; None for a view (nothing strict to remove)."""
+def _container(part: Part, strict: dict[str, Part]) -> Part | None:
+    """The strict MIME leaf to replace for ``part``; None when there is none (a preamble, a found boundary...)."""
     if part.origin == "mime":
-        return part.path
-    if part.origin in ("uuencode", "yenc"):
-        return _SUFFIX.sub("", part.path)
+        return part
+    if part.origin in ("uuencode", "yenc"):  # a block inside a text part: that part goes
+        return strict.get(_SUFFIX.sub("", part.path))
+    if part.origin.startswith("decoded:"):  # another decoding of a strict part ("2~base64"): that part goes
+        return strict.get(part.path.partition("~")[0])
     return None
 
 
@@ -151,8 +156,9 @@ class sanitize(Interscanner):
         return "sanitize" if self.notice == NOTICE else f"sanitize(notice={self.notice!r})"
 
     def text(self, part: Part, result: Result) -> str:
-        """The notice for ``part``, removed for ``result``."""
-        filename = escape_controls(part.filename) or "(no name)"
+        """The notice for ``part``, removed for ``result`` (its file name decoded where the mail has encoded words)."""
+        readable = [name for name in part.filenames if "=?" not in name] or list(part.filenames)
+        filename = escape_controls(readable[0]) if readable else "(no name)"
         text = self.notice.replace("%F", filename.replace("%", "%%")).replace("%T", part.content_type)
         return expand(text, result)
 
@@ -168,13 +174,8 @@ class sanitize(Interscanner):
                 best = result
         return found, best
 
-    async def _first_view(self, mail: Mail) -> tuple[Part, Result] | None:
-        views = mail.views if mail.size < _INLINE else await work.in_thread(lambda: mail.views)
-        for view in views:
-            result, _ = await first_detection(self.children, PartTarget(mail, view))
-            if result.detected:
-                return view, result
-        return None
+    async def _views(self, mail: Mail) -> list[Part]:
+        return mail.views if mail.size < _INLINE else await work.in_thread(lambda: mail.views)
 
     async def scan(self, target: Target) -> Result:
         if target.part is not None:
@@ -182,37 +183,36 @@ class sanitize(Interscanner):
             return result  # inside parsemail: one part, nothing to rebuild
         mail = target.mail
         parts = mail.parts if mail.size < _INLINE else await work.in_thread(lambda: mail.parts)
-        found, best = await self._scan_parts(parts, mail)
+        found, best = await self._scan_parts([*parts, *await self._views(mail)], mail)
         if not found:
-            view = await self._first_view(mail)
-            if view is None:
-                return best
-            return _unsanitized(view[1], view[0], "found only in a lenient reading")
+            return best
+        strict = {part.path: part for part in parts if part.origin == "mime"}
         notices: dict[str, tuple[str, str]] = {}
+        reasons: dict[str, str] = {}
         for part, result in found:
-            where = _container(part)
-            if where is None:
-                return _unsanitized(result, part, "not a MIME part")
-            if where not in notices:
-                container = next((p for p in parts if p.path == where and p.origin == "mime"), part)
-                notices[where] = (container.content_type, self.text(part, result))
+            container = _container(part, strict)
+            if container is None:
+                return _unsanitized(result, part, f"no MIME part to remove ({part.origin} reading)")
+            if container.path not in notices:
+                notices[container.path] = (container.content_type, self.text(container, result))
+                reasons[container.path] = result.name
         try:
             raw = mail.raw
             if mail.size < _INLINE:
                 message = rebuild(raw, notices)
             else:
                 message = await work.in_thread(lambda: rebuild(raw, notices))
-        except Exception as error:  # noqa: BLE001 - a part not found again, or any parser failure: the detection stands
+        except Exception as error:  # noqa: BLE001 - a part not found again, or any parser failure
             return _unsanitized(found[0][1], found[0][0], f"cannot rebuild the message: {error}")
         with Mail(Envelope(), message, spool_threshold=_HUGE) as check:
-            again, _ = await self._scan_parts(check.parts, check)
-            view = None if again else await self._first_view(check)
-        again += [view] if view is not None else []
+            again, _ = await self._scan_parts([*check.parts, *await self._views(check)], check)
         if again:
             return _unsanitized(found[0][1], found[0][0], f"still found after sanitizing: {again[0][1].name}")
         removed = tuple(
-            f"part {part.path}" + (f" ({escape_controls(part.filename)})" if part.filename else "") + f": {result.name}"
-            for part, result in found
+            f"part {path}"
+            + (f" ({escape_controls(strict[path].filename)})" if strict[path].filename else "")
+            + f": {reasons[path]}"
+            for path in notices
         )
         first = found[0][1]
         actions = tuple(action for _, result in found for action in result.actions)
