@@ -14,6 +14,8 @@ import pytest
 from mailsift import add_header, deliver, deliver_to, modify_header, regexp_scan, remove_headers, sanitize
 from mailsift.services import milter_protocol as mp
 from mailsift.services.milter import milter
+from mailsift.services.sgfilter_client import ask
+from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 from tests.helpers.messages import message
@@ -232,3 +234,40 @@ def test_milter_other_refused_edits_are_only_logged(milter_port: int) -> None:
         client.close()
     assert edits == []
     assert answer == (b"a", b"")
+
+
+# --------------------------------------------------------------------------- sgfilterd
+
+
+@pytest.fixture
+def sgfilter_port(tmp_path: Path) -> Iterator[int]:
+    thread = ServiceThread(sgfilterd(scanners(), "127.0.0.1", 0), Settings(state_dir=str(tmp_path / "state"))).start()
+    try:
+        yield thread.port
+    finally:
+        thread.stop()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        message("r", "REDIRECT-ME\r\n"),  # deliver_to: the client delivers to its own recipients
+        message("c", "COPY-ME\r\n"),
+        message("f", "text\r\n", headers=FORGED),  # remove_headers shortens the header block
+        mixed(),  # sanitize replaces the body
+    ],
+    ids=["redirect", "copy", "remove_headers", "sanitize"],
+)
+def test_sgfilterd_answers_451_for_what_its_client_cannot_carry(sgfilter_port: int, data: bytes) -> None:
+    """Never the original to the original recipients: the message stays with the MTA (qmail retries)."""
+    answer = ask("127.0.0.1", sgfilter_port, "alice@example.test", ["bob@example.test"], data, timeout=30)
+    assert answer.status == 451
+    assert answer.message == b""
+
+
+def test_sgfilterd_still_delivers_added_header_lines(sgfilter_port: int) -> None:
+    data = message("s", "cheap pills\r\n")
+    answer = ask("127.0.0.1", sgfilter_port, "alice@example.test", ["bob@example.test"], data, timeout=30)
+    assert answer.status == 251
+    assert answer.message is not None
+    assert answer.message.startswith(b"X-Spam-Status: Spam, level=1.00\r\n")

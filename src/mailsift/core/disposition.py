@@ -98,6 +98,8 @@ class Disposer:
         recipients = decision.recipients_for(received.recipients)
         if recipients == received.recipients:
             note = await hand_over(self.delivery, mail, message)
+        elif not self.delivery.redirects:
+            raise DeliveryError(f"{self.delivery.describe()} delivers to the recipients received only (deliver_to)")
         else:
             mail.envelope = replace(received, recipients=recipients)
             try:

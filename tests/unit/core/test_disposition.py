@@ -104,3 +104,13 @@ async def test_a_sanitized_message_that_is_not_delivered_is_not_used(mail: Mail)
     outcome = await Disposer(None, delivery).carry_out(mail, decision)  # type: ignore[arg-type]
     assert outcome.reply.code == 250
     assert delivery.got == []
+
+
+async def test_a_next_hop_that_cannot_redirect_is_a_tempfail_not_the_original_recipients(mail: Mail) -> None:
+    """sgfilterd's client delivers to its own recipients: a deliver_to there must not reach them."""
+    delivery = Recording()
+    delivery.redirects = False
+    outcome = await Disposer(None, delivery).carry_out(mail, detection(DeliverTo("virus@example.org")))  # type: ignore[arg-type]
+    assert outcome.reply.code == 451
+    assert delivery.got == []
+    assert "deliver_to" in outcome.note
