@@ -5,13 +5,24 @@ tests/helpers/milter_edits.py)."""
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailsift import add_header, deliver, deliver_to, modify_header, regexp_scan, remove_headers, sanitize
+from mailsift import (
+    add_header,
+    deliver,
+    deliver_to,
+    modify_header,
+    recipient_regexp,
+    regexp_scan,
+    remove_headers,
+    sanitize,
+    smtpd_policy,
+)
 from mailsift.services import milter_protocol as mp
 from mailsift.services.milter import milter
 from mailsift.services.sgfilter_client import ask
@@ -271,3 +282,43 @@ def test_sgfilterd_still_delivers_added_header_lines(sgfilter_port: int) -> None
     assert answer.status == 251
     assert answer.message is not None
     assert answer.message.startswith(b"X-Spam-Status: Spam, level=1.00\r\n")
+
+
+# --------------------------------------------------------------------------- smtpd_policy
+
+
+def policy_answer(port: int, recipient: str) -> str:
+    attributes = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.10",
+        "sender": "alice@example.test",
+        "recipient": recipient,
+    }
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall("".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+    return data.decode().removeprefix("action=").strip()
+
+
+def test_policy_deliver_to_is_postfixs_redirect_or_bcc(tmp_path: Path) -> None:
+    service = smtpd_policy(
+        [
+            deliver_to("quarantine@example.test", recipient_regexp([("Trap", r"^trap@")])),
+            deliver_to("admin@example.test", recipient_regexp([("Watched", r"^watched@")]), copy=True),
+        ],
+        None,
+        "127.0.0.1",
+        0,
+    )
+    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"))).start()
+    try:
+        assert policy_answer(thread.port, "trap@example.test") == "REDIRECT quarantine@example.test"
+        assert policy_answer(thread.port, "watched@example.test") == "BCC admin@example.test"
+        assert policy_answer(thread.port, "bob@example.test") == "DUNNO"
+    finally:
+        thread.stop()
