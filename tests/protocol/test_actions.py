@@ -24,11 +24,12 @@ from mailsift import (
     smtpd_policy,
 )
 from mailsift.services import milter_protocol as mp
+from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.sgfilter_client import ask
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
-from mailsift.testing import RecordingServer, ServiceThread
+from mailsift.testing import RecordingServer, ServiceThread, smtp_session_lines
 from tests.helpers.messages import message
 from tests.helpers.milter_edits import EditingMTA, apply_edits
 from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts
@@ -322,3 +323,37 @@ def test_policy_deliver_to_is_postfixs_redirect_or_bcc(tmp_path: Path) -> None:
         assert policy_answer(thread.port, "bob@example.test") == "DUNNO"
     finally:
         thread.stop()
+
+
+# --------------------------------------------------------------------------- lmtpd
+
+
+def lmtp_replies(port: int, recipients: list[str], data: bytes) -> list[str]:
+    payload = b"LHLO client.test\r\nMAIL FROM:<alice@example.test>\r\n"
+    payload += b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in recipients)
+    payload += b"DATA\r\n" + data + b".\r\nQUIT\r\n"
+    lines = smtp_session_lines("127.0.0.1", port, payload)
+    start = next(i for i, line in enumerate(lines) if line.startswith("354 "))
+    return lines[start + 1 : -1]
+
+
+@pytest.mark.parametrize(
+    ("body", "delivered_to"),
+    [
+        (b"REDIRECT-ME\r\n", ["quarantine@example.test"]),
+        (b"COPY-ME\r\n", ["bob@example.test", "carol@example.test", "archive@example.test"]),
+    ],
+    ids=["redirect", "copy"],
+)
+def test_lmtpd_deliver_to_answers_each_recipient(
+    tmp_path: Path, downstream: RecordingServer, body: bytes, delivered_to: list[str]
+) -> None:
+    service = lmtpd(scanners(), "127.0.0.1", 0, next_hop=("127.0.0.1", downstream.port))
+    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"))).start()
+    try:
+        replies = lmtp_replies(thread.port, ["bob@example.test", "carol@example.test"], message("l", body.decode()))
+    finally:
+        thread.stop()
+    assert [line[:4] for line in replies] == ["250 ", "250 "]
+    (got,) = downstream.messages
+    assert got.recipients == delivered_to
