@@ -30,6 +30,9 @@ The rebuilt message is made by the standard library (``compat32``): the
 header blocks of the parts kept may be refolded and a missing closing
 boundary is added, but their contents are the same.
 
+Its result carries the rebuilt message (as big as the original): put ``cache``
+inside it (``sanitize(cache(clamd(...)))``), never around it.
+
 Inside ``parsemail`` (on one part) it just runs its scanners.  Use it with
 scanners that judge parts (antivirus engines, ``attach_name``,
 ``file_type``...): a spam engine judges the whole message, which has no part
