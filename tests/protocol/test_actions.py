@@ -32,7 +32,7 @@ from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread, smtp_session_lines
 from tests.helpers.messages import message
 from tests.helpers.milter_edits import EditingMTA, apply_edits
-from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts
+from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts, single
 
 VIRUS = regexp_scan([("Eicar-Test-Signature", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 SPAMMY = regexp_scan([("Spam", r"cheap pills")])
@@ -225,10 +225,17 @@ def test_milter_answers_451_when_the_mta_refuses_a_recipient_change(
     assert answer[1].startswith(b"451 4.7.1 ")
 
 
-def test_milter_answers_451_when_the_mta_refuses_the_sanitized_body(milter_port: int) -> None:
-    client = EditingMTA(milter_port, actions=0x1FF & ~mp.SMFIF_CHGBODY)
+@pytest.mark.parametrize(
+    ("refused", "data"),
+    [(mp.SMFIF_CHGBODY, mixed()), (mp.SMFIF_CHGHDRS, single())],
+    ids=["body", "content-type-of-a-single-part"],
+)
+def test_milter_answers_451_when_the_mta_refuses_part_of_a_sanitized_message(
+    milter_port: int, refused: int, data: bytes
+) -> None:
+    client = EditingMTA(milter_port, actions=0x1FF & ~refused)
     try:
-        edits, answer = client.transaction("Q7", "alice@example.test", ["bob@example.test"], mixed())
+        edits, answer = client.transaction("Q7", "alice@example.test", ["bob@example.test"], data)
     finally:
         client.close()
     assert edits == []
