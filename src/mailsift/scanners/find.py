@@ -54,6 +54,15 @@ from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.validators import number, positive
 
+
+def configure_once(database: Database, settings: Settings) -> None:
+    """A ``db=`` that is not the config's ``DATABASE``: its default path under ``STATE_DIR``."""
+    try:
+        database.url  # noqa: B018 - configured already (DATABASE, or a URL)
+    except ConfigError:
+        database.configure(settings.state_dir)
+
+
 # --------------------------------------------------------------------------- regexp_find
 
 WHERE = ("data", "headers", "sender", "recipient", "helo", "client_address", "client_name")
@@ -276,6 +285,8 @@ class sql_find(Interscanner):
 
     def bind_settings(self, settings: Settings) -> None:
         self.config_database = settings.database
+        if self.database is not None:
+            configure_once(self.database, settings)
 
     def describe(self) -> str:
         where = self.foreign.describe() if self.foreign is not None else "DATABASE"

@@ -42,6 +42,7 @@ from mailsift.message.result import Action, Disposition, Result, SetDisposition
 from mailsift.scanners import work
 from mailsift.scanners.actions import _Action, expand
 from mailsift.scanners.base import Target
+from mailsift.scanners.find import configure_once
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
 from mailsift.storage.schema import tempfail_hold_table
@@ -148,6 +149,8 @@ class tempfail(_Action):
 
     def bind_settings(self, settings: Settings) -> None:
         self.config_database = settings.database
+        if self.database is not None:
+            configure_once(self.database, settings)
 
     def arguments(self) -> str:
         hold = f", hold={self.hold:g}s" if self.hold is not None else ""
