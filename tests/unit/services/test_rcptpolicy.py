@@ -6,8 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from mailsift import config, const, deliver, drop, greylist, quarantine, reject
+from mailsift.cli.main import main
 from mailsift.errors import ConfigError, ScannerError
 from mailsift.message.mail import Envelope
 from mailsift.message.result import Result
@@ -102,3 +104,20 @@ def test_srv_order_links_the_policy_to_the_services_after_it(tmp_path: Path) -> 
     [lookup] = policy.scanners[0].children
     assert isinstance(lookup, sql_find)
     assert lookup.config_database is loaded.settings.database  # bound like every scanner
+
+
+def test_check_config_shows_the_policy_under_its_service(tmp_path: Path) -> None:
+    body = f"""
+        from mailsift import *
+        STATE_DIR = {str(tmp_path / "state")!r}
+        SMTP_SERVER = ('127.0.0.1', 10025)
+        SRV = [recipient_policy([reject(smtp_comm('Forged.HELO', helo='^localhost$'))]), smtpd([], '127.0.0.1', 10024)]
+        USER = None
+    """
+    path = tmp_path / "mailsift.conf.py"
+    path.write_text(textwrap.dedent(body).lstrip("\n"), encoding="utf-8")
+    result = CliRunner().invoke(main, ["check-config", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "  smtpd(127.0.0.1:10024)\n" in result.stdout
+    tree = "    recipient_policy(1 scanner(s)) at RCPT:\n      reject()\n        smtp_comm('Forged.HELO'"
+    assert tree in result.stdout
