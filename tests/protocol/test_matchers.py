@@ -17,6 +17,7 @@ from mailsift.scanners.find import check_level, regexp_find, sql_find
 from mailsift.scanners.smtpcomm import smtp_comm
 from mailsift.scanners.tempfail import tempfail
 from mailsift.services import milter_protocol as mp
+from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.rcptpolicy import recipient_policy
 from mailsift.services.smtpd import smtpd
@@ -132,6 +133,19 @@ def test_smtpd_greylists_and_tempfails_at_rcpt_with_450(
     assert lines[3] == "450 4.7.1 Greylisted, please try again in 300 seconds", lines
     assert lines[4].startswith("503 "), lines  # DATA without an accepted recipient
     assert downstream.messages == []
+
+
+def test_lmtpd_answers_rcpt_with_the_policy_too(
+    start: Callable[..., ServiceThread], downstream: RecordingServer, users: str
+) -> None:
+    service = lmtpd([], "127.0.0.1", 0, next_hop=("127.0.0.1", downstream.port), recipient_policy=unknown_users(users))
+    flt = start(service)
+    payload = b"LHLO postfix.test\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<eve@example.test>\r\n"
+    payload += b"RCPT TO:<bob@example.test>\r\nDATA\r\n" + PLAIN + b".\r\nQUIT\r\n"
+    lines = finals(flt.port, payload)
+    assert lines[3:5] == ["550 5.1.1 User unknown", "250 2.1.5 Ok"], lines
+    assert lines[-2].startswith("250 "), lines  # one reply: the one recipient accepted
+    assert [m.recipients for m in downstream.messages] == [["bob@example.test"]]
 
 
 # --------------------------------------------------------------------------- smtp_comm, smtpd
