@@ -209,8 +209,12 @@ class _ForeignDatabase:
                 backend = self.url.get_backend_name()
                 if backend == "sqlite":
                     args: dict[str, Any] = {"timeout": self.busy_timeout}
-                elif backend == "postgresql":
-                    args = {"connect_timeout": max(2, round(self.busy_timeout))}
+                elif backend == "postgresql":  # a lookup never waits longer than busy_timeout
+                    ms = int(self.busy_timeout * 1000)
+                    args = {
+                        "connect_timeout": max(2, round(self.busy_timeout)),
+                        "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+                    }
                 else:
                     args = {}
                 self._engine = create_engine(self.url, connect_args=args, pool_pre_ping=True)

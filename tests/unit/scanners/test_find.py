@@ -19,6 +19,7 @@ from mailsift.scanners.match import recover
 from mailsift.scanners.parsemail import parsemail
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
+from tests.helpers.postgres import fresh_database
 
 MESSAGE = (
     b"From: a@example.net\r\nSubject: Your Invoice 42\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
@@ -185,6 +186,17 @@ async def test_sql_find_failing_database_tempfails_unless_recovered(tmp_path: Pa
     assert decision.disposition is Disposition.TEMPFAIL
     assert decision.reply.code == 451
     assert not (await recover(missing).scan(MailTarget(mail()))).detected
+
+
+async def test_sql_find_on_a_postgresql_of_your_own_is_bounded_by_busy_timeout(postgres: str) -> None:
+    url = fresh_database(postgres)
+    found = sql_find("SELECT 1 WHERE :sender_domain = 'example.net'", const(1.0, "Found"), url=url)
+    assert (await found.scan(MailTarget(mail()))).detected
+    slow = sql_find("SELECT 1 FROM pg_sleep(30) WHERE :sender <> ''", const(1.0, "X"), url=url, busy_timeout=0.2)
+    with pytest.raises(DatabaseError, match="statement timeout"):
+        await slow.scan(MailTarget(mail()))
+    await found.aclose()
+    await slow.aclose()
 
 
 @pytest.mark.parametrize(
