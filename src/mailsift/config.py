@@ -110,6 +110,11 @@ def warnings(config: Config) -> list[str]:
     for service in config.services:
         if not (isinstance(service, smtpd) and service.after_queue):
             continue
+        if service.recipient_policy is not None:
+            found.append(
+                f"{where}: warning: {service.describe()} has after_queue=True and a recipient_policy: a recipient "
+                "refused after the queue is a bounce; answer RCPT before the queue (port 25, the milter, smtpd_policy)"
+            )
         for scanner in _scanner_tree(service.scanners):
             if isinstance(scanner, reject):
                 found.append(

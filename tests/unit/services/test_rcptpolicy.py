@@ -121,3 +121,16 @@ def test_check_config_shows_the_policy_under_its_service(tmp_path: Path) -> None
     assert "  smtpd(127.0.0.1:10024)\n" in result.stdout
     tree = "    recipient_policy(1 scanner(s)) at RCPT:\n      reject()\n        smtp_comm('Forged.HELO'"
     assert tree in result.stdout
+
+
+def test_check_config_warns_of_a_policy_after_the_queue(tmp_path: Path) -> None:
+    body = f"""
+        from mailsift import *
+        STATE_DIR = {str(tmp_path / "state")!r}
+        SMTP_SERVER = ('127.0.0.1', 10025)
+        SRV = [recipient_policy([const(0.0, '')]), smtpd([], '127.0.0.1', 10024, after_queue=True)]
+    """
+    path = tmp_path / "mailsift.conf.py"
+    path.write_text(textwrap.dedent(body).lstrip("\n"), encoding="utf-8")
+    [warning] = config.warnings(config.load(str(path)))
+    assert "after_queue=True and a recipient_policy: a recipient refused after the queue is a bounce" in warning
