@@ -14,10 +14,11 @@ from mailsift import attach_name, const, quarantine
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Envelope, Mail
-from mailsift.message.result import Disposition
+from mailsift.message.result import Decision, Disposition
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.greylist import PolicyTarget
 from mailsift.scanners.tempfail import hold_purge, message_key, tempfail
+from mailsift.services.postfix_policy import smtpd_policy
 from mailsift.settings import Settings
 from mailsift.storage.db import Database
 
@@ -158,3 +159,10 @@ def test_the_key_ignores_the_header_block_but_not_the_envelope_or_body() -> None
 def test_bad_configs(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         tempfail(OUTBREAK, **kwargs)
+
+
+async def test_under_smtpd_policy_the_text_goes_under_the_defer_verb() -> None:
+    rule = tempfail(const(1.0, "Outbreak"), message="451 4.7.1 Outbreak, try later")
+    result = await rule.scan(PolicyTarget({"recipient": "b@example.test"}))
+    service = smtpd_policy([rule], defer="DEFER_IF_PERMIT")
+    assert service.answer(Decision.from_results([result])) == "DEFER_IF_PERMIT Outbreak, try later"
