@@ -135,6 +135,22 @@ def test_smtpd_greylists_and_tempfails_at_rcpt_with_450(
     assert downstream.messages == []
 
 
+def test_smtpd_greylisting_at_rcpt_passes_later_with_its_header(
+    start: Callable[..., ServiceThread], downstream: RecordingServer
+) -> None:
+    clock = Clock()
+    flt = start(filter_with(downstream, [], recipient_policy=recipient_policy([greylist(min=300, clock=clock)])))
+    assert finals(flt.port, transaction(["bob@example.test"], None))[3].startswith("450 4.7.1 ")
+    clock.now += 301
+    lines = finals(flt.port, transaction(["bob@example.test", "carol@example.test"], PLAIN))
+    assert lines[3] == "250 2.1.5 Ok", lines
+    assert lines[4].startswith("450 4.7.1 "), lines  # carol's triplet is new
+    assert lines[-2].startswith("250 "), lines
+    [received] = downstream.messages
+    assert received.recipients == ["bob@example.test"]
+    assert received.data.startswith(b"X-Greylist: delayed 301 seconds by mailsift greylisting\r\nFrom: ")
+
+
 def test_lmtpd_answers_rcpt_with_the_policy_too(
     start: Callable[..., ServiceThread], downstream: RecordingServer, users: str
 ) -> None:
@@ -241,10 +257,12 @@ class MTA(MilterWire):
         self.step(b"N", b"", mp.SMFIP_NR_EOH)
         self.step(b"B", body, mp.SMFIP_NR_BODY)
         self.send(b"E")
+        self.edits: list[Answer] = []
         while True:
             answer = self.read()
             if answer[0] in b"acdrty":
                 return answers, answer
+            self.edits.append(answer)  # header and body edits come before the final answer
 
 
 def test_milter_answers_each_rcpt_with_the_recipient_policy(start: Callable[..., ServiceThread], users: str) -> None:
@@ -260,6 +278,24 @@ def test_milter_answers_each_rcpt_with_the_recipient_policy(start: Callable[...,
     assert answers[1][0] == mp.SMFIR_REPLYCODE
     assert answers[1][1].startswith(b"550 5.1.1 User unknown")
     assert final[0] == mp.SMFIR_ACCEPT
+
+
+def test_milter_greylisting_at_rcpt_adds_its_header_when_passed(start: Callable[..., ServiceThread]) -> None:
+    clock = Clock()
+    policy = recipient_policy([greylist(min=300, clock=clock)])
+    flt = start(milter([], "mailsift", "inet:0@127.0.0.1", recipient_policy=policy))
+    mta = MTA(flt.port)
+    try:
+        answers, _ = mta.message(["bob@example.test"], PLAIN)
+        assert answers[0] is not None
+        assert answers[0][1].startswith(b"450 4.7.1 Greylisted")
+        clock.now += 301
+        answers, final = mta.message(["bob@example.test"], PLAIN)
+    finally:
+        mta.sock.close()
+    assert answers[0] == (mp.SMFIR_CONTINUE, b"")
+    assert final == (mp.SMFIR_ACCEPT, b"")
+    assert mta.edits == [(mp.SMFIR_ADDHEADER, b"X-Greylist\0delayed 301 seconds by mailsift greylisting\0")]
 
 
 def test_milter_without_a_policy_keeps_rcpt_unanswered(start: Callable[..., ServiceThread]) -> None:

@@ -378,6 +378,7 @@ class MilterSession:
     def _new_message(self) -> None:
         """Forget the message's data, keeping macros (those of MAIL arrive just before it)."""
         self.sender = ""
+        self.policy_headers: list[bytes] = []  # from recipient_policy (X-Greylist): added to the message
         self.bad_address: Reply | None = None
         self.mail_options: list[str] = []
         self.recipients: list[str] = []
@@ -463,7 +464,7 @@ class MilterSession:
                 return self._refuse_address(command, replies.BAD_RECIPIENT, recipient)
             policy = self.service.recipient_policy
             if policy is not None and self.options.replies_to(command):  # answered now (a failure: 451)
-                reply = await policy.decide(self.envelope(), recipient)
+                reply = await policy.decide(self.envelope(), recipient, self.policy_headers)
                 if not reply.is_positive:
                     return [_reply(reply)]
             if len(self.recipients) < self.service.max_recipients:
@@ -615,7 +616,8 @@ class MilterSession:
         settings = self.server.settings
         mail: Mail | None = None
         try:
-            mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
+            added = b"".join(self.policy_headers)  # scanned as delivered; edits() sends them as SMFIR_ADDHEADER
+            mail = Mail(env, added + raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
             decision, outcome = await self.server.path.process(mail)
             final = self.server.delivery.take(mail)
             if not outcome.reply.is_positive:

@@ -12,7 +12,8 @@ HELO, sender and this recipient; no message yet), evaluated by the policy
 scanners with the usual first-detection rule, within ``timeout`` seconds:
 
 ==================================  ======================================
-clean, ``deliver(...)``             the recipient is accepted (250)
+clean, ``deliver(...)``             the recipient is accepted (250); a passed
+                                    ``greylist``'s ``X-Greylist`` is added to the message
 deferred (``greylist``, ``tempfail``)  ``defer`` (``450 4.7.1``) and the text
 detected: ``reject(...)`` and any   ``reject`` (``550 5.7.1``) and the text
 other action (``drop`` and
@@ -129,8 +130,13 @@ class recipient_policy:
             "client_name": envelope.client_name,
         }
 
-    async def decide(self, envelope: Envelope, recipient: str) -> Reply:
-        """The answer to ``RCPT TO:<recipient>``; never raises, never a 5xx for a failure."""
+    async def decide(self, envelope: Envelope, recipient: str, headers: list[bytes] | None = None) -> Reply:
+        """The answer to ``RCPT TO:<recipient>``; never raises, never a 5xx for a failure.
+
+        ``headers``: where the header fields of an accepted recipient go (a passed
+        ``greylist``'s ``X-Greylist``), ``b"Name: value\\r\\n"``, each once; the front end
+        prepends them to the message.
+        """
         started = time.monotonic()
         try:
             target = PolicyTarget(self.request(envelope, recipient), self.database)
@@ -138,6 +144,11 @@ class recipient_policy:
             decision = Decision.from_results(trail)
             reply = self.answer(decision)
             result = decision.result
+            if reply.is_positive and headers is not None:
+                for header in decision.headers:
+                    line = f"{header.name}: {_clean(header.value)}\r\n".encode("utf-8", "replace")
+                    if line not in headers:
+                        headers.append(line)
         except ScannerError as error:
             reply, result = FAILED, Result(0.0, type(error).__name__, "", error.message)
         except TimeoutError:

@@ -352,7 +352,8 @@ class Handler:
             return str(replies.TOO_MANY_RECIPIENTS)
         policy = self.server.service.recipient_policy
         if policy is not None:  # recipient_policy(): answered now, before DATA (a failure: 451)
-            reply = await policy.decide(self.server.envelope_of(server, session, envelope, rcpt=True), address)
+            added = envelope.__dict__.setdefault("policy_headers", [])  # aiosmtpd: one envelope per transaction
+            reply = await policy.decide(self.server.envelope_of(server, session, envelope, rcpt=True), address, added)
             if not reply.is_positive:
                 return str(reply)
         envelope.rcpt_tos.append(address)
@@ -564,7 +565,7 @@ class SMTPServer(Server):
 
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         env = self.envelope_of(session_protocol, session, envelope)
-        content = envelope.original_content or b""
+        content = b"".join(getattr(envelope, "policy_headers", ())) + (envelope.original_content or b"")
         mail: Mail | None = None
         try:
             mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
