@@ -37,12 +37,15 @@ from mailsift.scanners.engines.rspamd import rspamd
 from mailsift.scanners.engines.spamassassin import spamassassind
 from mailsift.scanners.engines.spamlevels import spam_levels
 from mailsift.scanners.filetype import file_magic, file_type
+from mailsift.scanners.find import check_level, regexp_find, sql_find
 from mailsift.scanners.greylist import greylist, recipient_regexp
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
 from mailsift.scanners.sanitize import sanitize
+from mailsift.scanners.smtpcomm import smtp_comm
 from mailsift.scanners.stamp import stamp
+from mailsift.scanners.tempfail import tempfail
 from mailsift.scanners.userpolicy import (
     blacklisted,
     listed,
@@ -56,6 +59,7 @@ from mailsift.services.fusefs import fusefs
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.postfix_policy import smtpd_policy
+from mailsift.services.rcptpolicy import recipient_policy
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.services.smtpd import smtpd
 from mailsift.storage import db
@@ -73,6 +77,7 @@ __all__ = [
     "blacklisted",
     "bogofilter",
     "cache",
+    "check_level",
     "chroot_execvp",
     "chroot_execvpe",
     "clamd",
@@ -115,8 +120,10 @@ __all__ = [
     "policy_enabled",
     "policy_spam_hits",
     "quarantine",
+    "recipient_policy",
     "recipient_regexp",
     "recover",
+    "regexp_find",
     "regexp_scan",
     "reject",
     "remove_headers",
@@ -126,6 +133,7 @@ __all__ = [
     "sanitize",
     "sender_regexp",
     "sgfilterd",
+    "smtp_comm",
     "smtp_relay",
     "smtpd",
     "smtpd_policy",
@@ -133,9 +141,11 @@ __all__ = [
     "spam_levels",
     "spamassassind",
     "spamd_daemon",
+    "sql_find",
     "stamp",
     "stats",
     "string_scan",
+    "tempfail",
     "time_limit",
     "trusted_clients",
     "webq",

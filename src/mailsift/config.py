@@ -45,6 +45,7 @@ from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
 from mailsift.services.base import Service
 from mailsift.services.daemons import Daemon
 from mailsift.services.lmtpd import lmtpd
+from mailsift.services.rcptpolicy import link_recipient_policies, recipient_policy
 from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings, SettingsBound
 from mailsift.storage import db
@@ -109,6 +110,11 @@ def warnings(config: Config) -> list[str]:
     for service in config.services:
         if not (isinstance(service, smtpd) and service.after_queue):
             continue
+        if service.recipient_policy is not None:
+            found.append(
+                f"{where}: warning: {service.describe()} has after_queue=True and a recipient_policy: a recipient "
+                "refused after the queue is a bounce; answer RCPT before the queue (port 25, the milter, smtpd_policy)"
+            )
         for scanner in _scanner_tree(service.scanners):
             if isinstance(scanner, reject):
                 found.append(
@@ -294,8 +300,11 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
     if not isinstance(scanners, list | tuple) or not all(isinstance(s, Scanner) for s in scanners):
         raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}", "SCANNERS")
     entries = namespace.get("SRV", [])
-    if not isinstance(entries, list | tuple) or not all(isinstance(s, Service | Daemon | reporter) for s in entries):
+    if not isinstance(entries, list | tuple) or not all(
+        isinstance(s, Service | Daemon | reporter | recipient_policy) for s in entries
+    ):
         raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}", "SRV")
+    link_recipient_policies(entries)
     services = [s for s in entries if isinstance(s, Service)]
     daemons = [s for s in entries if isinstance(s, Daemon)]
     reporters = [s for s in entries if isinstance(s, reporter)]

@@ -225,6 +225,11 @@ def check_config(config_path: str | None) -> None:
             click.echo(f"    URL: {site() or service.where()}")
         for line in Pipeline(service.scanners).tree():
             click.echo(f"    {line}")
+        policy = getattr(service, "recipient_policy", None)
+        if policy is not None:  # services/rcptpolicy.py: answered at RCPT
+            click.echo(f"    {policy.describe()} at RCPT:")
+            for line in Pipeline(policy.scanners).tree():
+                click.echo(f"      {line}")
     for daemon in config.daemons:
         click.echo(f"  {daemon.describe()}")
     for warning in config_warnings(config):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import operator
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -326,6 +327,9 @@ def _reply_for(disposition: Disposition, result: Result, text: str) -> Reply:
     if disposition is Disposition.QUARANTINE:
         return replies.OK_QUARANTINED
     if disposition is Disposition.TEMPFAIL:  # a rule's deliberate 4xx (greylisting): never a 250
+        coded = re.match(r"(4\d\d)(?: (4\.\d{1,3}\.\d{1,3}))? (.*)", text)  # tempfail('451 4.7.1 ...')
+        if coded:
+            return Reply(int(coded[1]), coded[2] or "", "").with_text(coded[3])
         return replies.TEMPFAIL.with_text(text) if text else replies.TEMPFAIL
     return replies.OK
 

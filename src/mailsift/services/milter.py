@@ -60,6 +60,7 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.replies import Reply
 from mailsift.services import milter_protocol as mp
 from mailsift.services.base import Service, check_limit, check_seconds
+from mailsift.services.rcptpolicy import RcptPolicy, checked_policy
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
 from mailsift.validators import escape_controls
@@ -157,6 +158,9 @@ class milter(Service):
     1 MiB) per message — beyond them ``552 5.3.4``; ``max_recipients``
     (default 1000) — beyond it ``452 4.5.3``.  Each refusal is logged.  All of
     it is dropped at end of message, ABORT and when the connection closes.
+
+    ``recipient_policy`` (:mod:`mailsift.services.rcptpolicy`): each RCPT is
+    answered by it (the milter then asks the MTA to wait for that answer).
     """
 
     kind = "milter"
@@ -181,6 +185,7 @@ class milter(Service):
         max_recipients: int = MAX_RECIPIENTS,
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
+        recipient_policy: RcptPolicy | None = None,
     ) -> None:
         family, where, port = parse_connection(connection)
         umask = validators.permission_bits(umask, "milter: umask", unit="an integer like 0o117")
@@ -203,6 +208,7 @@ class milter(Service):
         self.max_headers = check_limit(max_headers, "max_headers", self.kind, minimum=1)
         self.max_header_bytes = check_limit(max_header_bytes, "max_header_bytes", self.kind, minimum=1024)
         self.max_recipients = check_limit(max_recipients, "max_recipients", self.kind, minimum=1)
+        self.recipient_policy = checked_policy(recipient_policy, self.kind)
 
     def describe(self) -> str:
         return f"milter({self.name}, {self.connection})"
@@ -210,6 +216,12 @@ class milter(Service):
     def check(self, settings: Settings) -> None:
         """Validate what needs the global settings (the mail path: no next hop is needed)."""
         MailPath(self.scanners, settings, KeptByMTA())
+        if self.recipient_policy is not None:
+            self.recipient_policy.check(settings)
+
+    def bind_settings(self, settings: Settings) -> None:
+        if self.recipient_policy is not None:
+            self.recipient_policy.bind_settings(settings)
 
     def recorder(self) -> KeptByMTA:
         """The mail path's "next hop", which records the final message (a subclass may rewrite it)."""
@@ -401,6 +413,7 @@ class MilterSession:
     def _new_message(self) -> None:
         """Forget the message's data, keeping macros (those of MAIL arrive just before it)."""
         self.sender = ""
+        self.policy_headers: list[bytes] = []  # from recipient_policy (X-Greylist): added to the message
         self.bad_address: Reply | None = None
         self.mail_options: list[str] = []
         self.recipients: list[str] = []
@@ -457,7 +470,8 @@ class MilterSession:
         """The packets answering one command; None to close the connection."""
         if command == mp.SMFIC_OPTNEG:
             offer = mp.parse_optneg(data)
-            self.options = mp.negotiate(offer, WANTED_ACTIONS, WANTED_PROTOCOL)
+            wanted = WANTED_PROTOCOL & ~mp.SMFIP_NR_RCPT if self.service.recipient_policy else WANTED_PROTOCOL
+            self.options = mp.negotiate(offer, WANTED_ACTIONS, wanted)
             log.debug(
                 "%s: MTA offers version %d actions %#x protocol %#x; agreed %s", self.service.name, *offer, self.options
             )
@@ -483,6 +497,11 @@ class MilterSession:
             recipient, _ = mp.parse_address(data)
             if address_problem(recipient, need_domain=True):
                 return self._refuse_address(command, replies.BAD_RECIPIENT, recipient)
+            policy = self.service.recipient_policy
+            if policy is not None and self.options.replies_to(command):  # answered now (a failure: 451)
+                reply = await policy.decide(self.envelope(), recipient, self.policy_headers)
+                if not reply.is_positive:
+                    return [_reply(reply)]
             if len(self.recipients) < self.service.max_recipients:
                 self.recipients.append(recipient)
             else:
@@ -632,7 +651,8 @@ class MilterSession:
         settings = self.server.settings
         mail: Mail | None = None
         try:
-            mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
+            added = b"".join(self.policy_headers)  # scanned as delivered; edits() sends them as SMFIR_ADDHEADER
+            mail = Mail(env, added + raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
             decision, outcome = await self.server.path.process(mail)
             final = self.server.delivery.take(mail)
             recipients = self.server.delivery.take_recipients(mail)

@@ -178,8 +178,8 @@ class smtpd_policy(Service):
                 header = decision.headers[0]
                 return f"PREPEND {clean_text(header.name)}: {clean_text(header.value)}"
             return "DUNNO"
-        if disposition is Disposition.TEMPFAIL:
-            return f"{self.defer} {text}"
+        if disposition is Disposition.TEMPFAIL:  # tempfail('451 4.7.1 text'): the text, under this defer verb
+            return f"{self.defer} {re.sub(r'^4[0-9][0-9]( 4[.][0-9]+[.][0-9]+)? ', '', text)}"
         if disposition is Disposition.DROP:
             return f"DISCARD {text}"
         if disposition is Disposition.QUARANTINE:

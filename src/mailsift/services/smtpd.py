@@ -47,6 +47,7 @@ from mailsift.errors import ConfigError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.rcptpolicy import RcptPolicy, checked_policy
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
 from mailsift.validators import escape_controls
@@ -84,6 +85,9 @@ class smtpd(Service):
     or drop instead, and reject before the queue (``milter``, ``smtpd_policy``).
     The standalone quick start (itself the receiving MTA) keeps ``False`` and
     rightly rejects.
+
+    ``recipient_policy``: a :class:`~mailsift.services.rcptpolicy.recipient_policy`
+    answering each ``RCPT TO`` (or one listed before this service in ``SRV``).
     """
 
     kind = "smtpd"
@@ -107,6 +111,7 @@ class smtpd(Service):
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
         after_queue: bool = False,
+        recipient_policy: RcptPolicy | None = None,
     ) -> None:
         super().__init__(
             scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
@@ -125,10 +130,17 @@ class smtpd(Service):
         if not isinstance(after_queue, bool):
             raise ConfigError(f"{self.kind}: after_queue must be True or False, got {after_queue!r}")
         self.after_queue = after_queue
+        self.recipient_policy = checked_policy(recipient_policy, self.kind)
 
     def check(self, settings: Settings) -> None:
         """Validate what needs the global settings (the next hop)."""
         MailPath(self.scanners, settings, self.next_hop)
+        if self.recipient_policy is not None:
+            self.recipient_policy.check(settings)
+
+    def bind_settings(self, settings: Settings) -> None:
+        if self.recipient_policy is not None:
+            self.recipient_policy.bind_settings(settings)
 
     async def start(self, sock: socket.socket, settings: Settings) -> SMTPServer:
         server = SMTPServer(self, settings)
@@ -338,6 +350,12 @@ class Handler:
             return str(replies.BAD_RECIPIENT)
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return str(replies.TOO_MANY_RECIPIENTS)
+        policy = self.server.service.recipient_policy
+        if policy is not None:  # recipient_policy(): answered now, before DATA (a failure: 451)
+            added = envelope.__dict__.setdefault("policy_headers", [])  # aiosmtpd: one envelope per transaction
+            reply = await policy.decide(self.server.envelope_of(server, session, envelope, rcpt=True), address, added)
+            if not reply.is_positive:
+                return str(reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return str(replies.RECIPIENT_OK)
@@ -508,7 +526,13 @@ class SMTPServer(Server):
         await self.listen(sock, self._protocol)
 
     def envelope_of(
-        self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope, *, protocol: str = ""
+        self,
+        session_protocol: FilterSMTP,
+        session: Session,
+        envelope: SMTPEnvelope,
+        *,
+        protocol: str = "",
+        rcpt: bool = False,
     ) -> Envelope:
         """The transaction's envelope, with the original client from XFORWARD when given."""
         xf = session_protocol.xforward
@@ -519,7 +543,7 @@ class SMTPServer(Server):
             client_address=xf.get("ADDR", peer[0]),
             client_name=xf.get("NAME", ""),
             helo=xf.get("HELO", session.host_name or ""),
-            queue_id=xf.get("IDENT", "") or self.next_queue_id(),
+            queue_id=xf.get("IDENT", "") or ("" if rcpt else self.next_queue_id()),
             protocol=xf.get("PROTO", protocol or ("ESMTP" if session.extended_smtp else "SMTP")),
             mail_options=list(envelope.mail_options),
         )
@@ -541,7 +565,7 @@ class SMTPServer(Server):
 
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         env = self.envelope_of(session_protocol, session, envelope)
-        content = envelope.original_content or b""
+        content = b"".join(getattr(envelope, "policy_headers", ())) + (envelope.original_content or b"")
         mail: Mail | None = None
         try:
             mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)

@@ -50,6 +50,8 @@ table (migration)          indexes and constraints                used by
 (0012_leases)                                                     cluster: digest, expiry, pruning)
 ``mailsift_secrets``       primary key name                       :mod:`mailsift.storage.secrets` (the web
 (0013_secrets)                                                    secret every node reads)
+``tempfail_hold``          primary key key,                       :mod:`mailsift.scanners.tempfail` (the
+(0015_tempfail)            ``ix_tempfail_hold_last_seen``         ``tempfail(hold=...)`` deferrals per message)
 =========================  =====================================  ==========================================
 
 Alembic adds its own ``alembic_version`` table.  Times are Unix seconds
@@ -355,6 +357,22 @@ secret_table = Table(
 """Secrets every node of a cluster reads (:mod:`mailsift.storage.secrets`): ``webq``, the web session and
 link signing secret; made once by the first node (insert if absent), never changed after."""
 
+# --------------------------------------------------------------------------- tempfail holds (0015_tempfail)
+
+tempfail_hold_table = Table(
+    "tempfail_hold",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("rule", Text, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Index("ix_tempfail_hold_last_seen", "last_seen"),
+)
+"""Messages deferred by ``tempfail(hold=...)`` (:mod:`mailsift.scanners.tempfail`): the key is a checksum
+of the rule's name, the envelope and the body; first and last attempt (Unix seconds) and how many were
+deferred.  Rows idle past ``expire`` are purged, and at most ``max_entries`` are kept."""
+
 __all__ = [
     "auto_whitelist_table",
     "greylist_table",
@@ -370,6 +388,7 @@ __all__ = [
     "quarantine_table",
     "secret_table",
     "stats_table",
+    "tempfail_hold_table",
     "user_policy_table",
     "web_login_throttle_table",
     "web_session_table",
