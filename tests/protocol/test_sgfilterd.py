@@ -310,3 +310,62 @@ def test_config_surface_defaults_and_checks() -> None:
             sgfilterd([EICAR_SCAN], **bad)
     with pytest.raises(ConfigError):
         sgfilterd([EICAR_SCAN], "127.0.0.1", 70000)
+
+
+# --------------------------------------------------------------------------- the optional client lines
+
+
+class ClientRecording(Scanner):
+    name = "client_recording"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool | None]] = []
+
+    async def scan(self, target: Target) -> Result:
+        env = target.mail.envelope
+        self.seen.append((env.client_address, env.client_name, env.relay_client))
+        return Result(0.0, "", self.name)
+
+
+def test_client_lines_reach_the_envelope_and_old_requests_still_work(make_daemon: Make) -> None:
+    recording = ClientRecording()
+    daemon = make_daemon([recording])
+    lines = b"MAIL FROM: a@example.test\nCLIENT ADDRESS: 192.0.2.9\nRCPT TO: b@x\nCLIENT NAME: mx.example.test\n"
+    answer = exchange(daemon.port, lines + b"RELAY CLIENT: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+    assert status_line(answer) == "250 0.00"
+    assert exchange(daemon.port, request(CLEAN)) == b"250 0.00\n" + CLEAN  # SAGATOR's request, unchanged
+    assert recording.seen == [("192.0.2.9", "mx.example.test", True), ("", "", None)]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b"CLIENT ADDRESS: 999.1.1.1\n",
+        b"CLIENT ADDRESS: 192.0.2.1\nCLIENT ADDRESS: 192.0.2.2\n",
+        b"CLIENT NAME: a b\n",
+        b"CLIENT NAME: " + b"x" * 300 + b"\n",
+        b"RELAY CLIENT: yes\n",
+    ],
+    ids=["bad-address", "twice", "space-in-name", "long-name", "bad-flag"],
+)
+def test_bad_client_lines_get_501(make_daemon: Make, lines: bytes) -> None:
+    daemon = make_daemon([ClientRecording()])
+    answer = exchange(daemon.port, ENV + lines + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+    assert status_line(answer).startswith("501 0.00 Syntax: CLIENT ADDRESS")
+
+
+def test_trusted_clients_and_client_network_see_the_qmail_client(make_daemon: Make) -> None:
+    from mailsift import client_network, trusted_clients
+    from mailsift.services.sgfilter_client import ClientInfo
+
+    daemon = make_daemon(
+        [trusted_clients("192.0.2.25", reject(EICAR_SCAN)), client_network("198.51.100.0/24", const(1.0, "Net"))]
+    )
+
+    def ask_as(address: str, data: bytes) -> Answer:
+        return ask("127.0.0.1", daemon.port, "a@x", ["b@x"], data, 20, ClientInfo(address, "", False))
+
+    assert ask_as("203.0.113.1", INFECTED).status == 550
+    assert ask_as("192.0.2.25", INFECTED).status == 551  # a trusted secondary MX: dropped, not rejected
+    assert ask_as("198.51.100.7", CLEAN).name == "Net"
+    assert ask_as("203.0.113.1", CLEAN).status == 250

@@ -17,7 +17,8 @@ The text line is qmail-scanner's ``--log-details`` line (reference
 * status: ``Clear``, or what was done and why (``Quarantined_Eicar-Test``,
   ``Rejected_Policy``, ``Dropped_...``, ``Delivered_...`` for a forced
   delivery, ``Tempfail...``, ``Refused`` when the next hop refused);
-* ``RC:1`` for a relay client (its address in ``relay_clients``), ``RC:0``
+* ``RC:1`` for a relay client (qmail's ``RELAYCLIENT`` when the front end passed it,
+  else its address in ``relay_clients``), ``RC:0``
   otherwise, the client address in brackets (``127.0.0.1`` when there is none);
 * ``SA:1(score/required)`` when a spam engine ran (``SA:0`` when not spam);
 * ``Q:<queue id>`` when the MTA gave one (mailsift's addition, to find the
@@ -230,7 +231,9 @@ def build_record(
         level=result.level,
         name=clean(result.name),
         scanner=clean(result.scanner),
-        relay_client=_in_networks(env.client_address, relay_clients),
+        relay_client=env.relay_client
+        if env.relay_client is not None
+        else _in_networks(env.client_address, relay_clients),
         client_address=clean(env.client_address),
         client_name=clean(env.client_name),
         helo=clean(env.helo),

@@ -9,6 +9,16 @@ ignored)::
     DATA 1234                            (the message length in bytes)
     <exactly 1234 bytes of message>
 
+mailsift's clients may add, before ``DATA``, each at most once (an old client
+omits them and is served as before)::
+
+    CLIENT ADDRESS: 192.0.2.1            (the SMTP client: qmail's TCPREMOTEIP)
+    CLIENT NAME: mx.example.org          (its name: TCPREMOTEHOST)
+    RELAY CLIENT: 1                      (1 when qmail's RELAYCLIENT is set, else 0)
+
+They reach the scanners as the envelope's client (``trusted_clients``,
+``client_network``, ``spam_levels(trusted=...)``) and the log's ``RC:`` field.
+
 Output, then the daemon closes the connection::
 
     XXX L.LL VIRNAME
@@ -35,11 +45,12 @@ line and the decision are the shared ones.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from mailsift.core.mailpath import MailPath, failure_reply
@@ -51,19 +62,24 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.services.sgfilter_protocol import (
+    BAD_CLIENT,
     BAD_LENGTH,
     BAD_RECIPIENT,
     BAD_SENDER,
     CLEAN,
+    CLIENT_ADDRESS,
+    CLIENT_NAME,
     DROP,
     FORCED,
     LINE_TOO_LONG,
     LONG_DATA,
+    MAX_CLIENT_NAME,
     MAX_LINE,
     MAX_RECIPIENTS,
     NO_RECIPIENT,
     NO_SENDER,
     REJECT,
+    RELAY_CLIENT,
     SHORT_DATA,
     SHUTTING_DOWN,
     TEMPFAIL,
@@ -195,6 +211,8 @@ class Request:
     sender: str
     recipients: list[str]
     data: bytes
+    client: dict[str, str] = field(default_factory=dict)
+    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT`` values, by verb."""
 
 
 class _Connection(asyncio.Protocol):
@@ -388,6 +406,7 @@ class SgfilterServer(Server):
         timeout = self.service.timeout
         sender: str | None = None
         recipients: list[str] = []
+        client: dict[str, str] = {}
         while True:
             line = await connection.line(timeout)
             if line is None:
@@ -404,6 +423,10 @@ class SgfilterServer(Server):
                 if len(recipients) >= MAX_RECIPIENTS:
                     raise _Refused(TOO_MANY_RECIPIENTS)
                 recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
+            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT):
+                if verb in client:
+                    raise _Refused(BAD_CLIENT)
+                client[verb] = _client_value(verb, argument.strip())
             elif line[:5].upper() in ("DATA ", "DATA"):
                 if sender is None:
                     raise _Refused(NO_SENDER)
@@ -413,7 +436,7 @@ class SgfilterServer(Server):
                 if length > self.service.max_size:
                     raise _Refused(TOO_BIG.named(f"{TOO_BIG.text} ({self.service.max_size} bytes)"))
                 data = await connection.exactly(length, timeout)
-                return Request(sender, recipients, data)
+                return Request(sender, recipients, data, client)
             else:
                 raise _Refused(UNKNOWN_COMMAND)
 
@@ -424,6 +447,9 @@ class SgfilterServer(Server):
             recipients=request.recipients,
             queue_id=self.next_queue_id(),
             protocol="SGFILTER",
+            client_address=request.client.get(CLIENT_ADDRESS, ""),
+            client_name=request.client.get(CLIENT_NAME, ""),
+            relay_client=None if RELAY_CLIENT not in request.client else request.client[RELAY_CLIENT] == "1",
         )
         mail: Mail | None = None
         try:
@@ -458,6 +484,22 @@ def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
     if match is None or address_problem(match.group(1), allow_empty=allow_empty):
         raise _Refused(error)
     return match.group(1)
+
+
+def _client_value(verb: str, value: str) -> str:
+    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name) or ``RELAY CLIENT`` (0/1)."""
+    if verb == CLIENT_ADDRESS:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise _Refused(BAD_CLIENT) from None
+    if verb == RELAY_CLIENT:
+        if value not in ("0", "1"):
+            raise _Refused(BAD_CLIENT)
+        return value
+    if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[!-~]+", value):
+        raise _Refused(BAD_CLIENT)
+    return value
 
 
 def _length(text: str) -> int:
