@@ -453,8 +453,9 @@ def test_the_log_line_says_rc_from_relayclient(tmp_path: Path, standin: Path, qm
     from mailsift.reporting.logline import log_file
 
     hook = log_file(str(tmp_path / "mail.log"))
+    stats = log_file(str(tmp_path / "mailstats.csv"), format="mailstats", crypto=True)
     service = sgfilterd([EICAR_SCAN], "127.0.0.1", 0)
-    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"), hooks=(hook,))).start()
+    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"), hooks=(hook, stats))).start()
     try:
         assert qmail_queue(thread.port, **{**NO_CLIENT, "TCPREMOTEIP": "192.0.2.7", "RELAYCLIENT": ""}).code == 0
         assert qmail_queue(thread.port, **{**NO_CLIENT, "TCPREMOTEIP": "127.0.0.1"}).code == 0
@@ -463,6 +464,10 @@ def test_the_log_line_says_rc_from_relayclient(tmp_path: Path, standin: Path, qm
     lines = (tmp_path / "mail.log").read_text().splitlines()
     statuses = [line.split()[1].split(":Q:")[0] for line in lines[::2]]
     assert statuses == ["Clear:RC:1(192.0.2.7)", "Clear:RC:0(127.0.0.1)"]
+    columns = [line.split("\t") for line in (tmp_path / "mailstats.csv").read_text().splitlines()]
+    assert [c[1].split(":Q:")[0] for c in columns[::2]] == statuses
+    assert [c[5] for c in columns[:2]] == ["bob@example.test", "carol@example.test"]
+    assert columns[0][6] == "hi"
 
 
 # --------------------------------------------------------------------------- the custom-error patch
