@@ -369,3 +369,57 @@ def test_trusted_clients_and_client_network_see_the_qmail_client(make_daemon: Ma
     assert ask_as("192.0.2.25", INFECTED).status == 551  # a trusted secondary MX: dropped, not rejected
     assert ask_as("198.51.100.7", CLEAN).name == "Net"
     assert ask_as("203.0.113.1", CLEAN).status == 250
+
+
+# --------------------------------------------------------------------------- simscan's spamc user and spam_passthru
+
+
+def test_spamc_user_per_recipient_and_spam_passthru_through_sgfilterd(make_daemon: Make, tmp_path: Path) -> None:
+    """spamd (a fake answering by User:) asked once per recipient domain; the passthru domain gets the spam
+    tagged (251 with X-Spam-Flag), the other domain's copy is rejected."""
+    import asyncio
+    import threading
+
+    from mailsift import policy_enabled, policy_spam_hits, spamassassind
+    from mailsift.storage import db
+    from mailsift.storage.policies import import_simcontrol, parse_simcontrol
+    from mailsift.testing import FakeSpamd, spamd_answer
+
+    users: list[str] = []
+
+    class ByUser(FakeSpamd):
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"PING "):
+                await self.send(writer, b"SPAMD/1.5 0 PONG\r\n")
+                return
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            await reader.readexactly(int(fields[b"Content-length"]))
+            users.append(fields.get(b"User", b"-").decode())
+            await self.send(writer, spamd_answer())  # spam: 12.3 / 5.0 by default
+
+    loop = asyncio.new_event_loop()
+    spamd = ByUser()
+    loop.run_until_complete(spamd.start())
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    database = db.sqlite()
+    database.configure(str(tmp_path))
+    text = ":spam=yes\nlenient.test:spam_passthru=yes"
+    database.call(import_simcontrol, parse_simcontrol(text.splitlines()), 0.0, False)
+    try:
+        spam = spamassassind(spamd.address, "%(domain)s", report=False, users="min")
+        daemon = make_daemon([policy_enabled("spam", policy_spam_hits(spam, db=database), db=database)])
+        passed = ask("127.0.0.1", daemon.port, "a@x", ["bob@lenient.test"], CLEAN, 20)
+        assert passed.status == 251
+        assert b"X-Spam-Flag: YES" in passed.message.split(b"\r\n\r\n", 1)[0]
+        assert ask("127.0.0.1", daemon.port, "a@x", ["bob@other.test"], CLEAN, 20).status == 550
+        both = ask("127.0.0.1", daemon.port, "a@x", ["a@lenient.test", "b@other.test", "c@other.test"], CLEAN, 20)
+        assert both.status == 550
+        assert users == ["lenient.test", "other.test", "lenient.test", "other.test"]
+    finally:
+        database.dispose()
+        asyncio.run_coroutine_threadsafe(spamd.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
