@@ -423,3 +423,14 @@ def test_spamc_user_per_recipient_and_spam_passthru_through_sgfilterd(make_daemo
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
         loop.close()
+
+
+def test_answer_length_is_given_only_when_asked(make_daemon: Make) -> None:
+    daemon = make_daemon([add_header("X-Scanned", "yes", const(0.0, "scanned"))])
+    plain = exchange(daemon.port, request(CLEAN))  # SAGATOR's answer: the message right after the status
+    status, edited = plain.split(b"\n", 1)
+    assert (status, edited) == (b"250 0.00 scanned", b"X-Scanned: yes\r\n" + CLEAN)
+    asked = ENV + b"ANSWER LENGTH: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN
+    assert exchange(daemon.port, asked) == b"250 0.00 scanned\n" + f"LENGTH {len(edited)}\n".encode() + edited
+    answer = ask("127.0.0.1", daemon.port, "a@x", ["b@x"], CLEAN, 20, None, True)
+    assert answer.message == edited

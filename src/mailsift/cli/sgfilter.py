@@ -152,12 +152,13 @@ def sgfilter(
     help="The real qmail-queue, run for mail to deliver (env MAILSIFT_QMAIL_QUEUE).",
 )
 @click.option(
-    "--client-info/--no-client-info",
+    "--extensions/--no-extensions",
     default=True,
     show_default=True,
-    envvar="MAILSIFT_QMAIL_CLIENT_INFO",
-    help="Pass TCPREMOTEIP, TCPREMOTEHOST and RELAYCLIENT to sgfilterd (--no-client-info for a SAGATOR "
-    "sgfilterd, which does not know these lines; env MAILSIFT_QMAIL_CLIENT_INFO).",
+    envvar="MAILSIFT_QMAIL_EXTENSIONS",
+    help="Use mailsift's request lines: pass TCPREMOTEIP, TCPREMOTEHOST and RELAYCLIENT, and ask for the "
+    "answer's length (--no-extensions for a SAGATOR sgfilterd, which does not know them; "
+    "env MAILSIFT_QMAIL_EXTENSIONS).",
 )
 @click.option(
     "--local-address",
@@ -207,7 +208,7 @@ def qmail_queue(
     max_size: int,
     safe: bool,
     real_queue: str,
-    client_info: bool,
+    extensions: bool,
     local_address: str,
     custom_error: bool,
     custom_error_fd: int,
@@ -265,7 +266,7 @@ def qmail_queue(
         except OSError as error:
             raise sg.QueueError(sg.QQ_READ_ERROR, f"cannot read the message: {error.strerror}") from error
         envelope = sg.read_envelope(1)
-        client = sg.client_from_environment(os.environ, local_address) if client_info else None
+        client = sg.client_from_environment(os.environ, local_address) if extensions else None
         who = f"from=<{envelope.sender}> to={','.join(f'<{r}>' for r in envelope.recipients)}"
         if client is not None and client.address:
             who += f" client={client.address} relay={int(bool(client.relay))}"
@@ -281,7 +282,7 @@ def qmail_queue(
             raise sg.QueueError(sg.QQ_REJECTED, f"{who} over {max_size} bytes: rejected")
         message = spool.read()
         try:
-            answer = sg.ask(host, port, envelope.sender, envelope.recipients, message, timeout, client)
+            answer = sg.ask(host, port, envelope.sender, envelope.recipients, message, timeout, client, extensions)
         except sg.NoVerdict as error:
             if safe:
                 log(f"{who} no verdict ({error}): queued unscanned (--safe)")

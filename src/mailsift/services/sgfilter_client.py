@@ -122,16 +122,27 @@ def client_from_environment(environ: Mapping[str, str], local_address: str = DEF
     return ClientInfo(address, name, "RELAYCLIENT" in environ)
 
 
-def request(sender: str, recipients: Sequence[str], message: bytes, client: ClientInfo | None = None) -> bytes:
-    """The request bytes: envelope lines, the optional client lines, ``DATA length`` and the message."""
+def request(
+    sender: str, recipients: Sequence[str], message: bytes, client: ClientInfo | None = None, length: bool = False
+) -> bytes:
+    """The request bytes: envelope lines, the optional mailsift lines, ``DATA length`` and the message."""
     lines = [f"MAIL FROM: <{sender}>"] + [f"RCPT TO: <{r}>" for r in recipients]
     lines += client.lines() if client is not None else []
+    lines += [f"{protocol.ANSWER_LENGTH}: 1"] if length else []
     lines += [f"DATA {len(message)}"]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") + message
 
 
-def parse_answer(raw: bytes, original: bytes) -> Answer:
-    """Parse the daemon's answer; :class:`DaemonLost` if it is garbled or cut short."""
+_LENGTH = re.compile(rb"LENGTH ([0-9]{1,15})")
+
+
+def parse_answer(raw: bytes, original: bytes, length: bool = False) -> Answer:
+    """Parse the daemon's answer; :class:`DaemonLost` if it is garbled or cut short.
+
+    ``length``: the request asked for ``ANSWER LENGTH``, so a message to deliver
+    comes after ``LENGTH <bytes>`` and must be exactly that long (its body may
+    differ from the original's: a renamed header, a sanitized part).
+    """
     line, newline, rest = raw.partition(b"\n")
     match = _ANSWER.fullmatch(line.removesuffix(b"\r"))
     if not newline or match is None:
@@ -140,6 +151,14 @@ def parse_answer(raw: bytes, original: bytes) -> Answer:
     name = (match.group(3) or b"").decode("utf-8", "replace").strip()
     if status not in DELIVER:
         return Answer(status, level, name)
+    if length:
+        line, newline, rest = rest.partition(b"\n")
+        match = _LENGTH.fullmatch(line)
+        if not newline or match is None:
+            raise DaemonLost(f"garbled LENGTH line from the daemon: {line[:200]!r}")
+        if len(rest) != int(match.group(1)):
+            raise DaemonLost(f"answer cut short: {len(rest)} bytes of message for LENGTH {match.group(1).decode()}")
+        return Answer(status, level, name, rest)
     body = _BODY.search(original)
     if len(rest) < len(original) or (body is not None and not rest.endswith(original[body.end() :])):
         raise DaemonLost(f"answer cut short: {len(rest)} bytes of message for {len(original)} sent")
@@ -154,6 +173,7 @@ def ask(
     message: bytes,
     timeout: float = DEFAULT_TIMEOUT,
     client: ClientInfo | None = None,
+    length: bool = False,
 ) -> Answer:
     """Send one message to ``sgfilterd`` and return its answer (all within ``timeout`` seconds).
 
@@ -170,7 +190,7 @@ def ask(
         raise DaemonUnreachable(f"cannot connect to sgfilterd at {host}:{port}: {error.strerror or error}") from error
     with sock, selectors.DefaultSelector() as selector:
         sock.setblocking(False)
-        outgoing = memoryview(request(sender, recipients, message, client))
+        outgoing = memoryview(request(sender, recipients, message, client, length))
         received = bytearray()
         selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
         sending = True
@@ -187,10 +207,10 @@ def ask(
                         continue
                     except OSError as error:
                         if b"\n" in received and not received.startswith(b"25"):
-                            return parse_answer(bytes(received), message)  # an error line came before the reset
+                            return parse_answer(bytes(received), message, length)  # an error line came before the reset
                         raise DaemonLost(f"connection to sgfilterd lost: {error.strerror or error}") from error
                     if not chunk:
-                        return parse_answer(bytes(received), message)
+                        return parse_answer(bytes(received), message, length)
                     received += chunk
                     if len(received) > limit:
                         raise DaemonLost("answer from sgfilterd is too long")

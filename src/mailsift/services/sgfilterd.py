@@ -15,6 +15,7 @@ omits them and is served as before)::
     CLIENT ADDRESS: 192.0.2.1            (the SMTP client: qmail's TCPREMOTEIP)
     CLIENT NAME: mx.example.org          (its name: TCPREMOTEHOST)
     RELAY CLIENT: 1                      (1 when qmail's RELAYCLIENT is set, else 0)
+    ANSWER LENGTH: 1                     (250/251 answers give "LENGTH <bytes>" before the message)
 
 They reach the scanners as the envelope's client (``trusted_clients``,
 ``client_network``, ``spam_levels(trusted=...)``) and the log's ``RC:`` field.
@@ -62,6 +63,7 @@ from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.services.sgfilter_protocol import (
+    ANSWER_LENGTH,
     BAD_CLIENT,
     BAD_LENGTH,
     BAD_RECIPIENT,
@@ -398,7 +400,12 @@ class SgfilterServer(Server):
             connection.answer(LONG_DATA.line())
             await connection.close_after_error(timeout)
             return
-        connection.answer(status.line(level, name), message or b"")
+        length = (
+            f"LENGTH {len(message)}\n".encode()
+            if message is not None and request.client.get(ANSWER_LENGTH) == "1"
+            else b""
+        )
+        connection.answer(status.line(level, name), length, message or b"")
         connection.close()  # flushes what is written, then closes (EOF ends the answer)
 
     async def read_request(self, connection: _Connection) -> Request:
@@ -423,7 +430,7 @@ class SgfilterServer(Server):
                 if len(recipients) >= MAX_RECIPIENTS:
                     raise _Refused(TOO_MANY_RECIPIENTS)
                 recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
-            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT):
+            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH):
                 if verb in client:
                     raise _Refused(BAD_CLIENT)
                 client[verb] = _client_value(verb, argument.strip())
@@ -493,7 +500,7 @@ def _client_value(verb: str, value: str) -> str:
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise _Refused(BAD_CLIENT) from None
-    if verb == RELAY_CLIENT:
+    if verb in (RELAY_CLIENT, ANSWER_LENGTH):
         if value not in ("0", "1"):
             raise _Refused(BAD_CLIENT)
         return value

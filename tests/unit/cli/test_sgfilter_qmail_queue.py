@@ -412,7 +412,7 @@ def test_local_injection_is_localhost_unless_told_otherwise(
     daemon = make_daemon([recording])
     assert qmail_queue(daemon.port, **NO_CLIENT).code == 0
     assert qmail_queue(daemon.port, CLEAN, ENVELOPE, "--local-address", "", **NO_CLIENT).code == 0
-    assert qmail_queue(daemon.port, CLEAN, ENVELOPE, "--no-client-info", TCPREMOTEIP="192.0.2.7").code == 0
+    assert qmail_queue(daemon.port, CLEAN, ENVELOPE, "--no-extensions", TCPREMOTEIP="192.0.2.7").code == 0
     assert recording.seen == [("127.0.0.1", "", False), ("", "", False), ("", "", None)]
 
 
