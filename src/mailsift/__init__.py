@@ -14,7 +14,18 @@ from mailsift.reporting.digest import reporter
 from mailsift.reporting.logline import log_file, log_sql, log_syslog
 from mailsift.reporting.notifications import notify
 from mailsift.reporting.spam_forward import spam_forward
-from mailsift.scanners.actions import add_header, deliver, drop, modify_subject, quarantine, reject, rename
+from mailsift.scanners.actions import (
+    add_header,
+    deliver,
+    deliver_to,
+    drop,
+    modify_header,
+    modify_subject,
+    quarantine,
+    reject,
+    remove_headers,
+    rename,
+)
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.badmime import bad_mime
 from mailsift.scanners.base import Scanner
@@ -30,6 +41,7 @@ from mailsift.scanners.greylist import greylist, recipient_regexp
 from mailsift.scanners.match import alternatives, cache, match_all, match_any, nothing, recover, time_limit
 from mailsift.scanners.office import office_macros
 from mailsift.scanners.parsemail import attach_name, mime_ext, parsemail
+from mailsift.scanners.sanitize import sanitize
 from mailsift.scanners.stamp import stamp
 from mailsift.scanners.userpolicy import (
     blacklisted,
@@ -72,6 +84,7 @@ __all__ = [
     "db",
     "decompress",
     "deliver",
+    "deliver_to",
     "drop",
     "file_magic",
     "file_type",
@@ -88,6 +101,7 @@ __all__ = [
     "max_file_size",
     "milter",
     "mime_ext",
+    "modify_header",
     "modify_subject",
     "monitor",
     "nothing",
@@ -103,9 +117,11 @@ __all__ = [
     "recover",
     "regexp_scan",
     "reject",
+    "remove_headers",
     "rename",
     "reporter",
     "rspamd",
+    "sanitize",
     "sender_regexp",
     "sgfilterd",
     "smtp_relay",

@@ -172,7 +172,14 @@ def wait_for(predicate: object, what: str, timeout: float = 10) -> None:
 def test_full_offer_gets_no_reply_steps_and_the_edits(mta: MTA, mail_log: pytest.LogCaptureFixture) -> None:
     version, actions, steps = mta.negotiate()
     assert version == 6
-    assert actions == mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE
+    assert actions == (  # the recipient flags: deliver_to (tests/protocol/test_actions.py)
+        mp.SMFIF_ADDHDRS
+        | mp.SMFIF_CHGHDRS
+        | mp.SMFIF_CHGBODY
+        | mp.SMFIF_QUARANTINE
+        | mp.SMFIF_ADDRCPT
+        | mp.SMFIF_DELRCPT
+    )
     wanted = mp.SMFIP_NR_HDR | mp.SMFIP_NR_BODY | mp.SMFIP_NR_MAIL | mp.SMFIP_NR_RCPT | mp.SMFIP_NODATA
     assert steps & wanted == wanted
     assert not steps & (mp.SMFIP_NOHDRS | mp.SMFIP_NOBODY | mp.SMFIP_NOMAIL | mp.SMFIP_NORCPT)

@@ -314,6 +314,10 @@ def _verdict(runner: asyncio.Runner, pipeline: Pipeline, mail: Mail) -> tuple[di
         "quarantine": list(decision.quarantine),
         "headers": [f"{h.name}: {h.value}" for h in decision.headers],
         "subject_prefix": decision.subject_prefix,
+        "remove_headers": [removal.pattern for removal in decision.removals],
+        "modify_headers": [f"{h.name}: {h.value}" for h in decision.modified],
+        "deliver_to": {"redirect": decision.redirect, "copies": list(decision.copies)},
+        "sanitized": list(decision.sanitized.removed) if decision.sanitized else [],
         "reply": decision.reply.line(),
         "time": round(elapsed, 4),
     }

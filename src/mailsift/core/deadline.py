@@ -158,6 +158,7 @@ class DeadlineDelivery(Delivery):
 
     def __init__(self, inner: Delivery) -> None:
         self.inner = inner
+        self.redirects = inner.redirects
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
         _handing_over()

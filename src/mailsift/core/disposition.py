@@ -10,12 +10,19 @@ hop refused permanently): the MTA keeps the message and nothing is lost.
 recipient (``lmtpd``): the quarantine copy is shared, delivery is per
 recipient (:meth:`~mailsift.delivery.next_hop.Delivery.deliver_each`), and a recipient
 gets its positive reply only if its own copy was accepted or stored.
+
+The delivered message is :func:`final_message`: ``sanitize``'s rebuilt message
+when it sanitized one, else the original bytes, with the header edits of
+:func:`~mailsift.message.rewrite.apply_edits` (removed fields first, then
+modified, then added).  ``deliver_to`` changes the recipients of this delivery
+only (:meth:`~mailsift.message.result.Decision.recipients_for`); the envelope
+the log and the hooks see stays the one received.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailsift.delivery.next_hop import Delivery, hand_over, hand_over_each
 from mailsift.errors import DeliveryError, MailsiftError
@@ -57,8 +64,7 @@ class Disposer:
             await self._store(mail, decision, stored)
             note = ""
             if decision.disposition is Disposition.DELIVER:
-                message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
-                note = await hand_over(self.delivery, mail, message)
+                note = await self._deliver(mail, decision)
         except MailsiftError as error:
             return self._failed(mail, error, stored)
         return Outcome(decision.reply, note, tuple(stored))
@@ -66,12 +72,12 @@ class Disposer:
     async def carry_out_each(self, mail: Mail, decision: Decision) -> dict[str, Outcome]:
         """Carry ``decision`` out with one outcome per recipient of ``mail.envelope``."""
         recipients = mail.envelope.recipients
-        if decision.disposition is not Disposition.DELIVER:
-            return dict.fromkeys(recipients, await self.carry_out(mail, decision))
+        if decision.disposition is not Disposition.DELIVER or decision.recipients_for(recipients) != recipients:
+            return dict.fromkeys(recipients, await self.carry_out(mail, decision))  # deliver_to: one outcome
         stored: list[str] = []
         try:
             await self._store(mail, decision, stored)
-            message = apply_edits(mail.raw, decision.headers, decision.subject_prefix)
+            message = final_message(mail, decision)
             results = await hand_over_each(self.delivery, mail, message)
         except MailsiftError as error:
             return dict.fromkeys(recipients, self._failed(mail, error, stored))
@@ -85,6 +91,26 @@ class Disposer:
                 outcomes[recipient] = self._failed(mail, failure, stored)
         return outcomes
 
+    async def _deliver(self, mail: Mail, decision: Decision) -> str:
+        """Hand the final message over, to the recipients ``deliver_to`` chose; the note for the log."""
+        message = final_message(mail, decision)
+        received = mail.envelope
+        recipients = decision.recipients_for(received.recipients)
+        if recipients == received.recipients:
+            note = await hand_over(self.delivery, mail, message)
+        elif not self.delivery.redirects:
+            raise DeliveryError(f"{self.delivery.describe()} delivers to the recipients received only (deliver_to)")
+        else:
+            mail.envelope = replace(received, recipients=recipients)
+            try:
+                note = await hand_over(self.delivery, mail, message)
+            finally:
+                mail.envelope = received
+            note = f"{note} (deliver_to: {', '.join(f'<{r}>' for r in recipients)})"
+        if decision.sanitized is not None:
+            note = f"{note} (sanitized: {'; '.join(decision.sanitized.removed)})"
+        return note
+
     async def _store(self, mail: Mail, decision: Decision, stored: list[str]) -> None:
         """The quarantine copies, written and fsynced (appended to ``stored`` as they are)."""
         for category in decision.quarantine:
@@ -94,3 +120,11 @@ class Disposer:
     def _failed(mail: Mail, error: MailsiftError, stored: list[str]) -> Outcome:
         log.warning("queue_id=%s: %s", mail.envelope.queue_id or "-", error.message)
         return Outcome(error.reply, error.message, tuple(stored), error)
+
+
+def final_message(mail: Mail, decision: Decision) -> bytes:
+    """The bytes delivered for ``decision``: the sanitized or original message with the header edits."""
+    raw = decision.sanitized.message if decision.sanitized is not None else mail.raw
+    return apply_edits(
+        raw, decision.headers, decision.subject_prefix, removals=decision.removals, modified=decision.modified
+    )

@@ -90,6 +90,9 @@ def _foreign(delivery: Delivery, error: OSError | TimeoutError) -> DeliveryError
 class Delivery:
     """A place mail goes after it was accepted."""
 
+    redirects = True
+    """Whether it can deliver to recipients other than those received (``deliver_to``)."""
+
     async def deliver(self, mail: Mail, message: bytes) -> str:
         """Deliver ``message`` for ``mail.envelope``; returns a short note for the log."""
         raise NotImplementedError

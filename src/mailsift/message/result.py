@@ -71,7 +71,44 @@ class ModifySubject:
     prefix: str
 
 
-Action = SetDisposition | QuarantineCopy | AddHeader | ModifySubject
+@dataclass(frozen=True, slots=True)
+class ModifyHeader:
+    """Recorded by ``modify_header``: ``name: value`` replaces every top-level field ``name`` (added if none)."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveHeaders:
+    """Recorded by ``remove_headers``: top-level fields whose name ``pattern`` matches (from its start,
+    any case) are removed on delivery, before any field is added or modified."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverTo:
+    """Recorded by ``deliver_to``: deliver to ``address`` instead of the recipients, or also (``copy``)."""
+
+    address: str
+    copy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sanitize:
+    """Recorded by ``sanitize``: deliver ``message``, the original with the offending parts replaced by notices.
+
+    ``removed`` says which parts and why, for the log.
+    """
+
+    removed: tuple[str, ...]
+    message: bytes = field(repr=False, compare=False)
+
+
+Action = (
+    SetDisposition | QuarantineCopy | AddHeader | ModifySubject | ModifyHeader | RemoveHeaders | DeliverTo | Sanitize
+)
 
 
 # --------------------------------------------------------------------------- result
@@ -181,10 +218,27 @@ class Decision:
     subject_prefix: str = ""
     error: MailsiftError | None = None
     trail: tuple[Result, ...] = ()
+    removals: tuple[RemoveHeaders, ...] = ()
+    modified: tuple[ModifyHeader, ...] = ()
+    redirect: str = ""
+    """``deliver_to``: the one recipient instead of the envelope's (empty: the envelope's)."""
+    copies: tuple[str, ...] = ()
+    """``deliver_to(copy=True)``: recipients added to the envelope's."""
+    sanitized: Sanitize | None = None
 
     @property
     def delivers(self) -> bool:
         return self.disposition is Disposition.DELIVER
+
+    def recipients_for(self, recipients: Iterable[str]) -> list[str]:
+        """The recipients to deliver to: the envelope's, or ``redirect``, plus the ``copies`` not among them."""
+        chosen = [self.redirect] if self.redirect else list(recipients)
+        known = {address.lower() for address in chosen}
+        for address in self.copies:
+            if address.lower() not in known:
+                known.add(address.lower())
+                chosen.append(address)
+        return chosen
 
     @classmethod
     def tempfail(cls, error: MailsiftError, trail: Iterable[Result] = ()) -> Decision:
@@ -196,7 +250,8 @@ class Decision:
         """Build the decision from the results evaluated, the last one deciding.
 
         Header and subject edits and quarantine copies are collected from every
-        result evaluated.  The disposition comes from the actions of the
+        result evaluated; recipient changes (``deliver_to``) and a sanitized
+        body only from the deciding detection, as its disposition.  The disposition comes from the actions of the
         deciding result, outermost wrapper last (so ``reject(quarantine(x))``
         rejects and keeps a copy); a detection with no explicit disposition is
         rejected, as in SAGATOR.  A result under 1.0 is clean and delivered, even
@@ -208,20 +263,36 @@ class Decision:
         else:
             final = max(trail, key=lambda r: r.level, default=CLEAN)
         headers: list[AddHeader] = []
+        removals: list[RemoveHeaders] = []
+        modified: list[ModifyHeader] = []
         subject = ""
         categories: list[str] = []
         for res in trail:
             for action in res.actions:
                 if isinstance(action, AddHeader):
                     headers.append(action)
+                elif isinstance(action, RemoveHeaders):
+                    removals.append(action)
+                elif isinstance(action, ModifyHeader):
+                    modified.append(action)
                 elif isinstance(action, ModifySubject):
                     subject = action.prefix + subject
                 elif isinstance(action, QuarantineCopy) and action.category not in categories:
                     categories.append(action.category)
         chosen: SetDisposition | None = None
+        redirect = ""
+        copies: list[str] = []
+        sanitized: Sanitize | None = None
         for action in final.actions if final.detected else ():  # an operator may lower a detection to clean
             if isinstance(action, SetDisposition):
                 chosen = action
+            elif isinstance(action, DeliverTo):
+                if action.copy:
+                    copies.append(action.address)
+                else:
+                    redirect = action.address  # the outermost wins
+            elif isinstance(action, Sanitize):
+                sanitized = action
         if chosen is not None:
             disposition = chosen.disposition
         elif final.detected:
@@ -229,7 +300,21 @@ class Decision:
         else:
             disposition = Disposition.DELIVER
         reply = _reply_for(disposition, final, chosen.text if chosen else "")
-        return cls(disposition, final, reply, tuple(categories), tuple(headers), subject, None, trail)
+        return cls(
+            disposition,
+            final,
+            reply,
+            tuple(categories),
+            tuple(headers),
+            subject,
+            None,
+            trail,
+            tuple(removals),
+            tuple(modified),
+            redirect,
+            tuple(copies),
+            sanitized,
+        )
 
 
 def _reply_for(disposition: Disposition, result: Result, text: str) -> Reply:

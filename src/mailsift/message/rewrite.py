@@ -1,8 +1,11 @@
 """Header edits applied to the raw message on delivery, leaving the body untouched.
 
-Only the header block is rewritten (added fields are prepended, the Subject
-gets its prefix); the body bytes go out exactly as received, so body
-signatures (DKIM ``bh=``) stay valid.
+Only the header block is rewritten, in this order: fields removed
+(``remove_headers``), fields replaced (``modify_header``), the Subject's
+prefix, then added fields prepended (``add_header``, a spam engine's
+``X-Spam-*``) — so a removal never takes away a field mailsift adds itself.
+The body bytes go out exactly as received, so body signatures (DKIM ``bh=``)
+stay valid.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from collections.abc import Sequence
 from email.header import Header
 
-from mailsift.message.result import AddHeader
+from mailsift.message.result import AddHeader, ModifyHeader, RemoveHeaders
 
 _SUBJECT = re.compile(rb"^subject:[ \t]*", re.IGNORECASE | re.MULTILINE)
 
@@ -40,8 +43,61 @@ def _header_end(raw: bytes) -> int:
     return match.start() + 1 if match else len(raw)
 
 
-def apply_edits(raw: bytes, headers: Sequence[AddHeader] = (), subject_prefix: str = "") -> bytes:
-    """The message with ``headers`` prepended and ``subject_prefix`` added."""
+def _fields(raw: bytes) -> tuple[list[bytes], bytes]:
+    """The top-level header fields (each with its continuation lines and line ends) and the rest."""
+    if raw.startswith((b"\n", b"\r\n")):
+        return [], raw
+    match = re.search(rb"\n\r?\n", raw)
+    end = match.start() + 1 if match else len(raw)
+    fields: list[bytes] = []
+    for line in raw[:end].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields, raw[end:]
+
+
+def _name(field: bytes) -> str:
+    name, colon, _ = field.partition(b":")
+    return name.strip().decode("latin-1").lower() if colon else ""
+
+
+def edit_fields(raw: bytes, removals: Sequence[RemoveHeaders] = (), modified: Sequence[ModifyHeader] = ()) -> bytes:
+    """Remove the top-level fields ``removals`` match, then put each of ``modified`` in place.
+
+    A modified field takes the place of the first field of its name (the
+    others are removed); with none, it is prepended.  Fields inside MIME parts
+    are never touched.
+    """
+    if not removals and not modified:
+        return raw
+    fields, rest = _fields(raw)
+    newline = b"\r\n" if b"\r\n" in raw[:4096] or not raw else b"\n"
+    patterns = [re.compile(removal.pattern, re.IGNORECASE) for removal in removals]
+    kept = [f for f in fields if not (_name(f) and any(p.match(_name(f)) for p in patterns))]
+    for change in modified:
+        line = change.name.encode("ascii") + b": " + _encode(change.value, newline, fold=True) + newline
+        lowered = change.name.lower()
+        places = [index for index, f in enumerate(kept) if _name(f) == lowered]
+        if not places:
+            kept.insert(0, line)
+            continue
+        kept[places[0]] = line
+        kept = [f for index, f in enumerate(kept) if index not in places[1:]]
+    return b"".join(kept) + rest
+
+
+def apply_edits(
+    raw: bytes,
+    headers: Sequence[AddHeader] = (),
+    subject_prefix: str = "",
+    *,
+    removals: Sequence[RemoveHeaders] = (),
+    modified: Sequence[ModifyHeader] = (),
+) -> bytes:
+    """The message with ``removals`` and ``modified`` applied, ``subject_prefix`` added and ``headers`` prepended."""
+    raw = edit_fields(raw, removals, modified)
     if not headers and not subject_prefix:
         return raw
     newline = b"\r\n" if b"\r\n" in raw[:4096] or not raw else b"\n"

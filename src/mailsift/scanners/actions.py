@@ -1,7 +1,8 @@
 """Actions as interscanners: they record what to do; the disposition step does it.
 
-``reject``, ``drop``, ``deliver``, ``quarantine``, ``add_header``,
-``modify_subject`` and ``rename`` wrap scanners like any interscanner and
+``reject``, ``drop``, ``deliver``, ``deliver_to``, ``quarantine``,
+``add_header``, ``modify_header``, ``remove_headers``, ``modify_subject`` and
+``rename`` wrap scanners like any interscanner and
 attach :mod:`mailsift.message.result` action records to the result.  Nothing is sent or
 written here (ARCHITECTURE: evaluation is pure).
 
@@ -21,16 +22,21 @@ import re
 from typing import Any
 
 from mailsift.errors import ConfigError
+from mailsift.message.address import address_problem
 from mailsift.message.result import (
+    CLEAN,
     Action,
     AddHeader,
+    DeliverTo,
     Disposition,
+    ModifyHeader,
     ModifySubject,
     QuarantineCopy,
+    RemoveHeaders,
     Result,
     SetDisposition,
 )
-from mailsift.scanners.base import Interscanner, Scanner, Target
+from mailsift.scanners.base import Interscanner, Scanner, Target, as_scanners, first_detection
 from mailsift.scanners.basic import compile_text
 
 CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -179,9 +185,9 @@ class add_header(_Action):
 
     def __init__(self, header: str, value: str, *scanners: Any) -> None:
         if not isinstance(header, str) or not re.fullmatch(r"[!-9;-~]+", header):
-            raise ConfigError(f"add_header: invalid header name {header!r}")
+            raise ConfigError(f"{self.name}: invalid header name {header!r}")
         if not isinstance(value, str) or "\n" in value or "\r" in value:
-            raise ConfigError(f"add_header: the value must be one line of text, got {value!r}")
+            raise ConfigError(f"{self.name}: the value must be one line of text, got {value!r}")
         super().__init__(*scanners)
         self.header, self.value = header, value
 
@@ -190,6 +196,109 @@ class add_header(_Action):
 
     def actions(self, result: Result) -> tuple[Action, ...]:
         return (AddHeader(self.header, expand(self.value, result)),)
+
+
+class modify_header(add_header):
+    """Set ``Name: value`` on delivery: it replaces every field of that name, or is added when there is none.
+
+    SAGATOR's ``modify_header(header, value, scanners)``, e.g.
+    ``modify_header('X-Virus-Found', '%V', clamd(...))``; like ``add_header``
+    it applies to any result with a name (``.onlyif`` narrows it), and
+    ``value`` may use %V, %S, %L, %D and %R.
+    """
+
+    name = "modify_header"
+
+    def actions(self, result: Result) -> tuple[Action, ...]:
+        return (ModifyHeader(self.header, expand(self.value, result)),)
+
+
+class remove_headers(Scanner):
+    """Remove top-level header fields on delivery: ``remove_headers('X-Spam-')``, ``remove_headers(['X-Virus'])``.
+
+    A string is a regular expression matched at the start of each field's name
+    (any case); a list or tuple holds exact names.  Without scanners it always
+    applies and is clean (SAGATOR's non-inter ``remove_headers``): put it first
+    in ``SCANNERS`` to strip forged ``X-Spam-*`` fields.  With scanners it
+    returns their result and applies to any of them (``.onlyif(pattern)``
+    narrows it to matching names).  Removal happens before any field is added
+    or modified (:func:`mailsift.message.rewrite.apply_edits`), so the fields
+    a spam engine, ``add_header`` or ``modify_header`` write are never removed,
+    wherever the expressions stand.
+    """
+
+    name = "remove_headers"
+
+    def __init__(self, names: Any, *scanners: Any) -> None:
+        if isinstance(names, str):
+            pattern = names
+        elif isinstance(names, list | tuple) and names and all(isinstance(n, str) for n in names):
+            for each in names:
+                if not re.fullmatch(r"[!-9;-~]+", each):
+                    raise ConfigError(f"remove_headers: invalid header name {each!r}")
+            pattern = "(?:" + "|".join(re.escape(n) for n in names) + r")\Z"
+        else:
+            raise ConfigError(
+                f"remove_headers: give a regular expression like 'X-Spam-' or a list of header names, got {names!r}"
+            )
+        if not pattern:
+            raise ConfigError("remove_headers: the pattern is empty (it would remove every header field)")
+        try:
+            re.compile(pattern, re.IGNORECASE)
+        except re.error as error:
+            raise ConfigError(f"remove_headers: bad regular expression {pattern!r}: {error}") from error
+        self.pattern = pattern
+        self.children = as_scanners(scanners, self.name) if scanners else []
+        self.only: re.Pattern[str] | None = None
+
+    def onlyif(self, pattern: str | None) -> remove_headers:
+        """Apply only when the wrapped result's name matches ``pattern``."""
+        self.only = None if pattern is None else compile_text(pattern, self.name)
+        return self
+
+    def describe(self) -> str:
+        return f"remove_headers({self.pattern!r})"
+
+    async def scan(self, target: Target) -> Result:
+        if not self.children:
+            return CLEAN.with_actions(RemoveHeaders(self.pattern))
+        result, _ = await first_detection(self.children, target)
+        if self.only is not None and not (result.name and self.only.search(result.name)):
+            return result
+        return result.with_actions(RemoveHeaders(self.pattern))
+
+
+class deliver_to(_Action):
+    """Deliver detected mail to ``address`` instead of its recipients, or with ``copy=True`` to them and ``address``.
+
+    SAGATOR's ``deliver_to(address, scanners)``: ``deliver_to('virus@example.com',
+    clamd(...))`` redirects, ``deliver_to('archive@example.com', spamd(...),
+    copy=True)`` adds a recipient.  Either way the detection is delivered (with
+    any header edits); the outermost action still wins, so ``reject(deliver_to(...))``
+    rejects.  ``.onlyif(pattern)`` narrows it to matching names.  The address
+    is checked now (``local@domain``, no CR/LF, no spaces or ``<>``, at most
+    512 bytes): it is written into the next hop's ``RCPT TO`` or the milter's
+    SMFIR_ADDRCPT.
+    """
+
+    name = "deliver_to"
+
+    def __init__(self, address: str, *scanners: Any, copy: bool = False) -> None:
+        if not isinstance(address, str):
+            raise ConfigError(f"deliver_to: the address must be a string like 'virus@example.com', got {address!r}")
+        problem = address_problem(address, need_domain=True)
+        if problem or address.lower() == "postmaster":
+            raise ConfigError(f"deliver_to: invalid address {address!r}: {problem or 'it needs a domain'}")
+        if not isinstance(copy, bool):
+            raise ConfigError(f"deliver_to: copy must be True or False, got {copy!r}")
+        super().__init__(*scanners)
+        self.address, self.copy = address, copy
+
+    def arguments(self) -> str:
+        return f"{self.address!r}{', copy=True' if self.copy else ''}"
+
+    def actions(self, result: Result) -> tuple[Action, ...]:
+        return (DeliverTo(self.address, self.copy), SetDisposition(Disposition.DELIVER))
 
 
 class modify_subject(_Action):

@@ -21,9 +21,15 @@ Edits are not hand-made: the mail path's "delivery" here is :class:`KeptByMTA`,
 which records the final message the disposition step built (the same
 ``apply_edits`` as every front end), and :func:`edits` turns the difference from
 what the MTA sent into milter actions — added fields (SMFIR_ADDHEADER), changed
-fields such as the Subject (SMFIR_CHGHEADER), and a changed body
-(SMFIR_REPLBODY).  Added fields are appended to the header block (the MTA
-decides where; Postfix puts them last).
+fields such as the Subject (SMFIR_CHGHEADER; a removed field is a CHGHEADER to
+the empty value: ``remove_headers``, ``modify_header``), and a changed body
+(SMFIR_REPLBODY: ``sanitize``).  Added fields are appended to the header block (the MTA
+decides where; Postfix puts them last).  The recipients the final message went
+to (``deliver_to``) become SMFIR_DELRCPT for each one dropped and
+SMFIR_ADDRCPT for each one added (:func:`recipient_edits`).  Where the MTA
+did not allow an edit that keeps a detection from its recipients (a
+recipient change, a sanitized body), the message is answered 451, never
+accepted as it came; other refused edits are logged.
 
 Every MAIL and RCPT address is checked by
 :func:`mailsift.message.address.address_problem`: a bad one (CR/LF, controls,
@@ -81,7 +87,10 @@ HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header too large")
 _CONNECTION_STAGES = (mp.SMFIC_CONNECT, mp.SMFIC_HELO)
 """Macros of these stages last for the connection; the others for one message."""
 
-WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE
+WANTED_ACTIONS = (
+    mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_CHGBODY | mp.SMFIF_QUARANTINE | mp.SMFIF_ADDRCPT | mp.SMFIF_DELRCPT
+)
+EDITS_REFUSED = Reply(451, "4.7.1", "The MTA did not allow the filter's edits to this message")
 WANTED_PROTOCOL = (
     # steps we do not need
     mp.SMFIP_NOUNKNOWN
@@ -216,16 +225,22 @@ class KeptByMTA(Delivery):
 
     def __init__(self) -> None:
         self.final: dict[int, bytes] = {}
+        self.recipients: dict[int, list[str]] = {}
 
     def describe(self) -> str:
         return "milter"
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
         self.final[id(mail)] = message
+        self.recipients[id(mail)] = list(mail.envelope.recipients)
         return "kept by the MTA"
 
     def take(self, mail: Mail) -> bytes | None:
         return self.final.pop(id(mail), None)
+
+    def take_recipients(self, mail: Mail) -> list[str] | None:
+        """The recipients the final message went to (``deliver_to`` may have changed them)."""
+        return self.recipients.pop(id(mail), None)
 
 
 # --------------------------------------------------------------------------- edits
@@ -287,6 +302,25 @@ def edits(original: bytes, final: bytes, allowed: int) -> tuple[list[bytes], lis
     if new_body != old_body and _allow(allowed, mp.SMFIF_CHGBODY, "replace the body", refused):
         packets.extend(mp.replace_body(new_body))
     return packets, refused
+
+
+def recipient_edits(original: Sequence[str], final: Sequence[str], allowed: int) -> tuple[list[bytes], list[str]]:
+    """SMFIR_DELRCPT for each recipient of ``original`` not in ``final``, SMFIR_ADDRCPT for each new one."""
+    packets: list[bytes] = []
+    refused: list[str] = []
+    before = {address.lower() for address in original}
+    after = {address.lower() for address in final}
+    for address in final:
+        if address.lower() not in before and _allow(allowed, mp.SMFIF_ADDRCPT, f"add <{address}>", refused):
+            packets.append(mp.packet(mp.SMFIR_ADDRCPT, _bracketed(address)))
+    for address in original:
+        if address.lower() not in after and _allow(allowed, mp.SMFIF_DELRCPT, f"remove <{address}>", refused):
+            packets.append(mp.packet(mp.SMFIR_DELRCPT, _bracketed(address)))
+    return packets, refused
+
+
+def _bracketed(address: str) -> bytes:
+    return b"<" + address.encode("utf-8", "surrogateescape") + b">\0"
 
 
 def _allow(allowed: int, flag: int, what: str, refused: list[str]) -> bool:
@@ -600,14 +634,16 @@ class MilterSession:
             mail = Mail(env, raw, spool_threshold=settings.spool_threshold, spool_dir=settings.spool_dir)
             decision, outcome = await self.server.path.process(mail)
             final = self.server.delivery.take(mail)
+            recipients = self.server.delivery.take_recipients(mail)
             if not outcome.reply.is_positive:
                 return [_reply(outcome.reply)]
-            return self.final_answer(env, raw, decision, final)
+            return self.final_answer(env, raw, decision, final, recipients)
         except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs)
             return [_reply(failure_reply(env.queue_id, error))]
         finally:
             if mail is not None:
                 self.server.delivery.take(mail)
+                self.server.delivery.take_recipients(mail)
                 mail.close()
 
     def refusal(self) -> tuple[Reply, str] | None:
@@ -627,13 +663,21 @@ class MilterSession:
             return TOO_MANY_RECIPIENTS, f"too many recipients (max_recipients {service.max_recipients})"
         return None
 
-    def final_answer(self, env: Envelope, raw: bytes, decision: Decision, final: bytes | None) -> list[bytes]:
+    def final_answer(
+        self, env: Envelope, raw: bytes, decision: Decision, final: bytes | None, recipients: list[str] | None = None
+    ) -> list[bytes]:
         disposition = decision.disposition
         if disposition is Disposition.DELIVER:
-            packets, refused = edits(raw, final, self.options.actions) if final is not None else ([], [])
+            allowed = self.options.actions
+            packets, refused = edits(raw, final, allowed) if final is not None else ([], [])
+            moved, unmoved = ([], []) if recipients is None else recipient_edits(env.recipients, recipients, allowed)
+            vital = unmoved + [w for w in refused if decision.sanitized is not None and w == "replace the body"]
+            if vital:  # delivering as it came would hand a detection to its recipients
+                log.error("%s: the MTA did not allow these edits: %s: answered 451", env.queue_id, ", ".join(vital))
+                return [_reply(EDITS_REFUSED)]
             if refused:
                 log.warning("%s: the MTA did not allow these edits: %s", env.queue_id, ", ".join(refused))
-            return [*packets, mp.packet(mp.SMFIR_ACCEPT)]
+            return [*packets, *moved, mp.packet(mp.SMFIR_ACCEPT)]
         if disposition is Disposition.QUARANTINE and self.service.quarantine_hold:
             if self.options.actions & mp.SMFIF_QUARANTINE:
                 result = decision.result

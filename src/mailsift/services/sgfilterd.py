@@ -56,7 +56,7 @@ from typing import Any, cast
 
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
-from mailsift.errors import ProtocolError
+from mailsift.errors import DeliveryError, ProtocolError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
@@ -120,12 +120,24 @@ class _Refused(ProtocolError):
 
 
 class KeepMessage(Delivery):
-    """A next hop that keeps the final message for the client instead of sending it."""
+    """A next hop that keeps the final message for the client instead of sending it.
+
+    The client delivers to the recipients it has and takes the original with
+    header lines added only (:mod:`mailsift.services.sgfilter_client`): a
+    ``deliver_to``, ``sanitize``, ``remove_headers`` or ``modify_header`` that
+    shortens the message is a 451 here, with the reason in the log.
+    """
+
+    redirects = False
 
     def __init__(self) -> None:
         self.kept: dict[int, bytes] = {}
 
     async def deliver(self, mail: Mail, message: bytes) -> str:
+        raw = mail.raw
+        body = re.search(rb"\r?\n\r?\n", raw)  # the client's own check (sgfilter_client.parse_answer)
+        if len(message) < len(raw) or (body is not None and not message.endswith(raw[body.end() :])):
+            raise DeliveryError("the sgfilter client takes the message with header lines added only")
         self.kept[id(mail)] = message
         return "returned to the sgfilter client"
 
