@@ -119,13 +119,19 @@ class _Refused(ProtocolError):
 # --------------------------------------------------------------------------- the next hop
 
 
+TAKES_ANY_MESSAGE = "sgfilter-answer-length"
+"""Memo key: the client asked for ``ANSWER LENGTH``, so a message with a changed body reaches it whole."""
+
+
 class KeepMessage(Delivery):
     """A next hop that keeps the final message for the client instead of sending it.
 
     The client delivers to the recipients it has and takes the original with
     header lines added only (:mod:`mailsift.services.sgfilter_client`): a
     ``deliver_to``, ``sanitize``, ``remove_headers`` or ``modify_header`` that
-    shortens the message is a 451 here, with the reason in the log.
+    shortens the message is a 451 here, with the reason in the log -- unless
+    the client asked for ``ANSWER LENGTH`` (``mailsift qmail-queue`` does): it
+    then takes any message (:data:`TAKES_ANY_MESSAGE` in the mail's memo).
     """
 
     redirects = False
@@ -136,7 +142,8 @@ class KeepMessage(Delivery):
     async def deliver(self, mail: Mail, message: bytes) -> str:
         raw = mail.raw
         body = re.search(rb"\r?\n\r?\n", raw)  # the client's own check (sgfilter_client.parse_answer)
-        if len(message) < len(raw) or (body is not None and not message.endswith(raw[body.end() :])):
+        changed = len(message) < len(raw) or (body is not None and not message.endswith(raw[body.end() :]))
+        if changed and not mail.memo.get(TAKES_ANY_MESSAGE):
             raise DeliveryError("the sgfilter client takes the message with header lines added only")
         self.kept[id(mail)] = message
         return "returned to the sgfilter client"
@@ -475,6 +482,7 @@ class SgfilterServer(Server):
             mail = Mail(
                 env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir
             )
+            mail.memo[TAKES_ANY_MESSAGE] = request.client.get(ANSWER_LENGTH) == "1"
             decision, outcome = await self.path.process(mail)
             kept = self.keeper.take(mail)
         except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451

@@ -594,3 +594,29 @@ def test_work_files_are_not_kept_in_a_directory_others_can_write(
     assert run.code == 0, run.log
     assert list(work.iterdir()) == []
     assert "must be a directory of this user, mode 0700" in run.log
+
+
+# --------------------------------------------------------------------------- a changed body reaches qmail-queue
+
+
+def test_sanitized_and_header_removed_mail_is_queued_whole_with_answer_length(
+    make_daemon: Callable[..., ServiceThread], qmail_queue: Callable[..., Run]
+) -> None:
+    """sgfilterd gives its LENGTH when asked: what sanitize or remove_headers made is queued as made."""
+    from mailsift import remove_headers, sanitize
+
+    mixed = (
+        b"From: alice@example.test\r\nX-Spam-Flag: NO\r\nSubject: mixed\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        b"--B\r\nContent-Type: application/octet-stream; name=v.com\r\n\r\n" + EICAR + b"\r\n--B--\r\n"
+    )
+    daemon = make_daemon([remove_headers("X-Spam-"), sanitize(EICAR_SCAN)])
+    run = qmail_queue(daemon.port, mixed)
+    assert run.code == 0, run.log
+    ((queued, envelope),) = run.received
+    assert envelope == ENVELOPE
+    assert EICAR not in queued
+    assert b"X-Spam-Flag" not in queued
+    assert b"hello" in queued
+    plain = qmail_queue(daemon.port, mixed, ENVELOPE, "--no-extensions")  # SAGATOR's protocol: the body must stay
+    assert plain.code == 71, plain.log
