@@ -620,3 +620,22 @@ def test_sanitized_and_header_removed_mail_is_queued_whole_with_answer_length(
     assert b"hello" in queued
     plain = qmail_queue(daemon.port, mixed, ENVELOPE, "--no-extensions")  # SAGATOR's protocol: the body must stay
     assert plain.code == 71, plain.log
+
+
+def test_repeated_mime_headers_renamed_and_queued(
+    make_daemon: Callable[..., ServiceThread], qmail_queue: Callable[..., Run]
+) -> None:
+    """qmail-scanner's rename: the latter Content-Type becomes X-Duplicate-Content-Type, the mail is queued."""
+    from mailsift import bad_mime
+
+    repeated = (
+        b"From: a@example.test\r\nContent-Type: text/plain\r\nContent-Type: text/html\r\nSubject: two\r\n\r\nhi\r\n"
+    )
+    renamed = repeated.replace(b"Content-Type: text/html", b"X-Duplicate-Content-Type: text/html")
+    rejecting = make_daemon([EICAR_SCAN, bad_mime()])
+    assert qmail_queue(rejecting.port, repeated).code == 31
+    daemon = make_daemon([EICAR_SCAN, bad_mime(repeated="rename")])
+    run = qmail_queue(daemon.port, repeated)
+    assert run.code == 0, run.log
+    assert run.received == [(renamed, ENVELOPE)]
+    assert "251 1.00 Bad.MIME.Header.Repeated" in run.log
