@@ -234,11 +234,12 @@ def qmail_queue(
       73  the daemon could not be reached
       74  communication with the daemon failed (broken or refused request)
       81  internal error (or the real qmail-queue cannot be executed)
-      82  with --custom-error: refused, the reason written on --custom-error-fd
-          ("D" permanent, "Z" temporary, then the text qmail-smtpd answers)
       91  envelope format error
     With --safe, 31 for size and 71-74 run the real qmail-queue with the
-    original message instead.  Nothing is written on fd 1 (it is the envelope).
+    original message instead.  With --custom-error (qmail with the
+    custom-error patch), 11, 31 and 71-74 become exit 82, the reason written
+    on --custom-error-fd ("D" permanent, "Z" temporary, then the text
+    qmail-smtpd answers).  Nothing is written on fd 1 (it is the envelope).
     """
 
     def log(text: str) -> None:
