@@ -434,3 +434,17 @@ def test_answer_length_is_given_only_when_asked(make_daemon: Make) -> None:
     assert exchange(daemon.port, asked) == b"250 0.00 scanned\n" + f"LENGTH {len(edited)}\n".encode() + edited
     answer = ask("127.0.0.1", daemon.port, "a@x", ["b@x"], CLEAN, 20, None, True)
     assert answer.message == edited
+
+
+def test_client_lines_only_from_client_hosts(make_daemon: Make) -> None:
+    """As smtpd's XFORWARD: a peer outside client_hosts cannot claim to be a trusted client."""
+    recording = ClientRecording()
+    daemon = make_daemon([recording], client_hosts=["192.0.2.0/24"])
+    lines = ENV + b"CLIENT ADDRESS: 192.0.2.25\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN
+    refused = status_line(exchange(daemon.port, lines))
+    assert refused == "503 0.00 Client lines not allowed from this peer (client_hosts)"
+    asked = ENV + b"ANSWER LENGTH: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN  # the length is no claim
+    assert status_line(exchange(daemon.port, asked)) == "250 0.00"
+    assert recording.seen == [("", "", None)]
+    with pytest.raises(Exception, match="bad client_hosts"):
+        sgfilterd([], "127.0.0.1", 0, client_hosts=["not a network"])

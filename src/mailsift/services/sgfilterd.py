@@ -56,7 +56,7 @@ from typing import Any, cast
 
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
-from mailsift.errors import DeliveryError, ProtocolError
+from mailsift.errors import ConfigError, DeliveryError, ProtocolError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
@@ -106,6 +106,9 @@ STATUS_OF_DISPOSITION = {
 }
 
 _ADDRESS = re.compile(r"<?(.*?)>?")
+
+
+CLIENT_NOT_ALLOWED = Status(503, "Client lines not allowed from this peer (client_hosts)")
 
 
 class _Refused(ProtocolError):
@@ -186,7 +189,10 @@ class sgfilterd(Service):
     ``max_connections`` only; default none).
     ``prefork`` is accepted for SAGATOR configs; workers are set by ``serve``.
     ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
-    made with ``socket_mode`` (default 0o660).
+    made with ``socket_mode`` (default 0o660).  ``client_hosts``: the networks
+    whose peers may send the client lines (``CLIENT ADDRESS``, ``CLIENT NAME``,
+    ``RELAY CLIENT``; default loopback; on a unix socket every peer, its mode
+    guards it), as smtpd's ``xforward_hosts``: from others they are refused (503).
     """
 
     kind = "sgfilterd"
@@ -206,10 +212,15 @@ class sgfilterd(Service):
         socket_mode: int = DEFAULT_SOCKET_MODE,
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
+        client_hosts: Sequence[str] = ("127.0.0.0/8", "::1/128"),
     ) -> None:
         super().__init__(
             scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
         )
+        try:
+            self.client_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in client_hosts)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.kind}: bad client_hosts: {error}") from None
         self.prefork = prefork
         self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.timeout = check_seconds(timeout, "timeout", self.kind)
@@ -452,6 +463,8 @@ class SgfilterServer(Server):
             elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH):
                 if verb in client:
                     raise _Refused(BAD_CLIENT)
+                if verb != ANSWER_LENGTH and not self.client_lines_allowed(connection):
+                    raise _Refused(CLIENT_NOT_ALLOWED)
                 client[verb] = _client_value(verb, argument.strip())
             elif line[:5].upper() in ("DATA ", "DATA"):
                 if sender is None:
@@ -465,6 +478,16 @@ class SgfilterServer(Server):
                 return Request(sender, recipients, data, client)
             else:
                 raise _Refused(UNKNOWN_COMMAND)
+
+    def client_lines_allowed(self, connection: _Connection) -> bool:
+        """Whether this peer may say who the SMTP client is (on a unix socket: always, its mode guards it)."""
+        if self.service.unix_path is not None:
+            return True
+        try:
+            address = ipaddress.ip_address(peer_address(connection.transport) if connection.transport else "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.service.client_hosts)
 
     async def filter(self, request: Request) -> tuple[Status, float, str, bytes | None]:
         """Run the shared path: the status, level, name and (250/251) the message to deliver."""
