@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import const, deliver, drop, modify_subject, quarantine, regexp_scan, reject
+from mailsift import const, deliver, deliver_to, drop, modify_subject, quarantine, regexp_scan, reject, remove_headers
 from mailsift.errors import ScannerUnavailable
 from mailsift.message.mail import Mail
 from mailsift.message.result import Result
@@ -51,6 +51,9 @@ class FailsOn(Scanner):
 
 def scanners() -> list[Scanner]:
     return [
+        remove_headers("X-Spam-"),
+        deliver_to("quarantine@example.test", regexp_scan([("Redirect-Me", r"REDIRECT-ME")])),
+        deliver_to("archive@example.test", regexp_scan([("Copy-Me", r"COPY-ME")]), copy=True),
         add_header("X-Mailsift-Checked", "%S", const(0.1, "checked")),
         FailsOn(b"TEMPFAIL-ME"),
         regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]),
@@ -149,6 +152,18 @@ def test_quarantine_hold_asks_the_mta_to_hold(holding: ServiceThread, mail_log: 
 def test_body_replacement(holding: ServiceThread, mail_log: pytest.LogCaptureFixture) -> None:
     miltertest(holding, "body")
     assert lines(mail_log)[0].startswith("BOD0001 action=deliver reply=250")
+
+
+def test_deliver_to_redirects_with_addrcpt_and_delrcpt(plain: ServiceThread) -> None:
+    miltertest(plain, "redirect")
+
+
+def test_deliver_to_copy_adds_a_recipient(plain: ServiceThread) -> None:
+    miltertest(plain, "copy")
+
+
+def test_remove_headers_deletes_forged_fields(plain: ServiceThread) -> None:
+    miltertest(plain, "remove_headers")
 
 
 def test_negotiation_requests_only_what_mailsift_uses(plain: ServiceThread) -> None:

@@ -5,22 +5,34 @@ tests/helpers/milter_edits.py)."""
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailsift import add_header, deliver, deliver_to, modify_header, regexp_scan, remove_headers, sanitize
+from mailsift import (
+    add_header,
+    deliver,
+    deliver_to,
+    modify_header,
+    recipient_regexp,
+    regexp_scan,
+    remove_headers,
+    sanitize,
+    smtpd_policy,
+)
 from mailsift.services import milter_protocol as mp
+from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.sgfilter_client import ask
 from mailsift.services.sgfilterd import sgfilterd
 from mailsift.settings import Settings
-from mailsift.testing import RecordingServer, ServiceThread
+from mailsift.testing import RecordingServer, ServiceThread, smtp_session_lines
 from tests.helpers.messages import message
 from tests.helpers.milter_edits import EditingMTA, apply_edits
-from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts
+from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts, single
 
 VIRUS = regexp_scan([("Eicar-Test-Signature", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 SPAMMY = regexp_scan([("Spam", r"cheap pills")])
@@ -213,10 +225,17 @@ def test_milter_answers_451_when_the_mta_refuses_a_recipient_change(
     assert answer[1].startswith(b"451 4.7.1 ")
 
 
-def test_milter_answers_451_when_the_mta_refuses_the_sanitized_body(milter_port: int) -> None:
-    client = EditingMTA(milter_port, actions=0x1FF & ~mp.SMFIF_CHGBODY)
+@pytest.mark.parametrize(
+    ("refused", "data"),
+    [(mp.SMFIF_CHGBODY, mixed()), (mp.SMFIF_CHGHDRS, single())],
+    ids=["body", "content-type-of-a-single-part"],
+)
+def test_milter_answers_451_when_the_mta_refuses_part_of_a_sanitized_message(
+    milter_port: int, refused: int, data: bytes
+) -> None:
+    client = EditingMTA(milter_port, actions=0x1FF & ~refused)
     try:
-        edits, answer = client.transaction("Q7", "alice@example.test", ["bob@example.test"], mixed())
+        edits, answer = client.transaction("Q7", "alice@example.test", ["bob@example.test"], data)
     finally:
         client.close()
     assert edits == []
@@ -271,3 +290,77 @@ def test_sgfilterd_still_delivers_added_header_lines(sgfilter_port: int) -> None
     assert answer.status == 251
     assert answer.message is not None
     assert answer.message.startswith(b"X-Spam-Status: Spam, level=1.00\r\n")
+
+
+# --------------------------------------------------------------------------- smtpd_policy
+
+
+def policy_answer(port: int, recipient: str) -> str:
+    attributes = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.10",
+        "sender": "alice@example.test",
+        "recipient": recipient,
+    }
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall("".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+    return data.decode().removeprefix("action=").strip()
+
+
+def test_policy_deliver_to_is_postfixs_redirect_or_bcc(tmp_path: Path) -> None:
+    service = smtpd_policy(
+        [
+            deliver_to("quarantine@example.test", recipient_regexp([("Trap", r"^trap@")])),
+            deliver_to("admin@example.test", recipient_regexp([("Watched", r"^watched@")]), copy=True),
+        ],
+        None,
+        "127.0.0.1",
+        0,
+    )
+    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"))).start()
+    try:
+        assert policy_answer(thread.port, "trap@example.test") == "REDIRECT quarantine@example.test"
+        assert policy_answer(thread.port, "watched@example.test") == "BCC admin@example.test"
+        assert policy_answer(thread.port, "bob@example.test") == "DUNNO"
+    finally:
+        thread.stop()
+
+
+# --------------------------------------------------------------------------- lmtpd
+
+
+def lmtp_replies(port: int, recipients: list[str], data: bytes) -> list[str]:
+    payload = b"LHLO client.test\r\nMAIL FROM:<alice@example.test>\r\n"
+    payload += b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in recipients)
+    payload += b"DATA\r\n" + data + b".\r\nQUIT\r\n"
+    lines = smtp_session_lines("127.0.0.1", port, payload)
+    start = next(i for i, line in enumerate(lines) if line.startswith("354 "))
+    return lines[start + 1 : -1]
+
+
+@pytest.mark.parametrize(
+    ("body", "delivered_to"),
+    [
+        (b"REDIRECT-ME\r\n", ["quarantine@example.test"]),
+        (b"COPY-ME\r\n", ["bob@example.test", "carol@example.test", "archive@example.test"]),
+    ],
+    ids=["redirect", "copy"],
+)
+def test_lmtpd_deliver_to_answers_each_recipient(
+    tmp_path: Path, downstream: RecordingServer, body: bytes, delivered_to: list[str]
+) -> None:
+    service = lmtpd(scanners(), "127.0.0.1", 0, next_hop=("127.0.0.1", downstream.port))
+    thread = ServiceThread(service, Settings(state_dir=str(tmp_path / "state"))).start()
+    try:
+        replies = lmtp_replies(thread.port, ["bob@example.test", "carol@example.test"], message("l", body.decode()))
+    finally:
+        thread.stop()
+    assert [line[:4] for line in replies] == ["250 ", "250 "]
+    (got,) = downstream.messages
+    assert got.recipients == delivered_to

@@ -30,6 +30,9 @@ The rebuilt message is made by the standard library (``compat32``): the
 header blocks of the parts kept may be refolded and a missing closing
 boundary is added, but their contents are the same.
 
+Its result carries the rebuilt message (as big as the original): put ``cache``
+inside it (``sanitize(cache(clamd(...)))``), never around it.
+
 Inside ``parsemail`` (on one part) it just runs its scanners.  Use it with
 scanners that judge parts (antivirus engines, ``attach_name``,
 ``file_type``...): a spam engine judges the whole message, which has no part
@@ -174,7 +177,13 @@ class sanitize(Interscanner):
                 best = result
         return found, best
 
-    async def _views(self, mail: Mail) -> list[Part]:
+    @staticmethod
+    async def _parts(mail: Mail) -> list[Part]:
+        """The strict parts; a big message's parse stays off the event loop."""
+        return mail.parts if mail.size < _INLINE else await work.in_thread(lambda: mail.parts)
+
+    @staticmethod
+    async def _views(mail: Mail) -> list[Part]:
         return mail.views if mail.size < _INLINE else await work.in_thread(lambda: mail.views)
 
     async def scan(self, target: Target) -> Result:
@@ -182,7 +191,7 @@ class sanitize(Interscanner):
             result, _ = await first_detection(self.children, target)
             return result  # inside parsemail: one part, nothing to rebuild
         mail = target.mail
-        parts = mail.parts if mail.size < _INLINE else await work.in_thread(lambda: mail.parts)
+        parts = await self._parts(mail)
         found, best = await self._scan_parts([*parts, *await self._views(mail)], mail)
         if not found:
             return best
@@ -205,7 +214,7 @@ class sanitize(Interscanner):
         except Exception as error:  # noqa: BLE001 - a part not found again, or any parser failure
             return _unsanitized(found[0][1], found[0][0], f"cannot rebuild the message: {error}")
         with Mail(Envelope(), message, spool_threshold=_HUGE) as check:
-            again, _ = await self._scan_parts([*check.parts, *await self._views(check)], check)
+            again, _ = await self._scan_parts([*await self._parts(check), *await self._views(check)], check)
         if again:
             return _unsanitized(found[0][1], found[0][0], f"still found after sanitizing: {again[0][1].name}")
         removed = tuple(

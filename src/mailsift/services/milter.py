@@ -28,7 +28,8 @@ decides where; Postfix puts them last).  The recipients the final message went
 to (``deliver_to``) become SMFIR_DELRCPT for each one dropped and
 SMFIR_ADDRCPT for each one added (:func:`recipient_edits`).  Where the MTA
 did not allow an edit that keeps a detection from its recipients (a
-recipient change, a sanitized body), the message is answered 451, never
+recipient change, any edit of a sanitized message: its body, or the
+Content-Type its notice needs), the message is answered 451, never
 accepted as it came; other refused edits are logged.
 
 Every MAIL and RCPT address is checked by
@@ -671,7 +672,7 @@ class MilterSession:
             allowed = self.options.actions
             packets, refused = edits(raw, final, allowed) if final is not None else ([], [])
             moved, unmoved = ([], []) if recipients is None else recipient_edits(env.recipients, recipients, allowed)
-            vital = unmoved + [w for w in refused if decision.sanitized is not None and w == "replace the body"]
+            vital = unmoved + (refused if decision.sanitized is not None else [])  # half a sanitized message: no
             if vital:  # delivering as it came would hand a detection to its recipients
                 log.error("%s: the MTA did not allow these edits: %s: answered 451", env.queue_id, ", ".join(vital))
                 return [_reply(EDITS_REFUSED)]

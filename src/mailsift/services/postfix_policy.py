@@ -15,6 +15,8 @@ deciding result maps to the answer:
 clean                                  ``DUNNO`` (or ``PREPEND name: value`` when a
                                        scanner added a header, e.g. ``X-Greylist``)
 ``deliver(...)`` (allow list)          ``DUNNO``: later restrictions still apply
+``deliver_to(address, ...)``           ``REDIRECT address`` (``copy=True``: ``BCC address``,
+                                       Postfix 3.0 and later)
 ``greylist`` deferring                 ``DEFER_IF_PERMIT text`` (``defer=`` option:
                                        ``DEFER``, ``450``, ``450 4.7.1``, ...)
 detected, ``reject(...)``              ``REJECT text`` (``reject=`` option: ``550 5.7.1``...)
@@ -168,6 +170,10 @@ class smtpd_policy(Service):
         text = clean_text(chosen.text if chosen and chosen.text else _describe(result))
         disposition = decision.disposition
         if disposition is Disposition.DELIVER:
+            if decision.redirect:  # checked at load time: local@domain, no spaces or controls
+                return f"REDIRECT {decision.redirect}"
+            if decision.copies:
+                return f"BCC {decision.copies[0]}"
             if decision.headers:
                 header = decision.headers[0]
                 return f"PREPEND {clean_text(header.name)}: {clean_text(header.value)}"

@@ -3,7 +3,8 @@
 -- Prints "CASE <name> OK" on success; any failed check prints "miltertest FAILED: ..." and exits 2.
 -- The scanners behind the milter (see the Python test) react to words in the body:
 -- EICAR -> reject, "cheap pills" -> [SPAM] subject, TEMPFAIL-ME -> scanner failure,
--- DROP-ME -> drop, QUARANTINE-ME -> quarantine, ORIGINAL-BODY -> rewritten (rewriting milter only).
+-- DROP-ME -> drop, QUARANTINE-ME -> quarantine, ORIGINAL-BODY -> rewritten (rewriting milter only),
+-- REDIRECT-ME -> deliver_to another address, COPY-ME -> deliver_to(copy=True), X-Spam-* headers removed.
 local sock = MILTER or "inet:3333@127.0.0.1"
 local case = CASE or "accept"
 mt.set_timeout(10)
@@ -78,10 +79,10 @@ local cases = {}
 function cases.negotiate()
   open(nil, nil, nil)
   for name, flag in pairs({ ADDHDRS = SMFIF_ADDHDRS, CHGHDRS = SMFIF_CHGHDRS, CHGBODY = SMFIF_CHGBODY,
-                            QUARANTINE = SMFIF_QUARANTINE }) do
+                            QUARANTINE = SMFIF_QUARANTINE, ADDRCPT = SMFIF_ADDRCPT, DELRCPT = SMFIF_DELRCPT }) do
     check(mt.test_action(conn, flag), "action " .. name .. " requested")
   end
-  for name, flag in pairs({ ADDRCPT = SMFIF_ADDRCPT, DELRCPT = SMFIF_DELRCPT, CHGFROM = SMFIF_CHGFROM }) do
+  for name, flag in pairs({ CHGFROM = SMFIF_CHGFROM }) do
     check(not mt.test_action(conn, flag), "action " .. name .. " not requested")
   end
   for name, flag in pairs({ NOCONNECT = SMFIP_NOCONNECT, NOHELO = SMFIP_NOHELO, NOMAIL = SMFIP_NOMAIL,
@@ -191,6 +192,39 @@ function cases.toobig()
   expect(SMFIR_REPLYCODE, "too big", eom())
   check(mt.eom_check(conn, MT_SMTPREPLY, "552", "5.3.4", "Message size exceeds fixed maximum message size"),
         "552 reply")
+end
+
+function cases.redirect()
+  open(nil, nil, nil)
+  expect(SMFIR_ACCEPT, "redirected", message("RED0001", "bob@example.test", "r", "REDIRECT-ME\r\n"))
+  check(mt.eom_check(conn, MT_RCPTADD, "<quarantine@example.test>"), "the new recipient added")
+  check(mt.eom_check(conn, MT_RCPTDELETE, "<bob@example.test>"), "the original recipient removed")
+end
+
+function cases.copy()
+  open(nil, nil, nil)
+  expect(SMFIR_ACCEPT, "copied", message("CPY0001", "bob@example.test", "c", "COPY-ME\r\n"))
+  check(mt.eom_check(conn, MT_RCPTADD, "<archive@example.test>"), "the copy's recipient added")
+  check(not mt.eom_check(conn, MT_RCPTDELETE, "<bob@example.test>"), "the original recipient kept")
+end
+
+function cases.remove_headers()
+  open(nil, nil, nil)
+  mt.macro(conn, SMFIC_MAIL, "i", "RMH0001", "{mail_addr}", "alice@example.test")
+  done(mt.mailfrom(conn, "<alice@example.test>"), "mailfrom")
+  reply_is(SMFIR_CONTINUE, "mail")
+  done(mt.rcptto(conn, "<bob@example.test>"), "rcptto")
+  reply_is(SMFIR_CONTINUE, "rcpt")
+  for _, h in ipairs({ { "From", "alice@example.test" }, { "X-Spam-Flag", "NO" }, { "Subject", "forged" } }) do
+    done(mt.header(conn, h[1], h[2]), "header " .. h[1])
+    reply_is(SMFIR_CONTINUE, "header " .. h[1])
+  end
+  done(mt.eoh(conn), "eoh")
+  reply_is(SMFIR_CONTINUE, "eoh")
+  done(mt.bodystring(conn, "clean\r\n"), "body")
+  reply_is(SMFIR_CONTINUE, "body")
+  expect(SMFIR_ACCEPT, "accepted", eom())
+  check(mt.eom_check(conn, MT_HDRDELETE, "X-Spam-Flag"), "the forged X-Spam-Flag removed")
 end
 
 local function main()
