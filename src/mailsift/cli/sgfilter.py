@@ -253,8 +253,8 @@ def qmail_queue(
         log(text)
         if work is not None:
             work.note(f"exit {code}: {text}")
-        if custom_error and code not in (sg.QQ_OK,):
-            reason = sg.custom_error_text(code, answer)
+        reason = sg.custom_error_text(code, answer) if custom_error else None
+        if reason is not None:  # 0 (dropped) and qmail's own failures (53, 54, 81, 91) keep qmail's texts
             if sg.write_custom_error(custom_error_fd, reason):
                 log(f"custom error on fd {custom_error_fd}: {reason!r} (exit {sg.QQ_CUSTOM_ERROR})")
                 sys.exit(sg.QQ_CUSTOM_ERROR)

@@ -639,3 +639,14 @@ def test_repeated_mime_headers_renamed_and_queued(
     assert run.code == 0, run.log
     assert run.received == [(renamed, ENVELOPE)]
     assert "251 1.00 Bad.MIME.Header.Repeated" in run.log
+
+
+def test_custom_error_leaves_qmails_own_failures_and_drops_alone(
+    make_daemon: Callable[..., ServiceThread], qmail_queue: Callable[..., Run]
+) -> None:
+    daemon = make_daemon([drop(EICAR_SCAN)])
+    run, written = _custom_error_run(qmail_queue, daemon.port, INFECTED, "--custom-error")
+    assert (run.code, written) == (0, b"")
+    bad_envelope = qmail_queue(daemon.port, CLEAN, b"Xbad\0\0", "--custom-error")
+    assert bad_envelope.code == 91
+    assert "custom error" not in bad_envelope.log
