@@ -169,3 +169,24 @@ async def test_gtube_detail_carries_each_rules_points(spamd_instance: SpamdInsta
     assert len(points) == len(names) == len(result.symbols)
     assert float(points[names.index("GTUBE")]) >= 1000  # GTUBE's own score (SpamAssassin's 1000)
     assert sum(map(float, points)) == pytest.approx(result.score, abs=0.1 * len(points))
+
+
+async def test_per_recipient_user_template_reads_each_recipients_preferences(spamd_instance: SpamdInstance) -> None:
+    """simscan's --enable-spamc-user with a real spamd: the strict recipient's required_score counts with
+    users='max', the default one's with users='min'."""
+    from mailsift.message.mail import Envelope
+
+    data = (CORPUS / "spam" / "005").read_bytes()
+    recipients = [f"{STRICT_USER}@example.test", "somebody@example.test"]
+
+    async def check_for(users: str) -> SpamResult:
+        scanner = spamassassind(spamd_instance.address, "%(local)s", users=users)
+        result = await scanner.scan(MailTarget(Mail(Envelope(sender="a@x", recipients=recipients), data)))
+        assert isinstance(result, SpamResult)
+        return result
+
+    strictest, mildest = await check_for("max"), await check_for("min")
+    assert (strictest.required, mildest.required) == (STRICT_REQUIRED, 5.0)
+    assert strictest.score == mildest.score
+    assert f"users={STRICT_USER}=" in strictest.detail
+    assert "somebody=" in strictest.detail

@@ -310,3 +310,141 @@ def test_config_surface_defaults_and_checks() -> None:
             sgfilterd([EICAR_SCAN], **bad)
     with pytest.raises(ConfigError):
         sgfilterd([EICAR_SCAN], "127.0.0.1", 70000)
+
+
+# --------------------------------------------------------------------------- the optional client lines
+
+
+class ClientRecording(Scanner):
+    name = "client_recording"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool | None]] = []
+
+    async def scan(self, target: Target) -> Result:
+        env = target.mail.envelope
+        self.seen.append((env.client_address, env.client_name, env.relay_client))
+        return Result(0.0, "", self.name)
+
+
+def test_client_lines_reach_the_envelope_and_old_requests_still_work(make_daemon: Make) -> None:
+    recording = ClientRecording()
+    daemon = make_daemon([recording])
+    lines = b"MAIL FROM: a@example.test\nCLIENT ADDRESS: 192.0.2.9\nRCPT TO: b@x\nCLIENT NAME: mx.example.test\n"
+    answer = exchange(daemon.port, lines + b"RELAY CLIENT: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+    assert status_line(answer) == "250 0.00"
+    assert exchange(daemon.port, request(CLEAN)) == b"250 0.00\n" + CLEAN  # SAGATOR's request, unchanged
+    assert recording.seen == [("192.0.2.9", "mx.example.test", True), ("", "", None)]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b"CLIENT ADDRESS: 999.1.1.1\n",
+        b"CLIENT ADDRESS: 192.0.2.1\nCLIENT ADDRESS: 192.0.2.2\n",
+        b"CLIENT NAME: a b\n",
+        b"CLIENT NAME: " + b"x" * 300 + b"\n",
+        b"RELAY CLIENT: yes\n",
+    ],
+    ids=["bad-address", "twice", "space-in-name", "long-name", "bad-flag"],
+)
+def test_bad_client_lines_get_501(make_daemon: Make, lines: bytes) -> None:
+    daemon = make_daemon([ClientRecording()])
+    answer = exchange(daemon.port, ENV + lines + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+    assert status_line(answer).startswith("501 0.00 Syntax: CLIENT ADDRESS")
+
+
+def test_trusted_clients_and_client_network_see_the_qmail_client(make_daemon: Make) -> None:
+    from mailsift import client_network, trusted_clients
+    from mailsift.services.sgfilter_client import ClientInfo
+
+    daemon = make_daemon(
+        [trusted_clients("192.0.2.25", reject(EICAR_SCAN)), client_network("198.51.100.0/24", const(1.0, "Net"))]
+    )
+
+    def ask_as(address: str, data: bytes) -> Answer:
+        return ask("127.0.0.1", daemon.port, "a@x", ["b@x"], data, 20, ClientInfo(address, "", False))
+
+    assert ask_as("203.0.113.1", INFECTED).status == 550
+    assert ask_as("192.0.2.25", INFECTED).status == 551  # a trusted secondary MX: dropped, not rejected
+    assert ask_as("198.51.100.7", CLEAN).name == "Net"
+    assert ask_as("203.0.113.1", CLEAN).status == 250
+
+
+# --------------------------------------------------------------------------- simscan's spamc user and spam_passthru
+
+
+def test_spamc_user_per_recipient_and_spam_passthru_through_sgfilterd(make_daemon: Make, tmp_path: Path) -> None:
+    """spamd (a fake answering by User:) asked once per recipient domain; the passthru domain gets the spam
+    tagged (251 with X-Spam-Flag), the other domain's copy is rejected."""
+    import asyncio
+    import threading
+
+    from mailsift import policy_enabled, policy_spam_hits, spamassassind
+    from mailsift.storage import db
+    from mailsift.storage.policies import import_simcontrol, parse_simcontrol
+    from mailsift.testing import FakeSpamd, spamd_answer
+
+    users: list[str] = []
+
+    class ByUser(FakeSpamd):
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"PING "):
+                await self.send(writer, b"SPAMD/1.5 0 PONG\r\n")
+                return
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            await reader.readexactly(int(fields[b"Content-length"]))
+            users.append(fields.get(b"User", b"-").decode())
+            await self.send(writer, spamd_answer())  # spam: 12.3 / 5.0 by default
+
+    loop = asyncio.new_event_loop()
+    spamd = ByUser()
+    loop.run_until_complete(spamd.start())
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    database = db.sqlite()
+    database.configure(str(tmp_path))
+    text = ":spam=yes\nlenient.test:spam_passthru=yes"
+    database.call(import_simcontrol, parse_simcontrol(text.splitlines()), 0.0, False)
+    try:
+        spam = spamassassind(spamd.address, "%(domain)s", report=False, users="min")
+        daemon = make_daemon([policy_enabled("spam", policy_spam_hits(spam, db=database), db=database)])
+        passed = ask("127.0.0.1", daemon.port, "a@x", ["bob@lenient.test"], CLEAN, 20)
+        assert passed.status == 251
+        assert b"X-Spam-Flag: YES" in passed.message.split(b"\r\n\r\n", 1)[0]
+        assert ask("127.0.0.1", daemon.port, "a@x", ["bob@other.test"], CLEAN, 20).status == 550
+        both = ask("127.0.0.1", daemon.port, "a@x", ["a@lenient.test", "b@other.test", "c@other.test"], CLEAN, 20)
+        assert both.status == 550
+        assert users == ["lenient.test", "other.test", "lenient.test", "other.test"]
+    finally:
+        database.dispose()
+        asyncio.run_coroutine_threadsafe(spamd.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+
+def test_answer_length_is_given_only_when_asked(make_daemon: Make) -> None:
+    daemon = make_daemon([add_header("X-Scanned", "yes", const(0.0, "scanned"))])
+    plain = exchange(daemon.port, request(CLEAN))  # SAGATOR's answer: the message right after the status
+    status, edited = plain.split(b"\n", 1)
+    assert (status, edited) == (b"250 0.00 scanned", b"X-Scanned: yes\r\n" + CLEAN)
+    asked = ENV + b"ANSWER LENGTH: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN
+    assert exchange(daemon.port, asked) == b"250 0.00 scanned\n" + f"LENGTH {len(edited)}\n".encode() + edited
+    answer = ask("127.0.0.1", daemon.port, "a@x", ["b@x"], CLEAN, 20, None, True)
+    assert answer.message == edited
+
+
+def test_client_lines_only_from_client_hosts(make_daemon: Make) -> None:
+    """As smtpd's XFORWARD: a peer outside client_hosts cannot claim to be a trusted client."""
+    recording = ClientRecording()
+    daemon = make_daemon([recording], client_hosts=["192.0.2.0/24"])
+    lines = ENV + b"CLIENT ADDRESS: 192.0.2.25\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN
+    refused = status_line(exchange(daemon.port, lines))
+    assert refused == "503 0.00 Client lines not allowed from this peer (client_hosts)"
+    asked = ENV + b"ANSWER LENGTH: 1\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN  # the length is no claim
+    assert status_line(exchange(daemon.port, asked)) == "250 0.00"
+    assert recording.seen == [("", "", None)]
+    with pytest.raises(Exception, match="bad client_hosts"):
+        sgfilterd([], "127.0.0.1", 0, client_hosts=["not a network"])

@@ -76,6 +76,8 @@ class Envelope:
     queue_id: str = ""
     protocol: str = "SMTP"
     mail_options: list[str] = field(default_factory=list)
+    relay_client: bool | None = None
+    """qmail's ``RELAYCLIENT`` as the front end was told it (None: not told; the log's ``relay_clients`` decide)."""
 
 
 # --------------------------------------------------------------------------- mail

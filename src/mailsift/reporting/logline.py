@@ -17,7 +17,8 @@ The text line is qmail-scanner's ``--log-details`` line (reference
 * status: ``Clear``, or what was done and why (``Quarantined_Eicar-Test``,
   ``Rejected_Policy``, ``Dropped_...``, ``Delivered_...`` for a forced
   delivery, ``Tempfail...``, ``Refused`` when the next hop refused);
-* ``RC:1`` for a relay client (its address in ``relay_clients``), ``RC:0``
+* ``RC:1`` for a relay client (qmail's ``RELAYCLIENT`` when the front end passed it,
+  else its address in ``relay_clients``), ``RC:0``
   otherwise, the client address in brackets (``127.0.0.1`` when there is none);
 * ``SA:1(score/required)`` when a spam engine ran (``SA:0`` when not spam);
 * ``Q:<queue id>`` when the MTA gave one (mailsift's addition, to find the
@@ -66,6 +67,7 @@ from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
+from mailsift.reporting import qslogs
 from mailsift.storage.db import Database
 from mailsift.storage.schema import maillog_table
 from mailsift.validators import escape_controls
@@ -130,6 +132,8 @@ class MessageRecord:
     """Attachments beyond :data:`MAX_ATTACHMENTS`, not listed."""
     node: str = ""
     """The node that took the message (:attr:`mailsift.settings.Settings.node_name`)."""
+    crypto: tuple[str, ...] = ()
+    """qmail-scanner's ``CR:`` items (:func:`mailsift.reporting.qslogs.crypto_items`), when asked for."""
 
 
 def clean(value: str, limit: int = MAX_FIELD) -> str:
@@ -216,6 +220,7 @@ def build_record(
     now: float | None = None,
     took: float | None = None,
     node: str = "",
+    crypto: bool = False,
 ) -> MessageRecord:
     """The record for ``mail`` once ``decision`` was carried out with ``outcome``."""
     env = mail.envelope
@@ -230,7 +235,9 @@ def build_record(
         level=result.level,
         name=clean(result.name),
         scanner=clean(result.scanner),
-        relay_client=_in_networks(env.client_address, relay_clients),
+        relay_client=env.relay_client
+        if env.relay_client is not None
+        else _in_networks(env.client_address, relay_clients),
         client_address=clean(env.client_address),
         client_name=clean(env.client_name),
         helo=clean(env.helo),
@@ -246,7 +253,16 @@ def build_record(
         note=clean(outcome.note),
         more_attachments=more,
         node=node,
+        crypto=_crypto(mail) if crypto else (),
     )
+
+
+def _crypto(mail: Mail) -> tuple[str, ...]:
+    try:
+        return qslogs.crypto_items(mail)
+    except Exception:  # the parser is lenient; should it fail anyway, the log line still goes out
+        log.exception("queue_id=%s: cannot look for crypto", mail.envelope.queue_id or "-")
+        return ()
 
 
 # --------------------------------------------------------------------------- formats
@@ -262,18 +278,25 @@ def _field(value: str, empty: str = "-") -> str:
     return _UNSAFE.sub("_", value) if value else empty
 
 
-def qmail_scanner_lines(record: MessageRecord, limit: int | None = None, *, node: bool = False) -> list[str]:
-    """qmail-scanner's ``--log-details`` lines, one per recipient (cut at ``limit`` characters);
-    ``node``: with ``node=<record.node>:`` at the end of the first field."""
+def status_field(record: MessageRecord, *, node: bool = False) -> str:
+    """The first field of qmail-scanner's line: status and its colon-separated components."""
     address = record.client_address or "127.0.0.1"
     status = f"{_field(record.status).replace(':', '_')}:RC:{int(record.relay_client)}({_field(address)}):"
     if record.spam is not None:
         spam, score, required = record.spam
         status += f"SA:{int(spam)}({score:.1f}/{required:.1f}):"
+    status += qslogs.crypto_status(record.crypto)
     if record.queue_id:
         status += f"Q:{_field(record.queue_id)}:"
     if node and record.node:
         status += f"node={_field(record.node).replace(':', '_')}:"
+    return status
+
+
+def qmail_scanner_lines(record: MessageRecord, limit: int | None = None, *, node: bool = False) -> list[str]:
+    """qmail-scanner's ``--log-details`` lines, one per recipient (cut at ``limit`` characters);
+    ``node``: with ``node=<record.node>:`` at the end of the first field."""
+    status = status_field(record, node=node)
     attachments = [f"{_field(a.name)}:{a.size}" for a in record.attachments]
     if record.more_attachments:
         attachments.append(f"...:{record.more_attachments}")
@@ -350,11 +373,14 @@ def name_node_in_log(node: str) -> None:
 class _LogHook(Hook):
     """Shared: which clients are relay clients (qmail-scanner's RELAYCLIENT)."""
 
-    def __init__(self, relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS) -> None:
+    def __init__(self, relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS, crypto: bool = False) -> None:
         self.relay_clients = parse_networks(relay_clients, self.name)
+        self.crypto = validators.flag(crypto, f"{self.name}: crypto")
 
     def record(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> MessageRecord:
-        return build_record(mail, decision, outcome, relay_clients=self.relay_clients, node=settings.node_name)
+        return build_record(
+            mail, decision, outcome, relay_clients=self.relay_clients, node=settings.node_name, crypto=self.crypto
+        )
 
 
 class log_syslog(_LogHook):
@@ -377,8 +403,9 @@ class log_syslog(_LogHook):
         timeout: float = 1.0,
         relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS,
         clock: Callable[[], float] = time.time,
+        crypto: bool = False,
     ) -> None:
-        super().__init__(relay_clients)
+        super().__init__(relay_clients, crypto)
         facilities = logging.handlers.SysLogHandler.facility_names
         if facility not in facilities:
             raise ConfigError(f"log_syslog: unknown facility {facility!r}; one of {', '.join(sorted(facilities))}")
@@ -476,17 +503,24 @@ class log_file(_LogHook):
         *,
         json: bool = False,
         relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS,
+        format: str = "text",
+        crypto: bool = False,
     ) -> None:
-        super().__init__(relay_clients)
+        super().__init__(relay_clients, crypto)
         if not isinstance(path, str) or not path or "\0" in path:
             raise ConfigError(f"log_file: path must be a file name, got {path!r}")
         self.path, self.json = path, validators.flag(json, "log_file: json")
+        if format not in qslogs.FORMATS or (self.json and format != "text"):
+            known = ", ".join(qslogs.FORMATS)
+            raise ConfigError(f"log_file: format must be one of {known} (not with json=True), got {format!r}")
+        self.format = format
         self.resolved = path
         """The file written: ``path`` under ``STATE_DIR`` when relative (set by :meth:`check`)."""
         self._handler: _RaisingFileHandler | None = None
 
     def describe(self) -> str:
-        return f"log_file({self.path!r}{', json=True' if self.json else ''})"
+        shown = f", format={self.format!r}" if self.format != "text" else ""
+        return f"log_file({self.path!r}{', json=True' if self.json else ''}{shown})"
 
     def check(self, settings: Settings) -> None:
         self.resolved = os.path.join(settings.state_dir, self.path)  # an absolute path stays as it is
@@ -502,6 +536,10 @@ class log_file(_LogHook):
         """The lines of ``record``; ``node``: the text lines name the node (``NODE`` is set)."""
         if self.json:
             return [json_line(record)]
+        if self.format == "mailstats":
+            return qslogs.mailstats_lines(record, status_field(record, node=node))
+        if self.format == "quarantine":
+            return qslogs.quarantine_lines(record)
         when = datetime.datetime.fromtimestamp(record.time).astimezone().isoformat(timespec="seconds")
         return [f"{when} {line}" for line in qmail_scanner_lines(record, node=node)]
 

@@ -38,6 +38,18 @@ check                  finding                               what it looks for
                                                              mostly not base64)
 =====================  ====================================  ==============================================
 
+Repeated MIME headers can be renamed instead of rejected, as qmail-scanner
+did ("repeated occurrences of MIME headers makes Q-S rename the latter ones to
+nullify them"): ``bad_mime(repeated='rename')``.  Every occurrence after the
+first of Content-Type, Content-Transfer-Encoding or Content-Disposition, in the
+message's and in every part's header block, gets ``rename_prefix`` (default
+``X-Duplicate-``: the reference does not give qmail-scanner's own name) and the
+message is delivered, renamed (a ``deliver`` with a rebuilt message, as
+``sanitize``: its finding stays ``Bad.MIME.Header.Repeated``, logged
+``Delivered_...``).  Any other finding still wins.  As a delivered detection
+ends the evaluation, put it **last** in ``SCANNERS``, after the virus and spam
+scanners, which then have seen the message first.
+
 On the whole message every check runs over every MIME entity (attached
 messages included) and every filename of the strict parts and of the lenient
 views (so a name hidden behind a broken boundary counts too).  Under
@@ -53,7 +65,7 @@ from typing import Any
 
 from mailsift.errors import ConfigError
 from mailsift.message.mail import Mail
-from mailsift.message.result import Result
+from mailsift.message.result import Disposition, Result, Sanitize, SetDisposition
 from mailsift.mime.codecs import decode_words
 from mailsift.mime.tree import MimeNode, Part
 from mailsift.scanners import work
@@ -78,6 +90,8 @@ CHECKS: dict[str, str] = {
 """Check name -> finding name, in the order the checks run."""
 
 MAX_BOUNDARY = 250
+DEFAULT_RENAME_PREFIX = "X-Duplicate-"
+"""``bad_mime(repeated='rename')``: what a repeated MIME header's name is prefixed with."""
 MAX_FILENAME = 256
 
 WINDOWS_EXECUTABLE = (
@@ -245,17 +259,34 @@ class bad_mime(Scanner):
 
     name = "bad_mime"
 
-    def __init__(self, only: Any = None, skip: Any = None, views: bool = True) -> None:
+    def __init__(
+        self,
+        only: Any = None,
+        skip: Any = None,
+        views: bool = True,
+        *,
+        repeated: str = "reject",
+        rename_prefix: str = DEFAULT_RENAME_PREFIX,
+    ) -> None:
         chosen = _names(only, "only") or frozenset(CHECKS)
         self.enabled = tuple(check for check in CHECKS if check in chosen - _names(skip, "skip"))
         if not self.enabled:
             raise ConfigError("bad_mime: every check is skipped")
         self.views = flag(views, "bad_mime: views")
+        if repeated not in ("reject", "rename"):
+            raise ConfigError(f"bad_mime: repeated must be 'reject' or 'rename', got {repeated!r}")
+        if not isinstance(rename_prefix, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,40}", rename_prefix):
+            raise ConfigError(
+                f"bad_mime: rename_prefix must be a header name start like 'X-Duplicate-', got {rename_prefix!r}"
+            )
+        self.rename = repeated == "rename" and "repeated" in self.enabled
+        self.rename_prefix = rename_prefix
 
     def describe(self) -> str:
+        rename = ", repeated='rename'" if self.rename else ""
         if len(self.enabled) == len(CHECKS):
-            return "bad_mime()"
-        return f"bad_mime(only={list(self.enabled)!r})"
+            return f"bad_mime({rename[2:]})"
+        return f"bad_mime(only={list(self.enabled)!r}{rename})"
 
     def findings(self, target: Target) -> Iterator[Finding]:
         """Every finding of the enabled checks, in check order per entity and part."""
@@ -267,7 +298,8 @@ class bad_mime(Scanner):
             if self.views:
                 parts.extend(target.mail.views)
             found = _chain(_entity_findings(target.mail), *(_part_findings(part) for part in parts))
-        return (finding for finding in found if finding[0] in self.enabled)
+        skipped = {"repeated"} if self.rename else set()
+        return (finding for finding in found if finding[0] in self.enabled and finding[0] not in skipped)
 
     def _first(self, target: Target) -> Finding | None:
         return next(iter(self.findings(target)), None)
@@ -276,9 +308,129 @@ class bad_mime(Scanner):
         first: Callable[[], Finding | None] = lambda: self._first(target)  # noqa: E731
         finding = await work.in_thread(first) if target.size > 256 * 1024 else first()
         if finding is None:
+            if self.rename and target.part is None:
+                return await self._renamed(target)
             return Result(0.0, "", self.name)
         check, detail = finding
         return Result(1.0, CHECKS[check], self.name, detail)
+
+    async def _renamed(self, target: Target) -> Result:
+        """qmail-scanner's rename: the message with repeated MIME headers renamed, delivered (clean if none)."""
+        raw = target.mail.raw
+        rename: Callable[[], tuple[bytes, list[str]]] = lambda: rename_repeated_headers(raw, self.rename_prefix)  # noqa: E731
+        message, renamed = await work.in_thread(rename) if len(raw) > 256 * 1024 else rename()
+        if not renamed:
+            return Result(0.0, "", self.name)
+        what = tuple(f"renamed {item}" for item in renamed[:20])
+        detail = "; ".join(what) + (f"; and {len(renamed) - 20} more" if len(renamed) > 20 else "")
+        actions = (Sanitize(what, message), SetDisposition(Disposition.DELIVER))
+        return Result(1.0, CHECKS["repeated"], self.name, detail, actions)
+
+
+# --------------------------------------------------------------------------- qmail-scanner's rename
+
+MAX_RENAME_DEPTH = 20
+MAX_RENAME_PARTS = 5000
+_LINE = re.compile(rb"[^\n]*(?:\n|$)")
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
+_SINGLE_BYTES = tuple(name.encode() for name in _SINGLE)
+
+
+def rename_repeated_headers(raw: bytes, prefix: str = DEFAULT_RENAME_PREFIX) -> tuple[bytes, list[str]]:
+    """``raw`` with every repeated Content-Type, Content-Transfer-Encoding and Content-Disposition
+    after the first, in each header block (the message's, each part's, attached messages'), given
+    ``prefix``; and what was renamed (``part 1.2: Content-Type``).  Nothing else changes a byte."""
+    inserts: list[int] = []
+    renamed: list[str] = []
+    budget = [MAX_RENAME_PARTS]
+    _rename_entity(raw, 0, len(raw), "", 0, inserts, renamed, budget)
+    if not inserts:
+        return raw, []
+    pieces, last, tag = [], 0, prefix.encode()
+    for offset in sorted(inserts):
+        pieces += [raw[last:offset], tag]
+        last = offset
+    pieces.append(raw[last:])
+    return b"".join(pieces), renamed
+
+
+def _rename_entity(
+    raw: bytes, start: int, end: int, path: str, depth: int, inserts: list[int], renamed: list[str], budget: list[int]
+) -> None:
+    """Rename in the header block at ``start``, then in the parts of its body (up to ``end``)."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_RENAME_DEPTH:
+        return
+    seen: set[bytes] = set()
+    content_type = b""
+    position = start
+    current: bytes | None = None
+    while position < end:
+        line = _LINE.match(raw, position, end)
+        assert line is not None
+        text = line.group()
+        if not text or text in (b"\r\n", b"\n"):
+            position = line.end()
+            break
+        if text[:1] in (b" ", b"\t"):
+            if current == b"content-type":
+                content_type += text
+        else:
+            name = text.split(b":", 1)[0].strip().lower()
+            current = name
+            if name in _SINGLE_BYTES:
+                if name in seen:
+                    inserts.append(position)
+                    where = f"part {path}" if path else "message headers"
+                    renamed.append(f"{where}: {text.split(b':', 1)[0].decode('ascii', 'replace')}")
+                    current = None  # a renamed Content-Type is not the one that counts
+                else:
+                    seen.add(name)
+                    if name == b"content-type":
+                        content_type = text.split(b":", 1)[1] if b":" in text else b""
+        position = line.end()
+    kind = content_type.strip().split(b";", 1)[0].strip().lower()
+    if kind.startswith(b"multipart/"):
+        match = _BOUNDARY.search(content_type)
+        if match:
+            boundary = match.group(1) or match.group(2)
+            for number, (part_start, part_end) in enumerate(_part_ranges(raw, position, end, boundary), 1):
+                _rename_entity(
+                    raw,
+                    part_start,
+                    part_end,
+                    f"{path}.{number}" if path else str(number),
+                    depth + 1,
+                    inserts,
+                    renamed,
+                    budget,
+                )
+    elif kind == b"message/rfc822":
+        _rename_entity(raw, position, end, f"{path}.1" if path else "1", depth + 1, inserts, renamed, budget)
+
+
+def _part_ranges(raw: bytes, start: int, end: int, boundary: bytes) -> Iterator[tuple[int, int]]:
+    """The byte ranges of the parts between ``--boundary`` lines (up to ``--boundary--``)."""
+    delimiter = b"--" + boundary
+    part_start: int | None = None
+    position = start
+    while position < end:
+        line = _LINE.match(raw, position, end)
+        assert line is not None
+        if not line.group():
+            break
+        stripped = line.group().rstrip(b"\r\n").rstrip(b" \t")
+        if stripped.startswith(delimiter):
+            rest = stripped[len(delimiter) :]
+            if rest in (b"", b"--"):
+                if part_start is not None:
+                    yield part_start, position
+                if rest == b"--":
+                    return
+                part_start = line.end()
+        position = line.end()
+    if part_start is not None:
+        yield part_start, end
 
 
 def _chain(*iterables: Iterable[Finding]) -> Iterator[Finding]:

@@ -6,7 +6,7 @@ Policies (simscan's ``simcontrol``, see :mod:`mailsift.storage.policies`)::
         listed(),                                              # white -> deliver, black -> reject
         policy_enabled('clam', quarantine('virus', clamd(CLAMD))),
         reject(policy_attach()),                               # the policy's attach=.exe:.scr
-        policy_enabled('spam', reject(policy_spam_hits(spamassassind(SPAMD)))),
+        policy_enabled('spam', policy_spam_hits(spamassassind(SPAMD))),   # detected: rejected
     ]
 
 * ``policy_enabled(flag, *scanners, default=False)`` runs its scanners only
@@ -17,7 +17,12 @@ Policies (simscan's ``simcontrol``, see :mod:`mailsift.storage.policies`)::
 * ``policy_spam_hits(spam_scanner)`` rescales a spam engine's result to the
   policy's ``spam_hits``: level = score / spam_hits (SAGATOR's levels, where
   1.0 is the threshold).  Without ``spam_hits`` the engine's own threshold
-  stays.
+  stays, and a policy with ``spam_passthru=yes`` (simscan's
+  ``--enable-spam-passthru``, per domain) delivers what the engine calls spam,
+  tagged (``X-Spam-Status: Yes``, ``X-Spam-Flag: YES``), instead of rejecting it;
+  over ``spam_hits`` it is rejected all the same (simscan: "spam-hits disables
+  passthru").  Passthru is the result's own ``deliver`` action: a ``reject(...)``
+  around ``policy_spam_hits`` would override it (a detection is rejected anyway).
 * ``listed()`` consults both lists; ``whitelisted()`` only delivers
   whitelisted mail and ``blacklisted()`` only rejects blacklisted mail, both
   by the same verdict, so their order in ``SCANNERS`` cannot contradict the
@@ -213,13 +218,27 @@ class policy_spam_hits(_UsesDatabase, Interscanner):
         score = getattr(result, "score", None)
         if not isinstance(score, int | float):
             return result
-        hits = (await message_policy(target, self.chosen_database())).spam_hits
+        policy = await message_policy(target, self.chosen_database())
+        hits = policy.spam_hits
         if hits is None:
+            if result.detected and policy.enabled("spam_passthru"):
+                return _passed_through(result)
             return result
         level = score / hits
         name = (result.name or self.virname) if level >= 1.0 else ""
         detail = f"{result.detail}; " if result.detail else ""
         return replace(result, level=level, name=name, detail=f"{detail}score {score:g} / spam_hits {hits:g} (policy)")
+
+
+def _passed_through(result: Result) -> Result:
+    """simscan's spam passthru: the spam delivered, tagged, instead of rejected."""
+    from mailsift.scanners.engines.common import SpamResult  # the engines import much; only needed here
+    from mailsift.scanners.engines.spamlevels import spam_headers
+
+    tags = tuple(spam_headers(result, tagged=True)) if isinstance(result, SpamResult) else ()
+    detail = f"{result.detail}; " if result.detail else ""
+    passed = replace(result, detail=f"{detail}spam_passthru (policy): delivered tagged")
+    return passed.with_actions(*tags, SetDisposition(Disposition.DELIVER))
 
 
 # --------------------------------------------------------------------------- lists

@@ -19,13 +19,15 @@ body; anything else is a broken answer, never delivered.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import selectors
 import socket
+import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -78,14 +80,69 @@ class Answer:
         return f"{self.status} {self.level:.2f}{' ' + self.name if self.name else ''}"
 
 
-def request(sender: str, recipients: Sequence[str], message: bytes) -> bytes:
-    """The request bytes: envelope lines, ``DATA length`` and the message."""
-    lines = [f"MAIL FROM: <{sender}>"] + [f"RCPT TO: <{r}>" for r in recipients] + [f"DATA {len(message)}"]
+@dataclass(frozen=True)
+class ClientInfo:
+    """The SMTP client as qmail's tcpserver describes it, sent in mailsift's optional request lines."""
+
+    address: str = ""
+    name: str = ""
+    relay: bool | None = None
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.address:
+            lines.append(f"{protocol.CLIENT_ADDRESS}: {self.address}")
+        if self.name:
+            lines.append(f"{protocol.CLIENT_NAME}: {self.name}")
+        if self.relay is not None:
+            lines.append(f"{protocol.RELAY_CLIENT}: {int(self.relay)}")
+        return lines
+
+
+DEFAULT_LOCAL_ADDRESS = "127.0.0.1"
+"""The client of mail injected locally (no ``TCPREMOTEIP``: qmail-inject, sendmail), as qmail-scanner logs it."""
+
+
+def client_from_environment(environ: Mapping[str, str], local_address: str = DEFAULT_LOCAL_ADDRESS) -> ClientInfo:
+    """The client from tcpserver's ``TCPREMOTEIP``/``TCPREMOTEHOST`` and qmail's ``RELAYCLIENT``.
+
+    Without ``TCPREMOTEIP`` the mail was injected locally: ``local_address``
+    (``''``: none).  A value that is not an address or a host name is left out.
+    ``RELAYCLIENT`` set (even empty, as ``tcp.smtp`` sets it) is a relay client.
+    """
+    remote = environ.get("TCPREMOTEIP")
+    address = local_address if remote is None else remote.strip()
+    try:
+        address = str(ipaddress.ip_address(address)) if address else ""
+    except ValueError:
+        address = ""
+    name = environ.get("TCPREMOTEHOST", "").strip()
+    if not re.fullmatch(r"[!-~]+", name) or len(name) > protocol.MAX_CLIENT_NAME:
+        name = ""
+    return ClientInfo(address, name, "RELAYCLIENT" in environ)
+
+
+def request(
+    sender: str, recipients: Sequence[str], message: bytes, client: ClientInfo | None = None, length: bool = False
+) -> bytes:
+    """The request bytes: envelope lines, the optional mailsift lines, ``DATA length`` and the message."""
+    lines = [f"MAIL FROM: <{sender}>"] + [f"RCPT TO: <{r}>" for r in recipients]
+    lines += client.lines() if client is not None else []
+    lines += [f"{protocol.ANSWER_LENGTH}: 1"] if length else []
+    lines += [f"DATA {len(message)}"]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") + message
 
 
-def parse_answer(raw: bytes, original: bytes) -> Answer:
-    """Parse the daemon's answer; :class:`DaemonLost` if it is garbled or cut short."""
+_LENGTH = re.compile(rb"LENGTH ([0-9]{1,15})")
+
+
+def parse_answer(raw: bytes, original: bytes, length: bool = False) -> Answer:
+    """Parse the daemon's answer; :class:`DaemonLost` if it is garbled or cut short.
+
+    ``length``: the request asked for ``ANSWER LENGTH``, so a message to deliver
+    comes after ``LENGTH <bytes>`` and must be exactly that long (its body may
+    differ from the original's: a renamed header, a sanitized part).
+    """
     line, newline, rest = raw.partition(b"\n")
     match = _ANSWER.fullmatch(line.removesuffix(b"\r"))
     if not newline or match is None:
@@ -94,6 +151,14 @@ def parse_answer(raw: bytes, original: bytes) -> Answer:
     name = (match.group(3) or b"").decode("utf-8", "replace").strip()
     if status not in DELIVER:
         return Answer(status, level, name)
+    if length:
+        line, newline, rest = rest.partition(b"\n")
+        match = _LENGTH.fullmatch(line)
+        if not newline or match is None:
+            raise DaemonLost(f"garbled LENGTH line from the daemon: {line[:200]!r}")
+        if len(rest) != int(match.group(1)):
+            raise DaemonLost(f"answer cut short: {len(rest)} bytes of message for LENGTH {match.group(1).decode()}")
+        return Answer(status, level, name, rest)
     body = _BODY.search(original)
     if len(rest) < len(original) or (body is not None and not rest.endswith(original[body.end() :])):
         raise DaemonLost(f"answer cut short: {len(rest)} bytes of message for {len(original)} sent")
@@ -101,7 +166,14 @@ def parse_answer(raw: bytes, original: bytes) -> Answer:
 
 
 def ask(
-    host: str, port: int, sender: str, recipients: Sequence[str], message: bytes, timeout: float = DEFAULT_TIMEOUT
+    host: str,
+    port: int,
+    sender: str,
+    recipients: Sequence[str],
+    message: bytes,
+    timeout: float = DEFAULT_TIMEOUT,
+    client: ClientInfo | None = None,
+    length: bool = False,
 ) -> Answer:
     """Send one message to ``sgfilterd`` and return its answer (all within ``timeout`` seconds).
 
@@ -118,7 +190,7 @@ def ask(
         raise DaemonUnreachable(f"cannot connect to sgfilterd at {host}:{port}: {error.strerror or error}") from error
     with sock, selectors.DefaultSelector() as selector:
         sock.setblocking(False)
-        outgoing = memoryview(request(sender, recipients, message))
+        outgoing = memoryview(request(sender, recipients, message, client, length))
         received = bytearray()
         selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
         sending = True
@@ -135,10 +207,10 @@ def ask(
                         continue
                     except OSError as error:
                         if b"\n" in received and not received.startswith(b"25"):
-                            return parse_answer(bytes(received), message)  # an error line came before the reset
+                            return parse_answer(bytes(received), message, length)  # an error line came before the reset
                         raise DaemonLost(f"connection to sgfilterd lost: {error.strerror or error}") from error
                     if not chunk:
-                        return parse_answer(bytes(received), message)
+                        return parse_answer(bytes(received), message, length)
                     received += chunk
                     if len(received) > limit:
                         raise DaemonLost("answer from sgfilterd is too long")
@@ -398,3 +470,144 @@ def _file_with(content: IO[bytes] | bytes) -> int:
                 handle.write(chunk)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+# --------------------------------------------------------------------------- qmail-queue custom error
+
+QQ_CUSTOM_ERROR = 82
+"""The custom-error patch's exit: qmail-smtpd answers the text read from :data:`CUSTOM_ERROR_FD`."""
+CUSTOM_ERROR_FD = 4
+"""Where Flavio Curti's qmail-queue-custom-error patch (netqmail's ``CUSTOM_ERR_FD``) reads the reason."""
+MAX_CUSTOM_ERROR = 900
+"""The patched qmail.c reads at most 1023 bytes; qmail-smtpd puts its 3-digit code in front."""
+
+_PERMANENT_TEXT = {
+    QQ_ADDRESS_TOO_LONG: "envelope address too long (#5.1.3)",
+}
+_TEMPORARY_TEXT = {  # no detail: a 451's name is an internal error, not for the sender
+    QQ_TEMPORARILY_REJECTED: "temporary failure in the content filter, try again later (#4.3.0)",
+    QQ_TIMEOUT: "content filter timed out, try again later (#4.3.0)",
+    QQ_CONNECTION_REFUSED: "content filter unavailable, try again later (#4.3.0)",
+    QQ_COMMUNICATION_FAILED: "content filter failed, try again later (#4.3.0)",
+}
+
+
+def custom_error_text(code: int, answer: Answer | None) -> str | None:
+    """The custom-error line (``D`` permanent or ``Z`` temporary, then the text) for a refusal, or None.
+
+    None for exits the patch adds nothing to (qmail's own texts for 53, 54, 81, 91 are right).
+    The finding's name is in the text of a rejection (simscan's ``--enable-custom-smtp-reject``);
+    the text is one line of printable ASCII, so it cannot break qmail-smtpd's reply.
+    """
+    if code == QQ_REJECTED:
+        if answer is not None and answer.status == REJECT:
+            text = (
+                f"Your email was rejected: {answer.name} (#5.7.1)"
+                if answer.name
+                else "Your email was rejected (#5.7.1)"
+            )
+        else:
+            text = "message too big for the content filter (#5.3.4)"
+        return "D" + _printable(text)
+    if code in _PERMANENT_TEXT:
+        return "D" + _PERMANENT_TEXT[code]
+    if code in _TEMPORARY_TEXT:
+        return "Z" + _TEMPORARY_TEXT[code]
+    return None
+
+
+def _printable(text: str) -> str:
+    text = protocol.one_line(text).encode("ascii", "replace").decode("ascii")
+    return text[:MAX_CUSTOM_ERROR]
+
+
+def write_custom_error(fd: int, text: str | None) -> bool:
+    """Write ``text`` on ``fd`` (the patched qmail's pipe); False when there is none or it is not open."""
+    if text is None:
+        return False
+    try:
+        os.fstat(fd)
+        data = text.encode("ascii")
+        while data:
+            data = data[os.write(fd, data) :]
+        os.close(fd)  # qmail reads up to EOF
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- kept work files (SIMSCAN_DEBUG)
+
+DEFAULT_KEEP_WORK_DIR = "/var/tmp/mailsift-qmail-queue"  # noqa: S108 - made 0700 and checked: ours, not a link
+DEFAULT_KEEP_WORK_HOURS = 24.0
+
+
+class WorkFiles:
+    """One message's kept work files, simscan's ``SIMSCAN_DEBUG``: ``<base>/<sec>.<usec>.<pid>/``.
+
+    The directory is 0700 and each file 0600 (they hold mail); ``msg`` (the
+    message as received), ``addr`` (the envelope), ``answer`` (sgfilterd's
+    answer line and returned message) and ``log`` (why it was refused).
+    Directories older than ``hours`` are removed when a new one is made.
+    Failing to keep them never fails the mail: they are debugging aids.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def make(cls, base: str, hours: float, log: Callable[[str], None]) -> WorkFiles | None:
+        now = time.time()
+        name = f"{int(now)}.{int(now * 1_000_000) % 1_000_000:06d}.{os.getpid()}"
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            info = os.lstat(base)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                log(f"not keeping work files: {base} must be a directory of this user, mode 0700")
+                return None
+            path = os.path.join(base, name)
+            os.mkdir(path, 0o700)
+        except OSError as error:
+            log(f"cannot keep work files in {base}: {error.strerror or error}")
+            return None
+        if hours > 0:
+            _remove_old_work(base, now - hours * 3600, keep=name)
+        log(f"work files kept in {path}")
+        return cls(path)
+
+    def write(self, name: str, content: bytes) -> None:
+        try:
+            fd = os.open(os.path.join(self.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+        except OSError:
+            pass
+
+    def write_spool(self, name: str, spool: IO[bytes]) -> None:
+        spool.seek(0)
+        self.write(name, spool.read())
+        spool.seek(0)
+
+    def note(self, text: str) -> None:
+        self.write("log", text.encode("utf-8", "replace") + b"\n")
+
+
+_WORK_NAME = re.compile(r"[0-9]+\.[0-9]{6}\.[0-9]+")
+
+
+def _remove_old_work(base: str, before: float, keep: str) -> None:
+    import shutil
+
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        if name == keep or not _WORK_NAME.fullmatch(name):
+            continue
+        try:
+            if os.lstat(path).st_mtime < before and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue

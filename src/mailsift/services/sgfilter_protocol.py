@@ -20,6 +20,17 @@ MAX_ADDRESS = MAX_LENGTH  # sgfilterd refuses longer addresses
 MAX_LINE = 2048
 MAX_RECIPIENTS = 1000
 
+# mailsift's optional request lines (before DATA; an old client omits them, an old daemon answers 500):
+# the SMTP client as qmail's tcpserver told the qmail-queue wrapper (TCPREMOTEIP, TCPREMOTEHOST, RELAYCLIENT).
+CLIENT_ADDRESS = "CLIENT ADDRESS"
+CLIENT_NAME = "CLIENT NAME"
+RELAY_CLIENT = "RELAY CLIENT"
+ANSWER_LENGTH = "ANSWER LENGTH"
+"""``ANSWER LENGTH: 1``: a 250/251 answer gives ``LENGTH <bytes>`` on a line of its own before the message,
+so a message whose body the config changed (a renamed MIME header, a sanitized part) is told from a cut one."""
+CLIENT_VERBS = (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH)
+MAX_CLIENT_NAME = 255
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -58,6 +69,9 @@ BAD_RECIPIENT = Status(501, "Syntax: RCPT TO: recipient")
 BAD_LENGTH = Status(501, "Syntax: DATA length (a decimal number of bytes)")
 SHORT_DATA = Status(501, "Data shorter than the DATA length")
 LONG_DATA = Status(501, "Data longer than the DATA length")
+BAD_CLIENT = Status(
+    501, "Syntax: CLIENT ADDRESS: ip, CLIENT NAME: host, RELAY CLIENT: 0 or 1, ANSWER LENGTH: 0 or 1 (each once)"
+)
 NO_SENDER = Status(503, "MAIL FROM: first")
 NO_RECIPIENT = Status(503, "RCPT TO: needed before DATA")
 TOO_MANY_RECIPIENTS = Status(503, "Too many recipients")

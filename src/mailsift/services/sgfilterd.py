@@ -9,6 +9,17 @@ ignored)::
     DATA 1234                            (the message length in bytes)
     <exactly 1234 bytes of message>
 
+mailsift's clients may add, before ``DATA``, each at most once (an old client
+omits them and is served as before)::
+
+    CLIENT ADDRESS: 192.0.2.1            (the SMTP client: qmail's TCPREMOTEIP)
+    CLIENT NAME: mx.example.org          (its name: TCPREMOTEHOST)
+    RELAY CLIENT: 1                      (1 when qmail's RELAYCLIENT is set, else 0)
+    ANSWER LENGTH: 1                     (250/251 answers give "LENGTH <bytes>" before the message)
+
+They reach the scanners as the envelope's client (``trusted_clients``,
+``client_network``, ``spam_levels(trusted=...)``) and the log's ``RC:`` field.
+
 Output, then the daemon closes the connection::
 
     XXX L.LL VIRNAME
@@ -35,35 +46,42 @@ line and the decision are the shared ones.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
-from mailsift.errors import DeliveryError, ProtocolError
+from mailsift.errors import ConfigError, DeliveryError, ProtocolError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
 from mailsift.services.server import Server, peer_address
 from mailsift.services.sgfilter_protocol import (
+    ANSWER_LENGTH,
+    BAD_CLIENT,
     BAD_LENGTH,
     BAD_RECIPIENT,
     BAD_SENDER,
     CLEAN,
+    CLIENT_ADDRESS,
+    CLIENT_NAME,
     DROP,
     FORCED,
     LINE_TOO_LONG,
     LONG_DATA,
+    MAX_CLIENT_NAME,
     MAX_LINE,
     MAX_RECIPIENTS,
     NO_RECIPIENT,
     NO_SENDER,
     REJECT,
+    RELAY_CLIENT,
     SHORT_DATA,
     SHUTTING_DOWN,
     TEMPFAIL,
@@ -90,6 +108,9 @@ STATUS_OF_DISPOSITION = {
 _ADDRESS = re.compile(r"<?(.*?)>?")
 
 
+CLIENT_NOT_ALLOWED = Status(503, "Client lines not allowed from this peer (client_hosts)")
+
+
 class _Refused(ProtocolError):
     """Bad input: answered with ``status`` and the connection closed."""
 
@@ -101,13 +122,19 @@ class _Refused(ProtocolError):
 # --------------------------------------------------------------------------- the next hop
 
 
+TAKES_ANY_MESSAGE = "sgfilter-answer-length"
+"""Memo key: the client asked for ``ANSWER LENGTH``, so a message with a changed body reaches it whole."""
+
+
 class KeepMessage(Delivery):
     """A next hop that keeps the final message for the client instead of sending it.
 
     The client delivers to the recipients it has and takes the original with
     header lines added only (:mod:`mailsift.services.sgfilter_client`): a
     ``deliver_to``, ``sanitize``, ``remove_headers`` or ``modify_header`` that
-    shortens the message is a 451 here, with the reason in the log.
+    shortens the message is a 451 here, with the reason in the log -- unless
+    the client asked for ``ANSWER LENGTH`` (``mailsift qmail-queue`` does): it
+    then takes any message (:data:`TAKES_ANY_MESSAGE` in the mail's memo).
     """
 
     redirects = False
@@ -118,7 +145,8 @@ class KeepMessage(Delivery):
     async def deliver(self, mail: Mail, message: bytes) -> str:
         raw = mail.raw
         body = re.search(rb"\r?\n\r?\n", raw)  # the client's own check (sgfilter_client.parse_answer)
-        if len(message) < len(raw) or (body is not None and not message.endswith(raw[body.end() :])):
+        changed = len(message) < len(raw) or (body is not None and not message.endswith(raw[body.end() :]))
+        if changed and not mail.memo.get(TAKES_ANY_MESSAGE):
             raise DeliveryError("the sgfilter client takes the message with header lines added only")
         self.kept[id(mail)] = message
         return "returned to the sgfilter client"
@@ -161,7 +189,10 @@ class sgfilterd(Service):
     ``max_connections`` only; default none).
     ``prefork`` is accepted for SAGATOR configs; workers are set by ``serve``.
     ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
-    made with ``socket_mode`` (default 0o660).
+    made with ``socket_mode`` (default 0o660).  ``client_hosts``: the networks
+    whose peers may send the client lines (``CLIENT ADDRESS``, ``CLIENT NAME``,
+    ``RELAY CLIENT``; default loopback; on a unix socket every peer, its mode
+    guards it), as smtpd's ``xforward_hosts``: from others they are refused (503).
     """
 
     kind = "sgfilterd"
@@ -181,10 +212,15 @@ class sgfilterd(Service):
         socket_mode: int = DEFAULT_SOCKET_MODE,
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
+        client_hosts: Sequence[str] = ("127.0.0.0/8", "::1/128"),
     ) -> None:
         super().__init__(
             scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
         )
+        try:
+            self.client_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in client_hosts)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.kind}: bad client_hosts: {error}") from None
         self.prefork = prefork
         self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.timeout = check_seconds(timeout, "timeout", self.kind)
@@ -207,6 +243,8 @@ class Request:
     sender: str
     recipients: list[str]
     data: bytes
+    client: dict[str, str] = field(default_factory=dict)
+    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT`` values, by verb."""
 
 
 class _Connection(asyncio.Protocol):
@@ -392,7 +430,12 @@ class SgfilterServer(Server):
             connection.answer(LONG_DATA.line())
             await connection.close_after_error(timeout)
             return
-        connection.answer(status.line(level, name), message or b"")
+        length = (
+            f"LENGTH {len(message)}\n".encode()
+            if message is not None and request.client.get(ANSWER_LENGTH) == "1"
+            else b""
+        )
+        connection.answer(status.line(level, name), length, message or b"")
         connection.close()  # flushes what is written, then closes (EOF ends the answer)
 
     async def read_request(self, connection: _Connection) -> Request:
@@ -400,6 +443,7 @@ class SgfilterServer(Server):
         timeout = self.service.timeout
         sender: str | None = None
         recipients: list[str] = []
+        client: dict[str, str] = {}
         while True:
             line = await connection.line(timeout)
             if line is None:
@@ -416,6 +460,12 @@ class SgfilterServer(Server):
                 if len(recipients) >= MAX_RECIPIENTS:
                     raise _Refused(TOO_MANY_RECIPIENTS)
                 recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
+            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH):
+                if verb in client:
+                    raise _Refused(BAD_CLIENT)
+                if verb != ANSWER_LENGTH and not self.client_lines_allowed(connection):
+                    raise _Refused(CLIENT_NOT_ALLOWED)
+                client[verb] = _client_value(verb, argument.strip())
             elif line[:5].upper() in ("DATA ", "DATA"):
                 if sender is None:
                     raise _Refused(NO_SENDER)
@@ -425,9 +475,19 @@ class SgfilterServer(Server):
                 if length > self.service.max_size:
                     raise _Refused(TOO_BIG.named(f"{TOO_BIG.text} ({self.service.max_size} bytes)"))
                 data = await connection.exactly(length, timeout)
-                return Request(sender, recipients, data)
+                return Request(sender, recipients, data, client)
             else:
                 raise _Refused(UNKNOWN_COMMAND)
+
+    def client_lines_allowed(self, connection: _Connection) -> bool:
+        """Whether this peer may say who the SMTP client is (on a unix socket: always, its mode guards it)."""
+        if self.service.unix_path is not None:
+            return True
+        try:
+            address = ipaddress.ip_address(peer_address(connection.transport) if connection.transport else "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.service.client_hosts)
 
     async def filter(self, request: Request) -> tuple[Status, float, str, bytes | None]:
         """Run the shared path: the status, level, name and (250/251) the message to deliver."""
@@ -436,12 +496,16 @@ class SgfilterServer(Server):
             recipients=request.recipients,
             queue_id=self.next_queue_id(),
             protocol="SGFILTER",
+            client_address=request.client.get(CLIENT_ADDRESS, ""),
+            client_name=request.client.get(CLIENT_NAME, ""),
+            relay_client=None if RELAY_CLIENT not in request.client else request.client[RELAY_CLIENT] == "1",
         )
         mail: Mail | None = None
         try:
             mail = Mail(
                 env, request.data, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir
             )
+            mail.memo[TAKES_ANY_MESSAGE] = request.client.get(ANSWER_LENGTH) == "1"
             decision, outcome = await self.path.process(mail)
             kept = self.keeper.take(mail)
         except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451
@@ -470,6 +534,22 @@ def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
     if match is None or address_problem(match.group(1), allow_empty=allow_empty):
         raise _Refused(error)
     return match.group(1)
+
+
+def _client_value(verb: str, value: str) -> str:
+    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name) or ``RELAY CLIENT`` (0/1)."""
+    if verb == CLIENT_ADDRESS:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise _Refused(BAD_CLIENT) from None
+    if verb in (RELAY_CLIENT, ANSWER_LENGTH):
+        if value not in ("0", "1"):
+            raise _Refused(BAD_CLIENT)
+        return value
+    if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[!-~]+", value):
+        raise _Refused(BAD_CLIENT)
+    return value
 
 
 def _length(text: str) -> int:

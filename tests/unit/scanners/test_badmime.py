@@ -270,3 +270,62 @@ _EMPTY_BODY_HEAD = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: no bod
 )
 def test_a_message_whose_only_oddity_is_an_empty_body_raises_nothing(data: bytes) -> None:
     assert list(bad_mime().findings(MailTarget(Mail(data=data)))) == []
+
+
+# --------------------------------------------------------------------------- qmail-scanner's rename of repeated headers
+
+REPEATED = (
+    b"From: a@example.test\r\nContent-Type: multipart/mixed; boundary=B\r\n"
+    b"Content-Type: text/plain\r\nSubject: two types\r\n\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+    b"--B\r\nContent-Type: application/octet-stream; name=a.bin\r\nContent-Disposition: attachment\r\n"
+    b"Content-Type: text/plain\r\ncontent-disposition: inline\r\n\r\nAAAA\r\n--B--\r\n"
+)
+
+
+def test_rename_repeated_headers_renames_the_latter_ones_only() -> None:
+    from mailsift.scanners.badmime import rename_repeated_headers
+
+    renamed, what = rename_repeated_headers(REPEATED)
+    assert what == ["message headers: Content-Type", "part 2: Content-Type", "part 2: content-disposition"]
+    assert renamed == REPEATED.replace(
+        b"\r\nContent-Type: text/plain\r\nSubject", b"\r\nX-Duplicate-Content-Type: text/plain\r\nSubject"
+    ).replace(
+        b"attachment\r\nContent-Type: text/plain\r\ncontent-disposition",
+        b"attachment\r\nX-Duplicate-Content-Type: text/plain\r\nX-Duplicate-content-disposition",
+    )
+    import email
+
+    parsed = email.message_from_bytes(renamed)
+    assert parsed.get_all("Content-Type") == ["multipart/mixed; boundary=B"]
+    assert [p.get_content_type() for p in parsed.walk()] == [
+        "multipart/mixed",
+        "text/plain",
+        "application/octet-stream",
+    ]
+    assert rename_repeated_headers(b"Subject: x\r\n\r\nbody\r\n") == (b"Subject: x\r\n\r\nbody\r\n", [])
+
+
+async def test_bad_mime_rename_delivers_the_renamed_message() -> None:
+    from mailsift.message.result import Decision, Disposition
+
+    scanner = bad_mime(repeated="rename")
+    result = await scanner.scan(MailTarget(Mail(data=REPEATED)))
+    decision = Decision.from_results([result])
+    assert decision.disposition is Disposition.DELIVER
+    assert decision.sanitized is not None
+    assert b"X-Duplicate-Content-Type: text/plain\r\nSubject" in decision.sanitized.message
+    assert result.name == "Bad.MIME.Header.Repeated"
+    assert (await bad_mime().scan(MailTarget(Mail(data=REPEATED)))).actions == ()  # the default still rejects
+    other = REPEATED.replace(b"name=a.bin", b"name=a.gif.exe")  # another finding wins over the rename
+    assert (await scanner.scan(MailTarget(Mail(data=other)))).name != "Bad.MIME.Header.Repeated"
+    clean = await scanner.scan(MailTarget(Mail(data=b"Subject: x\r\n\r\nbody\r\n")))
+    assert not clean.detected
+
+
+def test_rename_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="repeated must be 'reject' or 'rename'"):
+        bad_mime(repeated="drop")
+    with pytest.raises(ConfigError, match="rename_prefix"):
+        bad_mime(repeated="rename", rename_prefix="X Bad:")
+    assert bad_mime(repeated="rename").describe() == "bad_mime(repeated='rename')"

@@ -379,3 +379,23 @@ def test_constructor_arguments_are_checked() -> None:
         policy_enabled("clam", Probe(), db="db.sqlite")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         policy_attach(virname="")
+
+
+async def test_spam_passthru_delivers_tagged_spam_for_its_domain(sqlite_db: Database) -> None:
+    """simscan's --enable-spam-passthru per domain: spam delivered tagged there, rejected elsewhere;
+    over the policy's spam_hits it is rejected all the same."""
+    from mailsift.core.pipeline import Pipeline
+    from mailsift.message.result import AddHeader, Disposition
+
+    load(sqlite_db, ":spam=yes\nlenient.test:spam_passthru=yes\nstrict.test:spam_passthru=yes,spam_hits=8")
+    scanners = [policy_enabled("spam", policy_spam_hits(FakeSpam(7.0), db=sqlite_db), db=sqlite_db)]
+    lenient = await Pipeline(scanners).evaluate(mail("a@s.test", "bob@lenient.test"))
+    assert lenient.disposition is Disposition.DELIVER
+    assert AddHeader("X-Spam-Flag", "YES") in lenient.headers
+    assert "spam_passthru (policy): delivered tagged" in lenient.result.detail
+    elsewhere = await Pipeline(scanners).evaluate(mail("a@s.test", "bob@other.test"))
+    assert elsewhere.disposition is Disposition.REJECT
+    mixed = await Pipeline(scanners).evaluate(mail("a@s.test", "bob@lenient.test", "carol@other.test"))
+    assert mixed.disposition is Disposition.REJECT  # passthru holds only when every recipient has it
+    over_hits = [policy_spam_hits(FakeSpam(9.0), db=sqlite_db)]
+    assert (await Pipeline(over_hits).evaluate(mail("a@s.test", "bob@strict.test"))).disposition is Disposition.REJECT

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mailsift.errors import ConfigError, ScannerError, ScannerTimeout, ScannerUnavailable
@@ -68,6 +68,16 @@ _MAX_HEAD = 64 * 1024
 """Bound on the SPAMD status line and headers."""
 
 SpamdAddress = Address
+
+USERS = ("first", "min", "max")
+"""``spamassassind(users=...)``: whose verdict a per-recipient ``user`` template makes the message's."""
+
+_USER = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+
+
+def _user_fields(recipient: str) -> dict[str, str]:
+    local, _, domain = recipient.rpartition("@") if "@" in recipient else (recipient, "", "")
+    return {"recipient": recipient.lower(), "local": local.lower(), "domain": domain.lower()}
 
 
 def spamd_address(address: Any) -> SpamdAddress:
@@ -161,7 +171,13 @@ class spamassassind(Scanner):
     """SpamAssassin's ``spamd``: ``spamassassind(['127.0.0.1', 783])``.
 
     ``user`` is ``spamc -u``: spamd loads that user's preferences (with
-    ``--virtual-config-dir``, SQL or LDAP preferences).  ``report=True`` asks
+    ``--virtual-config-dir``, SQL or LDAP preferences).  A template makes it
+    per recipient (simscan's ``--enable-spamc-user``): ``%(recipient)s`` (the
+    address), ``%(local)s``, ``%(domain)s``, e.g. ``user='%(recipient)s'``.
+    spamd is asked once per distinct user; ``users`` says whose verdict is the
+    message's: ``'first'`` (simscan: the first recipient's user, the only one
+    asked), ``'min'`` (the least spammy: no recipient loses mail their own
+    settings accept) or ``'max'`` (the most spammy).  ``report=True`` asks
     for the full text report (``REPORT`` verb; rule names are read from its
     table); ``report=False`` asks only for the rule names (``SYMBOLS`` verb).
     A detection is named ``virname`` (``Spam``).
@@ -178,6 +194,7 @@ class spamassassind(Scanner):
         timeout: float = 120.0,
         report: bool = True,
         virname: str = "Spam",
+        users: str = "first",
     ) -> None:
         self.addresses = [spamd_address(one) for one in backend_list(address)]
         self.address = self.addresses[0]
@@ -185,6 +202,18 @@ class spamassassind(Scanner):
         if user is not None and (not isinstance(user, str) or not re.fullmatch(r"[^\s\x00-\x1f\x7f]{1,256}", user)):
             raise ConfigError(f"spamassassind: user must be a name without spaces or control characters, got {user!r}")
         self.user = user
+        self.per_recipient = user is not None and "%(" in user
+        if self.per_recipient:
+            assert user is not None
+            try:
+                user % _user_fields("a@b")
+            except (KeyError, ValueError, TypeError):
+                raise ConfigError(
+                    f"spamassassind: user template may use %(recipient)s, %(local)s, %(domain)s, got {user!r}"
+                ) from None
+        if users not in USERS:
+            raise ConfigError(f"spamassassind: users must be one of {', '.join(USERS)}, got {users!r}")
+        self.users = users
         self.size_limit = SizeLimit.checked("max_size", max_size, "spamassassind")
         self.max_size: int = max_size
         self.timeout = positive(timeout, "spamassassind: timeout", unit="number of seconds")
@@ -198,25 +227,54 @@ class spamassassind(Scanner):
 
     def describe(self) -> str:
         user = f", user={self.user!r}" if self.user else ""
+        user += f", users={self.users!r}" if self.per_recipient and self.users != "first" else ""
         return f"spamassassind({self.where()}{user}, max_size={self.max_size}, {self.verb})"
 
-    def request(self, data: bytes) -> bytes:
+    def users_for(self, recipients: list[str]) -> list[str]:
+        """The distinct spamd users to ask for a message to ``recipients``, in recipient order."""
+        if not self.per_recipient:
+            return [self.user or ""]
+        assert self.user is not None
+        found: list[str] = []
+        for recipient in recipients[:1] if self.users == "first" else recipients:
+            user = self.user % _user_fields(recipient)
+            if _USER.fullmatch(user) and user not in found:
+                found.append(user)
+        return found or [""]
+
+    def request(self, data: bytes, user: str | None = None) -> bytes:
         """The SPAMC/1.5 request head for ``data`` (the body follows it unchanged)."""
         head = f"{self.verb} SPAMC/1.5\r\nContent-length: {len(data)}\r\n"
-        if self.user:
-            head += f"User: {self.user}\r\n"
+        user = self.user if user is None and not self.per_recipient else user
+        if user:
+            head += f"User: {user}\r\n"
         return (head + "\r\n").encode("utf-8")
 
     async def scan(self, target: Target) -> Result:
         if self.size_limit.exceeded(target.size):
             return not_checked(self.name, target.size, self.size_limit)
         data = target.data
+        if not self.per_recipient:
+            return self._result(await self._ask(data, None))
+        users = self.users_for(list(target.mail.envelope.recipients))
+        answers = await asyncio.gather(*(self._ask(data, user) for user in users))
+        results = [self._result(answer) for answer in answers]
+        if len(results) == 1:
+            chosen = results[0]
+        else:
+            pick = min if self.users == "min" else max
+            chosen = pick(results, key=lambda r: r.level)
+        scores = ", ".join(f"{user or '-'}={r.score:g}/{r.required:g}" for user, r in zip(users, results, strict=True))
+        return replace(chosen, detail=f"{chosen.detail} users={scores}")
 
+    async def _ask(self, data: bytes, user: str | None) -> SpamdAnswer:
         async def exchange_at(address: SpamdAddress) -> SpamdAnswer:
             async with deadline(self.timeout, lambda: self._no_answer(address)):
-                return await self._exchange(data, address)
+                return await self._exchange(data, address, user)
 
-        answer = await self.pool.run(exchange_at)
+        return await self.pool.run(exchange_at)
+
+    def _result(self, answer: SpamdAnswer) -> SpamResult:
         rules = report_rules(answer.body) if self.verb == "REPORT" else ()
         symbols = tuple(name for name, _ in rules) if self.verb == "REPORT" else _symbol_list(answer.body)
         level = spam_level(answer.score, answer.required, answer.spam)
@@ -260,11 +318,11 @@ class spamassassind(Scanner):
             sock.close()
             raise unavailable("spamassassind", where(address), error) from None
 
-    async def _exchange(self, data: bytes, address: SpamdAddress) -> SpamdAnswer:
+    async def _exchange(self, data: bytes, address: SpamdAddress, user: str | None = None) -> SpamdAnswer:
         reader, writer = await self._connect(address)
         try:
             try:
-                writer.write(self.request(data))
+                writer.write(self.request(data, user))
                 writer.write(data)
                 await writer.drain()
                 if writer.can_write_eof():

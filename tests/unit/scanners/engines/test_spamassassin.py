@@ -382,3 +382,85 @@ async def test_symbols_verb_gives_no_points(fake: tuple[FakeSpamd, tuple[str, in
     spamd.reply = answer(body="RULE_A,RULE_B")
     result = await scan(spamassassind(address, report=False))
     assert result.detail == "score=12.3 required=5 tests=RULE_A,RULE_B"
+
+
+# ---------------------------------------------------- per-recipient user (simscan's --enable-spamc-user)
+
+
+class PerUserSpamd(FakeSpamd):
+    """Answers by the request's ``User:``: each user's own score (5.0 required)."""
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"PING "):
+            await self.send(writer, b"SPAMD/1.5 0 PONG\r\n")
+            return
+        fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+        body = await reader.readexactly(int(fields[b"Content-length"]))
+        user = fields.get(b"User", b"").decode()
+        self.requests.append((head, body))
+        score = self.scores.get(user, 0.0)
+        await self.send(writer, answer(f"{score >= 5.0} ; {score} / 5.0", body="RULE_A", code="0 EX_OK"))
+
+
+def to(*recipients: str) -> MailTarget:
+    from mailsift.message.mail import Envelope
+
+    return MailTarget(Mail(Envelope(sender="a@example.test", recipients=list(recipients)), MESSAGE))
+
+
+def users_asked(spamd: FakeSpamd) -> list[str]:
+    return sorted(
+        line.split(b": ", 1)[1].decode()
+        for head, _ in spamd.requests
+        for line in head.split(b"\r\n")[1:]
+        if line
+        if line.startswith(b"User: ")
+    )
+
+
+async def test_per_recipient_user_asks_spamd_once_per_distinct_user() -> None:
+    scores = {"bob@example.test": 2.0, "carol@other.test": 9.0}
+    async with PerUserSpamd(scores) as spamd:
+        scanner = spamassassind(spamd.address, "%(recipient)s", report=False, users="max")
+        result = await scanner.scan(to("Bob@example.test", "carol@other.test", "bob@example.test"))
+        assert users_asked(spamd) == ["bob@example.test", "carol@other.test"]
+        assert isinstance(result, SpamResult)
+        assert (result.score, result.name) == (9.0, "Spam")
+        assert "users=bob@example.test=2/5, carol@other.test=9/5" in result.detail
+        spamd.requests.clear()
+        least = spamassassind(spamd.address, "%(recipient)s", report=False, users="min")
+        result = await least.scan(to("bob@example.test", "carol@other.test"))
+        assert (result.level < 1.0, getattr(result, "score", None)) == (True, 2.0)
+
+
+async def test_per_domain_user_and_simscans_first_recipient() -> None:
+    async with PerUserSpamd({"example.test": 7.0, "other.test": 1.0}) as spamd:
+        domain = spamassassind(spamd.address, "%(domain)s", report=False, users="min")
+        await domain.scan(to("a@example.test", "b@example.test", "c@other.test"))
+        assert users_asked(spamd) == ["example.test", "other.test"]
+        spamd.requests.clear()
+        first = spamassassind(spamd.address, "%(domain)s", report=False)  # simscan: the first recipient only
+        result = await first.scan(to("a@example.test", "c@other.test"))
+        assert users_asked(spamd) == ["example.test"]
+        assert result.detected
+
+
+async def test_a_recipient_that_makes_no_user_name_sends_none() -> None:
+    async with PerUserSpamd({}) as spamd:
+        scanner = spamassassind(spamd.address, "%(local)s", report=False)
+        await scanner.scan(to("@example.test"))
+        ((head, _),) = spamd.requests
+        assert b"User:" not in head
+
+
+def test_user_templates_are_checked() -> None:
+    with pytest.raises(ConfigError, match="user template may use"):
+        spamassassind(("127.0.0.1", 783), "%(mailbox)s")
+    with pytest.raises(ConfigError, match="users must be one of first, min, max"):
+        spamassassind(("127.0.0.1", 783), "%(domain)s", users="all")
+    assert "users='max'" in spamassassind(("127.0.0.1", 783), "%(domain)s", users="max").describe()
