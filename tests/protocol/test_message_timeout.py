@@ -133,7 +133,10 @@ def test_a_slow_scan_over_many_parts_ends_in_451_with_a_log_line(
     ]
     assert len(lines) == 1, lines
     assert re.search(
-        r"message_timeout 2 s exceeded in scanning: slow_part \d+\.\d s \(\d parts of 1[78] scanned\)", lines[0]
+        # a loaded machine can spend 0.1 s in parsemail itself: the note then names it after slow_part
+        r"message_timeout 2 s exceeded in scanning: slow_part \d+\.\d s(, parsemail \d+\.\d s)? "
+        r"\(\d parts of 1[78] scanned\)",
+        lines[0],
     )
     assert " reply=451 " in lines[0]
 
