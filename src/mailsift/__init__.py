@@ -40,6 +40,7 @@ from mailsift.scanners.userpolicy import (
     whitelisted,
 )
 from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.icap import icap
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.postfix_policy import smtpd_policy
@@ -76,6 +77,7 @@ __all__ = [
     "file_magic",
     "file_type",
     "greylist",
+    "icap",
     "listed",
     "lmtp_relay",
     "lmtpd",

@@ -36,6 +36,7 @@ EXPORTED = {
     "file_magic",
     "file_type",
     "greylist",
+    "icap",
     "listed",
     "lmtp_relay",
     "lmtpd",
@@ -86,6 +87,7 @@ EXPORTED = {
 
 SERVICES = {
     "smtpd",
+    "icap",
     "lmtpd",
     "sgfilterd",
     "milter",
