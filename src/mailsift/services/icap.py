@@ -108,6 +108,10 @@ from mailsift.version import __version__
 
 log = logging.getLogger("mailsift.icap")
 
+MAX_LINE = 8 * 1024
+"""The longest line read (an ICAP head line, a chunk-size line): what one read may buffer before
+the line is refused (the streams' limit; a chunk-size line is then held to 1 KiB)."""
+
 OVERSIZE_NAME = "Heuristics.Limits.Exceeded.MaxObjectSize"
 """The finding named on the block page of an object over ``max_object_size`` (``oversize="block"``)."""
 
@@ -169,7 +173,8 @@ class icap(Service):
         exempt_hosts: Sequence[str] = (),
         max_header_bytes: int = MAX_HEADER_BYTES,
         max_http_header_bytes: int = MAX_HTTP_HEADER_BYTES,
-        preview: int = 1024,
+        preview: int | None = None,
+        early_head: int | None = 64 * 1024,
         options_ttl: int = 3600,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         socket_owner: str | int | None = None,
@@ -188,7 +193,8 @@ class icap(Service):
         self.max_http_header_bytes = check_limit(
             max_http_header_bytes, "max_http_header_bytes", self.kind, minimum=1024
         )
-        self.preview = check_limit(preview, "preview", self.kind, minimum=0)
+        self.preview = None if preview is None else check_limit(preview, "preview", self.kind, minimum=0)
+        self.early_head = None if early_head is None else check_limit(early_head, "early_head", self.kind, minimum=0)
         self.options_ttl = check_limit(options_ttl, "options_ttl", self.kind)
 
     def client_allowed(self, address: str) -> bool:
@@ -234,16 +240,26 @@ class _Connection:
         except TimeoutError:
             raise IcapProtocolError(408, f"no data for {self.timeout:g} s") from None
 
-    async def head(self) -> bytes | None:
-        """The next ICAP head (up to and with its empty line), or None at EOF between requests."""
-        try:
-            return bytes(await self._within(self.reader.readuntil(b"\r\n\r\n")))
-        except asyncio.IncompleteReadError as error:
-            if not error.partial.strip():
-                return None
-            raise IcapProtocolError(400, "connection ended inside an ICAP head") from None
-        except asyncio.LimitOverrunError:
-            raise IcapProtocolError(400, "ICAP head too long") from None
+    async def head(self, most: int) -> bytes | None:
+        """The next ICAP head (up to and with its empty line, at most ``most`` bytes, each line at
+        most :data:`MAX_LINE`), or None at EOF between requests."""
+        block = bytearray()
+        while True:
+            try:
+                line = await self._within(self.reader.readuntil(b"\r\n"))
+            except asyncio.IncompleteReadError as error:
+                if not block and not error.partial.strip():
+                    return None
+                raise IcapProtocolError(400, "connection ended inside an ICAP head") from None
+            except asyncio.LimitOverrunError:
+                raise IcapProtocolError(400, f"ICAP head line over {MAX_LINE} bytes") from None
+            if line == b"\r\n" and not block:
+                continue  # a stray CRLF between requests (RFC 7230 3.5)
+            block += line
+            if len(block) > most:
+                raise IcapProtocolError(400, f"ICAP head over {most} bytes")
+            if line == b"\r\n":
+                return bytes(block)
 
     async def exactly(self, size: int) -> bytes:
         try:
@@ -311,6 +327,11 @@ class _Body:
         if self.scanning:
             self.mail.finish()
 
+    def open_raw(self) -> BinaryIO:
+        """The raw object's file, for reading (while it may still grow)."""
+        self.file.flush()
+        return open(self.path, "rb")
+
     def pieces(self) -> Any:
         """The raw object back, from its file, in pieces."""
         if not self.file.closed:
@@ -342,8 +363,7 @@ class IcapServer(Server):
         self._refused_logged: set[str] = set()
 
     async def start(self, sock: socket.socket) -> None:
-        limit = max(self.service.max_header_bytes, MAX_CHUNK_LINE + 2)
-        await self.listen_streams(sock, self._accept, limit)
+        await self.listen_streams(sock, self._accept, MAX_LINE)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(reader, writer, self.service.timeout)
@@ -382,7 +402,7 @@ class IcapServer(Server):
     async def _session(self, connection: _Connection) -> None:
         while True:
             try:
-                block = await connection.head()
+                block = await connection.head(self.service.max_header_bytes)
             except IcapProtocolError as error:
                 if error.status != 408:  # silent between requests: an idle keep-alive connection, closed
                     await self._refuse(connection, error)
@@ -437,7 +457,7 @@ class IcapServer(Server):
         kept_name = "res-hdr" if method == "RESPMOD" else "req-hdr"
         exchange = _Exchange(self, connection, request, method, sections[kept_name], http_request, http_response)
         await exchange.run()
-        return request.keep_alive
+        return request.keep_alive and exchange.keep
 
     def _options(self, method: str) -> bytes:
         fields = [
@@ -446,10 +466,10 @@ class IcapServer(Server):
             ("Max-Connections", str(self.service.max_connections_per_address)),
             ("Options-TTL", str(self.service.options_ttl)),
             ("Allow", "204"),
-            ("Preview", str(self.service.preview)),
-            ("Transfer-Preview", "*"),
             ("Encapsulated", "null-body=0"),
         ]
+        if self.service.preview is not None:
+            fields[-1:-1] = [("Preview", str(self.service.preview)), ("Transfer-Preview", "*")]
         return self._head(200, fields)
 
     async def closed(self) -> None:
@@ -484,7 +504,10 @@ class _Exchange:
         self.continued = False  # 100 Continue sent (a preview is over)
         self.body: _Body | None = None
         self._left_in_chunk = 0  # an oversized body: bytes of the current chunk still unread
-        self._started = False  # an oversized body: the current chunk's end was read
+        self._started = False  # an oversized body: inside a chunk whose end is still to read
+        self._arrived = asyncio.Event()  # streaming an oversized body: more of it is in the file
+        self.committed = False  # the answer's head went out before the scan (early_head)
+        self.keep = True  # the connection may serve another request
 
     @property
     def may_204(self) -> bool:
@@ -528,22 +551,57 @@ class _Exchange:
 
     async def _run(self, body: _Body) -> None:
         preview = self.request.preview
+        declared = content_length(self.object_head)
+        too_big = declared is not None and declared > self.service.max_object_size
         if preview is not None:
             state = await self._read_chunks(body, preview_size=preview)
             if state == "more":
-                declared = content_length(self.object_head)
-                if declared is not None and declared > self.service.max_object_size:
-                    await self._oversize_early(declared)
+                if too_big:
+                    await self._oversize_early(declared or 0)
                     return
                 self.continued = True
                 await self.connection.send(icap_head(100, []))
         else:
             state = "more"
+        if state == "more" and too_big:  # known from Content-Length: answered now, the body follows
+            await self._oversize_known(body, declared or 0)
+            return
+        if state == "more" and self._commit_early():
+            self.committed = True
+            await self.connection.send(self._echo_head())
         if state == "more" and await self._read_chunks(body, preview_size=None) == "oversized":
             await self._oversize_late(body)
             return
         body.finish()
         await self._scan(body)
+
+    def _commit_early(self) -> bool:
+        """Whether the answer's head goes out now, before the body is in (``early_head``).
+
+        Squid 5 (Debian 12's 5.7) stops reading a response from the origin once
+        64 KiB of it wait in its buffer for an ICAP service that has not begun
+        to answer (the read is deferred and never resumed): a download over 64
+        KiB would hang.  So for a RESPMOD body of unknown length or of at least
+        ``early_head`` bytes, the HTTP head is sent first and the body after the
+        scan; a finding or a failure then closes the connection in the middle of
+        the body (the client gets a broken transfer, never the object) instead of
+        the block page.  Smaller bodies are held whole: the block page.
+        """
+        limit = self.service.early_head
+        if self.method != "RESPMOD" or limit is None:
+            return False
+        declared = content_length(self.object_head)
+        return declared is None or declared >= limit
+
+    def _cut(self, answer: str, finding: str = "", size: int | None = None) -> None:
+        """The head went out already: end the answer by closing the connection, without the last chunk."""
+        self._note(answer, finding, size)
+        log.warning(
+            "%s icap: %s: the answer's head had gone out (early_head): closing the connection mid-body",
+            self.queue_id,
+            escape_controls(finding) if finding else answer,
+        )
+        self.keep = False
 
     async def _read_chunks(self, body: _Body, preview_size: int | None) -> str:
         """Read chunks up to the last one: ``"complete"`` when the whole body is in (``ieof``, or not
@@ -580,15 +638,18 @@ class _Exchange:
                 return
         raise IcapProtocolError(400, "chunked trailer too long")
 
-    async def _rest(self, forward: bool) -> None:
-        """The rest of an oversized body: forwarded to the client as chunks, or read and dropped."""
+    async def _rest(self, keep: _Body | None = None) -> None:
+        """The rest of an oversized body: appended to ``keep``'s raw file (not to the scanners'
+        message), or read and dropped."""
         left = self._left_in_chunk
         while True:
             while left:
                 data = await self.connection.piece(min(left, PIECE))
                 left -= len(data)
-                if forward:
-                    await self.connection.send(chunk(data))
+                if keep is not None:
+                    keep.write(data)
+                    keep.file.flush()
+                    self._arrived.set()
             if self._started:
                 await self._chunk_end()
             self._started = True
@@ -607,20 +668,72 @@ class _Exchange:
             self._note("403", OVERSIZE_NAME, size=declared)
             await self._block(OVERSIZE_NAME)
 
-    async def _oversize_late(self, body: _Body) -> None:
-        """Over ``max_object_size`` while it arrived: streamed on unscanned, or dropped and blocked."""
-        self._started = self._left_in_chunk == 0
-        if self._started:
-            await self._chunk_end()
-        if self.service.oversize == "pass" and not self.request.allow_204:
+    async def _stream_through(self, body: _Body) -> None:
+        """Send an unscanned object on while the rest of it still arrives.
+
+        Reading and writing run side by side: the rest is appended to the raw
+        spool file as it comes and sent on from there, so the client never has
+        to wait for this side to write before it may send more (Squid stops
+        reading from the origin for good when it cannot hand the body over),
+        and memory stays at one piece whatever the object's size (the file
+        grows by what the receiver has not taken yet, at most the object).
+        """
+        self._arrived.set()
+
+        async def read_rest() -> None:
+            try:
+                await self._rest(body)
+            finally:
+                self._arrived.set()
+
+        reader = asyncio.get_running_loop().create_task(read_rest())
+        try:
+            with body.open_raw() as handle:
+                while True:
+                    piece = handle.read(PIECE)
+                    if piece:
+                        await self.connection.send(chunk(piece))
+                        continue
+                    if reader.done():
+                        if reader.exception() is not None or not (piece := handle.read(PIECE)):
+                            break
+                        await self.connection.send(chunk(piece))
+                        continue
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        finally:
+            if not reader.done():
+                reader.cancel()
+        await reader  # a broken or silent client: its error, and the answer is cut
+        await self.connection.send(LAST_CHUNK)
+
+    async def _oversize_known(self, body: _Body, declared: int) -> None:
+        """``Content-Length`` over ``max_object_size``, no preview: the answer goes out at once (the
+        block page, or the object's head for ``oversize="pass"``), then the body is read: forwarded
+        as it comes, or dropped."""
+        self._left_in_chunk, self._started = 0, False
+        if self.service.oversize == "pass":
             await self.connection.send(self._echo_head())
-            for piece in body.pieces():
-                await self.connection.send(chunk(piece))
-            await self._rest(forward=True)
-            await self.connection.send(LAST_CHUNK)
+            await self._stream_through(body)
             self._note("200-oversize-unscanned-streamed", size=body.size)
             return
-        await self._rest(forward=False)
+        self._note("403", OVERSIZE_NAME, size=declared)
+        await self._block(OVERSIZE_NAME)
+        await self._rest()
+
+    async def _oversize_late(self, body: _Body) -> None:
+        """Over ``max_object_size`` while it arrived: streamed on unscanned, or dropped and blocked."""
+        self._started = True  # inside a chunk: its end is still to read, after what is left of it
+        if self.committed and self.service.oversize == "block":
+            self._cut("cut-oversize", OVERSIZE_NAME, size=body.size)
+            return
+        if self.service.oversize == "pass" and (self.committed or not self.request.allow_204):
+            if not self.committed:
+                await self.connection.send(self._echo_head())
+            await self._stream_through(body)
+            self._note("200-oversize-unscanned-streamed", size=body.size)
+            return
+        await self._rest()
         if self.service.oversize == "pass":
             self._note("204-oversize-unscanned")
             await self.connection.send(self.server._head(204))
@@ -653,6 +766,9 @@ class _Exchange:
             await self._pass(body)
             return
         name = decision.result.name or decision.disposition.value
+        if self.committed:
+            self._cut("cut", name, size=body.size)
+            return
         self._note("403", name, size=body.size)
         await self._block(name)
 
@@ -661,10 +777,18 @@ class _Exchange:
             log.warning("%s icap: the scan failed (%s): passed UNSCANNED (fail_open=True)", self.queue_id, why)
             await self._pass(body)
             return
+        if self.committed:
+            self._cut("cut-error", why, size=body.size)
+            return
         self._note("500", size=body.size)
         await self.connection.send(self.server._head(500, [("Encapsulated", "null-body=0")]))
 
     async def _pass(self, body: _Body) -> None:
+        if self.committed:
+            for piece in body.pieces():
+                await self.connection.send(chunk(piece))
+            await self.connection.send(LAST_CHUNK)
+            return
         if self.may_204:
             await self.connection.send(self.server._head(204))
             return

@@ -1,0 +1,183 @@
+"""A real Squid (Debian's) in front of a local HTTP server, asking mailsift's ``icap`` service.
+
+``mailsift serve`` runs as a real process (one worker) with two ICAP services:
+the scanning one (``parsemail(regexp_scan(EICAR))``: the object is the
+attachment of the message the scanners read; objects over 4 MiB are passed
+unscanned, streamed) and a broken one (its clamd does not listen: every scan
+fails).  Squid sends ``/broken/...`` to the broken one and everything else
+to the scanning one, each with ``bypass=off``.  The squid.conf lines are the
+README's (``icap_service ... respmod_precache bypass=off``, ``adaptation_access``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.icap import EICAR, icap_options
+from tests.helpers.squid import IcapRoute, Origin, Squid, available, free_port, generated_sha256
+
+pytestmark = [pytest.mark.skipif(bool(available()), reason=available() or "-"), pytest.mark.timeout(180)]
+
+MB = 1024 * 1024
+
+CONFIG = """\
+from mailsift import *
+
+STATE_DIR = {state!r}
+SCANNERS = [parsemail(regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))]
+SRV = [
+    icap(SCANNERS, "127.0.0.1", {port}, max_object_size=4 * 1024 * 1024, oversize="pass"),
+    icap([clamd(("127.0.0.1", {dead}), connect_timeout=1)], "127.0.0.1", {broken}),
+]
+"""
+
+
+class Served:
+    """``mailsift serve`` with one worker; the worker's pid for /proc."""
+
+    def __init__(self, home: Path) -> None:
+        self.port, self.broken = free_port(), free_port()
+        self.config = home / "mailsift.conf.py"
+        self.config.write_text(
+            CONFIG.format(state=str(home / "state"), port=self.port, dead=free_port(), broken=self.broken)
+        )
+        self.log = home / "serve.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailsift", "serve", "-c", str(self.config), "-w", "1"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if b"Methods: RESPMOD" in icap_options("127.0.0.1", self.port, "respmod"):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("mailsift serve did not start:\n" + self.log.read_text())
+
+    def worker(self) -> int:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (the peak so far) of ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Squid, Origin]]:
+    home = tmp_path_factory.mktemp("squid-icap")
+    files = home / "files"
+    files.mkdir()
+    (files / "eicar.com").write_bytes(EICAR)
+    (files / "clean.bin").write_bytes(os.urandom(300_000))
+    (files / "notes.txt").write_bytes(b"nothing to see here\n" * 100)
+    served = Served(home)
+    try:
+        with Origin(files) as origin:
+            routes = [
+                IcapRoute("broken_resp", "respmod_precache", f"icap://127.0.0.1:{served.broken}/respmod", "^/broken/"),
+                IcapRoute("mailsift_resp", "respmod_precache", f"icap://127.0.0.1:{served.port}/respmod"),
+                IcapRoute("mailsift_req", "reqmod_precache", f"icap://127.0.0.1:{served.port}/reqmod"),
+            ]
+            with Squid(routes, extra=os.environ.get("SQUID_EXTRA", "")) as squid:
+                yield served, squid, origin
+    finally:
+        served.stop()
+
+
+def test_an_eicar_download_is_blocked_with_the_block_page(site: tuple[Served, Squid, Origin]) -> None:
+    served, squid, origin = site
+    fetched = squid.fetch(origin.url("/files/eicar.com"))
+    assert fetched.status == 403, squid.log_tail()
+    assert b"EICAR-Test" in fetched.head
+    assert b"<!DOCTYPE html>" in fetched.head
+    assert EICAR not in fetched.head
+    assert "EICAR-Test" in served.log.read_text()
+
+
+def test_clean_downloads_pass_byte_for_byte(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    root = origin.server.root
+    for name in ("clean.bin", "notes.txt"):  # with a Content-Length: 204 where Squid allows it
+        fetched = squid.fetch(origin.url(f"/files/{name}"))
+        assert fetched.status == 200, squid.log_tail()
+        assert fetched.sha256 == hashlib.sha256((root / name).read_bytes()).hexdigest(), (
+            name,
+            fetched.size,
+            fetched.headers,
+            squid.log_tail(),
+            site[0].log.read_text()[-3000:],
+        )
+    size = 3 * MB + 12345  # chunked, no length: Squid keeps no copy, the object comes back from the service
+    fetched = squid.fetch(origin.url(f"/stream/{size}"))
+    assert (fetched.status, fetched.size) == (200, size)
+    assert fetched.sha256 == generated_sha256(size)
+
+
+def test_a_scanner_failure_blocks_the_object_fail_closed(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    assert squid.fetch(origin.url("/files/notes.txt")).status == 200  # the object itself is fine
+    fetched = squid.fetch(origin.url("/broken/files/notes.txt"))
+    assert fetched.status >= 500, fetched.status
+    assert b"nothing to see here" not in fetched.head
+
+
+def test_an_eicar_upload_is_blocked_on_reqmod(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    before = len(origin.server.uploads)
+    fetched = squid.fetch(origin.url("/upload"), data=EICAR)
+    assert fetched.status == 403
+    assert b"EICAR-Test" in fetched.head
+    assert len(origin.server.uploads) == before  # never reached the server
+    fetched = squid.fetch(origin.url("/upload"), data=b"a harmless form field\n")
+    assert fetched.status == 200
+    assert origin.server.uploads[-1] == b"a harmless form field\n"
+    big = os.urandom(2 * MB)  # over Squid's 64 KiB buffer: scanned whole, then passed on
+    fetched = squid.fetch(origin.url("/upload"), data=big)
+    assert fetched.status == 200
+    assert origin.server.uploads[-1] == big
+
+
+def test_a_100_mb_download_streams_with_bounded_memory(site: tuple[Served, Squid, Origin]) -> None:
+    """Over ``max_object_size`` (4 MiB here) with ``oversize="pass"``: streamed on, unscanned;
+    the worker's peak RSS (VmHWM) grows by far less than the object."""
+    served, squid, origin = site
+    worker = served.worker()
+    Path(f"/proc/{worker}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
+    idle = memory_kib(worker, "VmRSS")
+    size = 100 * MB
+    try:
+        fetched = squid.fetch(origin.url(f"/stream/{size}"), timeout=120)
+    except Exception as error:
+        raise AssertionError(served.log.read_text()[-3000:]) from error
+    assert (fetched.status, fetched.size) == (200, size)
+    assert fetched.sha256 == generated_sha256(size)
+    peak = memory_kib(worker, "VmHWM")
+    assert peak - idle < 100 * 1024, f"peak {peak} KiB, idle {idle} KiB"
+    print(f"worker RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB over a {size // MB} MB download")
