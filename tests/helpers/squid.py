@@ -205,6 +205,7 @@ class Squid:
     """A private Squid: ``with Squid([IcapRoute(...)]) as squid: squid.get(url)``."""
 
     def __init__(self, routes: Sequence[IcapRoute], user: str = "proxy", extra: str = "") -> None:
+        """``extra``: more squid.conf lines."""
         self.routes = routes
         self.extra = extra
         self.port = free_port()
