@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -364,3 +365,15 @@ def test_c_icap_client_respmod_and_reqmod(serve: Any, tmp_path: Path) -> None:
         )
         assert b"EICAR-Test" in page, (preview, text)
     assert spool_files(thread) == []
+
+
+def test_a_client_that_resets_mid_body_leaves_nothing_behind(serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    thread = serve()
+    request = respmod(os.urandom(500_000))
+    with socket.create_connection(("127.0.0.1", thread.port), timeout=10) as sock:
+        sock.sendall(request[:200_000])
+        time.sleep(0.3)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+    assert spool_files(thread) == []
+    assert exchange(thread.port, build("OPTIONS", "respmod")).status == 200  # still serving
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

@@ -108,6 +108,9 @@ from mailsift.version import __version__
 
 log = logging.getLogger("mailsift.icap")
 
+LOST = 0
+"""The status of an :class:`IcapProtocolError` for a client that closed or reset the connection (no answer)."""
+
 MAX_LINE = 8 * 1024
 """The longest line read (an ICAP head line, a chunk-size line): what one read may buffer before
 the line is refused (the streams' limit; a chunk-size line is then held to 1 KiB)."""
@@ -239,6 +242,8 @@ class _Connection:
             return await asyncio.wait_for(awaitable, self.timeout)
         except TimeoutError:
             raise IcapProtocolError(408, f"no data for {self.timeout:g} s") from None
+        except ConnectionError:
+            raise IcapProtocolError(LOST, "the client closed the connection") from None
 
     async def head(self, most: int) -> bytes | None:
         """The next ICAP head (up to and with its empty line, at most ``most`` bytes, each line at
@@ -291,6 +296,8 @@ class _Connection:
             await asyncio.wait_for(self.writer.drain(), self.timeout)
         except TimeoutError:
             raise IcapProtocolError(408, "the client does not read the answer") from None
+        except ConnectionError:
+            raise IcapProtocolError(LOST, "the client closed the connection") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -404,7 +411,7 @@ class IcapServer(Server):
             try:
                 block = await connection.head(self.service.max_header_bytes)
             except IcapProtocolError as error:
-                if error.status != 408:  # silent between requests: an idle keep-alive connection, closed
+                if error.status not in (408, LOST):  # silent or gone between requests: closed, no answer
                     await self._refuse(connection, error)
                 return
             if block is None:
@@ -423,6 +430,9 @@ class IcapServer(Server):
                 return
 
     async def _refuse(self, connection: _Connection, error: IcapProtocolError) -> None:
+        if error.status == LOST:
+            log.info("icap: client %s closed the connection in a request", connection.peer or "unix")
+            return
         log.info("icap: client %s: %d %s", connection.peer or "unix", error.status, escape_controls(str(error)))
         with contextlib.suppress(Exception):
             await connection.send(self._head(error.status, [("Connection", "close"), ("Encapsulated", "null-body=0")]))
