@@ -6,9 +6,11 @@ service about each response (RESPMOD: downloads) or request (REQMOD: uploads).
 ``icap(SCANNERS, '127.0.0.1', 1344)`` answers:
 
 * ``OPTIONS`` on ``icap://host:port/respmod`` and ``/reqmod``: ``Methods``
-  (one per service, RFC 3507 §4.10.2), ``Preview``, ``Transfer-Preview: *``,
-  ``Allow: 204``, ``ISTag`` (changes with the config's scanners, so Squid
-  drops what it cached under another config), ``Max-Connections`` (the
+  (one per service, RFC 3507 §4.10.2), ``Allow: 204``, ``Preview`` and
+  ``Transfer-Preview: *`` when ``preview`` is set (not by default: Squid 5
+  stalls on big bodies after a preview, see :meth:`_Exchange._commit_early`),
+  ``ISTag`` (changes with the config's scanners, so Squid drops what it
+  cached under another config), ``Max-Connections`` (the
   per-address limit), ``Options-TTL``;
 * ``RESPMOD`` and ``REQMOD``: the HTTP object (the response body; a request
   body such as an upload) is received chunk by chunk and written, never held,
@@ -22,7 +24,9 @@ service about each response (RESPMOD: downloads) or request (REQMOD: uploads).
 * a clean object: ``204 No Content`` where the client allows it (``Allow:
   204``, or after a preview), else the object sent back as it came, read from
   the spool file in pieces; a request without a body: ``204`` (or its headers
-  back);
+  back).  A download of unknown length or of at least ``early_head`` bytes
+  (64 KiB) gets its HTTP head before the scan and its body after it, for
+  Squid 5; a finding or failure then closes the connection mid-body;
 * a finding (a reject, drop or quarantine decision): HTTP ``403`` with an HTML
   block page naming the finding (every value HTML-escaped), and
   ``X-Infection-Found``/``X-Virus-ID`` in the ICAP answer for the proxy's log;
@@ -154,7 +158,9 @@ class icap(Service):
     ``max_connections_per_address`` (default half of it; advertised as
     ``Max-Connections``), ``exempt_hosts``, ``max_header_bytes`` and
     ``max_http_header_bytes`` (64 KiB each), ``preview`` (bytes asked as
-    preview, default 1024), ``options_ttl`` (seconds, default 3600).  ``host``
+    preview; default None: none), ``early_head`` (bytes, default 64 KiB; None:
+    every object waits whole for its verdict), ``options_ttl`` (seconds,
+    default 3600).  ``host``
     may name a unix socket (``socket_mode`` and owners as for every service).
     """
 
