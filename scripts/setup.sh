@@ -47,9 +47,19 @@ apt_install() {
     echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
   fi
   as_root apt-get update -q >/dev/null
+  # No system daemon is started by the install (squid on 3128, c-icap on 1344...): a policy-rc.d
+  # that forbids starting services (exit 101) while apt runs, unless one is there already.
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   # shellcheck disable=SC2086
   as_root apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef \
     -o Dpkg::Options::=--force-confold $missing >/dev/null
+  [ $made_policy = 1 ] && as_root rm -f /usr/sbin/policy-rc.d
+  return 0
 }
 
 # The interpreter .venv is built from: PYTHON=, else Debian's, else the python3 on PATH.
@@ -79,6 +89,8 @@ fi
 [ $want_test = 1 ] && packages+=(python3-venv systemd 7zip)
 # fusefs(): FUSE 3 (fusermount3) and what pyfuse3 builds against (tests/integration/test_fusefs.py)
 [ $want_test = 1 ] && packages+=(fuse3 libfuse3-dev pkg-config gcc libc6-dev)
+# squid and c-icap (c-icap-client): the ICAP service's tests run private instances on free ports
+[ $want_test = 1 ] && packages+=(squid c-icap)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

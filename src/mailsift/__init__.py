@@ -56,6 +56,7 @@ from mailsift.scanners.userpolicy import (
 )
 from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
 from mailsift.services.fusefs import fusefs
+from mailsift.services.icap import icap
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.postfix_policy import smtpd_policy
@@ -96,6 +97,7 @@ __all__ = [
     "file_type",
     "fusefs",
     "greylist",
+    "icap",
     "listed",
     "lmtp_relay",
     "lmtpd",

@@ -41,6 +41,7 @@ a retry later may pass)::
     │   ├── services.milter_protocol.MilterProtocolError      the MTA's milter packets
     │   ├── services.postfix_policy.PolicyProtocolError       a policy request
     │   ├── services.sgfilterd._Refused                      an sgfilter request (carries its status)
+    │   ├── services.icap_protocol.IcapProtocolError          an ICAP request (carries its ICAP status)
     │   └── message.address.AddressError                     an envelope address that cannot go into SMTP
     │                                                            (CR/LF, controls, <>...) -> 553 5.1.3
     └── RequestRefused               an operator's or user's request that cannot be done; never on the

@@ -39,6 +39,7 @@ EXPORTED = {
     "file_type",
     "fusefs",
     "greylist",
+    "icap",
     "listed",
     "lmtp_relay",
     "lmtpd",
@@ -97,6 +98,7 @@ EXPORTED = {
 
 SERVICES = {
     "smtpd",
+    "icap",
     "lmtpd",
     "sgfilterd",
     "milter",

@@ -1,0 +1,309 @@
+"""A private Squid (Debian's) for the ICAP tests: its own config, cache, logs and pid, on free ports.
+
+Debian's squid package is installed by ``scripts/setup.sh --test`` with a
+policy-rc.d that forbids starting services, so no system Squid runs on 3128;
+each test module starts its own with ``squid -N -f <private.conf>`` (foreground,
+no daemon) and stops it in teardown.  Started as root, Squid drops to
+``cache_effective_user`` (``proxy``), so its directory is made under /tmp
+(outside pytest's 0700 basetemp) and given to that user.
+
+An origin server (:class:`Origin`, Python's ``http.server`` in a thread)
+serves files and generated objects: ``/files/<name>`` with a
+``Content-Length``, ``/stream/<size>`` chunked (no length: Squid cannot keep
+a copy for ``Allow: 204``, so the ICAP service must stream the object back),
+and takes uploads (``POST``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+SQUID = "/usr/sbin/squid"
+
+BLOCK = 1024 * 1024
+ORIGIN_PAUSE = 0.3
+"""Seconds between a response's head and its body (:meth:`_Handler._pause`)."""
+
+
+def available() -> str:
+    """Why Squid cannot run here ('' when it can)."""
+    if not os.path.exists(SQUID):
+        return "squid is not installed (scripts/setup.sh --test installs it)"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pattern_block(seed: int = 7) -> bytes:
+    """1 MiB of fixed pseudo-random bytes: the generated objects repeat it."""
+    out = bytearray()
+    counter = 0
+    while len(out) < BLOCK:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:BLOCK])
+
+
+def generated(size: int) -> Iterator[bytes]:
+    """The bytes of ``/stream/<size>``, in pieces (never the whole object in memory)."""
+    block = pattern_block()
+    left = size
+    while left:
+        piece = block[: min(left, BLOCK)]
+        left -= len(piece)
+        yield piece
+
+
+def generated_sha256(size: int) -> str:
+    digest = hashlib.sha256()
+    for piece in generated(size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _OriginServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.path = self.path.removeprefix("/broken")  # /broken/...: the same objects, another ICAP route
+        if self.path.startswith("/files/"):
+            path = self.server.root / self.path.removeprefix("/files/").split("?")[0]
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self._pause()
+            self.wfile.write(data)
+            return
+        if self.path.startswith("/stream/"):
+            size = int(self.path.removeprefix("/stream/").split("/")[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._pause()
+            for piece in generated(size):
+                self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_error(404)
+
+    def _pause(self) -> None:
+        """The head, then a pause before the body, as from a server further away than loopback.
+
+        Squid 5.7 stops reading a response whose first 64 KiB fill its buffer
+        before the ICAP service has answered anything (see mailsift.services.icap,
+        ``early_head``): with the body right behind the head, a loopback origin
+        wins that race every time; across a network the service answers first.
+        """
+        self.wfile.flush()
+        time.sleep(ORIGIN_PAUSE)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(length)
+        self.server.uploads.append(data)
+        body = b"stored\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _OriginServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.root = root
+        self.uploads: list[bytes] = []
+
+
+class Origin:
+    """The origin HTTP server behind Squid (a thread of the test process)."""
+
+    def __init__(self, root: Path) -> None:
+        self.server = _OriginServer(root)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> Origin:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class IcapRoute:
+    """One ``icap_service`` line and who goes to it: ``urlpath`` a regex (None: every request)."""
+
+    name: str
+    vectoring: str  # respmod_precache or reqmod_precache
+    uri: str
+    urlpath: str | None = None
+
+
+CONFIG = """\
+http_port 127.0.0.1:{port}
+pid_filename {home}/squid.pid
+cache_log {home}/cache.log
+access_log stdio:{home}/access.log
+cache_store_log none
+coredump_dir {home}
+netdb_filename none
+cache deny all
+cache_mem 8 MB
+visible_hostname mailsift-test
+shutdown_lifetime 0 seconds
+acl localhost src 127.0.0.1/32 ::1
+http_access allow localhost
+http_access deny all
+icap_enable on
+icap_preview_enable on
+icap_send_client_ip on
+icap_service_failure_limit -1
+{extra}
+{routes}
+"""
+
+
+class Squid:
+    """A private Squid: ``with Squid([IcapRoute(...)]) as squid: squid.get(url)``."""
+
+    def __init__(self, routes: Sequence[IcapRoute], user: str = "proxy", extra: str = "") -> None:
+        """``extra``: more squid.conf lines."""
+        self.routes = routes
+        self.extra = extra
+        self.port = free_port()
+        self.home = Path(tempfile.mkdtemp(prefix="mailsift-squid-", dir="/tmp"))
+        self.user = user
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        """The routes in order: Squid takes, per vectoring point, the first service whose
+        ``adaptation_access`` allows the request."""
+        lines = [f"icap_service {route.name} {route.vectoring} bypass=off {route.uri}" for route in self.routes]
+        for route in self.routes:
+            if route.urlpath is None:
+                lines.append(f"adaptation_access {route.name} allow all")
+            else:
+                lines.append(f"acl {route.name}_path urlpath_regex {route.urlpath}")
+                lines.append(f"adaptation_access {route.name} allow {route.name}_path")
+        return CONFIG.format(port=self.port, home=self.home, routes="\n".join(lines), extra=self.extra)
+
+    def start(self, timeout: float = 30) -> Squid:
+        (self.home / "squid.conf").write_text(self.config())
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(self.user)
+            os.chmod(self.home, 0o755)
+            os.chown(self.home, entry.pw_uid, entry.pw_gid)
+        with (self.home / "stderr.log").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [SQUID, "-N", "-f", str(self.home / "squid.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"squid exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"squid did not listen on {self.port}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = ""
+        for name in ("stderr.log", "cache.log"):
+            path = self.home / name
+            if path.exists():
+                text += f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+        return text
+
+    def __enter__(self) -> Squid:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- through the proxy
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        proxy = urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{self.port}"})
+        return urllib.request.build_opener(proxy)
+
+    def fetch(self, url: str, data: bytes | None = None, timeout: float = 60) -> Fetched:
+        """GET (or POST ``data``) ``url`` through Squid: status, headers, sha256 and size of the body,
+        and its first 64 KiB (the body is hashed in pieces, never held whole)."""
+        request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+        try:
+            response = self.opener().open(request, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            response = error
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        with response:
+            while piece := response.read(BLOCK):
+                digest.update(piece)
+                size += len(piece)
+                if len(head) < 65536:
+                    head += piece[: 65536 - len(head)]
+            return Fetched(response.status, dict(response.headers), digest.hexdigest(), size, head)
+
+
+@dataclass
+class Fetched:
+    status: int
+    headers: dict[str, str]
+    sha256: str
+    size: int
+    head: bytes

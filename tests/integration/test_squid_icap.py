@@ -1,0 +1,249 @@
+"""A real Squid (Debian's) in front of a local HTTP server, asking mailsift's ``icap`` service.
+
+``mailsift serve`` runs as a real process (one worker) with two ICAP services:
+the scanning one (``parsemail(regexp_scan(EICAR))``: the object is the
+attachment of the message the scanners read; objects over 4 MiB are passed
+unscanned, streamed) and a broken one (its clamd does not listen: every scan
+fails).  Squid sends ``/broken/...`` to the broken one and everything else
+to the scanning one, each with ``bypass=off``.  The squid.conf lines are the
+README's (``icap_service ... respmod_precache bypass=off``, ``adaptation_access``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import readme
+from tests.helpers.icap import EICAR, http_response_head, icap_options, read_head
+from tests.helpers.squid import IcapRoute, Origin, Squid, available, free_port, generated, generated_sha256
+
+pytestmark = [pytest.mark.skipif(bool(available()), reason=available() or "-"), pytest.mark.timeout(180)]
+
+MB = 1024 * 1024
+
+CONFIG = """\
+from mailsift import *
+
+STATE_DIR = {state!r}
+SCANNERS = [parsemail(regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))]
+SRV = [
+    icap(SCANNERS, "127.0.0.1", {port}, max_object_size=4 * 1024 * 1024, oversize="pass"),
+    icap([clamd(("127.0.0.1", {dead}), connect_timeout=1)], "127.0.0.1", {broken}),
+]
+"""
+
+
+class Served:
+    """``mailsift serve`` with one worker; the worker's pid for /proc."""
+
+    def __init__(self, home: Path) -> None:
+        self.port, self.broken = free_port(), free_port()
+        self.config = home / "mailsift.conf.py"
+        self.config.write_text(
+            CONFIG.format(state=str(home / "state"), port=self.port, dead=free_port(), broken=self.broken)
+        )
+        self.log = home / "serve.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailsift", "serve", "-c", str(self.config), "-w", "1"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if b"Methods: RESPMOD" in icap_options("127.0.0.1", self.port, "respmod"):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("mailsift serve did not start:\n" + self.log.read_text())
+
+    def worker(self) -> int:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def memory_kib(pid: int, field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (the peak so far) of ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Squid, Origin]]:
+    home = tmp_path_factory.mktemp("squid-icap")
+    files = home / "files"
+    files.mkdir()
+    (files / "eicar.com").write_bytes(EICAR)
+    (files / "clean.bin").write_bytes(os.urandom(300_000))
+    (files / "notes.txt").write_bytes(b"nothing to see here\n" * 100)
+    served = Served(home)
+    try:
+        with Origin(files) as origin:
+            routes = [
+                IcapRoute("broken_resp", "respmod_precache", f"icap://127.0.0.1:{served.broken}/respmod", "^/broken/"),
+                IcapRoute("mailsift_resp", "respmod_precache", f"icap://127.0.0.1:{served.port}/respmod"),
+                IcapRoute("mailsift_req", "reqmod_precache", f"icap://127.0.0.1:{served.port}/reqmod"),
+            ]
+            with Squid(routes, extra=os.environ.get("SQUID_EXTRA", "")) as squid:
+                yield served, squid, origin
+    finally:
+        served.stop()
+
+
+def test_the_readme_squid_lines_are_the_ones_tested(site: tuple[Served, Squid, Origin]) -> None:
+    served, squid, _ = site
+    (block,) = [block for block in readme.blocks() if "icap_service" in block.text]
+    config = squid.config()
+    for line in block.text.splitlines():
+        assert line.replace(":1344/", f":{served.port}/") in config, line
+
+
+def test_an_eicar_download_is_blocked_with_the_block_page(site: tuple[Served, Squid, Origin]) -> None:
+    served, squid, origin = site
+    fetched = squid.fetch(origin.url("/files/eicar.com"))
+    assert fetched.status == 403, squid.log_tail()
+    assert b"EICAR-Test" in fetched.head
+    assert b"<!DOCTYPE html>" in fetched.head
+    assert EICAR not in fetched.head
+    assert "EICAR-Test" in served.log.read_text()
+
+
+def test_clean_downloads_pass_byte_for_byte(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    root = origin.server.root
+    for name in ("clean.bin", "notes.txt"):  # with a Content-Length: 204 where Squid allows it
+        fetched = squid.fetch(origin.url(f"/files/{name}"))
+        assert fetched.status == 200, squid.log_tail()
+        assert fetched.sha256 == hashlib.sha256((root / name).read_bytes()).hexdigest(), (
+            name,
+            fetched.size,
+            fetched.headers,
+            squid.log_tail(),
+            site[0].log.read_text()[-3000:],
+        )
+
+
+def test_a_scanner_failure_blocks_the_object_fail_closed(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    assert squid.fetch(origin.url("/files/notes.txt")).status == 200  # the object itself is fine
+    fetched = squid.fetch(origin.url("/broken/files/notes.txt"))
+    assert fetched.status >= 500, fetched.status
+    assert b"nothing to see here" not in fetched.head
+
+
+def test_an_eicar_upload_is_blocked_on_reqmod(site: tuple[Served, Squid, Origin]) -> None:
+    _, squid, origin = site
+    before = len(origin.server.uploads)
+    fetched = squid.fetch(origin.url("/upload"), data=EICAR)
+    assert fetched.status == 403
+    assert b"EICAR-Test" in fetched.head
+    assert len(origin.server.uploads) == before  # never reached the server
+    fetched = squid.fetch(origin.url("/upload"), data=b"a harmless form field\n")
+    assert fetched.status == 200
+    assert origin.server.uploads[-1] == b"a harmless form field\n"
+    big = os.urandom(2 * MB)  # over Squid's 64 KiB buffer: scanned whole, then passed on
+    fetched = squid.fetch(origin.url("/upload"), data=big)
+    assert fetched.status == 200
+    assert origin.server.uploads[-1] == big
+
+
+def stream_through_service(port: int, size: int) -> tuple[int, str]:
+    """Send a ``size``-byte object (no length: chunked) to the ICAP service as Squid would, while
+    reading the answer in another thread; the answer body's size and sha256."""
+    head = http_response_head()
+    request = (
+        f"RESPMOD icap://127.0.0.1:{port}/respmod ICAP/1.0\r\nHost: 127.0.0.1\r\n"
+        f"Encapsulated: res-hdr=0, res-body={len(head)}\r\n\r\n"
+    ).encode() + head
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+
+        def send() -> None:
+            sock.sendall(request)
+            for piece in generated(size):
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        buffer = bytearray()
+        read_head(sock, buffer)
+        digest, got = hashlib.sha256(), 0
+        http_head_end = len(head)
+        while len(buffer) < http_head_end:
+            buffer += sock.recv(65536)
+        del buffer[:http_head_end]
+        while True:  # de-chunk the answer as it comes, hashing (never holding) the body
+            while b"\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            line, _, rest = bytes(buffer).partition(b"\r\n")
+            length = int(line, 16)
+            buffer[:] = rest
+            if length == 0:
+                break
+            while len(buffer) < length + 2:
+                buffer += sock.recv(1024 * 1024)
+            digest.update(bytes(buffer[:length]))
+            got += length
+            del buffer[: length + 2]
+        sender.join(30)
+        return got, digest.hexdigest()
+
+
+def test_a_100_mb_object_streams_through_the_worker_with_bounded_memory(site: tuple[Served, Squid, Origin]) -> None:
+    """Over ``max_object_size`` (4 MiB here) with ``oversize="pass"``: streamed on, unscanned; the
+    worker's peak RSS (VmHWM, reset first) grows by far less than the object."""
+    served, _, _ = site
+    worker = served.worker()
+    Path(f"/proc/{worker}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
+    idle = memory_kib(worker, "VmRSS")
+    size = 100 * MB
+    got, sha256 = stream_through_service(served.port, size)
+    assert (got, sha256) == (size, generated_sha256(size))
+    peak = memory_kib(worker, "VmHWM")
+    assert peak - idle < 100 * 1024, f"peak {peak} KiB, idle {idle} KiB"
+    print(f"worker RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB over a {size // MB} MB object")
+
+
+SQUID_5_STALLS = (
+    "Debian 12's Squid 5.7 stops reading a response of unknown length from the origin after a few MB while the "
+    "ICAP service holds the body (here at about 2.6 MB, then until the client gives up); README, Web scanning"
+)
+
+
+@pytest.mark.xfail(reason=SQUID_5_STALLS, strict=False)
+@pytest.mark.parametrize("size", [3 * MB + 12345, 100 * MB])
+def test_a_chunked_download_through_squid(site: tuple[Served, Squid, Origin], size: int) -> None:
+    """No length (chunked): Squid keeps no copy, the object comes back from the service, scanned
+    (3 MB) or streamed unscanned past ``max_object_size`` (100 MB), with bounded memory."""
+    served, squid, origin = site
+    worker = served.worker()
+    Path(f"/proc/{worker}/clear_refs").write_text("5")
+    idle = memory_kib(worker, "VmRSS")
+    fetched = squid.fetch(origin.url(f"/stream/{size}"), timeout=25)
+    assert (fetched.status, fetched.size) == (200, size)
+    assert fetched.sha256 == generated_sha256(size)
+    assert memory_kib(worker, "VmHWM") - idle < 100 * 1024
