@@ -19,7 +19,11 @@ from mailsift.web import users
 from tests.helpers.browser import log_in, screenshot
 from tests.helpers.webq import WebqServer
 
-BROWSER_LOCALES = {"en": "en-US", "sk": "sk-SK", "cs": "cs-CZ", "de": "de-DE", "es": "es-ES"}
+BROWSER_LOCALES = {
+    "en": "en-US", "sk": "sk-SK", "cs": "cs-CZ", "de": "de-DE", "es": "es-ES",
+    "it": "it-IT", "fr": "fr-FR", "pt": "pt-BR", "nl": "nl-NL", "pl": "pl-PL",
+}  # fmt: skip
+"""A browser locale per language (any other: its own code as a tag, ``zh_CN`` -> ``zh-CN``)."""
 PASSWORD = "carol-Secret-4-long"
 
 
@@ -68,7 +72,7 @@ def test_the_catalog_languages_differ_from_english() -> None:
 def test_pages_render_in_the_browsers_language(
     webq_server: WebqServer, carol: str, localized: Any, language: str
 ) -> None:
-    page = localized(BROWSER_LOCALES[language])
+    page = localized(BROWSER_LOCALES.get(language, language.replace("_", "-")))
     page.goto(f"{webq_server.url}/login")
     assert page.locator("html").get_attribute("lang") == language
     assert page.locator("h1").inner_text() == _(language, "Web quarantine")
@@ -121,7 +125,7 @@ def test_the_quarantine_pages_render_in_the_browsers_language(
 ) -> None:
     """The quarantine list, a message, a bulk confirmation and the own lists, each in the catalog's words
     (the strings from the templates and the notes from the code); nothing is changed."""
-    page = localized(BROWSER_LOCALES[language])
+    page = localized(BROWSER_LOCALES.get(language, language.replace("_", "-")))
     contents: list[str] = []
     log_in(page, webq_server.url, carol, PASSWORD)
     virus = webq_server.messages["alice_virus"]

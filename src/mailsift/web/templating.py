@@ -31,7 +31,11 @@ from mailsift.reporting.verdicts import human_verdict
 from mailsift.web.session import csrf_field, current_user
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
-LANGUAGE_NAMES = {"en": "English", "sk": "Slovenčina", "cs": "Čeština", "de": "Deutsch", "es": "Español"}
+LANGUAGE_NAMES = {
+    "en": "English", "sk": "Slovenčina", "cs": "Čeština", "de": "Deutsch", "es": "Español",
+    "it": "Italiano", "fr": "Français", "pt": "Português", "nl": "Nederlands", "pl": "Polski",
+    "sv": "Svenska", "tr": "Türkçe", "lt": "Lietuvių", "af": "Afrikaans", "zh_CN": "简体中文",
+}  # fmt: skip
 """Each catalog language in its own words (the Preferences page)."""
 MAX_ACCEPT_LANGUAGE = 50
 """Entries of an ``Accept-Language`` header looked at, at most."""
@@ -135,16 +139,17 @@ def accept_language(header: str) -> list[str]:
 
 def page_language(preference: str, header: str, default: str = "en", languages: Sequence[str] = LANGUAGES) -> str:
     """The language of a page: the user's ``preference`` if it is a catalog language, else the first
-    of ``Accept-Language`` whose primary tag is one (``de-AT`` reads German; ``*`` is the default),
-    else ``default``."""
+    of ``Accept-Language`` that is one (``zh-CN`` reads ``zh_CN``) or whose primary tag is one (``de-AT``
+    reads German; ``*`` is the default), else ``default``."""
     if preference in languages:
         return preference
+    tags = {language.lower().replace("_", "-"): language for language in languages}
     for tag in accept_language(header):
         primary = tag.partition("-")[0]
         if primary == "*":
             return default
-        if primary in languages:
-            return primary
+        if tag in tags or primary in tags:
+            return tags.get(tag) or tags[primary]
     return default
 
 

@@ -35,6 +35,7 @@ from mailsift.storage import db
 from mailsift.storage.quarantine.dbstore import DATABASE_PATH, DatabaseStore
 from mailsift.storage.quarantine.index import mark_released
 from mailsift.testing import RecordingServer, free_port
+from tests.helpers.catalogs import catalog_languages, compiled
 from tests.helpers.links import Gateway
 from tests.helpers.messages import parse, text_of
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
@@ -298,7 +299,7 @@ def test_own_templates_stay_as_given_in_every_language() -> None:
     assert "automatische Nachricht" in text  # the shipped end, in German
 
 
-@pytest.mark.parametrize("language", ["en", "sk", "cs", "de", "es"])
+@pytest.mark.parametrize("language", ["en", *catalog_languages()])
 def test_every_language_renders_a_whole_report(language: str) -> None:
     entries = tuple(entry("bob@example.test", time=NOW - i, subject=f"n{i}") for i in range(3))
     config = reporter(language=language, max_entries=2)
@@ -311,10 +312,14 @@ def test_every_language_renders_a_whole_report(language: str) -> None:
     assert "$" not in message["Subject"]
     assert "$" not in text  # every variable of the translated templates expanded
     assert len(re.findall(r"/link/release/", text)) == 2
+    assert not re.search(r"\Shttps?://", text)  # a label longer than its column keeps a space before the link
     assert "1" in text.split("n1")[-1]  # $MORE counts the one left out
     if language != "en":
         assert "more message(s)" not in text
         assert "Please do not reply" not in text
+        status = compiled(language).gettext("quarantined")  # $STATUS, the digest's word
+        assert status != "quarantined"
+        assert f"  {status}: " in text
 
 
 def test_expand_leaves_out_lines_whose_variables_are_all_empty() -> None:
@@ -336,7 +341,7 @@ def test_expand_leaves_out_lines_whose_variables_are_all_empty() -> None:
         ({"max_entries": 0}, "max_entries"),
         ({"include_fx": "yes"}, "include_fx"),
         ({"language": "xx"}, "language 'xx' is not one of"),
-        ({"languages": {"example.com": "fr"}}, "language 'fr'"),
+        ({"languages": {"example.com": "ja"}}, "language 'ja'"),
         ({"languages": ["sk"]}, "languages must map"),
     ],
 )

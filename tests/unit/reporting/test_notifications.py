@@ -8,14 +8,10 @@ import gettext
 import logging
 import re
 import socket
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from babel.messages.extract import extract_from_dir
-from babel.messages.frontend import parse_mapping_cfg
-from babel.messages.pofile import read_po
 
 from mailsift import config, regexp_scan, reject
 from mailsift.core.disposition import Outcome
@@ -38,6 +34,15 @@ from mailsift.reporting.notifications import (
 from mailsift.scanners.engines.common import SpamResult
 from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, free_port
+from tests.helpers.catalogs import (
+    catalog_languages,
+    compiled,
+    extracted_messages,
+    placeholders,
+    po_path,
+    read_catalog,
+    template_messages,
+)
 
 HOST = "gw.example.test"
 
@@ -243,8 +248,8 @@ def test_category_of() -> None:
         ({"spec": "psender,everybody"}, "comma-separated list"),
         ({"spec": "admin"}, "give admin="),
         ({"admin": "postmaster"}, "admin must be an address"),
-        ({"language": "fr"}, "language 'fr' is not one of"),
-        ({"languages": {"example.fr": "fr"}}, "language 'fr'"),
+        ({"language": "ja"}, "language 'ja' is not one of"),
+        ({"languages": {"example.jp": "ja"}}, "language 'ja'"),
         ({"dispositions": ("deliver",)}, "dispositions must be among"),
         ({"categories": ()}, "categories must be names"),
         ({"sender": "policy"}, "sender must be True, False or a tuple"),
@@ -291,13 +296,18 @@ KNOWN_PHRASE = {  # the sender's policy notice, per language
     "cs": "nebyla doručena adresátům",
     "de": "den Empfängern nicht zugestellt",
     "es": "no fue entregado a sus destinatarios",
+    "it": "non è stato recapitato ai destinatari",
+    "fr": "n'a pas été remis à ses destinataires",
+    "pt": "não foi entregue aos destinatários",
+    "nl": "niet bij de ontvangers afgeleverd",
+    "pl": "nie została doręczona odbiorcom",
 }
 
 
 def test_every_language_renders_and_is_really_translated() -> None:
-    assert set(KNOWN_PHRASE) == set(LANGUAGES)
+    assert set(KNOWN_PHRASE) <= set(LANGUAGES)  # every other catalog: test_a_notification_renders_in_every_...
     bodies = {}
-    for language in LANGUAGES:
+    for language in KNOWN_PHRASE:
         (notice,) = notices(notify(language=language), make_mail(), decided())
         assert notice.language == language
         assert KNOWN_PHRASE[language] in notice.body
@@ -307,7 +317,7 @@ def test_every_language_renders_and_is_really_translated() -> None:
         assert "Quarterly report" in notice.body
         assert "Bad-Attachment" in notice.body
         bodies[language] = notice.body
-    assert len(set(bodies.values())) == len(LANGUAGES)
+    assert len(set(bodies.values())) == len(KNOWN_PHRASE)
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -356,47 +366,64 @@ def test_own_templates_come_first(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the catalogs
 
 
-def _template_messages() -> set[str]:
-    options = {"extensions": "jinja2.ext.i18n", "trim_blocks": "True", "lstrip_blocks": "True"}
-    found = extract_from_dir(str(TEMPLATE_DIR), method_map=[("**.txt", "jinja2")], options_map={"**.txt": options})
-    return {message for _, _, message, _, _ in found if isinstance(message, str)}
+CATALOGS = catalog_languages()
 
 
-def _catalog_messages() -> set[str]:
-    """What ``pybabel extract -F locale/babel.cfg`` finds (run from src/mailsift, as locale/README.md says)."""
-    with open(LOCALE_DIR / "babel.cfg") as handle:
-        method_map, options_map = parse_mapping_cfg(handle)
-    found = extract_from_dir(str(LOCALE_DIR.parent.parent), method_map=method_map, options_map=options_map)
-    return {message for _, _, message, _, _ in found if isinstance(message, str)}
+def test_every_catalog_is_a_registered_language() -> None:
+    assert {"it", "fr", "pt", "nl", "pl", "sk", "cs", "de", "es"} <= set(CATALOGS)
+    assert set(LANGUAGES) == {"en", *CATALOGS}  # a catalog no one can choose, or a language without one
 
 
-def _catalog(language: str) -> Iterator[tuple[str, str, set[str]]]:
-    with open(LOCALE_DIR / language / "LC_MESSAGES" / "mailsift.po", "rb") as handle:
-        for message in read_po(handle):
-            if message.id:
-                assert isinstance(message.id, str)
-                assert isinstance(message.string, str)
-                yield message.id, message.string, set(message.flags)
+def test_the_committed_template_is_current() -> None:
+    """``mailsift.pot`` holds exactly what ``pybabel extract`` finds now (locale/README.md's command)."""
+    pot = {msgid for msgid, _, _ in read_catalog(str(LOCALE_DIR / "mailsift.pot"))}
+    assert pot == extracted_messages()
 
 
-@pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "en"])
+@pytest.mark.parametrize("language", CATALOGS)
 def test_catalog_translates_every_template_string(language: str) -> None:
-    wanted = _catalog_messages()
+    wanted = extracted_messages()
     assert len(wanted) > 20
-    assert _template_messages() <= wanted  # the notification and digest templates
+    assert template_messages(str(TEMPLATE_DIR)) <= wanted  # the notification and digest templates
     assert {"Spam, score %(score)s of %(required)s", "quarantined"} <= wanted  # the digest's words
     assert {"Log in", "Preferences", "Release this message?", "Wrong login or password."} <= wanted  # the web pages
-    catalog = list(_catalog(language))
+    catalog = list(read_catalog(po_path(language)))
     assert {msgid for msgid, _, _ in catalog} == wanted
-    compiled = gettext.translation("mailsift", str(LOCALE_DIR), languages=[language])
-    placeholder = re.compile(r"%\(\w+\)s")
-    dollar = re.compile(r"\$\w+")  # the digest's SAGATOR variables
-    for msgid, msgstr, flags in catalog:
-        assert msgstr, f"{language}: untranslated {msgid!r}"
-        assert "fuzzy" not in flags, msgid
-        assert sorted(placeholder.findall(msgstr)) == sorted(placeholder.findall(msgid)), msgid
-        assert sorted(dollar.findall(msgstr)) == sorted(dollar.findall(msgid)), msgid
-        assert compiled.gettext(msgid) == msgstr, f"{language}: the .mo is older than the .po: run pybabel compile"
+    mo = compiled(language)
+    for msgid, msgstrs, flags in catalog:
+        singular, plural = (msgid, msgid) if isinstance(msgid, str) else msgid
+        assert all(msgstrs), f"{language}: untranslated {msgid!r}"
+        assert "fuzzy" not in flags, f"{language}: fuzzy {msgid!r}"
+        for n, msgstr in enumerate(msgstrs):
+            source = singular if n == 0 and isinstance(msgid, str) else plural
+            assert placeholders(msgstr) == placeholders(source), f"{language}: {msgid!r} -> {msgstr!r}"
+        if isinstance(msgid, str):
+            assert mo.gettext(msgid) == msgstrs[0], f"{language}: the .mo is older than the .po: run pybabel compile"
+        else:
+            forms = {mo.ngettext(singular, plural, n) for n in range(200)}
+            assert forms == set(msgstrs), f"{language}: the .mo is older than the .po: run pybabel compile"
+    assert len(mo._catalog) == len(catalog) + 1  # type: ignore[attr-defined]  # nothing more (and the header)
+
+
+def test_the_catalog_check_sees_a_lost_placeholder() -> None:
+    assert placeholders("Released to %(targets)s at $TIME <b>now</b>.") == ["$TIME", "%(targets)s", "</b>", "<b>"]
+    assert placeholders("Freigegeben an %(target)s um $TIME <b>jetzt</b>.") != placeholders(
+        "Released to %(targets)s at $TIME <b>now</b>."
+    )
+    assert placeholders("{{ name }} %%") == placeholders("{{name}} %%") != placeholders("{name}")
+
+
+@pytest.mark.parametrize("language", CATALOGS)
+def test_a_notification_renders_in_every_catalog_language(language: str) -> None:
+    english = "Details of the message:"
+    translated = compiled(language).gettext(english)
+    assert translated != english
+    hook = notify(**EVERYONE, language=language, silent_viruses=())
+    for notice in notices(hook, make_mail(), decided()):
+        assert notice.language == language
+        assert translated in notice.body
+        assert english not in notice.body
+        assert "Bad-Attachment" in notice.body
 
 
 # --------------------------------------------------------------------------- sending

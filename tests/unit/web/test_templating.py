@@ -12,14 +12,15 @@ import httpx
 import pytest
 
 from mailsift.errors import ConfigError
-from mailsift.reporting.notifications import translations
+from mailsift.reporting.notifications import LANGUAGES, translations
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.web import users
 from mailsift.web.app import create_app
 from mailsift.web.service import webq
-from mailsift.web.templating import Text, accept_language, page_language, translated
+from mailsift.web.templating import LANGUAGE_NAMES, Text, accept_language, page_language, translated
 from mailsift.web.webconfig import WebConfig
+from tests.helpers.catalogs import catalog_languages, compiled
 from tests.helpers.webq import page_token
 
 PASSWORD = "a long enough password"
@@ -38,8 +39,8 @@ def test_accept_language_is_read_by_quality_then_order() -> None:
     [
         ("sk", "de", "en", "sk"),  # the user's preference wins
         ("", "de-AT,en;q=0.5", "en", "de"),  # the browser's, by its primary tag
-        ("", "fr, es;q=0.4", "en", "es"),  # the first the catalogs have
-        ("", "fr, ja", "cs", "cs"),  # none of the catalogs': webq's default
+        ("", "ja, es;q=0.4", "en", "es"),  # the first the catalogs have
+        ("", "ja, ko", "cs", "cs"),  # none of the catalogs': webq's default
         ("", "", "de", "de"),
         ("", "*", "es", "es"),
         ("xx", "cs", "en", "cs"),  # an unknown stored preference counts as none
@@ -49,11 +50,23 @@ def test_page_language(preference: str, header: str, default: str, expected: str
     assert page_language(preference, header, default) == expected
 
 
+def test_a_language_with_a_region_is_found_by_its_whole_tag() -> None:
+    assert page_language("", "zh-CN,zh;q=0.9", "en", ("en", "zh_CN")) == "zh_CN"
+    assert page_language("", "zh-TW,zh;q=0.9", "en", ("en", "zh_CN")) == "en"  # not the same script
+    assert page_language("", "pt-BR,en;q=0.5", "en") == "pt"
+    assert page_language("zh_CN", "de", "en", ("en", "de", "zh_CN")) == "zh_CN"
+
+
+def test_every_catalog_can_be_chosen_and_has_its_name() -> None:
+    assert set(users.LANGUAGES) == set(LANGUAGES) == {"en", *catalog_languages()}
+    assert set(LANGUAGE_NAMES) >= set(LANGUAGES)
+
+
 def test_webq_language_is_a_catalog_language() -> None:
     assert webq(language="de").config.language == "de"
     assert webq().config.language == "en"
-    with pytest.raises(ConfigError, match="language 'fr' is not one of"):
-        webq(language="fr")
+    with pytest.raises(ConfigError, match="language 'ja' is not one of"):
+        webq(language="ja")
 
 
 @pytest.fixture
@@ -86,12 +99,32 @@ async def test_the_login_page_speaks_the_browsers_language(settings: Settings) -
         assert "Anmelden" in german
         assert "Benutzername" in german
         assert "Log in" not in german
-        english = (await client.get("/login", headers={"Accept-Language": "fr"})).text
+        english = (await client.get("/login", headers={"Accept-Language": "ja"})).text
         assert '<html lang="en">' in english
         assert "Log in" in english
     async with _client(settings, language="sk") as client:
-        slovak = (await client.get("/login", headers={"Accept-Language": "fr"})).text
+        slovak = (await client.get("/login", headers={"Accept-Language": "ja"})).text
         assert "Prihlásiť sa" in slovak  # webq(language="sk"): nothing better known
+
+
+@pytest.mark.parametrize("language", catalog_languages())
+async def test_a_page_renders_in_every_catalog_language(settings: Settings, language: str) -> None:
+    words = compiled(language)
+    assert words.gettext("Log in") != "Log in"
+    async with _client(settings) as client:
+        tag = language.replace("_", "-")
+        page = await client.get("/login", headers={"Accept-Language": f"{tag},en;q=0.1"})
+        assert page.status_code == 200
+        assert f'<html lang="{language}">' in page.text
+        assert words.gettext("Log in") in page.text
+        assert ">Log in<" not in page.text
+        answer = await client.post(
+            "/login",
+            data={"login": "alice", "password": "wrong password!", "csrf_token": page_token(page.text)},
+            headers={"Accept-Language": tag},
+        )
+        assert answer.status_code == 401
+        assert words.gettext("Wrong login or password.") in answer.text.replace("&#39;", "'")
 
 
 async def test_messages_from_the_code_are_translated_and_escaped(settings: Settings) -> None:
