@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailsift.notifications")
 
-LANGUAGES = ("en", "sk", "cs", "de", "es", "it", "fr", "pt", "nl", "pl")
+LANGUAGES = ("en", "sk", "cs", "de", "es", "it", "fr", "pt", "nl", "pl", "sv", "tr", "lt", "af", "zh_CN")
 """The languages the shipped templates are translated to (English is the source)."""
 
 LOCALE_DIR = Path(__file__).parent / "locale"

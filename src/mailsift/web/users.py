@@ -48,7 +48,7 @@ from mailsift.storage.sql import upsert
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
-LANGUAGES = ("en", "cs", "de", "es", "fr", "it", "nl", "pl", "pt", "sk")
+LANGUAGES = ("en", "af", "cs", "de", "es", "fr", "it", "lt", "nl", "pl", "pt", "sk", "sv", "tr", "zh_CN")
 """Languages a user may choose (those of mailsift's catalogs); ``""``: no preference (the browser's language)."""
 ROWS_CHOICES = (10, 25, 50, 100, 200)
 DEFAULT_ROWS = 50

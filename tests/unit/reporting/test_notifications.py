@@ -301,6 +301,11 @@ KNOWN_PHRASE = {  # the sender's policy notice, per language
     "pt": "não foi entregue aos destinatários",
     "nl": "niet bij de ontvangers afgeleverd",
     "pl": "nie została doręczona odbiorcom",
+    "sv": "har inte levererats till mottagarna",
+    "tr": "alıcılarına teslim edilmedi",
+    "lt": "gavėjams nepristatytas",
+    "af": "nie aan die ontvangers afgelewer nie",
+    "zh_CN": "未投递给收件人",
 }
 
 
