@@ -79,6 +79,8 @@ fi
 [ $want_test = 1 ] && packages+=(python3-venv systemd 7zip)
 # fusefs(): FUSE 3 (fusermount3) and what pyfuse3 builds against (tests/integration/test_fusefs.py)
 [ $want_test = 1 ] && packages+=(fuse3 libfuse3-dev pkg-config gcc libc6-dev)
+# chroot_execvp(chroot=...): a static busybox to run inside a test chroot (tests/integration/test_daemons_procs.py)
+[ $want_test = 1 ] && packages+=(busybox-static)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

@@ -54,7 +54,7 @@ from mailsift.scanners.userpolicy import (
     policy_spam_hits,
     whitelisted,
 )
-from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, rlimit, spamd_daemon
 from mailsift.services.fusefs import fusefs
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
@@ -129,6 +129,7 @@ __all__ = [
     "remove_headers",
     "rename",
     "reporter",
+    "rlimit",
     "rspamd",
     "sanitize",
     "sender_regexp",
