@@ -634,6 +634,8 @@ class DaemonKeeper:
         self.unsupervised: dict[tuple[Any, ...], Daemon] = {}
         """Daemons that went into the background without pid_file: not restarted, not started again."""
         self._next_look = 0.0
+        self.popens: dict[int, subprocess.Popen[bytes]] = {}
+        """The programs' Popen objects: told the exit status the supervisor reaps (os.waitpid(-1))."""
 
     def apply(self, config: Config) -> None:
         """Make the running daemons those of ``config``: keep the same, stop the gone, start the new."""
@@ -676,8 +678,10 @@ class DaemonKeeper:
                 pid = daemon.start(self.state_dir)
             else:
                 launched = time.time()
-                pid = spawn(daemon, self.state_dir, self.account).pid
+                process = spawn(daemon, self.state_dir, self.account)
+                pid = process.pid
                 self.launched[pid] = launched
+                self.popens[pid] = process
         except (ConfigError, OSError) as error:
             log.error("%s: cannot start: %s", daemon.describe(), error)
             self._schedule(daemon)
@@ -719,6 +723,9 @@ class DaemonKeeper:
         ``stopped``: mailsift stopped it (a launcher that exits 0 then is not followed into the background)."""
         launched = self.launched.get(pid, time.time())
         started = self.started.get(pid, time.monotonic())
+        popen = self.popens.pop(pid, None)
+        if popen is not None:
+            popen.returncode = code  # reaped by the supervisor, not by the Popen
         daemon, up, log_path = self._forget(pid)
         if daemon is None:
             return False

@@ -83,3 +83,14 @@ def read_pid(path: Path) -> int:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def wait_for_pid(path: Path, seconds: float = 30) -> int:
+    """The PID in ``path`` once there is one."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pid = read_pid(path)
+        if pid:
+            return pid
+        time.sleep(0.05)
+    raise AssertionError(f"no PID in {path} after {seconds} s")
