@@ -514,8 +514,9 @@ def _flatten(args: Sequence[Any]) -> list[str]:
 class chroot_execvp(Daemon):
     """Start and supervise a program: ``chroot_execvp('/usr/sbin/clamd', '--foreground', '-c', conf)``.
 
-    As in SAGATOR, the arguments may be given one by one or as a list
-    (``chroot_execvp('clamd', ['--foreground', '-c', conf])``).
+    As in SAGATOR, the arguments may be given one by one, as a list
+    (``chroot_execvp('clamd', ['--foreground', '-c', conf])``) or as ``args=``
+    (SAGATOR's usage line: ``chroot_execvp('clamd', args=[...], pid_file=...)``).
 
     * ``pid_file``: for a program that goes into the background (SAGATOR's
       ``clamd -c /etc/clamav.conf`` without ``Foreground``): once the launcher
@@ -533,13 +534,16 @@ class chroot_execvp(Daemon):
     def __init__(
         self,
         command: str,
-        *args: Any,
+        *arguments: Any,
+        args: Sequence[Any] = (),
         pid_file: str = "",
         pgrp_file: str = "",
         rlimit: rlimit | None = None,
         chroot: str = "",
     ) -> None:
-        super().__init__(command, _flatten(args))
+        if not isinstance(args, list | tuple):
+            raise ConfigError(f"{self.kind}: args must be a list of strings, got {args!r}")
+        super().__init__(command, _flatten([*arguments, *args]))
         self._processes(rlimit, chroot, pid_file, pgrp_file)
 
 

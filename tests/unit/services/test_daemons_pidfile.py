@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.errors import ConfigError
 from mailsift.services.daemons import (
     Process,
+    chroot_execvp,
+    chroot_execvpe,
     is_alive,
     process_start,
     read_pgrp_file,
@@ -116,3 +119,18 @@ def test_pgrp_file(tmp_path: Path) -> None:
     assert read_pgrp_file(str(path)) == 12345
     path.write_text(f"{os.getpgrp()}\n")  # never mailsift's own group
     assert read_pgrp_file(str(path)) is None
+
+
+def test_sagators_usage_line_args_and_pid_file() -> None:
+    # sagator-services.txt: chroot_execvp('daemon_name',args=[],pid_file='')
+    daemon = chroot_execvp("/usr/sbin/clamd", args=["-c", "/etc/clamav.conf"], pid_file="/run/clamd.pid")
+    assert daemon.args == ("-c", "/etc/clamav.conf")
+    assert daemon.pid_file == "/run/clamd.pid"
+    assert chroot_execvp("clamd", "-c", args=["/etc/clamav.conf"]).args == ("-c", "/etc/clamav.conf")
+    relative = chroot_execvp("clamd", pid_file="run/clamd.pid")
+    assert relative.pid_file == os.path.abspath("run/clamd.pid")
+    with pytest.raises(ConfigError, match="chroot_execvp: args must be a list of strings"):
+        chroot_execvp("clamd", args="-c /etc/clamav.conf")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="chroot_execvp: pid_file must be a path, got 5"):
+        chroot_execvp("clamd", pid_file=5)  # type: ignore[arg-type]
+    assert chroot_execvpe("clamd", ["-c", "x"], {"LANG": "C"}, pid_file="/run/c.pid").pid_file == "/run/c.pid"
