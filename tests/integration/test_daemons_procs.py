@@ -143,6 +143,13 @@ def test_workers_and_a_daemon_run_under_their_rlimit(serve: Callable[[str], Serv
     assert got["Max open files"] == ("300", "300")
     assert got["Max file size"] == ("1000000", "1000000")
     assert got["Max address space"] == ("unlimited", "unlimited")
+
+    # a reload with other limits: the new workers have them
+    served.config.write_text(served.config.read_text().replace("NOFILE=(1000, 2000)", "NOFILE=(1500, 2500)"))
+    served.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    served.wait_log("reloaded")
+    (new,) = {int(pid) for pid in re.findall(r"worker (\d+) started", served.text())} - {worker}
+    assert limits(new)["Max open files"] == ("1500", "2500")
     assert served.stop() == 0
 
 
