@@ -11,6 +11,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -256,13 +257,29 @@ def test_a_daemon_runs_in_its_chroot(serve: Callable[[str], Serve], tmp_path: Pa
     jail = tmp_path / "jail"
     (jail / "bin").mkdir(parents=True)
     (jail / "run").mkdir()
+    (jail / "dev").mkdir()
+    try:  # sh starts a job in the background with its stdin on /dev/null: a jail needs the nodes its program uses
+        os.mknod(jail / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod is refused here (a container without CAP_MKNOD): no /dev/null for the jail")
     shutil.copy2(BUSYBOX, jail / "bin" / "busybox")
-    for path in (jail, jail / "bin", jail / "run"):
+    for path in (jail, jail / "bin", jail / "run", jail / "dev"):
         path.chmod(0o755)
     script = "ls / > /run/listing; echo $$ > /run/busybox.pid; exec /bin/busybox sleep 3600"
-    served = serve(f"    chroot_execvp('/bin/busybox', 'sh', '-c', {script!r}, chroot={str(jail)!r}),\n")
+    # and a chrooted daemon that goes into the background, followed by its pid_file (seen from outside)
+    background = "/bin/busybox sleep 3600 & echo $! > /run/background.pid"
+    outside = jail / "run" / "background.pid"
+    served = serve(
+        f"    chroot_execvp('/bin/busybox', 'sh', '-c', {script!r}, chroot={str(jail)!r}),\n"
+        f"    chroot_execvp('/bin/busybox', 'sh', '-c', {background!r}, chroot={str(jail)!r},"
+        f" pid_file={str(outside)!r}),\n"
+    )
     pid = int(wait_for(lambda: daemonize.read_pid(jail / "run" / "busybox.pid"), what="busybox"))  # type: ignore[arg-type]
     assert os.readlink(f"/proc/{pid}/root") == str(jail)  # its / is the jail
-    assert (jail / "run" / "listing").read_text().split() == ["bin", "run"]  # all it sees
+    assert sorted((jail / "run" / "listing").read_text().split()) == ["bin", "dev", "run"]  # all it sees
+    followed = int(served.wait_log(r"runs in the background as pid (\d+)").group(1))
+    assert followed == daemonize.read_pid(outside)
+    assert os.readlink(f"/proc/{followed}/root") == str(jail)
     assert served.stop() == 0
     assert not daemonize.alive(pid)
+    assert not daemonize.alive(followed)
