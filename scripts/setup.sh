@@ -91,6 +91,8 @@ fi
 [ $want_test = 1 ] && packages+=(fuse3 libfuse3-dev pkg-config gcc libc6-dev)
 # squid and c-icap (c-icap-client): the ICAP service's tests run private instances on free ports
 [ $want_test = 1 ] && packages+=(squid c-icap)
+# chroot_execvp(chroot=...): a static busybox to run inside a test chroot (tests/integration/test_daemons_procs.py)
+[ $want_test = 1 ] && packages+=(busybox-static)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else

@@ -54,7 +54,7 @@ from mailsift.scanners.userpolicy import (
     policy_spam_hits,
     whitelisted,
 )
-from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, spamd_daemon
+from mailsift.services.daemons import chroot_execvp, chroot_execvpe, clamd_daemon, rlimit, spamd_daemon
 from mailsift.services.fusefs import fusefs
 from mailsift.services.icap import icap
 from mailsift.services.lmtpd import lmtpd
@@ -131,6 +131,7 @@ __all__ = [
     "remove_headers",
     "rename",
     "reporter",
+    "rlimit",
     "rspamd",
     "sanitize",
     "sender_regexp",

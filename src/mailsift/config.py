@@ -43,7 +43,7 @@ from mailsift.scanners.actions import reject
 from mailsift.scanners.base import Scanner
 from mailsift.scanners.userpolicy import blacklisted, listed, whitelisted
 from mailsift.services.base import Service
-from mailsift.services.daemons import Daemon
+from mailsift.services.daemons import Daemon, rlimit
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.rcptpolicy import link_recipient_policies, recipient_policy
 from mailsift.services.smtpd import smtpd
@@ -70,6 +70,8 @@ class Config:
     """SAGATOR's virtual ``reporter(...)`` service in SRV: the digest's settings (``mailsift report``)."""
     lines: Mapping[str, int] = field(default_factory=dict)
     """The line of the file that last assigns each top-level name (``SRV``, ``STATE_DIR``...)."""
+    rlimit: rlimit | None = None
+    """SAGATOR's virtual ``rlimit(...)`` service in SRV: the workers' resource limits."""
 
     def error(self, message: str, name: str = "") -> ConfigError:
         """A :class:`ConfigError` about this config, at the line that assigns ``name``."""
@@ -301,7 +303,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
         raise fail(f"SCANNERS must be a list of scanners, got {scanners!r}", "SCANNERS")
     entries = namespace.get("SRV", [])
     if not isinstance(entries, list | tuple) or not all(
-        isinstance(s, Service | Daemon | reporter | recipient_policy) for s in entries
+        isinstance(s, Service | Daemon | reporter | recipient_policy | rlimit) for s in entries
     ):
         raise fail(f"SRV must be a list of services like smtpd(SCANNERS, '127.0.0.1', 10024), got {entries!r}", "SRV")
     link_recipient_policies(entries)
@@ -310,6 +312,9 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
     reporters = [s for s in entries if isinstance(s, reporter)]
     if len(reporters) > 1:
         raise fail("SRV lists reporter(...) more than once", "SRV")
+    limits = [s for s in entries if isinstance(s, rlimit)]
+    if len(limits) > 1:
+        raise fail("SRV lists rlimit(...) more than once: give every limit in one", "SRV")
     state_dir = namespace.get("STATE_DIR", os.environ.get("MAILSIFT_STATE_DIR", "var"))
     if not isinstance(state_dir, str) or not state_dir:
         raise fail(f"STATE_DIR must be a directory path, got {state_dir!r}", "STATE_DIR")
@@ -386,4 +391,6 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
         except ConfigError as error:
             raise fail(error.message, "SRV") from None
     reporter_entry = reporters[0] if reporters else None
-    return Config(path, settings, tuple(scanners), tuple(services), tuple(daemons), reporter_entry, dict(lines))
+    return Config(
+        path, settings, tuple(scanners), tuple(services), tuple(daemons), reporter_entry, dict(lines), *limits[:1]
+    )

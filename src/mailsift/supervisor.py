@@ -56,7 +56,15 @@ from mailsift.errors import ConfigError, DatabaseError
 from mailsift.message.mail import remove_stale_spool
 from mailsift.reporting import poolstats
 from mailsift.reporting.logline import name_node_in_log
-from mailsift.services.daemons import Daemon
+from mailsift.services.daemons import (
+    PID_FILE_WAIT,
+    Daemon,
+    Process,
+    is_alive,
+    read_pgrp_file,
+    read_pid_file,
+    stop_process,
+)
 from mailsift.services.fusefs import fusefs
 
 log = logging.getLogger("mailsift.supervisor")
@@ -424,6 +432,8 @@ class Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
+                if config.rlimit is not None:  # SRV's rlimit(...): as root still, so it may raise hard limits
+                    config.rlimit.apply()
                 drop_privileges(self.account)  # before anything is served: the worker never runs as root
                 run_worker(config, self.sockets, self.drain_seconds)
             except BaseException:
@@ -562,14 +572,28 @@ def spawn(daemon: Daemon, state_dir: str, account: Account | None = None) -> sub
     daemon.prepare(state_dir, clients_group=account.gid if account else None)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "ab") as output:
-        return subprocess.Popen(
-            daemon.argv(),
-            env=daemon.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            return subprocess.Popen(
+                daemon.argv(),
+                env=daemon.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=daemon.in_child if daemon.needs_child_setup() else None,  # setrlimit, chroot
+            )
+        except subprocess.SubprocessError:  # its rlimit or chroot refused in the child, which wrote why
+            raise OSError("; ".join(_tail(log_path, 1)) or "refused between fork and exec") from None
+
+
+@dataclass
+class _Awaited:
+    """A daemon whose launcher went into the background: its PID file is awaited."""
+
+    daemon: Daemon
+    launched: float  # time.time() when the launcher was started
+    since: float  # time.monotonic() of the same
+    deadline: float  # time.monotonic()
 
 
 class DaemonKeeper:
@@ -578,9 +602,20 @@ class DaemonKeeper:
     Runs in the supervisor.  A daemon that exits is restarted after a pause
     that doubles each time (1 s to 60 s) and is reset once it has been up
     for a minute; readiness is polled so the log says when it answers.
+
+    A daemon with ``pid_file`` that goes into the background (its launcher
+    exits 0) is followed by the PID in that file (waited for up to
+    ``PID_FILE_WAIT`` seconds), checked twice a second by signal 0 and start
+    time, restarted when it is gone and stopped by that PID.  One without
+    ``pid_file`` whose launcher exits 0 within ``BACKGROUND_WITHIN`` seconds
+    went into the background out of mailsift's reach: that is logged as such
+    and it is not restarted (a restart would start a second copy each time).
     """
 
     RESTART_MIN, RESTART_MAX, STABLE_AFTER, STOP_GRACE = 1.0, 60.0, 60.0, 10.0
+    PID_FILE_WAIT = PID_FILE_WAIT
+    BACKGROUND_WITHIN = 10.0
+    LOOK_EVERY = 0.5
 
     def __init__(self) -> None:
         self.state_dir = ""
@@ -592,6 +627,15 @@ class DaemonKeeper:
         self.restarts: list[tuple[float, Daemon]] = []
         self.pause: dict[tuple[Any, ...], float] = {}
         self.logs: dict[int, str] = {}
+        self.launched: dict[int, float] = {}  # launcher pid -> time.time() it was started (pid_file daemons)
+        self.background: dict[int, Process] = {}
+        """The running daemons that are not mailsift's children (from their pid_file): pid -> process."""
+        self.awaiting: list[_Awaited] = []
+        self.unsupervised: dict[tuple[Any, ...], Daemon] = {}
+        """Daemons that went into the background without pid_file: not restarted, not started again."""
+        self._next_look = 0.0
+        self.popens: dict[int, subprocess.Popen[bytes]] = {}
+        """The programs' Popen objects: told the exit status the supervisor reaps (os.waitpid(-1))."""
 
     def apply(self, config: Config) -> None:
         """Make the running daemons those of ``config``: keep the same, stop the gone, start the new."""
@@ -600,19 +644,44 @@ class DaemonKeeper:
         for pid, daemon in list(self.running.items()):
             if daemon.identity() not in wanted:
                 self._stop(pid)
+        for awaited in [a for a in self.awaiting if a.daemon.identity() not in wanted]:
+            self.awaiting.remove(awaited)
+            self._stop_awaited(awaited)
         self.restarts = [(when, d) for when, d in self.restarts if d.identity() in wanted]
-        have = {d.identity() for d in self.running.values()} | {d.identity() for _, d in self.restarts}
+        self.unsupervised = {key: d for key, d in self.unsupervised.items() if key in wanted}
+        have = (
+            {d.identity() for d in self.running.values()}
+            | {d.identity() for _, d in self.restarts}
+            | {a.daemon.identity() for a in self.awaiting}
+            | set(self.unsupervised)
+        )
         for key, daemon in wanted.items():
             if key not in have:
                 self._start(daemon)
 
     def _start(self, daemon: Daemon) -> None:
         log_path = daemon.log_path(self.state_dir)
+        if daemon.pid_file:
+            left = read_pid_file(daemon.pid_file)  # by an earlier mailsift: supervised, not started twice
+            if left is not None:
+                log.warning(
+                    "%s: still running as pid %d (in %s, since before this start): supervising it, not "
+                    "starting another",
+                    daemon.describe(),
+                    left.pid,
+                    daemon.pid_file,
+                )
+                self._follow(daemon, left, time.monotonic())
+                return
         try:
             if isinstance(daemon, fusefs):  # forked, not a program: it runs the config's scanners itself
                 pid = daemon.start(self.state_dir)
             else:
-                pid = spawn(daemon, self.state_dir, self.account).pid
+                launched = time.time()
+                process = spawn(daemon, self.state_dir, self.account)
+                pid = process.pid
+                self.launched[pid] = launched
+                self.popens[pid] = process
         except (ConfigError, OSError) as error:
             log.error("%s: cannot start: %s", daemon.describe(), error)
             self._schedule(daemon)
@@ -620,9 +689,18 @@ class DaemonKeeper:
         now = time.monotonic()
         self.running[pid] = daemon
         self.started[pid] = now
-        self.waiting_ready[pid] = now
+        if not daemon.pid_file:  # else the daemon it leaves in the background is the one that answers
+            self.waiting_ready[pid] = now
         self.logs[pid] = log_path
         log.info("%s started (pid %d), its output in %s", daemon.describe(), pid, log_path)
+
+    def _follow(self, daemon: Daemon, process: Process, since: float) -> None:
+        """Supervise ``process`` (a daemon in the background) as ``daemon``."""
+        self.running[process.pid] = daemon
+        self.background[process.pid] = process
+        self.started[process.pid] = since
+        self.waiting_ready[process.pid] = since
+        self.logs[process.pid] = daemon.log_path(self.state_dir)
 
     def _schedule(self, daemon: Daemon) -> None:
         pause = self.pause.get(daemon.identity(), self.RESTART_MIN)
@@ -630,16 +708,50 @@ class DaemonKeeper:
         self.restarts.append((time.monotonic() + pause, daemon))
         log.info("%s: starting again in %.0f s", daemon.describe(), pause)
 
-    def exited(self, pid: int, code: int, *, restart: bool) -> bool:
-        """Handle a reaped PID if it was a daemon's; returns whether it was."""
+    def _forget(self, pid: int) -> tuple[Daemon | None, float, str]:
+        """Drop ``pid`` from the running daemons: (its daemon, seconds it was up, its log path)."""
         daemon = self.running.pop(pid, None)
+        up = time.monotonic() - self.started.pop(pid, time.monotonic())
+        self.waiting_ready.pop(pid, None)
+        self.background.pop(pid, None)
+        self.launched.pop(pid, None)
+        return daemon, up, self.logs.pop(pid, "")
+
+    def exited(self, pid: int, code: int, *, restart: bool, stopped: bool = False) -> bool:
+        """Handle a reaped PID if it was a daemon's; returns whether it was.
+
+        ``stopped``: mailsift stopped it (a launcher that exits 0 then is not followed into the background)."""
+        launched = self.launched.get(pid, time.time())
+        started = self.started.get(pid, time.monotonic())
+        popen = self.popens.pop(pid, None)
+        if popen is not None:
+            popen.returncode = code  # reaped by the supervisor, not by the Popen
+        daemon, up, log_path = self._forget(pid)
         if daemon is None:
             return False
-        up = time.monotonic() - self.started.pop(pid, 0.0)
-        self.waiting_ready.pop(pid, None)
-        log_path = self.logs.pop(pid, "")
+        if code == 0 and daemon.pid_file and not stopped:
+            # It went into the background: follow the PID it writes (also while stopping, to stop it).
+            self.awaiting.append(_Awaited(daemon, launched, started, time.monotonic() + self.PID_FILE_WAIT))
+            log.info(
+                "%s: its launcher (pid %d) went into the background; reading its PID from %s",
+                daemon.describe(),
+                pid,
+                daemon.pid_file,
+            )
+            return True
         if not restart:
             log.info("%s (pid %d) stopped", daemon.describe(), pid)
+            return True
+        if code == 0 and up < self.BACKGROUND_WITHIN and not isinstance(daemon, fusefs):
+            log.error(
+                "%s (pid %d) exited with status 0 after %.0f s: it went into the background, where mailsift "
+                "can neither supervise nor stop it: give pid_file= (the file it writes its PID to) or run it in "
+                "the foreground (clamd: Foreground yes, or --foreground); it is not started again",
+                daemon.describe(),
+                pid,
+                up,
+            )
+            self.unsupervised[daemon.identity()] = daemon
             return True
         log.error(
             "%s (pid %d) exited with status %d after %.0f s; the end of %s:%s",
@@ -656,12 +768,15 @@ class DaemonKeeper:
         return True
 
     def tend(self) -> None:
-        """Start the due restarts, and log the daemons that have begun to answer."""
+        """Start the due restarts, follow the daemons in the background, and log those that begin to answer."""
         now = time.monotonic()
         due = [d for when, d in self.restarts if when <= now]
         self.restarts = [(when, d) for when, d in self.restarts if when > now]
         for daemon in due:
             self._start(daemon)
+        if now >= self._next_look:
+            self._next_look = now + self.LOOK_EVERY
+            self._look_at_background(now)
         for pid, since in list(self.waiting_ready.items()):
             if int((now - since) * 10) % 5:  # look twice a second
                 continue
@@ -670,8 +785,61 @@ class DaemonKeeper:
                 log.info("%s answers (%.1f s after start)", answering.describe(), now - since)
                 del self.waiting_ready[pid]
 
+    def _look_at_background(self, now: float) -> None:
+        for awaited in list(self.awaiting):
+            process = read_pid_file(awaited.daemon.pid_file, awaited.launched)
+            if process is not None:
+                self.awaiting.remove(awaited)
+                self._follow(awaited.daemon, process, awaited.since)
+                log.info(
+                    "%s runs in the background as pid %d (from %s)",
+                    awaited.daemon.describe(),
+                    process.pid,
+                    awaited.daemon.pid_file,
+                )
+            elif now > awaited.deadline:
+                self.awaiting.remove(awaited)
+                log_path = awaited.daemon.log_path(self.state_dir)
+                log.error(
+                    "%s: no live process in its pid_file %s %.0f s after its launcher went into the background; "
+                    "the end of %s:%s",
+                    awaited.daemon.describe(),
+                    awaited.daemon.pid_file,
+                    self.PID_FILE_WAIT,
+                    log_path,
+                    "".join(f"\n    {line}" for line in _tail(log_path)),
+                )
+                self._schedule(awaited.daemon)
+        for pid, process in list(self.background.items()):
+            if is_alive(process):
+                continue
+            daemon, up, log_path = self._forget(pid)
+            if daemon is None:
+                continue
+            log.error(
+                "%s (pid %d, from %s) is gone after %.0f s; the end of %s:%s",
+                daemon.describe(),
+                pid,
+                daemon.pid_file,
+                up,
+                log_path,
+                "".join(f"\n    {line}" for line in _tail(log_path)),
+            )
+            if up > self.STABLE_AFTER:
+                self.pause.pop(daemon.identity(), None)
+            self._schedule(daemon)
+
     def _stop(self, pid: int) -> None:
         daemon = self.running.get(pid)
+        process = self.background.get(pid)
+        if process is not None and daemon is not None:
+            group = read_pgrp_file(daemon.pgrp_file) if daemon.pgrp_file else None
+            if stop_process(process, self.STOP_GRACE, group):
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killed", daemon.describe(), pid, self.STOP_GRACE)
+            self._forget(pid)
+            log.info("%s (pid %d, from %s) stopped", daemon.describe(), pid, daemon.pid_file)
+            return
+        launched = self.launched.get(pid)
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -689,12 +857,41 @@ class DaemonKeeper:
             log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", daemon and daemon.describe(), pid, 10)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        self.exited(pid, 0, restart=False)
+        self.exited(pid, 0, restart=False, stopped=True)
+        if daemon is not None and daemon.pid_file and launched is not None:  # stopped as it went to the background
+            left = read_pid_file(daemon.pid_file, launched)
+            if left is not None and left.pid != pid:
+                self._follow(daemon, left, time.monotonic())
+                self._stop(left.pid)
+
+    def _stop_awaited(self, awaited: _Awaited) -> None:
+        """Stop the daemon a launcher left in the background, if its pid_file names it yet."""
+        process = read_pid_file(awaited.daemon.pid_file, awaited.launched)
+        if process is not None:
+            self._follow(awaited.daemon, process, awaited.since)
+            self._stop(process.pid)
 
     def stop_all(self) -> None:
         self.restarts.clear()
         for pid in list(self.running):
             self._stop(pid)
+        # Launchers that had just gone into the background: their daemon, once its pid_file names it.
+        deadline = time.monotonic() + self.STOP_GRACE
+        while self.awaiting and time.monotonic() < deadline:
+            for awaited in list(self.awaiting):
+                process = read_pid_file(awaited.daemon.pid_file, awaited.launched)
+                if process is not None:
+                    self.awaiting.remove(awaited)
+                    self._follow(awaited.daemon, process, awaited.since)
+                    self._stop(process.pid)
+            time.sleep(0.1)
+        for awaited in self.awaiting:
+            log.warning(
+                "%s: its pid_file %s names no live process; nothing to stop",
+                awaited.daemon.describe(),
+                awaited.daemon.pid_file,
+            )
+        self.awaiting.clear()
 
 
 def _tail(path: str, lines: int = 5) -> list[str]:

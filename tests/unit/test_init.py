@@ -73,6 +73,7 @@ EXPORTED = {
     "remove_headers",
     "rename",
     "reporter",
+    "rlimit",
     "rspamd",
     "sanitize",
     "sender_regexp",
@@ -110,6 +111,7 @@ SERVICES = {
     "spamd_daemon",
     "fusefs",
     "reporter",
+    "rlimit",
     "webq",
 }
 HOOKS = {"stats", "archive", "notify", "spam_forward", "log_syslog", "log_file", "log_sql"}

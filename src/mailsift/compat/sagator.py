@@ -70,7 +70,7 @@ from mailsift.scanners.base import Interscanner, Scanner, Target
 from mailsift.scanners.engines.clamav import clamd
 from mailsift.scanners.engines.command import clamscan
 from mailsift.services.base import Service
-from mailsift.services.daemons import Daemon
+from mailsift.services.daemons import Daemon, rlimit
 from mailsift.services.lmtpd import lmtpd as native_lmtpd
 from mailsift.services.milter import milter as native_milter
 from mailsift.services.smtpd import smtpd as native_smtpd
@@ -482,7 +482,7 @@ _PENDING_SERVICES = {"recipient_policy", "fusefs", "rlimit"}
 
 
 def _is_service(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, Service | Daemon | mailsift.reporter)
+    return isinstance(value, type) and issubclass(value, Service | Daemon | mailsift.reporter | rlimit)
 
 
 def _surfaces() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,8 +11,19 @@ service started the daemons its scanners talk to.  mailsift keeps the name
   and arguments, and stops it (SIGTERM, then SIGKILL after 10 s) after the
   workers have drained on shutdown.
 
-The program must stay in the foreground (``clamd --foreground``): mailsift is
-its parent and supervises it.  No chroot is done: the name is SAGATOR's.
+A program that stays in the foreground (``clamd --foreground``) is mailsift's
+child and supervised as such.  One that goes into the background is supervised
+through its PID file (``pid_file=``): once the launcher has exited 0 the
+supervisor reads the file (waiting up to :data:`PID_FILE_WAIT` seconds), checks
+the process is alive by its PID *and* its start time (so a reused PID is never
+taken for it), restarts it when it dies, and stops it by that PID at exit.
+
+``rlimit(AS=..., NOFILE=...)`` is SAGATOR's resource-limit service: in ``SRV``
+it limits the workers (set in each worker after the fork, before it drops
+privileges); given to a daemon (``chroot_execvp(..., rlimit=rlimit(...))``) it
+limits that program (set between fork and exec).  ``chroot=`` runs a program
+inside a directory with chroot(2) (as root; the directory root-owned and not
+writable by others; the program and its libraries inside).
 
 ``clamd_daemon`` and ``spamd_daemon`` are ready-made ones: a private clamd on
 a unix socket under the state directory, with the system's signatures when
@@ -22,15 +33,21 @@ loudly at start), and a private spamd on a loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import logging
 import os
 import pwd
+import resource
 import shutil
+import signal
 import socket
 import stat
+import struct
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mailsift.errors import ConfigError
@@ -43,6 +60,330 @@ CLAMAV_TEST_FILE_BODY = b"KERNEL32.DLL\0\0ExitProcess\0USER32.DLL\0CLAMessageBox
 """A byte string of ClamAV's own test file (clam.exe), as ClamAV's Test.NDB signature uses."""
 CLAMAV_TEST_FILE = "/usr/share/clamav-testfiles/clam.exe"
 SYSTEM_CLAMAV_DB = "/var/lib/clamav"
+
+
+# --------------------------------------------------------------------------- resource limits
+
+
+RESOURCES: dict[str, int] = {
+    name.removeprefix("RLIMIT_"): getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")
+}
+"""The resources this system can limit, by SAGATOR's names (``AS``, ``NOFILE``...: ``RLIMIT_`` left out)."""
+ALIASES = {"VMEM": "AS"}
+"""SAGATOR's ``VMEM`` (the BSDs' ``RLIMIT_VMEM``) is Linux's ``RLIMIT_AS``."""
+MIN_MEMORY = 256 * 1024 * 1024
+"""The least ``AS``/``DATA`` a worker can run with: Python with mailsift loaded takes about 60 MB of
+address space before its first message, and each thread reserves its stack and a malloc arena."""
+MIN_NOFILE = 64
+"""The least ``NOFILE`` a worker can run with (its listening sockets, log, database, spool files)."""
+UNLIMITED = ("unlimited", "infinity", None)
+
+
+def _limit_value(name: str, value: Any) -> int:
+    if value in UNLIMITED or value == resource.RLIM_INFINITY:
+        return resource.RLIM_INFINITY
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"rlimit: {name} must be a whole number >= 0 (bytes, seconds or a count), 'unlimited' or "
+            f"(soft, hard), got {value!r}"
+        )
+    return value
+
+
+def _shown(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
+class rlimit:
+    """Resource limits: ``rlimit(AS=2 * 1024**3, NOFILE=4096, CORE=0)``, SAGATOR's names.
+
+    Each keyword is a resource of setrlimit(2) without ``RLIMIT_`` (``AS``,
+    ``CORE``, ``CPU``, ``DATA``, ``FSIZE``, ``MEMLOCK``, ``NOFILE``, ``NPROC``,
+    ``RSS``, ``STACK``...; SAGATOR's ``VMEM`` is ``AS``; any case), and its value
+    the limit: a number (soft and hard limit alike), ``(soft, hard)``, or
+    ``'unlimited'``.  In ``SRV`` it limits the workers; as ``rlimit=`` of a
+    daemon, that program.  An unknown name or a bad value is a config error,
+    and so are limits a worker could not start under (``AS``/``DATA`` below
+    256 MB, ``NOFILE`` below 64) and, unless mailsift runs as root, a hard
+    limit above the current one (only root may raise it).
+    """
+
+    def __init__(self, **limits: Any) -> None:
+        if not limits:
+            raise ConfigError("rlimit: give at least one limit, like rlimit(AS=2147483648, NOFILE=4096)")
+        self.limits: dict[str, tuple[int, int]] = {}
+        for given, value in limits.items():
+            name = ALIASES.get(given.upper(), given.upper())
+            if name not in RESOURCES:
+                raise ConfigError(
+                    f"rlimit: unknown resource {given!r}; this system limits {', '.join(sorted(RESOURCES))} "
+                    "(and VMEM, which is AS)"
+                )
+            if name in self.limits:
+                raise ConfigError(f"rlimit: {name} is given twice ({given!r} is {name})")
+            if isinstance(value, list | tuple):
+                if len(value) != 2:
+                    raise ConfigError(f"rlimit: {given} must be a number or (soft, hard), got {value!r}")
+                soft, hard = _limit_value(given, value[0]), _limit_value(given, value[1])
+            else:
+                soft = hard = _limit_value(given, value)
+            if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+                raise ConfigError(f"rlimit: {given}: the soft limit {_shown(soft)} is above the hard one {hard}")
+            if name in ("AS", "DATA") and soft != resource.RLIM_INFINITY and soft < MIN_MEMORY:
+                raise ConfigError(
+                    f"rlimit: {given}={soft} ({soft / 2**20:.0f} MiB) is too small for a mailsift process: Python "
+                    f"with mailsift loaded takes about 60 MB of address space before its first message, and every "
+                    f"thread reserves its stack and a malloc arena; give at least {MIN_MEMORY // 2**20} MiB "
+                    "(AS counts reserved address space: 1 GiB or more; DATA limits memory use more closely). "
+                    "SAGATOR's 100 MB was for libclamav inside its own process; mailsift's clamd is a daemon"
+                )
+            if name == "NOFILE" and soft != resource.RLIM_INFINITY and soft < MIN_NOFILE:
+                raise ConfigError(
+                    f"rlimit: {given}={soft} is too small: a mailsift process needs at least {MIN_NOFILE}"
+                )
+            self.limits[name] = (soft, hard)
+        if os.geteuid() != 0:
+            for name, (_soft, hard) in self.limits.items():
+                current = resource.getrlimit(RESOURCES[name])[1]
+                if current != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > current):
+                    raise ConfigError(
+                        f"rlimit: {name} hard limit {_shown(hard)} is above this process's ({current}): only root "
+                        "may raise a hard limit; start mailsift as root or give a lower one"
+                    )
+        if "RSS" in self.limits:
+            log.warning("rlimit: RSS is set, but Linux does not enforce it (since 2.6); use DATA or AS")
+
+    def describe(self) -> str:
+        return "rlimit(" + ", ".join(f"{n}={self._value(n)}" for n in sorted(self.limits)) + ")"
+
+    def _value(self, name: str) -> str:
+        soft, hard = self.limits[name]
+        return _shown(soft) if soft == hard else f"({_shown(soft)}, {_shown(hard)})"
+
+    __repr__ = describe
+
+    def identity(self) -> tuple[Any, ...]:
+        return tuple(sorted(self.limits.items()))
+
+    def apply(self) -> None:
+        """Set the limits on this process (a worker after its fork, a daemon before its exec); OSError if refused."""
+        for name, (soft, hard) in self.limits.items():
+            try:
+                resource.setrlimit(RESOURCES[name], (soft, hard))
+            except (OSError, ValueError) as error:
+                raise OSError(f"rlimit: cannot set {name} to {self._value(name)}: {error}") from None
+
+
+# --------------------------------------------------------------------------- processes by PID
+
+
+PID_FILE_WAIT = 30.0
+"""How long a daemon that went into the background has to write a live PID into its ``pid_file``."""
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process mailsift did not fork itself (a daemon in the background): its PID and start time.
+
+    The start time (clock ticks after boot, ``/proc/<pid>/stat``) tells the
+    process from a later one that got the same PID."""
+
+    pid: int
+    start: int
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of ``pid`` (clock ticks after boot), or None when there is no such live process
+    (a zombie is not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] in ("Z", "X", "x"):
+        return None
+    try:
+        return int(fields[19])  # field 22 of proc(5); the list starts at field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def started_at(process: Process) -> float:
+    """When ``process`` started, in seconds since the epoch (to about a second)."""
+    return _boot_time() + process.start / os.sysconf("SC_CLK_TCK")
+
+
+def is_alive(process: Process) -> bool:
+    """Whether ``process`` still runs: its PID answers signal 0 and has the same start time."""
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists (another user's)
+    return process_start(process.pid) == process.start
+
+
+def read_pid_file(path: str, launched: float | None = None) -> Process | None:
+    """The live process whose PID ``path`` holds, or None.
+
+    ``launched``: the time mailsift started the program; the process must have
+    started since (a stale file's PID, reused by another program, never is).
+    Without it (a daemon left running by an earlier mailsift), the process must
+    be older than the file: it wrote the file, a later holder of its PID did not."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(64)
+        written = os.stat(path).st_mtime
+        pid = int(text.split()[0]) if text.split() else 0
+    except (OSError, ValueError):
+        return None
+    if pid <= 1 or pid == os.getpid():
+        return None
+    start = process_start(pid)
+    if start is None:
+        return None
+    process = Process(pid, start)
+    when = started_at(process)
+    if launched is not None:
+        return process if when >= launched - 1.5 else None
+    return process if when <= written + 1.5 else None
+
+
+def stop_process(process: Process, grace: float, group: int | None = None) -> bool:
+    """SIGTERM ``process`` (and process group ``group``), SIGKILL after ``grace`` seconds; whether it had
+    to be killed.  Signals go only while the PID is still that process."""
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signum)
+        if group is not None and group > 1:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
+
+    if not is_alive(process):
+        return False
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not is_alive(process):
+            return False
+        time.sleep(0.05)
+    if is_alive(process):
+        send(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def read_pgrp_file(path: str) -> int | None:
+    """The process group in SAGATOR's ``pgrp_file`` (signalled with the daemon at stop), or None."""
+    try:
+        with open(path, "rb") as handle:
+            value = int(handle.read(64).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return value if value > 1 and value != os.getpgrp() else None
+
+
+# --------------------------------------------------------------------------- chroot
+
+
+def check_chroot(directory: str) -> str:
+    """``directory`` made absolute and real; ConfigError unless it can serve as a chroot.
+
+    It must be a directory owned by root and writable by nobody else (group and
+    others), and so must every directory above it, except that a sticky one
+    (``/tmp``) may be writable: nobody but root can then move root's directory
+    away.  As OpenSSH checks its ``ChrootDirectory``."""
+    if not isinstance(directory, str) or not directory.startswith("/"):
+        raise ConfigError(f"chroot: must be an absolute directory path, got {directory!r}")
+    real = os.path.realpath(directory)
+    path = real
+    while True:
+        try:
+            info = os.stat(path)
+        except OSError as error:
+            raise ConfigError(f"chroot: {path}: {error.strerror}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"chroot: {path} is not a directory")
+        if info.st_uid != 0:
+            raise ConfigError(
+                f"chroot: {path} is owned by uid {info.st_uid}, not root: its owner could change the jail"
+            )
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and (path == real or not info.st_mode & stat.S_ISVTX):
+            raise ConfigError(
+                f"chroot: {path} is mode {stat.S_IMODE(info.st_mode):04o}: writable by others than root "
+                "(chmod go-w), who could change the jail"
+            )
+        if path == "/":
+            return real
+        path = os.path.dirname(path)
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """The program interpreter (dynamic loader) an ELF executable names, or None (static, not ELF)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF":
+                return None
+            order = "<" if head[5] == 1 else ">"
+            # 64 or 32 bits: where e_phoff and e_phentsize/e_phnum are, and p_offset/p_filesz in an entry
+            word, phoff_at, phnum_at, offset_at, size_at = (
+                ("Q", 32, 54, 8, 32) if head[4] == 2 else ("I", 28, 42, 4, 16)
+            )
+            phoff = struct.unpack_from(order + word, head, phoff_at)[0]
+            phentsize, phnum = struct.unpack_from(order + "HH", head, phnum_at)
+            for index in range(min(phnum, 64)):
+                handle.seek(phoff + index * phentsize)
+                entry = handle.read(phentsize)
+                if len(entry) < size_at + 8 or struct.unpack_from(order + "I", entry, 0)[0] != 3:  # PT_INTERP
+                    continue
+                offset = struct.unpack_from(order + word, entry, offset_at)[0]
+                size = struct.unpack_from(order + word, entry, size_at)[0]
+                handle.seek(offset)
+                return handle.read(min(size, 4096)).rstrip(b"\0").decode("utf-8", "replace")
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def check_chroot_program(root: str, command: str) -> None:
+    """ConfigError unless ``command`` (absolute, as seen inside the chroot) is an executable in ``root``,
+    with its script interpreter or ELF dynamic loader there too (its libraries are not looked for)."""
+    if not command.startswith("/"):
+        raise ConfigError(
+            f"chroot: the program must be given by its path inside {root} (like '/bin/busybox'), got {command!r}"
+        )
+    inside = os.path.join(root, command.lstrip("/"))
+    if not (os.path.isfile(inside) and os.access(inside, os.X_OK)):
+        raise ConfigError(
+            f"chroot: program {command} is not in {root} ({inside} is not an executable file): the program, "
+            "and every library and file it uses, must be inside the chroot"
+        )
+    try:
+        with open(inside, "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        first = b""
+    needed = first[2:].split()[0].decode("utf-8", "replace") if first.startswith(b"#!") and first[2:].split() else None
+    needed = needed or _elf_interpreter(inside)
+    if needed and not os.path.exists(os.path.join(root, needed.lstrip("/"))):
+        raise ConfigError(
+            f"chroot: program {command} needs {needed}, which is not in {root}: copy the program's interpreter "
+            "and libraries into the chroot (ldd lists them), or use a static program (busybox-static)"
+        )
 
 
 class Daemon:
@@ -61,21 +402,73 @@ class Daemon:
         self.args = tuple(args)
         self.env = dict(env or {})
 
+    limits: rlimit | None = None
+    """``rlimit=``: the program's resource limits, set between fork and exec."""
+    chroot = ""
+    """``chroot=``: the directory the program runs chrooted in ("" for none)."""
+    pid_file = ""
+    """``pid_file=``: where a program that goes into the background writes its PID ("" for none)."""
+    pgrp_file = ""
+    """``pgrp_file=``: where it writes its process group, signalled with it at stop ("" for none)."""
+
+    def _processes(self, limits: Any, chroot: Any, pid_file: Any, pgrp_file: Any) -> None:
+        """Check and keep ``rlimit=``, ``chroot=``, ``pid_file=`` and ``pgrp_file=``."""
+        if limits is not None and not isinstance(limits, rlimit):
+            raise ConfigError(f"{self.kind}: rlimit= must be rlimit(NAME=value, ...), got {limits!r}")
+        for name, value in (("pid_file", pid_file), ("pgrp_file", pgrp_file), ("chroot", chroot)):
+            if not isinstance(value, str):
+                raise ConfigError(f"{self.kind}: {name} must be a path, got {value!r}")
+        self.limits = limits
+        self.pid_file = os.path.abspath(pid_file) if pid_file else ""
+        self.pgrp_file = os.path.abspath(pgrp_file) if pgrp_file else ""
+        self.chroot = chroot
+
     def describe(self) -> str:
         return f"{self.kind}({' '.join([self.command, *self.args])})"
 
     def identity(self) -> tuple[Any, ...]:
         """What makes two daemons the same one (kept running across a reload)."""
-        return (self.kind, tuple(self.argv()), tuple(sorted(self.env.items())))
+        limits = self.limits.identity() if self.limits is not None else ()
+        processes = (limits, self.chroot, self.pid_file, self.pgrp_file)
+        return (self.kind, tuple(self.argv()), tuple(sorted(self.env.items())), processes)
+
+    def in_child(self) -> None:
+        """In the program's process, between fork and exec: its limits, then its chroot.
+
+        A refusal is written to the program's output (its log) before it is raised."""
+        try:
+            if self.limits is not None:
+                self.limits.apply()
+            if self.chroot:
+                os.chroot(self.chroot)
+                os.chdir("/")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.write(2, f"mailsift: {self.describe()}: cannot start: {error}\n".encode())
+            raise
+
+    def needs_child_setup(self) -> bool:
+        return self.limits is not None or bool(self.chroot)
 
     def argv(self) -> list[str]:
+        if self.chroot:  # the path inside the chroot, looked up after chroot(2)
+            return [self.command, *self.args]
         return [find_program(self.command), *self.args]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
     def check(self) -> None:
-        """At config load: is the program there?  Raises ConfigError."""
+        """At config load: is the program there (in its chroot)?  Raises ConfigError."""
+        if self.chroot:
+            if os.geteuid() != 0:
+                raise ConfigError(f"{self.describe()}: chroot= needs mailsift started as root (chroot(2) is root's)")
+            try:
+                self.chroot = check_chroot(self.chroot)
+                check_chroot_program(self.chroot, self.command)
+            except ConfigError as error:
+                raise ConfigError(f"{self.describe()}: {error.message}") from None
+            return
         if not shutil.which(find_program(self.command)):
             raise ConfigError(f"{self.describe()}: program {self.command!r} not found")
 
@@ -121,27 +514,59 @@ def _flatten(args: Sequence[Any]) -> list[str]:
 class chroot_execvp(Daemon):
     """Start and supervise a program: ``chroot_execvp('/usr/sbin/clamd', '--foreground', '-c', conf)``.
 
-    As in SAGATOR, the arguments may be given one by one or as a list
-    (``chroot_execvp('clamd', ['--foreground', '-c', conf])``).  ``pid_file``
-    is accepted for SAGATOR configs and ignored: the program stays in the
-    foreground as mailsift's child, which is how mailsift knows its PID.
+    As in SAGATOR, the arguments may be given one by one, as a list
+    (``chroot_execvp('clamd', ['--foreground', '-c', conf])``) or as ``args=``
+    (SAGATOR's usage line: ``chroot_execvp('clamd', args=[...], pid_file=...)``).
+
+    * ``pid_file``: for a program that goes into the background (SAGATOR's
+      ``clamd -c /etc/clamav.conf`` without ``Foreground``): once the launcher
+      exits 0, the PID in that file is supervised, restarted when it dies and
+      stopped at exit.  Without it such a program is reported, not restarted.
+    * ``pgrp_file``: a file with the program's process group, signalled too at stop.
+    * ``rlimit``: ``rlimit(NAME=value, ...)``, the program's resource limits.
+    * ``chroot``: a directory to chroot(2) into before the program starts (as
+      root; owned by root, writable by nobody else; the program, by its path
+      inside, and its libraries in it).
     """
 
     kind = "chroot_execvp"
 
-    def __init__(self, command: str, *args: Any, pid_file: str = "", pgrp_file: str = "") -> None:
-        super().__init__(command, _flatten(args))
+    def __init__(
+        self,
+        command: str,
+        *arguments: Any,
+        args: Sequence[Any] = (),
+        pid_file: str = "",
+        pgrp_file: str = "",
+        rlimit: rlimit | None = None,
+        chroot: str = "",
+    ) -> None:
+        if not isinstance(args, list | tuple):
+            raise ConfigError(f"{self.kind}: args must be a list of strings, got {args!r}")
+        super().__init__(command, _flatten([*arguments, *args]))
+        self._processes(rlimit, chroot, pid_file, pgrp_file)
 
 
 class chroot_execvpe(Daemon):
-    """``chroot_execvp`` with environment variables: ``chroot_execvpe('clamd', ['--foreground'], {'LANG': 'C'})``."""
+    """``chroot_execvp`` with environment variables: ``chroot_execvpe('clamd', ['--foreground'], {'LANG': 'C'})``.
+
+    ``pid_file``, ``pgrp_file``, ``rlimit`` and ``chroot`` as for :class:`chroot_execvp`."""
 
     kind = "chroot_execvpe"
 
     def __init__(
-        self, command: str, args: Sequence[Any] = (), env: Mapping[str, str] | None = None, **ignored: str
+        self,
+        command: str,
+        args: Sequence[Any] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        pid_file: str = "",
+        pgrp_file: str = "",
+        rlimit: rlimit | None = None,
+        chroot: str = "",
     ) -> None:
         super().__init__(command, _flatten(args), env)
+        self._processes(rlimit, chroot, pid_file, pgrp_file)
 
 
 # --------------------------------------------------------------------------- clamd
@@ -223,6 +648,7 @@ class clamd_daemon(Daemon):
     warning at every start, since they are no protection against real viruses.
     ``user``: the account clamd switches to when mailsift runs as root
     (Debian's ``clamav``).  ``options``: more ``clamd.conf`` lines, as a dict.
+    ``rlimit``: clamd's resource limits (``rlimit(AS=...)``: real signatures take over 1 GB).
     """
 
     kind = "clamd_daemon"
@@ -237,6 +663,7 @@ class clamd_daemon(Daemon):
         user: str = "clamav",
         program: str = "clamd",
         options: Mapping[str, str] | None = None,
+        rlimit: rlimit | None = None,
     ) -> None:
         if not isinstance(socket_path, str) or not socket_path:
             raise ConfigError(f"clamd_daemon: socket path must be a string, got {socket_path!r}")
@@ -250,6 +677,7 @@ class clamd_daemon(Daemon):
         self.user = user
         self.options = dict(options or {})
         super().__init__(program, ["--foreground", "-c", os.path.join(self.directory, "clamd.conf")])
+        self._processes(rlimit, "", "", "")
 
     def describe(self) -> str:
         return f"clamd_daemon({self.socket_path})"
@@ -356,7 +784,7 @@ class spamd_daemon(Daemon):
     set it False once the machine resolves DNS.
     ``user``: the account spamd runs as when mailsift runs as root (Debian's
     ``debian-spamd``); ``site_config``: more SpamAssassin settings, one per
-    line, added to the system's /etc/spamassassin.
+    line, added to the system's /etc/spamassassin.  ``rlimit``: spamd's resource limits.
     """
 
     kind = "spamd_daemon"
@@ -370,6 +798,7 @@ class spamd_daemon(Daemon):
         user: str = "debian-spamd",
         program: str = "spamd",
         site_config: str = "",
+        rlimit: rlimit | None = None,
     ) -> None:
         if not (
             isinstance(address, list | tuple)
@@ -385,12 +814,23 @@ class spamd_daemon(Daemon):
         self.site_config = site_config
         self.directory = ""
         super().__init__(program)
+        self._processes(rlimit, "", "", "")
 
     def describe(self) -> str:
         return f"spamd_daemon({self.host}:{self.port})"
 
     def identity(self) -> tuple[Any, ...]:
-        return (self.kind, self.host, self.port, self.local_only, self.max_children, self.user, self.site_config)
+        limits = self.limits.identity() if self.limits is not None else ()
+        return (
+            self.kind,
+            self.host,
+            self.port,
+            self.local_only,
+            self.max_children,
+            self.user,
+            self.site_config,
+            limits,
+        )
 
     def prepare(self, state_dir: str, clients_group: int | None = None) -> None:
         self.directory = os.path.join(state_dir, "spamd")
