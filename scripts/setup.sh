@@ -79,6 +79,9 @@ fi
 [ $want_test = 1 ] && packages+=(python3-venv systemd 7zip)
 # fusefs(): FUSE 3 (fusermount3) and what pyfuse3 builds against (tests/integration/test_fusefs.py)
 [ $want_test = 1 ] && packages+=(fuse3 libfuse3-dev pkg-config gcc libc6-dev)
+# Exim (tests/integration/test_exim.py): the libraries exim4-daemon-light links (its Depends; the
+# package itself conflicts with Postfix as mail-transport-agent, so it is extracted below, not installed)
+[ $want_test = 1 ] && packages+=(libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
@@ -91,6 +94,29 @@ if [ "$(id -u)" = 0 ] && ! getent passwd "$SERVICE_USER" >/dev/null; then
   getent group "$SERVICE_USER" >/dev/null || groupadd --system "$SERVICE_USER"
   useradd --system --gid "$SERVICE_USER" --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+
+# Exim for the tests, beside Postfix: Debian's packages extracted (dpkg-deb -x), not installed, into
+# EXIM_ROOT; run as root with its own config (exim4 -C, tests/helpers/exim.py). Debian-exim is the user
+# compiled into the binary (as exim4-base's postinst makes it).
+EXIM_ROOT=${MAILSIFT_EXIM_ROOT:-/opt/mailsift-test/exim}
+if [ $want_test = 1 ] && command -v dpkg-deb >/dev/null && [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
+  say "extracting Exim (exim4-daemon-light, exim4-base) into $EXIM_ROOT"
+  debs=$(mktemp -d)
+  chmod 0755 "$debs"
+  getent passwd _apt >/dev/null && as_root chown _apt "$debs"
+  (cd "$debs" && { as_root apt-get download -q exim4-daemon-light exim4-base >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get download -q exim4-daemon-light exim4-base >/dev/null; }; })
+  as_root mkdir -p "$EXIM_ROOT"
+  for deb in "$debs"/*.deb; do as_root dpkg-deb -x "$deb" "$EXIM_ROOT"; done
+  as_root rm -rf "$debs"
+  if ldd "$EXIM_ROOT/usr/sbin/exim4" | grep -q 'not found'; then
+    say "warning: the extracted Exim misses libraries: $(ldd "$EXIM_ROOT/usr/sbin/exim4" | grep 'not found' | tr -s ' \t' ' ')"
+  fi
+fi
+if [ $want_test = 1 ] && [ "$(id -u)" = 0 ] && ! getent passwd Debian-exim >/dev/null; then
+  getent group Debian-exim >/dev/null || groupadd --system Debian-exim
+  useradd --system --gid Debian-exim --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
 fi
 
 # Whether the service user can run the given file (a Python) and read what is next to it.
