@@ -97,16 +97,19 @@ if [ "$(id -u)" = 0 ] && ! getent passwd "$SERVICE_USER" >/dev/null; then
 fi
 
 # Exim for the tests, beside Postfix: Debian's packages extracted (dpkg-deb -x), not installed, into
-# EXIM_ROOT; run as root with its own config (exim4 -C, tests/helpers/exim.py). Debian-exim is the user
+# EXIM_ROOT (exim4-config: Debian's split configuration and update-exim4.conf); run as root with its own
+# config (exim4 -C, tests/helpers/exim.py). Debian-exim is the user
 # compiled into the binary (as exim4-base's postinst makes it).
 EXIM_ROOT=${MAILSIFT_EXIM_ROOT:-/opt/mailsift-test/exim}
-if [ $want_test = 1 ] && command -v dpkg-deb >/dev/null && [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
-  say "extracting Exim (exim4-daemon-light, exim4-base) into $EXIM_ROOT"
+if [ $want_test = 1 ] && command -v dpkg-deb >/dev/null && [ ! -x "$EXIM_ROOT/usr/sbin/update-exim4.conf" ]; then
+  say "extracting Exim (exim4-daemon-light, exim4-base, exim4-config) into $EXIM_ROOT"
   debs=$(mktemp -d)
   chmod 0755 "$debs"
   getent passwd _apt >/dev/null && as_root chown _apt "$debs"
-  (cd "$debs" && { as_root apt-get download -q exim4-daemon-light exim4-base >/dev/null \
-    || { as_root apt-get update -q >/dev/null && as_root apt-get download -q exim4-daemon-light exim4-base >/dev/null; }; })
+  exim_debs="exim4-daemon-light exim4-base exim4-config"
+  # shellcheck disable=SC2086
+  (cd "$debs" && { as_root apt-get download -q $exim_debs >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get download -q $exim_debs >/dev/null; }; })
   as_root mkdir -p "$EXIM_ROOT"
   for deb in "$debs"/*.deb; do as_root dpkg-deb -x "$deb" "$EXIM_ROOT"; done
   as_root rm -rf "$debs"

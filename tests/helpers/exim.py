@@ -98,13 +98,13 @@ def sections(block: str) -> dict[str, str]:
 README_PORTS = (25, 10024, 10025)
 
 
-def localize(block: str, ports: Mapping[int, int]) -> str:
+def localize(block: str, ports: Mapping[int, int], required: Iterable[int] = README_PORTS) -> str:
     """The README's Exim block on this test's ports, its public listener on loopback only.
 
-    Every README port must occur (a block that lost one is an error), and no other number
-    that looks like one is touched.
+    Every ``required`` port must occur (a block that lost one is an error), and no other
+    number that looks like one is touched.
     """
-    for port in README_PORTS:
+    for port in required:
         if not re.search(rf"(?<![\d.]){port}(?![\d.])", block):
             raise ValueError(f"the Exim block no longer names port {port}")
     block = re.sub(r"(?<![\d.])(25|10024|10025)(?![\d.])", lambda m: str(ports[int(m[1])]), block)
@@ -304,6 +304,52 @@ begin retry
     def queue_is_empty(self) -> bool:
         listed = self.exim("-bpc")
         return listed.stdout.strip() == "0"
+
+
+#: update-exim4.conf.conf of a plain Debian "internet site" (what debconf writes), before the README's lines.
+DEBIAN_BASE = """\
+dc_eximconfig_configtype='internet'
+dc_other_hostnames='example.test'
+dc_readhost=''
+dc_relay_domains=''
+dc_minimaldns='false'
+dc_relay_nets=''
+dc_smarthost=''
+CFILEMODE='644'
+dc_hide_mailname=''
+dc_mailname_in_oh='true'
+dc_localdelivery='maildir_home'
+"""
+
+
+def debian_split_config(home: Path, block: str, settings: str) -> Path:
+    """Debian's exim4-config with the README's router and transport in conf.d and its
+    ``update-exim4.conf.conf`` lines, built by Debian's own ``update-exim4.conf`` into one file.
+
+    The package's /etc/exim4 (extracted into :data:`EXIM_ROOT`) is copied under ``home``; the
+    script is run with ``-d`` (that directory) and ``-o`` (the output), and told where the
+    extracted exim4 is (it checks the result with it).
+    """
+    confdir = home / "exim4"
+    shutil.copytree(EXIM_ROOT / "etc" / "exim4", confdir)
+    parts = sections(block)
+    (confdir / "conf.d" / "router" / "010_mailsift").write_text(parts["routers"])
+    (confdir / "conf.d" / "transport" / "30_mailsift").write_text(parts["transports"])
+    (confdir / "update-exim4.conf.conf").write_text(DEBIAN_BASE + settings)
+    script = (EXIM_ROOT / "usr" / "sbin" / "update-exim4.conf").read_text()
+    script = script.replace('EXIM="/usr/sbin/exim4"', f'EXIM="{exim_binary()}"')
+    (home / "update-exim4.conf").write_text(script)
+    output = home / "exim4.conf.generated"
+    built = subprocess.run(
+        ["bash", str(home / "update-exim4.conf"), "-d", str(confdir), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if built.returncode or not output.exists():
+        raise RuntimeError(f"update-exim4.conf failed ({built.returncode}):\n{built.stdout}{built.stderr}")
+    return output
 
 
 def _group_of(user: str) -> str:

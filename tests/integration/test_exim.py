@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import readme
-from tests.helpers.exim import EximInstance, exim_home, localize, why_not_runnable
+from tests.helpers.exim import EximInstance, debian_split_config, exim_home, localize, why_not_runnable
 from tests.helpers.readme import Ports, Serve, wait_port, write_config
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
@@ -34,8 +34,9 @@ REASON = why_not_runnable()
 needs_exim = pytest.mark.skipif(REASON is not None and not os.environ.get("CI"), reason=f"{REASON} (required in CI)")
 
 
-def exim_block() -> str:
-    [block] = readme.of_kind("exim")
+def exim_block(word: str = "exim4.conf") -> str:
+    """The README's Exim lines: ``exim4.conf`` (a single file) or ``update-exim4.conf.conf`` (Debian)."""
+    [block] = [b for b in readme.of_kind("exim") if word in b.words]
     return block.text
 
 
@@ -155,3 +156,29 @@ def test_eicar_is_quarantined_by_mailsift_and_never_delivered(gateway: Gateway) 
     wait_queue_empty(exim)
     assert not exim.maildir_new("carol").exists()
     assert "action=quarantine" in gateway.log.read_text()
+
+
+@needs_exim
+def test_debians_split_config_with_the_readme_lines_routes_by_port() -> None:
+    """The README's Debian instructions: router in conf.d/router/010_mailsift, transport in
+    conf.d/transport/30_mailsift, dc_local_interfaces; Debian's update-exim4.conf builds the file."""
+    if REASON is not None:
+        pytest.fail(REASON)
+    ports = Ports()
+    with exim_home() as home:
+        block = localize(exim_block(), ports)
+        settings = localize(exim_block("update-exim4.conf.conf"), ports, required=(25, 10025))
+        built = debian_split_config(home, block, settings)
+        text = built.read_text()
+        assert text.index("\nmailsift:\n") < text.index("\ndomain_literal:\n")  # the first router
+        run = EximInstance(home, block, maildir_root=home / "mail")
+        run.config = built
+        checked = run.exim("-bV")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        interfaces = run.exim("-bP", "local_interfaces").stdout.strip()
+        assert interfaces == f"local_interfaces = <; [127.0.0.1]:{ports[25]} ; [127.0.0.1]:{ports[10025]}"
+        outside = run.exim("-bt", "bob@example.test")
+        assert "router = mailsift, transport = mailsift_smtp" in outside.stdout, outside.stdout + outside.stderr
+        back = run.exim("-bt", "-oMi", f"127.0.0.1.{ports[10025]}", "root@example.test")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert "router = mailsift" not in back.stdout  # Debian's own routers deliver it
