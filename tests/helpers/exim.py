@@ -26,6 +26,7 @@ accepts its listed users, and a last router delivering to the Maildirs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -223,21 +224,24 @@ begin retry
 
     def trust(self) -> None:
         """List the config in /etc/exim4/trusted_configs (root's, 0644) so re-executed Exims keep root."""
-        TRUSTED_CONFIGS.parent.mkdir(exist_ok=True)
-        lines = TRUSTED_CONFIGS.read_text().splitlines() if TRUSTED_CONFIGS.exists() else []
-        if str(self.config) not in lines:
-            TRUSTED_CONFIGS.write_text("\n".join([*lines, str(self.config)]) + "\n")
-            os.chmod(TRUSTED_CONFIGS, 0o644)
+        with _trusted_lock():  # another test process may be editing the list too
+            TRUSTED_CONFIGS.parent.mkdir(exist_ok=True)
+            lines = TRUSTED_CONFIGS.read_text().splitlines() if TRUSTED_CONFIGS.exists() else []
+            if str(self.config) not in lines:
+                TRUSTED_CONFIGS.write_text("\n".join([*lines, str(self.config)]) + "\n")
+                os.chmod(TRUSTED_CONFIGS, 0o644)
         self._listed = True
 
     def untrust(self) -> None:
-        if not self._listed or not TRUSTED_CONFIGS.exists():
+        if not self._listed:
             return
-        lines = [line for line in TRUSTED_CONFIGS.read_text().splitlines() if line != str(self.config)]
-        if lines:
-            TRUSTED_CONFIGS.write_text("\n".join(lines) + "\n")
-        else:
-            TRUSTED_CONFIGS.unlink()
+        with _trusted_lock():
+            if TRUSTED_CONFIGS.exists():
+                lines = [line for line in TRUSTED_CONFIGS.read_text().splitlines() if line != str(self.config)]
+                if lines:
+                    TRUSTED_CONFIGS.write_text("\n".join(lines) + "\n")
+                else:
+                    TRUSTED_CONFIGS.unlink()
         self._listed = False
 
     def start(self, ports: Iterable[int], timeout: float = 30) -> None:
@@ -350,6 +354,13 @@ def debian_split_config(home: Path, block: str, settings: str) -> Path:
     if built.returncode or not output.exists():
         raise RuntimeError(f"update-exim4.conf failed ({built.returncode}):\n{built.stdout}{built.stderr}")
     return output
+
+
+@contextlib.contextmanager
+def _trusted_lock() -> Iterator[None]:
+    with open("/tmp/mailsift-exim-trusted-configs.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _group_of(user: str) -> str:

@@ -43,3 +43,23 @@ def test_the_message_is_finished_and_answered_after_a_half_close(
     assert [line[:3] for line in answers] == ["250", "221"], answers
     assert len(downstream.messages) == 1
     assert b"half closed" in downstream.messages[0].data
+
+
+def test_a_half_close_in_the_middle_of_data_ends_at_the_idle_timeout(
+    make_filter: Make, downstream: RecordingServer
+) -> None:
+    """Bad input: the rest of the message never comes; the connection is closed, nothing relayed."""
+    flt = make_filter([regexp_scan([("EICAR-Test", "EICAR-STANDARD")])], timeout=1)
+    with socket.create_connection(("127.0.0.1", flt.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"HELO exim.example.test\r\n")
+        assert reader.readline().startswith(b"250")
+        sock.sendall(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        assert [reader.readline()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        sock.sendall(b"Subject: cut\r\n\r\nhalf a message\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        rest = reader.read().decode().splitlines()  # the connection ends (the socket timeout bounds the wait)
+        reader.close()
+    assert [line[:3] for line in rest] == ["421"], rest
+    assert downstream.messages == []
