@@ -19,6 +19,7 @@ import os
 import smtplib
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
@@ -48,25 +49,34 @@ class Gateway:
     log: Path
 
 
+@contextmanager
+def mailsift_serving(home: Path, ports: Ports) -> Iterator[Serve]:
+    """``mailsift serve`` of the README's after-queue config, until a worker greets."""
+    (home / "mailsift").mkdir(exist_ok=True)
+    config = write_config(readme.named("after-queue"), ports, home / "mailsift")
+    serve = Serve(config, home / "mailsift")
+    try:
+        wait_port(ports[10024], serve.process, serve.log)
+        answering(ports[10024], serve)
+        yield serve
+    finally:
+        serve.stop()
+
+
+def readme_exim(home: Path, ports: Ports) -> EximInstance:
+    (home / "exim").mkdir()
+    return EximInstance(home / "exim", localize(exim_block(), ports), maildir_root=home / "mail")
+
+
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     if REASON is not None:  # CI: needs_exim did not skip, and Exim must run there
         pytest.fail(REASON)
     with exim_home() as home:
         ports = Ports()
-        (home / "mailsift").mkdir()
-        config = write_config(readme.named("after-queue"), ports, home / "mailsift")
-        serve = Serve(config, home / "mailsift")
-        try:
-            wait_port(ports[10024], serve.process, serve.log)
-            answering(ports[10024], serve)
-            (home / "exim").mkdir()
-            exim = EximInstance(home / "exim", localize(exim_block(), ports), maildir_root=home / "mail")
-            with exim:
-                exim.start([ports[25], ports[10025]])
-                yield Gateway(exim, ports, home / "mailsift" / "state", serve.log)
-        finally:
-            serve.stop()
+        with mailsift_serving(home, ports) as serve, readme_exim(home, ports) as exim:
+            exim.start([ports[25], ports[10025]])
+            yield Gateway(exim, ports, home / "mailsift" / "state", serve.log)
 
 
 def answering(port: int, serve: Serve, timeout: float = 60) -> None:
@@ -182,3 +192,26 @@ def test_debians_split_config_with_the_readme_lines_routes_by_port() -> None:
         back = run.exim("-bt", "-oMi", f"127.0.0.1.{ports[10025]}", "root@example.test")
         assert back.returncode == 0, back.stdout + back.stderr
         assert "router = mailsift" not in back.stdout  # Debian's own routers deliver it
+
+
+@needs_exim
+def test_mailsift_down_exim_keeps_the_message_and_delivers_it_once_mailsift_is_back() -> None:
+    if REASON is not None:
+        pytest.fail(REASON)
+    with exim_home() as home:
+        ports = Ports()
+        with readme_exim(home, ports) as exim:
+            exim.start([ports[25], ports[10025]])
+            send(ports[25], "editor@news.example", "bob@example.test", "kept while mailsift is down", "later")
+            deadline = time.monotonic() + 60
+            while "R=mailsift T=mailsift_smtp defer" not in (mainlog := (exim.workdir / "log" / "mainlog").read_text()):
+                assert time.monotonic() < deadline, exim.log_text()
+                time.sleep(0.2)
+            assert "Connection refused" in mainlog
+            assert not exim.queue_is_empty()  # kept, not bounced
+            assert not exim.maildir_new("bob").exists()
+            with mailsift_serving(home, ports):
+                [delivered] = exim.wait_delivered("bob", timeout=120)  # the retry rule: 15 s
+                assert message_from_bytes(delivered.read_bytes())["X-Policy"] == "Newsletter"
+                wait_queue_empty(exim)
+            assert len(list(exim.maildir_new("bob").iterdir())) == 1
