@@ -10,7 +10,7 @@
 #
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, ClamAV test files,
-#                             rspamd, bogofilter, pytest, ruff, mypy)
+#                             rspamd, bogofilter, pytest, ruff, mypy; Exim extracted, not installed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
