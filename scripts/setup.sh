@@ -10,7 +10,7 @@
 #
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   runtime + test dependencies (Postfix, swaks, ClamAV test files,
-#                             rspamd, bogofilter, pytest, ruff, mypy)
+#                             rspamd, bogofilter, pytest, ruff, mypy; Exim extracted, not installed)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -93,6 +93,9 @@ fi
 [ $want_test = 1 ] && packages+=(squid c-icap)
 # chroot_execvp(chroot=...): a static busybox to run inside a test chroot (tests/integration/test_daemons_procs.py)
 [ $want_test = 1 ] && packages+=(busybox-static)
+# Exim (tests/integration/test_exim.py): the libraries exim4-daemon-light links (its Depends; the
+# package itself conflicts with Postfix as mail-transport-agent, so it is extracted below, not installed)
+[ $want_test = 1 ] && packages+=(libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1)
 if command -v dpkg-query >/dev/null; then
   apt_install "${packages[@]}"
 else
@@ -105,6 +108,32 @@ if [ "$(id -u)" = 0 ] && ! getent passwd "$SERVICE_USER" >/dev/null; then
   getent group "$SERVICE_USER" >/dev/null || groupadd --system "$SERVICE_USER"
   useradd --system --gid "$SERVICE_USER" --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+
+# Exim for the tests, beside Postfix: Debian's packages extracted (dpkg-deb -x), not installed, into
+# EXIM_ROOT (exim4-config: Debian's split configuration and update-exim4.conf); run as root with its own
+# config (exim4 -C, tests/helpers/exim.py). Debian-exim is the user
+# compiled into the binary (as exim4-base's postinst makes it).
+EXIM_ROOT=${MAILSIFT_EXIM_ROOT:-/opt/mailsift-test/exim}
+if [ $want_test = 1 ] && command -v dpkg-deb >/dev/null && [ ! -x "$EXIM_ROOT/usr/sbin/update-exim4.conf" ]; then
+  say "extracting Exim (exim4-daemon-light, exim4-base, exim4-config) into $EXIM_ROOT"
+  debs=$(mktemp -d)
+  chmod 0755 "$debs"
+  getent passwd _apt >/dev/null && as_root chown _apt "$debs"
+  exim_debs="exim4-daemon-light exim4-base exim4-config"
+  # shellcheck disable=SC2086
+  (cd "$debs" && { as_root apt-get download -q $exim_debs >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get download -q $exim_debs >/dev/null; }; })
+  as_root mkdir -p "$EXIM_ROOT"
+  for deb in "$debs"/*.deb; do as_root dpkg-deb -x "$deb" "$EXIM_ROOT"; done
+  as_root rm -rf "$debs"
+  if ldd "$EXIM_ROOT/usr/sbin/exim4" | grep -q 'not found'; then
+    say "warning: the extracted Exim misses libraries: $(ldd "$EXIM_ROOT/usr/sbin/exim4" | grep 'not found' | tr -s ' \t' ' ')"
+  fi
+fi
+if [ $want_test = 1 ] && [ "$(id -u)" = 0 ] && ! getent passwd Debian-exim >/dev/null; then
+  getent group Debian-exim >/dev/null || groupadd --system Debian-exim
+  useradd --system --gid Debian-exim --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
 fi
 
 # Whether the service user can run the given file (a Python) and read what is next to it.

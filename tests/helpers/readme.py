@@ -5,6 +5,7 @@ Every fenced block of README.md is preceded by a marker line a reader hardly see
     <!-- readme: shell config=webq-recipe -->        run in a temp dir (see tests/integration/test_readme.py)
     <!-- readme: config name=configuration -->       a config: `mailsift check-config -c` (and served where a test says)
     <!-- readme: postfix main.cf group=content-filter -->   lines loaded into the private Postfix
+    <!-- readme: exim -->                            Exim lines run in a private Exim (tests/integration/test_exim.py)
     <!-- readme: synopsis -->                         every `mailsift ...` command and --option exists (--help)
     <!-- readme: skip: needs systemd as PID 1 -->    not run, with the reason
     <!-- readme: pending wip/opsconfig -->           waits for another branch (refused once the allowance goes)
@@ -33,7 +34,7 @@ from mailsift.testing import free_port
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: Marker kinds and what the tests do with them.
-KINDS = ("shell", "config", "postfix", "synopsis", "skip", "pending")
+KINDS = ("shell", "config", "postfix", "exim", "synopsis", "skip", "pending")
 
 #: Postfix groups tests/integration/test_readme.py knows how to run (one private Postfix each).
 POSTFIX_GROUPS = ("content-filter", "milter", "lmtp", "policy")

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from mailsift import replies, validators
@@ -84,6 +84,8 @@ MAX_NAME = 1024
 """HELO and the CONNECT host name are cut to this many characters (a host name has at most 255)."""
 MAX_MAIL_OPTIONS = 32
 """ESMTP parameters of MAIL kept (each at most :data:`MAX_NAME` characters)."""
+PROGRESS_INTERVAL = 10.0
+"""Default ``progress_interval``: seconds between SMFIR_PROGRESS packets while a message is scanned."""
 MACROS_TOO_BIG = Reply(451, "4.7.0", "Too much milter macro data from the MTA")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header too large")
 _CONNECTION_STAGES = (mp.SMFIC_CONNECT, mp.SMFIC_HELO)
@@ -147,7 +149,11 @@ class milter(Service):
     per worker (default 500), ``max_connections_per_address`` per worker and
     MTA address (default half of ``max_connections``), ``exempt_hosts``
     (networks held to ``max_connections`` only; default none), ``quarantine_hold`` (also ask the MTA to hold
-    quarantined mail — Postfix's hold queue — instead of discarding it).
+    quarantined mail — Postfix's hold queue — instead of discarding it),
+    ``progress_interval`` (seconds between SMFIR_PROGRESS packets while a
+    message is scanned, default 10: the MTA's milter timeout — Postfix's
+    ``milter_content_timeout``, Sendmail's ``T=E:`` — then bounds the silence,
+    not the whole scan; ``None`` sends none).
 
     What one MTA connection may make mailsift hold is bounded, so a peer on
     the milter socket cannot fill a worker's memory: ``max_macro_stage_bytes``
@@ -186,6 +192,7 @@ class milter(Service):
         socket_owner: str | int | None = None,
         socket_group: str | int | None = None,
         recipient_policy: RcptPolicy | None = None,
+        progress_interval: float | None = PROGRESS_INTERVAL,
     ) -> None:
         family, where, port = parse_connection(connection)
         umask = validators.permission_bits(umask, "milter: umask", unit="an integer like 0o117")
@@ -209,6 +216,9 @@ class milter(Service):
         self.max_header_bytes = check_limit(max_header_bytes, "max_header_bytes", self.kind, minimum=1024)
         self.max_recipients = check_limit(max_recipients, "max_recipients", self.kind, minimum=1)
         self.recipient_policy = checked_policy(recipient_policy, self.kind)
+        self.progress_interval = (
+            None if progress_interval is None else check_seconds(progress_interval, "progress_interval", self.kind)
+        )
 
     def describe(self) -> str:
         return f"milter({self.name}, {self.connection})"
@@ -517,7 +527,7 @@ class MilterSession:
             try:
                 if self.bad_address is not None:
                     return [_reply(self.bad_address)]
-                return await self.end_of_message()
+                return await self.with_progress(self.end_of_message())
             finally:
                 self._reset_message()
         elif command == mp.SMFIC_ABORT:
@@ -625,6 +635,31 @@ class MilterSession:
             protocol="ESMTP",
             mail_options=list(self.mail_options),
         )
+
+    async def with_progress(self, work: Coroutine[Any, Any, list[bytes]]) -> list[bytes]:
+        """``work``'s answer; meanwhile an SMFIR_PROGRESS every ``progress_interval`` seconds.
+
+        Each progress packet restarts the MTA's wait for the end-of-message
+        answer (Postfix's ``milter_content_timeout``, Sendmail's ``T=E:``), so a
+        scan may outlast it.  Progress stops before the answer is written; an
+        MTA that went away stops it too (the message is still processed to its
+        end: a quarantine is never left half done).
+        """
+        interval = self.service.progress_interval
+        if interval is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        try:
+            while not (await asyncio.wait({task}, timeout=interval))[0]:
+                try:
+                    self.writer.write(mp.progress())
+                    await self.writer.drain()
+                except ConnectionError:
+                    log.info("%s: the MTA went away during a scan", self.service.name)
+                    return await task
+            return task.result()
+        finally:
+            task.cancel()  # only if this session itself is cancelled (worker stop): the work goes with it
 
     async def end_of_message(self) -> list[bytes]:
         """Run the mail path and turn the decision into the milter's final answer.

@@ -283,6 +283,11 @@ def replace_body(body: bytes) -> list[bytes]:
     return [packet(SMFIR_REPLBODY, body[i : i + CHUNK]) for i in range(0, len(body), CHUNK)] or [packet(SMFIR_REPLBODY)]
 
 
+def progress() -> bytes:
+    """SMFIR_PROGRESS: still working; the MTA restarts its wait for the answer (libmilter's ``smfi_progress``)."""
+    return packet(SMFIR_PROGRESS)
+
+
 def quarantine(reason: str) -> bytes:
     """SMFIR_QUARANTINE: the MTA holds the message (Postfix: the hold queue)."""
     clean = "".join(ch if ch.isprintable() else " " for ch in reason)[:MAX_REPLY_TEXT] or "quarantined"

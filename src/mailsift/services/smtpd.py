@@ -219,6 +219,15 @@ class FilterSMTP(SMTP):
         self.server.discard(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """The client shut its side down.  In a transaction it still waits for the answers: Exim
+        pipelines QUIT after the final dot and half-closes; aiosmtpd would cancel the message
+        mid-way (Exim then defers and sends it again).  There the transport stays open, the
+        message is finished and answered, then the buffered QUIT (else the idle timeout) ends it."""
+        if self.processing or (self.envelope is not None and self.envelope.mail_from is not None):
+            return True
+        return super().eof_received()
+
     def _answer_and_close(self, reply: replies.Reply) -> None:
         if self.transport is not None and not self.transport.is_closing():
             cast(asyncio.Transport, self.transport).write(f"{reply}\r\n".encode())  # (uvloop's transports)
