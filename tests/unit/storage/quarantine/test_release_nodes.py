@@ -20,19 +20,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from mailsift.errors import DatabaseError
-from mailsift.message.mail import Envelope, Mail
-from mailsift.message.result import Result
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.storage.db import Database
 from mailsift.storage.quarantine import admin
 from mailsift.storage.quarantine.admin import RELEASE_CLAIM_TIMEOUT, AlreadyReleased, ReleaseInProgress, release
-from mailsift.storage.quarantine.index import RELEASED, QuarantineEntry, claim_release, get_entry
-from mailsift.storage.quarantine.store import QuarantineStore, file_id
+from mailsift.storage.quarantine.index import RELEASED, claim_release, get_entry
 from mailsift.storage.schema import quarantine_release_table
 from mailsift.testing import RecordingServer
+from tests.helpers.quarantined import quarantined
 
-MESSAGE = b"From: eve@spam.example\r\nTo: bob@example.test\r\nSubject: pills\r\n\r\nBuy now.\r\n"
 NOW = 1_700_000_000.0
 
 
@@ -57,15 +54,6 @@ def nodes(database: Database, tmp_path: Path, next_hop: RecordingServer) -> Iter
         made.append(Settings(state_dir=str(state), database=pool, smtp_server=("127.0.0.1", next_hop.port), node=name))
     yield made[0], made[1]
     other.dispose()
-
-
-def quarantined(settings: Settings) -> QuarantineEntry:
-    store = QuarantineStore(settings.quarantine_dir, settings.database)
-    item = Mail(Envelope(sender="eve@spam.example", recipients=["bob@example.test"]), MESSAGE)
-    path = asyncio.run(store.put(item, "spam", Result(7.5, "SPAM", "spamassassind")))
-    entry = settings.require_database().call(get_entry, file_id(path))
-    assert entry is not None
-    return entry
 
 
 def claims(settings: Settings) -> list[tuple[str, str]]:
