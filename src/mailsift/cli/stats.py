@@ -157,6 +157,9 @@ def prune_command(config_path: str | None, older_than: float, every: float, forc
 
     Once per cluster: of the nodes sharing DATABASE, the first in each period (--every)
     prunes; the others say who did ("already done by <node> at <time>") and exit 0."""
+    parent = click.get_current_context().parent
+    if config_path is None and parent is not None:  # ``mailsift stats -c CONFIG prune``
+        config_path = parent.params.get("config_path")
     config = load_config(config_path)
     database = config.settings.database
     if not isinstance(database, Database):

@@ -108,6 +108,8 @@ def test_prune_on_three_nodes_runs_once(nodes: list[Node]) -> None:
     assert forced.stdout == "pruned 1 counter row(s)\n"
     assert messages(a.database) == 1
     assert "already done by node-c at " in a.stats("prune").stderr  # --force took the lease
+    before_prune = CliRunner().invoke(main, ["stats", "-c", str(b.path), "prune"])  # -c before the subcommand
+    assert "already done by node-c at " in before_prune.stderr
 
 
 def test_prune_every_and_older_than_make_their_own_jobs(nodes: list[Node]) -> None:
