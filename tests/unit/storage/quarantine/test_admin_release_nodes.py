@@ -5,7 +5,7 @@ directory shared) release one message.  A release claimed by node A whose sender
 before its record is released later by node B, once the claim is stale
 (:data:`RELEASE_CLAIM_TIMEOUT`): no claim stuck forever, no second send.  A release whose
 message went out but whose record failed (the database failing over right then) must not
-be sent again by another node: that one is a known bug (strict xfail; see its docstring).
+be sent again by another node: its record is retried (admin._record_release).
 """
 
 from __future__ import annotations
@@ -105,18 +105,13 @@ def test_a_stale_claim_taken_over_by_two_nodes_at_once_sends_once(
     assert claims(a) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a release whose record fails after the send is sent again by another node (admin.release: "
-    "retry finish_release; see the report of issue 15, item 3)",
-)
 def test_a_release_sent_but_not_recorded_is_not_sent_again_by_another_node(
     nodes: tuple[Settings, Settings], next_hop: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Node A's message went out (250), then its record failed once: the database failed over
-    (PostgreSQL restarted, item 6).  Today ``release`` raises DatabaseError, the entry stays held
-    and the claim stays; after the timeout node B takes it over and sends the message again.
-    The record must be retried (the database is back within seconds) instead."""
+    (PostgreSQL restarted, item 6).  The record is tried again (the database is back within
+    seconds): the release is recorded and node B, after the claim timeout, does not send it again.
+    Failed before admin._record_release (``release`` raised DatabaseError, the claim stayed)."""
     a, b = nodes
     entry = quarantined(a)
     real = admin.finish_release
@@ -131,7 +126,7 @@ def test_a_release_sent_but_not_recorded_is_not_sent_again_by_another_node(
     outcome: object = None
     try:
         outcome = asyncio.run(release(a, entry, by="web:admin@node-a", now=NOW))
-    except DatabaseError as error:  # today: "not released" said, though the message went out
+    except DatabaseError as error:  # before the fix: "not released" said, though the message went out
         outcome = error
     assert len(next_hop.messages) == 1
     # Node B (an admin retrying, or a second click) after the claim timeout: must not send it again.
