@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.paths import CORPORA
@@ -457,3 +457,26 @@ def exchange(port: int, payload: bytes, seconds: float) -> bytes:
         except TimeoutError:
             raise Hang(f"the server neither answered nor closed within {seconds} s of the end of input") from None
     return bytes(received)
+
+
+def fuzz_service(
+    port: int,
+    sessions: st.SearchStrategy[bytes],
+    bounds: Bounds,
+    ci_examples: int,
+    honest_client: Callable[[int], None],
+    check_answer: Callable[[bytes], None] = lambda answer: None,
+) -> None:
+    """Fuzz the service listening on 127.0.0.1:``port``: an honest client first, then for each session
+    drawn from ``sessions`` (under ``bounds``) send it (:func:`exchange`), ``check_answer`` what came
+    back, and let the honest client in again (the service still answers)."""
+    honest_client(port)
+
+    @given(sessions)
+    @fuzz_settings(ci_examples)
+    def check(wire: bytes) -> None:
+        with bounds.example(len(wire)):
+            check_answer(exchange(port, wire, 20))
+            honest_client(port)
+
+    run(check, bounds)

@@ -160,13 +160,4 @@ def honest_message(port: int) -> None:
 
 def test_fuzz_milter_sessions() -> None:
     with ServiceThread(milter([], "fuzz", "inet:0@127.0.0.1", timeout=10)) as thread:
-        honest_message(thread.port)
-
-        @given(session())
-        @fuzz.fuzz_settings(250)
-        def check(wire: bytes) -> None:
-            with SESSION.example(len(wire)):
-                fuzz.exchange(thread.port, wire, 20)
-                honest_message(thread.port)
-
-        fuzz.run(check, SESSION)
+        fuzz.fuzz_service(thread.port, session(), SESSION, 250, honest_message)

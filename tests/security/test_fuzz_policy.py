@@ -110,13 +110,4 @@ def test_fuzz_policy_service() -> None:
     with tempfile.TemporaryDirectory(prefix="mailsift-fuzz-") as state:
         service = smtpd_policy([], db.sqlite(f"{state}/policy.db"), "127.0.0.1", 0, idle_timeout=10)
         with ServiceThread(service, state_dir=state) as thread:
-            honest(thread.port)
-
-            @given(requests())
-            @fuzz.fuzz_settings(1500)
-            def check(wire: bytes) -> None:
-                with SERVICE.example(len(wire)):
-                    fuzz.exchange(thread.port, wire, 20)
-                    honest(thread.port)
-
-            fuzz.run(check, SERVICE)
+            fuzz.fuzz_service(thread.port, requests(), SERVICE, 1500, honest)

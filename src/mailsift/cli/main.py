@@ -24,7 +24,7 @@ from mailsift.cli.policy import lists, policy
 from mailsift.cli.quarantine import quarantine_group
 from mailsift.cli.report import report_command
 from mailsift.cli.sgfilter import qmail_queue, sgfilter
-from mailsift.cli.stats import stats_command
+from mailsift.cli.stats import stats_group
 from mailsift.cli.tracking import track
 from mailsift.cli.users import user_group
 from mailsift.config import Config
@@ -546,7 +546,7 @@ main.add_command(lists)
 main.add_command(quarantine_group)
 main.add_command(track)
 main.add_command(report_command)
-main.add_command(stats_command)
+main.add_command(stats_group)
 main.add_command(user_group)
 main.add_command(sgfilter)
 main.add_command(qmail_queue)

@@ -1,4 +1,4 @@
-"""Once per cluster for the scheduled commands (``report``, ``quarantine expire``, ``stats --prune``).
+"""Once per cluster for the scheduled commands (``report``, ``quarantine expire``, ``stats prune``).
 
 Every node may run the same cron line: the command takes the job's lease for the
 period in the shared ``DATABASE`` (:mod:`mailsift.storage.leases`) and does the work

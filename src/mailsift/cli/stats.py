@@ -5,20 +5,26 @@ Reads the config's ``DATABASE`` (``-c CONFIG``; the bundled config by default)::
     mailsift stats                      # last 24 hours, by verdict
     mailsift stats --since 7d --by scanner
     mailsift stats --by domain --domain example.com
+    mailsift stats prune                # delete counters older than 400 days, once per cluster per day
 
-Exit codes: 0 done, 2 bad input or a broken config, 3 the database failed.
+Exit codes: 0 done (``prune``: also "already done" by another node), 2 bad input or a broken config,
+3 the database failed.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
-from mailsift.cli.common import config_option_with, fail, load_config
+from mailsift.cli import once
+from mailsift.cli.common import Duration, config_option_with, fail, load_config
 from mailsift.durations import parse_duration
-from mailsift.errors import ConfigError, DatabaseError
+from mailsift.errors import ConfigError, DatabaseError, MailsiftError
+from mailsift.reporting import counters
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
+from mailsift.storage import leases
 from mailsift.storage.db import Database
 from mailsift.validators import escape_controls
 
@@ -117,3 +123,88 @@ def stats_command(
     click.echo(f"{'greylisting' if greylist else 'messages'} in the last {since}{scope}, by {group}")
     for line in format_table(group, rows):
         click.echo(escape_controls(line))  # domains and scanner names come from mail
+
+
+# --------------------------------------------------------------------------- stats prune
+
+DEFAULT_RETENTION = "400d"
+"""``stats prune``: counters are kept 400 days.  The web graphs reach back a month, but an admin
+compares a month with the same month a year ago (``mailsift stats --since``), so a year and a
+month is kept; the rows are five-minute sums, small beside the per-message log."""
+
+DEFAULT_PRUNE_PERIOD = "1d"
+"""``stats prune --every``: nodes sharing DATABASE prune once per day between them."""
+
+LEASE_RETENTION = 400 * 86400.0
+"""Leases of the scheduled jobs older than this are forgotten by ``stats prune`` (a lease only
+answers "already done" within its own period, and no job runs less often than yearly)."""
+
+
+def _prune(connection: Any, before: float, leases_before: float) -> tuple[int, int]:
+    return counters.prune(connection, before), leases.prune(connection, leases_before)
+
+
+@click.command("prune")
+@config_option_with(CONFIG_HELP)
+@click.option(
+    "--older-than",
+    type=Duration(),
+    default=DEFAULT_RETENTION,
+    show_default=True,
+    help="Delete counters of intervals older than this (400d: a year and a month).",
+)
+@click.option(
+    "--every",
+    type=Duration(),
+    default=DEFAULT_PRUNE_PERIOD,
+    show_default=True,
+    help="Once per cluster: prune at most once per this period on all nodes sharing DATABASE.",
+)
+@once.force_option
+def prune_command(config_path: str | None, older_than: float, every: float, force: bool) -> None:
+    """Delete old statistics counters (and forget year-old leases of the scheduled jobs).
+
+    Once per cluster: of the nodes sharing DATABASE, the first in each period (--every)
+    prunes; the others say who did ("already done by <node> at <time>") and exit 0."""
+    parent = click.get_current_context().parent
+    if config_path is None and parent is not None:  # ``mailsift stats -c CONFIG prune``
+        config_path = parent.params.get("config_path")
+    config = load_config(config_path)
+    database = config.settings.database
+    if not isinstance(database, Database):
+        fail("the config has no DATABASE", 2)
+    click.get_current_context().call_on_close(database.dispose)
+    try:
+        lease = once.take(config.settings, f"stats prune --older-than {int(older_than)}", every, force)
+    except MailsiftError as error:
+        fail(error.message, 3)
+    if lease is None:
+        return
+    now = time.time()
+    try:
+        removed, forgotten = database.call(_prune, now - older_than, now - LEASE_RETENTION)
+    except MailsiftError as error:
+        once.give_back(config.settings, lease)
+        fail(error.message, 3)
+    click.echo(f"pruned {removed} counter row(s)" + (f", forgot {forgotten} old lease(s)" if forgotten else ""))
+
+
+def _table_unless_a_subcommand(**options: Any) -> None:
+    if click.get_current_context().invoked_subcommand is None:
+        assert stats_command.callback is not None
+        stats_command.callback(**options)
+
+
+stats_group = click.Group(
+    "stats",
+    commands=[prune_command],
+    params=stats_command.params,  # the table's options: ``mailsift stats --since 7d`` as before
+    callback=_table_unless_a_subcommand,
+    invoke_without_command=True,
+    help=(
+        f"{stats_command.help}\n\n"
+        "mailsift stats prune: delete counters older than 400 days, once per cluster per day "
+        "(see mailsift stats prune --help)."
+    ),
+)
+"""``mailsift stats``: the table (:func:`stats_command`), or ``mailsift stats prune``."""

@@ -139,6 +139,29 @@ def web_login(config: str, login: str, password: str) -> tuple[int, str]:
         settings.database.dispose()
 
 
+def shows_the_quarantine(config: str, ids: list[str]) -> None:
+    """The restored gateway: the admin logs in through the web form and sees every restored message."""
+    code, page = web_login(config, "admin", PASSWORD)
+    assert code == 303, page
+    assert all(entry_id in page for entry_id in ids), page
+
+
+def released(config: str, entry_id: str, next_hop: RecordingServer) -> bytes:
+    """Release ``entry_id`` with ``mailsift quarantine release`` of the restored gateway; what the next hop got."""
+    code, out = run("quarantine", "release", "-c", config, entry_id, "--by", "admin")
+    assert code == 0, out
+    assert len(next_hop.messages) == 1
+    return next_hop.messages[0].data
+
+
+def refused_in_use(config: str, backup: Path) -> None:
+    """``restore`` into a gateway in use, without ``--force``: refused, saying why and what to do."""
+    code, out = run("restore", "-c", config, str(backup))
+    assert code == 2
+    assert "is not empty" in out
+    assert "--force" in out
+
+
 @pytest.fixture
 def gateway(tmp_path: Path, next_hop: RecordingServer) -> Iterator[tuple[str, sqlite3.Connection]]:
     """A populated gateway whose database keeps its latest writes in ``-wal`` (a reader holds it open)."""
@@ -200,14 +223,9 @@ def test_the_round_trip(tmp_path: Path, gateway: tuple[str, sqlite3.Connection],
     assert tracked(new) == logged
     assert sorted(str(m["subject"]) for m in logged) == ["held 0", "held 1"]
     # the web login form, with the restored password, shows the restored quarantine
-    code, page = web_login(new, "admin", PASSWORD)
-    assert code == 303, page
-    assert all(entry_id in page for entry_id in before), page
+    shows_the_quarantine(new, before)
     assert web_login(new, "admin", "not-the-password")[0] == 401
-    code, out = run("quarantine", "release", "-c", new, before[0], "--by", "admin")
-    assert code == 0, out
-    assert len(next_hop.messages) == 1
-    assert b"held" in next_hop.messages[0].data
+    assert b"held" in released(new, before[0], next_hop)
 
 
 def test_restore_force_replaces_a_gateway_in_use(
@@ -232,10 +250,7 @@ def test_restore_force_replaces_a_gateway_in_use(
     assert web_login(other, "someone", PASSWORD)[0] == 401  # that gateway's user is gone
     assert web_login(other, "admin", PASSWORD)[0] == 303
     assert (other_state / "webq.secret").read_bytes() == (tmp_path / "state" / "webq.secret").read_bytes()
-    code, out = run("quarantine", "release", "-c", other, before[1], "--by", "admin")
-    assert code == 0, out
-    assert len(next_hop.messages) == 1
-    assert b"Subject: held " in next_hop.messages[0].data
+    assert b"Subject: held " in released(other, before[1], next_hop)
 
 
 def test_restore_refuses_a_backup_of_an_incompatible_newer_schema_in_one_line(
@@ -259,10 +274,7 @@ def test_restore_refuses_a_backup_of_an_incompatible_newer_schema_in_one_line(
 def test_restore_refuses_a_state_dir_in_use(tmp_path: Path, gateway: tuple[str, sqlite3.Connection]) -> None:
     config, _holder = gateway
     assert run("backup", "-c", config, str(tmp_path / "backup.tar"))[0] == 0
-    code, out = run("restore", "-c", config, str(tmp_path / "backup.tar"))
-    assert code == 2
-    assert "is not empty" in out
-    assert "--force" in out
+    refused_in_use(config, tmp_path / "backup.tar")
 
 
 def test_restore_refuses_what_is_not_a_backup(tmp_path: Path, next_hop: RecordingServer) -> None:
@@ -334,23 +346,16 @@ def test_the_round_trip_on_postgresql(
     assert code == 0, out
     assert quarantine_ids(new) == before
     assert tracked(new) == logged
-    code, page = web_login(new, "admin", PASSWORD)
-    assert code == 303, page
-    assert all(entry_id in page for entry_id in before), page
+    shows_the_quarantine(new, before)
     code, out = run("lists", "show", "-c", new)
     assert (code, "friend@example.net" in out) == (0, True), out
     assert run("policy", "show", "-c", new) == run("policy", "show", "-c", config)
     assert "example.test" in run("policy", "show", "-c", new)[1]
-    code, out = run("quarantine", "release", "-c", new, before[0], "--by", "admin")
-    assert code == 0, out
-    assert len(next_hop.messages) == 1
+    released(new, before[0], next_hop)
 
     # into a database in use (with an empty STATE_DIR): refused, unless --force
     again = write_config(tmp_path / "again.py", tmp_path / "again", next_hop.port, restored)
-    code, out = run("restore", "-c", again, str(tmp_path / "backup.tar"))
-    assert code == 2
-    assert "is not empty" in out
-    assert "--force" in out
+    refused_in_use(again, tmp_path / "backup.tar")
     assert not list((tmp_path / "again").rglob("*.secret"))
     code, out = run("restore", "--force", "-c", again, str(tmp_path / "backup.tar"))
     assert code == 0, out

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailsift.delivery.next_hop import resolve
-from mailsift.errors import ConfigError, MailsiftError, RequestRefused, StorageError
+from mailsift.errors import ConfigError, DatabaseError, MailsiftError, RequestRefused, StorageError
 from mailsift.message.address import check_addresses
 from mailsift.message.mail import SPOOL_PREFIX, SPOOL_SUFFIX, Envelope, Mail
 from mailsift.settings import Settings
@@ -235,7 +235,7 @@ async def _release(
         except MailsiftError as error:  # the claim goes stale and is taken over after the timeout
             log.warning("release of %s: cannot give the claim back: %s", entry.id, error.message)
         raise
-    await database.run(finish_release, entry.id, by, targets, time.time() if now is None else now, claimed_at)
+    await _record_release(database, entry.id, by, targets, time.time() if now is None else now, claimed_at)
     log.info(
         "released %s by=%s to=%s via %s: %s",
         entry.id,
@@ -245,6 +245,31 @@ async def _release(
         note,
     )
     return note
+
+
+RECORD_TRIES = 6
+"""Tries to record a release already sent (0.1, 0.2, ... 3.2 s apart: about 6 s in all, far below
+RELEASE_CLAIM_TIMEOUT), so a database restart or failover under way does not leave a message that
+went out looking unreleased, for another node to send again once the claim goes stale."""
+
+
+async def _record_release(
+    database: Any, entry_id: str, by: str, targets: Sequence[str], when: float, claimed_at: float
+) -> None:
+    for attempt in range(RECORD_TRIES):
+        try:
+            await database.run(finish_release, entry_id, by, targets, when, claimed_at)
+            return
+        except DatabaseError as error:
+            if attempt == RECORD_TRIES - 1:
+                log.error(
+                    "release of %s: sent, but not recorded (the claim stays; do not release it again): %s",
+                    entry_id,
+                    error.message,
+                )
+                raise
+            log.warning("release of %s: sent; recording it failed, trying again: %s", entry_id, error.message)
+            await asyncio.sleep(0.1 * 2**attempt)
 
 
 def spool_message(settings: Settings, entry: QuarantineEntry) -> tuple[str, bool]:
