@@ -416,7 +416,9 @@ def test_spamc_user_per_recipient_and_spam_passthru_through_sgfilterd(make_daemo
         assert ask("127.0.0.1", daemon.port, "a@x", ["bob@other.test"], CLEAN, 20).status == 550
         both = ask("127.0.0.1", daemon.port, "a@x", ["a@lenient.test", "b@other.test", "c@other.test"], CLEAN, 20)
         assert both.status == 550
-        assert users == ["lenient.test", "other.test", "lenient.test", "other.test"]
+        # one spamd request per domain; the two of the last message run at once, in either order
+        assert users[:2] == ["lenient.test", "other.test"]
+        assert sorted(users[2:]) == ["lenient.test", "other.test"]
     finally:
         database.dispose()
         asyncio.run_coroutine_threadsafe(spamd.stop(), loop).result(10)
