@@ -640,6 +640,9 @@ class DaemonKeeper:
     def apply(self, config: Config) -> None:
         """Make the running daemons those of ``config``: keep the same, stop the gone, start the new."""
         self.state_dir = config.settings.state_dir
+        for daemon in config.daemons:
+            if isinstance(daemon, fusefs):  # it runs the scanners as a worker does: SRV's rlimit(...) is its own
+                daemon.srv_limits = config.rlimit
         wanted = {d.identity(): d for d in config.daemons}
         for pid, daemon in list(self.running.items()):
             if daemon.identity() not in wanted:

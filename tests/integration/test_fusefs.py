@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import clamd, fusefs, parsemail, regexp_scan
+from mailsift import clamd, fusefs, parsemail, regexp_scan, rlimit
 from mailsift.message.result import CLEAN, Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.settings import Settings
@@ -109,7 +110,13 @@ class Mount:
         return self.scans_log.read_text(encoding="utf-8").splitlines().count(str(self.source / name))
 
 
-def mount(tmp: Path, *scanners: Scanner, allow_other: bool = False) -> Mount:
+def mount(
+    tmp: Path,
+    *scanners: Scanner,
+    allow_other: bool = False,
+    limits: rlimit | None = None,
+    srv_limits: rlimit | None = None,
+) -> Mount:
     source, mountpoint, state = tmp / "source", tmp / "mnt", tmp / "state"
     for directory in (source, mountpoint, state):
         directory.mkdir(exist_ok=True)
@@ -117,8 +124,14 @@ def mount(tmp: Path, *scanners: Scanner, allow_other: bool = False) -> Mount:
     if not scanners:
         scanners = (parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])),)
     service = fusefs(
-        [Recording(scans_log), *scanners], str(mountpoint), str(source), timeout=20.0, allow_other=allow_other
+        [Recording(scans_log), *scanners],
+        str(mountpoint),
+        str(source),
+        timeout=20.0,
+        allow_other=allow_other,
+        rlimit=limits,
     )
+    service.srv_limits = srv_limits
     service.check()
     service.bind_settings(Settings(state_dir=str(state)))
     pid = service.start(str(state))
@@ -363,13 +376,17 @@ from mailsift import *
 STATE_DIR = {state!r}
 SMTP_SERVER = ("127.0.0.1", {next_hop})
 SCANNERS = [parsemail(regexp_scan([("EICAR-Test", rb"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))]
-SRV = [smtpd(SCANNERS, "127.0.0.1", {port}), fusefs(SCANNERS, {mountpoint!r}, {source!r})]
-"""
+SRV = [smtpd(SCANNERS, "127.0.0.1", {port}), fusefs(SCANNERS, {mountpoint!r}, {source!r}){more}]
+{extra}"""
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, Path]]:
-    """``mailsift serve`` with an smtpd and a fusefs, until the fusefs is mounted: (serve, source, mountpoint, log)."""
+def serving(
+    tmp_path: Path, more: str = "", extra: str = ""
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, Path]]:
+    """``mailsift serve`` with an smtpd and a fusefs, until the fusefs is mounted: (serve, source, mountpoint, log).
+
+    ``more``: more entries of SRV (", rlimit(...)"); ``extra``: more lines of the config (HOOKS...)."""
     why = refused()
     if why:
         pytest.skip(why)
@@ -386,6 +403,8 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Pat
             port=free_port(),
             mountpoint=str(mountpoint),
             source=str(source),
+            more=more,
+            extra=extra,
         )
     )
     log = tmp_path / "serve.log"
@@ -458,3 +477,88 @@ def test_a_killed_fusefs_is_restarted_over_its_stale_mount(tmp_path: Path) -> No
         assert serve.wait(60) == 0, log.read_text()
         assert not os.path.ismount(mountpoint), log.read_text()
         assert not _stale(mountpoint), log.read_text()
+
+
+def fusefs_pid(log: Path) -> int:
+    """The pid of the fusefs process that mounted last, from serve's log."""
+    mounted = [line for line in log.read_text().splitlines() if " mounted (pid " in line]
+    return int(mounted[-1].rsplit("(pid ", 1)[1].split(")")[0])
+
+
+HOOKS_CONFIG = """\
+DATABASE = db.sqlite()
+HOOKS = [stats(flush_interval=1), log_file("files.log", json=True)]
+"""
+
+
+def test_a_refused_file_runs_the_hooks_and_is_counted_like_a_mail(tmp_path: Path) -> None:
+    """A fusefs finding goes through HOOKS as a mail finding does: stats() counts it (``mailsift stats``),
+    log_file writes its line; a clean file is counted clean; files answered from the cache are not counted again."""
+    with serving(tmp_path, extra=HOOKS_CONFIG) as (serve, source, mountpoint, log):
+        assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"
+        for _ in range(2):
+            with pytest.raises(PermissionError):
+                open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
+        serve.send_signal(signal.SIGTERM)  # the stats hook writes what it counted when the process stops
+        assert serve.wait(60) == 0, log.read_text()
+    config = tmp_path / "config.py"
+    shown = subprocess.run(
+        [sys.executable, "-m", "mailsift", "stats", "-c", str(config), "--by", "verdict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split()[1] for line in shown.stdout.splitlines()[2:] if line and line[0] != "-"}
+    assert rows.get("rejected") == "1", shown.stdout
+    assert rows.get("clean") == "1", shown.stdout
+    by_scanner = subprocess.run(
+        [sys.executable, "-m", "mailsift", "stats", "-c", str(config), "--by", "scanner"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "regexp_scan" in by_scanner.stdout, by_scanner.stdout
+    lines = [json.loads(line) for line in (tmp_path / "state" / "files.log").read_text().splitlines()]
+    assert [(line["name"], line["subject"]) for line in lines if line["name"]] == [
+        ("EICAR-Test", str(source / "eicar.com"))
+    ], lines
+    assert len(lines) == 2, lines  # the clean file, the refused one: once each
+
+
+def limits_of(pid: int) -> dict[str, tuple[str, str]]:
+    """/proc/<pid>/limits: {"Max open files": (soft, hard), ...}."""
+    found = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
+        name, soft, hard = line[:26].strip(), *line[26:].split()[:2]
+        found[name] = (soft, hard)
+    return found
+
+
+def test_srv_rlimit_reaches_the_fusefs_process(tmp_path: Path) -> None:
+    """SRV's rlimit(...) limits the fusefs process as it limits the workers (it runs the same scanners)."""
+    with serving(tmp_path, more=", rlimit(NOFILE=(1000, 1001), CORE=0)") as (serve, _source, mountpoint, log):
+        limits = limits_of(fusefs_pid(log))
+        assert limits["Max open files"] == ("1000", "1001"), limits
+        assert limits["Max core file size"] == ("0", "0"), limits
+        assert (mountpoint / "clean.txt").read_bytes() == b"clean\n"  # and it serves under them
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0, log.read_text()
+
+
+def test_its_own_rlimit_comes_before_srv_s(tmp_path: Path) -> None:
+    """fusefs(..., rlimit=rlimit(...)) sets its process's limits, as a daemon's rlimit= does."""
+    why = refused()
+    if why:
+        pytest.skip(why)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "f").write_bytes(b"f")
+    own = rlimit(NOFILE=(900, 901))
+    mounted = mount(tmp_path, limits=own, srv_limits=rlimit(NOFILE=(1000, 1001)))
+    try:
+        assert limits_of(mounted.pid)["Max open files"] == ("900", "901")
+        assert (mounted.mountpoint / "f").read_bytes() == b"f"
+    finally:
+        assert unmount(mounted) == 0

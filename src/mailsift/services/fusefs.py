@@ -23,7 +23,12 @@ does the same, read-only:
   ``STATE_DIR/spool`` (memory stays bounded while wrapping); the scanners
   read that file as they read a spooled mail.  A file over ``max_size`` bytes
   is not scanned: ``oversize="pass"`` serves it (logged, as ClamAV's on-access
-  ``OnAccessMaxFileSize`` does), ``"refuse"`` refuses it with ``EACCES``.
+  ``OnAccessMaxFileSize`` does), ``"refuse"`` refuses it with ``EACCES``;
+* each file scanned runs the config's ``HOOKS`` as a mail does after its
+  disposition (``stats()`` counts it, ``log_file``/``log_syslog``/``log_sql``
+  write its line, ``notify(admin=...)`` tells the admin of a finding): a
+  refused file with the decision's reply (a reject is counted ``rejected``),
+  a served one with 250 (``clean``).  Nothing is quarantined or delivered.
 
 It runs in a process of its own, forked by the root supervisor of
 ``mailsift serve`` (:meth:`fusefs.start`; kept and restarted like the other
@@ -34,6 +39,9 @@ mount unless ``allow_other=True`` (then the kernel checks each user against
 the source's modes: ``default_permissions`` is always on).  At stop (SIGTERM)
 it unmounts (``fusermount3 -u``, lazily with ``-z`` if the mount is busy); a
 stale mount left by a killed process is lazily unmounted before the next start.
+Its resource limits are its own ``rlimit=``, else ``SRV``'s ``rlimit(...)`` (the
+workers'), set after the fork as a worker's are (it stays root, so hard limits
+may be raised).
 
 The binding is pyfuse3 (libfuse's own, LGPL-2.1+, low-level API: inodes and
 file handles, so the cache and the refusal live at ``open``), an optional
@@ -64,13 +72,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mailsift import validators
+from mailsift import replies, validators
+from mailsift.core.disposition import Outcome
+from mailsift.core.hooks import run_hooks
 from mailsift.core.pipeline import Pipeline
 from mailsift.errors import ConfigError, MailsiftError, ScannerError, ScannerTimeout, StorageError
 from mailsift.message.mail import SPOOL_PREFIX, SPOOL_SUFFIX, Envelope, Mail
-from mailsift.message.result import Disposition
+from mailsift.message.result import Decision, Disposition
 from mailsift.scanners.base import Scanner, as_scanners
-from mailsift.services.daemons import Daemon
+from mailsift.services.daemons import Daemon, rlimit
 from mailsift.settings import Settings, SettingsBound
 
 if TYPE_CHECKING:
@@ -252,8 +262,11 @@ class FileScanner:
         max_size: int,
         oversize: str,
         fail_open: bool,
+        settings: Settings | None = None,
     ) -> None:
         self.pipeline = Pipeline(scanners)
+        self.settings = settings
+        """The config's settings: its ``HOOKS`` run for every file scanned, as for every mail."""
         self.spool_dir = spool_dir
         self.cache = cache
         self.timeout = timeout
@@ -296,24 +309,48 @@ class FileScanner:
         except OSError as error:  # the spool (ENOSPC...) or the file itself (EIO): no verdict
             raise StorageError(f"fusefs: cannot wrap the file for the scanners: {error.strerror or error}") from None
         mail = Mail(Envelope(queue_id=f"fusefs-{os.getpid()}-{self.scans}", protocol="FUSE"), path=spooled)
+        mail.started = started  # the log hooks' and the statistics' "time taken"
         try:
-            async with asyncio.timeout(self.timeout):
-                decision = await self.pipeline.evaluate(mail)
-        except TimeoutError:
-            raise ScannerTimeout(f"fusefs: no verdict within {self.timeout:g} s") from None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    decision = await self.pipeline.evaluate(mail)
+            except TimeoutError:
+                raise ScannerTimeout(f"fusefs: no verdict within {self.timeout:g} s") from None
+            if decision.error is not None:
+                raise decision.error
+            if decision.disposition is Disposition.TEMPFAIL:  # a rule's deliberate 4xx: no verdict
+                raise ScannerError(f"fusefs: the scanners answered {decision.reply.code} ({decision.result.name})")
+            if file_key(os.fstat(fd)) != file_key(info):  # changed while scanned: what was scanned is not served
+                raise ScannerError("fusefs: the file changed while it was scanned")
+            result = decision.result
+            verdict = Verdict(decision.delivers, result.name, result.scanner, result.detail, result.level)
+            self._log(path, info.st_size, verdict, time.monotonic() - started, who)
+            await self._hooks(mail, decision, verdict)  # while the spooled file is there: hooks may read it
+            return verdict
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(spooled)
-        if decision.error is not None:
-            raise decision.error
-        if decision.disposition is Disposition.TEMPFAIL:  # a rule's deliberate 4xx: no verdict
-            raise ScannerError(f"fusefs: the scanners answered {decision.reply.code} ({decision.result.name})")
-        if file_key(os.fstat(fd)) != file_key(info):  # changed while scanned: what was scanned is not what is served
-            raise ScannerError("fusefs: the file changed while it was scanned")
-        result = decision.result
-        verdict = Verdict(decision.delivers, result.name, result.scanner, result.detail, result.level)
-        self._log(path, info.st_size, verdict, time.monotonic() - started, who)
-        return verdict
+
+    async def aclose(self) -> None:
+        """At stop: the scanners' resources, and the hooks' (the statistics write what they counted)."""
+        await self.pipeline.aclose()
+        for hook in self.settings.hooks if self.settings is not None else ():
+            try:
+                await hook.close()
+            except Exception:
+                log.exception("fusefs: closing hook %s failed", hook.describe())
+
+    async def _hooks(self, mail: Mail, decision: Decision, verdict: Verdict) -> None:
+        """The config's ``HOOKS`` (statistics, log files and SQL, notifications...), as after a mail's
+        disposition: a refused file is the decision's reply (a reject is 550, counted ``rejected``;
+        nothing is quarantined or delivered), a served one 250.  Errors are logged, never raised."""
+        if self.settings is None or not self.settings.hooks:
+            return
+        if verdict.allowed:
+            outcome = Outcome(replies.OK, "served")
+        else:
+            outcome = Outcome(decision.reply, "refused with EACCES")
+        await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
 
     def _log(self, path: str, size: int, verdict: Verdict, elapsed: float, who: str) -> None:
         if verdict.allowed and not verdict.detail.startswith("not scanned"):
@@ -591,7 +628,9 @@ class fusefs(Daemon):
     (default False: a file the scanners could not judge is refused with EIO),
     ``max_size`` (bytes; larger files are not scanned) with ``oversize``
     (``"pass"`` or ``"refuse"``), ``timeout`` (seconds per scan),
-    ``cache_size`` (verdicts kept).  See the module's documentation.
+    ``cache_size`` (verdicts kept), ``rlimit`` (``rlimit(NAME=value, ...)``: its
+    process's resource limits; by default ``SRV``'s ``rlimit(...)``, the workers').
+    See the module's documentation.
     """
 
     kind = "fusefs"
@@ -608,6 +647,7 @@ class fusefs(Daemon):
         oversize: str = "pass",
         timeout: float = 120.0,
         cache_size: int = 100_000,
+        rlimit: rlimit | None = None,
     ) -> None:
         self.scanners = as_scanners(scanners, "fusefs")
         for what, value in (("mountpoint", mountpoint), ("source", source)):
@@ -623,6 +663,15 @@ class fusefs(Daemon):
         self.cache_size = validators.positive_int(cache_size, "fusefs: cache_size")
         self.settings: Settings | None = None
         super().__init__(sys.executable)
+        self._processes(rlimit, "", "", "")
+
+    srv_limits: rlimit | None = None
+    """``SRV``'s ``rlimit(...)``, set by the supervisor: it runs the config's scanners as a worker does,
+    so the workers' limits are its limits unless it has its own ``rlimit=``."""
+
+    def effective_limits(self) -> rlimit | None:
+        """The limits its process gets: its own ``rlimit=``, else ``SRV``'s."""
+        return self.limits if self.limits is not None else self.srv_limits
 
     def describe(self) -> str:
         return f"fusefs({self.mountpoint} <- {self.source})"
@@ -630,7 +679,8 @@ class fusefs(Daemon):
     def identity(self) -> tuple[Any, ...]:
         scanners = tuple(line for scanner in self.scanners for line in scanner.tree())
         options = (self.allow_other, self.fail_open, self.max_size, self.oversize, self.timeout, self.cache_size)
-        return (self.kind, self.mountpoint, self.source, scanners, options)
+        limits = self.effective_limits()
+        return (self.kind, self.mountpoint, self.source, scanners, options, limits.identity() if limits else ())
 
     def bind_settings(self, settings: Settings) -> None:
         """The config's settings, and its scanners' (the loader binds the services' scanners, not a daemon's)."""
@@ -679,6 +729,9 @@ class fusefs(Daemon):
                 signal.signal(signum, signal.SIG_DFL)
             _close_inherited_sockets()
             os.setsid()
+            limits = self.effective_limits()
+            if limits is not None:  # as root still, as a worker's (so it may raise hard limits)
+                limits.apply()
             self.serve(settings)
         except BaseException:
             log.exception("%s failed", self.describe())
@@ -701,6 +754,7 @@ class fusefs(Daemon):
             max_size=self.max_size,
             oversize=self.oversize,
             fail_open=self.fail_open,
+            settings=settings,
         )
         options = set(pyfuse3.default_options) | {
             "fsname=mailsift",
@@ -726,7 +780,7 @@ class fusefs(Daemon):
                 try:
                     await pyfuse3.main()
                 finally:
-                    await files.pipeline.aclose()
+                    await files.aclose()
 
             asyncio.run(main())
             pyfuse3.close(unmount=True)

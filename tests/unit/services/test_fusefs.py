@@ -15,11 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from mailsift import fusefs, parsemail, regexp_scan
+from mailsift import fusefs, parsemail, regexp_scan, rlimit
+from mailsift.core.disposition import Outcome
+from mailsift.core.hooks import Hook
 from mailsift.errors import ConfigError, ScannerError, ScannerUnavailable
-from mailsift.message.result import CLEAN, Result
+from mailsift.message.mail import Mail
+from mailsift.message.result import CLEAN, Decision, Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.fusefs import FileScanner, Verdict, VerdictCache, file_key, write_mail
+from mailsift.settings import Settings
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -270,6 +274,49 @@ def test_config_checks(tmp_path: Path) -> None:
         fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"), fail_open="yes")
     with pytest.raises(ConfigError, match="max_size"):
         fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"), max_size=True)
+
+
+class Seen(Hook):
+    """Records what each call of the hook saw: (subject, detected name, reply code, the mail readable)."""
+
+    name = "seen"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int, bool]] = []
+
+    async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        readable = b"mailsift-fusefs-boundary--" in mail.raw  # read from the spooled file, whole
+        self.calls.append((mail.subject, decision.result.name, outcome.reply.code, readable))
+
+
+async def test_each_file_scanned_runs_the_hooks_as_a_mail_does(tmp_path: Path) -> None:
+    """HOOKS (stats, log files, notify) see a refused file as a rejected mail, a served one as 250; cache hits
+    run no hook again; the spooled file is still there while they run."""
+    seen = Seen()
+    settings = Settings(state_dir=str(tmp_path), hooks=(seen,))
+    files = file_scanner(tmp_path, eicar_scanner(), settings=settings)
+    infected, clean = tmp_path / "eicar.com", tmp_path / "clean.txt"
+    infected.write_bytes(EICAR)
+    clean.write_bytes(b"clean\n")
+    for _ in range(2):
+        with pytest.raises(OSError):
+            await check(files, infected)
+        await check(files, clean)
+    assert seen.calls == [(str(infected), "EICAR-Test", 550, True), (str(clean), "", 250, True)]
+    assert os.listdir(tmp_path / "spool") == []
+
+
+def test_identity_changes_with_its_limits(tmp_path: Path) -> None:
+    """SRV's rlimit(...) (set by the supervisor) or its own rlimit=: another limit restarts it at a reload."""
+    one = fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"))
+    srv = fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"))
+    srv.srv_limits = rlimit(NOFILE=1000)
+    own = fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"), rlimit=rlimit(NOFILE=900))
+    own.srv_limits = rlimit(NOFILE=1000)
+    assert len({one.identity(), srv.identity(), own.identity()}) == 3
+    assert own.effective_limits() is own.limits
+    with pytest.raises(ConfigError, match="rlimit="):
+        fusefs([eicar_scanner()], str(tmp_path / "mnt"), str(tmp_path / "src"), rlimit=1000)  # type: ignore[arg-type]
 
 
 def test_identity_changes_with_the_scanners(tmp_path: Path) -> None:
