@@ -167,33 +167,16 @@ GONE: dict[str, Gone] = {
 """Every engine and service the reference names that mailsift lacks (sagator-readme.txt §1 and §4,
 sagator-services.txt scand); the README's "Coming from SAGATOR" lists the same."""
 
-PENDING: dict[str, str] = {
-    "modify_header": "add_header(...) and modify_subject(...) cover headers today",
-    "remove_headers": "no replacement yet",
-    "deliver_to": "spam_forward(...) in HOOKS copies spam today",
-    "sanitize": "no replacement yet: quarantine(...) or reject(...) the message",
-    "sql_find": "listed(), whitelisted() and blacklisted() read the per-user lists",
-    "regexp_find": "sender_regexp(...) and recipient_regexp(...) match the envelope",
-    "check_level": "the comparison operators (<, >, =...) of scanners compare levels",
-    "smtp_comm": "no HELO matcher yet",
-    "recipient_policy": "smtpd_policy(SCANNERS, db.sqlite(), '127.0.0.1', 29) answers at RCPT for Postfix",
-    "fusefs": "no on-access scanning yet",
-    "rlimit": "set limits where mailsift is started (systemd LimitAS=, LimitNOFILE=...)",
-}
-"""SAGATOR names that issue 16 adds to mailsift: the native one is used when this mailsift has it."""
-
 
 def gone_message(name: str) -> str | None:
     """The "gone" message for ``name``, or None when mailsift has it."""
     if name in GONE:
         return GONE[name].message(name)
-    if name in PENDING and not hasattr(mailsift, name):
-        return f"{name}() is not in this mailsift yet: {PENDING[name]}"
     return None
 
 
 def gone_calls(tree: ast.Module) -> list[tuple[int, str]]:
-    """Each call of a gone (or not yet present) name in a config, ``(line, name)`` in the order
+    """Each call of a gone name in a config, ``(line, name)`` in the order
     written; a name the config binds itself (``def nod2(...)``, ``import``) is its own."""
     bound: set[str] = set()
     for node in ast.walk(tree):
@@ -469,20 +452,16 @@ def http_proxy(scanners: Any, host: str = "127.0.0.1", port: int = 3128, prefork
     return noted
 
 
-def _native_or_pending(name: str) -> Callable[..., Any]:
-    native = getattr(mailsift, name, None)
-    return native if native is not None else _gone(name)
-
-
 # --------------------------------------------------------------------------- the modules
 
 
 _SERVICE_NAMES = {"collector", "http_proxy", "webq_jinja", "milter", "smtpd", "lmtpd", "core_count"}
-_PENDING_SERVICES = {"recipient_policy", "fusefs", "rlimit"}
 
 
 def _is_service(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, Service | Daemon | mailsift.reporter | rlimit)
+    return isinstance(value, type) and issubclass(
+        value, Service | Daemon | mailsift.reporter | mailsift.recipient_policy | rlimit
+    )
 
 
 def _surfaces() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -514,8 +493,6 @@ def _surfaces() -> tuple[dict[str, Any], dict[str, Any]]:
         (srv if _is_service(value) else scanners)[name] = value
     for name, value in own.items():
         (srv if name in _SERVICE_NAMES else scanners)[name] = value
-    for name in PENDING:
-        (srv if name in _PENDING_SERVICES else scanners)[name] = _native_or_pending(name)
     for name in GONE:
         (srv if name in {"scand"} else scanners)[name] = _gone(name)
     return srv, scanners

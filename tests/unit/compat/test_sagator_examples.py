@@ -7,13 +7,13 @@ and what it must do::
     # SAGATOR example: sagator-readme.txt 3.1 a) (...)
     # reference: <the example, as the reference prints it>
     # replaced: <a placeholder of the reference> -> <the value the file uses>   (optional)
-    # expect: loads | gone NAME [NAME...] | pending NAME | icap
+    # expect: loads | gone NAME [NAME...] | native NAME | icap
 
 ``loads``: the file loads.  ``gone NAME...``: it fails with exactly the names' "gone" messages
 (mailsift.compat.sagator.GONE) in one error: at the first one's line, then ``; line N: `` each
-other.  ``pending NAME``: a name issue 16 adds to mailsift: until this mailsift has it, the "not
-in this mailsift yet" message; once it has it, the file loads or the native object refuses, in
-its own words at that line, what this machine lacks (fusefs: the example's ``/realhome``).
+other.  ``native NAME``: a name issue 16 added to mailsift: the file loads, or the native object
+refuses, in its own words at that line, what this machine lacks (fusefs: the example's
+``/realhome``) or what mailsift does not allow (rlimit: SAGATOR's ``AS=30000000`` is too small).
 ``icap``: ``http_proxy`` is the ICAP service
 (services/icap.py, built beside this): without it, the message saying so; with it, the file
 loads and the service is icap on 1344.
@@ -124,23 +124,17 @@ def test_the_example_loads_or_names_what_replaces_it(path: Path) -> None:
         expected = "; ".join([messages[0], *others])
         assert str(caught.value) == f"{path}:{line}: {expected}"
         return
-    if example.expect == "pending":
-        if hasattr(mailsift, example.name):
-            # merged: the native one.  It loads, or refuses what this machine lacks in its own words
-            # (fusefs: "source /realhome is not a directory", "needs pyfuse3") at the example's line.
-            refused = ""
-            try:
-                load(path)
-            except ConfigError as error:
-                refused = str(error)
-            if refused:
-                assert refused.startswith(f"{path}:{example_line(example, example.name)}: {example.name}")
-                assert "not in this mailsift yet" not in refused
-            return
-        with pytest.raises(ConfigError) as caught:
+    if example.expect == "native":
+        # It loads, or refuses what this machine lacks in its own words (fusefs: "source /realhome
+        # is not a directory", "needs pyfuse3") at the example's line.
+        assert hasattr(mailsift, example.name)
+        refused = ""
+        try:
             load(path)
-        expected = f"{example.name}() is not in this mailsift yet: {sagator.PENDING[example.name]}"
-        assert str(caught.value) == f"{path}:{example_line(example, example.name)}: {expected}"
+        except ConfigError as error:
+            refused = str(error)
+        if refused:
+            assert refused.startswith(f"{path}:{example_line(example, example.name)}: {example.name}")
         return
     assert example.expect == "icap", example.expect
     if importlib.util.find_spec("mailsift.services.icap") is None:
@@ -160,11 +154,11 @@ def test_the_example_loads_or_names_what_replaces_it(path: Path) -> None:
 def test_every_expectation_is_known() -> None:
     for path in ALL:
         example = parse(path)
-        assert example.expect in {"loads", "gone", "pending", "icap"}, path.name
+        assert example.expect in {"loads", "gone", "native", "icap"}, path.name
         if example.expect == "gone":
             assert set(example.name.split()) <= set(sagator.GONE)
-        if example.expect == "pending":
-            assert example.name in sagator.PENDING
+        if example.expect == "native":
+            assert hasattr(mailsift, example.name), example.name
 
 
 # --------------------------------------------------------------------------- against the reference
