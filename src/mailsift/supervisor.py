@@ -359,6 +359,16 @@ async def _worker_main(config: Config, sockets: dict[tuple[str, int], socket.soc
     pools.stop()
 
 
+def config_warnings(config: Config) -> list[str]:
+    """What ``check-config`` warns about, one ``file:line: warning: ...`` each: a config that loads
+    but does not do what it seems to (:func:`mailsift.config.warnings`), SAGATOR's ``prefork``/
+    ``max_children`` and what the SAGATOR mapping changed or ignores (``collector``'s statfile...).
+    ``serve`` logs each once (at start, and a reload's new ones)."""
+    from mailsift.compat import sagator  # small: only its own module
+
+    return [*config_module.warnings(config), *sagator.warnings(config.path, config.lines.get("SRV"), config.objects())]
+
+
 def run_worker(config: Config, sockets: dict[tuple[str, int], socket.socket], drain_seconds: float) -> None:
     """The body of a worker process (also usable in-process for tests), on uvloop when installed."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -388,6 +398,8 @@ class Supervisor:
         self.daemons = DaemonKeeper()
         self.account: Account | None = None
         """Who the workers run as (:func:`service_account`); None: as the supervisor."""
+        self._warned: set[str] = set()
+        """check-config's warnings logged so far (:meth:`_warn`)."""
 
     def _listen(self, config: Config) -> dict[tuple[str, int], socket.socket]:
         """The sockets ``config`` serves on: the running ones it keeps, new ones bound.
@@ -482,11 +494,19 @@ class Supervisor:
         self.config = new
         name_node_in_log(new.settings.node_name)
         log.info("%s", config_line(new))
+        self._warn(new)
         for _ in range(self.workers):
             self._spawn(new)
         for pid in old:
             self._kill(pid, signal.SIGTERM)
         log.info("reloaded: %d new workers, %d old ones draining", self.workers, len(old))
+
+    def _warn(self, config: Config) -> None:
+        """Log check-config's warnings about ``config``, each once (a reload logs only new ones)."""
+        for warning in config_warnings(config):
+            if warning not in self._warned:
+                self._warned.add(warning)
+                log.warning("%s", warning)
 
     def stop(self) -> None:
         log.info("stopping: draining %d workers (up to %.0f s)", len(self.children), self.drain_seconds)
@@ -535,6 +555,7 @@ class Supervisor:
         for _ in range(self.workers):
             self._spawn(self.config)
         log.info("%s", config_line(self.config))
+        self._warn(self.config)
         log.info(
             "mailsift serving %s with %d workers (pid %d)%s",
             ", ".join(s.describe() for s in self.config.services),

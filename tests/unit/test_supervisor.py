@@ -224,3 +224,48 @@ def test_start_and_reload_log_the_node_and_the_config_fingerprint(
     assert fingerprints[0] == first.settings.config_fingerprint
     assert fingerprints[1] == supervisor.config.settings.config_fingerprint != fingerprints[0]  # the file changed
     assert all(len(f) == 12 and int(f, 16) >= 0 for f in fingerprints)
+
+
+SAGATOR_SERVED = """
+from srv import *
+from scanners import *
+
+STATE_DIR = {state!r}
+SMTP_SERVER = ('127.0.0.1', 10025)
+SCANNERS = [report('admin@example.test', const(0.0, 'clean'))]
+SRV = [collector('', -1, '/tmp/status'), smtpd(SCANNERS, '127.0.0.1', {port}, {prefork})]
+"""
+
+
+def test_serve_logs_check_configs_sagator_warnings_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What check-config warns about a SAGATOR config (prefork ignored, collector's statfile, report's
+    argument...) is in serve's log at start, once; a reload logs only what is new."""
+    path = tmp_path / "sagator.conf"
+    state, port = tmp_path / "state", free_port()
+    write(path, SAGATOR_SERVED.format(state=str(state), port=port, prefork=4))
+    first = config.load(str(path))
+    supervisor = Supervisor(first, workers=1)
+    monkeypatch.setattr(supervisor, "_spawn", lambda c: None)
+    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
+    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
+    monkeypatch.setattr(supervisor.daemons, "stop_all", lambda: None)
+    monkeypatch.setattr(supervisor, "_reap", lambda: supervisor.children.clear())
+    with caplog.at_level(logging.INFO, "mailsift.supervisor"):
+        assert supervisor.run() == 0
+        started = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        write(path, SAGATOR_SERVED.format(state=str(state), port=port, prefork=8))
+        supervisor._bind(supervisor.config)
+        try:
+            supervisor.reload()
+        finally:
+            for sock in supervisor.sockets.values():
+                sock.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(started) == 4, started
+    assert any("prefork=4 is SAGATOR's process count and is not used" in w for w in started)
+    assert any("statfile='/tmp/status' is not written" in w for w in started)
+    assert any("report('admin@example.test', ...): this argument is not used" in w for w in started)
+    assert all(w.startswith(f"{path}:") and ": warning: " in w for w in started)
+    assert warned[len(started) :] == [w.replace("prefork=4", "prefork=8") for w in started if "prefork" in w]

@@ -312,7 +312,24 @@ class _HookWrapper(_Logging):
         return self._hook
 
 
-class report(_Logging):
+class _Reporting(_Logging):
+    """``report``, ``report_recipients``, ``stat``: SAGATOR's wrappers whose only argument is their
+    scanners; anything before them is not used, and check-config (and serve) say so."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if self.options:
+            shown = ", ".join(repr(option) for option in self.options)
+            _noted(
+                self,
+                f"{self.name}({shown}, ...): {'this argument is' if len(self.options) == 1 else 'these arguments are'} "
+                f"not used: {self.name}() takes only scanners; {type(self.hook()).__name__}() in HOOKS does its "
+                "work (give its options there)",
+                self.line,
+            )
+
+
+class report(_Reporting):
     """SAGATOR's ``report(scanners...)``: mail about a detection is ``notify()`` in HOOKS."""
 
     name = "report"
@@ -321,14 +338,14 @@ class report(_Logging):
         return notify()
 
 
-class report_recipients(_Logging):
+class report_recipients(_Reporting):
     name = "report_recipients"
 
     def hook(self) -> Hook:
         return notify(recipients=True)
 
 
-class stat(_Logging):
+class stat(_Reporting):
     name = "stat"
 
     def hook(self) -> Hook:
@@ -392,13 +409,14 @@ class collector(stats):
 
     name = "collector"
 
-    def __init__(self, ip_or_hostname: str = "", port: int = -1, statfile: str = "/var/lib/sagator/status") -> None:
+    def __init__(self, ip_or_hostname: str = "", port: int = -1, statfile: str | None = None) -> None:
         super().__init__()
         where = f" (its socket {ip_or_hostname or '*'}:{port} is not opened)" if port >= 0 else ""
+        status = f"; statfile={statfile!r} is not written (no status file: the counters are in DATABASE)"
         _noted(
             self,
             "collector() is stats() in HOOKS: counters in DATABASE, shown by `mailsift stats` and webq's "
-            f"graphs and /metrics{where}",
+            f"graphs and /metrics{where}{status if statfile is not None else ''}",
         )
 
     def describe(self) -> str:
@@ -588,7 +606,7 @@ def finish(namespace: dict[str, Any]) -> None:
                     "line for every message already; log_file(...) or log_sql() in HOOKS for more",
                     scanner.line,
                 )
-            elif not any(type(h) is type(hook) for h in added):
+            elif not any(isinstance(h, type(hook)) for h in added):  # collector() is a stats()
                 added.append(
                     _noted(
                         hook,

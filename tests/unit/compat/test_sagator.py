@@ -217,6 +217,44 @@ def test_collector_beside_a_stats_hook_adds_none(tmp_path: Path) -> None:
     assert [type(h) for h in config.settings.hooks] == [stats]
 
 
+def test_collector_with_a_statfile_says_it_is_not_written(tmp_path: Path) -> None:
+    config = load(tmp_path, "SRV = [collector('', -1, '/tmp/status')]\n")
+    (note,) = sagator.warnings(config.path, config.lines.get("SRV"), config.objects())
+    assert note == (
+        f"{config.path}:3: warning: collector() is stats() in HOOKS: counters in DATABASE, shown by "
+        "`mailsift stats` and webq's graphs and /metrics; statfile='/tmp/status' is not written (no status "
+        "file: the counters are in DATABASE)"
+    )
+
+
+def test_collector_and_a_stat_wrapper_count_once(tmp_path: Path) -> None:
+    """collector() is a stats(): a stat(...) wrapper beside it adds no second counter (each message once)."""
+    config = load(tmp_path, "SCANNERS = [stat(const(1.0, 'X'))]\nSRV = [collector()]\n")
+    assert [type(h) for h in config.settings.hooks] == [sagator.collector]
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "hook_name", "shown"),
+    [
+        ("report('admin@example.test', {s})", "notify", "report('admin@example.test', ...): this argument is"),
+        ("report_recipients(1, {s})", "notify", "report_recipients(1, ...): this argument is"),
+        ("stat('x', 2, {s})", "stats", "stat('x', 2, ...): these arguments are"),
+    ],
+)
+def test_arguments_before_a_reporting_wrappers_scanners_are_named_as_unused(
+    tmp_path: Path, wrapper: str, hook_name: str, shown: str
+) -> None:
+    scanner = wrapper.format(s="const(1.0, 'Found.Here')")
+    config = load(tmp_path, f"SMTP_SERVER = ('127.0.0.1', 26)\nSCANNERS = [{scanner}]\n")
+    notes = sagator.warnings(config.path, None, config.objects())
+    name = wrapper.partition("(")[0]
+    assert (
+        f"{config.path}:4: warning: {shown} not used: {name}() takes only scanners; {hook_name}() in HOOKS does "
+        "its work (give its options there)"
+    ) in notes
+    assert len(notes) == 2  # and the hook added
+
+
 @pytest.mark.parametrize(
     ("wrapper", "hook_type"),
     [
