@@ -70,6 +70,10 @@ from mailsift.web.templating import N_, Text, render
 from mailsift.web.users import User
 from mailsift.web.webconfig import WebConfig
 
+PERIODS = {"hour": N_("last hour"), "day": N_("last day"), "week": N_("last week"), "month": N_("last month")}
+"""The graph ranges (:data:`RANGES`) as the pages name them, translated: a whole phrase each, as
+"last" agrees with the noun in many languages (letzte Stunde, letzter Tag)."""
+
 DEFAULT_METRICS_CLIENTS = ("127.0.0.0/8", "::1/128")
 SVG_NS = "http://www.w3.org/2000/svg"
 WIDTH, HEIGHT = 760, 260
@@ -363,6 +367,7 @@ async def stats_page(request: Request) -> Response:
         "table": table,
         "options": options,
         "ranges": list(RANGES),
+        "periods": PERIODS,
         "groups": ("verdict", "scanner", "domain", "node"),
         "domains": managed_domains(user),
         "format_value": format_value,

@@ -54,3 +54,22 @@ async def test_metrics_count_this_node_and_the_pages_show_every_node(tmp_path: P
                 assert ">5<" in whole.text.replace(" ", "")  # the cluster's sum: 2 + 3
             finally:
                 await client.aclose()
+
+
+async def test_the_period_names_are_translated(tmp_path: Path) -> None:
+    """The periods of the select, the pager and the totals' heading are whole translated phrases
+    (German: "letzter Tag", the adjective agreeing with the noun), not English words in a translated frame."""
+    with user_settings(tmp_path) as settings:
+        count(settings, "alpha", 1)
+        client = await logged_in(settings, "admin", secret="s" * 40, extra_routes=stats_pages.routes())
+        try:
+            client.headers["Accept-Language"] = "de"
+            page = (await client.get("/stats", params={"range": "day"})).text
+            english = (await client.get("/stats", params={"range": "day"}, headers={"Accept-Language": "en"})).text
+        finally:
+            await client.aclose()
+    assert "<h2>Summen, letzter Tag</h2>" in page
+    for phrase in ("letzte Stunde", "letzter Tag", "letzte Woche", "letzter Monat"):
+        assert page.count(f">{phrase}<") == 2, phrase  # the select's option and the pager's link
+    assert "<h2>Totals, last day</h2>" in english
+    assert english.count(">last month<") == 2
