@@ -249,12 +249,17 @@ def test_the_mount_is_read_only(mounted: Mount) -> None:
     assert not (mounted.source / "new.txt").exists()
 
 
-def test_sigterm_unmounts(tmp_path: Path) -> None:
+def one_file_source(tmp_path: Path) -> None:
+    """Skip where FUSE cannot be mounted; else ``tmp_path/source`` with one file ``f``."""
     why = refused()
     if why:
         pytest.skip(why)
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "f").write_bytes(b"f")
+
+
+def test_sigterm_unmounts(tmp_path: Path) -> None:
+    one_file_source(tmp_path)
     mounted = mount(tmp_path)
     try:
         assert os.path.ismount(mounted.mountpoint)
@@ -491,6 +496,19 @@ HOOKS = [stats(flush_interval=1), log_file("files.log", json=True)]
 """
 
 
+def stats_table(config: Path, by: str) -> dict[str, str]:
+    """``mailsift stats -c CONFIG --by BY``: the messages of each row."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "mailsift", "stats", "-c", str(config), "--by", by],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    return {line.split()[0]: line.split()[1] for line in shown.stdout.splitlines()[2:] if line and line[0] != "-"}
+
+
 def test_a_refused_file_runs_the_hooks_and_is_counted_like_a_mail(tmp_path: Path) -> None:
     """A fusefs finding goes through HOOKS as a mail finding does: stats() counts it (``mailsift stats``),
     log_file writes its line; a clean file is counted clean; files answered from the cache are not counted again."""
@@ -501,26 +519,9 @@ def test_a_refused_file_runs_the_hooks_and_is_counted_like_a_mail(tmp_path: Path
                 open(mountpoint / "eicar.com", "rb")  # noqa: SIM115
         serve.send_signal(signal.SIGTERM)  # the stats hook writes what it counted when the process stops
         assert serve.wait(60) == 0, log.read_text()
-    config = tmp_path / "config.py"
-    shown = subprocess.run(
-        [sys.executable, "-m", "mailsift", "stats", "-c", str(config), "--by", "verdict"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert shown.returncode == 0, shown.stderr
-    rows = {line.split()[0]: line.split()[1] for line in shown.stdout.splitlines()[2:] if line and line[0] != "-"}
-    assert rows.get("rejected") == "1", shown.stdout
-    assert rows.get("clean") == "1", shown.stdout
-    by_scanner = subprocess.run(
-        [sys.executable, "-m", "mailsift", "stats", "-c", str(config), "--by", "scanner"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "regexp_scan" in by_scanner.stdout, by_scanner.stdout
+    by_verdict = stats_table(tmp_path / "config.py", "verdict")
+    assert (by_verdict.get("rejected"), by_verdict.get("clean")) == ("1", "1"), by_verdict
+    assert stats_table(tmp_path / "config.py", "scanner").get("regexp_scan") == "1"
     lines = [json.loads(line) for line in (tmp_path / "state" / "files.log").read_text().splitlines()]
     assert [(line["name"], line["subject"]) for line in lines if line["name"]] == [
         ("EICAR-Test", str(source / "eicar.com"))
@@ -550,11 +551,7 @@ def test_srv_rlimit_reaches_the_fusefs_process(tmp_path: Path) -> None:
 
 def test_its_own_rlimit_comes_before_srv_s(tmp_path: Path) -> None:
     """fusefs(..., rlimit=rlimit(...)) sets its process's limits, as a daemon's rlimit= does."""
-    why = refused()
-    if why:
-        pytest.skip(why)
-    (tmp_path / "source").mkdir()
-    (tmp_path / "source" / "f").write_bytes(b"f")
+    one_file_source(tmp_path)
     own = rlimit(NOFILE=(900, 901))
     mounted = mount(tmp_path, limits=own, srv_limits=rlimit(NOFILE=(1000, 1001)))
     try:

@@ -195,6 +195,25 @@ def test_a_database_the_supervisor_cannot_open_is_left_to_the_workers(
     assert "unable to open database file" in caplog.text
 
 
+def without_processes(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No worker or daemon is started or stopped: run() serves nothing and returns at once."""
+    monkeypatch.setattr(supervisor, "_spawn", lambda c: None)
+    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
+    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
+    monkeypatch.setattr(supervisor.daemons, "stop_all", lambda: None)
+    monkeypatch.setattr(supervisor, "_reap", lambda: supervisor.children.clear())
+
+
+def reload_and_close(supervisor: Supervisor) -> None:
+    """SIGHUP's reload over the running config's sockets, closed after."""
+    supervisor._bind(supervisor.config)
+    try:
+        supervisor.reload()
+    finally:
+        for sock in supervisor.sockets.values():
+            sock.close()
+
+
 def test_start_and_reload_log_the_node_and_the_config_fingerprint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -204,20 +223,11 @@ def test_start_and_reload_log_the_node_and_the_config_fingerprint(
     write(path, RUNNING.format(state=str(state), database=str(database), port=free_port()) + "NODE = 'gw-a'\n")
     first = config.load(str(path))
     supervisor = Supervisor(first, workers=1)
-    monkeypatch.setattr(supervisor, "_spawn", lambda c: None)
-    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
-    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
-    monkeypatch.setattr(supervisor.daemons, "stop_all", lambda: None)
-    monkeypatch.setattr(supervisor, "_reap", lambda: supervisor.children.clear())
+    without_processes(supervisor, monkeypatch)
     with caplog.at_level(logging.INFO, "mailsift.supervisor"):
         assert supervisor.run() == 0  # no children: serves nothing, stops at once
         write(path, RUNNING.format(state=str(state), database=str(database), port=free_port()) + "NODE = 'gw-a'\n#\n")
-        supervisor._bind(supervisor.config)
-        try:
-            supervisor.reload()
-        finally:
-            for sock in supervisor.sockets.values():
-                sock.close()
+        reload_and_close(supervisor)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node gw-a: config ")]
     fingerprints = [line.rsplit(" ", 1)[-1] for line in lines]
     assert len(lines) == 2, caplog.text
@@ -247,21 +257,12 @@ def test_serve_logs_check_configs_sagator_warnings_once(
     write(path, SAGATOR_SERVED.format(state=str(state), port=port, prefork=4))
     first = config.load(str(path))
     supervisor = Supervisor(first, workers=1)
-    monkeypatch.setattr(supervisor, "_spawn", lambda c: None)
-    monkeypatch.setattr(supervisor, "_kill", lambda pid, signum: None)
-    monkeypatch.setattr(supervisor.daemons, "apply", lambda c: None)
-    monkeypatch.setattr(supervisor.daemons, "stop_all", lambda: None)
-    monkeypatch.setattr(supervisor, "_reap", lambda: supervisor.children.clear())
+    without_processes(supervisor, monkeypatch)
     with caplog.at_level(logging.INFO, "mailsift.supervisor"):
         assert supervisor.run() == 0
         started = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         write(path, SAGATOR_SERVED.format(state=str(state), port=port, prefork=8))
-        supervisor._bind(supervisor.config)
-        try:
-            supervisor.reload()
-        finally:
-            for sock in supervisor.sockets.values():
-                sock.close()
+        reload_and_close(supervisor)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(started) == 4, started
     assert any("prefork=4 is SAGATOR's process count and is not used" in w for w in started)
