@@ -15,23 +15,20 @@ Exit codes: 0 done (``prune``: also "already done" by another node), 2 bad input
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from mailsift.cli import once
+from mailsift.cli import housekeeping, once
 from mailsift.cli.common import Duration, config_option_with, fail, load_config
 from mailsift.config import Config
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError, MailsiftError
-from mailsift.reporting import counters, links, logline
+from mailsift.reporting import counters
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
 from mailsift.storage import leases, sql
 from mailsift.storage.db import Database
 from mailsift.validators import escape_controls
-from mailsift.web import users
-from mailsift.web.service import webq
 
 CONFIG_HELP = "Config file whose DATABASE holds the counters. Default: as for every command (see -v)."
 
@@ -144,48 +141,14 @@ LEASE_RETENTION = 400 * 86400.0
 """Leases of the scheduled jobs older than this are forgotten by ``stats prune`` (a lease only
 answers "already done" within its own period, and no job runs less often than yearly)."""
 
-THROTTLE_RETENTION = 86400.0
-"""Login throttling keys quiet this long (or for the longest ``webq(login_window=...)``, if longer)
-are forgotten by ``stats prune``: past the window a key starts over anyway."""
 
-
-@dataclass(frozen=True)
-class Pruned:
-    """What one ``stats prune`` deleted, per table."""
-
-    counters: int
-    maillog: int
-    links: int
-    throttle: int
-    leases: int
-
-    def summary(self) -> str:
-        """``pruned 2 counter row(s)``, then each other count that is not 0."""
-        others = [
-            (self.maillog, "message log row(s)"),
-            (self.links, "used release link(s)"),
-            (self.throttle, "login throttling key(s)"),
-        ]
-        text = f"pruned {self.counters} counter row(s)" + "".join(f", {n} {what}" for n, what in others if n)
-        return text + (f", forgot {self.leases} old lease(s)" if self.leases else "")
-
-
-def _login_window(config: Config) -> float:
-    windows = [service.config.throttle_window for service in config.services if isinstance(service, webq)]
-    return max([THROTTLE_RETENTION, *windows])
-
-
-def _prune(database: Database, now: float, older_than: float, config: Config) -> Pruned:
-    """Each table's old rows, in batches of :data:`mailsift.storage.sql.PRUNE_BATCH` rows per transaction."""
-    retention = config.settings.maillog_retention
-    call = database.call
-    return Pruned(
-        counters=sql.delete_in_batches(call, counters.prune, now - older_than),
-        maillog=0 if retention is None else sql.delete_in_batches(call, logline.prune, now - retention),
-        links=sql.delete_in_batches(call, links.prune, now),
-        throttle=sql.delete_in_batches(call, users.prune_attempts, now - _login_window(config)),
-        leases=call(leases.prune, now - LEASE_RETENTION),
-    )
+def _prune(database: Database, now: float, older_than: float, config: Config) -> str:
+    """Counters (in batches), the tables of :mod:`mailsift.cli.housekeeping`, old leases: what was deleted."""
+    removed = sql.delete_in_batches(database.call, counters.prune, now - older_than)
+    others = housekeeping.prune_tables(config, now).items()
+    forgotten = database.call(leases.prune, now - LEASE_RETENTION)
+    text = f"pruned {removed} counter row(s)" + "".join(f", {item}" for item in others)
+    return text + (f", forgot {forgotten} old lease(s)" if forgotten else "")
 
 
 @click.command("prune")
@@ -218,6 +181,8 @@ def prune_command(config_path: str | None, older_than: float, every: float, forc
     * leases of the scheduled jobs older than 400 days.
 
     Deletes in batches of a few thousand rows, each its own transaction.
+    quarantine expire prunes the same tables too, all but counters and leases.
+
     Once per cluster: of the nodes sharing DATABASE, the first in each period (--every)
     prunes; the others say who did ("already done by <node> at <time>") and exit 0."""
     parent = click.get_current_context().parent
@@ -239,7 +204,7 @@ def prune_command(config_path: str | None, older_than: float, every: float, forc
     except MailsiftError as error:
         once.give_back(config.settings, lease)
         fail(error.message, 3)
-    click.echo(pruned.summary())
+    click.echo(pruned)
 
 
 def _table_unless_a_subcommand(**options: Any) -> None:

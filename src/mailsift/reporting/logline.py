@@ -597,8 +597,8 @@ def insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> None:
 
 
 def prune(connection: Connection, before: float, limit: int) -> int:
-    """Delete at most ``limit`` rows logged before ``before`` (``MAILLOG_RETENTION``, by ``mailsift
-    stats prune`` through :func:`mailsift.storage.sql.delete_in_batches`); returns how many."""
+    """Delete at most ``limit`` rows logged before ``before`` (``MAILLOG_RETENTION``, by
+    :mod:`mailsift.cli.housekeeping` through :func:`mailsift.storage.sql.delete_in_batches`); returns how many."""
     return delete_batch(connection, maillog_table, maillog_table.c.time < before, limit)
 
 

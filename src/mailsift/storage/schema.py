@@ -205,7 +205,8 @@ maillog_table = Table(
 """SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
 ``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated,
 ``node`` the node that took the message (``NODE``; ``''`` for rows logged before 0014_node).
-Rows older than ``MAILLOG_RETENTION`` (90 days) are deleted by ``mailsift stats prune``."""
+Rows older than ``MAILLOG_RETENTION`` (90 days) are deleted by ``quarantine expire`` and ``stats prune``
+(``cli/housekeeping.py``)."""
 
 # --------------------------------------------------------------------------- per-user policies and lists (0004)
 
@@ -268,7 +269,7 @@ web_login_throttle_table = Table(
 )
 """Checked logins per ``pair:<name>|<client>`` and ``ip:<client>``; ``window_start`` is the time of the
 last checked attempt (a key starts over after a quiet window). Claimed atomically before the password check;
-keys quiet for a day (or the window, if longer) are deleted by ``mailsift stats prune``."""
+keys quiet for a day (or the window, if longer) are deleted by ``cli/housekeeping.py``."""
 
 # --------------------------------------------------------------------------- web sessions (0010_websessions)
 
@@ -297,7 +298,7 @@ link_action_table = Table(
     Column("done_at", Float, nullable=True),
 )
 """One row per action taken through a link: ``sending`` while the release runs, then ``done``.
-``mailsift stats prune`` deletes release rows once no link can be followed (claimed more than
+``cli/housekeeping.py`` deletes release rows once no link can be followed (claimed more than
 ``links.MAX_LIFETIME`` ago); whitelist rows stay (a link adds a sender once, ever)."""
 
 # --------------------------------------------------------------------------- statistics (0007)

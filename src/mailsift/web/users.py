@@ -413,7 +413,7 @@ def forgive_attempt(connection: Connection, key: str) -> None:
 
 def prune_attempts(connection: Connection, before: float, limit: int) -> int:
     """Forget at most ``limit`` keys whose last checked attempt was before ``before`` (older than the
-    login window: they start over anyway); returns how many.  By ``mailsift stats prune``."""
+    login window: they start over anyway); returns how many.  By :mod:`mailsift.cli.housekeeping`."""
     t = web_login_throttle_table.c
     return delete_batch(connection, web_login_throttle_table, t.window_start < before, limit)
 

@@ -20,7 +20,8 @@ from mailsift.reporting import links
 from mailsift.reporting.counters import TOTAL, Counts, Key, period_of, totals, upsert_counters
 from mailsift.storage import leases, sql
 from mailsift.storage.db import Database
-from mailsift.storage.schema import link_action_table, maillog_table, web_login_throttle_table
+from mailsift.storage.schema import link_action_table, web_login_throttle_table
+from tests.helpers.maillog import log, logged
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 DAY = 86400.0
@@ -143,21 +144,6 @@ def test_prune_refuses_a_bad_age(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the other tables
-
-
-def log(database: Database, *ages: float) -> None:
-    """One ``maillog`` row logged ``age`` seconds ago, for each age."""
-    now = time.time()
-    base = {c.name: "" for c in maillog_table.c if c.name != "id"}
-    base.update(level=0.0, relay_client=False, elapsed=0.01, size=100, spam_score=None, spam_required=None)
-    rows = [{**base, "time": now - age, "queue_id": f"q{age:.0f}", "action": "deliver"} for age in ages]
-    database.call(lambda connection: connection.execute(maillog_table.insert(), rows))
-
-
-def logged(database: Database) -> list[str]:
-    """The queue ids still in the log, oldest first."""
-    m = maillog_table.c
-    return list(database.call(lambda c: c.execute(select(m.queue_id).order_by(m.time)).scalars().all()))
 
 
 def test_prune_deletes_the_message_log_past_maillog_retention(root: Path, nodes: list[Node]) -> None:
