@@ -95,15 +95,20 @@ def test_prune_deletes_old_counters_and_keeps_new_ones(nodes: list[Node]) -> Non
     assert next(line.split() for line in table.stdout.splitlines() if line.startswith("clean"))[1] == "1"
 
 
+def prune_once(first: Node, *others: Node) -> str:
+    """``stats prune`` on ``first`` then on ``others``: only the first prunes; its output."""
+    results = [node.stats("prune") for node in (first, *others)]
+    assert [r.exit_code for r in results] == [0] * len(results), [r.output for r in results]
+    for late in results[1:]:
+        assert late.stdout == ""
+        assert f"already done by {first.path.parent.name} at " in late.stderr
+    return results[0].stdout
+
+
 def test_prune_on_three_nodes_runs_once(nodes: list[Node]) -> None:
     a, b, c = nodes
     count(a.database, 450 * DAY, 420 * DAY, DAY)
-    results = [node.stats("prune") for node in (b, a, c)]
-    assert [r.exit_code for r in results] == [0, 0, 0], [r.output for r in results]
-    assert results[0].stdout == "pruned 2 counter row(s)\n"
-    for late in results[1:]:
-        assert late.stdout == ""
-        assert "already done by node-b at " in late.stderr
+    assert prune_once(b, a, c) == "pruned 2 counter row(s)\n"
     assert messages(a.database) == 1
     count(c.database, 410 * DAY)  # arrived late (a node's backlog): the next day's prune takes it
     assert c.stats("prune").stdout == ""
@@ -179,12 +184,7 @@ def test_prune_deletes_a_big_log_in_batches(nodes: list[Node], monkeypatch: pyte
 def test_prune_prunes_the_log_once_per_cluster(nodes: list[Node]) -> None:
     a, b, c = nodes
     log(a.database, 200 * DAY, 95 * DAY, DAY)
-    results = [node.stats("prune") for node in (c, b, a)]
-    assert [r.exit_code for r in results] == [0, 0, 0], [r.output for r in results]
-    assert results[0].stdout == "pruned 0 counter row(s), 2 message log row(s)\n"
-    for late in results[1:]:
-        assert late.stdout == ""
-        assert "already done by node-c at " in late.stderr
+    assert prune_once(c, b, a) == "pruned 0 counter row(s), 2 message log row(s)\n"
     log(b.database, 120 * DAY)  # logged late: kept until the next period's prune (or --force)
     assert len(logged(a.database)) == 2
     assert b.stats("prune", "--force").stdout == "pruned 0 counter row(s), 1 message log row(s)\n"
