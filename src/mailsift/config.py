@@ -55,10 +55,11 @@ from mailsift.web.service import webq
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 DEFAULT_USER = "mailsift"
-DEFAULT_MAILLOG_RETENTION = "90d"
-"""``MAILLOG_RETENTION``: ``quarantine expire`` and ``stats prune`` keep 90 days of the per-message log (tracking's
-searches, the digest's rejected mail): a quarter, longer than any quarantine expiry or link lifetime."""
 """``USER`` when the config does not say (the environment's ``MAILSIFT_USER`` first: empty is None)."""
+DEFAULT_MAILLOG_RETENTION = "90d"
+"""``MAILLOG_RETENTION``: ``quarantine expire`` and ``stats prune`` keep 90 days of the per-message log
+(tracking's searches, the digest's rejected mail): a quarter, past the quarantine's default 14 days
+and a link's 7 (90 at most)."""
 
 
 @dataclass(frozen=True)

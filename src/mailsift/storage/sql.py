@@ -103,7 +103,7 @@ def claim(connection: Connection, table: Table, values: Values, *, keys: Sequenc
 
 
 PRUNE_BATCH = 5000
-"""Rows deleted per transaction by :func:`delete_in_batches` (a few milliseconds of lock each)."""
+"""Rows deleted per transaction by :func:`delete_in_batches`: a short lock each, however big the backlog."""
 
 
 def delete_batch(connection: Connection, table: Table, where: ColumnElement[bool], limit: int = PRUNE_BATCH) -> int:
