@@ -37,6 +37,7 @@ from mailsift import validators
 from mailsift.core.hooks import Hook
 from mailsift.core.poison import poison
 from mailsift.delivery.next_hop import Delivery, resolve
+from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError
 from mailsift.reporting.digest import reporter
 from mailsift.scanners.actions import reject
@@ -55,6 +56,10 @@ from mailsift.web.service import webq
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "data", "default_config.py")
 DEFAULT_USER = "mailsift"
 """``USER`` when the config does not say (the environment's ``MAILSIFT_USER`` first: empty is None)."""
+DEFAULT_MAILLOG_RETENTION = "90d"
+"""``MAILLOG_RETENTION``: ``quarantine expire`` and ``stats prune`` keep 90 days of the per-message log
+(tracking's searches, the digest's rejected mail): a quarter, past the quarantine's default 14 days
+and a link's 7 (90 at most)."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,16 @@ def _assignment_lines(tree: ast.Module) -> dict[str, int]:
     return lines
 
 
+def _duration(value: Any, what: str) -> float:
+    """A positive number of seconds, or a duration like ``'90d'``; ConfigError otherwise."""
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ConfigError as error:
+            raise ConfigError(f"{what}: {error.message}") from None
+    return validators.positive(value, what, unit="number of seconds or a duration like '90d'")
+
+
 def _next_hop(value: Any, state_dir: str) -> tuple[str, int] | Delivery | None:
     """``SMTP_SERVER`` checked: None, a delivery, or ``('host', port)``."""
     if value is None or isinstance(value, Delivery):
@@ -348,6 +363,11 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
         database.configure(state_dir)
     except ConfigError as error:
         raise fail(f"DATABASE: {error.message}", "DATABASE") from None
+    retention = namespace.get("MAILLOG_RETENTION", DEFAULT_MAILLOG_RETENTION)
+    try:
+        maillog_retention = None if retention is None else _duration(retention, "MAILLOG_RETENTION")
+    except ConfigError as error:
+        raise fail(error.message, "MAILLOG_RETENTION") from None
     quarantine_store = namespace.get("QUARANTINE_STORE", "files")
     if quarantine_store not in ("files", "database"):
         raise fail(f"QUARANTINE_STORE must be 'files' or 'database', got {quarantine_store!r}", "QUARANTINE_STORE")
@@ -368,6 +388,7 @@ def _check(path: str, namespace: dict[str, Any], lines: Mapping[str, int], finge
         node=str(namespace.get("NODE", "")),
         config_fingerprint=fingerprint,
         message_timeout=message_timeout,
+        maillog_retention=maillog_retention,
         poison=poisoned,
         user=user,
     )

@@ -72,6 +72,9 @@ class Settings:
     when mailsift is started as root (:mod:`mailsift.supervisor`); None keeps the current user.
     A loaded config has ``"mailsift"`` unless it says otherwise (or ``MAILSIFT_USER`` is set in the
     environment: empty means None); a bare ``Settings`` (tests) has None."""
+    maillog_retention: float | None = 90 * 86400.0
+    """``MAILLOG_RETENTION``: seconds ``quarantine expire`` and ``stats prune`` keep the per-message log (``maillog``,
+    tracking and the digest read it): ``'90d'`` by default; None keeps it forever."""
     poison: poison | None = None
     """``POISON``: :class:`mailsift.core.poison.poison`, mail that fails on its content is quarantined
     after ``max_attempts`` (a loaded config has ``poison()`` unless it says ``POISON = None``)."""

@@ -9,14 +9,11 @@ import pytest
 from mailsift import config
 from mailsift.errors import ConfigError
 from mailsift.settings import Settings
+from tests.helpers.configs import load_with
 
 
 def load(tmp_path: Path, line: str) -> config.Config:
-    path = tmp_path / "mailsift.conf.py"
-    state = str(tmp_path / "state")
-    head = f"from mailsift import *\nSTATE_DIR = {state!r}\nSMTP_SERVER = ('127.0.0.1', 10025)\n"
-    path.write_text(f"{head}{line}\n", encoding="utf-8")
-    return config.load(str(path))
+    return load_with(tmp_path, line)
 
 
 def test_the_default_stays_under_postfix_s_600_s() -> None:

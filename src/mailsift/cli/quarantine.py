@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mailsift.cli import once
+from mailsift.cli import housekeeping, once
 from mailsift.cli.common import Duration, config_option, load_config, printable, printable_lines
 from mailsift.config import Config
 from mailsift.core import poison as poison_counts
@@ -383,7 +383,9 @@ def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
 @once.force_option
 def expire_command(config_path: str | None, older_than: float, category: str | None, every: float, force: bool) -> None:
     """Delete old quarantined mail (after adopting unindexed files, see reindex); also forget poison-mail
-    counts idle past POISON's expire and remove spool files left by workers that no longer run.
+    counts idle past POISON's expire, delete the message log older than MAILLOG_RETENTION (90d), used
+    release links past their 90 days and quiet login throttling keys (as stats prune does), and remove
+    spool files left by workers that no longer run.
 
     Once per cluster: of the nodes sharing DATABASE, the first in each period (--every) expires;
     the others say who did ("already done by <node> at <time>") and only clean their own spool."""
@@ -397,12 +399,15 @@ def expire_command(config_path: str | None, older_than: float, category: str | N
         try:
             count = expire(config.settings, older_than, category=category)
             counts = _purge_poison_counts(config)
+            pruned = housekeeping.prune_tables(config, time.time()).items()
         except MailsiftError as error:
             once.give_back(config.settings, lease)
             _database_failed(error)
         click.echo(f"expired {count} message(s)")
         if counts:
             click.echo(f"purged {counts} poison-mail attempt count(s)")
+        if pruned:
+            click.echo(f"pruned {', '.join(pruned)}")
     # Spool files of workers killed inside a transaction (a running worker's own are kept).
     spooled = remove_stale_spool(config.settings.spool_dir)
     if spooled:

@@ -5,7 +5,8 @@ Reads the config's ``DATABASE`` (``-c CONFIG``; the bundled config by default)::
     mailsift stats                      # last 24 hours, by verdict
     mailsift stats --since 7d --by scanner
     mailsift stats --by domain --domain example.com
-    mailsift stats prune                # delete counters older than 400 days, once per cluster per day
+    mailsift stats prune                # delete counters older than 400 days, the message log older
+                                        # than MAILLOG_RETENTION (90d)..., once per cluster per day
 
 Exit codes: 0 done (``prune``: also "already done" by another node), 2 bad input or a broken config,
 3 the database failed.
@@ -18,13 +19,14 @@ from typing import Any
 
 import click
 
-from mailsift.cli import once
+from mailsift.cli import housekeeping, once
 from mailsift.cli.common import Duration, config_option_with, fail, load_config
+from mailsift.config import Config
 from mailsift.durations import parse_duration
 from mailsift.errors import ConfigError, DatabaseError, MailsiftError
 from mailsift.reporting import counters
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, Total, totals
-from mailsift.storage import leases
+from mailsift.storage import leases, sql
 from mailsift.storage.db import Database
 from mailsift.validators import escape_controls
 
@@ -140,8 +142,13 @@ LEASE_RETENTION = 400 * 86400.0
 answers "already done" within its own period, and no job runs less often than yearly)."""
 
 
-def _prune(connection: Any, before: float, leases_before: float) -> tuple[int, int]:
-    return counters.prune(connection, before), leases.prune(connection, leases_before)
+def _prune(database: Database, now: float, older_than: float, config: Config) -> str:
+    """Counters (in batches), the tables of :mod:`mailsift.cli.housekeeping`, old leases: what was deleted."""
+    removed = sql.delete_in_batches(database.call, counters.prune, now - older_than)
+    others = housekeeping.prune_tables(config, now).items()
+    forgotten = database.call(leases.prune, now - LEASE_RETENTION)
+    text = f"pruned {removed} counter row(s)" + "".join(f", {item}" for item in others)
+    return text + (f", forgot {forgotten} old lease(s)" if forgotten else "")
 
 
 @click.command("prune")
@@ -162,7 +169,19 @@ def _prune(connection: Any, before: float, leases_before: float) -> tuple[int, i
 )
 @once.force_option
 def prune_command(config_path: str | None, older_than: float, every: float, force: bool) -> None:
-    """Delete old statistics counters (and forget year-old leases of the scheduled jobs).
+    """Delete old statistics counters and the database's other old rows.
+
+    \b
+    * counters of intervals older than --older-than (400 days);
+    * the per-message log (maillog: tracking, the digest) older than the
+      config's MAILLOG_RETENTION (default 90d; None keeps it);
+    * used release links claimed more than 90 days ago (no link is honoured
+      that long; whitelist links are remembered: an admin's removal stands);
+    * login throttling keys quiet for a day (or webq's login_window);
+    * leases of the scheduled jobs older than 400 days.
+
+    Deletes in batches of a few thousand rows, each its own transaction.
+    quarantine expire prunes the same tables too, all but counters and leases.
 
     Once per cluster: of the nodes sharing DATABASE, the first in each period (--every)
     prunes; the others say who did ("already done by <node> at <time>") and exit 0."""
@@ -180,13 +199,12 @@ def prune_command(config_path: str | None, older_than: float, every: float, forc
         fail(error.message, 3)
     if lease is None:
         return
-    now = time.time()
     try:
-        removed, forgotten = database.call(_prune, now - older_than, now - LEASE_RETENTION)
+        pruned = _prune(database, time.time(), older_than, config)
     except MailsiftError as error:
         once.give_back(config.settings, lease)
         fail(error.message, 3)
-    click.echo(f"pruned {removed} counter row(s)" + (f", forgot {forgotten} old lease(s)" if forgotten else ""))
+    click.echo(pruned)
 
 
 def _table_unless_a_subcommand(**options: Any) -> None:
@@ -203,8 +221,8 @@ stats_group = click.Group(
     invoke_without_command=True,
     help=(
         f"{stats_command.help}\n\n"
-        "mailsift stats prune: delete counters older than 400 days, once per cluster per day "
-        "(see mailsift stats prune --help)."
+        "mailsift stats prune: delete counters older than 400 days, the message log older than "
+        "MAILLOG_RETENTION (90d) and other old rows, once per cluster per day (see mailsift stats prune --help)."
     ),
 )
 """``mailsift stats``: the table (:func:`stats_command`), or ``mailsift stats prune``."""

@@ -52,7 +52,7 @@ from mailsift.errors import ConfigError, MailsiftError
 from mailsift.message.result import Disposition
 from mailsift.storage.db import Database
 from mailsift.storage.schema import stats_table
-from mailsift.storage.sql import upsert
+from mailsift.storage.sql import delete_batch, upsert
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
@@ -518,6 +518,9 @@ def totals(
     ]
 
 
-def prune(connection: Connection, before: float) -> int:
-    """Delete intervals older than ``before``; returns rows deleted (for a daily expiry)."""
+def prune(connection: Connection, before: float, limit: int | None = None) -> int:
+    """Delete intervals older than ``before`` (at most ``limit`` rows: one batch of
+    :func:`mailsift.storage.sql.delete_in_batches`); returns rows deleted (for a daily expiry)."""
+    if limit is not None:
+        return delete_batch(connection, stats_table, stats_table.c.period_start < before, limit)
     return int(connection.execute(stats_table.delete().where(stats_table.c.period_start < before)).rowcount)

@@ -282,6 +282,20 @@ def finish(connection: Connection, entry_id: str, recipient: str, action: str, n
     )
 
 
+def prune(connection: Connection, now: float, limit: int) -> int:
+    """Forget at most ``limit`` release rows claimed more than :data:`MAX_LIFETIME` ago; returns how many.
+
+    The token of such a click was signed before it, so :meth:`LinkSigner.verify` refuses it as
+    expired whatever the row says (and the entry's own ``released_to`` still answers "released
+    already").  Whitelist rows are kept: they are what stops links from adding a sender an admin
+    removed (:func:`whitelist_key`), one per sender a user whitelisted, as many as the lists' entries.
+    """
+    c = link_action_table.c
+    return sql.delete_batch(
+        connection, link_action_table, (c.action == RELEASE) & (c.claimed < now - MAX_LIFETIME), limit
+    )
+
+
 def unclaim(connection: Connection, entry_id: str, recipient: str, action: str) -> None:
     """Give a claim back after a failure (the next click tries again)."""
     connection.execute(
@@ -303,6 +317,7 @@ __all__ = [
     "claim",
     "finish",
     "link_url",
+    "prune",
     "secret",
     "unclaim",
     "whitelist_key",

@@ -70,6 +70,7 @@ from mailsift.message.result import Disposition
 from mailsift.reporting import qslogs
 from mailsift.storage.db import Database
 from mailsift.storage.schema import maillog_table
+from mailsift.storage.sql import delete_batch
 from mailsift.validators import escape_controls
 
 if TYPE_CHECKING:
@@ -593,6 +594,12 @@ def sql_rows(record: MessageRecord) -> list[dict[str, Any]]:
 
 def insert_rows(connection: Connection, rows: list[dict[str, Any]]) -> None:
     connection.execute(insert(maillog_table), rows)
+
+
+def prune(connection: Connection, before: float, limit: int) -> int:
+    """Delete at most ``limit`` rows logged before ``before`` (``MAILLOG_RETENTION``, by
+    :mod:`mailsift.cli.housekeeping` through :func:`mailsift.storage.sql.delete_in_batches`); returns how many."""
+    return delete_batch(connection, maillog_table, maillog_table.c.time < before, limit)
 
 
 class log_sql(_LogHook):

@@ -204,7 +204,9 @@ maillog_table = Table(
 )
 """SAGATOR's ``log_sql``: one row per recipient of each message; ``time`` in Unix seconds,
 ``attachments`` a JSON list of ``{"name", "size"}``, ``quarantine`` the quarantine ids, comma-separated,
-``node`` the node that took the message (``NODE``; ``''`` for rows logged before 0014_node)."""
+``node`` the node that took the message (``NODE``; ``''`` for rows logged before 0014_node).
+Rows older than ``MAILLOG_RETENTION`` (90 days) are deleted by ``quarantine expire`` and ``stats prune``
+(``cli/housekeeping.py``)."""
 
 # --------------------------------------------------------------------------- per-user policies and lists (0004)
 
@@ -266,7 +268,8 @@ web_login_throttle_table = Table(
     Column("window_start", Float, nullable=False),
 )
 """Checked logins per ``pair:<name>|<client>`` and ``ip:<client>``; ``window_start`` is the time of the
-last checked attempt (a key starts over after a quiet window). Claimed atomically before the password check."""
+last checked attempt (a key starts over after a quiet window). Claimed atomically before the password check;
+keys quiet for a day (or the window, if longer) are deleted by ``cli/housekeeping.py``."""
 
 # --------------------------------------------------------------------------- web sessions (0010_websessions)
 
@@ -294,7 +297,9 @@ link_action_table = Table(
     Column("claimed", Float, nullable=False),
     Column("done_at", Float, nullable=True),
 )
-"""One row per action taken through a link: ``sending`` while the release runs, then ``done``."""
+"""One row per action taken through a link: ``sending`` while the release runs, then ``done``.
+``cli/housekeeping.py`` deletes release rows once no link can be followed (claimed more than
+``links.MAX_LIFETIME`` ago); whitelist rows stay (a link adds a sender once, ever)."""
 
 # --------------------------------------------------------------------------- statistics (0007)
 

@@ -8,7 +8,9 @@ depends on whether a row exists is one statement, never a read then a write:
   database, so no increment is lost); optionally ``RETURNING`` the row as it
   now stands;
 * :func:`claim` — ``INSERT ... ON CONFLICT DO NOTHING RETURNING key``: take a
-  row if nobody has; of concurrent callers exactly one gets ``True``.
+  row if nobody has; of concurrent callers exactly one gets ``True``;
+* :func:`delete_batch` — ``DELETE ... WHERE key IN (SELECT key ... LIMIT n)``: one bounded
+  batch of a pruning job, so a big backlog never holds one long lock (:func:`delete_in_batches`).
 
 Both dialects spell these alike, but SQLAlchemy builds them from each
 dialect's own ``insert`` (:func:`insert` picks it).  Every function takes the
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from sqlalchemy import ColumnElement, CursorResult, Table
+from sqlalchemy import ColumnElement, CursorResult, Table, delete, select, tuple_
 from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -98,3 +100,34 @@ def claim(connection: Connection, table: Table, values: Values, *, keys: Sequenc
         .returning(*key_columns)
     )
     return connection.execute(statement).first() is not None
+
+
+PRUNE_BATCH = 5000
+"""Rows deleted per transaction by :func:`delete_in_batches`: a short lock each, however big the backlog."""
+
+
+def delete_batch(connection: Connection, table: Table, where: ColumnElement[bool], limit: int = PRUNE_BATCH) -> int:
+    """Delete at most ``limit`` rows of ``table`` matching ``where``; returns how many.
+
+    ``DELETE FROM t WHERE key IN (SELECT key FROM t WHERE ... LIMIT n)`` by the primary key
+    (a row value for a composite key): the same statement on SQLite and PostgreSQL, neither of
+    which has a portable ``DELETE ... LIMIT``.
+    """
+    keys = list(table.primary_key.columns)
+    chosen = select(*keys).where(where).limit(limit)
+    target: Any = keys[0] if len(keys) == 1 else tuple_(*keys)
+    return int(connection.execute(delete(table).where(target.in_(chosen))).rowcount or 0)
+
+
+def delete_in_batches(call: Callable[..., int], prune: Callable[..., int], *args: Any, limit: int | None = None) -> int:
+    """Run ``prune(connection, *args, limit)`` (one :func:`delete_batch`) in transactions of its own
+    through ``call`` (:meth:`mailsift.storage.db.Database.call`) until a batch deletes fewer than
+    ``limit`` rows (:data:`PRUNE_BATCH` by default); returns the rows deleted in all.  Writers wait
+    for one batch at most, never for the whole backlog."""
+    limit = PRUNE_BATCH if limit is None else limit
+    total = 0
+    while True:
+        removed = call(prune, *args, limit)
+        total += removed
+        if removed < limit:
+            return total

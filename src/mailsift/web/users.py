@@ -43,7 +43,7 @@ from mailsift.storage.schema import (
     web_user_address_table,
     web_user_table,
 )
-from mailsift.storage.sql import upsert
+from mailsift.storage.sql import delete_batch, upsert
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
@@ -409,6 +409,13 @@ def forgive_attempt(connection: Connection, key: str) -> None:
     connection.execute(
         update(web_login_throttle_table).where(t.key == key, t.failures > 0).values(failures=t.failures - 1)
     )
+
+
+def prune_attempts(connection: Connection, before: float, limit: int) -> int:
+    """Forget at most ``limit`` keys whose last checked attempt was before ``before`` (older than the
+    login window: they start over anyway); returns how many.  By :mod:`mailsift.cli.housekeeping`."""
+    t = web_login_throttle_table.c
+    return delete_batch(connection, web_login_throttle_table, t.window_start < before, limit)
 
 
 def clear_failures(connection: Connection, keys: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from mailsift.message.result import Result as ScanResult
 from mailsift.storage.quarantine.index import QuarantineFilter, find_entries
 from mailsift.storage.quarantine.store import QuarantineStore, file_id, stored_files
 from mailsift.testing import RecordingServer, free_port
+from tests.helpers.maillog import log, logged
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 DAY = 86400.0
@@ -161,6 +162,22 @@ def test_expire_on_three_nodes_deletes_once(nodes: list[Node]) -> None:
     forced = c.expire("--force")
     assert "expired 1 message(s)" in forced.stdout
     assert later not in {file_id(f) for f in stored_files(a.settings.quarantine_dir)}
+
+
+def test_expire_prunes_the_message_log_once_per_cluster(nodes: list[Node]) -> None:
+    """The packaged timer runs ``quarantine expire``, not ``stats prune``: it prunes the log too."""
+    a, b, c = nodes
+    database = a.settings.database
+    assert database is not None
+    log(database, 120 * DAY, 91 * DAY, 89 * DAY, 0)
+    results = [node.expire() for node in (c, a, b)]
+    assert [r.exit_code for r in results] == [0, 0, 0], [r.output for r in results]
+    assert results[0].stdout == "expired 0 message(s)\npruned 2 message log row(s)\n"
+    for late in results[1:]:
+        assert late.stdout == ""
+        assert "already done by node-c at " in late.stderr
+    assert logged(database) == ["q7689600", "q0"]
+    assert a.expire("--force").stdout == "expired 0 message(s)\n"  # nothing left to prune: no line
 
 
 def test_expire_every_sets_the_period(nodes: list[Node]) -> None:

@@ -188,6 +188,32 @@ def test_a_failed_or_abandoned_release_can_be_tried_again(gateway: Gateway) -> N
     assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, NOW + links.STALE_CLAIM + 1) is None
 
 
+def test_a_used_release_is_forgotten_only_once_its_link_is_refused(gateway: Gateway) -> None:
+    """``mailsift stats prune`` forgets a used release link (links.prune): never while the token that made it
+    could still be followed, so pruning cannot make a used link usable again; whitelist rows stay."""
+    database = gateway.settings.database
+    signer = links.LinkSigner(KEY)
+    clicked = time.time()  # the worst case: signed for as long as any link lives, followed at once
+    token = signer.sign(links.RELEASE, "q1", "bob@example.test", lifetime=links.MAX_LIFETIME, now=clicked)
+    assert database.call(links.claim, "q1", "bob@example.test", links.RELEASE, clicked) is None
+    database.call(links.finish, "q1", "bob@example.test", links.RELEASE, clicked)
+    key = links.whitelist_key("eve@spam.example")
+    assert database.call(links.claim, key, "bob@example.test", links.WHITELIST, clicked) is None
+    database.call(links.finish, key, "bob@example.test", links.WHITELIST, clicked)
+    still_good = clicked + links.MAX_LIFETIME - 60
+    assert database.call(links.prune, still_good, 100) == 0
+    assert signer.verify(token, links.RELEASE, now=still_good).entry_id == "q1"  # the row answers "used"
+    assert database.call(links.action_state, "q1", "bob@example.test", links.RELEASE) is not None
+    later = clicked + links.MAX_LIFETIME + 1
+    assert database.call(links.prune, later, 100) == 1
+    assert database.call(links.action_state, "q1", "bob@example.test", links.RELEASE) is None
+    with pytest.raises(links.LinkError) as caught:
+        signer.verify(token, links.RELEASE, now=later)  # ...and the link is refused before the row is read
+    assert caught.value.reason == "expired"
+    assert database.call(links.prune, clicked + 10 * links.MAX_LIFETIME, 100) == 0
+    assert database.call(links.action_state, key, "bob@example.test", links.WHITELIST) is not None
+
+
 # --------------------------------------------------------------------------- the pages
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from mailsift.storage.db import Database
 from mailsift.storage.schema import link_action_table, listed_table, stats_table, web_login_throttle_table
-from mailsift.storage.sql import claim, upsert
+from mailsift.storage.sql import claim, delete_batch, delete_in_batches, upsert
 
 T = TypeVar("T")
 
@@ -147,3 +147,41 @@ def test_upsert_returns_one_row_only(database: Database) -> None:
                 returning=(web_login_throttle_table.c.key,),
             )
         )
+
+
+# --------------------------------------------------------------------------- pruning in batches
+
+
+def _prune_throttle(connection: Connection, before: float, limit: int) -> int:
+    return delete_batch(connection, web_login_throttle_table, web_login_throttle_table.c.window_start < before, limit)
+
+
+def test_delete_in_batches_takes_a_transaction_per_batch_and_keeps_young_rows(database: Database) -> None:
+    database.migrate()
+    ages = [*range(10), 1000, 1001]
+    rows = [{"key": f"ip:192.0.2.{age % 250}-{age}", "failures": 1, "window_start": float(age)} for age in ages]
+    database.call(lambda connection: connection.execute(web_login_throttle_table.insert(), rows))
+    batches: list[int] = []
+
+    def call(function: Callable[..., int], *args: Any) -> int:
+        removed = database.call(function, *args)
+        batches.append(removed)
+        return removed
+
+    assert delete_in_batches(call, _prune_throttle, 500.0, limit=3) == 10
+    assert batches == [3, 3, 3, 1]  # each batch its own transaction; a short one ends it
+    t = web_login_throttle_table.c
+    left = database.call(lambda connection: sorted(connection.execute(select(t.window_start)).scalars()))
+    assert left == [1000.0, 1001.0]
+    assert delete_in_batches(call, _prune_throttle, 500.0, limit=3) == 0
+
+
+def test_delete_batch_on_a_composite_key(database: Database) -> None:
+    database.migrate()
+    rows = [{**LINK, "quarantine_id": f"q{i}", "claimed": float(i)} for i in range(5)]
+    database.call(lambda connection: connection.execute(link_action_table.insert(), rows))
+    old = link_action_table.c.claimed < 3.0
+    assert database.call(delete_batch, link_action_table, old, 2) == 2
+    assert database.call(delete_batch, link_action_table, old, 2) == 1
+    assert database.call(delete_batch, link_action_table, old, 2) == 0
+    assert sorted(row[0] for row in database.call(links)) == ["q3", "q4"]
