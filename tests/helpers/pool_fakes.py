@@ -32,23 +32,12 @@ class PingingRspamd(FakeRspamd):
         """Listen again on the same port (after :meth:`stop`): the daemon is back."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:  # keep-alive, as FakeRspamd
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("utf-8").split("\r\n")
-            if lines[0].startswith("GET /ping "):
-                self.pings += 1
-                if self.ping_ok:
-                    await self.send(writer, http_answer(b"pong\r\n", "200 OK", "text/plain"))
-                else:
-                    await self.send(writer, http_answer(b"busy", "503 Service Unavailable", "text/plain"))
-                continue
-            headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
-            length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
-            body = await reader.readexactly(length)
-            self.requests.append((lines[0], headers, body))
-            if self.hang:
-                await asyncio.sleep(3600)
-            await self.send(writer, self.reply)
-            if self.close:
-                return
+    async def answer(self, lines: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if not lines[0].startswith("GET /ping "):
+            return await super().answer(lines, reader, writer)
+        self.pings += 1
+        if self.ping_ok:
+            await self.send(writer, http_answer(b"pong\r\n", "200 OK", "text/plain"))
+        else:
+            await self.send(writer, http_answer(b"busy", "503 Service Unavailable", "text/plain"))
+        return True
