@@ -1,4 +1,5 @@
-"""Fakes for the scanner pool tests: an rspamd that also answers its health check.
+"""Fakes and steps for the scanner pool tests: an rspamd that also answers its health check,
+a quick pool for a scanner, and the wait for a backend to be let in again.
 
 :class:`mailsift.testing.FakeRspamd` answers its scripted reply to every
 request; the pool's health check is ``GET /ping``, which a real rspamd answers
@@ -9,8 +10,30 @@ HTTP 503) and counts the pings apart from the scans.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from mailsift.scanners.base import Target
+from mailsift.scanners.engines.common import where
+from mailsift.scanners.engines.pool import Backend, Pool
 from mailsift.testing import FakeRspamd, http_answer
+
+
+def quick_pool(scanner: Any, name: str) -> Any:
+    """Give ``scanner`` (clamd, spamassassind: ``addresses`` and ``health_check``) a pool whose
+    first pause after an ejection is 0.2 s; its two backends."""
+    scanner.pool = Pool(name, scanner.addresses, label=where, check=scanner.health_check, first_pause=0.2)
+    return scanner.pool.backends
+
+
+async def readmit(scanner: Any, backend: Backend[Any], clean: Target, rounds: int = 100) -> None:
+    """Scan ``clean`` (0.1 s apart, at most ``rounds`` times) until ``backend``, taken out and its
+    daemon back, is let in again by its health check once its pause is over."""
+    for _ in range(rounds):
+        await scanner.scan(clean)
+        await scanner.pool.checks_done()
+        if backend.state == "up":
+            return
+        await asyncio.sleep(0.1)
 
 
 class PingingRspamd(FakeRspamd):
