@@ -732,6 +732,12 @@ class DaemonKeeper:
         self.restarts.append((time.monotonic() + pause, daemon))
         log.info("%s: starting again in %.0f s", daemon.describe(), pause)
 
+    def _restart_later(self, daemon: Daemon, up: float) -> None:
+        """Schedule a dead daemon's restart; one that ran ``up`` longer than STABLE_AFTER starts its backoff again."""
+        if up > self.STABLE_AFTER:
+            self.pause.pop(daemon.identity(), None)
+        self._schedule(daemon)
+
     def _forget(self, pid: int) -> tuple[Daemon | None, float, str]:
         """Drop ``pid`` from the running daemons: (its daemon, seconds it was up, its log path)."""
         daemon = self.running.pop(pid, None)
@@ -784,11 +790,9 @@ class DaemonKeeper:
             code,
             up,
             log_path,
-            "".join(f"\n    {line}" for line in _tail(log_path)),
+            _tail_text(log_path),
         )
-        if up > self.STABLE_AFTER:
-            self.pause.pop(daemon.identity(), None)
-        self._schedule(daemon)
+        self._restart_later(daemon, up)
         return True
 
     def tend(self) -> None:
@@ -831,7 +835,7 @@ class DaemonKeeper:
                     awaited.daemon.pid_file,
                     self.PID_FILE_WAIT,
                     log_path,
-                    "".join(f"\n    {line}" for line in _tail(log_path)),
+                    _tail_text(log_path),
                 )
                 self._schedule(awaited.daemon)
         for pid, process in list(self.background.items()):
@@ -847,11 +851,9 @@ class DaemonKeeper:
                 daemon.pid_file,
                 up,
                 log_path,
-                "".join(f"\n    {line}" for line in _tail(log_path)),
+                _tail_text(log_path),
             )
-            if up > self.STABLE_AFTER:
-                self.pause.pop(daemon.identity(), None)
-            self._schedule(daemon)
+            self._restart_later(daemon, up)
 
     def _stop(self, pid: int) -> None:
         daemon = self.running.get(pid)
@@ -929,6 +931,11 @@ def _tail(path: str, lines: int = 5) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
+def _tail_text(path: str) -> str:
+    """The last lines of a log file, each on an indented line of its own (the end of an error message)."""
+    return "".join(f"\n    {line}" for line in _tail(path))
+
+
 @contextlib.contextmanager
 def running_daemons(config: Config, timeout: float = 120.0, say: Callable[[str], None] = log.info) -> Iterator[None]:
     """For offline commands (``scan``): start the config's daemons that are not
@@ -955,7 +962,7 @@ def running_daemons(config: Config, timeout: float = 120.0, say: Callable[[str],
         while waiting and time.monotonic() < deadline:
             for daemon, process in list(waiting):
                 if process.poll() is not None:
-                    tail = "".join(f"\n    {line}" for line in _tail(daemon.log_path(config.settings.state_dir)))
+                    tail = _tail_text(daemon.log_path(config.settings.state_dir))
                     say(f"{daemon.describe()} exited with status {process.returncode}:{tail}")
                     waiting.remove((daemon, process))
                 elif daemon.ready():

@@ -653,13 +653,17 @@ class FakeRspamd(_FakeServer):
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:  # keep-alive: several requests per connection
             head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("utf-8").split("\r\n")
-            headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
-            length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
-            body = await reader.readexactly(length)
-            self.requests.append((lines[0], headers, body))
-            if self.hang:
-                await asyncio.sleep(3600)
-            await self.send(writer, self.reply)
-            if self.close:
+            if not await self.answer(head.decode("utf-8").split("\r\n"), reader, writer):
                 return
+
+    async def answer(self, lines: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read the body of the request whose request line and headers are ``lines``, record the
+        request and send ``reply``; False: hang up (``close``)."""
+        headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+        length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+        body = await reader.readexactly(length)
+        self.requests.append((lines[0], headers, body))
+        if self.hang:
+            await asyncio.sleep(3600)
+        await self.send(writer, self.reply)
+        return not self.close

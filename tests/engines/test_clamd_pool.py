@@ -17,9 +17,8 @@ import pytest
 from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.engines.clamav import clamd
-from mailsift.scanners.engines.common import where
-from mailsift.scanners.engines.pool import Pool
 from tests.helpers.clamd import CLAMD, EICAR, EICAR_NAMES, ClamdInstance
+from tests.helpers.pool_fakes import quick_pool, readmit
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CLAMD), reason=f"{CLAMD} is not installed")
 
@@ -32,8 +31,7 @@ def mail(virus: bool) -> MailTarget:
 async def test_one_of_two_clamd_stopped_mid_run(tmp_path: Path) -> None:
     with ClamdInstance(tmp_path / "a") as a, ClamdInstance(tmp_path / "b") as b:
         scanner = clamd([str(a.socket_path), b.tcp_address], timeout=30)
-        scanner.pool = Pool("clamd", scanner.addresses, label=where, check=scanner.health_check, first_pause=0.2)
-        backend_a, backend_b = scanner.pool.backends
+        backend_a, backend_b = quick_pool(scanner, "clamd")
         names = []
         for index in range(40):
             if index == 10:
@@ -47,12 +45,7 @@ async def test_one_of_two_clamd_stopped_mid_run(tmp_path: Path) -> None:
         requests_a = backend_a.requests
         assert backend_b.requests >= 30
         await asyncio.to_thread(a.start)
-        for _ in range(100):  # re-admitted by PING once its pause is over
-            await scanner.scan(mail(virus=False))
-            await scanner.pool.checks_done()
-            if backend_a.state == "up":
-                break
-            await asyncio.sleep(0.1)
+        await readmit(scanner, backend_a, mail(virus=False))  # by PING once its pause is over
         assert backend_a.state == "up"
         results = [await scanner.scan(mail(virus=True)) for _ in range(10)]
         assert all(result.name in EICAR_NAMES for result in results)

@@ -19,9 +19,8 @@ import pytest
 
 from mailsift.message.mail import Envelope, Mail
 from mailsift.scanners.base import MailTarget
-from mailsift.scanners.engines.common import where
-from mailsift.scanners.engines.pool import Pool
 from mailsift.scanners.engines.spamassassin import spamassassind
+from tests.helpers.pool_fakes import quick_pool, readmit
 from tests.helpers.spamd import SPAMD, SpamdInstance
 
 pytestmark = [
@@ -46,10 +45,7 @@ async def test_one_of_two_spamd_stopped_mid_run() -> None:
     try:
         await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
         scanner = spamassassind([a.address, b.address], timeout=60)
-        scanner.pool = Pool(
-            "spamassassind", scanner.addresses, label=where, check=scanner.health_check, first_pause=0.2
-        )
-        backend_a, backend_b = scanner.pool.backends
+        backend_a, backend_b = quick_pool(scanner, "spamassassind")
         verdicts = []
         for index in range(6):
             if index == 2:
@@ -62,12 +58,7 @@ async def test_one_of_two_spamd_stopped_mid_run() -> None:
         assert backend_b.requests >= 4
         requests_a = backend_a.requests
         await asyncio.to_thread(a.start)
-        for _ in range(100):  # re-admitted by PING once its pause is over
-            await scanner.scan(mail(spam=False))
-            await scanner.pool.checks_done()
-            if backend_a.state == "up":
-                break
-            await asyncio.sleep(0.1)
+        await readmit(scanner, backend_a, mail(spam=False))  # by PING once its pause is over
         assert backend_a.state == "up"
         results = [await scanner.scan(mail(spam=True)) for _ in range(2)]
         assert all(result.level >= 1 for result in results)

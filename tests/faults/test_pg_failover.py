@@ -39,6 +39,7 @@ from tests.helpers.faults import (
     postgres_pids,
 )
 from tests.helpers.postgres import PostgresInstance, fresh_database
+from tests.helpers.sockets import recv_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -92,12 +93,7 @@ class Gateway:
         )
         with socket.create_connection(("127.0.0.1", self.policy_port), timeout=60) as sock:
             sock.sendall(request.encode())
-            answer = b""
-            while not answer.endswith(b"\n\n"):
-                data = sock.recv(4096)
-                if not data:
-                    break
-                answer += data
+            answer = recv_until(sock, b"\n\n")
         return answer.decode().strip().removeprefix("action=")
 
     def quarantined_ids(self) -> Counter[str]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.helpers.samples import EICAR
+from tests.helpers.sockets import recv_until
 
 CLAMD = "/usr/sbin/clamd"
 TESTFILES = Path("/usr/share/clamav-testfiles")
@@ -210,12 +211,7 @@ class ClamdInstance:
             sock.settimeout(timeout)
             sock.connect(address)
             sock.sendall(b"z" + command.encode() + b"\0")
-            reply = b""
-            while not reply.endswith(b"\0"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+            reply = recv_until(sock, b"\0")
         return reply.rstrip(b"\0").decode(errors="replace")
 
     def ping(self, *, tcp: bool = False) -> bool:

@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -42,10 +40,19 @@ from mailsift.storage import db
 from mailsift.storage.schema import quarantine_chunk_table, quarantine_table
 from mailsift.testing import RecordingServer, free_port
 from tests.helpers.clamd import ClamdInstance
-from tests.helpers.faults import MAILSIFT, FaultClient, Serve, message_ids, pg_ctl
+from tests.helpers.faults import (
+    MAILSIFT,
+    FaultClient,
+    Serve,
+    downstream_ids,
+    kill_tree,
+    pg_ctl,
+    settled,
+    stored_message_ids,
+)
 from tests.helpers.postgres import PostgresInstance, fresh_database
 from tests.helpers.samples import EICAR_TEXT
-from tests.helpers.spamd import SpamdInstance, descendants
+from tests.helpers.spamd import SpamdInstance
 from tests.helpers.webq import page_token
 
 HOLD_ME = "QUARANTINE-ME"
@@ -165,14 +172,7 @@ class Node(Serve):
     def crash(self) -> None:
         """SIGKILL the supervisor and every process under it, at once (the node's machine is gone)."""
         assert self.process is not None
-        pids = [self.process.pid, *descendants(self.process.pid)]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)  # nobody reacts to the others' death first
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait(30)
+        kill_tree(self.process)
 
     def cli(self, *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """``mailsift ARGS -c <this node's config>``, as an admin runs it on the node."""
@@ -264,19 +264,10 @@ class ClusterClient(FaultClient):
             self.tried.setdefault(mid, []).append(self._local.port)
         return super().attempt(mid, data)
 
-    def send(self, mid: str, data: bytes) -> int | None:
-        self.replies.setdefault(mid, [])
-        self.data[mid] = data
-        first = next(_turns)
-        code: int | None = None
-        for attempt in range(self.retries + 1):
-            self._local.port = self.ports[(first + attempt) % len(self.ports)]
-            code = self.attempt(mid, data)
-            if code is not None and (200 <= code < 300 or code >= 500):
-                return code
-            if attempt < self.retries:
-                time.sleep(self.retry_delay)
-        return code
+    def _aim(self, attempt: int) -> None:
+        if attempt == 0:
+            self._local.first = next(_turns)
+        self._local.port = self.ports[(self._local.first + attempt) % len(self.ports)]
 
 
 def cluster_message(case: str, number: int) -> tuple[str, bytes]:
@@ -310,15 +301,9 @@ def expected_category(number: int) -> str:
 
 # ---------------------------------------------------------------------------------------- accounting
 
-_MID = re.compile(rb"^Message-ID:\s*<([^>\r\n]+)>", re.IGNORECASE | re.MULTILINE)
-
 
 def sink_ids(sinks: Iterable[RecordingServer]) -> Counter[str]:
-    found: Counter[str] = Counter()
-    for sink in sinks:
-        for received in list(sink.messages):
-            found.update(set(message_ids(received.data)))
-    return found
+    return sum((downstream_ids(sink) for sink in sinks), Counter())
 
 
 def quarantine_rows(database: db.Database) -> dict[str, list[tuple[str, str, str]]]:
@@ -334,7 +319,7 @@ def quarantine_rows(database: db.Database) -> dict[str, list[tuple[str, str, str
 
     holding: dict[str, set[tuple[str, str, str]]] = {}
     for entry_id, category, state, data in database.call(read):  # the head and the message, chunk by chunk
-        for mid in {m.decode(errors="replace") for m in _MID.findall(bytes(data)[:200_000])}:
+        for mid in stored_message_ids(bytes(data)):
             holding.setdefault(mid, set()).add((entry_id, category, state))
     return {mid: sorted(entries) for mid, entries in holding.items()}
 
@@ -381,18 +366,13 @@ def account(
     passed it on and died before its ``250``.
     """
     ids = list(client.replies)
-    deadline = time.monotonic() + settle
-    while True:
-        downstream = sink_ids(cluster.sinks)
-        rows = quarantine_rows(cluster.database)
-        missing = [
-            m
-            for m in ids
-            if (c := client.final(m)) is not None and 200 <= c < 300 and not (downstream[m] or rows.get(m))
-        ]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    downstream, rows = settled(
+        client,
+        ids,
+        lambda: (sink_ids(cluster.sinks), quarantine_rows(cluster.database)),
+        lambda found, m: found[0][m] or found[1].get(m),
+        settle,
+    )
     result = Accounting(sent=len(ids))
     codes: Counter[str] = Counter()
     for mid in ids:

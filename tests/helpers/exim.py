@@ -32,10 +32,11 @@ import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+
+from tests.helpers.postfix import postfix_home
 
 #: Where scripts/setup.sh --test extracts the packages (``MAILSIFT_EXIM_ROOT`` overrides it).
 EXIM_ROOT = Path(os.environ.get("MAILSIFT_EXIM_ROOT", "/opt/mailsift-test/exim"))
@@ -70,15 +71,10 @@ def _ldd(binary: Path) -> str:
     return subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30, check=False).stdout
 
 
-@contextlib.contextmanager
-def exim_home(prefix: str = "mailsift-exim-") -> Iterator[Path]:
-    """A fresh directory under /tmp, mode 0711 (``nobody`` delivers below it), removed at the end."""
-    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    try:
-        os.chmod(home, 0o711)
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+def exim_home(prefix: str = "mailsift-exim-") -> contextlib.AbstractContextManager[Path]:
+    """A fresh directory under /tmp, mode 0711 (``nobody`` delivers below it), removed at the end:
+    :func:`tests.helpers.postfix.postfix_home`'s."""
+    return postfix_home(prefix)
 
 
 def sections(block: str) -> dict[str, str]:

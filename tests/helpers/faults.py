@@ -39,11 +39,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pytest
 
 from mailsift.testing import RecordingServer, _RecordingSMTP, free_port
+from tests.helpers.spamd import descendants
 
 MAILSIFT = [sys.executable, "-m", "mailsift"]
 HOLD_ME = "QUARANTINE-ME"
@@ -147,11 +148,7 @@ class Serve:
         try:
             return self.process.wait(60)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                for child in self.children():
-                    os.kill(child, signal.SIGKILL)
-            self.process.kill()
-            self.process.wait(30)
+            kill_tree(self.process)
             raise
 
     def __enter__(self) -> Serve:
@@ -159,6 +156,17 @@ class Serve:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def kill_tree(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGKILL ``process`` and every process under it at once (each is stopped first, so that none
+    reacts to another's death), then wait for ``process`` (up to ``timeout`` seconds)."""
+    pids = [process.pid, *descendants(process.pid)]
+    for signum in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    process.wait(timeout)
 
 
 # ---------------------------------------------------------------------------------------- the client
@@ -287,11 +295,15 @@ class FaultClient:
         self._record(mid, code)
         return code
 
+    def _aim(self, attempt: int) -> None:
+        """Before try ``attempt`` (0 first) of a message: the same ``port`` every time here."""
+
     def send(self, mid: str, data: bytes) -> int | None:
         """Send with the retry policy; returns the last code."""
         self.replies.setdefault(mid, [])
         self.data[mid] = data
         for attempt in range(self.retries + 1):
+            self._aim(attempt)
             code = self.attempt(mid, data)
             if code is not None and (200 <= code < 300 or code >= 500):
                 return code
@@ -346,6 +358,12 @@ def message_ids(data: bytes) -> list[str]:
     return [m.decode(errors="replace") for m in _MESSAGE_ID.findall(head)]
 
 
+def stored_message_ids(data: bytes) -> set[str]:
+    """The Message-IDs anywhere in the first 200 kB of a stored message (a quarantined file, or a
+    database entry's chunks: the stored head, then the message)."""
+    return {m.decode(errors="replace") for m in _MESSAGE_ID.findall(data[:200_000])}
+
+
 def downstream_ids(server: RecordingServer) -> Counter[str]:
     found: Counter[str] = Counter()
     for received in list(server.messages):
@@ -362,7 +380,7 @@ def quarantine_ids(state: Path) -> Counter[str]:
     for path in root.rglob("*"):
         if path.is_file() and path.parent.name in ("new", "cur"):
             with contextlib.suppress(OSError):
-                found.update({m.decode(errors="replace") for m in _MESSAGE_ID.findall(path.read_bytes()[:200_000])})
+                found.update(stored_message_ids(path.read_bytes()))
     return found
 
 
@@ -405,6 +423,28 @@ class Accounting:
         return data
 
 
+_Found = TypeVar("_Found")
+
+
+def settled(
+    client: FaultClient,
+    ids: Iterable[str],
+    look: Callable[[], _Found],
+    holds: Callable[[_Found, str], object],
+    settle: float,
+) -> _Found:
+    """``look()`` again every 0.5 s, up to ``settle`` seconds, until what it found ``holds`` every
+    message of ``ids`` that got a ``2xx`` (a quarantined message may be written a moment after the
+    reply, in another process); the last look."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = look()
+        missing = [m for m in ids if (c := client.final(m)) is not None and 200 <= c < 300 and not holds(found, m)]
+        if not missing or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def account(
     client: FaultClient, downstream: RecordingServer, state: Path, *, settle: float = 30, also: Iterable[str] = ()
 ) -> Accounting:
@@ -414,13 +454,9 @@ def account(
     accounting waits (up to ``settle`` seconds) until no accepted message is missing.
     """
     ids = [*client.replies, *also]
-    deadline = time.monotonic() + settle
-    while True:
-        copies = downstream_ids(downstream) + quarantine_ids(state)
-        missing = [m for m in ids if (c := client.final(m)) is not None and 200 <= c < 300 and not copies[m]]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    copies = settled(
+        client, ids, lambda: downstream_ids(downstream) + quarantine_ids(state), lambda copies, m: copies[m], settle
+    )
     result = Accounting(sent=len(ids))
     codes: Counter[str] = Counter()
     for mid in ids:

@@ -93,6 +93,17 @@ def postfix_version() -> tuple[int, ...]:
     return tuple(int(part) for part in out.split(".") if part.isdigit())
 
 
+def milter_main_cf(port: int, **more: str) -> dict[str, str]:
+    """main.cf settings for a milter on 127.0.0.1:``port`` in smtpd (protocol 6; mail is
+    tempfailed while it does not answer), and ``more``: a PostfixInstance's ``extra_main_cf``."""
+    return {
+        "smtpd_milters": f"inet:127.0.0.1:{port}",
+        "milter_default_action": "tempfail",
+        "milter_protocol": "6",
+        **more,
+    }
+
+
 @contextlib.contextmanager
 def postfix_home(prefix: str = "mailsift-pf-") -> Iterator[Path]:
     """A fresh directory under /tmp for a private Postfix's work directory and maildir root.

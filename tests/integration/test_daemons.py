@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mailsift.testing import free_port
+from tests.helpers.waiting import wait_for
 
 MAILSIFT = [sys.executable, "-m", "mailsift"]
 
@@ -35,16 +35,6 @@ SRV = [
     chroot_execvp(sys.executable, [{program!r}, {pids!r}, {name!r}]),
 ]
 """
-
-
-def wait_for(condition: Callable[[], object], seconds: float = 30, what: str = "") -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def alive(pid: int) -> bool:

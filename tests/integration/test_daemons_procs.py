@@ -23,6 +23,7 @@ import pytest
 from mailsift.testing import free_port
 from tests.helpers import daemonize
 from tests.helpers.clamd import CLAMD, TESTFILES, ClamdInstance
+from tests.helpers.waiting import wait_for
 
 MAILSIFT = [sys.executable, "-m", "mailsift"]
 BUSYBOX = "/bin/busybox"
@@ -35,16 +36,6 @@ SCANNERS = [regexp_scan([("Bad", "BADWORD")])]
 SRV = [
     smtpd(SCANNERS, "127.0.0.1", {port}, next_hop=local_maildir({maildir!r})),
 """
-
-
-def wait_for(condition: Callable[[], object], seconds: float = 30, what: str = "") -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
 
 
 def limits(pid: int) -> dict[str, tuple[str, str]]:

@@ -11,8 +11,6 @@ what the path saw (envelope, queue id from ``{i}``, client).
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +24,9 @@ from mailsift.scanners.actions import add_header
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services.milter import KeptByMTA, milter
 from mailsift.testing import ServiceThread
+from tests.helpers.miltertest import needs_miltertest, run_case
 
-MILTERTEST = shutil.which("miltertest") or "/usr/bin/miltertest"
-CASES = Path(__file__).parent / "milter" / "cases.lua"
-
-pytestmark = pytest.mark.skipif(
-    not Path(MILTERTEST).exists(), reason="miltertest (OpenDKIM) is installed by scripts/setup.sh --test"
-)
+pytestmark = needs_miltertest
 
 
 class FailsOn(Scanner):
@@ -93,16 +87,7 @@ def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
 
 
 def miltertest(thread: ServiceThread, case: str) -> str:
-    done = subprocess.run(
-        [MILTERTEST, "-s", str(CASES), "-D", f"MILTER=inet:{thread.port}@127.0.0.1", "-D", f"CASE={case}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout}{done.stderr}"
-    assert f"CASE {case} OK" in done.stdout
-    return done.stdout
+    return run_case("cases.lua", thread, case)
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ The scenarios are in ``milter/matchers.lua``."""
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,13 +17,9 @@ from mailsift.scanners.tempfail import tempfail
 from mailsift.services.milter import milter
 from mailsift.services.rcptpolicy import recipient_policy
 from mailsift.testing import ServiceThread
+from tests.helpers.miltertest import needs_miltertest, run_case
 
-MILTERTEST = shutil.which("miltertest") or "/usr/bin/miltertest"
-CASES = Path(__file__).parent / "milter" / "matchers.lua"
-
-pytestmark = pytest.mark.skipif(
-    not Path(MILTERTEST).exists(), reason="miltertest (OpenDKIM) is installed by scripts/setup.sh --test"
-)
+pytestmark = needs_miltertest
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +45,7 @@ def filter_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceT
 
 
 def miltertest(thread: ServiceThread, case: str) -> str:
-    done = subprocess.run(
-        [MILTERTEST, "-s", str(CASES), "-D", f"MILTER=inet:{thread.port}@127.0.0.1", "-D", f"CASE={case}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout}{done.stderr}"
-    assert f"CASE {case} OK" in done.stdout
-    return done.stdout
+    return run_case("matchers.lua", thread, case)
 
 
 def test_recipient_policy_answers_each_rcpt(filter_thread: ServiceThread, caplog: pytest.LogCaptureFixture) -> None:

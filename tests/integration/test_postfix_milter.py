@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance, postfix_home
+from tests.helpers.postfix import PostfixInstance, milter_main_cf, postfix_home
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
 CONFIG = """\
@@ -90,11 +90,7 @@ def _gateway(tmp: Path) -> Iterator[Gateway]:
             reinject_port=reinject,
             content_filter=None,
             maildir_root=tmp / "mail",
-            extra_main_cf={
-                "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
-                "milter_default_action": "tempfail",
-                "milter_protocol": "6",
-            },
+            extra_main_cf=milter_main_cf(milter_port),
         ) as postfix:
             yield Gateway(postfix, log, tmp / "state")
     finally:

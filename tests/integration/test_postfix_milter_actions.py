@@ -18,7 +18,7 @@ from mailsift import deliver_to, modify_header, regexp_scan, remove_headers, san
 from mailsift.services.milter import milter
 from mailsift.settings import Settings
 from mailsift.testing import ServiceThread, free_port
-from tests.helpers.postfix import PostfixInstance, postfix_home
+from tests.helpers.postfix import PostfixInstance, milter_main_cf, postfix_home
 from tests.helpers.sanitize import EICAR, PDF, have_perl_reader, mixed, perl_parts, python_parts
 
 needs_postfix = pytest.mark.skipif(
@@ -48,11 +48,7 @@ def postfix() -> Iterator[PostfixInstance]:
                 reinject_port=free_port(),
                 content_filter=None,
                 maildir_root=home / "mail",
-                extra_main_cf={
-                    "smtpd_milters": f"inet:127.0.0.1:{thread.port}",
-                    "milter_default_action": "tempfail",
-                    "milter_protocol": "6",
-                },
+                extra_main_cf=milter_main_cf(thread.port),
             ) as instance:
                 yield instance
         finally:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from mailsift.testing import free_port
-from tests.helpers.postfix import PostfixInstance, postfix_home
+from tests.helpers.postfix import PostfixInstance, milter_main_cf, postfix_home
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
 MILTER_TIMEOUT = 5
@@ -97,12 +97,7 @@ def gateways() -> Iterator[dict[str, PostfixInstance]]:
                     reinject_port=free_port(),
                     content_filter=None,
                     maildir_root=home / f"mail-{name}",
-                    extra_main_cf={
-                        "smtpd_milters": f"inet:127.0.0.1:{port}",
-                        "milter_default_action": "tempfail",
-                        "milter_protocol": "6",
-                        "milter_content_timeout": f"{MILTER_TIMEOUT}s",
-                    },
+                    extra_main_cf=milter_main_cf(port, milter_content_timeout=f"{MILTER_TIMEOUT}s"),
                 )
             )
         yield found

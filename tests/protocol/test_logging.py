@@ -22,6 +22,7 @@ from mailsift.settings import Settings
 from mailsift.testing import RecordingServer, ServiceThread
 from tests.helpers.clamd import CLAMD, ClamdInstance
 from tests.helpers.messages import message
+from tests.helpers.sockets import recv_until
 
 
 @pytest.fixture
@@ -97,12 +98,7 @@ def clamd_version(instance: ClamdInstance) -> str:
         sock.settimeout(10)
         sock.connect(str(instance.socket_path))
         sock.sendall(b"zVERSION\0")
-        answer = b""
-        while not answer.endswith(b"\0"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
+        answer = recv_until(sock, b"\0")
     return answer.rstrip(b"\0").decode()
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,25 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\
 
 def slow_scanners() -> list[object]:
     return [cmd(["sleep", str(SCAN_SECONDS)]), regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])]
+
+
+@contextmanager
+def served(tmp_path: Path, interval: float | None, scanners: list[object] | None = None) -> Iterator[ServiceThread]:
+    """The milter (``scanners``: :func:`slow_scanners` unless given) with ``progress_interval=interval``."""
+    name = "slow" if scanners is None else "quick"
+    service = milter(scanners or slow_scanners(), name, "inet:0@127.0.0.1", progress_interval=interval)
+    with ServiceThread(service, state_dir=str(tmp_path)) as thread:
+        yield thread
+
+
+@contextmanager
+def connected(thread: ServiceThread) -> Iterator[MilterClient]:
+    """An MTA's connection to the milter of ``thread``, closed afterwards."""
+    client = MilterClient(thread.port)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def end_of_message(client: MilterClient, data: bytes) -> tuple[list[tuple[bytes, bytes]], float]:
@@ -67,68 +88,46 @@ def quiet_for(client: MilterClient, seconds: float) -> bool:
 
 @pytest.mark.parametrize(("body", "final"), [(b"hello\r\n", b"a"), (EICAR, b"y")], ids=["clean", "eicar"])
 def test_progress_comes_at_the_interval_and_stops_with_the_answer(tmp_path: Path, body: bytes, final: bytes) -> None:
-    service = milter(slow_scanners(), "slow", "inet:0@127.0.0.1", progress_interval=INTERVAL)
-    with ServiceThread(service, state_dir=str(tmp_path)) as thread:
-        client = MilterClient(thread.port)
-        try:
-            packets, seconds = end_of_message(client, MESSAGE.replace(b"hello\r\n", body))
-            *progress, answer = packets
-            assert answer[0] == final, packets
-            if final == b"y":
-                assert answer[1].startswith(b"550 "), answer
-            assert set(progress) == {(mp.SMFIR_PROGRESS, b"")}, packets
-            # No more often than the interval, and a scan of 8 intervals gets several of them.
-            assert 2 <= len(progress) <= seconds / INTERVAL + 1, (len(progress), seconds)
-            assert seconds >= SCAN_SECONDS  # the scan really ran that long
-            # After the answer: silence, although the connection stays open (3 intervals).
-            assert quiet_for(client, 3 * INTERVAL)
-            # The next message on the same connection gets its progress again.
-            packets, _ = end_of_message(client, MESSAGE)
-            assert packets[-1] == (b"a", b"")
-            assert (mp.SMFIR_PROGRESS, b"") in packets
-        finally:
-            client.close()
+    with served(tmp_path, INTERVAL) as thread, connected(thread) as client:
+        packets, seconds = end_of_message(client, MESSAGE.replace(b"hello\r\n", body))
+        *progress, answer = packets
+        assert answer[0] == final, packets
+        if final == b"y":
+            assert answer[1].startswith(b"550 "), answer
+        assert set(progress) == {(mp.SMFIR_PROGRESS, b"")}, packets
+        # No more often than the interval, and a scan of 8 intervals gets several of them.
+        assert 2 <= len(progress) <= seconds / INTERVAL + 1, (len(progress), seconds)
+        assert seconds >= SCAN_SECONDS  # the scan really ran that long
+        # After the answer: silence, although the connection stays open (3 intervals).
+        assert quiet_for(client, 3 * INTERVAL)
+        # The next message on the same connection gets its progress again.
+        packets, _ = end_of_message(client, MESSAGE)
+        assert packets[-1] == (b"a", b"")
+        assert (mp.SMFIR_PROGRESS, b"") in packets
 
 
 def test_no_progress_when_disabled_or_when_the_scan_is_quick(tmp_path: Path) -> None:
-    service = milter(slow_scanners(), "slow", "inet:0@127.0.0.1", progress_interval=None)
-    with ServiceThread(service, state_dir=str(tmp_path)) as thread:
-        client = MilterClient(thread.port)
-        try:
-            packets, seconds = end_of_message(client, MESSAGE)
-            assert packets == [(b"a", b"")]
-            assert seconds >= SCAN_SECONDS
-        finally:
-            client.close()
-    quick = milter([regexp_scan([("X", "never-there")])], "quick", "inet:0@127.0.0.1", progress_interval=INTERVAL)
-    with ServiceThread(quick, state_dir=str(tmp_path)) as thread:
-        client = MilterClient(thread.port)
-        try:
-            assert end_of_message(client, MESSAGE)[0] == [(b"a", b"")]
-        finally:
-            client.close()
+    with served(tmp_path, None) as thread, connected(thread) as client:
+        packets, seconds = end_of_message(client, MESSAGE)
+        assert packets == [(b"a", b"")]
+        assert seconds >= SCAN_SECONDS
+    with served(tmp_path, INTERVAL, [regexp_scan([("X", "never-there")])]) as thread, connected(thread) as client:
+        assert end_of_message(client, MESSAGE)[0] == [(b"a", b"")]
 
 
 def test_an_mta_gone_during_the_scan_stops_the_progress_and_the_worker_goes_on(tmp_path: Path) -> None:
-    service = milter(slow_scanners(), "slow", "inet:0@127.0.0.1", progress_interval=INTERVAL)
-    with ServiceThread(service, state_dir=str(tmp_path)) as thread:
-        client = MilterClient(thread.port)
-        client.send(b"D", b"M" + b"i\0Q2\0")
-        client._step(b"M", b"<alice@example.test>\0")
-        client._step(b"R", b"<bob@example.test>\0")
-        client._step(b"N", b"")
-        client.send(b"E")
-        try:
+    with served(tmp_path, INTERVAL) as thread:
+        with connected(thread) as client:
+            client.send(b"D", b"M" + b"i\0Q2\0")
+            client._step(b"M", b"<alice@example.test>\0")
+            client._step(b"R", b"<bob@example.test>\0")
+            client._step(b"N", b"")
+            client.send(b"E")
             assert client.read() == (mp.SMFIR_PROGRESS, b"")
             client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST on close
-        finally:
-            client.close()
         time.sleep(SCAN_SECONDS)
-        other = MilterClient(thread.port)  # the worker still serves
-        try:
+        with connected(thread) as other:  # the worker still serves
             assert end_of_message(other, MESSAGE)[0][-1] == (b"a", b"")
-        finally:
-            other.close()
 
 
 def test_the_default_interval_and_bad_values() -> None:

@@ -20,6 +20,7 @@ from mailsift.services.postfix_policy import LINE_LIMIT, MAX_ATTRIBUTES, PolicyP
 from mailsift.storage import db
 from mailsift.testing import ServiceThread
 from tests.helpers import fuzz
+from tests.helpers.sockets import recv_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # a big example, reported
 
@@ -92,13 +93,7 @@ def honest(port: int) -> None:
     def ask() -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             sock.sendall(HONEST)
-            answer = b""
-            while not answer.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-            return answer
+            return recv_until(sock, b"\n\n")
 
     answer = fuzz.honest(ask)
     assert answer == b"action=DUNNO\n\n", f"an honest request got {answer!r}"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import click
 
+from mailsift.cli.common import Duration
 from mailsift.services.server import node_name
 from mailsift.settings import Settings
 from mailsift.storage import leases
@@ -25,6 +27,18 @@ FORCE_HELP = "Run even if another node (or this one) already did this job in thi
 def force_option(function: click.decorators.FC) -> click.decorators.FC:
     """The ``--force`` option of a once-per-cluster command."""
     return click.option("--force", is_flag=True, help=FORCE_HELP)(function)
+
+
+def every_option(default: str, job: str) -> Callable[[click.decorators.FC], click.decorators.FC]:
+    """The ``--every`` option of a once-per-cluster command: the period, ``default`` unless given;
+    ``job`` is the verb its help names (``expire``, ``prune``)."""
+    return click.option(
+        "--every",
+        type=Duration(),
+        default=default,
+        show_default=True,
+        help=f"Once per cluster: {job} at most once per this period on all nodes sharing DATABASE.",
+    )
 
 
 def take(settings: Settings, name: str, length: float, force: bool, now: float | None = None) -> leases.Lease | None:

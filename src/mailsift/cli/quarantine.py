@@ -373,13 +373,7 @@ def delete_command(config_path: str | None, entry_ids: tuple[str, ...]) -> None:
     help="Delete messages quarantined longer ago than this (qmail-scanner -z: 14 days).",
 )
 @click.option("--category", help="Only this quarantine folder.")
-@click.option(
-    "--every",
-    type=Duration(),
-    default=DEFAULT_EXPIRY_PERIOD,
-    show_default=True,
-    help="Once per cluster: expire at most once per this period on all nodes sharing DATABASE.",
-)
+@once.every_option(DEFAULT_EXPIRY_PERIOD, "expire")
 @once.force_option
 def expire_command(config_path: str | None, older_than: float, category: str | None, every: float, force: bool) -> None:
     """Delete old quarantined mail (after adopting unindexed files, see reindex); also forget poison-mail

@@ -160,13 +160,7 @@ def _prune(database: Database, now: float, older_than: float, config: Config) ->
     show_default=True,
     help="Delete counters of intervals older than this (400d: a year and a month).",
 )
-@click.option(
-    "--every",
-    type=Duration(),
-    default=DEFAULT_PRUNE_PERIOD,
-    show_default=True,
-    help="Once per cluster: prune at most once per this period on all nodes sharing DATABASE.",
-)
+@once.every_option(DEFAULT_PRUNE_PERIOD, "prune")
 @once.force_option
 def prune_command(config_path: str | None, older_than: float, every: float, force: bool) -> None:
     """Delete old statistics counters and the database's other old rows.

@@ -1,70 +1,27 @@
 -- miltertest scenarios against mailsift's milter; tests/integration/test_miltertest.py runs each one:
 --   miltertest -s cases.lua -D MILTER=inet:PORT@127.0.0.1 -D CASE=reject
--- Prints "CASE <name> OK" on success; any failed check prints "miltertest FAILED: ..." and exits 2.
+-- Prints "CASE <name> OK" on success; any failed check prints "miltertest FAILED: ..." and exits 2
+-- (check, done, expect, reply_is, open_connection, transaction, eom and run_case are prelude.lua's).
 -- The scanners behind the milter (see the Python test) react to words in the body:
 -- EICAR -> reject, "cheap pills" -> [SPAM] subject, TEMPFAIL-ME -> scanner failure,
 -- DROP-ME -> drop, QUARANTINE-ME -> quarantine, ORIGINAL-BODY -> rewritten (rewriting milter only),
 -- REDIRECT-ME -> deliver_to another address, COPY-ME -> deliver_to(copy=True), X-Spam-* headers removed.
-local sock = MILTER or "inet:3333@127.0.0.1"
-local case = CASE or "accept"
-mt.set_timeout(10)
+dofile(debug.getinfo(1, "S").source:gsub("^@", ""):match("^(.-)[^/]*$") .. "prelude.lua")
 
 local EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\r\n"
-local conn = nil
-
-local function check(ok, what)
-  if not ok then error("check failed: " .. what) end
-end
-
-local function done(err, what)
-  check(err == nil, what .. ": " .. tostring(err))
-end
-
-local function reply_is(expected, what)
-  local got = mt.getreply(conn)
-  check(got == expected, string.format("%s: reply '%s', expected '%s'", what, string.char(got), string.char(expected)))
-end
-
-local function expect(expected, what, got)
-  check(got == expected, string.format("%s: reply '%s', expected '%s'", what, string.char(got), string.char(expected)))
-end
 
 local function open(version, actions, steps)
-  conn = mt.connect(sock, 3, 0.5)
-  check(conn ~= nil, "mt.connect(" .. sock .. ")")
-  done(mt.negotiate(conn, version, actions, steps), "negotiate")
-  mt.macro(conn, SMFIC_CONNECT, "j", "mx.example.test", "{daemon_name}", "miltertest")
-  done(mt.conninfo(conn, "client.example.test", "192.0.2.10"), "conninfo")
-  reply_is(SMFIR_CONTINUE, "connect")
-  done(mt.helo(conn, "helo.example.test"), "helo")
-  reply_is(SMFIR_CONTINUE, "helo")
+  open_connection("helo.example.test", version, actions, steps)
 end
 
--- One transaction up to the end of the body; "eom" ends it and returns the final reply.
-local function transaction(queue_id, rcpt, subject, body)
-  mt.macro(conn, SMFIC_MAIL, "i", queue_id, "{mail_addr}", "alice@example.test")
-  done(mt.mailfrom(conn, "<alice@example.test>", "BODY=8BITMIME"), "mailfrom")
-  reply_is(SMFIR_CONTINUE, "mail")
-  done(mt.rcptto(conn, "<" .. rcpt .. ">"), "rcptto")
-  reply_is(SMFIR_CONTINUE, "rcpt")
-  for _, h in ipairs({ { "From", "Alice <alice@example.test>" }, { "To", rcpt }, { "Subject", subject },
-                       { "Message-ID", "<" .. queue_id .. "@example.test>" } }) do
-    done(mt.header(conn, h[1], h[2]), "header " .. h[1])
-    reply_is(SMFIR_CONTINUE, "header " .. h[1])
-  end
-  done(mt.eoh(conn), "eoh")
-  reply_is(SMFIR_CONTINUE, "eoh")
-  done(mt.bodystring(conn, body), "body")
-  reply_is(SMFIR_CONTINUE, "body")
-end
-
-local function eom()
-  done(mt.eom(conn), "eom")
-  return mt.getreply(conn)
+-- One transaction to rcpt up to the end of the body.
+local function mail(queue_id, rcpt, subject, body)
+  transaction(queue_id, { { rcpt } }, { { "From", "Alice <alice@example.test>" }, { "To", rcpt },
+              { "Subject", subject }, { "Message-ID", "<" .. queue_id .. "@example.test>" } }, body)
 end
 
 local function message(queue_id, rcpt, subject, body)
-  transaction(queue_id, rcpt, subject, body)
+  mail(queue_id, rcpt, subject, body)
   return eom()
 end
 
@@ -176,7 +133,7 @@ end
 function cases.abort()
   -- a transaction aborted after its body, then another one on the same connection
   open(nil, nil, nil)
-  transaction("ABT0001", "dave@example.test", "aborted", EICAR)
+  mail("ABT0001", "dave@example.test", "aborted", EICAR)
   done(mt.abort(conn), "abort")
   expect(SMFIR_ACCEPT, "next message", message("ABT0002", "eve@example.test", "after abort", "clean\r\n"))
   check(mt.eom_check(conn, MT_HDRADD, "X-Mailsift-Checked", "const"), "header added")
@@ -184,7 +141,7 @@ end
 
 function cases.toobig()
   open(nil, nil, nil)
-  transaction("BIG0001", "bob@example.test", "big", "start\r\n")
+  mail("BIG0001", "bob@example.test", "big", "start\r\n")
   for _ = 1, 3 do
     done(mt.bodystring(conn, string.rep("0123456789abcdef", 2048) .. "\r\n"), "more body")
     reply_is(SMFIR_CONTINUE, "body chunk")
@@ -210,35 +167,10 @@ end
 
 function cases.remove_headers()
   open(nil, nil, nil)
-  mt.macro(conn, SMFIC_MAIL, "i", "RMH0001", "{mail_addr}", "alice@example.test")
-  done(mt.mailfrom(conn, "<alice@example.test>"), "mailfrom")
-  reply_is(SMFIR_CONTINUE, "mail")
-  done(mt.rcptto(conn, "<bob@example.test>"), "rcptto")
-  reply_is(SMFIR_CONTINUE, "rcpt")
-  for _, h in ipairs({ { "From", "alice@example.test" }, { "X-Spam-Flag", "NO" }, { "Subject", "forged" } }) do
-    done(mt.header(conn, h[1], h[2]), "header " .. h[1])
-    reply_is(SMFIR_CONTINUE, "header " .. h[1])
-  end
-  done(mt.eoh(conn), "eoh")
-  reply_is(SMFIR_CONTINUE, "eoh")
-  done(mt.bodystring(conn, "clean\r\n"), "body")
-  reply_is(SMFIR_CONTINUE, "body")
+  transaction("RMH0001", { { "bob@example.test" } },
+              { { "From", "alice@example.test" }, { "X-Spam-Flag", "NO" }, { "Subject", "forged" } }, "clean\r\n")
   expect(SMFIR_ACCEPT, "accepted", eom())
   check(mt.eom_check(conn, MT_HDRDELETE, "X-Spam-Flag"), "the forged X-Spam-Flag removed")
 end
 
-local function main()
-  local run = cases[case]
-  check(run ~= nil, "unknown CASE " .. case)
-  run()
-  mt.disconnect(conn)
-  conn = nil
-  mt.echo("CASE " .. case .. " OK")
-end
-
-local ok, err = pcall(main)
-if not ok then
-  io.stderr:write("miltertest FAILED: " .. tostring(err) .. "\n")
-  if conn ~= nil then pcall(mt.disconnect, conn) end
-  os.exit(2)
-end
+run_case(cases, "accept")

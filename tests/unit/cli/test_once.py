@@ -3,9 +3,6 @@ cron lines; ``report`` sends each digest once and ``quarantine expire`` deletes 
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,24 +10,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from mailsift import config as config_module
 from mailsift.cli.quarantine import quarantine_group
 from mailsift.cli.report import report_command
-from mailsift.config import Config
-from mailsift.message.mail import Envelope, Mail
-from mailsift.message.result import Result as ScanResult
 from mailsift.storage.quarantine.index import QuarantineFilter, find_entries
-from mailsift.storage.quarantine.store import QuarantineStore, file_id, stored_files
+from mailsift.storage.quarantine.store import file_id, stored_files
 from mailsift.testing import RecordingServer, free_port
+from tests.helpers.links import Gateway, database_option, scratch
 from tests.helpers.maillog import log, logged
-from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
+from tests.helpers.postgres import postgres  # noqa: F401 - the fixture
 
 DAY = 86400.0
 BASE = "https://mail.example.com/webq"
 MESSAGE = b"From: eve@spam.example\r\nTo: bob@example.test\r\nSubject: Buy\r\n\r\nBuy now.\r\n"
 
 
-class Node:
+class Node(Gateway):
     """One gateway: its own STATE_DIR and NODE, the cluster's DATABASE; the quarantine directory is
     shared (a symlink, as a shared mount) so that expiry has the same files to delete on every node."""
 
@@ -39,23 +33,10 @@ class Node:
         state.mkdir(parents=True)
         (state / "quarantine").symlink_to(quarantine)
         self.name = name
-        self.path = root / name / "mailsift.conf.py"
-        self.path.write_text(
-            "from mailsift import *\n"
-            f"STATE_DIR = {str(state)!r}\n"
-            f"NODE = {name!r}\n"
-            f"SMTP_SERVER = ('127.0.0.1', {next_hop})\n"
-            f"DATABASE = {database}\n"
-        )
-        self.config: Config = config_module.load(str(self.path))
-        self.settings = self.config.settings
+        super().__init__(root / name, next_hop, database, lines=f"NODE = {name!r}\n")
 
-    def quarantine(self, data: bytes, recipient: str, age: float = 0.0) -> str:
-        store = QuarantineStore(
-            self.settings.quarantine_dir, self.settings.database, clock=lambda: time.time() - age, retry_window=0
-        )
-        mail = Mail(Envelope(sender="eve@spam.example", recipients=[recipient], client_address="192.0.2.9"), data)
-        return file_id(asyncio.run(store.put(mail, "spam", ScanResult(7.5, "SPAM", "spamassassind"))))
+    def quarantine(self, data: bytes, recipient: str, age: float = 0.0) -> str:  # type: ignore[override]
+        return super().quarantine(data, recipients=(recipient,), age=age, retry_window=0)
 
     def report(self, *extra: str) -> Result:
         return CliRunner().invoke(report_command, ["-c", str(self.path), "--url", BASE, *extra])
@@ -66,9 +47,8 @@ class Node:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mailsift-once-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch("mailsift-once-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -79,10 +59,7 @@ def next_hop() -> Iterator[RecordingServer]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def nodes(request: pytest.FixtureRequest, root: Path, next_hop: RecordingServer) -> Iterator[list[Node]]:
-    if request.param == "sqlite":
-        database = f"db.sqlite({str(root / 'cluster.db')!r})"
-    else:
-        database = f"db.database({fresh_database(request.getfixturevalue('postgres'), 'once')!r})"
+    database = database_option(request, "once", root / "cluster.db")
     quarantine = root / "shared-quarantine"
     quarantine.mkdir()
     cluster = [Node(root, name, database, next_hop.port, quarantine) for name in ("node-a", "node-b", "node-c")]

@@ -11,7 +11,6 @@ from email.header import decode_header, make_header
 import pytest
 
 from mailsift.message.mail import Mail
-from mailsift.mime import codecs
 from mailsift.mime.codecs import (
     MAX_DECODED_INPUT,
     NOT_DECODED,
@@ -24,6 +23,7 @@ from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan
 from mailsift.scanners.parsemail import mime_ext, parsemail
+from tests.helpers.decoding import guard_decode_header
 from tests.helpers.samples import EICAR
 
 # --------------------------------------------------------------------------- uuencode as the transfer encoding
@@ -135,21 +135,8 @@ def test_a_blank_line_after_begin_decodes_to_nothing() -> None:
 WORD = "=?utf-8?B?" + base64.b64encode("héllo wörld ".encode()).decode() + "?="
 
 
-def _guarded_decode_header(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """decode_header as mime.codecs calls it, refusing (at once) more than MAX_DECODED_INPUT characters."""
-    sizes: list[int] = []
-
-    def guarded(value: str) -> list[tuple[bytes | str, str | None]]:
-        sizes.append(len(value))
-        assert len(value) <= MAX_DECODED_INPUT, f"decode_header called on {len(value)} characters"
-        return decode_header(value)
-
-    monkeypatch.setattr(codecs, "decode_header", guarded)
-    return sizes
-
-
 def test_megabytes_of_encoded_words_decode_only_a_bounded_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes = _guarded_decode_header(monkeypatch)
+    sizes = guard_decode_header(monkeypatch)
     value = " ".join([WORD] * (4 * 1024 * 1024 // (len(WORD) + 1)))  # 4 MB, a header unfolded
     decoded = decode_words(value)
     assert sizes
@@ -165,7 +152,7 @@ def test_megabytes_of_encoded_words_decode_only_a_bounded_prefix(monkeypatch: py
 
 def test_a_character_split_across_the_cut_is_not_left_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
     """One byte per encoded word: the cut may fall inside a character; whole words are dropped until it does not."""
-    sizes = _guarded_decode_header(monkeypatch)
+    sizes = guard_decode_header(monkeypatch)
     byte_words = [f"=?utf-8?q?={byte:02X}?=" for byte in "你好".encode()]
     pad = "=?utf-8?q?xxxxx?="  # as long as a byte word: each one moves the cut by one byte
     for shift in range(3):  # the cut lands after each byte of a character in turn

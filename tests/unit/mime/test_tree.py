@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-from email.header import decode_header
 
 import pytest
 
 from mailsift.message.mail import Mail
-from mailsift.mime import codecs
 from mailsift.mime.codecs import MAX_DECODED_INPUT
 from mailsift.mime.tree import STRAY
+from tests.helpers.decoding import guard_decode_header
 
 HEAD = b'From: a@example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
 TEXT = b"--b\nContent-Type: text/plain\n\nhello\n"
@@ -39,14 +38,7 @@ def test_a_part_header_of_megabytes_of_encoded_words_is_decoded_only_in_part(mon
     """A part's Subject of 4 MB of folded encoded words (no front end bounds a part's headers but by
     max_size): decode_header sees at most MAX_DECODED_INPUT characters (it saw all 4 MB: ~50 s);
     the raw value stays whole, the decoded one is cut and marked."""
-    sizes: list[int] = []
-
-    def guarded(value: str) -> list[tuple[bytes | str, str | None]]:
-        sizes.append(len(value))
-        assert len(value) <= MAX_DECODED_INPUT, f"decode_header called on {len(value)} characters"
-        return decode_header(value)
-
-    monkeypatch.setattr(codecs, "decode_header", guarded)
+    sizes = guard_decode_header(monkeypatch)
     word = b"=?utf-8?B?" + base64.b64encode("héllo wörld ".encode()) + b"?="
     folded = b"\n ".join([word] * (4 * 1024 * 1024 // (len(word) + 2)))
     part = b"--b\nContent-Type: text/plain\nSubject: " + folded + b"\n\nhello\n--b--\n"

@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,13 +275,19 @@ async def test_greylist_outcomes_from_the_real_scanner(database: Database) -> No
 # --------------------------------------------------------------------------- mailsift stats
 
 
-def test_cli_prints_the_table(tmp_path: Any) -> None:
+def stats_config(tmp_path: Path) -> tuple[Path, Database]:
+    """A config with STATE_DIR and the default SQLite DATABASE, and that database, open."""
     state = tmp_path / "state"
     state.mkdir()
     config = tmp_path / "config.py"
     config.write_text(f"from mailsift import *\nSTATE_DIR = {str(state)!r}\nDATABASE = db.sqlite()\nSRV = []\n")
     database = db.sqlite()
     database.configure(str(state))
+    return config, database
+
+
+def test_cli_prints_the_table(tmp_path: Any) -> None:
+    config, database = stats_config(tmp_path)
     import time
 
     now = time.time()
@@ -314,12 +321,7 @@ def test_cli_prints_the_table(tmp_path: Any) -> None:
 
 
 def test_cli_sums_the_cluster_or_shows_one_node(tmp_path: Any) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    config = tmp_path / "config.py"
-    config.write_text(f"from mailsift import *\nSTATE_DIR = {str(state)!r}\nDATABASE = db.sqlite()\nSRV = []\n")
-    database = db.sqlite()
-    database.configure(str(state))
+    config, database = stats_config(tmp_path)
     for node, messages in (("alpha", 2), ("beta", 3)):
         tally = Tally(100)
         for _ in range(messages):

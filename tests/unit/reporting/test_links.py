@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from mailsift.storage.quarantine.index import RELEASED, claim_release, get_entry
 from mailsift.storage.schema import secret_table
 from mailsift.testing import RecordingServer
 from mailsift.web.webconfig import WebConfig
-from tests.helpers.links import Gateway, link_app, serving
+from tests.helpers.links import Gateway, database_option, link_app, scratch, serving
 from tests.helpers.postgres import fresh_database, postgres  # noqa: F401 - the fixture
 
 KEY = b"k" * 40
@@ -142,9 +140,8 @@ def test_the_secret_is_made_once_private_and_shared(tmp_path: Path) -> None:
 @pytest.fixture
 def tmp_path() -> Iterator[Path]:
     """A fresh directory under /tmp (pytest's own may be made unreachable by another run)."""
-    path = Path(tempfile.mkdtemp(prefix="mailsift-links-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch("mailsift-links-") as path:
+        yield path
 
 
 @pytest.fixture
@@ -155,10 +152,7 @@ def next_hop() -> Iterator[RecordingServer]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def gateway(request: pytest.FixtureRequest, tmp_path: Path, next_hop: RecordingServer) -> Iterator[Gateway]:
-    database = "db.sqlite()"
-    if request.param == "postgresql":
-        database = f"db.database({fresh_database(request.getfixturevalue('postgres'), 'links')!r})"
-    instance = Gateway(tmp_path, next_hop.port, database)
+    instance = Gateway(tmp_path, next_hop.port, database_option(request, "links"))
     yield instance
     instance.settings.database.dispose()
 

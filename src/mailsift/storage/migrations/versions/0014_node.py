@@ -16,6 +16,11 @@ upsert names the old key and is refused by the database during a rolling
 upgrade: its counts stay in memory (bounded, retried, logged) until it runs this
 release; its mail is not affected.
 
+The ``stats_counter`` tables built here (the SQLite copy with the new key, and the
+downgrade's table with the old key) spell out 0007's columns again on purpose: a
+migration keeps the shape of its own time, frozen, so it neither imports
+storage/schema.py (which moves on) nor shares code with another revision.
+
 Revision ID: 0014_node
 Revises: 0007 (stats_counter); depends on 0003 (maillog)
 """
