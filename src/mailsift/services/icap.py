@@ -107,7 +107,7 @@ from mailsift.services.icap_protocol import (
     split_sections,
     spool_file,
 )
-from mailsift.services.server import Server, peer_address
+from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.settings import Settings
 from mailsift.validators import choice, escape_controls, flag
 from mailsift.version import __version__
@@ -241,15 +241,13 @@ class icap(Service):
         return server
 
 
-class _Connection:
+class _Connection(SessionConnection):
     """One client connection: its streams, and what the skeleton needs (busy, shut_down, abort)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None
         self.peer = peer_address(writer)
 
     async def _within(self, awaitable: Any) -> Any:
@@ -322,11 +320,6 @@ class _Connection:
         """Idle while the worker drains: close (ICAP has no goodbye; the client opens another)."""
         self.close()
 
-    def abort(self) -> None:
-        self.close()
-        if self.task is not None:
-            self.task.cancel()
-
 
 class _Body:
     """Where an object's bytes go while they arrive: the raw spool file, the scanners' message, a count."""
@@ -383,7 +376,6 @@ class IcapServer(Server):
         super().__init__(service, settings)
         self.passer = PassBack()
         self.path = MailPath(service.scanners, settings, self.passer)
-        self.sessions: set[asyncio.Task[None]] = set()
         self.istag = service.istag()
         self._refused_logged: set[str] = set()
 
@@ -403,22 +395,11 @@ class IcapServer(Server):
             connection.close()  # as the milter and the policy service: the client retries or bypasses
             return
         self.add(connection, connection.peer)
-        connection.task = asyncio.current_task()
-        task = connection.task
-        assert task is not None
-        self.sessions.add(task)
-        try:
-            await self._session(connection)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug must not leave the client hanging
-            log.exception("icap: unexpected error in a session")
-            with contextlib.suppress(Exception):
-                await connection.send(self._head(500, [("Connection", "close")]))
-        finally:
-            self.sessions.discard(task)
-            self.discard(connection)
-            connection.close()
+        await self.run_session(connection, lambda: self._session(connection))
+
+    async def session_failed(self, connection: _Connection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.send(self._head(500, [("Connection", "close")]))
 
     def _head(self, status: int, fields: Sequence[tuple[str, str]] = ()) -> bytes:
         base = [date_field(), ("Server", f"mailsift/{__version__}"), ("ISTag", self.istag)]
@@ -501,8 +482,6 @@ class IcapServer(Server):
         return self._head(200, fields)
 
     async def closed(self) -> None:
-        for task in list(self.sessions):
-            task.cancel()
         await self.path.close()
 
 

@@ -61,7 +61,7 @@ from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
-from mailsift.services.server import Server, peer_address
+from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.services.sgfilter_protocol import (
     ANSWER_LENGTH,
     BAD_CLIENT,
@@ -247,7 +247,7 @@ class Request:
     """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT`` values, by verb."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(SessionConnection, asyncio.Protocol):
     """Receive buffer of one client connection; the session coroutine reads from it."""
 
     def __init__(self, server: SgfilterServer) -> None:
@@ -259,7 +259,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._paused = False
         self._wakeup: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,7 +271,7 @@ class _Connection(asyncio.Protocol):
             return
         self.server.add(self, address)
         self.server.begin(self)  # one request per connection: the transaction is the connection
-        self.task = asyncio.get_running_loop().create_task(self.server.session(self))
+        self.server.spawn_session(self, lambda: self.server.session(self))
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
@@ -380,12 +379,6 @@ class _Connection(asyncio.Protocol):
         """Never called: a connection is busy until its answer, then closed."""
         self.close()
 
-    def abort(self) -> None:
-        """The drain's deadline passed: the client gets no answer and retries."""
-        self.close()
-        if self.task is not None:
-            self.task.cancel()
-
 
 class SgfilterServer(Server):
     """One worker's running ``sgfilterd``: the skeleton (:class:`~mailsift.services.server.Server`) and the protocol."""
@@ -396,25 +389,17 @@ class SgfilterServer(Server):
         super().__init__(service, settings)
         self.keeper = KeepMessage()
         self.path = MailPath(service.scanners, settings, self.keeper)
-        self.sessions: set[asyncio.Task[None]] = set()
 
     async def start(self, sock: socket.socket) -> None:
         await self.listen(sock, lambda: _Connection(self))
 
-    async def session(self, connection: _Connection) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.sessions.add(task)
-        try:
-            await self._session(connection)
-        except Exception:  # a bug must not leave the client hanging
-            log.exception("sgfilterd: unexpected error in a session")
-            connection.answer(TEMPFAIL.line())
-            connection.close()
-        finally:
-            self.sessions.discard(task)
+    async def session_failed(self, connection: _Connection) -> None:
+        connection.answer(TEMPFAIL.line())
 
-    async def _session(self, connection: _Connection) -> None:
+    def session_ended(self, connection: SessionConnection) -> None:
+        connection.close()  # flushes the answer; connection_lost then releases it
+
+    async def session(self, connection: _Connection) -> None:
         timeout = self.service.timeout
         try:
             request = await self.read_request(connection)
@@ -522,8 +507,6 @@ class SgfilterServer(Server):
         return status, decision.result.level, name, kept if status in (CLEAN, FORCED) else None
 
     async def closed(self) -> None:
-        for task in list(self.sessions):  # still scanning after the deadline: the client gets no answer
-            task.cancel()
         await self.path.close()
 
 
