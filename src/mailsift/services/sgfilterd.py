@@ -16,9 +16,11 @@ omits them and is served as before)::
     CLIENT NAME: mx.example.org          (its name: TCPREMOTEHOST)
     RELAY CLIENT: 1                      (1 when qmail's RELAYCLIENT is set, else 0)
     ANSWER LENGTH: 1                     (250/251 answers give "LENGTH <bytes>" before the message)
+    HELO: mx.example.org                 (the SMTP client's HELO/EHLO argument, where the client knows it)
 
 They reach the scanners as the envelope's client (``trusted_clients``,
-``client_network``, ``spam_levels(trusted=...)``) and the log's ``RC:`` field.
+``client_network``, ``spam_levels(trusted=...)``, ``smtp_comm(helo=...)``)
+and the log's ``RC:`` field.
 
 Output, then the daemon closes the connection::
 
@@ -71,8 +73,10 @@ from mailsift.services.sgfilter_protocol import (
     CLEAN,
     CLIENT_ADDRESS,
     CLIENT_NAME,
+    CLIENT_VERBS,
     DROP,
     FORCED,
+    HELO,
     LINE_TOO_LONG,
     LONG_DATA,
     MAX_CLIENT_NAME,
@@ -191,7 +195,7 @@ class sgfilterd(Service):
     ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
     made with ``socket_mode`` (default 0o660).  ``client_hosts``: the networks
     whose peers may send the client lines (``CLIENT ADDRESS``, ``CLIENT NAME``,
-    ``RELAY CLIENT``; default loopback; on a unix socket every peer, its mode
+    ``RELAY CLIENT``, ``HELO``; default loopback; on a unix socket every peer, its mode
     guards it), as smtpd's ``xforward_hosts``: from others they are refused (503).
     """
 
@@ -244,7 +248,7 @@ class Request:
     recipients: list[str]
     data: bytes
     client: dict[str, str] = field(default_factory=dict)
-    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT`` values, by verb."""
+    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT``/``ANSWER LENGTH``/``HELO`` values, by verb."""
 
 
 class _Connection(SessionConnection, asyncio.Protocol):
@@ -445,7 +449,7 @@ class SgfilterServer(Server):
                 if len(recipients) >= MAX_RECIPIENTS:
                     raise _Refused(TOO_MANY_RECIPIENTS)
                 recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
-            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH):
+            elif verb in CLIENT_VERBS:
                 if verb in client:
                     raise _Refused(BAD_CLIENT)
                 if verb != ANSWER_LENGTH and not self.client_lines_allowed(connection):
@@ -484,6 +488,7 @@ class SgfilterServer(Server):
             client_address=request.client.get(CLIENT_ADDRESS, ""),
             client_name=request.client.get(CLIENT_NAME, ""),
             relay_client=None if RELAY_CLIENT not in request.client else request.client[RELAY_CLIENT] == "1",
+            helo=request.client.get(HELO, ""),
         )
         mail: Mail | None = None
         try:
@@ -520,7 +525,8 @@ def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
 
 
 def _client_value(verb: str, value: str) -> str:
-    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name) or ``RELAY CLIENT`` (0/1)."""
+    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name), ``RELAY CLIENT`` or
+    ``ANSWER LENGTH`` (0/1), or ``HELO`` (what an SMTP client sent: printable ASCII, spaces too, at most 255)."""
     if verb == CLIENT_ADDRESS:
         try:
             return str(ipaddress.ip_address(value))
@@ -528,6 +534,10 @@ def _client_value(verb: str, value: str) -> str:
             raise _Refused(BAD_CLIENT) from None
     if verb in (RELAY_CLIENT, ANSWER_LENGTH):
         if value not in ("0", "1"):
+            raise _Refused(BAD_CLIENT)
+        return value
+    if verb == HELO:
+        if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[ -~]+", value):
             raise _Refused(BAD_CLIENT)
         return value
     if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[!-~]+", value):
