@@ -90,6 +90,9 @@ def sgfilter_request() -> bytes:
     return f"MAIL FROM: <a@example.test>\nRCPT TO: <b@example.test>\nDATA {len(MESSAGE)}\n".encode() + MESSAGE
 
 
+ICAP_HEAD_END = b"\r\n\r\n"
+
+
 def icap_request(number: int) -> bytes:
     """A RESPMOD of a small download (the message's bytes), 204 allowed."""
     return build(
@@ -100,16 +103,6 @@ def icap_request(number: int) -> bytes:
         body=MESSAGE,
         fields={"Allow": "204"},
     )
-
-
-def read_icap_head(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def milter_packet(command: bytes, data: bytes = b"") -> bytes:
@@ -166,9 +159,10 @@ def read_until_closed(sock: socket.socket) -> bytes:
         data += chunk
 
 
-def read_line(sock: socket.socket) -> bytes:
+def read_line(sock: socket.socket, end: bytes = b"\n") -> bytes:
+    """Bytes up to ``end`` (a line; ``b"\r\n\r\n"``: an ICAP head), or to the close."""
     data = b""
-    while not data.endswith(b"\n"):
+    while not data.endswith(end):
         chunk = sock.recv(1)
         if not chunk:
             break
@@ -226,7 +220,7 @@ class FrontEnd:
         elif self.kind == "policy":
             assert read_line(sock) == b"action=DUNNO\n"
         elif self.kind == "icap":
-            assert read_icap_head(sock).startswith(b"ICAP/1.0 204 No Content\r\n")
+            assert read_line(sock, ICAP_HEAD_END).startswith(b"ICAP/1.0 204 No Content\r\n")
         else:
             assert read_line(sock) == b"250 0.00\n"
 
@@ -497,7 +491,7 @@ def test_a_failed_transaction_leaves_no_spool_file(
             elif front.kind == "milter":
                 assert read_milter_packet(sock)[0] in (mp.SMFIR_TEMPFAIL, mp.SMFIR_REPLYCODE)
             elif front.kind == "icap":
-                assert read_icap_head(sock).startswith(b"ICAP/1.0 500 ")  # fail closed
+                assert read_line(sock, ICAP_HEAD_END).startswith(b"ICAP/1.0 500 ")  # fail closed
             else:
                 assert read_line(sock).startswith(b"451 ")
     finally:
