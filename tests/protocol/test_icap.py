@@ -209,6 +209,24 @@ def test_a_held_object_trickles_one_byte_per_silence(serve: Any, infected: bool)
     assert spool_files(thread) == []
 
 
+def test_trickle_none_sends_nothing_before_the_verdict(serve: Any) -> None:
+    from mailsift.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="icap: trickle must be a positive number of seconds"):
+        icap(SCANNERS, trickle=0)
+    thread = serve(trickle=None)
+    body = os.urandom(100_000)
+    request = respmod(body, allow_204=False, length=False)
+    with socket.create_connection(("127.0.0.1", thread.port), timeout=30) as sock:
+        sock.sendall(request[:-5])
+        buffer = bytearray()
+        assert read_head(sock, buffer).startswith(b"ICAP/1.0 200")
+        assert read_head(sock, buffer).startswith(b"HTTP/1.1 200 OK")
+        assert chunks_until_quiet(sock, buffer, quiet=1.0) == []
+        sock.sendall(request[-5:])
+        assert b"".join(chunks_until_quiet(sock, buffer, quiet=10.0)) == body
+
+
 def test_a_scanner_failure_answers_500_and_fail_open_passes(serve: Any) -> None:
     broken = [clamd(("127.0.0.1", free_port()), connect_timeout=1)]
     assert exchange(serve(broken).port, respmod(b"anything")).status == 500
