@@ -625,9 +625,9 @@ class _Exchange:
     async def _trickle(self, body: _Body, interval: float) -> None:
         """Send one more byte of the held object whenever the client has sent nothing for ``interval`` s.
 
-        Squid 5 (Debian 12's 5.7; Squid bug 5352, fixed in 6.x) stops reading
-        the origin for good when its 64 KiB buffer toward the ICAP service
-        fills while its last write to us is still in flight: it waits for its
+        Squid 5 (Debian 12's 5.7; Squid bug 5352, fixed upstream in 2024-2025)
+        stops reading the origin for good when its 64 KiB buffer toward the ICAP
+        service fills while its last write to us is still in flight: it waits for its
         own client to take more of the answer, which never happens while the
         answer's body is held for the scan.  One byte of the object (the next
         one from its start) lets its client take something, and Squid reads
