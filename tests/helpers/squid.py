@@ -11,7 +11,8 @@ An origin server (:class:`Origin`, Python's ``http.server`` in a thread)
 serves files and generated objects: ``/files/<name>`` with a
 ``Content-Length``, ``/stream/<size>`` chunked (no length: Squid cannot keep
 a copy for ``Allow: 204``, so the ICAP service must stream the object back),
-and takes uploads (``POST``).
+``/sized/<size>`` the same bytes with a ``Content-Length``, and takes uploads
+(``POST``).  Bodies follow their heads at once, as from a fast web server.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,8 +37,6 @@ from pathlib import Path
 SQUID = "/usr/sbin/squid"
 
 BLOCK = 1024 * 1024
-ORIGIN_PAUSE = 0.3
-"""Seconds between a response's head and its body (:meth:`_Handler._pause`)."""
 
 
 def available() -> str:
@@ -99,32 +98,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self._pause()
             self.wfile.write(data)
             return
-        if self.path.startswith("/stream/"):
-            size = int(self.path.removeprefix("/stream/").split("/")[0])
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self._pause()
-            for piece in generated(size):
-                self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-            return
+        for prefix, chunked in (("/stream/", True), ("/sized/", False)):
+            if self.path.startswith(prefix):
+                self._generated(int(self.path.removeprefix(prefix).split("/")[0]), chunked)
+                return
         self.send_error(404)
 
-    def _pause(self) -> None:
-        """The head, then a pause before the body, as from a server further away than loopback.
-
-        Squid 5.7 stops reading a response whose first 64 KiB fill its buffer
-        before the ICAP service has answered anything (see mailsift.services.icap,
-        ``early_head``): with the body right behind the head, a loopback origin
-        wins that race every time; across a network the service answers first.
-        """
-        self.wfile.flush()
-        time.sleep(ORIGIN_PAUSE)
+    def _generated(self, size: int, chunked: bool) -> None:
+        """``size`` bytes of :func:`generated`: chunked, or with a ``Content-Length``."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        sent = 0
+        for piece in generated(size):
+            self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n" if chunked else piece)
+            sent += len(piece)
+            if self.server.on_block is not None:
+                self.server.on_block(sent)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
@@ -145,6 +143,8 @@ class _OriginServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.uploads: list[bytes] = []
+        self.on_block: Callable[[int], None] | None = None
+        """Called by ``/stream/<size>`` after each block with the bytes sent so far (a test's hook)."""
 
 
 class Origin:

@@ -153,6 +153,80 @@ def test_eicar_in_a_big_object_cuts_the_answer(serve: Any) -> None:
         assert EICAR not in buffer
 
 
+def chunks_until_quiet(sock: socket.socket, buffer: bytearray, quiet: float) -> list[bytes]:
+    """The answer's body chunks that arrive before ``quiet`` seconds pass without any (the last
+    chunk, if it comes, as ``b""``)."""
+    chunks: list[bytes] = []
+    sock.settimeout(quiet)
+    try:
+        while True:
+            while b"\r\n" not in buffer:
+                data = sock.recv(65536)
+                if not data:
+                    return chunks
+                buffer += data
+            line, _, rest = bytes(buffer).partition(b"\r\n")
+            size = int(line, 16)
+            while len(rest) < size + 2:
+                data = sock.recv(65536)
+                if not data:
+                    return chunks
+                rest += data
+            chunks.append(rest[:size])
+            buffer[:] = rest[size + 2 :]
+            if size == 0:
+                return chunks
+    except TimeoutError:
+        return chunks
+    finally:
+        sock.settimeout(30)
+
+
+@pytest.mark.parametrize("infected", [False, True])
+def test_a_held_object_trickles_one_byte_per_silence(serve: Any, infected: bool) -> None:
+    """Squid 5 (bug 5352) reads the origin again only once its client takes some of the answer:
+    while an object whose head went out early is held for its verdict, each ``trickle`` seconds of
+    silence release its next byte, at most one per 32 KiB received (3 of 100,000 bytes here); the
+    rest follows the verdict from there, or a finding cuts the answer."""
+    thread = serve(trickle=0.2)
+    body = os.urandom(100_000 - len(EICAR)) + (EICAR if infected else os.urandom(len(EICAR)))
+    request = respmod(body, allow_204=False, length=False)
+    assert request.endswith(b"0\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", thread.port), timeout=30) as sock:
+        sock.sendall(request[:-5])  # all but the last chunk: the object is not complete yet
+        buffer = bytearray()
+        assert read_head(sock, buffer).startswith(b"ICAP/1.0 200")
+        assert read_head(sock, buffer).startswith(b"HTTP/1.1 200 OK")  # the early HTTP head
+        early = chunks_until_quiet(sock, buffer, quiet=2.0)  # 10 silences of 0.2 s
+        assert early == [body[0:1], body[1:2], body[2:3]]
+        sock.sendall(request[-5:])
+        rest = chunks_until_quiet(sock, buffer, quiet=10.0)
+    if infected:
+        assert rest == []  # cut: no more bytes, no last chunk
+    else:
+        assert rest[-1] == b""
+        assert b"".join(early + rest) == body
+    assert spool_files(thread) == []
+
+
+def test_trickle_none_sends_nothing_before_the_verdict(serve: Any) -> None:
+    from mailsift.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="icap: trickle must be a positive number of seconds"):
+        icap(SCANNERS, trickle=0)
+    thread = serve(trickle=None)
+    body = os.urandom(100_000)
+    request = respmod(body, allow_204=False, length=False)
+    with socket.create_connection(("127.0.0.1", thread.port), timeout=30) as sock:
+        sock.sendall(request[:-5])
+        buffer = bytearray()
+        assert read_head(sock, buffer).startswith(b"ICAP/1.0 200")
+        assert read_head(sock, buffer).startswith(b"HTTP/1.1 200 OK")
+        assert chunks_until_quiet(sock, buffer, quiet=1.0) == []
+        sock.sendall(request[-5:])
+        assert b"".join(chunks_until_quiet(sock, buffer, quiet=10.0)) == body
+
+
 def test_a_scanner_failure_answers_500_and_fail_open_passes(serve: Any) -> None:
     broken = [clamd(("127.0.0.1", free_port()), connect_timeout=1)]
     assert exchange(serve(broken).port, respmod(b"anything")).status == 500

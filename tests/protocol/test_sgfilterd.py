@@ -438,6 +438,41 @@ def test_answer_length_is_given_only_when_asked(make_daemon: Make) -> None:
     assert answer.message == edited
 
 
+def test_a_helo_line_reaches_smtp_comm_and_old_clients_omit_it(make_daemon: Make) -> None:
+    """``HELO: name`` (optional, like the client lines) is the envelope's HELO, as smtpd's: smtp_comm's
+    ``helo`` matcher sees it on the qmail path too; without the line the HELO is empty."""
+    from mailsift import smtp_comm
+
+    daemon = make_daemon([reject(smtp_comm("Bad.HELO", helo=r"^\[?\d+\.\d+\.\d+\.\d+\]?$"))])
+
+    def with_helo(helo: bytes) -> bytes:
+        return exchange(daemon.port, ENV + b"HELO: " + helo + b"\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+
+    assert status_line(with_helo(b"[192.0.2.7]")) == "550 1.00 Bad.HELO"
+    assert status_line(with_helo(b"mx.example.org")) == "250 0.00"
+    assert status_line(with_helo(b"my laptop")) == "250 0.00"  # what clients send, spaces too
+    assert exchange(daemon.port, request(CLEAN)) == b"250 0.00\n" + CLEAN  # no HELO line: served as before
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [b"HELO: \n", b"HELO: " + b"h" * 300 + b"\n", b"HELO: a\nHELO: b\n", "HELO: caf\u00e9\n".encode()],
+    ids=["empty", "long", "twice", "not-ascii"],
+)
+def test_bad_helo_lines_get_501(make_daemon: Make, lines: bytes) -> None:
+    answer = exchange(make_daemon([ClientRecording()]).port, ENV + lines + f"DATA {len(CLEAN)}\n".encode() + CLEAN)
+    assert status_line(answer).startswith("501 0.00 Syntax: CLIENT ADDRESS")
+    assert "HELO: name" in status_line(answer)
+
+
+def test_a_helo_line_only_from_client_hosts(make_daemon: Make) -> None:
+    """A peer outside client_hosts cannot tell the scanners a HELO either."""
+    daemon = make_daemon([ClientRecording()], client_hosts=["192.0.2.0/24"])
+    lines = ENV + b"HELO: mx.example.org\n" + f"DATA {len(CLEAN)}\n".encode() + CLEAN
+    refused = status_line(exchange(daemon.port, lines))
+    assert refused == "503 0.00 Client lines not allowed from this peer (client_hosts)"
+
+
 def test_client_lines_only_from_client_hosts(make_daemon: Make) -> None:
     """As smtpd's XFORWARD: a peer outside client_hosts cannot claim to be a trusted client."""
     recording = ClientRecording()

@@ -1,6 +1,6 @@
 """The server skeleton (mailsift.services.server), the same cases over every socket front end.
 
-smtpd, lmtpd, milter, sgfilterd and the Postfix policy service each get: the
+smtpd, lmtpd, milter, sgfilterd, the Postfix policy service and icap each get: the
 limits validated alike, the idle timeout (421 where the protocol has it), the
 connection limit, the per-address connection limit (one address holding its
 share leaves room for another; ``exempt_hosts``), draining without cutting a transaction (including a second
@@ -34,6 +34,7 @@ from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.services import milter_protocol as mp
 from mailsift.services.base import Service
+from mailsift.services.icap import icap
 from mailsift.services.lmtpd import lmtpd
 from mailsift.services.milter import milter
 from mailsift.services.postfix_policy import smtpd_policy
@@ -42,8 +43,9 @@ from mailsift.services.smtpd import smtpd
 from mailsift.settings import Settings
 from mailsift.storage import db
 from mailsift.testing import RecordingServer, ServiceThread
+from tests.helpers.icap import build, http_request_head, http_response_head
 
-KINDS = ["smtpd", "lmtpd", "milter", "sgfilterd", "policy"]
+KINDS = ["smtpd", "lmtpd", "milter", "sgfilterd", "policy", "icap"]
 MESSAGE = b"From: a@example.test\r\nSubject: skeleton\r\n\r\nhello\r\n"
 NODE = "edge-7"
 
@@ -86,6 +88,21 @@ def policy_request(recipient: str = "b@example.test") -> bytes:
 
 def sgfilter_request() -> bytes:
     return f"MAIL FROM: <a@example.test>\nRCPT TO: <b@example.test>\nDATA {len(MESSAGE)}\n".encode() + MESSAGE
+
+
+ICAP_HEAD_END = b"\r\n\r\n"
+
+
+def icap_request(number: int) -> bytes:
+    """A RESPMOD of a small download (the message's bytes), 204 allowed."""
+    return build(
+        "RESPMOD",
+        "respmod",
+        req_hdr=http_request_head(f"http://example.test/{number}.txt"),
+        res_hdr=http_response_head(extra=f"Content-Length: {len(MESSAGE)}\r\n"),
+        body=MESSAGE,
+        fields={"Allow": "204"},
+    )
 
 
 def milter_packet(command: bytes, data: bytes = b"") -> bytes:
@@ -142,9 +159,10 @@ def read_until_closed(sock: socket.socket) -> bytes:
         data += chunk
 
 
-def read_line(sock: socket.socket) -> bytes:
+def read_line(sock: socket.socket, end: bytes = b"\n") -> bytes:
+    """Bytes up to ``end`` (a line; ``b"\r\n\r\n"``: an ICAP head), or to the close."""
     data = b""
-    while not data.endswith(b"\n"):
+    while not data.endswith(end):
         chunk = sock.recv(1)
         if not chunk:
             break
@@ -169,6 +187,7 @@ class FrontEnd:
     """What an idle connection gets before the server closes it (b"": nothing)."""
     limit_answer: bytes
     shutdown_answer: bytes
+    default_max_connections: int = 500
 
     def establish(self, sock: socket.socket) -> None:
         """Bring a fresh connection to where a transaction can begin."""
@@ -186,6 +205,8 @@ class FrontEnd:
             return milter_transaction(number)
         if self.kind == "policy":
             return policy_request()
+        if self.kind == "icap":
+            return icap_request(number)
         return sgfilter_request()
 
     def exchange(self, sock: socket.socket) -> None:
@@ -198,6 +219,8 @@ class FrontEnd:
             assert read_milter_packet(sock)[0] == mp.SMFIR_ACCEPT
         elif self.kind == "policy":
             assert read_line(sock) == b"action=DUNNO\n"
+        elif self.kind == "icap":
+            assert read_line(sock, ICAP_HEAD_END).startswith(b"ICAP/1.0 204 No Content\r\n")
         else:
             assert read_line(sock) == b"250 0.00\n"
 
@@ -232,6 +255,9 @@ def front_ends(next_hop_port: int) -> dict[str, FrontEnd]:
     def make_sgfilterd(scanners: list[Scanner], host: str = "127.0.0.1", **options: Any) -> Service:
         return sgfilterd(scanners, host, 0, **options)
 
+    def make_icap(scanners: list[Scanner], host: str = "127.0.0.1", **options: Any) -> Service:
+        return icap(scanners, host, 0, **options)
+
     def make_policy(scanners: list[Scanner], host: str = "127.0.0.1", **options: Any) -> Service:
         if "timeout" in options:
             options["idle_timeout"] = options.pop("timeout")
@@ -249,6 +275,8 @@ def front_ends(next_hop_port: int) -> dict[str, FrontEnd]:
             "sgfilterd", make_sgfilterd, "timeout", b"421 0.00 Timeout\n", b"421 0.00 Too many connections\n", b""
         ),
         "policy": FrontEnd("policy", make_policy, "idle_timeout", b"", b"", b""),
+        # ICAP has no goodbye: an idle, refused or drained connection is closed unanswered (Squid opens another)
+        "icap": FrontEnd("icap", make_icap, "timeout", b"", b"", b"", default_max_connections=100),
     }
 
 
@@ -311,7 +339,7 @@ def test_exempt_hosts_refused_alike(front: FrontEnd, value: object) -> None:
 
 
 def test_per_address_limit_defaults_to_half_of_max_connections(front: FrontEnd) -> None:
-    assert front.make([Gate()]).max_connections_per_address == 250
+    assert front.make([Gate()]).max_connections_per_address == front.default_max_connections // 2  # 250; icap 50
     assert front.make([Gate()], max_connections=41).max_connections_per_address == 20
     assert front.make([Gate()], max_connections=1).max_connections_per_address == 1
     service = front.make([Gate()], max_connections_per_address=7, exempt_hosts=["192.0.2.0/24", "::1"])
@@ -448,7 +476,7 @@ def test_a_failed_transaction_leaves_no_spool_file(
     if front.kind == "policy":
         pytest.skip("policy requests carry no message")
     if fault == "next hop" and front.kind not in ("smtpd", "lmtpd"):
-        pytest.skip("the milter's and sgfilterd's next hop is their client")
+        pytest.skip("the milter's, sgfilterd's and icap's next hop is their client")
     downstream.data_reply = "451 4.3.0 busy"
     state = tmp_path / "state"
     thread = ServiceThread(
@@ -462,6 +490,8 @@ def test_a_failed_transaction_leaves_no_spool_file(
                 assert [smtp_reply(sock)[:1] for _ in range(4)] == ["2", "2", "3", "4"]
             elif front.kind == "milter":
                 assert read_milter_packet(sock)[0] in (mp.SMFIR_TEMPFAIL, mp.SMFIR_REPLYCODE)
+            elif front.kind == "icap":
+                assert read_line(sock, ICAP_HEAD_END).startswith(b"ICAP/1.0 500 ")  # fail closed
             else:
                 assert read_line(sock).startswith(b"451 ")
     finally:
@@ -483,6 +513,8 @@ def test_a_refusal_during_data_gets_a_log_line(
     """552 (too big) and 500 (a line too long) were answered without a log line: one now, with the reason and peer."""
     if front.kind == "policy":
         pytest.skip("policy requests carry no message")
+    if front.kind == "icap":
+        pytest.skip("an HTTP object over max_object_size is not refused: oversize blocks it (block page) or passes it")
     if problem == "line too long" and front.kind not in ("smtpd", "lmtpd"):
         pytest.skip("only SMTP/LMTP limit the line length of the content")
     body = b"x" * 2000 + b"\r\n" if problem == "too big" else b"y" * 20000 + b"\r\n"
@@ -557,6 +589,10 @@ def test_drain_finishes_the_transaction_and_refuses_the_next_on_the_same_connect
         assert received[4:] == mp.SMFIR_ACCEPT, received
     elif front.kind == "policy":
         assert received == b"action=DUNNO\n\n"
+    elif front.kind == "icap":
+        assert received.startswith(b"ICAP/1.0 204 No Content\r\n"), received
+        assert received.count(b"ICAP/1.0 ") == 1, received  # the second request was never begun
+        assert received.endswith(b"\r\n\r\n"), received
     else:
         assert received == b"250 0.00\n" + MESSAGE
 

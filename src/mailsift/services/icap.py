@@ -26,7 +26,9 @@ service about each response (RESPMOD: downloads) or request (REQMOD: uploads).
   the spool file in pieces; a request without a body: ``204`` (or its headers
   back).  A download of unknown length or of at least ``early_head`` bytes
   (64 KiB) gets its HTTP head before the scan and its body after it, for
-  Squid 5; a finding or failure then closes the connection mid-body;
+  Squid 5 (bug 5352), with a byte of it sent on after each ``trickle`` seconds
+  of silence while it is held (:meth:`_Exchange._trickle`); a finding or
+  failure then closes the connection mid-body;
 * a finding (a reject, drop or quarantine decision): HTTP ``403`` with an HTML
   block page naming the finding (every value HTML-escaped), and
   ``X-Infection-Found``/``X-Virus-ID`` in the ICAP answer for the proxy's log;
@@ -105,7 +107,7 @@ from mailsift.services.icap_protocol import (
     split_sections,
     spool_file,
 )
-from mailsift.services.server import Server, peer_address
+from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.settings import Settings
 from mailsift.validators import choice, escape_controls, flag
 from mailsift.version import __version__
@@ -118,6 +120,9 @@ LOST = 0
 MAX_LINE = 8 * 1024
 """The longest line read (an ICAP head line, a chunk-size line): what one read may buffer before
 the line is refused (the streams' limit; a chunk-size line is then held to 1 KiB)."""
+
+TRICKLE_SHARE = 32 * 1024
+"""``trickle`` sends at most one byte of a held object per this many bytes received."""
 
 OVERSIZE_NAME = "Heuristics.Limits.Exceeded.MaxObjectSize"
 """The finding named on the block page of an object over ``max_object_size`` (``oversize="block"``)."""
@@ -159,8 +164,10 @@ class icap(Service):
     ``Max-Connections``), ``exempt_hosts``, ``max_header_bytes`` and
     ``max_http_header_bytes`` (64 KiB each), ``preview`` (bytes asked as
     preview; default None: none), ``early_head`` (bytes, default 64 KiB; None:
-    every object waits whole for its verdict), ``options_ttl`` (seconds,
-    default 3600).  ``host``
+    every object waits whole for its verdict), ``trickle`` (seconds of
+    silence from the client after which one more byte of an object held after
+    its early head is sent, at most one per 32 KiB received, for Squid 5;
+    default 1; None: never), ``options_ttl`` (seconds, default 3600).  ``host``
     may name a unix socket (``socket_mode`` and owners as for every service).
     """
 
@@ -184,6 +191,7 @@ class icap(Service):
         max_http_header_bytes: int = MAX_HTTP_HEADER_BYTES,
         preview: int | None = None,
         early_head: int | None = 64 * 1024,
+        trickle: float | None = 1.0,
         options_ttl: int = 3600,
         socket_mode: int = DEFAULT_SOCKET_MODE,
         socket_owner: str | int | None = None,
@@ -204,6 +212,7 @@ class icap(Service):
         )
         self.preview = None if preview is None else check_limit(preview, "preview", self.kind, minimum=0)
         self.early_head = None if early_head is None else check_limit(early_head, "early_head", self.kind, minimum=0)
+        self.trickle = None if trickle is None else check_seconds(trickle, "trickle", self.kind)
         self.options_ttl = check_limit(options_ttl, "options_ttl", self.kind)
 
     def client_allowed(self, address: str) -> bool:
@@ -232,15 +241,13 @@ class icap(Service):
         return server
 
 
-class _Connection:
+class _Connection(SessionConnection):
     """One client connection: its streams, and what the skeleton needs (busy, shut_down, abort)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
-        self.busy = False
-        self.task: asyncio.Task[None] | None = None
         self.peer = peer_address(writer)
 
     async def _within(self, awaitable: Any) -> Any:
@@ -313,11 +320,6 @@ class _Connection:
         """Idle while the worker drains: close (ICAP has no goodbye; the client opens another)."""
         self.close()
 
-    def abort(self) -> None:
-        self.close()
-        if self.task is not None:
-            self.task.cancel()
-
 
 class _Body:
     """Where an object's bytes go while they arrive: the raw spool file, the scanners' message, a count."""
@@ -340,16 +342,19 @@ class _Body:
         if self.scanning:
             self.mail.finish()
 
-    def open_raw(self) -> BinaryIO:
-        """The raw object's file, for reading (while it may still grow)."""
+    def open_raw(self, start: int = 0) -> BinaryIO:
+        """The raw object's file from byte ``start``, for reading (while it may still grow)."""
         self.file.flush()
-        return open(self.path, "rb")
+        handle = open(self.path, "rb")  # noqa: SIM115 - the caller's context manager closes it
+        handle.seek(start)
+        return handle
 
-    def pieces(self) -> Any:
-        """The raw object back, from its file, in pieces."""
+    def pieces(self, start: int = 0) -> Any:
+        """The raw object back from byte ``start``, from its file, in pieces."""
         if not self.file.closed:
             self.file.flush()
         with open(self.path, "rb") as handle:
+            handle.seek(start)
             while piece := handle.read(PIECE):
                 yield piece
 
@@ -371,7 +376,6 @@ class IcapServer(Server):
         super().__init__(service, settings)
         self.passer = PassBack()
         self.path = MailPath(service.scanners, settings, self.passer)
-        self.sessions: set[asyncio.Task[None]] = set()
         self.istag = service.istag()
         self._refused_logged: set[str] = set()
 
@@ -391,22 +395,11 @@ class IcapServer(Server):
             connection.close()  # as the milter and the policy service: the client retries or bypasses
             return
         self.add(connection, connection.peer)
-        connection.task = asyncio.current_task()
-        task = connection.task
-        assert task is not None
-        self.sessions.add(task)
-        try:
-            await self._session(connection)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug must not leave the client hanging
-            log.exception("icap: unexpected error in a session")
-            with contextlib.suppress(Exception):
-                await connection.send(self._head(500, [("Connection", "close")]))
-        finally:
-            self.sessions.discard(task)
-            self.discard(connection)
-            connection.close()
+        await self.run_session(connection, lambda: self._session(connection))
+
+    async def session_failed(self, connection: _Connection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.send(self._head(500, [("Connection", "close")]))
 
     def _head(self, status: int, fields: Sequence[tuple[str, str]] = ()) -> bytes:
         base = [date_field(), ("Server", f"mailsift/{__version__}"), ("ISTag", self.istag)]
@@ -489,8 +482,6 @@ class IcapServer(Server):
         return self._head(200, fields)
 
     async def closed(self) -> None:
-        for task in list(self.sessions):
-            task.cancel()
         await self.path.close()
 
 
@@ -523,6 +514,7 @@ class _Exchange:
         self._started = False  # an oversized body: inside a chunk whose end is still to read
         self._arrived = asyncio.Event()  # streaming an oversized body: more of it is in the file
         self.committed = False  # the answer's head went out before the scan (early_head)
+        self.released = 0  # bytes of the object sent on before its verdict (trickle), from its start
         self.keep = True  # the connection may serve another request
 
     @property
@@ -532,13 +524,14 @@ class _Exchange:
 
     def _note(self, answer: str, finding: str = "", size: int | None = None) -> None:
         log.info(
-            "%s icap %s url=%s size=%s answer=%s%s",
+            "%s icap %s url=%s size=%s answer=%s%s%s",
             self.queue_id,
             self.method,
             escape_controls(self.url) or "-",
             "-" if size is None else size,
             answer,
             f" finding={escape_controls(finding)}" if finding else "",
+            f" trickled={self.released}" if self.released else "",
         )
 
     async def run(self) -> None:
@@ -585,7 +578,10 @@ class _Exchange:
         if state == "more" and self._commit_early():
             self.committed = True
             await self.connection.send(self._echo_head())
-        if state == "more" and await self._read_chunks(body, preview_size=None) == "oversized":
+        if state == "more":
+            async with self._trickling(body):
+                state = await self._read_chunks(body, preview_size=None)
+        if state == "oversized":
             await self._oversize_late(body)
             return
         body.finish()
@@ -594,20 +590,65 @@ class _Exchange:
     def _commit_early(self) -> bool:
         """Whether the answer's head goes out now, before the body is in (``early_head``).
 
-        Squid 5 (Debian 12's 5.7) stops reading a response from the origin once
-        64 KiB of it wait in its buffer for an ICAP service that has not begun
-        to answer (the read is deferred and never resumed): a download over 64
-        KiB would hang.  So for a RESPMOD body of unknown length or of at least
-        ``early_head`` bytes, the HTTP head is sent first and the body after the
-        scan; a finding or a failure then closes the connection in the middle of
-        the body (the client gets a broken transfer, never the object) instead of
-        the block page.  Smaller bodies are held whole: the block page.
+        Squid 5 (Debian 12's 5.7; Squid bug 5352) stops reading a response from
+        the origin when its 64 KiB buffer toward this service fills while its
+        last write to us is in flight, and reads again only when its own client
+        takes more of the answer: an answer that has not begun never lets it, and
+        a download over 64 KiB may hang.  So for a RESPMOD body of unknown length
+        or of at least ``early_head`` bytes, the HTTP head is sent first (the
+        client takes it), the body is held for the scan with :meth:`_trickle`
+        beside it, and sent after; a finding or a failure then closes the
+        connection in the middle of the body (the client gets a broken transfer,
+        never the object) instead of the block page.  Smaller bodies are held
+        whole: the block page.
         """
         limit = self.service.early_head
         if self.method != "RESPMOD" or limit is None:
             return False
         declared = content_length(self.object_head)
         return declared is None or declared >= limit
+
+    @contextlib.asynccontextmanager
+    async def _trickling(self, body: _Body) -> Any:
+        """While a committed body arrives: :meth:`_trickle` beside the reads (nothing otherwise)."""
+        if not self.committed or self.service.trickle is None:
+            yield
+            return
+        task = asyncio.get_running_loop().create_task(self._trickle(body, self.service.trickle))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # a send that failed (the client gone, or not reading): its error
+
+    async def _trickle(self, body: _Body, interval: float) -> None:
+        """Send one more byte of the held object whenever the client has sent nothing for ``interval`` s.
+
+        Squid 5 (Debian 12's 5.7; Squid bug 5352, fixed upstream in 2024-2025)
+        stops reading the origin for good when its 64 KiB buffer toward the ICAP
+        service fills while its last write to us is still in flight: it waits for its
+        own client to take more of the answer, which never happens while the
+        answer's body is held for the scan.  One byte of the object (the next
+        one from its start) lets its client take something, and Squid reads
+        again.  So a byte goes out only after a silence, and at most one per
+        :data:`TRICKLE_SHARE` bytes received (Squid can stall again only after
+        refilling that buffer): what reaches the client before the verdict is
+        the object's first bytes, at most 1/32768 of what arrived; a finding
+        still cuts the transfer (:meth:`_cut`).
+        """
+        seen = body.size
+        while True:
+            await asyncio.sleep(interval)
+            if body.size != seen or (self.released + 1) * TRICKLE_SHARE > body.size:
+                seen = body.size
+                continue
+            with body.open_raw(self.released) as handle:
+                piece = handle.read(1)
+            if not piece:
+                continue
+            self.released += len(piece)  # counted before the send: a cancelled drain has queued it
+            await self.connection.send(chunk(piece))
 
     def _cut(self, answer: str, finding: str = "", size: int | None = None) -> None:
         """The head went out already: end the answer by closing the connection, without the last chunk."""
@@ -704,7 +745,7 @@ class _Exchange:
 
         reader = asyncio.get_running_loop().create_task(read_rest())
         try:
-            with body.open_raw() as handle:
+            with body.open_raw(self.released) as handle:
                 while True:
                     piece = handle.read(PIECE)
                     if piece:
@@ -801,7 +842,7 @@ class _Exchange:
 
     async def _pass(self, body: _Body) -> None:
         if self.committed:
-            for piece in body.pieces():
+            for piece in body.pieces(self.released):
                 await self.connection.send(chunk(piece))
             await self.connection.send(LAST_CHUNK)
             return

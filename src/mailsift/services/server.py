@@ -29,6 +29,12 @@ A front end's running server (:class:`~mailsift.services.smtpd.SMTPServer`,
   connections whose next transaction had just started: the next hop had the
   message, the MTA got no answer and sent it again).  Only the drain's own
   deadline closes busy connections;
+* **session tasks** for front ends that serve a connection with one task
+  (icap, sgfilterd; :meth:`Server.run_session`, :class:`SessionConnection`):
+  the task is tracked, a bug in it is logged and answered with the protocol's
+  temporary failure (:meth:`Server.session_failed`) instead of leaving the
+  client hanging, the connection is released and closed after it, and tasks
+  still running after the drain are cancelled;
 * **queue ids** unique across workers, restarts and nodes (:class:`QueueIds`).
 
 Idle timeouts are per command (the time a connection may stay silent) and
@@ -43,7 +49,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mailsift.settings import Settings
@@ -111,6 +117,22 @@ class Connection(Protocol):
         """Close now, whatever it is doing (the drain's deadline passed)."""
 
 
+class SessionConnection:
+    """A connection served by one task (:meth:`Server.run_session`): ``abort`` closes it and
+    cancels that task (the drain's deadline passed; the client gets no answer and retries)."""
+
+    busy = False
+    task: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
 class Server:
     """One worker's running front end: the listener, its connections, draining and queue ids."""
 
@@ -126,6 +148,8 @@ class Server:
         self.queue_ids = QueueIds(settings.node)
         self._listener: asyncio.base_events.Server | None = None
         self._changed: asyncio.Event | None = None
+        self.sessions: set[asyncio.Task[None]] = set()
+        """The running tasks of :meth:`run_session` (cancelled after the drain)."""
 
     # -- listening
 
@@ -217,6 +241,37 @@ class Server:
     def next_queue_id(self) -> str:
         return self.queue_ids.next()
 
+    # -- session tasks
+
+    def spawn_session(self, connection: SessionConnection, session: Callable[[], Awaitable[None]]) -> None:
+        """:meth:`run_session` in a task of its own (for a protocol's ``connection_made``)."""
+        connection.task = asyncio.get_running_loop().create_task(self.run_session(connection, session))
+
+    async def run_session(self, connection: SessionConnection, session: Callable[[], Awaitable[None]]) -> None:
+        """Serve ``connection`` with ``session()`` in the current task: tracked, a bug answered with
+        :meth:`session_failed`; then :meth:`session_ended`."""
+        task = asyncio.current_task()
+        assert task is not None
+        connection.task = task
+        self.sessions.add(task)
+        try:
+            await session()
+        except Exception:  # a bug must not leave the client hanging
+            log.exception("%s: unexpected error in a session", self.service.kind)
+            await self.session_failed(connection)
+        finally:
+            self.sessions.discard(task)
+            self.session_ended(connection)
+
+    async def session_failed(self, connection: Any) -> None:
+        """A session ended by a bug: the protocol's temporary failure, if it has one (then closed)."""
+
+    def session_ended(self, connection: SessionConnection) -> None:
+        """After a session: the connection is released and closed (a protocol whose
+        ``connection_lost`` releases it, once the answer is flushed, only closes it)."""
+        self.discard(connection)
+        connection.close()
+
     # -- draining
 
     def _wake(self) -> None:
@@ -243,6 +298,8 @@ class Server:
         for connection in list(self.connections):
             log.warning("%s: drain deadline passed: closing a connection in a transaction", self.service.kind)
             connection.abort()
+        for task in list(self.sessions):  # e.g. still scanning for a client that has gone: no answer
+            task.cancel()
         await self.closed()
 
     async def closed(self) -> None:

@@ -28,7 +28,9 @@ RELAY_CLIENT = "RELAY CLIENT"
 ANSWER_LENGTH = "ANSWER LENGTH"
 """``ANSWER LENGTH: 1``: a 250/251 answer gives ``LENGTH <bytes>`` on a line of its own before the message,
 so a message whose body the config changed (a renamed MIME header, a sanitized part) is told from a cut one."""
-CLIENT_VERBS = (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH)
+HELO = "HELO"
+"""``HELO: name``: the SMTP client's HELO/EHLO argument, from a client that knows it (smtp_comm's ``helo``)."""
+CLIENT_VERBS = (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH, HELO)
 MAX_CLIENT_NAME = 255
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -70,7 +72,9 @@ BAD_LENGTH = Status(501, "Syntax: DATA length (a decimal number of bytes)")
 SHORT_DATA = Status(501, "Data shorter than the DATA length")
 LONG_DATA = Status(501, "Data longer than the DATA length")
 BAD_CLIENT = Status(
-    501, "Syntax: CLIENT ADDRESS: ip, CLIENT NAME: host, RELAY CLIENT: 0 or 1, ANSWER LENGTH: 0 or 1 (each once)"
+    501,
+    "Syntax: CLIENT ADDRESS: ip, CLIENT NAME: host, RELAY CLIENT: 0 or 1, ANSWER LENGTH: 0 or 1, "
+    "HELO: name (each once)",
 )
 NO_SENDER = Status(503, "MAIL FROM: first")
 NO_RECIPIENT = Status(503, "RCPT TO: needed before DATA")

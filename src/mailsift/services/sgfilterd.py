@@ -16,9 +16,11 @@ omits them and is served as before)::
     CLIENT NAME: mx.example.org          (its name: TCPREMOTEHOST)
     RELAY CLIENT: 1                      (1 when qmail's RELAYCLIENT is set, else 0)
     ANSWER LENGTH: 1                     (250/251 answers give "LENGTH <bytes>" before the message)
+    HELO: mx.example.org                 (the SMTP client's HELO/EHLO argument, where the client knows it)
 
 They reach the scanners as the envelope's client (``trusted_clients``,
-``client_network``, ``spam_levels(trusted=...)``) and the log's ``RC:`` field.
+``client_network``, ``spam_levels(trusted=...)``, ``smtp_comm(helo=...)``)
+and the log's ``RC:`` field.
 
 Output, then the daemon closes the connection::
 
@@ -61,7 +63,7 @@ from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
 from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
-from mailsift.services.server import Server, peer_address
+from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.services.sgfilter_protocol import (
     ANSWER_LENGTH,
     BAD_CLIENT,
@@ -71,8 +73,10 @@ from mailsift.services.sgfilter_protocol import (
     CLEAN,
     CLIENT_ADDRESS,
     CLIENT_NAME,
+    CLIENT_VERBS,
     DROP,
     FORCED,
+    HELO,
     LINE_TOO_LONG,
     LONG_DATA,
     MAX_CLIENT_NAME,
@@ -191,7 +195,7 @@ class sgfilterd(Service):
     ``host`` may name a unix socket (``'unix:/run/mailsift/sgfilterd.sock'``),
     made with ``socket_mode`` (default 0o660).  ``client_hosts``: the networks
     whose peers may send the client lines (``CLIENT ADDRESS``, ``CLIENT NAME``,
-    ``RELAY CLIENT``; default loopback; on a unix socket every peer, its mode
+    ``RELAY CLIENT``, ``HELO``; default loopback; on a unix socket every peer, its mode
     guards it), as smtpd's ``xforward_hosts``: from others they are refused (503).
     """
 
@@ -244,10 +248,10 @@ class Request:
     recipients: list[str]
     data: bytes
     client: dict[str, str] = field(default_factory=dict)
-    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT`` values, by verb."""
+    """The optional ``CLIENT ADDRESS``/``CLIENT NAME``/``RELAY CLIENT``/``ANSWER LENGTH``/``HELO`` values, by verb."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(SessionConnection, asyncio.Protocol):
     """Receive buffer of one client connection; the session coroutine reads from it."""
 
     def __init__(self, server: SgfilterServer) -> None:
@@ -259,7 +263,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._paused = False
         self._wakeup: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
 
     # -- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,7 +275,7 @@ class _Connection(asyncio.Protocol):
             return
         self.server.add(self, address)
         self.server.begin(self)  # one request per connection: the transaction is the connection
-        self.task = asyncio.get_running_loop().create_task(self.server.session(self))
+        self.server.spawn_session(self, lambda: self.server.session(self))
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
@@ -380,12 +383,6 @@ class _Connection(asyncio.Protocol):
         """Never called: a connection is busy until its answer, then closed."""
         self.close()
 
-    def abort(self) -> None:
-        """The drain's deadline passed: the client gets no answer and retries."""
-        self.close()
-        if self.task is not None:
-            self.task.cancel()
-
 
 class SgfilterServer(Server):
     """One worker's running ``sgfilterd``: the skeleton (:class:`~mailsift.services.server.Server`) and the protocol."""
@@ -396,25 +393,17 @@ class SgfilterServer(Server):
         super().__init__(service, settings)
         self.keeper = KeepMessage()
         self.path = MailPath(service.scanners, settings, self.keeper)
-        self.sessions: set[asyncio.Task[None]] = set()
 
     async def start(self, sock: socket.socket) -> None:
         await self.listen(sock, lambda: _Connection(self))
 
-    async def session(self, connection: _Connection) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.sessions.add(task)
-        try:
-            await self._session(connection)
-        except Exception:  # a bug must not leave the client hanging
-            log.exception("sgfilterd: unexpected error in a session")
-            connection.answer(TEMPFAIL.line())
-            connection.close()
-        finally:
-            self.sessions.discard(task)
+    async def session_failed(self, connection: _Connection) -> None:
+        connection.answer(TEMPFAIL.line())
 
-    async def _session(self, connection: _Connection) -> None:
+    def session_ended(self, connection: SessionConnection) -> None:
+        connection.close()  # flushes the answer; connection_lost then releases it
+
+    async def session(self, connection: _Connection) -> None:
         timeout = self.service.timeout
         try:
             request = await self.read_request(connection)
@@ -460,7 +449,7 @@ class SgfilterServer(Server):
                 if len(recipients) >= MAX_RECIPIENTS:
                     raise _Refused(TOO_MANY_RECIPIENTS)
                 recipients.append(_address(argument, BAD_RECIPIENT, allow_empty=False))
-            elif verb in (CLIENT_ADDRESS, CLIENT_NAME, RELAY_CLIENT, ANSWER_LENGTH):
+            elif verb in CLIENT_VERBS:
                 if verb in client:
                     raise _Refused(BAD_CLIENT)
                 if verb != ANSWER_LENGTH and not self.client_lines_allowed(connection):
@@ -499,6 +488,7 @@ class SgfilterServer(Server):
             client_address=request.client.get(CLIENT_ADDRESS, ""),
             client_name=request.client.get(CLIENT_NAME, ""),
             relay_client=None if RELAY_CLIENT not in request.client else request.client[RELAY_CLIENT] == "1",
+            helo=request.client.get(HELO, ""),
         )
         mail: Mail | None = None
         try:
@@ -522,8 +512,6 @@ class SgfilterServer(Server):
         return status, decision.result.level, name, kept if status in (CLEAN, FORCED) else None
 
     async def closed(self) -> None:
-        for task in list(self.sessions):  # still scanning after the deadline: the client gets no answer
-            task.cancel()
         await self.path.close()
 
 
@@ -537,7 +525,8 @@ def _address(argument: str, error: Status, *, allow_empty: bool) -> str:
 
 
 def _client_value(verb: str, value: str) -> str:
-    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name) or ``RELAY CLIENT`` (0/1)."""
+    """A checked ``CLIENT ADDRESS`` (an IP address), ``CLIENT NAME`` (a host name), ``RELAY CLIENT`` or
+    ``ANSWER LENGTH`` (0/1), or ``HELO`` (what an SMTP client sent: printable ASCII, spaces too, at most 255)."""
     if verb == CLIENT_ADDRESS:
         try:
             return str(ipaddress.ip_address(value))
@@ -545,6 +534,10 @@ def _client_value(verb: str, value: str) -> str:
             raise _Refused(BAD_CLIENT) from None
     if verb in (RELAY_CLIENT, ANSWER_LENGTH):
         if value not in ("0", "1"):
+            raise _Refused(BAD_CLIENT)
+        return value
+    if verb == HELO:
+        if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[ -~]+", value):
             raise _Refused(BAD_CLIENT)
         return value
     if not value or len(value) > MAX_CLIENT_NAME or not re.fullmatch(r"[!-~]+", value):
