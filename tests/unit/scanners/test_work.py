@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 from mailsift.scanners import work
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait until ``condition()`` holds (a bound, not a measure: a slow machine takes its time)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        await asyncio.sleep(0.01)
 
 
 def test_scanner_work_runs_in_a_bounded_pool_of_its_own() -> None:
@@ -31,7 +41,7 @@ def test_scanner_work_runs_in_a_bounded_pool_of_its_own() -> None:
 
     async def main() -> list[str]:
         calls = [asyncio.create_task(work.in_thread(blocking)) for _ in range(work.SCANNER_THREADS + 3)]
-        await asyncio.sleep(0.2)
+        await until(lambda: len(running) == work.SCANNER_THREADS)  # every scanner thread held
         # Every scanner thread is held: the loop's own executor (the database, fsynced writes) still answers.
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
         gate.set()
@@ -55,16 +65,15 @@ def test_work_abandoned_by_its_message_is_logged_and_work_not_started_never_runs
 
     async def main() -> None:
         calls = [asyncio.create_task(work.in_thread(blocking, n)) for n in range(work.SCANNER_THREADS + 2)]
-        await asyncio.sleep(0.2)
+        # the first ones running in every scanner thread (a fixed 0.2 s assumed the threads had started
+        # by then; one not started yet would be cancelled before it ran)
+        await until(lambda: len(started) == work.SCANNER_THREADS)
         for call in calls:
             call.cancel()  # their messages' deadlines passed
         await asyncio.gather(*calls, return_exceptions=True)
         assert work.abandoned() == work.SCANNER_THREADS
         gate.set()
-        for _ in range(100):
-            if work.abandoned() == 0:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: work.abandoned() == 0)
 
     asyncio.run(main())
     assert sorted(started) == list(range(work.SCANNER_THREADS)), "queued work whose message gave up never starts"

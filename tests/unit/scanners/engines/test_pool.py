@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -346,9 +347,28 @@ def test_engines_take_lists_and_refuse_duplicates(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- clamd and spamd over fakes
 
 
-def fast_pool(scanner: clamd | spamassassind) -> None:
-    """Short pauses, so that re-admission happens within a test."""
-    scanner.pool = Pool(scanner.name, scanner.addresses, label=where, check=scanner.health_check, first_pause=0.05)
+TIMEOUT = 10.0
+"""The scan timeout where no fake daemon hangs: long, so that a busy machine never turns an answer into a
+timeout (a retry on the other daemon, and counts the test did not expect); an answer comes at once."""
+HANG_TIMEOUT = 2.0
+"""The scan timeout where a fake daemon hangs: the hung request ends after it, while the request reaching
+the hung daemon and the other daemon's answers come well within it on a busy machine (0.3 s did not:
+the hung rspamd had not even read its request yet)."""
+
+
+def fast_pool(scanner: clamd | spamassassind | rspamd) -> Clock:
+    """Short pauses on a clock the test moves: a pause ends when the test moves the clock past it, never
+    while the test is scanning (a slow machine once let the pause end and a check run mid-test)."""
+    clock = Clock()
+    if isinstance(scanner, rspamd):
+        scanner.pool = Pool(
+            scanner.name, scanner.urls, label=str, check=scanner.health_check, first_pause=0.05, clock=clock
+        )
+    else:
+        scanner.pool = Pool(
+            scanner.name, scanner.addresses, label=where, check=scanner.health_check, first_pause=0.05, clock=clock
+        )
+    return clock
 
 
 async def test_clamd_spreads_over_its_daemons(tmp_path: Path) -> None:
@@ -362,9 +382,13 @@ async def test_clamd_spreads_over_its_daemons(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fault", ["refuse", "hang", "error", "drop"])
 async def test_clamd_fault_ejects_and_every_message_is_scanned(tmp_path: Path, fault: str) -> None:
-    async with FakeClamd(tmp_path / "a.sock") as a, FakeClamd(tmp_path / "b.sock", virus="V") as b:
-        scanner = clamd([a.address, b.address], timeout=0.5)
-        fast_pool(scanner)
+    timeout = HANG_TIMEOUT if fault == "hang" else TIMEOUT
+    async with (
+        FakeClamd(tmp_path / "a.sock") as a,
+        FakeClamd(tmp_path / "b.sock", virus="V") as b,
+        aclosing(clamd([a.address, b.address], timeout=timeout)) as scanner,
+    ):
+        clock = fast_pool(scanner)
         if fault == "refuse":
             await a.stop()
         else:
@@ -383,13 +407,12 @@ async def test_clamd_fault_ejects_and_every_message_is_scanned(tmp_path: Path, f
         if fault == "refuse":
             await a.start()
         a.behaviour = "ok"
-        await asyncio.sleep(0.06)
+        clock.now += 0.06
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert backend_a.state == "up"
         results = [await scanner.scan(target()) for _ in range(4)]
         assert sorted(result.name for result in results) == ["", "", "V", "V"]
-        await scanner.close_resources()
 
 
 async def test_clamd_down_everywhere_is_a_tempfail(tmp_path: Path) -> None:
@@ -400,29 +423,31 @@ async def test_clamd_down_everywhere_is_a_tempfail(tmp_path: Path) -> None:
 
 
 async def test_clamd_ejected_daemon_waits_for_its_ping(tmp_path: Path) -> None:
-    async with FakeClamd(tmp_path / "a.sock") as a, FakeClamd(tmp_path / "b.sock") as b:
-        scanner = clamd([a.address, b.address])
-        fast_pool(scanner)
+    async with (
+        FakeClamd(tmp_path / "a.sock") as a,
+        FakeClamd(tmp_path / "b.sock") as b,
+        aclosing(clamd([a.address, b.address])) as scanner,
+    ):
+        clock = fast_pool(scanner)
         await a.stop()
         await scanner.scan(target())
-        await asyncio.sleep(0.06)
+        clock.now += 0.06
         await scanner.scan(target())  # starts the check: a still down, out again
         await scanner.pool.checks_done()
         assert scanner.pool.backends[0].state == "out"
         await a.start()
-        await asyncio.sleep(0.11)
+        clock.now += 0.11
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert scanner.pool.backends[0].state == "up"
         assert b"zPING\0" in a.commands  # let in by its PING, before any stream
         assert a.streams == []
-        await scanner.close_resources()
 
 
 async def test_spamd_pool_over_fakes(tmp_path: Path) -> None:
     async with FakeSpamd(tmp_path / "a.sock") as a, FakeSpamd(tmp_path / "b.sock") as b:
-        scanner = spamassassind([a.address, b.address], timeout=0.5)
-        fast_pool(scanner)
+        scanner = spamassassind([a.address, b.address], timeout=HANG_TIMEOUT)
+        clock = fast_pool(scanner)
         results = [await scanner.scan(target()) for _ in range(4)]
         assert all(result.level > 1 for result in results)
         assert (len(a.requests), len(b.requests)) == (2, 2)
@@ -431,17 +456,18 @@ async def test_spamd_pool_over_fakes(tmp_path: Path) -> None:
         assert all(result.level > 1 for result in results)
         assert scanner.pool.backends[0].ejections == 1
         a.hang = False
-        await asyncio.sleep(0.06)
+        clock.now += 0.06
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert scanner.pool.backends[0].state == "up"
 
 
 async def test_rspamd_pool_over_fakes() -> None:
-    async with PingingRspamd() as a, PingingRspamd() as b:
-        scanner = rspamd([a.url, b.url], timeout=0.5)
+    # closed even when an assertion fails: its sockets are not left to the garbage collector, whose
+    # ResourceWarning then failed a later test (a greylist test, in CI)
+    async with PingingRspamd() as a, PingingRspamd() as b, aclosing(rspamd([a.url, b.url], timeout=TIMEOUT)) as scanner:
         assert scanner.describe() == f"rspamd({a.url}/checkv2, {b.url}/checkv2, max_size={scanner.max_size})"
-        scanner.pool = Pool("rspamd", scanner.urls, label=str, check=scanner.health_check, first_pause=0.05)
+        clock = fast_pool(scanner)
         backend_a = scanner.pool.backends[0]
         results = [await scanner.scan(target()) for _ in range(4)]
         assert all(result.level > 0 for result in results)
@@ -453,25 +479,27 @@ async def test_rspamd_pool_over_fakes() -> None:
         assert len(b.requests) == 6
         await a.restart()
         a.ping_ok = False  # up but unhealthy: its /ping fails, it stays out
-        await asyncio.sleep(0.06)
+        clock.now += 0.06
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert (backend_a.state, a.pings) == ("out", 1)
         a.ping_ok = True
-        await asyncio.sleep(0.11)
+        clock.now += 0.11
         await scanner.scan(target())
         await scanner.pool.checks_done()
         assert (backend_a.state, a.pings) == ("up", 2)  # let back in by /ping
         scans = len(a.requests)
         assert all(result.level > 0 for result in [await scanner.scan(target()) for _ in range(4)])
         assert len(a.requests) == scans + 2  # its share again
-        await scanner.aclose()
 
 
 async def test_rspamd_hanging_daemon_is_ejected_once_its_ping_fails() -> None:
-    async with PingingRspamd() as a, PingingRspamd() as b:
-        scanner = rspamd([a.url, b.url], timeout=0.3)
-        scanner.pool = Pool("rspamd", scanner.urls, label=str, check=scanner.health_check, check_timeout=0.3)
+    async with (
+        PingingRspamd() as a,
+        PingingRspamd() as b,
+        aclosing(rspamd([a.url, b.url], timeout=HANG_TIMEOUT)) as scanner,
+    ):
+        scanner.pool = Pool("rspamd", scanner.urls, label=str, check=scanner.health_check, clock=Clock())
         a.hang = True
         a.ping_ok = False
         assert (await scanner.scan(target())).level > 0  # retried on b; a checked in the background
@@ -479,7 +507,6 @@ async def test_rspamd_hanging_daemon_is_ejected_once_its_ping_fails() -> None:
         assert (scanner.pool.backends[0].state, scanner.pool.backends[0].ejections) == ("out", 1)
         assert all(result.level > 0 for result in [await scanner.scan(target()) for _ in range(3)])
         assert (len(a.requests), len(b.requests), a.pings) == (1, 4, 1)
-        await scanner.aclose()
 
 
 def test_rspamd_lists() -> None:
