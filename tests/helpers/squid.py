@@ -12,7 +12,8 @@ serves files and generated objects: ``/files/<name>`` with a
 ``Content-Length``, ``/stream/<size>`` chunked (no length: Squid cannot keep
 a copy for ``Allow: 204``, so the ICAP service must stream the object back),
 ``/sized/<size>`` the same bytes with a ``Content-Length``, and takes uploads
-(``POST``).  Bodies follow their heads at once, as from a fast web server.
+(``POST``, with a ``Content-Length`` or chunked: hashed as they arrive, kept whole
+only when small).  Bodies follow their heads at once, as from a fast web server.
 """
 
 from __future__ import annotations
@@ -348,12 +349,18 @@ class Squid:
                     head += piece[: 65536 - len(head)]
             return Fetched(response.status, dict(response.headers), digest.hexdigest(), size, head)
 
-    def upload(self, url: str, size: int, chunked: bool = False, timeout: float = 120) -> Fetched:
-        """POST ``size`` bytes of :func:`generated` to ``url`` through Squid, sent in pieces (never
-        held whole): with a ``Content-Length``, or chunked (``Transfer-Encoding: chunked``)."""
-        request = urllib.request.Request(url, data=generated(size), method="POST")
+    def upload(self, url: str, size: int, chunked: bool = False, tail: bytes = b"", timeout: float = 120) -> Fetched:
+        """POST ``size`` bytes of :func:`generated` (then ``tail``) to ``url`` through Squid, sent in
+        pieces (never held whole): with a ``Content-Length``, or chunked (``Transfer-Encoding: chunked``)."""
+
+        def pieces() -> Iterator[bytes]:
+            yield from generated(size)
+            if tail:
+                yield tail
+
+        request = urllib.request.Request(url, data=pieces(), method="POST")
         if not chunked:
-            request.add_header("Content-Length", str(size))
+            request.add_header("Content-Length", str(size + len(tail)))
         return self._answer(request, timeout)
 
 
