@@ -349,12 +349,26 @@ class Squid:
                     head += piece[: 65536 - len(head)]
             return Fetched(response.status, dict(response.headers), digest.hexdigest(), size, head)
 
-    def upload(self, url: str, size: int, chunked: bool = False, tail: bytes = b"", timeout: float = 120) -> Fetched:
+    def upload(
+        self,
+        url: str,
+        size: int,
+        chunked: bool = False,
+        tail: bytes = b"",
+        timeout: float = 120,
+        on_block: Callable[[int], None] | None = None,
+    ) -> Fetched:
         """POST ``size`` bytes of :func:`generated` (then ``tail``) to ``url`` through Squid, sent in
-        pieces (never held whole): with a ``Content-Length``, or chunked (``Transfer-Encoding: chunked``)."""
+        pieces (never held whole): with a ``Content-Length``, or chunked (``Transfer-Encoding: chunked``).
+        ``on_block`` is called before each block after the first with the bytes sent so far."""
 
         def pieces() -> Iterator[bytes]:
-            yield from generated(size)
+            sent = 0
+            for piece in generated(size):
+                if sent and on_block is not None:
+                    on_block(sent)
+                yield piece
+                sent += len(piece)
             if tail:
                 yield tail
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,7 +270,7 @@ def test_a_download_with_a_length_through_squid(site: tuple[Served, Squid, Origi
     download(served, squid, origin.url(f"/sized/{size}"), size)
 
 
-def upload(served: Served, squid: Squid, origin: Origin, size: int, chunked: bool) -> None:
+def upload(served: Served, squid: Squid, origin: Origin, size: int, chunked: bool, on_block: Any = None) -> None:
     """``size`` bytes of :func:`generated` posted through Squid: the origin receives them whole and
     byte for byte, with the worker's memory bounded (peak RSS, VmHWM reset first, grows by less than
     100 MiB)."""
@@ -277,7 +278,7 @@ def upload(served: Served, squid: Squid, origin: Origin, size: int, chunked: boo
     Path(f"/proc/{worker}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now
     idle = memory_kib(worker, "VmRSS")
     before = len(origin.server.received)
-    answered = squid.upload(origin.url("/upload"), size, chunked=chunked)
+    answered = squid.upload(origin.url("/upload"), size, chunked=chunked, on_block=on_block)
     assert answered.status == 200, (answered.status, squid.log_tail(), served.log.read_text()[-2000:])
     assert origin.server.received[before:] == [Upload(size, generated_sha256(size))]
     growth = memory_kib(worker, "VmHWM") - idle
@@ -311,12 +312,12 @@ def test_eicar_at_the_end_of_an_upload_is_blocked(site: tuple[Served, Squid, Ori
 @pytest.fixture(scope="module")
 def big_buffer_squid(site: tuple[Served, Squid, Origin]) -> Iterator[Squid]:
     """A second private Squid, the same routes, with ``client_request_buffer_max_size`` over the
-    uploads' size: Squid 5.7's bug 5405 (fixed upstream in 2024) cuts an upload with a length once
+    uploads' size: Squid 5.7's bug 5405 (its fix merged upstream in 2024) cuts an upload with a length once
     its 512 KiB request buffer fills, which happens whenever the client sends faster than the REQMOD
     service (or the origin) reads, as here from memory on loopback (``TCP_MISS_ABORTED``, the
     origin sees the body end early; cache.log with ``debug_options ALL,5``: ``request buffer full``,
     then ``ReadNow: ... size 0, retval 0`` taken for the client's EOF): measured at 10-20 MB of
-    100 MB in 8 runs of 8 (also at 0.2 s into a 30 MB upload scanned whole), and once in 9 runs
+    100 MB in 10 runs of 10 (also at 0.2 s into a 30 MB upload scanned whole), and once in 9 runs
     without any ICAP service.  Chunked uploads are not affected."""
     _, squid, _ = site
     with Squid(squid.routes, extra="client_request_buffer_max_size 128 MB") as big:
@@ -332,6 +333,33 @@ def test_an_upload_with_a_length_through_squid(
     bounded memory (through the Squid of :func:`big_buffer_squid`: bug 5405)."""
     served, _, origin = site
     upload(served, big_buffer_squid, origin, size, chunked=False)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_an_upload_survives_a_worker_paused_mid_upload(
+    site: tuple[Served, Squid, Origin], big_buffer_squid: Squid, chunked: bool
+) -> None:
+    """The ICAP worker stopped for 2 s once the client has sent 1 MiB of a 3 MB upload (held whole
+    for its verdict): unlike a download (bug 5352), Squid 5.7 reads the upload on once the worker
+    runs again, without any byte of it sent on (uploads are never trickled), and the origin gets it
+    whole.  With a length through :func:`big_buffer_squid` (bug 5405 would cut it otherwise)."""
+    served, squid, origin = site
+    worker = served.worker()
+    paused: list[int] = []
+
+    def pause(sent: int) -> None:
+        if sent >= MB and not paused:
+            paused.append(sent)
+            os.kill(worker, signal.SIGSTOP)
+            threading.Timer(2, os.kill, (worker, signal.SIGCONT)).start()
+
+    try:
+        upload(served, squid if chunked else big_buffer_squid, origin, 3 * MB + 12345, chunked, on_block=pause)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert paused, "the client never sent 1 MiB"
+    lines = [line for line in served.log.read_text().splitlines() if " REQMOD " in line]
+    assert "trickled=" not in lines[-1]
 
 
 def test_a_download_survives_a_worker_paused_mid_object(site: tuple[Served, Squid, Origin]) -> None:
