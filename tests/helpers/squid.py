@@ -146,20 +146,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _request_body(self) -> Iterator[bytes]:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while size := int(self.rfile.readline(1024).split(b";")[0], 16):
-                left = size
-                while left:
-                    piece = self.rfile.read(min(left, BLOCK))
-                    if not piece:
-                        raise ConnectionError("the upload ended inside a chunk")
-                    left -= len(piece)
-                    yield piece
-                self.rfile.readline(1024)
-            while self.rfile.readline(1024).strip():  # the trailer
-                pass
+        """The request's body in pieces: chunked, or as long as its ``Content-Length``."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            yield from self._exactly(int(self.headers.get("Content-Length", "0")))
             return
-        left = int(self.headers.get("Content-Length", "0"))
+        while size := int(self.rfile.readline(1024).split(b";")[0], 16):
+            yield from self._exactly(size)
+            self.rfile.readline(1024)
+        while self.rfile.readline(1024).strip():  # the trailer
+            pass
+
+    def _exactly(self, left: int) -> Iterator[bytes]:
         while left:
             piece = self.rfile.read(min(left, BLOCK))
             if not piece:
