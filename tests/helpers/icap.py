@@ -7,7 +7,10 @@ it, and can send what a broken or hostile client would.
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -101,8 +104,9 @@ def _line(sock: socket.socket, buffer: bytearray) -> bytes:
     return line
 
 
-def read_answer(sock: socket.socket, buffer: bytearray) -> Answer:
-    """One ICAP answer: status, fields, the encapsulated HTTP head and the de-chunked body."""
+def read_answer(sock: socket.socket, buffer: bytearray, sink: Callable[[bytes], object] | None = None) -> Answer:
+    """One ICAP answer: status, fields, the encapsulated HTTP head and the de-chunked body (given
+    chunk by chunk to ``sink`` instead, when there is one: the body is then never held whole)."""
     head = read_head(sock, buffer)
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
@@ -124,7 +128,11 @@ def read_answer(sock: socket.socket, buffer: bytearray) -> Answer:
             if size == 0:
                 _line(sock, buffer)
                 break
-            body += _exactly(sock, buffer, size)
+            data = _exactly(sock, buffer, size)
+            if sink is None:
+                body += data
+            else:
+                sink(data)
             _line(sock, buffer)
         answer.body = bytes(body)
     return answer
@@ -135,6 +143,49 @@ def exchange(port: int, request: bytes, host: str = "127.0.0.1", timeout: float 
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(request)
         return read_answer(sock, bytearray())
+
+
+@dataclass
+class Streamed:
+    """An answer whose body was hashed as it came: its size, sha256 and first 64 KiB (``answer.body``
+    stays empty)."""
+
+    answer: Answer
+    size: int
+    sha256: str
+    head: bytes
+
+
+def streamed_exchange(port: int, head: bytes, pieces: Iterable[bytes], timeout: float = 120) -> Streamed:
+    """Send ``head`` (an ICAP request up to its body) and ``pieces`` as a chunked body from another
+    thread, while the answer is read and its body hashed: neither side is ever held whole, so a
+    test may measure the service's memory with objects of any size."""
+    digest = hashlib.sha256()
+    size = 0
+    first = bytearray()
+
+    def sink(data: bytes) -> None:
+        nonlocal size
+        digest.update(data)
+        size += len(data)
+        first.extend(data[: max(0, 65536 - len(first))])
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+
+        def send() -> None:
+            try:
+                sock.sendall(head)
+                for piece in pieces:
+                    sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                sock.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # the service closed: the answer says why
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        answer = read_answer(sock, bytearray(), sink)
+        sender.join(timeout)
+    return Streamed(answer, size, digest.hexdigest(), bytes(first))
 
 
 def icap_options(host: str, port: int, service: str, timeout: float = 5) -> bytes:

@@ -12,7 +12,8 @@ serves files and generated objects: ``/files/<name>`` with a
 ``Content-Length``, ``/stream/<size>`` chunked (no length: Squid cannot keep
 a copy for ``Allow: 204``, so the ICAP service must stream the object back),
 ``/sized/<size>`` the same bytes with a ``Content-Length``, and takes uploads
-(``POST``).  Bodies follow their heads at once, as from a fast web server.
+(``POST``, with a ``Content-Length`` or chunked: hashed as they arrive, kept whole
+only when small).  Bodies follow their heads at once, as from a fast web server.
 """
 
 from __future__ import annotations
@@ -125,15 +126,55 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        data = self.rfile.read(length)
-        self.server.uploads.append(data)
+        """An upload, with a ``Content-Length`` or chunked: read in pieces and hashed
+        (:attr:`_OriginServer.received`); kept whole in :attr:`_OriginServer.uploads` only up to
+        :data:`KEPT_UPLOAD` bytes."""
+        digest, size, kept = hashlib.sha256(), 0, bytearray()
+        for piece in self._request_body():
+            digest.update(piece)
+            size += len(piece)
+            if size <= KEPT_UPLOAD:
+                kept += piece
+        self.server.received.append(Upload(size, digest.hexdigest()))
+        if size <= KEPT_UPLOAD:
+            self.server.uploads.append(bytes(kept))
         body = b"stored\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _request_body(self) -> Iterator[bytes]:
+        """The request's body in pieces: chunked, or as long as its ``Content-Length``."""
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            yield from self._exactly(int(self.headers.get("Content-Length", "0")))
+            return
+        while size := int(self.rfile.readline(1024).split(b";")[0], 16):
+            yield from self._exactly(size)
+            self.rfile.readline(1024)
+        while self.rfile.readline(1024).strip():  # the trailer
+            pass
+
+    def _exactly(self, left: int) -> Iterator[bytes]:
+        while left:
+            piece = self.rfile.read(min(left, BLOCK))
+            if not piece:
+                raise ConnectionError("the upload ended early")
+            left -= len(piece)
+            yield piece
+
+
+@dataclass
+class Upload:
+    """What the origin received in one ``POST``: its size and sha256."""
+
+    size: int
+    sha256: str
+
+
+KEPT_UPLOAD = 8 * 1024 * 1024
+"""Uploads up to this size are also kept whole (:attr:`_OriginServer.uploads`)."""
 
 
 class _OriginServer(ThreadingHTTPServer):
@@ -143,6 +184,9 @@ class _OriginServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.uploads: list[bytes] = []
+        """The bodies of the uploads of at most :data:`KEPT_UPLOAD` bytes."""
+        self.received: list[Upload] = []
+        """Every upload's size and sha256, in order (also the big ones)."""
         self.on_block: Callable[[int], None] | None = None
         """Called by ``/stream/<size>`` after each block with the bytes sent so far (a test's hook)."""
 
@@ -284,6 +328,9 @@ class Squid:
         """GET (or POST ``data``) ``url`` through Squid: status, headers, sha256 and size of the body,
         and its first 64 KiB (the body is hashed in pieces, never held whole)."""
         request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+        return self._answer(request, timeout)
+
+    def _answer(self, request: urllib.request.Request, timeout: float) -> Fetched:
         try:
             response = self.opener().open(request, timeout=timeout)
         except urllib.error.HTTPError as error:
@@ -298,6 +345,34 @@ class Squid:
                 if len(head) < 65536:
                     head += piece[: 65536 - len(head)]
             return Fetched(response.status, dict(response.headers), digest.hexdigest(), size, head)
+
+    def upload(
+        self,
+        url: str,
+        size: int,
+        chunked: bool = False,
+        tail: bytes = b"",
+        timeout: float = 120,
+        on_block: Callable[[int], None] | None = None,
+    ) -> Fetched:
+        """POST ``size`` bytes of :func:`generated` (then ``tail``) to ``url`` through Squid, sent in
+        pieces (never held whole): with a ``Content-Length``, or chunked (``Transfer-Encoding: chunked``).
+        ``on_block`` is called before each block after the first with the bytes sent so far."""
+
+        def pieces() -> Iterator[bytes]:
+            sent = 0
+            for piece in generated(size):
+                if sent and on_block is not None:
+                    on_block(sent)
+                yield piece
+                sent += len(piece)
+            if tail:
+                yield tail
+
+        request = urllib.request.Request(url, data=pieces(), method="POST")
+        if not chunked:
+            request.add_header("Content-Length", str(size + len(tail)))
+        return self._answer(request, timeout)
 
 
 @dataclass

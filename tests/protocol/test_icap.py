@@ -31,7 +31,9 @@ from tests.helpers.icap import (
     http_response_head,
     read_answer,
     read_head,
+    streamed_exchange,
 )
+from tests.helpers.squid import generated, generated_sha256
 
 SCANNERS = [parsemail(regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]))]
 URL = "http://example.org/files/thing.bin"
@@ -279,6 +281,94 @@ def test_reqmod_scans_uploads_and_passes_requests_without_a_body(serve: Any) -> 
     answer = exchange(thread.port, build("REQMOD", "reqmod", req_hdr=http_request_head(URL)))
     assert answer.status == 200  # no Allow: 204: the request's head comes back unchanged
     assert answer.http_head == http_request_head(URL)
+
+
+MB = 1024 * 1024
+
+
+def upload_head(size: int | None, allow_204: bool) -> bytes:
+    """A REQMOD request up to its body: a POST of ``size`` bytes (None: no ``Content-Length``)."""
+    req_hdr = http_request_head(URL, "POST", "" if size is None else f"Content-Length: {size}\r\n")
+    allow = "Allow: 204\r\n" if allow_204 else ""
+    return (
+        f"REQMOD icap://127.0.0.1/reqmod ICAP/1.0\r\nHost: 127.0.0.1\r\n{allow}"
+        f"Encapsulated: req-hdr=0, req-body={len(req_hdr)}\r\n\r\n"
+    ).encode() + req_hdr
+
+
+def peak_growth_kib(run: Any) -> int:
+    """How much this process's peak RSS (VmHWM, reset first) grows over its RSS while ``run()`` runs
+    (the service runs in a thread of this process)."""
+
+    def kib(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    idle = kib("VmRSS")
+    run()
+    return kib("VmHWM") - idle
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_100_mb_upload_streams_on_byte_for_byte_with_bounded_memory(serve: Any, length: bool) -> None:
+    """Over ``max_object_size`` with ``oversize="pass"``: the upload goes on unscanned, streamed from
+    the spool file as it arrives (with a length: from its first byte; without: once the limit is
+    passed), and the worker's memory grows by far less than the upload."""
+    thread = serve(max_object_size=4 * MB, oversize="pass")
+    size = 100 * MB + 1
+    head = upload_head(size if length else None, allow_204=False)
+    got: list[Any] = []
+    growth = peak_growth_kib(lambda: got.append(streamed_exchange(thread.port, head, generated(size))))
+    streamed = got[0]
+    assert streamed.answer.status == 200
+    assert streamed.answer.http_head == http_request_head(URL, "POST", f"Content-Length: {size}\r\n" if length else "")
+    assert (streamed.size, streamed.sha256) == (size, generated_sha256(size))
+    assert growth < 32 * 1024, f"peak RSS grew by {growth} KiB over a {size} byte upload"
+    assert spool_files(thread) == []
+    print(f"length={length}: peak RSS +{growth / 1024:.1f} MiB over a {size} byte upload")
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_100_mb_upload_over_the_limit_is_blocked_with_bounded_memory(serve: Any, length: bool) -> None:
+    """``oversize="block"`` (the default): the block page, whether the length announced it or the
+    limit was passed while the upload arrived; the rest is read and dropped, memory stays flat."""
+    thread = serve(max_object_size=4 * MB)
+    size = 100 * MB
+    head = upload_head(size if length else None, allow_204=True)
+    got: list[Any] = []
+    growth = peak_growth_kib(lambda: got.append(streamed_exchange(thread.port, head, generated(size))))
+    answer = got[0].answer
+    assert answer.http_head.startswith(b"HTTP/1.1 403")
+    assert answer.fields["x-virus-id"] == "Heuristics.Limits.Exceeded.MaxObjectSize"
+    assert b"This upload was blocked" in got[0].head
+    assert got[0].size < 100_000
+    assert growth < 32 * 1024, f"peak RSS grew by {growth} KiB over a {size} byte upload"
+    assert spool_files(thread) == []
+    print(f"length={length}: peak RSS +{growth / 1024:.1f} MiB over a {size} byte upload")
+
+
+def test_eicar_at_the_end_of_a_large_upload_is_blocked(serve: Any) -> None:
+    """12 MiB (under the default 16 MiB ``max_object_size``) then EICAR: the whole upload is spooled
+    and scanned before the answer, so its last bytes still decide (uploads get no early head); the
+    same upload without EICAR comes back byte for byte."""
+    thread = serve()
+    size = 12 * MB
+
+    def infected() -> Iterator[bytes]:
+        yield from generated(size)
+        yield EICAR
+
+    streamed = streamed_exchange(thread.port, upload_head(size + len(EICAR), allow_204=True), infected())
+    assert streamed.answer.http_head.startswith(b"HTTP/1.1 403")
+    assert streamed.answer.fields["x-virus-id"] == "EICAR-Test"
+    assert b"EICAR-Test" in streamed.head
+    clean = streamed_exchange(thread.port, upload_head(None, allow_204=False), generated(size))
+    assert clean.answer.status == 200
+    assert (clean.size, clean.sha256) == (size, generated_sha256(size))
+    assert spool_files(thread) == []
 
 
 def test_a_method_on_the_wrong_service_is_405(serve: Any) -> None:

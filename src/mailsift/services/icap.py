@@ -28,7 +28,10 @@ service about each response (RESPMOD: downloads) or request (REQMOD: uploads).
   (64 KiB) gets its HTTP head before the scan and its body after it, for
   Squid 5 (bug 5352), with a byte of it sent on after each ``trickle`` seconds
   of silence while it is held (:meth:`_Exchange._trickle`); a finding or
-  failure then closes the connection mid-body;
+  failure then closes the connection mid-body.  An upload (REQMOD) never: it
+  takes the same path (spool files, limits, ``oversize``) but its answer
+  waits for the whole body and the verdict, so nothing of it reaches the
+  origin before (:meth:`_Exchange._commit_early` says why);
 * a finding (a reject, drop or quarantine decision): HTTP ``403`` with an HTML
   block page naming the finding (every value HTML-escaped), and
   ``X-Infection-Found``/``X-Virus-ID`` in the ICAP answer for the proxy's log;
@@ -601,6 +604,21 @@ class _Exchange:
         connection in the middle of the body (the client gets a broken transfer,
         never the object) instead of the block page.  Smaller bodies are held
         whole: the block page.
+
+        Never for an upload (REQMOD).  Its early head would be the HTTP request
+        itself: Squid would open the request to the origin and forward each
+        trickled byte, so an infected or refused upload would be cut *at the
+        origin*, which has its first bytes and a request that ended early; many
+        applications keep what they received (a partial file, a half-read form),
+        and for data that must not leave (a DLP scanner) the first bytes are out
+        already.  Fail closed means the origin gets nothing before the verdict.
+        Nor is it needed: Squid 5.7 reads an upload's body on while the answer
+        is held (3 MB uploads with the worker stopped for 2 s after 1 MiB arrive
+        whole, tests/integration/test_squid_icap.py; 30 MB chunked, measured).
+        What does cut uploads in Squid 5.7 is its bug 5405 (an upload with a
+        ``Content-Length`` dies once its 512 KiB request buffer fills, whoever
+        reads slowly, the origin too): the service cannot mend that; README,
+        "Web scanning", gives the ``squid.conf`` line.
         """
         limit = self.service.early_head
         if self.method != "RESPMOD" or limit is None:
