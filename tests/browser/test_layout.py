@@ -116,15 +116,15 @@ def test_favicon_is_served(webq_server: WebqServer, page: Any) -> None:
 
 
 SPLIT_WORDS = """() => {
-  // words of the page (not addresses, subjects or ids: td.text and the quarantine list's cards) drawn on
+  // words of the page (not addresses, subjects or ids: .text and the quarantine list's cards) drawn on
   // more than one line, i.e. split inside ("Verbleib" as V/e/r/b/l/e/i/b)
   const split = [];
   const boxes = 'h1, h2, th, td:not(.text), button, label, header.top nav a, .pager';
   for (const box of document.querySelectorAll(boxes)) {
-    if (box.closest('table.messages, td.text')) continue;
+    if (box.closest('table.messages, .text')) continue;
     const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
     for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      if (node.parentElement.closest('td.text')) continue;
+      if (node.parentElement.closest('.text')) continue;
       for (const word of node.data.matchAll(/[^\\s\\-\\/]+/g)) {
         const range = document.createRange();
         range.setStart(node, word.index);
