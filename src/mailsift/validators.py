@@ -8,7 +8,10 @@ naming the option (``what`` is ``"<object>: <option>"``, e.g.
 * a ``bool`` is never a number (``True`` is not ``1`` second or ``1``
   connection), and neither is a string (``"300"``);
 * numbers are finite (no ``nan``, no ``inf``);
-* a flag is ``True`` or ``False``, nothing else that is merely truthy.
+* a flag is ``True`` or ``False``, nothing else that is merely truthy;
+* a network list (:func:`networks`) holds CIDR networks or single addresses,
+  IPv4 or IPv6, and an address is matched against it by :func:`address_in`
+  (IPv4-mapped IPv6 addresses included).
 
 This module sits in the bottom layers: it imports only :mod:`mailsift.errors`,
 so every package may use it.
@@ -16,8 +19,9 @@ so every package may use it.
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from mailsift.errors import ConfigError
@@ -128,6 +132,77 @@ def choice(value: Any, what: str, choices: Collection[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def networks(value: Any, what: str, *, single: bool = True, empty: bool = True) -> tuple[Network, ...]:
+    """A network list option (``relay_clients``, ``exempt_hosts``, ``trusted_proxies``...) as networks.
+
+    ``value`` is a sequence (or set) of strings, each a network (``'192.0.2.0/24'``,
+    ``'2001:db8::/32'``; host bits may be set: ``'192.0.2.7/24'`` is ``192.0.2.0/24``)
+    or a single address (``'192.0.2.7'``, ``'::1'``); with ``single``, also one such
+    string alone.  ``empty=False`` refuses an empty list.  ``what`` is
+    ``"<object>: <option>"``; a bad entry is named:
+    ``"sgfilterd: bad client_hosts: bad network 'x' (not a network or address ...)"``.
+    """
+    shape = "a network like '192.0.2.0/24' or a list of them" if single else "a list of networks like ['192.0.2.0/24']"
+    entries = (value,) if single and isinstance(value, str) else value
+    if (
+        isinstance(entries, str | bytes)
+        or not isinstance(entries, Sequence | set | frozenset)
+        or not all(isinstance(entry, str) for entry in entries)
+        or not (empty or entries)
+    ):
+        raise ConfigError(f"{what} must be {shape}, got {value!r}")
+    parsed: list[Network] = []
+    for entry in entries:
+        try:
+            parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            owner, _, option = what.rpartition(": ")
+            bad = f"{owner}: bad {option}" if owner else f"bad {option}"
+            raise ConfigError(
+                f"{bad}: bad network {entry!r} (not a network or address like '192.0.2.0/24' or '::1')"
+            ) from None
+    return tuple(parsed)
+
+
+def ip_address(text: str) -> Address | None:
+    """The IP address a client address text names, or ``None`` (empty, ``[UNAVAILABLE]``, a name).
+
+    Surrounding blanks, ``[...]`` and an SMTP ``IPv6:`` tag are dropped:
+    ``' 192.0.2.7 '``, ``'[::1]'``, ``'[IPv6:2001:db8::1]'``.
+    """
+    text = text.strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def address_in(address: str | Address, networks: Collection[Network]) -> bool:
+    """Whether ``address`` (text as :func:`ip_address` reads it, or an address) is in one of ``networks``.
+
+    A bad or empty address is in none.  An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``,
+    how a dual-stack socket shows an IPv4 peer) is also its IPv4 address: it is in
+    ``192.0.2.0/24`` (and still in ``::ffff:0:0/96``).
+    """
+    ip = ip_address(address) if isinstance(address, str) else address
+    if ip is None:
+        return False
+    candidates: tuple[Address, ...] = (ip,)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates = (ip, ip.ipv4_mapped)
+    return any(
+        candidate.version == network.version and candidate in network
+        for candidate in candidates
+        for network in networks
+    )
 
 
 _ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}

@@ -4,7 +4,9 @@ Each page — login, quarantine list, a message, statistics, tracking, own lists
 confirmation — is measured: the document
 is never wider than the window (``document.documentElement.scrollWidth <= innerWidth``), the
 user name never overlaps "Log out", the graphs use the width, and dates stay on one line.
-At 390 px also in German (the longest words of the catalogs: ``layout_<page>_390_de.png``).
+At 390 px also in German (the longest words of the catalogs: ``layout_<page>_390_de.png``), and
+with data in every table (``test_german_pages_with_data_fit_a_phone``: tracking results, a story,
+statistics): no word of the page (a header, a button, a label, a one-word cell) is split inside.
 Screenshots go to the test's tmp dir and to /tmp/mailsift-screens/ (``layout_<page>_<width>.png``).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsift.web import stats_pages, tracking_pages
+from mailsift.web.app import create_app
 from tests.helpers.browser import SCREENS, log_in
+from tests.helpers.stats_site import ADMIN, Site, WebServer
 from tests.helpers.webq import WebqServer
 
 WIDTHS = (390, 1280)
@@ -107,3 +113,69 @@ def test_favicon_is_served(webq_server: WebqServer, page: Any) -> None:
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("image/svg+xml")
     assert missing == []
+
+
+SPLIT_WORDS = """() => {
+  // words of the page (not addresses, subjects or ids: .text and the quarantine list's cards) drawn on
+  // more than one line, i.e. split inside ("Verbleib" as V/e/r/b/l/e/i/b)
+  const split = [];
+  const boxes = 'h1, h2, th, td:not(.text), button, label, header.top nav a, .pager';
+  for (const box of document.querySelectorAll(boxes)) {
+    if (box.closest('table.messages, .text')) continue;
+    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (node.parentElement.closest('.text')) continue;
+      for (const word of node.data.matchAll(/[^\\s\\-\\/]+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (lines.size > 1) split.push(word[0]);
+      }
+    }
+  }
+  return split;
+}"""
+
+
+def test_german_pages_with_data_fit_a_phone(stats_site: Site, browser: Any, tmp_path: Path) -> None:
+    """The main pages in German at 390 px, each table filled (the stats site's real mail and log): the page
+    is never wider than the phone and no word is split inside (the pages' ``overflow-wrap: anywhere`` broke
+    "Verbleib", "Ergebnis", "zurückgehalten" letter by letter in the tracking table's narrow columns)."""
+    routes = [*stats_pages.routes(), *tracking_pages.routes()]
+    app = create_app(stats_site.config.settings, secret=secrets.token_hex(32), extra_routes=routes)
+    with WebServer(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        context = browser.new_context(viewport={"width": 390, "height": 860}, locale="de-DE")
+        page = context.new_page()
+
+        def fits(path: str) -> None:
+            page.goto(f"{url}{path}")
+            _fits_in(page, "german" + path.replace("/", "_").replace("?", "_"), 390, tmp_path, suffix="_de")
+            width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert width[0] <= width[1], (path, width)
+            assert page.evaluate(SPLIT_WORDS) == [], path
+
+        try:
+            fits("/login")
+            assert page.locator("html").get_attribute("lang") == "de"
+            log_in(page, url, *ADMIN)
+            page.goto(f"{url}/track?since=7d")
+            story = page.locator("tr[data-fate=quarantined] a").first.get_attribute("href")
+            page.goto(f"{url}/q/")
+            message = page.locator("a.open").first.get_attribute("href")
+            assert story
+            assert message
+            for path in [
+                "/q/",
+                message,
+                "/stats?range=hour",
+                "/track?since=7d",
+                story,
+                "/lists",
+                "/password",
+                "/prefs",
+            ]:
+                fits(path)
+        finally:
+            context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from mailsift import (
     clamd_daemon,
+    client_network,
     const,
     db,
     lmtp_relay,
@@ -27,12 +29,15 @@ from mailsift import (
     spam_forward,
     spamd_daemon,
     stats,
+    trusted_clients,
     validators,
     webq,
 )
 from mailsift.delivery.next_hop import resolve
 from mailsift.errors import ConfigError
 from mailsift.scanners.engines.common import parse_address
+from mailsift.scanners.engines.spamlevels import spam_levels
+from mailsift.web import auth
 
 
 @pytest.mark.parametrize("bad", [True, False, "1", None, float("nan"), float("inf"), 0, -1, 0.0])
@@ -97,6 +102,150 @@ def test_is_number_is_port_permission_bits() -> None:
         validators.permission_bits(0o1000, "m")
     with pytest.raises(ConfigError, match="u must be an integer like 0o117, got True"):
         validators.permission_bits(True, "u", unit="an integer like 0o117")
+
+
+# --------------------------------------------------------------------------- network lists
+
+
+def test_networks_reads_cidr_and_single_addresses_of_both_families() -> None:
+    parsed = validators.networks(["192.0.2.0/24", "198.51.100.7", "2001:db8::/32", "::1", " 10.1.2.3/8 "], "x: y")
+    assert [str(n) for n in parsed] == ["192.0.2.0/24", "198.51.100.7/32", "2001:db8::/32", "::1/128", "10.0.0.0/8"]
+    assert validators.networks("192.0.2.7/24", "x: y") == validators.networks(["192.0.2.0/24"], "x: y")  # one string
+    assert validators.networks((), "x: y") == ()
+    assert validators.networks(frozenset({"::1"}), "x: y") == validators.networks(["::1"], "x: y")
+
+
+@pytest.mark.parametrize("bad", [True, 5, None, b"10.0.0.0/8", [True], ["10.0.0.0/8", 5], {"a": 1}])
+def test_networks_refuses_what_is_not_strings(bad: Any) -> None:
+    with pytest.raises(ConfigError) as raised:
+        validators.networks(bad, "smtpd: exempt_hosts")
+    assert raised.value.message == (
+        f"smtpd: exempt_hosts must be a network like '192.0.2.0/24' or a list of them, got {bad!r}"
+    )
+
+
+def test_networks_single_and_empty_switches() -> None:
+    with pytest.raises(ConfigError, match=r"^smtpd: exempt_hosts must be a list of networks like \['192"):
+        validators.networks("127.0.0.1", "smtpd: exempt_hosts", single=False)  # a lone string is refused
+    assert validators.networks(["127.0.0.1"], "smtpd: exempt_hosts", single=False)
+    with pytest.raises(ConfigError, match=r"^client_network: networks must be a network like .*, got \[\]$"):
+        validators.networks([], "client_network: networks", empty=False)
+
+
+@pytest.mark.parametrize("entry", ["not a network", "300.1.1.1", "10.0.0.0/33", "2001:db8::/129", "", "host.example"])
+def test_networks_names_the_setting_and_the_bad_entry(entry: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        validators.networks(["10.0.0.0/8", entry], "sgfilterd: client_hosts")
+    assert raised.value.message == (
+        f"sgfilterd: bad client_hosts: bad network {entry!r} (not a network or address like '192.0.2.0/24' or '::1')"
+    )
+
+
+NETS = validators.networks(["192.0.2.0/24", "2001:db8::/32", "::1"], "x: y")
+
+
+@pytest.mark.parametrize(
+    ("address", "inside"),
+    [
+        ("192.0.2.1", True),
+        ("192.0.3.1", False),
+        ("::ffff:192.0.2.1", True),  # IPv4-mapped: how a dual-stack listener shows an IPv4 peer
+        ("::ffff:c000:201", True),  # the same, written in hex
+        ("[::ffff:192.0.2.1]", True),
+        ("::ffff:192.0.3.1", False),
+        ("2001:db8::25", True),
+        ("[IPv6:2001:db8::25]", True),  # an SMTP address literal
+        ("ipv6:2001:db8::25", True),
+        ("2001:db9::1", False),
+        ("::1", True),
+        (" [::1] ", True),
+        ("fe80::1%eth0", False),
+        ("::c000:201", False),  # IPv4-compatible (deprecated) is not IPv4-mapped
+        ("", False),
+        ("[UNAVAILABLE]", False),
+        ("unknown", False),
+        ("192.0.2.1:25", False),
+        ("192.0.2.300", False),
+    ],
+)
+def test_address_in(address: str, inside: bool) -> None:
+    assert validators.address_in(address, NETS) is inside
+
+
+def test_address_in_mapped_networks_and_address_objects() -> None:
+    mapped = validators.networks(["::ffff:192.0.2.0/120"], "x: y")  # a network written IPv4-mapped
+    assert validators.address_in("::ffff:192.0.2.9", mapped)
+    assert not validators.address_in("192.0.2.9", mapped)  # an IPv4 address is not an IPv6 one
+    assert not validators.address_in("192.0.2.9", validators.networks(["::/0"], "x: y"))
+    assert validators.address_in(ipaddress.ip_address("::ffff:192.0.2.9"), NETS)
+    assert not validators.address_in("192.0.2.9", ())
+    assert validators.ip_address("[IPv6:::1]") == ipaddress.ip_address("::1")
+    assert validators.ip_address("nonsense") is None
+
+
+def test_every_network_list_site_matches_ipv4_mapped_clients() -> None:
+    """The front ends' host lists, the web's trusted proxies and the relay flag all used ``ip in network``,
+    where ``::ffff:192.0.2.9`` is in no IPv4 network (only scanners/client.py mapped it)."""
+    front = smtpd([], "127.0.0.1", 10024, next_hop=HOP, exempt_hosts=["192.0.2.0/24"], max_connections_per_address=5)
+    assert not front.limits_address("::ffff:192.0.2.9")
+    assert front.limits_address("::ffff:198.51.100.9")
+    assert auth.in_networks("::ffff:192.0.2.9", ("192.0.2.0/24",))
+    assert not auth.in_networks("::ffff:198.51.100.9", ("192.0.2.0/24",))
+
+
+BAD_ENTRY = "bad network 'nonsense' (not a network or address like '192.0.2.0/24' or '::1')"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: log_sql(relay_clients=["nonsense"]), f"log_sql: bad relay_clients: {BAD_ENTRY}"),
+        (lambda: log_file("x.log", relay_clients="nonsense"), f"log_file: bad relay_clients: {BAD_ENTRY}"),
+        (
+            lambda: smtpd([], "127.0.0.1", 10024, next_hop=HOP, exempt_hosts=["nonsense"]),
+            f"smtpd: bad exempt_hosts: {BAD_ENTRY}",
+        ),
+        (
+            lambda: smtpd([], "127.0.0.1", 10024, next_hop=HOP, xforward_hosts=["nonsense"]),
+            f"smtpd: bad xforward_hosts: {BAD_ENTRY}",
+        ),
+        (
+            lambda: smtpd([], "127.0.0.1", 10024, next_hop=HOP, xforward_hosts="10"),  # was ('0.0.0.1', '0.0.0.0')
+            "smtpd: xforward_hosts must be a list of networks like ['192.0.2.0/24'], got '10'",
+        ),
+        (
+            lambda: sgfilterd([], "127.0.0.1", 27, client_hosts=["nonsense"]),
+            f"sgfilterd: bad client_hosts: {BAD_ENTRY}",
+        ),
+        (lambda: webq(trusted_proxies=["nonsense"]), f"webq: bad trusted_proxies: {BAD_ENTRY}"),
+        (lambda: webq(metrics_clients=["nonsense"]), f"webq: bad metrics_clients: {BAD_ENTRY}"),
+        (
+            lambda: webq(metrics_clients="127.0.0.1"),  # was the characters '1', '2', '7', '.'...
+            "webq: metrics_clients must be a list of networks like ['192.0.2.0/24'], got '127.0.0.1'",
+        ),
+        (lambda: client_network("nonsense", const(1.0)), f"client_network: bad networks: {BAD_ENTRY}"),
+        (lambda: trusted_clients(["nonsense"], const(1.0)), f"trusted_clients: bad networks: {BAD_ENTRY}"),
+        (lambda: spam_levels(const(1.0), trusted=["nonsense"]), f"spam_levels: bad trusted: {BAD_ENTRY}"),
+    ],
+    ids=[
+        "log_sql",
+        "log_file",
+        "smtpd-exempt_hosts",
+        "smtpd-xforward_hosts",
+        "smtpd-xforward_hosts-string",
+        "sgfilterd-client_hosts",
+        "webq-trusted_proxies",
+        "webq-metrics_clients",
+        "webq-metrics_clients-string",
+        "client_network",
+        "trusted_clients",
+        "spam_levels-trusted",
+    ],
+)
+def test_every_network_list_site_uses_the_shared_parser(build: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build()
+    assert raised.value.message == message
 
 
 # --------------------------------------------------------------------------- every config site uses them

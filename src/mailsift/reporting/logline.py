@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import json
 import logging
 import logging.handlers
@@ -71,7 +70,7 @@ from mailsift.reporting import qslogs
 from mailsift.storage.db import Database
 from mailsift.storage.schema import maillog_table
 from mailsift.storage.sql import delete_batch
-from mailsift.validators import escape_controls
+from mailsift.validators import Network, escape_controls
 
 if TYPE_CHECKING:
     from mailsift.core.disposition import Outcome
@@ -88,8 +87,6 @@ MAX_FIELD = 1000
 MAX_ATTACHMENTS = 200
 """Attachments listed at most; more are counted in one ``...:N`` entry."""
 DEFAULT_RELAY_CLIENTS = ("127.0.0.0/8", "::1/128")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # --------------------------------------------------------------------------- the record
@@ -153,23 +150,8 @@ def clean(value: str, limit: int = MAX_FIELD) -> str:
 
 
 def parse_networks(networks: Sequence[str] | str, what: str) -> tuple[Network, ...]:
-    if isinstance(networks, str):
-        networks = [networks]
-    parsed: list[Network] = []
-    for network in networks:
-        try:
-            parsed.append(ipaddress.ip_network(network, strict=False))
-        except (ValueError, TypeError):
-            raise ConfigError(f"{what}: relay_clients: not a network: {network!r}") from None
-    return tuple(parsed)
-
-
-def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.removeprefix("IPv6:"))
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
+    """``relay_clients`` of the log sink ``what`` (:func:`mailsift.validators.networks`)."""
+    return validators.networks(networks, f"{what}: relay_clients")
 
 
 def status_of(decision: Decision, outcome: Outcome) -> str:
@@ -238,7 +220,7 @@ def build_record(
         scanner=clean(result.scanner),
         relay_client=env.relay_client
         if env.relay_client is not None
-        else _in_networks(env.client_address, relay_clients),
+        else validators.address_in(env.client_address, relay_clients),
         client_address=clean(env.client_address),
         client_name=clean(env.client_name),
         helo=clean(env.helo),

@@ -22,43 +22,20 @@ itself (127.0.0.1), so enable XFORWARD before listing localhost here.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from mailsift import validators
 from mailsift.errors import ConfigError
 from mailsift.message.result import Disposition, QuarantineCopy, Result, SetDisposition
 from mailsift.scanners.actions import CATEGORY
 from mailsift.scanners.base import Interscanner, Target
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(networks: Any, what: str) -> tuple[Network, ...]:
-    """``'127.0.0.0/8'``, ``'192.0.2.25'``, ``'::1'`` or a list of them."""
-    if isinstance(networks, str):
-        networks = [networks]
-    if not isinstance(networks, Sequence) or not networks:
-        raise ConfigError(f"{what}: expected a network like '192.0.2.0/24' or a list of them, got {networks!r}")
-    parsed: list[Network] = []
-    for network in networks:
-        try:
-            parsed.append(ipaddress.ip_network(network, strict=False))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{what}: bad network {network!r}: {error}") from None
-    return tuple(parsed)
+from mailsift.validators import Network
 
 
 def client_in(target: Target, networks: Sequence[Network]) -> bool:
-    """Whether the message's original client address is in one of ``networks``."""
-    address = target.mail.envelope.client_address
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return False  # unknown client ("[UNAVAILABLE]", none): in no network
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == n.version and ip in n for n in networks)
+    """Whether the message's original client address is in one of ``networks`` (unknown: in none)."""
+    return validators.address_in(target.mail.envelope.client_address, networks)
 
 
 def _networks_text(networks: Sequence[Network]) -> str:
@@ -75,7 +52,7 @@ class client_network(Interscanner):
     name = "client_network"
 
     def __init__(self, networks: Any, *scanners: Any, invert: bool = False) -> None:
-        self.networks = parse_networks(networks, self.name)
+        self.networks = validators.networks(networks, f"{self.name}: networks", empty=False)
         self.invert = bool(invert)
         super().__init__(*scanners)
 
@@ -111,7 +88,7 @@ class trusted_clients(Interscanner):
     name = "trusted_clients"
 
     def __init__(self, networks: Any, *scanners: Any, quarantine: str | None = None) -> None:
-        self.networks = parse_networks(networks, self.name)
+        self.networks = validators.networks(networks, f"{self.name}: networks", empty=False)
         if quarantine is not None and (not isinstance(quarantine, str) or not CATEGORY.match(quarantine)):
             raise ConfigError(f"{self.name}: quarantine must be a category name like 'spam', got {quarantine!r}")
         self.category = quarantine

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import ipaddress
 import os
 import pwd
 import socket
@@ -44,6 +43,7 @@ from mailsift import validators
 from mailsift.errors import ConfigError
 from mailsift.scanners.base import Scanner, as_scanners
 from mailsift.settings import Settings
+from mailsift.validators import Network
 
 LISTEN_BACKLOG = 1024
 UNIX_PREFIX = "unix:"
@@ -58,21 +58,11 @@ def check_limit(value: Any, what: str, kind: str, *, minimum: int = 1) -> int:
     return validators.integer(value, f"{kind}: {what}", minimum=minimum)
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 def check_networks(value: Any, what: str, kind: str) -> tuple[Network, ...]:
-    """A list of networks or addresses (``'127.0.0.0/8'``, ``'::1'``, ``'192.0.2.7'``)."""
-    if (
-        isinstance(value, str | bytes)
-        or not isinstance(value, Sequence | set | frozenset)
-        or not all(isinstance(network, str) for network in value)
-    ):
-        raise ConfigError(f"{kind}: {what} must be a list of networks like ['192.0.2.0/24'], got {value!r}")
-    try:
-        return tuple(ipaddress.ip_network(network, strict=False) for network in value)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{kind}: bad {what}: {error}") from None
+    """A list of networks or addresses (``'127.0.0.0/8'``, ``'::1'``, ``'192.0.2.7'``): a front end's
+    host lists (``exempt_hosts``, ``xforward_hosts``...) are lists, never one string
+    (:func:`mailsift.validators.networks`)."""
+    return validators.networks(value, f"{kind}: {what}", single=False)
 
 
 def default_per_address(max_connections: int) -> int:
@@ -234,11 +224,8 @@ class Service:
         """Whether connections from ``address`` count against ``max_connections_per_address``."""
         if not address:
             return False  # a unix socket's client
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return True
-        return not any(ip in network for network in self.exempt_hosts)
+        ip = validators.ip_address(address)
+        return ip is None or not validators.address_in(ip, self.exempt_hosts)
 
     @property
     def unix_path(self) -> str | None:

@@ -56,13 +56,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from mailsift import validators
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.delivery.next_hop import Delivery
-from mailsift.errors import ConfigError, DeliveryError, ProtocolError
+from mailsift.errors import DeliveryError, ProtocolError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
 from mailsift.message.result import Decision, Disposition
-from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_networks, check_seconds
 from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.services.sgfilter_protocol import (
     ANSWER_LENGTH,
@@ -221,10 +222,7 @@ class sgfilterd(Service):
         super().__init__(
             scanners, host, port, socket_mode=socket_mode, socket_owner=socket_owner, socket_group=socket_group
         )
-        try:
-            self.client_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in client_hosts)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{self.kind}: bad client_hosts: {error}") from None
+        self.client_hosts = check_networks(client_hosts, "client_hosts", self.kind)
         self.prefork = prefork
         self.max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.timeout = check_seconds(timeout, "timeout", self.kind)
@@ -472,11 +470,8 @@ class SgfilterServer(Server):
         """Whether this peer may say who the SMTP client is (on a unix socket: always, its mode guards it)."""
         if self.service.unix_path is not None:
             return True
-        try:
-            address = ipaddress.ip_address(peer_address(connection.transport) if connection.transport else "")
-        except ValueError:
-            return False
-        return any(address in network for network in self.service.client_hosts)
+        peer = peer_address(connection.transport) if connection.transport else ""
+        return validators.address_in(peer, self.service.client_hosts)
 
     async def filter(self, request: Request) -> tuple[Status, float, str, bytes | None]:
         """Run the shared path: the status, level, name and (250/251) the message to deliver."""

@@ -31,7 +31,6 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
@@ -41,12 +40,12 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.smtp import SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
-from mailsift import replies
+from mailsift import replies, validators
 from mailsift.core.mailpath import MailPath, failure_reply
 from mailsift.errors import ConfigError
 from mailsift.message.address import address_problem
 from mailsift.message.mail import Envelope, Mail
-from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_seconds
+from mailsift.services.base import DEFAULT_SOCKET_MODE, Service, check_limit, check_networks, check_seconds
 from mailsift.services.rcptpolicy import RcptPolicy, checked_policy
 from mailsift.services.server import Server, peer_address
 from mailsift.settings import Settings
@@ -119,10 +118,7 @@ class smtpd(Service):
         max_size = check_limit(max_size, "max_size", self.kind, minimum=1024)
         self.connection_limits(max_connections, max_connections_per_address, exempt_hosts)
         timeout = check_seconds(timeout, "timeout", self.kind)
-        try:
-            self.xforward_hosts = tuple(ipaddress.ip_network(n, strict=False) for n in xforward_hosts)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"{self.kind}: bad xforward_hosts: {error}") from None
+        self.xforward_hosts = check_networks(xforward_hosts, "xforward_hosts", self.kind)
         self.prefork = prefork  # accepted for SAGATOR configs; workers are set by `serve --workers`
         self.next_hop = next_hop
         self.max_size, self.timeout = max_size, float(timeout)
@@ -506,11 +502,7 @@ class SMTPServer(Server):
         """Whether the client at ``peer`` may send XFORWARD (on a unix socket: always, its mode guards it)."""
         if self.service.unix_path is not None:
             return True
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.service.xforward_hosts)
+        return validators.address_in(peer, self.service.xforward_hosts)
 
     session_class: type[FilterSMTP] = FilterSMTP
     ident = "mailsift"

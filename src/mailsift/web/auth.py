@@ -40,7 +40,6 @@ import asyncio
 import concurrent.futures
 import functools
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -57,8 +56,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mailsift import validators
 from mailsift.errors import MailsiftError, RequestRefused
 from mailsift.storage.db import Database
+from mailsift.validators import Network
 from mailsift.web import users
 from mailsift.web.session import CSRF_FIELD, SESSION_ID, USER_KEY, csrf_field, csrf_token, current_user
 from mailsift.web.templating import N_, Text, render
@@ -154,21 +155,13 @@ class UserMiddleware:
 
 
 @functools.lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
+def _networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return validators.networks(entries, "webq: trusted_proxies", single=False)
 
 
 def in_networks(address: str, entries: Sequence[str]) -> bool:
     """Whether ``address`` (text) is in one of ``entries`` (addresses or networks)."""
-    parsed = _address(address)
-    return parsed is not None and any(parsed in network for network in _networks(tuple(entries)))
+    return validators.address_in(address, _networks(tuple(entries)))
 
 
 def client_address(request: Request) -> str:
@@ -180,10 +173,11 @@ def client_address(request: Request) -> str:
         return peer
     hops = [hop.strip() for value in request.headers.getlist("x-forwarded-for") for hop in value.split(",")]
     for hop in reversed(hops):
-        if _address(hop) is None:
+        address = validators.ip_address(hop)
+        if address is None:
             return peer  # a hop that is not an address: believe nothing further
         if not in_networks(hop, config.trusted_proxies):
-            return str(_address(hop))
+            return str(address)
     return peer
 
 

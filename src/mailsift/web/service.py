@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Sequence
@@ -109,6 +108,8 @@ class webq(Service):
     ) -> None:
         self.host, self.port = parse_listen(host, port, self.kind)  # TCP, or 'unix:/path' behind a proxy
         self.socket_mode = check_mode(socket_mode, self.kind)
+        validators.networks(trusted_proxies, "webq: trusted_proxies", single=False)
+        validators.networks(metrics_clients, "webq: metrics_clients", single=False)
         # /metrics: from these clients, with this bearer token, or for an admin session
         self.metrics: dict[str, Any] = {"metrics_clients": tuple(metrics_clients), "metrics_token": metrics_token}
         self.scanners = as_scanners([scanner], self.kind) if scanner is not None else ()
@@ -116,13 +117,6 @@ class webq(Service):
             raise ConfigError(f"webq: secret_file must be a file path, got {secret_file!r}")
         session_hours = validators.positive(session_hours, "webq: session_hours")
         idle_minutes = validators.positive(idle_minutes, "webq: idle_minutes")
-        if not isinstance(trusted_proxies, list | tuple) or not all(isinstance(p, str) for p in trusted_proxies):
-            raise ConfigError(f"webq: trusted_proxies must be a list of addresses, got {trusted_proxies!r}")
-        for entry in (*trusted_proxies, *metrics_clients):
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ConfigError(f"webq: {entry!r} is not an address or network") from None
         scheme, site_hosts = self._site(url, hosts)
         if secure_cookies is None:
             secure_cookies = scheme == "https"

@@ -60,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from mailsift import validators
 from mailsift.errors import MailsiftError
 from mailsift.reporting import poolstats
 from mailsift.reporting.counters import GREYLIST_VERDICTS, MAIL_VERDICTS, RANGES, Range, Series, Total, series, totals
@@ -453,14 +454,6 @@ def _metrics_data(connection: Connection, node: str = "", fingerprint: str = "")
     )
 
 
-def _allowed_client(request: Request, networks: Sequence[Any]) -> bool:
-    try:
-        address = ipaddress.ip_address(client_address(request))
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
 def _host_name(value: str) -> str:
     """The name of a ``Host`` header, without its port (``[::1]:8008`` -> ``::1``)."""
     value = value.strip().lower()
@@ -490,13 +483,13 @@ def _allowed_host(request: Request) -> bool:
 
 
 def metrics_endpoint(metrics_clients: Iterable[str], metrics_token: str | None) -> Any:
-    networks = [ipaddress.ip_network(network, strict=False) for network in metrics_clients]
+    networks = validators.networks(tuple(metrics_clients), "webq: metrics_clients", single=False)
 
     async def metrics(request: Request) -> Response:
         bearer = request.headers.get("authorization", "")
         token_ok = bool(metrics_token) and hmac.compare_digest(bearer.encode(), f"Bearer {metrics_token}".encode())
         user = current_user(request)
-        monitor = _allowed_client(request, networks) and _allowed_host(request)
+        monitor = validators.address_in(client_address(request), networks) and _allowed_host(request)
         if not (token_ok or monitor or (user is not None and user.is_admin)):
             raise HTTPException(403, Text(N_("Metrics are for the monitoring host and administrators.")))
         settings: Settings = request.app.state.settings

@@ -4,9 +4,11 @@ catalog languages, else webq(language=...); gettext installed per request, in-pr
 from __future__ import annotations
 
 import functools
+import re
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from mailsift.errors import ConfigError
 from mailsift.reporting.notifications import LANGUAGES, translations
 from mailsift.settings import Settings
 from mailsift.storage import db
-from mailsift.web import users
+from mailsift.web import templating, users
 from mailsift.web.app import create_app
 from mailsift.web.service import webq
 from mailsift.web.templating import LANGUAGE_NAMES, Text, accept_language, page_language, translated
@@ -193,3 +195,19 @@ def test_a_text_survives_the_session_and_a_forged_one_is_empty() -> None:
     assert Text.load(["Released to %(targets)s.", {"other": "x"}]) == ""  # the values do not fit
     assert Text.load(["x", "not a dict"]) == ""
     assert Text.load(42) == ""
+
+
+ACCESSIBLE_TEXT = re.compile(r'\b(aria-label|title|alt)="([^"]*)"')
+
+
+def test_every_accessible_name_in_the_templates_is_translated() -> None:
+    """A screen reader reads ``aria-label``, ``title`` and ``alt`` too (the track pager's "Pages" was English)."""
+    templates = Path(templating.__file__).parent / "templates"
+    untranslated = [
+        f"{path.name}: {attribute}={value!r}"
+        for path in sorted(templates.glob("*.html"))
+        for attribute, value in ACCESSIBLE_TEXT.findall(path.read_text(encoding="utf-8"))
+        if re.search(r"[A-Za-z]", value) and not re.fullmatch(r"\{\{ _\(('[^']*'|\"[^\"]*\")\) \}\}", value.strip())
+    ]
+    assert untranslated == []
+    assert translations("de").gettext("Pages") == "Seiten"

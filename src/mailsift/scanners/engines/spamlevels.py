@@ -66,9 +66,9 @@ from mailsift.message.result import (
 )
 from mailsift.scanners.actions import CATEGORY, expand
 from mailsift.scanners.base import Interscanner, Target
-from mailsift.scanners.client import client_in, parse_networks
+from mailsift.scanners.client import client_in
 from mailsift.scanners.engines.common import SpamResult
-from mailsift.validators import flag, optional_number, positive
+from mailsift.validators import flag, networks, optional_number, positive
 
 if TYPE_CHECKING:
     from mailsift.message.result import Result
@@ -195,7 +195,7 @@ class spam_levels(Interscanner):
         if subject_tag is not None and (not isinstance(subject_tag, str) or "\r" in subject_tag or "\n" in subject_tag):
             raise ConfigError(f"spam_levels: subject_tag must be one line of text or None, got {subject_tag!r}")
         self.subject_tag = subject_tag or ""
-        self.trusted = parse_networks(trusted, "spam_levels: trusted") if trusted else ()
+        self.trusted = networks(trusted, "spam_levels: trusted") if trusted else ()
         if not isinstance(category, str) or not CATEGORY.match(category):
             raise ConfigError(f"spam_levels: category must be a short lower-case name like 'spam', got {category!r}")
         self.category = category
