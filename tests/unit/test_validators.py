@@ -13,6 +13,7 @@ from mailsift import (
     client_network,
     const,
     db,
+    icap,
     lmtp_relay,
     log_file,
     log_sql,
@@ -191,6 +192,10 @@ def test_every_network_list_site_matches_ipv4_mapped_clients() -> None:
     assert front.limits_address("::ffff:198.51.100.9")
     assert auth.in_networks("::ffff:192.0.2.9", ("192.0.2.0/24",))
     assert not auth.in_networks("::ffff:198.51.100.9", ("192.0.2.0/24",))
+    service = icap([], "127.0.0.1", 1344, clients=["192.0.2.0/24"])
+    assert service.client_allowed("::ffff:192.0.2.9")
+    assert not service.client_allowed("::ffff:198.51.100.9")
+    assert not service.client_allowed("not an address")
 
 
 BAD_ENTRY = "bad network 'nonsense' (not a network or address like '192.0.2.0/24' or '::1')"

@@ -112,7 +112,7 @@ from mailsift.services.icap_protocol import (
 )
 from mailsift.services.server import Server, SessionConnection, peer_address
 from mailsift.settings import Settings
-from mailsift.validators import choice, escape_controls, flag
+from mailsift.validators import address_in, choice, escape_controls, flag
 from mailsift.version import __version__
 
 log = logging.getLogger("mailsift.icap")
@@ -222,11 +222,7 @@ class icap(Service):
         """Whether ``address`` may connect (a unix socket's clients always: its mode decides)."""
         if not address:
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.clients)
+        return address_in(address, self.clients)  # ::ffff:127.0.0.1 (a dual-stack socket) is 127.0.0.1
 
     def istag(self) -> str:
         """The ``ISTag``: the version and the scanners, so a changed config is a new tag (quoted, <= 32)."""
