@@ -30,6 +30,9 @@ class Hook:
     """Base of ``HOOKS`` entries: override :meth:`after` (and :meth:`check`, :meth:`close`)."""
 
     name = "hook"
+    for_files = False
+    """Whether ``fusefs`` runs it for a file it scanned: only hooks that record (the log hooks,
+    ``stats``); a file is not mail, so archive copies, notifications and spam copies are not made."""
 
     def check(self, settings: Settings) -> None:
         """At config load: validate what needs the global settings; raise ConfigError."""

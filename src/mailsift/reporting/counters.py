@@ -271,6 +271,7 @@ class stats(Hook):
     """
 
     name = "stats"
+    for_files = True  # fusefs counts the files it scanned
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ import json
 import logging
 import logging.handlers
 import os
+import pwd
 import re
 import socket
 import time
@@ -356,6 +357,8 @@ def name_node_in_log(node: str) -> None:
 class _LogHook(Hook):
     """Shared: which clients are relay clients (qmail-scanner's RELAYCLIENT)."""
 
+    for_files = True  # fusefs logs the files it scanned
+
     def __init__(self, relay_clients: Sequence[str] | str = DEFAULT_RELAY_CLIENTS, crypto: bool = False) -> None:
         self.relay_clients = parse_networks(relay_clients, self.name)
         self.crypto = validators.flag(crypto, f"{self.name}: crypto")
@@ -459,11 +462,35 @@ class log_syslog(_LogHook):
 class _RaisingFileHandler(logging.handlers.WatchedFileHandler):
     """logging's file handler (reopens the file after logrotate moved it), raising its errors.
 
-    The hook's caller logs them; logging's default would print to stderr only.
+    The hook's caller logs them; logging's default would print to stderr only.  ``owner``
+    (uid, gid): a file it creates is given to them (``USER``'s, when a process that stays
+    root, as ``fusefs`` does, writes it first: the workers must still be able to append).
     """
+
+    def __init__(self, filename: str, *, encoding: str, owner: tuple[int, int] | None) -> None:
+        self.owner = owner
+        super().__init__(filename, encoding=encoding)
+
+    def _open(self) -> Any:
+        existed = os.path.lexists(self.baseFilename)
+        stream = super()._open()
+        if self.owner is not None and not existed:
+            os.fchown(stream.fileno(), *self.owner)
+        return stream
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         raise  # called by emit() inside its except block: the error emit() caught
+
+
+def _owner(settings: Settings) -> tuple[int, int] | None:
+    """``USER``'s uid and gid when this process is root and ``USER`` is another user (else None)."""
+    if os.geteuid() != 0 or not settings.user:
+        return None
+    try:
+        entry = pwd.getpwnam(settings.user)
+    except KeyError:
+        return None
+    return None if entry.pw_uid == 0 else (entry.pw_uid, entry.pw_gid)
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -528,7 +555,7 @@ class log_file(_LogHook):
 
     async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
         if self._handler is None:
-            self._handler = _RaisingFileHandler(self.resolved, encoding="utf-8")
+            self._handler = _RaisingFileHandler(self.resolved, encoding="utf-8", owner=_owner(settings))
         for line in self.lines(self.record(mail, decision, outcome, settings), node=bool(settings.node)):
             self._handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
 

@@ -341,16 +341,23 @@ class FileScanner:
                 log.exception("fusefs: closing hook %s failed", hook.describe())
 
     async def _hooks(self, mail: Mail, decision: Decision, verdict: Verdict) -> None:
-        """The config's ``HOOKS`` (statistics, log files and SQL, notifications...), as after a mail's
-        disposition: a refused file is the decision's reply (a reject is 550, counted ``rejected``;
-        nothing is quarantined or delivered), a served one 250.  Errors are logged, never raised."""
-        if self.settings is None or not self.settings.hooks:
+        """The config's ``HOOKS`` that record (``Hook.for_files``: the log hooks and ``stats``; a file
+        is not mail, so no archive copy, notification or spam copy), as after a mail's disposition:
+        a refused file is the decision's reply (a reject is 550, counted ``rejected``; nothing is
+        quarantined or delivered), a served one 250.  Errors are logged, never raised; they may
+        take ``timeout`` seconds at most (the open waits for them)."""
+        hooks = tuple(hook for hook in self.settings.hooks if hook.for_files) if self.settings is not None else ()
+        if self.settings is None or not hooks:
             return
         if verdict.allowed:
             outcome = Outcome(replies.OK, "served")
         else:
             outcome = Outcome(decision.reply, "refused with EACCES")
-        await run_hooks(self.settings.hooks, mail, decision, outcome, self.settings)
+        try:
+            async with asyncio.timeout(self.timeout):  # the open waits for them: bounded as the scan is
+                await run_hooks(hooks, mail, decision, outcome, self.settings)
+        except TimeoutError:
+            log.warning("fusefs: the hooks took over %g s for %s; the verdict stands", self.timeout, mail.subject)
 
     def _log(self, path: str, size: int, verdict: Verdict, elapsed: float, who: str) -> None:
         if verdict.allowed and not verdict.detail.startswith("not scanned"):

@@ -268,6 +268,29 @@ def test_log_file_in_a_state_dir_not_made_yet(tmp_path: Path) -> None:
         log_file("mail.json").check(Settings(state_dir=str(tmp_path / "file")))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root creates a file for another user")
+async def test_a_log_file_a_root_process_creates_belongs_to_user(tmp_path: Path) -> None:
+    """fusefs stays root and may write the log first: the file it creates is USER's, so the workers
+    (as USER) can append; a file that exists keeps its owner."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    created, existing = log_file("new.log"), log_file("old.log")
+    (tmp_path / "old.log").write_text("")
+    path = path_for(tmp_path, (created, existing), user="nobody")
+    await path.process(dropped_mail("q1"))
+    await path.close()
+    made = (tmp_path / "new.log").stat()
+    assert (made.st_uid, made.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert (tmp_path / "old.log").stat().st_uid == 0
+    assert "Q:q1" in (tmp_path / "old.log").read_text()
+    plain = log_file("mine.log")
+    path = path_for(tmp_path, (plain,))  # USER = None: root's own file
+    await path.process(dropped_mail("q2"))
+    await path.close()
+    assert (tmp_path / "mine.log").stat().st_uid == 0
+
+
 async def test_log_file_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hook = log_file("nowhere/mail.log")
     with pytest.raises(ConfigError, match="does not exist"):

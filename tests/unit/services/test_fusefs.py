@@ -280,6 +280,7 @@ class Seen(Hook):
     """Records what each call of the hook saw: (subject, detected name, reply code, the mail readable)."""
 
     name = "seen"
+    for_files = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int, bool]] = []
@@ -304,6 +305,44 @@ async def test_each_file_scanned_runs_the_hooks_as_a_mail_does(tmp_path: Path) -
         await check(files, clean)
     assert seen.calls == [(str(infected), "EICAR-Test", 550, True), (str(clean), "", 250, True)]
     assert os.listdir(tmp_path / "spool") == []
+
+
+async def test_a_file_is_not_archived_notified_or_forwarded_as_mail(tmp_path: Path) -> None:
+    """Only the recording hooks run for a file: ``archive()`` (which keeps every delivered mail) would
+    copy each clean file read through the mount into STATE_DIR/archive, as root."""
+    from mailsift import archive, log_file, notify, spam_forward, stats
+
+    assert [hook.for_files for hook in (log_file("x.log"), stats())] == [True, True]
+    assert not any(hook.for_files for hook in (archive(), notify(admin="a@example.test"), spam_forward("s@x.test")))
+    seen, archived = Seen(), archive()
+    settings = Settings(state_dir=str(tmp_path), hooks=(archived, seen))
+    archived.check(settings)
+    files = file_scanner(tmp_path, eicar_scanner(), settings=settings)
+    clean = tmp_path / "private.txt"
+    clean.write_bytes(b"nothing for an archive\n")
+    await check(files, clean)
+    assert seen.calls == [(str(clean), "", 250, True)]
+    assert not (tmp_path / "archive").exists()
+
+
+class Slow(Hook):
+    name = "slow"
+    for_files = True
+
+    async def after(self, mail: Mail, decision: Decision, outcome: Outcome, settings: Settings) -> None:
+        await asyncio.sleep(3600)
+
+
+async def test_hooks_are_bounded_by_the_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The open waits for the hooks: a hook that hangs gives up after ``timeout``, the verdict stands."""
+    settings = Settings(state_dir=str(tmp_path), hooks=(Slow(),))
+    files = file_scanner(tmp_path, eicar_scanner(), settings=settings)
+    files.timeout = 0.2
+    clean = tmp_path / "clean.txt"
+    clean.write_bytes(b"clean\n")
+    with caplog.at_level(logging.WARNING, logger="mailsift"):
+        await asyncio.wait_for(check(files, clean), 60)
+    assert "the hooks took over 0.2 s" in caplog.text
 
 
 def test_identity_changes_with_its_limits(tmp_path: Path) -> None:
