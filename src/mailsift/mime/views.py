@@ -74,10 +74,13 @@ MAX_TOTAL_FACTOR = 2
 """The views of a message hold at most this many times its size (plus 1 MB)."""
 
 _RUN = re.compile(
-    rb"(?:^[ \t]*[A-Za-z0-9+/=]{16,}[ \t]*\r?\n)+(?:^[ \t]*[A-Za-z0-9+/=]{1,15}[ \t]*(?:\r?\n|\Z))?",
+    rb"(?:^[ \t]*[A-Za-z0-9+/=]{16,}[ \t]*\r?\n)++(?:^[ \t]*[A-Za-z0-9+/=]{1,15}[ \t]*(?:\r?\n|\Z))?",
     re.MULTILINE,
 )
-"""A run of base64 lines (the last one may be short)."""
+"""A run of base64 lines (the last one may be short).  The repetition of lines is possessive
+(``++``): the optional short line after it can never fail, so no match changes, but the
+expression engine keeps no backtracking state per line (with ``+`` it held about 280 bytes a
+line, 3.8 times the run's size)."""
 
 _RUN_MIN = 32
 """Shorter runs are words, not payloads."""
