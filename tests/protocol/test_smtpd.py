@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, free_port, smtp_session_lines
+from tests.helpers.memory import big_message
 from tests.helpers.messages import message
 from tests.helpers.samples import EICAR_TEXT as EICAR
 
@@ -382,3 +384,50 @@ def test_null_sender_is_accepted_and_relayed_as_null(make_filter: Make, downstre
     finals = [line[:3] for line in smtp_session_lines("127.0.0.1", flt.port, payload) if line[3:4] == " "]
     assert finals == ["220", "250", "250", "250", "354", "250", "221"]
     assert [m.sender for m in downstream.messages] == ["<>"]  # how aiosmtpd records MAIL FROM:<>
+
+
+class _Traced(Scanner):
+    """Records the Python memory allocated (tracemalloc) while the message is scanned."""
+
+    name = "traced"
+
+    def __init__(self) -> None:
+        self.during: list[int] = []
+
+    async def scan(self, target: Target) -> Result:
+        self.during.append(tracemalloc.get_traced_memory()[0])
+        return Result(0.0, "", self.name)
+
+
+def test_a_spooled_message_is_not_held_in_memory_while_it_is_scanned(
+    make_filter: Make, downstream: RecordingServer
+) -> None:
+    # The received bytes were held by the DATA command's frame, the aiosmtpd envelope and
+    # process() while the whole pipeline ran beside the spool file: once more the message's size
+    scanner = _Traced()
+    flt = make_filter([scanner])
+    data = big_message(6, virus=False)  # 8.2 MB, over the 1 MB spool threshold; no line starts with "."
+    with socket.create_connection(("127.0.0.1", flt.port), timeout=60) as client:
+        replies = client.makefile("rb")
+        assert replies.readline().startswith(b"220")
+        client.sendall(b"HELO client.test\r\n")
+        assert replies.readline().startswith(b"250")
+        client.sendall(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
+        assert replies.readline().startswith(b"250")
+        assert replies.readline().startswith(b"250")
+        client.sendall(b"DATA\r\n")
+        assert replies.readline().startswith(b"354")
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            client.sendall(data)  # sent as is: no copy on this side
+            client.sendall(b".\r\n")
+            reply = replies.readline()
+        finally:
+            tracemalloc.stop()
+        client.sendall(b"QUIT\r\n")
+    assert reply.startswith(b"250"), reply
+    assert len(scanner.during) == 1
+    held = scanner.during[0] - start
+    assert held < len(data) // 2, f"{held / len(data):.2f} times the message held while it was scanned"
+    assert downstream.messages[0].data == data

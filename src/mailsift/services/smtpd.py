@@ -288,6 +288,7 @@ class FilterSMTP(SMTP):
             self.server.log_refusal(self, problem)
         else:
             self.envelope.content = self.envelope.original_content = content
+            del content  # held by the envelope alone: the server's process() lets go of it once spooled
             status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
         await self.push(status)
@@ -567,9 +568,11 @@ class SMTPServer(Server):
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         env = self.envelope_of(session_protocol, session, envelope)
         content = b"".join(getattr(envelope, "policy_headers", ())) + (envelope.original_content or b"")
+        envelope.content = envelope.original_content = None  # the Mail holds it (or its spool file): not twice
         mail: Mail | None = None
         try:
             mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
+            del content  # a big message is in its spool file now: the scan does not carry its bytes too
             _, outcome = await self.path.process(mail)
         except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451
             return str(failure_reply(env.queue_id, error))
