@@ -29,3 +29,14 @@ async def test_parse_and_scan_of_a_big_message_peaks_under_six_times_its_size(
     result, peak = await peak_above(lambda: scanner.scan(MailTarget(mail)))
     assert result.detected == virus
     assert peak < 6 * mail.size, f"peak {peak / mail.size:.2f} times the message's size"
+
+
+async def test_a_detection_in_a_strict_part_computes_no_views(make_mail: MakeMail) -> None:
+    # the views (a copy of every base64 run, decoded...) cannot change a detection already made
+    mail = make_mail(big_message(1, virus=True))
+    result = await parsemail(regexp_scan(EICAR_RULE)).scan(MailTarget(mail))
+    assert (result.name, result.detail) == ("EICAR-Test", "in part 1; part 1")
+    assert "views" not in mail.__dict__
+    clean = make_mail(big_message(1, virus=False))
+    assert not (await parsemail(regexp_scan(EICAR_RULE)).scan(MailTarget(clean))).detected
+    assert "views" in clean.__dict__
