@@ -31,6 +31,7 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import socket
@@ -420,7 +421,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     rest is read and dropped, and the reply is 552 or 500 (after the end, as
     RFC 5321 §4.2.5 implies).
     """
-    pieces: list[bytes] = []
+    received = io.BytesIO()  # its buffer becomes the content: a list of pieces and their join held it twice
     size = 0
     tail = b"\r\n"  # the two bytes before the next piece: the DATA command's line end at first
     while True:
@@ -434,16 +435,16 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             piece = piece[:-3]
         size += len(piece)
         if size_limit and size > size_limit:
-            pieces.clear()
+            received = io.BytesIO()
         else:
-            pieces.append(piece)
+            received.write(piece)
         if last:
             break
         tail = (tail + piece)[-2:]
     if size_limit and size > size_limit:
         return b"", TOO_MUCH
-    data = b"".join(pieces)
-    del pieces
+    data = received.getvalue()
+    del received
     if _has_long_line(data, line_limit):
         return b"", TOO_LONG
     # RFC 5321 §4.5.2: drop each line's leading dot (never more than two copies held)
