@@ -26,6 +26,7 @@ from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, fre
 from tests.helpers.memory import big_message
 from tests.helpers.messages import message
 from tests.helpers.samples import EICAR_TEXT as EICAR
+from tests.helpers.sockets import smtp_to_data
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 
@@ -410,14 +411,7 @@ def test_a_spooled_message_is_received_about_once_and_not_held_while_it_is_scann
     data = big_message(6, virus=False)  # 8.2 MB, over the 1 MB spool threshold; no line starts with "."
     with socket.create_connection(("127.0.0.1", flt.port), timeout=60) as client:
         replies = client.makefile("rb")
-        assert replies.readline().startswith(b"220")
-        client.sendall(b"HELO client.test\r\n")
-        assert replies.readline().startswith(b"250")
-        client.sendall(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\n")
-        assert replies.readline().startswith(b"250")
-        assert replies.readline().startswith(b"250")
-        client.sendall(b"DATA\r\n")
-        assert replies.readline().startswith(b"354")
+        smtp_to_data(client, replies)
         tracemalloc.start()
         try:
             start = tracemalloc.get_traced_memory()[0]
