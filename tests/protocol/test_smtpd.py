@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from mailsift.errors import ScannerError
 from mailsift.message.result import Result
 from mailsift.scanners.base import Scanner, Target
 from mailsift.testing import RecordingServer, ServiceThread, envelope_lines, free_port, smtp_session_lines
+from tests.helpers.memory import big_message
 from tests.helpers.messages import message
 from tests.helpers.samples import EICAR_TEXT as EICAR
+from tests.helpers.sockets import smtp_to_data
 
 EICAR_SCAN = regexp_scan([("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")])
 
@@ -382,3 +385,45 @@ def test_null_sender_is_accepted_and_relayed_as_null(make_filter: Make, downstre
     finals = [line[:3] for line in smtp_session_lines("127.0.0.1", flt.port, payload) if line[3:4] == " "]
     assert finals == ["220", "250", "250", "250", "354", "250", "221"]
     assert [m.sender for m in downstream.messages] == ["<>"]  # how aiosmtpd records MAIL FROM:<>
+
+
+class _Traced(Scanner):
+    """Records the Python memory allocated (tracemalloc) when the message is scanned, and the peak before."""
+
+    name = "traced"
+
+    def __init__(self) -> None:
+        self.during: list[tuple[int, int]] = []
+
+    async def scan(self, target: Target) -> Result:
+        self.during.append(tracemalloc.get_traced_memory())
+        return Result(0.0, "", self.name)
+
+
+def test_a_spooled_message_is_received_about_once_and_not_held_while_it_is_scanned(
+    make_filter: Make, downstream: RecordingServer
+) -> None:
+    # The received bytes were held by the DATA command's frame, the aiosmtpd envelope and
+    # process() while the whole pipeline ran beside the spool file: once more the message's size;
+    # and DATA was read into a list of pieces, then joined: twice its size at the peak
+    scanner = _Traced()
+    flt = make_filter([scanner])
+    data = big_message(6, virus=False)  # 8.2 MB, over the 1 MB spool threshold; no line starts with "."
+    with socket.create_connection(("127.0.0.1", flt.port), timeout=60) as client:
+        replies = client.makefile("rb")
+        smtp_to_data(client, replies)
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            client.sendall(data)  # sent as is: no copy on this side
+            client.sendall(b".\r\n")
+            reply = replies.readline()
+        finally:
+            tracemalloc.stop()
+        client.sendall(b"QUIT\r\n")
+    assert reply.startswith(b"250"), reply
+    assert len(scanner.during) == 1
+    held, peak = (value - start for value in scanner.during[0])
+    assert held < len(data) // 2, f"{held / len(data):.2f} times the message held while it was scanned"
+    assert peak < 1.5 * len(data), f"{peak / len(data):.2f} times the message at the peak of its receipt"
+    assert downstream.messages[0].data == data

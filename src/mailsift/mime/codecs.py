@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import quopri
 import re
+from collections.abc import Iterable
 from email.header import decode_header, make_header
 
 from mailsift.mime.binhex import BINHEX_ENCODINGS, find_binhex
@@ -330,6 +331,20 @@ def _alternate_encodings(
     return found
 
 
+_KEY_CHUNK = 1024 * 1024
+
+
 def base64_source_key(text: bytes) -> bytes:
-    """A key for base64 text, blanks and line ends ignored: the views do not decode it twice."""
-    return hashlib.blake2b(text.translate(None, b" \t\r\n"), digest_size=16).digest()
+    """A key for base64 text, blanks and line ends ignored: the views do not decode it twice.
+
+    Hashed a slice at a time (the same digest as the whole text without blanks), so a big
+    text is not copied whole once more."""
+    return base64_chunks_key(text[start : start + _KEY_CHUNK] for start in range(0, len(text), _KEY_CHUNK))
+
+
+def base64_chunks_key(chunks: Iterable[bytes]) -> bytes:
+    """:func:`base64_source_key` of the text made of ``chunks`` (not joined)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        digest.update(chunk.translate(None, b" \t\r\n"))
+    return digest.digest()

@@ -139,6 +139,14 @@ def _delimiter(raw: bytes, start: int, boundaries: list[bytes]) -> int:
     return len(raw)
 
 
+_SLICE = 1024 * 1024
+
+
+def _mentions(raw: bytes, word: bytes) -> bool:
+    """Whether ``word`` (lower case) occurs in ``raw`` in any case, looked up a slice at a time."""
+    return any(word in raw[start : start + _SLICE + len(word) - 1].lower() for start in range(0, len(raw), _SLICE))
+
+
 def raw_bodies(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
     """``(header block, body)`` of each entity of ``raw`` that declares quoted-printable.
 
@@ -149,9 +157,9 @@ def raw_bodies(raw: bytes) -> Iterator[tuple[bytes, bytes]]:
     looked up with ``bytes.find`` in a lower-case copy (a regular expression
     ignoring case walks every byte, several times slower).
     """
-    lower = raw.lower()
-    if b"quoted-printable" not in lower:
+    if not _mentions(raw, b"quoted-printable"):  # the usual case: no lower-case copy of the whole message
         return
+    lower = raw.lower()
     boundaries: list[bytes] = []
     for index in _occurrences(lower, b"boundary"):
         param = _BOUNDARY_PARAM.match(lower, index)

@@ -7,6 +7,7 @@ import binascii
 import email.errors
 import email.parser
 import email.utils
+import io
 import quopri
 import re
 import secrets
@@ -320,15 +321,18 @@ class Blobs:
 
         if not self.prefix or self.prefix not in payload:
             return clean(payload.encode("ascii", "surrogateescape"))
-        chunks: list[bytes] = []
+        # assembled in a BytesIO: its buffer becomes the bytes returned (a list of chunks and their
+        # join held the part twice)
+        out = io.BytesIO()
         position = 0
         token = re.compile(re.escape(self.prefix) + r"(\d+)\x00")  # rare: only messages with long runs
         for match in token.finditer(payload):
-            chunks.append(clean(payload[position : match.start()].encode("ascii", "surrogateescape")))
-            chunks.extend(clean(chunk) for chunk in self._read(*self.spans[int(match.group(1))]))
+            out.write(clean(payload[position : match.start()].encode("ascii", "surrogateescape")))
+            for chunk in self._read(*self.spans[int(match.group(1))]):
+                out.write(clean(chunk))
             position = match.end()
-        chunks.append(clean(payload[position:].encode("ascii", "surrogateescape")))
-        return b"".join(chunks)
+        out.write(clean(payload[position:].encode("ascii", "surrogateescape")))
+        return out.getvalue()
 
 
 def decode_leaf(message: Message, blobs: Blobs) -> tuple[bytes, tuple[str, ...], list[tuple[str, bytes, bytes]], int]:

@@ -12,7 +12,8 @@ them, so any of them can trigger.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
 from typing import Any
 
 from mailsift.errors import ConfigError
@@ -69,23 +70,30 @@ class parsemail(Interscanner):
             return mail.parts
         return await work.in_thread(lambda: mail.parts)  # a big message's parse stays off the event loop
 
+    async def _targets(self, mail: Mail) -> AsyncGenerator[Target, None]:
+        """The strict parts, then the views, then the raw message: the views are computed only
+        when no part had a detection (they hold up to twice the message's size while computed)."""
+        for part in await self._parts(mail):
+            yield PartTarget(mail, part)
+        for part in await self._views(mail):
+            yield PartTarget(mail, part)
+        if self.raw:
+            yield MailTarget(mail)
+
     async def scan(self, target: Target) -> Result:
         if target.part is not None:
             return await self.inner(target)  # already a part: nothing more to split
         best = CLEAN
-        targets: list[Target] = [PartTarget(target.mail, part) for part in await self._parts(target.mail)]
-        targets.extend(PartTarget(target.mail, part) for part in await self._views(target.mail))
-        if self.raw:
-            targets.append(MailTarget(target.mail))
-        for each in targets:
-            for scanner in self.children:
-                result = await evaluate(scanner, each)
-                if result.detected:
-                    return Result(
-                        result.level, result.name, result.scanner, _where(result.detail, each), result.actions
-                    )
-                if result.level > best.level:
-                    best = result
+        async with aclosing(self._targets(target.mail)) as targets:
+            async for each in targets:
+                for scanner in self.children:
+                    result = await evaluate(scanner, each)
+                    if result.detected:
+                        return Result(
+                            result.level, result.name, result.scanner, _where(result.detail, each), result.actions
+                        )
+                    if result.level > best.level:
+                        best = result
         return best
 
 

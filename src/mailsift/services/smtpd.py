@@ -31,6 +31,7 @@ Beyond aiosmtpd's own EHLO, SIZE, 8BITMIME and SMTPUTF8, this adds:
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import socket
@@ -288,6 +289,7 @@ class FilterSMTP(SMTP):
             self.server.log_refusal(self, problem)
         else:
             self.envelope.content = self.envelope.original_content = content
+            del content  # held by the envelope alone: the server's process() lets go of it once spooled
             status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
         await self.push(status)
@@ -419,7 +421,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
     rest is read and dropped, and the reply is 552 or 500 (after the end, as
     RFC 5321 §4.2.5 implies).
     """
-    pieces: list[bytes] = []
+    received = io.BytesIO()  # its buffer becomes the content: a list of pieces and their join held it twice
     size = 0
     tail = b"\r\n"  # the two bytes before the next piece: the DATA command's line end at first
     while True:
@@ -433,16 +435,16 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_l
             piece = piece[:-3]
         size += len(piece)
         if size_limit and size > size_limit:
-            pieces.clear()
+            received = io.BytesIO()
         else:
-            pieces.append(piece)
+            received.write(piece)
         if last:
             break
         tail = (tail + piece)[-2:]
     if size_limit and size > size_limit:
         return b"", TOO_MUCH
-    data = b"".join(pieces)
-    del pieces
+    data = received.getvalue()
+    del received
     if _has_long_line(data, line_limit):
         return b"", TOO_LONG
     # RFC 5321 §4.5.2: drop each line's leading dot (never more than two copies held)
@@ -567,9 +569,11 @@ class SMTPServer(Server):
     async def process(self, session_protocol: FilterSMTP, session: Session, envelope: SMTPEnvelope) -> str:
         env = self.envelope_of(session_protocol, session, envelope)
         content = b"".join(getattr(envelope, "policy_headers", ())) + (envelope.original_content or b"")
+        envelope.content = envelope.original_content = None  # the Mail holds it (or its spool file): not twice
         mail: Mail | None = None
         try:
             mail = Mail(env, content, spool_threshold=self.settings.spool_threshold, spool_dir=self.settings.spool_dir)
+            del content  # a big message is in its spool file now: the scan does not carry its bytes too
             _, outcome = await self.path.process(mail)
         except Exception as error:  # noqa: BLE001 - the outermost per-message handler (logs): 451
             return str(failure_reply(env.queue_id, error))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
 from mailsift.message.mail import Mail
 from mailsift.mime.codecs import MAX_DECODED_INPUT
-from mailsift.mime.tree import STRAY
+from mailsift.mime.tree import STRAY, Part
 from tests.helpers.decoding import guard_decode_header
+from tests.helpers.memory import big_message, peak_above
 
 HEAD = b'From: a@example.net\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
 TEXT = b"--b\nContent-Type: text/plain\n\nhello\n"
@@ -52,3 +54,20 @@ def test_a_part_header_of_megabytes_of_encoded_words_is_decoded_only_in_part(mon
     assert [part.data for part in mail.parts] == [b"hello"]
     assert sizes
     assert max(sizes) <= MAX_DECODED_INPUT
+
+
+async def test_the_parse_of_a_big_text_part_holds_it_about_once(tmp_path: Path) -> None:
+    # a long base64 run is read back from the spool file into the part: its chunks were listed,
+    # then joined (twice the part's size at the peak)
+    mail = Mail(data=big_message(8, virus=True), spool_dir=str(tmp_path))
+    try:
+        assert mail.spooled
+
+        async def parse() -> list[Part]:
+            return mail.parts
+
+        parts, peak = await peak_above(parse)
+        assert [part.size for part in parts] == [mail.size - mail.raw.index(b"X5O!")]
+        assert peak < 1.5 * mail.size, f"peak {peak / mail.size:.2f} times the message's size"
+    finally:
+        mail.close()

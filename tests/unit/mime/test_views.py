@@ -7,17 +7,20 @@ import binascii
 import io
 import quopri
 import zipfile
+from pathlib import Path
 
 import pytest
 
 import mailsift.mime.views
 from mailsift.message.mail import Mail
 from mailsift.mime.codecs import decode_base64_chunks, extract_yencoded, yenc_decode
+from mailsift.mime.tree import Part
 from mailsift.mime.views import base64_runs, hidden_entity, last_header_reading, lenient_split
 from mailsift.scanners.archive import decompress
 from mailsift.scanners.base import MailTarget
 from mailsift.scanners.basic import regexp_scan, string_scan
 from mailsift.scanners.parsemail import mime_ext, parsemail
+from tests.helpers.memory import big_message, peak_above
 from tests.helpers.samples import EICAR
 
 EICAR_RULE = [("EICAR-Test", r"EICAR-STANDARD-ANTIVIRUS-TEST-FILE")]
@@ -439,3 +442,61 @@ def test_corpus_like_mail_gets_no_structural_views() -> None:
     assert Mail(data=forwarded).views == []
     epilogue = multipart(f"--b\n{TEXT}--b--\nthanks, -- the sender\n")
     assert Mail(data=epilogue).views == []
+
+
+def _long_run_cases() -> list[bytes]:
+    """Runs of base64 lines: plain, padded, padded pieces inside, a dangling character, blanks."""
+    lines = base64.encodebytes(bytes(range(256)) * 40).splitlines()
+    plain = b"\r\n".join(lines[:-1]) + b"\r\n"
+    return [
+        plain,
+        base64.encodebytes(bytes(range(256)) * 40 + b"x").replace(b"\n", b"\r\n"),  # ends "=="
+        base64.encodebytes(bytes(range(256)) * 40 + b"xy"),  # ends "="
+        plain + b"QUJD" + b"QQ==QkM=" * 4 + b"\r\n" + plain,  # padded pieces inside the run
+        b"QQ==" + plain,  # padding in the first line
+        plain + b"QUJDR\r\n",  # a dangling character at the end
+        b" \t" + plain.replace(b"\r\n", b" \t\r\n"),  # blanks around the lines
+    ]
+
+
+@pytest.mark.parametrize("stream", [5, 64, 4099, 1 << 20])
+@pytest.mark.parametrize("case", range(7))
+def test_long_base64_runs_decode_a_slice_at_a_time_as_the_whole_text_does(
+    monkeypatch: pytest.MonkeyPatch, stream: int, case: int
+) -> None:
+    raw = b"Subject: runs\r\n\r\nsome text\r\n" + _long_run_cases()[case] + b"\r\nmore text\r\n"
+    expected = list(base64_runs(raw))  # the whole-text decoding (runs under 1 MB)
+    assert expected
+    assert all(data for _, data in expected)
+    monkeypatch.setattr(mailsift.mime.views, "_STREAM_RUN", stream)
+    assert list(base64_runs(raw)) == expected
+    (offset, _), end = expected[0], raw.index(b"more text")
+    if case < 3:  # no padding inside: the standard library's decoding
+        assert expected == [(offset, base64.b64decode(b"".join(raw[offset:end].split())))]
+    skip = {mailsift.mime.codecs.base64_source_key(raw[offset:end])}
+    assert list(base64_runs(raw, skip)) == []
+
+
+@pytest.mark.parametrize(
+    ("virus", "origins"),
+    [(False, ["decoded:base64"]), (True, ["raw:base64"])],
+    ids=["a base64 body (an alternate)", "a text line, then base64 (a raw run)"],
+)
+async def test_views_of_a_big_base64_body_peak_under_twice_its_size(
+    tmp_path: Path, virus: bool, origins: list[str]
+) -> None:
+    # the base64 run's expression held 3.8x its size of backtracking state, then the run's text,
+    # its copy and a lower-case copy of the message were held together: 6.7x, then 3.0x
+    mail = Mail(data=big_message(8, virus=virus), spool_dir=str(tmp_path))
+    try:
+        assert mail.spooled
+        mail.parts  # noqa: B018 - parsed before the measure
+
+        async def views() -> list[Part]:
+            return mail.views
+
+        found, peak = await peak_above(views)
+        assert [view.origin for view in found] == origins  # the alternate's run is not decoded twice
+        assert peak < 2 * mail.size, f"peak {peak / mail.size:.2f} times the message's size"
+    finally:
+        mail.close()
