@@ -36,12 +36,13 @@ table (migration)          indexes and constraints                used by
 ``web_user`` (0005)        unique ``login``                       :mod:`mailsift.web.users`
 ``web_user_address``       ``ix_web_user_address_address``        :mod:`mailsift.web.users`
 (0005)
-``web_login_throttle``     primary key key                        :mod:`mailsift.web.users`
-(0005)
+``web_login_throttle``     primary key key,                       :mod:`mailsift.web.users`
+(0005, 0016)               ``ix_web_login_throttle_window_start``
 ``web_session``            ``ix_web_session_user_id``             :mod:`mailsift.web.users` (server-side
 (0010_websessions)                                                web sessions)
-``link_action`` (0006)     primary key (quarantine_id,            :mod:`mailsift.reporting.links`
-                           recipient, action)
+``link_action`` (0006,     primary key (quarantine_id,            :mod:`mailsift.reporting.links`
+0016)                      recipient, action),
+                           ``ix_link_action_action_claimed``
 ``stats_counter`` (0007,   primary key (period_start, domain,     :mod:`mailsift.reporting.counters`
 0014_node)                 verdict, scanner, node)
 ``poison_attempt`` (0009)   ``ix_poison_attempt_last_seen``        :mod:`mailsift.core.poison` (poison mail:
@@ -266,6 +267,7 @@ web_login_throttle_table = Table(
     Column("key", Text, primary_key=True),
     Column("failures", Integer, nullable=False),
     Column("window_start", Float, nullable=False),
+    Index("ix_web_login_throttle_window_start", "window_start"),  # 0016_prune_indexes
 )
 """Checked logins per ``pair:<name>|<client>`` and ``ip:<client>``; ``window_start`` is the time of the
 last checked attempt (a key starts over after a quiet window). Claimed atomically before the password check;
@@ -296,6 +298,7 @@ link_action_table = Table(
     Column("state", Text, nullable=False),
     Column("claimed", Float, nullable=False),
     Column("done_at", Float, nullable=True),
+    Index("ix_link_action_action_claimed", "action", "claimed"),  # 0016_prune_indexes
 )
 """One row per action taken through a link: ``sending`` while the release runs, then ``done``.
 ``cli/housekeeping.py`` deletes release rows once no link can be followed (claimed more than

@@ -185,3 +185,28 @@ def test_delete_batch_on_a_composite_key(database: Database) -> None:
     assert database.call(delete_batch, link_action_table, old, 2) == 1
     assert database.call(delete_batch, link_action_table, old, 2) == 0
     assert sorted(row[0] for row in database.call(links)) == ["q3", "q4"]
+
+
+@pytest.mark.parametrize(
+    ("table", "where", "index"),
+    [
+        (web_login_throttle_table, lambda c: c.window_start < 500.0, "ix_web_login_throttle_window_start"),
+        (link_action_table, lambda c: (c.action == "release") & (c.claimed < 500.0), "ix_link_action_action_claimed"),
+    ],
+    ids=["login-throttle", "release-links"],
+)
+def test_a_prune_batch_is_found_through_an_index(database: Database, table: Any, where: Any, index: str) -> None:
+    """0016_prune_indexes: the rows of a batch (delete_batch's inner SELECT) are found through an index,
+    not by reading the whole table for every batch of a big backlog."""
+    database.migrate()
+    chosen = select(*table.primary_key.columns).where(where(table.c)).limit(5000)
+
+    def plan(connection: Connection) -> str:
+        compiled = chosen.compile(connection, compile_kwargs={"literal_binds": True})
+        if connection.dialect.name == "sqlite":
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+            return "\n".join(str(row[-1]) for row in rows)
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a tiny table: ask whether an index CAN serve
+        return "\n".join(str(row[0]) for row in connection.exec_driver_sql(f"EXPLAIN {compiled}").all())
+
+    assert index in database.call(plan)
